@@ -1,0 +1,156 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/lil-sparse/lil-sparse/client/go/lilsparse"
+)
+
+// options are the parsed command line. Option flags the user did not give stay unset in the
+// request, so the server's defaults apply (as in the Python lil-client).
+type options struct {
+	address  string
+	useTLS   bool
+	timeout  time.Duration
+	json     bool
+	info     bool
+	raw      bool
+	request  lilsparse.Request
+	showHelp bool
+}
+
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
+
+// parseFlags reads `lil-stream [flags] PROMPT...`; the prompt words are joined with spaces.
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	flags := flag.NewFlagSet("lil-stream", flag.ContinueOnError)
+	flags.SetOutput(stderr)
+	flags.Usage = func() {
+		fmt.Fprintln(stderr, "usage: lil-stream [flags] PROMPT...\n\nStreams a completion from a lil-sparse server, then prints a summary.")
+		flags.PrintDefaults()
+	}
+	parsed := &options{}
+	flags.StringVar(&parsed.address, "address", "localhost:50051", "server address host:port")
+	flags.BoolVar(&parsed.useTLS, "tls", false, "dial with TLS (system root CAs)")
+	flags.DurationVar(&parsed.timeout, "timeout", 0, "deadline for the whole call, e.g. 30s (0: none)")
+	flags.BoolVar(&parsed.json, "json", false, "print one JSON object (started + summary) instead of text")
+	flags.BoolVar(&parsed.info, "info", false, "print the server's GetInfo as JSON and exit")
+	flags.BoolVar(&parsed.raw, "raw", false, "send the prompt as plain text instead of a chat user message")
+	requestID := flags.String("request-id", "", "request id (default: the server picks one)")
+	system := flags.String("system", "", "system message before the prompt (chat mode)")
+
+	temperature := flags.Float64("temperature", 0, "sampling temperature (0 greedy)")
+	topK := flags.Int("top-k", 0, "top-k filter (0 off)")
+	topP := flags.Float64("top-p", 1, "nucleus mass in (0, 1] (1 off)")
+	seed := flags.Int64("seed", 0, "sampling seed")
+	maxNewTokens := flags.Int("max-new-tokens", 0, "maximum generated tokens")
+	var stops stringList
+	flags.Var(&stops, "stop", "stop string (repeatable)")
+	ignoreEOS := flags.Bool("ignore-eos", false, "keep generating past end-of-sequence")
+
+	policy := flags.String("policy", "", "sparse policy: full, sink, h2o, quest, infllm")
+	budget := flags.Int("budget", 0, "KV tokens attended per decode step")
+	sinkTokens := flags.Int("sink-tokens", 0, "attention-sink tokens kept (sink, infllm)")
+	recentTokens := flags.Int("recent-tokens", 0, "recent tokens kept (h2o, infllm)")
+	denseLayers := flags.Int("dense-layers", 0, "leading dense layers (quest, infllm)")
+
+	guardian := flags.Bool("guardian", false, "enable Guardian early stop")
+	interval := flags.Int("guardian-interval", 0, "Guardian: tokens between checks")
+	threshold := flags.Int("guardian-threshold", 0, "Guardian: minimum compressed growth in bytes")
+	mode := flags.String("guardian-mode", "", "Guardian: full or incremental")
+	source := flags.String("guardian-source", "", "Guardian: text or token_ids")
+
+	flags.BoolVar(&parsed.request.Output.TokenIDs, "token-ids", false, "return token ids (shown with -json)")
+	flags.BoolVar(&parsed.request.Output.Logprobs, "logprobs", false, "return logprobs (shown with -json)")
+	flags.BoolVar(&parsed.request.Output.GuardianTrace, "guardian-trace", false, "return the Guardian trace")
+
+	if err := flags.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			parsed.showHelp = true
+			return parsed, nil
+		}
+		return nil, err
+	}
+	given := map[string]bool{}
+	flags.Visit(func(f *flag.Flag) { given[f.Name] = true })
+
+	request := &parsed.request
+	request.RequestID = *requestID
+	if !parsed.info {
+		prompt := strings.Join(flags.Args(), " ")
+		if prompt == "" {
+			return nil, errors.New("a prompt is required: lil-stream [flags] PROMPT")
+		}
+		request.Prompt = chatOrText(prompt, *system, parsed.raw)
+	}
+	if given["temperature"] || given["top-k"] || given["top-p"] || given["seed"] {
+		request.Sampling = &lilsparse.Sampling{
+			Temperature: pick(given["temperature"], *temperature),
+			TopK:        pick(given["top-k"], *topK),
+			TopP:        pick(given["top-p"], *topP),
+			Seed:        pick(given["seed"], *seed),
+		}
+	}
+	if given["max-new-tokens"] || given["stop"] || given["ignore-eos"] {
+		request.Stopping = &lilsparse.Stopping{
+			MaxNewTokens: pick(given["max-new-tokens"], *maxNewTokens),
+			StopStrings:  stops,
+			IgnoreEOS:    pick(given["ignore-eos"], *ignoreEOS),
+		}
+	}
+	if given["policy"] || given["budget"] || given["sink-tokens"] || given["recent-tokens"] || given["dense-layers"] {
+		request.Sparse = &lilsparse.Sparse{
+			BudgetTokens: pick(given["budget"], *budget),
+			SinkTokens:   pick(given["sink-tokens"], *sinkTokens),
+			RecentTokens: pick(given["recent-tokens"], *recentTokens),
+			DenseLayers:  pick(given["dense-layers"], *denseLayers),
+		}
+		if given["policy"] {
+			parsedPolicy, err := lilsparse.ParsePolicy(*policy)
+			if err != nil {
+				return nil, err
+			}
+			request.Sparse.Policy = parsedPolicy
+		}
+	}
+	if given["guardian"] || given["guardian-interval"] || given["guardian-threshold"] ||
+		given["guardian-mode"] || given["guardian-source"] {
+		request.Guardian = &lilsparse.Guardian{
+			Enabled:        pick(given["guardian"], *guardian),
+			IntervalTokens: pick(given["guardian-interval"], *interval),
+			ThresholdBytes: pick(given["guardian-threshold"], *threshold),
+			Mode:           lilsparse.GuardianMode(*mode),
+			Source:         lilsparse.GuardianSource(*source),
+		}
+	}
+	return parsed, nil
+}
+
+// chatOrText wraps the prompt as a chat user message (the model's template applies), or sends
+// it as is with -raw.
+func chatOrText(prompt, system string, raw bool) lilsparse.Prompt {
+	if raw {
+		return lilsparse.Text(prompt)
+	}
+	var messages []lilsparse.Message
+	if system != "" {
+		messages = append(messages, lilsparse.Message{Role: "system", Content: system})
+	}
+	return lilsparse.Chat(append(messages, lilsparse.Message{Role: "user", Content: prompt})...)
+}
+
+// pick returns a pointer to value only when its flag was given, so absent means server default.
+func pick[T any](given bool, value T) *T {
+	if !given {
+		return nil
+	}
+	return &value
+}

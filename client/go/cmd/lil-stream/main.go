@@ -1,0 +1,110 @@
+// Command lil-stream streams a completion from a lil-sparse server: it prints the text live,
+// then a summary (finish reason, tokens, TTFT, TBT, JCT, sparse use, Guardian). It mirrors the
+// Python `lil-client generate`.
+//
+//	lil-stream -address localhost:50051 -policy quest -budget 128 -guardian "Why is the sky blue?"
+//	lil-stream -json -max-new-tokens 32 "Hello"
+//	lil-stream -info
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/lil-sparse/lil-sparse/client/go/lilsparse"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run is the whole command; it returns the exit status: 0 done, 1 the call failed, 2 bad usage.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	parsed, err := parseFlags(args, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "lil-stream:", err)
+		return 2
+	}
+	if parsed.showHelp {
+		return 0
+	}
+	if parsed.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, parsed.timeout)
+		defer cancel()
+	}
+	dialOptions := []lilsparse.DialOption{lilsparse.WithInsecure()}
+	if parsed.useTLS {
+		dialOptions = []lilsparse.DialOption{lilsparse.WithTLS(nil)}
+	}
+	client, err := lilsparse.Dial(ctx, parsed.address, dialOptions...)
+	if err != nil {
+		fmt.Fprintln(stderr, "lil-stream:", err)
+		return 1
+	}
+	defer client.Close()
+	if parsed.info {
+		err = printInfo(ctx, client, stdout)
+	} else {
+		err = generate(ctx, client, parsed, stdout)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "lil-stream:", err)
+		return 1
+	}
+	return 0
+}
+
+func printInfo(ctx context.Context, client *lilsparse.Client, stdout io.Writer) error {
+	info, err := client.Info(ctx)
+	if err != nil {
+		return err
+	}
+	return writeJSON(stdout, info)
+}
+
+// jsonResult is what -json prints: the acceptance and the summary of one request.
+type jsonResult struct {
+	Started lilsparse.Started  `json:"started"`
+	Summary *lilsparse.Summary `json:"summary"`
+}
+
+func generate(ctx context.Context, client *lilsparse.Client, parsed *options, stdout io.Writer) error {
+	stream, err := client.Generate(ctx, parsed.request)
+	if err != nil {
+		return err
+	}
+	defer stream.Close()
+	for stream.Next() {
+		if !parsed.json {
+			fmt.Fprint(stdout, stream.Chunk().Text)
+		}
+	}
+	summary, err := stream.Summary()
+	if err != nil {
+		if !parsed.json {
+			fmt.Fprintln(stdout)
+		}
+		return err
+	}
+	if parsed.json {
+		return writeJSON(stdout, jsonResult{Started: stream.Started(), Summary: summary})
+	}
+	fmt.Fprintln(stdout)
+	writeSummary(stdout, stream.Started(), summary)
+	return nil
+}
+
+func writeJSON(stdout io.Writer, value any) error {
+	encoder := json.NewEncoder(stdout)
+	encoder.SetIndent("", "  ")
+	return encoder.Encode(value)
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs a go command on this module in GOPATH mode against Debian's Go sources (offline build).
+#
+#   client/go/gopath.sh go vet ./...
+#   client/go/gopath.sh go test ./...
+#
+# Why GOPATH mode: this machine has no Go module proxy, and Debian ships the dependencies as
+# sources under /usr/share/gocode in a GOPATH layout. go.mod keeps ordinary requirements for
+# users elsewhere; GOPATH mode ignores it. A private GOPATH links the repository in at its
+# import path, so the module's packages resolve and the tests can still find the repo root.
+set -euo pipefail
+
+module_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
+repo_root="$(cd "$module_dir/../.." && pwd -P)"
+debian_gopath="${LIL_DEBIAN_GOPATH:-/usr/share/gocode}"
+private_gopath="${LIL_GOPATH:-${TMPDIR:-/tmp}/lil-sparse-gopath-$(id -u)}"
+
+link_parent="$private_gopath/src/github.com/lil-sparse"
+mkdir -p "$link_parent"
+ln -sfn "$repo_root" "$link_parent/lil-sparse"
+
+export GO111MODULE=off
+export GOPATH="$private_gopath:$debian_gopath"
+export GOFLAGS="${GOFLAGS:-}"
+export LIL_SPARSE_REPO_ROOT="${LIL_SPARSE_REPO_ROOT:-$repo_root}"
+
+cd "$link_parent/lil-sparse/client/go"
+exec "$@"

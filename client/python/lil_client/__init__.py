@@ -1,0 +1,21 @@
+"""Python client for the lil-sparse gRPC sidecar (depends only on grpcio and protobuf)."""
+
+from lil_client.client import AsyncLilClient, LilClient
+from lil_client.request import GenerateOptions, build_request
+from lil_client.stream import AsyncGenerationStream, GenerationStream
+from lil_client.types import Chunk, GuardianSummary, KVSummary, LilClientError, Summary, Timings
+
+__all__ = [
+    "AsyncGenerationStream",
+    "AsyncLilClient",
+    "Chunk",
+    "GenerateOptions",
+    "GenerationStream",
+    "GuardianSummary",
+    "KVSummary",
+    "LilClient",
+    "LilClientError",
+    "Summary",
+    "Timings",
+    "build_request",
+]

@@ -1,0 +1,110 @@
+"""Turns the Generate message stream into typed chunks and a final Summary (sync and asyncio)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+
+from lil_client._proto.lil_sparse.v1 import service_pb2
+from lil_client.types import Chunk, LilClientError, Summary, chunk_from_proto, summary_from_proto
+
+
+class _Assembler:
+    """Checks the Started -> Chunk* -> Finished order and collects what the Summary needs."""
+
+    def __init__(self) -> None:
+        self.started: service_pb2.Started | None = None
+        self.chunks: list[Chunk] = []
+        self.summary: Summary | None = None
+
+    def feed(self, response: service_pb2.GenerateResponse) -> Chunk | None:
+        kind = response.WhichOneof("event")
+        if self.summary is not None or (kind != "started") == (self.started is None):
+            raise LilClientError(grpc.StatusCode.INTERNAL, f"unexpected {kind!r} message in the stream")
+        if kind == "started":
+            self.started = response.started
+            return None
+        if kind == "chunk":
+            chunk = chunk_from_proto(response.chunk)
+            self.chunks.append(chunk)
+            return chunk
+        started = self.started
+        if started is None:  # unreachable after the order check; narrows the type
+            raise LilClientError(grpc.StatusCode.INTERNAL, "finished before started")
+        self.summary = summary_from_proto(started, response.finished, self.chunks)
+        return None
+
+    def result(self) -> Summary:
+        if self.summary is None:
+            raise LilClientError(grpc.StatusCode.INTERNAL, "the stream ended without a finished message")
+        return self.summary
+
+
+def to_client_error(error: grpc.RpcError) -> LilClientError:
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = error.details() if hasattr(error, "details") else str(error)
+    return LilClientError(code, details or "")
+
+
+class GenerationStream:
+    """Iterate for chunks; ``summary`` is set once the iteration ends. ``cancel()`` stops it."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._assembler = _Assembler()
+
+    def __iter__(self) -> Iterator[Chunk]:
+        try:
+            for response in self._call:
+                chunk = self._assembler.feed(response)
+                if chunk is not None:
+                    yield chunk
+        except grpc.RpcError as error:
+            raise to_client_error(error) from None
+
+    @property
+    def request_id(self) -> str | None:
+        return self._assembler.started.request_id if self._assembler.started else None
+
+    @property
+    def summary(self) -> Summary:
+        return self._assembler.result()
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class AsyncGenerationStream:
+    """``async for`` chunks; ``summary`` is set once the iteration ends. ``cancel()`` stops it."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._assembler = _Assembler()
+
+    async def __aiter__(self) -> AsyncIterator[Chunk]:
+        try:
+            async for response in self._call:
+                chunk = self._assembler.feed(response)
+                if chunk is not None:
+                    yield chunk
+        except grpc.RpcError as error:
+            raise to_client_error(error) from None
+
+    @property
+    def request_id(self) -> str | None:
+        return self._assembler.started.request_id if self._assembler.started else None
+
+    @property
+    def summary(self) -> Summary:
+        return self._assembler.result()
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    async def collect(self) -> Summary:
+        """Read the whole stream and return the summary."""
+        async for _ in self:
+            pass
+        return self.summary

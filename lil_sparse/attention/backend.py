@@ -1,0 +1,46 @@
+"""The attention backend interface: dense prefill and block-sparse paged decode.
+
+A backend only computes attention. The KV cache, page selection and metadata live elsewhere, so
+a new backend (FlashInfer) slots in without touching the policies or the model.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+
+from lil_sparse.attention.layout import DecodeLayout
+
+
+class AttentionBackend(ABC):
+    name: str = "abstract"
+
+    def begin_decode_step(self, layouts: Sequence[DecodeLayout]) -> None:  # noqa: B027 - optional hook
+        """Called once per decode step with every layout the step's layers will use (``plan()``)."""
+
+    @abstractmethod
+    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: list[int]) -> torch.Tensor:
+        """Dense causal attention over freshly prefilled sequences packed back to back.
+
+        ``q: [T, Hq, D]``, ``k, v: [T, Hkv, D]``; ``cu_seqlens`` (host ints, length N + 1) are the
+        sequence boundaries. Returns ``[T, Hq, D]`` in ``q``'s dtype.
+        """
+
+    @abstractmethod
+    def decode(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k_pages: torch.Tensor,
+        v_pages: torch.Tensor,
+        page_ids: torch.Tensor,
+        layout: DecodeLayout,
+    ) -> torch.Tensor:
+        """Attention of one query token per row over that row's selected pages.
+
+        ``q: [rows, G, D]`` (the G query heads of the row's KV head); ``k_pages, v_pages:
+        [num_pages, 1, page_size, D]``; ``page_ids: [rows, >= layout.width] int32`` with the
+        newest page last in each row. Returns ``[rows, G, D]`` in ``q``'s dtype.
+        """

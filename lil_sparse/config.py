@@ -1,0 +1,56 @@
+"""Engine configuration: one validated frozen dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BACKENDS = ("auto", "reference", "flashinfer")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """How the engine runs.
+
+    ``model`` is a Hugging Face folder, a ``.gguf`` file or a known model name (fetched on
+    first use). ``dtype="auto"`` is float32 on CPU and bfloat16 on CUDA. ``backend="auto"``
+    picks FlashInfer on CUDA when it is installed and the plain PyTorch reference otherwise.
+    ``kv_cache_tokens`` sizes the page pool: it holds that many tokens for every KV head.
+    ``guardian_workers`` threads run Guardian's compression beside the decode loop (0 runs it
+    inline, which is deterministic); a verdict is waited for once it lags ``guardian_max_lag_steps``
+    decode steps behind.
+    """
+
+    model: str = DEFAULT_MODEL
+    device: str = "cpu"
+    dtype: str = "auto"
+    backend: str = "auto"
+    page_size: int = 16
+    kv_cache_tokens: int = 32768
+    max_batch_size: int = 16
+    max_model_len: int = 0  # 0: the model's own context length
+    max_waiting: int = 256
+    guardian_workers: int = 2
+    guardian_max_lag_steps: int = 4
+    cuda_graphs: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (bool(self.model), "model", "must name a model folder, GGUF file or known model"),
+            (self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
+            (self.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}"),
+            (self.page_size in (1, 2, 4, 8, 16, 32, 64), "page_size", f"must be a power of two <= 64, got {self.page_size}"),
+            (self.kv_cache_tokens >= self.page_size, "kv_cache_tokens", f"must hold at least one page, got {self.kv_cache_tokens}"),
+            (self.max_batch_size >= 1, "max_batch_size", f"must be >= 1, got {self.max_batch_size}"),
+            (self.max_model_len >= 0, "max_model_len", f"must be >= 0 (0: the model's), got {self.max_model_len}"),
+            (self.max_waiting >= 0, "max_waiting", f"must be >= 0, got {self.max_waiting}"),
+            (self.guardian_workers >= 0, "guardian_workers", f"must be >= 0, got {self.guardian_workers}"),
+            (self.guardian_max_lag_steps >= 0, "guardian_max_lag_steps", f"must be >= 0, got {self.guardian_max_lag_steps}"),
+            (self.device == "cpu" or self.device.startswith("cuda"), "device", f"must be 'cpu' or 'cuda[:N]', got {self.device!r}"),
+        ]
+        for ok, field_name, message in checks:
+            if not ok:
+                raise ValueError(f"{field_name}: {message}")
+        if self.backend == "flashinfer" and not self.device.startswith("cuda"):
+            raise ValueError("backend: 'flashinfer' needs a CUDA device")

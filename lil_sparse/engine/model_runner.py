@@ -1,0 +1,153 @@
+"""How a step runs: build the step's inputs and attention, run the model, return logits.
+
+The runner turns scheduled sequences into flat device tensors. Per decode step it copies a few
+per-sequence integers to the device once (positions, held pages, budgets), builds every page
+index on the device, groups rows by policy (at most five groups) and gives the model one
+:class:`DecodeAttention` that serves every layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from lil_sparse.attention.backend import AttentionBackend
+from lil_sparse.attention.layout import DecodeLayout
+from lil_sparse.engine.page_manager import PageManager
+from lil_sparse.engine.sequence import Sequence
+from lil_sparse.engine.step_attention import DecodeAttention, PolicyGroup, PrefillAttention, PrefillObservation
+from lil_sparse.kv import KVCache
+from lil_sparse.models.transformer import CausalLM
+from lil_sparse.policies import POLICIES, get_policy
+
+
+def dense_until(seq: Sequence) -> int:
+    """Leading layers where ``seq`` attends every held page (Quest's dense layers)."""
+    return seq.options.sparse.dense_layers if seq.policy == "quest" else 0
+
+
+class ModelRunner:
+    def __init__(
+        self, model: CausalLM, kv: KVCache, pages: PageManager, backend: AttentionBackend, num_layers: int
+    ) -> None:
+        self.model = model
+        self.kv = kv
+        self.pages = pages
+        self.backend = backend
+        self.num_layers = num_layers
+        self.num_kv_heads = pages.num_kv_heads
+        self.page_size = pages.page_size
+        self.device = pages.device
+
+    # ---- prefill ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, seqs: list[Sequence]) -> torch.Tensor:
+        """Dense prefill of new sequences (pages already admitted). Returns last-token logits ``[N, V]``."""
+        ids: list[int] = []
+        positions: list[int] = []
+        cu_seqlens = [0]
+        for seq in seqs:
+            ids.extend(seq.prompt_token_ids)
+            positions.extend(range(seq.num_prompt_tokens))
+            cu_seqlens.append(cu_seqlens[-1] + seq.num_prompt_tokens)
+        input_ids = torch.tensor(ids, dtype=torch.long).to(self.device, non_blocking=True)
+        position_ids = torch.tensor(positions, dtype=torch.long).to(self.device, non_blocking=True)
+        slot_parts, observations = [], []
+        for seq, start, end in zip(seqs, cu_seqlens[:-1], cu_seqlens[1:], strict=True):
+            token_pages = self._prompt_pages(seq)  # [Hkv, T]
+            offsets = position_ids[start:end] % self.page_size
+            slot_parts.append((token_pages * self.page_size + offsets).t())
+            policy = get_policy(seq.policy)
+            if policy.observes_attention:
+                observations.append(PrefillObservation(policy, start, end, token_pages))
+        attention = PrefillAttention(self.kv, self.backend, torch.cat(slot_parts), cu_seqlens, observations)
+        hidden = self.model(input_ids, position_ids, attention)
+        last = torch.tensor(cu_seqlens[1:], device=self.device) - 1
+        logits = self.model.compute_logits(hidden[last])
+        for seq in seqs:
+            seq.num_cached_tokens = seq.num_prompt_tokens
+            seq.kv_report.peak_pages = max(seq.kv_report.peak_pages, seq.held_pages * self.num_kv_heads)
+        self.pages.evict_after_prefill(seqs)
+        return logits
+
+    def _prompt_pages(self, seq: Sequence) -> torch.Tensor:
+        """``[Hkv, T] int64``: the page holding each prompt token, per KV head."""
+        token_page = torch.arange(seq.num_prompt_tokens, device=self.device) // self.page_size
+        rows = self.pages.table.table[seq.slot, :, : seq.held_pages].long()
+        return rows[:, token_page]
+
+    # ---- decode -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def decode(self, seqs: list[Sequence]) -> torch.Tensor:
+        """One token for every running sequence. Returns logits ``[B, V]``."""
+        self.pages.prepare_decode(seqs)
+        heads = self.num_kv_heads
+        per_seq = torch.tensor(
+            [(s.last_token_id, s.next_position, s.slot, s.held_pages) for s in seqs], dtype=torch.long
+        ).to(self.device, non_blocking=True)
+        input_ids, positions, slots, held = per_seq.unbind(dim=1)
+        width = max(s.held_pages for s in seqs)
+        base = self.pages.table.table[slots, :, :width].reshape(len(seqs) * heads, width)
+        held_rows = held.repeat_interleave(heads)
+        newest = base.gather(1, (held_rows - 1).unsqueeze(1)).squeeze(1).long()
+        offsets = (positions % self.page_size).repeat_interleave(heads)
+        write_slots = (newest * self.page_size + offsets).view(len(seqs), heads)
+        last_page_len = (offsets + 1).to(torch.int32)
+        layer_layouts = self._layer_layouts(seqs, last_page_len)
+        groups = self._policy_groups(seqs, last_page_len)
+        self.backend.begin_decode_step(_distinct(layer_layouts))
+        attention = DecodeAttention(self.kv, self.backend, write_slots, base, layer_layouts, groups, heads)
+        hidden = self.model(input_ids, positions, attention)
+        for seq in seqs:
+            seq.num_cached_tokens += 1
+        self._record_kv(seqs, layer_layouts)
+        return self.model.compute_logits(hidden)
+
+    def _layer_layouts(self, seqs: list[Sequence], last_page_len: torch.Tensor) -> list[DecodeLayout]:
+        """One layout per layer; layers with equal page counts share one object (one plan)."""
+        thresholds = sorted({0, *(min(dense_until(s), self.num_layers) for s in seqs)})
+        layouts: list[DecodeLayout] = []
+        for start, end in zip(thresholds, [*thresholds[1:], self.num_layers], strict=True):
+            counts: list[int] = []
+            for seq in seqs:
+                policy = get_policy(seq.policy)
+                dense = start < dense_until(seq)
+                count = seq.held_pages if dense else policy.attended_pages(seq.held_pages, seq.budget_pages)
+                counts.extend([count] * self.num_kv_heads)
+            layout = DecodeLayout.build(counts, last_page_len)
+            layouts.extend([layout] * (end - start))
+        return layouts
+
+    def _policy_groups(self, seqs: list[Sequence], last_page_len: torch.Tensor) -> list[PolicyGroup]:
+        heads = self.num_kv_heads
+        groups = []
+        for name, policy in POLICIES.items():
+            if not (policy.selects_per_layer or policy.observes_attention):
+                continue
+            members = [i for i, s in enumerate(seqs) if s.policy == name]
+            if not members:
+                continue
+            member_seqs = [seqs[i] for i in members]
+            rows = (torch.tensor(members, device=self.device).unsqueeze(1) * heads + torch.arange(heads, device=self.device)).reshape(-1)
+            counts = [policy.attended_pages(s.held_pages, s.budget_pages) for s in member_seqs for _ in range(heads)]
+            layout = DecodeLayout.build(counts, last_page_len[rows])
+            batch, _ = self.pages.policy_batch(member_seqs, layout)
+            batch = replace(batch, rows=rows)
+            dense = [dense_until(s) for s in member_seqs]
+            groups.append(PolicyGroup(policy, batch, min(dense), max(dense)))
+        return groups
+
+    def _record_kv(self, seqs: list[Sequence], layer_layouts: list[DecodeLayout]) -> None:
+        heads = self.num_kv_heads
+        for index, seq in enumerate(seqs):
+            total = sum(layout.counts_host[index * heads] for layout in layer_layouts)
+            seq.kv_report.attended_pages_per_step.append(round(total / len(layer_layouts)))
+            seq.kv_report.peak_pages = max(seq.kv_report.peak_pages, seq.held_pages * heads)
+
+
+def _distinct(layouts: list[DecodeLayout]) -> list[DecodeLayout]:
+    seen: dict[int, DecodeLayout] = {}
+    for layout in layouts:
+        seen.setdefault(id(layout), layout)
+    return list(seen.values())

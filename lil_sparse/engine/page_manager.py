@@ -1,0 +1,165 @@
+"""Which pages each sequence holds: allocation, eviction and release.
+
+Host-side work is counting (how many pages, when a page boundary is crossed). Page ids are
+chosen on the host only when they come from the free list; everything that depends on page
+contents (which page an eviction policy drops) runs on the device for all rows at once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lil_sparse.attention.layout import DecodeLayout
+from lil_sparse.engine.sequence import Sequence
+from lil_sparse.kv import BlockTable, KVCache, PagePool
+from lil_sparse.policies import PolicyBatch, get_policy
+
+
+def compact_rows(
+    rows: torch.Tensor, scores: torch.Tensor, keep_count: torch.Tensor, held: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the ``keep_count`` best-scoring pages of each row, in their original order.
+
+    ``rows: [n, W] int32`` page ids; ``scores: [n, W]``; ``keep_count, held: [n] int64``.
+    Returns ``(compacted [n, W] int32, evicted [n, W] bool)`` where ``evicted`` marks the
+    dropped entries of the *input* rows. Ties keep the older page (stable sort).
+    """
+    n, width = rows.shape
+    slots = torch.arange(width, device=rows.device).unsqueeze(0)
+    scores = scores.masked_fill(slots >= held.unsqueeze(1), float("-inf"))
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, slots.expand(n, -1).contiguous())
+    keep = rank < keep_count.unsqueeze(1)
+    evicted = ~keep & (slots < held.unsqueeze(1))
+    target = torch.where(keep, keep.long().cumsum(dim=1) - 1, torch.full_like(order, width))
+    compacted = torch.zeros(n, width + 1, dtype=rows.dtype, device=rows.device)
+    compacted.scatter_(1, target, rows)
+    return compacted[:, :width], evicted
+
+
+class PageManager:
+    def __init__(self, pool: PagePool, table: BlockTable, kv: KVCache, num_kv_heads: int, page_size: int) -> None:
+        self.pool = pool
+        self.table = table
+        self.kv = kv
+        self.num_kv_heads = num_kv_heads
+        self.page_size = page_size
+        self.device = table.table.device
+
+    def pages_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.page_size)
+
+    # ---- allocation -------------------------------------------------------------------------
+    def admit(self, seq: Sequence) -> None:
+        """Give a sequence a block-table slot and pages for its whole prompt."""
+        seq.slot = self.table.acquire_slot()
+        count = self.pages_for(seq.num_prompt_tokens)
+        self._append_new_pages([seq], [count])
+        seq.held_pages = count
+
+    def _append_new_pages(self, seqs: list[Sequence], counts: list[int]) -> None:
+        """Append ``counts[i]`` fresh pages per KV head to ``seqs[i]`` (one device write)."""
+        slots: list[int] = []
+        heads: list[int] = []
+        positions: list[int] = []
+        pages = self.pool.allocate(sum(counts) * self.num_kv_heads)
+        for seq, count in zip(seqs, counts, strict=True):
+            for head in range(self.num_kv_heads):
+                for i in range(count):
+                    slots.append(seq.slot)
+                    heads.append(head)
+                    positions.append(seq.held_pages + i)
+        self.table.write_pages(slots, heads, positions, pages)
+        self.kv.reset_pages(torch.tensor(pages, dtype=torch.long).to(self.device, non_blocking=True))
+
+    def prepare_decode(self, seqs: list[Sequence]) -> None:
+        """Make room for the token each sequence writes this step.
+
+        A sequence crossing a page boundary gets a new page per head, unless its eviction policy
+        is at budget: then each head evicts one page and reuses it as the new page, on the device.
+        """
+        growing = [s for s in seqs if s.next_position % self.page_size == 0]
+        fresh = [s for s in growing if not (get_policy(s.policy).evicts and s.held_pages >= s.budget_pages)]
+        if fresh:
+            self._append_new_pages(fresh, [1] * len(fresh))
+            for seq in fresh:
+                seq.held_pages += 1
+        for policy_name in ("sink", "h2o"):
+            recycling = [s for s in growing if s.policy == policy_name and s not in fresh]
+            if recycling:
+                self._evict_and_recycle(recycling)
+
+    def _evict_and_recycle(self, seqs: list[Sequence]) -> None:
+        batch, slot_index = self.policy_batch(seqs)
+        scores = get_policy(seqs[0].policy).keep_scores(batch, self.kv)
+        compacted, evicted = compact_rows(batch.table, scores, batch.held - 1, batch.held)
+        # Exactly one page per row was evicted: it becomes the row's new, newest page.
+        recycled = (batch.table.long() * evicted.long()).sum(dim=1).to(torch.int32)
+        compacted.scatter_(1, (batch.held - 1).unsqueeze(1), recycled.unsqueeze(1))
+        width = batch.table.shape[1]
+        self.table.table[slot_index, :, :width] = compacted.view(len(seqs), self.num_kv_heads, width)
+        self.kv.reset_pages(recycled.long())
+
+    def evict_after_prefill(self, seqs: list[Sequence]) -> None:
+        """Bring eviction-policy sequences whose prompt exceeds the budget down to it."""
+        over = [s for s in seqs if get_policy(s.policy).evicts and s.held_pages > s.budget_pages]
+        for policy_name in ("sink", "h2o"):
+            group = [s for s in over if s.policy == policy_name]
+            if not group:
+                continue
+            batch, slot_index = self.policy_batch(group)
+            scores = get_policy(policy_name).keep_scores(batch, self.kv)
+            keep = torch.tensor([s.budget_pages for s in group], device=self.device).repeat_interleave(
+                self.num_kv_heads
+            )
+            compacted, evicted = compact_rows(batch.table, scores, keep, batch.held)
+            width = batch.table.shape[1]
+            self.table.table[slot_index, :, :width] = compacted.view(len(group), self.num_kv_heads, width)
+            # Prefill is not the per-token path: one host copy here returns pages to the pool.
+            self.pool.free(batch.table[evicted].tolist())
+            for seq in group:
+                seq.held_pages = seq.budget_pages
+
+    def release(self, seq: Sequence) -> None:
+        """Return every page and the slot of a finished or aborted sequence."""
+        if seq.slot < 0:
+            return
+        if seq.held_pages:
+            self.pool.free(self.table.held_pages(seq.slot, seq.held_pages))
+        self.table.release_slot(seq.slot)
+        seq.slot = -1
+        seq.held_pages = 0
+
+    # ---- policy views ---------------------------------------------------------------------
+    def policy_batch(
+        self, seqs: list[Sequence], layout: DecodeLayout | None = None
+    ) -> tuple[PolicyBatch, torch.Tensor]:
+        """Rows of ``seqs`` (every KV head) as a :class:`PolicyBatch`, plus their slot index.
+
+        ``rows`` in the batch are local (0 .. n-1); callers that need step rows set them.
+        """
+        heads = self.num_kv_heads
+        width = max(s.held_pages for s in seqs)
+        per_seq = [
+            (s.slot, s.held_pages, min(s.held_pages, s.budget_pages), s.sink_pages, s.recent_pages,
+             s.options.sparse.dense_layers if s.policy == "quest" else 0)
+            for s in seqs
+        ]
+        columns = torch.tensor(per_seq, dtype=torch.long).to(self.device, non_blocking=True)
+        slot_index = columns[:, 0]
+        expanded = columns.repeat_interleave(heads, dim=0)
+        table = self.table.table[slot_index, :, :width].reshape(len(seqs) * heads, width)
+        batch = PolicyBatch(
+            rows=torch.arange(len(seqs) * heads, device=self.device),
+            table=table,
+            held=expanded[:, 1],
+            select_count=expanded[:, 2],
+            sink_pages=expanded[:, 3],
+            recent_pages=expanded[:, 4],
+            dense_layers=expanded[:, 5],
+            max_select=max(p[2] for p in per_seq),
+            num_kv_heads=heads,
+            layout=layout,
+        )
+        return batch, slot_index

@@ -1,0 +1,114 @@
+"""The model's ``AttentionFn`` for one engine step: cache writes, page selection, attention.
+
+Prefill writes the prompt's K/V and attends densely. Decode writes one token per sequence,
+assembles each layer's selected pages from the policy groups (a loop over at most five
+policies, never over requests or pages) and runs the backend on the step's layouts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lil_sparse.attention.backend import AttentionBackend
+from lil_sparse.attention.layout import DecodeLayout
+from lil_sparse.kv import KVCache
+from lil_sparse.policies import PolicyBatch, SelectionPolicy
+
+
+@dataclass
+class PolicyGroup:
+    """The rows of a decode step that run one policy; ``batch.rows`` index the step's rows."""
+
+    policy: SelectionPolicy
+    batch: PolicyBatch
+    min_dense_layers: int  # every row attends densely below this layer
+    max_dense_layers: int  # no row attends densely from this layer on
+
+
+@dataclass
+class PrefillObservation:
+    """One prefilled sequence whose policy watches prefill attention (H2O)."""
+
+    policy: SelectionPolicy
+    start: int
+    end: int
+    pages: torch.Tensor  # [Hkv, T] int64: page of every prompt token per KV head
+
+
+class PrefillAttention:
+    def __init__(
+        self,
+        kv: KVCache,
+        backend: AttentionBackend,
+        slots: torch.Tensor,
+        cu_seqlens: list[int],
+        observations: list[PrefillObservation],
+    ) -> None:
+        self.kv = kv
+        self.backend = backend
+        self.slots = slots  # [T, Hkv] int64
+        self.cu_seqlens = cu_seqlens
+        self.observations = observations
+
+    def __call__(self, layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        self.kv.write(layer_index, self.slots, k, v)
+        out = self.backend.prefill(q, k, v, self.cu_seqlens)
+        for obs in self.observations:
+            obs.policy.observe_prefill(layer_index, q[obs.start : obs.end], k[obs.start : obs.end], obs.pages, self.kv)
+        return out
+
+
+class DecodeAttention:
+    def __init__(
+        self,
+        kv: KVCache,
+        backend: AttentionBackend,
+        write_slots: torch.Tensor,
+        base_page_ids: torch.Tensor,
+        layer_layouts: list[DecodeLayout],
+        groups: list[PolicyGroup],
+        num_kv_heads: int,
+    ) -> None:
+        self.kv = kv
+        self.backend = backend
+        self.write_slots = write_slots  # [B, Hkv] int64
+        self.base_page_ids = base_page_ids  # [rows, width] int32: every held page, newest last
+        self.layer_layouts = layer_layouts
+        self.groups = groups
+        self.num_kv_heads = num_kv_heads
+
+    def __call__(self, layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        batch_size, num_heads, head_dim = q.shape
+        self.kv.write(layer_index, self.write_slots, k, v)
+        q_rows = q.view(batch_size * self.num_kv_heads, num_heads // self.num_kv_heads, head_dim)
+        page_ids = self._select(layer_index, q_rows)
+        out = self.backend.decode(
+            layer_index, q_rows, self.kv.k[layer_index], self.kv.v[layer_index], page_ids,
+            self.layer_layouts[layer_index],
+        )
+        for group in self.groups:
+            if group.policy.observes_attention:
+                rows = group.batch.rows
+                group.policy.observe_decode(layer_index, q_rows[rows], page_ids[rows], group.batch, self.kv)
+        return out.view(batch_size, num_heads, head_dim)
+
+    def _select(self, layer: int, q_rows: torch.Tensor) -> torch.Tensor:
+        page_ids = self.base_page_ids
+        for group in self.groups:
+            if not group.policy.selects_per_layer or layer < group.min_dense_layers:
+                continue
+            if page_ids is self.base_page_ids:
+                page_ids = page_ids.clone()
+            batch = group.batch
+            older = batch.table.gather(1, group.policy.select_slots(layer, q_rows[batch.rows], batch, self.kv))
+            newest = batch.table.gather(1, (batch.held - 1).unsqueeze(1))
+            chosen = torch.cat([older, newest], dim=1)
+            # The newest page goes last among each row's select_count entries.
+            chosen.scatter_(1, (batch.select_count - 1).unsqueeze(1), newest)
+            if layer < group.max_dense_layers:
+                dense = (layer < batch.dense_layers).unsqueeze(1)
+                chosen = torch.where(dense, batch.table[:, : chosen.shape[1]], chosen)
+            page_ids[batch.rows, : chosen.shape[1]] = chosen
+        return page_ids

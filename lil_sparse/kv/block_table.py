@@ -1,0 +1,42 @@
+"""Per-sequence page lists, one row per (sequence slot, KV head), on the device.
+
+``table[slot, head, i]`` is the i-th page the sequence in ``slot`` holds for ``head``. Every head
+of a sequence holds the same number of pages (policies evict one page per head at a time), and
+the newest page is always at index ``held - 1``. Retention policies never evict, so index ``i``
+is the sequence's ``i``-th logical page (tokens ``i * page_size`` ..). Eviction policies keep the
+row compacted in chronological order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class BlockTable:
+    """``table: [max_slots, num_kv_heads, max_pages_per_seq] int32`` plus a free list of slots."""
+
+    def __init__(self, max_slots: int, num_kv_heads: int, max_pages_per_seq: int, device: torch.device) -> None:
+        self.table = torch.zeros(max_slots, num_kv_heads, max_pages_per_seq, dtype=torch.int32, device=device)
+        self.num_kv_heads = num_kv_heads
+        self.max_pages_per_seq = max_pages_per_seq
+        self._free_slots = list(range(max_slots - 1, -1, -1))
+
+    def acquire_slot(self) -> int:
+        if not self._free_slots:
+            raise RuntimeError("no free block-table slot; the scheduler admits at most max_batch_size sequences")
+        return self._free_slots.pop()
+
+    def release_slot(self, slot: int) -> None:
+        self._free_slots.append(slot)
+
+    def write_pages(self, slots: list[int], heads: list[int], positions: list[int], pages: list[int]) -> None:
+        """Set ``table[slots[i], heads[i], positions[i]] = pages[i]`` with one host->device copy."""
+        if not pages:
+            return
+        index = torch.tensor([slots, heads, positions], dtype=torch.long).to(self.table.device, non_blocking=True)
+        values = torch.tensor(pages, dtype=torch.int32).to(self.table.device, non_blocking=True)
+        self.table[index[0], index[1], index[2]] = values
+
+    def held_pages(self, slot: int, held: int) -> list[int]:
+        """All page ids a slot holds (host copy; used once when a sequence finishes)."""
+        return self.table[slot, :, :held].flatten().tolist()

@@ -1,0 +1,67 @@
+"""KV page storage and the per-page metadata the selection policies read.
+
+Layout follows FlashInfer's "HND" paged layout with one head per page:
+``k[layer]`` and ``v[layer]`` are ``[num_pages, 1, page_size, head_dim]``. Metadata, updated as
+tokens are written (all post-RoPE keys):
+
+- ``key_min[layer], key_max[layer]: [num_pages, head_dim] float32``: element-wise key bounds (Quest).
+- ``key_sum[layer]: [num_pages, head_dim] float32``: sum of keys; divided by the page's token count
+  it is the page's representative key (InfLLM).
+- ``attention_mass: [num_pages] float32``: attention probability the page received, summed over
+  layers, query heads of the group and decode steps (H2O).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    def __init__(
+        self,
+        num_layers: int,
+        num_pages: int,
+        page_size: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        shape = (num_layers, num_pages, 1, page_size, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        meta_shape = (num_layers, num_pages, head_dim)
+        self.key_min = torch.full(meta_shape, float("inf"), dtype=torch.float32, device=device)
+        self.key_max = torch.full(meta_shape, float("-inf"), dtype=torch.float32, device=device)
+        self.key_sum = torch.zeros(meta_shape, dtype=torch.float32, device=device)
+        self.attention_mass = torch.zeros(num_pages, dtype=torch.float32, device=device)
+        self.page_size = page_size
+        self.head_dim = head_dim
+        self.num_pages = num_pages
+
+    def reset_pages(self, pages: torch.Tensor) -> None:
+        """Clear the metadata of freshly (re)assigned pages. ``pages: [n] int64``."""
+        self.key_min[:, pages] = float("inf")
+        self.key_max[:, pages] = float("-inf")
+        self.key_sum[:, pages] = 0.0
+        self.attention_mass[pages] = 0.0
+
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store keys/values and fold them into the page metadata.
+
+        ``slots: [T, H] int64`` flat token slots (``page * page_size + offset``) per token and KV
+        head; ``k, v: [T, H, head_dim]``.
+        """
+        flat_slots = slots.reshape(-1)
+        k_flat = k.reshape(-1, self.head_dim)
+        self.k[layer].view(-1, self.head_dim).index_copy_(0, flat_slots, k_flat.to(self.k.dtype))
+        self.v[layer].view(-1, self.head_dim).index_copy_(0, flat_slots, v.reshape(-1, self.head_dim).to(self.v.dtype))
+        pages = (flat_slots // self.page_size).unsqueeze(1).expand(-1, self.head_dim)
+        k32 = k_flat.float()
+        self.key_min[layer].scatter_reduce_(0, pages, k32, reduce="amin")
+        self.key_max[layer].scatter_reduce_(0, pages, k32, reduce="amax")
+        self.key_sum[layer].scatter_add_(0, pages, k32)
+
+    def page_bytes(self) -> int:
+        """Bytes of K and V one page takes across all layers."""
+        per_layer = self.page_size * self.head_dim * self.k.element_size() * 2
+        return per_layer * self.k.shape[0]

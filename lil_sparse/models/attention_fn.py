@@ -1,0 +1,29 @@
+"""The seam between the model and the KV cache: the model computes q/k/v, an ``AttentionFn`` attends."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+
+class AttentionFn(Protocol):
+    """Attention for one layer over the flattened tokens of a batch.
+
+    The model calls this once per layer with the new tokens' projections; the implementation owns
+    everything about context: it stores k/v (the engine's paged KV cache), picks which cached pages
+    each query sees (sparse policies) and knows where each sequence starts. The model never sees
+    sequence boundaries.
+
+    Args:
+        layer_index: which decoder layer, 0-based.
+        q: [T, num_heads, head_dim], post-RoPE.
+        k: [T, num_kv_heads, head_dim], post-RoPE, contiguous (the cache stores post-RoPE keys).
+        v: [T, num_kv_heads, head_dim], contiguous.
+    Returns:
+        o: [T, num_heads, head_dim], same dtype as ``q``. Query head ``i`` reads KV head
+        ``i // (num_heads // num_kv_heads)`` (the Hugging Face GQA convention), scaled by
+        ``1 / sqrt(head_dim)``.
+    """
+
+    def __call__(self, layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor: ...

@@ -1,0 +1,182 @@
+"""Per-request options: sampling, stopping, sparse attention and Guardian.
+
+Every option object is a frozen dataclass that validates itself in ``__post_init__`` and raises
+``ValueError`` naming the offending field, so a bad request fails before it touches the engine.
+The server maps these errors to ``INVALID_ARGUMENT``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+POLICY_NAMES: tuple[str, ...] = ("full", "sink", "h2o", "quest", "infllm")
+GuardianMode = Literal["full", "incremental"]
+GuardianSource = Literal["text", "token_ids"]
+
+
+def _require(condition: bool, field_name: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"{field_name}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingOptions:
+    """How the next token is drawn.
+
+    ``temperature == 0`` is greedy. ``top_k == 0`` and ``top_p == 1`` disable those filters.
+    ``seed`` makes sampling reproducible: the same request and seed give the same tokens alone
+    or inside any batch (the noise is a function of seed and position, not of batch order).
+    """
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.temperature >= 0.0, "temperature", f"must be >= 0, got {self.temperature}")
+        _require(self.top_k >= 0, "top_k", f"must be >= 0 (0 disables), got {self.top_k}")
+        _require(0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1], got {self.top_p}")
+        if self.seed is not None:
+            _require(0 <= self.seed < 2**63, "seed", f"must be in [0, 2^63), got {self.seed}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoppingOptions:
+    """When generation ends (besides Guardian and aborts)."""
+
+    max_new_tokens: int = 256
+    stop_strings: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        _require(
+            all(isinstance(s, str) and s for s in self.stop_strings),
+            "stop_strings",
+            "every stop string must be a non-empty string",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SparseOptions:
+    """Which KV pages a decode step attends.
+
+    ``budget_tokens`` is the number of KV tokens attended per decode step, rounded down to whole
+    pages (see :meth:`budget_pages`); the newest, possibly partial, page is always one of them.
+    ``full`` ignores the budget. ``sink_tokens`` and ``recent_tokens`` are rounded up to whole
+    pages by the policies that use them; ``recent_tokens == 0`` sizes the window automatically. ``dense_layers`` leading layers attend densely under
+    Quest (as in the Quest paper); eviction policies evict for all layers at once.
+    """
+
+    policy: str = "full"
+    budget_tokens: int = 512
+    sink_tokens: int = 4
+    recent_tokens: int = 0  # 0: automatic, see recent_pages()
+    dense_layers: int = 2
+
+    def __post_init__(self) -> None:
+        _require(
+            self.policy in POLICY_NAMES,
+            "policy",
+            f"unknown policy {self.policy!r}; choose one of {', '.join(POLICY_NAMES)}",
+        )
+        _require(self.budget_tokens >= 1, "budget_tokens", f"must be >= 1, got {self.budget_tokens}")
+        _require(self.sink_tokens >= 0, "sink_tokens", f"must be >= 0, got {self.sink_tokens}")
+        _require(
+            self.recent_tokens >= 0, "recent_tokens", f"must be >= 0 (0: automatic), got {self.recent_tokens}"
+        )
+        _require(self.dense_layers >= 0, "dense_layers", f"must be >= 0, got {self.dense_layers}")
+
+    def budget_pages(self, page_size: int) -> int:
+        """Pages attended per step (the newest page included); raises if below one page."""
+        pages = self.budget_tokens // page_size
+        _require(
+            pages >= 1 or self.policy == "full",
+            "budget_tokens",
+            f"{self.budget_tokens} is below one page ({page_size} tokens)",
+        )
+        return max(pages, 1)
+
+    def sink_pages(self, page_size: int) -> int:
+        """Sink tokens rounded up to whole pages."""
+        return -(-self.sink_tokens // page_size)
+
+    def recent_pages(self, page_size: int) -> int:
+        """Recent-window pages, the newest page included.
+
+        ``recent_tokens == 0`` means automatic: half of the budget left after the sink pages
+        (H2O's even split between recent tokens and heavy hitters), at least one page.
+        """
+        if self.recent_tokens > 0:
+            return -(-self.recent_tokens // page_size)
+        budget = self.budget_pages(page_size)
+        sink = self.sink_pages(page_size) if self.policy == "infllm" else 0
+        return max(1, (budget - sink) // 2)
+
+    def validate_for(self, page_size: int, num_layers: int) -> None:
+        """Checks that need the engine's geometry; raises ``ValueError`` naming the field."""
+        if self.policy == "full":
+            return
+        budget = self.budget_pages(page_size)
+        if self.policy in ("sink", "infllm"):
+            _require(
+                self.sink_pages(page_size) + 1 <= budget,
+                "sink_tokens",
+                f"{self.sink_tokens} sink tokens plus the newest page exceed the budget of {budget} pages",
+            )
+        if self.policy in ("h2o", "infllm"):
+            forced = self.recent_pages(page_size) + (self.sink_pages(page_size) if self.policy == "infllm" else 0)
+            _require(
+                forced <= budget,
+                "recent_tokens",
+                f"{self.recent_tokens} recent tokens do not fit the budget of {budget} pages",
+            )
+        _require(
+            self.dense_layers <= num_layers,
+            "dense_layers",
+            f"must be <= the model's {num_layers} layers, got {self.dense_layers}",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GuardianOptions:
+    """Guardian early stop (Lil, arXiv 2601.03043).
+
+    Every ``interval_tokens`` generated tokens the sequence so far (prompt plus output) is
+    compressed; when the compressed size grew by less than ``threshold_bytes`` since the previous
+    check, generation stops with finish reason ``early_stop``. ``mode="full"`` recompresses
+    everything with zlib (the paper); ``"incremental"`` feeds only the new bytes to a streaming
+    compressor with a sync flush. ``source`` picks UTF-8 text or the token ids as bytes.
+    """
+
+    enabled: bool = False
+    interval_tokens: int = 250
+    threshold_bytes: int = 20
+    mode: GuardianMode = "full"
+    source: GuardianSource = "text"
+
+    def __post_init__(self) -> None:
+        _require(
+            self.interval_tokens >= 1,
+            "interval_tokens",
+            f"must be >= 1 (a threshold needs an interval), got {self.interval_tokens}",
+        )
+        _require(self.threshold_bytes >= 0, "threshold_bytes", f"must be >= 0, got {self.threshold_bytes}")
+        _require(self.mode in ("full", "incremental"), "mode", f"must be 'full' or 'incremental', got {self.mode!r}")
+        _require(self.source in ("text", "token_ids"), "source", f"must be 'text' or 'token_ids', got {self.source!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOptions:
+    """Everything a caller may choose per request."""
+
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    stopping: StoppingOptions = field(default_factory=StoppingOptions)
+    sparse: SparseOptions = field(default_factory=SparseOptions)
+    guardian: GuardianOptions = field(default_factory=GuardianOptions)

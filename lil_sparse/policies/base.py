@@ -1,0 +1,106 @@
+"""The selection-policy interface.
+
+A policy decides which KV pages a decode step attends. It works on a whole group of attention
+rows at once (every row of the step whose request chose this policy), on the device, with no
+loop over requests or pages. Two kinds:
+
+- **eviction** policies (sink, h2o) keep at most ``budget`` pages per row and free the rest; the
+  step attends every page still held. :meth:`keep_scores` ranks pages, higher is kept.
+- **retention** policies (quest, infllm) keep all KV and pick pages per layer with
+  :meth:`select_slots`.
+
+Pages are whole: where a paper's rule is per token, each policy file says how it maps to pages.
+"""
+
+from __future__ import annotations
+
+from abc import ABC
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from lil_sparse.attention.layout import DecodeLayout
+from lil_sparse.kv.kv_cache import KVCache
+
+
+@dataclass(frozen=True)
+class PolicyBatch:
+    """The rows of one step that run one policy. ``n`` rows, one per (sequence, KV head).
+
+    - ``rows: [n] int64``: the rows' indices in the step (``b * num_kv_heads + h``).
+    - ``table: [n, width] int32``: each row's held pages, oldest first, newest at ``held - 1``.
+    - ``held: [n] int64``: pages each row holds.
+    - ``select_count: [n] int64``: pages to attend in a sparse layer, the newest included.
+    - ``sink_pages, recent_pages: [n] int64``: per-request window sizes in pages.
+    - ``dense_layers: [n] int64``: leading layers that attend every held page.
+    - ``max_select``: ``max(select_count)`` on the host.
+    - ``layout``: the group's own decode layout for sparse layers (used to observe attention).
+    """
+
+    rows: torch.Tensor
+    table: torch.Tensor
+    held: torch.Tensor
+    select_count: torch.Tensor
+    sink_pages: torch.Tensor
+    recent_pages: torch.Tensor
+    dense_layers: torch.Tensor
+    max_select: int
+    num_kv_heads: int
+    layout: DecodeLayout | None = None
+
+    def slot_index(self) -> torch.Tensor:
+        """``[1, width] int64`` slot positions, for index arithmetic."""
+        return torch.arange(self.table.shape[1], device=self.table.device).unsqueeze(0)
+
+
+class SelectionPolicy(ABC):
+    """Base class; subclasses override what their kind needs."""
+
+    name: ClassVar[str]
+    evicts: ClassVar[bool] = False
+    selects_per_layer: ClassVar[bool] = False
+    observes_attention: ClassVar[bool] = False
+
+    def attended_pages(self, held: int, budget_pages: int) -> int:
+        """Pages a sparse layer attends for a row holding ``held`` pages (host ints)."""
+        return held if self.evicts or self.name == "full" else min(held, budget_pages)
+
+    def keep_scores(self, batch: PolicyBatch, kv: KVCache) -> torch.Tensor:
+        """Eviction policies: ``[n, width] float32`` score per held slot; the highest are kept.
+
+        Slots that must survive score ``+inf``. Padding beyond ``held`` is ignored by the caller.
+        """
+        raise NotImplementedError(f"{self.name} does not evict")
+
+    def select_slots(self, layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache) -> torch.Tensor:
+        """Retention policies: ``[n, >= max_select - 1] int64`` slots of older pages to attend.
+
+        ``q: [n, G, D]``. Row ``r``'s first ``select_count[r] - 1`` entries are used; the
+        newest page is appended by the caller.
+        """
+        raise NotImplementedError(f"{self.name} does not select per layer")
+
+    def observe_decode(
+        self, layer: int, q: torch.Tensor, page_ids: torch.Tensor, batch: PolicyBatch, kv: KVCache
+    ) -> None:
+        """Called after a decode layer with the group's queries ``[n, G, D]`` and attended pages."""
+
+    def observe_prefill(self, layer: int, q: torch.Tensor, k: torch.Tensor, pages: torch.Tensor, kv: KVCache) -> None:
+        """Called after a prefill layer for one sequence of this policy.
+
+        ``q: [T, Hq, D]``, ``k: [T, Hkv, D]``, ``pages: [Hkv, T] int64`` page of each token per head.
+        """
+
+
+def mask_beyond(scores: torch.Tensor, limit: torch.Tensor, batch: PolicyBatch) -> torch.Tensor:
+    """Set ``scores[r, j] = -inf`` for slots ``j >= limit[r]``. ``scores: [n, width]``."""
+    return scores.masked_fill(batch.slot_index() >= limit.unsqueeze(1), float("-inf"))
+
+
+def top_slots(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the ``count`` highest scores per row, best first. ``[n, width] -> [n, count]``."""
+    count = min(count, scores.shape[1])
+    if count <= 0:
+        return torch.zeros(scores.shape[0], 0, dtype=torch.long, device=scores.device)
+    return torch.topk(scores, count, dim=1, sorted=True).indices

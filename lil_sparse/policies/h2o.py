@@ -1,0 +1,57 @@
+"""h2o (Heavy-Hitter Oracle): keep the recent pages plus the pages with the most attention mass.
+
+Adapted to pages and to a paged, per-head cache:
+
+- Mass is accumulated per page and KV head (the group's query heads summed) and summed over
+  layers, so one eviction decision per (sequence, KV head) frees the page in every layer. H2O
+  scores tokens per layer and head; a page is the unit we can free, and sharing the decision
+  across layers is what lets eviction return memory.
+- Prefill seeds the mass from the last ``OBSERVATION_WINDOW`` prompt queries rather than all of
+  them, which would cost O(prompt^2) extra work at long contexts.
+- Each decode step adds the probability every attended page received.
+- The recent window (the newest page included) always survives; heavy hitters fill the rest.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lil_sparse.attention.reference import paged_page_probs
+from lil_sparse.kv.kv_cache import KVCache
+from lil_sparse.policies.base import PolicyBatch, SelectionPolicy
+
+OBSERVATION_WINDOW = 64
+
+
+class H2OPolicy(SelectionPolicy):
+    name = "h2o"
+    evicts = True
+    observes_attention = True
+
+    def keep_scores(self, batch: PolicyBatch, kv: KVCache) -> torch.Tensor:
+        mass = kv.attention_mass[batch.table.long()]  # [n, width]
+        recent_start = (batch.held - batch.recent_pages).unsqueeze(1)
+        return mass.masked_fill(batch.slot_index() >= recent_start, float("inf"))
+
+    def observe_decode(
+        self, layer: int, q: torch.Tensor, page_ids: torch.Tensor, batch: PolicyBatch, kv: KVCache
+    ) -> None:
+        layout = batch.layout
+        if layout is None:
+            raise ValueError("h2o needs the group's decode layout to observe attention")
+        probs = paged_page_probs(q, kv.k[layer], page_ids, layout)  # [n, width]
+        kv.attention_mass.index_add_(0, layout.pack(page_ids).long(), layout.pack(probs))
+
+    def observe_prefill(self, layer: int, q: torch.Tensor, k: torch.Tensor, pages: torch.Tensor, kv: KVCache) -> None:
+        length, num_heads, head_dim = q.shape
+        num_kv_heads = k.shape[1]
+        window = min(length, OBSERVATION_WINDOW)
+        queries = q[length - window :].float().view(window, num_kv_heads, num_heads // num_kv_heads, head_dim)
+        scores = torch.einsum("wkgd,tkd->kgwt", queries, k.float()) / math.sqrt(head_dim)
+        query_pos = torch.arange(length - window, length, device=q.device).view(-1, 1)
+        causal = torch.arange(length, device=q.device).view(1, -1) <= query_pos  # [window, T]
+        probs = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+        token_mass = probs.sum(dim=(1, 2))  # [Hkv, T]
+        kv.attention_mass.index_add_(0, pages.reshape(-1), token_mass.reshape(-1))

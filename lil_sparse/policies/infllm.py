@@ -1,0 +1,35 @@
+"""infllm: keep all KV; attend the initial pages, a local window and the top-scoring blocks.
+
+Adapted to pages: a block is one page, and its representative key is the mean of its keys
+(InfLLM picks a few representative tokens per block by the attention they received; the mean
+is the one-vector version that needs no extra attention pass). A block's score is the dot
+product of the current queries with its representative key, summed over every query head of
+every KV head, so a sequence attends the same pages in every head, as in InfLLM. Blocks are
+re-chosen in every layer.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lil_sparse.kv.kv_cache import KVCache
+from lil_sparse.policies.base import PolicyBatch, SelectionPolicy, mask_beyond, top_slots
+
+
+class InfLLMPolicy(SelectionPolicy):
+    name = "infllm"
+    selects_per_layer = True
+
+    def select_slots(self, layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache) -> torch.Tensor:
+        pages = batch.table.long()
+        representative = kv.key_sum[layer][pages] / kv.page_size  # [n, W, D]; older pages are full
+        per_row = torch.bmm(q.float(), representative.transpose(1, 2)).sum(dim=1)  # [n, W]
+        heads = batch.num_kv_heads
+        per_sequence = per_row.view(-1, heads, per_row.shape[1]).sum(dim=1, keepdim=True)
+        scores = per_sequence.expand(-1, heads, -1).reshape_as(per_row)
+        slots = batch.slot_index()
+        forced = (slots < batch.sink_pages.unsqueeze(1)) | (
+            slots >= (batch.held - batch.recent_pages).unsqueeze(1)
+        )
+        scores = mask_beyond(scores.masked_fill(forced, float("inf")), batch.held - 1, batch)
+        return top_slots(scores, batch.max_select - 1)

@@ -1,0 +1,91 @@
+"""Per-row sampling settings of one decode step, as device tensors."""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+
+from lil_sparse.options import SamplingOptions
+
+
+def with_request_seed(options: SamplingOptions, rng: random.Random | None = None) -> SamplingOptions:
+    """``options`` with a seed: its own, or ``rng.getrandbits(63)`` drawn now.
+
+    The engine calls this once at admission, so a request without a seed still samples from one
+    fixed noise stream for its whole life, independent of the batches it runs in.
+    """
+    if options.seed is not None:
+        return options
+    return replace(options, seed=(rng or random).getrandbits(63))
+
+
+def _float32_bits(value: float) -> int:
+    """The float32 bit pattern of ``value`` as a signed 32-bit integer (fits int32 exactly)."""
+    return int(struct.unpack("<i", struct.pack("<f", value))[0])
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Sampling settings of a batch of ``B`` rows, on the device.
+
+    temperature: [B] float32, 1.0 on greedy rows (unused there, and never a divisor of zero).
+    top_k:       [B] int64, 0 disables.
+    top_p:       [B] float32, 1.0 disables.
+    seed:        [B] int64 in [0, 2^63), 0 on greedy rows without a seed.
+    greedy:      [B] bool, rows that take the argmax.
+    """
+
+    temperature: torch.Tensor
+    top_k: torch.Tensor
+    top_p: torch.Tensor
+    seed: torch.Tensor
+    greedy: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.greedy.shape[0])
+
+    @classmethod
+    def from_options(
+        cls, options: Sequence[SamplingOptions], device: torch.device | str = "cpu"
+    ) -> SamplingParams:
+        """Build the batch tensors with one host-to-device copy.
+
+        Every sampled row needs a seed (see :func:`with_request_seed`); raises ``ValueError``
+        naming ``seed`` otherwise.
+        """
+        rows = []
+        for index, option in enumerate(options):
+            if option.seed is None and not option.greedy:
+                raise ValueError(
+                    f"seed: row {index} samples (temperature {option.temperature}) without a seed; "
+                    "assign one at admission with with_request_seed()"
+                )
+            temperature = 1.0 if option.greedy else option.temperature
+            rows.append(
+                (
+                    _float32_bits(temperature),
+                    option.top_k,
+                    _float32_bits(option.top_p),
+                    option.seed or 0,
+                    int(option.greedy),
+                )
+            )
+        # One int64 [5, B] table carries every field (floats as their bit patterns), so the
+        # batch crosses to the device in a single copy and is split there.
+        host = torch.tensor(rows, dtype=torch.int64).reshape(len(rows), 5).T.contiguous()
+        device = torch.device(device)
+        if device.type == "cuda":
+            host = host.pin_memory()
+        table = host.to(device, non_blocking=True)
+        return cls(
+            temperature=table[0].to(torch.int32).view(torch.float32),
+            top_k=table[1],
+            top_p=table[2].to(torch.int32).view(torch.float32),
+            seed=table[3],
+            greedy=table[4].bool(),
+        )

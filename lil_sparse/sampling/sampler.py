@@ -1,0 +1,59 @@
+"""Draw the next token of every row: greedy, or temperature, top-k, top-p and Gumbel-max."""
+
+from __future__ import annotations
+
+import torch
+
+from lil_sparse.sampling.noise import gumbel_noise
+from lil_sparse.sampling.params import SamplingParams
+
+# Temperatures below this are clamped: the row is then greedy in all but ties, and scaled
+# logits stay far from float32 overflow (which would turn softmax into NaN).
+MIN_TEMPERATURE = 1e-5
+
+
+def filter_top_k_top_p(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Set logits outside each row's top-k, then outside its top-p nucleus, to -inf.
+
+    scaled: [B, V] float32 logits (already divided by temperature).
+    top_k:  [B] int64, 0 keeps all. top_p: [B] float32, 1.0 keeps all.
+    Returns [B, V] float32. The nucleus is the smallest set of the most likely tokens (after
+    top-k, renormalised) whose probability reaches ``top_p``; the most likely token always stays.
+    """
+    vocab_size = scaled.shape[-1]
+    sorted_logits, sorted_index = scaled.sort(dim=-1, descending=True)  # [B, V]
+    rank = torch.arange(vocab_size, device=scaled.device).unsqueeze(0)  # [1, V]
+    k = torch.where(top_k > 0, top_k, vocab_size).clamp(max=vocab_size).unsqueeze(1)  # [B, 1]
+    sorted_logits = sorted_logits.masked_fill(rank >= k, float("-inf"))
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # [B, V] probability of the strictly better tokens
+    # A token belongs to the nucleus while the better tokens still fall short of top_p.
+    outside = (mass_before >= top_p.unsqueeze(1)) & (rank > 0)
+    sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
+    return torch.full_like(scaled, float("-inf")).scatter(-1, sorted_index, sorted_logits)
+
+
+class Sampler:
+    """Stateless: every random choice comes from (seed, position), never from a generator."""
+
+    def sample(
+        self, logits: torch.Tensor, params: SamplingParams, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pick one token per row, without a host sync.
+
+        logits:    [B, V] float32, the model's raw next-token logits.
+        params:    :class:`SamplingParams` of the same B rows, on the logits' device.
+        positions: [B] int64, the sequence position of the token being sampled (the noise of a
+                   request differs at every position and repeats for the same position).
+        Returns (token_ids [B] int64, logprobs [B] float32), where logprobs is
+        ``log_softmax(logits)`` at the token (before temperature and filters).
+        """
+        logits = logits.float()
+        greedy_tokens = logits.argmax(dim=-1)  # [B]
+        temperature = params.temperature.clamp(min=MIN_TEMPERATURE).unsqueeze(1)  # [B, 1]
+        filtered = filter_top_k_top_p(logits / temperature, params.top_k, params.top_p)
+        noise = gumbel_noise(params.seed, positions, logits.shape[-1])  # [B, V]
+        sampled_tokens = (filtered + noise).argmax(dim=-1)  # [B]
+        token_ids = torch.where(params.greedy, greedy_tokens, sampled_tokens)
+        logprobs = logits.log_softmax(dim=-1).gather(-1, token_ids.unsqueeze(1)).squeeze(1)
+        return token_ids, logprobs

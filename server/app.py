@@ -1,0 +1,137 @@
+"""Assembles one sidecar: engine thread, servicer, health, reflection, metrics; start and drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from importlib import metadata
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from lil_client._proto.lil_sparse.v1 import service_pb2_grpc
+
+from server.config import ServerConfig
+from server.engine_loop import EngineLoop
+from server.metrics import ServerMetrics
+from server.servicer import SERVICE_NAME, LilSparseServicer
+
+logger = logging.getLogger(__name__)
+# How often the drain loop looks at the in-flight count.
+_DRAIN_POLL_SECONDS = 0.05
+# After the grace period, aborted streams get this long to deliver their final message.
+_ABORT_FLUSH_SECONDS = 2.0
+
+
+def server_version() -> str:
+    try:
+        return metadata.version("lil-sparse")
+    except metadata.PackageNotFoundError:  # running from a source checkout
+        return "0.1.0+source"
+
+
+def load_engine(config: ServerConfig) -> Any:
+    """Build the engine from the server config (slow: loads weights)."""
+    from lil_sparse.config import EngineConfig
+    from lil_sparse.engine import LLMEngine
+
+    engine_config = EngineConfig(
+        model=config.model,
+        device=config.device,
+        dtype=config.dtype,
+        backend=config.backend,
+        page_size=config.page_size,
+        kv_cache_tokens=config.kv_cache_tokens,
+        max_batch_size=config.max_running,
+        max_model_len=config.max_model_len,
+        max_waiting=config.max_waiting,
+        guardian_workers=config.guardian_workers,
+    )
+    return LLMEngine.from_config(engine_config)
+
+
+class SidecarServer:
+    """One gRPC server over one engine. Use ``await start()``, then ``await drain()`` to stop.
+
+    ``engine`` may be passed in (tests share one loaded engine); otherwise it is loaded from
+    ``config`` in a worker thread so the event loop stays responsive.
+    """
+
+    def __init__(self, config: ServerConfig, engine: Any | None = None) -> None:
+        self.config = config
+        self._engine = engine
+        self.metrics = ServerMetrics(model=config.model)
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self.metrics_port = 0
+        self._grpc: grpc.aio.Server | None = None
+        self._metrics_http: Any = None
+        self._servicer: LilSparseServicer | None = None
+        self._loop: EngineLoop | None = None
+
+    @property
+    def engine_loop(self) -> EngineLoop:
+        if self._loop is None:
+            raise RuntimeError("server not started")
+        return self._loop
+
+    async def start(self) -> None:
+        if self._engine is None:
+            self._engine = await asyncio.to_thread(load_engine, self.config)
+        engine: Any = self._engine
+        self._loop = EngineLoop(
+            engine,
+            max_in_flight=self.config.max_in_flight,
+            on_stats=self.metrics.observe_stats,
+            on_finished=self.metrics.observe_finished,
+        )
+        self._loop.start()
+        self._servicer = LilSparseServicer(
+            self._loop, engine.tokenizer, engine.info, self.config, server_version()
+        )
+        server = grpc.aio.server()
+        service_pb2_grpc.add_LilSparseServiceServicer_to_server(self._servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if self.config.reflection:
+            names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+            reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
+        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        await server.start()
+        self._grpc = server
+        self._metrics_http = self.metrics.serve(self.config.host, self.config.metrics_port)
+        self.metrics_port = self._metrics_http.server_address[1]
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        logger.info(
+            "serving %s on port %d, metrics on port %d", self.config.model, self.port, self.metrics_port
+        )
+
+    async def drain(self, grace_seconds: float | None = None) -> None:
+        """Stop taking calls, let in-flight streams finish within the grace period, then stop.
+
+        Health turns NOT_SERVING first, so load balancers stop routing here while we drain.
+        Streams still running after the grace period are aborted (finish reason ABORTED).
+        """
+        grace = self.config.grace_period_seconds if grace_seconds is None else grace_seconds
+        await self.health.enter_graceful_shutdown()
+        if self._servicer is not None:
+            self._servicer.draining = True
+        loop = self.engine_loop
+        loop.close_admission()
+        deadline = time.monotonic() + grace
+        while loop.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(_DRAIN_POLL_SECONDS)
+        if loop.in_flight:
+            logger.warning("grace period over; aborting %d requests", loop.in_flight)
+        await asyncio.to_thread(loop.stop, _ABORT_FLUSH_SECONDS)
+        if self._grpc is not None:
+            await self._grpc.stop(_ABORT_FLUSH_SECONDS)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+
+    async def wait_for_termination(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.wait_for_termination()

@@ -1,0 +1,216 @@
+"""Server configuration: one validated frozen dataclass, built from flags and environment variables.
+
+Every setting has a flag and an environment variable named after it: ``--max-waiting`` reads
+``LIL_SPARSE_MAX_WAITING``. A flag given on the command line wins over the environment, which wins
+over the default. Default request options use flat settings (``--default-policy``,
+``LIL_SPARSE_DEFAULT_POLICY``) and land in ``ServerConfig.default_options``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from lil_sparse.options import (
+    GuardianOptions,
+    RequestOptions,
+    SamplingOptions,
+    SparseOptions,
+    StoppingOptions,
+)
+
+ENV_PREFIX = "LIL_SPARSE_"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything the sidecar needs to start. Field names are stable: the Helm chart sets them."""
+
+    model: str
+    host: str = "0.0.0.0"
+    port: int = 50051
+    metrics_port: int = 9400  # 0 picks a free port (tests)
+    max_running: int = 8  # requests decoded concurrently (the engine's batch size)
+    max_waiting: int = 64  # requests queued beyond max_running before RESOURCE_EXHAUSTED
+    grace_period_seconds: float = 30.0  # SIGTERM: how long in-flight streams may finish
+    reflection: bool = True
+    guardian_workers: int = 2  # threads compressing for Guardian; 0 checks inline on the engine thread
+    device: str = "cpu"
+    backend: str = "auto"
+    dtype: str = "auto"
+    page_size: int = 16
+    kv_cache_tokens: int = 32768  # KV pool size in tokens per KV head
+    max_model_len: int = 0  # 0: the model's own context
+    default_options: RequestOptions = field(default_factory=RequestOptions)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.model), "model", "is required (--model or LIL_SPARSE_MODEL)")
+        _require(bool(self.host), "host", "must not be empty")
+        _require(
+            0 <= self.port <= 65535, "port", f"must be in [0, 65535] (0 picks a free port), got {self.port}"
+        )
+        _require(
+            0 <= self.metrics_port <= 65535,
+            "metrics_port",
+            f"must be in [0, 65535] (0 picks a free port), got {self.metrics_port}",
+        )
+        _require(self.max_running >= 1, "max_running", f"must be >= 1, got {self.max_running}")
+        _require(self.max_waiting >= 0, "max_waiting", f"must be >= 0, got {self.max_waiting}")
+        _require(
+            self.grace_period_seconds >= 0,
+            "grace_period_seconds",
+            f"must be >= 0, got {self.grace_period_seconds}",
+        )
+        _require(self.guardian_workers >= 0, "guardian_workers", f"must be >= 0, got {self.guardian_workers}")
+        _require(self.page_size >= 1, "page_size", f"must be >= 1, got {self.page_size}")
+        _require(
+            self.kv_cache_tokens >= self.page_size,
+            "kv_cache_tokens",
+            f"must hold at least one page ({self.page_size} tokens), got {self.kv_cache_tokens}",
+        )
+        _require(
+            self.max_model_len >= 0,
+            "max_model_len",
+            f"must be >= 0 (0: the model's), got {self.max_model_len}",
+        )
+
+    @property
+    def max_in_flight(self) -> int:
+        """Requests admitted at once (running plus waiting); one more is refused."""
+        return self.max_running + self.max_waiting
+
+
+def _require(condition: bool, field_name: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"{field_name}: {message}")
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One flat setting: its flag/env name, how to parse an env value, and the flag's help."""
+
+    name: str  # snake_case; the flag is --name-with-dashes, the env var LIL_SPARSE_NAME
+    parse: Callable[[str], Any]
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env_var(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+SERVER_SETTINGS: tuple[Setting, ...] = (
+    Setting("model", str, "model folder, GGUF file or registry name (required)"),
+    Setting("host", str, "address to bind (default 0.0.0.0)"),
+    Setting("port", int, "gRPC port (default 50051; 0 picks a free one)"),
+    Setting("metrics_port", int, "Prometheus port (default 9400; 0 picks a free one)"),
+    Setting("max_running", int, "requests decoded concurrently (default 8)"),
+    Setting("max_waiting", int, "queued requests before RESOURCE_EXHAUSTED (default 64)"),
+    Setting("grace_period_seconds", float, "SIGTERM drain time for in-flight streams (default 30)"),
+    Setting("reflection", parse_bool, "serve gRPC reflection (default true)"),
+    Setting("guardian_workers", int, "Guardian compression threads (default 2; 0 inline)"),
+    Setting("device", str, "torch device (default cpu)"),
+    Setting("backend", str, "attention backend: auto, reference, flashinfer (default auto)"),
+    Setting("dtype", str, "weights dtype: auto, float32, bfloat16, float16 (default auto)"),
+    Setting("page_size", int, "tokens per KV page (default 16)"),
+    Setting("kv_cache_tokens", int, "KV pool size in tokens per KV head (default 32768)"),
+    Setting("max_model_len", int, "max prompt+output tokens (default 0: the model's context)"),
+)
+
+# Default request options: setting name -> (options group, field in that group).
+DEFAULT_OPTION_SETTINGS: tuple[tuple[Setting, str, str], ...] = (
+    (Setting("default_temperature", float, "default temperature (0 greedy)"), "sampling", "temperature"),
+    (Setting("default_top_k", int, "default top-k (0 off)"), "sampling", "top_k"),
+    (Setting("default_top_p", float, "default top-p (1 off)"), "sampling", "top_p"),
+    (Setting("default_max_new_tokens", int, "default max new tokens"), "stopping", "max_new_tokens"),
+    (Setting("default_policy", str, "default sparse policy"), "sparse", "policy"),
+    (Setting("default_budget_tokens", int, "default KV token budget"), "sparse", "budget_tokens"),
+    (Setting("default_sink_tokens", int, "default sink tokens"), "sparse", "sink_tokens"),
+    (Setting("default_recent_tokens", int, "default recent tokens"), "sparse", "recent_tokens"),
+    (Setting("default_dense_layers", int, "default dense leading layers"), "sparse", "dense_layers"),
+    (Setting("default_guardian", parse_bool, "Guardian on by default"), "guardian", "enabled"),
+    (
+        Setting("default_guardian_interval_tokens", int, "default Guardian interval"),
+        "guardian",
+        "interval_tokens",
+    ),
+    (
+        Setting("default_guardian_threshold_bytes", int, "default Guardian threshold"),
+        "guardian",
+        "threshold_bytes",
+    ),
+    (Setting("default_guardian_mode", str, "default Guardian mode: full, incremental"), "guardian", "mode"),
+    (
+        Setting("default_guardian_source", str, "default Guardian source: text, token_ids"),
+        "guardian",
+        "source",
+    ),
+)
+
+_OPTION_GROUPS: dict[str, type] = {
+    "sampling": SamplingOptions,
+    "stopping": StoppingOptions,
+    "sparse": SparseOptions,
+    "guardian": GuardianOptions,
+}
+
+
+def all_settings() -> tuple[Setting, ...]:
+    return SERVER_SETTINGS + tuple(setting for setting, _, _ in DEFAULT_OPTION_SETTINGS)
+
+
+def _resolve(setting: Setting, flags: Mapping[str, Any], environ: Mapping[str, str]) -> Any:
+    """The flag's value if given, else the parsed env var, else ``None`` (use the default)."""
+    if flags.get(setting.name) is not None:
+        return flags[setting.name]
+    raw = environ.get(setting.env_var)
+    if raw is None:
+        return None
+    try:
+        return setting.parse(raw)
+    except ValueError as error:
+        raise ValueError(f"{setting.name}: bad value in {setting.env_var}: {error}") from None
+
+
+def build_server_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """Merge flags (``None`` = not given) over ``LIL_SPARSE_*`` env vars over defaults.
+
+    Raises ``ValueError`` naming the setting when a value is invalid.
+    """
+    env = os.environ if environ is None else environ
+    server_values = {s.name: value for s in SERVER_SETTINGS if (value := _resolve(s, flags, env)) is not None}
+    if "model" not in server_values:
+        raise ValueError("model: is required (--model or LIL_SPARSE_MODEL)")
+    group_values: dict[str, dict[str, Any]] = {group: {} for group in _OPTION_GROUPS}
+    for setting, group, option_field in DEFAULT_OPTION_SETTINGS:
+        value = _resolve(setting, flags, env)
+        if value is not None:
+            group_values[group][option_field] = value
+    groups = {group: _build_group(group, cls, group_values[group]) for group, cls in _OPTION_GROUPS.items()}
+    return ServerConfig(**server_values, default_options=RequestOptions(**groups))
+
+
+def _build_group(group: str, cls: type, values: dict[str, Any]) -> Any:
+    """Build one options group; an error names the ``default_*`` setting, not the inner field."""
+    try:
+        return cls(**values)
+    except ValueError as error:
+        option_field, _, message = str(error).partition(": ")
+        for setting, setting_group, setting_field in DEFAULT_OPTION_SETTINGS:
+            if setting_group == group and setting_field == option_field:
+                raise ValueError(f"{setting.name}: {message}") from None
+        raise

@@ -1,0 +1,221 @@
+"""The engine thread: the only thread that touches the (not thread-safe) engine.
+
+The asyncio servicer hands submissions and aborts to this thread through a thread-safe inbox and
+receives each request's TokenEvents through a callback it registered (the servicer's callback
+hops back onto the event loop with ``call_soon_threadsafe``). Admission control lives here, in
+front of the inbox, so a full queue is refused before any work is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from lil_sparse.events import TokenEvent
+from lil_sparse.options import RequestOptions
+from server.errors import EngineFailed, InvalidArgument, QueueFull, ShuttingDown
+
+logger = logging.getLogger(__name__)
+
+# What a request's sink receives: token events, then (only if the engine itself broke) an error.
+EventSink = Callable[[TokenEvent | BaseException], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Submit:
+    request_id: str
+    prompt_token_ids: list[int]
+    options: RequestOptions
+    sink: EventSink
+    accepted: Future[str]  # resolved on the engine thread once add_request returned or raised
+
+
+@dataclass(frozen=True, slots=True)
+class _Abort:
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoopStats:
+    """A snapshot for the gauges: requests admitted, running and waiting, and KV use."""
+
+    in_flight: int
+    num_running: int
+    num_waiting: int
+    kv_pages_used: int
+    kv_pages_total: int
+
+    @property
+    def kv_usage_ratio(self) -> float:
+        return self.kv_pages_used / self.kv_pages_total if self.kv_pages_total else 0.0
+
+
+class EngineLoop:
+    """Runs ``engine.step()`` on its own thread while requests are unfinished.
+
+    ``on_stats`` is called on the engine thread after every step and when going idle, and
+    ``on_finished`` with every final event, so metrics stay off the event loop.
+    """
+
+    def __init__(
+        self,
+        engine: Any,
+        max_in_flight: int,
+        on_stats: Callable[[LoopStats], None] | None = None,
+        on_finished: Callable[[TokenEvent, RequestOptions], None] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._max_in_flight = max_in_flight
+        self._on_stats = on_stats
+        self._on_finished = on_finished
+        self._inbox: queue.Queue[_Submit | _Abort | None] = queue.Queue()
+        self._lock = threading.Lock()  # guards _admitted and _closed (touched from both sides)
+        self._admitted: set[str] = set()
+        self._closed = False
+        self._sinks: dict[str, tuple[EventSink, RequestOptions]] = {}  # engine thread only
+        self._thread = threading.Thread(target=self._run, name="lil-sparse-engine", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Refuse new submissions, abort what is left, and join the thread."""
+        with self._lock:
+            self._closed = True
+            remaining = list(self._admitted)
+        for request_id in remaining:
+            self._inbox.put(_Abort(request_id))
+        self._inbox.put(None)
+        self._thread.join(timeout)
+
+    def close_admission(self) -> None:
+        """Refuse new submissions (drain) while in-flight requests keep running."""
+        with self._lock:
+            self._closed = True
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._admitted)
+
+    def in_flight_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._admitted)
+
+    def submit(
+        self, request_id: str, prompt_token_ids: list[int], options: RequestOptions, sink: EventSink
+    ) -> Future[str]:
+        """Admit a request (thread-safe). The future resolves once the engine accepted it.
+
+        Raises QueueFull or ShuttingDown at once; the future raises InvalidArgument if the engine
+        rejected the options.
+        """
+        with self._lock:
+            if self._closed:
+                raise ShuttingDown("server is shutting down")
+            if request_id in self._admitted:
+                raise InvalidArgument(f"request_id: {request_id!r} is already in flight")
+            if len(self._admitted) >= self._max_in_flight:
+                raise QueueFull(f"queue full: {len(self._admitted)} requests running or waiting")
+            self._admitted.add(request_id)
+        accepted: Future[str] = Future()
+        self._inbox.put(_Submit(request_id, prompt_token_ids, options, sink, accepted))
+        return accepted
+
+    def abort(self, request_id: str) -> None:
+        """Ask the engine to abort (thread-safe); it frees the pages on its next step."""
+        self._inbox.put(_Abort(request_id))
+
+    def _release(self, request_id: str) -> None:
+        with self._lock:
+            self._admitted.discard(request_id)
+
+    def _handle(self, command: _Submit | _Abort) -> None:
+        if isinstance(command, _Abort):
+            if command.request_id in self._sinks:
+                self._engine.abort(command.request_id)
+            return
+        try:
+            self._engine.add_request(command.prompt_token_ids, command.options, request_id=command.request_id)
+        except ValueError as error:  # the engine names the field
+            self._release(command.request_id)
+            command.accepted.set_exception(InvalidArgument(str(error)))
+            return
+        except Exception:
+            logger.exception("add_request failed for %s", command.request_id)
+            self._release(command.request_id)
+            command.accepted.set_exception(EngineFailed("the engine could not accept the request"))
+            return
+        self._sinks[command.request_id] = (command.sink, command.options)
+        command.accepted.set_result(command.request_id)
+
+    def _dispatch(self, events: list[TokenEvent]) -> None:
+        for event in events:
+            entry = self._sinks.get(event.request_id)
+            if entry is None:
+                continue
+            sink, options = entry
+            sink(event)
+            if event.finished:
+                del self._sinks[event.request_id]
+                self._release(event.request_id)
+                if self._on_finished is not None:
+                    self._on_finished(event, options)
+
+    def _fail_all(self) -> None:
+        """The engine raised inside step(): its state is unknown, so every stream fails."""
+        logger.exception("engine step failed; failing %d requests", len(self._sinks))
+        for request_id, (sink, _) in list(self._sinks.items()):
+            sink(EngineFailed("the engine failed while generating"))
+            self._release(request_id)
+            try:
+                self._engine.abort(request_id)
+            except Exception:
+                logger.exception("abort after failure failed for %s", request_id)
+        self._sinks.clear()
+
+    def _publish_stats(self) -> None:
+        if self._on_stats is None:
+            return
+        stats = self._engine.stats()
+        self._on_stats(
+            LoopStats(
+                in_flight=self.in_flight,
+                num_running=stats.num_running,
+                num_waiting=stats.num_waiting,
+                kv_pages_used=stats.kv_pages_used,
+                kv_pages_total=stats.kv_pages_total,
+            )
+        )
+
+    def _take_commands(self, block: bool) -> list[_Submit | _Abort | None]:
+        """Everything in the inbox; waits for the first item only when the engine is idle."""
+        commands: list[_Submit | _Abort | None] = [self._inbox.get()] if block else []
+        while True:
+            try:
+                commands.append(self._inbox.get_nowait())
+            except queue.Empty:
+                return commands
+
+    def _run(self) -> None:
+        stopping = False
+        while True:
+            busy = self._engine.has_unfinished()
+            if stopping and not busy:
+                return
+            for command in self._take_commands(block=not busy and not stopping):
+                if command is None:
+                    stopping = True
+                else:
+                    self._handle(command)
+            if self._engine.has_unfinished():
+                try:
+                    self._dispatch(self._engine.step())
+                except Exception:
+                    self._fail_all()
+            self._publish_stats()

@@ -1,0 +1,111 @@
+"""Prometheus metrics of one server, in its own registry (tests run several servers per process).
+
+Names follow Prometheus conventions: base units (seconds), ``_total`` on counters. Labels are
+``model``, ``policy`` and ``finish_reason``; never a request id (unbounded cardinality).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from lil_sparse.events import FinishReason, RequestReport, TokenEvent
+from lil_sparse.options import RequestOptions
+from server.engine_loop import LoopStats
+
+PREFIX = "lil_sparse"
+# Latency buckets in seconds: a CPU tiny model decodes in ~1 ms, a GPU batch step in ~10 ms,
+# a long CPU prefill takes seconds.
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_GUARDIAN_BUCKETS = (0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5)
+
+
+class ServerMetrics:
+    """All series of one server. ``observe_finished`` runs on the engine thread."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.registry = CollectorRegistry(auto_describe=True)
+        by_policy = ("model", "policy")
+        r = self.registry
+        self.time_to_first_token = Histogram(
+            f"{PREFIX}_time_to_first_token_seconds", "Arrival to first generated token.", by_policy,
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.inter_token_latency = Histogram(
+            f"{PREFIX}_inter_token_latency_seconds", "Gap between consecutive generated tokens (TBT).",
+            by_policy, buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.e2e_request_latency = Histogram(
+            f"{PREFIX}_e2e_request_latency_seconds", "Arrival to finish (job completion time).", by_policy,
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_time = Histogram(
+            f"{PREFIX}_request_queue_time_seconds", "Arrival to prefill start.", by_policy,
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.guardian_check = Histogram(
+            f"{PREFIX}_guardian_check_seconds", "CPU seconds of one Guardian compression check.", by_policy,
+            buckets=_GUARDIAN_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.prompt_tokens = Counter(
+            f"{PREFIX}_prompt_tokens", "Prompt tokens of finished requests.", by_policy, registry=r
+        )
+        self.generation_tokens = Counter(
+            f"{PREFIX}_generation_tokens", "Generated tokens of finished requests.", by_policy, registry=r
+        )
+        self.requests_finished = Counter(
+            f"{PREFIX}_requests_finished",
+            "Finished requests.",
+            ("model", "policy", "finish_reason"),
+            registry=r,
+        )
+        self.guardian_early_stops = Counter(
+            f"{PREFIX}_guardian_early_stops", "Requests stopped early by Guardian.", by_policy, registry=r
+        )
+        self.requests_running = Gauge(
+            f"{PREFIX}_requests_running", "Requests decoding.", ("model",), registry=r
+        )
+        self.requests_waiting = Gauge(
+            f"{PREFIX}_requests_waiting", "Requests admitted but not yet running.", ("model",), registry=r
+        )
+        self.kv_cache_usage = Gauge(
+            f"{PREFIX}_kv_cache_usage_ratio", "Fraction of KV pages in use (0..1).", ("model",), registry=r
+        )
+        # Zero-valued children exist from the start so dashboards and tests see every series.
+        for gauge in (self.requests_running, self.requests_waiting, self.kv_cache_usage):
+            gauge.labels(model=model).set(0)
+
+    def observe_stats(self, stats: LoopStats) -> None:
+        self.requests_running.labels(model=self.model).set(stats.num_running)
+        # Admitted requests the engine has not seen yet wait too (still in the inbox).
+        waiting = max(stats.num_waiting, stats.in_flight - stats.num_running)
+        self.requests_waiting.labels(model=self.model).set(waiting)
+        self.kv_cache_usage.labels(model=self.model).set(stats.kv_usage_ratio)
+
+    def observe_finished(self, event: TokenEvent, options: RequestOptions) -> None:
+        report: RequestReport | None = event.report
+        if report is None or event.finish_reason is None:
+            return
+        policy = options.sparse.policy
+        labels = {"model": self.model, "policy": policy}
+        reason = event.finish_reason.value
+        self.requests_finished.labels(finish_reason=reason, **labels).inc()
+        self.prompt_tokens.labels(**labels).inc(report.prompt_tokens)
+        self.generation_tokens.labels(**labels).inc(report.completion_tokens)
+        if event.finish_reason is FinishReason.EARLY_STOP:
+            self.guardian_early_stops.labels(**labels).inc()
+        if report.completion_tokens > 0:
+            self.time_to_first_token.labels(**labels).observe(report.timings.ttft_seconds)
+            self.queue_time.labels(**labels).observe(report.timings.queue_seconds)
+        self.e2e_request_latency.labels(**labels).observe(report.timings.jct_seconds)
+        for gap in report.timings.inter_token_seconds:
+            self.inter_token_latency.labels(**labels).observe(gap)
+        for check in report.guardian.checks:
+            self.guardian_check.labels(**labels).observe(check.cpu_seconds)
+
+    def serve(self, host: str, port: int) -> Any:
+        """Start the HTTP endpoint; returns the server (``server_address[1]`` is the bound port)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server

@@ -1,0 +1,124 @@
+"""The gRPC servicer: thin async generators over the engine loop.
+
+Each Generate call validates and tokenizes its input, submits it to the engine thread, and streams
+from its own unbounded ``asyncio.Queue``: nothing is dropped when the client reads slowly, and the
+events that piled up are merged into one chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from lil_client._proto.lil_sparse.v1 import options_pb2, service_pb2, service_pb2_grpc
+
+from lil_sparse.events import TokenEvent
+from lil_sparse.options import RequestOptions
+from server import convert
+from server.config import ServerConfig
+from server.engine_loop import EngineLoop
+from server.errors import InvalidArgument, OutOfRange, ShuttingDown, map_errors
+
+SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["LilSparseService"].full_name
+
+
+class LilSparseServicer(service_pb2_grpc.LilSparseServiceServicer):
+    """Serves Generate and GetInfo for one engine. ``tokenizer`` and ``info`` come from the engine."""
+
+    def __init__(
+        self, engine_loop: EngineLoop, tokenizer: Any, info: Any, config: ServerConfig, version: str
+    ):
+        self._engine_loop = engine_loop
+        self._tokenizer = tokenizer
+        self._info = info
+        self._config = config
+        self._version = version
+        self.draining = False
+
+    @map_errors
+    async def GetInfo(
+        self, request: service_pb2.GetInfoRequest, context: grpc.aio.ServicerContext
+    ) -> service_pb2.GetInfoResponse:
+        limits = service_pb2.Limits(
+            max_running=self._config.max_running,
+            max_waiting=self._config.max_waiting,
+            max_context=self._info.max_context,
+        )
+        return convert.info_response(self._info, self._config.default_options, limits, self._version)
+
+    @map_errors
+    async def Generate(
+        self, request: service_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[service_pb2.GenerateResponse]:
+        if self.draining:
+            raise ShuttingDown("server is shutting down")
+        options = convert.options_from_request(request, self._config.default_options)
+        prompt = await self._prompt(request, options)
+        request_id = request.request_id if request.HasField("request_id") else uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[TokenEvent | BaseException] = asyncio.Queue()
+
+        def sink(event: TokenEvent | BaseException) -> None:  # called on the engine thread
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        accepted = self._engine_loop.submit(request_id, prompt, options, sink)
+        finished = False
+        try:
+            await asyncio.wrap_future(accepted)
+            yield convert.started_response(request_id, len(prompt), options)
+            async for response in _stream(events, request.output):
+                yield response
+            finished = True
+        finally:
+            if not finished:  # cancelled, deadline, or an error: free the pages on the next step
+                self._engine_loop.abort(request_id)
+
+    async def _prompt(self, request: service_pb2.GenerateRequest, options: RequestOptions) -> list[int]:
+        """Tokenize off the event loop and check the prompt against the model's geometry."""
+        try:
+            options.sparse.validate_for(self._info.page_size, self._info.num_layers)
+        except ValueError as error:
+            raise InvalidArgument(str(error)) from None
+        prompt = await asyncio.to_thread(convert.prompt_token_ids, request, self._tokenizer)
+        vocab_size = getattr(self._tokenizer, "vocab_size", None)
+        if isinstance(vocab_size, int) and any(token >= vocab_size for token in prompt):
+            raise InvalidArgument(f"token_ids: token ids must be < the vocabulary size {vocab_size}")
+        max_new_tokens = options.stopping.max_new_tokens
+        if len(prompt) + max_new_tokens > self._info.max_context:
+            raise OutOfRange(
+                f"max_new_tokens: the prompt ({len(prompt)} tokens) plus max_new_tokens ({max_new_tokens}) "
+                f"exceeds the model context of {self._info.max_context} tokens"
+            )
+        return prompt
+
+
+async def _stream(
+    events: asyncio.Queue[TokenEvent | BaseException], output: options_pb2.OutputOptions
+) -> AsyncIterator[service_pb2.GenerateResponse]:
+    """Chunks until the final event, then the Finished message; merges events that piled up."""
+    while True:
+        batch = [await events.get()]
+        while not events.empty():
+            batch.append(events.get_nowait())
+        token_ids: list[int] = []
+        logprobs: list[float] = []
+        text = ""
+        final: TokenEvent | None = None
+        for event in batch:
+            if isinstance(event, BaseException):
+                raise event
+            token_ids.extend(event.token_ids)
+            logprobs.extend(event.logprobs)
+            text += event.text_delta
+            if event.finished:
+                final = event
+        if token_ids or text:
+            yield convert.chunk_response(token_ids, text, logprobs, output)
+        if final is not None:
+            if final.report is None:
+                raise RuntimeError(f"final event of {final.request_id} carries no report")
+            yield convert.finished_response(final.report, output)
+            return
