@@ -62,6 +62,7 @@ class SidecarServer:
     def __init__(self, config: ServerConfig, engine: Any | None = None) -> None:
         self.config = config
         self._engine = engine
+        self._owns_engine = engine is None
         self.metrics = ServerMetrics(model=config.model)
         self.health = health.aio.HealthServicer()
         self.port = 0
@@ -126,6 +127,9 @@ class SidecarServer:
         if loop.in_flight:
             logger.warning("grace period over; aborting %d requests", loop.in_flight)
         await asyncio.to_thread(loop.stop, _ABORT_FLUSH_SECONDS)
+        engine: Any = self._engine
+        if self._owns_engine and hasattr(engine, "close"):
+            engine.close()  # its Guardian thread pool
         if self._grpc is not None:
             await self._grpc.stop(_ABORT_FLUSH_SECONDS)
         if self._metrics_http is not None:

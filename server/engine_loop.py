@@ -16,6 +16,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+from lil_sparse.engine.scheduler import QueueFullError
 from lil_sparse.events import TokenEvent
 from lil_sparse.options import RequestOptions
 from server.errors import EngineFailed, InvalidArgument, QueueFull, ShuttingDown
@@ -145,6 +146,10 @@ class EngineLoop:
         except ValueError as error:  # the engine names the field
             self._release(command.request_id)
             command.accepted.set_exception(InvalidArgument(str(error)))
+            return
+        except QueueFullError as error:  # our admission limit should trip first; this is the backstop
+            self._release(command.request_id)
+            command.accepted.set_exception(QueueFull(str(error)))
             return
         except Exception:
             logger.exception("add_request failed for %s", command.request_id)

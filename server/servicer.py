@@ -83,9 +83,6 @@ class LilSparseServicer(service_pb2_grpc.LilSparseServiceServicer):
         except ValueError as error:
             raise InvalidArgument(str(error)) from None
         prompt = await asyncio.to_thread(convert.prompt_token_ids, request, self._tokenizer)
-        vocab_size = getattr(self._tokenizer, "vocab_size", None)
-        if isinstance(vocab_size, int) and any(token >= vocab_size for token in prompt):
-            raise InvalidArgument(f"token_ids: token ids must be < the vocabulary size {vocab_size}")
         max_new_tokens = options.stopping.max_new_tokens
         if len(prompt) + max_new_tokens > self._info.max_context:
             raise OutOfRange(

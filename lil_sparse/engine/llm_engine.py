@@ -9,10 +9,9 @@ requests and aborts through its own inbox.
 
 from __future__ import annotations
 
-import random
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -29,7 +28,7 @@ from lil_sparse.kv import BlockTable, KVCache, PagePool
 from lil_sparse.loading import LoadedModel, load_model
 from lil_sparse.loading.detokenizer import IncrementalDetokenizer
 from lil_sparse.options import POLICY_NAMES, RequestOptions
-from lil_sparse.sampling import Sampler, SamplingParams
+from lil_sparse.sampling import Sampler, SamplingParams, with_request_seed
 
 MAX_PREFILL_TOKENS = 8192
 
@@ -136,12 +135,13 @@ class LLMEngine:
         sparse = options.sparse
         sparse.validate_for(self.config.page_size, self.model_config.num_layers)
         budget = sparse.budget_pages(self.config.page_size) if sparse.policy != "full" else 1 << 30
-        seed = options.sampling.seed if options.sampling.seed is not None else random.getrandbits(63)
+        # A sampled request without a seed gets one now, so its tokens never depend on the batch.
+        options = replace(options, sampling=with_request_seed(options.sampling))
         seq = Sequence(
             request_id=request_id,
             prompt_token_ids=list(prompt_token_ids),
             options=options,
-            seed=seed,
+            seed=options.sampling.seed or 0,
             budget_pages=budget,
             sink_pages=sparse.sink_pages(self.config.page_size),
             recent_pages=sparse.recent_pages(self.config.page_size) if sparse.policy != "full" else 1,
@@ -187,9 +187,7 @@ class LLMEngine:
         else:
             logits = self.runner.decode(batch.seqs)
         positions = torch.tensor([s.num_prompt_tokens + s.num_output_tokens for s in batch.seqs])
-        params = SamplingParams.from_options(
-            [s.options.sampling for s in batch.seqs], [s.seed for s in batch.seqs], logits.device
-        )
+        params = SamplingParams.from_options([s.options.sampling for s in batch.seqs], logits.device)
         token_ids, logprobs = self.sampler.sample(logits, params, positions.to(logits.device))
         # The one host sync of the step: the scheduler needs the tokens.
         tokens = token_ids.tolist()

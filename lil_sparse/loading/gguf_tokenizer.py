@@ -50,7 +50,9 @@ def tokenizer_from_gguf(metadata: GGUFMetadata, path: Path) -> Tokenizer:
     backend = _byte_level_bpe(metadata, tokens) if model_type == "gpt2" else _via_transformers(path)
     bos_id = metadata.get("tokenizer.ggml.bos_token_id")
     eos_id = metadata.get("tokenizer.ggml.eos_token_id")
-    token_types = metadata.ints("tokenizer.ggml.token_type") if "tokenizer.ggml.token_type" in metadata else []
+    token_types = (
+        metadata.ints("tokenizer.ggml.token_type") if "tokenizer.ggml.token_type" in metadata else []
+    )
     eos_ids = {int(i) for i in (eos_id, metadata.get("tokenizer.ggml.eot_token_id")) if i is not None}
     eos_ids |= {
         index
@@ -70,10 +72,11 @@ def _byte_level_bpe(metadata: GGUFMetadata, tokens: list[str]) -> BackendTokeniz
     pre = metadata.get("tokenizer.ggml.pre", "default")
     if pre not in PRE_TOKENIZER_SPLITS:
         raise ValueError(
-            f"tokenizer.ggml.pre: pre-tokenizer {pre!r} is not supported; known: {sorted(PRE_TOKENIZER_SPLITS)}"
+            f"tokenizer.ggml.pre: pre-tokenizer {pre!r} is not supported; "
+            f"known: {sorted(PRE_TOKENIZER_SPLITS)}"
         )
     vocab = {token: index for index, token in enumerate(tokens)}
-    merges = [tuple(merge.split(" ", 1)) for merge in metadata.strings("tokenizer.ggml.merges")]
+    merges = [_merge_pair(merge) for merge in metadata.strings("tokenizer.ggml.merges")]
     backend = BackendTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
     split = PRE_TOKENIZER_SPLITS[pre]
     if split is None:
@@ -92,14 +95,28 @@ def _byte_level_bpe(metadata: GGUFMetadata, tokens: list[str]) -> BackendTokeniz
     return backend
 
 
+def _merge_pair(merge: str) -> tuple[str, str]:
+    # Byte-level tokens spell a space as "Ġ", so the single space separates the two halves.
+    first, second = merge.split(" ", 1)
+    return first, second
+
+
 def _add_special_tokens(backend: BackendTokenizer, tokens: list[str], metadata: GGUFMetadata) -> None:
     # Control tokens (<|im_start|>...) must match whole in text and are special (skipped when
     # decoding); user-defined ones (<think>) match whole but are ordinary text.
     if "tokenizer.ggml.token_type" not in metadata:
         return
     kinds = metadata.ints("tokenizer.ggml.token_type")
-    special = [AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, kinds) if k == _CONTROL]
-    plain = [AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, kinds) if k == _USER_DEFINED]
+    special = [
+        AddedToken(t, special=True, normalized=False)
+        for t, k in zip(tokens, kinds, strict=True)
+        if k == _CONTROL
+    ]
+    plain = [
+        AddedToken(t, special=False, normalized=False)
+        for t, k in zip(tokens, kinds, strict=True)
+        if k == _USER_DEFINED
+    ]
     if special:
         backend.add_special_tokens(special)
     if plain:

@@ -35,8 +35,9 @@ class Tokenizer:
         self.eos_token = eos_token
         self.bos_token_id = None if bos_token is None else backend.token_to_id(bos_token)
         eos_ids = set(extra_eos_token_ids)
-        if eos_token is not None and backend.token_to_id(eos_token) is not None:
-            eos_ids.add(backend.token_to_id(eos_token))
+        eos_id = None if eos_token is None else backend.token_to_id(eos_token)
+        if eos_id is not None:
+            eos_ids.add(eos_id)
         self.eos_token_ids: frozenset[int] = frozenset(eos_ids)
 
     @staticmethod
@@ -91,10 +92,11 @@ class Tokenizer:
     def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         """The prompt text for ``messages``; ValueError if the model has no chat template."""
         if not self.chat_template:
-            raise ValueError(
-                "this model has no chat template; send a raw prompt instead of chat messages"
-            )
-        special = {"bos_token": self.bos_token or "", "eos_token": self.eos_token or ""}
+            raise ValueError("this model has no chat template; send a raw prompt instead of chat messages")
+        special: dict[str, str | None] = {
+            "bos_token": self.bos_token or "",
+            "eos_token": self.eos_token or "",
+        }
         return render_chat_template(self.chat_template, messages, add_generation_prompt, special)
 
 

@@ -26,4 +26,6 @@ class AttentionFn(Protocol):
         ``1 / sqrt(head_dim)``.
     """
 
-    def __call__(self, layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor: ...
+    def __call__(
+        self, layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor: ...

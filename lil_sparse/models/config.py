@@ -50,7 +50,8 @@ class RopeScaling:
             return None
         if rope_type != "llama3":
             raise ValueError(
-                f"rope_scaling: RoPE scaling type {rope_type!r} is not supported (only 'llama3' and 'default')"
+                f"rope_scaling: RoPE scaling type {rope_type!r} is not supported "
+                "(only 'llama3' and 'default')"
             )
         return RopeScaling(
             factor=float(d["factor"]),
@@ -142,9 +143,7 @@ class ModelConfig:
         """
         model_type = d.get("model_type")
         if model_type not in ARCHITECTURES:
-            raise ValueError(
-                f"model_type: only 'llama' and 'qwen2' models are supported, got {model_type!r}"
-            )
+            raise ValueError(f"model_type: only 'llama' and 'qwen2' models are supported, got {model_type!r}")
         if d.get("use_sliding_window"):
             raise ValueError("use_sliding_window: sliding-window attention is not supported")
         if d.get("hidden_act", "silu") != "silu":
@@ -197,7 +196,9 @@ class ModelConfig:
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
             "bos_token_id": self.bos_token_id,
-            "eos_token_id": list(self.eos_token_ids) if len(self.eos_token_ids) != 1 else self.eos_token_ids[0],
+            "eos_token_id": list(self.eos_token_ids)
+            if len(self.eos_token_ids) != 1
+            else self.eos_token_ids[0],
         }
         if self.architecture == "llama":
             d["attention_bias"] = self.attention_bias

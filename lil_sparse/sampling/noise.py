@@ -2,7 +2,8 @@
 
 A row's noise depends on nothing but its own seed and position, so a request samples the same
 tokens alone or inside any batch, at any row. Everything runs on the device in int64 arithmetic
-that never overflows: values stay below 2^32 and every product below 2^49 (32-bit times 16-bit).
+that never overflows: hashed values stay below 2^32 and every multiplier below 2^31, so each
+product is below 2^63.
 """
 
 from __future__ import annotations
@@ -16,20 +17,13 @@ _GOLDEN32 = 0x9E3779B9  # 2^32 / golden ratio: spreads consecutive vocabulary in
 _UNIFORM_BITS = 23
 
 
-def _multiply_mod_2_32(values: torch.Tensor, constant: int) -> torch.Tensor:
-    """``values * constant mod 2^32`` for int64 ``values`` in [0, 2^32), split into 16-bit
-    halves of the constant so no int64 product overflows."""
-    low, high = constant & 0xFFFF, constant >> 16
-    return (values * low + (((values * high) & 0xFFFF) << 16)) & _MASK32
-
-
-def _mix32(values: torch.Tensor) -> torch.Tensor:
-    """MurmurHash3's 32-bit finaliser (a bijection with full avalanche) on int64 in [0, 2^32)."""
-    values = values ^ (values >> 16)
-    values = _multiply_mod_2_32(values, 0x85EBCA6B)
-    values = values ^ (values >> 13)
-    values = _multiply_mod_2_32(values, 0xC2B2AE35)
-    return values ^ (values >> 16)
+def _mix32_(values: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (a bijection with low avalanche bias), in place on int64 values in
+    [0, 2^32). Constants from Chris Wellons' hash-prospector ("lowbias32" family); both are
+    below 2^31, which keeps the int64 products exact."""
+    values.bitwise_xor_(values >> 16).mul_(0x21F0AAAD).bitwise_and_(_MASK32)
+    values.bitwise_xor_(values >> 15).mul_(0x735A2D97).bitwise_and_(_MASK32)
+    return values.bitwise_xor_(values >> 15)
 
 
 def row_keys(seed: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -39,9 +33,9 @@ def row_keys(seed: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     positions: [B] int64, the sequence position of the token being sampled.
     Returns    [B] int64 in [0, 2^32).
     """
-    seed_low, seed_high = seed & _MASK32, (seed >> 32) & _MASK32
-    key = _mix32(_mix32(seed_high) ^ seed_low)
-    return _mix32(key ^ (positions & _MASK32))
+    key = _mix32_((seed >> 32) & _MASK32)
+    key = _mix32_(key.bitwise_xor_(seed & _MASK32))
+    return _mix32_(key.bitwise_xor_(positions & _MASK32))
 
 
 def uniform_noise(seed: torch.Tensor, positions: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -50,11 +44,12 @@ def uniform_noise(seed: torch.Tensor, positions: torch.Tensor, vocab_size: int) 
     seed, positions: [B] int64. Returns [B, V] float32.
     """
     keys = row_keys(seed, positions).unsqueeze(1)  # [B, 1]
-    index = torch.arange(vocab_size, device=seed.device, dtype=torch.int64).unsqueeze(0)  # [1, V]
-    hashed = _mix32((_multiply_mod_2_32(index, _GOLDEN32) + keys) & _MASK32)  # [B, V]
-    hashed = _mix32(hashed ^ _mix32(keys ^ 0x5BD1E995))  # second round decorrelates nearby keys
-    odd = ((hashed >> (32 - _UNIFORM_BITS)) << 1) | 1  # [B, V] in [1, 2^24)
-    return odd.to(torch.float32) * (2.0**-24)
+    # index * golden mod 2^32, split so the product stays exact: index < 2^31, halves < 2^16.
+    index = torch.arange(vocab_size, device=seed.device, dtype=torch.int64)  # [V]
+    spread = (index * (_GOLDEN32 & 0xFFFF) + (((index * (_GOLDEN32 >> 16)) & 0xFFFF) << 16)) & _MASK32
+    hashed = _mix32_((spread.unsqueeze(0) + keys).bitwise_and_(_MASK32))  # [B, V]
+    odd = hashed.bitwise_right_shift_(32 - _UNIFORM_BITS - 1).bitwise_or_(1)  # [B, V] odd, < 2^24
+    return odd.to(torch.float32).mul_(2.0**-24)
 
 
 def gumbel_noise(seed: torch.Tensor, positions: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -62,4 +57,4 @@ def gumbel_noise(seed: torch.Tensor, positions: torch.Tensor, vocab_size: int) -
 
     seed, positions: [B] int64. Returns [B, V] float32, finite.
     """
-    return -torch.log(-torch.log(uniform_noise(seed, positions, vocab_size)))
+    return uniform_noise(seed, positions, vocab_size).log_().neg_().log_().neg_()

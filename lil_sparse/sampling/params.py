@@ -37,6 +37,11 @@ class SamplingParams:
     top_p:       [B] float32, 1.0 disables.
     seed:        [B] int64 in [0, 2^63), 0 on greedy rows without a seed.
     greedy:      [B] bool, rows that take the argmax.
+
+    Two host values, known from the options without a device sync, let the sampler skip work:
+    ``filtering`` is False when no sampled row uses top-k or top-p; ``max_top_k`` is the largest
+    top-k of the sampled rows when every filtering row has one (then a top-k of that width
+    replaces a full sort of the vocabulary), else 0.
     """
 
     temperature: torch.Tensor
@@ -44,6 +49,8 @@ class SamplingParams:
     top_p: torch.Tensor
     seed: torch.Tensor
     greedy: torch.Tensor
+    filtering: bool = False
+    max_top_k: int = 0
 
     @property
     def batch_size(self) -> int:
@@ -59,6 +66,9 @@ class SamplingParams:
         naming ``seed`` otherwise.
         """
         rows = []
+        filtering_rows = [o for o in options if not o.greedy and (o.top_k > 0 or o.top_p < 1.0)]
+        top_ks = [o.top_k for o in filtering_rows]
+        max_top_k = max(top_ks) if top_ks and min(top_ks) > 0 else 0
         for index, option in enumerate(options):
             if option.seed is None and not option.greedy:
                 raise ValueError(
@@ -88,4 +98,6 @@ class SamplingParams:
             top_p=table[2].to(torch.int32).view(torch.float32),
             seed=table[3],
             greedy=table[4].bool(),
+            filtering=bool(filtering_rows),
+            max_top_k=max_top_k,
         )

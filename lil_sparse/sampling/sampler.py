@@ -12,29 +12,43 @@ from lil_sparse.sampling.params import SamplingParams
 MIN_TEMPERATURE = 1e-5
 
 
-def filter_top_k_top_p(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+def filter_top_k_top_p(
+    scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, max_top_k: int = 0
+) -> torch.Tensor:
     """Set logits outside each row's top-k, then outside its top-p nucleus, to -inf.
 
     scaled: [B, V] float32 logits (already divided by temperature).
     top_k:  [B] int64, 0 keeps all. top_p: [B] float32, 1.0 keeps all.
+    max_top_k: when > 0, no row keeps more than this many tokens (every row has
+        ``0 < top_k <= max_top_k``), so the candidates come from a top-k of that width instead
+        of a full sort of the vocabulary. The result is the same.
     Returns [B, V] float32. The nucleus is the smallest set of the most likely tokens (after
     top-k, renormalised) whose probability reaches ``top_p``; the most likely token always stays.
     """
     vocab_size = scaled.shape[-1]
-    sorted_logits, sorted_index = scaled.sort(dim=-1, descending=True)  # [B, V]
-    rank = torch.arange(vocab_size, device=scaled.device).unsqueeze(0)  # [1, V]
-    k = torch.where(top_k > 0, top_k, vocab_size).clamp(max=vocab_size).unsqueeze(1)  # [B, 1]
+    if 0 < max_top_k < vocab_size:
+        sorted_logits, sorted_index = scaled.topk(max_top_k, dim=-1)  # [B, W], descending
+    else:
+        sorted_logits, sorted_index = scaled.sort(dim=-1, descending=True)  # [B, V]
+    width = sorted_logits.shape[-1]
+    rank = torch.arange(width, device=scaled.device).unsqueeze(0)  # [1, W]
+    k = torch.where(top_k > 0, top_k, width).clamp(max=width).unsqueeze(1)  # [B, 1]
     sorted_logits = sorted_logits.masked_fill(rank >= k, float("-inf"))
     probs = sorted_logits.softmax(dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs  # [B, V] probability of the strictly better tokens
+    mass_before = probs.cumsum(dim=-1) - probs  # [B, W] probability of the strictly better tokens
     # A token belongs to the nucleus while the better tokens still fall short of top_p.
     outside = (mass_before >= top_p.unsqueeze(1)) & (rank > 0)
     sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
-    return torch.full_like(scaled, float("-inf")).scatter(-1, sorted_index, sorted_logits)
+    return torch.full_like(scaled, float("-inf")).scatter_(-1, sorted_index, sorted_logits)
 
 
 class Sampler:
-    """Stateless: every random choice comes from (seed, position), never from a generator."""
+    """Stateless: every random choice comes from (seed, position), never from a generator.
+
+    Batch invariance: a row's token depends only on its logits, options and position. The only
+    way batch mates can matter is through float rounding in the top-p softmax (whose reduction
+    length follows the batch's ``max_top_k``), i.e. a nucleus boundary tie at the 1e-7 level.
+    """
 
     def sample(
         self, logits: torch.Tensor, params: SamplingParams, positions: torch.Tensor
@@ -51,9 +65,11 @@ class Sampler:
         logits = logits.float()
         greedy_tokens = logits.argmax(dim=-1)  # [B]
         temperature = params.temperature.clamp(min=MIN_TEMPERATURE).unsqueeze(1)  # [B, 1]
-        filtered = filter_top_k_top_p(logits / temperature, params.top_k, params.top_p)
+        scaled = logits / temperature  # [B, V]
+        if params.filtering:
+            scaled = filter_top_k_top_p(scaled, params.top_k, params.top_p, params.max_top_k)
         noise = gumbel_noise(params.seed, positions, logits.shape[-1])  # [B, V]
-        sampled_tokens = (filtered + noise).argmax(dim=-1)  # [B]
+        sampled_tokens = scaled.add_(noise).argmax(dim=-1)  # [B]
         token_ids = torch.where(params.greedy, greedy_tokens, sampled_tokens)
         logprobs = logits.log_softmax(dim=-1).gather(-1, token_ids.unsqueeze(1)).squeeze(1)
         return token_ids, logprobs

@@ -15,9 +15,28 @@ type Error struct {
 	status *status.Status
 }
 
-// Error returns "CODE: message", e.g. "InvalidArgument: budget_tokens: must be >= 1, got 0".
+// Error returns "CODE: message" with the code's canonical name, as the Python client does:
+// "INVALID_ARGUMENT: budget_tokens: must be >= 1, got 0".
 func (e *Error) Error() string {
-	return e.status.Code().String() + ": " + e.status.Message()
+	return CodeName(e.status.Code()) + ": " + e.status.Message()
+}
+
+var canonicalCodeNames = map[codes.Code]string{
+	codes.OK: "OK", codes.Canceled: "CANCELLED", codes.Unknown: "UNKNOWN",
+	codes.InvalidArgument: "INVALID_ARGUMENT", codes.DeadlineExceeded: "DEADLINE_EXCEEDED",
+	codes.NotFound: "NOT_FOUND", codes.AlreadyExists: "ALREADY_EXISTS",
+	codes.PermissionDenied: "PERMISSION_DENIED", codes.ResourceExhausted: "RESOURCE_EXHAUSTED",
+	codes.FailedPrecondition: "FAILED_PRECONDITION", codes.Aborted: "ABORTED",
+	codes.OutOfRange: "OUT_OF_RANGE", codes.Unimplemented: "UNIMPLEMENTED", codes.Internal: "INTERNAL",
+	codes.Unavailable: "UNAVAILABLE", codes.DataLoss: "DATA_LOSS", codes.Unauthenticated: "UNAUTHENTICATED",
+}
+
+// CodeName is the canonical gRPC name of a code ("INVALID_ARGUMENT"), as in the proto's docs.
+func CodeName(code codes.Code) string {
+	if name, ok := canonicalCodeNames[code]; ok {
+		return name
+	}
+	return code.String()
 }
 
 // GRPCStatus lets the grpc status package read the code back from this error.

@@ -102,6 +102,7 @@ func (s *Stream) Summary() (*Summary, error) {
 		return nil, s.err
 	}
 	summary := s.summary
+	summary.emptySlicesNotNil()
 	return &summary, nil
 }
 

@@ -54,9 +54,9 @@ type Summary struct {
 	FinishReason     FinishReason   `json:"finish_reason"`
 	PromptTokens     int            `json:"prompt_tokens"`
 	CompletionTokens int            `json:"completion_tokens"`
-	Text             string         `json:"text"`                // every chunk's text, in order
-	TokenIDs         []int32        `json:"token_ids,omitempty"` // with Output.TokenIDs
-	Chunks           int            `json:"chunks"`              // chunk messages received
+	Text             string         `json:"text"`      // every chunk's text, in order
+	TokenIDs         []int32        `json:"token_ids"` // with Output.TokenIDs
+	Chunks           int            `json:"chunks"`    // chunk messages received
 	Timings          Timings        `json:"timings"`
 	Guardian         GuardianReport `json:"guardian"`
 	KV               KVReport       `json:"kv"`
@@ -165,6 +165,19 @@ func (s *Summary) fillFromFinished(finished *pb.Finished) {
 		PeakPages:            int(kv.GetPeakPages()),
 		AttendedPagesPerStep: kv.GetAttendedPagesPerStep(),
 		MeanAttendedPages:    kv.GetMeanAttendedPages(),
+	}
+}
+
+// emptySlicesNotNil makes absent lists encode as [] rather than null in JSON, as in Python.
+func (s *Summary) emptySlicesNotNil() {
+	if s.TokenIDs == nil {
+		s.TokenIDs = []int32{}
+	}
+	if s.Guardian.CompressedBytes == nil {
+		s.Guardian.CompressedBytes = []int64{}
+	}
+	if s.KV.AttendedPagesPerStep == nil {
+		s.KV.AttendedPagesPerStep = []float64{}
 	}
 }
 

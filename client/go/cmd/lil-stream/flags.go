@@ -19,7 +19,7 @@ type options struct {
 	timeout  time.Duration
 	json     bool
 	info     bool
-	raw      bool
+	chat     bool
 	request  lilsparse.Request
 	showHelp bool
 }
@@ -41,11 +41,10 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	flags.StringVar(&parsed.address, "address", "localhost:50051", "server address host:port")
 	flags.BoolVar(&parsed.useTLS, "tls", false, "dial with TLS (system root CAs)")
 	flags.DurationVar(&parsed.timeout, "timeout", 0, "deadline for the whole call, e.g. 30s (0: none)")
-	flags.BoolVar(&parsed.json, "json", false, "print one JSON object (started + summary) instead of text")
-	flags.BoolVar(&parsed.info, "info", false, "print the server's GetInfo as JSON and exit")
-	flags.BoolVar(&parsed.raw, "raw", false, "send the prompt as plain text instead of a chat user message")
+	flags.BoolVar(&parsed.json, "json", false, "print one JSON object (the summary) instead of live text")
+	flags.BoolVar(&parsed.info, "info", false, "show the served model, policies and defaults instead")
+	flags.BoolVar(&parsed.chat, "chat", false, "send the prompt as one user chat message (chat template)")
 	requestID := flags.String("request-id", "", "request id (default: the server picks one)")
-	system := flags.String("system", "", "system message before the prompt (chat mode)")
 
 	temperature := flags.Float64("temperature", 0, "sampling temperature (0 greedy)")
 	topK := flags.Int("top-k", 0, "top-k filter (0 off)")
@@ -89,7 +88,10 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		if prompt == "" {
 			return nil, errors.New("a prompt is required: lil-stream [flags] PROMPT")
 		}
-		request.Prompt = chatOrText(prompt, *system, parsed.raw)
+		request.Prompt = lilsparse.Text(prompt)
+		if parsed.chat {
+			request.Prompt = lilsparse.Chat(lilsparse.Message{Role: "user", Content: prompt})
+		}
 	}
 	if given["temperature"] || given["top-k"] || given["top-p"] || given["seed"] {
 		request.Sampling = &lilsparse.Sampling{
@@ -132,19 +134,6 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		}
 	}
 	return parsed, nil
-}
-
-// chatOrText wraps the prompt as a chat user message (the model's template applies), or sends
-// it as is with -raw.
-func chatOrText(prompt, system string, raw bool) lilsparse.Prompt {
-	if raw {
-		return lilsparse.Text(prompt)
-	}
-	var messages []lilsparse.Message
-	if system != "" {
-		messages = append(messages, lilsparse.Message{Role: "system", Content: system})
-	}
-	return lilsparse.Chat(append(messages, lilsparse.Message{Role: "user", Content: prompt})...)
 }
 
 // pick returns a pointer to value only when its flag was given, so absent means server default.

@@ -52,7 +52,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	defer client.Close()
 	if parsed.info {
-		err = printInfo(ctx, client, stdout)
+		err = printInfo(ctx, client, parsed, stdout)
 	} else {
 		err = generate(ctx, client, parsed, stdout)
 	}
@@ -63,20 +63,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func printInfo(ctx context.Context, client *lilsparse.Client, stdout io.Writer) error {
+func printInfo(ctx context.Context, client *lilsparse.Client, parsed *options, stdout io.Writer) error {
 	info, err := client.Info(ctx)
 	if err != nil {
 		return err
 	}
-	return writeJSON(stdout, info)
+	if parsed.json {
+		return writeJSON(stdout, info)
+	}
+	writeText(stdout, formatInfo(info))
+	return nil
 }
 
-// jsonResult is what -json prints: the acceptance and the summary of one request.
-type jsonResult struct {
-	Started lilsparse.Started  `json:"started"`
-	Summary *lilsparse.Summary `json:"summary"`
-}
-
+// generate streams the text live (or nothing with -json), then prints the summary like
+// `lil-client generate`: "---" and the summary lines, or one JSON line.
 func generate(ctx context.Context, client *lilsparse.Client, parsed *options, stdout io.Writer) error {
 	stream, err := client.Generate(ctx, parsed.request)
 	if err != nil {
@@ -85,26 +85,24 @@ func generate(ctx context.Context, client *lilsparse.Client, parsed *options, st
 	defer stream.Close()
 	for stream.Next() {
 		if !parsed.json {
-			fmt.Fprint(stdout, stream.Chunk().Text)
+			writeText(stdout, stream.Chunk().Text)
 		}
 	}
 	summary, err := stream.Summary()
 	if err != nil {
 		if !parsed.json {
-			fmt.Fprintln(stdout)
+			writeText(stdout, "\n")
 		}
 		return err
 	}
 	if parsed.json {
-		return writeJSON(stdout, jsonResult{Started: stream.Started(), Summary: summary})
+		return writeJSON(stdout, summary)
 	}
-	fmt.Fprintln(stdout)
-	writeSummary(stdout, stream.Started(), summary)
+	writeText(stdout, "\n---\n"+formatSummary(summary)+"\n")
 	return nil
 }
 
+// writeJSON writes value as one line of JSON, as the Python client does.
 func writeJSON(stdout io.Writer, value any) error {
-	encoder := json.NewEncoder(stdout)
-	encoder.SetIndent("", "  ")
-	return encoder.Encode(value)
+	return json.NewEncoder(stdout).Encode(value)
 }

@@ -3,46 +3,58 @@ package main
 import (
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/lil-sparse/lil-sparse/client/go/lilsparse"
 )
 
-// writeSummary prints the fields the Python lil-client prints after the text, one per line.
-func writeSummary(out io.Writer, started lilsparse.Started, summary *lilsparse.Summary) {
-	timings := summary.Timings
-	sparse := started.Options.Sparse
-	fmt.Fprintln(out, "---")
-	fmt.Fprintf(out, "request_id: %s\n", summary.RequestID)
-	fmt.Fprintf(out, "finish_reason: %s\n", summary.FinishReason)
-	fmt.Fprintf(out, "tokens: prompt=%d completion=%d chunks=%d\n",
-		summary.PromptTokens, summary.CompletionTokens, summary.Chunks)
-	fmt.Fprintf(out, "ttft: %s\n", milliseconds(timings.TTFTSeconds))
-	fmt.Fprintf(out, "tbt: mean=%s p50=%s p95=%s\n",
-		milliseconds(timings.TBTMeanSeconds), milliseconds(timings.TBTP50Seconds), milliseconds(timings.TBTP95Seconds))
-	fmt.Fprintf(out, "jct: %s (queue %s, decode %s)\n",
-		milliseconds(timings.JCTSeconds), milliseconds(timings.QueueSeconds), milliseconds(timings.DecodeSeconds))
-	fmt.Fprintf(out, "sparse: policy=%s budget_tokens=%s mean_attended_pages=%.1f peak_pages=%d\n",
-		sparse.Policy, optional(sparse.BudgetTokens), summary.KV.MeanAttendedPages, summary.KV.PeakPages)
-	fmt.Fprintf(out, "guardian: %s\n", guardianLine(summary.Guardian))
+// formatSummary is the human summary printed after the streamed text; it matches the Python
+// lil-client's line for line, so scripts and eyes read both the same way.
+func formatSummary(summary *lilsparse.Summary) string {
+	timings, kv := summary.Timings, summary.KV
+	lines := []string{
+		"finish: " + string(summary.FinishReason),
+		fmt.Sprintf("tokens: prompt %d, completion %d", summary.PromptTokens, summary.CompletionTokens),
+		fmt.Sprintf("ttft: %.1f ms  tbt: mean %.2f ms, p50 %.2f ms, p95 %.2f ms  jct: %.1f ms",
+			timings.TTFTSeconds*1e3, timings.TBTMeanSeconds*1e3, timings.TBTP50Seconds*1e3,
+			timings.TBTP95Seconds*1e3, timings.JCTSeconds*1e3),
+		"guardian: " + guardianLine(summary.Guardian),
+		fmt.Sprintf("kv: peak %d pages, %.1f pages attended per step", kv.PeakPages, kv.MeanAttendedPages),
+	}
+	return strings.Join(lines, "\n")
 }
 
 func guardianLine(report lilsparse.GuardianReport) string {
 	if !report.Enabled {
 		return "off"
 	}
-	line := fmt.Sprintf("checks=%d stop_step=%s applied_at_step=%s cpu=%s",
-		report.Checks, optional(report.StopStep), optional(report.AppliedAtStep), milliseconds(report.CPUSeconds))
-	if n := len(report.CompressedBytes); n > 0 {
-		line += fmt.Sprintf(" compressed_bytes=%d", report.CompressedBytes[n-1])
+	stop := ""
+	if report.StopStep != nil {
+		stop = fmt.Sprintf(", stop at token %d (applied %s)", *report.StopStep, optional(report.AppliedAtStep))
 	}
-	return line
+	return fmt.Sprintf("on, %d checks%s, %.2f ms CPU", report.Checks, stop, report.CPUSeconds*1e3)
 }
 
-func milliseconds(seconds float64) string { return fmt.Sprintf("%.1f ms", seconds*1000) }
-
+// optional prints an absent value as Python prints None.
 func optional(value *int) string {
 	if value == nil {
-		return "-"
+		return "None"
 	}
 	return fmt.Sprint(*value)
 }
+
+// formatInfo is the human `-info` output, matching `lil-client info`.
+func formatInfo(info *lilsparse.Info) string {
+	names := make([]string, len(info.Policies))
+	for i, policy := range info.Policies {
+		names[i] = string(policy.Policy)
+	}
+	return fmt.Sprintf("model: %s (%s)\n", info.Model, info.Architecture) +
+		fmt.Sprintf("context: %d tokens, page size %d, %d layers\n", info.MaxContext, info.PageSize, info.NumLayers) +
+		fmt.Sprintf("backend: %s, %d KV pages\n", info.Backend, info.NumPagesTotal) +
+		fmt.Sprintf("policies: %s\n", strings.Join(names, ", ")) +
+		fmt.Sprintf("limits: %d running, %d waiting\n", info.Limits.MaxRunning, info.Limits.MaxWaiting) +
+		fmt.Sprintf("server: %s\n", info.ServerVersion)
+}
+
+func writeText(out io.Writer, text string) { _, _ = io.WriteString(out, text) }

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/lil-sparse/lil-sparse/client/go/lilsparse"
+)
+
+func TestOnlyGivenFlagsBecomeOptions(t *testing.T) {
+	parsed, err := parseFlags([]string{"-policy", "quest", "-budget", "128", "-temperature", "0", "hello", "world"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	request := parsed.request
+	if request.Stopping != nil || request.Guardian != nil {
+		t.Fatalf("untouched groups must stay nil (server defaults): %+v", request)
+	}
+	if request.Sparse.Policy != lilsparse.PolicyQuest || *request.Sparse.BudgetTokens != 128 || request.Sparse.SinkTokens != nil {
+		t.Fatalf("sparse %+v", request.Sparse)
+	}
+	if *request.Sampling.Temperature != 0 || request.Sampling.TopP != nil {
+		t.Fatalf("an explicit -temperature 0 is sent, an absent -top-p is not: %+v", request.Sampling)
+	}
+	if request.Prompt != lilsparse.Text("hello world") {
+		t.Fatalf("prompt %#v, want the words joined as plain text", request.Prompt)
+	}
+}
+
+func TestGuardianAndStopFlags(t *testing.T) {
+	parsed, err := parseFlags([]string{"-guardian", "-guardian-interval", "50", "-guardian-mode", "incremental",
+		"-stop", "A", "-stop", "B", "-chat", "q"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	guardian, stopping := parsed.request.Guardian, parsed.request.Stopping
+	if !*guardian.Enabled || *guardian.IntervalTokens != 50 || guardian.ThresholdBytes != nil ||
+		guardian.Mode != lilsparse.GuardianModeIncremental {
+		t.Fatalf("guardian %+v", guardian)
+	}
+	if len(stopping.StopStrings) != 2 || stopping.MaxNewTokens != nil {
+		t.Fatalf("stopping %+v", stopping)
+	}
+	if parsed.request.Prompt == lilsparse.Text("q") {
+		t.Fatal("-chat must send a chat message, not plain text")
+	}
+}
+
+func TestUsageErrorsExitTwo(t *testing.T) {
+	for _, args := range [][]string{{}, {"-policy", "dense", "x"}, {"-no-such-flag", "x"}} {
+		var stderr bytes.Buffer
+		if code := run(context.Background(), args, &bytes.Buffer{}, &stderr); code != 2 {
+			t.Fatalf("args %q: exit %d, want 2 (stderr %q)", args, code, stderr.String())
+		}
+	}
+}
+
+func TestSummaryMatchesThePythonClient(t *testing.T) {
+	summary := &lilsparse.Summary{
+		FinishReason: lilsparse.FinishEarlyStop, PromptTokens: 12, CompletionTokens: 503,
+		Timings: lilsparse.Timings{TTFTSeconds: 0.0123, TBTMeanSeconds: 0.00125, TBTP50Seconds: 0.0011,
+			TBTP95Seconds: 0.002, JCTSeconds: 0.65},
+		Guardian: lilsparse.GuardianReport{Enabled: true, Checks: 2, StopStep: lilsparse.Ptr(500),
+			AppliedAtStep: lilsparse.Ptr(503), CPUSeconds: 0.00042},
+		KV: lilsparse.KVReport{PeakPages: 40, MeanAttendedPages: 7.96},
+	}
+	want := strings.Join([]string{
+		"finish: early_stop",
+		"tokens: prompt 12, completion 503",
+		"ttft: 12.3 ms  tbt: mean 1.25 ms, p50 1.10 ms, p95 2.00 ms  jct: 650.0 ms",
+		"guardian: on, 2 checks, stop at token 500 (applied 503), 0.42 ms CPU",
+		"kv: peak 40 pages, 8.0 pages attended per step",
+	}, "\n")
+	if got := formatSummary(summary); got != want {
+		t.Fatalf("summary\n%s\nwant\n%s", got, want)
+	}
+	summary.Guardian = lilsparse.GuardianReport{}
+	if got := formatSummary(summary); !strings.Contains(got, "\nguardian: off\n") {
+		t.Fatalf("guardian off line missing:\n%s", got)
+	}
+}

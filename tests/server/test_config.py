@@ -1,0 +1,64 @@
+"""ServerConfig: flags over env vars over defaults; errors name the setting."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.cli import add_serve_arguments
+from server.config import ServerConfig, all_settings, build_server_config
+
+
+def _flags(argv: list[str]) -> dict[str, object]:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    args = parser.parse_args(argv)
+    return {s.name: getattr(args, s.name) for s in all_settings()}
+
+
+def test_flag_beats_env_beats_default() -> None:
+    env = {"LIL_SPARSE_MODEL": "from-env", "LIL_SPARSE_PORT": "6000", "LIL_SPARSE_MAX_WAITING": "3"}
+    config = build_server_config(_flags(["--port", "7000"]), env)
+    assert (config.model, config.port, config.max_waiting, config.metrics_port) == ("from-env", 7000, 3, 9400)
+
+
+def test_default_options_from_flags_and_env() -> None:
+    env = {"LIL_SPARSE_DEFAULT_GUARDIAN": "true", "LIL_SPARSE_DEFAULT_POLICY": "quest"}
+    config = build_server_config(
+        _flags(["--model", "m", "--default-budget-tokens", "128", "--no-reflection"]), env
+    )
+    assert config.default_options.guardian.enabled is True
+    assert config.default_options.sparse.policy == "quest"
+    assert config.default_options.sparse.budget_tokens == 128
+    assert config.reflection is False
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        ([], {}, "model: is required (--model or LIL_SPARSE_MODEL)"),
+        (["--model", "m", "--max-running", "0"], {}, "max_running: must be >= 1, got 0"),
+        (["--model", "m"], {"LIL_SPARSE_PORT": "http"}, "port: bad value in LIL_SPARSE_PORT"),
+        (["--model", "m", "--default-top-p", "2"], {}, "default_top_p: must be in (0, 1], got 2.0"),
+        (["--model", "m", "--default-policy", "dense"], {}, "default_policy: unknown policy 'dense'"),
+        (
+            ["--model", "m"],
+            {"LIL_SPARSE_REFLECTION": "maybe"},
+            "reflection: bad value in LIL_SPARSE_REFLECTION",
+        ),
+    ],
+)
+def test_errors_name_the_setting(flags: list[str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        build_server_config(_flags(flags), env)
+    assert str(raised.value).startswith(message)
+
+
+def test_config_is_frozen_and_validates() -> None:
+    config = ServerConfig(model="m")
+    with pytest.raises(AttributeError):
+        config.port = 1  # type: ignore[misc]
+    with pytest.raises(ValueError, match=r"^grace_period_seconds: must be >= 0"):
+        ServerConfig(model="m", grace_period_seconds=-1)
+    assert ServerConfig(model="m", max_running=2, max_waiting=3).max_in_flight == 5
