@@ -39,15 +39,39 @@ class EngineConfig:
         checks = [
             (bool(self.model), "model", "must name a model folder, GGUF file or known model"),
             (self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
-            (self.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}"),
-            (self.page_size in (1, 2, 4, 8, 16, 32, 64), "page_size", f"must be a power of two <= 64, got {self.page_size}"),
-            (self.kv_cache_tokens >= self.page_size, "kv_cache_tokens", f"must hold at least one page, got {self.kv_cache_tokens}"),
+            (
+                self.backend in BACKENDS,
+                "backend",
+                f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}",
+            ),
+            (
+                self.page_size in (1, 2, 4, 8, 16, 32, 64),
+                "page_size",
+                f"must be a power of two <= 64, got {self.page_size}",
+            ),
+            (
+                self.kv_cache_tokens >= self.page_size,
+                "kv_cache_tokens",
+                f"must hold at least one page, got {self.kv_cache_tokens}",
+            ),
             (self.max_batch_size >= 1, "max_batch_size", f"must be >= 1, got {self.max_batch_size}"),
-            (self.max_model_len >= 0, "max_model_len", f"must be >= 0 (0: the model's), got {self.max_model_len}"),
+            (
+                self.max_model_len >= 0,
+                "max_model_len",
+                f"must be >= 0 (0: the model's), got {self.max_model_len}",
+            ),
             (self.max_waiting >= 0, "max_waiting", f"must be >= 0, got {self.max_waiting}"),
             (self.guardian_workers >= 0, "guardian_workers", f"must be >= 0, got {self.guardian_workers}"),
-            (self.guardian_max_lag_steps >= 0, "guardian_max_lag_steps", f"must be >= 0, got {self.guardian_max_lag_steps}"),
-            (self.device == "cpu" or self.device.startswith("cuda"), "device", f"must be 'cpu' or 'cuda[:N]', got {self.device!r}"),
+            (
+                self.guardian_max_lag_steps >= 0,
+                "guardian_max_lag_steps",
+                f"must be >= 0, got {self.guardian_max_lag_steps}",
+            ),
+            (
+                self.device == "cpu" or self.device.startswith("cuda"),
+                "device",
+                f"must be 'cpu' or 'cuda[:N]', got {self.device!r}",
+            ),
         ]
         for ok, field_name, message in checks:
             if not ok:

@@ -70,8 +70,9 @@ class SparseOptions:
     ``budget_tokens`` is the number of KV tokens attended per decode step, rounded down to whole
     pages (see :meth:`budget_pages`); the newest, possibly partial, page is always one of them.
     ``full`` ignores the budget. ``sink_tokens`` and ``recent_tokens`` are rounded up to whole
-    pages by the policies that use them; ``recent_tokens == 0`` sizes the window automatically. ``dense_layers`` leading layers attend densely under
-    Quest (as in the Quest paper); eviction policies evict for all layers at once.
+    pages by the policies that use them; ``recent_tokens == 0`` sizes the window automatically.
+    ``dense_layers`` leading layers attend densely under Quest (as in the Quest paper); eviction
+    policies evict for all layers at once.
     """
 
     policy: str = "full"
@@ -131,7 +132,9 @@ class SparseOptions:
                 f"{self.sink_tokens} sink tokens plus the newest page exceed the budget of {budget} pages",
             )
         if self.policy in ("h2o", "infllm"):
-            forced = self.recent_pages(page_size) + (self.sink_pages(page_size) if self.policy == "infllm" else 0)
+            forced = self.recent_pages(page_size) + (
+                self.sink_pages(page_size) if self.policy == "infllm" else 0
+            )
             _require(
                 forced <= budget,
                 "recent_tokens",
@@ -168,8 +171,16 @@ class GuardianOptions:
             f"must be >= 1 (a threshold needs an interval), got {self.interval_tokens}",
         )
         _require(self.threshold_bytes >= 0, "threshold_bytes", f"must be >= 0, got {self.threshold_bytes}")
-        _require(self.mode in ("full", "incremental"), "mode", f"must be 'full' or 'incremental', got {self.mode!r}")
-        _require(self.source in ("text", "token_ids"), "source", f"must be 'text' or 'token_ids', got {self.source!r}")
+        _require(
+            self.mode in ("full", "incremental"),
+            "mode",
+            f"must be 'full' or 'incremental', got {self.mode!r}",
+        )
+        _require(
+            self.source in ("text", "token_ids"),
+            "source",
+            f"must be 'text' or 'token_ids', got {self.source!r}",
+        )
 
 
 @dataclass(frozen=True, slots=True)

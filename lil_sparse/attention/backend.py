@@ -17,11 +17,13 @@ from lil_sparse.attention.layout import DecodeLayout
 class AttentionBackend(ABC):
     name: str = "abstract"
 
-    def begin_decode_step(self, layouts: Sequence[DecodeLayout]) -> None:  # noqa: B027 - optional hook
+    def begin_decode_step(self, layouts: Sequence[DecodeLayout]) -> None:
         """Called once per decode step with every layout the step's layers will use (``plan()``)."""
 
     @abstractmethod
-    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: list[int]) -> torch.Tensor:
+    def prefill(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: list[int]
+    ) -> torch.Tensor:
         """Dense causal attention over freshly prefilled sequences packed back to back.
 
         ``q: [T, Hq, D]``, ``k, v: [T, Hkv, D]``; ``cu_seqlens`` (host ints, length N + 1) are the

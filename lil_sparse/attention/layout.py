@@ -24,6 +24,8 @@ class DecodeLayout:
     - ``last_page_len: [rows] int32``: tokens in each row's last page, ``1 <= v <= page_size``.
     - ``valid: [rows, width] bool``: which padded entries are real pages.
     - ``flat_positions: [nnz] int64``: positions of the real entries in the flattened padded table.
+    - ``last_page_len_host``: ``last_page_len`` on the host when the caller knows it (empty if
+      not), so a backend can plan without a device sync.
     """
 
     counts: torch.Tensor
@@ -34,10 +36,14 @@ class DecodeLayout:
     flat_positions: torch.Tensor
     width: int
     nnz: int
+    last_page_len_host: tuple[int, ...] = ()
 
     @classmethod
-    def build(cls, counts_host: list[int], last_page_len: torch.Tensor) -> DecodeLayout:
-        """``counts_host``: pages per row (host ints); ``last_page_len: [rows] int32`` on the device."""
+    def build(
+        cls, counts_host: list[int], last_page_len: torch.Tensor, last_page_len_host: tuple[int, ...] = ()
+    ) -> DecodeLayout:
+        """``counts_host``: pages per row (host ints); ``last_page_len: [rows] int32`` on the device
+        (``last_page_len_host``: the same values on the host, optional)."""
         device = last_page_len.device
         if not counts_host or min(counts_host) < 1:
             raise ValueError("every row must read at least one page")
@@ -54,7 +60,17 @@ class DecodeLayout:
             torch.arange(len(counts_host), device=device), counts.long(), output_size=nnz
         )
         flat_positions = row_of * width + (csr - indptr[row_of].long())
-        return cls(counts, tuple(counts_host), indptr, last_page_len, valid, flat_positions, width, nnz)
+        return cls(
+            counts,
+            tuple(counts_host),
+            indptr,
+            last_page_len,
+            valid,
+            flat_positions,
+            width,
+            nnz,
+            last_page_len_host,
+        )
 
     @property
     def rows(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -42,11 +43,13 @@ def paged_page_probs(
 class ReferenceBackend(AttentionBackend):
     name = "reference"
 
-    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: list[int]) -> torch.Tensor:
+    def prefill(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: list[int]
+    ) -> torch.Tensor:
         group = q.shape[1] // k.shape[1]
         out = torch.empty_like(q)
         # A loop over prefilled sequences, not decode rows: prefill is not the per-token hot path.
-        for start, end in zip(cu_seqlens[:-1], cu_seqlens[1:], strict=True):
+        for start, end in itertools.pairwise(cu_seqlens):
             qs = q[start:end].transpose(0, 1)  # [Hq, T, D]
             ks = k[start:end].transpose(0, 1).repeat_interleave(group, dim=0)
             vs = v[start:end].transpose(0, 1).repeat_interleave(group, dim=0)

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 from lil_sparse.engine.sequence import Sequence
 from lil_sparse.events import GuardianCheckRecord
-from lil_sparse.guardian import Guardian, GuardianPool, sequence_bytes
+from lil_sparse.guardian import Guardian, GuardianPool, sequence_bytes, zlib_compressed_size
+from lil_sparse.guardian.guardian import CompressedSize
 
 
 class GuardianDriver:
-    def __init__(self, workers: int, max_lag_steps: int) -> None:
+    def __init__(
+        self, workers: int, max_lag_steps: int, compressed_size: CompressedSize = zlib_compressed_size
+    ) -> None:
         self.pool: GuardianPool[str] = GuardianPool(workers)
+        self._compressed_size = compressed_size  # tests pass a gated one to prove the loop never waits
         self.max_lag_steps = max_lag_steps
         self._guardians: dict[str, Guardian] = {}
         self._prompt_text: dict[str, str] = {}
@@ -29,7 +33,7 @@ class GuardianDriver:
             return
         self._prompt_text[seq.request_id] = prompt_text
         prompt = sequence_bytes(prompt_text, "", seq.prompt_token_ids, [], options.source)
-        self._guardians[seq.request_id] = Guardian(options, prompt)
+        self._guardians[seq.request_id] = Guardian(options, prompt, self._compressed_size)
         seq.guardian_report.enabled = True
 
     def after_token(self, seq: Sequence) -> None:
@@ -39,7 +43,10 @@ class GuardianDriver:
         if guardian is None or not guardian.due(generated):
             return
         data = sequence_bytes(
-            self._prompt_text[seq.request_id], seq.output_text, seq.prompt_token_ids, seq.output_token_ids,
+            self._prompt_text[seq.request_id],
+            seq.output_text,
+            seq.prompt_token_ids,
+            seq.output_token_ids,
             seq.options.guardian.source,
         )
         self._oldest_pending.setdefault(seq.request_id, generated)

@@ -82,9 +82,16 @@ class LLMEngine:
         table = BlockTable(config.max_batch_size, mc.num_kv_heads, max_pages_per_seq, device)
         self.pages = PageManager(self.pool, table, self.kv, mc.num_kv_heads, page_size)
         self.backend = choose_backend(config, mc)
-        self.runner = ModelRunner(loaded.model, self.kv, self.pages, self.backend, mc.num_layers)
+        self.runner = ModelRunner(
+            loaded.model, self.kv, self.pages, self.backend, mc.num_layers, cuda_graphs=config.cuda_graphs
+        )
         self.scheduler = Scheduler(
-            num_pages, mc.num_kv_heads, page_size, config.max_batch_size, config.max_waiting, MAX_PREFILL_TOKENS
+            num_pages,
+            mc.num_kv_heads,
+            page_size,
+            config.max_batch_size,
+            config.max_waiting,
+            MAX_PREFILL_TOKENS,
         )
         self.sampler = Sampler()
         self.guardian = GuardianDriver(config.guardian_workers, config.guardian_max_lag_steps)
@@ -170,7 +177,9 @@ class LLMEngine:
 
     # ---- the step ---------------------------------------------------------------------------
     def step(self) -> list[TokenEvent]:
-        events = [self._finish(s, FinishReason.ABORTED) for s in list(self._sequences.values()) if s.abort_requested]
+        events = [
+            self._finish(s, FinishReason.ABORTED) for s in list(self._sequences.values()) if s.abort_requested
+        ]
         events += self._apply_guardian()
         batch = self.scheduler.schedule()
         if batch is None:

@@ -13,10 +13,17 @@ from dataclasses import replace
 import torch
 
 from lil_sparse.attention.backend import AttentionBackend
+from lil_sparse.attention.flashinfer_backend import FlashInferBackend
 from lil_sparse.attention.layout import DecodeLayout
+from lil_sparse.engine.cuda_graphs import DecodeGraphs
 from lil_sparse.engine.page_manager import PageManager
 from lil_sparse.engine.sequence import Sequence
-from lil_sparse.engine.step_attention import DecodeAttention, PolicyGroup, PrefillAttention, PrefillObservation
+from lil_sparse.engine.step_attention import (
+    DecodeAttention,
+    PolicyGroup,
+    PrefillAttention,
+    PrefillObservation,
+)
 from lil_sparse.kv import KVCache
 from lil_sparse.models.transformer import CausalLM
 from lil_sparse.policies import POLICIES, get_policy
@@ -29,7 +36,13 @@ def dense_until(seq: Sequence) -> int:
 
 class ModelRunner:
     def __init__(
-        self, model: CausalLM, kv: KVCache, pages: PageManager, backend: AttentionBackend, num_layers: int
+        self,
+        model: CausalLM,
+        kv: KVCache,
+        pages: PageManager,
+        backend: AttentionBackend,
+        num_layers: int,
+        cuda_graphs: bool = False,
     ) -> None:
         self.model = model
         self.kv = kv
@@ -39,6 +52,12 @@ class ModelRunner:
         self.num_kv_heads = pages.num_kv_heads
         self.page_size = pages.page_size
         self.device = pages.device
+        # Graph capture needs a backend that reads planned buffers (FlashInfer), on CUDA.
+        self.graphs = (
+            DecodeGraphs(model, kv, backend, self.num_kv_heads)
+            if cuda_graphs and isinstance(backend, FlashInferBackend) and self.device.type == "cuda"
+            else None
+        )
 
     # ---- prefill ----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -94,17 +113,27 @@ class ModelRunner:
         offsets = (positions % self.page_size).repeat_interleave(heads)
         write_slots = (newest * self.page_size + offsets).view(len(seqs), heads)
         last_page_len = (offsets + 1).to(torch.int32)
-        layer_layouts = self._layer_layouts(seqs, last_page_len)
+        last_page_len_host = tuple(s.next_position % self.page_size + 1 for s in seqs for _ in range(heads))
+        layer_layouts = self._layer_layouts(seqs, last_page_len, last_page_len_host)
         groups = self._policy_groups(seqs, last_page_len)
-        self.backend.begin_decode_step(_distinct(layer_layouts))
-        attention = DecodeAttention(self.kv, self.backend, write_slots, base, layer_layouts, groups, heads)
-        hidden = self.model(input_ids, positions, attention)
+        distinct = _distinct(layer_layouts)
+        self.backend.begin_decode_step(distinct)
+        if self.graphs is not None and not groups and len(distinct) == 1:
+            # Same pages in every layer: a captured graph replays the whole forward.
+            logits = self.graphs.run(input_ids, positions, write_slots, base, distinct[0])
+        else:
+            attention = DecodeAttention(
+                self.kv, self.backend, write_slots, base, layer_layouts, groups, heads
+            )
+            logits = self.model.compute_logits(self.model(input_ids, positions, attention))
         for seq in seqs:
             seq.num_cached_tokens += 1
         self._record_kv(seqs, layer_layouts)
-        return self.model.compute_logits(hidden)
+        return logits
 
-    def _layer_layouts(self, seqs: list[Sequence], last_page_len: torch.Tensor) -> list[DecodeLayout]:
+    def _layer_layouts(
+        self, seqs: list[Sequence], last_page_len: torch.Tensor, last_page_len_host: tuple[int, ...]
+    ) -> list[DecodeLayout]:
         """One layout per layer; layers with equal page counts share one object (one plan)."""
         thresholds = sorted({0, *(min(dense_until(s), self.num_layers) for s in seqs)})
         layouts: list[DecodeLayout] = []
@@ -115,7 +144,7 @@ class ModelRunner:
                 dense = start < dense_until(seq)
                 count = seq.held_pages if dense else policy.attended_pages(seq.held_pages, seq.budget_pages)
                 counts.extend([count] * self.num_kv_heads)
-            layout = DecodeLayout.build(counts, last_page_len)
+            layout = DecodeLayout.build(counts, last_page_len, last_page_len_host)
             layouts.extend([layout] * (end - start))
         return layouts
 
@@ -129,8 +158,13 @@ class ModelRunner:
             if not members:
                 continue
             member_seqs = [seqs[i] for i in members]
-            rows = (torch.tensor(members, device=self.device).unsqueeze(1) * heads + torch.arange(heads, device=self.device)).reshape(-1)
-            counts = [policy.attended_pages(s.held_pages, s.budget_pages) for s in member_seqs for _ in range(heads)]
+            rows = (
+                torch.tensor(members, device=self.device).unsqueeze(1) * heads
+                + torch.arange(heads, device=self.device)
+            ).reshape(-1)
+            counts = [
+                policy.attended_pages(s.held_pages, s.budget_pages) for s in member_seqs for _ in range(heads)
+            ]
             layout = DecodeLayout.build(counts, last_page_len[rows])
             batch, _ = self.pages.policy_batch(member_seqs, layout)
             batch = replace(batch, rows=rows)

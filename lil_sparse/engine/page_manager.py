@@ -39,7 +39,9 @@ def compact_rows(
 
 
 class PageManager:
-    def __init__(self, pool: PagePool, table: BlockTable, kv: KVCache, num_kv_heads: int, page_size: int) -> None:
+    def __init__(
+        self, pool: PagePool, table: BlockTable, kv: KVCache, num_kv_heads: int, page_size: int
+    ) -> None:
         self.pool = pool
         self.table = table
         self.kv = kv
@@ -142,8 +144,14 @@ class PageManager:
         heads = self.num_kv_heads
         width = max(s.held_pages for s in seqs)
         per_seq = [
-            (s.slot, s.held_pages, min(s.held_pages, s.budget_pages), s.sink_pages, s.recent_pages,
-             s.options.sparse.dense_layers if s.policy == "quest" else 0)
+            (
+                s.slot,
+                s.held_pages,
+                min(s.held_pages, s.budget_pages),
+                s.sink_pages,
+                s.recent_pages,
+                s.options.sparse.dense_layers if s.policy == "quest" else 0,
+            )
             for s in seqs
         ]
         columns = torch.tensor(per_seq, dtype=torch.long).to(self.device, non_blocking=True)

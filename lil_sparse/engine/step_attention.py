@@ -56,7 +56,9 @@ class PrefillAttention:
         self.kv.write(layer_index, self.slots, k, v)
         out = self.backend.prefill(q, k, v, self.cu_seqlens)
         for obs in self.observations:
-            obs.policy.observe_prefill(layer_index, q[obs.start : obs.end], k[obs.start : obs.end], obs.pages, self.kv)
+            obs.policy.observe_prefill(
+                layer_index, q[obs.start : obs.end], k[obs.start : obs.end], obs.pages, self.kv
+            )
         return out
 
 
@@ -85,7 +87,11 @@ class DecodeAttention:
         q_rows = q.view(batch_size * self.num_kv_heads, num_heads // self.num_kv_heads, head_dim)
         page_ids = self._select(layer_index, q_rows)
         out = self.backend.decode(
-            layer_index, q_rows, self.kv.k[layer_index], self.kv.v[layer_index], page_ids,
+            layer_index,
+            q_rows,
+            self.kv.k[layer_index],
+            self.kv.v[layer_index],
+            page_ids,
             self.layer_layouts[layer_index],
         )
         for group in self.groups:
@@ -102,7 +108,9 @@ class DecodeAttention:
             if page_ids is self.base_page_ids:
                 page_ids = page_ids.clone()
             batch = group.batch
-            older = batch.table.gather(1, group.policy.select_slots(layer, q_rows[batch.rows], batch, self.kv))
+            older = batch.table.gather(
+                1, group.policy.select_slots(layer, q_rows[batch.rows], batch, self.kv)
+            )
             newest = batch.table.gather(1, (batch.held - 1).unsqueeze(1))
             chosen = torch.cat([older, newest], dim=1)
             # The newest page goes last among each row's select_count entries.

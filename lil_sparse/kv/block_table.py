@@ -15,7 +15,9 @@ import torch
 class BlockTable:
     """``table: [max_slots, num_kv_heads, max_pages_per_seq] int32`` plus a free list of slots."""
 
-    def __init__(self, max_slots: int, num_kv_heads: int, max_pages_per_seq: int, device: torch.device) -> None:
+    def __init__(
+        self, max_slots: int, num_kv_heads: int, max_pages_per_seq: int, device: torch.device
+    ) -> None:
         self.table = torch.zeros(max_slots, num_kv_heads, max_pages_per_seq, dtype=torch.int32, device=device)
         self.num_kv_heads = num_kv_heads
         self.max_pages_per_seq = max_pages_per_seq
@@ -23,7 +25,9 @@ class BlockTable:
 
     def acquire_slot(self) -> int:
         if not self._free_slots:
-            raise RuntimeError("no free block-table slot; the scheduler admits at most max_batch_size sequences")
+            raise RuntimeError(
+                "no free block-table slot; the scheduler admits at most max_batch_size sequences"
+            )
         return self._free_slots.pop()
 
     def release_slot(self, slot: int) -> None:
@@ -33,7 +37,9 @@ class BlockTable:
         """Set ``table[slots[i], heads[i], positions[i]] = pages[i]`` with one host->device copy."""
         if not pages:
             return
-        index = torch.tensor([slots, heads, positions], dtype=torch.long).to(self.table.device, non_blocking=True)
+        index = torch.tensor([slots, heads, positions], dtype=torch.long).to(
+            self.table.device, non_blocking=True
+        )
         values = torch.tensor(pages, dtype=torch.int32).to(self.table.device, non_blocking=True)
         self.table[index[0], index[1], index[2]] = values
 

@@ -58,7 +58,9 @@ class KVCache:
         flat_slots = slots.reshape(-1)
         k_flat = k.reshape(-1, self.head_dim)
         self.k[layer].view(-1, self.head_dim).index_copy_(0, flat_slots, k_flat.to(self.k.dtype))
-        self.v[layer].view(-1, self.head_dim).index_copy_(0, flat_slots, v.reshape(-1, self.head_dim).to(self.v.dtype))
+        self.v[layer].view(-1, self.head_dim).index_copy_(
+            0, flat_slots, v.reshape(-1, self.head_dim).to(self.v.dtype)
+        )
         pages = flat_slots // self.page_size
         k32 = k_flat.float()
         key_min, key_max = self.key_min[layer], self.key_max[layer]

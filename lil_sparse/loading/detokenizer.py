@@ -6,9 +6,6 @@ from collections.abc import Sequence
 
 from lil_sparse.loading.tokenizer import Tokenizer
 
-# How many prompt tokens to decode along with the first output tokens, so that tokenizers whose
-# decoding depends on the left context (SentencePiece's leading space) see some of it.
-_CONTEXT_TOKENS = 5
 _REPLACEMENT = "\ufffd"
 
 
@@ -20,8 +17,11 @@ class IncrementalDetokenizer:
     that ends in U+FFFD is held back: the token split a multi-byte UTF-8 character and the next
     token completes it. :meth:`flush` returns whatever is still held at the end.
 
-    For byte-level BPE tokenizers (GPT-2, Llama 3, Qwen2, SmolLM2) the concatenation of all
-    deltas plus ``flush()`` equals ``tokenizer.decode(output_ids)``.
+    The concatenation of all deltas plus ``flush()`` equals ``tokenizer.decode(output_ids)``.
+    That is why the window starts at the first output token and never reaches into the prompt:
+    prompt bytes would merge with a split character at the boundary, and a SentencePiece answer's
+    first space would differ from what ``decode`` gives. ``prompt_ids`` is accepted (vLLM's
+    signature) but only its length is kept, for callers that want it.
     """
 
     def __init__(
@@ -29,9 +29,10 @@ class IncrementalDetokenizer:
     ) -> None:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
-        self._ids = list(prompt_ids[-_CONTEXT_TOKENS:])
+        self.prompt_length = len(prompt_ids)
+        self._ids: list[int] = []  # the decode window: output tokens from _prefix_offset on
         self._prefix_offset = 0  # start of the decode window
-        self._read_offset = len(self._ids)  # tokens before this are already emitted as text
+        self._read_offset = 0  # tokens before this are already emitted as text
         self.text = ""  # all text emitted so far
 
     def push(self, token_ids: Sequence[int]) -> str:

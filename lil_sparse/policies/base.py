@@ -86,7 +86,9 @@ class SelectionPolicy(ABC):
     ) -> None:
         """Called after a decode layer with the group's queries ``[n, G, D]`` and attended pages."""
 
-    def observe_prefill(self, layer: int, q: torch.Tensor, k: torch.Tensor, pages: torch.Tensor, kv: KVCache) -> None:
+    def observe_prefill(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, pages: torch.Tensor, kv: KVCache
+    ) -> None:
         """Called after a prefill layer for one sequence of this policy.
 
         ``q: [T, Hq, D]``, ``k: [T, Hkv, D]``, ``pages: [Hkv, T] int64`` page of each token per head.

@@ -44,7 +44,9 @@ class H2OPolicy(SelectionPolicy):
         probs = paged_page_probs(q, kv.k[layer], page_ids, layout)  # [n, width]
         kv.attention_mass.index_add_(0, layout.pack(page_ids).long(), layout.pack(probs))
 
-    def observe_prefill(self, layer: int, q: torch.Tensor, k: torch.Tensor, pages: torch.Tensor, kv: KVCache) -> None:
+    def observe_prefill(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, pages: torch.Tensor, kv: KVCache
+    ) -> None:
         length, num_heads, head_dim = q.shape
         num_kv_heads = k.shape[1]
         window = min(length, OBSERVATION_WINDOW)

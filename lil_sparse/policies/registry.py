@@ -11,8 +11,7 @@ from lil_sparse.policies.quest import QuestPolicy
 from lil_sparse.policies.sink import SinkPolicy
 
 POLICIES: dict[str, SelectionPolicy] = {
-    policy.name: policy
-    for policy in (FullPolicy(), SinkPolicy(), H2OPolicy(), QuestPolicy(), InfLLMPolicy())
+    policy.name: policy for policy in (FullPolicy(), SinkPolicy(), H2OPolicy(), QuestPolicy(), InfLLMPolicy())
 }
 
 if tuple(POLICIES) != POLICY_NAMES:  # keep options validation and the registry in step

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -26,7 +27,7 @@ _CORPUS = (
 )
 
 
-def _train_tokenizer(vocab_size: int):  # type: ignore[no-untyped-def]
+def _train_tokenizer(vocab_size: int) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -65,7 +66,7 @@ def build_tiny_model(
     tokenizer = _train_tokenizer(vocab_size=384)
     vocab_size = tokenizer.get_vocab_size()
     eos_id = tokenizer.token_to_id("<|im_end|>")
-    common = dict(
+    common: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
@@ -79,10 +80,11 @@ def build_tiny_model(
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
+    model: Any
     if architecture == "llama":
-        model = LlamaForCausalLM(LlamaConfig(rope_theta=10000.0, **common))
+        model = LlamaForCausalLM(LlamaConfig(**{**common, "rope_theta": 10000.0}))
     elif architecture == "qwen2":
-        model = Qwen2ForCausalLM(Qwen2Config(rope_theta=1000000.0, **common))
+        model = Qwen2ForCausalLM(Qwen2Config(**{**common, "rope_theta": 1000000.0}))
     else:
         raise ValueError(f"architecture: expected 'llama' or 'qwen2', got {architecture!r}")
     with torch.no_grad():  # larger logits than the default init, so greedy choices are not near-ties

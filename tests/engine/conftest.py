@@ -19,7 +19,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"), architecture="qwen2", num_heads=4, num_kv_heads=1)
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tiny-qwen2"), architecture="qwen2", num_heads=4, num_kv_heads=1
+    )
 
 
 @pytest.fixture

@@ -18,7 +18,9 @@ from lil_sparse.options import (
     StoppingOptions,
 )
 
-PROMPT_TEXT = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. " * 2
+PROMPT_TEXT = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. " * 2
+)
 
 
 def options(policy: str = "full", budget: int = 32, max_new: int = 40, **sampling) -> RequestOptions:
@@ -92,9 +94,10 @@ def test_mixed_policy_batch_gives_each_request_its_solo_tokens(engine: LLMEngine
 def test_eviction_keeps_pages_within_budget_and_frees_everything(engine: LLMEngine) -> None:
     prompt = engine.tokenizer.encode(PROMPT_TEXT)
     start_free = engine.pool.num_free
-    heads = engine.model_config.num_kv_heads
     budget_pages = 3
-    ids = [engine.add_request(prompt, options(p, budget=budget_pages * 16, max_new=70)) for p in ("sink", "h2o")]
+    ids = [
+        engine.add_request(prompt, options(p, budget=budget_pages * 16, max_new=70)) for p in ("sink", "h2o")
+    ]
     peak = 0
     while engine.has_unfinished():
         engine.step()
@@ -127,9 +130,13 @@ def test_seeded_sampling_is_batch_invariant(engine: LLMEngine) -> None:
     sampled = options("full", temperature=0.9, top_p=0.95, top_k=50, seed=1234)
     alone = engine.generate([prompt], [sampled])[0].output_token_ids
     others = [options("quest", temperature=1.0, seed=s) for s in range(3)]
-    batch = engine.generate([prompt[:40], prompt, prompt[:20], prompt], [others[0], sampled, others[1], others[2]])
+    batch = engine.generate(
+        [prompt[:40], prompt, prompt[:20], prompt], [others[0], sampled, others[1], others[2]]
+    )
     assert batch[1].output_token_ids == alone
-    different_seed = engine.generate([prompt], [options("full", temperature=0.9, seed=99)])[0].output_token_ids
+    different_seed = engine.generate([prompt], [options("full", temperature=0.9, seed=99)])[
+        0
+    ].output_token_ids
     assert different_seed != alone
 
 
@@ -143,7 +150,11 @@ def test_stop_reasons(engine: LLMEngine) -> None:
     if stop.strip():
         stopped = engine.generate(
             [prompt],
-            [RequestOptions(stopping=StoppingOptions(max_new_tokens=30, stop_strings=(stop,), ignore_eos=True))],
+            [
+                RequestOptions(
+                    stopping=StoppingOptions(max_new_tokens=30, stop_strings=(stop,), ignore_eos=True)
+                )
+            ],
         )[0]
         assert stopped.finish_reason == FinishReason.STOP_STRING
         assert stop in stopped.output_text and stopped.completion_tokens < 30
@@ -172,11 +183,11 @@ def test_bad_options_name_the_field(make, field: str) -> None:
 
 def test_budget_below_one_page_and_context_overflow_are_rejected(engine: LLMEngine) -> None:
     prompt = engine.tokenizer.encode(PROMPT_TEXT)
-    with pytest.raises(ValueError, match="^budget_tokens:"):
+    with pytest.raises(ValueError, match=r"^budget_tokens:"):
         engine.add_request(prompt, options("quest", budget=8))
-    with pytest.raises(ValueError, match="^max_new_tokens:"):
+    with pytest.raises(ValueError, match=r"^max_new_tokens:"):
         engine.add_request(prompt, options("full", max_new=engine.max_context))
-    with pytest.raises(ValueError, match="^dense_layers:"):
+    with pytest.raises(ValueError, match=r"^dense_layers:"):
         engine.add_request(
             prompt, RequestOptions(sparse=SparseOptions(policy="quest", budget_tokens=64, dense_layers=99))
         )
@@ -184,7 +195,9 @@ def test_budget_below_one_page_and_context_overflow_are_rejected(engine: LLMEngi
 
 
 def test_qwen2_with_one_kv_head_runs_every_policy(tiny_qwen_dir) -> None:
-    eng = LLMEngine.from_config(EngineConfig(model=str(tiny_qwen_dir), kv_cache_tokens=2048, guardian_workers=0))
+    eng = LLMEngine.from_config(
+        EngineConfig(model=str(tiny_qwen_dir), kv_cache_tokens=2048, guardian_workers=0)
+    )
     prompt = eng.tokenizer.encode(PROMPT_TEXT)
     reports = eng.generate([prompt] * 5, [options(p, budget=32, max_new=24) for p in POLICY_NAMES])
     assert all(r.completion_tokens == 24 for r in reports)

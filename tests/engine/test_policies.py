@@ -47,7 +47,7 @@ def batch_for(pages, held, budget, sink=1, recent=2, dense=0):
 
 @pytest.mark.parametrize(("page_size", "held", "budget"), GRID)
 def test_quest_picks_pages_with_highest_upper_bound(page_size, held, budget):
-    kv, pages, keys, q, length = make_rows(page_size, held)
+    kv, pages, keys, q, _length = make_rows(page_size, held)
     batch = batch_for(pages, held, budget)
     chosen = POLICIES["quest"].select_slots(0, q, batch, kv)[:, : min(held, budget) - 1]
     for head in range(pages.shape[0]):
@@ -66,7 +66,7 @@ def test_infllm_picks_sink_local_and_best_blocks_shared_by_heads(page_size, held
     sink, recent = 1, min(2, budget - 1)
     if sink + recent > budget:
         pytest.skip("window larger than budget")
-    kv, pages, keys, q, length = make_rows(page_size, held)
+    kv, pages, keys, q, _length = make_rows(page_size, held)
     batch = batch_for(pages, held, budget, sink=sink, recent=recent)
     count = min(held, budget) - 1
     chosen = POLICIES["infllm"].select_slots(0, q, batch, kv)[:, :count]
@@ -120,7 +120,7 @@ def test_h2o_keeps_recent_and_heaviest_pages(page_size, held, budget):
 
 
 def test_quest_bound_is_an_upper_bound_on_every_key():
-    kv, pages, keys, q, length = make_rows(8, 6)
+    kv, pages, keys, q, _length = make_rows(8, 6)
     batch = batch_for(pages, 6, 6)
     from lil_sparse.policies.quest import quest_page_scores
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import re
 from typing import Any
 
@@ -243,7 +244,10 @@ def test_fetch_source_fetches_a_known_model_into_the_server_cache() -> None:
     # (tomllib is 3.11+; the project supports 3.10, so read the one table by hand.)
     pyproject = (CHART_DIR.parents[1] / "pyproject.toml").read_text()
     scripts_table = pyproject.split("[project.scripts]\n", 1)[1].split("\n[", 1)[0]
-    assert re.search(rf"^{re.escape(program)} = ", scripts_table, re.MULTILINE)
+    entry_point = re.search(rf'^{re.escape(program)} = "([\w.]+):(\w+)"', scripts_table, re.MULTILINE)
+    assert entry_point is not None, f"{program} is not a console script in pyproject.toml"
+    module_name, function_name = entry_point.groups()
+    assert callable(getattr(importlib.import_module(module_name), function_name))
     parser = argparse.ArgumentParser(prog=program)
     add_models_parser(parser.add_subparsers(dest="command", required=True))
     parsed = parser.parse_args(cli_args)
@@ -318,8 +322,9 @@ def test_service_monitor_scrapes_the_metrics_port() -> None:
     service = single(values, "Service")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     # The operator scrapes; annotations too would make annotation-based setups scrape twice.
-    annotations = single(values, "Deployment")["spec"]["template"]["metadata"].get("annotations") or {}
-    assert "prometheus.io/scrape" not in annotations
+    assert "annotations" not in single(values, "Deployment")["spec"]["template"]["metadata"]
+    annotations = single({}, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == "9400"
 
 
 def test_hpa_scales_on_the_server_queue_gauge_with_cpu_fallback() -> None:

@@ -19,7 +19,7 @@ LLAMA3_SCALING = {
     "high_freq_factor": 4.0,
     "original_max_position_embeddings": 16,  # small, so the 40-token test crosses all three bands
 }
-CASES = {
+CASES: dict[str, dict[str, Any]] = {
     "llama": dict(architecture="llama"),
     "llama-tied": dict(architecture="llama", tie_word_embeddings=True),
     "llama-rope-llama3": dict(architecture="llama", rope_scaling=LLAMA3_SCALING),
@@ -45,7 +45,7 @@ def checkpoint(
 
 
 def test_config_read_from_folder(checkpoint: tuple[Any, Any, Path]) -> None:
-    loaded, hf_model, folder = checkpoint
+    loaded, hf_model, _folder = checkpoint
     config = loaded.config
     assert config.architecture == hf_model.config.model_type
     assert (config.num_heads, config.num_kv_heads, config.head_dim) == (4, 2, 16)
@@ -56,7 +56,7 @@ def test_config_read_from_folder(checkpoint: tuple[Any, Any, Path]) -> None:
 
 
 def test_prefill_logits_match_transformers(checkpoint: tuple[Any, Any, Path]) -> None:
-    loaded, hf_model, folder = checkpoint
+    loaded, hf_model, _folder = checkpoint
     prompt = torch.randint(0, 384, (40,), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         reference = hf_model(prompt[None]).logits[0]
@@ -69,7 +69,7 @@ def test_prefill_logits_match_transformers(checkpoint: tuple[Any, Any, Path]) ->
 def test_32_decode_steps_match_transformers(checkpoint: tuple[Any, Any, Path]) -> None:
     """transformers decodes greedily with its KV cache; we decode incrementally with a test KV cache
     (new token only, position continuing) and compare every step's logits along the same tokens."""
-    loaded, hf_model, folder = checkpoint
+    loaded, hf_model, _folder = checkpoint
     prompt = torch.randint(0, 384, (12,), generator=torch.Generator().manual_seed(2))
     cache = CachingAttention()
     with torch.no_grad():
@@ -112,7 +112,7 @@ def test_varlen_batch_equals_separate_sequences(checkpoint: tuple[Any, Any, Path
 
 
 def test_bfloat16_load_is_close_to_float32(checkpoint: tuple[Any, Any, Path]) -> None:
-    loaded, hf_model, folder = checkpoint
+    loaded, _hf_model, folder = checkpoint
     prompt = torch.randint(0, 384, (16,), generator=torch.Generator().manual_seed(4))
     bf16 = load_model(folder, torch.bfloat16, "cpu")
     assert all(p.dtype == torch.bfloat16 for p in bf16.model.parameters())

@@ -44,6 +44,7 @@ def build_hf_checkpoint(
         tie_word_embeddings=tie_word_embeddings,
     )
     torch.manual_seed(seed)
+    model: Any
     if architecture == "llama":
         rope = {"rope_type": "default", "rope_theta": 10000.0}
         if rope_scaling is not None:

@@ -202,3 +202,17 @@ def test_cuda_matches_cpu() -> None:
     assert gpu_tokens.cpu().tolist() == cpu_tokens.tolist()
     torch.testing.assert_close(gpu_logprobs.cpu(), cpu_logprobs)
     assert math.isfinite(float(gpu_logprobs.sum()))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_noise_gives_the_same_tokens() -> None:
+    eager, compiled = Sampler(), Sampler(compile_noise=True)
+    for rows, vocab in ((3, 1000), (17, 50_000)):
+        logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(rows)).cuda()
+        options = [SamplingOptions(temperature=1.0, top_p=0.95, seed=10 * i) for i in range(rows)]
+        params = SamplingParams.from_options(options, device="cuda")
+        positions = torch.arange(rows, device="cuda") * 7
+        assert torch.equal(
+            eager.sample(logits, params, positions)[0], compiled.sample(logits, params, positions)[0]
+        )

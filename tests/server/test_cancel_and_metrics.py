@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ MODEL_LABEL: tuple[tuple[str, str], ...] = ()
 
 
 @pytest.fixture
-def server(tiny_model_dir: Path, tiny_engine: Any):  # type: ignore[no-untyped-def]
+def server(tiny_model_dir: Path, tiny_engine: Any) -> Iterator[Any]:
     background = start_server(tiny_model_dir, tiny_engine)
     yield background
     background.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ BAD_REQUESTS = [
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir: Path, tiny_engine: Any):  # type: ignore[no-untyped-def]
+def server(tiny_model_dir: Path, tiny_engine: Any) -> Iterator[Any]:
     background = start_server(tiny_model_dir, tiny_engine, max_running=1, max_waiting=0)
     yield background
     background.stop()

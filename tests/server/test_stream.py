@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ PROMPT = "The quick brown fox jumps over the lazy dog. " * 8  # ~100 tokens: sev
 
 
 @pytest.fixture
-def server(tiny_model_dir: Path, tiny_engine: Any):  # type: ignore[no-untyped-def]
+def server(tiny_model_dir: Path, tiny_engine: Any) -> Iterator[Any]:
     background = start_server(tiny_model_dir, tiny_engine)
     yield background
     background.stop()

@@ -1,0 +1,77 @@
+# lil-sparse: every command the README tells you to run is a target here.
+#
+#   make run     install (CPU) and serve the default model (SmolLM2-135M-Instruct) on :50051
+#   make test    install and run the whole test suite (Python, Go client, Helm chart)
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch. Installing it first keeps pip from pulling a multi-GB CUDA build for
+# the "torch>=2.4" dependency. Elsewhere: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+MODEL ?= smollm2-135m-instruct
+PORT ?= 50051
+METRICS_PORT ?= 9400
+
+.PHONY: install run serve generate client test test-python test-go test-helm lint format typecheck \
+        proto proto-check go-proto go-deps bench-micro bench-e2e eval clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+install: $(PY)
+	$(PY) -m pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install -q -e ".[dev]" -r requirements-helm-test.txt
+
+run: install serve
+
+serve:
+	$(VENV)/bin/lil-sparse models fetch $(MODEL)
+	$(VENV)/bin/lil-sparse serve --model $(MODEL) --port $(PORT) --metrics-port $(METRICS_PORT)
+
+generate:
+	$(VENV)/bin/lil-sparse generate --model $(MODEL) --policy quest --budget 64 --max-new-tokens 128 \
+		"What is 17 * 23? Answer briefly."
+
+client:
+	$(VENV)/bin/lil-client --address localhost:$(PORT) generate "Write a haiku about sparse attention." \
+		--policy quest --budget 128 --guardian
+
+test: install go-deps test-python test-go
+
+test-python:
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra
+
+go-deps:
+	bash scripts/go-deps.sh
+
+test-go:
+	cd client/go && LIL_SPARSE_PYTHON=$(CURDIR)/$(PY) ./check.sh
+
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format:
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+typecheck:
+	$(VENV)/bin/mypy lil_sparse server eval
+
+proto:
+	$(PY) client/python/gen_proto.py
+
+go-proto:
+	cd client/go && ./genproto.sh
+
+bench-micro:
+	$(PY) bench/attention_micro.py
+
+bench-e2e:
+	$(PY) bench/decode_e2e.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

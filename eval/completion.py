@@ -1,0 +1,33 @@
+"""What a backend (the in-process engine or a sidecar over gRPC) returns for one sample."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eval.records import GuardianOnline
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One request of a sweep: ``key`` indexes the (problem, condition) pair it belongs to."""
+
+    key: int
+    prompt_token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A finished request, backend-neutral. Seconds as measured by the engine."""
+
+    key: int
+    prompt_tokens: int
+    output_token_ids: tuple[int, ...]
+    output_text: str
+    finish_reason: str
+    ttft_seconds: float
+    decode_seconds: float
+    jct_seconds: float
+    queue_seconds: float
+    mean_attended_pages: float
+    peak_kv_pages: int
+    guardian: GuardianOnline

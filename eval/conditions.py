@@ -1,0 +1,76 @@
+"""What a sweep runs: which problems, under which (policy, budget, online Guardian) conditions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lil_sparse.options import (
+    POLICY_NAMES,
+    GuardianOptions,
+    RequestOptions,
+    SamplingOptions,
+    SparseOptions,
+    StoppingOptions,
+)
+
+from eval.guardian_replay import GuardianSetting
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One arm of the study. ``budget_tokens`` is 0 for ``full``; ``guardian`` None is off."""
+
+    policy: str
+    budget_tokens: int
+    guardian: GuardianSetting | None = None
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICY_NAMES:
+            raise ValueError(f"policy: unknown policy {self.policy!r}; choose one of {', '.join(POLICY_NAMES)}")
+        if (self.policy == "full") != (self.budget_tokens == 0):
+            raise ValueError(f"budget_tokens: must be 0 exactly for policy full, got {self.budget_tokens}")
+        if self.budget_tokens < 0:
+            raise ValueError(f"budget_tokens: must be >= 0, got {self.budget_tokens}")
+
+    def request_options(self, max_new_tokens: int) -> RequestOptions:
+        """Greedy decoding with this condition's sparsity and Guardian (the engine's defaults for
+        sink, recent window and dense layers)."""
+        sparse = (
+            SparseOptions(policy="full")
+            if self.policy == "full"
+            else SparseOptions(policy=self.policy, budget_tokens=self.budget_tokens)
+        )
+        guardian = (
+            GuardianOptions(
+                enabled=True,
+                interval_tokens=self.guardian.interval_tokens,
+                threshold_bytes=self.guardian.threshold_bytes,
+            )
+            if self.guardian
+            else GuardianOptions()
+        )
+        return RequestOptions(
+            sampling=SamplingOptions(temperature=0.0),
+            stopping=StoppingOptions(max_new_tokens=max_new_tokens),
+            sparse=sparse,
+            guardian=guardian,
+        )
+
+    def label(self) -> str:
+        name = self.policy if self.policy == "full" else f"{self.policy}@{self.budget_tokens}"
+        return name + (f" + guardian({self.guardian.label()})" if self.guardian else "")
+
+
+def build_conditions(
+    policies: tuple[str, ...], budgets: tuple[int, ...], online_guardian: tuple[GuardianSetting, ...] = ()
+) -> list[Condition]:
+    """``full`` once (it has no budget), every other policy at every budget, then ``full`` with
+    each online Guardian setting (the check that online stops equal offline replay)."""
+    if not policies:
+        raise ValueError("policies: name at least one policy")
+    if any(policy != "full" for policy in policies) and not budgets:
+        raise ValueError("budgets: sparse policies need at least one budget")
+    conditions = [Condition("full", 0)] if "full" in policies else []
+    conditions += [Condition(p, b) for p in policies if p != "full" for b in budgets]
+    conditions += [Condition("full", 0, setting) for setting in online_guardian]
+    return conditions

@@ -1,0 +1,79 @@
+"""Run a sweep's jobs through the engine in-process, batched.
+
+Jobs are fed so that about one batch waits behind the running one: the engine keeps its batch
+full while queueing (which the engine counts in JCT) stays bounded. Requests of different
+policies and budgets share batches; the engine handles per-request policies.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+from lil_sparse.engine import LLMEngine
+from lil_sparse.events import RequestReport
+from lil_sparse.options import RequestOptions
+
+from eval.completion import Completion, Job
+from eval.records import GuardianOnline
+
+PROGRESS_SECONDS = 30.0
+
+
+def completion_from_report(key: int, report: RequestReport, options: RequestOptions) -> Completion:
+    guardian = report.guardian
+    return Completion(
+        key=key,
+        prompt_tokens=report.prompt_tokens,
+        output_token_ids=tuple(report.output_token_ids),
+        output_text=report.output_text,
+        finish_reason=report.finish_reason.value,
+        ttft_seconds=report.timings.ttft_seconds,
+        decode_seconds=report.timings.decode_seconds,
+        jct_seconds=report.timings.jct_seconds,
+        queue_seconds=report.timings.queue_seconds,
+        mean_attended_pages=report.kv.mean_attended_pages,
+        peak_kv_pages=report.kv.peak_pages,
+        guardian=GuardianOnline(
+            enabled=guardian.enabled,
+            interval_tokens=options.guardian.interval_tokens if guardian.enabled else 0,
+            threshold_bytes=options.guardian.threshold_bytes if guardian.enabled else 0,
+            stop_step=guardian.stop_step,
+            applied_at_step=guardian.applied_at_step,
+            checks_generated_tokens=tuple(c.generated_tokens for c in guardian.checks),
+            checks_compressed_bytes=tuple(c.compressed_bytes for c in guardian.checks),
+        ),
+    )
+
+
+def run_on_engine(
+    engine: LLMEngine,
+    jobs: Sequence[Job],
+    options_for: Callable[[Job], RequestOptions],
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+) -> Iterator[Completion]:
+    """Yield a :class:`Completion` per job, in finishing order."""
+    pending = list(reversed(jobs))  # pop() from the end keeps submission in input order
+    running: dict[str, tuple[Job, RequestOptions]] = {}
+    queue_depth = 2 * engine.config.max_batch_size
+    started = last_log = time.perf_counter()
+    done = generated = 0
+    while pending or running:
+        while pending and len(running) < queue_depth:
+            job = pending.pop()
+            options = options_for(job)
+            request_id = engine.add_request(list(job.prompt_token_ids), options, request_id=f"job-{job.key}")
+            running[request_id] = (job, options)
+        for event in engine.step():
+            generated += len(event.token_ids)
+            if event.report is None:
+                continue
+            job, options = running.pop(event.request_id)
+            done += 1
+            yield completion_from_report(job.key, event.report, options)
+        now = time.perf_counter()
+        if now - last_log >= PROGRESS_SECONDS:
+            last_log = now
+            rate = generated / (now - started)
+            log(f"[lil-eval] {done}/{len(jobs)} done, {generated} tokens, {rate:.0f} tokens/s")

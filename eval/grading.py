@@ -1,0 +1,48 @@
+"""Grade an answer against the gold one with math-verify (as the Lil paper's harness does)."""
+
+from __future__ import annotations
+
+import importlib.util
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Grade:
+    """``correct``: math-verify's verdict; ``extracted``: what it read as the model's final answer."""
+
+    correct: bool
+    extracted: str
+
+
+def grading_available() -> bool:
+    """math-verify is an optional dependency (the ``eval`` extra); records made without it keep
+    ``correct=None`` and ``lil-eval report`` grades them."""
+    return importlib.util.find_spec("math_verify") is not None
+
+
+def grade(output_text: str, gold: str) -> Grade:
+    """Parse the gold answer (wrapped in ``\\boxed{}``, as SOURCES.md checked) and the output's
+    final answer, and compare them symbolically. Never raises on odd text: unparsable is wrong."""
+    from math_verify import parse, verify
+
+    try:
+        gold_parsed = parse(f"\\boxed{{{gold}}}")
+        predicted = parse(output_text)
+        # math-verify's verify is asymmetric: gold first.
+        return Grade(bool(verify(gold_parsed, predicted)), str(predicted[-1]) if predicted else "")
+    except Exception:  # math-verify raises for pathological LaTeX; that answer is simply wrong
+        return Grade(False, "")
+
+
+def _grade_pair(pair: tuple[str, str]) -> Grade:
+    return grade(*pair)
+
+
+def grade_many(pairs: list[tuple[str, str]], workers: int = 0) -> list[Grade]:
+    """Grade ``(output_text, gold)`` pairs in input order; ``workers > 1`` uses processes (each
+    grade is 10-20 ms of sympy, and math-verify's timeouts need a main thread per process)."""
+    if workers <= 1 or len(pairs) < 2 * workers:
+        return [grade(text, gold) for text, gold in pairs]
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(_grade_pair, pairs, chunksize=max(1, len(pairs) // (8 * workers))))

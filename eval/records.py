@@ -1,0 +1,157 @@
+"""One JSONL record per sample, and reading/writing them (``.gz`` files are gzip-compressed).
+
+A record holds everything the report needs, so ``docs/results/`` can be regenerated from the
+records alone (no model, no tokenizer): the output text, its length, the grade, the engine's
+timings and KV use, Guardian's online report, and a Guardian trajectory for offline replay.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import IO, Any
+
+RECORD_VERSION = 1
+FINISH_REASONS = ("length", "eos", "stop_string", "early_stop", "aborted")
+
+
+@dataclass(frozen=True, slots=True)
+class Trajectory:
+    """Guardian's view of one output, every ``base_interval`` generated tokens.
+
+    Entry ``i`` is after ``i * base_interval`` tokens (entry 0 is the prompt alone):
+    ``compressed_bytes[i]`` is the zlib size (level 6) of the whole sequence, and
+    ``text_chars[i]`` the length of the output text at that point, so an output cut there is
+    ``output_text[:text_chars[i]]``. Replaying any interval that is a multiple of
+    ``base_interval`` and any threshold needs nothing else (see :mod:`eval.guardian_replay`).
+    """
+
+    base_interval: int
+    compressed_bytes: tuple[int, ...]
+    text_chars: tuple[int, ...]
+    source: str = "text"
+    mode: str = "full"
+
+    def __post_init__(self) -> None:
+        if self.base_interval < 1:
+            raise ValueError(f"base_interval: must be >= 1, got {self.base_interval}")
+        if len(self.compressed_bytes) != len(self.text_chars) or not self.compressed_bytes:
+            raise ValueError("compressed_bytes: must be non-empty and as long as text_chars")
+
+
+@dataclass(frozen=True, slots=True)
+class GuardianOnline:
+    """Guardian as it ran inside the engine (``enabled`` False when the request had it off)."""
+
+    enabled: bool = False
+    interval_tokens: int = 0
+    threshold_bytes: int = 0
+    stop_step: int | None = None
+    applied_at_step: int | None = None
+    checks_generated_tokens: tuple[int, ...] = ()
+    checks_compressed_bytes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SampleRecord:
+    """One problem run under one condition (policy, budget, online Guardian setting).
+
+    ``budget_tokens`` is 0 for ``full``. Seconds come from the engine (``time.perf_counter``);
+    ``service_seconds`` is JCT minus queueing, the fair comparison inside one shared batch.
+    ``correct`` is None until graded.
+    """
+
+    dataset: str
+    problem_id: str
+    model: str
+    device: str
+    backend: str
+    policy: str
+    budget_tokens: int
+    max_new_tokens: int
+    prompt_tokens: int
+    output_tokens: int
+    output_text: str
+    gold: str
+    finish_reason: str
+    ttft_seconds: float
+    decode_seconds: float
+    jct_seconds: float
+    queue_seconds: float
+    mean_attended_pages: float
+    peak_kv_pages: int
+    guardian: GuardianOnline = field(default_factory=GuardianOnline)
+    trajectory: Trajectory | None = None
+    correct: bool | None = None
+    extracted_answer: str = ""
+    output_token_ids: tuple[int, ...] = ()
+    version: int = RECORD_VERSION
+
+    def __post_init__(self) -> None:
+        if self.finish_reason not in FINISH_REASONS:
+            raise ValueError(f"finish_reason: must be one of {', '.join(FINISH_REASONS)}, got {self.finish_reason!r}")
+        if self.output_tokens < 0 or self.prompt_tokens < 1:
+            raise ValueError("output_tokens: must be >= 0 and prompt_tokens >= 1")
+        if self.policy == "full" and self.budget_tokens != 0:
+            raise ValueError(f"budget_tokens: must be 0 for policy full, got {self.budget_tokens}")
+
+    @property
+    def service_seconds(self) -> float:
+        return self.jct_seconds - self.queue_seconds
+
+    @property
+    def condition(self) -> tuple[str, int, int, int]:
+        """(policy, budget, online Guardian interval, threshold); Guardian off gives zeros."""
+        g = self.guardian
+        return (self.policy, self.budget_tokens, g.interval_tokens if g.enabled else 0, g.threshold_bytes if g.enabled else 0)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+
+    @staticmethod
+    def from_dict(row: dict[str, Any]) -> SampleRecord:
+        known = {f.name for f in fields(SampleRecord)}
+        values = {k: v for k, v in row.items() if k in known}
+        guardian = values.get("guardian") or {}
+        values["guardian"] = GuardianOnline(**{k: tuple(v) if isinstance(v, list) else v for k, v in guardian.items()})
+        trajectory = values.get("trajectory")
+        if trajectory is not None:
+            values["trajectory"] = Trajectory(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in trajectory.items()}
+            )
+        values["output_token_ids"] = tuple(values.get("output_token_ids", ()))
+        return SampleRecord(**values)
+
+
+def _open(path: Path, mode: str) -> IO[str]:
+    if path.suffix == ".gz":
+        return gzip.open(path, mode + "t", encoding="utf-8")  # type: ignore[return-value]
+    return path.open(mode, encoding="utf-8")
+
+
+def write_records(path: str | Path, records: Iterable[SampleRecord], append: bool = False) -> int:
+    """Write records as JSONL (gzip if the name ends in .gz); returns how many were written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with _open(path, "a" if append else "w") as out:
+        for record in records:
+            out.write(record.to_json() + "\n")
+            count += 1
+    return count
+
+
+def read_records(*paths: str | Path) -> Iterator[SampleRecord]:
+    """Records from each file in order; raises naming the file and line for a bad one."""
+    for path in map(Path, paths):
+        with _open(path, "r") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield SampleRecord.from_dict(json.loads(line))
+                except (json.JSONDecodeError, TypeError, ValueError) as error:
+                    raise ValueError(f"records: {path}:{number}: {error}") from error

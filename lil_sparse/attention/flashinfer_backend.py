@@ -1,0 +1,193 @@
+"""FlashInfer attention on CUDA: ragged causal prefill and block-sparse paged decode.
+
+Decode is one ``BatchDecodeWithPagedKVCacheWrapper`` batch whose rows are (sequence, KV head)
+pairs over one-head pages (``num_kv_heads=1``, layout "HND", the group's G query heads as the
+row's queries). A row's page list is the pages its policy selected, so a short list *is* the
+block-sparse decode.
+
+``plan()`` runs once per distinct :class:`DecodeLayout` per step (page *counts* are fixed for the
+step); for each layer only the page *ids* change, and they are rewritten on the device into the
+caller-owned indices buffer that the planned kernel reads. The wrappers run in FlashInfer's
+CUDA-graph mode so the same buffers serve eager steps and captured graphs
+(:mod:`lil_sparse.engine.cuda_graphs`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from lil_sparse.attention.backend import AttentionBackend
+from lil_sparse.attention.layout import DecodeLayout
+from lil_sparse.config import EngineConfig
+from lil_sparse.models.config import ModelConfig
+
+WORKSPACE_BYTES = 128 * 1024 * 1024  # FlashInfer's recommended split-k scratch size
+SUPPORTED_HEAD_DIMS = (64, 128, 256)
+# Measured on an H100 (bench/attention_micro.py, docs/bench/attention_micro.md): the tensor-core
+# kernel wins once a row carries at least this many query heads.
+TENSOR_CORE_MIN_GROUP = 8
+
+
+@dataclass
+class DecodeSlot:
+    """One planned decode batch: a wrapper and the int32 buffers its kernel reads.
+
+    - ``indptr: [rows + 1]``, ``last_page_len: [rows]``: written by ``plan()`` once per step.
+    - ``indices: [capacity]``: CSR page ids, rewritten per layer when the selection changes.
+    - ``packed_from``: the padded ``page_ids`` tensor the current indices came from. Held by
+      reference, so ``is`` cannot be fooled by a recycled id; layers that pass the same tensor
+      (full, eviction policies) skip the rewrite.
+    """
+
+    wrapper: object
+    indptr: torch.Tensor
+    indices: torch.Tensor
+    last_page_len: torch.Tensor
+    packed_from: torch.Tensor | None = None
+
+
+class FlashInferBackend(AttentionBackend):
+    name = "flashinfer"
+    supports_cuda_graphs = True
+
+    def __init__(
+        self, config: EngineConfig, model_config: ModelConfig, use_tensor_cores: bool | None = None
+    ) -> None:
+        import flashinfer
+
+        if not config.device.startswith("cuda"):
+            raise ValueError("backend: 'flashinfer' needs a CUDA device")
+        if config.dtype == "float32":
+            raise ValueError("dtype: the flashinfer backend runs bfloat16 or float16, not float32")
+        if model_config.head_dim not in SUPPORTED_HEAD_DIMS:
+            raise ValueError(
+                f"head_dim: flashinfer supports {SUPPORTED_HEAD_DIMS}, the model has {model_config.head_dim}"
+            )
+        self._flashinfer = flashinfer
+        self.dtype = torch.float16 if config.dtype == "float16" else torch.bfloat16
+        self.device = torch.device(config.device)
+        self.page_size = config.page_size
+        self.head_dim = model_config.head_dim
+        self.group = model_config.queries_per_kv_head
+        self.num_heads = model_config.num_heads
+        self.num_kv_heads = model_config.num_kv_heads
+        max_context = min(
+            config.max_model_len or model_config.max_position_embeddings, model_config.max_position_embeddings
+        )
+        self.max_pages_per_row = -(-max_context // config.page_size)
+        self.use_tensor_cores = (
+            self.group >= TENSOR_CORE_MIN_GROUP if use_tensor_cores is None else use_tensor_cores
+        )
+        self.workspace = torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=self.device)
+        # Slots are keyed by (rows, position of the layout in the step): CUDA-graph mode fixes a
+        # wrapper's batch size, and a captured graph keeps reading the buffers of its slot.
+        self._slots: dict[tuple[int, int], DecodeSlot] = {}
+        self._active: dict[int, DecodeSlot] = {}
+        self._prefill = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(self.workspace, "NHD", backend="fa2")
+        self._prefill_key: tuple[object, ...] | None = None
+
+    # ---- prefill ----------------------------------------------------------------------------
+    def prefill(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: list[int]
+    ) -> torch.Tensor:
+        key = (tuple(cu_seqlens), q.dtype, q.shape[1], k.shape[1])
+        if key != self._prefill_key:  # every layer of a prefill step shares one plan
+            indptr = torch.tensor(cu_seqlens, dtype=torch.int32)
+            self._prefill.plan(
+                indptr,
+                indptr,
+                q.shape[1],
+                k.shape[1],
+                q.shape[2],
+                causal=True,
+                q_data_type=q.dtype,
+                kv_data_type=k.dtype,
+            )
+            self._prefill_key = key
+        return self._prefill.run(q, k, v)
+
+    # ---- decode -----------------------------------------------------------------------------
+    def begin_decode_step(self, layouts: Sequence[DecodeLayout]) -> None:
+        self._active = {}
+        self._prefill_key = None
+        for position, layout in enumerate(layouts):
+            slot = self.slot_for(layout.rows, position, layout.nnz)
+            indptr = torch.tensor(
+                list(itertools.accumulate(layout.counts_host, initial=0)), dtype=torch.int32
+            )
+            # A host copy of last_page_len keeps plan() from syncing with the device.
+            last_host = (
+                torch.tensor(layout.last_page_len_host, dtype=torch.int32)
+                if layout.last_page_len_host
+                else layout.last_page_len.cpu()
+            )
+            slot.wrapper.plan(  # type: ignore[attr-defined]
+                indptr,
+                slot.indices[:0],
+                last_host,
+                self.group,
+                1,
+                self.head_dim,
+                self.page_size,
+                q_data_type=self.dtype,
+                kv_data_type=self.dtype,
+            )
+            slot.packed_from = None
+            self._active[id(layout)] = slot
+
+    def slot_for(self, rows: int, position: int, nnz: int) -> DecodeSlot:
+        """The decode slot for ``rows`` rows at ``position`` in the step, created on first use."""
+        key = (rows, position)
+        slot = self._slots.get(key)
+        if slot is None or slot.indices.numel() < nnz:
+            capacity = max(nnz, rows * self.max_pages_per_row)
+            indptr = torch.zeros(rows + 1, dtype=torch.int32, device=self.device)
+            indices = torch.zeros(capacity, dtype=torch.int32, device=self.device)
+            last_page_len = torch.ones(rows, dtype=torch.int32, device=self.device)
+            wrapper = self._flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+                self.workspace,
+                "HND",
+                use_cuda_graph=True,
+                use_tensor_cores=self.use_tensor_cores,
+                paged_kv_indptr_buffer=indptr,
+                paged_kv_indices_buffer=indices,
+                paged_kv_last_page_len_buffer=last_page_len,
+            )
+            slot = DecodeSlot(wrapper, indptr, indices, last_page_len)
+            self._slots[key] = slot
+        return slot
+
+    def pack_indices(self, page_ids: torch.Tensor, layout: DecodeLayout) -> None:
+        """Write ``layout``'s CSR page ids from padded ``page_ids: [rows, >= width] int32``.
+
+        Runs on the device with no host sync; the slot's ``last_page_len`` and ``indptr`` stay as
+        ``plan()`` left them.
+        """
+        slot = self._slot_of(layout)
+        padded = page_ids[:, : layout.width].reshape(-1)
+        torch.index_select(padded, 0, layout.flat_positions, out=slot.indices[: layout.nnz])
+        slot.packed_from = page_ids
+
+    def decode(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k_pages: torch.Tensor,
+        v_pages: torch.Tensor,
+        page_ids: torch.Tensor,
+        layout: DecodeLayout,
+    ) -> torch.Tensor:
+        slot = self._slot_of(layout)
+        if page_ids is not slot.packed_from:
+            self.pack_indices(page_ids, layout)
+        return slot.wrapper.run(q.contiguous(), (k_pages, v_pages))  # type: ignore[attr-defined]
+
+    def _slot_of(self, layout: DecodeLayout) -> DecodeSlot:
+        slot = self._active.get(id(layout))
+        if slot is None:
+            raise RuntimeError("begin_decode_step() must be called with every layout the step uses")
+        return slot

@@ -1,0 +1,3 @@
+from lil_sparse.cli.main import main
+
+raise SystemExit(main())
