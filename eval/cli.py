@@ -41,6 +41,10 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--grade-workers", type=int, default=0, help="processes for math-verify (0: inline)")
     p.add_argument("--base-interval", type=int, default=DEFAULT_BASE_INTERVAL, help="trajectory step in tokens")
     p.add_argument("--save-token-ids", action="store_true", help="also store output token ids in the records")
+    p.add_argument(
+        "--stop-after-seconds", type=float, default=0.0,
+        help="bound the run: then abort, and keep only problems whose every condition finished (0: no limit)",
+    )
     p.add_argument("--out", required=True, help="records file (.jsonl or .jsonl.gz)")
 
 
@@ -75,6 +79,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         grade_workers=args.grade_workers,
         base_interval=args.base_interval,
         save_token_ids=args.save_token_ids,
+        stop_after_seconds=args.stop_after_seconds,
         command="lil-eval " + shlex.join(sys.argv[1:]),
     )
     records = run_sweep(config, Path(args.out))

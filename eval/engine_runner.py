@@ -52,14 +52,26 @@ def run_on_engine(
     jobs: Sequence[Job],
     options_for: Callable[[Job], RequestOptions],
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+    stop_after_seconds: float = 0.0,
 ) -> Iterator[Completion]:
-    """Yield a :class:`Completion` per job, in finishing order."""
+    """Yield a :class:`Completion` per job, in finishing order.
+
+    ``stop_after_seconds > 0`` bounds the run (a device lease ends hard): once it has passed, no
+    new job starts and running ones are aborted (their finish reason is ``aborted``); jobs never
+    started yield nothing. The sweep then keeps only problems whose every condition finished.
+    """
     pending = list(reversed(jobs))  # pop() from the end keeps submission in input order
     running: dict[str, tuple[Job, RequestOptions]] = {}
-    queue_depth = 2 * engine.config.max_batch_size
+    # A little more than a batch: the next prefill is ready, and a time limit wastes little.
+    queue_depth = engine.config.max_batch_size + max(8, engine.config.max_batch_size // 4)
     started = last_log = time.perf_counter()
     done = generated = 0
     while pending or running:
+        if stop_after_seconds and pending and time.perf_counter() - started > stop_after_seconds:
+            log(f"[lil-eval] time limit reached: {len(pending)} jobs not started, aborting {len(running)}")
+            pending.clear()
+            for request_id in running:
+                engine.abort(request_id)
         while pending and len(running) < queue_depth:
             job = pending.pop()
             options = options_for(job)

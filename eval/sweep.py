@@ -1,7 +1,8 @@
 """A sweep: every selected problem under every condition, one record per sample.
 
 Jobs are ordered problem-major (all conditions of problem 1, then problem 2...) so every
-condition shares the same batches over the run and their timings compare fairly.
+condition shares the same batches over the run and their timings compare fairly; the datasets
+take turns, so a run cut by ``stop_after_seconds`` still holds the first problems of each set.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class SweepConfig:
     grade_workers: int = 0
     base_interval: int = DEFAULT_BASE_INTERVAL
     save_token_ids: bool = False
+    stop_after_seconds: float = 0.0  # 0: no limit; else drop problems not finished in time
     command: str = field(default="")
 
     def __post_init__(self) -> None:
@@ -103,12 +105,12 @@ def _completions(config: SweepConfig, jobs: list[Job], problems: list[Problem], 
         return
     from eval.engine_runner import run_on_engine
 
-    yield from run_on_engine(info["engine"], jobs, options_for)
+    yield from run_on_engine(info["engine"], jobs, options_for, stop_after_seconds=config.stop_after_seconds)
 
 
 def run_sweep(config: SweepConfig, out: Path) -> list[SampleRecord]:
     """Run the sweep, write the records (JSONL, gzip for ``.gz``) and a meta file; return the records."""
-    problems = [p for selection in config.datasets for p in load_problems(config.data_dir, selection)]
+    problems = _interleave([load_problems(config.data_dir, selection) for selection in config.datasets])
     info: dict[str, Any] = {}
     if config.server:
         tokenizer = _load_tokenizer(config.model)
@@ -138,7 +140,7 @@ def run_sweep(config: SweepConfig, out: Path) -> list[SampleRecord]:
     jobs = [Job(i * n + c, prompts[i]) for i in range(len(problems)) for c in range(n)]
     device_name = _device_name(config.device) if not config.server else f"server {config.server}"
     started = time.perf_counter()
-    completions = sorted(_completions(config, jobs, problems, info), key=lambda c: c.key)
+    completions = _complete_problems(sorted(_completions(config, jobs, problems, info), key=lambda c: c.key), n)
     wall = time.perf_counter() - started
     if "engine" in info:
         info["engine"].close()
@@ -154,6 +156,8 @@ def run_sweep(config: SweepConfig, out: Path) -> list[SampleRecord]:
         "backend": backend_name,
         "host": platform.node(),
         "records": len(records),
+        "problems_run": len(records) // n,
+        "problems_selected": len(problems),
         "sweep_wall_seconds": round(wall, 1),
         "generated_tokens": sum(r.output_tokens for r in records),
         "longest_prompt_tokens": longest_prompt,
@@ -221,3 +225,22 @@ def _build_records(
         )
     return records
 
+
+
+def _complete_problems(completions: list[Completion], conditions: int) -> list[Completion]:
+    """Only problems whose every condition finished without an abort (a time limit cuts the rest)."""
+    by_problem: dict[int, list[Completion]] = {}
+    for completion in completions:
+        by_problem.setdefault(completion.key // conditions, []).append(completion)
+    return [
+        c
+        for group in by_problem.values()
+        if len(group) == conditions and all(c.finish_reason != "aborted" for c in group)
+        for c in group
+    ]
+
+
+def _interleave(sets: list[list[Problem]]) -> list[Problem]:
+    """Round-robin over the sets, each in file order."""
+    longest = max((len(s) for s in sets), default=0)
+    return [s[i] for i in range(longest) for s in sets if i < len(s)]

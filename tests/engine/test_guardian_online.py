@@ -91,4 +91,5 @@ def test_decoding_goes_on_while_a_check_is_running(engine: LLMEngine) -> None:
     report = finished[0].report
     assert report is not None and report.finish_reason == FinishReason.EARLY_STOP
     assert report.guardian.stop_step == 10  # the second check always says stop with this threshold
-    assert 0 < report.guardian.applied_at_step - report.guardian.stop_step <= 4
+    # Applied within the lag bound (0 when the second check finished before the next step).
+    assert 0 <= report.guardian.applied_at_step - report.guardian.stop_step <= 4

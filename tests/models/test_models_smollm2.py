@@ -31,6 +31,14 @@ def ours(converted: Path) -> LoadedModel:
     return load_model(converted, torch.float32, "cpu")
 
 
+@pytest.fixture(scope="module")
+def transformers_model(converted: Path) -> Any:
+    """transformers' LlamaForCausalLM on the same converted (dequantised, bf16) weights, in fp32."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32).eval()
+
+
 def greedy_ours(loaded: LoadedModel, prompt_ids: list[int]) -> list[int]:
     sequence = list(prompt_ids)
     with torch.no_grad():
@@ -38,6 +46,18 @@ def greedy_ours(loaded: LoadedModel, prompt_ids: list[int]) -> list[int]:
             hidden = loaded.model(torch.tensor(sequence), torch.arange(len(sequence)), DenseCausalAttention())
             sequence.append(int(loaded.model.compute_logits(hidden[-1:]).argmax()))
     return sequence[len(prompt_ids) :]
+
+
+def greedy_transformers(hf: Any, prompt_ids: list[int]) -> list[int]:
+    """Plain greedy with transformers' KV cache; no logits processors, so EOS is not suppressed
+    and generation simply runs on past it, as ours does."""
+    tokens: list[int] = []
+    with torch.no_grad():
+        out = hf(torch.tensor([prompt_ids]), use_cache=True)
+        for _ in range(NEW_TOKENS):
+            tokens.append(int(out.logits[0, -1].argmax()))
+            out = hf(torch.tensor([[tokens[-1]]]), past_key_values=out.past_key_values, use_cache=True)
+    return tokens
 
 
 def test_config_of_the_real_model(ours: LoadedModel) -> None:
@@ -49,18 +69,13 @@ def test_config_of_the_real_model(ours: LoadedModel) -> None:
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_greedy_tokens_identical_to_transformers(ours: LoadedModel, converted: Path, prompt: str) -> None:
-    from transformers import AutoModelForCausalLM
-
-    hf: Any = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32).eval()
+def test_greedy_tokens_identical_to_transformers(
+    ours: LoadedModel, transformers_model: Any, prompt: str
+) -> None:
     prompt_ids = ours.tokenizer.encode(
         ours.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
     )
-    with torch.no_grad():
-        generated = hf.generate(
-            torch.tensor([prompt_ids]), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False
-        )
-    expected = generated[0, len(prompt_ids) :].tolist()
+    expected = greedy_transformers(transformers_model, prompt_ids)
     assert greedy_ours(ours, prompt_ids) == expected
     # The streamed text is the decoded text, and it is real language, not noise.
     detokenizer = IncrementalDetokenizer(ours.tokenizer, prompt_ids)

@@ -119,11 +119,13 @@ def test_sigterm_with_streams_in_flight_finishes_them_and_exits_zero(tiny_model_
 
         summaries: list[Any] = []
         clients = [LilClient(f"127.0.0.1:{port}") for _ in range(3)]
-        streams = [c.generate("count with me", max_new_tokens=400, ignore_eos=True) for c in clients]
+        streams = [c.generate("count with me", max_new_tokens=1000, ignore_eos=True) for c in clients]
         consumers = [consume_in_background(s) for s in streams]
         for _, first_chunk, _ in consumers:
             assert first_chunk.wait(60)
         process.send_signal(signal.SIGTERM)
+        # The signal lands mid-stream (1000 tokens take seconds), so the drain has work to finish.
+        assert any(thread.is_alive() for thread, _, _ in consumers)
         for thread, _, errors in consumers:
             thread.join(120)
             assert errors == []
@@ -134,4 +136,4 @@ def test_sigterm_with_streams_in_flight_finishes_them_and_exits_zero(tiny_model_
     finally:
         if process.poll() is None:
             process.kill()
-    assert [(s.finish_reason, s.completion_tokens) for s in summaries] == [("length", 400)] * 3
+    assert [(s.finish_reason, s.completion_tokens) for s in summaries] == [("length", 1000)] * 3
