@@ -59,7 +59,7 @@ format:
 	$(VENV)/bin/ruff format .
 
 typecheck:
-	$(VENV)/bin/mypy lil_sparse server eval
+	$(VENV)/bin/mypy lil_sparse server eval client/python/lil_client
 
 proto:
 	$(PY) client/python/gen_proto.py
