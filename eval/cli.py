@@ -22,14 +22,24 @@ def _csv(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def _add_sweep(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("sweep", help="run problems x conditions and save one JSONL record per sample")
-    p.add_argument("--model", required=True, help="model folder, .gguf file or known name (with --server: tokenizer only)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model folder, .gguf file or known name (with --server: tokenizer only)",
+    )
     p.add_argument("--data-dir", help="folder with <set>.jsonl files (default: $LIL_DATA_DIR)")
     p.add_argument("--datasets", default="gsm8k:200,math500:200,aime24,aime25", help="NAME[:FIRST_N],...")
     p.add_argument("--policies", default="full,sink,h2o,quest,infllm")
-    p.add_argument("--budgets", default="64,128,256,512", help="KV tokens attended per step, for sparse policies")
-    p.add_argument("--guardian-online", default="", help="INTERVAL:THRESHOLD,... extra full-attention runs with Guardian on")
+    p.add_argument(
+        "--budgets", default="64,128,256,512", help="KV tokens attended per step, for sparse policies"
+    )
+    p.add_argument(
+        "--guardian-online",
+        default="",
+        help="INTERVAL:THRESHOLD,... extra full-attention runs with Guardian on",
+    )
     p.add_argument("--max-new-tokens", type=int, default=1024)
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default="auto", choices=("auto", "reference", "flashinfer"))
@@ -39,21 +49,27 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--server", help="ADDR of a running sidecar: send the sweep over gRPC instead")
     p.add_argument("--concurrency", type=int, default=64, help="streams in flight with --server")
     p.add_argument("--grade-workers", type=int, default=0, help="processes for math-verify (0: inline)")
-    p.add_argument("--base-interval", type=int, default=DEFAULT_BASE_INTERVAL, help="trajectory step in tokens")
+    p.add_argument(
+        "--base-interval", type=int, default=DEFAULT_BASE_INTERVAL, help="trajectory step in tokens"
+    )
     p.add_argument("--save-token-ids", action="store_true", help="also store output token ids in the records")
     p.add_argument(
-        "--stop-after-seconds", type=float, default=0.0,
+        "--stop-after-seconds",
+        type=float,
+        default=0.0,
         help="bound the run: then abort, and keep only problems whose every condition finished (0: no limit)",
     )
     p.add_argument("--out", required=True, help="records file (.jsonl or .jsonl.gz)")
 
 
-def _add_report(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_report(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("report", help="regenerate docs/results (tables and PNGs) from saved records")
     p.add_argument("records", nargs="+", help="records files written by `lil-eval sweep`")
     p.add_argument("--out", default="docs/results", help="folder for lil.md and the PNGs")
     p.add_argument("--guardian", default="250:20", help="INTERVAL:THRESHOLD used in the per-dataset tables")
-    p.add_argument("--guardian-grid", default="25,50,100,250:5,10,20,40", help="INTERVALS:THRESHOLDS for the curve")
+    p.add_argument(
+        "--guardian-grid", default="25,50,100,250:5,10,20,40", help="INTERVALS:THRESHOLDS for the curve"
+    )
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
     p.add_argument("--grade-workers", type=int, default=4)
 
@@ -106,7 +122,9 @@ def run_report_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lil-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="lil-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_sweep(subparsers)
     _add_report(subparsers)

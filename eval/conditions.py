@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from eval.guardian_replay import GuardianSetting
 from lil_sparse.options import (
     POLICY_NAMES,
     GuardianOptions,
@@ -12,8 +13,6 @@ from lil_sparse.options import (
     SparseOptions,
     StoppingOptions,
 )
-
-from eval.guardian_replay import GuardianSetting
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +25,9 @@ class Condition:
 
     def __post_init__(self) -> None:
         if self.policy not in POLICY_NAMES:
-            raise ValueError(f"policy: unknown policy {self.policy!r}; choose one of {', '.join(POLICY_NAMES)}")
+            raise ValueError(
+                f"policy: unknown policy {self.policy!r}; choose one of {', '.join(POLICY_NAMES)}"
+            )
         if (self.policy == "full") != (self.budget_tokens == 0):
             raise ValueError(f"budget_tokens: must be 0 exactly for policy full, got {self.budget_tokens}")
         if self.budget_tokens < 0:

@@ -1,4 +1,7 @@
-"""Math problem sets as JSONL: ``{"id", "problem", "answer", ...}`` per line (see ../shared/data/SOURCES.md)."""
+"""Math problem sets as JSONL, one ``{"id", "problem", "answer", ...}`` per line.
+
+The schema and the four sets are described in ../shared/data/SOURCES.md.
+"""
 
 from __future__ import annotations
 
@@ -76,7 +79,9 @@ def load_problems(data_dir: Path, selection: DatasetSelection) -> list[Problem]:
                 row = json.loads(line)
                 problems.append(Problem(selection.name, str(row["id"]), row["problem"], str(row["answer"])))
             except (json.JSONDecodeError, KeyError, ValueError) as error:
-                raise ValueError(f"dataset: {path}:{number} is not a valid problem record ({error})") from error
+                raise ValueError(
+                    f"dataset: {path}:{number} is not a valid problem record ({error})"
+                ) from error
             if selection.limit and len(problems) == selection.limit:
                 break
     return problems

@@ -11,12 +11,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 
+from eval.completion import Completion, Job
+from eval.records import GuardianOnline
 from lil_sparse.engine import LLMEngine
 from lil_sparse.events import RequestReport
 from lil_sparse.options import RequestOptions
-
-from eval.completion import Completion, Job
-from eval.records import GuardianOnline
 
 PROGRESS_SECONDS = 30.0
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from lil_sparse.guardian import sequence_bytes, zlib_compressed_size
-
 from eval.records import Trajectory
+from lil_sparse.guardian import sequence_bytes, zlib_compressed_size
 
 # 25 divides the intervals we sweep (25, 50, 100, 250) and gives ~60 points for a 1500-token output.
 DEFAULT_BASE_INTERVAL = 25
@@ -60,7 +59,7 @@ def record_trajectory(
     """
     ids = list(output_token_ids)
     steps = list(range(base_interval, len(ids) + 1, base_interval))
-    texts = [""] + decode_prefixes([ids[:k] for k in steps])
+    texts = ["", *decode_prefixes([ids[:k] for k in steps])]
     sizes, chars = [], []
     for text in texts:
         kept = text.rstrip(_REPLACEMENT_CHARACTER)  # what the engine has emitted at that step
@@ -79,7 +78,8 @@ def replay_stop_step(trajectory: Trajectory, output_tokens: int, setting: Guardi
     base = trajectory.base_interval
     if setting.interval_tokens % base:
         raise ValueError(
-            f"interval_tokens: {setting.interval_tokens} is not a multiple of the recorded base interval {base}"
+            f"interval_tokens: {setting.interval_tokens} is not a multiple of the recorded "
+            f"base interval {base}"
         )
     stride = setting.interval_tokens // base
     sizes = trajectory.compressed_bytes

@@ -10,7 +10,9 @@ INSTRUCTION = "Please reason step by step, and put your final answer within \\bo
 
 
 class ChatTokenizer(Protocol):
-    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str: ...
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> str: ...
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]: ...
 

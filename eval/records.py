@@ -92,7 +92,9 @@ class SampleRecord:
 
     def __post_init__(self) -> None:
         if self.finish_reason not in FINISH_REASONS:
-            raise ValueError(f"finish_reason: must be one of {', '.join(FINISH_REASONS)}, got {self.finish_reason!r}")
+            raise ValueError(
+                f"finish_reason: must be one of {', '.join(FINISH_REASONS)}, got {self.finish_reason!r}"
+            )
         if self.output_tokens < 0 or self.prompt_tokens < 1:
             raise ValueError("output_tokens: must be >= 0 and prompt_tokens >= 1")
         if self.policy == "full" and self.budget_tokens != 0:
@@ -106,7 +108,12 @@ class SampleRecord:
     def condition(self) -> tuple[str, int, int, int]:
         """(policy, budget, online Guardian interval, threshold); Guardian off gives zeros."""
         g = self.guardian
-        return (self.policy, self.budget_tokens, g.interval_tokens if g.enabled else 0, g.threshold_bytes if g.enabled else 0)
+        return (
+            self.policy,
+            self.budget_tokens,
+            g.interval_tokens if g.enabled else 0,
+            g.threshold_bytes if g.enabled else 0,
+        )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
@@ -115,15 +122,18 @@ class SampleRecord:
     def from_dict(row: dict[str, Any]) -> SampleRecord:
         known = {f.name for f in fields(SampleRecord)}
         values = {k: v for k, v in row.items() if k in known}
-        guardian = values.get("guardian") or {}
-        values["guardian"] = GuardianOnline(**{k: tuple(v) if isinstance(v, list) else v for k, v in guardian.items()})
-        trajectory = values.get("trajectory")
+        guardian: dict[str, Any] = values.get("guardian") or {}
+        values["guardian"] = GuardianOnline(**_lists_to_tuples(guardian))
+        trajectory: dict[str, Any] | None = values.get("trajectory")
         if trajectory is not None:
-            values["trajectory"] = Trajectory(
-                **{k: tuple(v) if isinstance(v, list) else v for k, v in trajectory.items()}
-            )
+            values["trajectory"] = Trajectory(**_lists_to_tuples(trajectory))
         values["output_token_ids"] = tuple(values.get("output_token_ids", ()))
         return SampleRecord(**values)
+
+
+def _lists_to_tuples(values: dict[str, Any]) -> dict[str, Any]:
+    # JSON has no tuples; the frozen dataclasses hold tuples so records compare and hash by value.
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
 def _open(path: Path, mode: str) -> IO[str]:

@@ -10,10 +10,9 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
-from lil_sparse.options import RequestOptions
-
 from eval.completion import Completion, Job
 from eval.records import GuardianOnline
+from lil_sparse.options import RequestOptions
 
 
 def _client_options(options: RequestOptions) -> dict[str, Any]:

@@ -8,7 +8,6 @@ take turns, so a run cut by ``stop_after_seconds`` still holds the first problem
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
 import time
@@ -61,6 +60,10 @@ class SweepConfig:
             raise ValueError(f"max_batch_size: must be >= 1, got {self.max_batch_size}")
         if self.base_interval < 1:
             raise ValueError(f"base_interval: must be >= 1, got {self.base_interval}")
+        if self.server and self.stop_after_seconds:
+            raise ValueError(
+                "stop_after_seconds: only the in-process engine run can be cut; drop it with --server"
+            )
         for condition in self.conditions:
             if condition.guardian and condition.guardian.interval_tokens % self.base_interval:
                 raise ValueError(
@@ -89,10 +92,12 @@ def _load_tokenizer(model: str) -> Any:
     from lil_sparse.loading.tokenizer import Tokenizer
 
     path, _ = resolve_source(model)
-    return Tokenizer.from_folder(path) if path.is_dir() else tokenizer_from_gguf(GGUFMetadata.open(path), path)
+    return (
+        Tokenizer.from_folder(path) if path.is_dir() else tokenizer_from_gguf(GGUFMetadata.open(path), path)
+    )
 
 
-def _completions(config: SweepConfig, jobs: list[Job], problems: list[Problem], info: dict[str, Any]) -> Iterator[Completion]:
+def _completions(config: SweepConfig, jobs: list[Job], engine: Any) -> Iterator[Completion]:
     n = len(config.conditions)
 
     def options_for(job: Job) -> Any:
@@ -105,34 +110,41 @@ def _completions(config: SweepConfig, jobs: list[Job], problems: list[Problem], 
         return
     from eval.engine_runner import run_on_engine
 
-    yield from run_on_engine(info["engine"], jobs, options_for, stop_after_seconds=config.stop_after_seconds)
+    yield from run_on_engine(engine, jobs, options_for, stop_after_seconds=config.stop_after_seconds)
+
+
+def _load_engine(config: SweepConfig) -> Any:
+    from lil_sparse.config import EngineConfig
+    from lil_sparse.engine import LLMEngine
+
+    engine_config = EngineConfig(
+        model=config.model,
+        device=config.device,
+        dtype=config.dtype,
+        backend=config.backend,
+        max_batch_size=config.max_batch_size,
+        # Room for a full batch of prompts (under 1024 tokens) with their whole answers.
+        kv_cache_tokens=config.kv_cache_tokens or config.max_batch_size * 2 * (config.max_new_tokens + 1024),
+        max_waiting=4 * config.max_batch_size,
+        guardian_workers=0,  # inline checks: online stop steps equal offline replay
+    )
+    loading = time.perf_counter()
+    engine = LLMEngine.from_config(engine_config)
+    print(
+        f"[lil-eval] loaded {engine.info.model_name} in {time.perf_counter() - loading:.1f}s", file=sys.stderr
+    )
+    return engine
 
 
 def run_sweep(config: SweepConfig, out: Path) -> list[SampleRecord]:
     """Run the sweep, write the records (JSONL, gzip for ``.gz``) and a meta file; return the records."""
     problems = _interleave([load_problems(config.data_dir, selection) for selection in config.datasets])
-    info: dict[str, Any] = {}
-    if config.server:
+    engine = None if config.server else _load_engine(config)
+    if engine is None:
         tokenizer = _load_tokenizer(config.model)
         backend_name, model_name = "server", Path(config.model).name
     else:
-        from lil_sparse.config import EngineConfig
-        from lil_sparse.engine import LLMEngine
-
-        engine_config = EngineConfig(
-            model=config.model,
-            device=config.device,
-            dtype=config.dtype,
-            backend=config.backend,
-            max_batch_size=config.max_batch_size,
-            kv_cache_tokens=config.kv_cache_tokens or config.max_batch_size * 2 * (config.max_new_tokens + 1024),
-            max_waiting=4 * config.max_batch_size,
-            guardian_workers=0,  # inline checks: online stop steps equal offline replay
-        )
-        loading = time.perf_counter()
-        engine = LLMEngine.from_config(engine_config)
-        print(f"[lil-eval] loaded {engine.info.model_name} in {time.perf_counter() - loading:.1f}s", file=sys.stderr)
-        info["engine"], tokenizer = engine, engine.tokenizer
+        tokenizer = engine.tokenizer
         backend_name, model_name = engine.info.backend, engine.info.model_name
     prompts = [tuple(prompt_token_ids(tokenizer, problem)) for problem in problems]
     longest_prompt = max(len(p) for p in prompts)
@@ -140,13 +152,15 @@ def run_sweep(config: SweepConfig, out: Path) -> list[SampleRecord]:
     jobs = [Job(i * n + c, prompts[i]) for i in range(len(problems)) for c in range(n)]
     device_name = _device_name(config.device) if not config.server else f"server {config.server}"
     started = time.perf_counter()
-    completions = _complete_problems(sorted(_completions(config, jobs, problems, info), key=lambda c: c.key), n)
+    completions = _complete_problems(sorted(_completions(config, jobs, engine), key=lambda c: c.key), n)
     wall = time.perf_counter() - started
-    if "engine" in info:
-        info["engine"].close()
+    if engine is not None:
+        engine.close()
     # Guardian sees the prompt decoded with its special tokens (as the engine hands it over).
     prompt_texts = [tokenizer.decode(list(p), skip_special_tokens=False) for p in prompts]
-    records = _build_records(config, completions, problems, prompt_texts, tokenizer, (model_name, device_name, backend_name))
+    records = _build_records(
+        config, completions, problems, prompt_texts, tokenizer, (model_name, device_name, backend_name)
+    )
     write_records(out, records)
     meta = {
         "command": config.command or " ".join(sys.argv),
@@ -166,7 +180,6 @@ def run_sweep(config: SweepConfig, out: Path) -> list[SampleRecord]:
             "datasets": [f"{d.name}:{d.limit or 'all'}" for d in config.datasets],
             "conditions": [c.label() for c in config.conditions],
         },
-        "pid": os.getpid(),
     }
     meta_path(out).write_text(json.dumps(meta, indent=2))
     return records
@@ -194,7 +207,12 @@ def _build_records(
     records = []
     for completion, grade in zip(completions, grades, strict=True):
         problem, condition = problems[completion.key // n], config.conditions[completion.key % n]
-        trajectory = record_trajectory(prompt_texts[completion.key // n], completion.output_token_ids, decode_prefixes, config.base_interval)
+        trajectory = record_trajectory(
+            prompt_texts[completion.key // n],
+            completion.output_token_ids,
+            decode_prefixes,
+            config.base_interval,
+        )
         records.append(
             SampleRecord(
                 dataset=problem.dataset,
@@ -224,7 +242,6 @@ def _build_records(
             )
         )
     return records
-
 
 
 def _complete_problems(completions: list[Completion], conditions: int) -> list[Completion]:

@@ -27,9 +27,13 @@ from lil_sparse.models.config import ModelConfig
 
 WORKSPACE_BYTES = 128 * 1024 * 1024  # FlashInfer's recommended split-k scratch size
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
-# Measured on an H100 (bench/attention_micro.py, docs/bench/attention_micro.md): the tensor-core
-# kernel wins once a row carries at least this many query heads.
-TENSOR_CORE_MIN_GROUP = 8
+# Measured on an H100 (docs/bench/attention_micro.md): at group 4 (Llama-3.1-8B) the tensor-core
+# kernel is up to 9% faster from batch 8 on and within 25% slower only at batch 1 (a ~0.05 ms
+# kernel), so it is the default from group 4 on.
+TENSOR_CORE_MIN_GROUP = 4
+# FlashInfer 0.6.6's CUDA-core decode kernel is compiled for these group sizes only ("Unsupported
+# group_size: 6" otherwise, as for Qwen2-1.5B's 12/2 heads); other groups need tensor cores.
+CUDA_CORE_GROUPS = (1, 2, 3, 4, 8)
 
 
 @dataclass
@@ -79,8 +83,14 @@ class FlashInferBackend(AttentionBackend):
             config.max_model_len or model_config.max_position_embeddings, model_config.max_position_embeddings
         )
         self.max_pages_per_row = -(-max_context // config.page_size)
+        if use_tensor_cores is False and self.group not in CUDA_CORE_GROUPS:
+            raise ValueError(
+                f"use_tensor_cores: FlashInfer's CUDA-core decode does not run group {self.group}"
+            )
         self.use_tensor_cores = (
-            self.group >= TENSOR_CORE_MIN_GROUP if use_tensor_cores is None else use_tensor_cores
+            self.group >= TENSOR_CORE_MIN_GROUP or self.group not in CUDA_CORE_GROUPS
+            if use_tensor_cores is None
+            else use_tensor_cores
         )
         self.workspace = torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=self.device)
         # Slots are keyed by (rows, position of the layout in the step): CUDA-graph mode fixes a

@@ -81,7 +81,14 @@ class DecodeGraphs:
         layout: DecodeLayout,
     ) -> torch.Tensor:
         attention = DecodeAttention(
-            self.kv, self.backend, write_slots, page_ids, [layout] * self.num_layers, [], self.num_kv_heads
+            self.kv,
+            self.backend,
+            write_slots,
+            page_ids,
+            [layout] * self.num_layers,
+            [],
+            self.num_kv_heads,
+            update_metadata=False,  # graph steps hold no Quest/InfLLM request (see the module doc)
         )
         return self.model.compute_logits(self.model(input_ids, positions, attention))
 

@@ -80,7 +80,9 @@ class ModelRunner:
             policy = get_policy(seq.policy)
             if policy.observes_attention:
                 observations.append(PrefillObservation(policy, start, end, token_pages))
-        attention = PrefillAttention(self.kv, self.backend, torch.cat(slot_parts), cu_seqlens, observations)
+        attention = PrefillAttention(
+            self.kv, self.backend, torch.cat(slot_parts), cu_seqlens, observations, _reads_metadata(seqs)
+        )
         hidden = self.model(input_ids, position_ids, attention)
         last = torch.tensor(cu_seqlens[1:], device=self.device) - 1
         logits = self.model.compute_logits(hidden[last])
@@ -123,7 +125,7 @@ class ModelRunner:
             logits = self.graphs.run(input_ids, positions, write_slots, base, distinct[0])
         else:
             attention = DecodeAttention(
-                self.kv, self.backend, write_slots, base, layer_layouts, groups, heads
+                self.kv, self.backend, write_slots, base, layer_layouts, groups, heads, _reads_metadata(seqs)
             )
             logits = self.model.compute_logits(self.model(input_ids, positions, attention))
         for seq in seqs:
@@ -185,3 +187,9 @@ def _distinct(layouts: list[DecodeLayout]) -> list[DecodeLayout]:
     for layout in layouts:
         seen.setdefault(id(layout), layout)
     return list(seen.values())
+
+
+def _reads_metadata(seqs: list[Sequence]) -> bool:
+    """Whether any request of the step reads key metadata (only their own pages, so skipping the
+    update when none does loses nothing)."""
+    return any(get_policy(seq.policy).reads_key_metadata for seq in seqs)

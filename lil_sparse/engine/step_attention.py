@@ -45,15 +45,17 @@ class PrefillAttention:
         slots: torch.Tensor,
         cu_seqlens: list[int],
         observations: list[PrefillObservation],
+        update_metadata: bool = True,
     ) -> None:
         self.kv = kv
         self.backend = backend
         self.slots = slots  # [T, Hkv] int64
         self.cu_seqlens = cu_seqlens
         self.observations = observations
+        self.update_metadata = update_metadata
 
     def __call__(self, layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        self.kv.write(layer_index, self.slots, k, v)
+        self.kv.write(layer_index, self.slots, k, v, update_metadata=self.update_metadata)
         out = self.backend.prefill(q, k, v, self.cu_seqlens)
         for obs in self.observations:
             obs.policy.observe_prefill(
@@ -72,6 +74,7 @@ class DecodeAttention:
         layer_layouts: list[DecodeLayout],
         groups: list[PolicyGroup],
         num_kv_heads: int,
+        update_metadata: bool = True,
     ) -> None:
         self.kv = kv
         self.backend = backend
@@ -80,10 +83,13 @@ class DecodeAttention:
         self.layer_layouts = layer_layouts
         self.groups = groups
         self.num_kv_heads = num_kv_heads
+        self.update_metadata = update_metadata
 
     def __call__(self, layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         batch_size, num_heads, head_dim = q.shape
-        self.kv.write(layer_index, self.write_slots, k, v, distinct_pages=True)
+        self.kv.write(
+            layer_index, self.write_slots, k, v, distinct_pages=True, update_metadata=self.update_metadata
+        )
         q_rows = q.view(batch_size * self.num_kv_heads, num_heads // self.num_kv_heads, head_dim)
         page_ids = self._select(layer_index, q_rows)
         out = self.backend.decode(

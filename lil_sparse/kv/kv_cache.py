@@ -46,14 +46,22 @@ class KVCache:
         self.attention_mass[pages] = 0.0
 
     def write(
-        self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, distinct_pages: bool = False
+        self,
+        layer: int,
+        slots: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        distinct_pages: bool = False,
+        update_metadata: bool = True,
     ) -> None:
         """Store keys/values and fold them into the page metadata.
 
         ``slots: [T, H] int64`` flat token slots (``page * page_size + offset``) per token and KV
         head; ``k, v: [T, H, head_dim]``. ``distinct_pages`` promises that no two entries share a
         page (a decode step writes one token per row), which allows plain gathers instead of
-        scatter reductions.
+        scatter reductions. ``update_metadata=False`` skips the key bounds and sums: a step whose
+        requests never read them (no Quest or InfLLM request) saves those kernels, and pages only
+        ever hold one request's tokens, so nobody else misses the update.
         """
         flat_slots = slots.reshape(-1)
         k_flat = k.reshape(-1, self.head_dim)
@@ -61,6 +69,8 @@ class KVCache:
         self.v[layer].view(-1, self.head_dim).index_copy_(
             0, flat_slots, v.reshape(-1, self.head_dim).to(self.v.dtype)
         )
+        if not update_metadata:
+            return
         pages = flat_slots // self.page_size
         k32 = k_flat.float()
         key_min, key_max = self.key_min[layer], self.key_max[layer]

@@ -61,6 +61,7 @@ class SelectionPolicy(ABC):
     evicts: ClassVar[bool] = False
     selects_per_layer: ClassVar[bool] = False
     observes_attention: ClassVar[bool] = False
+    reads_key_metadata: ClassVar[bool] = False  # needs key min/max/sum kept up to date
 
     def attended_pages(self, held: int, budget_pages: int) -> int:
         """Pages a sparse layer attends for a row holding ``held`` pages (host ints)."""

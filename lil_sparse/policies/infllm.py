@@ -19,6 +19,7 @@ from lil_sparse.policies.base import PolicyBatch, SelectionPolicy, mask_beyond, 
 class InfLLMPolicy(SelectionPolicy):
     name = "infllm"
     selects_per_layer = True
+    reads_key_metadata = True
 
     def select_slots(self, layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache) -> torch.Tensor:
         pages = batch.table.long()

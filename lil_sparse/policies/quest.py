@@ -28,6 +28,7 @@ def quest_page_scores(q: torch.Tensor, key_min: torch.Tensor, key_max: torch.Ten
 class QuestPolicy(SelectionPolicy):
     name = "quest"
     selects_per_layer = True
+    reads_key_metadata = True
 
     def select_slots(self, layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache) -> torch.Tensor:
         pages = batch.table.long()

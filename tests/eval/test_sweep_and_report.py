@@ -1,0 +1,167 @@
+"""A whole sweep on the tiny model (in-process and through a real gRPC server), then the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from eval.analysis import online_agreement
+from eval.cli import main
+from eval.conditions import Condition, build_conditions
+from eval.datasets import DatasetSelection
+from eval.guardian_replay import GuardianSetting
+from eval.records import SampleRecord, read_records
+from eval.report import ReportConfig, write_report
+from eval.sweep import SweepConfig, meta_path, run_sweep
+
+MAX_NEW_TOKENS = 60
+CONDITIONS = tuple(build_conditions(("full", "quest", "sink"), (32,), (GuardianSetting(25, 20),)))
+
+
+@pytest.fixture(scope="module")
+def sweep(
+    tiny_model_dir: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, list[SampleRecord]]:
+    out = tmp_path_factory.mktemp("sweep") / "records.jsonl.gz"
+    config = SweepConfig(
+        model=str(tiny_model_dir),
+        data_dir=data_dir,
+        datasets=(DatasetSelection("gsm8k", 2), DatasetSelection("math500", 1)),
+        conditions=CONDITIONS,
+        max_new_tokens=MAX_NEW_TOKENS,
+        max_batch_size=8,
+        kv_cache_tokens=8192,
+        command="lil-eval sweep (test)",
+    )
+    return out, run_sweep(config, out)
+
+
+def test_sweep_writes_one_record_per_problem_and_condition(sweep: tuple[Path, list[SampleRecord]]) -> None:
+    path, records = sweep
+    assert list(read_records(path)) == records
+    keys = [(r.dataset, r.problem_id, r.condition) for r in records]
+    assert len(keys) == len(set(keys)) == 3 * len(CONDITIONS)
+    assert {r.problem_id for r in records} == {"gsm8k-0", "gsm8k-1", "math500-0"}
+    for r in records:
+        assert 1 <= r.output_tokens <= MAX_NEW_TOKENS
+        assert isinstance(r.correct, bool)  # graded with math-verify
+        assert r.trajectory is not None
+        assert len(r.trajectory.compressed_bytes) == r.output_tokens // 25 + 1
+        assert r.jct_seconds >= r.ttft_seconds >= 0 and r.peak_kv_pages > 0
+    assert {r.gold for r in records if r.problem_id == "math500-0"} == {"\\frac{3}{4}"}
+    assert "lil-eval sweep (test)" in meta_path(path).read_text()
+
+
+def test_online_guardian_in_sweep_agrees_with_replay(sweep: tuple[Path, list[SampleRecord]]) -> None:
+    _, records = sweep
+    [agreement] = online_agreement(records)
+    assert agreement.setting == GuardianSetting(25, 20)
+    assert agreement.runs == 3
+    assert agreement.sizes_equal == agreement.runs
+    assert agreement.stops_equal == agreement.runs
+
+
+def test_report_writes_tables_and_pngs(sweep: tuple[Path, list[SampleRecord]], tmp_path: Path) -> None:
+    path, _ = sweep
+    config = ReportConfig(GuardianSetting(25, 20), (25, 50), (10, 20), bootstrap=50)
+    report = write_report([path], tmp_path, config)
+    text = report.read_text()
+    for heading in (
+        "## gsm8k: policies",
+        "## math500: policies",
+        "Guardian on dense attention",
+        "### all sets pooled",
+        "Guardian online (in the engine) against offline replay",
+        "lil-eval sweep (test)",
+    ):
+        assert heading in text
+    # One Table 1 row per arm for each dataset, full first.
+    gsm8k = text.split("## gsm8k: policies")[1].split("##")[0]
+    rows = [line for line in gsm8k.splitlines() if line.startswith("| ") and not line.startswith("| policy")]
+    assert [row.split(" | ")[0] for row in rows] == ["| full", "| sink", "| quest"]
+    for name in ("length_vs_budget", "accuracy_vs_budget", "guardian_tradeoff", "compressed_vs_tokens"):
+        assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"({name}.png)" in text
+
+
+def test_cli_report_and_bad_arguments(
+    sweep: tuple[Path, list[SampleRecord]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = sweep
+    assert (
+        main(
+            [
+                "report",
+                str(path),
+                "--out",
+                str(tmp_path),
+                "--bootstrap",
+                "20",
+                "--guardian",
+                "25:20",
+                "--guardian-grid",
+                "25:20",
+                "--grade-workers",
+                "0",
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "lil.md").is_file()
+    assert main(["sweep", "--model", "m", "--data-dir", str(tmp_path / "nowhere"), "--out", "x.jsonl"]) == 2
+    assert "data_dir" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="budget_tokens"):
+        Condition("quest", 0)
+
+
+def test_server_mode_sends_the_same_sweep_over_grpc(
+    tiny_model_dir: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    from lil_sparse.config import EngineConfig
+    from lil_sparse.engine import LLMEngine
+    from server.background import BackgroundServer
+    from server.config import ServerConfig
+
+    engine = LLMEngine.from_config(
+        EngineConfig(model=str(tiny_model_dir), kv_cache_tokens=8192, max_batch_size=8, guardian_workers=0)
+    )
+    conditions = (Condition("quest", 32), Condition("full", 0, GuardianSetting(25, 20)))
+    try:
+        with BackgroundServer(
+            ServerConfig(model=str(tiny_model_dir), host="127.0.0.1", port=0, metrics_port=0), engine
+        ) as server:
+            config = SweepConfig(
+                model=str(tiny_model_dir),
+                data_dir=data_dir,
+                datasets=(DatasetSelection("gsm8k", 1),),
+                conditions=conditions,
+                max_new_tokens=MAX_NEW_TOKENS,
+                server=server.address,
+                concurrency=2,
+            )
+            records = run_sweep(config, tmp_path / "server.jsonl")
+    finally:
+        engine.close()
+    assert [(r.policy, r.budget_tokens, r.guardian.enabled) for r in records] == [
+        ("quest", 32, False),
+        ("full", 0, True),
+    ]
+    assert {r.backend for r in records} == {"server"}
+    for r in records:
+        assert 1 <= r.output_tokens <= MAX_NEW_TOKENS
+        assert r.prompt_tokens > 0 and isinstance(r.correct, bool)
+    [agreement] = online_agreement(records)
+    assert agreement.sizes_equal == agreement.stops_equal == 1
+
+
+def test_report_refuses_to_pair_across_models(sweep: tuple[Path, list[SampleRecord]], tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from eval.records import write_records
+
+    _, records = sweep
+    mixed = tmp_path / "mixed.jsonl"
+    write_records(mixed, [*records, replace(records[0], model="other")])
+    with pytest.raises(ValueError, match="one model per report"):
+        write_report([mixed], tmp_path / "out", ReportConfig(bootstrap=0))
