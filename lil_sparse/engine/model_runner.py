@@ -171,7 +171,9 @@ class ModelRunner:
             batch, _ = self.pages.policy_batch(member_seqs, layout)
             batch = replace(batch, rows=rows)
             dense = [dense_until(s) for s in member_seqs]
-            groups.append(PolicyGroup(policy, batch, min(dense), max(dense)))
+            groups.append(
+                PolicyGroup(policy, batch, min(dense), max(dense), all_rows=len(members) == len(seqs))
+            )
         return groups
 
     def _record_kv(self, seqs: list[Sequence], layer_layouts: list[DecodeLayout]) -> None:

@@ -19,12 +19,26 @@ from lil_sparse.policies import PolicyBatch, SelectionPolicy
 
 @dataclass
 class PolicyGroup:
-    """The rows of a decode step that run one policy; ``batch.rows`` index the step's rows."""
+    """The rows of a decode step that run one policy; ``batch.rows`` index the step's rows.
+
+    What is the same in every layer is computed once per step here, so a layer's selection is a
+    handful of kernels: ``newest: [n, 1] int32`` (each row's newest page), ``newest_at: [n, 1]
+    int64`` (where it goes: ``select_count - 1``) and ``all_rows`` (the group is the whole
+    step, so no row indexing is needed).
+    """
 
     policy: SelectionPolicy
     batch: PolicyBatch
     min_dense_layers: int  # every row attends densely below this layer
     max_dense_layers: int  # no row attends densely from this layer on
+    all_rows: bool = False
+    newest: torch.Tensor | None = None
+    newest_at: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        held = self.batch.held.unsqueeze(1)
+        self.newest = self.batch.table.gather(1, held - 1)
+        self.newest_at = self.batch.select_count.unsqueeze(1) - 1
 
 
 @dataclass
@@ -114,15 +128,16 @@ class DecodeAttention:
             if page_ids is self.base_page_ids:
                 page_ids = page_ids.clone()
             batch = group.batch
-            older = batch.table.gather(
-                1, group.policy.select_slots(layer, q_rows[batch.rows], batch, self.kv)
-            )
-            newest = batch.table.gather(1, (batch.held - 1).unsqueeze(1))
-            chosen = torch.cat([older, newest], dim=1)
+            queries = q_rows if group.all_rows else q_rows[batch.rows]
+            older = batch.table.gather(1, group.policy.select_slots(layer, queries, batch, self.kv))
+            chosen = torch.cat([older, group.newest], dim=1)  # type: ignore[list-item]
             # The newest page goes last among each row's select_count entries.
-            chosen.scatter_(1, (batch.select_count - 1).unsqueeze(1), newest)
+            chosen.scatter_(1, group.newest_at, group.newest)  # type: ignore[arg-type]
             if layer < group.max_dense_layers:
                 dense = (layer < batch.dense_layers).unsqueeze(1)
                 chosen = torch.where(dense, batch.table[:, : chosen.shape[1]], chosen)
-            page_ids[batch.rows, : chosen.shape[1]] = chosen
+            if group.all_rows:
+                page_ids[:, : chosen.shape[1]] = chosen
+            else:
+                page_ids[batch.rows, : chosen.shape[1]] = chosen
         return page_ids

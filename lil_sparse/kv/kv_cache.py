@@ -4,7 +4,10 @@ Layout follows FlashInfer's "HND" paged layout with one head per page:
 ``k[layer]`` and ``v[layer]`` are ``[num_pages, 1, page_size, head_dim]``. Metadata, updated as
 tokens are written (all post-RoPE keys):
 
-- ``key_min[layer], key_max[layer]: [num_pages, head_dim] float32``: element-wise key bounds (Quest).
+- ``key_bounds[layer]: [num_pages, 2, head_dim]`` in the cache dtype: element-wise key minimum
+  (``[:, 0]``) and maximum (``[:, 1]``) of each page (Quest). One tensor, so that Quest reads
+  both with one gather and scores them with one matmul; in the cache dtype, so that on the GPU
+  it adds 2/16 of a page's K+V bytes rather than 4/16 (as Quest's own fp16 metadata).
 - ``key_sum[layer]: [num_pages, head_dim] float32``: sum of keys; divided by the page's token count
   it is the page's representative key (InfLLM).
 - ``attention_mass: [num_pages] float32``: attention probability the page received, summed over
@@ -30,18 +33,29 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         meta_shape = (num_layers, num_pages, head_dim)
-        self.key_min = torch.full(meta_shape, float("inf"), dtype=torch.float32, device=device)
-        self.key_max = torch.full(meta_shape, float("-inf"), dtype=torch.float32, device=device)
+        self.key_bounds = torch.empty(num_layers, num_pages, 2, head_dim, dtype=dtype, device=device)
+        self.key_bounds[:, :, 0] = float("inf")
+        self.key_bounds[:, :, 1] = float("-inf")
         self.key_sum = torch.zeros(meta_shape, dtype=torch.float32, device=device)
         self.attention_mass = torch.zeros(num_pages, dtype=torch.float32, device=device)
         self.page_size = page_size
         self.head_dim = head_dim
         self.num_pages = num_pages
 
+    @property
+    def key_min(self) -> torch.Tensor:
+        """``[layers, num_pages, head_dim]`` view of the per-page key minimum."""
+        return self.key_bounds[:, :, 0]
+
+    @property
+    def key_max(self) -> torch.Tensor:
+        """``[layers, num_pages, head_dim]`` view of the per-page key maximum."""
+        return self.key_bounds[:, :, 1]
+
     def reset_pages(self, pages: torch.Tensor) -> None:
         """Clear the metadata of freshly (re)assigned pages. ``pages: [n] int64``."""
-        self.key_min[:, pages] = float("inf")
-        self.key_max[:, pages] = float("-inf")
+        empty = torch.tensor([float("inf"), float("-inf")], dtype=self.key_bounds.dtype, device=pages.device)
+        self.key_bounds[:, pages] = empty.view(2, 1).expand(2, self.head_dim)
         self.key_sum[:, pages] = 0.0
         self.attention_mass[pages] = 0.0
 
@@ -72,15 +86,18 @@ class KVCache:
         if not update_metadata:
             return
         pages = flat_slots // self.page_size
-        k32 = k_flat.float()
-        key_min, key_max = self.key_min[layer], self.key_max[layer]
+        keys = k_flat.to(self.key_bounds.dtype)
+        bounds = self.key_bounds[layer]  # [P, 2, D]
         if distinct_pages:
-            key_min[pages] = torch.minimum(key_min[pages], k32)
-            key_max[pages] = torch.maximum(key_max[pages], k32)
+            current = bounds[pages]  # [N, 2, D]
+            bounds[pages] = torch.stack(
+                (torch.minimum(current[:, 0], keys), torch.maximum(current[:, 1], keys)), dim=1
+            )
         else:
             index = pages.unsqueeze(1).expand(-1, self.head_dim).contiguous()
-            key_min.scatter_reduce_(0, index, k32, reduce="amin")
-            key_max.scatter_reduce_(0, index, k32, reduce="amax")
+            bounds[:, 0].scatter_reduce_(0, index, keys, reduce="amin")
+            bounds[:, 1].scatter_reduce_(0, index, keys, reduce="amax")
+        k32 = k_flat.float()
         self.key_sum[layer].index_add_(0, pages, k32)
 
     def page_bytes(self) -> int:

@@ -126,7 +126,7 @@ def test_quest_bound_is_an_upper_bound_on_every_key():
 
     for head in range(2):
         table = pages[head : head + 1].long()
-        bound = quest_page_scores(q[head : head + 1], kv.key_min[0][table], kv.key_max[0][table])[0]
+        bound = quest_page_scores(q[head : head + 1], kv.key_bounds[0][table])[0]
         for page in range(5):
             page_keys = keys[page * 8 : (page + 1) * 8, head]
             exact = (q[head] @ page_keys.t()).sum(0).max()  # best single key, heads summed
