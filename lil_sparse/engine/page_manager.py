@@ -62,18 +62,17 @@ class PageManager:
 
     def _append_new_pages(self, seqs: list[Sequence], counts: list[int]) -> None:
         """Append ``counts[i]`` fresh pages per KV head to ``seqs[i]`` (one device write)."""
-        slots: list[int] = []
-        heads: list[int] = []
-        positions: list[int] = []
         pages = self.pool.allocate(sum(counts) * self.num_kv_heads)
-        for seq, count in zip(seqs, counts, strict=True):
-            for head in range(self.num_kv_heads):
-                for i in range(count):
-                    slots.append(seq.slot)
-                    heads.append(head)
-                    positions.append(seq.held_pages + i)
-        self.table.write_pages(slots, heads, positions, pages)
-        self.kv.reset_pages(torch.tensor(pages, dtype=torch.long).to(self.device, non_blocking=True))
+        # Index arithmetic on host tensors (no Python loop over pages): entry e of sequence i is
+        # head e // count, position held + e % count, in the order the pages were handed out.
+        per_seq = torch.tensor([(s.slot, s.held_pages, c) for s, c in zip(seqs, counts, strict=True)])
+        repeats = per_seq[:, 2] * self.num_kv_heads
+        slot, held, count = (column.repeat_interleave(repeats) for column in per_seq.unbind(1))
+        starts = torch.cumsum(repeats, 0) - repeats
+        entry = torch.arange(len(pages)) - starts.repeat_interleave(repeats)
+        page_ids = torch.tensor(pages, dtype=torch.long)
+        self.table.write_pages(slot, entry // count, held + entry % count, page_ids)
+        self.kv.reset_pages(page_ids.to(self.device, non_blocking=True))
 
     def prepare_decode(self, seqs: list[Sequence]) -> None:
         """Make room for the token each sequence writes this step.

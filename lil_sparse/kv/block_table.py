@@ -33,15 +33,15 @@ class BlockTable:
     def release_slot(self, slot: int) -> None:
         self._free_slots.append(slot)
 
-    def write_pages(self, slots: list[int], heads: list[int], positions: list[int], pages: list[int]) -> None:
-        """Set ``table[slots[i], heads[i], positions[i]] = pages[i]`` with one host->device copy."""
-        if not pages:
+    def write_pages(
+        self, slots: torch.Tensor, heads: torch.Tensor, positions: torch.Tensor, pages: torch.Tensor
+    ) -> None:
+        """Set ``table[slots[i], heads[i], positions[i]] = pages[i]``; all ``[n] int64`` host
+        tensors, sent to the device in one copy."""
+        if pages.numel() == 0:
             return
-        index = torch.tensor([slots, heads, positions], dtype=torch.long).to(
-            self.table.device, non_blocking=True
-        )
-        values = torch.tensor(pages, dtype=torch.int32).to(self.table.device, non_blocking=True)
-        self.table[index[0], index[1], index[2]] = values
+        packed = torch.stack((slots, heads, positions, pages)).to(self.table.device, non_blocking=True)
+        self.table[packed[0], packed[1], packed[2]] = packed[3].to(torch.int32)
 
     def held_pages(self, slot: int, held: int) -> list[int]:
         """All page ids a slot holds (host copy; used once when a sequence finishes)."""
