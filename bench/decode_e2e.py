@@ -221,10 +221,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--profile", type=Path, default=None, help="folder for profiles of the target cases")
     parser.add_argument("--out", type=Path, default=Path("docs/bench/decode_e2e.md"))
+    parser.add_argument("--contexts", default=None, help="comma list, e.g. 4096,32768 (overrides --quick)")
+    parser.add_argument("--batches", default=None, help="comma list, e.g. 1,8")
+    parser.add_argument("--runs", default=None, help="policy:budget comma list, e.g. full:0,quest:4096")
+    parser.add_argument("--no-hf", action="store_true", help="skip the HF generate baseline")
     args = parser.parse_args()
     contexts = [4096] if args.quick else [2048, 4096, 32768]
     batches = [1, 8] if args.quick else [1, 8, 32]
     runs = [*POLICY_RUNS[:1], ("quest", 1024)] if args.quick else POLICY_RUNS
+    if args.contexts:
+        contexts = [int(c) for c in args.contexts.split(",")]
+    if args.batches:
+        batches = [int(b) for b in args.batches.split(",")]
+    if args.runs:
+        runs = [(p, int(b)) for p, b in (r.split(":") for r in args.runs.split(","))]
     bandwidth = copy_bandwidth_gbs()
     print(f"copy bandwidth (read + write): {bandwidth:.0f} GB/s", flush=True)
     rows: list[list] = []
@@ -288,6 +298,8 @@ def main() -> None:
         gc.collect()
         torch.cuda.empty_cache()
         hf_cases = [(2048, 1), (2048, 8)] if args.quick else [(2048, 1), (2048, 8), (2048, 32)]
+        if args.no_hf:
+            hf_cases = []
         for context, batch in hf_cases:
             if name == "llama8b" and batch == 32:
                 continue
