@@ -178,8 +178,13 @@ class FlashInferBackend(AttentionBackend):
         ``plan()`` left them.
         """
         slot = self._slot_of(layout)
-        padded = page_ids[:, : layout.width].reshape(-1)
-        torch.index_select(padded, 0, layout.flat_positions, out=slot.indices[: layout.nnz])
+        positions = layout.padded_positions
+        if positions is not None and page_ids.shape[1] == layout.stride and page_ids.is_contiguous():
+            # Static shape (rows * stride): capturable; the kernel reads only the first nnz.
+            torch.index_select(page_ids.reshape(-1), 0, positions, out=slot.indices[: positions.numel()])
+        else:
+            padded = page_ids[:, : layout.width].reshape(-1)
+            torch.index_select(padded, 0, layout.flat_positions, out=slot.indices[: layout.nnz])
         slot.packed_from = page_ids
 
     def decode(
@@ -195,6 +200,10 @@ class FlashInferBackend(AttentionBackend):
         if page_ids is not slot.packed_from:
             self.pack_indices(page_ids, layout)
         return slot.wrapper.run(q.contiguous(), (k_pages, v_pages))  # type: ignore[attr-defined]
+
+    def alias_layout(self, alias: DecodeLayout, layout: DecodeLayout) -> None:
+        """Let ``alias`` (a graph's static copy of ``layout``) resolve to ``layout``'s slot."""
+        self._active[id(alias)] = self._slot_of(layout)
 
     def _slot_of(self, layout: DecodeLayout) -> DecodeSlot:
         slot = self._active.get(id(layout))

@@ -26,6 +26,10 @@ class DecodeLayout:
     - ``flat_positions: [nnz] int64``: positions of the real entries in the flattened padded table.
     - ``last_page_len_host``: ``last_page_len`` on the host when the caller knows it (empty if
       not), so a backend can plan without a device sync.
+    - ``stride``, ``padded_positions: [rows * stride] int64``: when the step's ``page_ids`` have
+      a fixed width ``stride`` (a width bucket), the real entries' positions in
+      ``page_ids.reshape(-1)`` followed by zeros. Packing with them has a static shape, so it can
+      run inside a CUDA graph: the kernel reads only the first ``nnz`` indices.
     """
 
     counts: torch.Tensor
@@ -37,10 +41,16 @@ class DecodeLayout:
     width: int
     nnz: int
     last_page_len_host: tuple[int, ...] = ()
+    stride: int = 0
+    padded_positions: torch.Tensor | None = None
 
     @classmethod
     def build(
-        cls, counts_host: list[int], last_page_len: torch.Tensor, last_page_len_host: tuple[int, ...] = ()
+        cls,
+        counts_host: list[int],
+        last_page_len: torch.Tensor,
+        last_page_len_host: tuple[int, ...] = (),
+        stride: int = 0,
     ) -> DecodeLayout:
         """``counts_host``: pages per row (host ints); ``last_page_len: [rows] int32`` on the device
         (``last_page_len_host``: the same values on the host, optional)."""
@@ -59,7 +69,14 @@ class DecodeLayout:
         row_of = torch.repeat_interleave(
             torch.arange(len(counts_host), device=device), counts.long(), output_size=nnz
         )
-        flat_positions = row_of * width + (csr - indptr[row_of].long())
+        in_row = csr - indptr[row_of].long()
+        flat_positions = row_of * width + in_row
+        padded_positions = None
+        if stride:
+            if stride < width:
+                raise ValueError(f"stride: {stride} is narrower than the widest row ({width} pages)")
+            padded_positions = torch.zeros(len(counts_host) * stride, dtype=torch.long, device=device)
+            padded_positions[:nnz] = row_of * stride + in_row
         return cls(
             counts,
             tuple(counts_host),
@@ -70,6 +87,8 @@ class DecodeLayout:
             width,
             nnz,
             last_page_len_host,
+            stride,
+            padded_positions,
         )
 
     @property

@@ -1,42 +1,116 @@
-"""CUDA graphs for decode steps whose page ids are the same in every layer.
+"""CUDA graphs for decode steps, Quest and InfLLM selection included.
 
-A step qualifies when no request selects pages per layer or observes attention (``full`` and
-``sink``; also eviction steps, since eviction happens between steps). Such a step's forward is
-fixed-shape for a given batch size: the model, the KV writes and one FlashInfer ``run()`` per
-layer over buffers that ``plan()`` and :meth:`FlashInferBackend.pack_indices` fill *before*
-replay. So one graph per batch size (captured on first use, the first step running eagerly) serves
-every later step of that size; only the page counts, read from the planned buffers, change.
+A decode step's forward is fixed-shape once its page tables have a fixed width: the runner
+buckets the width to a power of two (:meth:`ModelRunner.width_bucket`), policies take a fixed
+top-k size, and page ids are packed with padded, static-length positions
+(:attr:`DecodeLayout.padded_positions`). So a graph captured for one *step shape* serves every
+later step of that shape; before each replay the step's inputs are copied into the graph's
+static tensors and FlashInfer is planned (outside the graph) into the buffers the graph reads.
 
-Steps with Quest, InfLLM or H2O rows run eagerly: their per-layer selection has shapes that
-follow the context length (``topk`` over the held pages).
+The step shape (the graph key) is: batch size, width bucket, which layout each layer uses, the
+metadata flag and, per policy group, (policy, rows, top-k size, dense-layer range). Steps with
+an attention-observing policy (H2O) run eagerly: its mass update packs a group layout whose
+size follows the page counts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from lil_sparse.attention.flashinfer_backend import FlashInferBackend
 from lil_sparse.attention.layout import DecodeLayout
-from lil_sparse.engine.step_attention import DecodeAttention
+from lil_sparse.engine.step_attention import DecodeAttention, PolicyGroup
 from lil_sparse.kv import KVCache
 from lil_sparse.models.transformer import CausalLM
+
+MAX_GRAPHS = 64  # captured step shapes kept; beyond this, new shapes run eagerly
+CAPTURE_AFTER = 2  # a shape is captured the second time it is seen: one-off shapes never pay for it
+GroupTensors = ("rows", "table", "held", "select_count", "sink_pages", "recent_pages", "dense_layers")
+
+
+@dataclass(frozen=True)
+class DecodeStep:
+    """Everything one decode step's forward reads.
+
+    ``input_ids, positions: [B] int64``; ``write_slots: [B, Hkv] int64``; ``base_page_ids:
+    [rows, width] int32``; ``layer_layouts``: one per layer (shared objects for shared plans);
+    ``groups``: the per-layer selecting policy groups.
+    """
+
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    write_slots: torch.Tensor
+    base_page_ids: torch.Tensor
+    layer_layouts: list[DecodeLayout]
+    groups: list[PolicyGroup]
+    update_metadata: bool
+
+    def distinct_layouts(self) -> list[DecodeLayout]:
+        return list({id(layout): layout for layout in self.layer_layouts}.values())
+
+    def key(self) -> tuple[object, ...]:
+        distinct = {id(layout): index for index, layout in enumerate(self.distinct_layouts())}
+        return (
+            self.input_ids.shape[0],
+            self.base_page_ids.shape[1],
+            tuple(distinct[id(layout)] for layout in self.layer_layouts),
+            self.update_metadata,
+            tuple(
+                (
+                    g.policy.name,
+                    g.all_rows,
+                    g.batch.rows.shape[0],
+                    g.batch.max_select,
+                    g.min_dense_layers,
+                    g.max_dense_layers,
+                )
+                for g in self.groups
+            ),
+        )
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor the forward reads, in a fixed order (the graph's inputs)."""
+        out = [self.input_ids, self.positions, self.write_slots, self.base_page_ids]
+        for layout in self.distinct_layouts():
+            if layout.padded_positions is None:
+                raise ValueError("layer_layouts: graph steps need layouts built with a stride")
+            out.append(layout.padded_positions)
+        for group in self.groups:
+            out.extend(getattr(group.batch, name) for name in GroupTensors)
+            out.extend((group.newest, group.newest_at))
+        return out
+
+    def static_copy(self) -> DecodeStep:
+        """A copy whose tensors the graph owns (same shapes, fresh storage)."""
+        layouts = {
+            id(layout): replace(layout, padded_positions=layout.padded_positions.clone())  # type: ignore[union-attr]
+            for layout in self.distinct_layouts()
+        }
+        groups = []
+        for group in self.groups:
+            batch = replace(
+                group.batch, **{name: getattr(group.batch, name).clone() for name in GroupTensors}
+            )
+            copy = replace(group, batch=batch)  # __post_init__ recomputes newest / newest_at from the clones
+            groups.append(copy)
+        return DecodeStep(
+            self.input_ids.clone(),
+            self.positions.clone(),
+            self.write_slots.clone(),
+            self.base_page_ids.clone(),
+            [layouts[id(layout)] for layout in self.layer_layouts],
+            groups,
+            self.update_metadata,
+        )
 
 
 @dataclass
 class CapturedStep:
-    """One captured decode step for a batch of ``B`` sequences and its static inputs/outputs.
-
-    ``input_ids, positions: [B] int64``; ``write_slots: [B, Hkv] int64``;
-    ``logits: [B, V] float32`` (overwritten by every replay).
-    """
-
     graph: torch.cuda.CUDAGraph
-    input_ids: torch.Tensor
-    positions: torch.Tensor
-    write_slots: torch.Tensor
-    logits: torch.Tensor
+    step: DecodeStep  # the static inputs
+    logits: torch.Tensor  # [B, V] float32, overwritten by every replay
 
 
 class DecodeGraphs:
@@ -45,72 +119,69 @@ class DecodeGraphs:
         self.kv = kv
         self.backend = backend
         self.num_kv_heads = num_kv_heads
-        self.num_layers = model.config.num_layers
-        self.steps: dict[int, CapturedStep] = {}
+        self.captured: dict[tuple[object, ...], CapturedStep] = {}
+        self.seen: dict[tuple[object, ...], int] = {}
+        self.replays = 0  # graph replays so far (for tests and benchmarks)
         self._pool = torch.cuda.graph_pool_handle() if torch.cuda.is_available() else None
 
-    def run(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        write_slots: torch.Tensor,
-        page_ids: torch.Tensor,
-        layout: DecodeLayout,
-    ) -> torch.Tensor:
-        """One decode step; the backend must have planned ``[layout]`` for this step.
+    @staticmethod
+    def supports(groups: list[PolicyGroup]) -> bool:
+        return not any(group.policy.observes_attention for group in groups)
 
-        ``input_ids, positions: [B] int64``, ``write_slots: [B, Hkv] int64``, ``page_ids:
-        [rows, width] int32``. Returns logits ``[B, V] float32``, valid until the next call.
+    def run(self, step: DecodeStep) -> torch.Tensor:
+        """One decode step; the backend must have planned ``step.distinct_layouts()``.
+
+        Returns logits ``[B, V] float32``, valid until the next call.
         """
-        self.backend.pack_indices(page_ids, layout)
-        step = self.steps.get(input_ids.shape[0])
-        if step is None:
-            return self._run_eager_and_capture(input_ids, positions, write_slots, page_ids, layout)
-        step.input_ids.copy_(input_ids)
-        step.positions.copy_(positions)
-        step.write_slots.copy_(write_slots)
-        step.graph.replay()
-        return step.logits
+        self._pack_base(step)
+        key = step.key()
+        captured = self.captured.get(key)
+        if captured is None:
+            self.seen[key] = self.seen.get(key, 0) + 1
+            if self.seen[key] < CAPTURE_AFTER or len(self.captured) >= MAX_GRAPHS:
+                return self._forward(step)
+            return self._run_eager_and_capture(step)
+        for static, fresh in zip(captured.step.tensors(), step.tensors(), strict=True):
+            static.copy_(fresh)
+        for static_layout, layout in zip(
+            captured.step.distinct_layouts(), step.distinct_layouts(), strict=True
+        ):
+            self.backend.alias_layout(static_layout, layout)
+        captured.graph.replay()
+        self.replays += 1
+        return captured.logits
 
-    def _forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        write_slots: torch.Tensor,
-        page_ids: torch.Tensor,
-        layout: DecodeLayout,
-    ) -> torch.Tensor:
+    def _pack_base(self, step: DecodeStep) -> None:
+        # Layers that attend the base pages (full, sink rows; dense layers) read the indices
+        # packed here; layers that select repack their slot inside the graph.
+        for layout in step.distinct_layouts():
+            self.backend.pack_indices(step.base_page_ids, layout)
+
+    def _forward(self, step: DecodeStep) -> torch.Tensor:
         attention = DecodeAttention(
             self.kv,
             self.backend,
-            write_slots,
-            page_ids,
-            [layout] * self.num_layers,
-            [],
+            step.write_slots,
+            step.base_page_ids,
+            step.layer_layouts,
+            step.groups,
             self.num_kv_heads,
-            update_metadata=False,  # graph steps hold no Quest/InfLLM request (see the module doc)
+            update_metadata=step.update_metadata,
         )
-        return self.model.compute_logits(self.model(input_ids, positions, attention))
+        return self.model.compute_logits(self.model(step.input_ids, step.positions, attention))
 
-    def _run_eager_and_capture(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        write_slots: torch.Tensor,
-        page_ids: torch.Tensor,
-        layout: DecodeLayout,
-    ) -> torch.Tensor:
-        # The eager run is this step's real work and also the warm-up capture needs (cuBLAS
-        # handles, FlashInfer modules). Capture records without executing, so nothing is
-        # written twice into the KV cache.
-        logits = self._forward(input_ids, positions, write_slots, page_ids, layout)
-        static_ids, static_positions, static_slots = input_ids.clone(), positions.clone(), write_slots.clone()
+    def _run_eager_and_capture(self, step: DecodeStep) -> torch.Tensor:
+        # The eager run is this step's real work and the warm-up capture needs (cuBLAS handles,
+        # FlashInfer modules). Capture records without executing, so nothing is written twice.
+        logits = self._forward(step)
+        static = step.static_copy()
+        for static_layout, layout in zip(static.distinct_layouts(), step.distinct_layouts(), strict=True):
+            self.backend.alias_layout(static_layout, layout)
+        # The base pages must count as packed from the static base, so that base layers inside
+        # the graph read the slot (packed before every replay) instead of repacking.
+        self._pack_base(static)
         graph = torch.cuda.CUDAGraph()
-        # page_ids is the tensor pack_indices() just used, so the captured layers read the
-        # planned indices buffer and never rewrite it.
         with torch.cuda.graph(graph, pool=self._pool):
-            static_logits = self._forward(static_ids, static_positions, static_slots, page_ids, layout)
-        self.steps[input_ids.shape[0]] = CapturedStep(
-            graph, static_ids, static_positions, static_slots, static_logits
-        )
+            static_logits = self._forward(static)
+        self.captured[step.key()] = CapturedStep(graph, static, static_logits)
         return logits

@@ -15,7 +15,7 @@ import torch
 from lil_sparse.attention.backend import AttentionBackend
 from lil_sparse.attention.flashinfer_backend import FlashInferBackend
 from lil_sparse.attention.layout import DecodeLayout
-from lil_sparse.engine.cuda_graphs import DecodeGraphs
+from lil_sparse.engine.cuda_graphs import DecodeGraphs, DecodeStep
 from lil_sparse.engine.page_manager import PageManager
 from lil_sparse.engine.sequence import Sequence
 from lil_sparse.engine.step_attention import (
@@ -108,7 +108,7 @@ class ModelRunner:
             [(s.last_token_id, s.next_position, s.slot, s.held_pages) for s in seqs], dtype=torch.long
         ).to(self.device, non_blocking=True)
         input_ids, positions, slots, held = per_seq.unbind(dim=1)
-        width = max(s.held_pages for s in seqs)
+        width = self.width_bucket(max(s.held_pages for s in seqs))
         base = self.pages.table.table[slots, :, :width].reshape(len(seqs) * heads, width)
         held_rows = held.repeat_interleave(heads)
         newest = base.gather(1, (held_rows - 1).unsqueeze(1)).squeeze(1).long()
@@ -116,13 +116,15 @@ class ModelRunner:
         write_slots = (newest * self.page_size + offsets).view(len(seqs), heads)
         last_page_len = (offsets + 1).to(torch.int32)
         last_page_len_host = tuple(s.next_position % self.page_size + 1 for s in seqs for _ in range(heads))
-        layer_layouts = self._layer_layouts(seqs, last_page_len, last_page_len_host)
-        groups = self._policy_groups(seqs, last_page_len)
+        layer_layouts = self._layer_layouts(seqs, last_page_len, last_page_len_host, width)
+        groups = self._policy_groups(seqs, last_page_len, width)
         distinct = _distinct(layer_layouts)
         self.backend.begin_decode_step(distinct)
-        if self.graphs is not None and not groups and len(distinct) == 1:
-            # Same pages in every layer: a captured graph replays the whole forward.
-            logits = self.graphs.run(input_ids, positions, write_slots, base, distinct[0])
+        if self.graphs is not None and DecodeGraphs.supports(groups):
+            step = DecodeStep(
+                input_ids, positions, write_slots, base, layer_layouts, groups, _reads_metadata(seqs)
+            )
+            logits = self.graphs.run(step)
         else:
             attention = DecodeAttention(
                 self.kv, self.backend, write_slots, base, layer_layouts, groups, heads, _reads_metadata(seqs)
@@ -133,8 +135,18 @@ class ModelRunner:
         self._record_kv(seqs, layer_layouts)
         return logits
 
+    def width_bucket(self, held: int) -> int:
+        """The page-table width a step uses: a power of two >= ``held`` (at least 8), capped
+        at the table's width. Bucketing keeps the step's tensor shapes fixed for many steps, so
+        one captured CUDA graph serves them."""
+        return min(self.pages.table.max_pages_per_seq, max(8, 1 << (held - 1).bit_length()))
+
     def _layer_layouts(
-        self, seqs: list[Sequence], last_page_len: torch.Tensor, last_page_len_host: tuple[int, ...]
+        self,
+        seqs: list[Sequence],
+        last_page_len: torch.Tensor,
+        last_page_len_host: tuple[int, ...],
+        width: int,
     ) -> list[DecodeLayout]:
         """One layout per layer; layers with equal page counts share one object (one plan)."""
         thresholds = sorted({0, *(min(dense_until(s), self.num_layers) for s in seqs)})
@@ -146,11 +158,13 @@ class ModelRunner:
                 dense = start < dense_until(seq)
                 count = seq.held_pages if dense else policy.attended_pages(seq.held_pages, seq.budget_pages)
                 counts.extend([count] * self.num_kv_heads)
-            layout = DecodeLayout.build(counts, last_page_len, last_page_len_host)
+            layout = DecodeLayout.build(counts, last_page_len, last_page_len_host, stride=width)
             layouts.extend([layout] * (end - start))
         return layouts
 
-    def _policy_groups(self, seqs: list[Sequence], last_page_len: torch.Tensor) -> list[PolicyGroup]:
+    def _policy_groups(
+        self, seqs: list[Sequence], last_page_len: torch.Tensor, width: int
+    ) -> list[PolicyGroup]:
         heads = self.num_kv_heads
         groups = []
         for name, policy in POLICIES.items():
@@ -168,8 +182,12 @@ class ModelRunner:
                 policy.attended_pages(s.held_pages, s.budget_pages) for s in member_seqs for _ in range(heads)
             ]
             layout = DecodeLayout.build(counts, last_page_len[rows])
-            batch, _ = self.pages.policy_batch(member_seqs, layout)
-            batch = replace(batch, rows=rows)
+            batch, _ = self.pages.policy_batch(member_seqs, layout, width)
+            # A fixed top-k size (the largest budget, not the largest current selection) keeps
+            # selection shapes static while sequences grow into their budget; rows that select
+            # fewer pages ignore the extra candidates.
+            max_select = min(max(s.budget_pages for s in member_seqs), width)
+            batch = replace(batch, rows=rows, max_select=max_select)
             dense = [dense_until(s) for s in member_seqs]
             groups.append(
                 PolicyGroup(policy, batch, min(dense), max(dense), all_rows=len(members) == len(seqs))

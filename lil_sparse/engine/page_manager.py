@@ -134,14 +134,15 @@ class PageManager:
 
     # ---- policy views ---------------------------------------------------------------------
     def policy_batch(
-        self, seqs: list[Sequence], layout: DecodeLayout | None = None
+        self, seqs: list[Sequence], layout: DecodeLayout | None = None, width: int = 0
     ) -> tuple[PolicyBatch, torch.Tensor]:
         """Rows of ``seqs`` (every KV head) as a :class:`PolicyBatch`, plus their slot index.
 
         ``rows`` in the batch are local (0 .. n-1); callers that need step rows set them.
+        ``width`` (default: the most pages any of them holds) is the table width to take.
         """
         heads = self.num_kv_heads
-        width = max(s.held_pages for s in seqs)
+        width = width or max(s.held_pages for s in seqs)
         per_seq = [
             (
                 s.slot,

@@ -7,7 +7,7 @@ policies, never over requests or pages) and runs the backend on the step's layou
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -32,8 +32,8 @@ class PolicyGroup:
     min_dense_layers: int  # every row attends densely below this layer
     max_dense_layers: int  # no row attends densely from this layer on
     all_rows: bool = False
-    newest: torch.Tensor | None = None
-    newest_at: torch.Tensor | None = None
+    newest: torch.Tensor = field(init=False)
+    newest_at: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
         held = self.batch.held.unsqueeze(1)
@@ -130,9 +130,9 @@ class DecodeAttention:
             batch = group.batch
             queries = q_rows if group.all_rows else q_rows[batch.rows]
             older = batch.table.gather(1, group.policy.select_slots(layer, queries, batch, self.kv))
-            chosen = torch.cat([older, group.newest], dim=1)  # type: ignore[list-item]
+            chosen = torch.cat([older, group.newest], dim=1)
             # The newest page goes last among each row's select_count entries.
-            chosen.scatter_(1, group.newest_at, group.newest)  # type: ignore[arg-type]
+            chosen.scatter_(1, group.newest_at, group.newest)
             if layer < group.max_dense_layers:
                 dense = (layer < batch.dense_layers).unsqueeze(1)
                 chosen = torch.where(dense, batch.table[:, : chosen.shape[1]], chosen)

@@ -96,7 +96,7 @@ def test_engine_logits_match_reference_backend(policy, model, request):
         assert flash_reports[-1].kv.attended_pages_per_step[-1] < 12
 
 
-@pytest.mark.parametrize("policy", ["full", "sink"])
+@pytest.mark.parametrize("policy", ["full", "sink", "quest", "infllm"])
 def test_cuda_graph_replay_equals_eager(policy, tiny_gqa8_dir):
     eager = make_engine(tiny_gqa8_dir, "flashinfer", cuda_graphs=False)
     graphs = make_engine(tiny_gqa8_dir, "flashinfer", cuda_graphs=True)
@@ -110,7 +110,9 @@ def test_cuda_graph_replay_equals_eager(policy, tiny_gqa8_dir):
     graphs.sampler = graph_logits = RecordingSampler(graphs.sampler)  # type: ignore[assignment]
     expected = eager.generate(prompts, options)
     got = graphs.generate(prompts, options)
-    assert graphs.runner.graphs is not None and sorted(graphs.runner.graphs.steps) == [1, 2, 3]
+    runner_graphs = graphs.runner.graphs
+    assert runner_graphs is not None and runner_graphs.captured and runner_graphs.replays > 0
+    assert {key[0] for key in runner_graphs.captured} == {1, 2, 3}  # one or more shapes per batch size
     for want, have in zip(expected, got, strict=True):
         assert have.output_token_ids == want.output_token_ids
     # Same kernels on the same planned buffers: replay is bit-identical to eager.
