@@ -178,10 +178,14 @@ class ModelRunner:
                 torch.tensor(members, device=self.device).unsqueeze(1) * heads
                 + torch.arange(heads, device=self.device)
             ).reshape(-1)
-            counts = [
-                policy.attended_pages(s.held_pages, s.budget_pages) for s in member_seqs for _ in range(heads)
-            ]
-            layout = DecodeLayout.build(counts, last_page_len[rows])
+            layout = None
+            if policy.observes_attention:  # only H2O packs its own rows' attention
+                counts = [
+                    policy.attended_pages(s.held_pages, s.budget_pages)
+                    for s in member_seqs
+                    for _ in range(heads)
+                ]
+                layout = DecodeLayout.build(counts, last_page_len[rows])
             batch, _ = self.pages.policy_batch(member_seqs, layout, width)
             # A fixed top-k size (the largest budget, not the largest current selection) keeps
             # selection shapes static while sequences grow into their budget; rows that select

@@ -51,6 +51,7 @@ class SamplingParams:
     greedy: torch.Tensor
     filtering: bool = False
     max_top_k: int = 0
+    all_greedy: bool = False  # host flag: no row samples, so no noise is needed
 
     @property
     def batch_size(self) -> int:
@@ -100,4 +101,5 @@ class SamplingParams:
             greedy=table[4].bool(),
             filtering=bool(filtering_rows),
             max_top_k=max_top_k,
+            all_greedy=all(option.greedy for option in options),
         )

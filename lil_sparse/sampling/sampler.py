@@ -71,6 +71,9 @@ class Sampler:
         """
         logits = logits.float()
         greedy_tokens = logits.argmax(dim=-1)  # [B]
+        if params.all_greedy:  # no row samples: skip the [B, V] noise and filters
+            logprobs = logits.log_softmax(dim=-1).gather(-1, greedy_tokens.unsqueeze(1)).squeeze(1)
+            return greedy_tokens, logprobs
         temperature = params.temperature.clamp(min=MIN_TEMPERATURE).unsqueeze(1)  # [B, 1]
         scaled = logits / temperature  # [B, V]
         if params.filtering:
