@@ -99,13 +99,15 @@ class DecodeLayout:
         """``page_ids: [rows, >= width] int32`` padded -> CSR ``indices: [nnz] int32``."""
         return page_ids[:, : self.width].reshape(-1)[self.flat_positions]
 
-    def token_mask(self, page_size: int) -> torch.Tensor:
-        """``[rows, width * page_size] bool``: which token slots of the padded pages hold real tokens."""
+    def token_mask(self, page_size: int, width: int = 0) -> torch.Tensor:
+        """``[rows, width * page_size] bool``: which token slots of the padded pages hold real
+        tokens. ``width`` defaults to the widest row; a fixed (bucketed) width keeps shapes static."""
+        width = width or self.width
         offsets = torch.arange(page_size, device=self.counts.device)
-        slot = torch.arange(self.width, device=self.counts.device)
+        slot = torch.arange(width, device=self.counts.device)
         last = (self.counts - 1).long().unsqueeze(1)  # [rows, 1]
         full_page = slot.unsqueeze(0) < last  # [rows, width]
         last_page = slot.unsqueeze(0) == last
         in_last = offsets.view(1, 1, -1) < self.last_page_len.view(-1, 1, 1)  # [rows, 1, page_size]
         mask = full_page.unsqueeze(2) | (last_page.unsqueeze(2) & in_last)
-        return mask.reshape(self.rows, self.width * page_size)
+        return mask.reshape(self.rows, width * page_size)

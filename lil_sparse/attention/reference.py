@@ -13,31 +13,34 @@ from lil_sparse.attention.layout import DecodeLayout
 
 
 def paged_scores(
-    q: torch.Tensor, k_pages: torch.Tensor, page_ids: torch.Tensor, layout: DecodeLayout
+    q: torch.Tensor, k_pages: torch.Tensor, page_ids: torch.Tensor, layout: DecodeLayout, width: int = 0
 ) -> torch.Tensor:
     """Scaled scores of each row's queries against its selected pages, fp32.
 
-    ``q: [rows, G, D]``, ``k_pages: [P, 1, S, D]``, ``page_ids: [rows, >= width] int32``.
-    Returns ``[rows, G, width * S]`` with ``-inf`` where a padded slot holds no token.
+    ``q: [rows, G, D]``, ``k_pages: [P, 1, S, D]``, ``page_ids: [rows, >= width] int32``;
+    ``width`` defaults to the layout's widest row. Returns ``[rows, G, width * S]`` with
+    ``-inf`` where a padded slot holds no token.
     """
+    width = width or layout.width
     rows, _, head_dim = q.shape
     page_size = k_pages.shape[2]
-    ids = page_ids[:, : layout.width].long()
-    keys = k_pages[ids].reshape(rows, layout.width * page_size, head_dim).float()
+    ids = page_ids[:, :width].long()
+    keys = k_pages[ids].reshape(rows, width * page_size, head_dim).float()
     scores = torch.einsum("rgd,rtd->rgt", q.float(), keys) / math.sqrt(head_dim)
-    return scores.masked_fill(~layout.token_mask(page_size).unsqueeze(1), float("-inf"))
+    return scores.masked_fill(~layout.token_mask(page_size, width).unsqueeze(1), float("-inf"))
 
 
 def paged_page_probs(
-    q: torch.Tensor, k_pages: torch.Tensor, page_ids: torch.Tensor, layout: DecodeLayout
+    q: torch.Tensor, k_pages: torch.Tensor, page_ids: torch.Tensor, layout: DecodeLayout, width: int = 0
 ) -> torch.Tensor:
     """Attention probability each selected page receives, summed over the row's G query heads.
 
     Returns ``[rows, width] float32`` (zero on padding). H2O accumulates this.
     """
-    probs = torch.softmax(paged_scores(q, k_pages, page_ids, layout), dim=-1)
+    width = width or layout.width
+    probs = torch.softmax(paged_scores(q, k_pages, page_ids, layout, width), dim=-1)
     page_size = k_pages.shape[2]
-    return probs.sum(dim=1).view(layout.rows, layout.width, page_size).sum(dim=2)
+    return probs.sum(dim=1).view(layout.rows, width, page_size).sum(dim=2)
 
 
 class ReferenceBackend(AttentionBackend):

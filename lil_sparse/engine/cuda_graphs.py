@@ -8,9 +8,8 @@ later step of that shape; before each replay the step's inputs are copied into t
 static tensors and FlashInfer is planned (outside the graph) into the buffers the graph reads.
 
 The step shape (the graph key) is: batch size, width bucket, which layout each layer uses, the
-metadata flag and, per policy group, (policy, rows, top-k size, dense-layer range). Steps with
-an attention-observing policy (H2O) run eagerly: its mass update packs a group layout whose
-size follows the page counts.
+metadata flag and, per policy group, (policy, rows, top-k size, dense-layer range). H2O's mass
+update runs over the fixed width too (padding at probability zero), so every policy replays.
 """
 
 from __future__ import annotations
@@ -80,6 +79,8 @@ class DecodeStep:
         for group in self.groups:
             out.extend(getattr(group.batch, name) for name in GroupTensors)
             out.extend((group.newest, group.newest_at))
+            if group.batch.layout is not None:  # H2O: the group's page counts feed its token mask
+                out.extend((group.batch.layout.counts, group.batch.layout.last_page_len))
         return out
 
     def static_copy(self) -> DecodeStep:
@@ -93,6 +94,13 @@ class DecodeStep:
             batch = replace(
                 group.batch, **{name: getattr(group.batch, name).clone() for name in GroupTensors}
             )
+            if batch.layout is not None:  # H2O's group layout: its counts feed the token mask
+                layout = replace(
+                    batch.layout,
+                    counts=batch.layout.counts.clone(),
+                    last_page_len=batch.layout.last_page_len.clone(),
+                )
+                batch = replace(batch, layout=layout)
             copy = replace(group, batch=batch)  # __post_init__ recomputes newest / newest_at from the clones
             groups.append(copy)
         return DecodeStep(
@@ -126,7 +134,8 @@ class DecodeGraphs:
 
     @staticmethod
     def supports(groups: list[PolicyGroup]) -> bool:
-        return not any(group.policy.observes_attention for group in groups)
+        """Every step shape is capturable (H2O's mass update works over the fixed width)."""
+        return True
 
     def run(self, step: DecodeStep) -> torch.Tensor:
         """One decode step; the backend must have planned ``step.distinct_layouts()``.

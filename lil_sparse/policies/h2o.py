@@ -41,8 +41,11 @@ class H2OPolicy(SelectionPolicy):
         layout = batch.layout
         if layout is None:
             raise ValueError("h2o needs the group's decode layout to observe attention")
-        probs = paged_page_probs(q, kv.k[layer], page_ids, layout)  # [n, width]
-        kv.attention_mass.index_add_(0, layout.pack(page_ids).long(), layout.pack(probs))
+        # Over the full (bucketed) width, padding included at probability 0: static shapes, so
+        # the step can run inside a CUDA graph.
+        width = page_ids.shape[1]
+        probs = paged_page_probs(q, kv.k[layer], page_ids, layout, width)  # [n, width]
+        kv.attention_mass.index_add_(0, page_ids.reshape(-1).long(), probs.reshape(-1))
 
     def observe_prefill(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, pages: torch.Tensor, kv: KVCache

@@ -96,7 +96,7 @@ def test_engine_logits_match_reference_backend(policy, model, request):
         assert flash_reports[-1].kv.attended_pages_per_step[-1] < 12
 
 
-@pytest.mark.parametrize("policy", ["full", "sink", "quest", "infllm"])
+@pytest.mark.parametrize("policy", POLICY_NAMES)
 def test_cuda_graph_replay_equals_eager(policy, tiny_gqa8_dir):
     eager = make_engine(tiny_gqa8_dir, "flashinfer", cuda_graphs=False)
     graphs = make_engine(tiny_gqa8_dir, "flashinfer", cuda_graphs=True)
