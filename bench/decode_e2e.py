@@ -125,7 +125,6 @@ class DecodeBench:
                 request_id=str(index),
                 prompt_token_ids=[1] * self.context,
                 options=RequestOptions(sparse=sparse),
-                seed=0,
                 budget_pages=sparse.budget_pages(PAGE_SIZE) if policy != "full" else 1 << 30,
                 sink_pages=sparse.sink_pages(PAGE_SIZE),
                 recent_pages=sparse.recent_pages(PAGE_SIZE) if policy != "full" else 1,

@@ -148,7 +148,6 @@ class LLMEngine:
             request_id=request_id,
             prompt_token_ids=list(prompt_token_ids),
             options=options,
-            seed=options.sampling.seed or 0,
             budget_pages=budget,
             sink_pages=sparse.sink_pages(self.config.page_size),
             recent_pages=sparse.recent_pages(self.config.page_size) if sparse.policy != "full" else 1,

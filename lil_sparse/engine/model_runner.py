@@ -200,8 +200,13 @@ class ModelRunner:
 
     def _record_kv(self, seqs: list[Sequence], layer_layouts: list[DecodeLayout]) -> None:
         heads = self.num_kv_heads
+        # Layers share layout objects: weigh each distinct layout by how many layers use it.
+        layers_per_layout: dict[int, int] = {}
+        for layout in layer_layouts:
+            layers_per_layout[id(layout)] = layers_per_layout.get(id(layout), 0) + 1
+        weighted = [(layout, layers_per_layout[id(layout)]) for layout in _distinct(layer_layouts)]
         for index, seq in enumerate(seqs):
-            total = sum(layout.counts_host[index * heads] for layout in layer_layouts)
+            total = sum(layout.counts_host[index * heads] * count for layout, count in weighted)
             seq.kv_report.attended_pages_per_step.append(round(total / len(layer_layouts)))
             seq.kv_report.peak_pages = max(seq.kv_report.peak_pages, seq.held_pages * heads)
 

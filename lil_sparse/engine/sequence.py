@@ -24,7 +24,6 @@ class Sequence:
     request_id: str
     prompt_token_ids: list[int]
     options: RequestOptions
-    seed: int
     budget_pages: int
     sink_pages: int
     recent_pages: int
