@@ -132,11 +132,6 @@ class DecodeGraphs:
         self.replays = 0  # graph replays so far (for tests and benchmarks)
         self._pool = torch.cuda.graph_pool_handle() if torch.cuda.is_available() else None
 
-    @staticmethod
-    def supports(groups: list[PolicyGroup]) -> bool:
-        """Every step shape is capturable (H2O's mass update works over the fixed width)."""
-        return True
-
     def run(self, step: DecodeStep) -> torch.Tensor:
         """One decode step; the backend must have planned ``step.distinct_layouts()``.
 

@@ -120,7 +120,7 @@ class ModelRunner:
         groups = self._policy_groups(seqs, last_page_len, width)
         distinct = _distinct(layer_layouts)
         self.backend.begin_decode_step(distinct)
-        if self.graphs is not None and DecodeGraphs.supports(groups):
+        if self.graphs is not None:  # every step shape is capturable (see cuda_graphs.py)
             step = DecodeStep(
                 input_ids, positions, write_slots, base, layer_layouts, groups, _reads_metadata(seqs)
             )
