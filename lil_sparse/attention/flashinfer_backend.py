@@ -56,7 +56,6 @@ class DecodeSlot:
 
 class FlashInferBackend(AttentionBackend):
     name = "flashinfer"
-    supports_cuda_graphs = True
 
     def __init__(
         self, config: EngineConfig, model_config: ModelConfig, use_tensor_cores: bool | None = None

@@ -4,8 +4,9 @@ A row is one (sequence, KV head) pair: row ``r = b * num_kv_heads + h``. A polic
 different pages in every layer (Quest, InfLLM), but the *number* of pages per row is fixed for
 the step, so one layout (one FlashInfer ``plan()``) serves every layer that uses it; only the page
 ids change per layer. Selected pages travel as a padded ``page_ids: [rows, width] int32`` whose
-row ``r`` lists ``counts[r]`` pages with the newest (partial) page last; :meth:`DecodeLayout.pack`
-turns that into FlashInfer's CSR ``indices`` on the device, with no host sync.
+row ``r`` lists ``counts[r]`` pages with the newest (partial) page last; ``flat_positions`` (or,
+for a fixed width, ``padded_positions``) turn that into FlashInfer's CSR ``indices`` on the
+device, with no host sync.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ class DecodeLayout:
     - ``counts: [rows] int32``: pages read per row (``counts_host`` is the same on the host).
     - ``indptr: [rows + 1] int32``: CSR row offsets (``indptr[0] == 0``).
     - ``last_page_len: [rows] int32``: tokens in each row's last page, ``1 <= v <= page_size``.
-    - ``valid: [rows, width] bool``: which padded entries are real pages.
     - ``flat_positions: [nnz] int64``: positions of the real entries in the flattened padded table.
     - ``last_page_len_host``: ``last_page_len`` on the host when the caller knows it (empty if
       not), so a backend can plan without a device sync.
@@ -36,7 +36,6 @@ class DecodeLayout:
     counts_host: tuple[int, ...]
     indptr: torch.Tensor
     last_page_len: torch.Tensor
-    valid: torch.Tensor
     flat_positions: torch.Tensor
     width: int
     nnz: int
@@ -61,7 +60,6 @@ class DecodeLayout:
         counts = torch.tensor(counts_host, dtype=torch.int32).to(device, non_blocking=True)
         indptr = torch.zeros(len(counts_host) + 1, dtype=torch.int32, device=device)
         torch.cumsum(counts, dim=0, out=indptr[1:])
-        valid = torch.arange(width, device=device).unsqueeze(0) < counts.unsqueeze(1)
         nnz = sum(counts_host)
         # Row-major positions of the valid entries, computed without a host sync: entry j of row r
         # sits at r * width + j, and row r owns CSR slots indptr[r] .. indptr[r+1].
@@ -82,7 +80,6 @@ class DecodeLayout:
             tuple(counts_host),
             indptr,
             last_page_len,
-            valid,
             flat_positions,
             width,
             nnz,
@@ -94,10 +91,6 @@ class DecodeLayout:
     @property
     def rows(self) -> int:
         return len(self.counts_host)
-
-    def pack(self, page_ids: torch.Tensor) -> torch.Tensor:
-        """``page_ids: [rows, >= width] int32`` padded -> CSR ``indices: [nnz] int32``."""
-        return page_ids[:, : self.width].reshape(-1)[self.flat_positions]
 
     def token_mask(self, page_size: int, width: int = 0) -> torch.Tensor:
         """``[rows, width * page_size] bool``: which token slots of the padded pages hold real

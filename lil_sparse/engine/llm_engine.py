@@ -28,6 +28,7 @@ from lil_sparse.kv import BlockTable, KVCache, PagePool
 from lil_sparse.loading import LoadedModel, load_model
 from lil_sparse.loading.detokenizer import IncrementalDetokenizer
 from lil_sparse.options import POLICY_NAMES, RequestOptions
+from lil_sparse.policies import get_policy
 from lil_sparse.sampling import Sampler, SamplingParams, with_request_seed
 
 MAX_PREFILL_TOKENS = 8192
@@ -54,10 +55,6 @@ class EngineStats:
     num_waiting: int
     kv_pages_used: int
     kv_pages_total: int
-
-    @property
-    def kv_usage(self) -> float:
-        return self.kv_pages_used / self.kv_pages_total
 
 
 def resolve_dtype(config: EngineConfig) -> torch.dtype:
@@ -190,7 +187,7 @@ class LLMEngine:
                 self._admit(seq)
             logits = self.runner.prefill(batch.seqs)
             for seq in batch.seqs:
-                if seq.policy in ("sink", "h2o"):
+                if get_policy(seq.policy).evicts:
                     self.scheduler.shrink_reservation(seq, seq.budget_pages * self.model_config.num_kv_heads)
         else:
             logits = self.runner.decode(batch.seqs)

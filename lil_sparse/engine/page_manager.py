@@ -81,15 +81,13 @@ class PageManager:
         is at budget: then each head evicts one page and reuses it as the new page, on the device.
         """
         growing = [s for s in seqs if s.next_position % self.page_size == 0]
-        fresh = [s for s in growing if not (get_policy(s.policy).evicts and s.held_pages >= s.budget_pages)]
+        fresh = [s for s in growing if not _at_eviction_budget(s)]
         if fresh:
             self._append_new_pages(fresh, [1] * len(fresh))
             for seq in fresh:
                 seq.held_pages += 1
-        for policy_name in ("sink", "h2o"):
-            recycling = [s for s in growing if s.policy == policy_name and s not in fresh]
-            if recycling:
-                self._evict_and_recycle(recycling)
+        for group in _by_policy([s for s in growing if _at_eviction_budget(s)]):
+            self._evict_and_recycle(group)
 
     def _evict_and_recycle(self, seqs: list[Sequence]) -> None:
         batch, slot_index = self.policy_batch(seqs)
@@ -105,12 +103,9 @@ class PageManager:
     def evict_after_prefill(self, seqs: list[Sequence]) -> None:
         """Bring eviction-policy sequences whose prompt exceeds the budget down to it."""
         over = [s for s in seqs if get_policy(s.policy).evicts and s.held_pages > s.budget_pages]
-        for policy_name in ("sink", "h2o"):
-            group = [s for s in over if s.policy == policy_name]
-            if not group:
-                continue
+        for group in _by_policy(over):
             batch, slot_index = self.policy_batch(group)
-            scores = get_policy(policy_name).keep_scores(batch, self.kv)
+            scores = get_policy(group[0].policy).keep_scores(batch, self.kv)
             keep = torch.tensor([s.budget_pages for s in group], device=self.device).repeat_interleave(
                 self.num_kv_heads
             )
@@ -171,3 +166,16 @@ class PageManager:
             layout=layout,
         )
         return batch, slot_index
+
+
+def _at_eviction_budget(seq: Sequence) -> bool:
+    """An eviction policy holding its whole budget: its next page must replace an old one."""
+    return get_policy(seq.policy).evicts and seq.held_pages >= seq.budget_pages
+
+
+def _by_policy(seqs: list[Sequence]) -> list[list[Sequence]]:
+    """``seqs`` split by policy (one vectorised call per policy), in order of first appearance."""
+    groups: dict[str, list[Sequence]] = {}
+    for seq in seqs:
+        groups.setdefault(seq.policy, []).append(seq)
+    return list(groups.values())
