@@ -20,6 +20,13 @@ class EngineConfig:
     ``guardian_workers`` threads run Guardian's compression beside the decode loop (0 runs it
     inline, which is deterministic); a verdict is waited for once it lags ``guardian_max_lag_steps``
     decode steps behind.
+
+    Prefill is chunked by default (``chunked_prefill``): every step gives each decoding request one
+    token and spends what is left of ``max_num_batched_tokens`` on prompt chunks, so a long prompt
+    never stalls the running streams for more than one chunk (Sarathi-Serve, vLLM).
+    ``max_num_batched_tokens=0`` picks 512 on CPU and 2048 on CUDA; a set value must be at least
+    ``max_batch_size`` so that a prefilling request always gets a token of the budget.
+    ``chunked_prefill=False`` prefills whole prompts in steps of their own (before decode).
     """
 
     model: str = DEFAULT_MODEL
@@ -34,6 +41,8 @@ class EngineConfig:
     guardian_workers: int = 2
     guardian_max_lag_steps: int = 4
     cuda_graphs: bool = True
+    chunked_prefill: bool = True
+    max_num_batched_tokens: int = 0  # 0: 512 on CPU, 2048 on CUDA
 
     def __post_init__(self) -> None:
         checks = [
@@ -68,6 +77,12 @@ class EngineConfig:
                 f"must be >= 0, got {self.guardian_max_lag_steps}",
             ),
             (
+                self.max_num_batched_tokens == 0 or self.max_num_batched_tokens >= self.max_batch_size,
+                "max_num_batched_tokens",
+                f"must be 0 (auto) or >= max_batch_size ({self.max_batch_size}), "
+                f"got {self.max_num_batched_tokens}",
+            ),
+            (
                 self.device == "cpu" or self.device.startswith("cuda"),
                 "device",
                 f"must be 'cpu' or 'cuda[:N]', got {self.device!r}",
@@ -78,3 +93,10 @@ class EngineConfig:
                 raise ValueError(f"{field_name}: {message}")
         if self.backend == "flashinfer" and not self.device.startswith("cuda"):
             raise ValueError("backend: 'flashinfer' needs a CUDA device")
+
+    @property
+    def step_token_budget(self) -> int:
+        """Tokens one step may run: ``max_num_batched_tokens``, or its device default when 0."""
+        if self.max_num_batched_tokens:
+            return self.max_num_batched_tokens
+        return 2048 if self.device.startswith("cuda") else 512

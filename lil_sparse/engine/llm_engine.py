@@ -51,10 +51,13 @@ class EngineInfo:
 
 @dataclass(frozen=True)
 class EngineStats:
+    """``num_running`` counts every admitted request, ``num_prefilling`` of them included."""
+
     num_running: int
     num_waiting: int
     kv_pages_used: int
     kv_pages_total: int
+    num_prefilling: int = 0
 
 
 def resolve_dtype(config: EngineConfig) -> torch.dtype:
@@ -89,6 +92,7 @@ class LLMEngine:
             config.max_batch_size,
             config.max_waiting,
             MAX_PREFILL_TOKENS,
+            config.step_token_budget if config.chunked_prefill else 0,
         )
         self.sampler = Sampler()
         self.guardian = GuardianDriver(config.guardian_workers, config.guardian_max_lag_steps)
@@ -168,7 +172,11 @@ class LLMEngine:
 
     def stats(self) -> EngineStats:
         return EngineStats(
-            self.scheduler.num_running, self.scheduler.num_waiting, self.pool.num_used, self.pool.num_pages
+            self.scheduler.num_running,
+            self.scheduler.num_waiting,
+            self.pool.num_used,
+            self.pool.num_pages,
+            self.scheduler.num_prefilling,
         )
 
     # ---- the step ---------------------------------------------------------------------------
@@ -181,24 +189,32 @@ class LLMEngine:
         if batch is None:
             return events
         now = time.perf_counter()
-        if batch.is_prefill:
-            for seq in batch.seqs:
-                seq.prefill_start_time = now
-                self._admit(seq)
-            logits = self.runner.prefill(batch.seqs)
-            for seq in batch.seqs:
+        for seq in batch.admitted:
+            seq.prefill_start_time = now
+            self._admit(seq)
+        # Decode rows and prompt chunks run as two model calls (see scheduler.py for why).
+        sampled, logits_parts = [], []
+        if batch.decode:
+            sampled += batch.decode
+            logits_parts.append(self.runner.decode(batch.decode))
+        if batch.prefill:
+            prefilled, prefill_logits = self.runner.prefill(batch.prefill)
+            sampled += prefilled
+            logits_parts.append(prefill_logits)
+            for seq in prefilled:
                 if get_policy(seq.policy).evicts:
                     self.scheduler.shrink_reservation(seq, seq.budget_pages * self.model_config.num_kv_heads)
-        else:
-            logits = self.runner.decode(batch.seqs)
-        positions = torch.tensor([s.num_prompt_tokens + s.num_output_tokens for s in batch.seqs])
-        params = SamplingParams.from_options([s.options.sampling for s in batch.seqs], logits.device)
+        if not sampled:  # only partial prompt chunks ran: no request has a token yet
+            return events
+        logits = torch.cat(logits_parts) if len(logits_parts) > 1 else logits_parts[0]
+        positions = torch.tensor([s.num_prompt_tokens + s.num_output_tokens for s in sampled])
+        params = SamplingParams.from_options([s.options.sampling for s in sampled], logits.device)
         token_ids, logprobs = self.sampler.sample(logits, params, positions.to(logits.device))
         # The one host sync of the step: the scheduler needs the tokens.
         tokens = token_ids.tolist()
         token_logprobs = logprobs.tolist()
         finished_at = time.perf_counter()
-        for seq, token, logprob in zip(batch.seqs, tokens, token_logprobs, strict=True):
+        for seq, token, logprob in zip(sampled, tokens, token_logprobs, strict=True):
             events.append(self._append_token(seq, token, logprob, finished_at))
         return events
 

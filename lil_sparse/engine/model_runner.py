@@ -4,6 +4,9 @@ The runner turns scheduled sequences into flat device tensors. Per decode step i
 per-sequence integers to the device once (positions, held pages, budgets), builds every page
 index on the device, groups rows by policy (at most five groups) and gives the model one
 :class:`DecodeAttention` that serves every layer.
+
+Prefill runs the step's prompt chunks (a whole prompt is one chunk) in one model call with a
+:class:`~lil_sparse.engine.prefill_attention.PrefillAttention`.
 """
 
 from __future__ import annotations
@@ -17,13 +20,9 @@ from lil_sparse.attention.flashinfer_backend import FlashInferBackend
 from lil_sparse.attention.layout import DecodeLayout
 from lil_sparse.engine.cuda_graphs import DecodeGraphs, DecodeStep
 from lil_sparse.engine.page_manager import PageManager
-from lil_sparse.engine.sequence import Sequence
-from lil_sparse.engine.step_attention import (
-    DecodeAttention,
-    PolicyGroup,
-    PrefillAttention,
-    PrefillObservation,
-)
+from lil_sparse.engine.prefill_attention import ChunkRows, PrefillAttention
+from lil_sparse.engine.sequence import PrefillChunk, Sequence
+from lil_sparse.engine.step_attention import DecodeAttention, PolicyGroup
 from lil_sparse.kv import KVCache
 from lil_sparse.models.transformer import CausalLM
 from lil_sparse.policies import POLICIES, get_policy
@@ -61,42 +60,66 @@ class ModelRunner:
 
     # ---- prefill ----------------------------------------------------------------------------
     @torch.inference_mode()
-    def prefill(self, seqs: list[Sequence]) -> torch.Tensor:
-        """Dense prefill of new sequences (pages already admitted). Returns last-token logits ``[N, V]``."""
+    def prefill(self, chunks: list[PrefillChunk]) -> tuple[list[Sequence], torch.Tensor]:
+        """Run prompt chunks in one model call (each request's prompt pages already admitted).
+
+        Returns the requests whose prompt the call completed and their last-token logits
+        ``[N, V] float32`` (``N`` may be 0), in that order. Eviction policies are brought down
+        to their budget once their whole prompt is in.
+        """
+        ordered = sorted(chunks, key=lambda c: c.start > 0)  # chunks starting a prompt first
         ids: list[int] = []
         positions: list[int] = []
-        cu_seqlens = [0]
-        for seq in seqs:
-            ids.extend(seq.prompt_token_ids)
-            positions.extend(range(seq.num_prompt_tokens))
-            cu_seqlens.append(cu_seqlens[-1] + seq.num_prompt_tokens)
+        for chunk in ordered:
+            ids.extend(chunk.seq.prompt_token_ids[chunk.start : chunk.end])
+            positions.extend(range(chunk.start, chunk.end))
         input_ids = torch.tensor(ids, dtype=torch.long).to(self.device, non_blocking=True)
         position_ids = torch.tensor(positions, dtype=torch.long).to(self.device, non_blocking=True)
-        slot_parts, observations = [], []
-        for seq, start, end in zip(seqs, cu_seqlens[:-1], cu_seqlens[1:], strict=True):
-            token_pages = self._prompt_pages(seq)  # [Hkv, T]
-            offsets = position_ids[start:end] % self.page_size
-            slot_parts.append((token_pages * self.page_size + offsets).t())
-            policy = get_policy(seq.policy)
-            if policy.observes_attention:
-                observations.append(PrefillObservation(policy, start, end, token_pages))
-        attention = PrefillAttention(
-            self.kv, self.backend, torch.cat(slot_parts), cu_seqlens, observations, _reads_metadata(seqs)
-        )
+        slot_parts, rows = [], []
+        row = 0
+        for chunk in ordered:
+            page_ids = self._prompt_pages(chunk.seq)  # [Hkv, pages]
+            chunk_positions = position_ids[row : row + chunk.num_tokens]
+            token_pages = page_ids[:, chunk_positions // self.page_size]  # [Hkv, C]
+            slot_parts.append((token_pages * self.page_size + chunk_positions % self.page_size).t())
+            policy = get_policy(chunk.seq.policy)
+            observed = policy.observes_attention
+            rows.append(
+                ChunkRows(
+                    row,
+                    row + chunk.num_tokens,
+                    chunk.start,
+                    chunk.seq.num_prompt_tokens,
+                    page_ids,
+                    observer=policy if observed else None,
+                    token_pages=self._token_pages(page_ids, chunk.end) if observed else None,
+                )
+            )
+            row += chunk.num_tokens
+        seqs = [chunk.seq for chunk in ordered]
+        slots = torch.cat(slot_parts)  # [T, Hkv]
+        attention = PrefillAttention(self.kv, self.backend, slots, rows, _reads_metadata(seqs))
         hidden = self.model(input_ids, position_ids, attention)
-        last = torch.tensor(cu_seqlens[1:], device=self.device) - 1
+        done = [chunk.seq for chunk in ordered if chunk.is_last]
+        last_rows = [r.row_end - 1 for r, chunk in zip(rows, ordered, strict=True) if chunk.is_last]
+        last = torch.tensor(last_rows, dtype=torch.long).to(self.device, non_blocking=True)
         logits = self.model.compute_logits(hidden[last])
-        for seq in seqs:
-            seq.num_cached_tokens = seq.num_prompt_tokens
+        for chunk in ordered:
+            chunk.seq.num_cached_tokens = chunk.end
+            chunk.seq.num_prefill_chunks += 1
+        for seq in done:
             seq.kv_report.peak_pages = max(seq.kv_report.peak_pages, seq.held_pages * self.num_kv_heads)
-        self.pages.evict_after_prefill(seqs)
-        return logits
+        self.pages.evict_after_prefill(done)
+        return done, logits
 
     def _prompt_pages(self, seq: Sequence) -> torch.Tensor:
-        """``[Hkv, T] int64``: the page holding each prompt token, per KV head."""
-        token_page = torch.arange(seq.num_prompt_tokens, device=self.device) // self.page_size
-        rows = self.pages.table.table[seq.slot, :, : seq.held_pages].long()
-        return rows[:, token_page]
+        """``[Hkv, held] int64``: the pages of a prefilling sequence (its whole prompt, logical
+        order: page ``i`` holds positions ``i * page_size ..``)."""
+        return self.pages.table.table[seq.slot, :, : seq.held_pages].long()
+
+    def _token_pages(self, page_ids: torch.Tensor, length: int) -> torch.Tensor:
+        """``[Hkv, length] int64``: the page holding each of the first ``length`` prompt tokens."""
+        return page_ids[:, torch.arange(length, device=self.device) // self.page_size]
 
     # ---- decode -----------------------------------------------------------------------------
     @torch.inference_mode()

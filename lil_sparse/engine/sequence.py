@@ -34,7 +34,8 @@ class Sequence:
     output_text: str = ""
     slot: int = -1  # block-table row
     held_pages: int = 0  # pages held per KV head
-    num_cached_tokens: int = 0  # tokens whose K/V is in the cache
+    num_cached_tokens: int = 0  # tokens whose K/V is in the cache (prefill progress too)
+    num_prefill_chunks: int = 0  # model calls its prompt took so far
     finish_reason: FinishReason | None = None
     abort_requested: bool = False
     prefill_start_time: float = 0.0
@@ -53,6 +54,11 @@ class Sequence:
     @property
     def num_output_tokens(self) -> int:
         return len(self.output_token_ids)
+
+    @property
+    def is_prefilling(self) -> bool:
+        """Admitted, with prompt tokens not yet in the cache (its next work is a prompt chunk)."""
+        return self.status == SequenceStatus.RUNNING and self.num_cached_tokens < self.num_prompt_tokens
 
     @property
     def next_position(self) -> int:
@@ -74,3 +80,21 @@ class Sequence:
             jct_seconds=last - self.arrival_time,
             inter_token_seconds=gaps,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillChunk:
+    """Prompt positions ``start .. end - 1`` of ``seq``, run in one model call."""
+
+    seq: Sequence
+    start: int
+    end: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.end - self.start
+
+    @property
+    def is_last(self) -> bool:
+        """The chunk completes the prompt, so its last token's logits give the first output."""
+        return self.end == self.seq.num_prompt_tokens

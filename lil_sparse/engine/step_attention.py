@@ -1,8 +1,8 @@
-"""The model's ``AttentionFn`` for one engine step: cache writes, page selection, attention.
+"""The model's ``AttentionFn`` for a decode step: cache writes, page selection, attention.
 
-Prefill writes the prompt's K/V and attends densely. Decode writes one token per sequence,
-assembles each layer's selected pages from the policy groups (a loop over at most five
-policies, never over requests or pages) and runs the backend on the step's layouts.
+Decode writes one token per sequence, assembles each layer's selected pages from the policy
+groups (a loop over at most five policies, never over requests or pages) and runs the backend on
+the step's layouts. Prefill's counterpart is :mod:`lil_sparse.engine.prefill_attention`.
 """
 
 from __future__ import annotations
@@ -39,43 +39,6 @@ class PolicyGroup:
         held = self.batch.held.unsqueeze(1)
         self.newest = self.batch.table.gather(1, held - 1)
         self.newest_at = self.batch.select_count.unsqueeze(1) - 1
-
-
-@dataclass
-class PrefillObservation:
-    """One prefilled sequence whose policy watches prefill attention (H2O)."""
-
-    policy: SelectionPolicy
-    start: int
-    end: int
-    pages: torch.Tensor  # [Hkv, T] int64: page of every prompt token per KV head
-
-
-class PrefillAttention:
-    def __init__(
-        self,
-        kv: KVCache,
-        backend: AttentionBackend,
-        slots: torch.Tensor,
-        cu_seqlens: list[int],
-        observations: list[PrefillObservation],
-        update_metadata: bool = True,
-    ) -> None:
-        self.kv = kv
-        self.backend = backend
-        self.slots = slots  # [T, Hkv] int64
-        self.cu_seqlens = cu_seqlens
-        self.observations = observations
-        self.update_metadata = update_metadata
-
-    def __call__(self, layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        self.kv.write(layer_index, self.slots, k, v, update_metadata=self.update_metadata)
-        out = self.backend.prefill(q, k, v, self.cu_seqlens)
-        for obs in self.observations:
-            obs.policy.observe_prefill(
-                layer_index, q[obs.start : obs.end], k[obs.start : obs.end], obs.pages, self.kv
-            )
-        return out
 
 
 class DecodeAttention:

@@ -88,11 +88,19 @@ class SelectionPolicy(ABC):
         """Called after a decode layer with the group's queries ``[n, G, D]`` and attended pages."""
 
     def observe_prefill(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, pages: torch.Tensor, kv: KVCache
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        pages: torch.Tensor,
+        kv: KVCache,
+        prompt_tokens: int,
     ) -> None:
-        """Called after a prefill layer for one sequence of this policy.
+        """Called after a prefill layer for one prompt chunk of a sequence of this policy.
 
-        ``q: [T, Hq, D]``, ``k: [T, Hkv, D]``, ``pages: [Hkv, T] int64`` page of each token per head.
+        ``q: [C, Hq, D]`` the chunk's queries, positions ``T - C .. T - 1``; ``k: [T, Hkv, D]``
+        every key up to the chunk's end; ``pages: [Hkv, T] int64`` page of each token per head;
+        ``prompt_tokens`` the whole prompt's length (``T`` when the prompt is one chunk).
         """
 
 

@@ -7,7 +7,8 @@ Adapted to pages and to a paged, per-head cache:
   scores tokens per layer and head; a page is the unit we can free, and sharing the decision
   across layers is what lets eviction return memory.
 - Prefill seeds the mass from the last ``OBSERVATION_WINDOW`` prompt queries rather than all of
-  them, which would cost O(prompt^2) extra work at long contexts.
+  them, which would cost O(prompt^2) extra work at long contexts. With chunked prefill each
+  chunk adds the mass of the window queries it holds.
 - Each decode step adds the probability every attended page received.
 - The recent window (the newest page included) always survives; heavy hitters fill the rest.
 """
@@ -48,14 +49,26 @@ class H2OPolicy(SelectionPolicy):
         kv.attention_mass.index_add_(0, page_ids.reshape(-1).long(), probs.reshape(-1))
 
     def observe_prefill(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, pages: torch.Tensor, kv: KVCache
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        pages: torch.Tensor,
+        kv: KVCache,
+        prompt_tokens: int,
     ) -> None:
-        length, num_heads, head_dim = q.shape
-        num_kv_heads = k.shape[1]
-        window = min(length, OBSERVATION_WINDOW)
-        queries = q[length - window :].float().view(window, num_kv_heads, num_heads // num_kv_heads, head_dim)
+        length, num_kv_heads, head_dim = k.shape
+        num_heads = q.shape[1]
+        # The window is the prompt's last queries; a chunk observes those it holds, each against
+        # every key up to itself, so chunked and single-pass prefill record the same mass.
+        window_start = max(length - q.shape[0], prompt_tokens - OBSERVATION_WINDOW)
+        if window_start >= length:
+            return
+        window = length - window_start
+        group = num_heads // num_kv_heads
+        queries = q[q.shape[0] - window :].float().view(window, num_kv_heads, group, head_dim)
         scores = torch.einsum("wkgd,tkd->kgwt", queries, k.float()) / math.sqrt(head_dim)
-        query_pos = torch.arange(length - window, length, device=q.device).view(-1, 1)
+        query_pos = torch.arange(window_start, length, device=q.device).view(-1, 1)
         causal = torch.arange(length, device=q.device).view(1, -1) <= query_pos  # [window, T]
         probs = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
         token_mass = probs.sum(dim=(1, 2))  # [Hkv, T]
