@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -255,3 +256,40 @@ def test_abort_during_prefill_frees_every_page_after_at_most_one_chunk(tiny_mode
         assert not engine.has_unfinished()
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_the_server_loop_publishes_a_prefilling_request_between_chunks(
+    tiny_model_dir: Path, chunked: bool
+) -> None:
+    """The gauges read EngineLoop's stats, published after every step: a prefilling request is
+    running and holds pages there before its first token."""
+    from server.engine_loop import EngineLoop, LoopStats
+
+    engine = make_engine(tiny_model_dir, 16, chunked=chunked)
+    timeline: list[LoopStats | str] = []  # both written on the engine thread, in order
+    loop = EngineLoop(engine, max_in_flight=4, on_stats=timeline.append)
+    loop.start()
+    try:
+        done = threading.Event()
+
+        def sink(event) -> None:
+            if not isinstance(event, BaseException) and event.token_ids:
+                timeline.append("token")
+            if isinstance(event, BaseException) or event.finished:
+                done.set()
+
+        accepted = loop.submit("long", prompt(200, seed=5), options("full", max_new=2), sink)
+        assert accepted.result(timeout=60) == "long"
+        assert done.wait(timeout=120)
+    finally:
+        loop.stop(timeout=60)
+        engine.close()
+    before_first_token = timeline[: timeline.index("token")]
+    prefilling = [
+        s for s in before_first_token if isinstance(s, LoopStats) and s.num_running == 1 and s.kv_pages_used
+    ]
+    # Every step but the last of the prefill ends with a snapshot; unchunked, the one step
+    # produces the token before its snapshot.
+    assert len(prefilling) == (-(-200 // 16) - 1 if chunked else 0)
+    assert prefilling == [LoopStats(1, 1, 0, -(-200 // PAGE_SIZE) * 2, engine.pool.num_pages)] * len(prefilling)
