@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import os
 import platform
 import statistics
@@ -94,7 +95,8 @@ def measure(engine: LLMEngine, args: argparse.Namespace, mode: str) -> Result:
     stream_times: list[float] = []
     while len(stream_times) < args.warmup_tokens:
         events = engine.step()
-        stream_times += [time.perf_counter()] * sum(len(e.token_ids) for e in events if e.request_id == stream)
+        count = sum(len(e.token_ids) for e in events if e.request_id == stream)
+        stream_times += [time.perf_counter()] * count
     arrival = time.perf_counter()
     long_id = engine.add_request(long_prompt(engine, args.prompt_tokens), greedy(1))
     long_seq = engine._sequences[long_id]  # read-only: how many chunks its prompt took
@@ -116,7 +118,7 @@ def measure(engine: LLMEngine, args: argparse.Namespace, mode: str) -> Result:
     engine.abort(stream)
     while engine.has_unfinished():
         engine.step()
-    gaps = [b - a for a, b in zip(stream_times[:-1], stream_times[1:], strict=True)]
+    gaps = [b - a for a, b in itertools.pairwise(stream_times)]
     return Result(
         mode,
         engine.scheduler.step_token_budget,

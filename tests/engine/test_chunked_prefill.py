@@ -292,4 +292,5 @@ def test_the_server_loop_publishes_a_prefilling_request_between_chunks(
     # Every step but the last of the prefill ends with a snapshot; unchunked, the one step
     # produces the token before its snapshot.
     assert len(prefilling) == (-(-200 // 16) - 1 if chunked else 0)
-    assert prefilling == [LoopStats(1, 1, 0, -(-200 // PAGE_SIZE) * 2, engine.pool.num_pages)] * len(prefilling)
+    pages = -(-200 // PAGE_SIZE) * 2  # two KV heads
+    assert prefilling == [LoopStats(1, 1, 0, pages, engine.pool.num_pages)] * len(prefilling)
