@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from lil_sparse.attention.chunked_prefill import chunk_attention, gather_prompt_kv
 from lil_sparse.config import EngineConfig
 from lil_sparse.engine import LLMEngine
+from lil_sparse.engine.scheduler import Scheduler
 from lil_sparse.engine.sequence import Sequence
 from lil_sparse.events import FinishReason
 from lil_sparse.options import POLICY_NAMES, RequestOptions, SparseOptions, StoppingOptions
@@ -148,6 +149,13 @@ def test_chunked_prefill_gives_the_unchunked_tokens_and_logprobs(
     # All together: chunks of several requests share steps with each other and with decode rows.
     together, _ = run_on_fresh_engine(tiny_model_dir, budget, PROMPTS, policy)
     assert together == [tokens for tokens, _ in expected]
+
+
+@pytest.mark.parametrize("policy", POLICY_NAMES)
+def test_one_kv_head_model_chunked_equals_unchunked(tiny_qwen_dir: Path, policy: str) -> None:
+    for p in PROMPTS[-3:]:
+        expected, _ = run_on_fresh_engine(tiny_qwen_dir, 0, [p], policy, chunked=False)
+        assert run_on_fresh_engine(tiny_qwen_dir, 8, [p], policy)[0] == expected
 
 
 def prefill_only(engine: LLMEngine, tokens: list[int], policy: str) -> Sequence:
@@ -294,3 +302,53 @@ def test_the_server_loop_publishes_a_prefilling_request_between_chunks(
     assert len(prefilling) == (-(-200 // 16) - 1 if chunked else 0)
     pages = -(-200 // PAGE_SIZE) * 2  # two KV heads
     assert prefilling == [LoopStats(1, 1, 0, pages, engine.pool.num_pages)] * len(prefilling)
+
+
+# ---- the scheduler alone ----------------------------------------------------------------------
+def test_every_step_stays_within_the_budget_and_advances_every_decode_row() -> None:
+    budget, max_new = 32, 5
+    scheduler = Scheduler(
+        num_pages=10_000,
+        num_kv_heads=2,
+        page_size=PAGE_SIZE,
+        max_batch_size=4,
+        max_waiting=16,
+        max_prefill_tokens=8192,
+        step_token_budget=budget,
+    )
+    lengths = [100, 3, 40, 31, 64, 1, 200]
+    seqs = [
+        Sequence(
+            request_id=f"r{i}",
+            prompt_token_ids=prompt(n, seed=i),
+            options=options("full", max_new),
+            budget_pages=1 << 30,
+            sink_pages=0,
+            recent_pages=1,
+            reserved_pages=scheduler.reservation(n, max_new, "full", 1 << 30),
+        )
+        for i, n in enumerate(lengths)
+    ]
+    for seq in seqs:
+        scheduler.add(seq)
+    admitted: list[str] = []
+    steps = 0
+    while (batch := scheduler.schedule()) is not None:
+        steps += 1
+        admitted += [s.request_id for s in batch.admitted]
+        running_decoders = [s for s in scheduler.running if not s.is_prefilling]
+        assert batch.decode == running_decoders  # every decoding request gets its token
+        assert len(batch.decode) + sum(c.num_tokens for c in batch.prefill) <= budget
+        assert all(c.start == c.seq.num_cached_tokens and c.num_tokens > 0 for c in batch.prefill)
+        for chunk in batch.prefill:  # what the runner does
+            chunk.seq.num_cached_tokens = chunk.end
+        for seq in [*batch.decode, *(c.seq for c in batch.prefill if c.is_last)]:
+            seq.output_token_ids.append(0)
+            if seq.num_output_tokens == max_new:
+                scheduler.finish(seq)
+    assert admitted == [s.request_id for s in seqs]  # first come, first served
+    assert all(s.num_output_tokens == max_new for s in seqs)
+    assert scheduler.reserved_pages == 0 and scheduler.num_running == 0
+    # The prompts (439 tokens) and decode rows need more than 439 / 32 steps but far fewer than
+    # one step per token.
+    assert sum(lengths) // budget < steps < sum(lengths)
