@@ -75,9 +75,29 @@ class ModelRunner:
             positions.extend(range(chunk.start, chunk.end))
         input_ids = torch.tensor(ids, dtype=torch.long).to(self.device, non_blocking=True)
         position_ids = torch.tensor(positions, dtype=torch.long).to(self.device, non_blocking=True)
+        slots, rows = self._chunk_rows(ordered, position_ids)
+        seqs = [chunk.seq for chunk in ordered]
+        attention = PrefillAttention(self.kv, self.backend, slots, rows, _reads_metadata(seqs))
+        hidden = self.model(input_ids, position_ids, attention)
+        done = [chunk.seq for chunk in ordered if chunk.is_last]
+        last_rows = [r.row_end - 1 for r, chunk in zip(rows, ordered, strict=True) if chunk.is_last]
+        last = torch.tensor(last_rows, dtype=torch.long).to(self.device, non_blocking=True)
+        logits = self.model.compute_logits(hidden[last])
+        for chunk in ordered:
+            chunk.seq.num_cached_tokens = chunk.end
+            chunk.seq.num_prefill_chunks += 1
+        for seq in done:
+            seq.kv_report.peak_pages = max(seq.kv_report.peak_pages, seq.held_pages * self.num_kv_heads)
+        self.pages.evict_after_prefill(done)
+        return done, logits
+
+    def _chunk_rows(
+        self, chunks: list[PrefillChunk], position_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, list[ChunkRows]]:
+        """Cache slots ``[T, Hkv] int64`` of the packed tokens, and where each chunk sits."""
         slot_parts, rows = [], []
         row = 0
-        for chunk in ordered:
+        for chunk in chunks:
             page_ids = self._prompt_pages(chunk.seq)  # [Hkv, pages]
             chunk_positions = position_ids[row : row + chunk.num_tokens]
             token_pages = page_ids[:, chunk_positions // self.page_size]  # [Hkv, C]
@@ -96,21 +116,7 @@ class ModelRunner:
                 )
             )
             row += chunk.num_tokens
-        seqs = [chunk.seq for chunk in ordered]
-        slots = torch.cat(slot_parts)  # [T, Hkv]
-        attention = PrefillAttention(self.kv, self.backend, slots, rows, _reads_metadata(seqs))
-        hidden = self.model(input_ids, position_ids, attention)
-        done = [chunk.seq for chunk in ordered if chunk.is_last]
-        last_rows = [r.row_end - 1 for r, chunk in zip(rows, ordered, strict=True) if chunk.is_last]
-        last = torch.tensor(last_rows, dtype=torch.long).to(self.device, non_blocking=True)
-        logits = self.model.compute_logits(hidden[last])
-        for chunk in ordered:
-            chunk.seq.num_cached_tokens = chunk.end
-            chunk.seq.num_prefill_chunks += 1
-        for seq in done:
-            seq.kv_report.peak_pages = max(seq.kv_report.peak_pages, seq.held_pages * self.num_kv_heads)
-        self.pages.evict_after_prefill(done)
-        return done, logits
+        return torch.cat(slot_parts), rows
 
     def _prompt_pages(self, seq: Sequence) -> torch.Tensor:
         """``[Hkv, held] int64``: the pages of a prefilling sequence (its whole prompt, logical
