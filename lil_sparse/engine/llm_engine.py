@@ -77,7 +77,14 @@ class LLMEngine:
         self.pool = PagePool(num_pages)
         self.kv = KVCache(mc.num_layers, num_pages, page_size, mc.head_dim, dtype, device)
         table = BlockTable(config.max_batch_size, mc.num_kv_heads, max_pages_per_seq, device)
-        self.pages = PageManager(self.pool, table, self.kv, mc.num_kv_heads, page_size)
+        self.pages = PageManager(
+            self.pool,
+            table,
+            self.kv,
+            mc.num_kv_heads,
+            page_size,
+            poison_freed_pages=config.poison_freed_pages,
+        )
         self.backend = choose_backend(config, mc)
         self.runner = ModelRunner(
             loaded.model, self.kv, self.pages, self.backend, mc.num_layers, cuda_graphs=config.cuda_graphs
