@@ -14,6 +14,7 @@ class FinishReason(str, Enum):
     STOP_STRING = "stop_string"  # the output contains one of the stop strings
     EARLY_STOP = "early_stop"  # Guardian: the sequence stopped carrying new information
     ABORTED = "aborted"  # the caller aborted (cancel, deadline, shutdown)
+    ERROR = "error"  # handling this request failed (RequestReport.error says where); others go on
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +37,9 @@ class GuardianReport:
     enabled: bool = False
     checks: list[GuardianCheckRecord] = field(default_factory=list)
     stop_step: int | None = None  # generated-token count at the check that said stop
-    applied_at_step: int | None = None  # generated-token count when the engine applied it
+    # Completion tokens when the engine applied the stop: always stop_step, since tokens after
+    # a pending check are held back until its verdict.
+    applied_at_step: int | None = None
     cpu_seconds: float = 0.0
 
 
@@ -77,6 +80,7 @@ class RequestReport:
     timings: Timings
     guardian: GuardianReport
     kv: KVReport
+    error: str = ""  # finish reason ERROR: the stage that failed and the exception, for the log
 
 
 @dataclass(frozen=True, slots=True)

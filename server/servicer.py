@@ -8,6 +8,7 @@ events that piled up are merged into one chunk.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,12 +16,14 @@ from typing import Any
 import grpc
 from lil_client._proto.lil_sparse.v1 import options_pb2, service_pb2, service_pb2_grpc
 
-from lil_sparse.events import TokenEvent
+from lil_sparse.events import FinishReason, TokenEvent
 from lil_sparse.options import RequestOptions
 from server import convert
 from server.config import ServerConfig
 from server.engine_loop import EngineLoop
-from server.errors import InvalidArgument, OutOfRange, ShuttingDown, map_errors
+from server.errors import EngineFailed, InvalidArgument, OutOfRange, ShuttingDown, map_errors
+
+logger = logging.getLogger(__name__)
 
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["LilSparseService"].full_name
 
@@ -117,5 +120,8 @@ async def _stream(
         if final is not None:
             if final.report is None:
                 raise RuntimeError(f"final event of {final.request_id} carries no report")
+            if final.finish_reason is FinishReason.ERROR:  # this request alone failed in the engine
+                logger.error("request %s failed in the engine: %s", final.request_id, final.report.error)
+                raise EngineFailed("the engine failed while handling this request")
             yield convert.finished_response(final.report, output)
             return
