@@ -33,7 +33,8 @@ def _require_int(value: object, field_name: str, low: int, high: int, hint: str 
     """``value`` must be an ``int`` (not a bool) in ``[low, high]``."""
     if not isinstance(value, int) or isinstance(value, bool):
         raise ValueError(f"{field_name}: must be an integer, got {value!r}")
-    _require(low <= value <= high, field_name, f"must be in [{low}, {high}]{hint}, got {value}")
+    _require(value >= low, field_name, f"must be >= {low}{hint}, got {value}")
+    _require(value <= high, field_name, f"must be <= {high}{hint}, got {value}")
 
 
 def _require_float(value: object, field_name: str) -> float:
@@ -61,20 +62,23 @@ class SamplingOptions:
 
     def __post_init__(self) -> None:
         temperature = _require_float(self.temperature, "temperature")
+        _require(temperature >= 0.0, "temperature", f"must be >= 0, got {self.temperature}")
         _require(
-            0.0 <= temperature <= FLOAT32_MAX,
+            temperature <= FLOAT32_MAX,
             "temperature",
-            f"must be in [0, {FLOAT32_MAX:.4g}] (float32), got {self.temperature}",
+            f"must be <= {FLOAT32_MAX:.4g} (it is used as a float32), got {self.temperature}",
         )
         _require_int(self.top_k, "top_k", 0, INT32_MAX, " (0 disables)")
         top_p = _require_float(self.top_p, "top_p")
+        _require(0.0 < top_p <= 1.0, "top_p", f"must be in (0, 1], got {self.top_p}")
         _require(
-            FLOAT32_TINY <= top_p <= 1.0,
+            top_p >= FLOAT32_TINY,
             "top_p",
-            f"must be in (0, 1] and representable in float32 (>= {FLOAT32_TINY:.4g}), got {self.top_p}",
+            f"must be at least {FLOAT32_TINY:.4g} (it is used as a float32), got {self.top_p}",
         )
         if self.seed is not None:
-            _require_int(self.seed, "seed", 0, SEED_LIMIT - 1, " (int64)")
+            _require_int(self.seed, "seed", -SEED_LIMIT, SEED_LIMIT)  # an integer; the range below
+            _require(0 <= self.seed < SEED_LIMIT, "seed", f"must be in [0, 2^63) (int64), got {self.seed}")
 
     @property
     def greedy(self) -> bool:
