@@ -32,6 +32,7 @@ class RequestOutput:
         self.emitted = ""  # text sent to the client
         self.released = 0  # tokens sent to the client
         self.stopped = False  # a stop string ended the text
+        self._longest_stop = max((len(stop) for stop in stop_strings), default=0)
 
     def push(self, token: int, logprob: float) -> bool:
         """Decode one more token; True when it completed a stop string (the text then ends with it)."""
@@ -60,8 +61,9 @@ class RequestOutput:
         first = self.released
         upto = max(first, min(upto, self.num_tokens))
         end = self.text_ends[upto - 1] if upto else 0
-        if not self.stopped or end < len(self.decoded):
-            end -= stop_prefix_length(self.decoded[:end], self.stop_strings)
+        if self.stop_strings and (not self.stopped or end < len(self.decoded)):
+            tail = self.decoded[max(0, end - self._longest_stop) : end]  # only a tail can start a stop
+            end -= stop_prefix_length(tail, self.stop_strings)
         text = self.decoded[len(self.emitted) : end] if end > len(self.emitted) else ""
         self.emitted += text
         self.released = upto
