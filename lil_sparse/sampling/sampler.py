@@ -44,7 +44,9 @@ def filter_top_k_top_p(
     total = running.gather(1, k - 1)  # [B, 1] the row's own top-k mass
     mass_before = running - weights  # [B, W] mass of the strictly better tokens
     # A token belongs to the nucleus while the better tokens still fall short of top_p.
-    outside = (mass_before >= top_p.unsqueeze(1) * total) & (rank > 0)
+    # top_p == 1 keeps every candidate: rounding must not push the tail's mass_before to total.
+    nucleus = (top_p < 1.0).unsqueeze(1)  # [B, 1]
+    outside = (mass_before >= top_p.unsqueeze(1) * total) & (rank > 0) & nucleus
     sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
     filtered = torch.full_like(scaled, float("-inf")).scatter_(-1, sorted_index, sorted_logits)
     keeps_all = ((top_k == 0) & (top_p >= 1.0)).unsqueeze(1)  # [B, 1] rows without a filter
