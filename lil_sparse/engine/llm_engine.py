@@ -30,13 +30,14 @@ from lil_sparse.engine.page_manager import PageManager
 from lil_sparse.engine.request_output import RequestOutput
 from lil_sparse.engine.scheduler import Scheduler
 from lil_sparse.engine.sequence import Sequence, SequenceStatus
+from lil_sparse.engine.step_sampler import StepSampler
 from lil_sparse.engine.stop_checker import StopChecker
 from lil_sparse.events import FinishReason, RequestReport, TokenEvent
 from lil_sparse.kv import BlockTable, KVCache, PagePool
 from lil_sparse.loading import LoadedModel, load_model
 from lil_sparse.options import POLICY_NAMES, RequestOptions
 from lil_sparse.policies import get_policy
-from lil_sparse.sampling import Sampler, SamplingParams, with_request_seed
+from lil_sparse.sampling import Sampler, with_request_seed
 
 MAX_PREFILL_TOKENS = 8192
 GUARDIAN_IDLE_WAIT_SECONDS = 0.05  # how long a step waits for a verdict when every request is paused
@@ -108,6 +109,7 @@ class LLMEngine:
             MAX_PREFILL_TOKENS,
         )
         self.sampler = Sampler()
+        self.step_sampler = StepSampler(self.sampler)
         self.guardian = GuardianDriver(config.guardian_workers, config.guardian_max_lag_steps)
         self.stop_checker = StopChecker(self.tokenizer.eos_token_ids)
         self._sequences: dict[str, Sequence] = {}
@@ -231,7 +233,8 @@ class LLMEngine:
         except Exception as error:  # the shared forward: the whole step fails, the engine goes on
             logger.exception("model forward failed; failing the %d requests of the step", len(seqs))
             return events + [self._fail(s, "model", error) for s in seqs]
-        seqs, tokens, logprobs = self._sample(seqs, logits, events)
+        seqs, tokens, logprobs, failed = self.step_sampler.sample(seqs, logits)
+        events += [self._fail(seq, "sampling", error) for seq, error in failed]
         finished_at = time.perf_counter()
         for seq, token, logprob in zip(seqs, tokens, logprobs, strict=True):
             try:
@@ -270,40 +273,6 @@ class LLMEngine:
         if self.config.poison_freed_pages and bool(logits.isnan().any()):
             raise RuntimeError("NaN logits: the step attended KV that nothing wrote (poison_freed_pages)")
         return logits
-
-    def _sample(
-        self, seqs: list[Sequence], logits: torch.Tensor, events: list[TokenEvent]
-    ) -> tuple[list[Sequence], list[int], list[float]]:
-        """Tokens and logprobs of every row, in one batched call (one host sync).
-
-        If the batch raises, each row is sampled alone to find the culprit: the sampler is batch
-        invariant, so the other rows get the tokens the batch would have given them, and only a
-        row that fails alone fails its request.
-        """
-        try:
-            tokens, logprobs = self._sample_rows(seqs, logits)
-            return seqs, tokens, logprobs
-        except Exception:
-            logger.exception("sampling a batch of %d failed; sampling its rows one by one", len(seqs))
-        kept: list[Sequence] = []
-        tokens, logprobs = [], []
-        for row, seq in enumerate(seqs):
-            try:
-                (token,), (logprob,) = self._sample_rows([seq], logits[row : row + 1])
-            except Exception as error:
-                events.append(self._fail(seq, "sampling", error))
-            else:
-                kept.append(seq)
-                tokens.append(token)
-                logprobs.append(logprob)
-        return kept, tokens, logprobs
-
-    def _sample_rows(self, seqs: list[Sequence], logits: torch.Tensor) -> tuple[list[int], list[float]]:
-        positions = torch.tensor([s.num_prompt_tokens + s.num_output_tokens for s in seqs])
-        params = SamplingParams.from_options([s.options.sampling for s in seqs], logits.device)
-        token_ids, logprobs = self.sampler.sample(logits, params, positions.to(logits.device))
-        # The one host sync of the step: the scheduler needs the tokens.
-        return token_ids.tolist(), logprobs.tolist()
 
     def _admit(self, seq: Sequence) -> None:
         self.pages.admit(seq)
@@ -385,26 +354,22 @@ class LLMEngine:
                 first, reason = output.released, FinishReason.ERROR
                 kept, seq.output_text = first, output.emitted
                 error = error or f"detokenizer: {failure!r}"
-        del seq.output_token_ids[kept:]
-        del seq.token_times[kept:]
-        seq.finish_reason = reason
+        seq.keep_outputs(kept)
         self._finishing.pop(seq.request_id, None)
         self._sequences.pop(seq.request_id, None)
-        self.scheduler.finish(seq)
-        self.pages.release(seq)
-        self.guardian.release(seq)
-        report = RequestReport(
-            request_id=seq.request_id,
-            finish_reason=reason,
-            prompt_tokens=seq.num_prompt_tokens,
-            completion_tokens=seq.num_output_tokens,
-            output_token_ids=list(seq.output_token_ids),
-            output_text=seq.output_text,
-            timings=seq.timings(),
-            guardian=seq.guardian_report,
-            kv=seq.kv_report,
-            error=error,
-        )
+        # Each part frees what it holds even if another part raised: a failure here is this
+        # request's alone (it ends in ERROR), never a reason to keep pages or stop the step.
+        for part, release in (
+            ("scheduler", self.scheduler.finish),
+            ("pages", self.pages.release),
+            ("guardian", self.guardian.release),
+        ):
+            try:
+                release(seq)
+            except Exception as failure:
+                logger.error("request %s: releasing its %s failed", seq.request_id, part, exc_info=failure)
+                reason, error = FinishReason.ERROR, error or f"{part} release: {failure!r}"
+        report = seq.report(reason, error)
         tokens = tuple(seq.output_token_ids[first:])
         return TokenEvent(seq.request_id, tokens, text, tuple(logprobs), reason, report)
 

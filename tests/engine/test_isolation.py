@@ -284,3 +284,31 @@ def test_the_issue_example_temperature_overflow_is_refused_and_isolated(engine: 
     with pytest.raises(ValueError, match=r"^temperature: must be <= 3.403e\+38"):
         SamplingOptions(temperature=1e39, seed=1)
     assert isinstance(engine.sampler, Sampler)
+
+
+@pytest.mark.parametrize("part", ["guardian", "pages"])
+def test_a_failure_while_releasing_one_request_ends_it_in_error_and_frees_the_rest(
+    engine: LLMEngine, monkeypatch: pytest.MonkeyPatch, part: str
+) -> None:
+    base = engine.tokenizer.encode(PROMPT)
+    options = [request_options(i) for i in range(3)]
+    solo = solo_tokens(engine, [base] * 3, options)
+    ids = [engine.add_request(base, o) for o in options]
+    victim = ids[1]
+    target = engine.guardian if part == "guardian" else engine.pages
+    real = target.release
+
+    def release(seq):
+        real(seq)  # what it held is freed, then the failure
+        if seq.request_id == victim:
+            raise InjectedFault(part)
+
+    monkeypatch.setattr(target, "release", release)
+    run = Run()
+    run_until_done(engine, run)
+    report = run.reports[victim]
+    assert report.finish_reason == FinishReason.ERROR and report.error.startswith(f"{part} release:")
+    assert report.output_token_ids == run.tokens[victim] == solo[1]  # every token was streamed
+    for index in (0, 2):
+        assert run.reports[ids[index]].output_token_ids == solo[index]
+    assert engine.pool.num_used == 0 and not engine.has_unfinished()
