@@ -85,9 +85,12 @@ class RequestReport:
 
 @dataclass(frozen=True, slots=True)
 class TokenEvent:
-    """Tokens produced for one request in one engine step.
+    """Tokens released to one request's client in one engine step.
 
-    ``token_ids`` may be empty on the final event of an aborted request. ``logprobs`` holds the
+    Usually one token per step; more when tokens held behind a pending Guardian check are
+    released together, none (only text, or nothing) on some final events. The ``text_delta``s
+    of a request add up to its report's ``output_text`` and its ``token_ids`` to
+    ``output_token_ids``. ``logprobs`` holds the
     log-probability of each token in ``token_ids`` under the sampling distribution's logits
     (before temperature). ``report`` is set exactly when ``finish_reason`` is.
     """
