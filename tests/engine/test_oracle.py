@@ -54,11 +54,13 @@ def oracle_request(prompt: list[int], options: RequestOptions) -> OracleRequest:
     )
 
 
-@pytest.fixture(scope="module")
-def small_page_engine(tiny_model_dir: Path):
+@pytest.fixture(scope="module", params=["tiny_model_dir", "tiny_qwen_dir"])
+def small_page_engine(request: pytest.FixtureRequest):
+    """Llama with 2 KV heads for 4 query heads, and Qwen2 with 1 KV head (GQA group of 4)."""
+    model_dir: Path = request.getfixturevalue(request.param)
     engine = LLMEngine.from_config(
         EngineConfig(
-            model=str(tiny_model_dir),
+            model=str(model_dir),
             page_size=PAGE_SIZE,
             kv_cache_tokens=2048,
             max_batch_size=6,

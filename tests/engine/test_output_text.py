@@ -20,6 +20,7 @@ def stream(
 ) -> tuple[str, list[int], RequestReport]:
     request_id = engine.add_request(prompt, options)
     text, tokens = "", []
+    stops = options.stopping.stop_strings
     while engine.has_unfinished():
         for event in engine.step():
             assert event.request_id == request_id
@@ -27,6 +28,8 @@ def stream(
             tokens += event.token_ids
             if event.report is not None:
                 return text, tokens, event.report
+            # Until the end, nothing sent may be the start of a stop string.
+            assert stop_prefix_length(text, stops) == 0
     raise AssertionError("no report")
 
 
