@@ -113,8 +113,9 @@ func (s *Server) pythonCommand(ctx context.Context, args ...string) *exec.Cmd {
 }
 
 func (s *Server) buildModel(ctx context.Context) error {
+	// Three layers: Quest's default two dense layers must leave one sparse layer.
 	command := s.pythonCommand(ctx, "-m", "lil_sparse.testing.tiny_model", s.ModelDir,
-		"--architecture", s.Config.Architecture)
+		"--architecture", s.Config.Architecture, "--num-layers", "3")
 	output, err := command.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("building the tiny model with %s failed: %w\n%s", Python(), err, output)
