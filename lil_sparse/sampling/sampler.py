@@ -27,7 +27,9 @@ def filter_top_k_top_p(
     The nucleus is the smallest set of the most likely tokens (after top-k, renormalised) whose
     probability reaches ``top_p``; the most likely token always stays. The nucleus test reads a
     running sum over the row's own top-k candidates only (``cumsum`` up to rank ``k - 1``), so
-    candidates beyond the row's k, which a wider batch mate brings in, never enter it.
+    candidates beyond the row's k, which a wider batch mate brings in, never enter it (exactly
+    on the CPU, whose scan is sequential; a GPU scan may round a prefix differently for another
+    width, which matters only for a nucleus boundary tied at float32 precision).
     """
     vocab_size = scaled.shape[-1]
     if 0 < max_top_k < vocab_size:
