@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from lil_client._proto.lil_sparse.v1 import options_pb2, report_pb2, service_pb2
 
 from lil_sparse.events import FinishReason, RequestReport
 from lil_sparse.options import POLICY_NAMES, RequestOptions, SparseOptions
-from server.errors import InvalidArgument
+from server.errors import InvalidArgument, OutOfRange
 
 POLICY_TO_PROTO: dict[str, Any] = {
     name: options_pb2.Policy.Value(f"POLICY_{name.upper()}") for name in POLICY_NAMES
@@ -40,10 +40,36 @@ FINISH_REASON_TO_PROTO: dict[FinishReason, Any] = {
 }
 
 
-class PromptTokenizer(Protocol):
-    def encode(self, text: str) -> list[int]: ...
+# Caps on what one request may send; each keeps one client from costing the server much.
+MAX_REQUEST_ID_CHARS = 128
+MAX_STOP_STRINGS = 16
+MAX_STOP_STRING_BYTES = 256
+CHAT_ROLES = ("system", "user", "assistant")
+# The field each input kind is named by in messages (the oneof member, or the chat's list).
+PROMPT_FIELD = {"text": "text", "chat": "messages", "token_ids": "token_ids"}
 
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> str: ...
+
+@dataclass(frozen=True, slots=True)
+class PromptLimits:
+    """What the server accepts before tokenizing: sizes in UTF-8 bytes and tokens."""
+
+    max_prompt_bytes: int
+    max_new_tokens_limit: int
+    max_context: int
+    vocab_size: int
+
+
+class PromptTokenizer(Protocol):
+    def encode(
+        self, text: str, add_special_tokens: bool = False, parse_special: bool = True
+    ) -> list[int]: ...
+
+    def encode_chat(
+        self,
+        messages: list[dict[str, str]],
+        add_generation_prompt: bool = True,
+        parse_special_in_content: bool = False,
+    ) -> list[int]: ...
 
 
 def _overrides(message: Any, names: Sequence[str]) -> dict[str, Any]:
@@ -59,12 +85,37 @@ def _enum_override(value: int, table: Mapping[int, str], field_name: str) -> dic
     return {field_name: table[value]}
 
 
-def options_from_request(request: service_pb2.GenerateRequest, defaults: RequestOptions) -> RequestOptions:
+def request_id_of(request: service_pb2.GenerateRequest) -> str | None:
+    """The caller's request id; None when absent or empty (the server then makes one)."""
+    if not request.HasField("request_id") or request.request_id == "":
+        return None
+    if len(request.request_id) > MAX_REQUEST_ID_CHARS:
+        raise InvalidArgument(
+            f"request_id: must be at most {MAX_REQUEST_ID_CHARS} characters, got {len(request.request_id)}"
+        )
+    if not request.request_id.isprintable():
+        raise InvalidArgument("request_id: must be printable text (no control characters)")
+    return request.request_id
+
+
+def _check_stop_strings(stop_strings: Sequence[str]) -> None:
+    if len(stop_strings) > MAX_STOP_STRINGS:
+        raise InvalidArgument(f"stop_strings: at most {MAX_STOP_STRINGS} strings, got {len(stop_strings)}")
+    for index, stop in enumerate(stop_strings):
+        size = len(stop.encode("utf-8"))
+        if size > MAX_STOP_STRING_BYTES:
+            raise InvalidArgument(f"stop_strings[{index}]: at most {MAX_STOP_STRING_BYTES} bytes, got {size}")
+
+
+def options_from_request(
+    request: service_pb2.GenerateRequest, defaults: RequestOptions, max_new_tokens_limit: int
+) -> RequestOptions:
     """Overlay the request's set fields on ``defaults``; raises InvalidArgument naming the field."""
     sampling, stopping = request.sampling, request.stopping
     sparse, guardian = request.sparse, request.guardian
     stopping_fields = _overrides(stopping, ("max_new_tokens", "ignore_eos"))
     if stopping.stop_strings:
+        _check_stop_strings(stopping.stop_strings)
         stopping_fields["stop_strings"] = tuple(stopping.stop_strings)
     sparse_fields = _overrides(sparse, ("budget_tokens", "sink_tokens", "recent_tokens", "dense_layers"))
     sparse_fields.update(_enum_override(sparse.policy, PROTO_TO_POLICY, "policy"))
@@ -72,7 +123,7 @@ def options_from_request(request: service_pb2.GenerateRequest, defaults: Request
     guardian_fields.update(_enum_override(guardian.mode, PROTO_TO_MODE, "mode"))
     guardian_fields.update(_enum_override(guardian.source, PROTO_TO_SOURCE, "source"))
     try:
-        return RequestOptions(
+        options = RequestOptions(
             sampling=replace(
                 defaults.sampling, **_overrides(sampling, ("temperature", "top_k", "top_p", "seed"))
             ),
@@ -82,29 +133,96 @@ def options_from_request(request: service_pb2.GenerateRequest, defaults: Request
         )
     except ValueError as error:  # the option dataclasses name the field
         raise InvalidArgument(str(error)) from None
+    if options.stopping.max_new_tokens > max_new_tokens_limit:
+        raise InvalidArgument(
+            f"max_new_tokens: must be <= {max_new_tokens_limit} (the server's max_new_tokens_limit), "
+            f"got {options.stopping.max_new_tokens}"
+        )
+    return options
 
 
-def prompt_token_ids(request: service_pb2.GenerateRequest, tokenizer: PromptTokenizer) -> list[int]:
-    """Tokenize the request's input (text, chat messages or token ids) into prompt token ids."""
+def check_prompt_size(request: service_pb2.GenerateRequest, limits: PromptLimits) -> None:
+    """Refuse what needs no tokenizer to refuse: no input, oversize text, bad roles and ids.
+
+    Runs on the event loop before tokenizing, so it only measures lengths.
+    """
     kind = request.WhichOneof("input")
     if kind is None:
         raise InvalidArgument("input: set one of text, chat or token_ids")
+    if kind == "token_ids":
+        ids = request.token_ids.ids
+        if len(ids) >= limits.max_context:
+            raise OutOfRange(
+                f"token_ids: the prompt ({len(ids)} tokens) alone fills the model context of "
+                f"{limits.max_context} tokens"
+            )
+        for position, token in enumerate(ids):
+            if not 0 <= token < limits.vocab_size:
+                raise InvalidArgument(
+                    f"token_ids: id {token} at position {position} is outside the vocabulary "
+                    f"[0, {limits.vocab_size})"
+                )
+        return
     if kind == "text":
-        ids = list(tokenizer.encode(request.text))
+        size = len(request.text.encode("utf-8"))
+    else:
+        for index, message in enumerate(request.chat.messages):
+            if message.role not in CHAT_ROLES:
+                raise InvalidArgument(
+                    f"messages[{index}].role: must be one of {', '.join(CHAT_ROLES)}, got {message.role!r}"
+                )
+        messages = request.chat.messages
+        size = sum(len(m.role.encode("utf-8")) + len(m.content.encode("utf-8")) for m in messages)
+    if size > limits.max_prompt_bytes:
+        raise InvalidArgument(
+            f"{PROMPT_FIELD[kind]}: the prompt is {size} bytes, more than the server's "
+            f"max_prompt_bytes ({limits.max_prompt_bytes})"
+        )
+
+
+def prompt_token_ids(request: service_pb2.GenerateRequest, tokenizer: PromptTokenizer) -> list[int]:
+    """Tokenize the request's input (text, chat messages or token ids) into prompt token ids.
+
+    Control tokens written in text or message contents are read as plain text unless the request
+    sets ``allow_special_tokens``. Slow for long prompts: call it off the event loop.
+    """
+    kind = request.WhichOneof("input")
+    allow_special = request.allow_special_tokens
+    if kind == "text":
+        ids = list(tokenizer.encode(request.text, parse_special=allow_special))
     elif kind == "chat":
         messages = [{"role": m.role, "content": m.content} for m in request.chat.messages]
         if not messages:
-            raise InvalidArgument("chat: at least one message is required")
-        if any(not m["role"] for m in messages):
-            raise InvalidArgument("chat: every message needs a role")
-        ids = list(tokenizer.encode(tokenizer.apply_chat_template(messages)))
-    else:
+            raise InvalidArgument("messages: at least one message is required")
+        try:
+            ids = list(tokenizer.encode_chat(messages, parse_special_in_content=allow_special))
+        except ValueError as error:  # the template refused the conversation, or a forged turn
+            text = str(error)
+            raise InvalidArgument(text if text.startswith("messages") else f"messages: {text}") from None
+    elif kind == "token_ids":
         ids = list(request.token_ids.ids)
-        if any(token < 0 for token in ids):
-            raise InvalidArgument("token_ids: token ids must be >= 0")
+    else:
+        raise InvalidArgument("input: set one of text, chat or token_ids")
     if not ids:
-        raise InvalidArgument(f"{kind}: the prompt is empty")
+        raise InvalidArgument(f"{PROMPT_FIELD[kind]}: the prompt is empty")
     return ids
+
+
+def check_prompt_fits(
+    request: service_pb2.GenerateRequest, prompt_tokens: int, max_new_tokens: int, max_context: int
+) -> None:
+    """OUT_OF_RANGE naming the prompt when it alone fills the context, else max_new_tokens."""
+    field_name = PROMPT_FIELD[request.WhichOneof("input") or "text"]
+    if prompt_tokens >= max_context:
+        raise OutOfRange(
+            f"{field_name}: the prompt ({prompt_tokens} tokens) alone fills the model context of "
+            f"{max_context} tokens"
+        )
+    if prompt_tokens + max_new_tokens > max_context:
+        raise OutOfRange(
+            f"max_new_tokens: the prompt ({prompt_tokens} tokens) plus max_new_tokens ({max_new_tokens}) "
+            f"exceeds the model context of {max_context} tokens; at most {max_context - prompt_tokens} fit"
+        )
 
 
 def resolved_options_message(options: RequestOptions) -> options_pb2.ResolvedOptions:

@@ -79,9 +79,9 @@ class ServerMetrics:
 
     def observe_stats(self, stats: LoopStats) -> None:
         self.requests_running.labels(model=self.model).set(stats.num_running)
-        # Admitted requests the engine has not seen yet wait too (still in the inbox).
-        waiting = max(stats.num_waiting, stats.in_flight - stats.num_running)
-        self.requests_waiting.labels(model=self.model).set(waiting)
+        # The engine's queue after its step scheduled every request a slot could take, so it
+        # never exceeds max_waiting while slots are the limit (docs/reliability.md, admission).
+        self.requests_waiting.labels(model=self.model).set(stats.num_waiting)
         self.kv_cache_usage.labels(model=self.model).set(stats.kv_usage_ratio)
 
     def observe_finished(self, event: TokenEvent, options: RequestOptions) -> None:
