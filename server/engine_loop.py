@@ -134,8 +134,8 @@ class EngineLoop:
     ) -> Future[str]:
         """Admit a request (thread-safe). The future resolves once the engine accepted it.
 
-        Raises QueueFull or ShuttingDown (also once the engine died) at once; the future raises InvalidArgument
-        if the engine rejected the options. The caller may cancel the future at any time.
+        Raises QueueFull or ShuttingDown (also once the engine died) at once; the future raises
+        InvalidArgument if the engine rejected the options. The caller may cancel the future at any time.
         """
         with self._lock:
             if self._dead is not None:

@@ -67,7 +67,11 @@ BAD_REQUESTS = [
     (_req(text=None), INVALID, "input: set one of text, chat or token_ids"),
     (_req(text=""), INVALID, "text: the prompt is empty"),
     (_empty_chat(), INVALID, "messages: at least one message is required"),
-    (_token_ids([1, 2, 1000]), INVALID, "token_ids: id 1000 at position 2 is outside the vocabulary [0, 384)"),
+    (
+        _token_ids([1, 2, 1000]),
+        INVALID,
+        "token_ids: id 1000 at position 2 is outside the vocabulary [0, 384)",
+    ),
     (_token_ids([1, -2]), INVALID, "token_ids: id -2 at position 1 is outside the vocabulary [0, 384)"),
     (
         _token_ids([5, 6], max_new_tokens=4000),
