@@ -13,7 +13,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lil_client import LilClient, LilClientError
 from server_harness import start_server, wait_until
 
-from lil_sparse.events import TokenEvent
 from lil_sparse.options import RequestOptions, StoppingOptions
 from server.engine_loop import EngineLoop, LoopStats
 from server.errors import QueueFull
