@@ -74,6 +74,8 @@ class SidecarServer:
         self._tokenizer_pool: ThreadPoolExecutor | None = None
         self.port = 0
         self.metrics_port = 0
+        self.health_port = -1  # the plaintext health-only port, when configured
+        self._health_grpc: grpc.aio.Server | None = None
         self._grpc: grpc.aio.Server | None = None
         self._metrics_http: Any = None
         self._servicer: LilSparseServicer | None = None
@@ -125,6 +127,8 @@ class SidecarServer:
             self.port = server.add_secure_port(address, credentials)
         await server.start()
         self._grpc = server
+        if self.config.health_port >= 0:
+            await self._start_health_port()
         self._metrics_http = self.metrics.serve(self.config.host, self.config.metrics_port)
         self.metrics_port = self._metrics_http.server_address[1]
         for service in ("", SERVICE_NAME):
@@ -132,6 +136,14 @@ class SidecarServer:
         logger.info(
             "serving %s on port %d, metrics on port %d", self.config.model, self.port, self.metrics_port
         )
+
+    async def _start_health_port(self) -> None:
+        """Health alone on a plaintext port: kubelet gRPC probes speak neither TLS nor tokens."""
+        health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, health_server)
+        self.health_port = health_server.add_insecure_port(f"{self.config.host}:{self.config.health_port}")
+        await health_server.start()
+        self._health_grpc = health_server
 
     @staticmethod
     def _call_soon(event_loop: asyncio.AbstractEventLoop, callback: Any) -> None:
@@ -170,6 +182,8 @@ class SidecarServer:
             engine.close()  # its Guardian thread pool
         if self._grpc is not None:
             await self._grpc.stop(_ABORT_FLUSH_SECONDS)
+        if self._health_grpc is not None:
+            await self._health_grpc.stop(0)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()

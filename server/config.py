@@ -51,6 +51,9 @@ class ServerConfig:
     tls_client_ca_file: str = ""  # PEM CA bundle: clients must present a certificate it signed (mTLS)
     auth_token_file: str = ""  # file holding the bearer token every call must carry
     auth_exempt_health: bool = True  # health checks (kubelet probes) need no token
+    # A plaintext port serving only grpc.health.v1, for kubelet gRPC probes (which cannot speak
+    # TLS); -1: none, 0: a free port (tests).
+    health_port: int = -1
     default_options: RequestOptions = field(default_factory=RequestOptions)
 
     def __post_init__(self) -> None:
@@ -98,6 +101,11 @@ class ServerConfig:
         _require(self.max_prompt_bytes >= 1, "max_prompt_bytes", f"must be >= 1, got {self.max_prompt_bytes}")
         _require(
             self.tokenizer_threads >= 1, "tokenizer_threads", f"must be >= 1, got {self.tokenizer_threads}"
+        )
+        _require(
+            -1 <= self.health_port <= 65535,
+            "health_port",
+            f"must be -1 (none) or in [0, 65535], got {self.health_port}",
         )
         _require(
             bool(self.tls_cert_file) == bool(self.tls_key_file),
@@ -175,6 +183,7 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
     Setting("tls_client_ca_file", str, "PEM CA bundle; clients must present a cert it signed (mTLS)"),
     Setting("auth_token_file", str, "file with the bearer token every call must carry"),
     Setting("auth_exempt_health", parse_bool, "health checks need no token (default true)"),
+    Setting("health_port", int, "plaintext port serving only health, for probes (default -1: none)"),
 )
 
 # Default request options: setting name -> (options group, field in that group).
