@@ -159,3 +159,15 @@ def test_metric_labels_carry_the_model_name_not_its_path(tiny_model_dir: Path, t
 
 def test_serve_binds_loopback_by_default() -> None:
     assert ServerConfig(model="m").host == "127.0.0.1"
+
+
+def test_client_cli_sends_the_token_and_verifies_tls(tls_server: Any, pki: Path) -> None:
+    from io import StringIO
+
+    from lil_client.cli import main
+
+    address = ["--address", tls_server.address]
+    out = StringIO()
+    assert main([*address, "--ca-file", str(pki / "ca.pem"), "info", "--json"], out=out) == 0
+    assert '"max_context": 2048' in out.getvalue()
+    assert main([*address, "info"], out=StringIO()) == 1  # plaintext against a TLS port
