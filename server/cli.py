@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -84,10 +85,17 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"lil-sparse serve: {error}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(serve(config))
+        code = asyncio.run(serve(config))
     except ValueError as error:  # a TLS or token file that cannot be read
         print(f"lil-sparse serve: {error}", file=sys.stderr)
         return 2
+    # Drained: every stream got its last message and every port is closed. Unloading torch and
+    # the other modules would take the interpreter most of a second more, which only delays the
+    # pod's replacement, so the process ends here.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:

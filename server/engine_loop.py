@@ -88,6 +88,7 @@ class EngineLoop:
         self._admitted: set[str] = set()
         self._closed = False
         self._dead: BaseException | None = None
+        self.cancelled_before_acceptance = 0  # submissions their caller cancelled in the inbox
         self._sinks: dict[str, tuple[EventSink, RequestOptions]] = {}  # engine thread only
         self._thread = threading.Thread(target=self._run, name="lil-sparse-engine", daemon=True)
 
@@ -176,6 +177,7 @@ class EngineLoop:
         # Claims the future: False means the caller cancelled (client gone, deadline) before we got
         # here, so the request never reaches the engine; once claimed it can no longer be cancelled.
         if not command.accepted.set_running_or_notify_cancel():
+            self.cancelled_before_acceptance += 1
             self._release(command.request_id)
             return
         try:

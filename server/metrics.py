@@ -6,9 +6,13 @@ Names follow Prometheus conventions: base units (seconds), ``_total`` on counter
 
 from __future__ import annotations
 
+import socket
+import threading
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 from lil_sparse.events import FinishReason, RequestReport, TokenEvent
 from lil_sparse.options import RequestOptions
@@ -106,6 +110,29 @@ class ServerMetrics:
             self.guardian_check.labels(**labels).observe(check.cpu_seconds)
 
     def serve(self, host: str, port: int) -> Any:
-        """Start the HTTP endpoint; returns the server (``server_address[1]`` is the bound port)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        """Start the HTTP endpoint; returns the server (``server_address[1]`` is the bound port).
+
+        Like ``prometheus_client.start_http_server``, but polling for shutdown every 50 ms
+        instead of 500 ms, so a drained server exits promptly.
+        """
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        server_class = type("_MetricsServer", (_ThreadingWSGIServer,), {"address_family": family})
+        server: WSGIServer = make_server(
+            host, port, make_wsgi_app(self.registry), server_class, _QuietHandler
+        )
+        threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="lil-sparse-metrics",
+            daemon=True,
+        ).start()
         return server
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
+        pass

@@ -81,6 +81,26 @@ def test_cancel_at_once_and_short_deadlines_never_stop_the_engine(
         background.stop()
 
 
+def test_a_submission_cancelled_in_the_inbox_never_reaches_the_engine(tiny_engine: Any) -> None:
+    """The exact race of the bug: the caller cancels after submit, before the engine accepts."""
+    loop = EngineLoop(tiny_engine, max_running=4, max_waiting=4)
+    options = RequestOptions(stopping=StoppingOptions(max_new_tokens=3, ignore_eos=True))
+    prompt = tiny_engine.tokenizer.encode("Hello there")
+    cancelled = [loop.submit(f"gone-{i}", prompt, options, lambda item: None) for i in range(5)]
+    assert all(future.cancel() for future in cancelled)  # the thread has not started: still pending
+    finished: list[TokenEvent] = []
+    loop.start()
+    try:
+        kept = loop.submit("kept", prompt, options, lambda item: finished.append(item))
+        assert kept.result(30) == "kept"
+        assert wait_until(lambda: loop.in_flight == 0)
+    finally:
+        loop.stop(10)
+    assert loop.cancelled_before_acceptance == 5
+    assert [event.report.completion_tokens for event in finished if event.finished and event.report] == [3]
+    assert tiny_engine.stats().kv_pages_used == 0
+
+
 def test_a_failing_sink_loses_only_its_own_request(tiny_engine: Any) -> None:
     finished: dict[str, TokenEvent] = {}
     done = threading.Event()
@@ -140,3 +160,32 @@ def test_serve_exits_non_zero_when_the_engine_thread_dies(tiny_model_dir: Path, 
     faulty.fail.set()  # the thread dies on its first loop
     config = ServerConfig(model=str(tiny_model_dir), port=0, metrics_port=0, grace_period_seconds=0)
     assert asyncio.run(serve(config, engine=faulty)) == 1
+
+
+def test_a_conversion_error_fails_only_its_own_stream(
+    tiny_model_dir: Path, tiny_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault injected while converting one request's events: that call ends INTERNAL alone."""
+    from server import convert
+
+    real_chunk_response = convert.chunk_response
+
+    def chunk_response(token_ids: Any, text: str, logprobs: Any, output: Any) -> Any:
+        if output.return_logprobs:  # only the request that asked for logprobs hits the fault
+            raise RuntimeError("injected conversion fault")
+        return real_chunk_response(token_ids, text, logprobs, output)
+
+    monkeypatch.setattr(convert, "chunk_response", chunk_response)
+    background = start_server(tiny_model_dir, tiny_engine)
+    try:
+        with LilClient(background.address) as client:
+            healthy = client.generate("hello", max_new_tokens=200, ignore_eos=True)
+            with pytest.raises(LilClientError) as failed:
+                client.complete("hello", max_new_tokens=200, ignore_eos=True, return_logprobs=True)
+            summary_tokens = sum(chunk.token_count for chunk in healthy)
+        assert wait_until(lambda: _idle(background, tiny_engine))
+    finally:
+        background.stop()
+    assert failed.value.code == grpc.StatusCode.INTERNAL
+    assert failed.value.message.startswith("internal error (id ")
+    assert summary_tokens == healthy.summary.completion_tokens == 200
