@@ -113,7 +113,13 @@ class SidecarServer:
             self._tokenizer_pool,
             vocab_size=engine.model_config.vocab_size,
         )
-        server = grpc.aio.server(interceptors=security.interceptors(self.config))
+        # grpc's own 4 MiB message limit must not undercut max_prompt_bytes, whose refusal names
+        # the field; a body beyond this is refused by grpc itself (RESOURCE_EXHAUSTED).
+        max_message = max(4 << 20, self.config.max_prompt_bytes + (1 << 20))
+        server = grpc.aio.server(
+            interceptors=security.interceptors(self.config),
+            options=[("grpc.max_receive_message_length", max_message)],
+        )
         wire.add_servicer(self._servicer, server, SERVICE_NAME)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if self.config.reflection:

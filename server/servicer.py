@@ -18,7 +18,7 @@ from lil_client._proto.lil_sparse.v1 import options_pb2, service_pb2, service_pb
 
 from lil_sparse.events import TokenEvent
 from lil_sparse.options import RequestOptions
-from server import convert
+from server import convert, prompt_input
 from server.config import ServerConfig
 from server.engine_loop import EngineLoop
 from server.errors import InvalidArgument, ShuttingDown, map_errors
@@ -51,7 +51,7 @@ class LilSparseServicer(service_pb2_grpc.LilSparseServiceServicer):
         self._config = config
         self._version = version
         self._tokenizer_pool = tokenizer_pool
-        self._limits = convert.PromptLimits(
+        self._limits = prompt_input.PromptLimits(
             max_prompt_bytes=config.max_prompt_bytes,
             max_new_tokens_limit=config.max_new_tokens_limit,
             max_context=info.max_context,
@@ -109,12 +109,12 @@ class LilSparseServicer(service_pb2_grpc.LilSparseServiceServicer):
             options.sparse.validate_for(self._info.page_size, self._info.num_layers)
         except ValueError as error:
             raise InvalidArgument(str(error)) from None
-        convert.check_prompt_size(request, self._limits)
+        prompt_input.check_prompt_size(request, self._limits)
         prompt = await asyncio.get_running_loop().run_in_executor(
-            self._tokenizer_pool, convert.prompt_token_ids, request, self._tokenizer
+            self._tokenizer_pool, prompt_input.prompt_token_ids, request, self._tokenizer
         )
         max_new_tokens = options.stopping.max_new_tokens
-        convert.check_prompt_fits(request, len(prompt), max_new_tokens, self._info.max_context)
+        prompt_input.check_prompt_fits(request, len(prompt), max_new_tokens, self._info.max_context)
         return prompt
 
 

@@ -17,7 +17,7 @@ from lil_sparse.events import (
     TokenEvent,
 )
 from lil_sparse.options import RequestOptions, SamplingOptions, SparseOptions
-from server import convert
+from server import convert, prompt_input
 from server.errors import InvalidArgument
 from server.servicer import _stream
 
@@ -72,7 +72,7 @@ class _CharTokenizer:
 def test_chat_input_uses_the_template() -> None:
     request = service_pb2.GenerateRequest()
     request.chat.messages.add(role="user", content="hi")
-    assert convert.prompt_token_ids(request, _CharTokenizer()) == [ord(c) for c in "<user>hi<assistant>"]
+    assert prompt_input.prompt_token_ids(request, _CharTokenizer()) == [ord(c) for c in "<user>hi<assistant>"]
 
 
 @pytest.mark.parametrize("role", ["", "robot", "System", "tool"])
@@ -80,10 +80,12 @@ def test_chat_message_with_an_unknown_role_is_invalid(role: str) -> None:
     request = service_pb2.GenerateRequest()
     request.chat.messages.add(role="user", content="hi")
     request.chat.messages.add(role=role, content="hi")
-    limits = convert.PromptLimits(max_prompt_bytes=100, max_new_tokens_limit=8, max_context=64, vocab_size=9)
+    limits = prompt_input.PromptLimits(
+        max_prompt_bytes=100, max_new_tokens_limit=8, max_context=64, vocab_size=9
+    )
     expected = f"messages[1].role: must be one of system, user, assistant, got {role!r}"
     with pytest.raises(InvalidArgument) as raised:
-        convert.check_prompt_size(request, limits)
+        prompt_input.check_prompt_size(request, limits)
     assert str(raised.value) == expected
 
 
