@@ -195,6 +195,17 @@ class EngineLoop:
         self._sinks[command.request_id] = (command.sink, command.options)
         command.accepted.set_result(command.request_id)
 
+    def _handle_guarded(self, command: _Submit | _Abort) -> None:
+        """One request's command failing (an abort that raises, say) fails that request only."""
+        try:
+            self._handle(command)
+        except Exception:
+            logger.exception("handling %s for %s failed", type(command).__name__, command.request_id)
+            if isinstance(command, _Submit):
+                if self._sinks.pop(command.request_id, None) is not None:
+                    self._engine.abort(command.request_id)  # accepted before the failure: free it
+                self._reject(command, EngineFailed("the engine could not accept the request"))
+
     def _deliver(self, request_id: str, sink: EventSink, item: TokenEvent | BaseException) -> bool:
         """Call one request's sink; a sink that raises loses its request, never the thread."""
         try:
@@ -295,7 +306,7 @@ class EngineLoop:
                 if command is None:
                     stopping = True
                 else:
-                    self._handle(command)
+                    self._handle_guarded(command)
             if self._engine.has_unfinished():
                 try:
                     events = self._engine.step()
