@@ -138,6 +138,8 @@ class EngineLoop:
         Raises QueueFull or ShuttingDown (also once the engine died) at once; the future raises
         InvalidArgument if the engine rejected the options. The caller may cancel the future at any time.
         """
+        if not request_id:  # the engine would make up its own id, and no event would find the sink
+            raise InvalidArgument("request_id: must not be empty")
         with self._lock:
             if self._dead is not None:
                 raise ShuttingDown("the engine stopped; the server is restarting")
