@@ -148,15 +148,19 @@ class EngineLoop:
             if request_id in self._admitted:
                 raise InvalidArgument(f"request_id: {request_id!r} is already in flight")
             if len(self._admitted) >= self.max_in_flight:
-                raise QueueFull(
-                    f"queue full: {len(self._admitted)} requests running or waiting "
-                    f"(max_running {self._max_running} + max_waiting {self._max_waiting}); retry later"
-                )
+                raise self._queue_full(len(self._admitted))
             self._admitted.add(request_id)
             accepted: Future[str] = Future()
             # Under the lock: a thread that dies later still finds this in the inbox and fails it.
             self._inbox.put(_Submit(request_id, prompt_token_ids, options, sink, accepted))
         return accepted
+
+    def _queue_full(self, in_flight: int) -> QueueFull:
+        """The one message for the one limit, wherever it trips."""
+        return QueueFull(
+            f"queue full: {in_flight} requests running or waiting "
+            f"(max_running {self._max_running} + max_waiting {self._max_waiting}); retry later"
+        )
 
     def abort(self, request_id: str) -> None:
         """Ask the engine to abort (thread-safe); it frees the pages on its next step."""
@@ -188,7 +192,7 @@ class EngineLoop:
             self._reject(command, InvalidArgument(str(error)))
             return
         except QueueFullError:  # admission keeps the engine's queue below its limit; a backstop
-            self._reject(command, QueueFull(f"queue full: max_waiting {self._max_waiting}; retry later"))
+            self._reject(command, self._queue_full(self.in_flight))
             return
         except Exception:
             logger.exception("add_request failed for %s", command.request_id)
