@@ -71,6 +71,7 @@ class SidecarServer:
         self.health = health.aio.HealthServicer()
         # Set when the engine thread died: health is NOT_SERVING and `serve` exits non-zero.
         self.engine_died = asyncio.Event()
+        self._death_task: asyncio.Future[None] | None = None
         self._tokenizer_pool: ThreadPoolExecutor | None = None
         self.port = 0
         self.metrics_port = 0
