@@ -37,7 +37,7 @@ type ChatMessage struct {
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
-	// "system", "user" or "assistant".
+	// "system", "user" or "assistant" (anything else is INVALID_ARGUMENT naming messages[i].role).
 	Role string `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
 	// The message text.
 	Content string `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
@@ -192,7 +192,8 @@ type GenerateRequest struct {
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
-	// Caller-chosen request id, unique among running requests; absent: the server makes one.
+	// Caller-chosen request id, unique among running requests, printable, at most 128 characters;
+	// absent or empty: the server makes one.
 	RequestId *string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3,oneof" json:"request_id,omitempty"`
 	// The prompt; exactly one must be set.
 	//
@@ -331,7 +332,7 @@ type isGenerateRequest_Input interface {
 }
 
 type GenerateRequest_Text struct {
-	// Plain text, tokenized as is (no chat template).
+	// Plain text, tokenized as is (no chat template); at most Limits.max_prompt_bytes bytes.
 	Text string `protobuf:"bytes,2,opt,name=text,proto3,oneof"`
 }
 
