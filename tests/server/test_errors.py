@@ -67,18 +67,18 @@ BAD_REQUESTS = [
     (_req(guardian={"threshold_bytes": -1}), INVALID, "threshold_bytes: must be >= 0, got -1"),
     (_req(text=None), INVALID, "input: set one of text, chat or token_ids"),
     (_req(text=""), INVALID, "text: the prompt is empty"),
-    (_empty_chat(), INVALID, "chat: at least one message is required"),
+    (_empty_chat(), INVALID, "messages: at least one message is required"),
     (
         _token_ids([1, 2, 1000]),
         INVALID,
-        "prompt: token id 1000 at index 2 is outside the vocabulary [0, 384)",
+        "token_ids: id 1000 at position 2 is outside the vocabulary [0, 384)",
     ),
-    (_token_ids([1, -2]), INVALID, "token_ids: token ids must be >= 0"),
+    (_token_ids([1, -2]), INVALID, "token_ids: id -2 at position 1 is outside the vocabulary [0, 384)"),
     (
         _token_ids([5, 6], max_new_tokens=4000),
         grpc.StatusCode.OUT_OF_RANGE,
         "max_new_tokens: the prompt (2 tokens) plus max_new_tokens (4000) exceeds the model context of "
-        "2048 tokens",
+        "2048 tokens; at most 2046 fit",
     ),
 ]
 
@@ -110,7 +110,9 @@ def test_queue_full_is_resource_exhausted(server: Any) -> None:
         long_stream.cancel()
         consumer.join(30)
     assert raised.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert raised.value.message == "queue full: 1 requests running or waiting"
+    assert raised.value.message == (
+        "queue full: 1 requests running or waiting (max_running 1 + max_waiting 0); retry later"
+    )
     assert wait_until(lambda: server.server.engine_loop.in_flight == 0)
 
 
