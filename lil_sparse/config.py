@@ -19,7 +19,10 @@ class EngineConfig:
     ``kv_cache_tokens`` sizes the page pool: it holds that many tokens for every KV head.
     ``guardian_workers`` threads run Guardian's compression beside the decode loop (0 runs it
     inline, which is deterministic); a verdict is waited for once it lags ``guardian_max_lag_steps``
-    decode steps behind.
+    decode steps behind. ``poison_freed_pages`` is a debug mode (the tests turn it on): the keys
+    of every page that no longer holds live tokens are set to NaN, so a step that attends KV
+    nothing wrote produces NaN logits instead of quietly reading stale data; it costs one write
+    per freed page.
 
     Prefill is chunked by default (``chunked_prefill``): every step gives each decoding request one
     token and spends what is left of ``max_num_batched_tokens`` on prompt chunks, so a long prompt
@@ -41,6 +44,7 @@ class EngineConfig:
     guardian_workers: int = 2
     guardian_max_lag_steps: int = 4
     cuda_graphs: bool = True
+    poison_freed_pages: bool = False
     chunked_prefill: bool = True
     max_num_batched_tokens: int = 0  # 0: 512 on CPU, 2048 on CUDA
 

@@ -63,9 +63,10 @@ class ModelRunner:
     def prefill(self, chunks: list[PrefillChunk]) -> tuple[list[Sequence], torch.Tensor]:
         """Run prompt chunks in one model call (each request's prompt pages already admitted).
 
-        Returns the requests whose prompt the call completed and their last-token logits
-        ``[N, V] float32`` (``N`` may be 0), in that order. Eviction policies are brought down
-        to their budget once their whole prompt is in.
+        Returns the requests whose prompt the call completes and their last-token logits
+        ``[N, V] float32`` (``N`` may be 0), in that order. The call writes the chunks' K/V and
+        changes no sequence: the engine then calls :meth:`record_chunk` for each chunk, so a
+        failure in one request's bookkeeping stays that request's.
         """
         ordered = sorted(chunks, key=lambda c: c.start > 0)  # chunks starting a prompt first
         ids: list[int] = []
@@ -82,14 +83,20 @@ class ModelRunner:
         done = [chunk.seq for chunk in ordered if chunk.is_last]
         last_rows = [r.row_end - 1 for r, chunk in zip(rows, ordered, strict=True) if chunk.is_last]
         last = torch.tensor(last_rows, dtype=torch.long).to(self.device, non_blocking=True)
-        logits = self.model.compute_logits(hidden[last])
-        for chunk in ordered:
-            chunk.seq.num_cached_tokens = chunk.end
-            chunk.seq.num_prefill_chunks += 1
-        for seq in done:
+        return done, self.model.compute_logits(hidden[last])
+
+    def record_chunk(self, chunk: PrefillChunk) -> None:
+        """After :meth:`prefill` ran ``chunk``: advance its request's prompt progress, and once
+        the whole prompt is in, bring an eviction policy down to its budget.
+
+        One request at a time (once per chunk, not per token): a failure here is that request's
+        alone, and the eviction of one request never depends on another's."""
+        seq = chunk.seq
+        seq.num_cached_tokens = chunk.end
+        seq.num_prefill_chunks += 1
+        if chunk.is_last:
             seq.kv_report.peak_pages = max(seq.kv_report.peak_pages, seq.held_pages * self.num_kv_heads)
-        self.pages.evict_after_prefill(done)
-        return done, logits
+            self.pages.evict_after_prefill([seq])
 
     def _chunk_rows(
         self, chunks: list[PrefillChunk], position_ids: torch.Tensor

@@ -33,6 +33,7 @@ def make_engine(model_dir: Path, budget: int, chunked: bool = True, max_batch_si
             page_size=PAGE_SIZE,
             chunked_prefill=chunked,
             max_num_batched_tokens=budget,
+            poison_freed_pages=True,  # attending KV nothing wrote fails the step with NaN logits
         )
     )
 
@@ -136,26 +137,44 @@ def unchunked_runs(tiny_model_dir: Path) -> dict[str, list[tuple[list[int], list
     return runs
 
 
-@pytest.mark.parametrize("budget", BUDGETS)
+def run_alone(engine: LLMEngine, tokens: list[int], policy: str) -> tuple[list[int], list[float]]:
+    got_tokens, got_logprobs = run_collecting_logprobs(engine, [tokens], [options(policy)])
+    return got_tokens[0], got_logprobs[0]
+
+
+@pytest.mark.parametrize("budget", (0, *BUDGETS))  # 0: unchunked
 @pytest.mark.parametrize("policy", POLICY_NAMES)
-def test_chunked_prefill_gives_the_unchunked_tokens_and_logprobs(
+def test_a_reused_engine_gives_the_unchunked_fresh_engine_tokens_and_logprobs(
     tiny_model_dir: Path, unchunked_runs: dict, budget: int, policy: str
 ) -> None:
+    """One engine serves every prompt in turn, then all of them together (chunks of several
+    requests share steps with each other and with decode rows), then each again in reverse
+    order: its freed pages come back poisoned and are reused under other requests, and every
+    request still equals its solo unchunked run on a fresh engine."""
     expected = unchunked_runs[policy]
-    for p, (tokens, logprobs) in zip(PROMPTS, expected, strict=True):
-        got_tokens, got_logprobs = run_on_fresh_engine(tiny_model_dir, budget, [p], policy)
-        assert got_tokens == [tokens]
-        assert got_logprobs[0] == pytest.approx(logprobs, rel=1e-4, abs=1e-4)
-    # All together: chunks of several requests share steps with each other and with decode rows.
-    together, _ = run_on_fresh_engine(tiny_model_dir, budget, PROMPTS, policy)
-    assert together == [tokens for tokens, _ in expected]
+    engine = make_engine(tiny_model_dir, budget, chunked=budget > 0)
+    try:
+        for p, (tokens, logprobs) in zip(PROMPTS, expected, strict=True):
+            got_tokens, got_logprobs = run_alone(engine, p, policy)
+            assert got_tokens == tokens
+            assert got_logprobs == pytest.approx(logprobs, rel=1e-4, abs=1e-4)
+        together, _ = run_collecting_logprobs(engine, PROMPTS, [options(policy)] * len(PROMPTS))
+        assert together == [tokens for tokens, _ in expected]
+        for p, (tokens, _) in reversed(list(zip(PROMPTS, expected, strict=True))):
+            assert run_alone(engine, p, policy)[0] == tokens
+        assert engine.stats().kv_pages_used == 0
+    finally:
+        engine.close()
 
 
 @pytest.mark.parametrize("policy", POLICY_NAMES)
 def test_one_kv_head_model_chunked_equals_unchunked(tiny_qwen_dir: Path, policy: str) -> None:
-    for p in PROMPTS[-3:]:
-        expected, _ = run_on_fresh_engine(tiny_qwen_dir, 0, [p], policy, chunked=False)
-        assert run_on_fresh_engine(tiny_qwen_dir, 8, [p], policy)[0] == expected
+    expected = [run_on_fresh_engine(tiny_qwen_dir, 0, [p], policy, chunked=False)[0] for p in PROMPTS[-3:]]
+    engine = make_engine(tiny_qwen_dir, 8)  # reused: each prompt runs on the pages the last freed
+    try:
+        assert [[run_alone(engine, p, policy)[0]] for p in PROMPTS[-3:]] == expected
+    finally:
+        engine.close()
 
 
 def prefill_only(engine: LLMEngine, tokens: list[int], policy: str) -> Sequence:
@@ -186,8 +205,11 @@ def test_chunked_prefill_leaves_the_single_pass_pages_and_metadata(
         pages = tables[0].flatten().long()
         one, two = engines[0].kv, engines[1].kv
         # Equal to float32 rounding: matmuls over another number of rows round differently.
+        # The last page's slots beyond the prompt were never written: poisoned (NaN) in both.
         for name in ("k", "v", "key_bounds", "key_sum"):
-            torch.testing.assert_close(getattr(two, name)[:, pages], getattr(one, name)[:, pages])
+            torch.testing.assert_close(
+                getattr(two, name)[:, pages], getattr(one, name)[:, pages], equal_nan=True
+            )
         torch.testing.assert_close(two.attention_mass[pages], one.attention_mass[pages])
         if policy in ("quest", "infllm"):  # the metadata they read was written
             assert bool(torch.isfinite(one.key_bounds[:, pages]).all())
@@ -276,7 +298,7 @@ def test_the_server_loop_publishes_a_prefilling_request_between_chunks(
 
     engine = make_engine(tiny_model_dir, 16, chunked=chunked)
     timeline: list[LoopStats | str] = []  # both written on the engine thread, in order
-    loop = EngineLoop(engine, max_in_flight=4, on_stats=timeline.append)
+    loop = EngineLoop(engine, max_running=4, max_waiting=4, on_stats=timeline.append)
     loop.start()
     try:
         done = threading.Event()
@@ -352,3 +374,60 @@ def test_every_step_stays_within_the_budget_and_advances_every_decode_row() -> N
     # The prompts (439 tokens) and decode rows need more than 439 / 32 steps but far fewer than
     # one step per token.
     assert sum(lengths) // budget < steps < sum(lengths)
+
+
+# ---- isolation --------------------------------------------------------------------------------
+class InjectedFault(RuntimeError):
+    pass
+
+
+def isolation_requests() -> tuple[list[list[int]], list[RequestOptions]]:
+    """With a budget of 16: step 1 runs the stream's whole prompt and the victim's first 11
+    tokens; step 2 decodes the stream and runs the victim's last 9 tokens beside the whole
+    6-token prompt of the other request, in one prefill call that completes both prompts (so the
+    victim's logits row must be dropped from the step's sampling)."""
+    prompts = [prompt(5, seed=11), prompt(20, seed=12), prompt(6, seed=13)]
+    policies = ["full", "h2o", "sink"]
+    return prompts, [options(policy, max_new=8) for policy in policies]
+
+
+@pytest.mark.parametrize("stage", ["record_chunk", "prefill"])
+def test_a_failing_chunk_fails_only_the_requests_it_belongs_to(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
+    """A fault in the victim's chunk bookkeeping fails the victim alone (the other request of
+    that prefill call keeps its solo tokens); a fault in the prefill call fails the requests it
+    ran, not the decode rows of the step. Every page comes back either way."""
+    engine = make_engine(tiny_model_dir, 16)
+    try:
+        prompts, opts = isolation_requests()
+        solo = [engine.generate([p], [o])[0].output_token_ids for p, o in zip(prompts, opts, strict=True)]
+        ids = [engine.add_request(p, o) for p, o in zip(prompts, opts, strict=True)]
+        victim = engine._sequences[ids[1]]
+        real = getattr(engine.runner, stage)
+
+        def failing(arg):
+            chunks = arg if isinstance(arg, list) else [arg]
+            if any(c.seq is victim and c.is_last for c in chunks):
+                raise InjectedFault(stage)
+            return real(arg)
+
+        monkeypatch.setattr(engine.runner, stage, failing)
+        reports = {}
+        while engine.has_unfinished():
+            reports.update({e.request_id: e.report for e in engine.step() if e.report is not None})
+        failed = [1] if stage == "record_chunk" else [1, 2]  # the call held the victim and ids[2]
+        for index, request_id in enumerate(ids):
+            report = reports[request_id]
+            if index in failed:
+                assert report.finish_reason == FinishReason.ERROR
+                assert report.error.startswith("prefill:" if stage == "record_chunk" else "model:")
+                assert report.output_token_ids == []
+            else:
+                assert report.finish_reason == FinishReason.LENGTH
+                assert report.output_token_ids == solo[index]
+        assert engine.pool.num_used == 0 and engine.scheduler.reserved_pages == 0
+        monkeypatch.undo()
+        assert engine.generate(prompts, opts)[1].output_token_ids == solo[1]
+    finally:
+        engine.close()

@@ -48,6 +48,7 @@ def make_engine(model_dir: Path, budget: int, cuda_graphs: bool = False) -> LLME
             cuda_graphs=cuda_graphs,
             chunked_prefill=budget > 0,
             max_num_batched_tokens=budget,
+            poison_freed_pages=True,
         )
     )
 
@@ -90,7 +91,9 @@ def test_chunked_first_token_logits_match_unchunked(policy, model, request):
     first_logits = {}
     for budget in (0, 16):  # 16: every prompt takes several chunks
         engine = make_engine(model_dir, budget)
-        engine.sampler = recorder = RecordingSampler(engine.sampler)  # type: ignore[assignment]
+        # The step samples through engine.step_sampler (its per-row isolation wraps the sampler).
+        recorder = RecordingSampler(engine.step_sampler.sampler)
+        engine.step_sampler.sampler = recorder  # type: ignore[assignment]
         for prompt in prompts(len(policy)):
             engine.generate([prompt], [options(policy, 1)])
         assert engine.stats().kv_pages_used == 0
@@ -108,12 +111,14 @@ def test_graph_replay_between_chunks_equals_eager(policy, tiny_gqa8_dir):
     recorders = {}
     for graphs in (False, True):
         engine = make_engine(tiny_gqa8_dir, 32, cuda_graphs=graphs)
-        engine.sampler = recorders[graphs] = RecordingSampler(engine.sampler)  # type: ignore[assignment]
+        recorders[graphs] = RecordingSampler(engine.step_sampler.sampler)
+        engine.step_sampler.sampler = recorders[graphs]  # type: ignore[assignment]
         reports[graphs] = engine.generate(prompts(7), [options(policy, n) for n in (40, 25, 12)])
         if graphs:
             assert engine.runner.graphs is not None and engine.runner.graphs.replays > 0
         engine.close()
     for eager, replayed in zip(reports[False], reports[True], strict=True):
         assert replayed.output_token_ids == eager.output_token_ids
+    assert recorders[False].logits and len(recorders[False].logits) == len(recorders[True].logits)
     for eager, replayed in zip(recorders[False].logits, recorders[True].logits, strict=True):
         assert bool((F.cosine_similarity(replayed, eager, dim=-1) >= 0.9999).all())

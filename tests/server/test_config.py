@@ -39,6 +39,11 @@ def test_default_options_from_flags_and_env() -> None:
     [
         ([], {}, "model: is required (--model or LIL_SPARSE_MODEL)"),
         (["--model", "m", "--max-running", "0"], {}, "max_running: must be >= 1, got 0"),
+        (
+            ["--model", "m", "--max-running", "8", "--max-num-batched-tokens", "4"],
+            {},
+            "max_num_batched_tokens: must be 0 (auto) or >= max_running (8)",
+        ),
         (["--model", "m"], {"LIL_SPARSE_PORT": "http"}, "port: bad value in LIL_SPARSE_PORT"),
         (["--model", "m", "--default-top-p", "2"], {}, "default_top_p: must be in (0, 1], got 2.0"),
         (["--model", "m", "--default-policy", "dense"], {}, "default_policy: unknown policy 'dense'"),
@@ -62,3 +67,24 @@ def test_config_is_frozen_and_validates() -> None:
     with pytest.raises(ValueError, match=r"^grace_period_seconds: must be >= 0"):
         ServerConfig(model="m", grace_period_seconds=-1)
     assert ServerConfig(model="m", max_running=2, max_waiting=3).max_in_flight == 5
+
+
+def test_chunked_prefill_settings_reach_the_engine(tiny_model_dir) -> None:
+    from server.app import load_engine
+
+    env = {"LIL_SPARSE_MAX_NUM_BATCHED_TOKENS": "64"}
+    config = build_server_config(_flags(["--model", str(tiny_model_dir), "--no-chunked-prefill"]), env)
+    assert (config.chunked_prefill, config.max_num_batched_tokens) == (False, 64)
+    defaults = ServerConfig(model="m")
+    assert (defaults.chunked_prefill, defaults.max_num_batched_tokens) == (True, 0)
+    engine = load_engine(config)
+    try:
+        assert (engine.config.chunked_prefill, engine.config.step_token_budget) == (False, 64)
+        assert engine.scheduler.step_token_budget == 0  # unchunked: whole prompts in steps of their own
+    finally:
+        engine.close()
+    chunked = load_engine(build_server_config(_flags(["--model", str(tiny_model_dir)]), env))
+    try:
+        assert chunked.scheduler.step_token_budget == 64
+    finally:
+        chunked.close()
