@@ -31,13 +31,18 @@ class GuardianCheckRecord:
 
 @dataclass(slots=True)
 class GuardianReport:
-    """Guardian's trajectory for one request."""
+    """Guardian's trajectory for one request.
+
+    In shadow mode (``shadow``) ``stop_step`` is where Guardian would have stopped; the request
+    went on, so ``applied_at_step`` stays None and the checks continue to the end.
+    """
 
     enabled: bool = False
     checks: list[GuardianCheckRecord] = field(default_factory=list)
     stop_step: int | None = None  # generated-token count at the check that said stop
     applied_at_step: int | None = None  # generated-token count when the engine applied it
     cpu_seconds: float = 0.0
+    shadow: bool = False  # verdicts recorded, never applied
 
 
 @dataclass(slots=True)

@@ -155,7 +155,10 @@ class GuardianOptions:
     compressed; when the compressed size grew by less than ``threshold_bytes`` since the previous
     check, generation stops with finish reason ``early_stop``. ``mode="full"`` recompresses
     everything with zlib (the paper); ``"incremental"`` feeds only the new bytes to a streaming
-    compressor with a sync flush. ``source`` picks UTF-8 text or the token ids as bytes.
+    compressor and finishes a copy of it, which gives exactly full mode's sizes at a cost set by
+    the new bytes. ``source`` picks UTF-8 text or the token ids as bytes. ``shadow=True`` runs
+    every check and records where Guardian would have stopped (``GuardianReport.stop_step``)
+    without stopping: the request ends as if Guardian were off (it applies only when enabled).
     """
 
     enabled: bool = False
@@ -163,6 +166,7 @@ class GuardianOptions:
     threshold_bytes: int = 20
     mode: GuardianMode = "full"
     source: GuardianSource = "text"
+    shadow: bool = False
 
     def __post_init__(self) -> None:
         _require(
@@ -181,6 +185,7 @@ class GuardianOptions:
             "source",
             f"must be 'text' or 'token_ids', got {self.source!r}",
         )
+        _require(isinstance(self.shadow, bool), "shadow", f"must be true or false, got {self.shadow!r}")
 
 
 @dataclass(frozen=True, slots=True)

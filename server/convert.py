@@ -68,7 +68,7 @@ def options_from_request(request: service_pb2.GenerateRequest, defaults: Request
         stopping_fields["stop_strings"] = tuple(stopping.stop_strings)
     sparse_fields = _overrides(sparse, ("budget_tokens", "sink_tokens", "recent_tokens", "dense_layers"))
     sparse_fields.update(_enum_override(sparse.policy, PROTO_TO_POLICY, "policy"))
-    guardian_fields = _overrides(guardian, ("enabled", "interval_tokens", "threshold_bytes"))
+    guardian_fields = _overrides(guardian, ("enabled", "interval_tokens", "threshold_bytes", "shadow"))
     guardian_fields.update(_enum_override(guardian.mode, PROTO_TO_MODE, "mode"))
     guardian_fields.update(_enum_override(guardian.source, PROTO_TO_SOURCE, "source"))
     try:
@@ -122,6 +122,7 @@ def resolved_options_message(options: RequestOptions) -> options_pb2.ResolvedOpt
             threshold_bytes=g.threshold_bytes,
             mode=MODE_TO_PROTO[g.mode],
             source=SOURCE_TO_PROTO[g.source],
+            shadow=g.shadow,
         ),
     )
     if s.seed is not None:
@@ -180,6 +181,7 @@ def finished_response(
         checks=len(guardian.checks),
         compressed_bytes=[check.compressed_bytes for check in guardian.checks],
         cpu_seconds=guardian.cpu_seconds,
+        shadow=guardian.shadow,
     )
     if guardian.stop_step is not None:
         guardian_message.stop_step = guardian.stop_step

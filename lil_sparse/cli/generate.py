@@ -41,6 +41,9 @@ def add_generate_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--guardian-interval", type=int, default=250)
     parser.add_argument("--guardian-threshold", type=int, default=20)
     parser.add_argument("--guardian-mode", default="full", choices=("full", "incremental"))
+    parser.add_argument(
+        "--guardian-shadow", action="store_true", help="record where Guardian would stop, without stopping"
+    )
     parser.set_defaults(func=run_generate)
     return parser
 
@@ -53,7 +56,11 @@ def request_options(args: argparse.Namespace) -> RequestOptions:
             args.policy, args.budget, args.sink_tokens, args.recent_tokens, args.dense_layers
         ),
         guardian=GuardianOptions(
-            args.guardian, args.guardian_interval, args.guardian_threshold, args.guardian_mode
+            args.guardian,
+            args.guardian_interval,
+            args.guardian_threshold,
+            args.guardian_mode,
+            shadow=args.guardian_shadow,
         ),
     )
 
@@ -93,7 +100,9 @@ def run_generate(args: argparse.Namespace) -> int:
     tbt = sum(gaps) / len(gaps) if gaps else 0.0
     guardian = report.guardian
     verdict = (
-        f"stopped at token {guardian.stop_step} ({len(guardian.checks)} checks)"
+        f"shadow: would stop at token {guardian.stop_step} ({len(guardian.checks)} checks)"
+        if guardian.shadow and guardian.stop_step is not None
+        else f"stopped at token {guardian.stop_step} ({len(guardian.checks)} checks)"
         if guardian.stop_step is not None
         else f"no stop ({len(guardian.checks)} checks)"
         if guardian.enabled

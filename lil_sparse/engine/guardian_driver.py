@@ -35,6 +35,7 @@ class GuardianDriver:
         prompt = sequence_bytes(prompt_text, "", seq.prompt_token_ids, [], options.source)
         self._guardians[seq.request_id] = Guardian(options, prompt, self._compressed_size)
         seq.guardian_report.enabled = True
+        seq.guardian_report.shadow = options.shadow
 
     def after_token(self, seq: Sequence) -> None:
         """Submit a check when one is due after the sequence's latest token."""
@@ -62,7 +63,13 @@ class GuardianDriver:
         for request_id, _ in results:
             if self.pool.pending(request_id) == 0:
                 self._oldest_pending.pop(request_id, None)
-        return results
+        return [(request_id, record) for request_id, record in results if not self._shadow(request_id)]
+
+    def _shadow(self, request_id: str) -> bool:
+        # Shadow mode: the verdicts stay in the request's Guardian report; the engine never sees
+        # them, so it never finishes the request early.
+        guardian = self._guardians.get(request_id)
+        return guardian is not None and guardian.options.shadow
 
     def release(self, seq: Sequence) -> None:
         """Forget a finished request and fill its report."""

@@ -104,6 +104,8 @@ type Guardian struct {
 	ThresholdBytes *int           `json:"threshold_bytes,omitempty"` // minimum compressed growth between checks to keep going, >= 0
 	Mode           GuardianMode   `json:"mode,omitempty"`
 	Source         GuardianSource `json:"source,omitempty"`
+	// Shadow records where Guardian would stop (GuardianReport.StopStep) without stopping.
+	Shadow *bool `json:"shadow,omitempty"`
 }
 
 // Output mirrors lil_sparse.v1.OutputOptions: what the stream carries besides text.
@@ -219,7 +221,9 @@ func (g *Guardian) toProto() (*pb.GuardianOptions, error) {
 	if err != nil {
 		return nil, err
 	}
-	options := &pb.GuardianOptions{Enabled: g.Enabled, IntervalTokens: interval, ThresholdBytes: threshold}
+	options := &pb.GuardianOptions{
+		Enabled: g.Enabled, IntervalTokens: interval, ThresholdBytes: threshold, Shadow: g.Shadow,
+	}
 	switch g.Mode {
 	case GuardianModeDefault:
 	case GuardianModeFull:

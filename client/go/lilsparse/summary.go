@@ -82,6 +82,9 @@ type GuardianReport struct {
 	AppliedAtStep   *int            `json:"applied_at_step"` // nil when not stopped
 	CPUSeconds      float64         `json:"cpu_seconds"`
 	Trace           []GuardianCheck `json:"trace,omitempty"` // with Output.GuardianTrace
+	// Shadow: the verdicts were recorded, never applied; StopStep is where Guardian would have
+	// stopped and AppliedAtStep stays nil.
+	Shadow bool `json:"shadow"`
 }
 
 // GuardianCheck is one Guardian check.
@@ -150,6 +153,7 @@ func (s *Summary) fillFromFinished(finished *pb.Finished) {
 		StopStep:        optionalInt(guardian.StopStep),
 		AppliedAtStep:   optionalInt(guardian.AppliedAtStep),
 		CPUSeconds:      guardian.GetCpuSeconds(),
+		Shadow:          guardian.GetShadow(),
 	}
 	for _, check := range guardian.GetTrace() {
 		s.Guardian.Trace = append(s.Guardian.Trace, GuardianCheck{
@@ -232,6 +236,7 @@ func guardianFromProto(options *pb.GuardianOptions) Guardian {
 		Enabled:        options.Enabled,
 		IntervalTokens: optionalInt(options.IntervalTokens),
 		ThresholdBytes: optionalInt(options.ThresholdBytes),
+		Shadow:         options.Shadow,
 	}
 	switch options.GetMode() {
 	case pb.GuardianMode_GUARDIAN_MODE_FULL:

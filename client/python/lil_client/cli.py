@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--guardian-interval", type=int, dest="guardian_interval_tokens")
     generate.add_argument("--guardian-threshold", type=int, dest="guardian_threshold_bytes")
     generate.add_argument("--guardian-mode", choices=GUARDIAN_MODES)
+    generate.add_argument(
+        "--guardian-shadow",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="record where Guardian would stop, without stopping",
+    )
     info = commands.add_parser("info", help="show the served model, policies and defaults")
     info.add_argument("--json", action="store_true", help="print JSON")
     return parser
@@ -60,7 +66,10 @@ def _options(args: argparse.Namespace) -> GenerateOptions:
 def format_summary(summary: Summary) -> str:
     """The human summary printed after the streamed text."""
     t, g, kv = summary.timings, summary.guardian, summary.kv
-    if g.enabled:
+    if g.enabled and g.shadow:
+        stop = f", would stop at token {g.stop_step}" if g.stop_step is not None else ", would not stop"
+        guardian = f"shadow, {g.checks} checks{stop}, {g.cpu_seconds * 1e3:.2f} ms CPU"
+    elif g.enabled:
         stop = (
             f", stop at token {g.stop_step} (applied {g.applied_at_step})" if g.stop_step is not None else ""
         )

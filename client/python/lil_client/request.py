@@ -33,6 +33,7 @@ class GenerateOptions:
     guardian_threshold_bytes: int | None = None
     guardian_mode: str | None = None
     guardian_source: str | None = None
+    guardian_shadow: bool | None = None  # record where Guardian would stop, without stopping
     return_token_ids: bool = False
     return_logprobs: bool = False
     return_guardian_trace: bool = False
@@ -100,6 +101,7 @@ def build_request(
         enabled=o.guardian,
         interval_tokens=o.guardian_interval_tokens,
         threshold_bytes=o.guardian_threshold_bytes,
+        shadow=o.guardian_shadow,
     )
     if o.guardian_mode is not None:
         request.guardian.mode = options_pb2.GuardianMode.Value(f"GUARDIAN_MODE_{o.guardian_mode.upper()}")

@@ -60,6 +60,7 @@ class GuardianSummary:
     stop_step: int | None
     applied_at_step: int | None
     cpu_seconds: float
+    shadow: bool = False  # stop_step is where Guardian would have stopped; it did not stop
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +122,7 @@ def summary_from_proto(
             stop_step=g.stop_step if g.HasField("stop_step") else None,
             applied_at_step=g.applied_at_step if g.HasField("applied_at_step") else None,
             cpu_seconds=g.cpu_seconds,
+            shadow=g.shadow,
         ),
         kv=KVSummary(
             peak_pages=kv.peak_pages,

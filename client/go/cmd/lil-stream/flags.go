@@ -66,6 +66,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	threshold := flags.Int("guardian-threshold", 0, "Guardian: minimum compressed growth in bytes")
 	mode := flags.String("guardian-mode", "", "Guardian: full or incremental")
 	source := flags.String("guardian-source", "", "Guardian: text or token_ids")
+	shadow := flags.Bool("guardian-shadow", false, "Guardian: record where it would stop, without stopping")
 
 	flags.BoolVar(&parsed.request.Output.TokenIDs, "token-ids", false, "return token ids (shown with -json)")
 	flags.BoolVar(&parsed.request.Output.Logprobs, "logprobs", false, "return logprobs (shown with -json)")
@@ -124,13 +125,14 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		}
 	}
 	if given["guardian"] || given["guardian-interval"] || given["guardian-threshold"] ||
-		given["guardian-mode"] || given["guardian-source"] {
+		given["guardian-mode"] || given["guardian-source"] || given["guardian-shadow"] {
 		request.Guardian = &lilsparse.Guardian{
 			Enabled:        pick(given["guardian"], *guardian),
 			IntervalTokens: pick(given["guardian-interval"], *interval),
 			ThresholdBytes: pick(given["guardian-threshold"], *threshold),
 			Mode:           lilsparse.GuardianMode(*mode),
 			Source:         lilsparse.GuardianSource(*source),
+			Shadow:         pick(given["guardian-shadow"], *shadow),
 		}
 	}
 	return parsed, nil

@@ -78,18 +78,20 @@ class SparseOptions(_message.Message):
     def __init__(self, policy: _Optional[_Union[Policy, str]] = ..., budget_tokens: _Optional[int] = ..., sink_tokens: _Optional[int] = ..., recent_tokens: _Optional[int] = ..., dense_layers: _Optional[int] = ...) -> None: ...
 
 class GuardianOptions(_message.Message):
-    __slots__ = ("enabled", "interval_tokens", "threshold_bytes", "mode", "source")
+    __slots__ = ("enabled", "interval_tokens", "threshold_bytes", "mode", "source", "shadow")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_BYTES_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     interval_tokens: int
     threshold_bytes: int
     mode: GuardianMode
     source: GuardianSource
-    def __init__(self, enabled: _Optional[bool] = ..., interval_tokens: _Optional[int] = ..., threshold_bytes: _Optional[int] = ..., mode: _Optional[_Union[GuardianMode, str]] = ..., source: _Optional[_Union[GuardianSource, str]] = ...) -> None: ...
+    shadow: bool
+    def __init__(self, enabled: _Optional[bool] = ..., interval_tokens: _Optional[int] = ..., threshold_bytes: _Optional[int] = ..., mode: _Optional[_Union[GuardianMode, str]] = ..., source: _Optional[_Union[GuardianSource, str]] = ..., shadow: _Optional[bool] = ...) -> None: ...
 
 class OutputOptions(_message.Message):
     __slots__ = ("return_token_ids", "return_logprobs", "return_guardian_trace")
