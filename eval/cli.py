@@ -57,7 +57,8 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
         "--stop-after-seconds",
         type=float,
         default=0.0,
-        help="bound the run: then abort, and keep only problems whose every condition finished (0: no limit)",
+        help="admit no new problem after this many seconds; admitted problems always finish under every "
+        "condition, so leave room for them (0: no limit)",
     )
     p.add_argument("--out", required=True, help="records file (.jsonl or .jsonl.gz)")
 

@@ -9,10 +9,13 @@ from eval.records import GuardianOnline
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One request of a sweep: ``key`` indexes the (problem, condition) pair it belongs to."""
+    """One request of a sweep: ``key`` indexes the (problem, condition) pair it belongs to and
+    ``problem`` the problem alone (jobs of one problem are admitted together, see
+    :func:`eval.engine_runner.run_on_engine`)."""
 
     key: int
     prompt_token_ids: tuple[int, ...]
+    problem: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,7 +61,8 @@ class SampleRecord:
 
     ``budget_tokens`` is 0 for ``full``. Seconds come from the engine (``time.perf_counter``);
     ``service_seconds`` is JCT minus queueing, the fair comparison inside one shared batch.
-    ``correct`` is None until graded.
+    ``correct`` is None until graded. ``problem_position`` is the problem's 0-based place in its
+    dataset file (-1 in records written before it was kept).
     """
 
     dataset: str
@@ -88,6 +89,7 @@ class SampleRecord:
     correct: bool | None = None
     extracted_answer: str = ""
     output_token_ids: tuple[int, ...] = ()
+    problem_position: int = -1
     version: int = RECORD_VERSION
 
     def __post_init__(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,18 @@ def test_sweep_writes_one_record_per_problem_and_condition(sweep: tuple[Path, li
         assert len(r.trajectory.compressed_bytes) == r.output_tokens // 25 + 1
         assert r.jct_seconds >= r.ttft_seconds >= 0 and r.peak_kv_pages > 0
     assert {r.gold for r in records if r.problem_id == "math500-0"} == {"\\frac{3}{4}"}
-    assert "lil-eval sweep (test)" in meta_path(path).read_text()
+    assert {(r.problem_id, r.problem_position) for r in records} == {
+        ("gsm8k-0", 0),
+        ("gsm8k-1", 1),
+        ("math500-0", 0),
+    }
+    meta = json.loads(meta_path(path).read_text())
+    assert meta["command"] == "lil-eval sweep (test)"
+    assert meta["admission_cut"] is True and meta["problems_run"] == 3
+    assert meta["problems_run_per_set"] == {
+        "gsm8k": {"count": 2, "positions": [0, 1], "ids": ["gsm8k-0", "gsm8k-1"]},
+        "math500": {"count": 1, "positions": [0], "ids": ["math500-0"]},
+    }
 
 
 def test_online_guardian_in_sweep_agrees_with_replay(sweep: tuple[Path, list[SampleRecord]]) -> None:
@@ -74,6 +86,9 @@ def test_report_writes_tables_and_pngs(sweep: tuple[Path, list[SampleRecord]], t
         "### all sets pooled",
         "Guardian online (in the engine) against offline replay",
         "lil-eval sweep (test)",
+        "gsm8k: the first 2 in file order (0-based positions 0-1); "
+        "math500: the first 1 in file order (0-based positions 0)",
+        "3 of 3 selected problems admitted before the time limit, each run to the end under every condition",
     ):
         assert heading in text
     # One Table 1 row per arm for each dataset, full first.
