@@ -43,6 +43,11 @@ class GuardianReport:
     applied_at_step: int | None = None  # generated-token count when the engine applied it
     cpu_seconds: float = 0.0
     shadow: bool = False  # verdicts recorded, never applied
+    # Stop action "answer": output tokens before the forced answer prompt (the thinking), the
+    # prompt's tokens appended, and the model's own tokens after it. None/0 without an answer.
+    answer_started_at: int | None = None
+    answer_prompt_tokens: int = 0
+    answer_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -90,7 +95,9 @@ class TokenEvent:
 
     ``token_ids`` may be empty on the final event of an aborted request. ``logprobs`` holds the
     log-probability of each token in ``token_ids`` under the sampling distribution's logits
-    (before temperature). ``report`` is set exactly when ``finish_reason`` is.
+    (before temperature); NaN for a forced answer-prompt token. ``answer`` is True for tokens
+    after a Guardian stop with action ``answer`` (the forced prompt and the answer), False for
+    the thinking before it. ``report`` is set exactly when ``finish_reason`` is.
     """
 
     request_id: str
@@ -99,6 +106,7 @@ class TokenEvent:
     logprobs: tuple[float, ...] = ()
     finish_reason: FinishReason | None = None
     report: RequestReport | None = None
+    answer: bool = False
 
     @property
     def finished(self) -> bool:

@@ -13,6 +13,7 @@ from typing import Literal
 POLICY_NAMES: tuple[str, ...] = ("full", "sink", "h2o", "quest", "infllm")
 GuardianMode = Literal["full", "incremental"]
 GuardianSource = Literal["text", "token_ids"]
+GuardianAction = Literal["truncate", "answer"]
 
 
 def _require(condition: bool, field_name: str, message: str) -> None:
@@ -159,6 +160,10 @@ class GuardianOptions:
     the new bytes. ``source`` picks UTF-8 text or the token ids as bytes. ``shadow=True`` runs
     every check and records where Guardian would have stopped (``GuardianReport.stop_step``)
     without stopping: the request ends as if Guardian were off (it applies only when enabled).
+    ``action`` says what a stop does: ``"truncate"`` ends the request there (the paper);
+    ``"answer"`` appends an answer prompt (closing an open thinking block), lets the model decode
+    at most ``answer_max_tokens`` more, then ends with ``early_stop``
+    (see :mod:`lil_sparse.guardian.answer`).
     """
 
     enabled: bool = False
@@ -167,6 +172,8 @@ class GuardianOptions:
     mode: GuardianMode = "full"
     source: GuardianSource = "text"
     shadow: bool = False
+    action: GuardianAction = "truncate"
+    answer_max_tokens: int = 32
 
     def __post_init__(self) -> None:
         _require(
@@ -186,6 +193,14 @@ class GuardianOptions:
             f"must be 'text' or 'token_ids', got {self.source!r}",
         )
         _require(isinstance(self.shadow, bool), "shadow", f"must be true or false, got {self.shadow!r}")
+        _require(
+            self.action in ("truncate", "answer"),
+            "action",
+            f"must be 'truncate' or 'answer', got {self.action!r}",
+        )
+        _require(
+            self.answer_max_tokens >= 1, "answer_max_tokens", f"must be >= 1, got {self.answer_max_tokens}"
+        )
 
 
 @dataclass(frozen=True, slots=True)

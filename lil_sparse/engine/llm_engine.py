@@ -24,6 +24,7 @@ from lil_sparse.engine.scheduler import Scheduler
 from lil_sparse.engine.sequence import Sequence, SequenceStatus
 from lil_sparse.engine.stop_checker import StopChecker
 from lil_sparse.events import FinishReason, RequestReport, TokenEvent
+from lil_sparse.guardian.answer import AnswerPhase, answer_prompt
 from lil_sparse.kv import BlockTable, KVCache, PagePool
 from lil_sparse.loading import LoadedModel, load_model
 from lil_sparse.loading.detokenizer import IncrementalDetokenizer
@@ -95,6 +96,7 @@ class LLMEngine:
         self.stop_checker = StopChecker(self.tokenizer.eos_token_ids)
         self._sequences: dict[str, Sequence] = {}
         self._detokenizers: dict[str, IncrementalDetokenizer] = {}
+        self._answers: dict[str, AnswerPhase] = {}  # Guardian action "answer": requests answering
         self.info = EngineInfo(
             model_name=loaded.name,
             architecture=mc.architecture,
@@ -209,6 +211,9 @@ class LLMEngine:
             self.guardian.admit(seq, self.tokenizer.decode(seq.prompt_token_ids, skip_special_tokens=False))
 
     def _append_token(self, seq: Sequence, token: int, logprob: float, now: float) -> TokenEvent:
+        answer = self._answers.get(seq.request_id)
+        if answer is not None:
+            return self._append_answer_token(seq, answer, token, logprob, now)
         seq.output_token_ids.append(token)
         seq.token_times.append(now)
         delta = self._detokenizers[seq.request_id].push([token])
@@ -226,9 +231,45 @@ class LLMEngine:
             seq = self._sequences.get(request_id)
             if seq is None or not record.stop or seq.status != SequenceStatus.RUNNING:
                 continue
+            if request_id in self._answers:  # already answering: later verdicts change nothing
+                continue
             seq.guardian_report.applied_at_step = seq.num_output_tokens
+            if seq.options.guardian.action == "answer":
+                self._start_answer(seq)
+                continue
             events.append(self._finish(seq, FinishReason.EARLY_STOP))
         return events
+
+    # ---- Guardian stop action "answer" (lil_sparse/guardian/answer.py) ------------------------
+    def _start_answer(self, seq: Sequence) -> None:
+        """End the thinking: from the next token on, append the answer prompt, then decode at most
+        ``answer_max_tokens`` more. No Guardian check runs after this."""
+        prompt_text = self.tokenizer.decode(seq.prompt_token_ids, skip_special_tokens=False)
+        forced = tuple(self.tokenizer.encode(answer_prompt(prompt_text + seq.output_text)))
+        self._answers[seq.request_id] = AnswerPhase(
+            seq.num_output_tokens, forced, seq.options.guardian.answer_max_tokens
+        )
+
+    def _append_answer_token(
+        self, seq: Sequence, answer: AnswerPhase, sampled: int, logprob: float, now: float
+    ) -> TokenEvent:
+        """Append a token of the answer phase: a forced prompt token instead of the sampled one
+        while any is left, then the model's own. Any stop (the answer budget, EOS, a stop string,
+        the length cap) ends the request with ``early_stop``: Guardian cut the thinking."""
+        token, logprob, forced = answer.next_token(sampled, logprob)
+        seq.output_token_ids.append(token)
+        seq.token_times.append(now)
+        delta = self._detokenizers[seq.request_id].push([token])
+        seq.output_text += delta
+        reason, delta = self.stop_checker.check(seq, token, delta)
+        if forced and reason != FinishReason.LENGTH:
+            reason = None  # the prompt's own text never ends the request (EOS ids, stop strings)
+        if reason is None and not answer.done:
+            return TokenEvent(seq.request_id, (token,), delta, (logprob,), answer=True)
+        event = self._finish(seq, FinishReason.EARLY_STOP)
+        return TokenEvent(
+            seq.request_id, (token,), delta, (logprob,), FinishReason.EARLY_STOP, event.report, answer=True
+        )
 
     def _finish(self, seq: Sequence, reason: FinishReason) -> TokenEvent:
         """Free everything the sequence holds and build its final event (no tokens)."""
@@ -236,6 +277,9 @@ class LLMEngine:
         self.scheduler.finish(seq)
         self.pages.release(seq)
         self.guardian.release(seq)
+        answer = self._answers.pop(seq.request_id, None)
+        if answer is not None:
+            answer.fill(seq.guardian_report)
         self._detokenizers.pop(seq.request_id, None)
         self._sequences.pop(seq.request_id, None)
         report = RequestReport(
