@@ -44,6 +44,10 @@ def add_generate_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--guardian-shadow", action="store_true", help="record where Guardian would stop, without stopping"
     )
+    parser.add_argument(
+        "--guardian-action", default="truncate", choices=("truncate", "answer"), help="what a stop does"
+    )
+    parser.add_argument("--guardian-answer-max-tokens", type=int, default=32, help="forced answer's tokens")
     parser.set_defaults(func=run_generate)
     return parser
 
@@ -61,6 +65,8 @@ def request_options(args: argparse.Namespace) -> RequestOptions:
             args.guardian_threshold,
             args.guardian_mode,
             shadow=args.guardian_shadow,
+            action=args.guardian_action,
+            answer_max_tokens=args.guardian_answer_max_tokens,
         ),
     )
 
@@ -99,6 +105,11 @@ def run_generate(args: argparse.Namespace) -> int:
     gaps = timings.inter_token_seconds
     tbt = sum(gaps) / len(gaps) if gaps else 0.0
     guardian = report.guardian
+    answer = (
+        f", answered with {guardian.answer_prompt_tokens} prompt + {guardian.answer_tokens} tokens"
+        if guardian.answer_started_at is not None
+        else ""
+    )
     verdict = (
         f"shadow: would stop at token {guardian.stop_step} ({len(guardian.checks)} checks)"
         if guardian.shadow and guardian.stop_step is not None
@@ -114,7 +125,7 @@ def run_generate(args: argparse.Namespace) -> int:
         f"jct: {timings.jct_seconds:.2f} s\n"
         f"finish: {report.finish_reason.value}  policy: {options.sparse.policy}  "
         f"attended pages/step: {report.kv.mean_attended_pages:.1f}  peak pages: {report.kv.peak_pages}\n"
-        f"guardian: {verdict}",
+        f"guardian: {verdict}{answer}",
         file=sys.stderr,
     )
     return 0

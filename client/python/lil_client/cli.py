@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from google.protobuf import json_format
 
 from lil_client.client import LilClient
-from lil_client.request import GUARDIAN_MODES, POLICIES, GenerateOptions
+from lil_client.request import GUARDIAN_ACTIONS, GUARDIAN_MODES, POLICIES, GenerateOptions
 from lil_client.types import LilClientError, Summary
 
 
@@ -51,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="record where Guardian would stop, without stopping",
     )
+    generate.add_argument("--guardian-action", choices=GUARDIAN_ACTIONS, help="what a Guardian stop does")
+    generate.add_argument(
+        "--guardian-answer-max-tokens", type=int, help="with --guardian-action answer: tokens of the answer"
+    )
     info = commands.add_parser("info", help="show the served model, policies and defaults")
     info.add_argument("--json", action="store_true", help="print JSON")
     return parser
@@ -73,6 +77,8 @@ def format_summary(summary: Summary) -> str:
         stop = (
             f", stop at token {g.stop_step} (applied {g.applied_at_step})" if g.stop_step is not None else ""
         )
+        if g.answer_started_at is not None:
+            stop += f", answer: {g.answer_prompt_tokens} prompt + {g.answer_tokens} tokens"
         guardian = f"on, {g.checks} checks{stop}, {g.cpu_seconds * 1e3:.2f} ms CPU"
     else:
         guardian = "off"

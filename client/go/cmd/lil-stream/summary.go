@@ -39,6 +39,9 @@ func guardianLine(report lilsparse.GuardianReport) string {
 	if report.StopStep != nil {
 		stop = fmt.Sprintf(", stop at token %d (applied %s)", *report.StopStep, optional(report.AppliedAtStep))
 	}
+	if report.AnswerStartedAt != nil {
+		stop += fmt.Sprintf(", answer: %d prompt + %d tokens", report.AnswerPromptTokens, report.AnswerTokens)
+	}
 	return fmt.Sprintf("on, %d checks%s, %.2f ms CPU", report.Checks, stop, report.CPUSeconds*1e3)
 }
 
