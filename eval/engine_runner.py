@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from eval.completion import Completion, Job
+from eval.completion import Completion, Job, answer_bound
 from eval.records import GuardianOnline
 from lil_sparse.engine import LLMEngine
 from lil_sparse.events import RequestReport
@@ -42,6 +42,11 @@ def completion_from_report(key: int, report: RequestReport, options: RequestOpti
             applied_at_step=guardian.applied_at_step,
             checks_generated_tokens=tuple(c.generated_tokens for c in guardian.checks),
             checks_compressed_bytes=tuple(c.compressed_bytes for c in guardian.checks),
+            action=options.guardian.action,
+            answer_max_tokens=answer_bound(options),
+            answer_started_at=guardian.answer_started_at,
+            answer_prompt_tokens=guardian.answer_prompt_tokens,
+            answer_tokens=guardian.answer_tokens,
         ),
     )
 

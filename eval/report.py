@@ -17,6 +17,7 @@ from eval.analysis import (
     online_agreement,
     paired_indices,
 )
+from eval.answer_forcing import answer_forcing_table, answer_settings
 from eval.guardian_replay import GuardianSetting
 from eval.records import SampleRecord, read_records
 from eval.stats import paired_bootstrap, relative_change
@@ -174,7 +175,9 @@ def write_report(paths: list[Path], out: Path, config: ReportConfig) -> Path:
         )
     out.mkdir(parents=True, exist_ok=True)
     by_dataset = arms_by_dataset(records)
-    outcomes = guardian_outcomes(records, config.settings(), config.grade_workers)
+    forcing = answer_settings(records)
+    settings = config.settings() + [s for s in forcing if s not in config.settings()]
+    outcomes = guardian_outcomes(records, settings, config.grade_workers)
     chosen = outcomes[config.guardian]
     grid = {s: outcomes[s] for s in config.settings()}
     dense = {d: list(arms.get(("full", 0), {}).values()) for d, arms in by_dataset.items()}
@@ -209,6 +212,14 @@ def write_report(paths: list[Path], out: Path, config: ReportConfig) -> Path:
         sections += [
             "### all sets pooled",
             tables.guardian_dense_table(records, pooled_dense, grid, config.bootstrap),
+        ]
+    if forcing:
+        sections += [
+            "## Guardian stop action `answer` (online) against truncation (replayed on the dense run)",
+            "Each answer-forcing run is paired with its problem's dense run; truncation at the same "
+            "(f, t) is replayed on that dense run. All sets pooled; the forced prompt and the answer "
+            "count as generated tokens.",
+            answer_forcing_table(records, outcomes, config.bootstrap),
         ]
     agreements = online_agreement(records)
     if agreements:
