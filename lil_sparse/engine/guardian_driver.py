@@ -76,6 +76,10 @@ class GuardianDriver:
         guardian = self._guardians.pop(seq.request_id, None)
         self._prompt_text.pop(seq.request_id, None)
         self._oldest_pending.pop(seq.request_id, None)
+        if guardian is not None and guardian.options.shadow:
+            # A shadow report is the product: finish the checks still in flight (at most the lag
+            # bound's worth) so a would-stop verdict near the end is not lost.
+            self.pool.wait(seq.request_id)
         self.pool.cancel(seq.request_id)
         if guardian is not None:
             applied = seq.guardian_report.applied_at_step

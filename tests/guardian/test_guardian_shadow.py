@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -10,7 +11,7 @@ from lil_sparse.config import EngineConfig
 from lil_sparse.engine import LLMEngine
 from lil_sparse.engine.guardian_driver import GuardianDriver
 from lil_sparse.events import FinishReason
-from lil_sparse.guardian import Guardian
+from lil_sparse.guardian import Guardian, zlib_compressed_size
 from lil_sparse.options import GuardianOptions, RequestOptions, StoppingOptions
 from lil_sparse.testing.tiny_model import build_tiny_model
 
@@ -67,12 +68,21 @@ def test_shadow_without_a_stop_verdict_has_no_stop_step(engine: LLMEngine) -> No
     assert len(report.guardian.checks) == 5
 
 
-def test_shadow_on_a_thread_pool_never_stops(engine: LLMEngine) -> None:
+def test_shadow_on_a_thread_pool_never_stops_and_keeps_checks_in_flight(engine: LLMEngine) -> None:
+    gate = threading.Event()
+
+    def gated_size(data: bytes) -> int:
+        gate.wait(timeout=30)
+        return zlib_compressed_size(data)
+
     engine.guardian.shutdown()
-    engine.guardian = GuardianDriver(workers=2, max_lag_steps=2)
+    # No lag bound within the request: every check is still in flight when it ends.
+    engine.guardian = GuardianDriver(workers=2, max_lag_steps=1000, compressed_size=gated_size)
+    threading.Timer(0.2, gate.set).start()  # opens while release() waits for the checks
     try:
         report = engine.generate([engine.tokenizer.encode(PROMPT)], [request(True, True, max_new=45)])[0]
     finally:
+        gate.set()
         engine.guardian.shutdown()
         engine.guardian = GuardianDriver(workers=0, max_lag_steps=engine.config.guardian_max_lag_steps)
     assert report.finish_reason == FinishReason.LENGTH and report.completion_tokens == 45
