@@ -47,6 +47,7 @@ USER 10001:10001
 WORKDIR /tmp
 EXPOSE 50051 9400
 # The chart overrides command and args; this default serves the default model on the GPU,
-# fetching it into $LIL_SPARSE_CACHE when it is not there yet.
+# fetching it into $LIL_SPARSE_CACHE when it is not there yet. The server alone binds 127.0.0.1;
+# in a container it must listen on every interface to be reachable through -p.
 ENTRYPOINT []
-CMD ["python", "-m", "server", "--model", "smollm2-135m-instruct"]
+CMD ["python", "-m", "server", "--model", "smollm2-135m-instruct", "--host", "0.0.0.0"]

@@ -19,7 +19,10 @@ class EngineConfig:
     ``kv_cache_tokens`` sizes the page pool: it holds that many tokens for every KV head.
     ``guardian_workers`` threads run Guardian's compression beside the decode loop (0 runs it
     inline, which is deterministic); a verdict is waited for once it lags ``guardian_max_lag_steps``
-    decode steps behind.
+    decode steps behind. ``poison_freed_pages`` is a debug mode (the tests turn it on): the keys
+    of every page that no longer holds live tokens are set to NaN, so a step that attends KV
+    nothing wrote produces NaN logits instead of quietly reading stale data; it costs one write
+    per freed page.
     """
 
     model: str = DEFAULT_MODEL
@@ -34,6 +37,7 @@ class EngineConfig:
     guardian_workers: int = 2
     guardian_max_lag_steps: int = 4
     cuda_graphs: bool = True
+    poison_freed_pages: bool = False
 
     def __post_init__(self) -> None:
         checks = [

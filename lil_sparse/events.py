@@ -14,6 +14,7 @@ class FinishReason(str, Enum):
     STOP_STRING = "stop_string"  # the output contains one of the stop strings
     EARLY_STOP = "early_stop"  # Guardian: the sequence stopped carrying new information
     ABORTED = "aborted"  # the caller aborted (cancel, deadline, shutdown)
+    ERROR = "error"  # handling this request failed (RequestReport.error says where); others go on
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +41,9 @@ class GuardianReport:
     enabled: bool = False
     checks: list[GuardianCheckRecord] = field(default_factory=list)
     stop_step: int | None = None  # generated-token count at the check that said stop
-    applied_at_step: int | None = None  # generated-token count when the engine applied it
+    # Completion tokens when the engine applied the stop: always stop_step, since tokens after
+    # a pending check are held back until its verdict.
+    applied_at_step: int | None = None
     cpu_seconds: float = 0.0
     shadow: bool = False  # verdicts recorded, never applied
     # Stop action "answer": output tokens before the forced answer prompt (the thinking), the
@@ -87,13 +90,17 @@ class RequestReport:
     timings: Timings
     guardian: GuardianReport
     kv: KVReport
+    error: str = ""  # finish reason ERROR: the stage that failed and the exception, for the log
 
 
 @dataclass(frozen=True, slots=True)
 class TokenEvent:
-    """Tokens produced for one request in one engine step.
+    """Tokens released to one request's client in one engine step.
 
-    ``token_ids`` may be empty on the final event of an aborted request. ``logprobs`` holds the
+    Usually one token per step; more when tokens held behind a pending Guardian check are
+    released together, none (only text, or nothing) on some final events. The ``text_delta``s
+    of a request add up to its report's ``output_text`` and its ``token_ids`` to
+    ``output_token_ids``. ``logprobs`` holds the
     log-probability of each token in ``token_ids`` under the sampling distribution's logits
     (before temperature); NaN for a forced answer-prompt token. ``answer`` is True for tokens
     after a Guardian stop with action ``answer`` (the forced prompt and the answer), False for

@@ -7,6 +7,7 @@ The server maps these errors to ``INVALID_ARGUMENT``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -15,10 +16,35 @@ GuardianMode = Literal["full", "incremental"]
 GuardianSource = Literal["text", "token_ids"]
 GuardianAction = Literal["truncate", "answer"]
 
+# Ranges come from the dtypes the engine packs each value into: token counts, positions and page
+# counts travel as int32 (FlashInfer's page tables, the proto's int32 fields), seeds as int64
+# (the sampler's noise hash), temperature and top_p as float32 (the sampler's batch table).
+INT32_MAX = 2**31 - 1
+SEED_LIMIT = 2**63
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.1754943508222875e-38  # smallest normal float32: below it a value flushes to 0
+
 
 def _require(condition: bool, field_name: str, message: str) -> None:
     if not condition:
         raise ValueError(f"{field_name}: {message}")
+
+
+def _require_int(value: object, field_name: str, low: int, high: int, hint: str = "") -> None:
+    """``value`` must be an ``int`` (not a bool) in ``[low, high]``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{field_name}: must be an integer, got {value!r}")
+    _require(value >= low, field_name, f"must be >= {low}{hint}, got {value}")
+    _require(value <= high, field_name, f"must be <= {high}{hint}, got {value}")
+
+
+def _require_float(value: object, field_name: str) -> float:
+    """``value`` must be a finite real number (bool refused); returns it as a float."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"{field_name}: must be a number, got {value!r}")
+    number = float(value)
+    _require(math.isfinite(number), field_name, f"must be finite, got {value!r}")
+    return number
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +62,24 @@ class SamplingOptions:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        _require(self.temperature >= 0.0, "temperature", f"must be >= 0, got {self.temperature}")
-        _require(self.top_k >= 0, "top_k", f"must be >= 0 (0 disables), got {self.top_k}")
-        _require(0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1], got {self.top_p}")
+        temperature = _require_float(self.temperature, "temperature")
+        _require(temperature >= 0.0, "temperature", f"must be >= 0, got {self.temperature}")
+        _require(
+            temperature <= FLOAT32_MAX,
+            "temperature",
+            f"must be <= {FLOAT32_MAX:.4g} (it is used as a float32), got {self.temperature}",
+        )
+        _require_int(self.top_k, "top_k", 0, INT32_MAX, " (0 disables)")
+        top_p = _require_float(self.top_p, "top_p")
+        _require(0.0 < top_p <= 1.0, "top_p", f"must be in (0, 1], got {self.top_p}")
+        _require(
+            top_p >= FLOAT32_TINY,
+            "top_p",
+            f"must be at least {FLOAT32_TINY:.4g} (it is used as a float32), got {self.top_p}",
+        )
         if self.seed is not None:
-            _require(0 <= self.seed < 2**63, "seed", f"must be in [0, 2^63), got {self.seed}")
+            _require_int(self.seed, "seed", -SEED_LIMIT, SEED_LIMIT)  # an integer; the range below
+            _require(0 <= self.seed < SEED_LIMIT, "seed", f"must be in [0, 2^63) (int64), got {self.seed}")
 
     @property
     def greedy(self) -> bool:
@@ -56,7 +95,13 @@ class StoppingOptions:
     ignore_eos: bool = False
 
     def __post_init__(self) -> None:
-        _require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        _require_int(self.max_new_tokens, "max_new_tokens", 1, INT32_MAX)
+        _require(
+            isinstance(self.stop_strings, tuple),
+            "stop_strings",
+            f"must be a tuple, got {self.stop_strings!r}",
+        )
+        _require(isinstance(self.ignore_eos, bool), "ignore_eos", f"must be a bool, got {self.ignore_eos!r}")
         _require(
             all(isinstance(s, str) and s for s in self.stop_strings),
             "stop_strings",
@@ -88,12 +133,10 @@ class SparseOptions:
             "policy",
             f"unknown policy {self.policy!r}; choose one of {', '.join(POLICY_NAMES)}",
         )
-        _require(self.budget_tokens >= 1, "budget_tokens", f"must be >= 1, got {self.budget_tokens}")
-        _require(self.sink_tokens >= 0, "sink_tokens", f"must be >= 0, got {self.sink_tokens}")
-        _require(
-            self.recent_tokens >= 0, "recent_tokens", f"must be >= 0 (0: automatic), got {self.recent_tokens}"
-        )
-        _require(self.dense_layers >= 0, "dense_layers", f"must be >= 0, got {self.dense_layers}")
+        _require_int(self.budget_tokens, "budget_tokens", 1, INT32_MAX)
+        _require_int(self.sink_tokens, "sink_tokens", 0, INT32_MAX)
+        _require_int(self.recent_tokens, "recent_tokens", 0, INT32_MAX, " (0: automatic)")
+        _require_int(self.dense_layers, "dense_layers", 0, INT32_MAX)
 
     def budget_pages(self, page_size: int) -> int:
         """Pages attended per step (the newest page included); raises if below one page."""
@@ -141,11 +184,14 @@ class SparseOptions:
                 "recent_tokens",
                 f"{self.recent_tokens} recent tokens do not fit the budget of {budget} pages",
             )
-        _require(
-            self.dense_layers <= num_layers,
-            "dense_layers",
-            f"must be <= the model's {num_layers} layers, got {self.dense_layers}",
-        )
+        if self.policy == "quest":  # the only policy that reads dense_layers
+            _require(
+                self.dense_layers < num_layers,
+                "dense_layers",
+                f"must be below the model's {num_layers} layers for quest (with {self.dense_layers} "
+                "dense layers no layer would select pages; use policy 'full'), "
+                f"got {self.dense_layers}",
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +209,8 @@ class GuardianOptions:
     ``action`` says what a stop does: ``"truncate"`` ends the request there (the paper);
     ``"answer"`` appends an answer prompt (closing an open thinking block), lets the model decode
     at most ``answer_max_tokens`` more, then ends with ``early_stop``
-    (see :mod:`lil_sparse.guardian.answer`).
+    (see :mod:`lil_sparse.guardian.answer`); such a request waits for each check's verdict
+    before decoding on, so the answer starts exactly at the check that said stop.
     """
 
     enabled: bool = False
@@ -176,12 +223,11 @@ class GuardianOptions:
     answer_max_tokens: int = 32
 
     def __post_init__(self) -> None:
-        _require(
-            self.interval_tokens >= 1,
-            "interval_tokens",
-            f"must be >= 1 (a threshold needs an interval), got {self.interval_tokens}",
+        _require(isinstance(self.enabled, bool), "enabled", f"must be a bool, got {self.enabled!r}")
+        _require_int(
+            self.interval_tokens, "interval_tokens", 1, INT32_MAX, " (a threshold needs an interval)"
         )
-        _require(self.threshold_bytes >= 0, "threshold_bytes", f"must be >= 0, got {self.threshold_bytes}")
+        _require_int(self.threshold_bytes, "threshold_bytes", 0, INT32_MAX)
         _require(
             self.mode in ("full", "incremental"),
             "mode",

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from lil_client._proto.lil_sparse.v1 import service_pb2_grpc
 
+from server import security, wire
 from server.config import ServerConfig
 from server.engine_loop import EngineLoop
 from server.metrics import ServerMetrics
@@ -46,7 +48,9 @@ def load_engine(config: ServerConfig) -> Any:
         kv_cache_tokens=config.kv_cache_tokens,
         max_batch_size=config.max_running,
         max_model_len=config.max_model_len,
-        max_waiting=config.max_waiting,
+        # The server admits at most max_in_flight requests (one limit, one message); the engine's
+        # own queue limit is only a backstop that this keeps from ever tripping.
+        max_waiting=config.max_in_flight,
         guardian_workers=config.guardian_workers,
     )
     return LLMEngine.from_config(engine_config)
@@ -63,10 +67,16 @@ class SidecarServer:
         self.config = config
         self._engine = engine
         self._owns_engine = engine is None
-        self.metrics = ServerMetrics(model=config.model)
+        self.metrics = ServerMetrics(model=Path(config.model).name)  # replaced once the engine is known
         self.health = health.aio.HealthServicer()
+        # Set when the engine thread died: health is NOT_SERVING and `serve` exits non-zero.
+        self.engine_died = asyncio.Event()
+        self._death_task: asyncio.Future[None] | None = None
+        self._tokenizer_pool: ThreadPoolExecutor | None = None
         self.port = 0
         self.metrics_port = 0
+        self.health_port = -1  # the plaintext health-only port, when configured
+        self._health_grpc: grpc.aio.Server | None = None
         self._grpc: grpc.aio.Server | None = None
         self._metrics_http: Any = None
         self._servicer: LilSparseServicer | None = None
@@ -82,25 +92,50 @@ class SidecarServer:
         if self._engine is None:
             self._engine = await asyncio.to_thread(load_engine, self.config)
         engine: Any = self._engine
+        # Labelled with the model's display name (a folder's or file's base name), never a path.
+        self.metrics = ServerMetrics(model=str(engine.info.model_name))
+        event_loop = asyncio.get_running_loop()
         self._loop = EngineLoop(
             engine,
-            max_in_flight=self.config.max_in_flight,
+            max_running=self.config.max_running,
+            max_waiting=self.config.max_waiting,
             on_stats=self.metrics.observe_stats,
             on_finished=self.metrics.observe_finished,
+            on_death=lambda error: self._call_soon(event_loop, self._on_engine_death),
         )
         self._loop.start()
+        self._tokenizer_pool = ThreadPoolExecutor(self.config.tokenizer_threads, "lil-sparse-tokenize")
         self._servicer = LilSparseServicer(
-            self._loop, engine.tokenizer, engine.info, self.config, server_version()
+            self._loop,
+            engine.tokenizer,
+            engine.info,
+            self.config,
+            server_version(),
+            self._tokenizer_pool,
+            vocab_size=engine.model_config.vocab_size,
         )
-        server = grpc.aio.server()
-        service_pb2_grpc.add_LilSparseServiceServicer_to_server(self._servicer, server)
+        # grpc's own 4 MiB message limit must not undercut max_prompt_bytes, whose refusal names
+        # the field; a body beyond this is refused by grpc itself (RESOURCE_EXHAUSTED).
+        max_message = max(4 << 20, self.config.max_prompt_bytes + (1 << 20))
+        server = grpc.aio.server(
+            interceptors=security.interceptors(self.config),
+            options=[("grpc.max_receive_message_length", max_message)],
+        )
+        wire.add_servicer(self._servicer, server, SERVICE_NAME)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if self.config.reflection:
             names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
             reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
-        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        address = f"{self.config.host}:{self.config.port}"
+        credentials = security.server_credentials(self.config)
+        if credentials is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, credentials)
         await server.start()
         self._grpc = server
+        if self.config.health_port >= 0:
+            await self._start_health_port()
         self._metrics_http = self.metrics.serve(self.config.host, self.config.metrics_port)
         self.metrics_port = self._metrics_http.server_address[1]
         for service in ("", SERVICE_NAME):
@@ -109,14 +144,36 @@ class SidecarServer:
             "serving %s on port %d, metrics on port %d", self.config.model, self.port, self.metrics_port
         )
 
+    async def _start_health_port(self) -> None:
+        """Health alone on a plaintext port: kubelet gRPC probes speak neither TLS nor tokens."""
+        health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, health_server)
+        self.health_port = health_server.add_insecure_port(f"{self.config.host}:{self.config.health_port}")
+        await health_server.start()
+        self._health_grpc = health_server
+
+    @staticmethod
+    def _call_soon(event_loop: asyncio.AbstractEventLoop, callback: Any) -> None:
+        event_loop.call_soon_threadsafe(callback)
+
+    def _on_engine_death(self) -> None:
+        """On the event loop: the engine thread died, so neither probe may say SERVING."""
+        self.engine_died.set()
+        self._death_task = asyncio.ensure_future(self._not_serving())
+
+    async def _not_serving(self) -> None:
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+
     async def drain(self, grace_seconds: float | None = None) -> None:
         """Stop taking calls, let in-flight streams finish within the grace period, then stop.
 
-        Health turns NOT_SERVING first, so load balancers stop routing here while we drain.
+        Readiness turns NOT_SERVING first, so load balancers stop routing here while we drain;
+        liveness ("") stays SERVING, so the kubelet does not kill a pod that is draining well.
         Streams still running after the grace period are aborted (finish reason ABORTED).
         """
         grace = self.config.grace_period_seconds if grace_seconds is None else grace_seconds
-        await self.health.enter_graceful_shutdown()
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._servicer is not None:
             self._servicer.draining = True
         loop = self.engine_loop
@@ -132,9 +189,13 @@ class SidecarServer:
             engine.close()  # its Guardian thread pool
         if self._grpc is not None:
             await self._grpc.stop(_ABORT_FLUSH_SECONDS)
+        if self._health_grpc is not None:
+            await self._health_grpc.stop(0)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
+        if self._tokenizer_pool is not None:
+            self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
 
     async def wait_for_termination(self) -> None:
         if self._grpc is not None:

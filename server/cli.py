@@ -2,8 +2,9 @@
 
     python -m server --model PATH --port 50051 --metrics-port 9400
 
-On SIGTERM or SIGINT the server drains (health NOT_SERVING, new calls UNAVAILABLE, in-flight
-streams finish within ``--grace-period-seconds``) and the process exits 0.
+On SIGTERM or SIGINT the server drains (readiness NOT_SERVING, new calls UNAVAILABLE, in-flight
+streams finish within ``--grace-period-seconds``) and the process exits 0. If the engine thread
+dies, both health services turn NOT_SERVING and the process exits 1.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -41,8 +43,8 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-async def serve(config: ServerConfig, engine: Any | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then drain."""
+async def serve(config: ServerConfig, engine: Any | None = None) -> int:
+    """Run until SIGTERM/SIGINT, then drain; returns the exit code (1 if the engine died)."""
     from server.app import SidecarServer  # grpc and the engine load only when serving
 
     server = SidecarServer(config, engine)
@@ -57,10 +59,19 @@ async def serve(config: ServerConfig, engine: Any | None = None) -> None:
         file=sys.stderr,
         flush=True,
     )
-    await stop.wait()
+    signalled = asyncio.ensure_future(stop.wait())
+    died = asyncio.ensure_future(server.engine_died.wait())
+    await asyncio.wait((signalled, died), return_when=asyncio.FIRST_COMPLETED)
+    if died.done():  # health already says NOT_SERVING; exit so the supervisor restarts us
+        signalled.cancel()
+        logger.critical("the engine thread died; exiting with status 1")
+        await server.drain(grace_seconds=0.0)
+        return 1
+    died.cancel()
     logger.info("signal received; draining for up to %.1f s", config.grace_period_seconds)
     await server.drain()
     logger.info("drained; exiting")
+    return 0
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -73,8 +84,18 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"lil-sparse serve: {error}", file=sys.stderr)
         return 2
-    asyncio.run(serve(config))
-    return 0
+    try:
+        code = asyncio.run(serve(config))
+    except ValueError as error:  # a TLS or token file that cannot be read
+        print(f"lil-sparse serve: {error}", file=sys.stderr)
+        return 2
+    # Drained: every stream got its last message and every port is closed. Unloading torch and
+    # the other modules would take the interpreter most of a second more, which only delays the
+    # pod's replacement, so the process ends here.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ class ServerConfig:
     """Everything the sidecar needs to start. Field names are stable: the Helm chart sets them."""
 
     model: str
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # loopback unless told otherwise; the container and chart pass 0.0.0.0
     port: int = 50051
     metrics_port: int = 9400  # 0 picks a free port (tests)
     max_running: int = 8  # requests decoded concurrently (the engine's batch size)
@@ -43,6 +43,17 @@ class ServerConfig:
     page_size: int = 16
     kv_cache_tokens: int = 32768  # KV pool size in tokens per KV head
     max_model_len: int = 0  # 0: the model's own context
+    max_new_tokens_limit: int = 4096  # per-request cap on max_new_tokens (fairness: slots turn over)
+    max_prompt_bytes: int = 1 << 20  # UTF-8 bytes of text or chat; refused before tokenizing
+    tokenizer_threads: int = 2  # threads tokenizing prompts off the event loop
+    tls_cert_file: str = ""  # PEM server certificate chain; with tls_key_file turns on TLS
+    tls_key_file: str = ""  # PEM private key of tls_cert_file
+    tls_client_ca_file: str = ""  # PEM CA bundle: clients must present a certificate it signed (mTLS)
+    auth_token_file: str = ""  # file holding the bearer token every call must carry
+    auth_exempt_health: bool = True  # health checks (kubelet probes) need no token
+    # A plaintext port serving only grpc.health.v1, for kubelet gRPC probes (which cannot speak
+    # TLS); -1: none, 0: a free port (tests).
+    health_port: int = -1
     default_options: RequestOptions = field(default_factory=RequestOptions)
 
     def __post_init__(self) -> None:
@@ -75,6 +86,41 @@ class ServerConfig:
             "max_model_len",
             f"must be >= 0 (0: the model's), got {self.max_model_len}",
         )
+
+        _require(
+            self.max_new_tokens_limit >= 1,
+            "max_new_tokens_limit",
+            f"must be >= 1, got {self.max_new_tokens_limit}",
+        )
+        _require(
+            self.default_options.stopping.max_new_tokens <= self.max_new_tokens_limit,
+            "default_max_new_tokens",
+            f"must be <= max_new_tokens_limit ({self.max_new_tokens_limit}), "
+            f"got {self.default_options.stopping.max_new_tokens}",
+        )
+        _require(self.max_prompt_bytes >= 1, "max_prompt_bytes", f"must be >= 1, got {self.max_prompt_bytes}")
+        _require(
+            self.tokenizer_threads >= 1, "tokenizer_threads", f"must be >= 1, got {self.tokenizer_threads}"
+        )
+        _require(
+            -1 <= self.health_port <= 65535,
+            "health_port",
+            f"must be -1 (none) or in [0, 65535], got {self.health_port}",
+        )
+        _require(
+            bool(self.tls_cert_file) == bool(self.tls_key_file),
+            "tls_cert_file",
+            "tls_cert_file and tls_key_file must be given together",
+        )
+        _require(
+            not self.tls_client_ca_file or bool(self.tls_cert_file),
+            "tls_client_ca_file",
+            "mTLS needs TLS: give tls_cert_file and tls_key_file too",
+        )
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file)
 
     @property
     def max_in_flight(self) -> int:
@@ -115,7 +161,7 @@ class Setting:
 
 SERVER_SETTINGS: tuple[Setting, ...] = (
     Setting("model", str, "model folder, GGUF file or registry name (required)"),
-    Setting("host", str, "address to bind (default 0.0.0.0)"),
+    Setting("host", str, "address to bind (default 127.0.0.1; 0.0.0.0 for every interface)"),
     Setting("port", int, "gRPC port (default 50051; 0 picks a free one)"),
     Setting("metrics_port", int, "Prometheus port (default 9400; 0 picks a free one)"),
     Setting("max_running", int, "requests decoded concurrently (default 8)"),
@@ -129,6 +175,15 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
     Setting("page_size", int, "tokens per KV page (default 16)"),
     Setting("kv_cache_tokens", int, "KV pool size in tokens per KV head (default 32768)"),
     Setting("max_model_len", int, "max prompt+output tokens (default 0: the model's context)"),
+    Setting("max_new_tokens_limit", int, "largest max_new_tokens a request may ask (default 4096)"),
+    Setting("max_prompt_bytes", int, "largest prompt in UTF-8 bytes (default 1048576)"),
+    Setting("tokenizer_threads", int, "threads tokenizing prompts (default 2)"),
+    Setting("tls_cert_file", str, "PEM certificate chain; with --tls-key-file serves TLS"),
+    Setting("tls_key_file", str, "PEM private key for --tls-cert-file"),
+    Setting("tls_client_ca_file", str, "PEM CA bundle; clients must present a cert it signed (mTLS)"),
+    Setting("auth_token_file", str, "file with the bearer token every call must carry"),
+    Setting("auth_exempt_health", parse_bool, "health checks need no token (default true)"),
+    Setting("health_port", int, "plaintext port serving only health, for probes (default -1: none)"),
 )
 
 # Default request options: setting name -> (options group, field in that group).

@@ -1,7 +1,8 @@
 """Conversion between the protobuf messages and the engine's types; the only module touching ``*_pb2``.
 
-Requests become validated :class:`RequestOptions` plus prompt token ids; engine events and
-reports become stream messages. Invalid input raises :class:`InvalidArgument` naming the field.
+Requests become validated :class:`RequestOptions` (the prompt is ``server/prompt_input.py``'s);
+engine events and reports become stream messages. Invalid input raises :class:`InvalidArgument`
+naming the field.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
 from lil_client._proto.lil_sparse.v1 import options_pb2, report_pb2, service_pb2
 
@@ -45,10 +46,10 @@ FINISH_REASON_TO_PROTO: dict[FinishReason, Any] = {
 }
 
 
-class PromptTokenizer(Protocol):
-    def encode(self, text: str) -> list[int]: ...
-
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> str: ...
+# Caps on what one request may send; each keeps one client from costing the server much.
+MAX_REQUEST_ID_CHARS = 128
+MAX_STOP_STRINGS = 16
+MAX_STOP_STRING_BYTES = 256
 
 
 def _overrides(message: Any, names: Sequence[str]) -> dict[str, Any]:
@@ -64,12 +65,37 @@ def _enum_override(value: int, table: Mapping[int, str], field_name: str) -> dic
     return {field_name: table[value]}
 
 
-def options_from_request(request: service_pb2.GenerateRequest, defaults: RequestOptions) -> RequestOptions:
+def request_id_of(request: service_pb2.GenerateRequest) -> str | None:
+    """The caller's request id; None when absent or empty (the server then makes one)."""
+    if not request.HasField("request_id") or request.request_id == "":
+        return None
+    if len(request.request_id) > MAX_REQUEST_ID_CHARS:
+        raise InvalidArgument(
+            f"request_id: must be at most {MAX_REQUEST_ID_CHARS} characters, got {len(request.request_id)}"
+        )
+    if not request.request_id.isprintable():
+        raise InvalidArgument("request_id: must be printable text (no control characters)")
+    return request.request_id
+
+
+def _check_stop_strings(stop_strings: Sequence[str]) -> None:
+    if len(stop_strings) > MAX_STOP_STRINGS:
+        raise InvalidArgument(f"stop_strings: at most {MAX_STOP_STRINGS} strings, got {len(stop_strings)}")
+    for index, stop in enumerate(stop_strings):
+        size = len(stop.encode("utf-8"))
+        if size > MAX_STOP_STRING_BYTES:
+            raise InvalidArgument(f"stop_strings[{index}]: at most {MAX_STOP_STRING_BYTES} bytes, got {size}")
+
+
+def options_from_request(
+    request: service_pb2.GenerateRequest, defaults: RequestOptions, max_new_tokens_limit: int
+) -> RequestOptions:
     """Overlay the request's set fields on ``defaults``; raises InvalidArgument naming the field."""
     sampling, stopping = request.sampling, request.stopping
     sparse, guardian = request.sparse, request.guardian
     stopping_fields = _overrides(stopping, ("max_new_tokens", "ignore_eos"))
     if stopping.stop_strings:
+        _check_stop_strings(stopping.stop_strings)
         stopping_fields["stop_strings"] = tuple(stopping.stop_strings)
     sparse_fields = _overrides(sparse, ("budget_tokens", "sink_tokens", "recent_tokens", "dense_layers"))
     sparse_fields.update(_enum_override(sparse.policy, PROTO_TO_POLICY, "policy"))
@@ -79,7 +105,7 @@ def options_from_request(request: service_pb2.GenerateRequest, defaults: Request
     guardian_fields.update(_overrides(guardian, ("answer_max_tokens",)))
     guardian_fields.update(_enum_override(guardian.action, PROTO_TO_ACTION, "action"))
     try:
-        return RequestOptions(
+        options = RequestOptions(
             sampling=replace(
                 defaults.sampling, **_overrides(sampling, ("temperature", "top_k", "top_p", "seed"))
             ),
@@ -89,29 +115,12 @@ def options_from_request(request: service_pb2.GenerateRequest, defaults: Request
         )
     except ValueError as error:  # the option dataclasses name the field
         raise InvalidArgument(str(error)) from None
-
-
-def prompt_token_ids(request: service_pb2.GenerateRequest, tokenizer: PromptTokenizer) -> list[int]:
-    """Tokenize the request's input (text, chat messages or token ids) into prompt token ids."""
-    kind = request.WhichOneof("input")
-    if kind is None:
-        raise InvalidArgument("input: set one of text, chat or token_ids")
-    if kind == "text":
-        ids = list(tokenizer.encode(request.text))
-    elif kind == "chat":
-        messages = [{"role": m.role, "content": m.content} for m in request.chat.messages]
-        if not messages:
-            raise InvalidArgument("chat: at least one message is required")
-        if any(not m["role"] for m in messages):
-            raise InvalidArgument("chat: every message needs a role")
-        ids = list(tokenizer.encode(tokenizer.apply_chat_template(messages)))
-    else:
-        ids = list(request.token_ids.ids)
-        if any(token < 0 for token in ids):
-            raise InvalidArgument("token_ids: token ids must be >= 0")
-    if not ids:
-        raise InvalidArgument(f"{kind}: the prompt is empty")
-    return ids
+    if options.stopping.max_new_tokens > max_new_tokens_limit:
+        raise InvalidArgument(
+            f"max_new_tokens: must be <= {max_new_tokens_limit} (the server's max_new_tokens_limit), "
+            f"got {options.stopping.max_new_tokens}"
+        )
+    return options
 
 
 def resolved_options_message(options: RequestOptions) -> options_pb2.ResolvedOptions:

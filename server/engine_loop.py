@@ -4,6 +4,11 @@ The asyncio servicer hands submissions and aborts to this thread through a threa
 receives each request's TokenEvents through a callback it registered (the servicer's callback
 hops back onto the event loop with ``call_soon_threadsafe``). Admission control lives here, in
 front of the inbox, so a full queue is refused before any work is done.
+
+Isolation: nothing one request or client does may stop this thread. Every call out of it (a
+request's sink, its acceptance future, the metrics callbacks) is guarded, and a failing sink
+aborts only its own request. If the thread dies anyway (a bug outside ``step()``), every open
+stream fails, new calls are refused, and ``on_death`` tells the server to go NOT_SERVING and exit.
 """
 
 from __future__ import annotations
@@ -66,18 +71,24 @@ class EngineLoop:
     def __init__(
         self,
         engine: Any,
-        max_in_flight: int,
+        max_running: int,
+        max_waiting: int,
         on_stats: Callable[[LoopStats], None] | None = None,
         on_finished: Callable[[TokenEvent, RequestOptions], None] | None = None,
+        on_death: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._engine = engine
-        self._max_in_flight = max_in_flight
+        self._max_running = max_running
+        self._max_waiting = max_waiting
         self._on_stats = on_stats
         self._on_finished = on_finished
+        self._on_death = on_death
         self._inbox: queue.Queue[_Submit | _Abort | None] = queue.Queue()
-        self._lock = threading.Lock()  # guards _admitted and _closed (touched from both sides)
+        self._lock = threading.Lock()  # guards _admitted, _closed and _dead (touched from both sides)
         self._admitted: set[str] = set()
         self._closed = False
+        self._dead: BaseException | None = None
+        self.cancelled_before_acceptance = 0  # submissions their caller cancelled in the inbox
         self._sinks: dict[str, tuple[EventSink, RequestOptions]] = {}  # engine thread only
         self._thread = threading.Thread(target=self._run, name="lil-sparse-engine", daemon=True)
 
@@ -100,6 +111,17 @@ class EngineLoop:
             self._closed = True
 
     @property
+    def alive(self) -> bool:
+        """False once the engine thread died (the server must restart)."""
+        with self._lock:
+            return self._dead is None
+
+    @property
+    def max_in_flight(self) -> int:
+        """The one admission limit: requests running plus waiting (``max_running + max_waiting``)."""
+        return self._max_running + self._max_waiting
+
+    @property
     def in_flight(self) -> int:
         with self._lock:
             return len(self._admitted)
@@ -113,20 +135,32 @@ class EngineLoop:
     ) -> Future[str]:
         """Admit a request (thread-safe). The future resolves once the engine accepted it.
 
-        Raises QueueFull or ShuttingDown at once; the future raises InvalidArgument if the engine
-        rejected the options.
+        Raises QueueFull or ShuttingDown (also once the engine died) at once; the future raises
+        InvalidArgument if the engine rejected the options. The caller may cancel the future at any time.
         """
+        if not request_id:  # the engine would make up its own id, and no event would find the sink
+            raise InvalidArgument("request_id: must not be empty")
         with self._lock:
+            if self._dead is not None:
+                raise ShuttingDown("the engine stopped; the server is restarting")
             if self._closed:
                 raise ShuttingDown("server is shutting down")
             if request_id in self._admitted:
                 raise InvalidArgument(f"request_id: {request_id!r} is already in flight")
-            if len(self._admitted) >= self._max_in_flight:
-                raise QueueFull(f"queue full: {len(self._admitted)} requests running or waiting")
+            if len(self._admitted) >= self.max_in_flight:
+                raise self._queue_full(len(self._admitted))
             self._admitted.add(request_id)
-        accepted: Future[str] = Future()
-        self._inbox.put(_Submit(request_id, prompt_token_ids, options, sink, accepted))
+            accepted: Future[str] = Future()
+            # Under the lock: a thread that dies later still finds this in the inbox and fails it.
+            self._inbox.put(_Submit(request_id, prompt_token_ids, options, sink, accepted))
         return accepted
+
+    def _queue_full(self, in_flight: int) -> QueueFull:
+        """The one message for the one limit, wherever it trips."""
+        return QueueFull(
+            f"queue full: {in_flight} requests running or waiting "
+            f"(max_running {self._max_running} + max_waiting {self._max_waiting}); retry later"
+        )
 
     def abort(self, request_id: str) -> None:
         """Ask the engine to abort (thread-safe); it frees the pages on its next step."""
@@ -136,28 +170,56 @@ class EngineLoop:
         with self._lock:
             self._admitted.discard(request_id)
 
+    def _reject(self, command: _Submit, error: BaseException) -> None:
+        self._release(command.request_id)
+        if not command.accepted.done():  # the caller may have cancelled meanwhile
+            command.accepted.set_exception(error)
+
     def _handle(self, command: _Submit | _Abort) -> None:
         if isinstance(command, _Abort):
             if command.request_id in self._sinks:
                 self._engine.abort(command.request_id)
             return
+        # Claims the future: False means the caller cancelled (client gone, deadline) before we got
+        # here, so the request never reaches the engine; once claimed it can no longer be cancelled.
+        if not command.accepted.set_running_or_notify_cancel():
+            self.cancelled_before_acceptance += 1
+            self._release(command.request_id)
+            return
         try:
             self._engine.add_request(command.prompt_token_ids, command.options, request_id=command.request_id)
         except ValueError as error:  # the engine names the field
-            self._release(command.request_id)
-            command.accepted.set_exception(InvalidArgument(str(error)))
+            self._reject(command, InvalidArgument(str(error)))
             return
-        except QueueFullError as error:  # our admission limit should trip first; this is the backstop
-            self._release(command.request_id)
-            command.accepted.set_exception(QueueFull(str(error)))
+        except QueueFullError:  # admission keeps the engine's queue below its limit; a backstop
+            self._reject(command, self._queue_full(self.in_flight))
             return
         except Exception:
             logger.exception("add_request failed for %s", command.request_id)
-            self._release(command.request_id)
-            command.accepted.set_exception(EngineFailed("the engine could not accept the request"))
+            self._reject(command, EngineFailed("the engine could not accept the request"))
             return
         self._sinks[command.request_id] = (command.sink, command.options)
         command.accepted.set_result(command.request_id)
+
+    def _handle_guarded(self, command: _Submit | _Abort) -> None:
+        """One request's command failing (an abort that raises, say) fails that request only."""
+        try:
+            self._handle(command)
+        except Exception:
+            logger.exception("handling %s for %s failed", type(command).__name__, command.request_id)
+            if isinstance(command, _Submit):
+                if self._sinks.pop(command.request_id, None) is not None:
+                    self._engine.abort(command.request_id)  # accepted before the failure: free it
+                self._reject(command, EngineFailed("the engine could not accept the request"))
+
+    def _deliver(self, request_id: str, sink: EventSink, item: TokenEvent | BaseException) -> bool:
+        """Call one request's sink; a sink that raises loses its request, never the thread."""
+        try:
+            sink(item)
+            return True
+        except Exception:
+            logger.exception("delivering to %s failed; aborting that request", request_id)
+            return False
 
     def _dispatch(self, events: list[TokenEvent]) -> None:
         for event in events:
@@ -165,18 +227,23 @@ class EngineLoop:
             if entry is None:
                 continue
             sink, options = entry
-            sink(event)
             if event.finished:
+                # Counted before the client can see its Finished message, so a scrape after it agrees.
+                if self._on_finished is not None:
+                    self._guarded("on_finished", self._on_finished, event, options)
                 del self._sinks[event.request_id]
                 self._release(event.request_id)
-                if self._on_finished is not None:
-                    self._on_finished(event, options)
+                self._deliver(event.request_id, sink, event)
+            elif not self._deliver(event.request_id, sink, event):
+                del self._sinks[event.request_id]  # the engine frees the pages; we stop listening
+                self._engine.abort(event.request_id)
+                self._release(event.request_id)
 
-    def _fail_all(self) -> None:
-        """The engine raised inside step(): its state is unknown, so every stream fails."""
-        logger.exception("engine step failed; failing %d requests", len(self._sinks))
+    def _fail_all(self, reason: str) -> None:
+        """The engine's state is unknown: every stream fails, and the engine drops its requests."""
+        logger.error("%s; failing %d requests", reason, len(self._sinks))
         for request_id, (sink, _) in list(self._sinks.items()):
-            sink(EngineFailed("the engine failed while generating"))
+            self._deliver(request_id, sink, EngineFailed("the engine failed while generating"))
             self._release(request_id)
             try:
                 self._engine.abort(request_id)
@@ -184,18 +251,26 @@ class EngineLoop:
                 logger.exception("abort after failure failed for %s", request_id)
         self._sinks.clear()
 
+    def _guarded(self, name: str, callback: Callable[..., None], *args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception:
+            logger.exception("%s callback failed", name)
+
     def _publish_stats(self) -> None:
         if self._on_stats is None:
             return
         stats = self._engine.stats()
-        self._on_stats(
+        self._guarded(
+            "on_stats",
+            self._on_stats,
             LoopStats(
                 in_flight=self.in_flight,
                 num_running=stats.num_running,
                 num_waiting=stats.num_waiting,
                 kv_pages_used=stats.kv_pages_used,
                 kv_pages_total=stats.kv_pages_total,
-            )
+            ),
         )
 
     def _take_commands(self, block: bool) -> list[_Submit | _Abort | None]:
@@ -208,6 +283,26 @@ class EngineLoop:
                 return commands
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as error:  # a bug outside step(): the process must restart
+            logger.critical("the engine thread died", exc_info=error)
+            self._die(error)
+
+    def _die(self, error: BaseException) -> None:
+        with self._lock:
+            self._dead = error
+            self._closed = True
+        self._fail_all("the engine thread died")
+        for command in self._take_commands(block=False):  # submissions nobody will handle now
+            if isinstance(command, _Submit) and command.accepted.set_running_or_notify_cancel():
+                self._reject(command, ShuttingDown("the engine stopped; the server is restarting"))
+        with self._lock:
+            self._admitted.clear()
+        if self._on_death is not None:
+            self._guarded("on_death", self._on_death, error)
+
+    def _serve(self) -> None:
         stopping = False
         while True:
             busy = self._engine.has_unfinished()
@@ -217,10 +312,13 @@ class EngineLoop:
                 if command is None:
                     stopping = True
                 else:
-                    self._handle(command)
+                    self._handle_guarded(command)
             if self._engine.has_unfinished():
                 try:
-                    self._dispatch(self._engine.step())
+                    events = self._engine.step()
                 except Exception:
-                    self._fail_all()
+                    logger.exception("engine step failed")
+                    self._fail_all("engine step failed")
+                else:
+                    self._dispatch(events)
             self._publish_stats()

@@ -3,12 +3,19 @@
     step = schedule -> run the model (policies select pages -> attention backend) -> sample
            -> stop checks (EOS, length, stop strings, Guardian) -> token events
 
+One request can never hurt another. A failure while handling one request's tokens (its
+admission, sampling settings, sampler row, detokenizer, stop checks or Guardian) finishes that
+request alone with ``FinishReason.ERROR``; the others keep exactly the tokens they would have
+produced. A failure of the shared model forward finishes every request of that step with
+``ERROR`` and frees their pages; the engine keeps serving.
+
 Not thread safe: one thread owns the engine and calls :meth:`step` in a loop. The server hands it
 requests and aborts through its own inbox.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -20,19 +27,23 @@ from lil_sparse.engine.backend_choice import choose_backend
 from lil_sparse.engine.guardian_driver import GuardianDriver
 from lil_sparse.engine.model_runner import ModelRunner
 from lil_sparse.engine.page_manager import PageManager
+from lil_sparse.engine.request_output import RequestOutput
 from lil_sparse.engine.scheduler import Scheduler
 from lil_sparse.engine.sequence import Sequence, SequenceStatus
+from lil_sparse.engine.step_sampler import StepSampler
 from lil_sparse.engine.stop_checker import StopChecker
 from lil_sparse.events import FinishReason, RequestReport, TokenEvent
 from lil_sparse.guardian.answer import AnswerPhase, answer_prompt
 from lil_sparse.kv import BlockTable, KVCache, PagePool
 from lil_sparse.loading import LoadedModel, load_model
-from lil_sparse.loading.detokenizer import IncrementalDetokenizer
 from lil_sparse.options import POLICY_NAMES, RequestOptions
 from lil_sparse.policies import get_policy
-from lil_sparse.sampling import Sampler, SamplingParams, with_request_seed
+from lil_sparse.sampling import Sampler, with_request_seed
 
 MAX_PREFILL_TOKENS = 8192
+GUARDIAN_IDLE_WAIT_SECONDS = 0.05  # how long a step waits for a verdict when every request is paused
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -78,7 +89,14 @@ class LLMEngine:
         self.pool = PagePool(num_pages)
         self.kv = KVCache(mc.num_layers, num_pages, page_size, mc.head_dim, dtype, device)
         table = BlockTable(config.max_batch_size, mc.num_kv_heads, max_pages_per_seq, device)
-        self.pages = PageManager(self.pool, table, self.kv, mc.num_kv_heads, page_size)
+        self.pages = PageManager(
+            self.pool,
+            table,
+            self.kv,
+            mc.num_kv_heads,
+            page_size,
+            poison_freed_pages=config.poison_freed_pages,
+        )
         self.backend = choose_backend(config, mc)
         self.runner = ModelRunner(
             loaded.model, self.kv, self.pages, self.backend, mc.num_layers, cuda_graphs=config.cuda_graphs
@@ -92,10 +110,12 @@ class LLMEngine:
             MAX_PREFILL_TOKENS,
         )
         self.sampler = Sampler()
+        self.step_sampler = StepSampler(self.sampler)
         self.guardian = GuardianDriver(config.guardian_workers, config.guardian_max_lag_steps)
         self.stop_checker = StopChecker(self.tokenizer.eos_token_ids)
         self._sequences: dict[str, Sequence] = {}
-        self._detokenizers: dict[str, IncrementalDetokenizer] = {}
+        self._outputs: dict[str, RequestOutput] = {}
+        self._finishing: dict[str, FinishReason] = {}  # stopped, waiting for a Guardian verdict
         self._answers: dict[str, AnswerPhase] = {}  # Guardian action "answer": requests answering
         self.info = EngineInfo(
             model_name=loaded.name,
@@ -127,11 +147,7 @@ class LLMEngine:
         request_id = request_id or uuid.uuid4().hex
         if request_id in self._sequences:
             raise ValueError(f"request_id: {request_id!r} is already running")
-        if not prompt_token_ids:
-            raise ValueError("prompt: must contain at least one token")
-        vocab = self.model_config.vocab_size
-        if any(not 0 <= t < vocab for t in prompt_token_ids):
-            raise ValueError(f"prompt_token_ids: every id must be in [0, {vocab})")
+        self._check_prompt(prompt_token_ids)
         total = len(prompt_token_ids) + options.stopping.max_new_tokens
         if total > self.max_context:
             raise ValueError(
@@ -155,9 +171,32 @@ class LLMEngine:
             ),
             arrival_time=arrival_time if arrival_time is not None else time.perf_counter(),
         )
+        prompt_pages = -(-len(prompt_token_ids) // self.config.page_size) * self.model_config.num_kv_heads
+        if prompt_pages > self.pool.num_pages:
+            raise ValueError(
+                f"prompt: {len(prompt_token_ids)} tokens need {prompt_pages} KV pages, more than the "
+                f"{self.pool.num_pages} the engine has"
+            )
         self.scheduler.add(seq)
         self._sequences[request_id] = seq
         return request_id
+
+    def _check_prompt(self, prompt_token_ids: list[int]) -> None:
+        """The prompt alone: non-empty, ids in the vocabulary, room for one new token.
+        Messages name ``prompt`` (the server maps it to its own field name)."""
+        if not prompt_token_ids:
+            raise ValueError("prompt: must contain at least one token")
+        vocab = self.model_config.vocab_size
+        for index, token in enumerate(prompt_token_ids):
+            if not isinstance(token, int) or isinstance(token, bool) or not 0 <= token < vocab:
+                raise ValueError(
+                    f"prompt: token id {token!r} at index {index} is outside the vocabulary [0, {vocab})"
+                )
+        if len(prompt_token_ids) >= self.max_context:
+            raise ValueError(
+                f"prompt: {len(prompt_token_ids)} tokens leave no room for a new token in the context "
+                f"of {self.max_context} tokens"
+            )
 
     def abort(self, request_id: str) -> None:
         """Finish a request at the start of the next step (unknown ids are ignored)."""
@@ -176,124 +215,213 @@ class LLMEngine:
     # ---- the step ---------------------------------------------------------------------------
     def step(self) -> list[TokenEvent]:
         events = [
-            self._finish(s, FinishReason.ABORTED) for s in list(self._sequences.values()) if s.abort_requested
+            self._finish(s, FinishReason.ABORTED, self._kept(s))
+            for s in list(self._sequences.values())
+            if s.abort_requested
         ]
         events += self._apply_guardian()
         batch = self.scheduler.schedule()
         if batch is None:
             return events
-        now = time.perf_counter()
+        seqs = batch.seqs if batch.is_prefill else [s for s in batch.seqs if not self._paused(s)]
         if batch.is_prefill:
-            for seq in batch.seqs:
-                seq.prefill_start_time = now
+            seqs = self._admit_all(seqs, events)
+        if not seqs:  # every running request waits for a Guardian verdict
+            if not batch.is_prefill:
+                self.guardian.wait_any([s.request_id for s in batch.seqs], GUARDIAN_IDLE_WAIT_SECONDS)
+            return events
+        try:
+            logits = self._forward(seqs, batch.is_prefill)
+        except Exception as error:  # the shared forward: the whole step fails, the engine goes on
+            logger.exception("model forward failed; failing the %d requests of the step", len(seqs))
+            return events + [self._fail(s, "model", error) for s in seqs]
+        seqs, tokens, logprobs, failed = self.step_sampler.sample(seqs, logits)
+        events += [self._fail(seq, "sampling", error) for seq, error in failed]
+        finished_at = time.perf_counter()
+        for seq, token, logprob in zip(seqs, tokens, logprobs, strict=True):
+            try:
+                events += self._append_token(seq, token, logprob, finished_at)
+            except Exception as error:
+                events.append(self._fail(seq, "token", error))
+        return events
+
+    def _paused(self, seq: Sequence) -> bool:
+        """Waiting for its Guardian verdict: stopped already, or too far ahead of a pending check."""
+        return seq.request_id in self._finishing or self.guardian.lagging(seq)
+
+    def _admit_all(self, seqs: list[Sequence], events: list[TokenEvent]) -> list[Sequence]:
+        admitted = []
+        now = time.perf_counter()
+        for seq in seqs:
+            seq.prefill_start_time = now
+            try:
                 self._admit(seq)
-            logits = self.runner.prefill(batch.seqs)
-            for seq in batch.seqs:
+            except Exception as error:
+                events.append(self._fail(seq, "admission", error))
+            else:
+                admitted.append(seq)
+        return admitted
+
+    def _forward(self, seqs: list[Sequence], is_prefill: bool) -> torch.Tensor:
+        """Logits ``[len(seqs), V]`` of the step's one model forward."""
+        if is_prefill:
+            logits = self.runner.prefill(seqs)
+            for seq in seqs:
                 if get_policy(seq.policy).evicts:
                     self.scheduler.shrink_reservation(seq, seq.budget_pages * self.model_config.num_kv_heads)
         else:
-            logits = self.runner.decode(batch.seqs)
-        positions = torch.tensor([s.num_prompt_tokens + s.num_output_tokens for s in batch.seqs])
-        params = SamplingParams.from_options([s.options.sampling for s in batch.seqs], logits.device)
-        token_ids, logprobs = self.sampler.sample(logits, params, positions.to(logits.device))
-        # The one host sync of the step: the scheduler needs the tokens.
-        tokens = token_ids.tolist()
-        token_logprobs = logprobs.tolist()
-        finished_at = time.perf_counter()
-        for seq, token, logprob in zip(batch.seqs, tokens, token_logprobs, strict=True):
-            events.append(self._append_token(seq, token, logprob, finished_at))
-        return events
+            logits = self.runner.decode(seqs)
+        # Debug mode: a read of KV nothing wrote shows up as NaN logits; fail loudly (one host sync).
+        if self.config.poison_freed_pages and bool(logits.isnan().any()):
+            raise RuntimeError("NaN logits: the step attended KV that nothing wrote (poison_freed_pages)")
+        return logits
 
     def _admit(self, seq: Sequence) -> None:
         self.pages.admit(seq)
-        self._detokenizers[seq.request_id] = IncrementalDetokenizer(self.tokenizer, seq.prompt_token_ids)
+        self._outputs[seq.request_id] = RequestOutput(self.tokenizer, seq.options.stopping.stop_strings)
         if seq.options.guardian.enabled:
             self.guardian.admit(seq, self.tokenizer.decode(seq.prompt_token_ids, skip_special_tokens=False))
 
-    def _append_token(self, seq: Sequence, token: int, logprob: float, now: float) -> TokenEvent:
+    def _append_token(self, seq: Sequence, token: int, logprob: float, now: float) -> list[TokenEvent]:
+        """Record a sampled token, run the stop checks, and release what the client may see."""
+        output = self._outputs[seq.request_id]
         answer = self._answers.get(seq.request_id)
-        if answer is not None:
-            return self._append_answer_token(seq, answer, token, logprob, now)
+        forced = False
+        if answer is not None:  # the answer phase: a forced prompt token replaces the sampled one
+            token, logprob, forced = answer.next_token(token, logprob)
         seq.output_token_ids.append(token)
         seq.token_times.append(now)
-        delta = self._detokenizers[seq.request_id].push([token])
-        seq.output_text += delta
-        reason, delta = self.stop_checker.check(seq, token, delta)
+        stop_string_hit = output.push(token, logprob, forced)
+        reason = self.stop_checker.check(seq, token, stop_string_hit)
+        if answer is not None:
+            return self._after_answer_token(seq, answer, reason, forced)
         if reason is None:
-            self.guardian.after_token(seq)
-            return TokenEvent(seq.request_id, (token,), delta, (logprob,))
-        event = self._finish(seq, reason)
-        return TokenEvent(seq.request_id, (token,), delta, (logprob,), reason, event.report)
+            self.guardian.after_token(seq, output.decoded)
+        gate = self.guardian.gate(seq.request_id)
+        if reason is not None:
+            if gate is None:
+                return [self._finish(seq, reason)]
+            self._finishing[seq.request_id] = reason  # pause until the pending check decides
+        return self._release(seq, seq.num_output_tokens if gate is None else gate)
+
+    def _release(self, seq: Sequence, upto: int, answer: bool = False) -> list[TokenEvent]:
+        first, upto, logprobs, text = self._outputs[seq.request_id].release(upto)
+        if upto == first and not text:
+            return []
+        tokens = tuple(seq.output_token_ids[first:upto])
+        return [TokenEvent(seq.request_id, tokens, text, tuple(logprobs), answer=answer)]
 
     def _apply_guardian(self) -> list[TokenEvent]:
-        events = []
-        for request_id, record in self.guardian.collect(self.scheduler.running):
+        events: list[TokenEvent] = []
+        for request_id, verdict in self.guardian.collect():
             seq = self._sequences.get(request_id)
-            if seq is None or not record.stop or seq.status != SequenceStatus.RUNNING:
+            if seq is None or seq.status != SequenceStatus.RUNNING:
                 continue
-            if request_id in self._answers:  # already answering: later verdicts change nothing
-                continue
-            seq.guardian_report.applied_at_step = seq.num_output_tokens
-            if seq.options.guardian.action == "answer":
-                self._start_answer(seq)
-                continue
-            events.append(self._finish(seq, FinishReason.EARLY_STOP))
+            if isinstance(verdict, Exception):
+                events.append(self._fail(seq, "guardian", verdict))
+            elif verdict.stop and seq.options.guardian.action == "answer":
+                try:
+                    self._start_answer(seq, verdict.generated_tokens)
+                except Exception as error:
+                    events.append(self._fail(seq, "guardian answer", error))
+            elif verdict.stop:  # cut the output at the check; the tokens after it were held back
+                seq.guardian_report.applied_at_step = verdict.generated_tokens
+                events.append(self._finish(seq, FinishReason.EARLY_STOP, verdict.generated_tokens))
+            elif (gate := self.guardian.gate(request_id)) is not None:
+                events += self._release(seq, gate)
+            elif request_id in self._finishing:
+                events.append(self._finish(seq, self._finishing[request_id]))
+            else:
+                events += self._release(seq, seq.num_output_tokens)
         return events
 
     # ---- Guardian stop action "answer" (lil_sparse/guardian/answer.py) ------------------------
-    def _start_answer(self, seq: Sequence) -> None:
-        """End the thinking: from the next token on, append the answer prompt, then decode at most
-        ``answer_max_tokens`` more. No Guardian check runs after this."""
+    def _start_answer(self, seq: Sequence, stop_step: int) -> None:
+        """End the thinking at the check after ``stop_step`` tokens: from the next token on, append
+        the answer prompt, then decode at most ``answer_max_tokens`` more. No check runs after.
+
+        Such a request pauses at every pending check (:class:`GuardianDriver`), so its output ends
+        exactly at the check: no token was decoded past it, nothing is discarded, and the KV the
+        answer attends is that of the kept tokens only.
+        """
+        if seq.num_output_tokens != stop_step:  # the pause at each check makes this impossible
+            raise RuntimeError(
+                f"answer: {seq.num_output_tokens - stop_step} tokens were decoded past the stop check"
+            )
+        output = self._outputs[seq.request_id]
         prompt_text = self.tokenizer.decode(seq.prompt_token_ids, skip_special_tokens=False)
-        forced = tuple(self.tokenizer.encode(answer_prompt(prompt_text + seq.output_text)))
-        self._answers[seq.request_id] = AnswerPhase(
-            seq.num_output_tokens, forced, seq.options.guardian.answer_max_tokens
-        )
+        forced = tuple(self.tokenizer.encode(answer_prompt(prompt_text + output.decoded)))
+        self._answers[seq.request_id] = AnswerPhase(stop_step, forced, seq.options.guardian.answer_max_tokens)
+        self.guardian.close_checks(seq)
+        seq.guardian_report.applied_at_step = stop_step
 
-    def _append_answer_token(
-        self, seq: Sequence, answer: AnswerPhase, sampled: int, logprob: float, now: float
-    ) -> TokenEvent:
-        """Append a token of the answer phase: a forced prompt token instead of the sampled one
-        while any is left, then the model's own. Any stop (the answer budget, EOS, a stop string,
-        the length cap) ends the request with ``early_stop``: Guardian cut the thinking."""
-        token, logprob, forced = answer.next_token(sampled, logprob)
-        seq.output_token_ids.append(token)
-        seq.token_times.append(now)
-        delta = self._detokenizers[seq.request_id].push([token])
-        seq.output_text += delta
-        reason, delta = self.stop_checker.check(seq, token, delta)
+    def _after_answer_token(
+        self, seq: Sequence, answer: AnswerPhase, reason: FinishReason | None, forced: bool
+    ) -> list[TokenEvent]:
+        """Release an answer-phase token, or finish. Any stop (the answer budget, EOS, a stop
+        string, the length cap) ends the request with ``early_stop``: Guardian cut the thinking.
+        A forced token never ends it but by the length cap (stop strings in forced text are not
+        matched, see :class:`RequestOutput`; an EOS id in the prompt is ignored here)."""
         if forced and reason != FinishReason.LENGTH:
-            reason = None  # the prompt's own text never ends the request (EOS ids, stop strings)
+            reason = None
         if reason is None and not answer.done:
-            return TokenEvent(seq.request_id, (token,), delta, (logprob,), answer=True)
-        event = self._finish(seq, FinishReason.EARLY_STOP)
-        return TokenEvent(
-            seq.request_id, (token,), delta, (logprob,), FinishReason.EARLY_STOP, event.report, answer=True
-        )
+            return self._release(seq, seq.num_output_tokens, answer=True)
+        return [self._finish(seq, FinishReason.EARLY_STOP)]
 
-    def _finish(self, seq: Sequence, reason: FinishReason) -> TokenEvent:
-        """Free everything the sequence holds and build its final event (no tokens)."""
-        seq.finish_reason = reason
-        self.scheduler.finish(seq)
-        self.pages.release(seq)
-        self.guardian.release(seq)
+    def _kept(self, seq: Sequence) -> int:
+        """Tokens a request keeps when it ends early (abort, error): those already released."""
+        output = self._outputs.get(seq.request_id)
+        return output.released if output is not None else 0
+
+    def _fail(self, seq: Sequence, stage: str, error: BaseException) -> TokenEvent:
+        """Finish one request with ``ERROR`` after a failure in ``stage`` (logged with its traceback)."""
+        logger.error("request %s failed in %s", seq.request_id, stage, exc_info=error)
+        return self._finish(seq, FinishReason.ERROR, self._kept(seq), f"{stage}: {error!r}")
+
+    def _finish(
+        self, seq: Sequence, reason: FinishReason, kept: int | None = None, error: str = ""
+    ) -> TokenEvent:
+        """Free everything the sequence holds and build its final event.
+
+        ``kept`` (default: all) output tokens stay; the final event carries the ones not yet
+        released and the rest of the text, which is ``decode(kept ids)`` cut after a stop string.
+        """
+        kept = seq.num_output_tokens if kept is None else kept
+        output = self._outputs.pop(seq.request_id, None)
+        first, text, logprobs = kept, "", list[float]()
+        if output is not None:
+            try:
+                first, _, logprobs, text, stopped = output.finish(seq.output_token_ids[:kept])
+                if stopped and reason in (FinishReason.LENGTH, FinishReason.EOS):
+                    reason = FinishReason.STOP_STRING  # the last characters completed a stop string
+                seq.output_text = output.emitted
+            except Exception as failure:  # a broken tokenizer must not keep the pages
+                logger.error("request %s: final text failed", seq.request_id, exc_info=failure)
+                first, reason = output.released, FinishReason.ERROR
+                kept, seq.output_text = first, output.emitted
+                error = error or f"detokenizer: {failure!r}"
+        seq.keep_outputs(kept)
+        self._finishing.pop(seq.request_id, None)
         answer = self._answers.pop(seq.request_id, None)
-        if answer is not None:
-            answer.fill(seq.guardian_report)
-        self._detokenizers.pop(seq.request_id, None)
         self._sequences.pop(seq.request_id, None)
-        report = RequestReport(
-            request_id=seq.request_id,
-            finish_reason=reason,
-            prompt_tokens=seq.num_prompt_tokens,
-            completion_tokens=seq.num_output_tokens,
-            output_token_ids=list(seq.output_token_ids),
-            output_text=seq.output_text,
-            timings=seq.timings(),
-            guardian=seq.guardian_report,
-            kv=seq.kv_report,
-        )
-        return TokenEvent(seq.request_id, (), "", (), reason, report)
+        # Each part frees what it holds even if another part raised: a failure here is this
+        # request's alone (it ends in ERROR), never a reason to keep pages or stop the step.
+        for part, release in (
+            ("scheduler", self.scheduler.finish),
+            ("pages", self.pages.release),
+            ("guardian", self.guardian.release),
+        ):
+            try:
+                release(seq)
+            except Exception as failure:
+                logger.error("request %s: releasing its %s failed", seq.request_id, part, exc_info=failure)
+                reason, error = FinishReason.ERROR, error or f"{part} release: {failure!r}"
+        if answer is not None:
+            answer.fill(seq.guardian_report, seq.num_output_tokens)
+        report = seq.report(reason, error)
+        tokens = tuple(seq.output_token_ids[first:])
+        # After an answer started, every token not released yet is an answer token.
+        return TokenEvent(seq.request_id, tokens, text, tuple(logprobs), reason, report, answer is not None)
 
     # ---- conveniences -----------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], options: list[RequestOptions]) -> list[RequestReport]:

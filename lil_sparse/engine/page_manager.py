@@ -3,6 +3,13 @@
 Host-side work is counting (how many pages, when a page boundary is crossed). Page ids are
 chosen on the host only when they come from the free list; everything that depends on page
 contents (which page an eviction policy drops) runs on the device for all rows at once.
+
+Every method that takes pages from the pool or gives them back also updates the sequence's
+``held_pages`` (and slot) before it returns, and undoes its allocation if a later part of it
+raises: pages are never taken without being accounted to a sequence. With ``poison_freed_pages``
+(a debug mode, used by the tests) every page that stops holding a sequence's tokens has its keys
+set to NaN, so attending a slot nothing wrote turns the logits into NaN instead of silently
+reading stale K/V.
 """
 
 from __future__ import annotations
@@ -40,7 +47,13 @@ def compact_rows(
 
 class PageManager:
     def __init__(
-        self, pool: PagePool, table: BlockTable, kv: KVCache, num_kv_heads: int, page_size: int
+        self,
+        pool: PagePool,
+        table: BlockTable,
+        kv: KVCache,
+        num_kv_heads: int,
+        page_size: int,
+        poison_freed_pages: bool = False,
     ) -> None:
         self.pool = pool
         self.table = table
@@ -48,31 +61,47 @@ class PageManager:
         self.num_kv_heads = num_kv_heads
         self.page_size = page_size
         self.device = table.table.device
+        self.poison_freed_pages = poison_freed_pages
+        if poison_freed_pages:
+            kv.poison_pages(torch.arange(kv.num_pages, device=self.device))
 
     def pages_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.page_size)
 
     # ---- allocation -------------------------------------------------------------------------
     def admit(self, seq: Sequence) -> None:
-        """Give a sequence a block-table slot and pages for its whole prompt."""
+        """Give a sequence a block-table slot and pages for its whole prompt (all or nothing)."""
+        if seq.slot >= 0:
+            raise RuntimeError(f"{seq.request_id} already holds block-table slot {seq.slot}")
         seq.slot = self.table.acquire_slot()
-        count = self.pages_for(seq.num_prompt_tokens)
-        self._append_new_pages([seq], [count])
-        seq.held_pages = count
+        try:
+            self._append_new_pages([seq], [self.pages_for(seq.num_prompt_tokens)])
+        except BaseException:
+            self.table.release_slot(seq.slot)
+            seq.slot = -1
+            raise
 
     def _append_new_pages(self, seqs: list[Sequence], counts: list[int]) -> None:
-        """Append ``counts[i]`` fresh pages per KV head to ``seqs[i]`` (one device write)."""
+        """Append ``counts[i]`` fresh pages per KV head to ``seqs[i]`` (one device write) and
+        count them in ``held_pages``. If anything after the allocation raises, the pages go back
+        to the pool and no sequence changes."""
         pages = self.pool.allocate(sum(counts) * self.num_kv_heads)
-        # Index arithmetic on host tensors (no Python loop over pages): entry e of sequence i is
-        # head e // count, position held + e % count, in the order the pages were handed out.
-        per_seq = torch.tensor([(s.slot, s.held_pages, c) for s, c in zip(seqs, counts, strict=True)])
-        repeats = per_seq[:, 2] * self.num_kv_heads
-        slot, held, count = (column.repeat_interleave(repeats) for column in per_seq.unbind(1))
-        starts = torch.cumsum(repeats, 0) - repeats
-        entry = torch.arange(len(pages)) - starts.repeat_interleave(repeats)
-        page_ids = torch.tensor(pages, dtype=torch.long)
-        self.table.write_pages(slot, entry // count, held + entry % count, page_ids)
-        self.kv.reset_pages(page_ids.to(self.device, non_blocking=True))
+        try:
+            # Index arithmetic on host tensors (no Python loop over pages): entry e of sequence i
+            # is head e // count, position held + e % count, in the order the pages were handed out.
+            per_seq = torch.tensor([(s.slot, s.held_pages, c) for s, c in zip(seqs, counts, strict=True)])
+            repeats = per_seq[:, 2] * self.num_kv_heads
+            slot, held, count = (column.repeat_interleave(repeats) for column in per_seq.unbind(1))
+            starts = torch.cumsum(repeats, 0) - repeats
+            entry = torch.arange(len(pages)) - starts.repeat_interleave(repeats)
+            page_ids = torch.tensor(pages, dtype=torch.long)
+            self.table.write_pages(slot, entry // count, held + entry % count, page_ids)
+            self.kv.reset_pages(page_ids.to(self.device, non_blocking=True))
+        except BaseException:
+            self.pool.free(pages)
+            raise
+        for seq, count_added in zip(seqs, counts, strict=True):  # cannot raise: accounting is now
+            seq.held_pages += count_added
 
     def prepare_decode(self, seqs: list[Sequence]) -> None:
         """Make room for the token each sequence writes this step.
@@ -81,12 +110,13 @@ class PageManager:
         is at budget: then each head evicts one page and reuses it as the new page, on the device.
         """
         growing = [s for s in seqs if s.next_position % self.page_size == 0]
+        # Split once, before any page is added: a sequence whose new page brings it exactly to its
+        # budget must not also evict in the same step (that attended a page nothing wrote).
+        recycling = [s for s in growing if _at_eviction_budget(s)]
         fresh = [s for s in growing if not _at_eviction_budget(s)]
         if fresh:
             self._append_new_pages(fresh, [1] * len(fresh))
-            for seq in fresh:
-                seq.held_pages += 1
-        for group in _by_policy([s for s in growing if _at_eviction_budget(s)]):
+        for group in _by_policy(recycling):
             self._evict_and_recycle(group)
 
     def _evict_and_recycle(self, seqs: list[Sequence]) -> None:
@@ -98,6 +128,8 @@ class PageManager:
         compacted.scatter_(1, (batch.held - 1).unsqueeze(1), recycled.unsqueeze(1))
         width = batch.table.shape[1]
         self.table.table[slot_index, :, :width] = compacted.view(len(seqs), self.num_kv_heads, width)
+        if self.poison_freed_pages:  # the evicted tokens are gone: reading them is a bug
+            self.kv.poison_pages(recycled.long())
         self.kv.reset_pages(recycled.long())
 
     def evict_after_prefill(self, seqs: list[Sequence]) -> None:
@@ -110,10 +142,11 @@ class PageManager:
                 self.num_kv_heads
             )
             compacted, evicted = compact_rows(batch.table, scores, keep, batch.held)
+            # Prefill is not the per-token path: one host copy here returns pages to the pool.
+            freed = batch.table[evicted].tolist()
             width = batch.table.shape[1]
             self.table.table[slot_index, :, :width] = compacted.view(len(group), self.num_kv_heads, width)
-            # Prefill is not the per-token path: one host copy here returns pages to the pool.
-            self.pool.free(batch.table[evicted].tolist())
+            self._free(freed)
             for seq in group:
                 seq.held_pages = seq.budget_pages
 
@@ -121,11 +154,17 @@ class PageManager:
         """Return every page and the slot of a finished or aborted sequence."""
         if seq.slot < 0:
             return
-        if seq.held_pages:
-            self.pool.free(self.table.held_pages(seq.slot, seq.held_pages))
+        pages = self.table.held_pages(seq.slot, seq.held_pages) if seq.held_pages else []
         self.table.release_slot(seq.slot)
         seq.slot = -1
         seq.held_pages = 0
+        self._free(pages)
+
+    def _free(self, pages: list[int]) -> None:
+        """Return pages to the pool (poisoned first in the debug mode)."""
+        if self.poison_freed_pages and pages:
+            self.kv.poison_pages(torch.tensor(pages, dtype=torch.long, device=self.device))
+        self.pool.free(pages)
 
     # ---- policy views ---------------------------------------------------------------------
     def policy_batch(

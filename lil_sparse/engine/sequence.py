@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
-from lil_sparse.events import FinishReason, GuardianReport, KVReport, Timings
+from lil_sparse.events import FinishReason, GuardianReport, KVReport, RequestReport, Timings
 from lil_sparse.options import RequestOptions
 
 
@@ -31,7 +31,7 @@ class Sequence:
     arrival_time: float = field(default_factory=time.perf_counter)
     status: SequenceStatus = SequenceStatus.WAITING
     output_token_ids: list[int] = field(default_factory=list)
-    output_text: str = ""
+    output_text: str = ""  # the text the client was sent (final once the request finished)
     slot: int = -1  # block-table row
     held_pages: int = 0  # pages held per KV head
     num_cached_tokens: int = 0  # tokens whose K/V is in the cache
@@ -62,6 +62,30 @@ class Sequence:
     @property
     def last_token_id(self) -> int:
         return self.output_token_ids[-1]
+
+    def keep_outputs(self, count: int) -> None:
+        """Drop every output token after the first ``count`` (tokens held back behind a Guardian
+        stop, or not released before an abort or error), with their times and decode steps (the
+        first token comes from prefill, token ``i + 1`` from decode step ``i``)."""
+        del self.output_token_ids[count:]
+        del self.token_times[count:]
+        del self.kv_report.attended_pages_per_step[max(0, count - 1) :]
+
+    def report(self, reason: FinishReason, error: str = "") -> RequestReport:
+        """The final report, once the sequence has finished with ``reason``."""
+        self.finish_reason = reason
+        return RequestReport(
+            request_id=self.request_id,
+            finish_reason=reason,
+            prompt_tokens=self.num_prompt_tokens,
+            completion_tokens=self.num_output_tokens,
+            output_token_ids=list(self.output_token_ids),
+            output_text=self.output_text,
+            timings=self.timings(),
+            guardian=self.guardian_report,
+            kv=self.kv_report,
+            error=error,
+        )
 
     def timings(self) -> Timings:
         first = self.token_times[0] if self.token_times else self.arrival_time

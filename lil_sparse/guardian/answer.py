@@ -65,7 +65,10 @@ class AnswerPhase:
         """The prompt is in and the model has had its ``answer_max_tokens``."""
         return not self.forced and self.generated_tokens >= self.answer_max_tokens
 
-    def fill(self, report: GuardianReport) -> None:
+    def fill(self, report: GuardianReport, output_tokens: int) -> None:
+        """Fill the report's answer fields for a request that kept ``output_tokens`` tokens (fewer
+        than appended when it ended by an abort or an error: only released tokens stay)."""
+        after_stop = max(0, output_tokens - self.thinking_tokens)
         report.answer_started_at = self.thinking_tokens
-        report.answer_prompt_tokens = len(self.prompt_token_ids) - len(self.forced)
-        report.answer_tokens = self.generated_tokens
+        report.answer_prompt_tokens = min(after_stop, len(self.prompt_token_ids))
+        report.answer_tokens = after_stop - report.answer_prompt_tokens

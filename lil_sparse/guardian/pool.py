@@ -2,7 +2,8 @@
 
 zlib releases the GIL while it compresses, so a check on a worker thread overlaps with the
 engine's next decode steps. The engine submits a check when one is due, collects finished ones
-with :meth:`GuardianPool.poll` once per step, and bounds the lag with :meth:`GuardianPool.wait`.
+with :meth:`GuardianPool.poll` once per step, and bounds the lag by pausing only the request
+whose check lags (it waits with :meth:`GuardianPool.wait_any` only when nothing else can run).
 
 A Guardian is not thread safe and the incremental compressor must see its bytes in order, so the
 checks of one key run one after another, in submission order, on one worker at a time. Checks of
@@ -15,7 +16,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Hashable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -90,26 +91,21 @@ class GuardianPool(Generic[KeyT]):
             else:
                 check.future.set_result(record)
 
-    def poll(self) -> list[tuple[KeyT, GuardianCheckRecord]]:
+    def poll(self) -> list[tuple[KeyT, GuardianCheckRecord | Exception]]:
         """Finished checks not returned before, in submission order per key. Never blocks.
 
-        A check that raised is removed and its exception raised here (other finished checks
-        stay for the next poll).
+        A check that raised comes back as its exception, in its place in the key's order: one
+        request's failing check is that request's problem, never the other keys'.
         """
         with self._lock:
-            for key, state in self._keys.items():
-                if state.undelivered and state.undelivered[0].future.done():
-                    error = state.undelivered[0].future.exception()
-                    if error is not None:
-                        state.undelivered.popleft()
-                        self._forget_if_idle(key, state)
-                        raise error
-            finished: list[tuple[KeyT, GuardianCheckRecord]] = []
+            finished: list[tuple[KeyT, GuardianCheckRecord | Exception]] = []
             for key, state in list(self._keys.items()):
                 while state.undelivered and state.undelivered[0].future.done():
-                    if state.undelivered[0].future.exception() is not None:
-                        break
-                    finished.append((key, state.undelivered.popleft().future.result()))
+                    future = state.undelivered.popleft().future
+                    error = future.exception()
+                    if error is not None and not isinstance(error, Exception):
+                        raise error  # KeyboardInterrupt and the like are not a check's failure
+                    finished.append((key, error if error is not None else future.result()))
                 self._forget_if_idle(key, state)
             return finished
 
@@ -126,6 +122,18 @@ class GuardianPool(Generic[KeyT]):
             futures = [check.future for check in state.undelivered] if state else []
         _, not_done = wait_futures(futures, timeout=timeout)
         return not not_done
+
+    def wait_any(self, keys: list[KeyT], timeout: float) -> None:
+        """Block until the oldest undelivered check of any of ``keys`` is finished, or
+        ``timeout`` seconds pass (the engine calls this only when nothing else can run)."""
+        with self._lock:
+            futures = [
+                state.undelivered[0].future
+                for key in keys
+                if (state := self._keys.get(key)) is not None and state.undelivered
+            ]
+        if futures:
+            wait_futures(futures, timeout=timeout, return_when=FIRST_COMPLETED)
 
     def pending(self, key: KeyT) -> int:
         """Checks of ``key`` submitted and not finished yet (queued or running)."""

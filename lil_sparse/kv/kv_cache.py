@@ -59,6 +59,17 @@ class KVCache:
         self.key_sum[:, pages] = 0.0
         self.attention_mass[pages] = 0.0
 
+    def poison_pages(self, pages: torch.Tensor) -> None:
+        """Debug mode: set every key of ``pages`` (``[n] int64``) to NaN in every layer.
+
+        A decode step that attends a slot nothing wrote since then scores NaN against it, and the
+        softmax spreads the NaN to the whole row's output: the logits become NaN. Slots a step
+        masks out (beyond ``last_page_len``) are filled with ``-inf`` before the softmax and stay
+        harmless. Values are left alone: the reference backend multiplies masked slots by a
+        probability of exactly 0, and ``0 * NaN`` would poison rows that read nothing wrong.
+        """
+        self.k[:, pages] = float("nan")
+
     def write(
         self,
         layer: int,

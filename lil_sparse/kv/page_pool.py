@@ -41,8 +41,13 @@ class PagePool:
         return pages
 
     def free(self, pages: list[int]) -> None:
+        """Return ``pages``; all or nothing (raises ``ValueError`` before freeing any if one of
+        them is not allocated or appears twice)."""
+        if len(set(pages)) != len(pages):
+            raise ValueError("pages: a page appears twice")
         for page in pages:
             if not 0 <= page < self.num_pages or self._is_free[page]:
                 raise ValueError(f"page {page} is not an allocated page")
+        for page in pages:
             self._is_free[page] = 1
             self._free.append(page)

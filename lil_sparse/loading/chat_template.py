@@ -8,6 +8,7 @@ and the ``raise_exception`` / ``strftime_now`` globals templates call.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -73,3 +74,36 @@ def render_chat_template(
         )
     except jinja2.exceptions.TemplateError as error:
         raise ValueError(f"chat template: {error}") from error
+
+
+# Stands in for a message's content while rendering, to find where each content lands. Private-use
+# code points, so no template or real text writes them.
+_CONTENT_MARK = "\ue000lil-content-{}\ue001"
+_CONTENT_MARK_PATTERN = re.compile("\ue000lil-content-(\\d+)\ue001")
+
+
+def render_chat_segments(
+    template: str,
+    messages: list[dict[str, str]],
+    add_generation_prompt: bool,
+    special_tokens: dict[str, str | None],
+) -> tuple[str, list[tuple[str, bool]] | None]:
+    """The rendered prompt and its split into ``(text, is_message_content)`` segments.
+
+    The segments concatenate to the prompt, so a tokenizer can parse control tokens in the
+    template's own text while treating what the caller wrote as plain text. The split is None
+    when the template rewrites contents (e.g. trims them) so they cannot be located exactly.
+    """
+    rendered = render_chat_template(template, messages, add_generation_prompt, special_tokens)
+    marked = [{**message, "content": _CONTENT_MARK.format(i)} for i, message in enumerate(messages)]
+    pieces = _CONTENT_MARK_PATTERN.split(
+        render_chat_template(template, marked, add_generation_prompt, special_tokens)
+    )
+    # re.split with one group alternates template text and the captured message index.
+    segments = [
+        (messages[int(piece)]["content"], True) if index % 2 else (piece, False)
+        for index, piece in enumerate(pieces)
+    ]
+    if "".join(text for text, _ in segments) != rendered:
+        return rendered, None
+    return rendered, segments

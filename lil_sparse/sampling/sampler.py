@@ -19,27 +19,40 @@ def filter_top_k_top_p(
 
     scaled: [B, V] float32 logits (already divided by temperature).
     top_k:  [B] int64, 0 keeps all. top_p: [B] float32, 1.0 keeps all.
-    max_top_k: when > 0, no row keeps more than this many tokens (every row has
-        ``0 < top_k <= max_top_k``), so the candidates come from a top-k of that width instead
-        of a full sort of the vocabulary. The result is the same.
-    Returns [B, V] float32. The nucleus is the smallest set of the most likely tokens (after
-    top-k, renormalised) whose probability reaches ``top_p``; the most likely token always stays.
+    max_top_k: when > 0, no filtering row keeps more than this many tokens (every row with a
+        filter has ``0 < top_k <= max_top_k``), so the candidates come from a top-k of that width
+        instead of a full sort of the vocabulary. The result is the same.
+    Returns [B, V] float32. Each row uses only its own settings: a row with neither filter
+    (``top_k == 0`` and ``top_p == 1``) comes back unchanged, whatever its batch mates ask for.
+    The nucleus is the smallest set of the most likely tokens (after top-k, renormalised) whose
+    probability reaches ``top_p``; the most likely token always stays. The nucleus test reads a
+    running sum over the row's own top-k candidates only (``cumsum`` up to rank ``k - 1``), so
+    candidates beyond the row's k, which a wider batch mate brings in, never enter it (exactly
+    on the CPU, whose scan is sequential; a GPU scan may round a prefix differently for another
+    width, which matters only for a nucleus boundary tied at float32 precision).
     """
     vocab_size = scaled.shape[-1]
     if 0 < max_top_k < vocab_size:
         sorted_logits, sorted_index = scaled.topk(max_top_k, dim=-1)  # [B, W], descending
     else:
-        sorted_logits, sorted_index = scaled.sort(dim=-1, descending=True)  # [B, V]
+        sorted_logits, sorted_index = scaled.sort(dim=-1, descending=True)  # [B, W = V]
     width = sorted_logits.shape[-1]
     rank = torch.arange(width, device=scaled.device).unsqueeze(0)  # [1, W]
-    k = torch.where(top_k > 0, top_k, width).clamp(max=width).unsqueeze(1)  # [B, 1]
+    k = torch.where(top_k > 0, top_k, vocab_size).clamp(max=width).unsqueeze(1)  # [B, 1]
     sorted_logits = sorted_logits.masked_fill(rank >= k, float("-inf"))
-    probs = sorted_logits.softmax(dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs  # [B, W] probability of the strictly better tokens
+    # Unnormalised probabilities relative to the row's best logit (rank 0, always finite).
+    weights = (sorted_logits - sorted_logits[:, :1]).exp()  # [B, W], 0 beyond k
+    running = weights.cumsum(dim=-1)  # [B, W]
+    total = running.gather(1, k - 1)  # [B, 1] the row's own top-k mass
+    mass_before = running - weights  # [B, W] mass of the strictly better tokens
     # A token belongs to the nucleus while the better tokens still fall short of top_p.
-    outside = (mass_before >= top_p.unsqueeze(1)) & (rank > 0)
+    # top_p == 1 keeps every candidate: rounding must not push the tail's mass_before to total.
+    nucleus = (top_p < 1.0).unsqueeze(1)  # [B, 1]
+    outside = (mass_before >= top_p.unsqueeze(1) * total) & (rank > 0) & nucleus
     sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
-    return torch.full_like(scaled, float("-inf")).scatter_(-1, sorted_index, sorted_logits)
+    filtered = torch.full_like(scaled, float("-inf")).scatter_(-1, sorted_index, sorted_logits)
+    keeps_all = ((top_k == 0) & (top_p >= 1.0)).unsqueeze(1)  # [B, 1] rows without a filter
+    return torch.where(keeps_all, scaled, filtered)
 
 
 class Sampler:
@@ -49,9 +62,9 @@ class Sampler:
     into one kernel with ``torch.compile``: bit-identical noise, measured on an H100 at B=64,
     V=152064 as 0.07 ms instead of 1.1 ms per step, for a one-off compile of about 10 s.
 
-    Batch invariance: a row's token depends only on its logits, options and position. The only
-    way batch mates can matter is through float rounding in the top-p softmax (whose reduction
-    length follows the batch's ``max_top_k``), i.e. a nucleus boundary tie at the 1e-7 level.
+    Batch invariance: a row's token depends only on its logits, options and position. Each row
+    applies its own top-k and top-p (see :func:`filter_top_k_top_p`); a row without filters is
+    never filtered, and a filtering row's nucleus sums only its own candidates.
     """
 
     def __init__(self, compile_noise: bool = False) -> None:

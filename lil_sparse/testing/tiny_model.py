@@ -4,7 +4,7 @@ The folder has everything :func:`lil_sparse.loading.load_model` reads: ``config.
 ``model.safetensors``, ``tokenizer.json`` and ``tokenizer_config.json`` with a chat template.
 The tokenizer is a byte-level BPE trained on a small built-in corpus, so any text round-trips.
 
-    python -m lil_sparse.testing.tiny_model OUTDIR [--architecture llama|qwen2] [--seed 0]
+    python -m lil_sparse.testing.tiny_model OUTDIR [--architecture llama|qwen2] [--seed 0] [--num-layers 2]
 """
 
 from __future__ import annotations
@@ -108,8 +108,10 @@ def main() -> None:
     parser.add_argument("outdir")
     parser.add_argument("--architecture", default="llama", choices=("llama", "qwen2"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-layers", type=int, default=2)
     args = parser.parse_args()
-    print(build_tiny_model(args.outdir, architecture=args.architecture, seed=args.seed))
+    path = build_tiny_model(args.outdir, args.architecture, seed=args.seed, num_layers=args.num_layers)
+    print(path)
 
 
 if __name__ == "__main__":

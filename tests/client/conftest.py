@@ -18,7 +18,10 @@ def client_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from server.background import BackgroundServer
     from server.config import ServerConfig
 
-    model_dir: Path = build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2") / "model", architecture="qwen2")
+    # Three layers: Quest's default two dense layers leave one sparse layer (it refuses to be all dense).
+    model_dir: Path = build_tiny_model(
+        tmp_path_factory.mktemp("tiny-qwen2") / "model", architecture="qwen2", num_layers=3
+    )
     engine = LLMEngine.from_config(EngineConfig(model=str(model_dir), kv_cache_tokens=4096, max_batch_size=4))
     config = ServerConfig(model=str(model_dir), host="127.0.0.1", port=0, metrics_port=0)
     with BackgroundServer(config, engine=engine) as background:

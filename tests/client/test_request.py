@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from lil_client import GenerateOptions, build_request
 from lil_client._proto.lil_sparse.v1 import options_pb2
@@ -54,3 +56,26 @@ def test_client_never_imports_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_allow_special_tokens_is_sent_only_when_given() -> None:
+    assert not build_request("hi").HasField("allow_special_tokens")
+    request = build_request("hi", options=GenerateOptions(allow_special_tokens=True))
+    assert request.HasField("allow_special_tokens") and request.allow_special_tokens is True
+
+
+def test_connection_checks_its_pairs_and_sends_the_token(tmp_path: Path) -> None:
+    from lil_client import Connection
+
+    with pytest.raises(ValueError, match=r"^cert_file: "):
+        Connection(cert_file="client.pem")
+    with pytest.raises(ValueError, match=r"^token: "):
+        Connection(token="a", token_file="b")
+    (tmp_path / "token").write_text(" abc\n")
+    assert Connection(token_file=str(tmp_path / "token")).metadata() == (("authorization", "Bearer abc"),)
+    assert Connection().metadata() == ()
+    assert (Connection().uses_tls, Connection(ca_file="ca.pem").uses_tls, Connection(tls=True).uses_tls) == (
+        False,
+        True,
+        True,
+    )

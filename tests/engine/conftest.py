@@ -27,7 +27,13 @@ def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def engine(tiny_model_dir: Path) -> Iterator[LLMEngine]:
     eng = LLMEngine.from_config(
-        EngineConfig(model=str(tiny_model_dir), kv_cache_tokens=4096, max_batch_size=8, guardian_workers=0)
+        EngineConfig(
+            model=str(tiny_model_dir),
+            kv_cache_tokens=4096,
+            max_batch_size=8,
+            guardian_workers=0,
+            poison_freed_pages=True,
+        )
     )
     yield eng
     eng.close()

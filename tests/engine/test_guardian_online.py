@@ -60,7 +60,7 @@ def test_a_huge_threshold_stops_at_the_second_check_and_zero_never_stops(engine:
     assert len(never.guardian.checks) == 5 and never.guardian.stop_step is None
 
 
-def test_decoding_goes_on_while_a_check_is_running(engine: LLMEngine) -> None:
+def test_a_lagging_check_pauses_only_its_request_and_no_token_passes_the_stop(engine: LLMEngine) -> None:
     gate = threading.Event()
     started = threading.Event()
 
@@ -72,24 +72,40 @@ def test_decoding_goes_on_while_a_check_is_running(engine: LLMEngine) -> None:
     engine.guardian.shutdown()
     engine.guardian = GuardianDriver(workers=2, max_lag_steps=4, compressed_size=gated_size)
     prompt_ids = engine.tokenizer.encode(PROMPT)
-    request_id = engine.add_request(prompt_ids, guarded("full", interval=5, threshold=10**9, max_new=40))
-    produced = 0
-    while produced < 5:
-        produced += sum(len(e.token_ids) for e in engine.step() if e.request_id == request_id)
-    assert started.wait(timeout=30)  # the first check (after token 5) is running, blocked on the gate
-    # The engine keeps decoding with the check in flight: max_lag_steps - 1 more tokens without waiting.
-    for _ in range(3):
-        events = engine.step()
-        assert any(e.token_ids for e in events if e.request_id == request_id)
-    seq = engine._sequences[request_id]
-    assert seq.num_output_tokens == 8 and engine.guardian.pool.pending(request_id) == 1
-    # At the lag bound the engine waits for the verdict: release the gate from another thread.
-    threading.Timer(0.2, gate.set).start()
-    finished = []
+    plain = RequestOptions(stopping=StoppingOptions(max_new_tokens=30, ignore_eos=True))
+    solo = engine.generate([prompt_ids[:30]], [plain])[0].output_token_ids
+    guarded_id = engine.add_request(prompt_ids, guarded("full", interval=5, threshold=10**9, max_new=40))
+    plain_id = engine.add_request(prompt_ids[:30], plain)
+    streamed: dict[str, list[int]] = {guarded_id: [], plain_id: []}
+    texts: dict[str, str] = {guarded_id: "", plain_id: ""}
+    reports = {}
+
+    def step() -> None:
+        for event in engine.step():
+            streamed[event.request_id] += event.token_ids
+            texts[event.request_id] += event.text_delta
+            if event.report is not None:
+                reports[event.request_id] = event.report
+
+    while len(streamed[guarded_id]) < 5:
+        step()
+    assert started.wait(timeout=30)  # the first check (after token 5) is running, held by the gate
+    seq = engine._sequences[guarded_id]
+    # Up to max_lag_steps tokens are decoded past the pending check, but none is released.
+    for _ in range(8):
+        step()
+    assert seq.num_output_tokens == 9 and streamed[guarded_id] == seq.output_token_ids[:5]
+    # The lagging request is paused; its batch mate went on every step.
+    assert len(streamed[plain_id]) == 5 + 8 and engine.guardian.pool.pending(guarded_id) == 1
+    gate.set()
     while engine.has_unfinished():
-        finished += [e for e in engine.step() if e.finish_reason is not None]
-    report = finished[0].report
-    assert report is not None and report.finish_reason == FinishReason.EARLY_STOP
-    assert report.guardian.stop_step == 10  # the second check always says stop with this threshold
-    # Applied within the lag bound (0 when the second check finished before the next step).
-    assert 0 <= report.guardian.applied_at_step - report.guardian.stop_step <= 4
+        step()
+    report = reports[guarded_id]
+    assert report.finish_reason == FinishReason.EARLY_STOP
+    # The second check always says stop with this threshold: exactly 10 tokens, none after it.
+    assert report.guardian.stop_step == report.guardian.applied_at_step == 10 == report.completion_tokens
+    assert streamed[guarded_id] == report.output_token_ids
+    assert texts[guarded_id] == report.output_text == engine.tokenizer.decode(report.output_token_ids)
+    assert [c.generated_tokens for c in report.guardian.checks] == [5, 10]
+    assert streamed[plain_id] == reports[plain_id].output_token_ids == solo
+    assert engine.pool.num_used == 0

@@ -25,7 +25,10 @@ PROBLEMS: dict[str, list[dict[str, object]]] = {
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("eval-tiny") / "model", architecture="llama", seed=0)
+    # Three layers: Quest's default two dense layers leave one sparse layer (it refuses to be all dense).
+    return build_tiny_model(
+        tmp_path_factory.mktemp("eval-tiny") / "model", architecture="llama", seed=0, num_layers=3
+    )
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 
 import pytest
 
 from lil_sparse.config import EngineConfig
 from lil_sparse.engine import LLMEngine
+from lil_sparse.engine.guardian_driver import GuardianDriver
+from lil_sparse.engine.request_output import RequestOutput
 from lil_sparse.events import FinishReason, TokenEvent
+from lil_sparse.guardian import zlib_compressed_size
 from lil_sparse.guardian.answer import ANSWER_SUFFIX, AnswerPhase, answer_prompt
 from lil_sparse.options import GuardianOptions, RequestOptions, StoppingOptions
 from lil_sparse.testing.tiny_model import build_tiny_model
@@ -27,10 +31,12 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLMEngine]:
     eng.close()
 
 
-def request(action: str, max_new: int = 200, answer_max_tokens: int = 5) -> RequestOptions:
+def request(
+    action: str, max_new: int = 200, answer_max_tokens: int = 5, stop: tuple[str, ...] = ()
+) -> RequestOptions:
     # A threshold of 10^9 bytes: the second check (after 20 tokens) says stop.
     return RequestOptions(
-        stopping=StoppingOptions(max_new_tokens=max_new, ignore_eos=True),
+        stopping=StoppingOptions(max_new_tokens=max_new, ignore_eos=True, stop_strings=stop),
         guardian=GuardianOptions(
             enabled=True,
             interval_tokens=10,
@@ -74,6 +80,84 @@ def test_answer_appends_the_prompt_then_decodes_the_answer_budget(engine: LLMEng
     assert all(math.isnan(x) for x in logprobs[20 : 20 + len(forced)])
     assert not any(math.isnan(x) for x in logprobs[:20] + logprobs[20 + len(forced) :])
     assert "".join(e.text_delta for e in events) == report.output_text
+
+
+def test_answer_pauses_at_each_pending_check_and_equals_the_inline_run(engine: LLMEngine) -> None:
+    gate = threading.Event()
+    started = threading.Event()
+
+    def gated_size(data: bytes) -> int:
+        started.set()
+        gate.wait(timeout=30)
+        return zlib_compressed_size(data)
+
+    prompt_ids = engine.tokenizer.encode(PROMPT)
+    plain = RequestOptions(stopping=StoppingOptions(max_new_tokens=30, ignore_eos=True))
+    inline, solo = engine.generate([prompt_ids, prompt_ids], [request("answer"), plain])
+    engine.guardian.shutdown()
+    engine.guardian = GuardianDriver(workers=2, max_lag_steps=4, compressed_size=gated_size)
+    try:
+        answer_id = engine.add_request(prompt_ids, request("answer"))
+        plain_id = engine.add_request(prompt_ids, plain)
+        events: dict[str, list[TokenEvent]] = {answer_id: [], plain_id: []}
+
+        def step() -> None:
+            for event in engine.step():
+                events[event.request_id].append(event)
+
+        while sum(len(e.token_ids) for e in events[answer_id]) < 10:
+            step()
+        assert started.wait(timeout=30)  # the check after token 10 runs, held by the gate
+        seq = engine._sequences[answer_id]
+        for _ in range(6):
+            step()
+        # Paused at the pending check itself (no token decoded past it: a stop will have nothing
+        # to discard); its batch mate went on every step.
+        assert seq.num_output_tokens == 10 and engine.guardian.lagging(seq)
+        assert sum(len(e.token_ids) for e in events[plain_id]) == 10 + 6
+        gate.set()
+        while engine.has_unfinished():
+            step()
+    finally:
+        gate.set()
+        engine.guardian.shutdown()
+        engine.guardian = GuardianDriver(workers=0, max_lag_steps=engine.config.guardian_max_lag_steps)
+    report = events[answer_id][-1].report
+    assert report is not None and report.finish_reason == FinishReason.EARLY_STOP
+    assert report.output_token_ids == inline.output_token_ids
+    assert report.guardian.answer_started_at == report.guardian.applied_at_step == 20
+    assert [t for e in events[answer_id] for t in e.token_ids] == report.output_token_ids
+    text = "".join(e.text_delta for e in events[answer_id])
+    assert text == report.output_text == engine.tokenizer.decode(report.output_token_ids)
+    assert [t for e in events[plain_id] for t in e.token_ids] == solo.output_token_ids
+    assert engine.pool.num_used == 0
+
+
+def test_text_of_the_forced_prompt_never_ends_the_request(engine: LLMEngine) -> None:
+    prompt_ids = engine.tokenizer.encode(PROMPT)
+    forced = engine.tokenizer.encode(ANSWER_SUFFIX)
+    plain = engine.generate([prompt_ids], [request("answer")])[0]
+    for own in (plain.output_token_ids[:20], plain.output_token_ids[20 + len(forced) :]):
+        text = engine.tokenizer.decode(own)  # the model's own text says neither stop string
+        assert "Final answer" not in text and "boxed" not in text
+    events = run(engine, prompt_ids, request("answer", stop=("Final answer", "boxed")))
+    report = events[-1].report
+    assert report is not None and report.finish_reason == FinishReason.EARLY_STOP
+    assert report.output_token_ids == plain.output_token_ids
+    assert report.completion_tokens == 20 + len(forced) + 5
+    assert report.output_text == engine.tokenizer.decode(report.output_token_ids)
+    assert "".join(e.text_delta for e in events) == report.output_text
+
+
+def test_a_stop_string_counts_only_if_it_ends_after_the_forced_text(engine: LLMEngine) -> None:
+    tokenizer = engine.tokenizer
+    output = RequestOutput(tokenizer, ("answer", ": \\boxed{4"))
+    assert not any(output.push(token, 0.0, forced=True) for token in tokenizer.encode(ANSWER_SUFFIX))
+    # "answer" lies wholly inside the forced text; ": \boxed{4" starts in it and ends after it.
+    hits = [output.push(token, -1.0) for token in tokenizer.encode("42}")]
+    assert any(hits) and output.decoded == ANSWER_SUFFIX + "4"
+    *_, text, stopped = output.finish(tokenizer.encode(ANSWER_SUFFIX) + tokenizer.encode("42}"))
+    assert stopped is True and output.emitted == text == ANSWER_SUFFIX + "4"
 
 
 def test_the_length_cap_ends_the_answer_early_with_early_stop(engine: LLMEngine) -> None:

@@ -90,6 +90,61 @@ def test_shadow_on_a_thread_pool_never_stops_and_keeps_checks_in_flight(engine: 
     assert [c.generated_tokens for c in report.guardian.checks] == [10, 20, 30, 40]
 
 
+def test_shadow_holds_no_token_behind_a_pending_check_and_pauses_only_at_the_lag_bound(
+    engine: LLMEngine,
+) -> None:
+    gate = threading.Event()
+    started = threading.Event()
+
+    def gated_size(data: bytes) -> int:
+        started.set()
+        gate.wait(timeout=30)
+        return zlib_compressed_size(data)
+
+    prompt_ids = engine.tokenizer.encode(PROMPT)
+    off = engine.generate([prompt_ids], [request(False, False, max_new=40)])[0]
+    engine.guardian.shutdown()
+    engine.guardian = GuardianDriver(workers=2, max_lag_steps=4, compressed_size=gated_size)
+    try:
+        request_id = engine.add_request(prompt_ids, request(True, True, max_new=40))
+        streamed: list[int] = []
+        text = ""
+        reports = []
+
+        def step() -> None:
+            nonlocal text
+            for event in engine.step():
+                streamed.extend(event.token_ids)
+                text += event.text_delta
+                if event.report is not None:
+                    reports.append(event.report)
+
+        while len(streamed) < 10:
+            step()
+        assert started.wait(timeout=30)  # the check after token 10 runs, held by the gate
+        seq = engine._sequences[request_id]
+        for _ in range(8):
+            step()
+        # Every decoded token was streamed in its own step (nothing held back behind the check);
+        # the request paused once it ran max_lag_steps tokens past the pending check.
+        assert seq.num_output_tokens == 14 and streamed == seq.output_token_ids
+        assert engine.guardian.gate(request_id) is None and engine.guardian.lagging(seq)
+        gate.set()
+        while engine.has_unfinished():
+            step()
+    finally:
+        gate.set()
+        engine.guardian.shutdown()
+        engine.guardian = GuardianDriver(workers=0, max_lag_steps=engine.config.guardian_max_lag_steps)
+    report = reports[0]
+    assert report.finish_reason == FinishReason.LENGTH and report.completion_tokens == 40
+    assert streamed == report.output_token_ids == off.output_token_ids
+    assert text == report.output_text == off.output_text
+    assert report.guardian.stop_step == 20 and report.guardian.applied_at_step is None
+    assert [c.generated_tokens for c in report.guardian.checks] == [10, 20, 30]
+    assert engine.pool.num_used == 0
+
+
 def test_guardian_report_carries_the_shadow_flag_and_options_validate() -> None:
     options = GuardianOptions(enabled=True, interval_tokens=1, threshold_bytes=10**9, shadow=True)
     guardian = Guardian(options, b"p")

@@ -28,6 +28,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "pvc": {"model": {"source": "pvc", "pvc": {"claimName": "models", "path": "smollm2/model.gguf"}}},
     "no-gpu": {"gpu": {"enabled": False}, "resources": {"requests": {"cpu": "4", "memory": "4Gi"}}},
     "headless": {"service": {"headless": True}, "replicaCount": 3},
+    "secure": {
+        "security": {
+            "tls": {"enabled": True, "secretName": "lil-tls", "clientCASecretName": "lil-client-ca"},
+            "auth": {"enabled": True, "secretName": "lil-token", "secretKey": "bearer"},
+        }
+    },
     "tuned": {
         "server": {
             "host": "[::]",
@@ -44,6 +50,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "pageSize": 32,
             "kvCacheTokens": 65536,
             "maxModelLen": 8192,
+            "maxNewTokensLimit": 1024,
+            "maxPromptBytes": 262144,
+            "tokenizerThreads": 4,
             "defaults": {
                 "temperature": 0.7,
                 "topK": 50,

@@ -54,6 +54,15 @@ KUBE_VERSIONS = ("1.27.0", "1.33.0")
 CRD_KINDS = {"ServiceMonitor"}
 # Chart keys under `server` that are not server settings.
 NON_SETTING_KEYS = {"logLevel", "extraArgs", "extraEnv", "defaults"}
+# Server settings the chart derives from `security` (mounted Secrets), not from `server`.
+SECURITY_SETTINGS = {
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_client_ca_file",
+    "auth_token_file",
+    "auth_exempt_health",
+    "health_port",
+}
 # The flush after the grace period during which aborted streams get their final message
 # (server/app.py _ABORT_FLUSH_SECONDS); the pod must outlive it.
 ABORT_FLUSH_SECONDS = 2.0
@@ -150,16 +159,19 @@ def test_container_args_build_the_configured_server(set_name: str) -> None:
 def test_chart_covers_every_server_setting() -> None:
     chart_settings = setting_names_of(merged_values({})["server"])
     real_settings = {setting.name for setting in all_settings()}
-    assert set(chart_settings) | {"model"} == real_settings
+    assert set(chart_settings) | {"model"} | SECURITY_SETTINGS == real_settings
 
 
 def test_chart_defaults_are_the_server_defaults() -> None:
-    """Besides model and device, the default release runs the server exactly as its defaults do."""
+    """Besides model, device and host, the default release runs the server as its defaults do.
+
+    The server alone binds 127.0.0.1; in a pod it must listen on the pod's interface.
+    """
     config = parse_container_args(server_container({}))
-    expected = dataclasses.replace(ServerConfig(model=config.model), device="cuda")
+    expected = dataclasses.replace(ServerConfig(model=config.model), device="cuda", host="0.0.0.0")
     assert config == expected
     for name, chart_value in setting_names_of(merged_values({})["server"]).items():
-        if name != "device":
+        if name not in ("device", "host"):
             assert chart_value == server_default(name), name
 
 
@@ -178,7 +190,9 @@ def test_probes_are_grpc_health_checks_on_the_grpc_port(set_name: str) -> None:
     from server.servicer import SERVICE_NAME  # the proto's full service name
 
     container = server_container(VALUE_SETS[set_name])
-    grpc_port = parse_container_args(container).port
+    config = parse_container_args(container)
+    # With TLS the probes ask the plaintext health-only port: kubelet probes cannot speak TLS.
+    grpc_port = config.health_port if config.tls else config.port
     for probe_name, service in (
         ("startupProbe", ""),
         ("livenessProbe", ""),
@@ -402,6 +416,9 @@ def test_notes_show_how_to_stream_and_where_metrics_are() -> None:
         ({"server": {"backend": "triton"}}, "/server/backend"),
         ({"serviceMonitor": {"interval": "soon"}}, "/serviceMonitor/interval"),
         ({"replicas": 2}, "replicas"),  # a typo of replicaCount
+        ({"security": {"tls": {"enabled": True}}}, "/security/tls/secretName"),
+        ({"security": {"auth": {"enabled": True}}}, "/security/auth/secretName"),
+        ({"server": {"maxNewTokensLimit": 0}}, "/server/maxNewTokensLimit"),
     ],
 )
 def test_schema_rejects_invalid_values(values: dict[str, Any], path: str) -> None:
@@ -430,4 +447,40 @@ def test_server_settings_are_not_all_defaults_in_tuned_set() -> None:
     tuned = setting_names_of(merged_values(VALUE_SETS["tuned"])["server"])
     unchanged = sorted(name for name, value in tuned.items() if value == server_default(name))
     assert unchanged == []
-    assert {setting.name for setting in SERVER_SETTINGS} - set(tuned) == {"model"}
+    assert {setting.name for setting in SERVER_SETTINGS} - set(tuned) == {"model"} | SECURITY_SETTINGS
+
+
+def test_security_mounts_the_secrets_and_passes_their_files() -> None:
+    container = server_container(VALUE_SETS["secure"])
+    config = parse_container_args(container)
+    assert (config.tls_cert_file, config.tls_key_file) == (
+        "/etc/lil-sparse/tls/tls.crt",
+        "/etc/lil-sparse/tls/tls.key",
+    )
+    assert config.tls_client_ca_file == "/etc/lil-sparse/client-ca/ca.crt"
+    assert (config.auth_token_file, config.auth_exempt_health) == ("/etc/lil-sparse/auth/bearer", True)
+    assert config.health_port == named_container_port(container, "health") == 8081
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    pod = single(VALUE_SETS["secure"], "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for name, secret, folder in (
+        ("tls", "lil-tls", "/etc/lil-sparse/tls"),
+        ("client-ca", "lil-client-ca", "/etc/lil-sparse/client-ca"),
+        ("auth", "lil-token", "/etc/lil-sparse/auth"),
+    ):
+        assert (mounts[name]["mountPath"], mounts[name]["readOnly"]) == (folder, True)
+        assert volumes[name]["secret"]["secretName"] == secret
+    assert volumes["auth"]["secret"]["items"] == [{"key": "bearer", "path": "bearer"}]
+
+
+def test_security_off_mounts_nothing_and_passes_no_file() -> None:
+    container = server_container({})
+    config = parse_container_args(container)
+    assert (config.tls, config.auth_token_file, config.health_port) == (False, "", -1)
+    assert not {"tls", "client-ca", "auth"} & {m["name"] for m in container["volumeMounts"]}
+
+
+def test_auth_without_health_exemption_is_refused() -> None:
+    values = {"security": {"auth": {"enabled": True, "secretName": "t", "exemptHealth": False}}}
+    with pytest.raises(helm_python.HelmRenderError, match="exemptHealth"):
+        render(values)

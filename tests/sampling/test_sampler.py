@@ -216,3 +216,55 @@ def test_compiled_noise_gives_the_same_tokens() -> None:
         assert torch.equal(
             eager.sample(logits, params, positions)[0], compiled.sample(logits, params, positions)[0]
         )
+
+
+ROW_KINDS = [
+    SamplingOptions(temperature=0.8, seed=42),  # no filter
+    SamplingOptions(temperature=1.0, top_k=5, seed=1),
+    SamplingOptions(temperature=1.0, top_k=1, seed=2),
+    SamplingOptions(temperature=1.0, top_k=VOCAB + 50, seed=3),  # wider than the vocabulary
+    SamplingOptions(temperature=0.9, top_p=0.7, seed=4),
+    SamplingOptions(temperature=1.2, top_k=12, top_p=0.5, seed=5),
+    SamplingOptions(temperature=1.0, top_k=40, top_p=0.95, seed=6),
+    SamplingOptions(),  # greedy
+]
+
+
+def reference_kept(logits_row: torch.Tensor, option: SamplingOptions) -> set[int]:
+    """Plain per-row rule: top-k of the row, renormalise, then the nucleus (never batched)."""
+    order = sorted(range(VOCAB), key=lambda i: -float(logits_row[i]))
+    top = order[: option.top_k] if option.top_k > 0 else order
+    probs = logits_row[top].double().softmax(dim=-1).tolist()
+    return {top[i] for i in reference_nucleus(probs, option.top_p)}
+
+
+@pytest.mark.parametrize("mates", [(0, 1), (0, 4), (1, 5, 6), (2, 3), (0, 1, 2, 3, 4, 5, 6, 7), (4, 6, 0)])
+def test_each_row_filters_with_its_own_top_k_and_top_p(mates: tuple[int, ...]) -> None:
+    options = [ROW_KINDS[i] for i in mates]
+    logits = random_logits(len(options), seed=sum(mates))
+    scaled = logits / torch.tensor([max(o.temperature, 1e-5) for o in options]).unsqueeze(1)
+    params = SamplingParams.from_options(options)
+    filtered = filter_top_k_top_p(scaled.clone(), params.top_k, params.top_p, params.max_top_k)
+    for row, option in enumerate(options):
+        kept = set(torch.isfinite(filtered[row]).nonzero().flatten().tolist())
+        if option.top_k == 0 and option.top_p == 1.0:
+            assert torch.equal(filtered[row], scaled[row])  # untouched, whatever the mates ask
+        else:
+            assert kept == reference_kept(scaled[row], option), (mates, row)
+
+
+@pytest.mark.parametrize("mate", range(len(ROW_KINDS)))
+def test_a_seeded_row_samples_the_same_tokens_beside_any_mate(mate: int) -> None:
+    """The issue's case: temperature 0.8, seed 42 changed when batched with a top_k=5 request."""
+    target = ROW_KINDS[0]
+    for position in range(40):
+        logits = random_logits(2, seed=position, scale=1.5)
+        alone = sample(logits[:1], [target], [position])[0].item()
+        together = sample(logits, [target, ROW_KINDS[mate]], [position, position + 3])[0].tolist()
+        assert together[0] == alone, position
+    # And every kind keeps its own tokens next to a top-k 5 row, in either order.
+    for kind in ROW_KINDS:
+        for position in range(10):
+            logits = random_logits(2, seed=100 + position)
+            alone = sample(logits[1:], [kind], [position])[0].item()
+            assert sample(logits, [ROW_KINDS[1], kind], [7, position])[0][1].item() == alone

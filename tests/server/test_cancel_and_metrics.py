@@ -25,7 +25,7 @@ def _gauge(samples: dict[Any, float], name: str, model: str) -> float:
 
 
 def test_cancel_mid_stream_frees_pages(server: Any, tiny_engine: Any) -> None:
-    model = server.server.config.model
+    model = server.server.metrics.model
     with LilClient(server.address) as client:
         stream = client.generate("hello there " * 20, max_new_tokens=1500, ignore_eos=True)
         consumer, first_chunk, errors = consume_in_background(stream)
@@ -58,7 +58,7 @@ def test_cancel_mid_stream_frees_pages(server: Any, tiny_engine: Any) -> None:
 
 
 def test_metrics_move_by_the_right_amount(server: Any) -> None:
-    model = server.server.config.model
+    model = server.server.metrics.model
     full = (("model", model), ("policy", "full"))
     sink = (("model", model), ("policy", "sink"))
     with LilClient(server.address) as client:

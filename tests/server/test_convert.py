@@ -17,7 +17,7 @@ from lil_sparse.events import (
     TokenEvent,
 )
 from lil_sparse.options import RequestOptions, SamplingOptions, SparseOptions
-from server import convert
+from server import convert, prompt_input
 from server.errors import InvalidArgument
 from server.servicer import _stream
 
@@ -32,7 +32,7 @@ def test_absent_fields_take_defaults_and_explicit_zero_is_kept() -> None:
     request.sparse.budget_tokens = 64
     request.guardian.mode = options_pb2.GUARDIAN_MODE_INCREMENTAL
     request.stopping.stop_strings.append("\n\n")
-    options = convert.options_from_request(request, DEFAULTS)
+    options = convert.options_from_request(request, DEFAULTS, max_new_tokens_limit=4096)
     assert options.sampling == SamplingOptions(temperature=0.0, top_p=0.9)
     assert options.sparse == SparseOptions(policy="quest", budget_tokens=64)
     assert options.guardian.mode == "incremental"
@@ -43,7 +43,7 @@ def test_absent_fields_take_defaults_and_explicit_zero_is_kept() -> None:
 def test_policy_enum_overrides_default() -> None:
     request = service_pb2.GenerateRequest(text="x")
     request.sparse.policy = options_pb2.POLICY_H2O
-    assert convert.options_from_request(request, DEFAULTS).sparse.policy == "h2o"
+    assert convert.options_from_request(request, DEFAULTS, 4096).sparse.policy == "h2o"
 
 
 def test_resolved_options_have_every_field_set() -> None:
@@ -57,24 +57,36 @@ def test_resolved_options_have_every_field_set() -> None:
 
 
 class _CharTokenizer:
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = False, parse_special: bool = True) -> list[int]:
         return [ord(c) for c in text]
 
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
-        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+    def encode_chat(
+        self,
+        messages: list[dict[str, str]],
+        add_generation_prompt: bool = True,
+        parse_special_in_content: bool = False,
+    ) -> list[int]:
+        return self.encode("".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>")
 
 
 def test_chat_input_uses_the_template() -> None:
     request = service_pb2.GenerateRequest()
     request.chat.messages.add(role="user", content="hi")
-    assert convert.prompt_token_ids(request, _CharTokenizer()) == [ord(c) for c in "<user>hi<assistant>"]
+    assert prompt_input.prompt_token_ids(request, _CharTokenizer()) == [ord(c) for c in "<user>hi<assistant>"]
 
 
-def test_chat_message_without_role_is_invalid() -> None:
+@pytest.mark.parametrize("role", ["", "robot", "System", "tool"])
+def test_chat_message_with_an_unknown_role_is_invalid(role: str) -> None:
     request = service_pb2.GenerateRequest()
-    request.chat.messages.add(content="hi")
-    with pytest.raises(InvalidArgument, match=r"^chat: every message needs a role$"):
-        convert.prompt_token_ids(request, _CharTokenizer())
+    request.chat.messages.add(role="user", content="hi")
+    request.chat.messages.add(role=role, content="hi")
+    limits = prompt_input.PromptLimits(
+        max_prompt_bytes=100, max_new_tokens_limit=8, max_context=64, vocab_size=9
+    )
+    expected = f"messages[1].role: must be one of system, user, assistant, got {role!r}"
+    with pytest.raises(InvalidArgument) as raised:
+        prompt_input.check_prompt_size(request, limits)
+    assert str(raised.value) == expected
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,7 @@ BAD_REQUESTS = [
     (_req(sampling={"top_p": 1.5}), INVALID, "top_p: must be in (0, 1], got 1.5"),
     (_req(sampling={"temperature": -1.0}), INVALID, "temperature: must be >= 0, got -1.0"),
     (_req(sampling={"top_k": -3}), INVALID, "top_k: must be >= 0 (0 disables), got -3"),
-    (_req(sampling={"seed": -1}), INVALID, "seed: must be in [0, 2^63), got -1"),
+    (_req(sampling={"seed": -1}), INVALID, "seed: must be in [0, 2^63) (int64), got -1"),
     (_req(stopping={"max_new_tokens": 0}), INVALID, "max_new_tokens: must be >= 1, got 0"),
     (_req(sparse={"policy": 4, "budget_tokens": 0}), INVALID, "budget_tokens: must be >= 1, got 0"),
     (
@@ -55,7 +55,8 @@ BAD_REQUESTS = [
     (
         _req(sparse={"policy": 4, "dense_layers": 5}),
         INVALID,
-        "dense_layers: must be <= the model's 2 layers, got 5",
+        "dense_layers: must be below the model's 2 layers for quest (with 5 dense layers no layer "
+        "would select pages; use policy 'full'), got 5",
     ),
     (_req(sparse={"policy": 99}), INVALID, "policy: unknown enum value 99"),
     (
@@ -66,14 +67,18 @@ BAD_REQUESTS = [
     (_req(guardian={"threshold_bytes": -1}), INVALID, "threshold_bytes: must be >= 0, got -1"),
     (_req(text=None), INVALID, "input: set one of text, chat or token_ids"),
     (_req(text=""), INVALID, "text: the prompt is empty"),
-    (_empty_chat(), INVALID, "chat: at least one message is required"),
-    (_token_ids([1, 2, 1000]), INVALID, "prompt_token_ids: every id must be in [0, 384)"),
-    (_token_ids([1, -2]), INVALID, "token_ids: token ids must be >= 0"),
+    (_empty_chat(), INVALID, "messages: at least one message is required"),
+    (
+        _token_ids([1, 2, 1000]),
+        INVALID,
+        "token_ids: id 1000 at position 2 is outside the vocabulary [0, 384)",
+    ),
+    (_token_ids([1, -2]), INVALID, "token_ids: id -2 at position 1 is outside the vocabulary [0, 384)"),
     (
         _token_ids([5, 6], max_new_tokens=4000),
         grpc.StatusCode.OUT_OF_RANGE,
         "max_new_tokens: the prompt (2 tokens) plus max_new_tokens (4000) exceeds the model context of "
-        "2048 tokens",
+        "2048 tokens; at most 2046 fit",
     ),
 ]
 
@@ -105,7 +110,9 @@ def test_queue_full_is_resource_exhausted(server: Any) -> None:
         long_stream.cancel()
         consumer.join(30)
     assert raised.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert raised.value.message == "queue full: 1 requests running or waiting"
+    assert raised.value.message == (
+        "queue full: 1 requests running or waiting (max_running 1 + max_waiting 0); retry later"
+    )
     assert wait_until(lambda: server.server.engine_loop.in_flight == 0)
 
 

@@ -30,6 +30,10 @@ type Limits struct {
 	MaxRunning int `json:"max_running"` // requests decoded concurrently
 	MaxWaiting int `json:"max_waiting"` // queued beyond MaxRunning before RESOURCE_EXHAUSTED
 	MaxContext int `json:"max_context"`
+	// MaxNewTokensLimit caps Stopping.MaxNewTokens; above it the server answers INVALID_ARGUMENT.
+	MaxNewTokensLimit int `json:"max_new_tokens_limit"`
+	// MaxPromptBytes is the largest prompt accepted, in UTF-8 bytes.
+	MaxPromptBytes int64 `json:"max_prompt_bytes"`
 }
 
 func infoFromProto(response *pb.GetInfoResponse) *Info {
@@ -46,6 +50,9 @@ func infoFromProto(response *pb.GetInfoResponse) *Info {
 			MaxRunning: int(response.GetLimits().GetMaxRunning()),
 			MaxWaiting: int(response.GetLimits().GetMaxWaiting()),
 			MaxContext: int(response.GetLimits().GetMaxContext()),
+
+			MaxNewTokensLimit: int(response.GetLimits().GetMaxNewTokensLimit()),
+			MaxPromptBytes:    response.GetLimits().GetMaxPromptBytes(),
 		},
 		ServerVersion: response.GetServerVersion(),
 	}

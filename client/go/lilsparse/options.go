@@ -140,6 +140,9 @@ type Request struct {
 	Sparse    *Sparse
 	Guardian  *Guardian
 	Output    Output
+	// AllowSpecialTokens parses control tokens such as "<|im_start|>" written in the prompt;
+	// nil or false reads them as plain text, so user text cannot forge a chat turn.
+	AllowSpecialTokens *bool
 }
 
 func (r *Request) toProto() (*pb.GenerateRequest, error) {
@@ -156,6 +159,7 @@ func (r *Request) toProto() (*pb.GenerateRequest, error) {
 	if r.RequestID != "" {
 		request.RequestId = Ptr(r.RequestID)
 	}
+	request.AllowSpecialTokens = r.AllowSpecialTokens
 	r.Prompt.setOn(request)
 	var err error
 	if request.Sampling, err = r.Sampling.toProto(); err != nil {

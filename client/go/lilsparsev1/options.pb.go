@@ -338,9 +338,11 @@ type StoppingOptions struct {
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
-	// Maximum number of generated tokens, >= 1. Prompt plus this must fit the model's context.
+	// Maximum number of generated tokens, >= 1 and <= the server's Limits.max_new_tokens_limit.
+	// Prompt plus this must fit the model's context.
 	MaxNewTokens *int32 `protobuf:"varint,1,opt,name=max_new_tokens,json=maxNewTokens,proto3,oneof" json:"max_new_tokens,omitempty"`
-	// Generation stops once the output contains any of these non-empty strings.
+	// Generation stops once the output contains any of these non-empty strings; at most 16
+	// strings of at most 256 UTF-8 bytes each.
 	StopStrings []string `protobuf:"bytes,2,rep,name=stop_strings,json=stopStrings,proto3" json:"stop_strings,omitempty"`
 	// Keep generating after the model's end-of-sequence token.
 	IgnoreEos *bool `protobuf:"varint,3,opt,name=ignore_eos,json=ignoreEos,proto3,oneof" json:"ignore_eos,omitempty"`

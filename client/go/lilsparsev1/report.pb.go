@@ -349,8 +349,8 @@ type GuardianReport struct {
 	// Generated-token count at the first check that said stop; absent if none did. In shadow mode
 	// this is where Guardian would have stopped: the request went on.
 	StopStep *int32 `protobuf:"varint,4,opt,name=stop_step,json=stopStep,proto3,oneof" json:"stop_step,omitempty"`
-	// Generated-token count when the engine applied the stop (checks run on a thread pool, so this
-	// may trail stop_step by a few tokens); absent if not stopped.
+	// Generated-token count where the engine applied the stop: stop_step (tokens decoded after a
+	// pending check are held back and dropped on a stop); absent if not stopped or in shadow mode.
 	AppliedAtStep *int32 `protobuf:"varint,5,opt,name=applied_at_step,json=appliedAtStep,proto3,oneof" json:"applied_at_step,omitempty"`
 	// Total CPU seconds spent compressing.
 	CpuSeconds float64 `protobuf:"fixed64,6,opt,name=cpu_seconds,json=cpuSeconds,proto3" json:"cpu_seconds,omitempty"`

@@ -3,6 +3,7 @@
 lil-client --address localhost:50051 generate "prompt" --policy quest --budget 128 --guardian
 lil-client --address localhost:50051 generate "prompt" --json
 lil-client --address localhost:50051 info
+lil-client --address pod:50051 --ca-file ca.pem --token-file token info   # TLS and a bearer token
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, TextIO
 from google.protobuf import json_format
 
 from lil_client.client import LilClient
+from lil_client.connection import Connection
 from lil_client.request import GUARDIAN_ACTIONS, GUARDIAN_MODES, POLICIES, GenerateOptions
 from lil_client.types import LilClientError, Summary
 
@@ -24,6 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lil-client", description=__doc__.splitlines()[0])
     parser.add_argument("--address", default="localhost:50051", help="server host:port")
     parser.add_argument("--timeout", type=float, default=None, help="call deadline in seconds")
+    parser.add_argument("--tls", action="store_true", help="use TLS with the system's root CAs")
+    parser.add_argument("--ca-file", help="PEM CA bundle to verify the server (turns on TLS)")
+    parser.add_argument("--cert-file", help="PEM client certificate for mTLS (with --key-file)")
+    parser.add_argument("--key-file", help="PEM private key of --cert-file")
+    parser.add_argument("--token-file", help="file holding the bearer token to send")
+    parser.add_argument("--server-name", help="name to check the server certificate against")
     commands = parser.add_subparsers(dest="command", required=True)
     generate = commands.add_parser("generate", help="stream a completion")
     generate.add_argument("prompt", help="prompt text")
@@ -54,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--guardian-action", choices=GUARDIAN_ACTIONS, help="what a Guardian stop does")
     generate.add_argument(
         "--guardian-answer-max-tokens", type=int, help="with --guardian-action answer: tokens of the answer"
+    )
+    generate.add_argument(
+        "--allow-special-tokens",
+        action="store_true",
+        default=None,
+        help="parse control tokens such as <|im_start|> written in the prompt",
     )
     info = commands.add_parser("info", help="show the served model, policies and defaults")
     info.add_argument("--json", action="store_true", help="print JSON")
@@ -137,7 +151,15 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     args = _parser().parse_args(argv)
     stream_out = out or sys.stdout
     try:
-        with LilClient(args.address) as client:
+        connection = Connection(
+            tls=args.tls,
+            ca_file=args.ca_file,
+            cert_file=args.cert_file,
+            key_file=args.key_file,
+            token_file=args.token_file,
+            server_name=args.server_name,
+        )
+        with LilClient(args.address, connection=connection) as client:
             if args.command == "generate":
                 _generate(client, args, stream_out)
             else:

@@ -15,16 +15,24 @@ from typing import Any
 import grpc
 
 from lil_client._proto.lil_sparse.v1 import service_pb2, service_pb2_grpc
+from lil_client.connection import Connection
 from lil_client.request import GenerateOptions, build_request
 from lil_client.stream import AsyncGenerationStream, GenerationStream, to_client_error
 from lil_client.types import Summary
 
 
 class LilClient:
-    """Blocking client. ``generate`` returns a stream to iterate; ``complete`` waits for the end."""
+    """Blocking client. ``generate`` returns a stream to iterate; ``complete`` waits for the end.
 
-    def __init__(self, address: str, channel: grpc.Channel | None = None) -> None:
-        self._channel = channel or grpc.insecure_channel(address)
+    ``connection`` chooses TLS, mTLS and a bearer token (default: plaintext, no token).
+    """
+
+    def __init__(
+        self, address: str, channel: grpc.Channel | None = None, connection: Connection | None = None
+    ) -> None:
+        connection = connection or Connection()
+        self._metadata = connection.metadata()
+        self._channel = channel or connection.channel(address)
         self._stub = service_pb2_grpc.LilSparseServiceStub(self._channel)
 
     def __enter__(self) -> LilClient:
@@ -49,7 +57,7 @@ class LilClient:
         request = build_request(
             prompt, messages=messages, token_ids=token_ids, options=GenerateOptions(**options)
         )
-        return GenerationStream(self._stub.Generate(request, timeout=timeout))
+        return GenerationStream(self._stub.Generate(request, timeout=timeout, metadata=self._metadata))
 
     def complete(self, prompt: str | None = None, **kwargs: Any) -> Summary:
         """Generate and return only the summary (its ``text`` is the whole completion)."""
@@ -60,7 +68,7 @@ class LilClient:
 
     def info(self, timeout: float | None = None) -> service_pb2.GetInfoResponse:
         try:
-            return self._stub.GetInfo(service_pb2.GetInfoRequest(), timeout=timeout)
+            return self._stub.GetInfo(service_pb2.GetInfoRequest(), timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as error:
             raise to_client_error(error) from None
 
@@ -68,8 +76,12 @@ class LilClient:
 class AsyncLilClient:
     """asyncio client; same API with ``async for`` and ``await``."""
 
-    def __init__(self, address: str, channel: grpc.aio.Channel | None = None) -> None:
-        self._channel = channel or grpc.aio.insecure_channel(address)
+    def __init__(
+        self, address: str, channel: grpc.aio.Channel | None = None, connection: Connection | None = None
+    ) -> None:
+        connection = connection or Connection()
+        self._metadata = connection.metadata()
+        self._channel = channel or connection.aio_channel(address)
         self._stub = service_pb2_grpc.LilSparseServiceStub(self._channel)
 
     async def __aenter__(self) -> AsyncLilClient:
@@ -93,13 +105,14 @@ class AsyncLilClient:
         request = build_request(
             prompt, messages=messages, token_ids=token_ids, options=GenerateOptions(**options)
         )
-        return AsyncGenerationStream(self._stub.Generate(request, timeout=timeout))
+        return AsyncGenerationStream(self._stub.Generate(request, timeout=timeout, metadata=self._metadata))
 
     async def complete(self, prompt: str | None = None, **kwargs: Any) -> Summary:
         return await self.generate(prompt, **kwargs).collect()
 
     async def info(self, timeout: float | None = None) -> service_pb2.GetInfoResponse:
         try:
-            return await self._stub.GetInfo(service_pb2.GetInfoRequest(), timeout=timeout)
+            request = service_pb2.GetInfoRequest()
+            return await self._stub.GetInfo(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as error:
             raise to_client_error(error) from None

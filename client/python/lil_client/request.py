@@ -41,6 +41,8 @@ class GenerateOptions:
     return_logprobs: bool = False
     return_guardian_trace: bool = False
     request_id: str | None = None
+    # Parse control tokens such as "<|im_start|>" written in the prompt (default: plain text).
+    allow_special_tokens: bool | None = None
 
     def __post_init__(self) -> None:
         # Enum names are checked here because protobuf has no value for a misspelled name.
@@ -89,6 +91,8 @@ def build_request(
         request.token_ids.SetInParent()
     if o.request_id is not None:
         request.request_id = o.request_id
+    if o.allow_special_tokens is not None:
+        request.allow_special_tokens = o.allow_special_tokens
     _set_present(request.sampling, temperature=o.temperature, top_k=o.top_k, top_p=o.top_p, seed=o.seed)
     _set_present(request.stopping, max_new_tokens=o.max_new_tokens, ignore_eos=o.ignore_eos)
     request.stopping.stop_strings.extend(o.stop)

@@ -14,14 +14,16 @@ import (
 // options are the parsed command line. Option flags the user did not give stay unset in the
 // request, so the server's defaults apply (as in the Python lil-client).
 type options struct {
-	address  string
-	useTLS   bool
-	timeout  time.Duration
-	json     bool
-	info     bool
-	chat     bool
-	request  lilsparse.Request
-	showHelp bool
+	address   string
+	useTLS    bool
+	tls       lilsparse.TLSFiles
+	tokenFile string
+	timeout   time.Duration
+	json      bool
+	info      bool
+	chat      bool
+	request   lilsparse.Request
+	showHelp  bool
 }
 
 type stringList []string
@@ -39,7 +41,13 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	parsed := &options{}
 	flags.StringVar(&parsed.address, "address", "localhost:50051", "server address host:port")
-	flags.BoolVar(&parsed.useTLS, "tls", false, "dial with TLS (system root CAs)")
+	flags.BoolVar(&parsed.useTLS, "tls", false, "dial with TLS (system root CAs unless -ca-file)")
+	flags.StringVar(&parsed.tls.CAFile, "ca-file", "", "PEM CA bundle to verify the server (turns on TLS)")
+	flags.StringVar(&parsed.tls.CertFile, "cert-file", "", "PEM client certificate for mTLS (with -key-file)")
+	flags.StringVar(&parsed.tls.KeyFile, "key-file", "", "PEM private key of -cert-file")
+	flags.StringVar(&parsed.tls.ServerName, "server-name", "", "name to check the server certificate against")
+	flags.StringVar(&parsed.tokenFile, "token-file", "", "file holding the bearer token to send")
+	allowSpecial := flags.Bool("allow-special-tokens", false, "parse control tokens such as <|im_start|> in the prompt")
 	flags.DurationVar(&parsed.timeout, "timeout", 0, "deadline for the whole call, e.g. 30s (0: none)")
 	flags.BoolVar(&parsed.json, "json", false, "print one JSON object (the summary) instead of live text")
 	flags.BoolVar(&parsed.info, "info", false, "show the served model, policies and defaults instead")
@@ -86,6 +94,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 
 	request := &parsed.request
 	request.RequestID = *requestID
+	if given["allow-special-tokens"] {
+		request.AllowSpecialTokens = allowSpecial
+	}
+	if parsed.tls.CAFile != "" || parsed.tls.CertFile != "" {
+		parsed.useTLS = true
+	}
 	if !parsed.info {
 		prompt := strings.Join(flags.Args(), " ")
 		if prompt == "" {

@@ -41,9 +41,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		ctx, cancel = context.WithTimeout(ctx, parsed.timeout)
 		defer cancel()
 	}
-	dialOptions := []lilsparse.DialOption{lilsparse.WithInsecure()}
-	if parsed.useTLS {
-		dialOptions = []lilsparse.DialOption{lilsparse.WithTLS(nil)}
+	dialOptions, err := connectionOptions(parsed)
+	if err != nil {
+		fmt.Fprintln(stderr, "lil-stream:", err)
+		return 2
 	}
 	client, err := lilsparse.Dial(ctx, parsed.address, dialOptions...)
 	if err != nil {
@@ -61,6 +62,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// connectionOptions turns the TLS and token flags into dial options.
+func connectionOptions(parsed *options) ([]lilsparse.DialOption, error) {
+	dialOptions := []lilsparse.DialOption{lilsparse.WithInsecure()}
+	if parsed.useTLS {
+		config, err := parsed.tls.Config()
+		if err != nil {
+			return nil, err
+		}
+		dialOptions = []lilsparse.DialOption{lilsparse.WithTLS(config)}
+	}
+	if parsed.tokenFile != "" {
+		token, err := lilsparse.ReadToken(parsed.tokenFile)
+		if err != nil {
+			return nil, err
+		}
+		dialOptions = append(dialOptions, lilsparse.WithBearerToken(token))
+	}
+	return dialOptions, nil
 }
 
 func printInfo(ctx context.Context, client *lilsparse.Client, parsed *options, stdout io.Writer) error {

@@ -112,3 +112,23 @@ func TestSummaryMatchesThePythonClient(t *testing.T) {
 		t.Fatalf("guardian off line missing:\n%s", got)
 	}
 }
+
+func TestSecurityFlagsAndAllowSpecialTokens(t *testing.T) {
+	parsed, err := parseFlags([]string{"-ca-file", "ca.pem", "-token-file", "token", "-allow-special-tokens", "hi"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !parsed.useTLS || parsed.tls.CAFile != "ca.pem" || parsed.tokenFile != "token" {
+		t.Fatalf("a CA file turns TLS on and the token file is kept: %+v", parsed)
+	}
+	if parsed.request.AllowSpecialTokens == nil || !*parsed.request.AllowSpecialTokens {
+		t.Fatalf("-allow-special-tokens must be sent: %+v", parsed.request)
+	}
+	plain, err := parseFlags([]string{"hi"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plain.useTLS || plain.request.AllowSpecialTokens != nil {
+		t.Fatalf("no flags: plaintext and the field absent: %+v", plain)
+	}
+}

@@ -32,6 +32,7 @@ type Config struct {
 	MaxRunning   int
 	MaxWaiting   int
 	PageSize     int
+	ExtraArgs    []string // more `python -m server` flags, e.g. TLS files
 }
 
 // DefaultConfig is what the integration tests run against.
@@ -113,8 +114,9 @@ func (s *Server) pythonCommand(ctx context.Context, args ...string) *exec.Cmd {
 }
 
 func (s *Server) buildModel(ctx context.Context) error {
+	// Three layers: Quest's default two dense layers must leave one sparse layer.
 	command := s.pythonCommand(ctx, "-m", "lil_sparse.testing.tiny_model", s.ModelDir,
-		"--architecture", s.Config.Architecture)
+		"--architecture", s.Config.Architecture, "--num-layers", "3")
 	output, err := command.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("building the tiny model with %s failed: %w\n%s", Python(), err, output)
@@ -128,7 +130,7 @@ func (s *Server) launch(ctx context.Context) error {
 		return err
 	}
 	// Not CommandContext: the server must outlive ctx, which only bounds the start-up.
-	s.command = s.pythonCommand(context.Background(), "-m", "server",
+	args := []string{"-m", "server",
 		"--model", s.ModelDir,
 		"--host", "127.0.0.1",
 		"--port", "0",
@@ -137,7 +139,8 @@ func (s *Server) launch(ctx context.Context) error {
 		"--max-waiting", strconv.Itoa(s.Config.MaxWaiting),
 		"--page-size", strconv.Itoa(s.Config.PageSize),
 		"--grace-period-seconds", "5",
-	)
+	}
+	s.command = s.pythonCommand(context.Background(), append(args, s.Config.ExtraArgs...)...)
 	stderr, err := s.command.StderrPipe()
 	if err != nil {
 		return err

@@ -27,7 +27,7 @@ from . import options_pb2 as lil__sparse_dot_v1_dot_options__pb2
 from . import report_pb2 as lil__sparse_dot_v1_dot_report__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blil_sparse/v1/service.proto\x12\rlil_sparse.v1\x1a\x1blil_sparse/v1/options.proto\x1a\x1alil_sparse/v1/report.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"<\n\x0c\x43hatMessages\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.lil_sparse.v1.ChatMessage\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\x9f\x03\n\x0fGenerateRequest\x12\x17\n\nrequest_id\x18\x01 \x01(\tH\x01\x88\x01\x01\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12+\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x1b.lil_sparse.v1.ChatMessagesH\x00\x12,\n\ttoken_ids\x18\x04 \x01(\x0b\x32\x17.lil_sparse.v1.TokenIdsH\x00\x12\x30\n\x08sampling\x18\x05 \x01(\x0b\x32\x1e.lil_sparse.v1.SamplingOptions\x12\x30\n\x08stopping\x18\x06 \x01(\x0b\x32\x1e.lil_sparse.v1.StoppingOptions\x12,\n\x06sparse\x18\x07 \x01(\x0b\x32\x1c.lil_sparse.v1.SparseOptions\x12\x30\n\x08guardian\x18\x08 \x01(\x0b\x32\x1e.lil_sparse.v1.GuardianOptions\x12,\n\x06output\x18\t \x01(\x0b\x32\x1c.lil_sparse.v1.OutputOptionsB\x07\n\x05inputB\r\n\x0b_request_id\"e\n\x07Started\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12/\n\x07options\x18\x03 \x01(\x0b\x32\x1e.lil_sparse.v1.ResolvedOptions\"f\n\x05\x43hunk\x12\x13\n\x0btoken_count\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x10\n\x08logprobs\x18\x04 \x03(\x02\x12\x15\n\ranswer_tokens\x18\x05 \x01(\x05\"\xe2\x01\n\x08\x46inished\x12\x32\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1b.lil_sparse.v1.FinishReason\x12#\n\x05usage\x18\x02 \x01(\x0b\x32\x14.lil_sparse.v1.Usage\x12\'\n\x07timings\x18\x03 \x01(\x0b\x32\x16.lil_sparse.v1.Timings\x12/\n\x08guardian\x18\x04 \x01(\x0b\x32\x1d.lil_sparse.v1.GuardianReport\x12#\n\x02kv\x18\x05 \x01(\x0b\x32\x17.lil_sparse.v1.KVReport\"\x9a\x01\n\x10GenerateResponse\x12)\n\x07started\x18\x01 \x01(\x0b\x32\x16.lil_sparse.v1.StartedH\x00\x12%\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.lil_sparse.v1.ChunkH\x00\x12+\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x17.lil_sparse.v1.FinishedH\x00\x42\x07\n\x05\x65vent\"\x10\n\x0eGetInfoRequest\"\xa7\x01\n\nPolicyInfo\x12%\n\x06policy\x18\x01 \x01(\x0e\x32\x15.lil_sparse.v1.Policy\x12\x0c\n\x04name\x18\x02 \x01(\t\x12.\n\x08\x64\x65\x66\x61ults\x18\x03 \x01(\x0b\x32\x1c.lil_sparse.v1.SparseOptions\x12\x19\n\x11min_budget_tokens\x18\x04 \x01(\x05\x12\x19\n\x11max_budget_tokens\x18\x05 \x01(\x05\"G\n\x06Limits\x12\x13\n\x0bmax_running\x18\x01 \x01(\x05\x12\x13\n\x0bmax_waiting\x18\x02 \x01(\x05\x12\x13\n\x0bmax_context\x18\x03 \x01(\x05\"\xc1\x02\n\x0fGetInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x13\n\x0bmax_context\x18\x03 \x01(\x05\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\nnum_layers\x18\x05 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\x12\x17\n\x0fnum_pages_total\x18\x07 \x01(\x05\x12+\n\x08policies\x18\x08 \x03(\x0b\x32\x19.lil_sparse.v1.PolicyInfo\x12\x37\n\x0f\x64\x65\x66\x61ult_options\x18\t \x01(\x0b\x32\x1e.lil_sparse.v1.ResolvedOptions\x12%\n\x06limits\x18\n \x01(\x0b\x32\x15.lil_sparse.v1.Limits\x12\x16\n\x0eserver_version\x18\x0b \x01(\t2\xab\x01\n\x10LilSparseService\x12M\n\x08Generate\x12\x1e.lil_sparse.v1.GenerateRequest\x1a\x1f.lil_sparse.v1.GenerateResponse0\x01\x12H\n\x07GetInfo\x12\x1d.lil_sparse.v1.GetInfoRequest\x1a\x1e.lil_sparse.v1.GetInfoResponseBDZBgithub.com/lil-sparse/lil-sparse/client/go/lilsparsev1;lilsparsev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blil_sparse/v1/service.proto\x12\rlil_sparse.v1\x1a\x1blil_sparse/v1/options.proto\x1a\x1alil_sparse/v1/report.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"<\n\x0c\x43hatMessages\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.lil_sparse.v1.ChatMessage\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xdb\x03\n\x0fGenerateRequest\x12\x17\n\nrequest_id\x18\x01 \x01(\tH\x01\x88\x01\x01\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12+\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x1b.lil_sparse.v1.ChatMessagesH\x00\x12,\n\ttoken_ids\x18\x04 \x01(\x0b\x32\x17.lil_sparse.v1.TokenIdsH\x00\x12\x30\n\x08sampling\x18\x05 \x01(\x0b\x32\x1e.lil_sparse.v1.SamplingOptions\x12\x30\n\x08stopping\x18\x06 \x01(\x0b\x32\x1e.lil_sparse.v1.StoppingOptions\x12,\n\x06sparse\x18\x07 \x01(\x0b\x32\x1c.lil_sparse.v1.SparseOptions\x12\x30\n\x08guardian\x18\x08 \x01(\x0b\x32\x1e.lil_sparse.v1.GuardianOptions\x12,\n\x06output\x18\t \x01(\x0b\x32\x1c.lil_sparse.v1.OutputOptions\x12!\n\x14\x61llow_special_tokens\x18\n \x01(\x08H\x02\x88\x01\x01\x42\x07\n\x05inputB\r\n\x0b_request_idB\x17\n\x15_allow_special_tokens\"e\n\x07Started\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x05\x12/\n\x07options\x18\x03 \x01(\x0b\x32\x1e.lil_sparse.v1.ResolvedOptions\"f\n\x05\x43hunk\x12\x13\n\x0btoken_count\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x10\n\x08logprobs\x18\x04 \x03(\x02\x12\x15\n\ranswer_tokens\x18\x05 \x01(\x05\"\xe2\x01\n\x08\x46inished\x12\x32\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1b.lil_sparse.v1.FinishReason\x12#\n\x05usage\x18\x02 \x01(\x0b\x32\x14.lil_sparse.v1.Usage\x12\'\n\x07timings\x18\x03 \x01(\x0b\x32\x16.lil_sparse.v1.Timings\x12/\n\x08guardian\x18\x04 \x01(\x0b\x32\x1d.lil_sparse.v1.GuardianReport\x12#\n\x02kv\x18\x05 \x01(\x0b\x32\x17.lil_sparse.v1.KVReport\"\x9a\x01\n\x10GenerateResponse\x12)\n\x07started\x18\x01 \x01(\x0b\x32\x16.lil_sparse.v1.StartedH\x00\x12%\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.lil_sparse.v1.ChunkH\x00\x12+\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x17.lil_sparse.v1.FinishedH\x00\x42\x07\n\x05\x65vent\"\x10\n\x0eGetInfoRequest\"\xa7\x01\n\nPolicyInfo\x12%\n\x06policy\x18\x01 \x01(\x0e\x32\x15.lil_sparse.v1.Policy\x12\x0c\n\x04name\x18\x02 \x01(\t\x12.\n\x08\x64\x65\x66\x61ults\x18\x03 \x01(\x0b\x32\x1c.lil_sparse.v1.SparseOptions\x12\x19\n\x11min_budget_tokens\x18\x04 \x01(\x05\x12\x19\n\x11max_budget_tokens\x18\x05 \x01(\x05\"\x7f\n\x06Limits\x12\x13\n\x0bmax_running\x18\x01 \x01(\x05\x12\x13\n\x0bmax_waiting\x18\x02 \x01(\x05\x12\x13\n\x0bmax_context\x18\x03 \x01(\x05\x12\x1c\n\x14max_new_tokens_limit\x18\x04 \x01(\x05\x12\x18\n\x10max_prompt_bytes\x18\x05 \x01(\x03\"\xc1\x02\n\x0fGetInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x13\n\x0bmax_context\x18\x03 \x01(\x05\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\nnum_layers\x18\x05 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\x12\x17\n\x0fnum_pages_total\x18\x07 \x01(\x05\x12+\n\x08policies\x18\x08 \x03(\x0b\x32\x19.lil_sparse.v1.PolicyInfo\x12\x37\n\x0f\x64\x65\x66\x61ult_options\x18\t \x01(\x0b\x32\x1e.lil_sparse.v1.ResolvedOptions\x12%\n\x06limits\x18\n \x01(\x0b\x32\x15.lil_sparse.v1.Limits\x12\x16\n\x0eserver_version\x18\x0b \x01(\t2\xab\x01\n\x10LilSparseService\x12M\n\x08Generate\x12\x1e.lil_sparse.v1.GenerateRequest\x1a\x1f.lil_sparse.v1.GenerateResponse0\x01\x12H\n\x07GetInfo\x12\x1d.lil_sparse.v1.GetInfoRequest\x1a\x1e.lil_sparse.v1.GetInfoResponseBDZBgithub.com/lil-sparse/lil-sparse/client/go/lilsparsev1;lilsparsev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,23 +42,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENIDS']._serialized_start=211
   _globals['_TOKENIDS']._serialized_end=234
   _globals['_GENERATEREQUEST']._serialized_start=237
-  _globals['_GENERATEREQUEST']._serialized_end=652
-  _globals['_STARTED']._serialized_start=654
-  _globals['_STARTED']._serialized_end=755
-  _globals['_CHUNK']._serialized_start=757
-  _globals['_CHUNK']._serialized_end=859
-  _globals['_FINISHED']._serialized_start=862
-  _globals['_FINISHED']._serialized_end=1088
-  _globals['_GENERATERESPONSE']._serialized_start=1091
-  _globals['_GENERATERESPONSE']._serialized_end=1245
-  _globals['_GETINFOREQUEST']._serialized_start=1247
-  _globals['_GETINFOREQUEST']._serialized_end=1263
-  _globals['_POLICYINFO']._serialized_start=1266
-  _globals['_POLICYINFO']._serialized_end=1433
-  _globals['_LIMITS']._serialized_start=1435
-  _globals['_LIMITS']._serialized_end=1506
-  _globals['_GETINFORESPONSE']._serialized_start=1509
-  _globals['_GETINFORESPONSE']._serialized_end=1830
-  _globals['_LILSPARSESERVICE']._serialized_start=1833
-  _globals['_LILSPARSESERVICE']._serialized_end=2004
+  _globals['_GENERATEREQUEST']._serialized_end=712
+  _globals['_STARTED']._serialized_start=714
+  _globals['_STARTED']._serialized_end=815
+  _globals['_CHUNK']._serialized_start=817
+  _globals['_CHUNK']._serialized_end=919
+  _globals['_FINISHED']._serialized_start=922
+  _globals['_FINISHED']._serialized_end=1148
+  _globals['_GENERATERESPONSE']._serialized_start=1151
+  _globals['_GENERATERESPONSE']._serialized_end=1305
+  _globals['_GETINFOREQUEST']._serialized_start=1307
+  _globals['_GETINFOREQUEST']._serialized_end=1323
+  _globals['_POLICYINFO']._serialized_start=1326
+  _globals['_POLICYINFO']._serialized_end=1493
+  _globals['_LIMITS']._serialized_start=1495
+  _globals['_LIMITS']._serialized_end=1622
+  _globals['_GETINFORESPONSE']._serialized_start=1625
+  _globals['_GETINFORESPONSE']._serialized_end=1946
+  _globals['_LILSPARSESERVICE']._serialized_start=1949
+  _globals['_LILSPARSESERVICE']._serialized_end=2120
 # @@protoc_insertion_point(module_scope)

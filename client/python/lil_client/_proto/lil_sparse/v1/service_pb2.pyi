@@ -30,7 +30,7 @@ class TokenIds(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "text", "chat", "token_ids", "sampling", "stopping", "sparse", "guardian", "output")
+    __slots__ = ("request_id", "text", "chat", "token_ids", "sampling", "stopping", "sparse", "guardian", "output", "allow_special_tokens")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     CHAT_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class GenerateRequest(_message.Message):
     SPARSE_FIELD_NUMBER: _ClassVar[int]
     GUARDIAN_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_SPECIAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     text: str
     chat: ChatMessages
@@ -49,7 +50,8 @@ class GenerateRequest(_message.Message):
     sparse: _options_pb2.SparseOptions
     guardian: _options_pb2.GuardianOptions
     output: _options_pb2.OutputOptions
-    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., sampling: _Optional[_Union[_options_pb2.SamplingOptions, _Mapping]] = ..., stopping: _Optional[_Union[_options_pb2.StoppingOptions, _Mapping]] = ..., sparse: _Optional[_Union[_options_pb2.SparseOptions, _Mapping]] = ..., guardian: _Optional[_Union[_options_pb2.GuardianOptions, _Mapping]] = ..., output: _Optional[_Union[_options_pb2.OutputOptions, _Mapping]] = ...) -> None: ...
+    allow_special_tokens: bool
+    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., chat: _Optional[_Union[ChatMessages, _Mapping]] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., sampling: _Optional[_Union[_options_pb2.SamplingOptions, _Mapping]] = ..., stopping: _Optional[_Union[_options_pb2.StoppingOptions, _Mapping]] = ..., sparse: _Optional[_Union[_options_pb2.SparseOptions, _Mapping]] = ..., guardian: _Optional[_Union[_options_pb2.GuardianOptions, _Mapping]] = ..., output: _Optional[_Union[_options_pb2.OutputOptions, _Mapping]] = ..., allow_special_tokens: _Optional[bool] = ...) -> None: ...
 
 class Started(_message.Message):
     __slots__ = ("request_id", "prompt_tokens", "options")
@@ -118,14 +120,18 @@ class PolicyInfo(_message.Message):
     def __init__(self, policy: _Optional[_Union[_options_pb2.Policy, str]] = ..., name: _Optional[str] = ..., defaults: _Optional[_Union[_options_pb2.SparseOptions, _Mapping]] = ..., min_budget_tokens: _Optional[int] = ..., max_budget_tokens: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_running", "max_waiting", "max_context")
+    __slots__ = ("max_running", "max_waiting", "max_context", "max_new_tokens_limit", "max_prompt_bytes")
     MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
     MAX_WAITING_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_PROMPT_BYTES_FIELD_NUMBER: _ClassVar[int]
     max_running: int
     max_waiting: int
     max_context: int
-    def __init__(self, max_running: _Optional[int] = ..., max_waiting: _Optional[int] = ..., max_context: _Optional[int] = ...) -> None: ...
+    max_new_tokens_limit: int
+    max_prompt_bytes: int
+    def __init__(self, max_running: _Optional[int] = ..., max_waiting: _Optional[int] = ..., max_context: _Optional[int] = ..., max_new_tokens_limit: _Optional[int] = ..., max_prompt_bytes: _Optional[int] = ...) -> None: ...
 
 class GetInfoResponse(_message.Message):
     __slots__ = ("model", "architecture", "max_context", "page_size", "num_layers", "backend", "num_pages_total", "policies", "default_options", "limits", "server_version")
