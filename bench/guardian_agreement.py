@@ -8,7 +8,7 @@ replayed in both modes. Only aggregate numbers are printed; no dataset text leav
     python bench/guardian_agreement.py [--data /work/shared/data] [--sequences 200] [--json out.json]
 
 Tokens are approximated by a cl100k-style pre-tokenizer split (a word with its leading space, up
-to three digits, or a run of punctuation): about 2.85 characters per token on these solutions.
+to three digits, or a run of punctuation): about 2.1 to 2.9 bytes per token on these solutions.
 BPE only splits pre-tokens further, so a real tokenizer's interval of N tokens holds at most as
 much text as N of these.
 """
@@ -26,7 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lil_sparse.guardian import ZLIB_LEVEL, replay
+from lil_sparse.events import GuardianReport
+from lil_sparse.guardian import ZLIB_LEVEL, StreamCompressedSize, replay
 from lil_sparse.options import GuardianMode, GuardianOptions
 
 TOKEN_PATTERN = re.compile(r" ?[A-Za-z]+| ?[0-9]{1,3}| ?[^\sA-Za-z0-9]+|\s+")
@@ -92,8 +93,10 @@ def sequence_function(sample: Sample) -> Callable[[int], bytes]:
     return lambda k: (sample.prompt + "".join(sample.tokens[:k])).encode()
 
 
-def stop_step(sample: Sample, options: GuardianOptions) -> int | None:
-    return replay(options, sequence_function(sample), len(sample.tokens)).stop_step
+def trajectory(sample: Sample, options: GuardianOptions) -> GuardianReport:
+    """Every due check over the whole sample (not ending at the first stop), so the sizes of
+    both modes can be compared check by check."""
+    return replay(options, sequence_function(sample), len(sample.tokens), stop_at_first=False)
 
 
 def median(values: list[float]) -> float:
@@ -105,12 +108,18 @@ def rate(values: list[bool]) -> float:
 
 
 def agreement(samples: list[Sample], interval: int, threshold: int) -> dict[str, float]:
-    steps: dict[GuardianMode, list[int | None]] = {}
+    reports: dict[GuardianMode, list[GuardianReport]] = {}
     for mode in ("full", "incremental"):
         options = GuardianOptions(
             enabled=True, interval_tokens=interval, threshold_bytes=threshold, mode=mode
         )
-        steps[mode] = [stop_step(sample, options) for sample in samples]
+        reports[mode] = [trajectory(sample, options) for sample in samples]
+    steps = {mode: [report.stop_step for report in reports[mode]] for mode in reports}
+    size_pairs = [
+        (full_check.compressed_bytes, incremental_check.compressed_bytes)
+        for full_report, incremental_report in zip(reports["full"], reports["incremental"], strict=True)
+        for full_check, incremental_check in zip(full_report.checks, incremental_report.checks, strict=True)
+    ]
     pairs = list(zip(steps["full"], steps["incremental"], samples, strict=True))
     both = [(f, i) for f, i, _ in pairs if f is not None and i is not None]
     clean = [(f, i) for f, i, s in pairs if s.loop_start is None]
@@ -124,6 +133,8 @@ def agreement(samples: list[Sample], interval: int, threshold: int) -> dict[str,
     return {
         "interval": interval,
         "threshold": threshold,
+        "checks": len(size_pairs),
+        "size_equal_pct": rate([f == i for f, i in size_pairs]),
         "decision_agree_pct": rate([(f is None) == (i is None) for f, i, _ in pairs]),
         "same_step_pct": rate([f == i for f, i in both]),
         "incremental_later_pct": rate([i > f for f, i in both]),
@@ -139,50 +150,68 @@ def agreement(samples: list[Sample], interval: int, threshold: int) -> dict[str,
 def check_cost(
     samples: list[Sample], tokens: int, interval: int = 250, repeats: int = 30
 ) -> dict[str, float]:
-    """CPU microseconds (``time.thread_time``, median) of one check after ``tokens`` tokens:
-    full mode compresses everything, incremental mode the last ``interval`` tokens plus a flush."""
+    """CPU microseconds (``time.thread_time``, median) of one check after ``tokens`` tokens.
+
+    Full mode compresses everything. Incremental mode (exact) feeds the last ``interval`` tokens
+    to a stream compressor that has seen the rest, then finishes a copy of it. For comparison,
+    the previous incremental mode fed the same bytes and ended with a sync flush.
+    """
     text_tokens = [t for s in samples if s.loop_start is None for t in s.tokens]
     text = "".join(text_tokens[:tokens]).encode()
     before = "".join(text_tokens[: tokens - interval]).encode()
-    full, incremental = [], []
+    full, incremental, sync_flush = [], [], []
     for _ in range(repeats):
         started = time.thread_time()
         zlib.compress(text, ZLIB_LEVEL)
         full.append(time.thread_time() - started)
+        stream = StreamCompressedSize()
+        stream(before)
+        started = time.thread_time()
+        stream(text)
+        incremental.append(time.thread_time() - started)
         compressor = zlib.compressobj(ZLIB_LEVEL)
         compressor.compress(before)
         compressor.flush(zlib.Z_SYNC_FLUSH)
         started = time.thread_time()
         compressor.compress(text[len(before) :])
         compressor.flush(zlib.Z_SYNC_FLUSH)
-        incremental.append(time.thread_time() - started)
+        sync_flush.append(time.thread_time() - started)
     return {
         "tokens": tokens,
         "bytes": len(text),
         "full_us": 1e6 * statistics.median(full),
         "incremental_us": 1e6 * statistics.median(incremental),
+        "sync_flush_us": 1e6 * statistics.median(sync_flush),
     }
 
 
 def markdown(rows: list[dict[str, float]], costs: list[dict[str, float]]) -> str:
     lines = [
-        "| interval | threshold | decision agree % | same step % | incr. later % "
+        "| interval | threshold | checks | sizes equal % | decision agree % | same step % | incr. later % "
         "| clean stops full / incr. % | loops caught full / incr. % "
         "| median delay full / incr. (tokens) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['interval']} | {r['threshold']} | {r['decision_agree_pct']:.1f} "
+            f"| {r['interval']} | {r['threshold']} | {r['checks']:,} | {r['size_equal_pct']:.1f} "
+            f"| {r['decision_agree_pct']:.1f} "
             f"| {r['same_step_pct']:.1f} | {r['incremental_later_pct']:.1f} "
             f"| {r['clean_stop_full_pct']:.1f} / "
             f"{r['clean_stop_incremental_pct']:.1f} | {r['loop_caught_full_pct']:.1f} / "
             f"{r['loop_caught_incremental_pct']:.1f} | {r['median_delay_full']:.0f} / "
             f"{r['median_delay_incremental']:.0f} |"
         )
-    lines += ["", "| tokens | bytes | full check (µs) | incremental check (µs) |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "| tokens so far | bytes | full check (µs) | incremental check (µs) | old sync-flush check (µs) |",
+        "|---|---|---|---|---|",
+    ]
     for c in costs:
-        lines.append(f"| {c['tokens']} | {c['bytes']} | {c['full_us']:.0f} | {c['incremental_us']:.0f} |")
+        lines.append(
+            f"| {c['tokens']:,} | {c['bytes']:,} | {c['full_us']:.0f} | {c['incremental_us']:.0f} "
+            f"| {c['sync_flush_us']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -194,7 +223,7 @@ def main() -> None:
     args = parser.parse_args()
     samples = build_samples(load_records(args.data), args.sequences)
     rows = [agreement(samples, interval, threshold) for interval in INTERVALS for threshold in THRESHOLDS]
-    costs = [check_cost(samples, tokens) for tokens in (1000, 4000, 16000)]
+    costs = [check_cost(samples, tokens) for tokens in (1000, 4000, 16000, 64000)]
     print(markdown(rows, costs))
     if args.json:
         args.json.write_text(json.dumps({"agreement": rows, "check_cost": costs}, indent=2))

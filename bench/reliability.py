@@ -31,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "client" / "python"), str(REPO_ROOT / "tests" / "server")]
 
 from lil_client._proto.lil_sparse.v1 import service_pb2, service_pb2_grpc  # noqa: E402
-from test_chaos import CANCELS, _chaos  # noqa: E402
+from test_server_chaos import CANCELS, _chaos  # noqa: E402
 
 from lil_sparse.testing.tiny_model import build_tiny_model  # noqa: E402
 from server.background import BackgroundServer  # noqa: E402

@@ -99,7 +99,8 @@ def online_agreement(records: list[SampleRecord]) -> list[OnlineAgreement]:
     dense = {(r.dataset, r.problem_id): r for r in records if r.policy == "full" and not r.guardian.enabled}
     grouped: dict[GuardianSetting, list[SampleRecord]] = defaultdict(list)
     for r in records:
-        if r.guardian.enabled and r.policy == "full":
+        # Answer-forcing runs continue past the stop, so only truncating runs replay end to end.
+        if r.guardian.enabled and r.policy == "full" and r.guardian.action == "truncate":
             grouped[GuardianSetting(r.guardian.interval_tokens, r.guardian.threshold_bytes)].append(r)
     results = []
     for setting, online in grouped.items():

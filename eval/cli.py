@@ -40,6 +40,12 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
         default="",
         help="INTERVAL:THRESHOLD,... extra full-attention runs with Guardian on",
     )
+    p.add_argument(
+        "--guardian-answer",
+        default="",
+        help="INTERVAL:THRESHOLD,... full-attention runs where a Guardian stop forces a short answer",
+    )
+    p.add_argument("--answer-max-tokens", type=int, default=32, help="tokens of a forced answer")
     p.add_argument("--max-new-tokens", type=int, default=1024)
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default="auto", choices=("auto", "reference", "flashinfer"))
@@ -57,7 +63,8 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
         "--stop-after-seconds",
         type=float,
         default=0.0,
-        help="bound the run: then abort, and keep only problems whose every condition finished (0: no limit)",
+        help="admit no new problem after this many seconds; admitted problems always finish under every "
+        "condition, so leave room for them (0: no limit)",
     )
     p.add_argument("--out", required=True, help="records file (.jsonl or .jsonl.gz)")
 
@@ -79,11 +86,14 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
     budgets = tuple(int(b) for b in _csv(args.budgets))
     online = tuple(GuardianSetting.parse(s) for s in _csv(args.guardian_online))
+    answer = tuple(GuardianSetting.parse(s) for s in _csv(args.guardian_answer))
     config = SweepConfig(
         model=args.model,
         data_dir=resolve_data_dir(args.data_dir),
         datasets=tuple(DatasetSelection.parse(s) for s in _csv(args.datasets)),
-        conditions=tuple(build_conditions(tuple(_csv(args.policies)), budgets, online)),
+        conditions=tuple(
+            build_conditions(tuple(_csv(args.policies)), budgets, online, answer, args.answer_max_tokens)
+        ),
         max_new_tokens=args.max_new_tokens,
         device=args.device,
         backend=args.backend,

@@ -17,11 +17,15 @@ from lil_sparse.options import (
 
 @dataclass(frozen=True, slots=True)
 class Condition:
-    """One arm of the study. ``budget_tokens`` is 0 for ``full``; ``guardian`` None is off."""
+    """One arm of the study. ``budget_tokens`` is 0 for ``full``; ``guardian`` None is off.
+    ``guardian_action`` is what an online Guardian stop does (``truncate`` or ``answer``, see
+    :mod:`lil_sparse.guardian.answer`); ``answer_max_tokens`` bounds a forced answer."""
 
     policy: str
     budget_tokens: int
     guardian: GuardianSetting | None = None
+    guardian_action: str = "truncate"
+    answer_max_tokens: int = 32
 
     def __post_init__(self) -> None:
         if self.policy not in POLICY_NAMES:
@@ -32,6 +36,7 @@ class Condition:
             raise ValueError(f"budget_tokens: must be 0 exactly for policy full, got {self.budget_tokens}")
         if self.budget_tokens < 0:
             raise ValueError(f"budget_tokens: must be >= 0, got {self.budget_tokens}")
+        GuardianOptions(action=self.guardian_action, answer_max_tokens=self.answer_max_tokens)  # type: ignore[arg-type]
 
     def request_options(self, max_new_tokens: int) -> RequestOptions:
         """Greedy decoding with this condition's sparsity and Guardian (the engine's defaults for
@@ -46,6 +51,8 @@ class Condition:
                 enabled=True,
                 interval_tokens=self.guardian.interval_tokens,
                 threshold_bytes=self.guardian.threshold_bytes,
+                action=self.guardian_action,  # type: ignore[arg-type]
+                answer_max_tokens=self.answer_max_tokens,
             )
             if self.guardian
             else GuardianOptions()
@@ -59,14 +66,22 @@ class Condition:
 
     def label(self) -> str:
         name = self.policy if self.policy == "full" else f"{self.policy}@{self.budget_tokens}"
-        return name + (f" + guardian({self.guardian.label()})" if self.guardian else "")
+        if not self.guardian:
+            return name
+        action = f", answer {self.answer_max_tokens}" if self.guardian_action == "answer" else ""
+        return name + f" + guardian({self.guardian.label()}{action})"
 
 
 def build_conditions(
-    policies: tuple[str, ...], budgets: tuple[int, ...], online_guardian: tuple[GuardianSetting, ...] = ()
+    policies: tuple[str, ...],
+    budgets: tuple[int, ...],
+    online_guardian: tuple[GuardianSetting, ...] = (),
+    answer_guardian: tuple[GuardianSetting, ...] = (),
+    answer_max_tokens: int = 32,
 ) -> list[Condition]:
     """``full`` once (it has no budget), every other policy at every budget, then ``full`` with
-    each online Guardian setting (the check that online stops equal offline replay)."""
+    each online Guardian setting (the check that online stops equal offline replay), then
+    ``full`` with each answer-forcing setting (a stop forces an answer of ``answer_max_tokens``)."""
     if not policies:
         raise ValueError("policies: name at least one policy")
     if any(policy != "full" for policy in policies) and not budgets:
@@ -74,4 +89,5 @@ def build_conditions(
     conditions = [Condition("full", 0)] if "full" in policies else []
     conditions += [Condition(p, b) for p in policies if p != "full" for b in budgets]
     conditions += [Condition("full", 0, setting) for setting in online_guardian]
+    conditions += [Condition("full", 0, s, "answer", answer_max_tokens) for s in answer_guardian]
     return conditions

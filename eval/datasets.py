@@ -16,12 +16,14 @@ KNOWN_DATASETS: tuple[str, ...] = ("gsm8k", "math500", "aime24", "aime25")
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """One problem; ``answer`` is the gold final answer as a string (graded with math-verify)."""
+    """One problem; ``answer`` is the gold final answer as a string (graded with math-verify).
+    ``position`` is its 0-based place among the problems of its file (-1: not from a file)."""
 
     dataset: str
     problem_id: str
     problem: str
     answer: str
+    position: int = -1
 
     def __post_init__(self) -> None:
         for name in ("dataset", "problem_id", "problem", "answer"):
@@ -77,7 +79,9 @@ def load_problems(data_dir: Path, selection: DatasetSelection) -> list[Problem]:
                 continue
             try:
                 row = json.loads(line)
-                problems.append(Problem(selection.name, str(row["id"]), row["problem"], str(row["answer"])))
+                problems.append(
+                    Problem(selection.name, str(row["id"]), row["problem"], str(row["answer"]), len(problems))
+                )
             except (json.JSONDecodeError, KeyError, ValueError) as error:
                 raise ValueError(
                     f"dataset: {path}:{number} is not a valid problem record ({error})"

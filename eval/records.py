@@ -44,7 +44,12 @@ class Trajectory:
 
 @dataclass(frozen=True, slots=True)
 class GuardianOnline:
-    """Guardian as it ran inside the engine (``enabled`` False when the request had it off)."""
+    """Guardian as it ran inside the engine (``enabled`` False when the request had it off).
+
+    ``action`` is what a stop did; with ``answer``, ``answer_started_at`` is the output length
+    when the answer prompt was appended (the thinking tokens; None without a stop), followed by
+    ``answer_prompt_tokens`` forced and ``answer_tokens`` generated tokens.
+    """
 
     enabled: bool = False
     interval_tokens: int = 0
@@ -53,6 +58,11 @@ class GuardianOnline:
     applied_at_step: int | None = None
     checks_generated_tokens: tuple[int, ...] = ()
     checks_compressed_bytes: tuple[int, ...] = ()
+    action: str = "truncate"
+    answer_max_tokens: int = 0  # the request's bound on a forced answer (0 with truncate)
+    answer_started_at: int | None = None
+    answer_prompt_tokens: int = 0
+    answer_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +71,8 @@ class SampleRecord:
 
     ``budget_tokens`` is 0 for ``full``. Seconds come from the engine (``time.perf_counter``);
     ``service_seconds`` is JCT minus queueing, the fair comparison inside one shared batch.
-    ``correct`` is None until graded.
+    ``correct`` is None until graded. ``problem_position`` is the problem's 0-based place in its
+    dataset file (-1 in records written before it was kept).
     """
 
     dataset: str
@@ -88,6 +99,7 @@ class SampleRecord:
     correct: bool | None = None
     extracted_answer: str = ""
     output_token_ids: tuple[int, ...] = ()
+    problem_position: int = -1
     version: int = RECORD_VERSION
 
     def __post_init__(self) -> None:
@@ -105,14 +117,16 @@ class SampleRecord:
         return self.jct_seconds - self.queue_seconds
 
     @property
-    def condition(self) -> tuple[str, int, int, int]:
-        """(policy, budget, online Guardian interval, threshold); Guardian off gives zeros."""
+    def condition(self) -> tuple[str, int, int, int, str]:
+        """(policy, budget, online Guardian interval, threshold, stop action); Guardian off gives
+        zeros and an empty action."""
         g = self.guardian
         return (
             self.policy,
             self.budget_tokens,
             g.interval_tokens if g.enabled else 0,
             g.threshold_bytes if g.enabled else 0,
+            g.action if g.enabled else "",
         )
 
     def to_json(self) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +17,7 @@ from eval.analysis import (
     online_agreement,
     paired_indices,
 )
+from eval.answer_forcing import answer_forcing_table, answer_settings
 from eval.guardian_replay import GuardianSetting
 from eval.records import SampleRecord, read_records
 from eval.stats import paired_bootstrap, relative_change
@@ -55,23 +55,24 @@ def _run_section(
 ) -> str:
     models = sorted({r.model for r in records})
     devices = sorted({r.device for r in records})
-    counts = Counter((r.dataset, r.problem_id) for r in records)
-    per_set = Counter(dataset for dataset, _ in counts)
     caps = sorted({r.max_new_tokens for r in records})
     lines = [
         f"- **Model**: {', '.join(models)}; **device**: {', '.join(devices)}; **attention backend**: "
         f"{', '.join(sorted({r.backend for r in records}))}; greedy decoding; "
         f"`max_new_tokens` = {', '.join(map(str, caps))}.",
-        f"- **Samples**: {len(records)} records; problems per set: "
-        + ", ".join(f"{d} {n}" for d, n in sorted(per_set.items()))
-        + " (the first problems of each file, in file order).",
+        f"- **Samples**: {len(records)} records; problems per set: " + problems_ran(records) + ".",
     ]
     for meta in metas:
+        admission = (
+            "selected problems admitted before the time limit, each run to the end under every condition"
+            if meta.get("admission_cut")
+            else "selected problems finished every condition in the time limit; problems still running "
+            "at the cut were dropped (the sweep then cut at completion, not admission)"
+        )
         lines.append(
             f"- **Sweep** ({meta.get('date_utc', '?')}, {meta.get('sweep_wall_seconds', '?')} s, "
             f"{meta.get('generated_tokens', '?')} tokens, {meta.get('problems_run', '?')} of "
-            f"{meta.get('problems_selected', '?')} selected problems finished every condition "
-            "in the time limit):\n"
+            f"{meta.get('problems_selected', '?')} {admission}):\n"
             f"  `{meta.get('command', '?')}`"
         )
         conditions = meta.get("config", {}).get("conditions", [])
@@ -84,6 +85,43 @@ def _run_section(
         f"({config.bootstrap} resamples), ± is one standard error."
     )
     return "\n".join(lines)
+
+
+def problems_ran(records: list[SampleRecord]) -> str:
+    """Which problems of each set ran, by their place in the file: "gsm8k: the first 85 in file
+    order (positions 0-84)", or the exact positions and the holes when they are not a prefix."""
+    positions: dict[str, set[int]] = {}
+    for record in records:
+        positions.setdefault(record.dataset, set()).add(record.problem_position)
+    parts = []
+    for dataset, places in sorted(positions.items()):
+        if -1 in places:
+            ids = {r.problem_id for r in records if r.dataset == dataset}
+            parts.append(f"{dataset} {len(ids)} (file positions not recorded)")
+            continue
+        ordered = sorted(places)
+        if ordered == list(range(len(ordered))):
+            parts.append(
+                f"{dataset}: the first {len(ordered)} in file order (0-based positions {_ranges(ordered)})"
+            )
+            continue
+        holes = sorted(set(range(ordered[-1] + 1)) - places)
+        parts.append(
+            f"{dataset}: {len(ordered)} at positions {_ranges(ordered)}, NOT a prefix "
+            f"(missing {_ranges(holes)})"
+        )
+    return "; ".join(parts)
+
+
+def _ranges(values: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> "0-2, 5, 7-8"."""
+    spans: list[list[int]] = []
+    for value in values:
+        if spans and value == spans[-1][1] + 1:
+            spans[-1][1] = value
+        else:
+            spans.append([value, value])
+    return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in spans)
 
 
 def _verdict(
@@ -137,7 +175,9 @@ def write_report(paths: list[Path], out: Path, config: ReportConfig) -> Path:
         )
     out.mkdir(parents=True, exist_ok=True)
     by_dataset = arms_by_dataset(records)
-    outcomes = guardian_outcomes(records, config.settings(), config.grade_workers)
+    forcing = answer_settings(records)
+    settings = config.settings() + [s for s in forcing if s not in config.settings()]
+    outcomes = guardian_outcomes(records, settings, config.grade_workers)
     chosen = outcomes[config.guardian]
     grid = {s: outcomes[s] for s in config.settings()}
     dense = {d: list(arms.get(("full", 0), {}).values()) for d, arms in by_dataset.items()}
@@ -172,6 +212,14 @@ def write_report(paths: list[Path], out: Path, config: ReportConfig) -> Path:
         sections += [
             "### all sets pooled",
             tables.guardian_dense_table(records, pooled_dense, grid, config.bootstrap),
+        ]
+    if forcing:
+        sections += [
+            "## Guardian stop action `answer` (online) against truncation (replayed on the dense run)",
+            "Each answer-forcing run is paired with its problem's dense run; truncation at the same "
+            "(f, t) is replayed on that dense run. All sets pooled; the forced prompt and the answer "
+            "count as generated tokens.",
+            answer_forcing_table(records, outcomes, config.bootstrap),
         ]
     agreements = online_agreement(records)
     if agreements:

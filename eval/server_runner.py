@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
-from eval.completion import Completion, Job
+from eval.completion import Completion, Job, answer_bound
 from eval.records import GuardianOnline
 from lil_sparse.options import RequestOptions
 
@@ -32,6 +32,8 @@ def _client_options(options: RequestOptions) -> dict[str, Any]:
         values["guardian_threshold_bytes"] = guardian.threshold_bytes
         values["guardian_mode"] = guardian.mode
         values["guardian_source"] = guardian.source
+        values["guardian_action"] = guardian.action
+        values["guardian_answer_max_tokens"] = guardian.answer_max_tokens
     return values
 
 
@@ -59,6 +61,11 @@ def completion_from_summary(key: int, summary: Any, options: RequestOptions) -> 
             # Checks run at every multiple of the interval, so the trace's i-th size is at (i+1)*interval.
             checks_generated_tokens=tuple(interval * (i + 1) for i in range(len(g.compressed_bytes))),
             checks_compressed_bytes=tuple(g.compressed_bytes),
+            action=options.guardian.action,
+            answer_max_tokens=answer_bound(options),
+            answer_started_at=g.answer_started_at,
+            answer_prompt_tokens=g.answer_prompt_tokens,
+            answer_tokens=g.answer_tokens,
         ),
     )
 

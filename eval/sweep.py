@@ -2,7 +2,10 @@
 
 Jobs are ordered problem-major (all conditions of problem 1, then problem 2...) so every
 condition shares the same batches over the run and their timings compare fairly; the datasets
-take turns, so a run cut by ``stop_after_seconds`` still holds the first problems of each set.
+take turns. A run bounded by ``stop_after_seconds`` is cut at admission: no new problem starts
+after the limit, and every admitted problem runs to the end under every condition. So the
+problems that ran are the first ones of each set in file order, without holes, and a long
+output is never what gets a problem dropped (no survivorship). The meta file lists them.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ class SweepConfig:
     grade_workers: int = 0
     base_interval: int = DEFAULT_BASE_INTERVAL
     save_token_ids: bool = False
-    stop_after_seconds: float = 0.0  # 0: no limit; else drop problems not finished in time
+    stop_after_seconds: float = 0.0  # 0: no limit; else admit no new problem after this many seconds
     command: str = field(default="")
 
     def __post_init__(self) -> None:
@@ -149,10 +152,10 @@ def run_sweep(config: SweepConfig, out: Path) -> list[SampleRecord]:
     prompts = [tuple(prompt_token_ids(tokenizer, problem)) for problem in problems]
     longest_prompt = max(len(p) for p in prompts)
     n = len(config.conditions)
-    jobs = [Job(i * n + c, prompts[i]) for i in range(len(problems)) for c in range(n)]
+    jobs = [Job(i * n + c, prompts[i], i) for i in range(len(problems)) for c in range(n)]
     device_name = _device_name(config.device) if not config.server else f"server {config.server}"
     started = time.perf_counter()
-    completions = _complete_problems(sorted(_completions(config, jobs, engine), key=lambda c: c.key), n)
+    completions = admitted_completions(list(_completions(config, jobs, engine)), n)
     wall = time.perf_counter() - started
     if engine is not None:
         engine.close()
@@ -172,6 +175,9 @@ def run_sweep(config: SweepConfig, out: Path) -> list[SampleRecord]:
         "records": len(records),
         "problems_run": len(records) // n,
         "problems_selected": len(problems),
+        # Cut at admission: every problem that started ran under every condition.
+        "admission_cut": True,
+        "problems_run_per_set": _problems_run_per_set(problems[: len(records) // n]),
         "sweep_wall_seconds": round(wall, 1),
         "generated_tokens": sum(r.output_tokens for r in records),
         "longest_prompt_tokens": longest_prompt,
@@ -239,22 +245,42 @@ def _build_records(
                 correct=grade.correct if grade else None,
                 extracted_answer=grade.extracted if grade else "",
                 output_token_ids=completion.output_token_ids if config.save_token_ids else (),
+                problem_position=problem.position,
             )
         )
     return records
 
 
-def _complete_problems(completions: list[Completion], conditions: int) -> list[Completion]:
-    """Only problems whose every condition finished without an abort (a time limit cuts the rest)."""
-    by_problem: dict[int, list[Completion]] = {}
-    for completion in completions:
-        by_problem.setdefault(completion.key // conditions, []).append(completion)
-    return [
-        c
-        for group in by_problem.values()
-        if len(group) == conditions and all(c.finish_reason != "aborted" for c in group)
-        for c in group
-    ]
+def admitted_completions(completions: list[Completion], conditions: int) -> list[Completion]:
+    """The completions in key order, after checking the no-survivorship rule.
+
+    The problems that ran must be the first ones of the job list (a cut at admission leaves a
+    prefix), each under all ``conditions`` and none aborted. Raises ``RuntimeError`` otherwise:
+    dropping an unfinished problem would silently bias the sample towards short runs.
+    """
+    ordered = sorted(completions, key=lambda c: c.key)
+    keys = [c.key for c in ordered]
+    if keys != list(range(len(keys))) or len(keys) % conditions:
+        problems = sorted({key // conditions for key in keys})
+        raise RuntimeError(
+            f"sweep: the problems that ran are not a prefix with every condition finished "
+            f"({len(keys)} completions over problems {problems[:10]}...); refusing to drop any"
+        )
+    aborted = [c.key // conditions for c in ordered if c.finish_reason == "aborted"]
+    if aborted:
+        raise RuntimeError(f"sweep: problems {sorted(set(aborted))} were aborted; refusing to drop them")
+    return ordered
+
+
+def _problems_run_per_set(problems: list[Problem]) -> dict[str, dict[str, Any]]:
+    """Per dataset: how many problems ran and their ids, in file order."""
+    per_set: dict[str, dict[str, Any]] = {}
+    for problem in problems:
+        entry = per_set.setdefault(problem.dataset, {"count": 0, "positions": [], "ids": []})
+        entry["count"] += 1
+        entry["positions"].append(problem.position)
+        entry["ids"].append(problem.problem_id)
+    return per_set
 
 
 def _interleave(sets: list[list[Problem]]) -> list[Problem]:

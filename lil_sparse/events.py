@@ -32,7 +32,11 @@ class GuardianCheckRecord:
 
 @dataclass(slots=True)
 class GuardianReport:
-    """Guardian's trajectory for one request."""
+    """Guardian's trajectory for one request.
+
+    In shadow mode (``shadow``) ``stop_step`` is where Guardian would have stopped; the request
+    went on, so ``applied_at_step`` stays None and the checks continue to the end.
+    """
 
     enabled: bool = False
     checks: list[GuardianCheckRecord] = field(default_factory=list)
@@ -41,6 +45,12 @@ class GuardianReport:
     # a pending check are held back until its verdict.
     applied_at_step: int | None = None
     cpu_seconds: float = 0.0
+    shadow: bool = False  # verdicts recorded, never applied
+    # Stop action "answer": output tokens before the forced answer prompt (the thinking), the
+    # prompt's tokens appended, and the model's own tokens after it. None/0 without an answer.
+    answer_started_at: int | None = None
+    answer_prompt_tokens: int = 0
+    answer_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -92,7 +102,9 @@ class TokenEvent:
     of a request add up to its report's ``output_text`` and its ``token_ids`` to
     ``output_token_ids``. ``logprobs`` holds the
     log-probability of each token in ``token_ids`` under the sampling distribution's logits
-    (before temperature). ``report`` is set exactly when ``finish_reason`` is.
+    (before temperature); NaN for a forced answer-prompt token. ``answer`` is True for tokens
+    after a Guardian stop with action ``answer`` (the forced prompt and the answer), False for
+    the thinking before it. ``report`` is set exactly when ``finish_reason`` is.
     """
 
     request_id: str
@@ -101,6 +113,7 @@ class TokenEvent:
     logprobs: tuple[float, ...] = ()
     finish_reason: FinishReason | None = None
     report: RequestReport | None = None
+    answer: bool = False
 
     @property
     def finished(self) -> bool:

@@ -14,6 +14,7 @@ from typing import Literal
 POLICY_NAMES: tuple[str, ...] = ("full", "sink", "h2o", "quest", "infllm")
 GuardianMode = Literal["full", "incremental"]
 GuardianSource = Literal["text", "token_ids"]
+GuardianAction = Literal["truncate", "answer"]
 
 # Ranges come from the dtypes the engine packs each value into: token counts, positions and page
 # counts travel as int32 (FlashInfer's page tables, the proto's int32 fields), seeds as int64
@@ -201,7 +202,15 @@ class GuardianOptions:
     compressed; when the compressed size grew by less than ``threshold_bytes`` since the previous
     check, generation stops with finish reason ``early_stop``. ``mode="full"`` recompresses
     everything with zlib (the paper); ``"incremental"`` feeds only the new bytes to a streaming
-    compressor with a sync flush. ``source`` picks UTF-8 text or the token ids as bytes.
+    compressor and finishes a copy of it, which gives exactly full mode's sizes at a cost set by
+    the new bytes. ``source`` picks UTF-8 text or the token ids as bytes. ``shadow=True`` runs
+    every check and records where Guardian would have stopped (``GuardianReport.stop_step``)
+    without stopping: the request ends as if Guardian were off (it applies only when enabled).
+    ``action`` says what a stop does: ``"truncate"`` ends the request there (the paper);
+    ``"answer"`` appends an answer prompt (closing an open thinking block), lets the model decode
+    at most ``answer_max_tokens`` more, then ends with ``early_stop``
+    (see :mod:`lil_sparse.guardian.answer`); such a request waits for each check's verdict
+    before decoding on, so the answer starts exactly at the check that said stop.
     """
 
     enabled: bool = False
@@ -209,6 +218,9 @@ class GuardianOptions:
     threshold_bytes: int = 20
     mode: GuardianMode = "full"
     source: GuardianSource = "text"
+    shadow: bool = False
+    action: GuardianAction = "truncate"
+    answer_max_tokens: int = 32
 
     def __post_init__(self) -> None:
         _require(isinstance(self.enabled, bool), "enabled", f"must be a bool, got {self.enabled!r}")
@@ -225,6 +237,15 @@ class GuardianOptions:
             self.source in ("text", "token_ids"),
             "source",
             f"must be 'text' or 'token_ids', got {self.source!r}",
+        )
+        _require(isinstance(self.shadow, bool), "shadow", f"must be true or false, got {self.shadow!r}")
+        _require(
+            self.action in ("truncate", "answer"),
+            "action",
+            f"must be 'truncate' or 'answer', got {self.action!r}",
+        )
+        _require(
+            self.answer_max_tokens >= 1, "answer_max_tokens", f"must be >= 1, got {self.answer_max_tokens}"
         )
 
 

@@ -32,6 +32,11 @@ SOURCE_TO_PROTO: dict[str, Any] = {
     "token_ids": options_pb2.GUARDIAN_SOURCE_TOKEN_IDS,
 }
 PROTO_TO_SOURCE = {value: name for name, value in SOURCE_TO_PROTO.items()}
+ACTION_TO_PROTO: dict[str, Any] = {
+    "truncate": options_pb2.GUARDIAN_ACTION_TRUNCATE,
+    "answer": options_pb2.GUARDIAN_ACTION_ANSWER,
+}
+PROTO_TO_ACTION = {value: name for name, value in ACTION_TO_PROTO.items()}
 FINISH_REASON_TO_PROTO: dict[FinishReason, Any] = {
     FinishReason.LENGTH: report_pb2.FINISH_REASON_LENGTH,
     FinishReason.EOS: report_pb2.FINISH_REASON_EOS,
@@ -94,9 +99,11 @@ def options_from_request(
         stopping_fields["stop_strings"] = tuple(stopping.stop_strings)
     sparse_fields = _overrides(sparse, ("budget_tokens", "sink_tokens", "recent_tokens", "dense_layers"))
     sparse_fields.update(_enum_override(sparse.policy, PROTO_TO_POLICY, "policy"))
-    guardian_fields = _overrides(guardian, ("enabled", "interval_tokens", "threshold_bytes"))
+    guardian_fields = _overrides(guardian, ("enabled", "interval_tokens", "threshold_bytes", "shadow"))
     guardian_fields.update(_enum_override(guardian.mode, PROTO_TO_MODE, "mode"))
     guardian_fields.update(_enum_override(guardian.source, PROTO_TO_SOURCE, "source"))
+    guardian_fields.update(_overrides(guardian, ("answer_max_tokens",)))
+    guardian_fields.update(_enum_override(guardian.action, PROTO_TO_ACTION, "action"))
     try:
         options = RequestOptions(
             sampling=replace(
@@ -131,6 +138,9 @@ def resolved_options_message(options: RequestOptions) -> options_pb2.ResolvedOpt
             threshold_bytes=g.threshold_bytes,
             mode=MODE_TO_PROTO[g.mode],
             source=SOURCE_TO_PROTO[g.source],
+            shadow=g.shadow,
+            action=ACTION_TO_PROTO[g.action],
+            answer_max_tokens=g.answer_max_tokens,
         ),
     )
     if s.seed is not None:
@@ -158,10 +168,15 @@ def started_response(
 
 
 def chunk_response(
-    token_ids: Sequence[int], text: str, logprobs: Sequence[float], output: options_pb2.OutputOptions
+    token_ids: Sequence[int],
+    text: str,
+    logprobs: Sequence[float],
+    output: options_pb2.OutputOptions,
+    answer_tokens: int = 0,
 ) -> service_pb2.GenerateResponse:
-    """One chunk for one or more merged engine events (``token_ids`` and ``logprobs`` aligned)."""
-    chunk = service_pb2.Chunk(token_count=len(token_ids), text=text)
+    """One chunk for one or more merged engine events (``token_ids`` and ``logprobs`` aligned);
+    ``answer_tokens`` of them, the last ones, belong to a forced Guardian answer."""
+    chunk = service_pb2.Chunk(token_count=len(token_ids), text=text, answer_tokens=answer_tokens)
     if output.return_token_ids:
         chunk.token_ids.extend(token_ids)
     if output.return_logprobs:
@@ -189,7 +204,12 @@ def finished_response(
         checks=len(guardian.checks),
         compressed_bytes=[check.compressed_bytes for check in guardian.checks],
         cpu_seconds=guardian.cpu_seconds,
+        shadow=guardian.shadow,
+        answer_prompt_tokens=guardian.answer_prompt_tokens,
+        answer_tokens=guardian.answer_tokens,
     )
+    if guardian.answer_started_at is not None:
+        guardian_message.answer_started_at = guardian.answer_started_at
     if guardian.stop_step is not None:
         guardian_message.stop_step = guardian.stop_step
     if guardian.applied_at_step is not None:

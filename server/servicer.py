@@ -139,17 +139,19 @@ async def _stream(
         token_ids: list[int] = []
         logprobs: list[float] = []
         text = ""
+        answer_tokens = 0  # answer tokens always follow the thinking, so they end the chunk
         final: TokenEvent | None = None
         for event in batch:
             if isinstance(event, BaseException):
                 raise event
+            answer_tokens += len(event.token_ids) if event.answer else 0
             token_ids.extend(event.token_ids)
             logprobs.extend(event.logprobs)
             text += event.text_delta
             if event.finished:
                 final = event
         if token_ids or text:
-            yield convert.chunk_response(token_ids, text, logprobs, output)
+            yield convert.chunk_response(token_ids, text, logprobs, output, answer_tokens)
         if final is not None:
             if final.report is None:
                 raise RuntimeError(f"final event of {final.request_id} carries no report")

@@ -41,6 +41,13 @@ def add_generate_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--guardian-interval", type=int, default=250)
     parser.add_argument("--guardian-threshold", type=int, default=20)
     parser.add_argument("--guardian-mode", default="full", choices=("full", "incremental"))
+    parser.add_argument(
+        "--guardian-shadow", action="store_true", help="record where Guardian would stop, without stopping"
+    )
+    parser.add_argument(
+        "--guardian-action", default="truncate", choices=("truncate", "answer"), help="what a stop does"
+    )
+    parser.add_argument("--guardian-answer-max-tokens", type=int, default=32, help="forced answer's tokens")
     parser.set_defaults(func=run_generate)
     return parser
 
@@ -53,7 +60,13 @@ def request_options(args: argparse.Namespace) -> RequestOptions:
             args.policy, args.budget, args.sink_tokens, args.recent_tokens, args.dense_layers
         ),
         guardian=GuardianOptions(
-            args.guardian, args.guardian_interval, args.guardian_threshold, args.guardian_mode
+            args.guardian,
+            args.guardian_interval,
+            args.guardian_threshold,
+            args.guardian_mode,
+            shadow=args.guardian_shadow,
+            action=args.guardian_action,
+            answer_max_tokens=args.guardian_answer_max_tokens,
         ),
     )
 
@@ -92,8 +105,15 @@ def run_generate(args: argparse.Namespace) -> int:
     gaps = timings.inter_token_seconds
     tbt = sum(gaps) / len(gaps) if gaps else 0.0
     guardian = report.guardian
+    answer = (
+        f", answered with {guardian.answer_prompt_tokens} prompt + {guardian.answer_tokens} tokens"
+        if guardian.answer_started_at is not None
+        else ""
+    )
     verdict = (
-        f"stopped at token {guardian.stop_step} ({len(guardian.checks)} checks)"
+        f"shadow: would stop at token {guardian.stop_step} ({len(guardian.checks)} checks)"
+        if guardian.shadow and guardian.stop_step is not None
+        else f"stopped at token {guardian.stop_step} ({len(guardian.checks)} checks)"
         if guardian.stop_step is not None
         else f"no stop ({len(guardian.checks)} checks)"
         if guardian.enabled
@@ -105,7 +125,7 @@ def run_generate(args: argparse.Namespace) -> int:
         f"jct: {timings.jct_seconds:.2f} s\n"
         f"finish: {report.finish_reason.value}  policy: {options.sparse.policy}  "
         f"attended pages/step: {report.kv.mean_attended_pages:.1f}  peak pages: {report.kv.peak_pages}\n"
-        f"guardian: {verdict}",
+        f"guardian: {verdict}{answer}",
         file=sys.stderr,
     )
     return 0

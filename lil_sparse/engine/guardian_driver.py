@@ -8,6 +8,21 @@ decided stop reaches the client or the counts. The lag is bounded per request: o
 ``max_lag_steps`` tokens wait behind a pending check, that request pauses (leaves the decode
 batch) until the verdict arrives; the other requests keep running. With ``workers == 0`` checks
 run inline, which makes online runs equal offline replay token for token.
+
+Two per-request options change that:
+
+- shadow mode (``GuardianOptions.shadow``): verdicts are recorded in the request's report and
+  never reach the engine, so nothing is held back (:meth:`GuardianDriver.gate` is None) and the
+  tokens are those of the Guardian-off run. The lag bound still pauses a shadow request that runs
+  ``max_lag_steps`` tokens ahead of its oldest pending check (it bounds the checks in flight; the
+  tokens do not change), and at the end the checks still in flight are finished, so a would-stop
+  verdict near the end is not lost.
+- stop action ``answer``: the request pauses at every pending check (a lag bound of 0), so no
+  token is decoded past a check before its verdict. A stop therefore lands exactly at the check
+  with nothing to discard: the answer phase continues from there, and the sequence never attends
+  KV of a token that the stop threw away. (Rewinding the KV of discarded tokens is not possible
+  in general: an eviction policy at its budget recycles an old page for the new tokens and H2O's
+  scores absorb their attention.)
 """
 
 from __future__ import annotations
@@ -30,6 +45,9 @@ class GuardianDriver:
         self._guardians: dict[str, Guardian] = {}
         self._prompt_text: dict[str, str] = {}
         self._pending: dict[str, deque[int]] = {}  # request -> generated tokens of checks without a verdict
+        self._shadow: set[str] = set()  # requests whose verdicts are recorded, never applied
+        self._pause_at_check: set[str] = set()  # stop action "answer": lag bound 0
+        self._closed: set[str] = set()  # no more checks (the answer phase runs)
 
     def admit(self, seq: Sequence, prompt_text: str) -> None:
         options = seq.options.guardian
@@ -38,7 +56,12 @@ class GuardianDriver:
         prompt = sequence_bytes(prompt_text, "", seq.prompt_token_ids, [], options.source)
         self._guardians[seq.request_id] = Guardian(options, prompt, self._compressed_size)
         self._prompt_text[seq.request_id] = prompt_text
+        if options.shadow:
+            self._shadow.add(seq.request_id)
+        elif options.action == "answer":
+            self._pause_at_check.add(seq.request_id)
         seq.guardian_report.enabled = True
+        seq.guardian_report.shadow = options.shadow
 
     def after_token(self, seq: Sequence, output_text: str) -> None:
         """Submit a check when one is due after the sequence's latest token.
@@ -47,7 +70,7 @@ class GuardianDriver:
         """
         guardian = self._guardians.get(seq.request_id)
         generated = seq.num_output_tokens
-        if guardian is None or not guardian.due(generated):
+        if guardian is None or seq.request_id in self._closed or not guardian.due(generated):
             return
         data = sequence_bytes(
             self._prompt_text[seq.request_id],
@@ -61,17 +84,23 @@ class GuardianDriver:
 
     def gate(self, request_id: str) -> int | None:
         """Generated-token count of the request's oldest check without a verdict (tokens after
-        it must be held back), or None."""
+        it must be held back), or None. Always None in shadow mode (nothing is held back)."""
         pending = self._pending.get(request_id)
-        return pending[0] if pending else None
+        return pending[0] if pending and request_id not in self._shadow else None
 
     def lagging(self, seq: Sequence) -> bool:
-        """The request has ``max_lag_steps`` tokens waiting behind a pending check: pause it."""
-        gate = self.gate(seq.request_id)
-        return gate is not None and seq.num_output_tokens - gate >= self.max_lag_steps
+        """The request has ``max_lag_steps`` tokens (0 for stop action ``answer``) past its oldest
+        pending check: pause it until the verdict."""
+        pending = self._pending.get(seq.request_id)
+        bound = 0 if seq.request_id in self._pause_at_check else self.max_lag_steps
+        return pending is not None and len(pending) > 0 and seq.num_output_tokens - pending[0] >= bound
 
     def collect(self) -> list[tuple[str, GuardianCheckRecord | Exception]]:
-        """Verdicts (or a check's exception) that arrived since the last call. Never blocks."""
+        """Verdicts (or a check's exception) that arrived since the last call. Never blocks.
+
+        A shadow request's verdicts stay in its Guardian (its report) and are not returned; a
+        check that raised is returned for every request (a failure is its request's own).
+        """
         results = self.pool.poll()
         for request_id, _ in results:
             pending = self._pending.get(request_id)
@@ -79,7 +108,18 @@ class GuardianDriver:
                 pending.popleft()
                 if not pending:
                     del self._pending[request_id]
-        return results
+        return [
+            (request_id, verdict)
+            for request_id, verdict in results
+            if request_id not in self._shadow or isinstance(verdict, Exception)
+        ]
+
+    def close_checks(self, seq: Sequence) -> None:
+        """No more checks for this request (its answer phase runs): drop any in flight. Its report
+        keeps the checks that gave a verdict."""
+        self._closed.add(seq.request_id)
+        self._pending.pop(seq.request_id, None)
+        self.pool.cancel(seq.request_id)
 
     def wait_any(self, request_ids: list[str], timeout: float) -> None:
         """Block until one of these requests' pending checks finishes (or ``timeout`` seconds)."""
@@ -90,6 +130,13 @@ class GuardianDriver:
         guardian = self._guardians.pop(seq.request_id, None)
         self._prompt_text.pop(seq.request_id, None)
         self._pending.pop(seq.request_id, None)
+        self._pause_at_check.discard(seq.request_id)
+        self._closed.discard(seq.request_id)
+        if seq.request_id in self._shadow:
+            # A shadow report is the product: finish the checks still in flight (at most the lag
+            # bound's worth) so a would-stop verdict near the end is not lost.
+            self._shadow.discard(seq.request_id)
+            self.pool.wait(seq.request_id)
         self.pool.cancel(seq.request_id)
         if guardian is not None:
             applied = seq.guardian_report.applied_at_step

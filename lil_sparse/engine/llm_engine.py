@@ -34,6 +34,7 @@ from lil_sparse.engine.sequence import PrefillChunk, Sequence, SequenceStatus
 from lil_sparse.engine.step_sampler import StepSampler
 from lil_sparse.engine.stop_checker import StopChecker
 from lil_sparse.events import FinishReason, RequestReport, TokenEvent
+from lil_sparse.guardian.answer import AnswerPhase, answer_prompt
 from lil_sparse.kv import BlockTable, KVCache, PagePool
 from lil_sparse.loading import LoadedModel, load_model
 from lil_sparse.options import POLICY_NAMES, RequestOptions
@@ -120,6 +121,7 @@ class LLMEngine:
         self._sequences: dict[str, Sequence] = {}
         self._outputs: dict[str, RequestOutput] = {}
         self._finishing: dict[str, FinishReason] = {}  # stopped, waiting for a Guardian verdict
+        self._answers: dict[str, AnswerPhase] = {}  # Guardian action "answer": requests answering
         self.info = EngineInfo(
             model_name=loaded.name,
             architecture=mc.architecture,
@@ -314,10 +316,16 @@ class LLMEngine:
     def _append_token(self, seq: Sequence, token: int, logprob: float, now: float) -> list[TokenEvent]:
         """Record a sampled token, run the stop checks, and release what the client may see."""
         output = self._outputs[seq.request_id]
+        answer = self._answers.get(seq.request_id)
+        forced = False
+        if answer is not None:  # the answer phase: a forced prompt token replaces the sampled one
+            token, logprob, forced = answer.next_token(token, logprob)
         seq.output_token_ids.append(token)
         seq.token_times.append(now)
-        stop_string_hit = output.push(token, logprob)
+        stop_string_hit = output.push(token, logprob, forced)
         reason = self.stop_checker.check(seq, token, stop_string_hit)
+        if answer is not None:
+            return self._after_answer_token(seq, answer, reason, forced)
         if reason is None:
             self.guardian.after_token(seq, output.decoded)
         gate = self.guardian.gate(seq.request_id)
@@ -327,12 +335,12 @@ class LLMEngine:
             self._finishing[seq.request_id] = reason  # pause until the pending check decides
         return self._release(seq, seq.num_output_tokens if gate is None else gate)
 
-    def _release(self, seq: Sequence, upto: int) -> list[TokenEvent]:
+    def _release(self, seq: Sequence, upto: int, answer: bool = False) -> list[TokenEvent]:
         first, upto, logprobs, text = self._outputs[seq.request_id].release(upto)
         if upto == first and not text:
             return []
         tokens = tuple(seq.output_token_ids[first:upto])
-        return [TokenEvent(seq.request_id, tokens, text, tuple(logprobs))]
+        return [TokenEvent(seq.request_id, tokens, text, tuple(logprobs), answer=answer)]
 
     def _apply_guardian(self) -> list[TokenEvent]:
         events: list[TokenEvent] = []
@@ -342,6 +350,11 @@ class LLMEngine:
                 continue
             if isinstance(verdict, Exception):
                 events.append(self._fail(seq, "guardian", verdict))
+            elif verdict.stop and seq.options.guardian.action == "answer":
+                try:
+                    self._start_answer(seq, verdict.generated_tokens)
+                except Exception as error:
+                    events.append(self._fail(seq, "guardian answer", error))
             elif verdict.stop:  # cut the output at the check; the tokens after it were held back
                 seq.guardian_report.applied_at_step = verdict.generated_tokens
                 events.append(self._finish(seq, FinishReason.EARLY_STOP, verdict.generated_tokens))
@@ -352,6 +365,39 @@ class LLMEngine:
             else:
                 events += self._release(seq, seq.num_output_tokens)
         return events
+
+    # ---- Guardian stop action "answer" (lil_sparse/guardian/answer.py) ------------------------
+    def _start_answer(self, seq: Sequence, stop_step: int) -> None:
+        """End the thinking at the check after ``stop_step`` tokens: from the next token on, append
+        the answer prompt, then decode at most ``answer_max_tokens`` more. No check runs after.
+
+        Such a request pauses at every pending check (:class:`GuardianDriver`), so its output ends
+        exactly at the check: no token was decoded past it, nothing is discarded, and the KV the
+        answer attends is that of the kept tokens only.
+        """
+        if seq.num_output_tokens != stop_step:  # the pause at each check makes this impossible
+            raise RuntimeError(
+                f"answer: {seq.num_output_tokens - stop_step} tokens were decoded past the stop check"
+            )
+        output = self._outputs[seq.request_id]
+        prompt_text = self.tokenizer.decode(seq.prompt_token_ids, skip_special_tokens=False)
+        forced = tuple(self.tokenizer.encode(answer_prompt(prompt_text + output.decoded)))
+        self._answers[seq.request_id] = AnswerPhase(stop_step, forced, seq.options.guardian.answer_max_tokens)
+        self.guardian.close_checks(seq)
+        seq.guardian_report.applied_at_step = stop_step
+
+    def _after_answer_token(
+        self, seq: Sequence, answer: AnswerPhase, reason: FinishReason | None, forced: bool
+    ) -> list[TokenEvent]:
+        """Release an answer-phase token, or finish. Any stop (the answer budget, EOS, a stop
+        string, the length cap) ends the request with ``early_stop``: Guardian cut the thinking.
+        A forced token never ends it but by the length cap (stop strings in forced text are not
+        matched, see :class:`RequestOutput`; an EOS id in the prompt is ignored here)."""
+        if forced and reason != FinishReason.LENGTH:
+            reason = None
+        if reason is None and not answer.done:
+            return self._release(seq, seq.num_output_tokens, answer=True)
+        return [self._finish(seq, FinishReason.EARLY_STOP)]
 
     def _kept(self, seq: Sequence) -> int:
         """Tokens a request keeps when it ends early (abort, error): those already released."""
@@ -387,6 +433,7 @@ class LLMEngine:
                 error = error or f"detokenizer: {failure!r}"
         seq.keep_outputs(kept)
         self._finishing.pop(seq.request_id, None)
+        answer = self._answers.pop(seq.request_id, None)
         self._sequences.pop(seq.request_id, None)
         # Each part frees what it holds even if another part raised: a failure here is this
         # request's alone (it ends in ERROR), never a reason to keep pages or stop the step.
@@ -400,9 +447,12 @@ class LLMEngine:
             except Exception as failure:
                 logger.error("request %s: releasing its %s failed", seq.request_id, part, exc_info=failure)
                 reason, error = FinishReason.ERROR, error or f"{part} release: {failure!r}"
+        if answer is not None:
+            answer.fill(seq.guardian_report, seq.num_output_tokens)
         report = seq.report(reason, error)
         tokens = tuple(seq.output_token_ids[first:])
-        return TokenEvent(seq.request_id, tokens, text, tuple(logprobs), reason, report)
+        # After an answer started, every token not released yet is an answer token.
+        return TokenEvent(seq.request_id, tokens, text, tuple(logprobs), reason, report, answer is not None)
 
     # ---- conveniences -----------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], options: list[RequestOptions]) -> list[RequestReport]:

@@ -9,6 +9,8 @@ it is final:
   ``include_stop_str_in_output``), even when the token that completed it carries more text;
 - tokens after a pending Guardian check are held until its verdict (the engine releases up to
   a token count, see :meth:`RequestOutput.release`);
+- text of forced tokens (Guardian's ``answer`` action appends an answer prompt) never completes
+  a stop string: only a stop string that ends after the last forced token's text counts;
 - at finish the text is ``tokenizer.decode(kept_ids)`` cut after the first stop string, so the
   concatenated deltas equal the report's text, and a character split across the last tokens is
   not lost (the detokenizer's held-back bytes are flushed by decoding the whole output once).
@@ -32,14 +34,21 @@ class RequestOutput:
         self.emitted = ""  # text sent to the client
         self.released = 0  # tokens sent to the client
         self.stopped = False  # a stop string ended the text
+        self.stop_floor = 0  # a stop string must end after this offset of ``decoded`` (forced text)
         self._longest_stop = max((len(stop) for stop in stop_strings), default=0)
 
-    def push(self, token: int, logprob: float) -> bool:
-        """Decode one more token; True when it completed a stop string (the text then ends with it)."""
+    def push(self, token: int, logprob: float, forced: bool = False) -> bool:
+        """Decode one more token; True when it completed a stop string (the text then ends with it).
+
+        A ``forced`` token (not sampled: an answer prompt's) never completes one; the stop strings
+        are then searched only in text after it.
+        """
         delta = "" if self.stopped else self.detokenizer.push([token])
-        new_from = len(self.decoded)
+        new_from = max(len(self.decoded), self.stop_floor)
         self.decoded += delta
-        if delta and self.stop_strings:
+        if forced:
+            self.stop_floor = len(self.decoded)
+        elif delta and self.stop_strings:
             end = find_stop_end(self.decoded, new_from, self.stop_strings)
             if end is not None:
                 self.decoded = self.decoded[:end]
@@ -78,7 +87,7 @@ class RequestOutput:
         full = self.tokenizer.decode(output_ids)
         stopped = False
         if self.stop_strings:
-            end = find_stop_end(full, 0, self.stop_strings)
+            end = find_stop_end(full, self.stop_floor, self.stop_strings)
             if end is not None:
                 full, stopped = full[:end], True
         if not full.startswith(self.emitted):

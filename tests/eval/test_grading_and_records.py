@@ -100,7 +100,7 @@ def test_record_validation_names_the_field(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="compressed_bytes"):
         Trajectory(25, (1, 2), (0,))
     assert make_record().service_seconds == pytest.approx(0.65)
-    assert replace(make_record(), policy="h2o").condition == ("h2o", 64, 25, 20)
+    assert replace(make_record(), policy="h2o").condition == ("h2o", 64, 25, 20, "truncate")
     path = tmp_path / "bad.jsonl"
     path.write_text(make_record().to_json() + "\n" + '{"dataset": "gsm8k"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2"):

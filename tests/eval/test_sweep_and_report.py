@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,11 @@ from eval.report import ReportConfig, write_report
 from eval.sweep import SweepConfig, meta_path, run_sweep
 
 MAX_NEW_TOKENS = 60
-CONDITIONS = tuple(build_conditions(("full", "quest", "sink"), (32,), (GuardianSetting(25, 20),)))
+# The answer-forcing arm's threshold makes its second check (after 50 tokens) always say stop.
+ANSWER_SETTING = GuardianSetting(25, 10**5)
+CONDITIONS = tuple(
+    build_conditions(("full", "quest", "sink"), (32,), (GuardianSetting(25, 20),), (ANSWER_SETTING,), 8)
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +55,26 @@ def test_sweep_writes_one_record_per_problem_and_condition(sweep: tuple[Path, li
         assert len(r.trajectory.compressed_bytes) == r.output_tokens // 25 + 1
         assert r.jct_seconds >= r.ttft_seconds >= 0 and r.peak_kv_pages > 0
     assert {r.gold for r in records if r.problem_id == "math500-0"} == {"\\frac{3}{4}"}
-    assert "lil-eval sweep (test)" in meta_path(path).read_text()
+    assert {(r.problem_id, r.problem_position) for r in records} == {
+        ("gsm8k-0", 0),
+        ("gsm8k-1", 1),
+        ("math500-0", 0),
+    }
+    answering = [r for r in records if r.guardian.action == "answer"]
+    assert len(answering) == 3 and all(r.guardian.answer_max_tokens == 8 for r in answering)
+    for r in answering:
+        g = r.guardian
+        # Thinking up to the stop, then the forced prompt, then the answer (8 tokens or up to the cap).
+        assert r.finish_reason == "early_stop" and g.stop_step == g.answer_started_at == 50
+        assert r.output_tokens == 50 + g.answer_prompt_tokens + g.answer_tokens
+        assert g.answer_tokens == 8 or r.output_tokens == MAX_NEW_TOKENS
+    meta = json.loads(meta_path(path).read_text())
+    assert meta["command"] == "lil-eval sweep (test)"
+    assert meta["admission_cut"] is True and meta["problems_run"] == 3
+    assert meta["problems_run_per_set"] == {
+        "gsm8k": {"count": 2, "positions": [0, 1], "ids": ["gsm8k-0", "gsm8k-1"]},
+        "math500": {"count": 1, "positions": [0], "ids": ["math500-0"]},
+    }
 
 
 def test_online_guardian_in_sweep_agrees_with_replay(sweep: tuple[Path, list[SampleRecord]]) -> None:
@@ -74,6 +98,11 @@ def test_report_writes_tables_and_pngs(sweep: tuple[Path, list[SampleRecord]], t
         "### all sets pooled",
         "Guardian online (in the engine) against offline replay",
         "lil-eval sweep (test)",
+        "gsm8k: the first 2 in file order (0-based positions 0-1); "
+        "math500: the first 1 in file order (0-based positions 0)",
+        "3 of 3 selected problems admitted before the time limit, each run to the end under every condition",
+        "## Guardian stop action `answer` (online) against truncation (replayed on the dense run)",
+        "| f=25, t=100000 | 8 | 3 | 100 |",
     ):
         assert heading in text
     # One Table 1 row per arm for each dataset, full first.
@@ -126,7 +155,11 @@ def test_server_mode_sends_the_same_sweep_over_grpc(
     engine = LLMEngine.from_config(
         EngineConfig(model=str(tiny_model_dir), kv_cache_tokens=8192, max_batch_size=8, guardian_workers=0)
     )
-    conditions = (Condition("quest", 32), Condition("full", 0, GuardianSetting(25, 20)))
+    conditions = (
+        Condition("quest", 32),
+        Condition("full", 0, GuardianSetting(25, 20)),
+        Condition("full", 0, ANSWER_SETTING, "answer", 8),
+    )
     try:
         with BackgroundServer(
             ServerConfig(model=str(tiny_model_dir), host="127.0.0.1", port=0, metrics_port=0), engine
@@ -143,10 +176,15 @@ def test_server_mode_sends_the_same_sweep_over_grpc(
             records = run_sweep(config, tmp_path / "server.jsonl")
     finally:
         engine.close()
-    assert [(r.policy, r.budget_tokens, r.guardian.enabled) for r in records] == [
-        ("quest", 32, False),
-        ("full", 0, True),
+    assert [(r.policy, r.budget_tokens, r.guardian.enabled, r.guardian.action) for r in records] == [
+        ("quest", 32, False, "truncate"),
+        ("full", 0, True, "truncate"),
+        ("full", 0, True, "answer"),
     ]
+    g = records[2].guardian
+    assert records[2].finish_reason == "early_stop" and g.stop_step == 50 and g.answer_max_tokens == 8
+    assert g.answer_started_at == g.applied_at_step and g.answer_started_at is not None
+    assert records[2].output_tokens == g.answer_started_at + g.answer_prompt_tokens + g.answer_tokens
     assert {r.backend for r in records} == {"server"}
     for r in records:
         assert 1 <= r.output_tokens <= MAX_NEW_TOKENS

@@ -10,7 +10,14 @@ from collections.abc import Callable
 import pytest
 from guardian_texts import CHARS_PER_TOKEN, seeded_prose, stdlib_source, text_sequence_at, with_loop
 
-from lil_sparse.guardian import ZLIB_LEVEL, Guardian, replay, sequence_bytes
+from lil_sparse.guardian import (
+    ZLIB_LEVEL,
+    Guardian,
+    StreamCompressedSize,
+    replay,
+    sequence_bytes,
+    zlib_compressed_size,
+)
 from lil_sparse.options import GuardianMode, GuardianOptions
 
 PROMPT = "<|im_start|>user\nPlease reason step by step.<|im_end|>\n<|im_start|>assistant\n"
@@ -101,25 +108,62 @@ def test_sequence_bytes_text_drops_an_unfinished_character() -> None:
         sequence_bytes("", "", [-1], [], "token_ids")
 
 
-def test_incremental_sizes_track_full_mode() -> None:
-    """Measured on prose and Python source (2026-11-22): the first check matches full mode
-    within 1 byte; afterwards every sync flush closes a deflate block, so each incremental
-    growth is 6 to 43 bytes larger than the full-mode growth (a block header and the 4-byte
-    sync marker). So incremental mode stops at the same check as full mode or a later one."""
-    output = with_loop(seeded_prose(2500, seed=2), sentences=2, repeats=30)
+def _texts() -> dict[str, str]:
+    """Varied and repetitive outputs: prose, Python source, prose that loops, a one-sentence loop,
+    multi-byte UTF-8, and text longer than zlib's 32 KiB window."""
+    prose = seeded_prose(3000, seed=2)
+    return {
+        "prose": prose,
+        "python": stdlib_source(),
+        "prose_then_loop": with_loop(prose, sentences=2, repeats=30),
+        "one_sentence_loop": with_loop(seeded_prose(200, seed=3), sentences=1, repeats=200),
+        "unicode": "".join(f"Schritt {i}: Größe ≈ {i * i} µm; 答案是 {i % 7}。 " for i in range(900)),
+        "long": seeded_prose(12000, seed=4) + stdlib_source(),
+    }
+
+
+@pytest.mark.parametrize("name", list(_texts()))
+@pytest.mark.parametrize(("interval", "threshold"), [(25, 5), (50, 10), (100, 20), (250, 20), (250, 40)])
+def test_incremental_sizes_equal_full_recompression_at_every_check(
+    name: str, interval: int, threshold: int
+) -> None:
+    output = _texts()[name]
     sequence_at = text_sequence_at(PROMPT, output)
     num_tokens = len(output) // CHARS_PER_TOKEN
     full, incremental = (
-        replay(options(interval_tokens=100, mode=mode), sequence_at, num_tokens, stop_at_first=False)
+        replay(
+            options(interval_tokens=interval, threshold_bytes=threshold, mode=mode),
+            sequence_at,
+            num_tokens,
+            stop_at_first=False,
+        )
         for mode in ("full", "incremental")
     )
-    assert abs(full.checks[0].compressed_bytes - incremental.checks[0].compressed_bytes) <= 1
-    for full_check, incremental_check in zip(full.checks[1:], incremental.checks[1:], strict=True):
-        assert full_check.growth_bytes is not None and incremental_check.growth_bytes is not None
-        assert 0 < incremental_check.growth_bytes - full_check.growth_bytes <= 48
-    # The larger growths can delay incremental mode's stop by one check, never advance it.
-    assert full.stop_step is not None
-    assert incremental.stop_step in (full.stop_step, full.stop_step + 100)
+    assert len(full.checks) == num_tokens // interval
+    expected = [zlib_compressed_size(sequence_at(c.generated_tokens)) for c in full.checks]
+    assert [c.compressed_bytes for c in full.checks] == expected
+    assert [c.compressed_bytes for c in incremental.checks] == expected
+    assert [c.stop for c in incremental.checks] == [c.stop for c in full.checks]
+    assert incremental.stop_step == full.stop_step
+    if "loop" in name:
+        assert full.stop_step is not None
+
+
+def test_stream_compressed_size_is_zlib_compress_for_any_split() -> None:
+    """Bytes fed in uneven pieces, including single bytes, random bytes (stored blocks) and more
+    than one deflate block, still give ``len(zlib.compress(...))`` at every call."""
+    rng = random.Random(5)
+    text = (seeded_prose(8000, seed=6) + stdlib_source()).encode()
+    data = text[:20000] + bytes(rng.randrange(256) for _ in range(40000)) + text[20000:] + text[:5000] * 20
+    stream = StreamCompressedSize()
+    end = 0
+    sizes, expected = [], []
+    while end < len(data):
+        end = min(len(data), end + rng.choice([1, 3, 64, 1000, 9000, 70000]))
+        sizes.append(stream(data[:end]))
+        expected.append(len(zlib.compress(data[:end], 6)))
+    assert len(sizes) > 20
+    assert sizes == expected
 
 
 def test_check_rejects_bad_sequences() -> None:

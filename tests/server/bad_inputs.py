@@ -146,8 +146,8 @@ def _option_rows() -> list[BadInput]:
                     group_field,
                 )
             )
-    for policy, name in ((4, "quest"), (5, "infllm")):
-        for layers in (3, 5, 1000):
+    for policy, name in ((4, "quest"),):  # only quest reads dense_layers
+        for layers in (2, 3, 5, 1000):
             rows.append(
                 BadInput(
                     f"{name} dense_layers {layers} (2 layers)",

@@ -62,6 +62,18 @@ const (
 	GuardianModeIncremental GuardianMode = "incremental"
 )
 
+// GuardianAction picks what a Guardian stop does: "truncate" ends the request (the Lil paper),
+// "answer" appends an answer prompt and lets the model answer briefly. The zero value takes the
+// server's default.
+type GuardianAction string
+
+// Guardian stop actions.
+const (
+	GuardianActionDefault  GuardianAction = ""
+	GuardianActionTruncate GuardianAction = "truncate"
+	GuardianActionAnswer   GuardianAction = "answer"
+)
+
 // GuardianSource picks which bytes Guardian compresses. The zero value takes the server default.
 type GuardianSource string
 
@@ -104,6 +116,11 @@ type Guardian struct {
 	ThresholdBytes *int           `json:"threshold_bytes,omitempty"` // minimum compressed growth between checks to keep going, >= 0
 	Mode           GuardianMode   `json:"mode,omitempty"`
 	Source         GuardianSource `json:"source,omitempty"`
+	// Shadow records where Guardian would stop (GuardianReport.StopStep) without stopping.
+	Shadow *bool `json:"shadow,omitempty"`
+	// Action is what a stop does; AnswerMaxTokens bounds the answer with GuardianActionAnswer (>= 1).
+	Action          GuardianAction `json:"action,omitempty"`
+	AnswerMaxTokens *int           `json:"answer_max_tokens,omitempty"`
 }
 
 // Output mirrors lil_sparse.v1.OutputOptions: what the stream carries besides text.
@@ -223,7 +240,23 @@ func (g *Guardian) toProto() (*pb.GuardianOptions, error) {
 	if err != nil {
 		return nil, err
 	}
-	options := &pb.GuardianOptions{Enabled: g.Enabled, IntervalTokens: interval, ThresholdBytes: threshold}
+	answerMaxTokens, err := toInt32("answer_max_tokens", g.AnswerMaxTokens)
+	if err != nil {
+		return nil, err
+	}
+	options := &pb.GuardianOptions{
+		Enabled: g.Enabled, IntervalTokens: interval, ThresholdBytes: threshold, Shadow: g.Shadow,
+		AnswerMaxTokens: answerMaxTokens,
+	}
+	switch g.Action {
+	case GuardianActionDefault:
+	case GuardianActionTruncate:
+		options.Action = pb.GuardianAction_GUARDIAN_ACTION_TRUNCATE
+	case GuardianActionAnswer:
+		options.Action = pb.GuardianAction_GUARDIAN_ACTION_ANSWER
+	default:
+		return nil, invalidArgument(fmt.Sprintf("action: must be 'truncate' or 'answer', got %q", g.Action))
+	}
 	switch g.Mode {
 	case GuardianModeDefault:
 	case GuardianModeFull:

@@ -46,6 +46,8 @@ type Chunk struct {
 	Text       string    `json:"text"`                // may be empty mid multi-byte character
 	TokenIDs   []int32   `json:"token_ids,omitempty"` // with Output.TokenIDs
 	Logprobs   []float32 `json:"logprobs,omitempty"`  // with Output.Logprobs
+	// The last AnswerTokens tokens follow a Guardian stop with GuardianActionAnswer.
+	AnswerTokens int `json:"answer_tokens,omitempty"`
 }
 
 // Summary is what a finished request reports, plus what the client gathered from its chunks.
@@ -82,6 +84,14 @@ type GuardianReport struct {
 	AppliedAtStep   *int            `json:"applied_at_step"` // nil when not stopped
 	CPUSeconds      float64         `json:"cpu_seconds"`
 	Trace           []GuardianCheck `json:"trace,omitempty"` // with Output.GuardianTrace
+	// Shadow: the verdicts were recorded, never applied; StopStep is where Guardian would have
+	// stopped and AppliedAtStep stays nil.
+	Shadow bool `json:"shadow"`
+	// With GuardianActionAnswer: thinking tokens before the forced answer prompt (nil when no
+	// answer was forced), the prompt's tokens, and the tokens the model answered with.
+	AnswerStartedAt    *int `json:"answer_started_at"`
+	AnswerPromptTokens int  `json:"answer_prompt_tokens"`
+	AnswerTokens       int  `json:"answer_tokens"`
 }
 
 // GuardianCheck is one Guardian check.
@@ -119,10 +129,11 @@ func resolvedFromProto(options *pb.ResolvedOptions) ResolvedOptions {
 
 func chunkFromProto(chunk *pb.Chunk) Chunk {
 	return Chunk{
-		TokenCount: int(chunk.GetTokenCount()),
-		Text:       chunk.GetText(),
-		TokenIDs:   chunk.GetTokenIds(),
-		Logprobs:   chunk.GetLogprobs(),
+		TokenCount:   int(chunk.GetTokenCount()),
+		Text:         chunk.GetText(),
+		TokenIDs:     chunk.GetTokenIds(),
+		Logprobs:     chunk.GetLogprobs(),
+		AnswerTokens: int(chunk.GetAnswerTokens()),
 	}
 }
 
@@ -144,12 +155,16 @@ func (s *Summary) fillFromFinished(finished *pb.Finished) {
 	}
 	guardian := finished.GetGuardian()
 	s.Guardian = GuardianReport{
-		Enabled:         guardian.GetEnabled(),
-		Checks:          int(guardian.GetChecks()),
-		CompressedBytes: guardian.GetCompressedBytes(),
-		StopStep:        optionalInt(guardian.StopStep),
-		AppliedAtStep:   optionalInt(guardian.AppliedAtStep),
-		CPUSeconds:      guardian.GetCpuSeconds(),
+		Enabled:            guardian.GetEnabled(),
+		Checks:             int(guardian.GetChecks()),
+		CompressedBytes:    guardian.GetCompressedBytes(),
+		StopStep:           optionalInt(guardian.StopStep),
+		AppliedAtStep:      optionalInt(guardian.AppliedAtStep),
+		CPUSeconds:         guardian.GetCpuSeconds(),
+		Shadow:             guardian.GetShadow(),
+		AnswerStartedAt:    optionalInt(guardian.AnswerStartedAt),
+		AnswerPromptTokens: int(guardian.GetAnswerPromptTokens()),
+		AnswerTokens:       int(guardian.GetAnswerTokens()),
 	}
 	for _, check := range guardian.GetTrace() {
 		s.Guardian.Trace = append(s.Guardian.Trace, GuardianCheck{
@@ -229,9 +244,17 @@ func guardianFromProto(options *pb.GuardianOptions) Guardian {
 		return Guardian{}
 	}
 	guardian := Guardian{
-		Enabled:        options.Enabled,
-		IntervalTokens: optionalInt(options.IntervalTokens),
-		ThresholdBytes: optionalInt(options.ThresholdBytes),
+		Enabled:         options.Enabled,
+		IntervalTokens:  optionalInt(options.IntervalTokens),
+		ThresholdBytes:  optionalInt(options.ThresholdBytes),
+		Shadow:          options.Shadow,
+		AnswerMaxTokens: optionalInt(options.AnswerMaxTokens),
+	}
+	switch options.GetAction() {
+	case pb.GuardianAction_GUARDIAN_ACTION_TRUNCATE:
+		guardian.Action = GuardianActionTruncate
+	case pb.GuardianAction_GUARDIAN_ACTION_ANSWER:
+		guardian.Action = GuardianActionAnswer
 	}
 	switch options.GetMode() {
 	case pb.GuardianMode_GUARDIAN_MODE_FULL:

@@ -18,7 +18,7 @@ from google.protobuf import json_format
 
 from lil_client.client import LilClient
 from lil_client.connection import Connection
-from lil_client.request import GUARDIAN_MODES, POLICIES, GenerateOptions
+from lil_client.request import GUARDIAN_ACTIONS, GUARDIAN_MODES, POLICIES, GenerateOptions
 from lil_client.types import LilClientError, Summary
 
 
@@ -54,6 +54,16 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--guardian-threshold", type=int, dest="guardian_threshold_bytes")
     generate.add_argument("--guardian-mode", choices=GUARDIAN_MODES)
     generate.add_argument(
+        "--guardian-shadow",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="record where Guardian would stop, without stopping",
+    )
+    generate.add_argument("--guardian-action", choices=GUARDIAN_ACTIONS, help="what a Guardian stop does")
+    generate.add_argument(
+        "--guardian-answer-max-tokens", type=int, help="with --guardian-action answer: tokens of the answer"
+    )
+    generate.add_argument(
         "--allow-special-tokens",
         action="store_true",
         default=None,
@@ -74,10 +84,15 @@ def _options(args: argparse.Namespace) -> GenerateOptions:
 def format_summary(summary: Summary) -> str:
     """The human summary printed after the streamed text."""
     t, g, kv = summary.timings, summary.guardian, summary.kv
-    if g.enabled:
+    if g.enabled and g.shadow:
+        stop = f", would stop at token {g.stop_step}" if g.stop_step is not None else ", would not stop"
+        guardian = f"shadow, {g.checks} checks{stop}, {g.cpu_seconds * 1e3:.2f} ms CPU"
+    elif g.enabled:
         stop = (
             f", stop at token {g.stop_step} (applied {g.applied_at_step})" if g.stop_step is not None else ""
         )
+        if g.answer_started_at is not None:
+            stop += f", answer: {g.answer_prompt_tokens} prompt + {g.answer_tokens} tokens"
         guardian = f"on, {g.checks} checks{stop}, {g.cpu_seconds * 1e3:.2f} ms CPU"
     else:
         guardian = "off"

@@ -10,6 +10,7 @@ from lil_client._proto.lil_sparse.v1 import options_pb2, service_pb2
 POLICIES = ("full", "sink", "h2o", "quest", "infllm")
 GUARDIAN_MODES = ("full", "incremental")
 GUARDIAN_SOURCES = ("text", "token_ids")
+GUARDIAN_ACTIONS = ("truncate", "answer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,9 @@ class GenerateOptions:
     guardian_threshold_bytes: int | None = None
     guardian_mode: str | None = None
     guardian_source: str | None = None
+    guardian_shadow: bool | None = None  # record where Guardian would stop, without stopping
+    guardian_action: str | None = None  # what a stop does: "truncate" or "answer"
+    guardian_answer_max_tokens: int | None = None  # "answer": the model's tokens after the prompt
     return_token_ids: bool = False
     return_logprobs: bool = False
     return_guardian_trace: bool = False
@@ -48,6 +52,8 @@ class GenerateOptions:
             raise ValueError(f"guardian_mode: must be one of {', '.join(GUARDIAN_MODES)}")
         if self.guardian_source is not None and self.guardian_source not in GUARDIAN_SOURCES:
             raise ValueError(f"guardian_source: must be one of {', '.join(GUARDIAN_SOURCES)}")
+        if self.guardian_action is not None and self.guardian_action not in GUARDIAN_ACTIONS:
+            raise ValueError(f"guardian_action: must be one of {', '.join(GUARDIAN_ACTIONS)}")
 
 
 def _set_present(message: object, **values: object) -> None:
@@ -104,7 +110,13 @@ def build_request(
         enabled=o.guardian,
         interval_tokens=o.guardian_interval_tokens,
         threshold_bytes=o.guardian_threshold_bytes,
+        shadow=o.guardian_shadow,
+        answer_max_tokens=o.guardian_answer_max_tokens,
     )
+    if o.guardian_action is not None:
+        request.guardian.action = options_pb2.GuardianAction.Value(
+            f"GUARDIAN_ACTION_{o.guardian_action.upper()}"
+        )
     if o.guardian_mode is not None:
         request.guardian.mode = options_pb2.GuardianMode.Value(f"GUARDIAN_MODE_{o.guardian_mode.upper()}")
     if o.guardian_source is not None:

@@ -31,12 +31,15 @@ class LilClientError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """New text; ``token_ids``/``logprobs`` are empty unless requested."""
+    """New text; ``token_ids``/``logprobs`` are empty unless requested. The last
+    ``answer_tokens`` tokens follow a Guardian stop with action ``answer`` (forced prompt and
+    answer); the others are thinking."""
 
     text: str
     token_count: int
     token_ids: tuple[int, ...] = ()
     logprobs: tuple[float, ...] = ()
+    answer_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,10 @@ class GuardianSummary:
     stop_step: int | None
     applied_at_step: int | None
     cpu_seconds: float
+    shadow: bool = False  # stop_step is where Guardian would have stopped; it did not stop
+    answer_started_at: int | None = None  # action "answer": thinking tokens before the forced prompt
+    answer_prompt_tokens: int = 0  # tokens of the forced answer prompt
+    answer_tokens: int = 0  # tokens the model generated after it
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +99,7 @@ def chunk_from_proto(chunk: service_pb2.Chunk) -> Chunk:
         token_count=chunk.token_count,
         token_ids=tuple(chunk.token_ids),
         logprobs=tuple(chunk.logprobs),
+        answer_tokens=chunk.answer_tokens,
     )
 
 
@@ -121,6 +129,10 @@ def summary_from_proto(
             stop_step=g.stop_step if g.HasField("stop_step") else None,
             applied_at_step=g.applied_at_step if g.HasField("applied_at_step") else None,
             cpu_seconds=g.cpu_seconds,
+            shadow=g.shadow,
+            answer_started_at=g.answer_started_at if g.HasField("answer_started_at") else None,
+            answer_prompt_tokens=g.answer_prompt_tokens,
+            answer_tokens=g.answer_tokens,
         ),
         kv=KVSummary(
             peak_pages=kv.peak_pages,

@@ -74,6 +74,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	threshold := flags.Int("guardian-threshold", 0, "Guardian: minimum compressed growth in bytes")
 	mode := flags.String("guardian-mode", "", "Guardian: full or incremental")
 	source := flags.String("guardian-source", "", "Guardian: text or token_ids")
+	shadow := flags.Bool("guardian-shadow", false, "Guardian: record where it would stop, without stopping")
+	action := flags.String("guardian-action", "", "Guardian: what a stop does, truncate or answer")
+	answerMax := flags.Int("guardian-answer-max-tokens", 0, "Guardian: tokens of the answer (-guardian-action answer)")
 
 	flags.BoolVar(&parsed.request.Output.TokenIDs, "token-ids", false, "return token ids (shown with -json)")
 	flags.BoolVar(&parsed.request.Output.Logprobs, "logprobs", false, "return logprobs (shown with -json)")
@@ -138,13 +141,17 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		}
 	}
 	if given["guardian"] || given["guardian-interval"] || given["guardian-threshold"] ||
-		given["guardian-mode"] || given["guardian-source"] {
+		given["guardian-mode"] || given["guardian-source"] || given["guardian-shadow"] ||
+		given["guardian-action"] || given["guardian-answer-max-tokens"] {
 		request.Guardian = &lilsparse.Guardian{
-			Enabled:        pick(given["guardian"], *guardian),
-			IntervalTokens: pick(given["guardian-interval"], *interval),
-			ThresholdBytes: pick(given["guardian-threshold"], *threshold),
-			Mode:           lilsparse.GuardianMode(*mode),
-			Source:         lilsparse.GuardianSource(*source),
+			Enabled:         pick(given["guardian"], *guardian),
+			IntervalTokens:  pick(given["guardian-interval"], *interval),
+			ThresholdBytes:  pick(given["guardian-threshold"], *threshold),
+			Mode:            lilsparse.GuardianMode(*mode),
+			Source:          lilsparse.GuardianSource(*source),
+			Shadow:          pick(given["guardian-shadow"], *shadow),
+			Action:          lilsparse.GuardianAction(*action),
+			AnswerMaxTokens: pick(given["guardian-answer-max-tokens"], *answerMax),
 		}
 	}
 	return parsed, nil

@@ -37,8 +37,24 @@ func TestGuardianAndStopFlags(t *testing.T) {
 	}
 	guardian, stopping := parsed.request.Guardian, parsed.request.Stopping
 	if !*guardian.Enabled || *guardian.IntervalTokens != 50 || guardian.ThresholdBytes != nil ||
-		guardian.Mode != lilsparse.GuardianModeIncremental {
+		guardian.Mode != lilsparse.GuardianModeIncremental || guardian.Shadow != nil {
 		t.Fatalf("guardian %+v", guardian)
+	}
+	shadowOnly, err := parseFlags([]string{"-guardian-shadow", "q"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := shadowOnly.request.Guardian; g == nil || g.Shadow == nil || !*g.Shadow || g.Enabled != nil {
+		t.Fatalf("-guardian-shadow alone: %+v", shadowOnly.request.Guardian)
+	}
+	answer, err := parseFlags([]string{"-guardian-action", "answer", "-guardian-answer-max-tokens", "16", "q"},
+		&bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := answer.request.Guardian; g == nil || g.Action != lilsparse.GuardianActionAnswer ||
+		g.AnswerMaxTokens == nil || *g.AnswerMaxTokens != 16 {
+		t.Fatalf("-guardian-action answer: %+v", answer.request.Guardian)
 	}
 	if len(stopping.StopStrings) != 2 || stopping.MaxNewTokens != nil {
 		t.Fatalf("stopping %+v", stopping)
@@ -75,6 +91,21 @@ func TestSummaryMatchesThePythonClient(t *testing.T) {
 	}, "\n")
 	if got := formatSummary(summary); got != want {
 		t.Fatalf("summary\n%s\nwant\n%s", got, want)
+	}
+	summary.Guardian.AnswerStartedAt = lilsparse.Ptr(503)
+	summary.Guardian.AnswerPromptTokens, summary.Guardian.AnswerTokens = 9, 32
+	answerLine := "\nguardian: on, 2 checks, stop at token 500 (applied 503), answer: 9 prompt + 32 tokens, 0.42 ms CPU\n"
+	if got := formatSummary(summary); !strings.Contains(got, answerLine) {
+		t.Fatalf("guardian answer line missing:\n%s", got)
+	}
+	summary.Guardian = lilsparse.GuardianReport{Enabled: true, Shadow: true, Checks: 4,
+		StopStep: lilsparse.Ptr(500), CPUSeconds: 0.00042}
+	if got := formatSummary(summary); !strings.Contains(got, "\nguardian: shadow, 4 checks, would stop at token 500, 0.42 ms CPU\n") {
+		t.Fatalf("guardian shadow line missing:\n%s", got)
+	}
+	summary.Guardian.StopStep = nil
+	if got := formatSummary(summary); !strings.Contains(got, "\nguardian: shadow, 4 checks, would not stop, 0.42 ms CPU\n") {
+		t.Fatalf("guardian shadow line without a stop missing:\n%s", got)
 	}
 	summary.Guardian = lilsparse.GuardianReport{}
 	if got := formatSummary(summary); !strings.Contains(got, "\nguardian: off\n") {

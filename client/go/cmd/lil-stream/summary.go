@@ -28,9 +28,19 @@ func guardianLine(report lilsparse.GuardianReport) string {
 	if !report.Enabled {
 		return "off"
 	}
+	if report.Shadow {
+		stop := ", would not stop"
+		if report.StopStep != nil {
+			stop = fmt.Sprintf(", would stop at token %d", *report.StopStep)
+		}
+		return fmt.Sprintf("shadow, %d checks%s, %.2f ms CPU", report.Checks, stop, report.CPUSeconds*1e3)
+	}
 	stop := ""
 	if report.StopStep != nil {
 		stop = fmt.Sprintf(", stop at token %d (applied %s)", *report.StopStep, optional(report.AppliedAtStep))
+	}
+	if report.AnswerStartedAt != nil {
+		stop += fmt.Sprintf(", answer: %d prompt + %d tokens", report.AnswerPromptTokens, report.AnswerTokens)
 	}
 	return fmt.Sprintf("on, %d checks%s, %.2f ms CPU", report.Checks, stop, report.CPUSeconds*1e3)
 }

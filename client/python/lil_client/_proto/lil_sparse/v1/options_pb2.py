@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blil_sparse/v1/options.proto\x12\rlil_sparse.v1\"\x93\x01\n\x0fSamplingOptions\x12\x18\n\x0btemperature\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x03\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x07\n\x05_seed\"\x7f\n\x0fStoppingOptions\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x0cstop_strings\x18\x02 \x03(\t\x12\x17\n\nignore_eos\x18\x03 \x01(\x08H\x01\x88\x01\x01\x42\x11\n\x0f_max_new_tokensB\r\n\x0b_ignore_eos\"\xe8\x01\n\rSparseOptions\x12%\n\x06policy\x18\x01 \x01(\x0e\x32\x15.lil_sparse.v1.Policy\x12\x1a\n\rbudget_tokens\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0bsink_tokens\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x1a\n\rrecent_tokens\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x19\n\x0c\x64\x65nse_layers\x18\x05 \x01(\x05H\x03\x88\x01\x01\x42\x10\n\x0e_budget_tokensB\x0e\n\x0c_sink_tokensB\x10\n\x0e_recent_tokensB\x0f\n\r_dense_layers\"\xf1\x01\n\x0fGuardianOptions\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x1c\n\x0finterval_tokens\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x1c\n\x0fthreshold_bytes\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12)\n\x04mode\x18\x04 \x01(\x0e\x32\x1b.lil_sparse.v1.GuardianMode\x12-\n\x06source\x18\x05 \x01(\x0e\x32\x1d.lil_sparse.v1.GuardianSourceB\n\n\x08_enabledB\x12\n\x10_interval_tokensB\x12\n\x10_threshold_bytes\"a\n\rOutputOptions\x12\x18\n\x10return_token_ids\x18\x01 \x01(\x08\x12\x17\n\x0freturn_logprobs\x18\x02 \x01(\x08\x12\x1d\n\x15return_guardian_trace\x18\x03 \x01(\x08\"\xd5\x01\n\x0fResolvedOptions\x12\x30\n\x08sampling\x18\x01 \x01(\x0b\x32\x1e.lil_sparse.v1.SamplingOptions\x12\x30\n\x08stopping\x18\x02 \x01(\x0b\x32\x1e.lil_sparse.v1.StoppingOptions\x12,\n\x06sparse\x18\x03 \x01(\x0b\x32\x1c.lil_sparse.v1.SparseOptions\x12\x30\n\x08guardian\x18\x04 \x01(\x0b\x32\x1e.lil_sparse.v1.GuardianOptions*w\n\x06Policy\x12\x16\n\x12POLICY_UNSPECIFIED\x10\x00\x12\x0f\n\x0bPOLICY_FULL\x10\x01\x12\x0f\n\x0bPOLICY_SINK\x10\x02\x12\x0e\n\nPOLICY_H2O\x10\x03\x12\x10\n\x0cPOLICY_QUEST\x10\x04\x12\x11\n\rPOLICY_INFLLM\x10\x05*d\n\x0cGuardianMode\x12\x1d\n\x19GUARDIAN_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12GUARDIAN_MODE_FULL\x10\x01\x12\x1d\n\x19GUARDIAN_MODE_INCREMENTAL\x10\x02*j\n\x0eGuardianSource\x12\x1f\n\x1bGUARDIAN_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n\x14GUARDIAN_SOURCE_TEXT\x10\x01\x12\x1d\n\x19GUARDIAN_SOURCE_TOKEN_IDS\x10\x02\x42\x44ZBgithub.com/lil-sparse/lil-sparse/client/go/lilsparsev1;lilsparsev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blil_sparse/v1/options.proto\x12\rlil_sparse.v1\"\x93\x01\n\x0fSamplingOptions\x12\x18\n\x0btemperature\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x03\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x07\n\x05_seed\"\x7f\n\x0fStoppingOptions\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x0cstop_strings\x18\x02 \x03(\t\x12\x17\n\nignore_eos\x18\x03 \x01(\x08H\x01\x88\x01\x01\x42\x11\n\x0f_max_new_tokensB\r\n\x0b_ignore_eos\"\xe8\x01\n\rSparseOptions\x12%\n\x06policy\x18\x01 \x01(\x0e\x32\x15.lil_sparse.v1.Policy\x12\x1a\n\rbudget_tokens\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0bsink_tokens\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x1a\n\rrecent_tokens\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x19\n\x0c\x64\x65nse_layers\x18\x05 \x01(\x05H\x03\x88\x01\x01\x42\x10\n\x0e_budget_tokensB\x0e\n\x0c_sink_tokensB\x10\n\x0e_recent_tokensB\x0f\n\r_dense_layers\"\xf6\x02\n\x0fGuardianOptions\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x1c\n\x0finterval_tokens\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x1c\n\x0fthreshold_bytes\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12)\n\x04mode\x18\x04 \x01(\x0e\x32\x1b.lil_sparse.v1.GuardianMode\x12-\n\x06source\x18\x05 \x01(\x0e\x32\x1d.lil_sparse.v1.GuardianSource\x12\x13\n\x06shadow\x18\x06 \x01(\x08H\x03\x88\x01\x01\x12-\n\x06\x61\x63tion\x18\x07 \x01(\x0e\x32\x1d.lil_sparse.v1.GuardianAction\x12\x1e\n\x11\x61nswer_max_tokens\x18\x08 \x01(\x05H\x04\x88\x01\x01\x42\n\n\x08_enabledB\x12\n\x10_interval_tokensB\x12\n\x10_threshold_bytesB\t\n\x07_shadowB\x14\n\x12_answer_max_tokens\"a\n\rOutputOptions\x12\x18\n\x10return_token_ids\x18\x01 \x01(\x08\x12\x17\n\x0freturn_logprobs\x18\x02 \x01(\x08\x12\x1d\n\x15return_guardian_trace\x18\x03 \x01(\x08\"\xd5\x01\n\x0fResolvedOptions\x12\x30\n\x08sampling\x18\x01 \x01(\x0b\x32\x1e.lil_sparse.v1.SamplingOptions\x12\x30\n\x08stopping\x18\x02 \x01(\x0b\x32\x1e.lil_sparse.v1.StoppingOptions\x12,\n\x06sparse\x18\x03 \x01(\x0b\x32\x1c.lil_sparse.v1.SparseOptions\x12\x30\n\x08guardian\x18\x04 \x01(\x0b\x32\x1e.lil_sparse.v1.GuardianOptions*w\n\x06Policy\x12\x16\n\x12POLICY_UNSPECIFIED\x10\x00\x12\x0f\n\x0bPOLICY_FULL\x10\x01\x12\x0f\n\x0bPOLICY_SINK\x10\x02\x12\x0e\n\nPOLICY_H2O\x10\x03\x12\x10\n\x0cPOLICY_QUEST\x10\x04\x12\x11\n\rPOLICY_INFLLM\x10\x05*d\n\x0cGuardianMode\x12\x1d\n\x19GUARDIAN_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12GUARDIAN_MODE_FULL\x10\x01\x12\x1d\n\x19GUARDIAN_MODE_INCREMENTAL\x10\x02*j\n\x0eGuardianSource\x12\x1f\n\x1bGUARDIAN_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n\x14GUARDIAN_SOURCE_TEXT\x10\x01\x12\x1d\n\x19GUARDIAN_SOURCE_TOKEN_IDS\x10\x02*k\n\x0eGuardianAction\x12\x1f\n\x1bGUARDIAN_ACTION_UNSPECIFIED\x10\x00\x12\x1c\n\x18GUARDIAN_ACTION_TRUNCATE\x10\x01\x12\x1a\n\x16GUARDIAN_ACTION_ANSWER\x10\x02\x42\x44ZBgithub.com/lil-sparse/lil-sparse/client/go/lilsparsev1;lilsparsev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,14 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lil_sparse.v1.options_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZBgithub.com/lil-sparse/lil-sparse/client/go/lilsparsev1;lilsparsev1'
-  _globals['_POLICY']._serialized_start=1119
-  _globals['_POLICY']._serialized_end=1238
-  _globals['_GUARDIANMODE']._serialized_start=1240
-  _globals['_GUARDIANMODE']._serialized_end=1340
-  _globals['_GUARDIANSOURCE']._serialized_start=1342
-  _globals['_GUARDIANSOURCE']._serialized_end=1448
+  _globals['_POLICY']._serialized_start=1252
+  _globals['_POLICY']._serialized_end=1371
+  _globals['_GUARDIANMODE']._serialized_start=1373
+  _globals['_GUARDIANMODE']._serialized_end=1473
+  _globals['_GUARDIANSOURCE']._serialized_start=1475
+  _globals['_GUARDIANSOURCE']._serialized_end=1581
+  _globals['_GUARDIANACTION']._serialized_start=1583
+  _globals['_GUARDIANACTION']._serialized_end=1690
   _globals['_SAMPLINGOPTIONS']._serialized_start=47
   _globals['_SAMPLINGOPTIONS']._serialized_end=194
   _globals['_STOPPINGOPTIONS']._serialized_start=196
@@ -46,9 +48,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SPARSEOPTIONS']._serialized_start=326
   _globals['_SPARSEOPTIONS']._serialized_end=558
   _globals['_GUARDIANOPTIONS']._serialized_start=561
-  _globals['_GUARDIANOPTIONS']._serialized_end=802
-  _globals['_OUTPUTOPTIONS']._serialized_start=804
-  _globals['_OUTPUTOPTIONS']._serialized_end=901
-  _globals['_RESOLVEDOPTIONS']._serialized_start=904
-  _globals['_RESOLVEDOPTIONS']._serialized_end=1117
+  _globals['_GUARDIANOPTIONS']._serialized_end=935
+  _globals['_OUTPUTOPTIONS']._serialized_start=937
+  _globals['_OUTPUTOPTIONS']._serialized_end=1034
+  _globals['_RESOLVEDOPTIONS']._serialized_start=1037
+  _globals['_RESOLVEDOPTIONS']._serialized_end=1250
 # @@protoc_insertion_point(module_scope)

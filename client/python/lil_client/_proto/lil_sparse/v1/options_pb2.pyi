@@ -28,6 +28,12 @@ class GuardianSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GUARDIAN_SOURCE_UNSPECIFIED: _ClassVar[GuardianSource]
     GUARDIAN_SOURCE_TEXT: _ClassVar[GuardianSource]
     GUARDIAN_SOURCE_TOKEN_IDS: _ClassVar[GuardianSource]
+
+class GuardianAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GUARDIAN_ACTION_UNSPECIFIED: _ClassVar[GuardianAction]
+    GUARDIAN_ACTION_TRUNCATE: _ClassVar[GuardianAction]
+    GUARDIAN_ACTION_ANSWER: _ClassVar[GuardianAction]
 POLICY_UNSPECIFIED: Policy
 POLICY_FULL: Policy
 POLICY_SINK: Policy
@@ -40,6 +46,9 @@ GUARDIAN_MODE_INCREMENTAL: GuardianMode
 GUARDIAN_SOURCE_UNSPECIFIED: GuardianSource
 GUARDIAN_SOURCE_TEXT: GuardianSource
 GUARDIAN_SOURCE_TOKEN_IDS: GuardianSource
+GUARDIAN_ACTION_UNSPECIFIED: GuardianAction
+GUARDIAN_ACTION_TRUNCATE: GuardianAction
+GUARDIAN_ACTION_ANSWER: GuardianAction
 
 class SamplingOptions(_message.Message):
     __slots__ = ("temperature", "top_k", "top_p", "seed")
@@ -78,18 +87,24 @@ class SparseOptions(_message.Message):
     def __init__(self, policy: _Optional[_Union[Policy, str]] = ..., budget_tokens: _Optional[int] = ..., sink_tokens: _Optional[int] = ..., recent_tokens: _Optional[int] = ..., dense_layers: _Optional[int] = ...) -> None: ...
 
 class GuardianOptions(_message.Message):
-    __slots__ = ("enabled", "interval_tokens", "threshold_bytes", "mode", "source")
+    __slots__ = ("enabled", "interval_tokens", "threshold_bytes", "mode", "source", "shadow", "action", "answer_max_tokens")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_BYTES_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     interval_tokens: int
     threshold_bytes: int
     mode: GuardianMode
     source: GuardianSource
-    def __init__(self, enabled: _Optional[bool] = ..., interval_tokens: _Optional[int] = ..., threshold_bytes: _Optional[int] = ..., mode: _Optional[_Union[GuardianMode, str]] = ..., source: _Optional[_Union[GuardianSource, str]] = ...) -> None: ...
+    shadow: bool
+    action: GuardianAction
+    answer_max_tokens: int
+    def __init__(self, enabled: _Optional[bool] = ..., interval_tokens: _Optional[int] = ..., threshold_bytes: _Optional[int] = ..., mode: _Optional[_Union[GuardianMode, str]] = ..., source: _Optional[_Union[GuardianSource, str]] = ..., shadow: _Optional[bool] = ..., action: _Optional[_Union[GuardianAction, str]] = ..., answer_max_tokens: _Optional[int] = ...) -> None: ...
 
 class OutputOptions(_message.Message):
     __slots__ = ("return_token_ids", "return_logprobs", "return_guardian_trace")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alil_sparse/v1/report.proto\x12\rlil_sparse.v1\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\xaf\x01\n\x07Timings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x14\n\x0cttft_seconds\x18\x02 \x01(\x01\x12\x18\n\x10tbt_mean_seconds\x18\x03 \x01(\x01\x12\x17\n\x0ftbt_p50_seconds\x18\x04 \x01(\x01\x12\x17\n\x0ftbt_p95_seconds\x18\x05 \x01(\x01\x12\x16\n\x0e\x64\x65\x63ode_seconds\x18\x06 \x01(\x01\x12\x13\n\x0bjct_seconds\x18\x07 \x01(\x01\"\x92\x01\n\rGuardianCheck\x12\x18\n\x10generated_tokens\x18\x01 \x01(\x05\x12\x18\n\x10\x63ompressed_bytes\x18\x02 \x01(\x03\x12\x19\n\x0cgrowth_bytes\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x01(\x08\x12\x13\n\x0b\x63pu_seconds\x18\x05 \x01(\x01\x42\x0f\n\r_growth_bytes\"\xe5\x01\n\x0eGuardianReport\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x0e\n\x06\x63hecks\x18\x02 \x01(\x05\x12\x18\n\x10\x63ompressed_bytes\x18\x03 \x03(\x03\x12\x16\n\tstop_step\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x1c\n\x0f\x61pplied_at_step\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x0b\x63pu_seconds\x18\x06 \x01(\x01\x12+\n\x05trace\x18\x07 \x03(\x0b\x32\x1c.lil_sparse.v1.GuardianCheckB\x0c\n\n_stop_stepB\x12\n\x10_applied_at_step\"\\\n\x08KVReport\x12\x12\n\npeak_pages\x18\x01 \x01(\x05\x12\x1f\n\x17\x61ttended_pages_per_step\x18\x02 \x03(\x01\x12\x1b\n\x13mean_attended_pages\x18\x03 \x01(\x01*\xb6\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x02\x12\x1d\n\x19\x46INISH_REASON_STOP_STRING\x10\x03\x12\x1c\n\x18\x46INISH_REASON_EARLY_STOP\x10\x04\x12\x19\n\x15\x46INISH_REASON_ABORTED\x10\x05\x42\x44ZBgithub.com/lil-sparse/lil-sparse/client/go/lilsparsev1;lilsparsev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alil_sparse/v1/report.proto\x12\rlil_sparse.v1\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\xaf\x01\n\x07Timings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x14\n\x0cttft_seconds\x18\x02 \x01(\x01\x12\x18\n\x10tbt_mean_seconds\x18\x03 \x01(\x01\x12\x17\n\x0ftbt_p50_seconds\x18\x04 \x01(\x01\x12\x17\n\x0ftbt_p95_seconds\x18\x05 \x01(\x01\x12\x16\n\x0e\x64\x65\x63ode_seconds\x18\x06 \x01(\x01\x12\x13\n\x0bjct_seconds\x18\x07 \x01(\x01\"\x92\x01\n\rGuardianCheck\x12\x18\n\x10generated_tokens\x18\x01 \x01(\x05\x12\x18\n\x10\x63ompressed_bytes\x18\x02 \x01(\x03\x12\x19\n\x0cgrowth_bytes\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x01(\x08\x12\x13\n\x0b\x63pu_seconds\x18\x05 \x01(\x01\x42\x0f\n\r_growth_bytes\"\xe0\x02\n\x0eGuardianReport\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x0e\n\x06\x63hecks\x18\x02 \x01(\x05\x12\x18\n\x10\x63ompressed_bytes\x18\x03 \x03(\x03\x12\x16\n\tstop_step\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x1c\n\x0f\x61pplied_at_step\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x0b\x63pu_seconds\x18\x06 \x01(\x01\x12+\n\x05trace\x18\x07 \x03(\x0b\x32\x1c.lil_sparse.v1.GuardianCheck\x12\x0e\n\x06shadow\x18\x08 \x01(\x08\x12\x1e\n\x11\x61nswer_started_at\x18\t \x01(\x05H\x02\x88\x01\x01\x12\x1c\n\x14\x61nswer_prompt_tokens\x18\n \x01(\x05\x12\x15\n\ranswer_tokens\x18\x0b \x01(\x05\x42\x0c\n\n_stop_stepB\x12\n\x10_applied_at_stepB\x14\n\x12_answer_started_at\"\\\n\x08KVReport\x12\x12\n\npeak_pages\x18\x01 \x01(\x05\x12\x1f\n\x17\x61ttended_pages_per_step\x18\x02 \x03(\x01\x12\x1b\n\x13mean_attended_pages\x18\x03 \x01(\x01*\xb6\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x02\x12\x1d\n\x19\x46INISH_REASON_STOP_STRING\x10\x03\x12\x1c\n\x18\x46INISH_REASON_EARLY_STOP\x10\x04\x12\x19\n\x15\x46INISH_REASON_ABORTED\x10\x05\x42\x44ZBgithub.com/lil-sparse/lil-sparse/client/go/lilsparsev1;lilsparsev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lil_sparse.v1.report_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZBgithub.com/lil-sparse/lil-sparse/client/go/lilsparsev1;lilsparsev1'
-  _globals['_FINISHREASON']._serialized_start=758
-  _globals['_FINISHREASON']._serialized_end=940
+  _globals['_FINISHREASON']._serialized_start=881
+  _globals['_FINISHREASON']._serialized_end=1063
   _globals['_USAGE']._serialized_start=45
   _globals['_USAGE']._serialized_end=102
   _globals['_TIMINGS']._serialized_start=105
@@ -42,7 +42,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GUARDIANCHECK']._serialized_start=283
   _globals['_GUARDIANCHECK']._serialized_end=429
   _globals['_GUARDIANREPORT']._serialized_start=432
-  _globals['_GUARDIANREPORT']._serialized_end=661
-  _globals['_KVREPORT']._serialized_start=663
-  _globals['_KVREPORT']._serialized_end=755
+  _globals['_GUARDIANREPORT']._serialized_end=784
+  _globals['_KVREPORT']._serialized_start=786
+  _globals['_KVREPORT']._serialized_end=878
 # @@protoc_insertion_point(module_scope)

@@ -64,7 +64,7 @@ class GuardianCheck(_message.Message):
     def __init__(self, generated_tokens: _Optional[int] = ..., compressed_bytes: _Optional[int] = ..., growth_bytes: _Optional[int] = ..., stop: _Optional[bool] = ..., cpu_seconds: _Optional[float] = ...) -> None: ...
 
 class GuardianReport(_message.Message):
-    __slots__ = ("enabled", "checks", "compressed_bytes", "stop_step", "applied_at_step", "cpu_seconds", "trace")
+    __slots__ = ("enabled", "checks", "compressed_bytes", "stop_step", "applied_at_step", "cpu_seconds", "trace", "shadow", "answer_started_at", "answer_prompt_tokens", "answer_tokens")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     CHECKS_FIELD_NUMBER: _ClassVar[int]
     COMPRESSED_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,10 @@ class GuardianReport(_message.Message):
     APPLIED_AT_STEP_FIELD_NUMBER: _ClassVar[int]
     CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TRACE_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_TOKENS_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     checks: int
     compressed_bytes: _containers.RepeatedScalarFieldContainer[int]
@@ -79,7 +83,11 @@ class GuardianReport(_message.Message):
     applied_at_step: int
     cpu_seconds: float
     trace: _containers.RepeatedCompositeFieldContainer[GuardianCheck]
-    def __init__(self, enabled: _Optional[bool] = ..., checks: _Optional[int] = ..., compressed_bytes: _Optional[_Iterable[int]] = ..., stop_step: _Optional[int] = ..., applied_at_step: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., trace: _Optional[_Iterable[_Union[GuardianCheck, _Mapping]]] = ...) -> None: ...
+    shadow: bool
+    answer_started_at: int
+    answer_prompt_tokens: int
+    answer_tokens: int
+    def __init__(self, enabled: _Optional[bool] = ..., checks: _Optional[int] = ..., compressed_bytes: _Optional[_Iterable[int]] = ..., stop_step: _Optional[int] = ..., applied_at_step: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., trace: _Optional[_Iterable[_Union[GuardianCheck, _Mapping]]] = ..., shadow: _Optional[bool] = ..., answer_started_at: _Optional[int] = ..., answer_prompt_tokens: _Optional[int] = ..., answer_tokens: _Optional[int] = ...) -> None: ...
 
 class KVReport(_message.Message):
     __slots__ = ("peak_pages", "attended_pages_per_step", "mean_attended_pages")

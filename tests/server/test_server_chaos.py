@@ -25,6 +25,7 @@ def _request(rng: random.Random) -> service_pb2.GenerateRequest:
     request.stopping.ignore_eos = True
     request.sparse.policy = rng.choice([1, 2, 3, 4, 5])
     request.sparse.budget_tokens = 32
+    request.sparse.dense_layers = 1  # quest needs a sparse layer: the tiny model has 2
     return request
 
 
