@@ -83,9 +83,17 @@ class SelectionPolicy(ABC):
         raise NotImplementedError(f"{self.name} does not select per layer")
 
     def observe_decode(
-        self, layer: int, q: torch.Tensor, page_ids: torch.Tensor, batch: PolicyBatch, kv: KVCache
+        self,
+        layer: int,
+        q: torch.Tensor,
+        page_ids: torch.Tensor,
+        batch: PolicyBatch,
+        kv: KVCache,
+        lse: torch.Tensor | None = None,
     ) -> None:
-        """Called after a decode layer with the group's queries ``[n, G, D]`` and attended pages."""
+        """Called after a decode layer with the group's queries ``[n, G, D]``, attended pages and,
+        when the attention kernel gives it, each query's log-sum-exp ``[n, G]`` (base 2, see
+        :meth:`AttentionBackend.decode_with_lse`)."""
 
     def observe_prefill(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, pages: torch.Tensor, kv: KVCache
