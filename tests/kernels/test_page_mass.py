@@ -45,7 +45,8 @@ def test_page_mass_matches_reference(rows, group, head_dim, width):
 
     want = torch.rand(num_pages, generator=gen).to(DEVICE)
     got = want.clone()
-    want.index_add_(0, page_ids.reshape(-1).long(), paged_page_probs(q, k_pages, page_ids, layout, width).reshape(-1))
+    probs = paged_page_probs(q, k_pages, page_ids, layout, width)  # [rows, width]
+    want.index_add_(0, page_ids.reshape(-1).long(), probs.reshape(-1))
     add_page_mass(q, k_pages, page_ids, layout.counts, last, lse_log2, got)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
