@@ -160,8 +160,13 @@ class DecodeBench:
         kv_bytes = self.batch * mc.num_kv_heads * attended * page_layer_bytes
         held = seqs[0].held_pages
         sparse_layers = mc.num_layers - (sparse.dense_layers if policy == "quest" else 0)
-        vectors = {"quest": 2, "infllm": 1}.get(policy, 0)  # fp32 metadata vectors read per held page
-        meta_bytes = self.batch * mc.num_kv_heads * sparse_layers * held * vectors * mc.head_dim * 4
+        # Metadata read per held page, in its real dtype: Quest's [min | max] bounds in the cache
+        # dtype (bf16), InfLLM's fp32 key sum.
+        meta_per_page = {
+            "quest": 2 * mc.head_dim * self.kv.key_bounds.element_size(),
+            "infllm": mc.head_dim * self.kv.key_sum.element_size(),
+        }.get(policy, 0)
+        meta_bytes = self.batch * mc.num_kv_heads * sparse_layers * held * meta_per_page
         kv_held = pool.num_used * (self.kv.page_bytes() + 3 * mc.num_layers * mc.head_dim * 4)
         for seq in seqs:
             pages.release(seq)
