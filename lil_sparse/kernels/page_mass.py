@@ -108,6 +108,7 @@ def add_page_mass(
     if rows == 0:
         return
     lse = lse_log2.float().contiguous()
+    counts, last_page_len = counts.contiguous(), last_page_len.contiguous()
     grid = (rows, triton.cdiv(width, BLOCK_PAGES))
     _page_mass[grid](
         q,

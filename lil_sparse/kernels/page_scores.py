@@ -77,6 +77,7 @@ def _launch(
     width = table.shape[1]
     if q.stride(2) != 1 or table.stride(1) != 1 or meta.stride(-1) != 1:
         raise ValueError("q, table and the metadata must be contiguous in their last dimension")
+    limit = limit.contiguous()  # a policy batch's columns are strided views
     out = torch.empty(rows, width, dtype=torch.float32, device=q.device)
     if rows == 0 or width == 0:
         return out

@@ -57,7 +57,8 @@ def assert_same_selection(got: torch.Tensor, want: torch.Tensor, count: int) -> 
 @pytest.mark.parametrize(("rows", "group", "head_dim", "width"), GRID)
 def test_quest_kernel_matches_reference(rows, group, head_dim, width, dtype):
     q, bounds, _, table, held = random_case(rows, group, head_dim, width, dtype, seed=width + group)
-    limit = held - 1
+    # A strided column, as the policy batch passes it.
+    limit = torch.stack((held - 1, torch.zeros_like(held)), dim=1)[:, 0]
     got = quest_scores(q, bounds, table, limit)
     want = quest_page_scores(q, bounds[table.long()])
     slots = torch.arange(width, device=DEVICE).unsqueeze(0)
