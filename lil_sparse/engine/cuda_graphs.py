@@ -1,7 +1,7 @@
 """CUDA graphs for decode steps, Quest and InfLLM selection included.
 
 A decode step's forward is fixed-shape once its page tables have a fixed width: the runner
-buckets the width to a power of two (:meth:`ModelRunner.width_bucket`), policies take a fixed
+buckets the width (:meth:`ModelRunner.width_bucket`), policies take a fixed
 top-k size, and page ids are packed with padded, static-length positions
 (:attr:`DecodeLayout.padded_positions`). So a graph captured for one *step shape* serves every
 later step of that shape; before each replay the step's inputs are copied into the graph's

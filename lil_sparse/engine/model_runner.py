@@ -29,6 +29,8 @@ from lil_sparse.kv import KVCache
 from lil_sparse.models.transformer import CausalLM
 from lil_sparse.policies import POLICIES, get_policy
 
+WIDTH_STEP = 256  # pages (4096 tokens at page size 16)
+
 
 def dense_until(seq: Sequence) -> int:
     """Leading layers where ``seq`` attends every held page (Quest's dense layers)."""
@@ -165,10 +167,17 @@ class ModelRunner:
         return -(-count // step) * step
 
     def width_bucket(self, held: int) -> int:
-        """The page-table width a step uses: a power of two >= ``held`` (at least 8), capped
-        at the table's width. Bucketing keeps the step's tensor shapes fixed for many steps, so
-        one captured CUDA graph serves them."""
-        return min(self.pages.table.max_pages_per_seq, max(8, 1 << (held - 1).bit_length()))
+        """The page-table width a step uses: a power of two >= ``held`` (at least 8) up to
+        ``WIDTH_STEP`` pages, then a multiple of ``WIDTH_STEP``; capped at the table's width.
+        Bucketing keeps the step's tensor shapes fixed for many steps (one captured CUDA graph
+        serves them); the linear steps keep a long request from scoring and ranking up to twice
+        the pages it holds (2049 pages: 2304 wide, not 4096)."""
+        bucket = (
+            max(8, 1 << (held - 1).bit_length())
+            if held <= WIDTH_STEP
+            else -(-held // WIDTH_STEP) * WIDTH_STEP
+        )
+        return min(self.pages.table.max_pages_per_seq, bucket)
 
     def graph_stats(self) -> dict[str, int]:
         """CUDA-graph counters: ``replays``, ``eager_steps`` (no graph for the shape yet, or graphs
