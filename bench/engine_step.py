@@ -41,7 +41,9 @@ def engine_tbt_ms(model_path: Path, batch: int, steps: int) -> dict:
     )
     engine = LLMEngine(loaded, config)
     prompt = loaded.tokenizer.encode("Please reason step by step: what is 17 times 23?")
-    options = RequestOptions(stopping=StoppingOptions(max_new_tokens=WARMUP_STEPS + steps + 8, ignore_eos=True))
+    options = RequestOptions(
+        stopping=StoppingOptions(max_new_tokens=WARMUP_STEPS + steps + 8, ignore_eos=True)
+    )
     for _ in range(batch):
         engine.add_request(prompt, options)
     times = []
@@ -75,8 +77,11 @@ def main() -> None:
     for batch in (int(b) for b in args.batches.split(",")):
         result = engine_tbt_ms(args.model, batch, args.steps)
         results.append(result)
-        print(f"engine step {args.model.name} batch {batch}: {result['tbt_ms']:.3f} ms median, "
-              f"p90 {result['p90_ms']:.3f} ms over {result['steps']} steps; graphs {result['graphs']}", flush=True)
+        print(
+            f"engine step {args.model.name} batch {batch}: {result['tbt_ms']:.3f} ms median, "
+            f"p90 {result['p90_ms']:.3f} ms over {result['steps']} steps; graphs {result['graphs']}",
+            flush=True,
+        )
     if args.json is not None:
         args.json.write_text(json.dumps({"model": args.model.name, "engine_step": results}, indent=1))
 
