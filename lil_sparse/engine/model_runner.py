@@ -25,6 +25,7 @@ from lil_sparse.engine.step_attention import (
     PrefillAttention,
     PrefillObservation,
 )
+from lil_sparse.kernels import TRITON_AVAILABLE
 from lil_sparse.kv import KVCache
 from lil_sparse.models.transformer import CausalLM
 from lil_sparse.policies import POLICIES, get_policy
@@ -59,6 +60,8 @@ class ModelRunner:
         # runner pads batches to buckets with or without graphs, so that eager steps run the very
         # shapes (GEMM and attention plans) that graph steps replay.
         capturable = isinstance(backend, FlashInferBackend) and self.device.type == "cuda"
+        if self.device.type == "cuda" and TRITON_AVAILABLE:
+            model.fuse()  # fused QKV / gate-up matmuls and Triton norm, RoPE, SiLU kernels
         self.pad_batches = capturable
         self.graphs: DecodeGraphs | None = None
         if cuda_graphs and capturable and isinstance(backend, FlashInferBackend):

@@ -14,8 +14,8 @@ tokens are written (all post-RoPE keys):
   layers, query heads of the group and decode steps (H2O).
 
 K, V and the key metadata have one page more than ``num_pages``: ``scratch_page``
-(``== num_pages``), which no sequence ever holds. Padding rows of a decode step (batch sizes padded to a CUDA-graph bucket)
-write and attend it, so they never touch a real page.
+(``== num_pages``), which no sequence ever holds. Padding rows of a decode step (batch sizes
+padded to a CUDA-graph bucket) write and attend it, so they never touch a real page.
 """
 
 from __future__ import annotations
