@@ -163,8 +163,13 @@ class DecodeBench:
             pages.evict_after_prefill([seq])
             seqs[index] = seq
 
+        host_times: list[float] = []
+
         def step() -> None:
-            tokens = runner.decode(seqs).argmax(dim=-1).tolist()
+            start = time.perf_counter()
+            logits = runner.decode(seqs)  # returns once the step's work is queued
+            host_times.append(time.perf_counter() - start)
+            tokens = logits.argmax(dim=-1).tolist()
             for seq, token in zip(seqs, tokens, strict=True):
                 seq.output_token_ids.append(token)
 
@@ -172,6 +177,7 @@ class DecodeBench:
             step()
         before = runner.graph_stats()
         torch.cuda.synchronize()
+        host_times.clear()
         times = []
         for _ in range(steps):
             start = time.perf_counter()
@@ -198,6 +204,7 @@ class DecodeBench:
             pages.release(seq)
         return {
             "tbt_ms": statistics.median(times) * 1e3,
+            "host_ms": statistics.median(host_times[:steps]) * 1e3,  # runner.decode until queued
             "steps": steps,
             "kv_bytes": kv_bytes,
             "meta_bytes": meta_bytes,

@@ -9,10 +9,10 @@ static tensors and FlashInfer is planned (outside the graph) into the buffers th
 
 The step shape (the graph key) is: batch size (padded to a bucket by the runner), width bucket,
 which layout each layer uses, the metadata flag and, per policy group, (policy, rows, top-k
-size, dense-layer range). H2O's mass update runs over the fixed width too (padding at
-probability zero), so every policy replays. At most ``MAX_GRAPHS`` graphs are kept; a new shape
-beyond that evicts the least recently replayed one. Counters (:meth:`DecodeGraphs.stats`) say
-how many steps replayed and how many ran eagerly.
+size, whether the top-k needs sorting, dense-layer range). H2O's mass update runs over the
+fixed width too (padding at probability zero), so every policy replays. At most
+``MAX_GRAPHS`` graphs are kept; a new shape beyond that evicts the least recently replayed one.
+Counters (:meth:`DecodeGraphs.stats`) say how many steps replayed and how many ran eagerly.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ class DecodeStep:
                     g.all_rows,
                     g.batch.rows.shape[0],
                     g.batch.max_select,
+                    g.batch.uniform_select,
                     g.min_dense_layers,
                     g.max_dense_layers,
                 )

@@ -246,7 +246,8 @@ class ModelRunner:
             # selection shapes static while sequences grow into their budget; rows that select
             # fewer pages ignore the extra candidates.
             max_select = min(max(s.budget_pages for s in member_seqs), width)
-            batch = replace(batch, rows=rows, max_select=max_select)
+            uniform = all(min(s.held_pages, s.budget_pages) == max_select for s in member_seqs)
+            batch = replace(batch, rows=rows, max_select=max_select, uniform_select=uniform)
             dense = [dense_until(s) for s in member_seqs]
             groups.append(
                 PolicyGroup(policy, batch, min(dense), max(dense), all_rows=len(members) == step_rows)

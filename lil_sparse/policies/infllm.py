@@ -48,4 +48,4 @@ class InfLLMPolicy(SelectionPolicy):
             slots >= (batch.held - batch.recent_pages).unsqueeze(1)
         )
         scores = mask_beyond(scores.masked_fill(forced, float("inf")), batch.held - 1, batch)
-        return top_slots(scores, batch.max_select - 1)
+        return top_slots(scores, batch.max_select - 1, ordered=not batch.uniform_select)

@@ -54,4 +54,5 @@ class QuestPolicy(SelectionPolicy):
     reads_key_metadata = True
 
     def select_slots(self, layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache) -> torch.Tensor:
-        return top_slots(quest_scores(layer, q, batch, kv), batch.max_select - 1)
+        scores = quest_scores(layer, q, batch, kv)
+        return top_slots(scores, batch.max_select - 1, ordered=not batch.uniform_select)
