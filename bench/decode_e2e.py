@@ -78,7 +78,7 @@ MODELS = {
 # The speed-T6 grid: dense and every sparse policy at two budgets (skipped where budget >= context).
 GRID_RUNS = [("full", 0)] + [(p, b) for b in (1024, 4096) for p in ("sink", "h2o", "quest", "infllm")]
 WARMUP_STEPS = 4  # decode steps before timing: the second sight of a step shape captures its graph
-HEADROOM_BYTES = 8 * 2**30  # left free next to the KV cache: activations, graphs, workspaces
+HEADROOM_BYTES = 4 * 2**30  # left free next to the KV cache: activations, graphs, workspaces
 
 
 def random_model(config: ModelConfig) -> CausalLM:
@@ -307,13 +307,6 @@ def run_mixed(model, name, context, per_policy, steps, bandwidth, results) -> No
     """speed-T7: ``per_policy`` requests of each policy (budget 4096 for the sparse ones), and the
     step's fixed cost (weights, no context to speak of: full at 256 tokens, same batch size)."""
     mc = model.config
-    base_bench = DecodeBench(
-        model, kv_pages_needed(mc, [("full", 0)] * 5 * per_policy, 256, steps), 5 * per_policy, 64
-    )
-    base = base_bench.run([("full", 0)] * 5 * per_policy, 256, steps)
-    base["floor_ms"] = floor_ms(weight_bytes(model, 5 * per_policy), base, bandwidth)
-    results[f"mixed-base|{name}|256|{5 * per_policy}"] = base
-    del base_bench
     specs = [(p, 0 if p == "full" else 4096) for p in POLICY_NAMES for _ in range(per_policy)]
     need = kv_pages_needed(mc, specs, context, steps)
     free = torch.cuda.mem_get_info()[0] - HEADROOM_BYTES
@@ -322,6 +315,14 @@ def run_mixed(model, name, context, per_policy, steps, bandwidth, results) -> No
         results[key] = {"fits": False, "need_gib": need * page_bytes_with_metadata(mc) / 2**30}
         print(f"mixed {name} {context} {per_policy} each: does not fit", flush=True)
         return
+    base_specs = [("full", 0)] * len(specs)
+    base_bench = DecodeBench(model, kv_pages_needed(mc, base_specs, 256, steps), len(specs), 64)
+    base = base_bench.run(base_specs, 256, steps)
+    base["floor_ms"] = floor_ms(weight_bytes(model, len(specs)), base, bandwidth)
+    results[f"mixed-base|{name}|256|{len(specs)}"] = base
+    del base_bench
+    gc.collect()
+    torch.cuda.empty_cache()
     pages_per_seq = -(-(context + steps + WARMUP_STEPS + PAGE_SIZE) // PAGE_SIZE)
     bench = DecodeBench(model, need, len(specs), pages_per_seq)
     result = bench.run(specs, context, steps)
@@ -345,6 +346,19 @@ def run_key(name: str, context: int, batch: int, policy: str, budget: int) -> st
     return f"{name}|{context}|{batch}|{policy}|{budget}"
 
 
+def write_results(path: Path, bandwidth: float, results: dict, hf: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "device": device_line(),
+        "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        "command": " ".join(["python", *sys.argv]),
+        "bandwidth_gbs": bandwidth,
+        "runs": results,
+        "hf_ms": hf,
+    }
+    path.write_text(json.dumps(record, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default="qwen1.5b,llama8b")
@@ -366,38 +380,31 @@ def main() -> None:
     bandwidth = copy_bandwidth_gbs()
     print(f"copy bandwidth (read + write): {bandwidth:.0f} GB/s", flush=True)
     results: dict[str, dict] = {}
+    hf: dict[str, float] = {}
     for name in [m for m in args.models.split(",") if m]:
         model = random_model(MODELS[name])
         for context in (int(c) for c in args.contexts.split(",") if c):
             for batch in (int(b) for b in args.batches.split(",") if b):
                 run_cell(model, name, context, batch, runs, args.steps, bandwidth, results, args.profile)
+                write_results(args.json, bandwidth, results, hf)  # partial results survive a timeout
         for batch in (int(b) for b in args.throughput.split(",") if b):
             run_cell(model, name, 2048, batch, [("full", 0)], args.steps, bandwidth, results)
         if args.mixed and name == "llama8b":
-            run_mixed(model, name, 32768, args.mixed, args.steps, bandwidth, results)
+            # The issue's 8 per policy may not fit next to the 8B weights with every page's
+            # metadata: then the largest count that fits, down to 2, and the report says so.
+            for per_policy in range(args.mixed, 1, -2):
+                run_mixed(model, name, 32768, per_policy, args.steps, bandwidth, results)
+                if results[f"mixed|{name}|32768|{per_policy}"].get("tbt_ms"):
+                    break
         del model
         gc.collect()
         torch.cuda.empty_cache()
-    hf = {}
     for batch in (int(b) for b in args.hf.split(",") if b):
         hf[f"qwen1.5b|2048|{batch}"] = hf_tbt_ms(MODELS["qwen1.5b"], 2048, batch)
         print(f"HF generate qwen1.5b 2048 batch {batch}: {hf[f'qwen1.5b|2048|{batch}']:.2f} ms", flush=True)
         gc.collect()
         torch.cuda.empty_cache()
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(
-        json.dumps(
-            {
-                "device": device_line(),
-                "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-                "command": " ".join(["python", *sys.argv]),
-                "bandwidth_gbs": bandwidth,
-                "runs": results,
-                "hf_ms": hf,
-            },
-            indent=1,
-        )
-    )
+    write_results(args.json, bandwidth, results, hf)
     print(f"wrote {args.json}")
 
 
