@@ -163,7 +163,7 @@ class ModelRunner:
     def batch_bucket(count: int) -> int:
         """The batch size a graph step runs: 1, 2, 4, 8, then multiples of 8 up to 64, then of
         32. Padding to a few sizes lets one captured graph serve a batch that shrinks and grows
-        (nano-vllm and vLLM capture per bucket likewise); at most 1/8 of the rows above 8 pad."""
+        (nano-vllm and vLLM capture per bucket likewise); at most 7 rows pad up to 64, 31 above."""
         if count <= 8:
             return 1 << (count - 1).bit_length()
         step = 8 if count <= 64 else 32
