@@ -10,15 +10,15 @@ out=${OUT:-/tmp/out}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 sha256sum "$LIL_GPU_MODEL" | cut -c1-16
-timeout "${TEST_SECONDS:-160}" python -m pytest -q -p no:cacheprovider tests/gpu tests/kernels \
+timeout "${TEST_SECONDS:-150}" python -m pytest -q -p no:cacheprovider tests/gpu tests/kernels \
   > "$out/tests.log" 2>&1
 grep -E "passed|failed|error" "$out/tests.log" | tail -3
-timeout 50 python bench/engine_step.py "$LIL_GPU_MODEL" --batches 1,8,64 --json "$out/engine.json" 2>&1 \
+timeout 45 python bench/engine_step.py "$LIL_GPU_MODEL" --batches 1,8,64 --json "$out/engine.json" 2>&1 \
   | grep "engine step"
 {
-  timeout 140 python bench/decode_e2e.py --models qwen1.5b --contexts 4096,32768 --batches 1,8,32 --steps 20 \
+  timeout 130 python bench/decode_e2e.py --models qwen1.5b --contexts 4096,32768 --batches 1,8,32 --steps 20 \
     --throughput 1,32,64,128 --hf 1,32 --json "$out/e2e_qwen.json"
-  timeout 200 python bench/decode_e2e.py --models llama8b --contexts 32768,4096 --batches 8,1,32 --steps 20 \
+  timeout 180 python bench/decode_e2e.py --models llama8b --contexts 32768,4096 --batches 8,1,32 --steps 20 \
     --mixed 8 --json "$out/e2e_llama.json"
 } > "$out/bench.log" 2>&1
 grep -vE "Warning|warn" "$out/bench.log" | tail -8
