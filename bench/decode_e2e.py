@@ -30,72 +30,22 @@ from pathlib import Path
 import torch
 
 from bench.common import copy_bandwidth_gbs, device_line
+from bench.model_shapes import MODELS, hf_tbt_ms, random_model, weight_bytes
 from lil_sparse.attention.flashinfer_backend import FlashInferBackend
 from lil_sparse.config import EngineConfig
 from lil_sparse.engine.model_runner import ModelRunner
 from lil_sparse.engine.page_manager import PageManager
 from lil_sparse.engine.sequence import Sequence
 from lil_sparse.kv import BlockTable, KVCache, PagePool
-from lil_sparse.models.config import ModelConfig, RopeScaling
+from lil_sparse.models.config import ModelConfig
 from lil_sparse.models.transformer import CausalLM
 from lil_sparse.options import POLICY_NAMES, RequestOptions, SparseOptions
 from lil_sparse.policies import get_policy
 
 PAGE_SIZE = 16
-MODELS = {
-    "qwen1.5b": ModelConfig(
-        architecture="qwen2",
-        vocab_size=151936,
-        hidden_size=1536,
-        intermediate_size=8960,
-        num_layers=28,
-        num_heads=12,
-        num_kv_heads=2,
-        head_dim=128,
-        rope_theta=1e6,
-        rms_norm_eps=1e-6,
-        max_position_embeddings=131072,
-        tie_word_embeddings=False,
-        attention_bias=True,
-    ),
-    "llama8b": ModelConfig(
-        architecture="llama",
-        vocab_size=128256,
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_layers=32,
-        num_heads=32,
-        num_kv_heads=8,
-        head_dim=128,
-        rope_theta=5e5,
-        rms_norm_eps=1e-5,
-        max_position_embeddings=131072,
-        tie_word_embeddings=False,
-        attention_bias=False,
-        rope_scaling=RopeScaling(8.0, 1.0, 4.0, 8192),
-    ),
-}
-# The speed-T6 grid: dense and every sparse policy at two budgets (skipped where budget >= context).
 GRID_RUNS = [("full", 0)] + [(p, b) for b in (1024, 4096) for p in ("sink", "h2o", "quest", "infllm")]
 WARMUP_STEPS = 4  # decode steps before timing: the second sight of a step shape captures its graph
 HEADROOM_BYTES = 4 * 2**30  # left free next to the KV cache: activations, graphs, workspaces
-
-
-def random_model(config: ModelConfig) -> CausalLM:
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
-        model = CausalLM(config)
-    torch.set_default_dtype(torch.float32)
-    return model.eval().requires_grad_(False)
-
-
-def weight_bytes(model: CausalLM, batch: int) -> int:
-    """Bytes a decode step reads: every weight, but only ``batch`` rows of an untied embedding."""
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
-    embed = model.model.embed_tokens.weight
-    if model.lm_head is not None:
-        total -= embed.numel() * embed.element_size() - batch * embed.shape[1] * embed.element_size()
-    return total
 
 
 def randomize_metadata(kv: KVCache) -> None:
@@ -223,35 +173,6 @@ def profile_step(step, out: Path) -> None:
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
     out.write_text(table)
     print(table[:6000], flush=True)
-
-
-def hf_tbt_ms(mc: ModelConfig, context: int, batch: int, new_tokens: int = 17) -> float:
-    """HF generate TBT: (time for ``new_tokens`` - time for 1) / (new_tokens - 1), prefill cancels."""
-    import transformers
-
-    config_class = transformers.Qwen2Config if mc.architecture == "qwen2" else transformers.LlamaConfig
-    hf_config = config_class(
-        **{k: v for k, v in mc.to_hf_dict().items() if k not in ("architectures", "model_type")}
-    )
-    hf_config._attn_implementation = "sdpa"
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
-        model = transformers.AutoModelForCausalLM.from_config(hf_config)
-    torch.set_default_dtype(torch.float32)
-    model.eval()
-    ids = torch.randint(3, 1000, (batch, context), device="cuda")
-    kwargs = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
-
-    def timed(n: int) -> float:
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.inference_mode():
-            model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kwargs)
-        torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    timed(2)  # warm-up
-    return (timed(new_tokens) - timed(1)) / (new_tokens - 1) * 1e3
 
 
 def kv_pages_needed(mc: ModelConfig, specs: list[tuple[str, int]], context: int, steps: int) -> int:
