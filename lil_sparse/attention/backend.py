@@ -46,3 +46,17 @@ class AttentionBackend(ABC):
         [num_pages, 1, page_size, D]``; ``page_ids: [rows, >= layout.width] int32`` with the
         newest page last in each row. Returns ``[rows, G, D]`` in ``q``'s dtype.
         """
+
+    def decode_with_lse(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k_pages: torch.Tensor,
+        v_pages: torch.Tensor,
+        page_ids: torch.Tensor,
+        layout: DecodeLayout,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`decode` plus each query's log-sum-exp of its scaled scores, when the kernel
+        gives it: ``lse: [rows, G] float32``, ``log2(sum_t exp(q . k_t / sqrt(D)))`` (base 2, as
+        FlashInfer returns it), or ``None`` (then H2O recomputes probabilities itself)."""
+        return self.decode(layer, q, k_pages, v_pages, page_ids, layout), None

@@ -200,6 +200,21 @@ class FlashInferBackend(AttentionBackend):
             self.pack_indices(page_ids, layout)
         return slot.wrapper.run(q.contiguous(), (k_pages, v_pages))  # type: ignore[attr-defined]
 
+    def decode_with_lse(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k_pages: torch.Tensor,
+        v_pages: torch.Tensor,
+        page_ids: torch.Tensor,
+        layout: DecodeLayout,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        slot = self._slot_of(layout)
+        if page_ids is not slot.packed_from:
+            self.pack_indices(page_ids, layout)
+        out, lse = slot.wrapper.run(q.contiguous(), (k_pages, v_pages), return_lse=True)  # type: ignore[attr-defined]
+        return out, lse
+
     def alias_layout(self, alias: DecodeLayout, layout: DecodeLayout) -> None:
         """Let ``alias`` (a graph's static copy of ``layout``) resolve to ``layout``'s slot."""
         self._active[id(alias)] = self._slot_of(layout)

@@ -1,19 +1,23 @@
 """CUDA graphs for decode steps, Quest and InfLLM selection included.
 
 A decode step's forward is fixed-shape once its page tables have a fixed width: the runner
-buckets the width to a power of two (:meth:`ModelRunner.width_bucket`), policies take a fixed
+buckets the width (:meth:`ModelRunner.width_bucket`), policies take a fixed
 top-k size, and page ids are packed with padded, static-length positions
 (:attr:`DecodeLayout.padded_positions`). So a graph captured for one *step shape* serves every
 later step of that shape; before each replay the step's inputs are copied into the graph's
 static tensors and FlashInfer is planned (outside the graph) into the buffers the graph reads.
 
-The step shape (the graph key) is: batch size, width bucket, which layout each layer uses, the
-metadata flag and, per policy group, (policy, rows, top-k size, dense-layer range). H2O's mass
-update runs over the fixed width too (padding at probability zero), so every policy replays.
+The step shape (the graph key) is: batch size (padded to a bucket by the runner), width bucket,
+which layout each layer uses, the metadata flag and, per policy group, (policy, rows, top-k
+size, whether the top-k needs sorting, dense-layer range). H2O's mass update runs over the
+fixed width too (padding at probability zero), so every policy replays. At most
+``MAX_GRAPHS`` graphs are kept; a new shape beyond that evicts the least recently replayed one.
+Counters (:meth:`DecodeGraphs.stats`) say how many steps replayed and how many ran eagerly.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import torch
@@ -24,7 +28,7 @@ from lil_sparse.engine.step_attention import DecodeAttention, PolicyGroup
 from lil_sparse.kv import KVCache
 from lil_sparse.models.transformer import CausalLM
 
-MAX_GRAPHS = 64  # captured step shapes kept; beyond this, new shapes run eagerly
+MAX_GRAPHS = 64  # captured step shapes kept; a new one beyond this evicts the least recently used
 CAPTURE_AFTER = 2  # a shape is captured the second time it is seen: one-off shapes never pay for it
 GroupTensors = ("rows", "table", "held", "select_count", "sink_pages", "recent_pages", "dense_layers")
 
@@ -62,6 +66,7 @@ class DecodeStep:
                     g.all_rows,
                     g.batch.rows.shape[0],
                     g.batch.max_select,
+                    g.batch.uniform_select,
                     g.min_dense_layers,
                     g.max_dense_layers,
                 )
@@ -127,9 +132,12 @@ class DecodeGraphs:
         self.kv = kv
         self.backend = backend
         self.num_kv_heads = num_kv_heads
-        self.captured: dict[tuple[object, ...], CapturedStep] = {}
+        self.captured: OrderedDict[tuple[object, ...], CapturedStep] = OrderedDict()  # LRU order
         self.seen: dict[tuple[object, ...], int] = {}
-        self.replays = 0  # graph replays so far (for tests and benchmarks)
+        self.replays = 0  # steps that replayed a graph
+        self.eager_steps = 0  # steps that ran eagerly (first sight of a shape, capture included)
+        self.captures = 0
+        self.evictions = 0
         self._pool = torch.cuda.graph_pool_handle() if torch.cuda.is_available() else None
 
     def run(self, step: DecodeStep) -> torch.Tensor:
@@ -141,10 +149,15 @@ class DecodeGraphs:
         key = step.key()
         captured = self.captured.get(key)
         if captured is None:
+            self.eager_steps += 1
             self.seen[key] = self.seen.get(key, 0) + 1
-            if self.seen[key] < CAPTURE_AFTER or len(self.captured) >= MAX_GRAPHS:
+            if self.seen[key] < CAPTURE_AFTER:
                 return self._forward(step)
+            if len(self.captured) >= MAX_GRAPHS:
+                self.captured.popitem(last=False)  # its memory returns to the shared pool
+                self.evictions += 1
             return self._run_eager_and_capture(step)
+        self.captured.move_to_end(key)
         for static, fresh in zip(captured.step.tensors(), step.tensors(), strict=True):
             static.copy_(fresh)
         for static_layout, layout in zip(
@@ -154,6 +167,16 @@ class DecodeGraphs:
         captured.graph.replay()
         self.replays += 1
         return captured.logits
+
+    def stats(self) -> dict[str, int]:
+        """``replays``, ``eager_steps``, ``captures``, ``evictions`` so far and ``cached`` graphs."""
+        return {
+            "replays": self.replays,
+            "eager_steps": self.eager_steps,
+            "captures": self.captures,
+            "evictions": self.evictions,
+            "cached": len(self.captured),
+        }
 
     def _pack_base(self, step: DecodeStep) -> None:
         # Layers that attend the base pages (full, sink rows; dense layers) read the indices
@@ -188,4 +211,5 @@ class DecodeGraphs:
         with torch.cuda.graph(graph, pool=self._pool):
             static_logits = self._forward(static)
         self.captured[step.key()] = CapturedStep(graph, static, static_logits)
+        self.captures += 1
         return logits

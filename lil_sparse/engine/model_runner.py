@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 
 from lil_sparse.attention.backend import AttentionBackend
 from lil_sparse.attention.flashinfer_backend import FlashInferBackend
@@ -23,9 +24,12 @@ from lil_sparse.engine.page_manager import PageManager
 from lil_sparse.engine.prefill_attention import ChunkRows, PrefillAttention
 from lil_sparse.engine.sequence import PrefillChunk, Sequence
 from lil_sparse.engine.step_attention import DecodeAttention, PolicyGroup
+from lil_sparse.kernels import TRITON_AVAILABLE
 from lil_sparse.kv import KVCache
 from lil_sparse.models.transformer import CausalLM
 from lil_sparse.policies import POLICIES, get_policy
+
+WIDTH_STEP = 256  # pages (4096 tokens at page size 16)
 
 
 def dense_until(seq: Sequence) -> int:
@@ -51,12 +55,16 @@ class ModelRunner:
         self.num_kv_heads = pages.num_kv_heads
         self.page_size = pages.page_size
         self.device = pages.device
-        # Graph capture needs a backend that reads planned buffers (FlashInfer), on CUDA.
-        self.graphs = (
-            DecodeGraphs(model, kv, backend, self.num_kv_heads)
-            if cuda_graphs and isinstance(backend, FlashInferBackend) and self.device.type == "cuda"
-            else None
-        )
+        # Graph capture needs a backend that reads planned buffers (FlashInfer), on CUDA. Such a
+        # runner pads batches to buckets with or without graphs, so that eager steps run the very
+        # shapes (GEMM and attention plans) that graph steps replay.
+        capturable = isinstance(backend, FlashInferBackend) and self.device.type == "cuda"
+        if self.device.type == "cuda" and TRITON_AVAILABLE:
+            model.fuse()  # fused QKV / gate-up matmuls and Triton norm, RoPE, SiLU kernels
+        self.pad_batches = capturable
+        self.graphs: DecodeGraphs | None = None
+        if cuda_graphs and capturable and isinstance(backend, FlashInferBackend):
+            self.graphs = DecodeGraphs(model, kv, backend, self.num_kv_heads)
 
     # ---- prefill ----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -137,45 +145,85 @@ class ModelRunner:
     # ---- decode -----------------------------------------------------------------------------
     @torch.inference_mode()
     def decode(self, seqs: list[Sequence]) -> torch.Tensor:
-        """One token for every running sequence. Returns logits ``[B, V]``."""
+        """One token for every running sequence. Returns logits ``[B, V]``.
+
+        On FlashInfer the step runs ``batch_bucket(B)`` rows: padding rows read token 0 at
+        position 0 and write and attend only the cache's scratch page; their logits are dropped.
+        Nothing here waits for the device: host values go up with non-blocking copies.
+        """
         self.pages.prepare_decode(seqs)
         heads = self.num_kv_heads
-        per_seq = torch.tensor(
-            [(s.last_token_id, s.next_position, s.slot, s.held_pages) for s in seqs], dtype=torch.long
-        ).to(self.device, non_blocking=True)
-        input_ids, positions, slots, held = per_seq.unbind(dim=1)
+        count = len(seqs)
+        padded = self.batch_bucket(count) if self.pad_batches else count
+        pad = padded - count
+        per_seq = [(s.last_token_id, s.next_position, s.slot, s.held_pages) for s in seqs]
+        columns = torch.tensor(per_seq, dtype=torch.long).to(self.device, non_blocking=True)
+        input_ids, positions, slots, held = columns.unbind(dim=1)
         width = self.width_bucket(max(s.held_pages for s in seqs))
-        base = self.pages.table.table[slots, :, :width].reshape(len(seqs) * heads, width)
+        base = self.pages.table.table[slots, :, :width].reshape(count * heads, width)
+        if pad:
+            scratch = torch.full(
+                (pad * heads, width), self.kv.scratch_page, dtype=base.dtype, device=self.device
+            )
+            base = torch.cat([base, scratch])
+            input_ids, positions = F.pad(input_ids, (0, pad)), F.pad(positions, (0, pad))
+            held = F.pad(held, (0, pad), value=1)
         held_rows = held.repeat_interleave(heads)
         newest = base.gather(1, (held_rows - 1).unsqueeze(1)).squeeze(1).long()
         offsets = (positions % self.page_size).repeat_interleave(heads)
-        write_slots = (newest * self.page_size + offsets).view(len(seqs), heads)
+        write_slots = (newest * self.page_size + offsets).view(padded, heads)
         last_page_len = (offsets + 1).to(torch.int32)
-        last_page_len_host = tuple(s.next_position % self.page_size + 1 for s in seqs for _ in range(heads))
-        layer_layouts = self._layer_layouts(seqs, last_page_len, last_page_len_host, width)
-        groups = self._policy_groups(seqs, last_page_len, width)
+        last_page_len_host = tuple(
+            s.next_position % self.page_size + 1 for s in seqs for _ in range(heads)
+        ) + (1,) * (pad * heads)
+        layer_layouts = self._layer_layouts(seqs, last_page_len, last_page_len_host, width, pad)
+        groups = self._policy_groups(seqs, last_page_len, width, padded)
         distinct = _distinct(layer_layouts)
         self.backend.begin_decode_step(distinct)
         if self.graphs is not None:  # every step shape is capturable (see cuda_graphs.py)
             step = DecodeStep(
                 input_ids, positions, write_slots, base, layer_layouts, groups, _reads_metadata(seqs)
             )
-            logits = self.graphs.run(step)
+            logits = self.graphs.run(step)[:count]
         else:
             attention = DecodeAttention(
                 self.kv, self.backend, write_slots, base, layer_layouts, groups, heads, _reads_metadata(seqs)
             )
-            logits = self.model.compute_logits(self.model(input_ids, positions, attention))
+            logits = self.model.compute_logits(self.model(input_ids, positions, attention))[:count]
         for seq in seqs:
             seq.num_cached_tokens += 1
         self._record_kv(seqs, layer_layouts)
         return logits
 
+    @staticmethod
+    def batch_bucket(count: int) -> int:
+        """The batch size a graph step runs: 1, 2, 4, 8, then multiples of 8 up to 64, then of
+        32. Padding to a few sizes lets one captured graph serve a batch that shrinks and grows
+        (nano-vllm and vLLM capture per bucket likewise); at most 7 rows pad up to 64, 31 above."""
+        if count <= 8:
+            return 1 << (count - 1).bit_length()
+        step = 8 if count <= 64 else 32
+        return -(-count // step) * step
+
     def width_bucket(self, held: int) -> int:
-        """The page-table width a step uses: a power of two >= ``held`` (at least 8), capped
-        at the table's width. Bucketing keeps the step's tensor shapes fixed for many steps, so
-        one captured CUDA graph serves them."""
-        return min(self.pages.table.max_pages_per_seq, max(8, 1 << (held - 1).bit_length()))
+        """The page-table width a step uses: a power of two >= ``held`` (at least 8) up to
+        ``WIDTH_STEP`` pages, then a multiple of ``WIDTH_STEP``; capped at the table's width.
+        Bucketing keeps the step's tensor shapes fixed for many steps (one captured CUDA graph
+        serves them); the linear steps keep a long request from scoring and ranking up to twice
+        the pages it holds (2049 pages: 2304 wide, not 4096)."""
+        bucket = (
+            max(8, 1 << (held - 1).bit_length())
+            if held <= WIDTH_STEP
+            else -(-held // WIDTH_STEP) * WIDTH_STEP
+        )
+        return min(self.pages.table.max_pages_per_seq, bucket)
+
+    def graph_stats(self) -> dict[str, int]:
+        """CUDA-graph counters: ``replays``, ``eager_steps`` (no graph for the shape yet, or graphs
+        off), ``captures``, ``evictions`` (least recently used graphs dropped), ``cached``."""
+        if self.graphs is None:
+            return {"replays": 0, "eager_steps": 0, "captures": 0, "evictions": 0, "cached": 0}
+        return self.graphs.stats()
 
     def _layer_layouts(
         self,
@@ -183,8 +231,10 @@ class ModelRunner:
         last_page_len: torch.Tensor,
         last_page_len_host: tuple[int, ...],
         width: int,
+        pad: int = 0,
     ) -> list[DecodeLayout]:
-        """One layout per layer; layers with equal page counts share one object (one plan)."""
+        """One layout per layer; layers with equal page counts share one object (one plan).
+        ``pad`` padding sequences read one page per row (the scratch page)."""
         thresholds = sorted({0, *(min(dense_until(s), self.num_layers) for s in seqs)})
         layouts: list[DecodeLayout] = []
         for start, end in zip(thresholds, [*thresholds[1:], self.num_layers], strict=True):
@@ -194,13 +244,18 @@ class ModelRunner:
                 dense = start < dense_until(seq)
                 count = seq.held_pages if dense else policy.attended_pages(seq.held_pages, seq.budget_pages)
                 counts.extend([count] * self.num_kv_heads)
+            counts.extend([1] * (pad * self.num_kv_heads))
             layout = DecodeLayout.build(counts, last_page_len, last_page_len_host, stride=width)
             layouts.extend([layout] * (end - start))
         return layouts
 
     def _policy_groups(
-        self, seqs: list[Sequence], last_page_len: torch.Tensor, width: int
+        self, seqs: list[Sequence], last_page_len: torch.Tensor, width: int, step_rows: int
     ) -> list[PolicyGroup]:
+        """Groups of rows whose policy selects or observes; ``step_rows``: sequences in the step,
+        padding included. A selecting group whose every request holds no more pages than its
+        budget would select every page: it attends the base pages instead (same pages, no
+        selection work)."""
         heads = self.num_kv_heads
         groups = []
         for name, policy in POLICIES.items():
@@ -210,10 +265,10 @@ class ModelRunner:
             if not members:
                 continue
             member_seqs = [seqs[i] for i in members]
-            rows = (
-                torch.tensor(members, device=self.device).unsqueeze(1) * heads
-                + torch.arange(heads, device=self.device)
-            ).reshape(-1)
+            if not policy.observes_attention and all(s.held_pages <= s.budget_pages for s in member_seqs):
+                continue
+            rows_host = torch.tensor(members).unsqueeze(1) * heads + torch.arange(heads)
+            rows = rows_host.reshape(-1).to(self.device, non_blocking=True)
             layout = None
             if policy.observes_attention:  # only H2O packs its own rows' attention
                 counts = [
@@ -227,10 +282,11 @@ class ModelRunner:
             # selection shapes static while sequences grow into their budget; rows that select
             # fewer pages ignore the extra candidates.
             max_select = min(max(s.budget_pages for s in member_seqs), width)
-            batch = replace(batch, rows=rows, max_select=max_select)
+            uniform = all(min(s.held_pages, s.budget_pages) == max_select for s in member_seqs)
+            batch = replace(batch, rows=rows, max_select=max_select, uniform_select=uniform)
             dense = [dense_until(s) for s in member_seqs]
             groups.append(
-                PolicyGroup(policy, batch, min(dense), max(dense), all_rows=len(members) == len(seqs))
+                PolicyGroup(policy, batch, min(dense), max(dense), all_rows=len(members) == step_rows)
             )
         return groups
 

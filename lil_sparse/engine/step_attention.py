@@ -69,18 +69,18 @@ class DecodeAttention:
         )
         q_rows = q.view(batch_size * self.num_kv_heads, num_heads // self.num_kv_heads, head_dim)
         page_ids = self._select(layer_index, q_rows)
-        out = self.backend.decode(
-            layer_index,
-            q_rows,
-            self.kv.k[layer_index],
-            self.kv.v[layer_index],
-            page_ids,
-            self.layer_layouts[layer_index],
-        )
-        for group in self.groups:
-            if group.policy.observes_attention:
-                rows = group.batch.rows
-                group.policy.observe_decode(layer_index, q_rows[rows], page_ids[rows], group.batch, self.kv)
+        args = (layer_index, q_rows, self.kv.k[layer_index], self.kv.v[layer_index], page_ids)
+        observers = [g for g in self.groups if g.policy.observes_attention]
+        if not observers:
+            out = self.backend.decode(*args, self.layer_layouts[layer_index])
+            return out.view(batch_size, num_heads, head_dim)
+        out, lse = self.backend.decode_with_lse(*args, self.layer_layouts[layer_index])
+        for group in observers:
+            rows = group.batch.rows
+            group_lse = None if lse is None else (lse if group.all_rows else lse[rows])
+            queries = q_rows if group.all_rows else q_rows[rows]
+            group_pages = page_ids if group.all_rows else page_ids[rows]
+            group.policy.observe_decode(layer_index, queries, group_pages, group.batch, self.kv, group_lse)
         return out.view(batch_size, num_heads, head_dim)
 
     def _select(self, layer: int, q_rows: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,10 @@ tokens are written (all post-RoPE keys):
   it is the page's representative key (InfLLM).
 - ``attention_mass: [num_pages] float32``: attention probability the page received, summed over
   layers, query heads of the group and decode steps (H2O).
+
+K, V and the key metadata have one page more than ``num_pages``: ``scratch_page``
+(``== num_pages``), which no sequence ever holds. Padding rows of a decode step (batch sizes
+padded to a CUDA-graph bucket) write and attend it, so they never touch a real page.
 """
 
 from __future__ import annotations
@@ -29,15 +33,20 @@ class KVCache:
         dtype: torch.dtype,
         device: torch.device,
     ) -> None:
-        shape = (num_layers, num_pages, 1, page_size, head_dim)
+        stored = num_pages + 1  # the last one is the scratch page
+        shape = (num_layers, stored, 1, page_size, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        meta_shape = (num_layers, num_pages, head_dim)
-        self.key_bounds = torch.empty(num_layers, num_pages, 2, head_dim, dtype=dtype, device=device)
+        meta_shape = (num_layers, stored, head_dim)
+        self.key_bounds = torch.empty(num_layers, stored, 2, head_dim, dtype=dtype, device=device)
         self.key_bounds[:, :, 0] = float("inf")
         self.key_bounds[:, :, 1] = float("-inf")
+        # The bounds of an empty page, built once: reset_pages must not copy from the host.
+        self._empty_bounds = self.key_bounds[0, 0].clone()  # [2, D]
         self.key_sum = torch.zeros(meta_shape, dtype=torch.float32, device=device)
+        # Only H2O rows add mass, and padding rows are never H2O rows: no scratch entry.
         self.attention_mass = torch.zeros(num_pages, dtype=torch.float32, device=device)
+        self.scratch_page = num_pages
         self.page_size = page_size
         self.head_dim = head_dim
         self.num_pages = num_pages
@@ -54,10 +63,9 @@ class KVCache:
 
     def reset_pages(self, pages: torch.Tensor) -> None:
         """Clear the metadata of freshly (re)assigned pages. ``pages: [n] int64``."""
-        empty = torch.tensor([float("inf"), float("-inf")], dtype=self.key_bounds.dtype, device=pages.device)
-        self.key_bounds[:, pages] = empty.view(2, 1).expand(2, self.head_dim)
-        self.key_sum[:, pages] = 0.0
-        self.attention_mass[pages] = 0.0
+        self.key_bounds[:, pages] = self._empty_bounds
+        self.key_sum.index_fill_(1, pages, 0.0)  # a scalar fill: no host-to-device copy
+        self.attention_mass.index_fill_(0, pages, 0.0)
 
     def poison_pages(self, pages: torch.Tensor) -> None:
         """Debug mode: set every key of ``pages`` (``[n] int64``) to NaN in every layer.

@@ -1,5 +1,13 @@
 """The pieces of a Llama/Qwen2 decoder layer. Parameter names match Hugging Face checkpoints
-(``self_attn.q_proj``, ``mlp.gate_proj``, ``input_layernorm``...), so a HF state dict loads as is."""
+(``self_attn.q_proj``, ``mlp.gate_proj``, ``input_layernorm``...), so a HF state dict loads as is.
+
+Each piece has two forwards. ``forward`` is the plain PyTorch reference and runs anywhere.
+``forward_fused`` (CUDA, after :meth:`DecoderLayer.fuse`) computes the same function with fewer
+launches: one QKV and one gate/up matmul over concatenated weights (the separate HF parameters
+become views of them, so nothing is stored twice), and the Triton kernels of
+:mod:`lil_sparse.kernels.fused_layers` for residual add + RMSNorm, RoPE and SiLU-mul.
+Moving or casting a module (``.to``, ``.float()``) drops the fusion: call ``fuse`` again after.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +35,22 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
+def concatenate_into_views(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight ``[sum(out), in]`` (and bias) holding the linears' weights, whose parameters
+    become views of it: the fused matmul and the HF-named parameters share storage."""
+    weight = torch.cat([linear.weight.detach() for linear in linears])
+    has_bias = linears[0].bias is not None
+    bias = torch.cat([linear.bias.detach() for linear in linears]) if has_bias else None
+    start = 0
+    for linear in linears:
+        end = start + linear.weight.shape[0]
+        linear.weight.data = weight[start:end]
+        if bias is not None:
+            linear.bias.data = bias[start:end]
+        start = end
+    return weight, bias
+
+
 class MLP(nn.Module):
     """SwiGLU feed-forward: ``down(silu(gate(x)) * up(x))``."""
 
@@ -35,10 +59,25 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_up: torch.Tensor | None = None  # [2 * intermediate, hidden] once fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [T, hidden] -> [T, hidden]."""
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+    def fuse(self) -> None:
+        self.gate_up, _ = concatenate_into_views([self.gate_proj, self.up_proj])
+
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        from lil_sparse.kernels.fused_layers import silu_mul
+
+        if self.gate_up is None:
+            raise RuntimeError("call fuse() before forward_fused()")
+        return self.down_proj(silu_mul(F.linear(x, self.gate_up)))
+
+    def _apply(self, fn, recurse=True):
+        self.gate_up = None  # moved or cast parameters no longer view the fused weight
+        return super()._apply(fn, recurse)
 
 
 class SelfAttention(nn.Module):
@@ -55,6 +94,7 @@ class SelfAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, config.num_kv_heads * config.head_dim, bias=bias)
         self.v_proj = nn.Linear(config.hidden_size, config.num_kv_heads * config.head_dim, bias=bias)
         self.o_proj = nn.Linear(config.num_heads * config.head_dim, config.hidden_size, bias=False)
+        self.qkv: tuple[torch.Tensor, torch.Tensor | None] | None = None  # fused weight, bias
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention: AttentionFn
@@ -68,6 +108,30 @@ class SelfAttention(nn.Module):
         k = apply_rotary(k, cos, sin)
         o = attention(self.layer_index, q, k, v.contiguous())  # [T, num_heads, head_dim]
         return self.o_proj(o.reshape(tokens, self.num_heads * self.head_dim))
+
+    def fuse(self) -> None:
+        self.qkv = concatenate_into_views([self.q_proj, self.k_proj, self.v_proj])
+
+    def forward_fused(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention: AttentionFn
+    ) -> torch.Tensor:
+        """:meth:`forward` with one QKV matmul and one RoPE kernel for q and k."""
+        from lil_sparse.kernels.fused_layers import rotary_qk
+
+        if self.qkv is None:
+            raise RuntimeError("call fuse() before forward_fused()")
+        tokens = x.shape[0]
+        qkv = F.linear(x, *self.qkv)  # [T, (Hq + 2 Hkv) * D]
+        rotated_heads = self.num_heads + self.num_kv_heads
+        qk = qkv[:, : rotated_heads * self.head_dim].view(tokens, rotated_heads, self.head_dim)
+        q, k = rotary_qk(qk, self.num_heads, cos, sin)
+        v = qkv[:, rotated_heads * self.head_dim :].reshape(tokens, self.num_kv_heads, self.head_dim)
+        o = attention(self.layer_index, q, k, v.contiguous())
+        return self.o_proj(o.reshape(tokens, self.num_heads * self.head_dim))
+
+    def _apply(self, fn, recurse=True):
+        self.qkv = None  # moved or cast parameters no longer view the fused weight
+        return super()._apply(fn, recurse)
 
 
 class DecoderLayer(nn.Module):
@@ -86,3 +150,36 @@ class DecoderLayer(nn.Module):
         """x: [T, hidden] -> [T, hidden]."""
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, attention)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def fuse(self) -> None:
+        self.self_attn.fuse()
+        self.mlp.fuse()
+
+    @property
+    def fused(self) -> bool:
+        return self.self_attn.qkv is not None and self.mlp.gate_up is not None
+
+    def forward_fused(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attention: AttentionFn,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same block with the residual carried apart (vLLM's layout): returns ``(branch
+        output, residual)``; the next layer (or the final norm) adds them inside its RMSNorm
+        kernel. ``residual`` is ``None`` for the first layer, whose input is the residual;
+        it is updated in place."""
+        from lil_sparse.kernels.fused_layers import add_rmsnorm
+
+        norm = self.input_layernorm
+        if residual is None:
+            residual = x
+            normed = add_rmsnorm(x, None, norm.weight, norm.eps)
+        else:
+            normed = add_rmsnorm(x, residual, norm.weight, norm.eps)
+        attended = self.self_attn.forward_fused(normed, cos, sin, attention)
+        norm = self.post_attention_layernorm
+        normed = add_rmsnorm(attended, residual, norm.weight, norm.eps)
+        return self.mlp.forward_fused(normed), residual

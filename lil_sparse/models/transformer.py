@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -67,9 +69,36 @@ class CausalLM(nn.Module):
             self._inv_freq = self._inv_freq.to(positions.device)
         cos, sin = rotary_cos_sin(positions, self._inv_freq)
         hidden = self.model.embed_tokens(input_ids)
+        if self.fused and hidden.is_cuda:
+            return self._forward_fused(hidden, cos, sin, attention)
         for layer in self.model.layers:
             hidden = layer(hidden, cos, sin, attention)
         return self.model.norm(hidden)
+
+    @property
+    def fused(self) -> bool:
+        return all(layer.fused for layer in self._decoder_layers())
+
+    def fuse(self) -> None:
+        """Concatenate QKV and gate/up weights and use the Triton fused kernels on CUDA
+        (:mod:`lil_sparse.models.layers`). Call it once the model is on its device and dtype."""
+        for layer in self._decoder_layers():
+            if not layer.fused:
+                layer.fuse()
+
+    def _decoder_layers(self) -> list[DecoderLayer]:
+        return cast(list[DecoderLayer], list(self.model.layers))
+
+    def _forward_fused(
+        self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention: AttentionFn
+    ) -> torch.Tensor:
+        from lil_sparse.kernels.fused_layers import add_rmsnorm
+
+        residual = None
+        for layer in self._decoder_layers():
+            hidden, residual = layer.forward_fused(hidden, residual, cos, sin, attention)
+        norm = self.model.norm
+        return add_rmsnorm(hidden, residual, norm.weight, norm.eps)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden_size] (usually the last token of each sequence) -> float32 [N, vocab_size]."""

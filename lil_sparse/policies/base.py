@@ -35,6 +35,8 @@ class PolicyBatch:
     - ``sink_pages, recent_pages: [n] int64``: per-request window sizes in pages.
     - ``dense_layers: [n] int64``: leading layers that attend every held page.
     - ``max_select``: ``max(select_count)`` on the host.
+    - ``uniform_select``: every row selects exactly ``max_select`` pages, so the order of the
+      top-k result does not matter (selection skips sorting it).
     - ``layout``: the group's own decode layout for sparse layers (used to observe attention).
     """
 
@@ -48,6 +50,7 @@ class PolicyBatch:
     max_select: int
     num_kv_heads: int
     layout: DecodeLayout | None = None
+    uniform_select: bool = False
 
     def slot_index(self) -> torch.Tensor:
         """``[1, width] int64`` slot positions, for index arithmetic."""
@@ -83,9 +86,17 @@ class SelectionPolicy(ABC):
         raise NotImplementedError(f"{self.name} does not select per layer")
 
     def observe_decode(
-        self, layer: int, q: torch.Tensor, page_ids: torch.Tensor, batch: PolicyBatch, kv: KVCache
+        self,
+        layer: int,
+        q: torch.Tensor,
+        page_ids: torch.Tensor,
+        batch: PolicyBatch,
+        kv: KVCache,
+        lse: torch.Tensor | None = None,
     ) -> None:
-        """Called after a decode layer with the group's queries ``[n, G, D]`` and attended pages."""
+        """Called after a decode layer with the group's queries ``[n, G, D]``, attended pages and,
+        when the attention kernel gives it, each query's log-sum-exp ``[n, G]`` (base 2, see
+        :meth:`AttentionBackend.decode_with_lse`)."""
 
     def observe_prefill(
         self,
@@ -109,9 +120,11 @@ def mask_beyond(scores: torch.Tensor, limit: torch.Tensor, batch: PolicyBatch) -
     return scores.masked_fill(batch.slot_index() >= limit.unsqueeze(1), float("-inf"))
 
 
-def top_slots(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """Indices of the ``count`` highest scores per row, best first. ``[n, width] -> [n, count]``."""
+def top_slots(scores: torch.Tensor, count: int, ordered: bool = True) -> torch.Tensor:
+    """Indices of the ``count`` highest scores per row, best first (in no particular order when
+    ``ordered`` is false: callers that use all ``count`` of them skip the sort). ``[n, width] ->
+    [n, count]``."""
     count = min(count, scores.shape[1])
     if count <= 0:
         return torch.zeros(scores.shape[0], 0, dtype=torch.long, device=scores.device)
-    return torch.topk(scores, count, dim=1, sorted=True).indices
+    return torch.topk(scores, count, dim=1, sorted=ordered).indices

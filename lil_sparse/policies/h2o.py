@@ -9,7 +9,9 @@ Adapted to pages and to a paged, per-head cache:
 - Prefill seeds the mass from the last ``OBSERVATION_WINDOW`` prompt queries rather than all of
   them, which would cost O(prompt^2) extra work at long contexts. With chunked prefill each
   chunk adds the mass of the window queries it holds.
-- Each decode step adds the probability every attended page received.
+- Each decode step adds the probability every attended page received. On CUDA the attention
+  kernel's log-sum-exp turns one Triton pass over the attended keys into that mass
+  (:mod:`lil_sparse.kernels.page_mass`); elsewhere a plain fp32 softmax recomputes it.
 - The recent window (the newest page included) always survives; heavy hitters fill the rest.
 """
 
@@ -20,6 +22,7 @@ import math
 import torch
 
 from lil_sparse.attention.reference import paged_page_probs
+from lil_sparse.kernels import fused_selection_enabled
 from lil_sparse.kv.kv_cache import KVCache
 from lil_sparse.policies.base import PolicyBatch, SelectionPolicy
 
@@ -37,11 +40,25 @@ class H2OPolicy(SelectionPolicy):
         return mass.masked_fill(batch.slot_index() >= recent_start, float("inf"))
 
     def observe_decode(
-        self, layer: int, q: torch.Tensor, page_ids: torch.Tensor, batch: PolicyBatch, kv: KVCache
+        self,
+        layer: int,
+        q: torch.Tensor,
+        page_ids: torch.Tensor,
+        batch: PolicyBatch,
+        kv: KVCache,
+        lse: torch.Tensor | None = None,
     ) -> None:
         layout = batch.layout
         if layout is None:
             raise ValueError("h2o needs the group's decode layout to observe attention")
+        if lse is not None and fused_selection_enabled(q, kv.head_dim) and q.dtype == kv.k.dtype:
+            # One pass over the attended keys with the attention kernel's log-sum-exp.
+            from lil_sparse.kernels.page_mass import add_page_mass
+
+            add_page_mass(
+                q, kv.k[layer], page_ids, layout.counts, layout.last_page_len, lse, kv.attention_mass
+            )
+            return
         # Over the full (bucketed) width, padding included at probability 0: static shapes, so
         # the step can run inside a CUDA graph.
         width = page_ids.shape[1]

@@ -12,8 +12,18 @@ from __future__ import annotations
 
 import torch
 
+from lil_sparse.kernels import fused_selection_enabled
 from lil_sparse.kv.kv_cache import KVCache
 from lil_sparse.policies.base import PolicyBatch, SelectionPolicy, mask_beyond, top_slots
+
+
+def infllm_row_scores(q: torch.Tensor, representative: torch.Tensor) -> torch.Tensor:
+    """Per-row block scores, the plain PyTorch reference.
+
+    ``q: [n, G, D]``; ``representative: [n, W, D]`` (each page's mean key). Returns ``[n, W]``
+    float32: the dot product with every query of the row, summed over the group.
+    """
+    return torch.bmm(q.float(), representative.float().transpose(1, 2)).sum(dim=1)
 
 
 class InfLLMPolicy(SelectionPolicy):
@@ -22,9 +32,14 @@ class InfLLMPolicy(SelectionPolicy):
     reads_key_metadata = True
 
     def select_slots(self, layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache) -> torch.Tensor:
-        pages = batch.table.long()
-        representative = kv.key_sum[layer][pages] / kv.page_size  # [n, W, D]; older pages are full
-        per_row = torch.bmm(q.float(), representative.transpose(1, 2)).sum(dim=1)  # [n, W]
+        key_sum = kv.key_sum[layer]  # [P, D] float32
+        if fused_selection_enabled(key_sum, kv.head_dim):
+            from lil_sparse.kernels.page_scores import infllm_scores
+
+            per_row = infllm_scores(q, key_sum, batch.table, batch.held, kv.page_size)
+        else:
+            representative = key_sum[batch.table.long()] / kv.page_size  # older pages are full
+            per_row = infllm_row_scores(q, representative)  # [n, W]
         heads = batch.num_kv_heads
         per_sequence = per_row.view(-1, heads, per_row.shape[1]).sum(dim=1, keepdim=True)
         scores = per_sequence.expand(-1, heads, -1).reshape_as(per_row)
@@ -33,4 +48,4 @@ class InfLLMPolicy(SelectionPolicy):
             slots >= (batch.held - batch.recent_pages).unsqueeze(1)
         )
         scores = mask_beyond(scores.masked_fill(forced, float("inf")), batch.held - 1, batch)
-        return top_slots(scores, batch.max_select - 1)
+        return top_slots(scores, batch.max_select - 1, ordered=not batch.uniform_select)

@@ -3,8 +3,9 @@
 For each page Quest keeps the element-wise min and max of its keys. The upper bound of a query's
 score against any key in the page is ``sum_d max(q_d * min_d, q_d * max_d)``, which equals
 ``max(q, 0) . max + min(q, 0) . min``, so it costs one small matmul over the page's stored
-``[min | max]`` instead of an elementwise pass per query head. The bounds are kept in the cache
-dtype (bf16 on the GPU, like Quest's fp16 metadata); rounding can move a bound by one ulp.
+``[min | max]`` instead of an elementwise pass per query head; summed over the group's query
+heads it is two D-vectors per row. The bounds are kept in the cache dtype (bf16 on the GPU, like
+Quest's fp16 metadata; rounding can move a bound by one ulp) and scored in fp32.
 Scores are summed over the group's query heads (one page list per KV head), and the top pages
 within the budget are attended together with the newest page. The first ``dense_layers``
 layers attend densely, as in the Quest paper.
@@ -14,21 +15,37 @@ from __future__ import annotations
 
 import torch
 
+from lil_sparse.kernels import fused_selection_enabled
 from lil_sparse.kv.kv_cache import KVCache
 from lil_sparse.policies.base import PolicyBatch, SelectionPolicy, mask_beyond, top_slots
 
 
 def quest_page_scores(q: torch.Tensor, key_bounds: torch.Tensor) -> torch.Tensor:
-    """Upper-bound scores, summed over the group's query heads.
+    """Upper-bound scores, summed over the group's query heads (the plain PyTorch reference).
 
     ``q: [n, G, D]``; ``key_bounds: [n, W, 2, D]`` (per page: key min, key max).
-    Returns ``[n, W]`` float32. With ``q = min(q, 0) + max(q, 0)`` the bound
-    ``min(q, 0) . min + max(q, 0) . max`` is one matmul of ``[n, G, 2D]`` by ``[n, 2D, W]``.
+    Returns ``[n, W]`` float32. Since ``min <= max``, ``max(q * min, q * max)`` is
+    ``min(q, 0) * min + max(q, 0) * max``, so the sum over the group is two D-vectors per row
+    dotted with each page's bounds, in fp32.
     """
-    n, width, _, head_dim = key_bounds.shape
-    split = torch.cat((q.clamp(max=0), q.clamp(min=0)), dim=-1).to(key_bounds.dtype)  # [n, G, 2D]
-    bound = torch.bmm(split, key_bounds.reshape(n, width, 2 * head_dim).transpose(1, 2))
-    return bound.float().sum(dim=1)
+    q32 = q.float()
+    split = torch.stack((q32.clamp(max=0).sum(dim=1), q32.clamp(min=0).sum(dim=1)), dim=1)  # [n, 2, D]
+    return torch.einsum("nwhd,nhd->nw", key_bounds.float(), split)
+
+
+def quest_scores(layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache) -> torch.Tensor:
+    """``[n, W] float32`` bounds of every older page (``-inf`` from slot ``held - 1`` on).
+
+    On CUDA one Triton kernel per layer reads the bounds by page id
+    (:func:`lil_sparse.kernels.page_scores.quest_scores`); elsewhere the reference gathers them.
+    """
+    bounds = kv.key_bounds[layer]  # [P, 2, D]
+    if fused_selection_enabled(bounds, kv.head_dim):
+        from lil_sparse.kernels.page_scores import quest_scores as fused
+
+        return fused(q, bounds, batch.table, batch.held - 1)
+    scores = quest_page_scores(q, bounds[batch.table.long()])
+    return mask_beyond(scores, batch.held - 1, batch)  # the newest page is added by the caller
 
 
 class QuestPolicy(SelectionPolicy):
@@ -37,6 +54,5 @@ class QuestPolicy(SelectionPolicy):
     reads_key_metadata = True
 
     def select_slots(self, layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache) -> torch.Tensor:
-        scores = quest_page_scores(q, kv.key_bounds[layer][batch.table.long()])
-        scores = mask_beyond(scores, batch.held - 1, batch)  # the newest page is added by the caller
-        return top_slots(scores, batch.max_select - 1)
+        scores = quest_scores(layer, q, batch, kv)
+        return top_slots(scores, batch.max_select - 1, ordered=not batch.uniform_select)

@@ -112,10 +112,78 @@ def test_cuda_graph_replay_equals_eager(policy, tiny_gqa8_dir):
     got = graphs.generate(prompts, options)
     runner_graphs = graphs.runner.graphs
     assert runner_graphs is not None and runner_graphs.captured and runner_graphs.replays > 0
-    assert {key[0] for key in runner_graphs.captured} == {1, 2, 3}  # one or more shapes per batch size
+    # Batches of 3, 2 and 1 run padded to the buckets 4, 2 and 1.
+    assert {key[0] for key in runner_graphs.captured} == {1, 2, 4}
+    stats = graphs.runner.graph_stats()
+    decode_steps = len(graph_logits.logits) - 1  # every step but the prefill decodes
+    assert stats["replays"] + stats["eager_steps"] == decode_steps
+    assert stats["captures"] == stats["cached"] == len(runner_graphs.captured)
     for want, have in zip(expected, got, strict=True):
         assert have.output_token_ids == want.output_token_ids
     # Same kernels on the same planned buffers: replay is bit-identical to eager.
     assert all(torch.equal(a, b) for a, b in zip(eager_logits.logits, graph_logits.logits, strict=True))
     eager.close()
     graphs.close()
+
+
+def mixed_requests(max_new: tuple[int, ...]) -> tuple[list[list[int]], list[RequestOptions]]:
+    """One request per policy, prompts of different lengths, different stopping points."""
+    gen = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(3, 384, (n,), generator=gen).tolist() for n in (37, 90, 161, 64, 120)]
+    options = [
+        RequestOptions(
+            stopping=StoppingOptions(max_new_tokens=n, ignore_eos=True),
+            sparse=SparseOptions(policy=policy, budget_tokens=48, sink_tokens=16, dense_layers=1),
+        )
+        for policy, n in zip(POLICY_NAMES, max_new, strict=True)
+    ]
+    return prompts, options
+
+
+def test_mixed_batch_graph_replay_equals_eager(tiny_gqa2_dir):
+    """Every policy in one batch: the graph engine replays and matches eager bit for bit."""
+    eager = make_engine(tiny_gqa2_dir, "flashinfer", cuda_graphs=False)
+    graphs = make_engine(tiny_gqa2_dir, "flashinfer", cuda_graphs=True)
+    eager.sampler = eager_logits = RecordingSampler(eager.sampler)  # type: ignore[assignment]
+    graphs.sampler = graph_logits = RecordingSampler(graphs.sampler)  # type: ignore[assignment]
+    # max_batch_size 4: four requests decode together, the fifth joins when one finishes.
+    expected = eager.generate(*mixed_requests((40, 33, 20, 40, 28)))
+    got = graphs.generate(*mixed_requests((40, 33, 20, 40, 28)))
+    for want, have in zip(expected, got, strict=True):
+        assert have.output_token_ids == want.output_token_ids
+    assert all(torch.equal(a, b) for a, b in zip(eager_logits.logits, graph_logits.logits, strict=True))
+    stats = graphs.runner.graph_stats()
+    assert stats["replays"] > stats["eager_steps"] > 0
+    eager.close()
+    graphs.close()
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_decode_step_never_syncs(cuda_graphs, tiny_gqa2_dir):
+    """The runner's decode step (page growth, eviction, selection, attention, graph replay) under
+    ``torch.cuda.set_sync_debug_mode("error")``: any synchronizing torch call raises. With graphs,
+    the same workload runs twice first so every shape is captured (capture itself synchronizes)."""
+    engine = make_engine(tiny_gqa2_dir, "flashinfer", cuda_graphs=cuda_graphs)
+    decode = engine.runner.decode
+    checked = []
+
+    def strict_decode(seqs):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            logits = decode(seqs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        checked.append(len(seqs))
+        return logits
+
+    passes = 3 if cuda_graphs else 1
+    for index in range(passes):
+        if index == passes - 1:
+            engine.runner.decode = strict_decode  # type: ignore[method-assign]
+            captures = engine.runner.graph_stats()["captures"]
+        reports = engine.generate(*mixed_requests((40, 33, 20, 40, 28)))
+    assert [r.completion_tokens for r in reports] == [40, 33, 20, 40, 28]
+    assert sum(checked) == 40 + 33 + 20 + 40 + 28 - 5  # every decoded token of every request
+    if cuda_graphs:
+        assert engine.runner.graph_stats()["captures"] == captures  # nothing new to capture
+    engine.close()

@@ -7,6 +7,7 @@ then both backends attend those pages. Tolerances are in ``conftest.py``.
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -146,3 +147,26 @@ def test_prefill_matches_reference():
     diff = (out.float() - ref).abs()
     assert diff.max().item() <= 3e-2
     assert (diff.norm() / ref.norm()).item() <= 1e-2
+
+
+@pytest.mark.parametrize(("group", "tensor_cores"), [(1, False), (4, False), (4, True), (6, True)])
+def test_lse_is_base_two_and_gives_the_reference_page_mass(group, tensor_cores):
+    """FlashInfer's ``return_lse`` is ``log2 sum exp(scaled scores)``; fed to the fused H2O
+    kernel it gives the reference fp32 probability pass's page mass (rtol 1e-3: bf16 attention
+    kernels round the lse's inputs differently from the fp32 reference)."""
+    from lil_sparse.attention.reference import paged_page_probs, paged_scores
+    from lil_sparse.kernels.page_mass import add_page_mass
+
+    backend = make_backend(group, 128, tensor_cores)
+    rows, held = 2 * HEADS * 3, 40
+    kv, table, last_len, q = random_rows(rows, held, group, 128, seed=group)
+    layout = DecodeLayout.build([held] * rows, last_len, tuple(last_len.tolist()))
+    backend.begin_decode_step([layout])
+    _out, lse = backend.decode_with_lse(0, q, kv.k[0], kv.v[0], table, layout)
+    want_lse = torch.logsumexp(paged_scores(q, kv.k[0], table, layout), dim=-1) / math.log(2)
+    assert lse is not None and lse.shape == (rows, group)
+    torch.testing.assert_close(lse.float(), want_lse, rtol=1e-3, atol=1e-3)
+    want = kv.attention_mass.clone()
+    want.index_add_(0, table.reshape(-1).long(), paged_page_probs(q, kv.k[0], table, layout).reshape(-1))
+    add_page_mass(q, kv.k[0], table, layout.counts, last_len, lse, kv.attention_mass)
+    torch.testing.assert_close(kv.attention_mass, want, rtol=1e-3, atol=1e-4)

@@ -170,10 +170,10 @@ def test_a_conversion_error_fails_only_its_own_stream(
 
     real_chunk_response = convert.chunk_response
 
-    def chunk_response(token_ids: Any, text: str, logprobs: Any, output: Any) -> Any:
+    def chunk_response(token_ids: Any, text: str, logprobs: Any, output: Any, *rest: Any) -> Any:
         if output.return_logprobs:  # only the request that asked for logprobs hits the fault
             raise RuntimeError("injected conversion fault")
-        return real_chunk_response(token_ids, text, logprobs, output)
+        return real_chunk_response(token_ids, text, logprobs, output, *rest)
 
     monkeypatch.setattr(convert, "chunk_response", chunk_response)
     background = start_server(tiny_model_dir, tiny_engine)

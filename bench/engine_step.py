@@ -1,0 +1,90 @@
+"""Time between tokens of ``LLMEngine.step()`` end to end (scheduler, runner, sampler,
+detokenizer, stop checks) on a real model: the speed-T1 measurement.
+
+Greedy, policy ``full``, CUDA graphs on, ``ignore_eos``; the prompt is prefilled first, then
+every decode step is timed with the host clock (a step ends with the sampled tokens on the host,
+so no extra synchronisation is needed). Reports the median over the timed steps.
+
+    python bench/engine_step.py MODEL.gguf [--batches 1,8,64] [--steps 64] [--json OUT.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from lil_sparse.config import EngineConfig
+from lil_sparse.engine import LLMEngine
+from lil_sparse.loading import load_model
+from lil_sparse.options import RequestOptions, StoppingOptions
+
+WARMUP_STEPS = 16  # first decode steps: graph captures and FlashInfer JIT
+
+
+def engine_tbt_ms(model_path: Path, batch: int, steps: int) -> dict:
+    """Median ``LLMEngine.step()`` time in ms over ``steps`` decode steps at ``batch`` requests."""
+    loaded = load_model(model_path, torch.bfloat16, "cuda")
+    config = EngineConfig(
+        model=str(model_path),
+        device="cuda",
+        dtype="bfloat16",
+        backend="flashinfer",
+        kv_cache_tokens=max(8192, batch * 1024),
+        max_batch_size=batch,
+        guardian_workers=0,
+        cuda_graphs=True,
+    )
+    engine = LLMEngine(loaded, config)
+    prompt = loaded.tokenizer.encode("Please reason step by step: what is 17 times 23?")
+    options = RequestOptions(
+        stopping=StoppingOptions(max_new_tokens=WARMUP_STEPS + steps + 8, ignore_eos=True)
+    )
+    for _ in range(batch):
+        engine.add_request(prompt, options)
+    times = []
+    while engine.has_unfinished() and len(times) < WARMUP_STEPS + steps:
+        running = engine.scheduler.num_running
+        start = time.perf_counter()
+        engine.step()
+        elapsed = time.perf_counter() - start
+        if running == batch:  # a decode step of the whole batch (prefill steps admit requests)
+            times.append(elapsed)
+    stats = engine.runner.graph_stats()
+    engine.close()
+    timed = times[WARMUP_STEPS:]
+    return {
+        "batch": batch,
+        "steps": len(timed),
+        "tbt_ms": statistics.median(timed) * 1e3,
+        "p90_ms": sorted(timed)[int(0.9 * (len(timed) - 1))] * 1e3,
+        "graphs": stats,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--batches", default="1,8,64")
+    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    results = []
+    for batch in (int(b) for b in args.batches.split(",")):
+        result = engine_tbt_ms(args.model, batch, args.steps)
+        results.append(result)
+        print(
+            f"engine step {args.model.name} batch {batch}: {result['tbt_ms']:.3f} ms median, "
+            f"p90 {result['p90_ms']:.3f} ms over {result['steps']} steps; graphs {result['graphs']}",
+            flush=True,
+        )
+    if args.json is not None:
+        args.json.write_text(json.dumps({"model": args.model.name, "engine_step": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Per-page selection scores in one kernel per layer (Quest and InfLLM), without a gather copy.
+
+One program scores ``BLOCK_W`` slots of one row (one sequence x KV head). It loads the row's
+queries ``[G, D]`` once, reduces them over the group, then reads each slot's page metadata
+straight from the cache by page id and writes one fp32 score per slot. The PyTorch references
+gather ``[rows, width, 2, D]`` (Quest) or ``[rows, width, D]`` (InfLLM) first; here the gathered
+metadata never exists in memory.
+
+Quest (mit-han-lab/Quest, ``estimate`` kernel): a page's bound for query ``q`` is
+``sum_d max(q_d * min_d, q_d * max_d)``; since ``min_d <= max_d`` this is
+``max(q_d, 0) * max_d + min(q_d, 0) * min_d``, so the sum over the group's queries is
+``(sum_g max(q, 0)) . max + (sum_g min(q, 0)) . min``: two D-vectors per row, one dot per page.
+InfLLM: ``(sum_g q) . key_sum[page] / page_size``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_W = 32  # slots per program: 32 pages x 2 x 128 bf16 = 16 KiB of bounds in flight
+
+
+@triton.jit
+def _page_scores(
+    q_ptr,  # [rows, G, D], any float dtype
+    meta_ptr,  # quest: [P, 2, D] bounds; infllm: [P, D] key sums
+    table_ptr,  # [rows, W] int32 page ids
+    limit_ptr,  # [rows] int64: slots >= limit score -inf
+    out_ptr,  # [rows, W] float32
+    width,
+    q_row_stride,
+    q_group_stride,
+    table_stride,
+    meta_page_stride,
+    meta_half_stride,
+    scale,
+    GROUP: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BOUNDS: tl.constexpr,
+):
+    row = tl.program_id(0)
+    block = tl.program_id(1)
+    dims = tl.arange(0, HEAD_DIM)
+    heads = tl.arange(0, BLOCK_G)
+    q = tl.load(
+        q_ptr + row * q_row_stride + heads[:, None] * q_group_stride + dims[None, :],
+        mask=heads[:, None] < GROUP,
+        other=0.0,
+    ).to(tl.float32)  # [BLOCK_G, D]
+    slots = block * BLOCK + tl.arange(0, BLOCK)
+    limit = tl.load(limit_ptr + row)
+    valid = (slots < limit) & (slots < width)
+    pages = tl.load(table_ptr + row * table_stride + slots, mask=valid, other=0).to(tl.int64)
+    base = meta_ptr + pages[:, None] * meta_page_stride + dims[None, :]  # [BLOCK, D]
+    if BOUNDS:
+        q_pos = tl.sum(tl.maximum(q, 0.0), axis=0)  # [D]
+        q_neg = tl.sum(tl.minimum(q, 0.0), axis=0)
+        key_min = tl.load(base, mask=valid[:, None], other=0.0).to(tl.float32)
+        key_max = tl.load(base + meta_half_stride, mask=valid[:, None], other=0.0).to(tl.float32)
+        score = tl.sum(key_min * q_neg[None, :] + key_max * q_pos[None, :], axis=1)
+    else:
+        q_sum = tl.sum(q, axis=0)
+        key_sum = tl.load(base, mask=valid[:, None], other=0.0).to(tl.float32)
+        score = tl.sum(key_sum * q_sum[None, :], axis=1) * scale
+    score = tl.where(valid, score, float("-inf"))
+    tl.store(out_ptr + row * width + slots, score, mask=slots < width)
+
+
+def _launch(
+    q: torch.Tensor, meta: torch.Tensor, table: torch.Tensor, limit: torch.Tensor, scale: float, bounds: bool
+) -> torch.Tensor:
+    rows, group, head_dim = q.shape
+    width = table.shape[1]
+    if q.stride(2) != 1 or table.stride(1) != 1 or meta.stride(-1) != 1:
+        raise ValueError("q, table and the metadata must be contiguous in their last dimension")
+    limit = limit.contiguous()  # a policy batch's columns are strided views
+    out = torch.empty(rows, width, dtype=torch.float32, device=q.device)
+    if rows == 0 or width == 0:
+        return out
+    grid = (rows, triton.cdiv(width, BLOCK_W))
+    _page_scores[grid](
+        q,
+        meta,
+        table,
+        limit,
+        out,
+        width,
+        q.stride(0),
+        q.stride(1),
+        table.stride(0),
+        meta.stride(0),
+        meta.stride(1) if bounds else 0,
+        scale,
+        GROUP=group,
+        BLOCK_G=triton.next_power_of_2(group),
+        HEAD_DIM=head_dim,
+        BLOCK=BLOCK_W,
+        BOUNDS=bounds,
+    )
+    return out
+
+
+def quest_scores(
+    q: torch.Tensor, key_bounds: torch.Tensor, table: torch.Tensor, limit: torch.Tensor
+) -> torch.Tensor:
+    """Quest upper bounds summed over the group, ``-inf`` from slot ``limit[r]`` on.
+
+    ``q: [rows, G, D]``; ``key_bounds: [P, 2, D]`` (one layer: per page key min, key max);
+    ``table: [rows, W] int32`` page ids; ``limit: [rows] int64``. Returns ``[rows, W] float32``.
+    Reference: :func:`lil_sparse.policies.quest.quest_page_scores` over the gathered bounds.
+    """
+    return _launch(q, key_bounds, table, limit, 1.0, bounds=True)
+
+
+def infllm_scores(
+    q: torch.Tensor, key_sum: torch.Tensor, table: torch.Tensor, limit: torch.Tensor, page_size: int
+) -> torch.Tensor:
+    """InfLLM block scores ``(sum_g q_g) . key_sum[page] / page_size``, ``-inf`` from ``limit[r]``.
+
+    ``q: [rows, G, D]``; ``key_sum: [P, D] float32`` (one layer); ``table: [rows, W] int32``;
+    ``limit: [rows] int64``. Returns ``[rows, W] float32``.
+    Reference: :func:`lil_sparse.policies.infllm.infllm_row_scores`.
+    """
+    return _launch(q, key_sum, table, limit, 1.0 / page_size, bounds=False)
