@@ -17,6 +17,8 @@ from server.config import ServerConfig
 from server.engine_loop import EngineLoop
 from server.metrics import ServerMetrics
 from server.servicer import SERVICE_NAME, LilSparseServicer
+from server.smg import SERVICE_NAME as SMG_SERVICE_NAME
+from server.smg import SmgSchedulerServicer, add_smg_service
 
 logger = logging.getLogger(__name__)
 # How often the drain loop looks at the in-flight count.
@@ -70,6 +72,7 @@ class SidecarServer:
         self._grpc: grpc.aio.Server | None = None
         self._metrics_http: Any = None
         self._servicer: LilSparseServicer | None = None
+        self._smg_servicer: SmgSchedulerServicer | None = None
         self._loop: EngineLoop | None = None
 
     @property
@@ -94,16 +97,23 @@ class SidecarServer:
         )
         server = grpc.aio.server()
         service_pb2_grpc.add_LilSparseServiceServicer_to_server(self._servicer, server)
+        self._smg_servicer = add_smg_service(
+            server, self._loop, engine, self.config, server_version(), lambda: self.metrics.last_stats
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if self.config.reflection:
-            names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+            names = (
+                SERVICE_NAME,
+                SMG_SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            )
             reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
         self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
         await server.start()
         self._grpc = server
         self._metrics_http = self.metrics.serve(self.config.host, self.config.metrics_port)
         self.metrics_port = self._metrics_http.server_address[1]
-        for service in ("", SERVICE_NAME):
+        for service in ("", SERVICE_NAME, SMG_SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.info(
             "serving %s on port %d, metrics on port %d", self.config.model, self.port, self.metrics_port
@@ -117,8 +127,9 @@ class SidecarServer:
         """
         grace = self.config.grace_period_seconds if grace_seconds is None else grace_seconds
         await self.health.enter_graceful_shutdown()
-        if self._servicer is not None:
-            self._servicer.draining = True
+        for servicer in (self._servicer, self._smg_servicer):
+            if servicer is not None:
+                servicer.draining = True
         loop = self.engine_loop
         loop.close_admission()
         deadline = time.monotonic() + grace

@@ -43,6 +43,7 @@ class ServerConfig:
     page_size: int = 16
     kv_cache_tokens: int = 32768  # KV pool size in tokens per KV head
     max_model_len: int = 0  # 0: the model's own context
+    served_model_name: str = ""  # the model id gateways route by; "": the engine's model name
     default_options: RequestOptions = field(default_factory=RequestOptions)
 
     def __post_init__(self) -> None:
@@ -129,6 +130,7 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
     Setting("page_size", int, "tokens per KV page (default 16)"),
     Setting("kv_cache_tokens", int, "KV pool size in tokens per KV head (default 32768)"),
     Setting("max_model_len", int, "max prompt+output tokens (default 0: the model's context)"),
+    Setting("served_model_name", str, "model id the SMG gateway routes by (default: the model's name)"),
 )
 
 # Default request options: setting name -> (options group, field in that group).

@@ -26,6 +26,7 @@ class ServerMetrics:
 
     def __init__(self, model: str) -> None:
         self.model = model
+        self.last_stats: LoopStats | None = None
         self.registry = CollectorRegistry(auto_describe=True)
         by_policy = ("model", "policy")
         r = self.registry
@@ -78,6 +79,7 @@ class ServerMetrics:
             gauge.labels(model=model).set(0)
 
     def observe_stats(self, stats: LoopStats) -> None:
+        self.last_stats = stats  # read by the SMG service's GetLoads
         self.requests_running.labels(model=self.model).set(stats.num_running)
         # Admitted requests the engine has not seen yet wait too (still in the inbox).
         waiting = max(stats.num_waiting, stats.in_flight - stats.num_running)
