@@ -87,3 +87,35 @@ class Gateway:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self._log.close()
+
+
+def scrape(metrics_port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a worker's metrics endpoint, keyed by (sample name, sorted labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def finished(samples: dict[Any, float], **labels: str) -> float:
+    """Sum of ``lil_sparse_requests_finished_total`` over samples matching ``labels``."""
+    return sum(
+        value
+        for (name, sample_labels), value in samples.items()
+        if name == "lil_sparse_requests_finished_total" and labels.items() <= dict(sample_labels).items()
+    )
+
+
+def wait_until(condition: Any, timeout: float = 30.0) -> bool:
+    """Poll ``condition`` until true; the timeout only bounds a hung test, it asserts nothing."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return bool(condition())
