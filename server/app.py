@@ -65,7 +65,7 @@ class SidecarServer:
         self.config = config
         self._engine = engine
         self._owns_engine = engine is None
-        self.metrics = ServerMetrics(model=config.model)
+        self.metrics = ServerMetrics(config.model, config.page_size, model_name=config.model_id)
         self.health = health.aio.HealthServicer()
         self.port = 0
         self.metrics_port = 0

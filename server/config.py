@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from lil_sparse.options import (
@@ -76,6 +77,15 @@ class ServerConfig:
             "max_model_len",
             f"must be >= 0 (0: the model's), got {self.max_model_len}",
         )
+
+    @property
+    def model_id(self) -> str:
+        """The id gateways route by and vLLM-named metrics carry: ``served_model_name``, else the
+        model's name (a folder's name, a GGUF file's stem, or the registry name as given)."""
+        if self.served_model_name:
+            return self.served_model_name
+        path = Path(self.model)
+        return path.stem if path.suffix == ".gguf" else path.name
 
     @property
     def max_in_flight(self) -> int:

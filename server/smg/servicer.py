@@ -51,7 +51,7 @@ class SmgSchedulerServicer(sglang_grpc.SglangSchedulerServicer):
         self._load = load
         self._started_at = time.time()
         self._bundle: bytes | None = None
-        self.served_model_name = config.served_model_name or str(engine.info.model_name)
+        self.served_model_name = config.model_id
         self.draining = False
 
     @map_errors
