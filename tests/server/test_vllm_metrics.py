@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from lil_client import LilClient
-from server_harness import scrape, start_server
+from server_harness import scrape, start_server, wait_until
 
 PAGE = 16
 
@@ -25,10 +25,23 @@ def _value(samples: dict[Any, float], name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
+def _scrape_after(server: Any, requests: int) -> dict[Any, float]:
+    """The samples once ``requests`` requests were counted (the engine thread counts a request
+    just after handing its stream the final event)."""
+
+    def counted() -> float:
+        return sum(
+            v for (n, _), v in scrape(server.metrics_port).items() if n == "vllm:request_success_total"
+        )
+
+    assert wait_until(lambda: counted() == requests)
+    return scrape(server.metrics_port)
+
+
 def test_vllm_named_series_after_one_request(server: Any) -> None:
     with LilClient(server.address) as client:
         summary = client.complete("The quick brown fox", max_new_tokens=8, ignore_eos=True)
-    samples = scrape(server.metrics_port)
+    samples = _scrape_after(server, 1)
     name = {"model_name": "tiny-vllm"}
     assert _value(samples, "vllm:prompt_tokens_total", **name) == summary.prompt_tokens
     assert _value(samples, "vllm:generation_tokens_total", **name) == 8
@@ -54,7 +67,7 @@ def test_savings_series_for_sparse_guardian_request(server: Any) -> None:
             prompt, max_new_tokens=300, ignore_eos=True, policy="quest", budget_tokens=2 * PAGE,
             dense_layers=0, guardian=True, guardian_interval_tokens=10, guardian_threshold_bytes=10_000,
         )  # fmt: skip
-    samples = scrape(server.metrics_port)
+    samples = _scrape_after(server, 1)
     model = {"model": server.server.config.model, "policy": "quest"}
     # The second check (20 tokens) stops; the pool thread may apply it a few tokens later.
     assert summary.finish_reason == "early_stop" and summary.guardian.stop_step == 20

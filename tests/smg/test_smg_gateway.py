@@ -70,8 +70,14 @@ def test_smg_both_workers_serve(cluster: dict[str, Any]) -> None:
     dense = cluster["dense"]
     before = [finished(scrape(worker.metrics_port)) for worker in dense]
     replies = [_chat(cluster["gateway"], model="tiny", max_tokens=12) for _ in range(2)]
-    after = [finished(scrape(worker.metrics_port)) for worker in dense]
-    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1]  # round robin: one each
+
+    def counted() -> list[float]:
+        after = [finished(scrape(worker.metrics_port)) for worker in dense]
+        return [a - b for a, b in zip(after, before, strict=True)]
+
+    # Round robin: one each. (A worker counts a request just after streaming its last message.)
+    assert wait_until(lambda: sum(counted()) == 2)
+    assert counted() == [1, 1]
     # Same weights, greedy by the worker's default: both workers answer alike.
     assert replies[0]["choices"][0]["message"]["content"] == replies[1]["choices"][0]["message"]["content"]
     assert [reply["usage"]["completion_tokens"] for reply in replies] == [12, 12]
@@ -121,6 +127,7 @@ def test_smg_per_call_policy_reaches_worker(cluster: dict[str, Any]) -> None:
     dense_before = [finished(scrape(worker.metrics_port)) for worker in dense]
     before = scrape(quest.metrics_port)
     reply = _chat(cluster["gateway"], model="tiny-quest", max_tokens=200, ignore_eos=True)
+    assert wait_until(lambda: finished(scrape(quest.metrics_port)) - finished(before) == 1)
     after = scrape(quest.metrics_port)
     assert finished(after, policy="quest") - finished(before, policy="quest") == 1
     assert finished(after, policy="full") == finished(before, policy="full") == 0

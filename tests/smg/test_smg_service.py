@@ -83,8 +83,9 @@ def test_smg_custom_params_choose_policy_and_guardian(stub: Any, worker: Any) ->
         "guardian": {"enabled": True, "interval_tokens": 4, "threshold_bytes": 1000},
     }
     (response,) = stub.Generate(_request("custom", max_new_tokens=100, **custom))
-    after = scrape(worker.metrics_port)
-    assert finished(after, policy="h2o") - finished(before, policy="h2o") == 1
+    # The engine thread counts a request just after handing the stream its final event.
+    assert wait_until(lambda: finished(scrape(worker.metrics_port), policy="h2o") == 1)
+    assert finished(before, policy="h2o") == 0
     # Guardian stops at its second check (8 tokens): growth is below the 1000-byte threshold.
     assert (response.complete.finish_reason, response.complete.completion_tokens) == ("stop", 8)
 
