@@ -44,6 +44,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "pageSize": 32,
             "kvCacheTokens": 65536,
             "maxModelLen": 8192,
+            "servedModelName": "smollm2-quest",
             "defaults": {
                 "temperature": 0.7,
                 "topK": 50,
