@@ -150,3 +150,12 @@ def test_smg_unsupported_option_is_a_client_error(cluster: dict[str, Any]) -> No
     )
     assert status == 400, reply
     assert "structured generation is not supported" in json.dumps(reply)
+
+
+def test_smg_probe_paths_of_the_helm_chart_answer(cluster: dict[str, Any]) -> None:
+    """The chart's gateway probes (helm/lil-sparse/templates/gateway-deployment.yaml) hit these."""
+    import urllib.request
+
+    for path in ("/liveness", "/readiness"):
+        with urllib.request.urlopen(f"{cluster['gateway'].url}{path}", timeout=10) as response:
+            assert response.status == 200, path
