@@ -16,6 +16,7 @@ from lil_client._proto.lil_sparse.v1 import service_pb2_grpc
 from server.config import ServerConfig
 from server.engine_loop import EngineLoop
 from server.metrics import ServerMetrics
+from server.ports import GRPC_EXCLUSIVE_PORT_OPTIONS, check_port_free
 from server.servicer import SERVICE_NAME, LilSparseServicer
 from server.smg import SERVICE_NAME as SMG_SERVICE_NAME
 from server.smg import SmgSchedulerServicer, add_smg_service
@@ -82,6 +83,8 @@ class SidecarServer:
         return self._loop
 
     async def start(self) -> None:
+        check_port_free(self.config.host, self.config.port, "port")
+        check_port_free(self.config.host, self.config.metrics_port, "metrics_port")
         if self._engine is None:
             self._engine = await asyncio.to_thread(load_engine, self.config)
         engine: Any = self._engine
@@ -95,7 +98,7 @@ class SidecarServer:
         self._servicer = LilSparseServicer(
             self._loop, engine.tokenizer, engine.info, self.config, server_version()
         )
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=GRPC_EXCLUSIVE_PORT_OPTIONS)
         service_pb2_grpc.add_LilSparseServiceServicer_to_server(self._servicer, server)
         self._smg_servicer = add_smg_service(
             server, self._loop, engine, self.config, server_version(), lambda: self.metrics.last_stats
