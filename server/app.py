@@ -39,6 +39,9 @@ def load_engine(config: ServerConfig) -> Any:
     """Build the engine from the server config (slow: loads weights)."""
     from lil_sparse.config import EngineConfig
     from lil_sparse.engine import LLMEngine
+    from lil_sparse.loading.torch_threads import set_torch_threads
+
+    set_torch_threads(config.torch_threads)
 
     engine_config = EngineConfig(
         model=config.model,

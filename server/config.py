@@ -45,6 +45,7 @@ class ServerConfig:
     kv_cache_tokens: int = 32768  # KV pool size in tokens per KV head
     max_model_len: int = 0  # 0: the model's own context
     served_model_name: str = ""  # the model id gateways route by; "": the engine's model name
+    torch_threads: int = 0  # torch CPU threads; 0: $LIL_SPARSE_TORCH_THREADS, else half the cores
     default_options: RequestOptions = field(default_factory=RequestOptions)
 
     def __post_init__(self) -> None:
@@ -71,6 +72,9 @@ class ServerConfig:
             self.kv_cache_tokens >= self.page_size,
             "kv_cache_tokens",
             f"must hold at least one page ({self.page_size} tokens), got {self.kv_cache_tokens}",
+        )
+        _require(
+            self.torch_threads >= 0, "torch_threads", f"must be >= 0 (0: automatic), got {self.torch_threads}"
         )
         _require(
             self.max_model_len >= 0,
@@ -141,6 +145,7 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
     Setting("kv_cache_tokens", int, "KV pool size in tokens per KV head (default 32768)"),
     Setting("max_model_len", int, "max prompt+output tokens (default 0: the model's context)"),
     Setting("served_model_name", str, "model id the SMG gateway routes by (default: the model's name)"),
+    Setting("torch_threads", int, "torch CPU threads (default 0: half the cores, at most 8)"),
 )
 
 # Default request options: setting name -> (options group, field in that group).

@@ -41,6 +41,10 @@ def add_generate_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--guardian-interval", type=int, default=250)
     parser.add_argument("--guardian-threshold", type=int, default=20)
     parser.add_argument("--guardian-mode", default="full", choices=("full", "incremental"))
+    parser.add_argument(
+        "--torch-threads", type=int, default=0,
+        help="torch CPU threads (default 0: $LIL_SPARSE_TORCH_THREADS, else half the cores, at most 8)",
+    )  # fmt: skip
     parser.set_defaults(func=run_generate)
     return parser
 
@@ -61,6 +65,9 @@ def request_options(args: argparse.Namespace) -> RequestOptions:
 def run_generate(args: argparse.Namespace) -> int:
     from lil_sparse.config import EngineConfig
     from lil_sparse.engine import LLMEngine
+    from lil_sparse.loading.torch_threads import set_torch_threads
+
+    set_torch_threads(args.torch_threads)
 
     try:
         options = request_options(args)

@@ -111,3 +111,25 @@ def test_ctrl_c_in_lil_client_prints_one_line_and_aborts_the_request(cli_model_d
         assert server.server.engine_loop.in_flight == 0  # the server aborted the cancelled call
         with LilClient(server.address) as check:  # and still serves
             assert check.complete("hi", max_new_tokens=2).completion_tokens == 2
+
+
+def test_torch_threads_default_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from lil_sparse.loading.torch_threads import TORCH_THREADS_ENV, auto_torch_threads, set_torch_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert [auto_torch_threads(cores) for cores in (1, 2, 3, 8, 64)] == [1, 1, 1, 4, 8]
+        monkeypatch.delenv(TORCH_THREADS_ENV, raising=False)
+        assert set_torch_threads() == auto_torch_threads() == torch.get_num_threads()
+        monkeypatch.setenv(TORCH_THREADS_ENV, "3")
+        assert set_torch_threads() == 3 == torch.get_num_threads()
+        assert set_torch_threads(2) == 2 == torch.get_num_threads()  # the flag wins
+        monkeypatch.setenv(TORCH_THREADS_ENV, "many")
+        with pytest.raises(
+            ValueError, match=r"^torch_threads: LIL_SPARSE_TORCH_THREADS must be a whole number"
+        ):
+            set_torch_threads()
+    finally:
+        torch.set_num_threads(before)

@@ -45,6 +45,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "kvCacheTokens": 65536,
             "maxModelLen": 8192,
             "servedModelName": "smollm2-quest",
+            "torchThreads": 4,
             "defaults": {
                 "temperature": 0.7,
                 "topK": 50,
