@@ -125,3 +125,13 @@ def test_gateway_service_exposes_openai_http_and_metrics() -> None:
 def test_gateway_schema_rejects_invalid_values(values: dict[str, Any], path: str) -> None:
     with pytest.raises(helm_python.HelmValuesError, match=path):
         render(values)
+
+
+def test_discover_all_releases_drops_the_release_from_the_selector() -> None:
+    from smg.launch_router import parse_router_args
+
+    values = {"gateway": {"enabled": True, "discoverAllReleases": True}}
+    args = parse_router_args(_gateway_container(values)["args"])
+    assert args.selector == {"app.kubernetes.io/name": "lil-sparse"}
+    other_release_pod = {"app.kubernetes.io/name": "lil-sparse", "app.kubernetes.io/instance": "quest-pool"}
+    assert _matches(args.selector, other_release_pod)

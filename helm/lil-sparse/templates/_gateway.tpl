@@ -30,7 +30,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - "--service-discovery"
 - "--selector"
 {{- range $key, $value := (include "lil-sparse.selectorLabels" . | fromYaml) }}
+{{- if not (and $.Values.gateway.discoverAllReleases (eq $key "app.kubernetes.io/instance")) }}
 - {{ printf "%s=%s" $key $value | quote }}
+{{- end }}
 {{- end }}
 - {{ printf "--service-discovery-port=%d" (int .Values.server.port) | quote }}
 - {{ printf "--service-discovery-namespace=%s" .Release.Namespace | quote }}
