@@ -32,7 +32,8 @@ class SmgSchedulerServicer(sglang_grpc.SglangSchedulerServicer):
     """Generate, Abort, HealthCheck, GetModelInfo, GetServerInfo, GetLoads, GetTokenizer.
 
     ``engine`` gives ``tokenizer`` and ``info``; ``load`` returns the engine loop's latest
-    stats (None before the first step). Other SGLang RPCs answer UNIMPLEMENTED.
+    stats (None before the first step). SubscribeKvEvents and the other SGLang RPCs answer
+    UNIMPLEMENTED.
     """
 
     def __init__(
@@ -120,6 +121,14 @@ class SmgSchedulerServicer(sglang_grpc.SglangSchedulerServicer):
         self, request: sglang.GetLoadsRequest, context: grpc.aio.ServicerContext
     ) -> sglang.GetLoadsResponse:
         return info.loads(self._load(), self._config, self._version)
+
+    async def SubscribeKvEvents(
+        self, request: common_pb2.SubscribeKvEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[common_pb2.KvEventBatch]:
+        """UNIMPLEMENTED, which the gateway reads as "no KV events": it routes on GetLoads and its
+        own prefix tree instead. (The generated default raises, and grpc logs a traceback.)"""
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "lil-sparse publishes no KV cache events")
+        yield common_pb2.KvEventBatch()  # unreachable: makes this an async generator
 
     @map_errors
     async def GetTokenizer(

@@ -146,3 +146,10 @@ def test_smg_abort_frees_pages_and_loads_report_running(stub: Any, worker: Any) 
 
 def test_smg_health_check(stub: Any) -> None:
     assert stub.HealthCheck(sglang.HealthCheckRequest()).healthy
+
+
+def test_smg_kv_events_are_unimplemented(stub: Any) -> None:
+    """The gateway subscribes on registration; UNIMPLEMENTED makes it route on loads instead."""
+    with pytest.raises(grpc.RpcError) as raised:
+        list(stub.SubscribeKvEvents(common_pb2.SubscribeKvEventsRequest()))
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
