@@ -153,3 +153,17 @@ def test_smg_kv_events_are_unimplemented(stub: Any) -> None:
     with pytest.raises(grpc.RpcError) as raised:
         list(stub.SubscribeKvEvents(common_pb2.SubscribeKvEventsRequest()))
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_smg_readme_custom_params_example_is_what_the_worker_reads() -> None:
+    from pathlib import Path
+
+    from server.smg.convert import custom_overrides
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (example,) = [line for line in readme.splitlines() if line.startswith('{"sparse": ')]
+    assert custom_overrides(json.loads(example)) == {
+        "sparse": {"policy": "quest", "budget_tokens": 128},
+        "guardian": {"enabled": True, "interval_tokens": 100},
+        "seed": 7,
+    }
