@@ -50,12 +50,23 @@ class StopTokenText(Protocol):
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
 
 
-def _integral(value: Any, name: str) -> Any:
+def _integral(value: Any, name: str) -> int:
     """Struct numbers arrive as floats; integer fields must hold whole numbers."""
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise InvalidArgument(f"{name}: must be a whole number, got {value}")
+    if isinstance(value, float) and value.is_integer():
         return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise InvalidArgument(f"{name}: must be a whole number, got {value!r}")
+
+
+def _typed(value: Any, annotation: str, name: str) -> Any:
+    """Check one option against its field's annotation (a string: ``int``, ``bool``, ``str``...)."""
+    if annotation == "int":
+        return _integral(value, name)
+    if annotation == "bool" and not isinstance(value, bool):
+        raise InvalidArgument(f"{name}: must be true or false, got {value!r}")
+    if annotation not in ("int", "bool") and not isinstance(value, str):  # names: policy, mode, source
+        raise InvalidArgument(f"{name}: must be a string, got {value!r}")
     return value
 
 
@@ -65,12 +76,12 @@ def _group_overrides(group: str, raw: Any) -> dict[str, Any]:
     if not isinstance(raw, Mapping):
         raise InvalidArgument(f"{name}: must be an object")
     cls = _CUSTOM_GROUPS[group]
-    known = {f.name: f.type for f in fields(cls)}
+    known = {f.name: str(f.type) for f in fields(cls)}
     overrides: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in known:
             raise InvalidArgument(f"{name}.{key}: unknown option; expected one of {', '.join(known)}")
-        overrides[key] = _integral(value, f"{name}.{key}") if "int" in str(known[key]) else value
+        overrides[key] = _typed(value, known[key], f"{name}.{key}")
     return overrides
 
 

@@ -97,6 +97,10 @@ def test_smg_custom_params_choose_policy_and_guardian(stub: Any, worker: Any) ->
         ({"sparse": {"budget": 64}}, "custom_params.sparse.budget"),
         ({"colour": "red"}, "custom_params.colour"),
         ({"guardian": {"interval_tokens": 2.5}}, "custom_params.guardian.interval_tokens"),
+        ({"sparse": {"budget_tokens": "128"}}, "custom_params.sparse.budget_tokens"),
+        ({"guardian": {"enabled": "yes"}}, "custom_params.guardian.enabled"),
+        ({"sparse": {"policy": 3}}, "custom_params.sparse.policy"),
+        ({"seed": -1}, "seed"),
     ],
 )
 def test_smg_bad_custom_params_are_invalid_argument(stub: Any, custom: dict[str, Any], field: str) -> None:
