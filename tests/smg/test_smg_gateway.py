@@ -159,3 +159,20 @@ def test_smg_probe_paths_of_the_helm_chart_answer(cluster: dict[str, Any]) -> No
     for path in ("/liveness", "/readiness"):
         with urllib.request.urlopen(f"{cluster['gateway'].url}{path}", timeout=10) as response:
             assert response.status == 200, path
+
+
+def test_smg_openai_body_extras_do_not_reach_the_worker(cluster: dict[str, Any]) -> None:
+    """What the README says of smg 1.13: extra body fields are dropped, so the model id is the
+    per-call switch. Should a gateway start filling custom_params, this fails and the README's
+    "Behind a gateway" needs updating (the worker already reads custom_params)."""
+    dense = cluster["dense"]
+    before = [finished(scrape(worker.metrics_port), policy="full") for worker in dense]
+    extras = {"sparse": {"policy": "quest", "budget_tokens": 32}}
+    _chat(cluster["gateway"], model="tiny", max_tokens=4, custom_params=extras, **extras)
+
+    def counted() -> float:
+        after = [finished(scrape(worker.metrics_port), policy="full") for worker in dense]
+        return sum(after) - sum(before)
+
+    assert wait_until(lambda: counted() == 1)
+    assert sum(finished(scrape(worker.metrics_port), policy="quest") for worker in dense) == 0
