@@ -91,6 +91,7 @@ class SmgSchedulerServicer(sglang_grpc.SglangSchedulerServicer):
             if not finished:  # the gateway dropped the stream, a deadline, or an error
                 self._engine_loop.abort(request_id)
 
+    @map_errors
     async def Abort(
         self, request: sglang.AbortRequest, context: grpc.aio.ServicerContext
     ) -> sglang.AbortResponse:
@@ -99,6 +100,7 @@ class SmgSchedulerServicer(sglang_grpc.SglangSchedulerServicer):
         verdict = "aborted" if known else "not found"
         return sglang.AbortResponse(success=known, message=f"request {request.request_id} {verdict}")
 
+    @map_errors
     async def HealthCheck(
         self, request: sglang.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> sglang.HealthCheckResponse:
@@ -106,17 +108,20 @@ class SmgSchedulerServicer(sglang_grpc.SglangSchedulerServicer):
             return sglang.HealthCheckResponse(healthy=False, message="server is shutting down")
         return sglang.HealthCheckResponse(healthy=True, message="ok")
 
+    @map_errors
     async def GetModelInfo(
         self, request: sglang.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> sglang.GetModelInfoResponse:
         return info.model_info(self._info, self._tokenizer, self._config, self.served_model_name)
 
+    @map_errors
     async def GetServerInfo(
         self, request: sglang.GetServerInfoRequest, context: grpc.aio.ServicerContext
     ) -> sglang.GetServerInfoResponse:
         in_flight = self._engine_loop.in_flight
         return info.server_info(self._info, self._config, self._version, in_flight, self._started_at)
 
+    @map_errors
     async def GetLoads(
         self, request: sglang.GetLoadsRequest, context: grpc.aio.ServicerContext
     ) -> sglang.GetLoadsResponse:
