@@ -64,14 +64,16 @@ class Gateway:
         )
 
     def wait_ready(self, models: set[str], timeout: float = 60.0) -> None:
-        """Until /v1/models lists every model in ``models``; raises with the log tail if not."""
+        """Until /v1/models lists every model in ``models`` and /readiness (healthy workers and
+        their tokenizers registered) answers 200; raises with the log tail if not."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 break
             try:
                 status, body = http_json(f"{self.url}/v1/models", timeout=2)
-                if status == 200 and models <= {entry["id"] for entry in body["data"]}:
+                listed = status == 200 and models <= {entry["id"] for entry in body["data"]}
+                if listed and http_json(f"{self.url}/readiness", timeout=2)[0] == 200:
                     return
             except (OSError, ValueError):
                 pass
