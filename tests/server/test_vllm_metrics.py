@@ -26,15 +26,17 @@ def _value(samples: dict[Any, float], name: str, **labels: str) -> float:
 
 
 def _scrape_after(server: Any, requests: int) -> dict[Any, float]:
-    """The samples once ``requests`` requests were counted (the engine thread counts a request
-    just after handing its stream the final event)."""
+    """The samples once ``requests`` requests were counted and the engine went idle. The engine
+    thread counts a request just after handing its stream the final event, and publishes the
+    gauges after the step that finished it, so a scrape right after the stream may see neither."""
 
-    def counted() -> float:
-        return sum(
-            v for (n, _), v in scrape(server.metrics_port).items() if n == "vllm:request_success_total"
-        )
+    def settled() -> bool:
+        samples = scrape(server.metrics_port)
+        counted = sum(v for (n, _), v in samples.items() if n == "vllm:request_success_total")
+        running = sum(v for (n, _), v in samples.items() if n == "vllm:num_requests_running")
+        return counted == requests and running == 0
 
-    assert wait_until(lambda: counted() == requests)
+    assert wait_until(settled)
     return scrape(server.metrics_port)
 
 
