@@ -38,9 +38,10 @@ def default_sampling_json(defaults: RequestOptions) -> str:
 
 
 def model_info(
-    info: Any, tokenizer: Any, config: ServerConfig, served_model_name: str
+    info: Any, tokenizer: Any, hf_config: dict[str, Any], config: ServerConfig, served_model_name: str
 ) -> sglang.GetModelInfoResponse:
-    """``info`` is the engine's EngineInfo, ``tokenizer`` its Tokenizer."""
+    """``info`` is the engine's EngineInfo, ``tokenizer`` its Tokenizer, ``hf_config`` the
+    model's config in Hugging Face form (``architectures``: the HF class, e.g. LlamaForCausalLM)."""
     bos = tokenizer.bos_token_id
     return sglang.GetModelInfoResponse(
         model_path=config.model,
@@ -51,7 +52,7 @@ def model_info(
         max_context_length=info.max_context,
         vocab_size=tokenizer.vocab_size,
         model_type=str(info.architecture),
-        architectures=[str(info.architecture)],
+        architectures=list(hf_config.get("architectures", [])),
         eos_token_ids=sorted(tokenizer.eos_token_ids),
         bos_token_id=-1 if bos is None else bos,
         max_req_input_len=info.max_context - 1,
@@ -120,10 +121,10 @@ def loads(stats: LoopStats | None, config: ServerConfig, version: str) -> sglang
     )
 
 
-def tokenizer_bundle(tokenizer: Any, info: Any) -> bytes:
-    """A zip of ``tokenizer.json``, ``tokenizer_config.json`` (chat template) and ``config.json``.
-
-    Written from the loaded tokenizer, so a GGUF model (no tokenizer files on disk) works too.
+def tokenizer_bundle(tokenizer: Any, hf_config: dict[str, Any]) -> bytes:
+    """A zip of ``tokenizer.json``, ``tokenizer_config.json`` (chat template) and ``config.json``
+    (the model's Hugging Face config). Written from the loaded model, so a GGUF model (no
+    tokenizer files on disk) works too.
     """
     buffer = io.BytesIO()
     with (
@@ -131,12 +132,7 @@ def tokenizer_bundle(tokenizer: Any, info: Any) -> bytes:
         zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle,
     ):
         tokenizer.save(folder)
-        model_config = {
-            "model_type": str(info.architecture),
-            "max_position_embeddings": info.max_context,
-            "eos_token_id": sorted(tokenizer.eos_token_ids),
-        }
-        Path(folder, "config.json").write_text(json.dumps(model_config))
+        Path(folder, "config.json").write_text(json.dumps(hf_config))
         for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
             bundle.write(Path(folder, name), name)
     return buffer.getvalue()

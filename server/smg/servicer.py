@@ -47,6 +47,7 @@ class SmgSchedulerServicer(sglang_grpc.SglangSchedulerServicer):
         self._engine_loop = engine_loop
         self._tokenizer = engine.tokenizer
         self._info = engine.info
+        self._hf_config = engine.model_config.to_hf_dict()
         self._config = config
         self._version = version
         self._load = load
@@ -112,7 +113,9 @@ class SmgSchedulerServicer(sglang_grpc.SglangSchedulerServicer):
     async def GetModelInfo(
         self, request: sglang.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> sglang.GetModelInfoResponse:
-        return info.model_info(self._info, self._tokenizer, self._config, self.served_model_name)
+        return info.model_info(
+            self._info, self._tokenizer, self._hf_config, self._config, self.served_model_name
+        )
 
     @map_errors
     async def GetServerInfo(
@@ -140,7 +143,7 @@ class SmgSchedulerServicer(sglang_grpc.SglangSchedulerServicer):
         self, request: common_pb2.GetTokenizerRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.GetTokenizerChunk]:
         if self._bundle is None:
-            self._bundle = await asyncio.to_thread(info.tokenizer_bundle, self._tokenizer, self._info)
+            self._bundle = await asyncio.to_thread(info.tokenizer_bundle, self._tokenizer, self._hf_config)
         for chunk in info.tokenizer_chunks(self._bundle):
             yield chunk
 

@@ -48,6 +48,7 @@ def test_smg_model_info_and_tokenizer_bundle(stub: Any, worker: Any) -> None:
     info = stub.GetModelInfo(sglang.GetModelInfoRequest())
     assert (info.served_model_name, info.max_context_length, info.vocab_size) == ("tiny-served", 2048, 384)
     assert list(info.eos_token_ids) == [2] and info.is_generation
+    assert (info.model_type, list(info.architectures)) == ("llama", ["LlamaForCausalLM"])
     assert json.loads(info.default_sampling_params_json) == {"temperature": 0.0, "top_p": 1.0, "top_k": -1}
     chunks = list(stub.GetTokenizer(common_pb2.GetTokenizerRequest()))
     bundle = b"".join(chunk.data for chunk in chunks)
@@ -56,6 +57,8 @@ def test_smg_model_info_and_tokenizer_bundle(stub: Any, worker: Any) -> None:
         assert sorted(archive.namelist()) == ["config.json", "tokenizer.json", "tokenizer_config.json"]
         backend = BackendTokenizer.from_str(archive.read("tokenizer.json").decode())
         template = json.loads(archive.read("tokenizer_config.json"))["chat_template"]
+        model_config = json.loads(archive.read("config.json"))
+    assert (model_config["architectures"], model_config["vocab_size"]) == (["LlamaForCausalLM"], 384)
     engine_tokenizer = worker.server._engine.tokenizer
     text = "Natalia sold 48 clips."
     assert backend.encode(text, add_special_tokens=False).ids == engine_tokenizer.encode(text)
