@@ -2,6 +2,7 @@
 #
 #   make run     install (CPU) and serve the default model (SmolLM2-135M-Instruct) on :50051
 #   make test    install and run the whole test suite (Python, Go client, Helm chart)
+#   make gateway the SMG gateway's OpenAI API on :30000 in front of `make run`
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,8 +14,9 @@ TORCH_INDEX ?=
 MODEL ?= smollm2-135m-instruct
 PORT ?= 50051
 METRICS_PORT ?= 9400
+GATEWAY_PORT ?= 30000
 
-.PHONY: install run serve generate client test test-python test-go test-helm lint format typecheck \
+.PHONY: install run serve gateway generate client test test-python test-go test-helm lint format typecheck \
         proto proto-check go-proto go-deps bench-micro bench-e2e eval clean
 
 $(PY):
@@ -30,6 +32,10 @@ run: install serve
 serve:
 	$(VENV)/bin/lil-sparse models fetch $(MODEL)
 	$(VENV)/bin/lil-sparse serve --model $(MODEL) --port $(PORT) --metrics-port $(METRICS_PORT)
+
+# The SMG gateway (OpenAI HTTP on GATEWAY_PORT) in front of the server `make serve` started.
+gateway:
+	$(VENV)/bin/smg launch --worker-urls grpc://127.0.0.1:$(PORT) --port $(GATEWAY_PORT) --policy round_robin
 
 generate:
 	$(VENV)/bin/lil-sparse generate --model $(MODEL) --policy quest --budget 64 --max-new-tokens 128 \

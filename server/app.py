@@ -18,7 +18,10 @@ from server import security, wire
 from server.config import ServerConfig
 from server.engine_loop import EngineLoop
 from server.metrics import ServerMetrics
+from server.ports import GRPC_EXCLUSIVE_PORT_OPTIONS, check_port_free
 from server.servicer import SERVICE_NAME, LilSparseServicer
+from server.smg import SERVICE_NAME as SMG_SERVICE_NAME
+from server.smg import SmgSchedulerServicer, add_smg_service
 
 logger = logging.getLogger(__name__)
 # How often the drain loop looks at the in-flight count.
@@ -38,6 +41,9 @@ def load_engine(config: ServerConfig) -> Any:
     """Build the engine from the server config (slow: loads weights)."""
     from lil_sparse.config import EngineConfig
     from lil_sparse.engine import LLMEngine
+    from lil_sparse.loading.torch_threads import set_torch_threads
+
+    set_torch_threads(config.torch_threads)
 
     engine_config = EngineConfig(
         model=config.model,
@@ -69,7 +75,8 @@ class SidecarServer:
         self.config = config
         self._engine = engine
         self._owns_engine = engine is None
-        self.metrics = ServerMetrics(model=Path(config.model).name)  # replaced once the engine is known
+        # Labelled with the model's base name, never a path; rebuilt once the engine is known.
+        self.metrics = ServerMetrics(Path(config.model).name, config.page_size, model_name=config.model_id)
         self.health = health.aio.HealthServicer()
         # Set when the engine thread died: health is NOT_SERVING and `serve` exits non-zero.
         self.engine_died = asyncio.Event()
@@ -82,6 +89,7 @@ class SidecarServer:
         self._grpc: grpc.aio.Server | None = None
         self._metrics_http: Any = None
         self._servicer: LilSparseServicer | None = None
+        self._smg_servicer: SmgSchedulerServicer | None = None
         self._loop: EngineLoop | None = None
 
     @property
@@ -91,11 +99,15 @@ class SidecarServer:
         return self._loop
 
     async def start(self) -> None:
+        check_port_free(self.config.host, self.config.port, "port")
+        check_port_free(self.config.host, self.config.metrics_port, "metrics_port")
         if self._engine is None:
             self._engine = await asyncio.to_thread(load_engine, self.config)
         engine: Any = self._engine
         # Labelled with the model's display name (a folder's or file's base name), never a path.
-        self.metrics = ServerMetrics(model=str(engine.info.model_name))
+        self.metrics = ServerMetrics(
+            str(engine.info.model_name), self.config.page_size, model_name=self.config.model_id
+        )
         event_loop = asyncio.get_running_loop()
         self._loop = EngineLoop(
             engine,
@@ -121,12 +133,19 @@ class SidecarServer:
         max_message = max(4 << 20, self.config.max_prompt_bytes + (1 << 20))
         server = grpc.aio.server(
             interceptors=security.interceptors(self.config),
-            options=[("grpc.max_receive_message_length", max_message)],
+            options=[("grpc.max_receive_message_length", max_message), *GRPC_EXCLUSIVE_PORT_OPTIONS],
         )
         wire.add_servicer(self._servicer, server, SERVICE_NAME)
+        self._smg_servicer = add_smg_service(
+            server, self._loop, engine, self.config, server_version(), lambda: self.metrics.last_stats
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if self.config.reflection:
-            names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+            names = (
+                SERVICE_NAME,
+                SMG_SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            )
             reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
         address = f"{self.config.host}:{self.config.port}"
         credentials = security.server_credentials(self.config)
@@ -140,7 +159,7 @@ class SidecarServer:
             await self._start_health_port()
         self._metrics_http = self.metrics.serve(self.config.host, self.config.metrics_port)
         self.metrics_port = self._metrics_http.server_address[1]
-        for service in ("", SERVICE_NAME):
+        for service in ("", SERVICE_NAME, SMG_SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.info(
             "serving %s on port %d, metrics on port %d", self.config.model, self.port, self.metrics_port
@@ -175,9 +194,12 @@ class SidecarServer:
         Streams still running after the grace period are aborted (finish reason ABORTED).
         """
         grace = self.config.grace_period_seconds if grace_seconds is None else grace_seconds
-        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
-        if self._servicer is not None:
-            self._servicer.draining = True
+        # Readiness only: liveness ("") stays SERVING while the streams drain.
+        for service in (SERVICE_NAME, SMG_SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        for servicer in (self._servicer, self._smg_servicer):
+            if servicer is not None:
+                servicer.draining = True
         loop = self.engine_loop
         loop.close_admission()
         deadline = time.monotonic() + grace

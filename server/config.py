@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from lil_sparse.options import (
@@ -57,6 +58,8 @@ class ServerConfig:
     # A plaintext port serving only grpc.health.v1, for kubelet gRPC probes (which cannot speak
     # TLS); -1: none, 0: a free port (tests).
     health_port: int = -1
+    served_model_name: str = ""  # the model id gateways route by; "": the engine's model name
+    torch_threads: int = 0  # torch CPU threads; 0: $LIL_SPARSE_TORCH_THREADS, else half the cores
     default_options: RequestOptions = field(default_factory=RequestOptions)
 
     def __post_init__(self) -> None:
@@ -83,6 +86,9 @@ class ServerConfig:
             self.kv_cache_tokens >= self.page_size,
             "kv_cache_tokens",
             f"must hold at least one page ({self.page_size} tokens), got {self.kv_cache_tokens}",
+        )
+        _require(
+            self.torch_threads >= 0, "torch_threads", f"must be >= 0 (0: automatic), got {self.torch_threads}"
         )
         _require(
             self.max_model_len >= 0,
@@ -130,6 +136,15 @@ class ServerConfig:
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert_file)
+
+    @property
+    def model_id(self) -> str:
+        """The id gateways route by and vLLM-named metrics carry: ``served_model_name``, else the
+        model's name (a folder's name, a GGUF file's stem, or the registry name as given)."""
+        if self.served_model_name:
+            return self.served_model_name
+        path = Path(self.model)
+        return path.stem if path.suffix == ".gguf" else path.name
 
     @property
     def max_in_flight(self) -> int:
@@ -199,6 +214,8 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
     Setting("auth_token_file", str, "file with the bearer token every call must carry"),
     Setting("auth_exempt_health", parse_bool, "health checks need no token (default true)"),
     Setting("health_port", int, "plaintext port serving only health, for probes (default -1: none)"),
+    Setting("served_model_name", str, "model id the SMG gateway routes by (default: the model's name)"),
+    Setting("torch_threads", int, "torch CPU threads (default 0: half the cores, at most 8)"),
 )
 
 # Default request options: setting name -> (options group, field in that group).

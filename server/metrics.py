@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 from lil_sparse.events import FinishReason, RequestReport, TokenEvent
 from lil_sparse.options import RequestOptions
 from server.engine_loop import LoopStats
+from server.savings_metrics import SavingsMetrics
+from server.vllm_metrics import VllmMetrics
 
 PREFIX = "lil_sparse"
 # Latency buckets in seconds: a CPU tiny model decodes in ~1 ms, a GPU batch step in ~10 ms,
@@ -28,8 +30,9 @@ _GUARDIAN_BUCKETS = (0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05,
 class ServerMetrics:
     """All series of one server. ``observe_finished`` runs on the engine thread."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, page_size: int = 16, model_name: str | None = None) -> None:
         self.model = model
+        self.last_stats: LoopStats | None = None
         self.registry = CollectorRegistry(auto_describe=True)
         by_policy = ("model", "policy")
         r = self.registry
@@ -80,16 +83,20 @@ class ServerMetrics:
         self.kv_cache_usage = Gauge(
             f"{PREFIX}_kv_cache_usage_ratio", "Fraction of KV pages in use (0..1).", ("model",), registry=r
         )
+        self.vllm = VllmMetrics(r, model_name=model_name or model)
+        self.savings = SavingsMetrics(r, model=model, page_size=page_size)
         # Zero-valued children exist from the start so dashboards and tests see every series.
         for gauge in (self.requests_running, self.requests_waiting, self.kv_cache_usage):
             gauge.labels(model=model).set(0)
 
     def observe_stats(self, stats: LoopStats) -> None:
+        self.last_stats = stats  # read by the SMG service's GetLoads
         self.requests_running.labels(model=self.model).set(stats.num_running)
         # The engine's queue after its step scheduled every request a slot could take, so it
         # never exceeds max_waiting while slots are the limit (docs/reliability.md, admission).
         self.requests_waiting.labels(model=self.model).set(stats.num_waiting)
         self.kv_cache_usage.labels(model=self.model).set(stats.kv_usage_ratio)
+        self.vllm.observe_stats(stats)
 
     def observe_finished(self, event: TokenEvent, options: RequestOptions) -> None:
         report: RequestReport | None = event.report
@@ -111,6 +118,8 @@ class ServerMetrics:
             self.inter_token_latency.labels(**labels).observe(gap)
         for check in report.guardian.checks:
             self.guardian_check.labels(**labels).observe(check.cpu_seconds)
+        self.vllm.observe_finished(report)
+        self.savings.observe_finished(report, policy, options.stopping.max_new_tokens)
 
     def serve(self, host: str, port: int) -> Any:
         """Start the HTTP endpoint; returns the server (``server_address[1]`` is the bound port).

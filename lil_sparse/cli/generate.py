@@ -48,6 +48,10 @@ def add_generate_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--guardian-action", default="truncate", choices=("truncate", "answer"), help="what a stop does"
     )
     parser.add_argument("--guardian-answer-max-tokens", type=int, default=32, help="forced answer's tokens")
+    parser.add_argument(
+        "--torch-threads", type=int, default=0,
+        help="torch CPU threads (default 0: $LIL_SPARSE_TORCH_THREADS, else half the cores, at most 8)",
+    )  # fmt: skip
     parser.set_defaults(func=run_generate)
     return parser
 
@@ -74,6 +78,9 @@ def request_options(args: argparse.Namespace) -> RequestOptions:
 def run_generate(args: argparse.Namespace) -> int:
     from lil_sparse.config import EngineConfig
     from lil_sparse.engine import LLMEngine
+    from lil_sparse.loading.torch_threads import set_torch_threads
+
+    set_torch_threads(args.torch_threads)
 
     try:
         options = request_options(args)

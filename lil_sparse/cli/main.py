@@ -7,6 +7,8 @@ the engine never imports server code.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -26,8 +28,23 @@ def build_parser(extra: list[Callable[[Any], Any]] = ()) -> argparse.ArgumentPar
 
 
 def main(argv: list[str] | None = None, extra: list[Callable[[Any], Any]] = ()) -> int:  # type: ignore[assignment]
+    """Run one command. Mistakes a user can fix print one line and exit non-zero, no traceback:
+    ``ValueError`` (a bad name, path or setting; the message names it) and ``FetchError`` exit 2,
+    ``OSError`` (files, ports) 1, Ctrl-C 130. ``LIL_SPARSE_TRACEBACK=1`` re-raises instead."""
+    from lil_sparse.loading.fetcher import FetchError
+
     args = build_parser(extra).parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print(f"lil-sparse {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FetchError, OSError) as error:
+        if os.environ.get("LIL_SPARSE_TRACEBACK") == "1":
+            raise
+        message = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        print(f"lil-sparse {args.command}: {message}", file=sys.stderr)
+        return 1 if isinstance(error, OSError) else 2
 
 
 if __name__ == "__main__":

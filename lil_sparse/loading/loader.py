@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from lil_sparse.loading.converted_cache import converted_folder
 from lil_sparse.loading.fetcher import fetch_model, find_known_model
 from lil_sparse.loading.gguf_metadata import GGUFMetadata
 from lil_sparse.loading.gguf_model import config_from_gguf, gguf_state_dict
@@ -56,9 +57,12 @@ def load_model(
 
     ``source``: a Hugging Face folder (config.json, *.safetensors, tokenizer.json), a ``.gguf``
     file (dequantised to ``dtype``; seconds to tens of seconds; `lil-sparse convert` makes a folder
-    that loads faster) or a known model name.
+    that loads faster) or a known model name. A known model's GGUF is converted once and then
+    loaded from the converted folder (see :mod:`lil_sparse.loading.converted_cache`).
     """
     path, name = resolve_source(source)
+    if path.is_file():
+        path = converted_folder(path, dtype) or path
     if path.is_dir():
         config = read_hf_config(path)
         tokenizer = Tokenizer.from_folder(path, extra_eos_token_ids=config.eos_token_ids)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -11,6 +12,32 @@ from lil_sparse.models.transformer import CausalLM
 
 # Keys some checkpoints carry that our model computes instead.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+# The torch.nn.init functions that nn.Linear and nn.Embedding call from reset_parameters.
+_INIT_FUNCTIONS = ("normal_", "uniform_", "kaiming_uniform_", "trunc_normal_", "zeros_", "ones_")
+
+
+@contextmanager
+def _skip_parameter_init() -> Iterator[None]:
+    """Make ``torch.nn.init``'s in-place initialisers no-ops while the model is built.
+
+    Every parameter is replaced by a checkpoint tensor right after, so a random init is wasted
+    work; worse, on the meta device ``normal_`` (nn.Embedding's init) runs a Python meta kernel
+    whose first call imports torch's reference decompositions: 2-3 s per process. This is what
+    transformers' ``no_init_weights`` does. Not thread-safe: nothing else builds modules while
+    a model loads.
+    """
+    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS}
+
+    def keep(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        return tensor
+
+    for name in _INIT_FUNCTIONS:
+        setattr(torch.nn.init, name, keep)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(torch.nn.init, name, function)
 
 
 def build_model(config: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor]]) -> CausalLM:
@@ -18,8 +45,8 @@ def build_model(config: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor]]
 
     Raises ValueError naming the tensor when one is missing, unexpected or the wrong shape.
     """
-    # Meta device: no memory is allocated and no random init runs; assign=True swaps in the tensors.
-    with torch.device("meta"):
+    # Meta device: no memory is allocated; assign=True swaps in the tensors.
+    with torch.device("meta"), _skip_parameter_init():
         model = CausalLM(config)
     expected = {name: tensor.shape for name, tensor in model.state_dict().items()}
     state: dict[str, torch.Tensor] = {}

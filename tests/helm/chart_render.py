@@ -55,6 +55,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "maxNewTokensLimit": 1024,
             "maxPromptBytes": 262144,
             "tokenizerThreads": 4,
+            "servedModelName": "smollm2-quest",
+            "torchThreads": 4,
             "defaults": {
                 "temperature": 0.7,
                 "topK": 50,

@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     except ValueError as error:  # a bad option caught before sending
         print(f"lil-client: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: closing the channel cancels the call; the server aborts it
+        print("\nlil-client: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,0 +1,14 @@
+"""Fixtures for the CLI tests: a tiny model folder, built once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lil_sparse.testing.tiny_model import build_tiny_model
+
+
+@pytest.fixture(scope="session")
+def cli_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("cli-tiny") / "tiny", architecture="llama", seed=0)

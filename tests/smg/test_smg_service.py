@@ -1,0 +1,176 @@
+"""The SMG (SGLang scheduler) service called directly with the published smg-grpc-proto stubs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import threading
+import zipfile
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.struct_pb2 import Struct
+from smg_grpc_proto.generated import common_pb2
+from smg_grpc_proto.generated import sglang_scheduler_pb2 as sglang
+from smg_grpc_proto.generated import sglang_scheduler_pb2_grpc as sglang_grpc
+from smg_harness import finished, scrape, wait_until
+from tokenizers import Tokenizer as BackendTokenizer
+
+
+@pytest.fixture(scope="module")
+def worker(start_worker: Any) -> Any:
+    return start_worker(served_model_name="tiny-served")
+
+
+@pytest.fixture
+def stub(worker: Any) -> Iterator[sglang_grpc.SglangSchedulerStub]:
+    with grpc.insecure_channel(worker.address) as channel:
+        yield sglang_grpc.SglangSchedulerStub(channel)
+
+
+def _request(request_id: str, max_new_tokens: int = 8, stream: bool = False, **custom: Any) -> Any:
+    params = sglang.SamplingParams(temperature=0.0, top_p=1.0, top_k=-1, max_new_tokens=max_new_tokens)
+    if custom:
+        params.custom_params.CopyFrom(Struct())
+        params.custom_params.update(custom)
+    return sglang.GenerateRequest(
+        request_id=request_id,
+        tokenized=sglang.TokenizedInput(input_ids=list(range(10, 60))),
+        sampling_params=params,
+        stream=stream,
+    )
+
+
+def test_smg_model_info_and_tokenizer_bundle(stub: Any, worker: Any) -> None:
+    info = stub.GetModelInfo(sglang.GetModelInfoRequest())
+    assert (info.served_model_name, info.max_context_length, info.vocab_size) == ("tiny-served", 2048, 384)
+    assert list(info.eos_token_ids) == [2] and info.is_generation
+    assert (info.model_type, list(info.architectures)) == ("llama", ["LlamaForCausalLM"])
+    assert json.loads(info.default_sampling_params_json) == {"temperature": 0.0, "top_p": 1.0, "top_k": -1}
+    chunks = list(stub.GetTokenizer(common_pb2.GetTokenizerRequest()))
+    bundle = b"".join(chunk.data for chunk in chunks)
+    assert chunks[-1].sha256 == hashlib.sha256(bundle).hexdigest()
+    with zipfile.ZipFile(io.BytesIO(bundle)) as archive:
+        assert sorted(archive.namelist()) == ["config.json", "tokenizer.json", "tokenizer_config.json"]
+        backend = BackendTokenizer.from_str(archive.read("tokenizer.json").decode())
+        template = json.loads(archive.read("tokenizer_config.json"))["chat_template"]
+        model_config = json.loads(archive.read("config.json"))
+    assert (model_config["architectures"], model_config["vocab_size"]) == (["LlamaForCausalLM"], 384)
+    engine_tokenizer = worker.server._engine.tokenizer
+    text = "Natalia sold 48 clips."
+    assert backend.encode(text, add_special_tokens=False).ids == engine_tokenizer.encode(text)
+    assert template == engine_tokenizer.chat_template
+
+
+def test_smg_generate_non_stream_and_stream_agree(stub: Any) -> None:
+    whole = list(stub.Generate(_request("whole", max_new_tokens=8)))
+    assert [response.WhichOneof("response") for response in whole] == ["complete"]
+    complete = whole[0].complete
+    assert (complete.finish_reason, complete.prompt_tokens, complete.completion_tokens) == ("length", 50, 8)
+    streamed = list(stub.Generate(_request("streamed", max_new_tokens=8, stream=True)))
+    chunks = [response.chunk for response in streamed[:-1]]
+    assert streamed[-1].complete.output_ids == complete.output_ids
+    assert [token for chunk in chunks for token in chunk.token_ids] == list(complete.output_ids)
+    assert chunks[-1].completion_tokens == 8 and {response.request_id for response in streamed} == {
+        "streamed"
+    }
+
+
+def test_smg_custom_params_choose_policy_and_guardian(stub: Any, worker: Any) -> None:
+    before = scrape(worker.metrics_port)
+    custom = {
+        "sparse": {"policy": "h2o", "budget_tokens": 32},
+        "guardian": {"enabled": True, "interval_tokens": 4, "threshold_bytes": 1000},
+    }
+    (response,) = stub.Generate(_request("custom", max_new_tokens=100, **custom))
+    # The engine thread counts a request just after handing the stream its final event.
+    assert wait_until(lambda: finished(scrape(worker.metrics_port), policy="h2o") == 1)
+    assert finished(before, policy="h2o") == 0
+    # Guardian stops at its second check (8 tokens): growth is below the 1000-byte threshold.
+    assert (response.complete.finish_reason, response.complete.completion_tokens) == ("stop", 8)
+
+
+@pytest.mark.parametrize(
+    ("custom", "field"),
+    [
+        ({"sparse": {"policy": "nope"}}, "policy"),
+        ({"sparse": {"budget": 64}}, "custom_params.sparse.budget"),
+        ({"colour": "red"}, "custom_params.colour"),
+        ({"guardian": {"interval_tokens": 2.5}}, "custom_params.guardian.interval_tokens"),
+        ({"sparse": {"budget_tokens": "128"}}, "custom_params.sparse.budget_tokens"),
+        ({"guardian": {"enabled": "yes"}}, "custom_params.guardian.enabled"),
+        ({"sparse": {"policy": 3}}, "custom_params.sparse.policy"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_smg_bad_custom_params_are_invalid_argument(stub: Any, custom: dict[str, Any], field: str) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        list(stub.Generate(_request("bad", **custom)))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details().startswith(field)
+
+
+def test_smg_unsupported_sampling_is_invalid_argument(stub: Any) -> None:
+    request = _request("n2")
+    request.sampling_params.n = 2
+    with pytest.raises(grpc.RpcError) as raised:
+        list(stub.Generate(request))
+    assert (raised.value.code(), raised.value.details().split(":")[0]) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "n",
+    )
+
+
+def test_smg_abort_frees_pages_and_loads_report_running(stub: Any, worker: Any) -> None:
+    request = _request("long", max_new_tokens=1900, stream=True)
+    request.sampling_params.ignore_eos = True
+    responses: list[Any] = []
+    first = threading.Event()
+
+    def consume() -> None:
+        for response in stub.Generate(request):
+            responses.append(response)
+            first.set()
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    assert first.wait(30)
+    # Stats publish after each engine step, so the first chunk can beat them by one step.
+    assert wait_until(lambda: stub.GetLoads(sglang.GetLoadsRequest()).loads[0].num_running_reqs == 1)
+    loads = stub.GetLoads(sglang.GetLoadsRequest())
+    assert loads.dp_rank_count == 1
+    assert loads.loads[0].token_usage > 0 and loads.loads[0].max_running_requests == 4
+    reply = stub.Abort(sglang.AbortRequest(request_id="long"))
+    assert reply.success
+    thread.join(30)
+    assert responses[-1].complete.finish_reason == "abort"
+    assert wait_until(lambda: stub.GetLoads(sglang.GetLoadsRequest()).loads[0].token_usage == 0.0)
+    assert not stub.Abort(sglang.AbortRequest(request_id="long")).success  # already gone
+
+
+def test_smg_health_check(stub: Any) -> None:
+    assert stub.HealthCheck(sglang.HealthCheckRequest()).healthy
+
+
+def test_smg_kv_events_are_unimplemented(stub: Any) -> None:
+    """The gateway subscribes on registration; UNIMPLEMENTED makes it route on loads instead."""
+    with pytest.raises(grpc.RpcError) as raised:
+        list(stub.SubscribeKvEvents(common_pb2.SubscribeKvEventsRequest()))
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_smg_readme_custom_params_example_is_what_the_worker_reads() -> None:
+    from pathlib import Path
+
+    from server.smg.convert import custom_overrides
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (example,) = [line for line in readme.splitlines() if line.startswith('{"sparse": ')]
+    assert custom_overrides(json.loads(example)) == {
+        "sparse": {"policy": "quest", "budget_tokens": 128},
+        "guardian": {"enabled": True, "interval_tokens": 100},
+        "seed": 7,
+    }
