@@ -56,7 +56,7 @@ def test_vllm_named_series_after_one_request(server: Any) -> None:
     assert _value(samples, "vllm:e2e_request_latency_seconds_sum", **name) == summary.timings.jct_seconds
     for gauge in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"):
         assert _value(samples, gauge, **name) == 0.0
-    model = {"model": server.server.config.model, "policy": "full"}
+    model = {"model": Path(server.server.config.model).name, "policy": "full"}
     # Dense decode reads every page: the fraction is exactly 1.
     assert _value(samples, "lil_sparse_attended_kv_fraction_sum", **model) == 1.0
     assert _value(samples, "lil_sparse_attended_kv_fraction_count", **model) == 1
@@ -70,7 +70,7 @@ def test_savings_series_for_sparse_guardian_request(server: Any) -> None:
             dense_layers=0, guardian=True, guardian_interval_tokens=10, guardian_threshold_bytes=10_000,
         )  # fmt: skip
     samples = _scrape_after(server, 1)
-    model = {"model": server.server.config.model, "policy": "quest"}
+    model = {"model": Path(server.server.config.model).name, "policy": "quest"}
     # The second check (20 tokens) stops; the pool thread may apply it a few tokens later.
     assert summary.finish_reason == "early_stop" and summary.guardian.stop_step == 20
     steps = summary.kv.attended_pages_per_step

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -136,7 +137,7 @@ def test_smg_per_call_policy_reaches_worker(cluster: dict[str, Any]) -> None:
     # answer stops after 16 tokens with OpenAI's "stop", long before max_tokens.
     key = (
         "lil_sparse_guardian_early_stops_total",
-        (("model", str(quest.server.config.model)), ("policy", "quest")),
+        (("model", Path(quest.server.config.model).name), ("policy", "quest")),
     )
     assert after[key] - before.get(key, 0.0) == 1
     assert reply["choices"][0]["finish_reason"] == "stop"
