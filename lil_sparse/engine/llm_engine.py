@@ -114,8 +114,7 @@ class LLMEngine:
             MAX_PREFILL_TOKENS,
             config.step_token_budget if config.chunked_prefill else 0,
         )
-        self.sampler = Sampler()
-        self.step_sampler = StepSampler(self.sampler)
+        self.step_sampler = StepSampler(Sampler())
         self.guardian = GuardianDriver(config.guardian_workers, config.guardian_max_lag_steps)
         self.stop_checker = StopChecker(self.tokenizer.eos_token_ids)
         self._sequences: dict[str, Sequence] = {}
@@ -135,6 +134,16 @@ class LLMEngine:
             dtype=str(dtype).removeprefix("torch."),
             num_pages_total=num_pages,
         )
+
+    @property
+    def sampler(self) -> Sampler:
+        """The sampler every step draws through (``step_sampler.sampler``); assigning one here
+        replaces it there, so a wrapper set on the engine really sees every step's logits."""
+        return self.step_sampler.sampler
+
+    @sampler.setter
+    def sampler(self, sampler: Sampler) -> None:
+        self.step_sampler.sampler = sampler
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> LLMEngine:

@@ -100,8 +100,12 @@ class PageManager:
         except BaseException:
             self.pool.free(pages)
             raise
+        start = 0
         for seq, count_added in zip(seqs, counts, strict=True):  # cannot raise: accounting is now
             seq.held_pages += count_added
+            end = start + count_added * self.num_kv_heads
+            self.table.hold(seq.slot, pages[start:end])
+            start = end
 
     def prepare_decode(self, seqs: list[Sequence]) -> None:
         """Make room for the token each sequence writes this step.
@@ -143,9 +147,16 @@ class PageManager:
             )
             compacted, evicted = compact_rows(batch.table, scores, keep, batch.held)
             # Prefill is not the per-token path: one host copy here returns pages to the pool.
-            freed = batch.table[evicted].tolist()
+            freed_rows = torch.where(evicted, batch.table, -1).tolist()
             width = batch.table.shape[1]
             self.table.table[slot_index, :, :width] = compacted.view(len(group), self.num_kv_heads, width)
+            heads = self.num_kv_heads
+            freed = []
+            for index, seq in enumerate(group):
+                rows = freed_rows[index * heads : (index + 1) * heads]
+                seq_freed = [page for row in rows for page in row if page >= 0]
+                self.table.drop(seq.slot, seq_freed)
+                freed += seq_freed
             self._free(freed)
             for seq in group:
                 seq.held_pages = seq.budget_pages
@@ -154,7 +165,7 @@ class PageManager:
         """Return every page and the slot of a finished or aborted sequence."""
         if seq.slot < 0:
             return
-        pages = self.table.held_pages(seq.slot, seq.held_pages) if seq.held_pages else []
+        pages = self.table.held_pages(seq.slot)
         self.table.release_slot(seq.slot)
         seq.slot = -1
         seq.held_pages = 0
@@ -163,7 +174,7 @@ class PageManager:
     def _free(self, pages: list[int]) -> None:
         """Return pages to the pool (poisoned first in the debug mode)."""
         if self.poison_freed_pages and pages:
-            self.kv.poison_pages(torch.tensor(pages, dtype=torch.long, device=self.device))
+            self.kv.poison_pages(torch.tensor(pages, dtype=torch.long).to(self.device, non_blocking=True))
         self.pool.free(pages)
 
     # ---- policy views ---------------------------------------------------------------------

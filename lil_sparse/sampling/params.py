@@ -37,6 +37,8 @@ class SamplingParams:
     top_p:       [B] float32, 1.0 disables.
     seed:        [B] int64 in [0, 2^63), 0 on greedy rows without a seed.
     greedy:      [B] bool, rows that take the argmax.
+    positions:   [B] int64, the sequence position of each row's sampled token (the key of its
+                 noise), when built with them; else None.
 
     Two host values, known from the options without a device sync, let the sampler skip work:
     ``filtering`` is False when no sampled row uses top-k or top-p; ``max_top_k`` is the largest
@@ -52,6 +54,7 @@ class SamplingParams:
     filtering: bool = False
     max_top_k: int = 0
     all_greedy: bool = False  # host flag: no row samples, so no noise is needed
+    positions: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -59,14 +62,17 @@ class SamplingParams:
 
     @classmethod
     def from_options(
-        cls, options: Sequence[SamplingOptions], device: torch.device | str = "cpu"
+        cls,
+        options: Sequence[SamplingOptions],
+        device: torch.device | str = "cpu",
+        positions: Sequence[int] | None = None,
     ) -> SamplingParams:
-        """Build the batch tensors with one host-to-device copy.
+        """Build the batch tensors with one host-to-device copy (``positions`` travel in it).
 
         Every sampled row needs a seed (see :func:`with_request_seed`); raises ``ValueError``
         naming ``seed`` otherwise.
         """
-        rows = []
+        rows: list[tuple[int, ...]] = []
         filtering_rows = [o for o in options if not o.greedy and (o.top_k > 0 or o.top_p < 1.0)]
         top_ks = [o.top_k for o in filtering_rows]
         max_top_k = max(top_ks) if top_ks and min(top_ks) > 0 else 0
@@ -88,7 +94,10 @@ class SamplingParams:
             )
         # One int64 [5, B] table carries every field (floats as their bit patterns), so the
         # batch crosses to the device in a single copy and is split there.
-        host = torch.tensor(rows, dtype=torch.int64).reshape(len(rows), 5).T.contiguous()
+        fields = 5 if positions is None else 6
+        if positions is not None:
+            rows = [(*row, position) for row, position in zip(rows, positions, strict=True)]
+        host = torch.tensor(rows, dtype=torch.int64).reshape(len(rows), fields).T.contiguous()
         device = torch.device(device)
         if device.type == "cuda":
             host = host.pin_memory()
@@ -102,4 +111,5 @@ class SamplingParams:
             filtering=bool(filtering_rows),
             max_top_k=max_top_k,
             all_greedy=all(option.greedy for option in options),
+            positions=None if positions is None else table[5],
         )
