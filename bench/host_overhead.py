@@ -8,8 +8,10 @@ prompts are prefilled, then ``--steps`` decode steps of the whole batch are time
 ``--warmup`` steps. The sparse policies run with a budget below the prompt (``--budget-tokens``),
 so selection and eviction work is part of every step.
 
-Prints one line per (policy, batch) with the median and p90 step time, and with ``--profile N``
-the top ``N`` functions by own time (cProfile over the timed steps of each cell).
+Prints one line per (policy, batch) with the median and p90 step time and the median step time
+outside the model forward (``host``: the step minus the time spent in the model's ``forward`` and
+``compute_logits``, the part a CUDA graph does not replace), and with ``--profile N`` the top
+``N`` functions by own time (cProfile over the timed steps of each cell).
 
     OMP_NUM_THREADS=1 python bench/host_overhead.py [--policies full,sink,h2o,quest,infllm] \
         [--batches 1,8,64] [--steps 60] [--profile 15] [--markdown docs/bench/host_overhead.md]
@@ -54,8 +56,31 @@ def make_engine(model_dir: Path, batch: int, prompt_tokens: int, new_tokens: int
     )
 
 
-def cell(model_dir: Path, policy: str, batch: int, args: argparse.Namespace) -> tuple[list[float], str]:
-    """Step times (seconds) of ``args.steps`` decode steps of the whole batch, and the profile."""
+class ForwardClock:
+    """Accumulates the wall time spent in the model's ``forward`` and ``compute_logits``."""
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self.seconds = 0.0
+        model = engine.runner.model
+        for name in ("forward", "compute_logits"):
+            setattr(model, name, self.timed(getattr(model, name)))
+
+    def timed(self, function):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        return call
+
+
+def cell(
+    model_dir: Path, policy: str, batch: int, args: argparse.Namespace
+) -> tuple[list[float], list[float], str]:
+    """Step times and step-minus-forward times (seconds) of ``args.steps`` decode steps of the
+    whole batch, and the profile."""
     # Requests admitted first decode while later ones prefill: a margin keeps them all running.
     new_tokens = args.warmup + args.steps + 64
     engine = make_engine(model_dir, batch, args.prompt_tokens, new_tokens)
@@ -73,13 +98,16 @@ def cell(model_dir: Path, policy: str, batch: int, args: argparse.Namespace) -> 
     for _ in range(args.warmup):
         engine.step()
     profiler = cProfile.Profile() if args.profile else None
-    times = []
+    clock = ForwardClock(engine)
+    times, host = [], []
     for _ in range(args.steps):
         if profiler is not None:
             profiler.enable()
+        clock.seconds = 0.0
         start = time.perf_counter()
         events = engine.step()
         times.append(time.perf_counter() - start)
+        host.append(times[-1] - clock.seconds)
         if profiler is not None:
             profiler.disable()
         if len(events) != batch or engine.scheduler.num_running != batch:
@@ -90,7 +118,7 @@ def cell(model_dir: Path, policy: str, batch: int, args: argparse.Namespace) -> 
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(args.profile)
         text = out.getvalue()
-    return times, text
+    return times, host, text
 
 
 def main() -> None:
@@ -113,12 +141,15 @@ def main() -> None:
         model_dir = build_tiny_model(Path(tmp) / "tiny", num_layers=args.layers)
         for policy in args.policies.split(","):
             for batch in (int(b) for b in args.batches.split(",")):
-                times, profile = cell(model_dir, policy, batch, args)
+                times, host, profile = cell(model_dir, policy, batch, args)
                 median = statistics.median(times) * 1e3
                 p90 = sorted(times)[int(0.9 * (len(times) - 1))] * 1e3
-                rows.append((policy, batch, median, p90))
+                host_ms = statistics.median(host) * 1e3
+                rows.append((policy, batch, median, p90, host_ms))
                 print(
-                    f"host step {policy} batch {batch}: {median:.3f} ms median, p90 {p90:.3f} ms", flush=True
+                    f"step {policy} batch {batch}: {median:.3f} ms median, p90 {p90:.3f} ms, "
+                    f"host (outside the forward) {host_ms:.3f} ms median",
+                    flush=True,
                 )
                 if profile:
                     print(profile, flush=True)
@@ -131,9 +162,9 @@ def main() -> None:
             f"torch {torch.__version__}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
             f"- command: `{' '.join(['python', *sys.argv])}`",
             "",
-            "| policy | batch | median ms | p90 ms |",
-            "|---|---|---|---|",
-            *(f"| {p} | {b} | {m:.3f} | {q:.3f} |" for p, b, m, q in rows),
+            "| policy | batch | step median ms | step p90 ms | host (outside the forward) median ms |",
+            "|---|---|---|---|---|",
+            *(f"| {p} | {b} | {m:.3f} | {q:.3f} | {h:.3f} |" for p, b, m, q, h in rows),
             "",
         ]
         with args.markdown.open("a") as out:

@@ -30,6 +30,7 @@ from lil_sparse.models.transformer import CausalLM
 from lil_sparse.policies import POLICIES, get_policy
 
 WIDTH_STEP = 256  # pages (4096 tokens at page size 16)
+GEOMETRY_CACHE = 16  # decode layout geometries kept (a step uses one per distinct dense range)
 
 
 def dense_until(seq: Sequence) -> int:
@@ -62,6 +63,7 @@ class ModelRunner:
         if self.device.type == "cuda" and TRITON_AVAILABLE:
             model.fuse()  # fused QKV / gate-up matmuls and Triton norm, RoPE, SiLU kernels
         self.pad_batches = capturable
+        self._geometry: dict[tuple[tuple[int, ...], int], DecodeLayout] = {}
         self.graphs: DecodeGraphs | None = None
         if cuda_graphs and capturable and isinstance(backend, FlashInferBackend):
             self.graphs = DecodeGraphs(model, kv, backend, self.num_kv_heads)
@@ -235,19 +237,46 @@ class ModelRunner:
     ) -> list[DecodeLayout]:
         """One layout per layer; layers with equal page counts share one object (one plan).
         ``pad`` padding sequences read one page per row (the scratch page)."""
-        thresholds = sorted({0, *(min(dense_until(s), self.num_layers) for s in seqs)})
+        # (dense layers, pages a dense layer reads, pages a sparse layer reads) per sequence.
+        per_seq = [
+            (
+                min(dense_until(seq), self.num_layers),
+                seq.held_pages,
+                get_policy(seq.policy).attended_pages(seq.held_pages, seq.budget_pages),
+            )
+            for seq in seqs
+        ]
+        thresholds = sorted({0, *(dense for dense, _, _ in per_seq)})
+        heads = self.num_kv_heads
         layouts: list[DecodeLayout] = []
         for start, end in zip(thresholds, [*thresholds[1:], self.num_layers], strict=True):
-            counts: list[int] = []
-            for seq in seqs:
-                policy = get_policy(seq.policy)
-                dense = start < dense_until(seq)
-                count = seq.held_pages if dense else policy.attended_pages(seq.held_pages, seq.budget_pages)
-                counts.extend([count] * self.num_kv_heads)
-            counts.extend([1] * (pad * self.num_kv_heads))
-            layout = DecodeLayout.build(counts, last_page_len, last_page_len_host, stride=width)
+            counts = [held if start < dense else sparse for dense, held, sparse in per_seq]
+            row_counts = counts if heads == 1 else [count for count in counts for _ in range(heads)]
+            row_counts.extend([1] * (pad * heads))
+            layout = self._layout(row_counts, last_page_len, last_page_len_host, width)
             layouts.extend([layout] * (end - start))
         return layouts
+
+    def _layout(
+        self,
+        counts: list[int],
+        last_page_len: torch.Tensor,
+        last_page_len_host: tuple[int, ...],
+        width: int,
+    ) -> DecodeLayout:
+        """``DecodeLayout.build`` with this step's ``last_page_len``, reusing the device geometry
+        (counts, CSR offsets, entry positions), which depends only on the page counts and the
+        width: page counts change once per ``page_size`` tokens of a row, so most steps build no
+        geometry at all. Layouts are read-only, so a cached one is shared safely."""
+        key = (tuple(counts), width)
+        geometry = self._geometry.get(key)
+        if geometry is None:
+            geometry = DecodeLayout.build(counts, last_page_len, last_page_len_host, stride=width)
+            if len(self._geometry) >= GEOMETRY_CACHE:
+                self._geometry.pop(next(iter(self._geometry)))  # the oldest
+            self._geometry[key] = geometry
+            return geometry
+        return replace(geometry, last_page_len=last_page_len, last_page_len_host=last_page_len_host)
 
     def _policy_groups(
         self, seqs: list[Sequence], last_page_len: torch.Tensor, width: int, step_rows: int
