@@ -116,7 +116,7 @@ def cell(
     text = ""
     if profiler is not None:
         out = io.StringIO()
-        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(args.profile)
+        pstats.Stats(profiler, stream=out).sort_stats(args.sort).print_stats(args.profile)
         text = out.getvalue()
     return times, host, text
 
@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--profile", type=int, default=0, help="print the top N functions by own time")
+    parser.add_argument("--sort", default="tottime", help="profile order: tottime or cumulative")
     parser.add_argument("--markdown", type=Path, default=None, help="append a results section here")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

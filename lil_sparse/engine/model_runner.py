@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 
 from lil_sparse.attention.backend import AttentionBackend
 from lil_sparse.attention.flashinfer_backend import FlashInferBackend
@@ -158,26 +157,40 @@ class ModelRunner:
         count = len(seqs)
         padded = self.batch_bucket(count) if self.pad_batches else count
         pad = padded - count
-        per_seq = [(s.last_token_id, s.next_position, s.slot, s.held_pages) for s in seqs]
-        columns = torch.tensor(per_seq, dtype=torch.long).to(self.device, non_blocking=True)
-        input_ids, positions, slots, held = columns.unbind(dim=1)
+        page_size = self.page_size
+        offsets = [s.next_position % page_size for s in seqs] + [0] * pad
+        last_page_len_host = tuple(offset + 1 for offset in offsets for _ in range(heads))
+        # One host-to-device copy: input ids, positions, slots, newest page index and offset per
+        # sequence (padding rows: token 0 at position 0, newest page 0), then last_page_len per
+        # row. Everything else is derived on the device in a few kernels.
+        no_pad = [0] * pad
+        host = (
+            [s.last_token_id for s in seqs]
+            + no_pad
+            + [s.next_position for s in seqs]
+            + no_pad
+            + [s.slot for s in seqs]
+            + [s.held_pages - 1 for s in seqs]
+            + no_pad
+            + offsets
+            + list(last_page_len_host)
+        )
+        values = torch.tensor(host, dtype=torch.long).to(self.device, non_blocking=True)
+        input_ids, positions = values[:padded], values[padded : 2 * padded]
+        slots = values[2 * padded : 2 * padded + count]
+        newest_index = values[2 * padded + count : 3 * padded + count]
+        offsets_dev = values[3 * padded + count : 4 * padded + count]
+        last_page_len = values[4 * padded + count :].to(torch.int32)
         width = self.width_bucket(max(s.held_pages for s in seqs))
-        base = self.pages.table.table[slots, :, :width].reshape(count * heads, width)
+        base = self.pages.table.table[slots, :, :width]  # [count, Hkv, width] int32
         if pad:
             scratch = torch.full(
-                (pad * heads, width), self.kv.scratch_page, dtype=base.dtype, device=self.device
+                (pad, heads, width), self.kv.scratch_page, dtype=base.dtype, device=self.device
             )
             base = torch.cat([base, scratch])
-            input_ids, positions = F.pad(input_ids, (0, pad)), F.pad(positions, (0, pad))
-            held = F.pad(held, (0, pad), value=1)
-        held_rows = held.repeat_interleave(heads)
-        newest = base.gather(1, (held_rows - 1).unsqueeze(1)).squeeze(1).long()
-        offsets = (positions % self.page_size).repeat_interleave(heads)
-        write_slots = (newest * self.page_size + offsets).view(padded, heads)
-        last_page_len = (offsets + 1).to(torch.int32)
-        last_page_len_host = tuple(
-            s.next_position % self.page_size + 1 for s in seqs for _ in range(heads)
-        ) + (1,) * (pad * heads)
+        newest = base.gather(2, newest_index.view(padded, 1, 1).expand(padded, heads, 1))  # [B, Hkv, 1]
+        write_slots = newest.squeeze(2).long() * page_size + offsets_dev.unsqueeze(1)  # [B, Hkv]
+        base = base.reshape(padded * heads, width)
         layer_layouts = self._layer_layouts(seqs, last_page_len, last_page_len_host, width, pad)
         groups = self._policy_groups(seqs, last_page_len, width, padded)
         distinct = _distinct(layer_layouts)
