@@ -277,10 +277,11 @@ class ModelRunner:
         last_page_len_host: tuple[int, ...],
         width: int,
     ) -> DecodeLayout:
-        """``DecodeLayout.build`` with this step's ``last_page_len``, reusing the device geometry
-        (counts, CSR offsets, entry positions), which depends only on the page counts and the
-        width: page counts change once per ``page_size`` tokens of a row, so most steps build no
-        geometry at all. Layouts are read-only, so a cached one is shared safely."""
+        """``DecodeLayout.build`` with this step's ``last_page_len`` (``width``: the stride, 0 for
+        none), reusing the device geometry (counts, CSR offsets, entry positions), which depends
+        only on the page counts and the width: page counts change once per ``page_size`` tokens
+        of a row, so most steps build no geometry at all. Layouts are read-only, so a cached one
+        is shared safely."""
         key = (tuple(counts), width)
         geometry = self._geometry.get(key)
         if geometry is None:
@@ -295,22 +296,24 @@ class ModelRunner:
         self, seqs: list[Sequence], last_page_len: torch.Tensor, width: int, step_rows: int
     ) -> list[PolicyGroup]:
         """Groups of rows whose policy selects or observes; ``step_rows``: sequences in the step,
-        padding included. A selecting group whose every request holds no more pages than its
-        budget would select every page: it attends the base pages instead (same pages, no
-        selection work)."""
+        padding included. A selecting policy's request that holds no more pages than its budget
+        would select every page: it stays out of the group and attends its base pages (the dense
+        path: same pages in order, no selection work), so a step pays for selection only on
+        rows over budget and skips a group with none."""
         heads = self.num_kv_heads
+        members: dict[str, list[int]] = {}
+        for index, seq in enumerate(seqs):
+            policy = get_policy(seq.policy)
+            if policy.observes_attention or (policy.selects_per_layer and seq.held_pages > seq.budget_pages):
+                members.setdefault(seq.policy, []).append(index)
         groups = []
-        for name, policy in POLICIES.items():
-            if not (policy.selects_per_layer or policy.observes_attention):
+        for name in POLICIES:  # registry order: a stable group order keeps graph keys stable
+            if name not in members:
                 continue
-            members = [i for i, s in enumerate(seqs) if s.policy == name]
-            if not members:
-                continue
-            member_seqs = [seqs[i] for i in members]
-            if not policy.observes_attention and all(s.held_pages <= s.budget_pages for s in member_seqs):
-                continue
-            rows_host = torch.tensor(members).unsqueeze(1) * heads + torch.arange(heads)
-            rows = rows_host.reshape(-1).to(self.device, non_blocking=True)
+            policy = POLICIES[name]
+            group_index = members[name]
+            member_seqs = [seqs[i] for i in group_index]
+            all_rows = len(group_index) == step_rows
             layout = None
             if policy.observes_attention:  # only H2O packs its own rows' attention
                 counts = [
@@ -318,18 +321,21 @@ class ModelRunner:
                     for s in member_seqs
                     for _ in range(heads)
                 ]
-                layout = DecodeLayout.build(counts, last_page_len[rows])
-            batch, _ = self.pages.policy_batch(member_seqs, layout, width)
+                row_index = [i * heads + h for i in group_index for h in range(heads)]
+                rows_last = last_page_len if all_rows else last_page_len[row_index]
+                host_last = tuple(
+                    s.next_position % self.page_size + 1 for s in member_seqs for _ in range(heads)
+                )
+                layout = self._layout(counts, rows_last, host_last, 0)
             # A fixed top-k size (the largest budget, not the largest current selection) keeps
             # selection shapes static while sequences grow into their budget; rows that select
             # fewer pages ignore the extra candidates.
             max_select = min(max(s.budget_pages for s in member_seqs), width)
+            batch, _ = self.pages.policy_batch(member_seqs, layout, width, step_index=group_index)
             uniform = all(min(s.held_pages, s.budget_pages) == max_select for s in member_seqs)
-            batch = replace(batch, rows=rows, max_select=max_select, uniform_select=uniform)
+            batch = replace(batch, max_select=max_select, uniform_select=uniform)
             dense = [dense_until(s) for s in member_seqs]
-            groups.append(
-                PolicyGroup(policy, batch, min(dense), max(dense), all_rows=len(members) == step_rows)
-            )
+            groups.append(PolicyGroup(policy, batch, min(dense), max(dense), all_rows=all_rows))
         return groups
 
     def _record_kv(self, seqs: list[Sequence], layer_layouts: list[DecodeLayout]) -> None:

@@ -179,17 +179,26 @@ class PageManager:
 
     # ---- policy views ---------------------------------------------------------------------
     def policy_batch(
-        self, seqs: list[Sequence], layout: DecodeLayout | None = None, width: int = 0
+        self,
+        seqs: list[Sequence],
+        layout: DecodeLayout | None = None,
+        width: int = 0,
+        step_index: list[int] | None = None,
     ) -> tuple[PolicyBatch, torch.Tensor]:
-        """Rows of ``seqs`` (every KV head) as a :class:`PolicyBatch`, plus their slot index.
+        """Rows of ``seqs`` (every KV head) as a :class:`PolicyBatch`, plus their slot index,
+        from one host-to-device copy.
 
-        ``rows`` in the batch are local (0 .. n-1); callers that need step rows set them.
-        ``width`` (default: the most pages any of them holds) is the table width to take.
+        ``rows`` in the batch are the step's rows ``step_index[i] * num_kv_heads + head`` when
+        ``step_index`` (each sequence's index in the decode step) is given, else local
+        (0 .. n-1). ``width`` (default: the most pages any of them holds) is the table width.
         """
         heads = self.num_kv_heads
         width = width or max(s.held_pages for s in seqs)
-        per_seq = [
-            (
+        positions = range(len(seqs)) if step_index is None else step_index
+        host = [
+            value
+            for s in seqs
+            for value in (
                 s.slot,
                 s.held_pages,
                 min(s.held_pages, s.budget_pages),
@@ -197,21 +206,22 @@ class PageManager:
                 s.recent_pages,
                 s.options.sparse.dense_layers if s.policy == "quest" else 0,
             )
-            for s in seqs
         ]
-        columns = torch.tensor(per_seq, dtype=torch.long).to(self.device, non_blocking=True)
+        host += [index * heads + head for index in positions for head in range(heads)]
+        values = torch.tensor(host, dtype=torch.long).to(self.device, non_blocking=True)
+        columns = values[: 6 * len(seqs)].view(len(seqs), 6)
         slot_index = columns[:, 0]
-        expanded = columns.repeat_interleave(heads, dim=0)
+        expanded = columns.repeat_interleave(heads, dim=0) if heads > 1 else columns
         table = self.table.table[slot_index, :, :width].reshape(len(seqs) * heads, width)
         batch = PolicyBatch(
-            rows=torch.arange(len(seqs) * heads, device=self.device),
+            rows=values[6 * len(seqs) :],
             table=table,
             held=expanded[:, 1],
             select_count=expanded[:, 2],
             sink_pages=expanded[:, 3],
             recent_pages=expanded[:, 4],
             dense_layers=expanded[:, 5],
-            max_select=max(p[2] for p in per_seq),
+            max_select=max(min(s.held_pages, s.budget_pages) for s in seqs),
             num_kv_heads=heads,
             layout=layout,
         )
