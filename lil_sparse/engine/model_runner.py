@@ -191,7 +191,8 @@ class ModelRunner:
         newest = base.gather(2, newest_index.view(padded, 1, 1).expand(padded, heads, 1))  # [B, Hkv, 1]
         write_slots = newest.squeeze(2).long() * page_size + offsets_dev.unsqueeze(1)  # [B, Hkv]
         base = base.reshape(padded * heads, width)
-        layer_layouts = self._layer_layouts(seqs, last_page_len, last_page_len_host, width, pad)
+        page_counts = self._page_counts(seqs)
+        layer_layouts = self._layer_layouts(page_counts, last_page_len, last_page_len_host, width, pad)
         groups = self._policy_groups(seqs, last_page_len, width, padded)
         distinct = _distinct(layer_layouts)
         self.backend.begin_decode_step(distinct)
@@ -207,7 +208,7 @@ class ModelRunner:
             logits = self.model.compute_logits(self.model(input_ids, positions, attention))[:count]
         for seq in seqs:
             seq.num_cached_tokens += 1
-        self._record_kv(seqs, layer_layouts)
+        self._record_kv(seqs, page_counts)
         return logits
 
     @staticmethod
@@ -240,18 +241,10 @@ class ModelRunner:
             return {"replays": 0, "eager_steps": 0, "captures": 0, "evictions": 0, "cached": 0}
         return self.graphs.stats()
 
-    def _layer_layouts(
-        self,
-        seqs: list[Sequence],
-        last_page_len: torch.Tensor,
-        last_page_len_host: tuple[int, ...],
-        width: int,
-        pad: int = 0,
-    ) -> list[DecodeLayout]:
-        """One layout per layer; layers with equal page counts share one object (one plan).
-        ``pad`` padding sequences read one page per row (the scratch page)."""
-        # (dense layers, pages a dense layer reads, pages a sparse layer reads) per sequence.
-        per_seq = [
+    def _page_counts(self, seqs: list[Sequence]) -> list[tuple[int, int, int]]:
+        """Per sequence: (leading layers that attend densely, pages a dense layer attends, pages a
+        sparse layer attends)."""
+        return [
             (
                 min(dense_until(seq), self.num_layers),
                 seq.held_pages,
@@ -259,6 +252,17 @@ class ModelRunner:
             )
             for seq in seqs
         ]
+
+    def _layer_layouts(
+        self,
+        per_seq: list[tuple[int, int, int]],
+        last_page_len: torch.Tensor,
+        last_page_len_host: tuple[int, ...],
+        width: int,
+        pad: int = 0,
+    ) -> list[DecodeLayout]:
+        """One layout per layer from :meth:`_page_counts`; layers with equal page counts share one
+        object (one plan). ``pad`` padding sequences read one page per row (the scratch page)."""
         thresholds = sorted({0, *(dense for dense, _, _ in per_seq)})
         heads = self.num_kv_heads
         layouts: list[DecodeLayout] = []
@@ -338,16 +342,14 @@ class ModelRunner:
             groups.append(PolicyGroup(policy, batch, min(dense), max(dense), all_rows=all_rows))
         return groups
 
-    def _record_kv(self, seqs: list[Sequence], layer_layouts: list[DecodeLayout]) -> None:
+    def _record_kv(self, seqs: list[Sequence], per_seq: list[tuple[int, int, int]]) -> None:
+        """Each sequence's pages attended this step, averaged over layers (its dense layers
+        attend every held page), and its peak of held pages."""
         heads = self.num_kv_heads
-        # Layers share layout objects: weigh each distinct layout by how many layers use it.
-        layers_per_layout: dict[int, int] = {}
-        for layout in layer_layouts:
-            layers_per_layout[id(layout)] = layers_per_layout.get(id(layout), 0) + 1
-        weighted = [(layout, layers_per_layout[id(layout)]) for layout in _distinct(layer_layouts)]
-        for index, seq in enumerate(seqs):
-            total = sum(layout.counts_host[index * heads] * count for layout, count in weighted)
-            seq.kv_report.attended_pages_per_step.append(round(total / len(layer_layouts)))
+        layers = self.num_layers
+        for seq, (dense, held, sparse) in zip(seqs, per_seq, strict=True):
+            total = held * dense + sparse * (layers - dense)
+            seq.kv_report.attended_pages_per_step.append(round(total / layers))
             seq.kv_report.peak_pages = max(seq.kv_report.peak_pages, seq.held_pages * heads)
 
 

@@ -87,16 +87,17 @@ class PageManager:
         to the pool and no sequence changes."""
         pages = self.pool.allocate(sum(counts) * self.num_kv_heads)
         try:
-            # Index arithmetic on host tensors (no Python loop over pages): entry e of sequence i
-            # is head e // count, position held + e % count, in the order the pages were handed out.
-            per_seq = torch.tensor([(s.slot, s.held_pages, c) for s, c in zip(seqs, counts, strict=True)])
-            repeats = per_seq[:, 2] * self.num_kv_heads
-            slot, held, count = (column.repeat_interleave(repeats) for column in per_seq.unbind(1))
-            starts = torch.cumsum(repeats, 0) - repeats
-            entry = torch.arange(len(pages)) - starts.repeat_interleave(repeats)
-            page_ids = torch.tensor(pages, dtype=torch.long)
-            self.table.write_pages(slot, entry // count, held + entry % count, page_ids)
-            self.kv.reset_pages(page_ids.to(self.device, non_blocking=True))
+            # Entry e of sequence i is head e // count at position held + e % count, in the order
+            # the pages were handed out: plain lists (a few entries per step), one device copy.
+            slots: list[int] = []
+            heads: list[int] = []
+            positions: list[int] = []
+            for seq, count in zip(seqs, counts, strict=True):
+                for head in range(self.num_kv_heads):
+                    slots += [seq.slot] * count
+                    heads += [head] * count
+                    positions += range(seq.held_pages, seq.held_pages + count)
+            self.kv.reset_pages(self.table.write_pages(slots, heads, positions, pages))
         except BaseException:
             self.pool.free(pages)
             raise

@@ -44,14 +44,16 @@ class BlockTable:
         self._free_slots.append(slot)
 
     def write_pages(
-        self, slots: torch.Tensor, heads: torch.Tensor, positions: torch.Tensor, pages: torch.Tensor
-    ) -> None:
-        """Set ``table[slots[i], heads[i], positions[i]] = pages[i]``; all ``[n] int64`` host
-        tensors, sent to the device in one copy."""
-        if pages.numel() == 0:
-            return
-        packed = torch.stack((slots, heads, positions, pages)).to(self.table.device, non_blocking=True)
-        self.table[packed[0], packed[1], packed[2]] = packed[3].to(torch.int32)
+        self, slots: list[int], heads: list[int], positions: list[int], pages: list[int]
+    ) -> torch.Tensor:
+        """Set ``table[slots[i], heads[i], positions[i]] = pages[i]`` (host lists of equal length),
+        sent to the device in one non-blocking copy. Returns ``pages`` on the device, ``[n]
+        int64``, for the caller's next device work on them."""
+        packed = torch.tensor([slots, heads, positions, pages], dtype=torch.long).view(4, len(pages))
+        packed = packed.to(self.table.device, non_blocking=True)
+        if pages:
+            self.table[packed[0], packed[1], packed[2]] = packed[3].to(torch.int32)
+        return packed[3]
 
     def hold(self, slot: int, pages: list[int]) -> None:
         """Count ``pages`` (``count`` per head, head-major: head ``h`` got ``pages[h * count :
