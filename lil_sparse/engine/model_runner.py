@@ -318,6 +318,7 @@ class ModelRunner:
             group_index = members[name]
             member_seqs = [seqs[i] for i in group_index]
             all_rows = len(group_index) == step_rows
+            batch, _ = self.pages.policy_batch(member_seqs, None, width, step_index=group_index)
             layout = None
             if policy.observes_attention:  # only H2O packs its own rows' attention
                 counts = [
@@ -325,8 +326,7 @@ class ModelRunner:
                     for s in member_seqs
                     for _ in range(heads)
                 ]
-                row_index = [i * heads + h for i in group_index for h in range(heads)]
-                rows_last = last_page_len if all_rows else last_page_len[row_index]
+                rows_last = last_page_len if all_rows else last_page_len[batch.rows]  # device index
                 host_last = tuple(
                     s.next_position % self.page_size + 1 for s in member_seqs for _ in range(heads)
                 )
@@ -335,9 +335,8 @@ class ModelRunner:
             # selection shapes static while sequences grow into their budget; rows that select
             # fewer pages ignore the extra candidates.
             max_select = min(max(s.budget_pages for s in member_seqs), width)
-            batch, _ = self.pages.policy_batch(member_seqs, layout, width, step_index=group_index)
             uniform = all(min(s.held_pages, s.budget_pages) == max_select for s in member_seqs)
-            batch = replace(batch, max_select=max_select, uniform_select=uniform)
+            batch = replace(batch, layout=layout, max_select=max_select, uniform_select=uniform)
             dense = [dense_until(s) for s in member_seqs]
             groups.append(PolicyGroup(policy, batch, min(dense), max(dense), all_rows=all_rows))
         return groups
