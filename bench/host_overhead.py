@@ -6,7 +6,8 @@ manager, runner bookkeeping (layouts, policy groups), sampler setup, detokenizer
 Guardian driver. For each policy and batch size, ``batch`` requests with ``--prompt-tokens``-token
 prompts are prefilled, then ``--steps`` decode steps of the whole batch are timed after
 ``--warmup`` steps. The sparse policies run with a budget below the prompt (``--budget-tokens``),
-so selection and eviction work is part of every step.
+so selection and eviction work is part of every step. Greedy, or with ``--sampled`` temperature
+0.8, top-k 40 and top-p 0.95 (every request seeded).
 
 Prints one line per (policy, batch) with the median and p90 step time and the median step time
 outside the model forward (``host``: the step minus the time spent in the model's ``forward`` and
@@ -14,7 +15,7 @@ outside the model forward (``host``: the step minus the time spent in the model'
 ``N`` functions by own time (cProfile over the timed steps of each cell).
 
     OMP_NUM_THREADS=1 python bench/host_overhead.py [--policies full,sink,h2o,quest,infllm] \
-        [--batches 1,8,64] [--steps 60] [--profile 15] [--markdown docs/bench/host_overhead.md]
+        [--batches 1,8,64] [--steps 60] [--sampled] [--profile 15] [--markdown docs/bench/host_overhead.md]
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch
 
 from lil_sparse.config import EngineConfig
 from lil_sparse.engine import LLMEngine
-from lil_sparse.options import POLICY_NAMES, RequestOptions, SparseOptions, StoppingOptions
+from lil_sparse.options import POLICY_NAMES, RequestOptions, SamplingOptions, SparseOptions, StoppingOptions
 from lil_sparse.testing.tiny_model import build_tiny_model
 
 
@@ -85,7 +86,11 @@ def cell(
     new_tokens = args.warmup + args.steps + 64
     engine = make_engine(model_dir, batch, args.prompt_tokens, new_tokens)
     gen = torch.Generator().manual_seed(batch)
+    sampling = (
+        SamplingOptions(temperature=0.8, top_k=40, top_p=0.95, seed=1) if args.sampled else SamplingOptions()
+    )
     options = RequestOptions(
+        sampling=sampling,
         stopping=StoppingOptions(max_new_tokens=new_tokens, ignore_eos=True),
         sparse=SparseOptions(
             policy=policy, budget_tokens=args.budget_tokens, sink_tokens=16, dense_layers=args.layers // 2
@@ -132,6 +137,9 @@ def main() -> None:
     parser.add_argument("--budget-tokens", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument(
+        "--sampled", action="store_true", help="temperature 0.8, top-k 40, top-p 0.95 (default greedy)"
+    )
     parser.add_argument("--profile", type=int, default=0, help="print the top N functions by own time")
     parser.add_argument("--sort", default="tottime", help="profile order: tottime or cumulative")
     parser.add_argument("--markdown", type=Path, default=None, help="append a results section here")

@@ -3,8 +3,9 @@
 The batch is sampled in one call with one host sync: the sampled tokens and their logprobs come
 to the host together in one transfer (:meth:`StepSampler.fetch`), the only device-to-host copy
 of a decode step. Host values go to the device in one non-blocking copy (the rows' sampling
-settings and positions, :meth:`SamplingParams.from_options`); an all-greedy batch needs none
-while it keeps its requests (its params are reused). If that call raises (a request's settings
+settings and positions, :meth:`SamplingParams.from_packed`). A batch that keeps its requests
+packs their settings once; an all-greedy one reuses its params and copies nothing. If that call
+raises (a request's settings
 that cannot be packed, a sampler fault), each row is sampled alone to find the culprit: the
 sampler is batch invariant, so every other row gets exactly the token the batch would have given
 it, and only a row that fails alone is reported as failed.
@@ -19,6 +20,7 @@ import torch
 from lil_sparse.engine.sequence import Sequence
 from lil_sparse.options import SamplingOptions
 from lil_sparse.sampling import Sampler, SamplingParams
+from lil_sparse.sampling.params import PackedOptions
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +28,10 @@ logger = logging.getLogger(__name__)
 class StepSampler:
     def __init__(self, sampler: Sampler) -> None:
         self.sampler = sampler
-        # The last all-greedy batch: its rows' options (held, so compared by identity) and params.
-        self._greedy: tuple[tuple[SamplingOptions, ...], torch.device, SamplingParams] | None = None
+        # The last batch: its rows' options (held, so compared by identity), their packing and,
+        # for an all-greedy batch, its params on the device.
+        self._last: tuple[tuple[SamplingOptions, ...], PackedOptions] | None = None
+        self._greedy: tuple[PackedOptions, torch.device, SamplingParams] | None = None
 
     def sample(
         self, seqs: list[Sequence], logits: torch.Tensor
@@ -61,19 +65,23 @@ class StepSampler:
         return self.fetch(token_ids, logprobs)
 
     def _params(self, seqs: list[Sequence], device: torch.device) -> SamplingParams:
-        """The rows' :class:`SamplingParams` with their positions. A greedy row reads no noise,
-        so an all-greedy batch packs zeros as positions and its params serve every later step
-        of the same requests (the tuple compares its elements by identity first: O(B), no copy)."""
+        """The rows' :class:`SamplingParams` with their positions. The options of a batch that
+        keeps its requests are packed once (the tuple compares its elements by identity first:
+        O(B), no copy). A greedy row reads no noise, so an all-greedy batch packs zeros as
+        positions and its params serve every later step of the same requests."""
         options = tuple(s.options.sampling for s in seqs)
-        cached = self._greedy
-        if cached is not None and cached[1] == device and cached[0] == options:
-            return cached[2]
-        if all(option.greedy for option in options):
-            params = SamplingParams.from_options(options, device, [0] * len(options))
-            self._greedy = (options, device, params)
-            return params
+        last = self._last
+        if last is None or last[0] != options:
+            last = self._last = (options, PackedOptions.pack(options))
+        packed = last[1]
+        if packed.all_greedy:
+            greedy = self._greedy
+            if greedy is None or greedy[0] is not packed or greedy[1] != device:
+                params = SamplingParams.from_packed(packed, device, [0] * len(options))
+                greedy = self._greedy = (packed, device, params)
+            return greedy[2]
         positions = [s.num_prompt_tokens + s.num_output_tokens for s in seqs]
-        return SamplingParams.from_options(options, device, positions)
+        return SamplingParams.from_packed(packed, device, positions)
 
     @staticmethod
     def fetch(token_ids: torch.Tensor, logprobs: torch.Tensor) -> tuple[list[int], list[float]]:

@@ -72,6 +72,49 @@ class SamplingParams:
         Every sampled row needs a seed (see :func:`with_request_seed`); raises ``ValueError``
         naming ``seed`` otherwise.
         """
+        return cls.from_packed(PackedOptions.pack(options), device, positions)
+
+    @classmethod
+    def from_packed(
+        cls, packed: PackedOptions, device: torch.device | str = "cpu", positions: Sequence[int] | None = None
+    ) -> SamplingParams:
+        """:meth:`from_options` from options packed once (a batch that keeps its requests packs
+        them once and sends only new positions with them every step)."""
+        host = packed.table
+        if positions is not None:
+            host = torch.cat((host, torch.tensor([positions], dtype=torch.int64).view(1, -1)))
+        device = torch.device(device)
+        if device.type == "cuda":
+            host = host.pin_memory()
+        table = host.to(device, non_blocking=True)
+        return cls(
+            temperature=table[0].to(torch.int32).view(torch.float32),
+            top_k=table[1],
+            top_p=table[2].to(torch.int32).view(torch.float32),
+            seed=table[3],
+            greedy=table[4].bool(),
+            filtering=packed.filtering,
+            max_top_k=packed.max_top_k,
+            all_greedy=packed.all_greedy,
+            positions=None if positions is None else table[5],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PackedOptions:
+    """The sampling options of ``B`` rows packed on the host: ``table: [5, B] int64`` (temperature
+    bits, top_k, top_p bits, seed, greedy; floats as their float32 bit patterns, so the batch
+    crosses to the device in a single copy and is split there) and the host flags of
+    :class:`SamplingParams`."""
+
+    table: torch.Tensor
+    filtering: bool
+    max_top_k: int
+    all_greedy: bool
+
+    @classmethod
+    def pack(cls, options: Sequence[SamplingOptions]) -> PackedOptions:
+        """Raises ``ValueError`` naming ``seed`` for a sampled row without a seed."""
         rows: list[tuple[int, ...]] = []
         filtering_rows = [o for o in options if not o.greedy and (o.top_k > 0 or o.top_p < 1.0)]
         top_ks = [o.top_k for o in filtering_rows]
@@ -92,24 +135,10 @@ class SamplingParams:
                     int(option.greedy),
                 )
             )
-        # One int64 [5, B] table carries every field (floats as their bit patterns), so the
-        # batch crosses to the device in a single copy and is split there.
-        fields = 5 if positions is None else 6
-        if positions is not None:
-            rows = [(*row, position) for row, position in zip(rows, positions, strict=True)]
-        host = torch.tensor(rows, dtype=torch.int64).reshape(len(rows), fields).T.contiguous()
-        device = torch.device(device)
-        if device.type == "cuda":
-            host = host.pin_memory()
-        table = host.to(device, non_blocking=True)
+        table = torch.tensor(rows, dtype=torch.int64).reshape(len(rows), 5).T.contiguous()
         return cls(
-            temperature=table[0].to(torch.int32).view(torch.float32),
-            top_k=table[1],
-            top_p=table[2].to(torch.int32).view(torch.float32),
-            seed=table[3],
-            greedy=table[4].bool(),
+            table=table,
             filtering=bool(filtering_rows),
             max_top_k=max_top_k,
             all_greedy=all(option.greedy for option in options),
-            positions=None if positions is None else table[5],
         )
