@@ -266,7 +266,10 @@ class LLMEngine:
                 self._record_chunks(chunks, events)
                 rows = [i for i, s in enumerate(prefilled) if s.status == SequenceStatus.RUNNING]
                 seqs += [prefilled[i] for i in rows]
-                logits_parts.append(prefill_logits if len(rows) == len(prefilled) else prefill_logits[rows])
+                if len(rows) < len(prefilled):  # a request failed its bookkeeping: drop its row
+                    index = torch.tensor(rows, dtype=torch.long).to(prefill_logits.device, non_blocking=True)
+                    prefill_logits = prefill_logits[index]  # a list index would copy synchronously
+                logits_parts.append(prefill_logits)
         if not seqs:  # only partial prompt chunks ran (or every request failed): no token yet
             return events
         logits = torch.cat(logits_parts) if len(logits_parts) > 1 else logits_parts[0]
