@@ -18,7 +18,7 @@ Counters (:meth:`DecodeGraphs.stats`) say how many steps replayed and how many r
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -124,6 +124,20 @@ class CapturedStep:
     graph: torch.cuda.CUDAGraph
     step: DecodeStep  # the static inputs
     logits: torch.Tensor  # [B, V] float32, overwritten by every replay
+    # The tensor each static input was last copied from. The runner reuses a layout's geometry
+    # while page counts stay (never written after it is built, nor by the graph), so an input
+    # that is the very same tensor as at the last replay needs no copy.
+    sources: list[torch.Tensor | None] = field(default_factory=list)
+
+    def load(self, step: DecodeStep) -> None:
+        """Copy ``step``'s inputs into the static ones (skipping those already there)."""
+        fresh_tensors = step.tensors()
+        if not self.sources:
+            self.sources = [None] * len(fresh_tensors)
+        for index, (static, fresh) in enumerate(zip(self.step.tensors(), fresh_tensors, strict=True)):
+            if fresh is not self.sources[index]:
+                static.copy_(fresh)
+                self.sources[index] = fresh
 
 
 class DecodeGraphs:
@@ -158,8 +172,7 @@ class DecodeGraphs:
                 self.evictions += 1
             return self._run_eager_and_capture(step)
         self.captured.move_to_end(key)
-        for static, fresh in zip(captured.step.tensors(), step.tensors(), strict=True):
-            static.copy_(fresh)
+        captured.load(step)
         for static_layout, layout in zip(
             captured.step.distinct_layouts(), step.distinct_layouts(), strict=True
         ):

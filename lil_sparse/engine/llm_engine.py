@@ -114,8 +114,7 @@ class LLMEngine:
             MAX_PREFILL_TOKENS,
             config.step_token_budget if config.chunked_prefill else 0,
         )
-        self.sampler = Sampler()
-        self.step_sampler = StepSampler(self.sampler)
+        self.step_sampler = StepSampler(Sampler())
         self.guardian = GuardianDriver(config.guardian_workers, config.guardian_max_lag_steps)
         self.stop_checker = StopChecker(self.tokenizer.eos_token_ids)
         self._sequences: dict[str, Sequence] = {}
@@ -135,6 +134,16 @@ class LLMEngine:
             dtype=str(dtype).removeprefix("torch."),
             num_pages_total=num_pages,
         )
+
+    @property
+    def sampler(self) -> Sampler:
+        """The sampler every step draws through (``step_sampler.sampler``); assigning one here
+        replaces it there, so a wrapper set on the engine really sees every step's logits."""
+        return self.step_sampler.sampler
+
+    @sampler.setter
+    def sampler(self, sampler: Sampler) -> None:
+        self.step_sampler.sampler = sampler
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> LLMEngine:
@@ -257,7 +266,10 @@ class LLMEngine:
                 self._record_chunks(chunks, events)
                 rows = [i for i, s in enumerate(prefilled) if s.status == SequenceStatus.RUNNING]
                 seqs += [prefilled[i] for i in rows]
-                logits_parts.append(prefill_logits if len(rows) == len(prefilled) else prefill_logits[rows])
+                if len(rows) < len(prefilled):  # a request failed its bookkeeping: drop its row
+                    index = torch.tensor(rows, dtype=torch.long).to(prefill_logits.device, non_blocking=True)
+                    prefill_logits = prefill_logits[index]  # a list index would copy synchronously
+                logits_parts.append(prefill_logits)
         if not seqs:  # only partial prompt chunks ran (or every request failed): no token yet
             return events
         logits = torch.cat(logits_parts) if len(logits_parts) > 1 else logits_parts[0]

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 
 from lil_sparse.attention.backend import AttentionBackend
 from lil_sparse.attention.flashinfer_backend import FlashInferBackend
@@ -30,6 +29,7 @@ from lil_sparse.models.transformer import CausalLM
 from lil_sparse.policies import POLICIES, get_policy
 
 WIDTH_STEP = 256  # pages (4096 tokens at page size 16)
+GEOMETRY_CACHE = 16  # decode layout geometries kept (a step uses one per distinct dense range)
 
 
 def dense_until(seq: Sequence) -> int:
@@ -62,6 +62,7 @@ class ModelRunner:
         if self.device.type == "cuda" and TRITON_AVAILABLE:
             model.fuse()  # fused QKV / gate-up matmuls and Triton norm, RoPE, SiLU kernels
         self.pad_batches = capturable
+        self._geometry: dict[tuple[tuple[int, ...], int], DecodeLayout] = {}
         self.graphs: DecodeGraphs | None = None
         if cuda_graphs and capturable and isinstance(backend, FlashInferBackend):
             self.graphs = DecodeGraphs(model, kv, backend, self.num_kv_heads)
@@ -156,27 +157,42 @@ class ModelRunner:
         count = len(seqs)
         padded = self.batch_bucket(count) if self.pad_batches else count
         pad = padded - count
-        per_seq = [(s.last_token_id, s.next_position, s.slot, s.held_pages) for s in seqs]
-        columns = torch.tensor(per_seq, dtype=torch.long).to(self.device, non_blocking=True)
-        input_ids, positions, slots, held = columns.unbind(dim=1)
+        page_size = self.page_size
+        offsets = [s.next_position % page_size for s in seqs] + [0] * pad
+        last_page_len_host = tuple(offset + 1 for offset in offsets for _ in range(heads))
+        # One host-to-device copy: input ids, positions, slots, newest page index and offset per
+        # sequence (padding rows: token 0 at position 0, newest page 0), then last_page_len per
+        # row. Everything else is derived on the device in a few kernels.
+        no_pad = [0] * pad
+        host = (
+            [s.last_token_id for s in seqs]
+            + no_pad
+            + [s.next_position for s in seqs]
+            + no_pad
+            + [s.slot for s in seqs]
+            + [s.held_pages - 1 for s in seqs]
+            + no_pad
+            + offsets
+            + list(last_page_len_host)
+        )
+        values = torch.tensor(host, dtype=torch.long).to(self.device, non_blocking=True)
+        input_ids, positions = values[:padded], values[padded : 2 * padded]
+        slots = values[2 * padded : 2 * padded + count]
+        newest_index = values[2 * padded + count : 3 * padded + count]
+        offsets_dev = values[3 * padded + count : 4 * padded + count]
+        last_page_len = values[4 * padded + count :].to(torch.int32)
         width = self.width_bucket(max(s.held_pages for s in seqs))
-        base = self.pages.table.table[slots, :, :width].reshape(count * heads, width)
+        base = self.pages.table.table[slots, :, :width]  # [count, Hkv, width] int32
         if pad:
             scratch = torch.full(
-                (pad * heads, width), self.kv.scratch_page, dtype=base.dtype, device=self.device
+                (pad, heads, width), self.kv.scratch_page, dtype=base.dtype, device=self.device
             )
             base = torch.cat([base, scratch])
-            input_ids, positions = F.pad(input_ids, (0, pad)), F.pad(positions, (0, pad))
-            held = F.pad(held, (0, pad), value=1)
-        held_rows = held.repeat_interleave(heads)
-        newest = base.gather(1, (held_rows - 1).unsqueeze(1)).squeeze(1).long()
-        offsets = (positions % self.page_size).repeat_interleave(heads)
-        write_slots = (newest * self.page_size + offsets).view(padded, heads)
-        last_page_len = (offsets + 1).to(torch.int32)
-        last_page_len_host = tuple(
-            s.next_position % self.page_size + 1 for s in seqs for _ in range(heads)
-        ) + (1,) * (pad * heads)
-        layer_layouts = self._layer_layouts(seqs, last_page_len, last_page_len_host, width, pad)
+        newest = base.gather(2, newest_index.view(padded, 1, 1).expand(padded, heads, 1))  # [B, Hkv, 1]
+        write_slots = newest.squeeze(2).long() * page_size + offsets_dev.unsqueeze(1)  # [B, Hkv]
+        base = base.reshape(padded * heads, width)
+        page_counts = self._page_counts(seqs)
+        layer_layouts = self._layer_layouts(page_counts, last_page_len, last_page_len_host, width, pad)
         groups = self._policy_groups(seqs, last_page_len, width, padded)
         distinct = _distinct(layer_layouts)
         self.backend.begin_decode_step(distinct)
@@ -192,7 +208,7 @@ class ModelRunner:
             logits = self.model.compute_logits(self.model(input_ids, positions, attention))[:count]
         for seq in seqs:
             seq.num_cached_tokens += 1
-        self._record_kv(seqs, layer_layouts)
+        self._record_kv(seqs, page_counts)
         return logits
 
     @staticmethod
@@ -225,50 +241,84 @@ class ModelRunner:
             return {"replays": 0, "eager_steps": 0, "captures": 0, "evictions": 0, "cached": 0}
         return self.graphs.stats()
 
+    def _page_counts(self, seqs: list[Sequence]) -> list[tuple[int, int, int]]:
+        """Per sequence: (leading layers that attend densely, pages a dense layer attends, pages a
+        sparse layer attends)."""
+        return [
+            (
+                min(dense_until(seq), self.num_layers),
+                seq.held_pages,
+                get_policy(seq.policy).attended_pages(seq.held_pages, seq.budget_pages),
+            )
+            for seq in seqs
+        ]
+
     def _layer_layouts(
         self,
-        seqs: list[Sequence],
+        per_seq: list[tuple[int, int, int]],
         last_page_len: torch.Tensor,
         last_page_len_host: tuple[int, ...],
         width: int,
         pad: int = 0,
     ) -> list[DecodeLayout]:
-        """One layout per layer; layers with equal page counts share one object (one plan).
-        ``pad`` padding sequences read one page per row (the scratch page)."""
-        thresholds = sorted({0, *(min(dense_until(s), self.num_layers) for s in seqs)})
+        """One layout per layer from :meth:`_page_counts`; layers with equal page counts share one
+        object (one plan). ``pad`` padding sequences read one page per row (the scratch page)."""
+        thresholds = sorted({0, *(dense for dense, _, _ in per_seq)})
+        heads = self.num_kv_heads
         layouts: list[DecodeLayout] = []
         for start, end in zip(thresholds, [*thresholds[1:], self.num_layers], strict=True):
-            counts: list[int] = []
-            for seq in seqs:
-                policy = get_policy(seq.policy)
-                dense = start < dense_until(seq)
-                count = seq.held_pages if dense else policy.attended_pages(seq.held_pages, seq.budget_pages)
-                counts.extend([count] * self.num_kv_heads)
-            counts.extend([1] * (pad * self.num_kv_heads))
-            layout = DecodeLayout.build(counts, last_page_len, last_page_len_host, stride=width)
+            counts = [held if start < dense else sparse for dense, held, sparse in per_seq]
+            row_counts = counts if heads == 1 else [count for count in counts for _ in range(heads)]
+            row_counts.extend([1] * (pad * heads))
+            layout = self._layout(row_counts, last_page_len, last_page_len_host, width)
             layouts.extend([layout] * (end - start))
         return layouts
+
+    def _layout(
+        self,
+        counts: list[int],
+        last_page_len: torch.Tensor,
+        last_page_len_host: tuple[int, ...],
+        width: int,
+    ) -> DecodeLayout:
+        """``DecodeLayout.build`` with this step's ``last_page_len`` (``width``: the stride, 0 for
+        none), reusing the device geometry (counts, CSR offsets, entry positions), which depends
+        only on the page counts and the width: page counts change once per ``page_size`` tokens
+        of a row, so most steps build no geometry at all. Layouts are read-only, so a cached one
+        is shared safely."""
+        key = (tuple(counts), width)
+        geometry = self._geometry.get(key)
+        if geometry is None:
+            geometry = DecodeLayout.build(counts, last_page_len, last_page_len_host, stride=width)
+            if len(self._geometry) >= GEOMETRY_CACHE:
+                self._geometry.pop(next(iter(self._geometry)))  # the oldest
+            self._geometry[key] = geometry
+            return geometry
+        return replace(geometry, last_page_len=last_page_len, last_page_len_host=last_page_len_host)
 
     def _policy_groups(
         self, seqs: list[Sequence], last_page_len: torch.Tensor, width: int, step_rows: int
     ) -> list[PolicyGroup]:
         """Groups of rows whose policy selects or observes; ``step_rows``: sequences in the step,
-        padding included. A selecting group whose every request holds no more pages than its
-        budget would select every page: it attends the base pages instead (same pages, no
-        selection work)."""
+        padding included. A selecting policy's request that holds no more pages than its budget
+        would select every page: it stays out of the group and attends its base pages (the dense
+        path: same pages in order, no selection work), so a step pays for selection only on
+        rows over budget and skips a group with none."""
         heads = self.num_kv_heads
+        members: dict[str, list[int]] = {}
+        for index, seq in enumerate(seqs):
+            policy = get_policy(seq.policy)
+            if policy.observes_attention or (policy.selects_per_layer and seq.held_pages > seq.budget_pages):
+                members.setdefault(seq.policy, []).append(index)
         groups = []
-        for name, policy in POLICIES.items():
-            if not (policy.selects_per_layer or policy.observes_attention):
+        for name in POLICIES:  # registry order: a stable group order keeps graph keys stable
+            if name not in members:
                 continue
-            members = [i for i, s in enumerate(seqs) if s.policy == name]
-            if not members:
-                continue
-            member_seqs = [seqs[i] for i in members]
-            if not policy.observes_attention and all(s.held_pages <= s.budget_pages for s in member_seqs):
-                continue
-            rows_host = torch.tensor(members).unsqueeze(1) * heads + torch.arange(heads)
-            rows = rows_host.reshape(-1).to(self.device, non_blocking=True)
+            policy = POLICIES[name]
+            group_index = members[name]
+            member_seqs = [seqs[i] for i in group_index]
+            all_rows = len(group_index) == step_rows
+            batch, _ = self.pages.policy_batch(member_seqs, None, width, step_index=group_index)
             layout = None
             if policy.observes_attention:  # only H2O packs its own rows' attention
                 counts = [
@@ -276,30 +326,29 @@ class ModelRunner:
                     for s in member_seqs
                     for _ in range(heads)
                 ]
-                layout = DecodeLayout.build(counts, last_page_len[rows])
-            batch, _ = self.pages.policy_batch(member_seqs, layout, width)
+                rows_last = last_page_len if all_rows else last_page_len[batch.rows]  # device index
+                host_last = tuple(
+                    s.next_position % self.page_size + 1 for s in member_seqs for _ in range(heads)
+                )
+                layout = self._layout(counts, rows_last, host_last, 0)
             # A fixed top-k size (the largest budget, not the largest current selection) keeps
             # selection shapes static while sequences grow into their budget; rows that select
             # fewer pages ignore the extra candidates.
             max_select = min(max(s.budget_pages for s in member_seqs), width)
             uniform = all(min(s.held_pages, s.budget_pages) == max_select for s in member_seqs)
-            batch = replace(batch, rows=rows, max_select=max_select, uniform_select=uniform)
+            batch = replace(batch, layout=layout, max_select=max_select, uniform_select=uniform)
             dense = [dense_until(s) for s in member_seqs]
-            groups.append(
-                PolicyGroup(policy, batch, min(dense), max(dense), all_rows=len(members) == step_rows)
-            )
+            groups.append(PolicyGroup(policy, batch, min(dense), max(dense), all_rows=all_rows))
         return groups
 
-    def _record_kv(self, seqs: list[Sequence], layer_layouts: list[DecodeLayout]) -> None:
+    def _record_kv(self, seqs: list[Sequence], per_seq: list[tuple[int, int, int]]) -> None:
+        """Each sequence's pages attended this step, averaged over layers (its dense layers
+        attend every held page), and its peak of held pages."""
         heads = self.num_kv_heads
-        # Layers share layout objects: weigh each distinct layout by how many layers use it.
-        layers_per_layout: dict[int, int] = {}
-        for layout in layer_layouts:
-            layers_per_layout[id(layout)] = layers_per_layout.get(id(layout), 0) + 1
-        weighted = [(layout, layers_per_layout[id(layout)]) for layout in _distinct(layer_layouts)]
-        for index, seq in enumerate(seqs):
-            total = sum(layout.counts_host[index * heads] * count for layout, count in weighted)
-            seq.kv_report.attended_pages_per_step.append(round(total / len(layer_layouts)))
+        layers = self.num_layers
+        for seq, (dense, held, sparse) in zip(seqs, per_seq, strict=True):
+            total = held * dense + sparse * (layers - dense)
+            seq.kv_report.attended_pages_per_step.append(round(total / layers))
             seq.kv_report.peak_pages = max(seq.kv_report.peak_pages, seq.held_pages * heads)
 
 

@@ -87,21 +87,26 @@ class PageManager:
         to the pool and no sequence changes."""
         pages = self.pool.allocate(sum(counts) * self.num_kv_heads)
         try:
-            # Index arithmetic on host tensors (no Python loop over pages): entry e of sequence i
-            # is head e // count, position held + e % count, in the order the pages were handed out.
-            per_seq = torch.tensor([(s.slot, s.held_pages, c) for s, c in zip(seqs, counts, strict=True)])
-            repeats = per_seq[:, 2] * self.num_kv_heads
-            slot, held, count = (column.repeat_interleave(repeats) for column in per_seq.unbind(1))
-            starts = torch.cumsum(repeats, 0) - repeats
-            entry = torch.arange(len(pages)) - starts.repeat_interleave(repeats)
-            page_ids = torch.tensor(pages, dtype=torch.long)
-            self.table.write_pages(slot, entry // count, held + entry % count, page_ids)
-            self.kv.reset_pages(page_ids.to(self.device, non_blocking=True))
+            # Entry e of sequence i is head e // count at position held + e % count, in the order
+            # the pages were handed out: plain lists (a few entries per step), one device copy.
+            slots: list[int] = []
+            heads: list[int] = []
+            positions: list[int] = []
+            for seq, count in zip(seqs, counts, strict=True):
+                for head in range(self.num_kv_heads):
+                    slots += [seq.slot] * count
+                    heads += [head] * count
+                    positions += range(seq.held_pages, seq.held_pages + count)
+            self.kv.reset_pages(self.table.write_pages(slots, heads, positions, pages))
         except BaseException:
             self.pool.free(pages)
             raise
+        start = 0
         for seq, count_added in zip(seqs, counts, strict=True):  # cannot raise: accounting is now
             seq.held_pages += count_added
+            end = start + count_added * self.num_kv_heads
+            self.table.hold(seq.slot, pages[start:end])
+            start = end
 
     def prepare_decode(self, seqs: list[Sequence]) -> None:
         """Make room for the token each sequence writes this step.
@@ -143,9 +148,16 @@ class PageManager:
             )
             compacted, evicted = compact_rows(batch.table, scores, keep, batch.held)
             # Prefill is not the per-token path: one host copy here returns pages to the pool.
-            freed = batch.table[evicted].tolist()
+            freed_rows = torch.where(evicted, batch.table, -1).tolist()
             width = batch.table.shape[1]
             self.table.table[slot_index, :, :width] = compacted.view(len(group), self.num_kv_heads, width)
+            heads = self.num_kv_heads
+            freed = []
+            for index, seq in enumerate(group):
+                rows = freed_rows[index * heads : (index + 1) * heads]
+                seq_freed = [page for row in rows for page in row if page >= 0]
+                self.table.drop(seq.slot, seq_freed)
+                freed += seq_freed
             self._free(freed)
             for seq in group:
                 seq.held_pages = seq.budget_pages
@@ -154,7 +166,7 @@ class PageManager:
         """Return every page and the slot of a finished or aborted sequence."""
         if seq.slot < 0:
             return
-        pages = self.table.held_pages(seq.slot, seq.held_pages) if seq.held_pages else []
+        pages = self.table.held_pages(seq.slot)
         self.table.release_slot(seq.slot)
         seq.slot = -1
         seq.held_pages = 0
@@ -163,22 +175,31 @@ class PageManager:
     def _free(self, pages: list[int]) -> None:
         """Return pages to the pool (poisoned first in the debug mode)."""
         if self.poison_freed_pages and pages:
-            self.kv.poison_pages(torch.tensor(pages, dtype=torch.long, device=self.device))
+            self.kv.poison_pages(torch.tensor(pages, dtype=torch.long).to(self.device, non_blocking=True))
         self.pool.free(pages)
 
     # ---- policy views ---------------------------------------------------------------------
     def policy_batch(
-        self, seqs: list[Sequence], layout: DecodeLayout | None = None, width: int = 0
+        self,
+        seqs: list[Sequence],
+        layout: DecodeLayout | None = None,
+        width: int = 0,
+        step_index: list[int] | None = None,
     ) -> tuple[PolicyBatch, torch.Tensor]:
-        """Rows of ``seqs`` (every KV head) as a :class:`PolicyBatch`, plus their slot index.
+        """Rows of ``seqs`` (every KV head) as a :class:`PolicyBatch`, plus their slot index,
+        from one host-to-device copy.
 
-        ``rows`` in the batch are local (0 .. n-1); callers that need step rows set them.
-        ``width`` (default: the most pages any of them holds) is the table width to take.
+        ``rows`` in the batch are the step's rows ``step_index[i] * num_kv_heads + head`` when
+        ``step_index`` (each sequence's index in the decode step) is given, else local
+        (0 .. n-1). ``width`` (default: the most pages any of them holds) is the table width.
         """
         heads = self.num_kv_heads
         width = width or max(s.held_pages for s in seqs)
-        per_seq = [
-            (
+        positions = range(len(seqs)) if step_index is None else step_index
+        host = [
+            value
+            for s in seqs
+            for value in (
                 s.slot,
                 s.held_pages,
                 min(s.held_pages, s.budget_pages),
@@ -186,21 +207,22 @@ class PageManager:
                 s.recent_pages,
                 s.options.sparse.dense_layers if s.policy == "quest" else 0,
             )
-            for s in seqs
         ]
-        columns = torch.tensor(per_seq, dtype=torch.long).to(self.device, non_blocking=True)
+        host += [index * heads + head for index in positions for head in range(heads)]
+        values = torch.tensor(host, dtype=torch.long).to(self.device, non_blocking=True)
+        columns = values[: 6 * len(seqs)].view(len(seqs), 6)
         slot_index = columns[:, 0]
-        expanded = columns.repeat_interleave(heads, dim=0)
+        expanded = columns.repeat_interleave(heads, dim=0) if heads > 1 else columns
         table = self.table.table[slot_index, :, :width].reshape(len(seqs) * heads, width)
         batch = PolicyBatch(
-            rows=torch.arange(len(seqs) * heads, device=self.device),
+            rows=values[6 * len(seqs) :],
             table=table,
             held=expanded[:, 1],
             select_count=expanded[:, 2],
             sink_pages=expanded[:, 3],
             recent_pages=expanded[:, 4],
             dense_layers=expanded[:, 5],
-            max_select=max(p[2] for p in per_seq),
+            max_select=max(min(s.held_pages, s.budget_pages) for s in seqs),
             num_kv_heads=heads,
             layout=layout,
         )

@@ -91,11 +91,14 @@ class Scheduler:
         return batch if batch.decode or batch.prefill else None
 
     def _schedule_chunked(self) -> ScheduledBatch:
-        decode = [s for s in self.running if not s.is_prefilling]
+        decode: list[Sequence] = []
+        prefilling: list[Sequence] = []
+        for seq in self.running:  # one pass, admission order kept in both
+            (prefilling if seq.is_prefilling else decode).append(seq)
         budget = self.step_token_budget - len(decode)
         chunks: list[PrefillChunk] = []
-        for seq in self.running:
-            if budget > 0 and seq.is_prefilling:
+        for seq in prefilling:
+            if budget > 0:
                 end = min(seq.num_prompt_tokens, seq.num_cached_tokens + budget)
                 chunks.append(PrefillChunk(seq, seq.num_cached_tokens, end))
                 budget -= end - seq.num_cached_tokens

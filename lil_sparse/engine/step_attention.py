@@ -61,6 +61,7 @@ class DecodeAttention:
         self.groups = groups
         self.num_kv_heads = num_kv_heads
         self.update_metadata = update_metadata
+        self.observers = [g for g in groups if g.policy.observes_attention]  # once per step
 
     def __call__(self, layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         batch_size, num_heads, head_dim = q.shape
@@ -70,12 +71,11 @@ class DecodeAttention:
         q_rows = q.view(batch_size * self.num_kv_heads, num_heads // self.num_kv_heads, head_dim)
         page_ids = self._select(layer_index, q_rows)
         args = (layer_index, q_rows, self.kv.k[layer_index], self.kv.v[layer_index], page_ids)
-        observers = [g for g in self.groups if g.policy.observes_attention]
-        if not observers:
+        if not self.observers:
             out = self.backend.decode(*args, self.layer_layouts[layer_index])
             return out.view(batch_size, num_heads, head_dim)
         out, lse = self.backend.decode_with_lse(*args, self.layer_layouts[layer_index])
-        for group in observers:
+        for group in self.observers:
             rows = group.batch.rows
             group_lse = None if lse is None else (lse if group.all_rows else lse[rows])
             queries = q_rows if group.all_rows else q_rows[rows]

@@ -120,5 +120,7 @@ def test_graph_replay_between_chunks_equals_eager(policy, tiny_gqa8_dir):
     for eager, replayed in zip(reports[False], reports[True], strict=True):
         assert replayed.output_token_ids == eager.output_token_ids
     assert recorders[False].logits and len(recorders[False].logits) == len(recorders[True].logits)
+    for recorder in recorders.values():  # the recorder saw every sampled row
+        assert sum(logits.shape[0] for logits in recorder.logits) == 40 + 25 + 12
     for eager, replayed in zip(recorders[False].logits, recorders[True].logits, strict=True):
         assert bool((F.cosine_similarity(replayed, eager, dim=-1) >= 0.9999).all())

@@ -10,6 +10,7 @@ one step at cosine 0.979), so for them the cosine bound holds for >= 90% of rows
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,13 @@ import torch
 
 from lil_sparse.config import EngineConfig
 from lil_sparse.engine import LLMEngine
-from lil_sparse.options import POLICY_NAMES, RequestOptions, SparseOptions, StoppingOptions
+from lil_sparse.options import (
+    POLICY_NAMES,
+    RequestOptions,
+    SamplingOptions,
+    SparseOptions,
+    StoppingOptions,
+)
 
 pytestmark = pytest.mark.gpu
 pytest.importorskip("flashinfer")
@@ -26,7 +33,11 @@ PROMPT_LENGTHS = (37, 90, 161)
 
 
 class RecordingSampler:
-    """Wraps the engine's sampler: records every step's logits, optionally forces the tokens."""
+    """Wraps the engine's sampler: records every step's logits, optionally forces the tokens.
+
+    Installed as ``engine.step_sampler.sampler``, the sampler each step draws through; tests
+    check that it saw every sampled row, so a recorder the step bypasses cannot pass vacuously.
+    """
 
     def __init__(self, sampler, forced: list[list[int]] | None = None) -> None:
         self.sampler = sampler
@@ -66,11 +77,21 @@ def requests(policy: str, max_new: int = 24) -> tuple[list[list[int]], list[Requ
     return prompts, [options] * len(prompts)
 
 
+def record(engine: LLMEngine, forced: list[list[int]] | None = None) -> RecordingSampler:
+    recorder = RecordingSampler(engine.step_sampler.sampler, forced)
+    engine.step_sampler.sampler = recorder  # type: ignore[assignment]
+    return recorder
+
+
+def recorded_rows(recorder: RecordingSampler) -> int:
+    return sum(logits.shape[0] for logits in recorder.logits)
+
+
 def run_recorded(engine: LLMEngine, policy: str, forced: list[list[int]] | None = None):
-    recorder = RecordingSampler(engine.sampler, forced)
-    engine.sampler = recorder  # type: ignore[assignment]
+    recorder = record(engine, forced)
     reports = engine.generate(*requests(policy))
     engine.close()
+    assert recorded_rows(recorder) == sum(r.completion_tokens for r in reports)  # one row per token
     return recorder, reports
 
 
@@ -81,7 +102,8 @@ def test_engine_logits_match_reference_backend(policy, model, request):
     flash, flash_reports = run_recorded(make_engine(model_dir, "flashinfer"), policy)
     chosen = [logits.argmax(dim=-1).tolist() for logits in flash.logits]
     reference, _ = run_recorded(make_engine(model_dir, "reference"), policy, forced=chosen)
-    assert len(reference.logits) == len(flash.logits)
+    assert len(reference.logits) == len(flash.logits) > 0
+    assert recorded_rows(flash) == len(PROMPT_LENGTHS) * 24
     agree = close = total = 0
     for ours, theirs in zip(flash.logits, reference.logits, strict=True):
         assert ours.shape == theirs.shape
@@ -106,10 +128,10 @@ def test_cuda_graph_replay_equals_eager(policy, tiny_gqa8_dir):
         RequestOptions(stopping=StoppingOptions(max_new_tokens=n, ignore_eos=True), sparse=o.sparse)
         for n, o in zip((40, 25, 12), options, strict=True)
     ]
-    eager.sampler = eager_logits = RecordingSampler(eager.sampler)  # type: ignore[assignment]
-    graphs.sampler = graph_logits = RecordingSampler(graphs.sampler)  # type: ignore[assignment]
+    eager_logits, graph_logits = record(eager), record(graphs)
     expected = eager.generate(prompts, options)
     got = graphs.generate(prompts, options)
+    assert recorded_rows(eager_logits) == recorded_rows(graph_logits) == 40 + 25 + 12
     runner_graphs = graphs.runner.graphs
     assert runner_graphs is not None and runner_graphs.captured and runner_graphs.replays > 0
     # Batches of 3, 2 and 1 run padded to the buckets 4, 2 and 1.
@@ -144,11 +166,11 @@ def test_mixed_batch_graph_replay_equals_eager(tiny_gqa2_dir):
     """Every policy in one batch: the graph engine replays and matches eager bit for bit."""
     eager = make_engine(tiny_gqa2_dir, "flashinfer", cuda_graphs=False)
     graphs = make_engine(tiny_gqa2_dir, "flashinfer", cuda_graphs=True)
-    eager.sampler = eager_logits = RecordingSampler(eager.sampler)  # type: ignore[assignment]
-    graphs.sampler = graph_logits = RecordingSampler(graphs.sampler)  # type: ignore[assignment]
+    eager_logits, graph_logits = record(eager), record(graphs)
     # max_batch_size 4: four requests decode together, the fifth joins when one finishes.
     expected = eager.generate(*mixed_requests((40, 33, 20, 40, 28)))
     got = graphs.generate(*mixed_requests((40, 33, 20, 40, 28)))
+    assert recorded_rows(eager_logits) == recorded_rows(graph_logits) == 40 + 33 + 20 + 40 + 28
     for want, have in zip(expected, got, strict=True):
         assert have.output_token_ids == want.output_token_ids
     assert all(torch.equal(a, b) for a, b in zip(eager_logits.logits, graph_logits.logits, strict=True))
@@ -158,32 +180,84 @@ def test_mixed_batch_graph_replay_equals_eager(tiny_gqa2_dir):
     graphs.close()
 
 
-@pytest.mark.parametrize("cuda_graphs", [False, True])
-def test_decode_step_never_syncs(cuda_graphs, tiny_gqa2_dir):
-    """The runner's decode step (page growth, eviction, selection, attention, graph replay) under
-    ``torch.cuda.set_sync_debug_mode("error")``: any synchronizing torch call raises. With graphs,
-    the same workload runs twice first so every shape is captured (capture itself synchronizes)."""
-    engine = make_engine(tiny_gqa2_dir, "flashinfer", cuda_graphs=cuda_graphs)
-    decode = engine.runner.decode
-    checked = []
+def no_sync_requests() -> tuple[list[list[int]], list[RequestOptions]]:
+    """:func:`mixed_requests` with two sampled rows (top-k, top-p: the filters and the noise)."""
+    prompts, options = mixed_requests((40, 33, 20, 40, 28))
+    sampled = {
+        1: SamplingOptions(temperature=0.8, top_k=20, seed=1),
+        3: SamplingOptions(temperature=1.0, top_p=0.9, seed=2),
+    }
+    options = [replace(o, sampling=sampled.get(i, o.sampling)) for i, o in enumerate(options)]
+    return prompts, options
 
-    def strict_decode(seqs):
+
+class StrictSteps:
+    """Runs every ``engine.step()`` under ``torch.cuda.set_sync_debug_mode("error")``: any
+    synchronizing torch call raises. Sanctioned, in ``default`` mode: the step's one transfer
+    (``StepSampler.fetch``: the sampled tokens and logprobs), counted per step; and prompt
+    chunks (``runner.prefill`` and ``runner.record_chunk``: the prefill path, whose eviction
+    after a prompt copies the freed page ids to the host once per request)."""
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self.fetches_per_step: list[int] = []
+        self.sampling_steps = 0
+        self.fetched_rows = 0
+        self._step = engine.step
+        fetch = engine.step_sampler.fetch
+
+        def counted_fetch(token_ids, logprobs):
+            self.fetches_per_step[-1] += 1
+            tokens, values = self.allowed(fetch)(token_ids, logprobs)
+            self.fetched_rows += len(tokens)
+            return tokens, values
+
+        engine.step = self.step  # type: ignore[method-assign]
+        engine.step_sampler.fetch = counted_fetch  # type: ignore[method-assign]
+        engine.runner.prefill = self.allowed(engine.runner.prefill)  # type: ignore[method-assign]
+        engine.runner.record_chunk = self.allowed(engine.runner.record_chunk)  # type: ignore[method-assign]
+
+    @staticmethod
+    def allowed(function):
+        def call(*args):
+            torch.cuda.set_sync_debug_mode("default")
+            try:
+                return function(*args)
+            finally:
+                torch.cuda.set_sync_debug_mode("error")
+
+        return call
+
+    def step(self):
+        self.fetches_per_step.append(0)
         torch.cuda.set_sync_debug_mode("error")
         try:
-            logits = decode(seqs)
+            events = self._step()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-        checked.append(len(seqs))
-        return logits
+        self.sampling_steps += any(event.token_ids for event in events)
+        return events
 
+
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_engine_step_syncs_once_to_fetch_the_tokens(cuda_graphs, tiny_gqa2_dir):
+    """The whole ``LLMEngine.step()`` (scheduling, admission, page growth, eviction, selection,
+    attention, graph replay, sampling with filters and noise, detokenizer, stop checks, release
+    of finished requests) makes exactly one device-to-host transfer per step that samples: the
+    tokens with their logprobs. With graphs, the same workload runs twice first so every shape is
+    captured (capture itself synchronizes)."""
+    engine = make_engine(tiny_gqa2_dir, "flashinfer", cuda_graphs=cuda_graphs)
     passes = 3 if cuda_graphs else 1
     for index in range(passes):
         if index == passes - 1:
-            engine.runner.decode = strict_decode  # type: ignore[method-assign]
+            strict = StrictSteps(engine)
             captures = engine.runner.graph_stats()["captures"]
-        reports = engine.generate(*mixed_requests((40, 33, 20, 40, 28)))
+        reports = engine.generate(*no_sync_requests())
     assert [r.completion_tokens for r in reports] == [40, 33, 20, 40, 28]
-    assert sum(checked) == 40 + 33 + 20 + 40 + 28 - 5  # every decoded token of every request
+    assert strict.fetched_rows == 40 + 33 + 20 + 40 + 28  # every token of every request
+    assert max(strict.fetches_per_step) == 1
+    assert sum(strict.fetches_per_step) == strict.sampling_steps > 0
+    assert engine.pool.num_used == 0
     if cuda_graphs:
         assert engine.runner.graph_stats()["captures"] == captures  # nothing new to capture
     engine.close()
