@@ -1,31 +1,44 @@
 #!/usr/bin/env bash
-# One device call: the GPU tests, then every issue-11 speed target (speed-T1 .. T7), the HF
-# generate comparison and throughput, and the target report. Expects the FlashInfer wheels
-# installed in /tmp/site and the SmolLM2 GGUF in /tmp/models (../shared/DEVICE.md has the
-# recipe). Writes test logs, JSON results and decode_targets.md under $OUT (8 files).
+# Device calls for the GPU machine, in two parts that each fit one 600 s call:
+#   PART=tests  the GPU test files side by side (one log, gpu-tests.log), then the prefill
+#               fairness benchmark on CUDA (prefill_fairness.md)
+#   PART=bench  every issue-11 speed target (speed-T1 .. T7), the HF generate comparison and
+#               throughput, and the target report (decode_targets.md plus its JSON)
+# Expects the FlashInfer wheels installed in /tmp/site and the SmolLM2 GGUF in /tmp/models
+# (../shared/DEVICE.md has the recipe). Writes under $OUT (at most 8 files come back).
 set -u
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 export LIL_GPU_MODEL=${LIL_GPU_MODEL:-/tmp/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 out=${OUT:-/tmp/out}
-mkdir -p "$out"
+part=${PART:-tests}
+mkdir -p "$out" /tmp/logs
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 sha256sum "$LIL_GPU_MODEL" | cut -c1-16
-# The GPU test files run side by side (about 75 s together on the H200; one after another they
-# took over 200 s, mostly Triton and FlashInfer compiling), each with its own log.
-for t in tests/gpu/test_flashinfer_engine.py tests/gpu/test_flashinfer_layer.py tests/gpu/test_real_model.py \
-  tests/kernels; do
-  (timeout "${TEST_SECONDS:-190}" python -m pytest -q -p no:cacheprovider -s "$t" > "$out/$(basename "$t" .py).log" 2>&1;
-   echo "rc=$?" >> "$out/$(basename "$t" .py).log") &
-done
-wait
-grep -hE "passed|failed|rc=|identical" "$out"/*.log
-timeout 45 python bench/engine_step.py "$LIL_GPU_MODEL" --batches 1,8,64 --json "$out/engine.json" 2>&1 \
-  | grep "engine step"
-{
-  timeout 130 python bench/decode_e2e.py --models qwen1.5b --contexts 4096,32768 --batches 1,8,32 --steps 20 \
-    --throughput 1,32,64,128 --hf 1,32 --json "$out/e2e_qwen.json"
-  timeout 180 python bench/decode_e2e.py --models llama8b --contexts 32768,4096 --batches 8,1,32 --steps 20 \
-    --mixed 8 --json "$out/e2e_llama.json"
-} > /tmp/bench.log 2>&1  # $OUT keeps 8 files: 4 test logs, 3 JSON, the report
-grep -vE "Warning|warn" /tmp/bench.log | tail -8
-python bench/targets.py "$out"/e2e_*.json --engine "$out/engine.json" --out "$out/decode_targets.md"
+
+if [ "$part" = tests ]; then
+  # Side by side: about 75 s together on the H200; one after another they took over 200 s,
+  # mostly Triton and FlashInfer compiling.
+  for t in tests/gpu/test_flashinfer_engine.py tests/gpu/test_flashinfer_layer.py tests/gpu/test_real_model.py \
+    tests/gpu/test_chunked_prefill_gpu.py tests/kernels; do
+    (timeout "${TEST_SECONDS:-240}" python -m pytest -q -ra -p no:cacheprovider "$t" > "/tmp/logs/$(basename "$t" .py).log" 2>&1;
+     echo "rc=$?" >> "/tmp/logs/$(basename "$t" .py).log") &
+  done
+  wait
+  for f in /tmp/logs/*.log; do echo "===== $f"; cat "$f"; done > "$out/gpu-tests.log"
+  grep -hE "passed|failed|error|rc=" /tmp/logs/*.log
+  timeout 200 python bench/prefill_fairness.py --model "$LIL_GPU_MODEL" --device cuda \
+    --modes chunked,chunked:512,unchunked --out "$out/prefill_fairness.md" 2>&1 | grep -vE "Warning|warn" | tail -12
+fi
+
+if [ "$part" = bench ]; then
+  timeout 45 python bench/engine_step.py "$LIL_GPU_MODEL" --batches 1,8,64 --json "$out/engine.json" 2>&1 \
+    | grep "engine step"
+  {
+    timeout 150 python bench/decode_e2e.py --models qwen1.5b --contexts 4096,32768 --batches 1,8,32 --steps 20 \
+      --throughput 1,32,64,128 --hf 1,32 --json "$out/e2e_qwen.json"
+    timeout 200 python bench/decode_e2e.py --models llama8b --contexts 32768,4096 --batches 8,1,32 --steps 20 \
+      --mixed 8 --json "$out/e2e_llama.json"
+  } > /tmp/bench.log 2>&1
+  grep -vE "Warning|warn" /tmp/bench.log | tail -8
+  python bench/targets.py "$out"/e2e_*.json --engine "$out/engine.json" --out "$out/decode_targets.md"
+fi
