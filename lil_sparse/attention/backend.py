@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from lil_sparse.attention.layout import DecodeLayout
+
+if TYPE_CHECKING:
+    from lil_sparse.attention.flashinfer_chunk_prefill import PagedChunkPrefill
 
 
 class AttentionBackend(ABC):
@@ -19,6 +23,12 @@ class AttentionBackend(ABC):
 
     def begin_decode_step(self, layouts: Sequence[DecodeLayout]) -> None:
         """Called once per decode step with every layout the step's layers will use (``plan()``)."""
+
+    def chunk_prefill(self) -> PagedChunkPrefill | None:
+        """The kernel for prompt chunks that continue a prompt (they attend their request's pages),
+        or ``None``: then they run :func:`~lil_sparse.attention.chunked_prefill.chunk_attention`
+        on the gathered KV (the reference, any device)."""
+        return None
 
     @abstractmethod
     def prefill(

@@ -7,9 +7,9 @@ they are gathered once per layer (``[end, Hkv, D]``, linear in the prompt) and a
 iff ``j <= start + i``). Nothing is quadratic in the prompt beyond chunk x prefix, so a chunk
 costs time linear in the prompt length.
 
-Runs on any device and dtype (scores in SDPA's own precision), so the reference backend and
-FlashInfer share it: FlashInfer's ragged prefill covers chunks that start at position 0, this
-covers the rest.
+Runs on any device and dtype (scores in SDPA's own precision): the reference backend's path (and
+so the CPU's), and the reference that FlashInfer's paged chunk prefill
+(:mod:`lil_sparse.attention.flashinfer_chunk_prefill`) is tested against on CUDA.
 """
 
 from __future__ import annotations
@@ -18,22 +18,25 @@ import torch
 import torch.nn.functional as F
 
 
+def gather_prompt_tokens(pages: torch.Tensor, page_ids: torch.Tensor, length: int) -> torch.Tensor:
+    """Keys (or values) of positions ``0 .. length - 1`` from one request's pages.
+
+    ``pages: [num_pages, 1, page_size, D]`` (one layer's K or V); ``page_ids: [Hkv, n] int64``
+    the request's pages per KV head in logical order (page ``i`` holds positions
+    ``i * page_size ..``), ``n * page_size >= length``. Returns ``[length, Hkv, D]`` in the
+    cache dtype.
+    """
+    page_size, head_dim = pages.shape[2], pages.shape[3]
+    num_kv_heads = page_ids.shape[0]
+    used = page_ids[:, : -(-length // page_size)]
+    return pages[used].reshape(num_kv_heads, -1, head_dim)[:, :length].transpose(0, 1)
+
+
 def gather_prompt_kv(
     k_pages: torch.Tensor, v_pages: torch.Tensor, page_ids: torch.Tensor, length: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys and values of positions ``0 .. length - 1`` from one request's pages.
-
-    ``k_pages, v_pages: [num_pages, 1, page_size, D]`` (one layer); ``page_ids: [Hkv, n] int64``
-    the request's pages per KV head in logical order (page ``i`` holds positions
-    ``i * page_size ..``), ``n * page_size >= length``. Returns ``(k, v)``, each
-    ``[length, Hkv, D]`` in the cache dtype.
-    """
-    page_size, head_dim = k_pages.shape[2], k_pages.shape[3]
-    num_kv_heads = page_ids.shape[0]
-    used = page_ids[:, : -(-length // page_size)]
-    keys = k_pages[used].reshape(num_kv_heads, -1, head_dim)[:, :length]
-    values = v_pages[used].reshape(num_kv_heads, -1, head_dim)[:, :length]
-    return keys.transpose(0, 1), values.transpose(0, 1)
+    """:func:`gather_prompt_tokens` of both K and V: ``(k, v)``, each ``[length, Hkv, D]``."""
+    return gather_prompt_tokens(k_pages, page_ids, length), gather_prompt_tokens(v_pages, page_ids, length)
 
 
 def chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,8 @@
 """FlashInfer attention on CUDA: ragged causal prefill and block-sparse paged decode.
 
+Prompt chunks that continue a prompt run FlashInfer's paged prefill over the request's pages
+(:mod:`lil_sparse.attention.flashinfer_chunk_prefill`, :meth:`FlashInferBackend.chunk_prefill`).
+
 Decode is one ``BatchDecodeWithPagedKVCacheWrapper`` batch whose rows are (sequence, KV head)
 pairs over one-head pages (``num_kv_heads=1``, layout "HND", the group's G query heads as the
 row's queries). A row's page list is the pages its policy selected, so a short list *is* the
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from lil_sparse.attention.backend import AttentionBackend
+from lil_sparse.attention.flashinfer_chunk_prefill import PagedChunkPrefill
 from lil_sparse.attention.layout import DecodeLayout
 from lil_sparse.config import EngineConfig
 from lil_sparse.models.config import ModelConfig
@@ -98,6 +102,7 @@ class FlashInferBackend(AttentionBackend):
         self._active: dict[int, DecodeSlot] = {}
         self._prefill = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(self.workspace, "NHD", backend="fa2")
         self._prefill_key: tuple[object, ...] | None = None
+        self._chunk_prefill: PagedChunkPrefill | None = None  # built on the first continuing chunk
 
     # ---- prefill ----------------------------------------------------------------------------
     def prefill(
@@ -118,6 +123,12 @@ class FlashInferBackend(AttentionBackend):
             )
             self._prefill_key = key
         return self._prefill.run(q, k, v)
+
+    def chunk_prefill(self) -> PagedChunkPrefill:
+        """FlashInfer's paged prefill for chunks that continue a prompt (planned per step)."""
+        if self._chunk_prefill is None:
+            self._chunk_prefill = PagedChunkPrefill(self.workspace, self.page_size)
+        return self._chunk_prefill
 
     # ---- decode -----------------------------------------------------------------------------
     def begin_decode_step(self, layouts: Sequence[DecodeLayout]) -> None:

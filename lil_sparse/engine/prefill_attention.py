@@ -5,11 +5,15 @@ InfLLM read), then attended:
 
 - chunks that start at position 0 (a whole prompt, or the first chunk of a long one) are packed
   first and run as one ragged causal prefill on the backend (FlashInfer's on CUDA);
-- a later chunk attends the request's earlier prompt KV from its pages plus itself, causally
-  (:func:`~lil_sparse.attention.chunked_prefill.chunk_attention`), on any device.
+- later chunks attend the request's earlier prompt KV from its pages plus themselves, causally:
+  on a backend with a paged chunk kernel (FlashInfer's paged prefill,
+  :mod:`~lil_sparse.attention.flashinfer_chunk_prefill`) all of them in one kernel per layer,
+  planned once per call; otherwise each on its gathered KV
+  (:func:`~lil_sparse.attention.chunked_prefill.chunk_attention`, any device: the reference).
 
 A policy that watches prefill attention (H2O) sees each chunk's queries against every key up to
-the chunk's end, so the attention mass it records is the one a single pass would record.
+the chunk's end (gathered from the pages for a later chunk), so the attention mass it records is
+the one a single pass would record, whichever kernel computed the attention output.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from lil_sparse.attention.backend import AttentionBackend
-from lil_sparse.attention.chunked_prefill import chunk_attention, gather_prompt_kv
+from lil_sparse.attention.chunked_prefill import chunk_attention, gather_prompt_kv, gather_prompt_tokens
+from lil_sparse.attention.flashinfer_chunk_prefill import ChunkSpan
 from lil_sparse.kv import KVCache
 from lil_sparse.policies import SelectionPolicy
 
@@ -68,6 +73,12 @@ class PrefillAttention:
         if any(c.prompt_start == 0 for c in chunks[len(fresh) :]):
             raise ValueError("chunks that start a prompt must come first in the packed tokens")
         self.fresh_cu_seqlens = [0, *(c.row_end for c in fresh)]
+        continuing = chunks[len(fresh) :]
+        self.paged = backend.chunk_prefill() if continuing else None
+        self.spans = [
+            ChunkSpan(c.row_start, c.prompt_start, c.row_end - c.row_start, c.page_ids) for c in continuing
+        ]
+        self.planned = False  # the paged kernel is planned on the first layer, for every layer
 
     def __call__(self, layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         self.kv.write(layer_index, self.slots, k, v, update_metadata=self.update_metadata)
@@ -75,22 +86,30 @@ class PrefillAttention:
         if fresh_rows == q.shape[0]:  # no continuing chunk: the plain ragged prefill
             out = self.backend.prefill(q, k, v, self.fresh_cu_seqlens)
         else:
-            out = torch.empty_like(q)
+            out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
             if fresh_rows:
                 out[:fresh_rows] = self.backend.prefill(
                     q[:fresh_rows], k[:fresh_rows], v[:fresh_rows], self.fresh_cu_seqlens
                 )
+        k_pages, v_pages = self.kv.k[layer_index], self.kv.v[layer_index]
+        if self.paged is not None:
+            if not self.planned:
+                group = q.shape[1] // k.shape[1]
+                self.paged.plan(self.spans, group, q.shape[2], q.dtype, k_pages.dtype)
+                self.planned = True
+            self.paged.run(q, k_pages, v_pages, out)
         for chunk in self.chunks:
             rows = slice(chunk.row_start, chunk.row_end)
+            if chunk.prompt_start > 0 and self.paged is None:
+                keys, values = gather_prompt_kv(k_pages, v_pages, chunk.page_ids, chunk.prompt_end)
+                out[rows] = chunk_attention(q[rows], keys, values)
+            if chunk.observer is None or chunk.token_pages is None:
+                continue
             if chunk.prompt_start == 0:
                 keys = k[rows]
-            else:
-                keys, values = gather_prompt_kv(
-                    self.kv.k[layer_index], self.kv.v[layer_index], chunk.page_ids, chunk.prompt_end
-                )
-                out[rows] = chunk_attention(q[rows], keys, values)
-            if chunk.observer is not None and chunk.token_pages is not None:
-                chunk.observer.observe_prefill(
-                    layer_index, q[rows], keys, chunk.token_pages, self.kv, chunk.prompt_tokens
-                )
+            elif self.paged is not None:  # the paged kernel gathered nothing: the observer's keys
+                keys = gather_prompt_tokens(k_pages, chunk.page_ids, chunk.prompt_end)
+            chunk.observer.observe_prefill(
+                layer_index, q[rows], keys, chunk.token_pages, self.kv, chunk.prompt_tokens
+            )
         return out

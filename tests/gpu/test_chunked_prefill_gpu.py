@@ -1,5 +1,8 @@
 """Chunked prefill on CUDA: the chunk attention in bf16, and the FlashInfer engine chunked against
-unchunked (first-token logits) and with CUDA graphs against eager (decode rows between chunks).
+unchunked (first-token logits; later chunks on FlashInfer's paged prefill, counted by its plans)
+and with CUDA graphs against eager (decode rows between chunks).
+
+The paged chunk kernel itself against the PyTorch chunk path: ``test_flashinfer_chunk_prefill.py``.
 
 Tolerances as in conftest.py (bf16 inputs, fp32 accumulation); logits compare by cosine >= 0.999.
 """
@@ -89,7 +92,8 @@ def test_chunk_attention_bf16_matches_fp32_causal(length: int, chunk: int) -> No
 def test_chunked_first_token_logits_match_unchunked(policy, model, request):
     model_dir = request.getfixturevalue(model)
     first_logits = {}
-    for budget in (0, 16):  # 16: every prompt takes several chunks
+    # 16: chunks end on page boundaries; 24: mid-page. Every prompt takes several chunks.
+    for budget in (0, 16, 24):
         engine = make_engine(model_dir, budget)
         # The step samples through engine.step_sampler (its per-row isolation wraps the sampler).
         recorder = RecordingSampler(engine.step_sampler.sampler)
@@ -97,11 +101,15 @@ def test_chunked_first_token_logits_match_unchunked(policy, model, request):
         for prompt in prompts(len(policy)):
             engine.generate([prompt], [options(policy, 1)])
         assert engine.stats().kv_pages_used == 0
+        if budget:  # every later chunk ran FlashInfer's paged prefill, one plan per step
+            continuing_steps = sum(-(-length // budget) - 1 for length in PROMPT_LENGTHS)
+            assert engine.runner.backend.chunk_prefill().plans == continuing_steps
         first_logits[budget] = torch.cat(recorder.logits)
         engine.close()
-    cosine = F.cosine_similarity(first_logits[16], first_logits[0], dim=-1)
-    assert cosine.shape == (len(PROMPT_LENGTHS),)
-    assert bool((cosine >= 0.999).all())
+    for budget in (16, 24):
+        cosine = F.cosine_similarity(first_logits[budget], first_logits[0], dim=-1)
+        assert cosine.shape == (len(PROMPT_LENGTHS),)
+        assert bool((cosine >= 0.999).all())
 
 
 @pytest.mark.parametrize("policy", POLICY_NAMES)
