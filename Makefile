@@ -1,33 +1,49 @@
 # lil-sparse: every command the README tells you to run is a target here.
 #
-#   make run     install (CPU) and serve the default model (SmolLM2-135M-Instruct) on :50051
-#   make test    install and run the whole test suite (Python, Go client, Helm chart)
+#   make run     install the runtime (CPU torch without a GPU) and serve the default model
+#                (SmolLM2-135M-Instruct) on :50051
+#   make test    install the runtime plus the dev and Helm-test tools, and run the whole test
+#                suite (Python, Go client, Helm chart)
 #   make gateway the SMG gateway's OpenAI API on :30000 in front of `make run`
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU build of torch. Installing it first keeps pip from pulling a multi-GB CUDA build for
-# the "torch>=2.4" dependency. Elsewhere: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# torch is installed first, so that the "torch>=2.4" dependency is already satisfied and pip
+# never pulls a multi-GB CUDA build onto a machine without a GPU:
+#  1. a wheel pip finds without any index (a --find-links folder from pip's config, as on the CI
+#     machine, which holds the CPU build and may have no network) is used as it is;
+#  2. else, without an NVIDIA GPU (no nvidia-smi), the CPU build from TORCH_INDEX, an extra index
+#     beside PyPI (its "2.13.0+cpu" sorts above PyPI's CUDA "2.13.0", so pip picks it);
+#  3. else PyPI's default (CUDA) build. Override with TORCH_INDEX=... (empty: PyPI only).
 TORCH ?= torch==2.13.0
-TORCH_INDEX ?=
+TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
 MODEL ?= smollm2-135m-instruct
 PORT ?= 50051
 METRICS_PORT ?= 9400
 GATEWAY_PORT ?= 30000
 
-.PHONY: install run serve gateway generate client test test-python test-go test-helm lint format typecheck \
+.PHONY: install install-runtime install-torch run serve gateway generate client test test-python test-go test-helm lint format typecheck \
         proto proto-check go-proto go-deps bench-micro bench-e2e eval clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-install: $(PY)
-	$(PY) -m pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+install-torch: $(PY)
+	$(PY) -m pip install -q --no-index --no-deps "$(TORCH)" 2>/dev/null \
+		|| $(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	$(PY) -m pip install -q "$(TORCH)"
+
+# What `make run` needs: the package and its runtime dependencies.
+install-runtime: install-torch
+	$(PY) -m pip install -q -e .
+
+# Everything: the runtime, the dev tools (pytest, ruff, mypy, smg...) and the Helm test tools.
+install: install-torch
 	$(PY) -m pip install -q -e ".[dev]" -r requirements-helm-test.txt
 
-run: install serve
+run: install-runtime serve
 
 serve:
 	$(VENV)/bin/lil-sparse models fetch $(MODEL)
@@ -43,7 +59,7 @@ generate:
 
 client:
 	$(VENV)/bin/lil-client --address localhost:$(PORT) generate "Write a haiku about sparse attention." \
-		--policy quest --budget 128 --guardian
+		--policy quest --budget 128 --guardian --guardian-interval 50
 
 test: install go-deps test-python test-go
 

@@ -25,6 +25,11 @@ FLOAT32_MAX = 3.4028234663852886e38
 FLOAT32_TINY = 1.1754943508222875e-38  # smallest normal float32: below it a value flushes to 0
 
 
+def _pages(count: int) -> str:
+    """``1 page``, ``3 pages``: a page count for a message."""
+    return f"{count} page" if count == 1 else f"{count} pages"
+
+
 def _require(condition: bool, field_name: str, message: str) -> None:
     if not condition:
         raise ValueError(f"{field_name}: {message}")
@@ -115,7 +120,9 @@ class SparseOptions:
 
     ``budget_tokens`` is the number of KV tokens attended per decode step, rounded down to whole
     pages (see :meth:`budget_pages`); the newest, possibly partial, page is always one of them.
-    ``full`` ignores the budget. ``sink_tokens`` and ``recent_tokens`` are rounded up to whole
+    ``full`` ignores the budget and the other sparse fields, but a value invalid in itself is refused
+    whatever the policy (a budget below one page, a negative count), so a mistake never passes
+    silently. ``sink_tokens`` and ``recent_tokens`` are rounded up to whole
     pages by the policies that use them; ``recent_tokens == 0`` sizes the window automatically.
     ``dense_layers`` leading layers attend densely under Quest (as in the Quest paper); eviction
     policies evict for all layers at once.
@@ -139,14 +146,11 @@ class SparseOptions:
         _require_int(self.dense_layers, "dense_layers", 0, INT32_MAX)
 
     def budget_pages(self, page_size: int) -> int:
-        """Pages attended per step (the newest page included); raises if below one page."""
+        """Pages attended per step (the newest page included); raises if below one page, for every
+        policy (``full`` ignores the budget, but a budget that no policy could use is a mistake)."""
         pages = self.budget_tokens // page_size
-        _require(
-            pages >= 1 or self.policy == "full",
-            "budget_tokens",
-            f"{self.budget_tokens} is below one page ({page_size} tokens)",
-        )
-        return max(pages, 1)
+        _require(pages >= 1, "budget_tokens", f"{self.budget_tokens} is below one page ({page_size} tokens)")
+        return pages
 
     def sink_pages(self, page_size: int) -> int:
         """Sink tokens rounded up to whole pages."""
@@ -165,15 +169,22 @@ class SparseOptions:
         return max(1, (budget - sink) // 2)
 
     def validate_for(self, page_size: int, num_layers: int) -> None:
-        """Checks that need the engine's geometry; raises ``ValueError`` naming the field."""
+        """Checks that need the engine's geometry; raises ``ValueError`` naming the field.
+
+        The sink and recent windows are checked against the budget only for the policies that use
+        them, and the message says which field to change (the user may have set only the budget).
+        """
+        budget = self.budget_pages(page_size)
         if self.policy == "full":
             return
-        budget = self.budget_pages(page_size)
         if self.policy in ("sink", "infllm"):
+            needed = (self.sink_pages(page_size) + 1) * page_size
             _require(
-                self.sink_pages(page_size) + 1 <= budget,
-                "sink_tokens",
-                f"{self.sink_tokens} sink tokens plus the newest page exceed the budget of {budget} pages",
+                needed <= budget * page_size,
+                "budget_tokens",
+                f"{self.budget_tokens} ({_pages(budget)} of {page_size} tokens) leaves no room for the "
+                f"{self.sink_tokens} sink tokens ({_pages(self.sink_pages(page_size))}) plus the newest "
+                f"page; raise budget_tokens to at least {needed} or lower sink_tokens",
             )
         if self.policy in ("h2o", "infllm"):
             forced = self.recent_pages(page_size) + (
@@ -182,7 +193,8 @@ class SparseOptions:
             _require(
                 forced <= budget,
                 "recent_tokens",
-                f"{self.recent_tokens} recent tokens do not fit the budget of {budget} pages",
+                f"{self.recent_tokens} recent tokens do not fit the budget of {_pages(budget)}; "
+                "lower recent_tokens (0: automatic) or raise budget_tokens",
             )
         if self.policy == "quest":  # the only policy that reads dense_layers
             _require(

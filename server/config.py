@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lil_sparse.loading.fetcher import find_known_model
 from lil_sparse.options import (
     GuardianOptions,
     RequestOptions,
@@ -140,10 +141,17 @@ class ServerConfig:
     @property
     def model_id(self) -> str:
         """The id gateways route by and vLLM-named metrics carry: ``served_model_name``, else the
-        model's name (a folder's name, a GGUF file's stem, or the registry name as given)."""
+        model's name: a folder's name, a GGUF file's stem, or a known model's canonical registry name
+        (``smollm2`` and ``SmolLM2-135M-Instruct`` both give ``smollm2-135m-instruct``), as the
+        loader resolves it (an existing path wins over a registry name), so info, ``lil_sparse_*``
+        and ``vllm:*`` metrics and the gateway all see one id."""
         if self.served_model_name:
             return self.served_model_name
-        path = Path(self.model)
+        path = Path(self.model).expanduser()
+        if not path.exists():
+            known = find_known_model(self.model)
+            if known is not None:
+                return known.name
         return path.stem if path.suffix == ".gguf" else path.name
 
     @property

@@ -13,7 +13,9 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "models", help="list or fetch the known models", description=__doc__
     )
-    actions = parser.add_subparsers(dest="models_command", required=True)
+    # Not required: run_models answers a bare ``lil-sparse models`` with the actions, not argparse's
+    # "the following arguments are required: models_command".
+    actions = parser.add_subparsers(dest="models_command", metavar="{list,fetch,path}")
     actions.add_parser("list", help="known models, their aliases and whether they are cached")
     fetch = actions.add_parser("fetch", help="download, assemble and verify a model (idempotent)")
     fetch.add_argument(
@@ -26,6 +28,11 @@ def add_models_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_models(args: argparse.Namespace) -> int:
+    if args.models_command is None:
+        raise ValueError(
+            "action: choose one of {list,fetch,path}: `lil-sparse models list` shows the known models, "
+            "`lil-sparse models fetch NAME` downloads one, `lil-sparse models path NAME` prints its path"
+        )
     if args.models_command == "list":
         for model in KNOWN_MODELS:
             default = " (default)" if model.name == DEFAULT_MODEL else ""

@@ -39,13 +39,13 @@ def resolve_source(source: str | Path) -> tuple[Path, str]:
         return path, path.resolve().name
     if path.is_file():
         if path.suffix != ".gguf":
-            raise ValueError(f"source: {path} is a file but not a .gguf; pass a model folder or a .gguf file")
+            raise ValueError(f"model: {path} is a file but not a .gguf; pass a model folder or a .gguf file")
         return path, path.stem
     known = find_known_model(str(source))
     if known is not None:
         return fetch_model(known.name), known.name
     raise ValueError(
-        f"source: {source!r} is neither a model folder, a .gguf file nor a known model name "
+        f"model: {source!r} is neither a model folder, a .gguf file nor a known model name "
         "(see `lil-sparse models list`)"
     )
 

@@ -102,6 +102,11 @@ def custom_overrides(custom_params: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _shown(value: float) -> str:
+    """A proto float32 as the user wrote it: ``0.1``, not ``0.10000000149011612`` (``:g``)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _refuse_unsupported(params: sglang.SamplingParams, request: sglang.GenerateRequest) -> None:
     """Fields lil-sparse cannot honour fail loudly instead of being ignored."""
     neutral = {
@@ -113,10 +118,10 @@ def _refuse_unsupported(params: sglang.SamplingParams, request: sglang.GenerateR
     }
     for name, (value, expected) in neutral.items():
         if value != expected:
-            raise InvalidArgument(f"{name}: not supported by lil-sparse (got {value})")
+            raise InvalidArgument(f"{name}: not supported by lil-sparse (got {_shown(value)})")
     if params.repetition_penalty not in (0.0, 1.0):
         raise InvalidArgument(
-            f"repetition_penalty: not supported by lil-sparse (got {params.repetition_penalty})"
+            f"repetition_penalty: not supported by lil-sparse (got {_shown(params.repetition_penalty)})"
         )
     if params.n > 1:
         raise InvalidArgument(f"n: lil-sparse returns one sample per request (got {params.n})")

@@ -74,7 +74,7 @@ def test_generate_with_an_unknown_model() -> None:
     done = _lil_sparse("generate", "--model", "no-such-model", "hello")
     assert done.returncode == 2
     line = _one_line(done.stderr)
-    assert line.startswith("lil-sparse generate: source: 'no-such-model' is neither a model folder")
+    assert line.startswith("lil-sparse generate: model: 'no-such-model' is neither a model folder")
 
 
 def test_busy_port_is_found_before_the_model_loads() -> None:
@@ -133,3 +133,16 @@ def test_torch_threads_default_flag_and_environment(monkeypatch: pytest.MonkeyPa
             set_torch_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_serve_with_an_unknown_model_names_the_model_setting() -> None:
+    done = _lil_sparse("serve", "--model", "no-such-model", "--port", "0", "--metrics-port", "0")
+    assert done.returncode == 2
+    line = _one_line(done.stderr)
+    assert line.startswith("lil-sparse serve: model: 'no-such-model' is neither a model folder")
+
+
+def test_models_without_an_action_lists_the_actions() -> None:
+    done = _lil_sparse("models")
+    assert done.returncode == 2
+    assert _one_line(done.stderr).startswith("lil-sparse models: action: choose one of {list,fetch,path}")

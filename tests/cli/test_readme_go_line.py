@@ -31,7 +31,7 @@ def readme_go_line() -> str:
 )
 def test_readme_go_line_streams_a_reply(cli_model_dir: Path) -> None:
     line = readme_go_line()
-    assert README_ADDRESS in line and " -chat " in line
+    assert README_ADDRESS in line and " -raw " not in line  # a chat message: lil-stream's default
     config = ServerConfig(model=str(cli_model_dir), host="127.0.0.1", port=0, metrics_port=0)
     with BackgroundServer(config) as server:
         command = line.replace(README_ADDRESS, f"127.0.0.1:{server.port}")

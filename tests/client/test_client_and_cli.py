@@ -59,7 +59,7 @@ def test_cli_generate_prints_text_then_summary(client_server: Any) -> None:
         )
     flags = ["--max-new-tokens", "6", "--ignore-eos", "--policy", "quest", "--budget", "16"]
     flags += ["--guardian", "--guardian-interval", "100"]
-    code, output = _cli(["--address", client_server.address, "generate", "hello", *flags])
+    code, output = _cli(["--address", client_server.address, "generate", "hello", "--raw", *flags])
     assert code == 0
     text, summary = output.split("\n---\n")
     assert text == expected.text  # greedy: the same tokens as the library call
@@ -85,10 +85,50 @@ def test_cli_json(client_server: Any) -> None:
     assert data["guardian"]["enabled"] is False
 
 
+def test_cli_applies_the_chat_template_unless_raw(client_server: Any) -> None:
+    """As ``lil-sparse generate``: the prompt is one user chat message; --raw sends it as is."""
+    with LilClient(client_server.address) as client:
+        chat = client.complete(messages=[{"role": "user", "content": "hello"}], max_new_tokens=4)
+        raw = client.complete("hello", max_new_tokens=4)
+    assert chat.prompt_tokens > raw.prompt_tokens  # the template adds the role markers
+    runs = {}
+    for flags in ([], ["--chat"], ["--raw"]):  # --chat: the default, still accepted
+        code, output = _cli(
+            [
+                "--address",
+                client_server.address,
+                "generate",
+                "hello",
+                "--json",
+                "--max-new-tokens",
+                "4",
+                *flags,
+            ]
+        )
+        assert code == 0
+        data = json.loads(output)
+        runs[tuple(flags)] = (data["prompt_tokens"], data["text"])
+    assert runs[()] == runs[("--chat",)] == (chat.prompt_tokens, chat.text)
+    assert runs[("--raw",)] == (raw.prompt_tokens, raw.text)
+
+
+def test_cli_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "server host:port (default: localhost:50051)" in capsys.readouterr().out
+
+
 def test_cli_info_and_errors(client_server: Any, capsys: pytest.CaptureFixture[str]) -> None:
     code, output = _cli(["--address", client_server.address, "info"])
     assert code == 0
     assert "policies: full, sink, h2o, quest, infllm" in output
+    # The server's defaults (ServerConfig with no default_* settings), as the help promises.
+    assert (
+        "defaults: policy full, budget 512 tokens (full ignores it), sink 4, recent 0 (0: auto), "
+        "dense layers 2\n"
+        "  max_new_tokens 256, temperature 0, top_k 0, top_p 1, ignore_eos false\n"
+        "  guardian off: interval 250 tokens, threshold 20 bytes, mode full, action truncate\n"
+    ) in output
     assert re.search(r"^model: .*model \(qwen2\)$", output, re.MULTILINE)
     code, _ = _cli(["--address", client_server.address, "generate", "hi", "--top-p", "5"])
     assert code == 1

@@ -119,7 +119,8 @@ def _option_rows() -> list[BadInput]:
     ]
     for value in (-1, 6, 99, 2**31 - 1):
         rows.append(BadInput(f"policy enum {value}", _request(sparse={"policy": value}), INVALID, "policy"))
-    for policy, name in ((2, "sink"), (3, "h2o"), (4, "quest"), (5, "infllm")):
+    # full ignores the budget and the window fields, but refuses values invalid in themselves.
+    for policy, name in ((1, "full"), (2, "sink"), (3, "h2o"), (4, "quest"), (5, "infllm")):
         for budget in (0, -1):
             rows.append(
                 BadInput(
@@ -146,6 +147,14 @@ def _option_rows() -> list[BadInput]:
                     group_field,
                 )
             )
+    rows.append(
+        BadInput(
+            "sink budget_tokens 16 (no room for the 4 default sink tokens and the newest page)",
+            _request(sparse={"policy": 2, "budget_tokens": 16}),
+            INVALID,
+            "budget_tokens",
+        )
+    )
     for policy, name in ((4, "quest"),):  # only quest reads dense_layers
         for layers in (2, 3, 5, 1000):
             rows.append(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from server.cli import add_serve_arguments
@@ -88,3 +90,15 @@ def test_chunked_prefill_settings_reach_the_engine(tiny_model_dir) -> None:
         assert chunked.scheduler.step_token_budget == 64
     finally:
         chunked.close()
+
+
+def test_model_id_is_the_canonical_registry_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An alias or mixed case gives the registry name that info and lil_sparse_* metrics report."""
+    monkeypatch.chdir(tmp_path)  # no folder called like an alias here
+    assert ServerConfig(model="smollm2").model_id == "smollm2-135m-instruct"
+    assert ServerConfig(model="SmolLM2-135M-Instruct").model_id == "smollm2-135m-instruct"
+    assert ServerConfig(model="QWEN05").model_id == "qwen2.5-coder-0.5b-instruct"
+    assert ServerConfig(model="smollm2", served_model_name="chat").model_id == "chat"
+    assert ServerConfig(model="/models/other.gguf").model_id == "other"
+    (tmp_path / "smollm2").mkdir()  # an existing folder wins over the alias, as in the loader
+    assert ServerConfig(model="smollm2").model_id == "smollm2"

@@ -166,12 +166,12 @@ func TestReadmeExampleBuildsAndStreams(t *testing.T) {
 func TestLilStreamMirrorsThePythonClient(t *testing.T) {
 	binary := build(t, "cmd/lil-stream")
 	goOut, stderr, code := runBinary(t, binary, "-address", server.Address,
-		"-max-new-tokens", "10", "-ignore-eos", "-temperature", "0", "-chat", "Mirror me")
+		"-max-new-tokens", "10", "-ignore-eos", "-temperature", "0", "Mirror me")
 	if code != 0 {
 		failWithLogs(t, "lil-stream exited %d: %s", code, stderr)
 	}
 	python := exec.Command(testserver.Python(), "-m", "lil_client", "--address", server.Address, "generate",
-		"Mirror me", "--chat", "--max-new-tokens", "10", "--ignore-eos", "--temperature", "0")
+		"Mirror me", "--max-new-tokens", "10", "--ignore-eos", "--temperature", "0")
 	python.Env = append(os.Environ(), "PYTHONPATH="+server.RepoRoot+string(os.PathListSeparator)+
 		filepath.Join(server.RepoRoot, "client", "python"))
 	pythonOut, err := python.Output()

@@ -2,6 +2,7 @@
 
 lil-client --address localhost:50051 generate "prompt" --policy quest --budget 128 --guardian
 lil-client --address localhost:50051 generate "prompt" --json
+lil-client --address localhost:50051 generate "raw text to continue" --raw   # no chat template
 lil-client --address localhost:50051 info
 lil-client --address pod:50051 --ca-file ca.pem --token-file token info   # TLS and a bearer token
 """
@@ -16,16 +17,30 @@ from typing import Any, TextIO
 
 from google.protobuf import json_format
 
+from lil_client._proto.lil_sparse.v1 import options_pb2
 from lil_client.client import LilClient
 from lil_client.connection import Connection
 from lil_client.request import GUARDIAN_ACTIONS, GUARDIAN_MODES, POLICIES, GenerateOptions
 from lil_client.types import LilClientError, Summary
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default; request options default to unset, which their group explains."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, []):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lil-client", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="lil-client", description=__doc__.splitlines()[0], formatter_class=_HelpFormatter
+    )
     parser.add_argument("--address", default="localhost:50051", help="server host:port")
-    parser.add_argument("--timeout", type=float, default=None, help="call deadline in seconds")
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="call deadline in seconds (default: none)"
+    )
     parser.add_argument("--tls", action="store_true", help="use TLS with the system's root CAs")
     parser.add_argument("--ca-file", help="PEM CA bundle to verify the server (turns on TLS)")
     parser.add_argument("--cert-file", help="PEM client certificate for mTLS (with --key-file)")
@@ -33,43 +48,82 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--token-file", help="file holding the bearer token to send")
     parser.add_argument("--server-name", help="name to check the server certificate against")
     commands = parser.add_subparsers(dest="command", required=True)
-    generate = commands.add_parser("generate", help="stream a completion")
-    generate.add_argument("prompt", help="prompt text")
-    generate.add_argument("--chat", action="store_true", help="send the prompt as one user chat message")
-    generate.add_argument("--json", action="store_true", help="print one JSON object instead of live text")
-    generate.add_argument("--max-new-tokens", type=int)
-    generate.add_argument("--temperature", type=float)
-    generate.add_argument("--top-k", type=int)
-    generate.add_argument("--top-p", type=float)
-    generate.add_argument("--seed", type=int)
-    generate.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    generate.add_argument("--ignore-eos", action="store_true", default=None)
-    generate.add_argument("--policy", choices=POLICIES)
-    generate.add_argument("--budget", type=int, dest="budget_tokens", help="KV tokens attended per step")
-    generate.add_argument("--sink-tokens", type=int)
-    generate.add_argument("--recent-tokens", type=int)
-    generate.add_argument("--dense-layers", type=int)
-    generate.add_argument("--guardian", action=argparse.BooleanOptionalAction, default=None)
-    generate.add_argument("--guardian-interval", type=int, dest="guardian_interval_tokens")
-    generate.add_argument("--guardian-threshold", type=int, dest="guardian_threshold_bytes")
-    generate.add_argument("--guardian-mode", choices=GUARDIAN_MODES)
+    generate = commands.add_parser("generate", help="stream a completion", formatter_class=_HelpFormatter)
     generate.add_argument(
+        "prompt", help="the user message (the model's chat template is applied unless --raw)"
+    )
+    prompt_kind = generate.add_mutually_exclusive_group()
+    prompt_kind.add_argument(
+        "--raw", action="store_true", help="send the prompt text as is, without the chat template"
+    )
+    prompt_kind.add_argument(
+        "--chat", action="store_true", help="the default (one user chat message); kept for old scripts"
+    )
+    generate.add_argument("--json", action="store_true", help="print one JSON object instead of live text")
+    options = generate.add_argument_group(
+        "request options", "an option left out takes the server's default (`lil-client info` prints them)"
+    )
+    options.add_argument("--max-new-tokens", type=int, help="maximum generated tokens")
+    options.add_argument("--temperature", type=float, help="sampling temperature, 0 greedy")
+    options.add_argument("--top-k", type=int, help="top-k filter, 0 off")
+    options.add_argument("--top-p", type=float, help="nucleus mass in (0, 1], 1 off")
+    options.add_argument("--seed", type=int, help="sampling seed")
+    options.add_argument(
+        "--stop", action="append", default=[], help="stop string (repeatable; default: none)"
+    )
+    options.add_argument(
+        "--ignore-eos", action="store_true", default=None, help="keep generating past end-of-sequence"
+    )
+    options.add_argument("--policy", choices=POLICIES, help="sparse policy")
+    options.add_argument(
+        "--budget",
+        type=int,
+        dest="budget_tokens",
+        help="KV tokens attended per step (policy full ignores it)",
+    )
+    options.add_argument("--sink-tokens", type=int, help="attention-sink tokens (sink, infllm)")
+    options.add_argument("--recent-tokens", type=int, help="recent tokens (h2o, infllm; 0 auto)")
+    options.add_argument("--dense-layers", type=int, help="leading dense layers (quest)")
+    options.add_argument(
+        "--guardian",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Guardian early stop on or off",
+    )
+    options.add_argument(
+        "--guardian-interval",
+        type=int,
+        dest="guardian_interval_tokens",
+        help="Guardian: tokens between checks",
+    )
+    options.add_argument(
+        "--guardian-threshold",
+        type=int,
+        dest="guardian_threshold_bytes",
+        help="Guardian: minimum compressed growth in bytes",
+    )
+    options.add_argument("--guardian-mode", choices=GUARDIAN_MODES, help="Guardian compression")
+    options.add_argument(
         "--guardian-shadow",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="record where Guardian would stop, without stopping",
     )
-    generate.add_argument("--guardian-action", choices=GUARDIAN_ACTIONS, help="what a Guardian stop does")
-    generate.add_argument(
-        "--guardian-answer-max-tokens", type=int, help="with --guardian-action answer: tokens of the answer"
+    options.add_argument("--guardian-action", choices=GUARDIAN_ACTIONS, help="what a Guardian stop does")
+    options.add_argument(
+        "--guardian-answer-max-tokens",
+        type=int,
+        help="with --guardian-action answer: tokens of the answer",
     )
-    generate.add_argument(
+    options.add_argument(
         "--allow-special-tokens",
         action="store_true",
         default=None,
         help="parse control tokens such as <|im_start|> written in the prompt",
     )
-    info = commands.add_parser("info", help="show the served model, policies and defaults")
+    info = commands.add_parser(
+        "info", help="show the served model, policies and defaults", formatter_class=_HelpFormatter
+    )
     info.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
@@ -117,8 +171,9 @@ def summary_dict(summary: Summary) -> dict[str, Any]:
 
 
 def _generate(client: LilClient, args: argparse.Namespace, out: TextIO) -> None:
-    prompt = None if args.chat else args.prompt
-    messages = [{"role": "user", "content": args.prompt}] if args.chat else None
+    # The chat template by default, as ``lil-sparse generate``; --raw sends the text as is.
+    prompt = args.prompt if args.raw else None
+    messages = None if args.raw else [{"role": "user", "content": args.prompt}]
     stream = client.generate(
         prompt, messages=messages, timeout=args.timeout, **dataclasses.asdict(_options(args))
     )
@@ -142,8 +197,32 @@ def _info(client: LilClient, args: argparse.Namespace, out: TextIO) -> None:
         f"context: {info.max_context} tokens, page size {info.page_size}, {info.num_layers} layers\n"
         f"backend: {info.backend}, {info.num_pages_total} KV pages\n"
         f"policies: {', '.join(p.name for p in info.policies)}\n"
-        f"limits: {info.limits.max_running} running, {info.limits.max_waiting} waiting\n"
-        f"server: {info.server_version}\n"
+        f"limits: {info.limits.max_running} running, {info.limits.max_waiting} waiting, "
+        f"max_new_tokens up to {info.limits.max_new_tokens_limit}\n"
+        + format_defaults(info.default_options)
+        + f"server: {info.server_version}\n"
+    )
+
+
+def _enum_name(enum: Any, value: int, prefix: str) -> str:
+    """``GUARDIAN_MODE_FULL`` -> ``full``; ``unspecified`` if the server left it unset."""
+    return str(enum.Name(value)).removeprefix(prefix).lower()
+
+
+def format_defaults(options: options_pb2.ResolvedOptions) -> str:
+    """The options a request gets when it sets none, as ``info`` prints them (three lines)."""
+    sampling, stopping, sparse, g = options.sampling, options.stopping, options.sparse, options.guardian
+    policy = _enum_name(options_pb2.Policy, sparse.policy, "POLICY_")
+    guardian = "on" if g.enabled else "off"
+    return (
+        f"defaults: policy {policy}, budget {sparse.budget_tokens} tokens (full ignores it), "
+        f"sink {sparse.sink_tokens}, recent {sparse.recent_tokens} (0: auto), "
+        f"dense layers {sparse.dense_layers}\n"
+        f"  max_new_tokens {stopping.max_new_tokens}, temperature {sampling.temperature:g}, "
+        f"top_k {sampling.top_k}, top_p {sampling.top_p:g}, ignore_eos {str(stopping.ignore_eos).lower()}\n"
+        f"  guardian {guardian}: interval {g.interval_tokens} tokens, threshold {g.threshold_bytes} bytes, "
+        f"mode {_enum_name(options_pb2.GuardianMode, g.mode, 'GUARDIAN_MODE_')}, "
+        f"action {_enum_name(options_pb2.GuardianAction, g.action, 'GUARDIAN_ACTION_')}\n"
     )
 
 

@@ -22,6 +22,7 @@ type options struct {
 	json      bool
 	info      bool
 	chat      bool
+	raw       bool
 	request   lilsparse.Request
 	showHelp  bool
 }
@@ -51,7 +52,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	flags.DurationVar(&parsed.timeout, "timeout", 0, "deadline for the whole call, e.g. 30s (0: none)")
 	flags.BoolVar(&parsed.json, "json", false, "print one JSON object (the summary) instead of live text")
 	flags.BoolVar(&parsed.info, "info", false, "show the served model, policies and defaults instead")
-	flags.BoolVar(&parsed.chat, "chat", false, "send the prompt as one user chat message (chat template)")
+	flags.BoolVar(&parsed.raw, "raw", false, "send the prompt text as is, without the chat template")
+	flags.BoolVar(&parsed.chat, "chat", false, "the default (one user chat message); kept for old scripts")
 	requestID := flags.String("request-id", "", "request id (default: the server picks one)")
 
 	temperature := flags.Float64("temperature", 0, "sampling temperature (0 greedy)")
@@ -105,9 +107,13 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		if prompt == "" {
 			return nil, errors.New("a prompt is required: lil-stream [flags] PROMPT")
 		}
-		request.Prompt = lilsparse.Text(prompt)
-		if parsed.chat {
-			request.Prompt = lilsparse.Chat(lilsparse.Message{Role: "user", Content: prompt})
+		if parsed.raw && parsed.chat {
+			return nil, errors.New("-raw and -chat contradict each other (chat is the default)")
+		}
+		// The chat template by default, as lil-client and lil-sparse generate; -raw sends the text as is.
+		request.Prompt = lilsparse.Chat(lilsparse.Message{Role: "user", Content: prompt})
+		if parsed.raw {
+			request.Prompt = lilsparse.Text(prompt)
 		}
 	}
 	if given["temperature"] || given["top-k"] || given["top-p"] || given["seed"] {

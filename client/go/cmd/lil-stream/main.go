@@ -4,6 +4,7 @@
 //
 //	lil-stream -address localhost:50051 -policy quest -budget 128 -guardian "Why is the sky blue?"
 //	lil-stream -json -max-new-tokens 32 "Hello"
+//	lil-stream -raw "Once upon a time"   # no chat template
 //	lil-stream -info
 package main
 

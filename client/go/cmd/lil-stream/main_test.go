@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -24,8 +25,34 @@ func TestOnlyGivenFlagsBecomeOptions(t *testing.T) {
 	if *request.Sampling.Temperature != 0 || request.Sampling.TopP != nil {
 		t.Fatalf("an explicit -temperature 0 is sent, an absent -top-p is not: %+v", request.Sampling)
 	}
-	if request.Prompt != lilsparse.Text("hello world") {
-		t.Fatalf("prompt %#v, want the words joined as plain text", request.Prompt)
+	want := lilsparse.Chat(lilsparse.Message{Role: "user", Content: "hello world"})
+	if !reflect.DeepEqual(request.Prompt, want) {
+		t.Fatalf("prompt %#v, want the words joined as one user chat message", request.Prompt)
+	}
+}
+
+func TestRawSendsTextAndChatIsTheDefault(t *testing.T) {
+	raw, err := parseFlags([]string{"-raw", "hello", "world"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if raw.request.Prompt != lilsparse.Text("hello world") {
+		t.Fatalf("-raw prompt %#v, want plain text", raw.request.Prompt)
+	}
+	chat, err := parseFlags([]string{"-chat", "hello", "world"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := parseFlags([]string{"hello", "world"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(chat.request.Prompt, plain.request.Prompt) {
+		t.Fatalf("-chat %#v must equal the default %#v", chat.request.Prompt, plain.request.Prompt)
+	}
+	var stderr bytes.Buffer
+	if code := run(context.Background(), []string{"-raw", "-chat", "x"}, &bytes.Buffer{}, &stderr); code != 2 {
+		t.Fatalf("-raw -chat: exit %d, want 2 (stderr %q)", code, stderr.String())
 	}
 }
 
