@@ -327,8 +327,9 @@ class LLMEngine:
 
     def _append_token(self, seq: Sequence, token: int, logprob: float, now: float) -> list[TokenEvent]:
         """Record a sampled token, run the stop checks, and release what the client may see."""
-        output = self._outputs[seq.request_id]
-        answer = self._answers.get(seq.request_id)
+        request_id = seq.request_id
+        output = self._outputs[request_id]
+        answer = self._answers.get(request_id) if self._answers else None
         forced = False
         if answer is not None:  # the answer phase: a forced prompt token replaces the sampled one
             token, logprob, forced = answer.next_token(token, logprob)
@@ -338,17 +339,26 @@ class LLMEngine:
         reason = self.stop_checker.check(seq, token, stop_string_hit)
         if answer is not None:
             return self._after_answer_token(seq, answer, reason, forced)
+        if not self.guardian.watches(request_id):  # no checks, so never a gate (guardian_driver.py)
+            if reason is not None:
+                return [self._finish(seq, reason)]
+            return self._release_output(seq, output, len(seq.output_token_ids), False)
         if reason is None:
             self.guardian.after_token(seq, output.decoded)
-        gate = self.guardian.gate(seq.request_id)
+        gate = self.guardian.gate(request_id)
         if reason is not None:
             if gate is None:
                 return [self._finish(seq, reason)]
-            self._finishing[seq.request_id] = reason  # pause until the pending check decides
+            self._finishing[request_id] = reason  # pause until the pending check decides
         return self._release(seq, seq.num_output_tokens if gate is None else gate)
 
     def _release(self, seq: Sequence, upto: int, answer: bool = False) -> list[TokenEvent]:
-        first, upto, logprobs, text = self._outputs[seq.request_id].release(upto)
+        return self._release_output(seq, self._outputs[seq.request_id], upto, answer)
+
+    def _release_output(
+        self, seq: Sequence, output: RequestOutput, upto: int, answer: bool
+    ) -> list[TokenEvent]:
+        first, upto, logprobs, text = output.release(upto)
         if upto == first and not text:
             return []
         tokens = tuple(seq.output_token_ids[first:upto])

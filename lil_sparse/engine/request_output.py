@@ -43,16 +43,17 @@ class RequestOutput:
         A ``forced`` token (not sampled: an answer prompt's) never completes one; the stop strings
         are then searched only in text after it.
         """
-        delta = "" if self.stopped else self.detokenizer.push([token])
-        new_from = max(len(self.decoded), self.stop_floor)
-        self.decoded += delta
+        delta = "" if self.stopped else self.detokenizer.push((token,))
+        if delta:
+            new_from = max(len(self.decoded), self.stop_floor)
+            self.decoded += delta
+            if not forced and self.stop_strings:  # stop strings are searched only when a request has some
+                end = find_stop_end(self.decoded, new_from, self.stop_strings)
+                if end is not None:
+                    self.decoded = self.decoded[:end]
+                    self.stopped = True
         if forced:
             self.stop_floor = len(self.decoded)
-        elif delta and self.stop_strings:
-            end = find_stop_end(self.decoded, new_from, self.stop_strings)
-            if end is not None:
-                self.decoded = self.decoded[:end]
-                self.stopped = True
         self.text_ends.append(len(self.decoded))
         self.logprobs.append(logprob)
         return self.stopped
@@ -68,13 +69,15 @@ class RequestOutput:
         the text delta (without any suffix that may still grow into a stop string).
         """
         first = self.released
-        upto = max(first, min(upto, self.num_tokens))
+        upto = max(first, min(upto, len(self.text_ends)))
         end = self.text_ends[upto - 1] if upto else 0
         if self.stop_strings and (not self.stopped or end < len(self.decoded)):
             tail = self.decoded[max(0, end - self._longest_stop) : end]  # only a tail can start a stop
             end -= stop_prefix_length(tail, self.stop_strings)
-        text = self.decoded[len(self.emitted) : end] if end > len(self.emitted) else ""
-        self.emitted += text
+        emitted = len(self.emitted)
+        text = self.decoded[emitted:end] if end > emitted else ""
+        if text:
+            self.emitted += text
         self.released = upto
         return first, upto, self.logprobs[first:upto], text
 

@@ -51,8 +51,10 @@ class IncrementalDetokenizer:
     def push(self, token_ids: Sequence[int]) -> str:
         """Add generated tokens; return the new text they complete (possibly "")."""
         self._ids.extend(token_ids)
-        prefix_text = self._window_prefix_text()
-        full_text = self._decode(self._ids[self._prefix_offset :])
+        prefix_text = self._prefix_text
+        if prefix_text is None:
+            prefix_text = self._window_prefix_text()
+        full_text = self.tokenizer.decode(self._ids[self._prefix_offset :], self.skip_special_tokens)
         if len(full_text) <= len(prefix_text) or full_text.endswith(_REPLACEMENT):
             return ""
         delta = full_text[len(prefix_text) :]
