@@ -330,6 +330,8 @@ class LLMEngine:
         request_id = seq.request_id
         output = self._outputs[request_id]
         answer = self._answers.get(request_id) if self._answers else None
+        if answer is None and not output.stop_strings and not self.guardian.watches(request_id):
+            return self._append_plain_token(seq, output, token, logprob, now)
         forced = False
         if answer is not None:  # the answer phase: a forced prompt token replaces the sampled one
             token, logprob, forced = answer.next_token(token, logprob)
@@ -339,10 +341,6 @@ class LLMEngine:
         reason = self.stop_checker.check(seq, token, stop_string_hit)
         if answer is not None:
             return self._after_answer_token(seq, answer, reason, forced)
-        if not self.guardian.watches(request_id):  # no checks, so never a gate (guardian_driver.py)
-            if reason is not None:
-                return [self._finish(seq, reason)]
-            return self._release_output(seq, output, len(seq.output_token_ids), False)
         if reason is None:
             self.guardian.after_token(seq, output.decoded)
         gate = self.guardian.gate(request_id)
@@ -352,13 +350,26 @@ class LLMEngine:
             self._finishing[request_id] = reason  # pause until the pending check decides
         return self._release(seq, seq.num_output_tokens if gate is None else gate)
 
-    def _release(self, seq: Sequence, upto: int, answer: bool = False) -> list[TokenEvent]:
-        return self._release_output(seq, self._outputs[seq.request_id], upto, answer)
-
-    def _release_output(
-        self, seq: Sequence, output: RequestOutput, upto: int, answer: bool
+    def _append_plain_token(
+        self, seq: Sequence, output: RequestOutput, token: int, logprob: float, now: float
     ) -> list[TokenEvent]:
-        first, upto, logprobs, text = output.release(upto)
+        """:meth:`_append_token` for the common request: no answer phase, no stop strings and no
+        Guardian (which never has a pending check, so never a gate: guardian_driver.py). The same
+        token, text and event, with the stop-string and Guardian work left out."""
+        seq.output_token_ids.append(token)
+        seq.token_times.append(now)
+        reason = self.stop_checker.check(seq, token, False)
+        if reason is not None:
+            output.push(token, logprob)
+            return [self._finish(seq, reason)]
+        first, upto, text = output.push_and_release(token, logprob, len(seq.output_token_ids))
+        if upto == first and not text:
+            return []
+        tokens = tuple(seq.output_token_ids[first:upto])
+        return [TokenEvent(seq.request_id, tokens, text, tuple(output.logprobs[first:upto]))]
+
+    def _release(self, seq: Sequence, upto: int, answer: bool = False) -> list[TokenEvent]:
+        first, upto, logprobs, text = self._outputs[seq.request_id].release(upto)
         if upto == first and not text:
             return []
         tokens = tuple(seq.output_token_ids[first:upto])

@@ -58,6 +58,31 @@ class RequestOutput:
         self.logprobs.append(logprob)
         return self.stopped
 
+    def push_and_release(self, token: int, logprob: float, upto: int) -> tuple[int, int, str]:
+        """:meth:`push` of a sampled token then :meth:`release` up to ``upto`` tokens, for a
+        request without stop strings (its text is never cut or held back). One call instead of
+        two on the per-token path.
+
+        Returns ``(first, upto, text)`` as :meth:`release` does (the logprobs are
+        ``self.logprobs[first:upto]``). ValueError if the request has stop strings.
+        """
+        if self.stop_strings:
+            raise ValueError("push_and_release: the request has stop strings; use push and release")
+        delta = self.detokenizer.push((token,))
+        if delta:
+            self.decoded += delta
+        self.text_ends.append(len(self.decoded))
+        self.logprobs.append(logprob)
+        first = self.released
+        upto = max(first, min(upto, len(self.text_ends)))
+        end = self.text_ends[upto - 1] if upto else 0
+        emitted = len(self.emitted)
+        text = self.decoded[emitted:end] if end > emitted else ""
+        if text:
+            self.emitted += text
+        self.released = upto
+        return first, upto, text
+
     @property
     def num_tokens(self) -> int:
         return len(self.text_ends)
