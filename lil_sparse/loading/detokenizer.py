@@ -54,15 +54,16 @@ class IncrementalDetokenizer:
         prefix_text = self._prefix_text
         if prefix_text is None:
             prefix_text = self._window_prefix_text()
-        full_text = self.tokenizer.decode(self._ids[self._prefix_offset :], self.skip_special_tokens)
+        ids = self._ids[self._prefix_offset :] if self._prefix_offset else self._ids  # decode copies
+        full_text = self.tokenizer.decode(ids, self.skip_special_tokens)
         if len(full_text) <= len(prefix_text) or full_text.endswith(_REPLACEMENT):
             return ""
         delta = full_text[len(prefix_text) :]
-        self._prefix_offset = self._read_offset
+        # The new window starts at the old read offset (everything before it is emitted and no
+        # longer needed) and its read offset is the end of the tokens so far.
+        read = self._read_offset
+        self._ids = self._ids[read:]
         self._read_offset = len(self._ids)
-        # Keep the window short: everything before the prefix offset is emitted and no longer needed.
-        self._ids = self._ids[self._prefix_offset :]
-        self._read_offset -= self._prefix_offset
         self._prefix_offset = 0
         self._prefix_text = None
         self.text += delta
