@@ -11,11 +11,15 @@ so selection and eviction work is part of every step. Greedy, or with ``--sample
 
 Prints one line per (policy, batch) with the median and p90 step time and the median step time
 outside the model forward (``host``: the step minus the time spent in the model's ``forward`` and
-``compute_logits``, the part a CUDA graph does not replace), and with ``--profile N`` the top
-``N`` functions by own time (cProfile over the timed steps of each cell).
+``compute_logits``, the part a CUDA graph does not replace) and the median time in the per-token
+handling (``tokens``: ``LLMEngine._append_token`` over the batch: detokenizer, stop checks, Guardian
+driver, events), and with ``--profile N`` the top ``N`` functions by own time (cProfile over the
+timed steps of each cell). ``--repeats R`` runs each cell R times (a fresh engine each) and prints
+the median of the R medians with their range, the run-to-run noise.
 
     OMP_NUM_THREADS=1 python bench/host_overhead.py [--policies full,sink,h2o,quest,infllm] \
-        [--batches 1,8,64] [--steps 60] [--sampled] [--profile 15] [--markdown docs/bench/host_overhead.md]
+        [--batches 1,8,64] [--steps 60] [--repeats 1] [--sampled] [--profile 15] \
+        [--markdown docs/bench/host_overhead.md]
 """
 
 from __future__ import annotations
@@ -57,14 +61,13 @@ def make_engine(model_dir: Path, batch: int, prompt_tokens: int, new_tokens: int
     )
 
 
-class ForwardClock:
-    """Accumulates the wall time spent in the model's ``forward`` and ``compute_logits``."""
+class Clock:
+    """Accumulates the wall time spent in the wrapped methods of ``owner``."""
 
-    def __init__(self, engine: LLMEngine) -> None:
+    def __init__(self, owner: object, names: tuple[str, ...]) -> None:
         self.seconds = 0.0
-        model = engine.runner.model
-        for name in ("forward", "compute_logits"):
-            setattr(model, name, self.timed(getattr(model, name)))
+        for name in names:
+            setattr(owner, name, self.timed(getattr(owner, name)))
 
     def timed(self, function):
         def call(*args, **kwargs):
@@ -79,9 +82,9 @@ class ForwardClock:
 
 def cell(
     model_dir: Path, policy: str, batch: int, args: argparse.Namespace
-) -> tuple[list[float], list[float], str]:
-    """Step times and step-minus-forward times (seconds) of ``args.steps`` decode steps of the
-    whole batch, and the profile."""
+) -> tuple[list[float], list[float], list[float], str]:
+    """Step times, step-minus-forward times and per-token handling times (seconds) of
+    ``args.steps`` decode steps of the whole batch, and the profile."""
     # Requests admitted first decode while later ones prefill: a margin keeps them all running.
     new_tokens = args.warmup + args.steps + 64
     engine = make_engine(model_dir, batch, args.prompt_tokens, new_tokens)
@@ -103,16 +106,18 @@ def cell(
     for _ in range(args.warmup):
         engine.step()
     profiler = cProfile.Profile() if args.profile else None
-    clock = ForwardClock(engine)
-    times, host = [], []
+    clock = Clock(engine.runner.model, ("forward", "compute_logits"))
+    token_clock = Clock(engine, ("_append_token",))  # the instance attribute shadows the method
+    times, host, tokens = [], [], []
     for _ in range(args.steps):
         if profiler is not None:
             profiler.enable()
-        clock.seconds = 0.0
+        clock.seconds = token_clock.seconds = 0.0
         start = time.perf_counter()
         events = engine.step()
         times.append(time.perf_counter() - start)
         host.append(times[-1] - clock.seconds)
+        tokens.append(token_clock.seconds)
         if profiler is not None:
             profiler.disable()
         if len(events) != batch or engine.scheduler.num_running != batch:
@@ -123,7 +128,7 @@ def cell(
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats(args.sort).print_stats(args.profile)
         text = out.getvalue()
-    return times, host, text
+    return times, host, tokens, text
 
 
 def main() -> None:
@@ -137,6 +142,7 @@ def main() -> None:
     parser.add_argument("--budget-tokens", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=1, help="runs per cell (median of medians, range)")
     parser.add_argument(
         "--sampled", action="store_true", help="temperature 0.8, top-k 40, top-p 0.95 (default greedy)"
     )
@@ -150,18 +156,24 @@ def main() -> None:
         model_dir = build_tiny_model(Path(tmp) / "tiny", num_layers=args.layers)
         for policy in args.policies.split(","):
             for batch in (int(b) for b in args.batches.split(",")):
-                times, host, profile = cell(model_dir, policy, batch, args)
-                median = statistics.median(times) * 1e3
-                p90 = sorted(times)[int(0.9 * (len(times) - 1))] * 1e3
-                host_ms = statistics.median(host) * 1e3
-                rows.append((policy, batch, median, p90, host_ms))
+                runs = [cell(model_dir, policy, batch, args) for _ in range(args.repeats)]
+                medians = [[statistics.median(values) * 1e3 for values in run[:3]] for run in runs]
+                median, host_ms, tokens_ms = (
+                    statistics.median(column) for column in zip(*medians, strict=True)
+                )
+                spread = [f"{min(column):.3f}-{max(column):.3f}" for column in zip(*medians, strict=True)]
+                p90 = statistics.median(sorted(r[0])[int(0.9 * (len(r[0]) - 1))] for r in runs) * 1e3
+                rows.append((policy, batch, median, p90, host_ms, tokens_ms))
                 print(
                     f"step {policy} batch {batch}: {median:.3f} ms median, p90 {p90:.3f} ms, "
-                    f"host (outside the forward) {host_ms:.3f} ms median",
+                    f"host (outside the forward) {host_ms:.3f} ms median, "
+                    f"tokens (per-token handling) {tokens_ms:.3f} ms median"
+                    + (f"; range over {args.repeats} runs: {', '.join(spread)}" if args.repeats > 1 else ""),
                     flush=True,
                 )
-                if profile:
-                    print(profile, flush=True)
+                for run in runs:
+                    if run[3]:
+                        print(run[3], flush=True)
     if args.markdown is not None:
         lines = [
             "",
@@ -171,9 +183,10 @@ def main() -> None:
             f"torch {torch.__version__}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
             f"- command: `{' '.join(['python', *sys.argv])}`",
             "",
-            "| policy | batch | step median ms | step p90 ms | host (outside the forward) median ms |",
-            "|---|---|---|---|---|",
-            *(f"| {p} | {b} | {m:.3f} | {q:.3f} | {h:.3f} |" for p, b, m, q, h in rows),
+            "| policy | batch | step median ms | step p90 ms | host (outside the forward) median ms "
+            "| per-token handling median ms |",
+            "|---|---|---|---|---|---|",
+            *(f"| {p} | {b} | {m:.3f} | {q:.3f} | {h:.3f} | {t:.3f} |" for p, b, m, q, h, t in rows),
             "",
         ]
         with args.markdown.open("a") as out:

@@ -8,9 +8,11 @@ pairs over one-head pages (``num_kv_heads=1``, layout "HND", the group's G query
 row's queries). A row's page list is the pages its policy selected, so a short list *is* the
 block-sparse decode.
 
-``plan()`` runs once per distinct :class:`DecodeLayout` per step (page *counts* are fixed for the
-step); for each layer only the page *ids* change, and they are rewritten on the device into the
-caller-owned indices buffer that the planned kernel reads. The wrappers run in FlashInfer's
+``plan()`` runs once per distinct page-count vector (page *counts* are fixed for the step, and
+change once per ``page_size`` tokens of a row): a step whose slot was planned with the same counts
+keeps that plan and only refreshes ``last_page_len`` (see :func:`needs_plan`). For each layer only
+the page *ids* change, and they are rewritten on the device into the caller-owned indices buffer
+that the planned kernel reads. The wrappers run in FlashInfer's
 CUDA-graph mode so the same buffers serve eager steps and captured graphs
 (:mod:`lil_sparse.engine.cuda_graphs`).
 """
@@ -56,6 +58,33 @@ class DecodeSlot:
     indices: torch.Tensor
     last_page_len: torch.Tensor
     packed_from: torch.Tensor | None = None
+    planned_counts: tuple[int, ...] | None = None  # counts_host of the last plan(), None before
+    planned_last: tuple[int, ...] | None = None  # host last_page_len in the buffer, None if unknown
+
+
+def needs_plan(planned_counts: tuple[int, ...] | None, counts: tuple[int, ...]) -> bool:
+    """Whether a slot planned for ``planned_counts`` pages per row must call ``plan()`` for ``counts``.
+
+    A slot is one wrapper of fixed batch size (rows), heads (group, 1 KV head), head_dim,
+    page_size and dtypes, all of which :meth:`FlashInferBackend.begin_decode_step` passes
+    unchanged on every call. What else ``plan()`` reads, in FlashInfer 0.6.6's
+    ``flashinfer/decode.py`` (``BatchDecodeWithPagedKVCacheWrapper.plan``):
+
+    - lines 940-946 (CUDA-graph mode): copy ``indptr``, ``last_page_len`` and ``indices`` into the
+      fixed buffers; the kernel reads them there (``run``, lines 1346-1348 and 1411-1413).
+    - CUDA-core path, lines 1111-1127: the C++ ``DecodePlan`` gets ``indptr_host`` and the fixed
+      sizes only (``csrc/batch_decode.cu`` line 70), never ``last_page_len``.
+    - tensor-core path, lines 1070-1095: ``kv_lens_arr_host`` (from ``last_page_len``) is passed,
+      but FA2's ``BatchPrefillWithKVCachePlan`` (``csrc/batch_prefill.cu`` lines 63-67) hands
+      ``PrefillPlan`` only ``qo_indptr`` and ``kv_indptr``: its split derives kv lengths from the
+      page indptr (``attention/scheduler.cuh`` line 517, ``kv_indptr_h[i + 1] - kv_indptr_h[i]``).
+      ``_max_kv_len`` (line 1038) reaches only the trtllm-gen ``paged_run`` (``prefill.py`` 638-660).
+
+    So the plan (the work split it writes into the wrapper's own int workspace) is a function of
+    the page counts (``indptr``) alone: a slot whose counts equal ``planned_counts`` keeps it and
+    only its ``last_page_len`` buffer is rewritten.
+    """
+    return planned_counts != counts
 
 
 class FlashInferBackend(AttentionBackend):
@@ -136,28 +165,47 @@ class FlashInferBackend(AttentionBackend):
         self._prefill_key = None
         for position, layout in enumerate(layouts):
             slot = self.slot_for(layout.rows, position, layout.nnz)
-            indptr = torch.tensor(
-                list(itertools.accumulate(layout.counts_host, initial=0)), dtype=torch.int32
-            )
-            # A host copy of last_page_len keeps plan() from syncing with the device.
-            last_host = (
-                torch.tensor(layout.last_page_len_host, dtype=torch.int32)
-                if layout.last_page_len_host
-                else layout.last_page_len.cpu()
-            )
-            slot.wrapper.plan(  # type: ignore[attr-defined]
-                indptr,
-                slot.indices[:0],
-                last_host,
-                self.group,
-                1,
-                self.head_dim,
-                self.page_size,
-                q_data_type=self.dtype,
-                kv_data_type=self.dtype,
-            )
+            if needs_plan(slot.planned_counts, layout.counts_host):
+                self._plan(slot, layout)
+            else:
+                self._refresh_last_page_len(slot, layout)
             slot.packed_from = None
             self._active[id(layout)] = slot
+
+    def _plan(self, slot: DecodeSlot, layout: DecodeLayout) -> None:
+        """``plan()`` ``slot`` for ``layout``'s page counts (writes indptr and last_page_len)."""
+        indptr = torch.tensor(list(itertools.accumulate(layout.counts_host, initial=0)), dtype=torch.int32)
+        # A host copy of last_page_len keeps plan() from syncing with the device.
+        last_host = (
+            torch.tensor(layout.last_page_len_host, dtype=torch.int32)
+            if layout.last_page_len_host
+            else layout.last_page_len.cpu()
+        )
+        slot.wrapper.plan(  # type: ignore[attr-defined]
+            indptr,
+            slot.indices[:0],
+            last_host,
+            self.group,
+            1,
+            self.head_dim,
+            self.page_size,
+            q_data_type=self.dtype,
+            kv_data_type=self.dtype,
+        )
+        slot.planned_counts = layout.counts_host
+        slot.planned_last = layout.last_page_len_host or None
+
+    def _refresh_last_page_len(self, slot: DecodeSlot, layout: DecodeLayout) -> None:
+        """Keep ``slot``'s plan (same counts, :func:`needs_plan`); write only a changed ``last_page_len``."""
+        host = layout.last_page_len_host
+        if host and host == slot.planned_last:
+            return
+        if host:
+            slot.last_page_len.copy_(torch.tensor(host, dtype=torch.int32), non_blocking=True)
+            slot.planned_last = host
+        else:  # values only on the device: a device-to-device copy, no sync
+            slot.last_page_len.copy_(layout.last_page_len, non_blocking=True)
+            slot.planned_last = None
 
     def slot_for(self, rows: int, position: int, nnz: int) -> DecodeSlot:
         """The decode slot for ``rows`` rows at ``position`` in the step, created on first use."""

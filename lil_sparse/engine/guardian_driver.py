@@ -63,6 +63,14 @@ class GuardianDriver:
         seq.guardian_report.enabled = True
         seq.guardian_report.shadow = options.shadow
 
+    def watches(self, request_id: str) -> bool:
+        """Whether the request has a Guardian (admitted with Guardian on, not yet released).
+
+        Only such a request ever has a pending check, so for any other one :meth:`after_token`
+        does nothing and :meth:`gate` is None: the engine skips both.
+        """
+        return request_id in self._guardians
+
     def after_token(self, seq: Sequence, output_text: str) -> None:
         """Submit a check when one is due after the sequence's latest token.
 

@@ -327,8 +327,11 @@ class LLMEngine:
 
     def _append_token(self, seq: Sequence, token: int, logprob: float, now: float) -> list[TokenEvent]:
         """Record a sampled token, run the stop checks, and release what the client may see."""
-        output = self._outputs[seq.request_id]
-        answer = self._answers.get(seq.request_id)
+        request_id = seq.request_id
+        output = self._outputs[request_id]
+        answer = self._answers.get(request_id) if self._answers else None
+        if answer is None and not output.stop_strings and not self.guardian.watches(request_id):
+            return self._append_plain_token(seq, output, token, logprob, now)
         forced = False
         if answer is not None:  # the answer phase: a forced prompt token replaces the sampled one
             token, logprob, forced = answer.next_token(token, logprob)
@@ -340,12 +343,30 @@ class LLMEngine:
             return self._after_answer_token(seq, answer, reason, forced)
         if reason is None:
             self.guardian.after_token(seq, output.decoded)
-        gate = self.guardian.gate(seq.request_id)
+        gate = self.guardian.gate(request_id)
         if reason is not None:
             if gate is None:
                 return [self._finish(seq, reason)]
-            self._finishing[seq.request_id] = reason  # pause until the pending check decides
+            self._finishing[request_id] = reason  # pause until the pending check decides
         return self._release(seq, seq.num_output_tokens if gate is None else gate)
+
+    def _append_plain_token(
+        self, seq: Sequence, output: RequestOutput, token: int, logprob: float, now: float
+    ) -> list[TokenEvent]:
+        """:meth:`_append_token` for the common request: no answer phase, no stop strings and no
+        Guardian (which never has a pending check, so never a gate: guardian_driver.py). The same
+        token, text and event, with the stop-string and Guardian work left out."""
+        seq.output_token_ids.append(token)
+        seq.token_times.append(now)
+        reason = self.stop_checker.check(seq, token, False)
+        if reason is not None:
+            output.push(token, logprob)
+            return [self._finish(seq, reason)]
+        first, upto, text = output.push_and_release(token, logprob, len(seq.output_token_ids))
+        if upto == first and not text:
+            return []
+        tokens = tuple(seq.output_token_ids[first:upto])
+        return [TokenEvent(seq.request_id, tokens, text, tuple(output.logprobs[first:upto]))]
 
     def _release(self, seq: Sequence, upto: int, answer: bool = False) -> list[TokenEvent]:
         first, upto, logprobs, text = self._outputs[seq.request_id].release(upto)

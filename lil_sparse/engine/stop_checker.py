@@ -43,11 +43,11 @@ class StopChecker:
     def check(self, seq: Sequence, token: int, stop_string_hit: bool) -> FinishReason | None:
         """The finish reason after ``token`` (None to go on); ``stop_string_hit`` says whether
         the token completed a stop string. Order: stop string, EOS, length."""
-        stopping = seq.options.stopping
         if stop_string_hit:
             return FinishReason.STOP_STRING
-        if not stopping.ignore_eos and token in self.eos_token_ids:
+        stopping = seq.options.stopping
+        if token in self.eos_token_ids and not stopping.ignore_eos:
             return FinishReason.EOS
-        if seq.num_output_tokens >= stopping.max_new_tokens:
+        if len(seq.output_token_ids) >= stopping.max_new_tokens:
             return FinishReason.LENGTH
         return None

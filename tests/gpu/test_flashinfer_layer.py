@@ -170,3 +170,48 @@ def test_lse_is_base_two_and_gives_the_reference_page_mass(group, tensor_cores):
     want.index_add_(0, table.reshape(-1).long(), paged_page_probs(q, kv.k[0], table, layout).reshape(-1))
     add_page_mass(q, kv.k[0], table, layout.counts, last_len, lse, kv.attention_mass)
     torch.testing.assert_close(kv.attention_mass, want, rtol=1e-3, atol=1e-4)
+
+
+# (pages per row, last_page_len per row, whether the layout carries a host copy of last_page_len)
+PLAN_REUSE_STEPS = [
+    ([3, 3, 2, 5, 1, 4], [5, 16, 1, 9, 3, 12], True),  # first plan
+    ([3, 3, 2, 5, 1, 4], [6, 16, 2, 10, 4, 13], True),  # same counts, last_page_len changed
+    ([3, 3, 2, 5, 1, 4], [6, 16, 2, 10, 4, 13], True),  # nothing changed
+    ([3, 4, 2, 5, 1, 4], [7, 1, 3, 11, 5, 14], True),  # row 1 crossed into a new page
+    ([3, 4, 2, 5, 1, 4], [8, 2, 4, 12, 6, 15], False),  # same counts, last_page_len only on the device
+    ([3, 4, 2, 5, 1, 4], [9, 3, 5, 13, 7, 16], True),  # host copy again after a device-only step
+    ([3, 3, 2, 5, 1, 4], [5, 16, 1, 9, 3, 12], True),  # back to the first counts: plans again
+    ([3, 3, 2, 5, 1, 4], [5, 16, 1, 9, 3, 12], False),
+]
+
+
+@pytest.mark.parametrize(
+    ("group", "head_dim", "tensor_cores"), [(3, 64, False), (4, 128, False), (4, 128, True), (8, 64, True)]
+)
+def test_plan_reuse_equals_a_fresh_plan_every_step(group, head_dim, tensor_cores):
+    """One backend keeps its plan while page counts stay and only refreshes last_page_len; a new
+    backend per step plans from scratch. Same kernel split, so the outputs are bit-identical, and
+    both match the reference backend."""
+    rows, held = 6, 6
+    kv, table, _, _ = random_rows(rows, held, group, head_dim, seed=11)
+    # Fill every page completely so any last_page_len reads written keys.
+    slots = (table.long().unsqueeze(2) * PAGE_SIZE + torch.arange(PAGE_SIZE, device="cuda")).view(-1, 1)
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    keys = torch.randn(slots.shape[0], 1, head_dim, device="cuda", generator=gen)
+    kv.write(0, slots, keys, torch.randn(keys.shape, device="cuda", generator=gen))
+    reused = make_backend(group, head_dim, tensor_cores)
+    for step, (counts, last, host) in enumerate(PLAN_REUSE_STEPS):
+        q = torch.randn(rows, group, head_dim, device="cuda", generator=gen).bfloat16()
+        page_ids = table  # row r reads its first counts[r] pages, every one fully written
+        last_dev = torch.tensor(last, dtype=torch.int32, device="cuda")
+        layout = DecodeLayout.build(counts, last_dev, tuple(last) if host else ())
+        reused.begin_decode_step([layout])
+        out = reused.decode(0, q, kv.k[0], kv.v[0], page_ids, layout).clone()
+        fresh = make_backend(group, head_dim, tensor_cores)
+        fresh.begin_decode_step([layout])
+        expected = fresh.decode(0, q, kv.k[0], kv.v[0], page_ids, layout)
+        assert torch.equal(out, expected), step
+        ref = ReferenceBackend().decode(0, q, kv.k[0], kv.v[0], page_ids, layout)
+        diff = (out.float() - ref.float()).abs()
+        assert diff.max().item() <= 3e-2, step
+        assert (diff.norm() / ref.float().norm()).item() <= 1e-2, step
