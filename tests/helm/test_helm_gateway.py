@@ -11,7 +11,7 @@ pytest.importorskip("kubernetes_validate", reason="pip install -r requirements-h
 
 import helm_python
 import kubernetes_validate
-from chart_render import CHART_DIR, NAMESPACE, RELEASE, manifests, objects_of_kind, render, single
+from chart_render import CHART_DIR, NAMESPACE, RELEASE, manifests, notes, objects_of_kind, render, single
 
 GATEWAY = "demo-lil-sparse-gateway"
 KUBERNETES = {"gateway": {"enabled": True}}
@@ -135,3 +135,11 @@ def test_discover_all_releases_drops_the_release_from_the_selector() -> None:
     assert args.selector == {"app.kubernetes.io/name": "lil-sparse"}
     other_release_pod = {"app.kubernetes.io/name": "lil-sparse", "app.kubernetes.io/instance": "quest-pool"}
     assert _matches(args.selector, other_release_pod)
+
+
+def test_notes_show_the_gateway_only_when_enabled() -> None:
+    on = notes({"gateway": {"enabled": True}, "server": {"servedModelName": "smollm2-quest"}})
+    assert f"svc/{RELEASE}-lil-sparse-gateway 30000:30000" in on
+    assert '"model": "smollm2-quest"' in on
+    assert "/v1/chat/completions" in on
+    assert "/v1/chat/completions" not in notes({})

@@ -741,7 +741,7 @@ type PolicyInfo struct {
 	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	// The server's default sparse options for this policy.
 	Defaults *SparseOptions `protobuf:"bytes,3,opt,name=defaults,proto3" json:"defaults,omitempty"`
-	// Smallest meaningful budget_tokens (one page); ignored by POLICY_FULL.
+	// Smallest budget_tokens accepted (one page), under every policy.
 	MinBudgetTokens int32 `protobuf:"varint,4,opt,name=min_budget_tokens,json=minBudgetTokens,proto3" json:"min_budget_tokens,omitempty"`
 	// Largest meaningful budget_tokens (the model's context).
 	MaxBudgetTokens int32 `protobuf:"varint,5,opt,name=max_budget_tokens,json=maxBudgetTokens,proto3" json:"max_budget_tokens,omitempty"`
