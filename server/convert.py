@@ -69,16 +69,12 @@ def request_id_of(request: service_pb2.GenerateRequest) -> str | None:
     """The caller's request id; None when absent or empty (the server then makes one)."""
     if not request.HasField("request_id") or request.request_id == "":
         return None
-    if len(request.request_id) > MAX_REQUEST_ID_CHARS:
-        raise InvalidArgument(
-            f"request_id: must be at most {MAX_REQUEST_ID_CHARS} characters, got {len(request.request_id)}"
-        )
-    if not request.request_id.isprintable():
-        raise InvalidArgument("request_id: must be printable text (no control characters)")
+    check_request_id(request.request_id)
     return request.request_id
 
 
-def _check_stop_strings(stop_strings: Sequence[str]) -> None:
+def check_stop_strings(stop_strings: Sequence[str]) -> None:
+    """The stop list's caps (count, bytes each); INVALID_ARGUMENT naming ``stop_strings[i]``."""
     if len(stop_strings) > MAX_STOP_STRINGS:
         raise InvalidArgument(f"stop_strings: at most {MAX_STOP_STRINGS} strings, got {len(stop_strings)}")
     for index, stop in enumerate(stop_strings):
@@ -95,7 +91,7 @@ def options_from_request(
     sparse, guardian = request.sparse, request.guardian
     stopping_fields = _overrides(stopping, ("max_new_tokens", "ignore_eos"))
     if stopping.stop_strings:
-        _check_stop_strings(stopping.stop_strings)
+        check_stop_strings(stopping.stop_strings)
         stopping_fields["stop_strings"] = tuple(stopping.stop_strings)
     sparse_fields = _overrides(sparse, ("budget_tokens", "sink_tokens", "recent_tokens", "dense_layers"))
     sparse_fields.update(_enum_override(sparse.policy, PROTO_TO_POLICY, "policy"))
@@ -115,12 +111,27 @@ def options_from_request(
         )
     except ValueError as error:  # the option dataclasses name the field
         raise InvalidArgument(str(error)) from None
+    check_max_new_tokens(options, max_new_tokens_limit)
+    return options
+
+
+def check_max_new_tokens(options: RequestOptions, max_new_tokens_limit: int) -> None:
+    """The server's per-request cap (fairness: slots turn over); INVALID_ARGUMENT above it."""
     if options.stopping.max_new_tokens > max_new_tokens_limit:
         raise InvalidArgument(
             f"max_new_tokens: must be <= {max_new_tokens_limit} (the server's max_new_tokens_limit), "
             f"got {options.stopping.max_new_tokens}"
         )
-    return options
+
+
+def check_request_id(request_id: str) -> None:
+    """A caller's request id: at most MAX_REQUEST_ID_CHARS printable characters."""
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise InvalidArgument(
+            f"request_id: must be at most {MAX_REQUEST_ID_CHARS} characters, got {len(request_id)}"
+        )
+    if not request_id.isprintable():
+        raise InvalidArgument("request_id: must be printable text (no control characters)")
 
 
 def resolved_options_message(options: RequestOptions) -> options_pb2.ResolvedOptions:

@@ -20,6 +20,7 @@ from smg_grpc_proto.generated import sglang_scheduler_pb2 as sglang
 from smg_grpc_proto.generated import sglang_scheduler_pb2_grpc as sglang_grpc
 
 from lil_sparse.events import TokenEvent
+from server import convert as v1_convert
 from server.config import ServerConfig
 from server.engine_loop import EngineLoop, LoopStats
 from server.errors import OutOfRange, ShuttingDown, map_errors
@@ -63,11 +64,21 @@ class SmgSchedulerServicer(sglang_grpc.SglangSchedulerServicer):
         if self.draining:
             raise ShuttingDown("server is shutting down")
         options = convert.options_from_request(request, self._config.default_options, self._tokenizer)
+        # The limits lil_sparse.v1 enforces hold on this path too (docs/reliability.md).
+        v1_convert.check_max_new_tokens(options, self._config.max_new_tokens_limit)
+        v1_convert.check_stop_strings(options.stopping.stop_strings)
+        if request.request_id:
+            v1_convert.check_request_id(request.request_id)
         prompt = convert.prompt_token_ids(request)
         try:
             options.sparse.validate_for(self._info.page_size, self._info.num_layers)
         except ValueError as error:
             raise convert.InvalidArgument(str(error)) from None
+        if len(prompt) >= self._info.max_context:  # the prompt alone leaves no room for a token
+            raise OutOfRange(
+                f"tokenized.input_ids: the prompt ({len(prompt)} tokens) fills the model context of "
+                f"{self._info.max_context} tokens"
+            )
         if len(prompt) + options.stopping.max_new_tokens > self._info.max_context:
             raise OutOfRange(
                 f"max_new_tokens: the prompt ({len(prompt)} tokens) plus max_new_tokens "

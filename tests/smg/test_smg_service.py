@@ -174,3 +174,31 @@ def test_smg_readme_custom_params_example_is_what_the_worker_reads() -> None:
         "guardian": {"enabled": True, "interval_tokens": 100},
         "seed": 7,
     }
+
+
+@pytest.mark.parametrize(
+    ("edit", "code", "field"),
+    [
+        (
+            lambda r: setattr(r.sampling_params, "max_new_tokens", 100_000),
+            "INVALID_ARGUMENT",
+            "max_new_tokens",
+        ),
+        (lambda r: r.sampling_params.stop.extend([f"s{i}" for i in range(17)]), "INVALID_ARGUMENT", "stop_strings"),
+        (lambda r: r.sampling_params.stop.append("y" * 257), "INVALID_ARGUMENT", "stop_strings[0]"),
+        (lambda r: setattr(r, "request_id", "r" * 129), "INVALID_ARGUMENT", "request_id"),
+        (lambda r: setattr(r, "request_id", "bad\nid"), "INVALID_ARGUMENT", "request_id"),
+        (
+            lambda r: r.tokenized.input_ids.extend([11] * 2048),
+            "OUT_OF_RANGE",
+            "tokenized.input_ids",
+        ),
+    ],
+)
+def test_smg_path_keeps_the_servers_request_limits(stub: Any, edit: Any, code: str, field: str) -> None:
+    """The caps of lil_sparse.v1 (max_new_tokens_limit, stop list, request id, context) hold here too."""
+    request = _request("limits")
+    edit(request)
+    with pytest.raises(grpc.RpcError) as raised:
+        list(stub.Generate(request))
+    assert (raised.value.code().name, raised.value.details().split(":")[0]) == (code, field)
