@@ -184,7 +184,11 @@ def test_smg_readme_custom_params_example_is_what_the_worker_reads() -> None:
             "INVALID_ARGUMENT",
             "max_new_tokens",
         ),
-        (lambda r: r.sampling_params.stop.extend([f"s{i}" for i in range(17)]), "INVALID_ARGUMENT", "stop_strings"),
+        (
+            lambda r: r.sampling_params.stop.extend([f"s{i}" for i in range(17)]),
+            "INVALID_ARGUMENT",
+            "stop_strings",
+        ),
         (lambda r: r.sampling_params.stop.append("y" * 257), "INVALID_ARGUMENT", "stop_strings[0]"),
         (lambda r: setattr(r, "request_id", "r" * 129), "INVALID_ARGUMENT", "request_id"),
         (lambda r: setattr(r, "request_id", "bad\nid"), "INVALID_ARGUMENT", "request_id"),
