@@ -18,47 +18,17 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 from lil_sparse.engine.scheduler import QueueFullError
 from lil_sparse.events import TokenEvent
 from lil_sparse.options import RequestOptions
 from server.errors import EngineFailed, InvalidArgument, QueueFull, ShuttingDown
+from server.loop_messages import Abort, EventSink, LoopStats, Submit
 
 logger = logging.getLogger(__name__)
 
-# What a request's sink receives: token events, then (only if the engine itself broke) an error.
-EventSink = Callable[[TokenEvent | BaseException], None]
-
-
-@dataclass(frozen=True, slots=True)
-class _Submit:
-    request_id: str
-    prompt_token_ids: list[int]
-    options: RequestOptions
-    sink: EventSink
-    accepted: Future[str]  # resolved on the engine thread once add_request returned or raised
-
-
-@dataclass(frozen=True, slots=True)
-class _Abort:
-    request_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class LoopStats:
-    """A snapshot for the gauges: requests admitted, running and waiting, and KV use."""
-
-    in_flight: int
-    num_running: int
-    num_waiting: int
-    kv_pages_used: int
-    kv_pages_total: int
-
-    @property
-    def kv_usage_ratio(self) -> float:
-        return self.kv_pages_used / self.kv_pages_total if self.kv_pages_total else 0.0
+__all__ = ["EngineLoop", "EventSink", "LoopStats"]  # EventSink, LoopStats: loop_messages.py
 
 
 class EngineLoop:
@@ -83,7 +53,7 @@ class EngineLoop:
         self._on_stats = on_stats
         self._on_finished = on_finished
         self._on_death = on_death
-        self._inbox: queue.Queue[_Submit | _Abort | None] = queue.Queue()
+        self._inbox: queue.Queue[Submit | Abort | None] = queue.Queue()
         self._lock = threading.Lock()  # guards _admitted, _closed and _dead (touched from both sides)
         self._admitted: set[str] = set()
         self._closed = False
@@ -101,7 +71,7 @@ class EngineLoop:
             self._closed = True
             remaining = list(self._admitted)
         for request_id in remaining:
-            self._inbox.put(_Abort(request_id))
+            self._inbox.put(Abort(request_id))
         self._inbox.put(None)
         self._thread.join(timeout)
 
@@ -152,7 +122,7 @@ class EngineLoop:
             self._admitted.add(request_id)
             accepted: Future[str] = Future()
             # Under the lock: a thread that dies later still finds this in the inbox and fails it.
-            self._inbox.put(_Submit(request_id, prompt_token_ids, options, sink, accepted))
+            self._inbox.put(Submit(request_id, prompt_token_ids, options, sink, accepted))
         return accepted
 
     def _queue_full(self, in_flight: int) -> QueueFull:
@@ -164,19 +134,19 @@ class EngineLoop:
 
     def abort(self, request_id: str) -> None:
         """Ask the engine to abort (thread-safe); it frees the pages on its next step."""
-        self._inbox.put(_Abort(request_id))
+        self._inbox.put(Abort(request_id))
 
     def _release(self, request_id: str) -> None:
         with self._lock:
             self._admitted.discard(request_id)
 
-    def _reject(self, command: _Submit, error: BaseException) -> None:
+    def _reject(self, command: Submit, error: BaseException) -> None:
         self._release(command.request_id)
         if not command.accepted.done():  # the caller may have cancelled meanwhile
             command.accepted.set_exception(error)
 
-    def _handle(self, command: _Submit | _Abort) -> None:
-        if isinstance(command, _Abort):
+    def _handle(self, command: Submit | Abort) -> None:
+        if isinstance(command, Abort):
             if command.request_id in self._sinks:
                 self._engine.abort(command.request_id)
             return
@@ -201,13 +171,13 @@ class EngineLoop:
         self._sinks[command.request_id] = (command.sink, command.options)
         command.accepted.set_result(command.request_id)
 
-    def _handle_guarded(self, command: _Submit | _Abort) -> None:
+    def _handle_guarded(self, command: Submit | Abort) -> None:
         """One request's command failing (an abort that raises, say) fails that request only."""
         try:
             self._handle(command)
         except Exception:
             logger.exception("handling %s for %s failed", type(command).__name__, command.request_id)
-            if isinstance(command, _Submit):
+            if isinstance(command, Submit):
                 if self._sinks.pop(command.request_id, None) is not None:
                     self._engine.abort(command.request_id)  # accepted before the failure: free it
                 self._reject(command, EngineFailed("the engine could not accept the request"))
@@ -273,9 +243,9 @@ class EngineLoop:
             ),
         )
 
-    def _take_commands(self, block: bool) -> list[_Submit | _Abort | None]:
+    def _take_commands(self, block: bool) -> list[Submit | Abort | None]:
         """Everything in the inbox; waits for the first item only when the engine is idle."""
-        commands: list[_Submit | _Abort | None] = [self._inbox.get()] if block else []
+        commands: list[Submit | Abort | None] = [self._inbox.get()] if block else []
         while True:
             try:
                 commands.append(self._inbox.get_nowait())
@@ -295,7 +265,7 @@ class EngineLoop:
             self._closed = True
         self._fail_all("the engine thread died")
         for command in self._take_commands(block=False):  # submissions nobody will handle now
-            if isinstance(command, _Submit) and command.accepted.set_running_or_notify_cancel():
+            if isinstance(command, Submit) and command.accepted.set_running_or_notify_cancel():
                 self._reject(command, ShuttingDown("the engine stopped; the server is restarting"))
         with self._lock:
             self._admitted.clear()

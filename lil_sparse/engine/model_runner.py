@@ -3,7 +3,8 @@
 The runner turns scheduled sequences into flat device tensors. Per decode step it copies a few
 per-sequence integers to the device once (positions, held pages, budgets), builds every page
 index on the device, groups rows by policy (at most five groups) and gives the model one
-:class:`DecodeAttention` that serves every layer.
+:class:`DecodeAttention` that serves every layer (inputs: decode_inputs.py; per-layer layouts:
+decode_layouts.py; CUDA graphs: cuda_graphs.py).
 
 Prefill runs the step's prompt chunks (a whole prompt is one chunk) in one model call with a
 :class:`~lil_sparse.engine.prefill_attention.PrefillAttention`.
@@ -17,8 +18,9 @@ import torch
 
 from lil_sparse.attention.backend import AttentionBackend
 from lil_sparse.attention.flashinfer_backend import FlashInferBackend
-from lil_sparse.attention.layout import DecodeLayout
 from lil_sparse.engine.cuda_graphs import DecodeGraphs, DecodeStep
+from lil_sparse.engine.decode_inputs import build_decode_inputs
+from lil_sparse.engine.decode_layouts import DecodeLayouts, dense_until, distinct_layouts
 from lil_sparse.engine.page_manager import PageManager
 from lil_sparse.engine.prefill_attention import ChunkRows, PrefillAttention
 from lil_sparse.engine.sequence import PrefillChunk, Sequence
@@ -29,12 +31,6 @@ from lil_sparse.models.transformer import CausalLM
 from lil_sparse.policies import POLICIES, get_policy
 
 WIDTH_STEP = 256  # pages (4096 tokens at page size 16)
-GEOMETRY_CACHE = 16  # decode layout geometries kept (a step uses one per distinct dense range)
-
-
-def dense_until(seq: Sequence) -> int:
-    """Leading layers where ``seq`` attends every held page (Quest's dense layers)."""
-    return seq.options.sparse.dense_layers if seq.policy == "quest" else 0
 
 
 class ModelRunner:
@@ -62,7 +58,7 @@ class ModelRunner:
         if self.device.type == "cuda" and TRITON_AVAILABLE:
             model.fuse()  # fused QKV / gate-up matmuls and Triton norm, RoPE, SiLU kernels
         self.pad_batches = capturable
-        self._geometry: dict[tuple[tuple[int, ...], int], DecodeLayout] = {}
+        self.layouts = DecodeLayouts(num_layers, self.num_kv_heads)
         self.graphs: DecodeGraphs | None = None
         if cuda_graphs and capturable and isinstance(backend, FlashInferBackend):
             self.graphs = DecodeGraphs(model, kv, backend, self.num_kv_heads)
@@ -153,59 +149,45 @@ class ModelRunner:
         Nothing here waits for the device: host values go up with non-blocking copies.
         """
         self.pages.prepare_decode(seqs)
-        heads = self.num_kv_heads
         count = len(seqs)
         padded = self.batch_bucket(count) if self.pad_batches else count
-        pad = padded - count
-        page_size = self.page_size
-        offsets = [s.next_position % page_size for s in seqs] + [0] * pad
-        last_page_len_host = tuple(offset + 1 for offset in offsets for _ in range(heads))
-        # One host-to-device copy: input ids, positions, slots, newest page index and offset per
-        # sequence (padding rows: token 0 at position 0, newest page 0), then last_page_len per
-        # row. Everything else is derived on the device in a few kernels.
-        no_pad = [0] * pad
-        host = (
-            [s.last_token_id for s in seqs]
-            + no_pad
-            + [s.next_position for s in seqs]
-            + no_pad
-            + [s.slot for s in seqs]
-            + [s.held_pages - 1 for s in seqs]
-            + no_pad
-            + offsets
-            + list(last_page_len_host)
-        )
-        values = torch.tensor(host, dtype=torch.long).to(self.device, non_blocking=True)
-        input_ids, positions = values[:padded], values[padded : 2 * padded]
-        slots = values[2 * padded : 2 * padded + count]
-        newest_index = values[2 * padded + count : 3 * padded + count]
-        offsets_dev = values[3 * padded + count : 4 * padded + count]
-        last_page_len = values[4 * padded + count :].to(torch.int32)
         width = self.width_bucket(max(s.held_pages for s in seqs))
-        base = self.pages.table.table[slots, :, :width]  # [count, Hkv, width] int32
-        if pad:
-            scratch = torch.full(
-                (pad, heads, width), self.kv.scratch_page, dtype=base.dtype, device=self.device
-            )
-            base = torch.cat([base, scratch])
-        newest = base.gather(2, newest_index.view(padded, 1, 1).expand(padded, heads, 1))  # [B, Hkv, 1]
-        write_slots = newest.squeeze(2).long() * page_size + offsets_dev.unsqueeze(1)  # [B, Hkv]
-        base = base.reshape(padded * heads, width)
-        page_counts = self._page_counts(seqs)
-        layer_layouts = self._layer_layouts(page_counts, last_page_len, last_page_len_host, width, pad)
+        table, scratch = self.pages.table.table, self.kv.scratch_page
+        inputs = build_decode_inputs(
+            seqs, padded, width, table, scratch, self.page_size, self.num_kv_heads, self.device
+        )
+        last_page_len = inputs.last_page_len
+        page_counts = self.layouts.page_counts(seqs)
+        layer_layouts = self.layouts.layer_layouts(
+            page_counts, last_page_len, inputs.last_page_len_host, width, padded - count
+        )
         groups = self._policy_groups(seqs, last_page_len, width, padded)
-        distinct = _distinct(layer_layouts)
+        distinct = distinct_layouts(layer_layouts)
         self.backend.begin_decode_step(distinct)
         if self.graphs is not None:  # every step shape is capturable (see cuda_graphs.py)
             step = DecodeStep(
-                input_ids, positions, write_slots, base, layer_layouts, groups, _reads_metadata(seqs)
+                inputs.input_ids,
+                inputs.positions,
+                inputs.write_slots,
+                inputs.base,
+                layer_layouts,
+                groups,
+                _reads_metadata(seqs),
             )
             logits = self.graphs.run(step)[:count]
         else:
             attention = DecodeAttention(
-                self.kv, self.backend, write_slots, base, layer_layouts, groups, heads, _reads_metadata(seqs)
+                self.kv,
+                self.backend,
+                inputs.write_slots,
+                inputs.base,
+                layer_layouts,
+                groups,
+                self.num_kv_heads,
+                _reads_metadata(seqs),
             )
-            logits = self.model.compute_logits(self.model(input_ids, positions, attention))[:count]
+            hidden = self.model(inputs.input_ids, inputs.positions, attention)
+            logits = self.model.compute_logits(hidden)[:count]
         for seq in seqs:
             seq.num_cached_tokens += 1
         self._record_kv(seqs, page_counts)
@@ -241,61 +223,6 @@ class ModelRunner:
             return {"replays": 0, "eager_steps": 0, "captures": 0, "evictions": 0, "cached": 0}
         return self.graphs.stats()
 
-    def _page_counts(self, seqs: list[Sequence]) -> list[tuple[int, int, int]]:
-        """Per sequence: (leading layers that attend densely, pages a dense layer attends, pages a
-        sparse layer attends)."""
-        return [
-            (
-                min(dense_until(seq), self.num_layers),
-                seq.held_pages,
-                get_policy(seq.policy).attended_pages(seq.held_pages, seq.budget_pages),
-            )
-            for seq in seqs
-        ]
-
-    def _layer_layouts(
-        self,
-        per_seq: list[tuple[int, int, int]],
-        last_page_len: torch.Tensor,
-        last_page_len_host: tuple[int, ...],
-        width: int,
-        pad: int = 0,
-    ) -> list[DecodeLayout]:
-        """One layout per layer from :meth:`_page_counts`; layers with equal page counts share one
-        object (one plan). ``pad`` padding sequences read one page per row (the scratch page)."""
-        thresholds = sorted({0, *(dense for dense, _, _ in per_seq)})
-        heads = self.num_kv_heads
-        layouts: list[DecodeLayout] = []
-        for start, end in zip(thresholds, [*thresholds[1:], self.num_layers], strict=True):
-            counts = [held if start < dense else sparse for dense, held, sparse in per_seq]
-            row_counts = counts if heads == 1 else [count for count in counts for _ in range(heads)]
-            row_counts.extend([1] * (pad * heads))
-            layout = self._layout(row_counts, last_page_len, last_page_len_host, width)
-            layouts.extend([layout] * (end - start))
-        return layouts
-
-    def _layout(
-        self,
-        counts: list[int],
-        last_page_len: torch.Tensor,
-        last_page_len_host: tuple[int, ...],
-        width: int,
-    ) -> DecodeLayout:
-        """``DecodeLayout.build`` with this step's ``last_page_len`` (``width``: the stride, 0 for
-        none), reusing the device geometry (counts, CSR offsets, entry positions), which depends
-        only on the page counts and the width: page counts change once per ``page_size`` tokens
-        of a row, so most steps build no geometry at all. Layouts are read-only, so a cached one
-        is shared safely."""
-        key = (tuple(counts), width)
-        geometry = self._geometry.get(key)
-        if geometry is None:
-            geometry = DecodeLayout.build(counts, last_page_len, last_page_len_host, stride=width)
-            if len(self._geometry) >= GEOMETRY_CACHE:
-                self._geometry.pop(next(iter(self._geometry)))  # the oldest
-            self._geometry[key] = geometry
-            return geometry
-        return replace(geometry, last_page_len=last_page_len, last_page_len_host=last_page_len_host)
-
     def _policy_groups(
         self, seqs: list[Sequence], last_page_len: torch.Tensor, width: int, step_rows: int
     ) -> list[PolicyGroup]:
@@ -330,7 +257,7 @@ class ModelRunner:
                 host_last = tuple(
                     s.next_position % self.page_size + 1 for s in member_seqs for _ in range(heads)
                 )
-                layout = self._layout(counts, rows_last, host_last, 0)
+                layout = self.layouts.layout(counts, rows_last, host_last, 0)
             # A fixed top-k size (the largest budget, not the largest current selection) keeps
             # selection shapes static while sequences grow into their budget; rows that select
             # fewer pages ignore the extra candidates.
@@ -350,13 +277,6 @@ class ModelRunner:
             total = held * dense + sparse * (layers - dense)
             seq.kv_report.attended_pages_per_step.append(round(total / layers))
             seq.kv_report.peak_pages = max(seq.kv_report.peak_pages, seq.held_pages * heads)
-
-
-def _distinct(layouts: list[DecodeLayout]) -> list[DecodeLayout]:
-    seen: dict[int, DecodeLayout] = {}
-    for layout in layouts:
-        seen.setdefault(id(layout), layout)
-    return list(seen.values())
 
 
 def _reads_metadata(seqs: list[Sequence]) -> bool:

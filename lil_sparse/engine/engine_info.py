@@ -1,0 +1,31 @@
+"""What the engine tells the server about itself: static facts and live counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    model_name: str
+    architecture: str
+    max_context: int
+    page_size: int
+    num_layers: int
+    num_kv_heads: int
+    policies: tuple[str, ...]
+    backend: str
+    device: str
+    dtype: str
+    num_pages_total: int
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """``num_running`` counts every admitted request, ``num_prefilling`` of them included."""
+
+    num_running: int
+    num_waiting: int
+    kv_pages_used: int
+    kv_pages_total: int
+    num_prefilling: int = 0
