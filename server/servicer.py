@@ -23,6 +23,7 @@ from server import convert, prompt_input
 from server.config import ServerConfig
 from server.engine_loop import EngineLoop
 from server.errors import EngineFailed, InvalidArgument, ShuttingDown, map_errors
+from server.submission import submitted
 from server.wire import UndecodableRequest
 
 logger = logging.getLogger(__name__)
@@ -88,23 +89,10 @@ class LilSparseServicer(service_pb2_grpc.LilSparseServiceServicer):
         )
         request_id = convert.request_id_of(request) or uuid.uuid4().hex
         prompt = await self._prompt(request, options)
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[TokenEvent | BaseException] = asyncio.Queue()
-
-        def sink(event: TokenEvent | BaseException) -> None:  # called on the engine thread
-            loop.call_soon_threadsafe(events.put_nowait, event)
-
-        accepted = self._engine_loop.submit(request_id, prompt, options, sink)
-        finished = False
-        try:
-            await asyncio.wrap_future(accepted)
+        async with submitted(self._engine_loop, request_id, prompt, options) as events:
             yield convert.started_response(request_id, len(prompt), options)
             async for response in _stream(events, request.output):
                 yield response
-            finished = True
-        finally:
-            if not finished:  # cancelled, deadline, or an error: free the pages on the next step
-                self._engine_loop.abort(request_id)
 
     async def _prompt(self, request: service_pb2.GenerateRequest, options: RequestOptions) -> list[int]:
         """Check sizes, tokenize off the event loop, and check the prompt against the context."""

@@ -25,6 +25,7 @@ from server.config import ServerConfig
 from server.engine_loop import EngineLoop, LoopStats
 from server.errors import OutOfRange, ShuttingDown, map_errors
 from server.smg import convert, info
+from server.submission import submitted
 
 SERVICE_NAME = sglang.DESCRIPTOR.services_by_name["SglangScheduler"].full_name
 
@@ -86,22 +87,9 @@ class SmgSchedulerServicer(sglang_grpc.SglangSchedulerServicer):
                 f"{self._info.max_context} tokens"
             )
         request_id = request.request_id or uuid.uuid4().hex
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[TokenEvent | BaseException] = asyncio.Queue()
-
-        def sink(event: TokenEvent | BaseException) -> None:  # called on the engine thread
-            loop.call_soon_threadsafe(events.put_nowait, event)
-
-        accepted = self._engine_loop.submit(request_id, prompt, options, sink)
-        finished = False
-        try:
-            await asyncio.wrap_future(accepted)
+        async with submitted(self._engine_loop, request_id, prompt, options) as events:
             async for response in _stream(request_id, request, len(prompt), events):
                 yield response
-            finished = True
-        finally:
-            if not finished:  # the gateway dropped the stream, a deadline, or an error
-                self._engine_loop.abort(request_id)
 
     @map_errors
     async def Abort(
