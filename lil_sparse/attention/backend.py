@@ -57,6 +57,15 @@ class AttentionBackend(ABC):
         newest page last in each row. Returns ``[rows, G, D]`` in ``q``'s dtype.
         """
 
+    def selection_target(
+        self, base_page_ids: torch.Tensor, layout: DecodeLayout
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Where a layer's selected pages can be written directly: ``(indptr, indices)`` of the
+        page list :meth:`decode` reads for ``layout``, already holding ``base_page_ids`` (so a
+        later ``decode(..., base_page_ids, layout)`` attends what was written there), or ``None``
+        when the backend reads ``page_ids`` itself (then the caller builds them; the reference)."""
+        return None
+
     def decode_with_lse(
         self,
         layer: int,

@@ -245,6 +245,18 @@ class FlashInferBackend(AttentionBackend):
             torch.index_select(padded, 0, layout.flat_positions, out=slot.indices[: layout.nnz])
         slot.packed_from = page_ids
 
+    def selection_target(
+        self, base_page_ids: torch.Tensor, layout: DecodeLayout
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The slot's CSR buffers with ``base_page_ids`` packed in (once per step and slot; a graph
+        step packs them before the replay, :mod:`lil_sparse.engine.cuda_graphs`). A selecting
+        layer then overwrites only its groups' rows, on the device
+        (:func:`lil_sparse.kernels.page_select.select_pages`)."""
+        slot = self._slot_of(layout)
+        if base_page_ids is not slot.packed_from:
+            self.pack_indices(base_page_ids, layout)
+        return slot.indptr, slot.indices
+
     def decode(
         self,
         layer: int,

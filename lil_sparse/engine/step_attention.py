@@ -13,6 +13,7 @@ import torch
 
 from lil_sparse.attention.backend import AttentionBackend
 from lil_sparse.attention.layout import DecodeLayout
+from lil_sparse.kernels import fused_selection_enabled
 from lil_sparse.kv import KVCache
 from lil_sparse.policies import PolicyBatch, SelectionPolicy
 
@@ -21,10 +22,11 @@ from lil_sparse.policies import PolicyBatch, SelectionPolicy
 class PolicyGroup:
     """The rows of a decode step that run one policy; ``batch.rows`` index the step's rows.
 
-    What is the same in every layer is computed once per step here, so a layer's selection is a
-    handful of kernels: ``newest: [n, 1] int32`` (each row's newest page), ``newest_at: [n, 1]
-    int64`` (where it goes: ``select_count - 1``) and ``all_rows`` (the group is the whole
-    step, so no row indexing is needed).
+    What is the same in every layer is computed once per step here, so a layer's selection is
+    two kernels (scores, then :func:`~lil_sparse.kernels.page_select.select_pages`):
+    ``newest: [n, 1] int32`` (each row's newest page), ``newest_at: [n, 1] int64`` (where it
+    goes: ``select_count - 1``, which is also the number of older pages a sparse layer takes)
+    and ``all_rows`` (the group is the whole step, so no row indexing is needed).
     """
 
     policy: SelectionPolicy
@@ -84,12 +86,36 @@ class DecodeAttention:
         return out.view(batch_size, num_heads, head_dim)
 
     def _select(self, layer: int, q_rows: torch.Tensor) -> torch.Tensor:
-        page_ids = self.base_page_ids
-        for group in self.groups:
-            if not group.policy.selects_per_layer or layer < group.min_dense_layers:
-                continue
-            if page_ids is self.base_page_ids:
-                page_ids = page_ids.clone()
+        """The page ids layer ``layer`` attends: ``base_page_ids`` when no group selects here or
+        when the selection went straight into the backend's page list (the fused path), else a
+        copy with the selecting rows' choices (the reference path)."""
+        groups = [g for g in self.groups if g.policy.selects_per_layer and layer >= g.min_dense_layers]
+        if not groups:
+            return self.base_page_ids
+        target = None
+        if fused_selection_enabled(q_rows, q_rows.shape[-1]):
+            target = self.backend.selection_target(self.base_page_ids, self.layer_layouts[layer])
+        if target is None:
+            return self._select_reference(layer, q_rows, groups)
+        from lil_sparse.kernels.page_select import select_pages
+
+        indptr, indices = target
+        for group in groups:
+            batch = group.batch
+            queries = q_rows if group.all_rows else q_rows[batch.rows]
+            scores, share = group.policy.selection_scores(layer, queries, batch, self.kv)
+            older = group.newest_at.view(-1)  # select_count - 1 older pages, then the newest
+            if layer < group.max_dense_layers:  # rows still in their dense layers take every page
+                older = torch.where(layer < batch.dense_layers, batch.held - 1, older)
+            rows = None if group.all_rows else batch.rows
+            select_pages(scores, older, batch.table, group.newest.view(-1), rows, indptr, indices, share)
+        return self.base_page_ids
+
+    def _select_reference(self, layer: int, q_rows: torch.Tensor, groups: list[PolicyGroup]) -> torch.Tensor:
+        """The selection in PyTorch (``torch.topk``, gathers and scatters into a copy of the base
+        page ids): any backend and device; the reference of the fused path."""
+        page_ids = self.base_page_ids.clone()
+        for group in groups:
             batch = group.batch
             queries = q_rows if group.all_rows else q_rows[batch.rows]
             older = batch.table.gather(1, group.policy.select_slots(layer, queries, batch, self.kv))

@@ -77,13 +77,29 @@ class SelectionPolicy(ABC):
         """
         raise NotImplementedError(f"{self.name} does not evict")
 
-    def select_slots(self, layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache) -> torch.Tensor:
-        """Retention policies: ``[n, >= max_select - 1] int64`` slots of older pages to attend.
+    def selection_scores(
+        self, layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache
+    ) -> tuple[torch.Tensor, int]:
+        """Retention policies: per-slot scores for top-k, and how many rows share a score row.
 
-        ``q: [n, G, D]``. Row ``r``'s first ``select_count[r] - 1`` entries are used; the
-        newest page is appended by the caller.
+        ``q: [n, G, D]``. Returns ``([n // share, width] float32, share)``: row ``r`` ranks its
+        slots by score row ``r // share``; slots that must be attended score ``+inf``, slots that
+        must not be chosen (the newest page at ``held - 1``, which the caller adds, and padding)
+        ``-inf``. The engine picks the ``select_count - 1`` best (fused:
+        :func:`lil_sparse.kernels.page_select.select_pages`; reference: :meth:`select_slots`).
         """
         raise NotImplementedError(f"{self.name} does not select per layer")
+
+    def select_slots(self, layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache) -> torch.Tensor:
+        """Retention policies, the PyTorch reference of the selection: ``[n, >= max_select - 1]
+        int64`` slots of older pages to attend, best first (:meth:`selection_scores`, then
+        ``torch.topk``). Row ``r``'s first ``select_count[r] - 1`` entries are used; the newest
+        page is appended by the caller.
+        """
+        scores, share = self.selection_scores(layer, q, batch, kv)
+        if share > 1:
+            scores = scores.repeat_interleave(share, dim=0)
+        return top_slots(scores, batch.max_select - 1, ordered=not batch.uniform_select)
 
     def observe_decode(
         self,

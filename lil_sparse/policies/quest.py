@@ -17,7 +17,7 @@ import torch
 
 from lil_sparse.kernels import fused_selection_enabled
 from lil_sparse.kv.kv_cache import KVCache
-from lil_sparse.policies.base import PolicyBatch, SelectionPolicy, mask_beyond, top_slots
+from lil_sparse.policies.base import PolicyBatch, SelectionPolicy, mask_beyond
 
 
 def quest_page_scores(q: torch.Tensor, key_bounds: torch.Tensor) -> torch.Tensor:
@@ -53,6 +53,8 @@ class QuestPolicy(SelectionPolicy):
     selects_per_layer = True
     reads_key_metadata = True
 
-    def select_slots(self, layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache) -> torch.Tensor:
-        scores = quest_scores(layer, q, batch, kv)
-        return top_slots(scores, batch.max_select - 1, ordered=not batch.uniform_select)
+    def selection_scores(
+        self, layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache
+    ) -> tuple[torch.Tensor, int]:
+        """One score row per (sequence, KV head) row: each KV head picks its own pages."""
+        return quest_scores(layer, q, batch, kv), 1
