@@ -103,12 +103,21 @@ class DecodeAttention:
         for group in groups:
             batch = group.batch
             queries = q_rows if group.all_rows else q_rows[batch.rows]
-            scores, share = group.policy.selection_scores(layer, queries, batch, self.kv)
+            scores = group.policy.selection_scores(layer, queries, batch, self.kv)
             older = group.newest_at.view(-1)  # select_count - 1 older pages, then the newest
             if layer < group.max_dense_layers:  # rows still in their dense layers take every page
                 older = torch.where(layer < batch.dense_layers, batch.held - 1, older)
-            rows = None if group.all_rows else batch.rows
-            select_pages(scores, older, batch.table, group.newest.view(-1), rows, indptr, indices, share)
+            select_pages(
+                scores.scores,
+                older,
+                batch.table,
+                group.newest.view(-1),
+                None if group.all_rows else batch.rows,
+                indptr,
+                indices,
+                scores.share,
+                (batch.held, batch.sink_pages, batch.recent_pages) if scores.keep_windows else None,
+            )
         return self.base_page_ids
 
     def _select_reference(self, layer: int, q_rows: torch.Tensor, groups: list[PolicyGroup]) -> torch.Tensor:

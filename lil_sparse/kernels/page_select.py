@@ -7,20 +7,23 @@ PyTorch path does that in about eight launches per layer (``torch.topk``, its so
 concatenation, a scatter for the newest page, a copy into the step's page table and the CSR
 repack); here it is one program per row:
 
-1. **Threshold.** Scores map to int32 keys with the same order (the float's bits, with the
-   magnitude bits of negative values flipped; -inf and +inf are ordinary keys). A 32-step
-   bisection over the key range finds ``T``, the ``count``-th largest key: the largest ``t``
-   with at least ``count`` keys ``>= t``. This is radix select as FlashInfer's ``top_k`` and
-   PyTorch's ``gatherTopK`` do it, one bit per pass, with the row in registers.
-2. **Compaction.** Keys ``> T`` are taken, and keys ``== T`` in slot order until ``count`` are
+1. **Ranking scores.** The row's score is the sum of ``share`` consecutive score rows (InfLLM
+   ranks a sequence's blocks once for all its KV heads), with the sink and recent windows forced
+   to ``+inf`` when asked, and ``-inf`` from slot ``held - 1`` on (the newest page is added last).
+2. **Threshold by radix select.** Scores map to 32-bit keys with the same order (the float's
+   bits, sign flipped; negative values get their magnitude bits flipped too), and four passes
+   over 8-bit digits, most significant first, each a 256-bin histogram of the keys that still
+   match the digits chosen so far, find ``T``, the ``count``-th largest key. This is the radix
+   select of FlashInfer's top-k and PyTorch's ``gatherTopK``, with the row in registers.
+3. **Compaction.** Keys ``> T`` are taken, and keys ``== T`` in slot order until ``count`` are
    taken (ties go to the older slot). A prefix sum gives each taken slot its place, so the pages
    come out in slot order (oldest first) and the newest page is written last, where
    ``last_page_len`` applies.
 
 The selected *set* equals ``torch.topk``'s for distinct scores; among equal scores ``topk``'s
 choice is unspecified and this kernel's is the older slot. The reference is
-:func:`lil_sparse.policies.base.top_slots` followed by the gather in
-:meth:`lil_sparse.engine.step_attention.DecodeAttention._select`.
+:meth:`lil_sparse.policies.base.PageScores.ranked` and :func:`lil_sparse.policies.base.top_slots`
+followed by the gathers of :meth:`lil_sparse.engine.step_attention.DecodeAttention._select_reference`.
 """
 
 from __future__ import annotations
@@ -30,21 +33,45 @@ import triton
 import triton.language as tl
 
 MAX_BLOCK = 4096  # slots a program holds at once (16 KiB of fp32 scores); wider rows loop
+RADIX_BITS = 8
 
 
 @triton.jit
-def _key(scores):
-    """fp32 -> int32 with the same order (IEEE bits; negative values get their magnitude flipped)."""
-    bits = scores.to(tl.int32, bitcast=True)
-    return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+def _ranking_keys(
+    scores_ptr,
+    first_row,
+    scores_stride,
+    slots,
+    width,
+    held,
+    sink,
+    recent,
+    SHARE: tl.constexpr,
+    WINDOWS: tl.constexpr,
+):
+    """Unsigned order-preserving keys (int64 in [0, 2^32)) of the row's ranking scores at ``slots``;
+    slots outside the row get key -1 (below every key)."""
+    inside = slots < width
+    score = tl.load(scores_ptr + first_row * scores_stride + slots, mask=inside, other=0.0)
+    for part in range(1, SHARE):  # not from zero: 0.0 + -0.0 would lose the sign of a lone row
+        score += tl.load(scores_ptr + (first_row + part) * scores_stride + slots, mask=inside, other=0.0)
+    if WINDOWS:
+        score = tl.where((slots < sink) | (slots >= held - recent), float("inf"), score)
+        score = tl.where(slots >= held - 1, float("-inf"), score)
+    bits = score.to(tl.int32, bitcast=True)
+    signed = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # float order as signed ints
+    return tl.where(inside, signed.to(tl.int64) + 2147483648, -1)
 
 
 @triton.jit
 def _select_pages(
-    scores_ptr,  # [rows // SHARE, width] float32
+    scores_ptr,  # [rows, width] float32 (row stride scores_stride)
     count_ptr,  # [rows] int64: older pages to take
     table_ptr,  # [rows, >= width] int32: slot -> page id
     newest_ptr,  # [rows] int32 (stride newest_stride): the row's newest page, written last
+    held_ptr,  # [rows] int64 (stride window_stride): pages held (WINDOWS only)
+    sink_ptr,  # [rows] int64: leading slots forced in (WINDOWS only)
+    recent_ptr,  # [rows] int64: trailing slots forced in (WINDOWS only)
     out_row_ptr,  # [rows] int64: the row's index in the CSR list (unused when IDENTITY)
     indptr_ptr,  # [all_rows + 1] int32
     indices_ptr,  # [capacity] int32: written
@@ -52,58 +79,69 @@ def _select_pages(
     scores_stride,
     table_stride,
     newest_stride,
+    window_stride,
     SHARE: tl.constexpr,
+    WINDOWS: tl.constexpr,
     IDENTITY: tl.constexpr,
     BLOCK: tl.constexpr,
     NUM_BLOCKS: tl.constexpr,
 ):
     row = tl.program_id(0)
     count = tl.load(count_ptr + row)
-    score_row = scores_ptr + (row // SHARE) * scores_stride
+    first_row = (row // SHARE) * SHARE
+    held = 0
+    sink = 0
+    recent = 0
+    if WINDOWS:
+        held = tl.load(held_ptr + row * window_stride)
+        sink = tl.load(sink_ptr + row * window_stride)
+        recent = tl.load(recent_ptr + row * window_stride)
     if IDENTITY:  # noqa: SIM108 (a constexpr branch: Triton compiles one side)
         start = tl.load(indptr_ptr + row)
     else:
         start = tl.load(indptr_ptr + tl.load(out_row_ptr + row))
     offsets = tl.arange(0, BLOCK)
-    # 1. The count-th largest key: the largest t with #(key >= t) >= count (bisection, int64).
-    low = tl.full((), -2147483648, tl.int64)
-    high = tl.full((), 2147483647, tl.int64)
-    if NUM_BLOCKS == 1:  # the row stays in registers for all 32 passes
-        resident = _key(tl.load(score_row + offsets, mask=offsets < width, other=float("-inf")))
-        resident = tl.where(offsets < width, resident.to(tl.int64), -4294967296)  # below every key
-        for _ in range(32):
-            mid = low + (high - low + 1) // 2
-            enough = tl.sum((resident >= mid).to(tl.int64), axis=0) >= count
-            low = tl.where(enough, mid, low)
-            high = tl.where(enough, high, mid - 1)
-    else:
-        for _ in range(32):
-            mid = low + (high - low + 1) // 2
-            above = tl.zeros((), tl.int64)
-            for block in range(NUM_BLOCKS):
+    bins = tl.arange(0, 256)
+    # 1-2. The count-th largest key, one 8-bit digit per pass (radix select).
+    prefix = tl.zeros((), tl.int64)
+    remaining = count
+    resident = _ranking_keys(
+        scores_ptr, first_row, scores_stride, offsets, width, held, sink, recent, SHARE, WINDOWS
+    )
+    for step in range(4):
+        shift = 24 - 8 * step
+        histogram = tl.zeros((256,), tl.int32)
+        for block in range(NUM_BLOCKS):
+            if NUM_BLOCKS == 1:  # the row stays in registers across the passes
+                keys = resident
+            else:
                 slots = block * BLOCK + offsets
-                keys = _key(tl.load(score_row + slots, mask=slots < width, other=float("-inf")))
-                above += tl.sum(((keys.to(tl.int64) >= mid) & (slots < width)).to(tl.int64), axis=0)
-            enough = above >= count
-            low = tl.where(enough, mid, low)
-            high = tl.where(enough, high, mid - 1)
-    threshold = low
-    greater = tl.zeros((), tl.int64)
-    for block in range(NUM_BLOCKS):
-        slots = block * BLOCK + offsets
-        keys = _key(tl.load(score_row + slots, mask=slots < width, other=float("-inf")))
-        greater += tl.sum(((keys.to(tl.int64) > threshold) & (slots < width)).to(tl.int64), axis=0)
-    ties_wanted = count - greater
-    # 2. Compaction in slot order: every key above T, then ties at T, oldest first.
+                keys = _ranking_keys(
+                    scores_ptr, first_row, scores_stride, slots, width, held, sink, recent, SHARE, WINDOWS
+                )
+            matching = (keys >= 0) & ((keys >> (shift + 8)) == (prefix >> (shift + 8)))
+            digit = ((keys >> shift) & 255).to(tl.int32)
+            histogram += tl.histogram(digit, 256, mask=matching)
+        at_least = tl.sum(histogram, axis=0) - tl.cumsum(histogram, axis=0) + histogram  # digit >= d
+        digit_chosen = tl.max(tl.where(at_least >= remaining, bins, 0), axis=0)
+        remaining -= tl.sum(tl.where(bins > digit_chosen, histogram, 0), axis=0).to(tl.int64)
+        prefix = prefix | (digit_chosen.to(tl.int64) << shift)
+    threshold = prefix
+    ties_wanted = remaining  # keys equal to the threshold still to take
+    # 3. Compaction in slot order: every key above T, then ties at T, oldest first.
     written = tl.zeros((), tl.int64)
     ties_seen = tl.zeros((), tl.int64)
     for block in range(NUM_BLOCKS):
         slots = block * BLOCK + offsets
-        inside = slots < width
-        keys = _key(tl.load(score_row + slots, mask=inside, other=float("-inf"))).to(tl.int64)
-        tie = (keys == threshold) & inside
+        if NUM_BLOCKS == 1:
+            keys = resident
+        else:
+            keys = _ranking_keys(
+                scores_ptr, first_row, scores_stride, slots, width, held, sink, recent, SHARE, WINDOWS
+            )
+        tie = keys == threshold
         tie_rank = ties_seen + tl.cumsum(tie.to(tl.int64), axis=0) - 1
-        take = ((keys > threshold) & inside) | (tie & (tie_rank < ties_wanted))
+        take = (keys > threshold) | (tie & (tie_rank < ties_wanted))
         place = written + tl.cumsum(take.to(tl.int64), axis=0) - 1
         pages = tl.load(table_ptr + row * table_stride + slots, mask=take, other=0)
         tl.store(indices_ptr + start + place, pages, mask=take)
@@ -121,13 +159,17 @@ def select_pages(
     indptr: torch.Tensor,
     indices: torch.Tensor,
     share: int = 1,
+    windows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Write each row's ``count`` best older pages, then its newest page, into a CSR page list.
 
-    - ``scores: [rows // share, width] float32``: row ``r`` reads score row ``r // share`` (InfLLM
-      scores a whole sequence once for its ``share`` KV-head rows). Slots that must be kept score
-      ``+inf``; slots that must not be chosen (the newest page, padding) ``-inf``.
-    - ``count: [rows] int64``: older pages to take, at most the row's slots scoring above ``-inf``.
+    - ``scores: [rows, width] float32``: row ``r`` ranks its slots by the sum of score rows
+      ``s .. s + share - 1`` (``s = r - r % share``: InfLLM sums a sequence's KV-head rows).
+    - ``windows``: ``(held, sink_pages, recent_pages)``, each ``[rows] int64`` (one stride), or
+      ``None``. When given, slots ``< sink_pages`` and ``>= held - recent_pages`` rank ``+inf``
+      and slots ``>= held - 1`` ``-inf`` (after the sum). Without it the scores must already be
+      ``-inf`` where a slot must not be chosen (the newest page, padding).
+    - ``count: [rows] int64``: older pages to take, at most the row's slots ranked above ``-inf``.
     - ``table: [rows, >= width] int32``: each row's page ids by slot; ``newest: [rows]`` (any
       stride) int32 page ids.
     - ``out_rows: [rows] int64`` or ``None``: the row of ``indptr`` each row writes at (``None``:
@@ -142,7 +184,7 @@ def select_pages(
     rows, width = table.shape[0], scores.shape[1]
     if rows == 0:
         return
-    if scores.shape[0] * share != rows or count.shape != (rows,) or newest.shape[0] != rows:
+    if scores.shape[0] != rows or rows % share or count.shape != (rows,) or newest.shape[0] != rows:
         raise ValueError(
             f"select_pages: {rows} rows, scores {tuple(scores.shape)} (share {share}), "
             f"count {tuple(count.shape)}, newest {tuple(newest.shape)}"
@@ -151,12 +193,18 @@ def select_pages(
         raise ValueError("select_pages: scores and table must be contiguous rows, table at least as wide")
     if out_rows is not None and out_rows.shape != (rows,):
         raise ValueError(f"select_pages: out_rows must be [{rows}], got {tuple(out_rows.shape)}")
+    held, sink, recent = windows if windows is not None else (count, count, count)
+    if len({held.stride(0), sink.stride(0), recent.stride(0)}) != 1:
+        raise ValueError("select_pages: held, sink_pages and recent_pages must share one stride")
     block = min(MAX_BLOCK, triton.next_power_of_2(max(width, 16)))
     _select_pages[(rows,)](
         scores,
         count.contiguous(),
         table,
         newest,
+        held,
+        sink,
+        recent,
         count if out_rows is None else out_rows.contiguous(),
         indptr,
         indices,
@@ -164,7 +212,9 @@ def select_pages(
         scores.stride(0),
         table.stride(0),
         newest.stride(0),
+        held.stride(0),
         SHARE=share,
+        WINDOWS=windows is not None,
         IDENTITY=out_rows is None,
         BLOCK=block,
         NUM_BLOCKS=triton.cdiv(width, block),

@@ -77,29 +77,21 @@ class SelectionPolicy(ABC):
         """
         raise NotImplementedError(f"{self.name} does not evict")
 
-    def selection_scores(
-        self, layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache
-    ) -> tuple[torch.Tensor, int]:
-        """Retention policies: per-slot scores for top-k, and how many rows share a score row.
-
-        ``q: [n, G, D]``. Returns ``([n // share, width] float32, share)``: row ``r`` ranks its
-        slots by score row ``r // share``; slots that must be attended score ``+inf``, slots that
-        must not be chosen (the newest page at ``held - 1``, which the caller adds, and padding)
-        ``-inf``. The engine picks the ``select_count - 1`` best (fused:
+    def selection_scores(self, layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache) -> PageScores:
+        """Retention policies: per-slot scores of each row (``q: [n, G, D]``), and how they rank
+        (:class:`PageScores`). The engine takes the ``select_count - 1`` best older pages (fused:
         :func:`lil_sparse.kernels.page_select.select_pages`; reference: :meth:`select_slots`).
         """
         raise NotImplementedError(f"{self.name} does not select per layer")
 
     def select_slots(self, layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache) -> torch.Tensor:
         """Retention policies, the PyTorch reference of the selection: ``[n, >= max_select - 1]
-        int64`` slots of older pages to attend, best first (:meth:`selection_scores`, then
+        int64`` slots of older pages to attend, best first (:meth:`selection_scores` ranked, then
         ``torch.topk``). Row ``r``'s first ``select_count[r] - 1`` entries are used; the newest
         page is appended by the caller.
         """
-        scores, share = self.selection_scores(layer, q, batch, kv)
-        if share > 1:
-            scores = scores.repeat_interleave(share, dim=0)
-        return top_slots(scores, batch.max_select - 1, ordered=not batch.uniform_select)
+        ranked = self.selection_scores(layer, q, batch, kv).ranked(batch)
+        return top_slots(ranked, batch.max_select - 1, ordered=not batch.uniform_select)
 
     def observe_decode(
         self,
@@ -129,6 +121,37 @@ class SelectionPolicy(ABC):
         every key up to the chunk's end; ``pages: [Hkv, T] int64`` page of each token per head;
         ``prompt_tokens`` the whole prompt's length (``T`` when the prompt is one chunk).
         """
+
+
+@dataclass(frozen=True)
+class PageScores:
+    """A selecting policy's scores for one layer, before ranking.
+
+    - ``scores: [n, width] float32``: one row per (sequence, KV head) row of the batch, ``-inf``
+      from slot ``held - 1`` on (the newest page is added by the caller, never chosen).
+    - ``share``: a row ranks by the sum of the ``share`` consecutive rows it belongs to (InfLLM:
+      a sequence's KV heads pick the same blocks; 1: each row alone).
+    - ``keep_windows``: after the sum, the batch's ``sink_pages`` first and ``recent_pages`` last
+      held slots rank ``+inf`` and slots from ``held - 1`` on ``-inf`` again.
+    """
+
+    scores: torch.Tensor
+    share: int = 1
+    keep_windows: bool = False
+
+    def ranked(self, batch: PolicyBatch) -> torch.Tensor:
+        """``[n, width] float32`` ranking scores (the reference of what the fused kernel reads)."""
+        scores = self.scores
+        if self.share > 1:
+            summed = scores.view(-1, self.share, scores.shape[1]).sum(dim=1)
+            scores = summed.repeat_interleave(self.share, dim=0)
+        if self.keep_windows:
+            slots = batch.slot_index()
+            forced = (slots < batch.sink_pages.unsqueeze(1)) | (
+                slots >= (batch.held - batch.recent_pages).unsqueeze(1)
+            )
+            scores = mask_beyond(scores.masked_fill(forced, float("inf")), batch.held - 1, batch)
+        return scores
 
 
 def mask_beyond(scores: torch.Tensor, limit: torch.Tensor, batch: PolicyBatch) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 
 from lil_sparse.kernels import fused_selection_enabled
 from lil_sparse.kv.kv_cache import KVCache
-from lil_sparse.policies.base import PolicyBatch, SelectionPolicy
+from lil_sparse.policies.base import PageScores, PolicyBatch, SelectionPolicy, mask_beyond
 
 
 def infllm_row_scores(q: torch.Tensor, representative: torch.Tensor) -> torch.Tensor:
@@ -26,48 +26,21 @@ def infllm_row_scores(q: torch.Tensor, representative: torch.Tensor) -> torch.Te
     return torch.bmm(q.float(), representative.float().transpose(1, 2)).sum(dim=1)
 
 
-def infllm_sequence_scores_reference(
-    q: torch.Tensor, key_sum: torch.Tensor, batch: PolicyBatch, page_size: int
-) -> torch.Tensor:
-    """``[seqs, W] float32`` block scores per sequence, ready for top-k (the PyTorch reference of
-    :func:`lil_sparse.kernels.page_scores.infllm_sequence_scores`): the row scores summed over the
-    sequence's KV heads, ``+inf`` for the sink and recent slots, ``-inf`` from ``held - 1`` on."""
-    representative = key_sum[batch.table.long()] / page_size  # older pages are full
-    per_row = infllm_row_scores(q, representative)  # [n, W]
-    heads = batch.num_kv_heads
-    scores = per_row.view(-1, heads, per_row.shape[1]).sum(dim=1)  # [seqs, W]
-    slots = batch.slot_index()
-    first = slice(None, None, heads)  # a sequence's rows share held and window sizes
-    held, sink, recent = batch.held[first], batch.sink_pages[first], batch.recent_pages[first]
-    forced = (slots < sink.unsqueeze(1)) | (slots >= (held - recent).unsqueeze(1))
-    scores = scores.masked_fill(forced, float("inf"))
-    return scores.masked_fill(slots >= (held - 1).unsqueeze(1), float("-inf"))
-
-
 class InfLLMPolicy(SelectionPolicy):
     name = "infllm"
     selects_per_layer = True
     reads_key_metadata = True
 
-    def selection_scores(
-        self, layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache
-    ) -> tuple[torch.Tensor, int]:
-        """One score row per sequence, shared by its ``num_kv_heads`` rows (InfLLM picks the same
-        blocks in every head)."""
+    def selection_scores(self, layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache) -> PageScores:
+        """Row scores summed over a sequence's KV heads (InfLLM picks the same blocks in every
+        head), with the initial and local windows always kept."""
         key_sum = kv.key_sum[layer]  # [P, D] float32
+        limit = batch.held - 1  # the newest page is added by the caller
         if fused_selection_enabled(key_sum, kv.head_dim):
-            from lil_sparse.kernels.page_scores import infllm_sequence_scores
+            from lil_sparse.kernels.page_scores import infllm_scores
 
-            scores = infllm_sequence_scores(
-                q,
-                key_sum,
-                batch.table,
-                batch.held,
-                batch.sink_pages,
-                batch.recent_pages,
-                batch.num_kv_heads,
-                kv.page_size,
-            )
+            per_row = infllm_scores(q, key_sum, batch.table, limit, kv.page_size)
         else:
-            scores = infllm_sequence_scores_reference(q, key_sum, batch, kv.page_size)
-        return scores, batch.num_kv_heads
+            representative = key_sum[batch.table.long()] / kv.page_size  # older pages are full
+            per_row = mask_beyond(infllm_row_scores(q, representative), limit, batch)  # [n, W]
+        return PageScores(per_row, share=batch.num_kv_heads, keep_windows=True)

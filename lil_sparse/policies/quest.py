@@ -17,7 +17,7 @@ import torch
 
 from lil_sparse.kernels import fused_selection_enabled
 from lil_sparse.kv.kv_cache import KVCache
-from lil_sparse.policies.base import PolicyBatch, SelectionPolicy, mask_beyond
+from lil_sparse.policies.base import PageScores, PolicyBatch, SelectionPolicy, mask_beyond
 
 
 def quest_page_scores(q: torch.Tensor, key_bounds: torch.Tensor) -> torch.Tensor:
@@ -53,8 +53,6 @@ class QuestPolicy(SelectionPolicy):
     selects_per_layer = True
     reads_key_metadata = True
 
-    def selection_scores(
-        self, layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache
-    ) -> tuple[torch.Tensor, int]:
+    def selection_scores(self, layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache) -> PageScores:
         """One score row per (sequence, KV head) row: each KV head picks its own pages."""
-        return quest_scores(layer, q, batch, kv), 1
+        return PageScores(quest_scores(layer, q, batch, kv))

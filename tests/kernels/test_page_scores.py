@@ -14,9 +14,9 @@ import torch
 
 pytest.importorskip("triton")
 
-from lil_sparse.kernels.page_scores import infllm_sequence_scores, quest_scores
-from lil_sparse.policies.base import PolicyBatch, top_slots
-from lil_sparse.policies.infllm import infllm_sequence_scores_reference
+from lil_sparse.kernels.page_scores import infllm_scores, quest_scores
+from lil_sparse.policies.base import top_slots
+from lil_sparse.policies.infllm import infllm_row_scores
 from lil_sparse.policies.quest import quest_page_scores
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -69,33 +69,16 @@ def test_quest_kernel_matches_reference(rows, group, head_dim, width, dtype):
     assert_same_selection(got, want, max(1, width // 4))
 
 
-@pytest.mark.parametrize("heads", [1, 2])
 @pytest.mark.parametrize(("rows", "group", "head_dim", "width"), GRID)
-def test_infllm_sequence_kernel_matches_reference(rows, group, head_dim, width, heads):
-    q, _, key_sum, table, held = random_case(rows * heads, group, head_dim, width, torch.bfloat16, seed=width)
-    held = held[::heads].repeat_interleave(heads)  # a sequence's rows hold the same pages count
-    gen = torch.Generator().manual_seed(width + heads)
-    sink = torch.randint(0, 3, (rows,), generator=gen).repeat_interleave(heads).to(DEVICE)
-    recent = torch.randint(1, 4, (rows,), generator=gen).repeat_interleave(heads).to(DEVICE)
-    batch = PolicyBatch(
-        rows=torch.arange(rows * heads, device=DEVICE),
-        table=table,
-        held=held,
-        select_count=held,
-        sink_pages=sink,
-        recent_pages=recent,
-        dense_layers=torch.zeros_like(held),
-        max_select=width,
-        num_kv_heads=heads,
-    )
+def test_infllm_kernel_matches_reference(rows, group, head_dim, width):
+    q, _, key_sum, table, held = random_case(rows, group, head_dim, width, torch.bfloat16, seed=width)
     page_size = 16
-    got = infllm_sequence_scores(q, key_sum, table, held, sink, recent, heads, page_size)
-    want = infllm_sequence_scores_reference(q, key_sum, batch, page_size)
-    assert got.shape == (rows, width) and got.dtype == torch.float32
-    assert torch.equal(torch.isposinf(got), torch.isposinf(want))
-    assert torch.equal(torch.isneginf(got), torch.isneginf(want))
-    finite = torch.isfinite(want)
-    torch.testing.assert_close(got[finite], want[finite], rtol=1e-5, atol=1e-4)
+    got = infllm_scores(q, key_sum, table, held, page_size)
+    want = infllm_row_scores(q, key_sum[table.long()] / page_size)
+    slots = torch.arange(width, device=DEVICE).unsqueeze(0)
+    want = want.masked_fill(slots >= held.unsqueeze(1), float("-inf"))
+    assert torch.equal(torch.isinf(got), torch.isinf(want))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
     assert_same_selection(got, want, max(1, width // 4))
 
 

@@ -15,7 +15,7 @@ import torch
 pytest.importorskip("triton")
 
 from lil_sparse.kernels.page_select import select_pages
-from lil_sparse.policies.base import top_slots
+from lil_sparse.policies.base import PageScores, PolicyBatch, top_slots
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 UNTOUCHED = -7
@@ -27,67 +27,96 @@ GRID = (
 )
 
 
-def reference(scores, share, count, table, newest):
-    """Per row: page ids of the top ``count`` slots (torch.topk), sorted by slot, then newest."""
-    rows = table.shape[0]
-    full = scores.repeat_interleave(share, dim=0)
+def reference(scores: PageScores, batch: PolicyBatch, count, newest):
+    """Per row: page ids of the top ``count`` slots (``PageScores.ranked`` + ``torch.topk``),
+    sorted by slot, then the newest page."""
+    ranked = scores.ranked(batch)
     out = []
-    for r in range(rows):
+    for r in range(ranked.shape[0]):
         k = int(count[r])
-        slots = sorted(top_slots(full[r : r + 1], k)[0].tolist()) if k else []
-        out.append([int(table[r, s]) for s in slots] + [int(newest[r])])
+        slots = sorted(top_slots(ranked[r : r + 1], k)[0].tolist()) if k else []
+        out.append([int(batch.table[r, s]) for s in slots] + [int(newest[r])])
     return out
 
 
-def case(rows, width, share, seed):
+def case(rows, width, share, seed, windows=False):
+    """Random per-row scores (``-inf`` from ``held - 1`` on) of ``rows`` rows in sequences of
+    ``share`` rows, with counts up to what each row can take."""
     gen = torch.Generator().manual_seed(seed)
     seqs = -(-rows // share)
     rows = seqs * share
-    scores = torch.randn(seqs, width, generator=gen) * 3
-    held = torch.randint(1, width + 1, (seqs,), generator=gen)
+    held = torch.randint(1, width + 1, (seqs,), generator=gen).repeat_interleave(share)
     slot = torch.arange(width).unsqueeze(0)
-    scores = scores.masked_fill(slot >= (held - 1).unsqueeze(1), float("-inf"))  # newest, padding
-    scores[:, :1] = float("inf")  # a forced (sink) slot where one exists
-    scores = scores.masked_fill(slot >= (held - 1).unsqueeze(1), float("-inf"))
-    older = (held - 1).repeat_interleave(share)
-    count = (older.float() * torch.rand(rows, generator=gen)).long()  # 0 .. held - 1
+    scores = (torch.randn(rows, width, generator=gen) * 3).masked_fill(
+        slot >= (held - 1).unsqueeze(1), float("-inf")
+    )
+    if not windows:
+        scores[:, :1] = torch.where(held.unsqueeze(1) > 1, float("inf"), float("-inf"))  # a forced slot
+    sink = torch.randint(0, 3, (seqs,), generator=gen).repeat_interleave(share)
+    recent = torch.randint(1, 4, (seqs,), generator=gen).repeat_interleave(share)
+    count = ((held - 1).float() * torch.rand(rows, generator=gen)).long()  # 0 .. held - 1
+    if windows:  # every forced slot fits in the count (as the engine's budgets guarantee)
+        forced = torch.minimum(sink + recent, held) - 1
+        count = torch.maximum(count, forced.clamp(min=0))
     table = torch.randperm(rows * width * 2, generator=gen)[: rows * width].view(rows, width).int()
     newest = torch.randint(0, 10**6, (rows,), generator=gen).int()
-    return scores, count, table, newest
+    batch = PolicyBatch(
+        rows=torch.arange(rows),
+        table=table,
+        held=held,
+        select_count=count + 1,
+        sink_pages=sink,
+        recent_pages=recent,
+        dense_layers=torch.zeros_like(held),
+        max_select=int(count.max()) + 1,
+        num_kv_heads=share,
+    )
+    return PageScores(scores, share=share, keep_windows=windows), batch, count, newest
 
 
-def run(scores, count, table, newest, out_rows, share, total_rows):
+def run(scores: PageScores, batch: PolicyBatch, count, newest, out_rows=None, total_rows=None):
     """Lay rows out in a CSR list of ``total_rows`` rows (others get 3 pages) and run the kernel."""
-    sizes = [3] * total_rows
-    targets = range(table.shape[0]) if out_rows is None else out_rows.tolist()
+    rows = batch.table.shape[0]
+    sizes = [3] * (total_rows or rows)
+    targets = range(rows) if out_rows is None else out_rows.tolist()
     for r, o in enumerate(targets):
         sizes[o] = int(count[r]) + 1
     indptr = torch.tensor([0, *itertools.accumulate(sizes)], dtype=torch.int32)
-    indices = torch.full((int(indptr[-1]) + 11,), UNTOUCHED, dtype=torch.int32)
+    indices = torch.full((int(indptr[-1]) + 11,), UNTOUCHED, dtype=torch.int32, device=DEVICE)
     dev = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
-    indices_dev = indices.to(DEVICE)
-    select_pages(
-        dev(scores), dev(count), dev(table), dev(newest), dev(out_rows), dev(indptr), indices_dev, share
+    windows = (
+        (dev(batch.held), dev(batch.sink_pages), dev(batch.recent_pages)) if scores.keep_windows else None
     )
-    return indptr, indices_dev.cpu()
+    select_pages(
+        dev(scores.scores),
+        dev(count),
+        dev(batch.table),
+        dev(newest),
+        dev(out_rows),
+        dev(indptr),
+        indices,
+        scores.share,
+        windows,
+    )
+    return indptr, indices.cpu()
 
 
+@pytest.mark.parametrize("windows", [False, True])
 @pytest.mark.parametrize(("rows", "width", "share"), GRID)
-def test_selection_equals_topk_in_slot_order(rows, width, share):
-    scores, count, table, newest = case(rows, width, share, seed=rows * 7 + width + share)
-    rows = table.shape[0]
-    indptr, indices = run(scores, count, table, newest, None, share, rows)
-    want = reference(scores, share, count, table, newest)
-    for r in range(rows):
+def test_selection_equals_topk_in_slot_order(rows, width, share, windows):
+    scores, batch, count, newest = case(rows, width, share, seed=rows * 7 + width + share, windows=windows)
+    indptr, indices = run(scores, batch, count, newest)
+    want = reference(scores, batch, count, newest)
+    for r in range(batch.table.shape[0]):
         assert indices[indptr[r] : indptr[r + 1]].tolist() == want[r]
     assert (indices[int(indptr[-1]) :] == UNTOUCHED).all()
 
 
 def test_rows_land_at_their_step_rows_and_nothing_else_changes():
-    scores, count, table, newest = case(4, 40, 2, seed=3)
+    scores, batch, count, newest = case(4, 40, 2, seed=3, windows=True)
     out_rows = torch.tensor([6, 1, 3, 0])
-    indptr, indices = run(scores, count, table, newest, out_rows, 2, total_rows=8)
-    want = reference(scores, 2, count, table, newest)
+    indptr, indices = run(scores, batch, count, newest, out_rows, total_rows=8)
+    want = reference(scores, batch, count, newest)
     for r, o in enumerate(out_rows.tolist()):
         assert indices[indptr[o] : indptr[o + 1]].tolist() == want[r]
     for o in (2, 4, 5, 7):  # rows of other policies: untouched
@@ -96,9 +125,8 @@ def test_rows_land_at_their_step_rows_and_nothing_else_changes():
 
 def test_ties_go_to_the_older_slot_and_extremes_order():
     # Scores with ties at the threshold, -0.0 vs 0.0, +inf and tiny negatives.
-    scores = torch.tensor(
-        [[1.0, 2.0, 1.0, float("inf"), 1.0, -0.0, 0.0, -1e-30, 2.0, float("-inf")]], dtype=torch.float32
-    )
+    values = [[1.0, 2.0, 1.0, float("inf"), 1.0, -0.0, 0.0, -1e-30, 2.0, float("-inf")]]
+    scores = PageScores(torch.tensor(values, dtype=torch.float32))
     table = torch.arange(100, 110, dtype=torch.int32).unsqueeze(0)
     newest = torch.tensor([999], dtype=torch.int32)
     expected = {
@@ -111,15 +139,28 @@ def test_ties_go_to_the_older_slot_and_extremes_order():
         9: [100, 101, 102, 103, 104, 105, 106, 107, 108, 999],  # every finite slot
     }
     for k, want in expected.items():
-        _, indices = run(scores, torch.tensor([k]), table, newest, None, 1, 1)
+        batch = PolicyBatch(
+            rows=torch.arange(1),
+            table=table,
+            held=torch.tensor([10]),
+            select_count=torch.tensor([k + 1]),
+            sink_pages=torch.zeros(1, dtype=torch.long),
+            recent_pages=torch.ones(1, dtype=torch.long),
+            dense_layers=torch.zeros(1, dtype=torch.long),
+            max_select=k + 1,
+            num_kv_heads=1,
+        )
+        _, indices = run(scores, batch, torch.tensor([k]), newest)
         assert indices[: k + 1].tolist() == want, k
 
 
 def test_shape_errors_name_the_problem():
-    scores, count, table, newest = case(2, 16, 1, seed=1)
+    scores, batch, count, newest = case(2, 16, 1, seed=1)
     indptr = torch.zeros(3, dtype=torch.int32)
     indices = torch.zeros(64, dtype=torch.int32)
     with pytest.raises(ValueError, match="select_pages"):
-        select_pages(scores, count[:1], table, newest, None, indptr, indices)
+        select_pages(scores.scores, count[:1], batch.table, newest, None, indptr, indices)
     with pytest.raises(ValueError, match="share"):
-        select_pages(scores, count, table, newest, None, indptr, indices, share=2)
+        select_pages(
+            scores.scores[:1], count[:1], batch.table[:1], newest[:1], None, indptr, indices, share=2
+        )
