@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from lil_sparse.kernels import fused_selection_enabled
+
 
 class KVCache:
     def __init__(
@@ -94,8 +96,17 @@ class KVCache:
         page (a decode step writes one token per row), which allows plain gathers instead of
         scatter reductions. ``update_metadata=False`` skips the key bounds and sums: a step whose
         requests never read them (no Quest or InfLLM request) saves those kernels, and pages only
-        ever hold one request's tokens, so nobody else misses the update.
+        ever hold one request's tokens, so nobody else misses the update. With distinct pages on
+        CUDA all of it is one kernel (:func:`lil_sparse.kernels.kv_append.append_decode_kv`); the
+        code below is its reference.
         """
+        if distinct_pages and fused_selection_enabled(k, self.head_dim):  # one Triton kernel on CUDA
+            from lil_sparse.kernels.kv_append import append_decode_kv
+
+            bounds = self.key_bounds[layer] if update_metadata else None
+            key_sum = self.key_sum[layer] if update_metadata else None
+            append_decode_kv(self.k[layer], self.v[layer], bounds, key_sum, slots, k, v)
+            return
         flat_slots = slots.reshape(-1)
         k_flat = k.reshape(-1, self.head_dim)
         self.k[layer].view(-1, self.head_dim).index_copy_(0, flat_slots, k_flat.to(self.k.dtype))

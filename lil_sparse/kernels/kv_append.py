@@ -1,0 +1,101 @@
+"""A decode step's K/V append and key-metadata update in one kernel per layer.
+
+Per layer a decode step writes one key and one value per (sequence, KV head) row into that row's
+newest page and, when a Quest or InfLLM request is in the step, folds the key into the page's
+metadata: element-wise min and max (Quest's bounds, cache dtype) and the fp32 key sum (InfLLM).
+In PyTorch that is two ``index_copy_`` plus about six gathers, element-wise ops and scatters
+(:meth:`lil_sparse.kv.KVCache.write`, the reference); here one program per row does all of it.
+A decode step's rows write distinct pages, so no two programs touch the same metadata row.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _append_decode_kv(
+    k_ptr,  # [T, H, D] new keys (strides k_token, k_head, 1)
+    v_ptr,  # [T, H, D] new values (strides v_token, v_head, 1)
+    slots_ptr,  # [T * H] int64: page * page_size + offset
+    k_cache_ptr,  # [slots, D] this layer's keys
+    v_cache_ptr,  # [slots, D]
+    bounds_ptr,  # [pages, 2, D] this layer's key min / max (META only)
+    key_sum_ptr,  # [pages, D] float32 (META only)
+    k_token,
+    k_head,
+    v_token,
+    v_head,
+    HEADS: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    META: tl.constexpr,
+):
+    row = tl.program_id(0)
+    token = row // HEADS
+    head = row % HEADS
+    dims = tl.arange(0, HEAD_DIM)
+    slot = tl.load(slots_ptr + row)
+    key = tl.load(k_ptr + token * k_token + head * k_head + dims)
+    value = tl.load(v_ptr + token * v_token + head * v_head + dims)
+    tl.store(k_cache_ptr + slot * HEAD_DIM + dims, key.to(k_cache_ptr.dtype.element_ty))
+    tl.store(v_cache_ptr + slot * HEAD_DIM + dims, value.to(v_cache_ptr.dtype.element_ty))
+    if META:
+        page = slot // PAGE_SIZE
+        bound = key.to(bounds_ptr.dtype.element_ty)
+        low = bounds_ptr + page * 2 * HEAD_DIM + dims
+        tl.store(low, tl.minimum(tl.load(low), bound))
+        tl.store(low + HEAD_DIM, tl.maximum(tl.load(low + HEAD_DIM), bound))
+        total = key_sum_ptr + page * HEAD_DIM + dims
+        tl.store(total, tl.load(total) + key.to(tl.float32))
+
+
+def append_decode_kv(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    key_bounds: torch.Tensor | None,
+    key_sum: torch.Tensor | None,
+    slots: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+) -> None:
+    """Write one layer's new keys and values and, when given, fold the keys into the metadata.
+
+    ``k_cache, v_cache: [pages, 1, page_size, D]`` (one layer, contiguous); ``key_bounds: [pages,
+    2, D]`` (min, max; cache dtype) and ``key_sum: [pages, D] float32``, both or neither;
+    ``slots: [T, H] int64`` (``page * page_size + offset``), every entry on a distinct page;
+    ``k, v: [T, H, D]`` with unit inner stride. Keys are cast to the bounds' dtype for min/max and
+    to fp32 for the sum, as the reference does. Raises ``ValueError`` on a layout it cannot read.
+    """
+    tokens, heads, head_dim = k.shape
+    if slots.shape != (tokens, heads) or v.shape != k.shape:
+        shapes = f"slots {tuple(slots.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        raise ValueError(f"append_decode_kv: {shapes}")
+    if k.stride(2) != 1 or v.stride(2) != 1 or not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError("append_decode_kv: k and v need a unit inner stride, caches must be contiguous")
+    if (key_bounds is None) != (key_sum is None):
+        raise ValueError("append_decode_kv: pass key_bounds and key_sum together, or neither")
+    meta = key_bounds is not None and key_sum is not None
+    if meta and not (key_bounds.is_contiguous() and key_sum.is_contiguous()):  # type: ignore[union-attr]
+        raise ValueError("append_decode_kv: key_bounds and key_sum must be contiguous")
+    if tokens * heads == 0:
+        return
+    _append_decode_kv[(tokens * heads,)](
+        k,
+        v,
+        slots.reshape(-1).contiguous(),
+        k_cache,
+        v_cache,
+        key_bounds if meta else k_cache,
+        key_sum if meta else k_cache,
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        HEADS=heads,
+        PAGE_SIZE=k_cache.shape[2],
+        HEAD_DIM=head_dim,
+        META=meta,
+    )
