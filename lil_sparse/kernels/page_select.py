@@ -33,7 +33,8 @@ import triton
 import triton.language as tl
 
 MAX_BLOCK = 4096  # slots a program holds at once (16 KiB of fp32 scores); wider rows loop
-RADIX_BITS = 8
+RADIX = False  # bisection (True: 8-bit radix passes); measured in bench/select_micro.py
+NUM_WARPS = 1
 
 
 @triton.jit
@@ -85,6 +86,7 @@ def _select_pages(
     IDENTITY: tl.constexpr,
     BLOCK: tl.constexpr,
     NUM_BLOCKS: tl.constexpr,
+    RADIX: tl.constexpr,
 ):
     row = tl.program_id(0)
     count = tl.load(count_ptr + row)
@@ -102,30 +104,61 @@ def _select_pages(
         start = tl.load(indptr_ptr + tl.load(out_row_ptr + row))
     offsets = tl.arange(0, BLOCK)
     bins = tl.arange(0, 256)
-    # 1-2. The count-th largest key, one 8-bit digit per pass (radix select).
+    # 1-2. The count-th largest key T: the largest t with #(key >= t) >= count.
     prefix = tl.zeros((), tl.int64)
     remaining = count
     resident = _ranking_keys(
         scores_ptr, first_row, scores_stride, offsets, width, held, sink, recent, SHARE, WINDOWS
     )
-    for step in range(4):
-        shift = 24 - 8 * step
-        histogram = tl.zeros((256,), tl.int32)
+    if RADIX:  # four passes over 8-bit digits, a 256-bin histogram each
+        for step in range(4):
+            shift = 24 - 8 * step
+            histogram = tl.zeros((256,), tl.int32)
+            for block in range(NUM_BLOCKS):
+                if NUM_BLOCKS == 1:  # the row stays in registers across the passes
+                    keys = resident
+                else:
+                    slots = block * BLOCK + offsets
+                    keys = _ranking_keys(
+                        scores_ptr, first_row, scores_stride, slots, width, held, sink, recent, SHARE, WINDOWS
+                    )
+                matching = (keys >= 0) & ((keys >> (shift + 8)) == (prefix >> (shift + 8)))
+                digit = ((keys >> shift) & 255).to(tl.int32)
+                histogram += tl.histogram(digit, 256, mask=matching)
+            at_least = tl.sum(histogram, axis=0) - tl.cumsum(histogram, axis=0) + histogram
+            digit_chosen = tl.max(tl.where(at_least >= remaining, bins, 0), axis=0)
+            remaining -= tl.sum(tl.where(bins > digit_chosen, histogram, 0), axis=0).to(tl.int64)
+            prefix = prefix | (digit_chosen.to(tl.int64) << shift)
+    else:  # bisection over the 32-bit key range, one bit per pass
+        low = tl.zeros((), tl.int64)
+        high = tl.full((), 4294967295, tl.int64)
+        for _ in range(32):
+            mid = low + (high - low + 1) // 2
+            above = tl.zeros((), tl.int64)
+            for block in range(NUM_BLOCKS):
+                if NUM_BLOCKS == 1:
+                    keys = resident
+                else:
+                    slots = block * BLOCK + offsets
+                    keys = _ranking_keys(
+                        scores_ptr, first_row, scores_stride, slots, width, held, sink, recent, SHARE, WINDOWS
+                    )
+                above += tl.sum((keys >= mid).to(tl.int64), axis=0)
+            enough = above >= count
+            low = tl.where(enough, mid, low)
+            high = tl.where(enough, high, mid - 1)
+        prefix = low
+        greater = tl.zeros((), tl.int64)
         for block in range(NUM_BLOCKS):
-            if NUM_BLOCKS == 1:  # the row stays in registers across the passes
+            if NUM_BLOCKS == 1:
                 keys = resident
             else:
                 slots = block * BLOCK + offsets
                 keys = _ranking_keys(
                     scores_ptr, first_row, scores_stride, slots, width, held, sink, recent, SHARE, WINDOWS
                 )
-            matching = (keys >= 0) & ((keys >> (shift + 8)) == (prefix >> (shift + 8)))
-            digit = ((keys >> shift) & 255).to(tl.int32)
-            histogram += tl.histogram(digit, 256, mask=matching)
-        at_least = tl.sum(histogram, axis=0) - tl.cumsum(histogram, axis=0) + histogram  # digit >= d
-        digit_chosen = tl.max(tl.where(at_least >= remaining, bins, 0), axis=0)
-        remaining -= tl.sum(tl.where(bins > digit_chosen, histogram, 0), axis=0).to(tl.int64)
-        prefix = prefix | (digit_chosen.to(tl.int64) << shift)
+            greater += tl.sum((keys > low).to(tl.int64), axis=0)
+        remaining = count - greater
     threshold = prefix
     ties_wanted = remaining  # keys equal to the threshold still to take
     # 3. Compaction in slot order: every key above T, then ties at T, oldest first.
@@ -160,6 +193,8 @@ def select_pages(
     indices: torch.Tensor,
     share: int = 1,
     windows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    radix: bool = RADIX,
+    num_warps: int = 0,
 ) -> None:
     """Write each row's ``count`` best older pages, then its newest page, into a CSR page list.
 
@@ -218,5 +253,6 @@ def select_pages(
         IDENTITY=out_rows is None,
         BLOCK=block,
         NUM_BLOCKS=triton.cdiv(width, block),
-        num_warps=8 if block >= 2048 else 4,
+        RADIX=radix,
+        num_warps=num_warps or NUM_WARPS,
     )

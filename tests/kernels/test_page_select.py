@@ -74,7 +74,7 @@ def case(rows, width, share, seed, windows=False):
     return PageScores(scores, share=share, keep_windows=windows), batch, count, newest
 
 
-def run(scores: PageScores, batch: PolicyBatch, count, newest, out_rows=None, total_rows=None):
+def run(scores: PageScores, batch: PolicyBatch, count, newest, out_rows=None, total_rows=None, radix=False):
     """Lay rows out in a CSR list of ``total_rows`` rows (others get 3 pages) and run the kernel."""
     rows = batch.table.shape[0]
     sizes = [3] * (total_rows or rows)
@@ -97,15 +97,17 @@ def run(scores: PageScores, batch: PolicyBatch, count, newest, out_rows=None, to
         indices,
         scores.share,
         windows,
+        radix=radix,
     )
     return indptr, indices.cpu()
 
 
+@pytest.mark.parametrize("radix", [False, True])
 @pytest.mark.parametrize("windows", [False, True])
 @pytest.mark.parametrize(("rows", "width", "share"), GRID)
-def test_selection_equals_topk_in_slot_order(rows, width, share, windows):
+def test_selection_equals_topk_in_slot_order(rows, width, share, windows, radix):
     scores, batch, count, newest = case(rows, width, share, seed=rows * 7 + width + share, windows=windows)
-    indptr, indices = run(scores, batch, count, newest)
+    indptr, indices = run(scores, batch, count, newest, radix=radix)
     want = reference(scores, batch, count, newest)
     for r in range(batch.table.shape[0]):
         assert indices[indptr[r] : indptr[r + 1]].tolist() == want[r]
@@ -138,7 +140,7 @@ def test_ties_go_to_the_older_slot_and_extremes_order():
         7: [100, 101, 102, 103, 104, 106, 108, 999],  # 0.0 > -0.0
         9: [100, 101, 102, 103, 104, 105, 106, 107, 108, 999],  # every finite slot
     }
-    for k, want in expected.items():
+    for (k, want), radix in itertools.product(expected.items(), (False, True)):
         batch = PolicyBatch(
             rows=torch.arange(1),
             table=table,
@@ -150,7 +152,7 @@ def test_ties_go_to_the_older_slot_and_extremes_order():
             max_select=k + 1,
             num_kv_heads=1,
         )
-        _, indices = run(scores, batch, torch.tensor([k]), newest)
+        _, indices = run(scores, batch, torch.tensor([k]), newest, radix=radix)
         assert indices[: k + 1].tolist() == want, k
 
 

@@ -1,0 +1,94 @@
+"""Kernel time of the fused page selection (:mod:`lil_sparse.kernels.page_select`) against
+``torch.topk`` plus the gathers it replaces, per algorithm and warp count (CUDA events, median
+of ``--iters`` launches after warm-up; inputs shaped like one layer of a decode step: ``rows``
+(sequence, KV head) rows of ``width`` slots, an eighth of them selected).
+
+    python bench/select_micro.py [--rows 64,16,2] [--widths 2048,256] [--iters 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+
+from lil_sparse.kernels.page_select import select_pages
+
+
+@dataclass
+class Case:
+    scores: torch.Tensor
+    count: torch.Tensor
+    table: torch.Tensor
+    indptr: torch.Tensor
+    indices: torch.Tensor
+
+    @classmethod
+    def build(cls, rows: int, width: int) -> Case:
+        scores = torch.randn(rows, width, device="cuda")
+        scores[:, -1] = float("-inf")
+        count = torch.full((rows,), width // 8 - 1, dtype=torch.long, device="cuda")
+        table = torch.randperm(rows * width, device="cuda").view(rows, width).int()
+        indptr = torch.arange(rows + 1, device="cuda", dtype=torch.int32) * (width // 8)
+        return cls(scores, count, table, indptr, torch.empty(rows * width, dtype=torch.int32, device="cuda"))
+
+    def torch_path(self) -> None:
+        top = torch.topk(self.scores, self.scores.shape[1] // 8 - 1, dim=1, sorted=False).indices
+        chosen = torch.cat([self.table.gather(1, top), self.table[:, -1:]], dim=1)
+        self.indices[: chosen.numel()] = chosen.reshape(-1)
+
+    def fused(self, radix: bool, warps: int) -> None:
+        newest = self.table[:, -1]
+        select_pages(
+            self.scores,
+            self.count,
+            self.table,
+            newest,
+            None,
+            self.indptr,
+            self.indices,
+            radix=radix,
+            num_warps=warps,
+        )
+
+
+def timed_us(fn, iters: int) -> float:
+    for _ in range(10):
+        fn()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", default="64,16,2")
+    parser.add_argument("--widths", default="2048,256")
+    parser.add_argument("--iters", type=int, default=200)
+    args = parser.parse_args()
+    print(f"device: {torch.cuda.get_device_name()}")
+    for rows in (int(r) for r in args.rows.split(",")):
+        for width in (int(w) for w in args.widths.split(",")):
+            case = Case.build(rows, width)
+            baseline = timed_us(case.torch_path, args.iters)
+            line = [f"rows {rows:3d} width {width:5d}: topk+gather {baseline:6.1f} us"]
+            for radix in (False, True):
+                for warps in (1, 2, 4, 8):
+                    name = "radix" if radix else "bisect"
+                    line.append(
+                        f"{name}/{warps}w {timed_us(partial(case.fused, radix, warps), args.iters):6.1f}"
+                    )
+            print(" | ".join(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
