@@ -1,6 +1,6 @@
 """Kernel time of the fused page selection (:mod:`lil_sparse.kernels.page_select`) against
 ``torch.topk`` plus the gathers it replaces, per algorithm and warp count (CUDA events, median
-of ``--iters`` launches after warm-up; inputs shaped like one layer of a decode step: ``rows``
+of ``--iters`` replays of a CUDA graph of 20 calls; inputs shaped like one layer of a decode step: ``rows``
 (sequence, KV head) rows of ``width`` slots, an eighth of them selected).
 
     python bench/select_micro.py [--rows 64,16,2] [--widths 2048,256] [--iters 200]
@@ -55,17 +55,24 @@ class Case:
         )
 
 
-def timed_us(fn, iters: int) -> float:
-    for _ in range(10):
+def timed_us(fn, iters: int, launches: int = 20) -> float:
+    """Kernel time per call: ``launches`` calls captured in one CUDA graph (no launch overhead,
+    as in a decode step's graph), replayed ``iters`` times; the median replay / ``launches``."""
+    for _ in range(3):
         fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(launches):
+            fn()
     times = []
     for _ in range(iters):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        graph.replay()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
+        times.append(start.elapsed_time(end) * 1e3 / launches)
     return statistics.median(times)
 
 
