@@ -33,8 +33,10 @@ import triton
 import triton.language as tl
 
 MAX_BLOCK = 4096  # slots a program holds at once (16 KiB of fp32 scores); wider rows loop
-RADIX = False  # bisection (True: 8-bit radix passes); measured in bench/select_micro.py
-NUM_WARPS = 1
+# Measured on the H200 (bench/select_micro.py, kernel time in a CUDA graph, 2026-11-30): at 2048
+# slots radix with 8 warps 11.7 us, bisection 14.1 us (4 warps), topk + gather 26 us; at 256
+# slots radix with 4 warps 5.2 us; at 8192 radix/8 warps 37 us, topk + gather 58 us.
+RADIX = True
 
 
 @triton.jit
@@ -254,5 +256,5 @@ def select_pages(
         BLOCK=block,
         NUM_BLOCKS=triton.cdiv(width, block),
         RADIX=radix,
-        num_warps=num_warps or NUM_WARPS,
+        num_warps=num_warps or (8 if block >= 2048 else 4),
     )
