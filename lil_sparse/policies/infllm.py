@@ -30,6 +30,7 @@ class InfLLMPolicy(SelectionPolicy):
     name = "infllm"
     selects_per_layer = True
     reads_key_metadata = True
+    metadata_vectors, metadata_dtype = 1, torch.float32  # key sum per page
 
     def select_slots(self, layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache) -> torch.Tensor:
         key_sum = kv.key_sum[layer]  # [P, D] float32

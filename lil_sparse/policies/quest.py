@@ -52,6 +52,7 @@ class QuestPolicy(SelectionPolicy):
     name = "quest"
     selects_per_layer = True
     reads_key_metadata = True
+    metadata_vectors = 2  # key min and max per page, in the cache dtype
 
     def select_slots(self, layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache) -> torch.Tensor:
         scores = quest_scores(layer, q, batch, kv)
