@@ -56,7 +56,7 @@ class SelectionCost:
     @property
     def latency_bytes(self) -> float:
         """The fixed latency as bytes the device could have read meanwhile."""
-        return self.selection_latency_us * 1e-6 * self.hbm_bytes_per_second
+        return self.selection_latency_us * self.hbm_bytes_per_second / 1e6
 
     def pays(self, rows: list[tuple[int, int]], page_bytes: int, metadata_bytes_per_page: int) -> bool:
         """Whether one selecting layer's selection saves more bytes than it costs.
