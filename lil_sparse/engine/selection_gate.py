@@ -26,11 +26,14 @@ from lil_sparse.policies import get_policy
 __all__ = ["SELECTION_MODES", "SelectionCost", "SelectionGate"]
 
 # PLACEHOLDER device constants, to be replaced by the lead's H200 measurement with fused selection
-# (bench/decode_e2e.py --selection exact, then print_gate_constants). Taken from
+# (bench/decode_e2e.py --selection exact, then bench/gate_constants.py on its JSON). Taken from
 # docs/bench/decode_targets.md (H200, 2026-11-30, before fused selection): copy bandwidth 4225 GB/s
 # (qwen run) and the per-layer fixed cost of Quest at qwen1.5b / 4k / batch 1 / budget 1024:
 # (4.15 - 2.49 ms) / 26 selecting layers + 0.75 us saved - 0.06 us of bounds = ~64 us. With these,
-# the rule picks the faster side in every quest and infllm cell of that table.
+# the rule picks the faster side in every quest and infllm cell of that table. A rerun on the H200
+# (2026-11-30, branch gate on main 7232271, qwen1.5b x {4k, 32k} x batch {1, 8, 32}, budget 1024)
+# gave 4119 GB/s and, by bench/gate_constants.py, 50 us (quest) / 53 us (infllm) at 4k batch 1 and
+# medians of 74 / 90 us over the six cells (the "fixed" cost grows with batch and context).
 DEFAULT_HBM_BYTES_PER_SECOND = 4.2e12
 DEFAULT_SELECTION_LATENCY_US = 64.0
 
