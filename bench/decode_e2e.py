@@ -14,6 +14,10 @@ turns into the report and the speed-T lines.
 
     python bench/decode_e2e.py --json OUT.json [--models qwen1.5b,llama8b] [--contexts 4096,32768]
         [--batches 1,8,32] [--runs full:0,quest:4096] [--mixed 8] [--throughput 64,128] [--hf 1,32]
+        [--selection exact|when_faster]
+
+``--selection`` is the runner's ``EngineConfig.selection`` (default exact). The selection gate's
+constants come from an exact run: ``python bench/gate_constants.py OUT.json``.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import torch
 from bench.common import copy_bandwidth_gbs, device_line
 from bench.model_shapes import MODELS, hf_tbt_ms, random_model, weight_bytes
 from lil_sparse.attention.flashinfer_backend import FlashInferBackend
-from lil_sparse.config import EngineConfig
+from lil_sparse.config import SELECTION_MODES, EngineConfig
 from lil_sparse.engine.model_runner import ModelRunner
 from lil_sparse.engine.page_manager import PageManager
 from lil_sparse.engine.sequence import Sequence
@@ -65,6 +69,8 @@ class DecodeBench:
     and times ``steps`` runner decode steps after ``WARMUP_STEPS``.
     """
 
+    selection = "exact"  # the runners' EngineConfig.selection (--selection)
+
     def __init__(self, model: CausalLM, num_pages: int, max_seqs: int, max_pages_per_seq: int) -> None:
         mc = model.config
         self.model, self.mc = model, mc
@@ -91,7 +97,15 @@ class DecodeBench:
         pool = PagePool(self.num_pages)
         table = BlockTable(self.max_seqs, mc.num_kv_heads, self.max_pages_per_seq, torch.device("cuda"))
         pages = PageManager(pool, table, self.kv, mc.num_kv_heads, PAGE_SIZE)
-        runner = ModelRunner(self.model, self.kv, pages, self.backend, mc.num_layers, cuda_graphs=True)
+        runner = ModelRunner(
+            self.model,
+            self.kv,
+            pages,
+            self.backend,
+            mc.num_layers,
+            cuda_graphs=True,
+            selection=self.selection,
+        )
         order = sorted(range(len(specs)), key=lambda i: not get_policy(specs[i][0]).evicts)
         seqs: list[Sequence] = [None] * len(specs)  # type: ignore[list-item]
         for index in order:
@@ -142,6 +156,7 @@ class DecodeBench:
             attended = seq.kv_report.attended_pages_per_step[-1] * mc.num_layers  # per head, all layers
             kv_bytes += mc.num_kv_heads * attended * page_layer_bytes
             selecting = get_policy(policy).selects_per_layer and seq.held_pages > seq.budget_pages
+            selecting = selecting and not seq.kv_report.selection_skipped_steps  # the gate's dense rows
             if selecting:  # metadata of every held page, in its real dtype, in each selecting layer
                 layers = mc.num_layers - (seq.options.sparse.dense_layers if policy == "quest" else 0)
                 per_page = {
@@ -274,6 +289,7 @@ def write_results(path: Path, bandwidth: float, results: dict, hf: dict) -> None
         "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         "command": " ".join(["python", *sys.argv]),
         "bandwidth_gbs": bandwidth,
+        "selection": DecodeBench.selection,
         "runs": results,
         "hf_ms": hf,
     }
@@ -294,7 +310,11 @@ def main() -> None:
     parser.add_argument("--hf", default="", help="HF generate batches at 2048 tokens on qwen1.5b, e.g. 1,32")
     parser.add_argument("--profile", type=Path, default=None, help="folder for profiles of every run")
     parser.add_argument("--json", type=Path, required=True, help="results file (read by bench/targets.py)")
+    parser.add_argument(
+        "--selection", choices=SELECTION_MODES, default="exact", help="EngineConfig.selection (default exact)"
+    )
     args = parser.parse_args()
+    DecodeBench.selection = args.selection
     runs = GRID_RUNS
     if args.runs:
         runs = [(p, int(b)) for p, b in (r.split(":") for r in args.runs.split(","))]

@@ -72,7 +72,8 @@ def _run_section(
         lines.append(
             f"- **Sweep** ({meta.get('date_utc', '?')}, {meta.get('sweep_wall_seconds', '?')} s, "
             f"{meta.get('generated_tokens', '?')} tokens, {meta.get('problems_run', '?')} of "
-            f"{meta.get('problems_selected', '?')} {admission}):\n"
+            f"{meta.get('problems_selected', '?')} {admission}; selection: "
+            f"{meta.get('selection', 'exact (before the setting existed)')}):\n"
             f"  `{meta.get('command', '?')}`"
         )
         conditions = meta.get("config", {}).get("conditions", [])

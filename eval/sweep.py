@@ -28,6 +28,9 @@ from eval.guardian_replay import DEFAULT_BASE_INTERVAL, record_trajectory
 from eval.prompting import prompt_token_ids
 from eval.records import SampleRecord, write_records
 
+STUDY_SELECTION = "exact"  # EngineConfig.selection of every in-process sweep
+SERVER_SELECTION = "the server's --selection (run it with --selection exact)"
+
 
 @dataclass(frozen=True, slots=True)
 class SweepConfig:
@@ -109,6 +112,7 @@ def _completions(config: SweepConfig, jobs: list[Job], engine: Any) -> Iterator[
     if config.server:
         from eval.server_runner import run_on_server
 
+        print(f"[lil-eval] selection: {SERVER_SELECTION}", file=sys.stderr)
         yield from run_on_server(config.server, jobs, options_for, config.concurrency)
         return
     from eval.engine_runner import run_on_engine
@@ -130,6 +134,9 @@ def _load_engine(config: SweepConfig) -> Any:
         kv_cache_tokens=config.kv_cache_tokens or config.max_batch_size * 2 * (config.max_new_tokens + 1024),
         max_waiting=4 * config.max_batch_size,
         guardian_workers=0,  # inline checks: online stop steps equal offline replay
+        # Every budget honoured: under "when_faster" a request over its budget could attend
+        # densely in some steps, depending on its batch mates (EngineConfig.selection).
+        selection=STUDY_SELECTION,
     )
     loading = time.perf_counter()
     engine = LLMEngine.from_config(engine_config)
@@ -171,6 +178,8 @@ def run_sweep(config: SweepConfig, out: Path) -> list[SampleRecord]:
         "model": model_name,
         "device": device_name,
         "backend": backend_name,
+        # In process the study forces exact selection; a server applies its own --selection.
+        "selection": STUDY_SELECTION if engine is not None else SERVER_SELECTION,
         "host": platform.node(),
         "records": len(records),
         "problems_run": len(records) // n,

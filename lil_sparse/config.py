@@ -7,6 +7,7 @@ from dataclasses import dataclass
 BACKENDS = ("auto", "reference", "flashinfer")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEFAULT_MODEL = "smollm2-135m-instruct"
+SELECTION_MODES = ("exact", "when_faster")  # lil_sparse/engine/selection_gate.py
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,17 @@ class EngineConfig:
     ``max_num_batched_tokens=0`` picks 512 on CPU and 2048 on CUDA; a set value must be at least
     ``max_batch_size`` so that a prefilling request always gets a token of the budget.
     ``chunked_prefill=False`` prefills whole prompts in steps of their own (before decode).
+
+    ``selection`` says when a selecting policy (quest, infllm) selects. ``"exact"`` (the default)
+    honours every budget: a request over its budget always attends only its selected pages; the
+    eval study and the policy oracle tests run it. ``"when_faster"``: per step, a policy's group
+    of requests over budget attends every held page (the ``full`` path, exact attention) when the
+    K/V bytes its selection would save take less time than the selection itself
+    (lil_sparse/engine/selection_gate.py: a fixed latency per selecting layer plus the page
+    metadata it reads, against the HBM bandwidth; the constants describe a GPU). Its outputs then
+    depend on the batch mates of the same policy, which decide together (GPU logits are not batch
+    invariant anyway); the request's KV report records the pages really attended. Eviction
+    policies (sink, h2o) are not affected: they hold only their budget.
     """
 
     model: str = DEFAULT_MODEL
@@ -47,6 +59,7 @@ class EngineConfig:
     poison_freed_pages: bool = False
     chunked_prefill: bool = True
     max_num_batched_tokens: int = 0  # 0: 512 on CPU, 2048 on CUDA
+    selection: str = "exact"  # or "when_faster": see the docstring
 
     def __post_init__(self) -> None:
         checks = [
@@ -85,6 +98,11 @@ class EngineConfig:
                 "max_num_batched_tokens",
                 f"must be 0 (auto) or >= max_batch_size ({self.max_batch_size}), "
                 f"got {self.max_num_batched_tokens}",
+            ),
+            (
+                self.selection in SELECTION_MODES,
+                "selection",
+                f"must be one of {', '.join(SELECTION_MODES)}, got {self.selection!r}",
             ),
             (
                 self.device == "cpu" or self.device.startswith("cuda"),

@@ -59,6 +59,7 @@ class KVReport:
 
     peak_pages: int = 0
     attended_pages_per_step: list[int] = field(default_factory=list)  # per decode step, per KV head row mean
+    selection_skipped_steps: int = 0  # decode steps over budget that attended densely (selection gate)
 
     @property
     def mean_attended_pages(self) -> float:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lil_sparse.config import SELECTION_MODES
 from lil_sparse.loading.fetcher import find_known_model
 from lil_sparse.options import (
     GuardianOptions,
@@ -24,6 +25,7 @@ from lil_sparse.options import (
 )
 
 ENV_PREFIX = "LIL_SPARSE_"
+SELECTION_SETTINGS = ("auto", *SELECTION_MODES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,10 @@ class ServerConfig:
     # Prefill in chunks that share each step with the running streams (EngineConfig).
     chunked_prefill: bool = True
     max_num_batched_tokens: int = 0  # tokens per step; 0: 512 on CPU, 2048 on CUDA
+    # When quest/infllm select pages (EngineConfig.selection): "auto" is "when_faster" on CUDA
+    # (attend densely in a step where selection would cost more than it saves) and "exact" on CPU
+    # (the gate's cost constants describe a GPU). Run "exact" for quality studies.
+    selection: str = "auto"
     max_new_tokens_limit: int = 4096  # per-request cap on max_new_tokens (fairness: slots turn over)
     max_prompt_bytes: int = 1 << 20  # UTF-8 bytes of text or chat; refused before tokenizing
     tokenizer_threads: int = 2  # threads tokenizing prompts off the event loop
@@ -104,6 +110,11 @@ class ServerConfig:
         )
 
         _require(
+            self.selection in SELECTION_SETTINGS,
+            "selection",
+            f"must be one of {', '.join(SELECTION_SETTINGS)}, got {self.selection!r}",
+        )
+        _require(
             self.max_new_tokens_limit >= 1,
             "max_new_tokens_limit",
             f"must be >= 1, got {self.max_new_tokens_limit}",
@@ -133,6 +144,14 @@ class ServerConfig:
             "tls_client_ca_file",
             "mTLS needs TLS: give tls_cert_file and tls_key_file too",
         )
+
+    @property
+    def engine_selection(self) -> str:
+        """``EngineConfig.selection`` of this server: ``selection``, with ``"auto"`` resolved to
+        ``"when_faster"`` on CUDA and ``"exact"`` elsewhere."""
+        if self.selection != "auto":
+            return self.selection
+        return "when_faster" if self.device.startswith("cuda") else "exact"
 
     @property
     def tls(self) -> bool:
@@ -212,6 +231,11 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
         "max_num_batched_tokens",
         int,
         "tokens per step, decode rows plus prompt chunks (default 0: 512 on CPU, 2048 on CUDA)",
+    ),
+    Setting(
+        "selection",
+        str,
+        "when quest/infllm select: auto (when_faster on CUDA, exact on CPU), exact, when_faster",
     ),
     Setting("max_new_tokens_limit", int, "largest max_new_tokens a request may ask (default 4096)"),
     Setting("max_prompt_bytes", int, "largest prompt in UTF-8 bytes (default 1048576)"),

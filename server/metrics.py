@@ -68,6 +68,13 @@ class ServerMetrics:
             ("model", "policy", "finish_reason"),
             registry=r,
         )
+        self.selection_skipped_rows = Counter(
+            f"{PREFIX}_selection_skipped_rows",
+            "Decode steps of finished requests over their budget that attended densely because "
+            "selection would have cost more than it saved (selection=when_faster).",
+            by_policy,
+            registry=r,
+        )
         self.guardian_early_stops = Counter(
             f"{PREFIX}_guardian_early_stops", "Requests stopped early by Guardian.", by_policy, registry=r
         )
@@ -108,6 +115,8 @@ class ServerMetrics:
         self.requests_finished.labels(finish_reason=reason, **labels).inc()
         self.prompt_tokens.labels(**labels).inc(report.prompt_tokens)
         self.generation_tokens.labels(**labels).inc(report.completion_tokens)
+        if report.kv.selection_skipped_steps:
+            self.selection_skipped_rows.labels(**labels).inc(report.kv.selection_skipped_steps)
         if event.finish_reason is FinishReason.EARLY_STOP:
             self.guardian_early_stops.labels(**labels).inc()
         if report.completion_tokens > 0:

@@ -39,17 +39,20 @@ class DecodeLayouts:
         self.num_kv_heads = num_kv_heads
         self._geometry: dict[tuple[tuple[int, ...], int], DecodeLayout] = {}
 
-    def page_counts(self, seqs: list[Sequence]) -> list[tuple[int, int, int]]:
+    def page_counts(self, seqs: list[Sequence], selecting: list[bool]) -> list[tuple[int, int, int]]:
         """Per sequence: (leading layers that attend densely, pages a dense layer attends, pages a
-        sparse layer attends)."""
-        return [
-            (
-                min(dense_until(seq), self.num_layers),
-                seq.held_pages,
-                get_policy(seq.policy).attended_pages(seq.held_pages, seq.budget_pages),
-            )
-            for seq in seqs
-        ]
+        sparse layer attends). ``selecting``: the step's decision per sequence
+        (:meth:`SelectionGate.selecting`); a selecting policy's request that does not select this
+        step (within its budget, or gated off) attends every held page in every layer."""
+        counts = []
+        for seq, selects in zip(seqs, selecting, strict=True):
+            policy = get_policy(seq.policy)
+            if policy.selects_per_layer and not selects:
+                counts.append((0, seq.held_pages, seq.held_pages))
+                continue
+            sparse = policy.attended_pages(seq.held_pages, seq.budget_pages)
+            counts.append((min(dense_until(seq), self.num_layers), seq.held_pages, sparse))
+        return counts
 
     def layer_layouts(
         self,

@@ -87,7 +87,13 @@ class LLMEngine(TokenPath, GuardianVerdicts):
         )
         self.backend = choose_backend(config, mc)
         self.runner = ModelRunner(
-            loaded.model, self.kv, self.pages, self.backend, mc.num_layers, cuda_graphs=config.cuda_graphs
+            loaded.model,
+            self.kv,
+            self.pages,
+            self.backend,
+            mc.num_layers,
+            cuda_graphs=config.cuda_graphs,
+            selection=config.selection,
         )
         self.scheduler = Scheduler(
             num_pages,

@@ -23,6 +23,7 @@ from lil_sparse.engine.decode_inputs import build_decode_inputs
 from lil_sparse.engine.decode_layouts import DecodeLayouts, dense_until, distinct_layouts
 from lil_sparse.engine.page_manager import PageManager
 from lil_sparse.engine.prefill_attention import ChunkRows, PrefillAttention
+from lil_sparse.engine.selection_gate import SelectionCost, SelectionGate
 from lil_sparse.engine.sequence import PrefillChunk, Sequence
 from lil_sparse.engine.step_attention import DecodeAttention, PolicyGroup
 from lil_sparse.kernels import TRITON_AVAILABLE
@@ -42,7 +43,11 @@ class ModelRunner:
         backend: AttentionBackend,
         num_layers: int,
         cuda_graphs: bool = False,
+        selection: str = "exact",
+        selection_cost: SelectionCost | None = None,
     ) -> None:
+        """``selection``: ``EngineConfig.selection`` (``"exact"`` or ``"when_faster"``);
+        ``selection_cost``: the gate's device constants (None: :class:`SelectionCost` defaults)."""
         self.model = model
         self.kv = kv
         self.pages = pages
@@ -59,6 +64,14 @@ class ModelRunner:
             model.fuse()  # fused QKV / gate-up matmuls and Triton norm, RoPE, SiLU kernels
         self.pad_batches = capturable
         self.layouts = DecodeLayouts(num_layers, self.num_kv_heads)
+        self.gate = SelectionGate(
+            selection,
+            self.num_kv_heads,
+            self.page_size,
+            kv.head_dim,
+            kv.k.dtype,
+            selection_cost or SelectionCost(),
+        )
         self.graphs: DecodeGraphs | None = None
         if cuda_graphs and capturable and isinstance(backend, FlashInferBackend):
             self.graphs = DecodeGraphs(model, kv, backend, self.num_kv_heads)
@@ -157,11 +170,12 @@ class ModelRunner:
             seqs, padded, width, table, scratch, self.page_size, self.num_kv_heads, self.device
         )
         last_page_len = inputs.last_page_len
-        page_counts = self.layouts.page_counts(seqs)
+        selecting = self.gate.selecting(seqs)  # one decision per step, for layouts and groups
+        page_counts = self.layouts.page_counts(seqs, selecting)
         layer_layouts = self.layouts.layer_layouts(
             page_counts, last_page_len, inputs.last_page_len_host, width, padded - count
         )
-        groups = self._policy_groups(seqs, last_page_len, width, padded)
+        groups = self._policy_groups(seqs, selecting, last_page_len, width, padded)
         distinct = distinct_layouts(layer_layouts)
         self.backend.begin_decode_step(distinct)
         if self.graphs is not None:  # every step shape is capturable (see cuda_graphs.py)
@@ -190,7 +204,7 @@ class ModelRunner:
             logits = self.model.compute_logits(hidden)[:count]
         for seq in seqs:
             seq.num_cached_tokens += 1
-        self._record_kv(seqs, page_counts)
+        self._record_kv(seqs, page_counts, selecting)
         return logits
 
     @staticmethod
@@ -223,19 +237,34 @@ class ModelRunner:
             return {"replays": 0, "eager_steps": 0, "captures": 0, "evictions": 0, "cached": 0}
         return self.graphs.stats()
 
+    def selection_stats(self) -> dict[str, dict[str, int]]:
+        """The selection gate's counters, per policy: ``skipped_rows`` (sequence-steps over budget
+        that attended densely because selection could not pay) and ``skipped_groups`` (steps in
+        which the policy's whole group did); empty under ``selection="exact"``."""
+        return {
+            "skipped_rows": dict(self.gate.skipped_rows),
+            "skipped_groups": dict(self.gate.skipped_groups),
+        }
+
     def _policy_groups(
-        self, seqs: list[Sequence], last_page_len: torch.Tensor, width: int, step_rows: int
+        self,
+        seqs: list[Sequence],
+        selecting: list[bool],
+        last_page_len: torch.Tensor,
+        width: int,
+        step_rows: int,
     ) -> list[PolicyGroup]:
-        """Groups of rows whose policy selects or observes; ``step_rows``: sequences in the step,
-        padding included. A selecting policy's request that holds no more pages than its budget
-        would select every page: it stays out of the group and attends its base pages (the dense
-        path: same pages in order, no selection work), so a step pays for selection only on
-        rows over budget and skips a group with none."""
+        """Groups of rows whose policy selects or observes; ``selecting``: the gate's decision
+        per sequence (:meth:`SelectionGate.selecting`); ``step_rows``: sequences in the step,
+        padding included. A selecting policy's request that does not select this step (it holds
+        no more pages than its budget, or its group's selection cannot pay) stays out of the
+        group and attends its base pages (the dense path: same pages in order, no selection
+        work), so a step pays for selection only on rows that select and skips a group with
+        none (a group that is not built keeps no graph key of its own)."""
         heads = self.num_kv_heads
         members: dict[str, list[int]] = {}
         for index, seq in enumerate(seqs):
-            policy = get_policy(seq.policy)
-            if policy.observes_attention or (policy.selects_per_layer and seq.held_pages > seq.budget_pages):
+            if get_policy(seq.policy).observes_attention or selecting[index]:
                 members.setdefault(seq.policy, []).append(index)
         groups = []
         for name in POLICIES:  # registry order: a stable group order keeps graph keys stable
@@ -268,15 +297,20 @@ class ModelRunner:
             groups.append(PolicyGroup(policy, batch, min(dense), max(dense), all_rows=all_rows))
         return groups
 
-    def _record_kv(self, seqs: list[Sequence], per_seq: list[tuple[int, int, int]]) -> None:
+    def _record_kv(
+        self, seqs: list[Sequence], per_seq: list[tuple[int, int, int]], selecting: list[bool]
+    ) -> None:
         """Each sequence's pages attended this step, averaged over layers (its dense layers
-        attend every held page), and its peak of held pages."""
+        attend every held page), its peak of held pages, and whether the selection gate sent
+        it down the dense path although it was over budget."""
         heads = self.num_kv_heads
         layers = self.num_layers
-        for seq, (dense, held, sparse) in zip(seqs, per_seq, strict=True):
+        for seq, (dense, held, sparse), selects in zip(seqs, per_seq, selecting, strict=True):
             total = held * dense + sparse * (layers - dense)
             seq.kv_report.attended_pages_per_step.append(round(total / layers))
             seq.kv_report.peak_pages = max(seq.kv_report.peak_pages, seq.held_pages * heads)
+            if not selects and seq.held_pages > seq.budget_pages and get_policy(seq.policy).selects_per_layer:
+                seq.kv_report.selection_skipped_steps += 1
 
 
 def _reads_metadata(seqs: list[Sequence]) -> bool:

@@ -30,6 +30,7 @@ class InfLLMPolicy(SelectionPolicy):
     name = "infllm"
     selects_per_layer = True
     reads_key_metadata = True
+    metadata_vectors, metadata_dtype = 1, torch.float32  # key sum per page
 
     def selection_scores(self, layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache) -> PageScores:
         """Row scores summed over a sequence's KV heads (InfLLM picks the same blocks in every

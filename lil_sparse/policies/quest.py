@@ -52,6 +52,7 @@ class QuestPolicy(SelectionPolicy):
     name = "quest"
     selects_per_layer = True
     reads_key_metadata = True
+    metadata_vectors = 2  # key min and max per page, in the cache dtype
 
     def selection_scores(self, layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache) -> PageScores:
         """One score row per (sequence, KV head) row: each KV head picks its own pages."""

@@ -71,6 +71,7 @@ def test_sweep_writes_one_record_per_problem_and_condition(sweep: tuple[Path, li
     meta = json.loads(meta_path(path).read_text())
     assert meta["command"] == "lil-eval sweep (test)"
     assert meta["admission_cut"] is True and meta["problems_run"] == 3
+    assert meta["selection"] == "exact"  # the study honours every budget
     assert meta["problems_run_per_set"] == {
         "gsm8k": {"count": 2, "positions": [0, 1], "ids": ["gsm8k-0", "gsm8k-1"]},
         "math500": {"count": 1, "positions": [0], "ids": ["math500-0"]},

@@ -1,0 +1,82 @@
+"""The selection gate's device constants from a ``bench/decode_e2e.py --selection exact`` run.
+
+For each selecting run (quest, infllm) and the dense run of its cell, the fixed selection latency
+per selecting layer is what the step cost beyond the bytes it moved:
+
+    latency = (TBT_sel - TBT_full - (meta_bytes - (kv_full - kv_sel)) / bandwidth) / selecting layers
+
+``kv_*`` and ``meta_bytes`` are the run's attended K/V and selection metadata bytes (all layers),
+``bandwidth`` the copy bandwidth of the same run. The cleanest estimate comes from a cell where
+selection saves little (batch 1, short context). Prints one line per run and the median per
+policy; put them in ``lil_sparse/engine/selection_gate.py`` (``DEFAULT_*``).
+
+    python bench/gate_constants.py RESULTS.json [MORE.json ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from bench.model_shapes import MODELS
+from lil_sparse.options import SparseOptions
+
+SELECTING = ("quest", "infllm")
+
+
+def selecting_layers(model: str, policy: str) -> int:
+    """Layers that select: quest's first ``dense_layers`` (the bench's default) attend densely."""
+    dense = SparseOptions().dense_layers if policy == "quest" else 0
+    return MODELS[model].num_layers - dense
+
+
+def latency_us(selected: dict, dense: dict, bandwidth_gbs: float, layers: int) -> float:
+    """Fixed selection latency per selecting layer in microseconds (see the module docstring)."""
+    extra_bytes = selected["meta_bytes"] - (dense["kv_bytes"] - selected["kv_bytes"])
+    extra_ms = selected["tbt_ms"] - dense["tbt_ms"] - extra_bytes / (bandwidth_gbs * 1e9) * 1e3
+    return extra_ms * 1e3 / layers
+
+
+def gate_constants(results: list[dict]) -> dict[str, float]:
+    """Prints each estimate; returns the median latency (us) per policy and ``bandwidth_bytes_per_s``
+    (the median copy bandwidth). Raises ``ValueError`` for a run made with ``--selection
+    when_faster`` (its gated runs did not select, so they measure nothing)."""
+    estimates: dict[str, list[float]] = {}
+    bandwidths = []
+    for result in results:
+        if result.get("selection", "exact") != "exact":
+            raise ValueError(f"selection: run {result.get('command')!r} with --selection exact")
+        bandwidth = result["bandwidth_gbs"]
+        bandwidths.append(bandwidth)
+        for key, run in result["runs"].items():
+            parts = key.split("|")
+            if len(parts) != 5:  # a cell that did not fit, or a mixed run
+                continue
+            model, context, batch, policy, _ = parts
+            dense = result["runs"].get(f"{model}|{context}|{batch}|full|0")
+            if policy not in SELECTING or dense is None or "tbt_ms" not in run:
+                continue
+            value = latency_us(run, dense, bandwidth, selecting_layers(model, policy))
+            estimates.setdefault(policy, []).append(value)
+            print(f"{key}: {value:.1f} us per selecting layer", flush=True)
+    constants = {policy: statistics.median(values) for policy, values in estimates.items()}
+    if bandwidths:
+        constants["bandwidth_bytes_per_s"] = statistics.median(bandwidths) * 1e9
+    for name, value in constants.items():
+        print(f"{name}: {value:.4g}{'' if name.startswith('bandwidth') else ' us (median)'}", flush=True)
+    return constants
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("results", type=Path, nargs="+", help="bench/decode_e2e.py JSON files")
+    args = parser.parse_args()
+    gate_constants([json.loads(path.read_text()) for path in args.results])
+
+
+if __name__ == "__main__":
+    main()
