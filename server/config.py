@@ -24,6 +24,7 @@ from lil_sparse.options import (
 )
 
 ENV_PREFIX = "LIL_SPARSE_"
+OVERLAP_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,9 @@ class ServerConfig:
     # Prefill in chunks that share each step with the running streams (EngineConfig).
     chunked_prefill: bool = True
     max_num_batched_tokens: int = 0  # tokens per step; 0: 512 on CPU, 2048 on CUDA
+    # Launch decode step n+1 before handling step n's tokens (EngineConfig.overlap_scheduling):
+    # "auto" (on for CUDA with chunked prefill), "on" or "off".
+    overlap_scheduling: str = "auto"
     max_new_tokens_limit: int = 4096  # per-request cap on max_new_tokens (fairness: slots turn over)
     max_prompt_bytes: int = 1 << 20  # UTF-8 bytes of text or chat; refused before tokenizing
     tokenizer_threads: int = 2  # threads tokenizing prompts off the event loop
@@ -104,6 +108,16 @@ class ServerConfig:
         )
 
         _require(
+            self.overlap_scheduling in OVERLAP_MODES,
+            "overlap_scheduling",
+            f"must be one of {', '.join(OVERLAP_MODES)}, got {self.overlap_scheduling!r}",
+        )
+        _require(
+            self.overlap_scheduling != "on" or self.chunked_prefill,
+            "overlap_scheduling",
+            "'on' needs chunked_prefill (unchunked prefill steps skip decode)",
+        )
+        _require(
             self.max_new_tokens_limit >= 1,
             "max_new_tokens_limit",
             f"must be >= 1, got {self.max_new_tokens_limit}",
@@ -153,6 +167,11 @@ class ServerConfig:
             if known is not None:
                 return known.name
         return path.stem if path.suffix == ".gguf" else path.name
+
+    @property
+    def engine_overlap(self) -> bool | None:
+        """``overlap_scheduling`` as ``EngineConfig.overlap_scheduling`` takes it (None: auto)."""
+        return {"auto": None, "on": True, "off": False}[self.overlap_scheduling]
 
     @property
     def max_in_flight(self) -> int:
@@ -212,6 +231,11 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
         "max_num_batched_tokens",
         int,
         "tokens per step, decode rows plus prompt chunks (default 0: 512 on CPU, 2048 on CUDA)",
+    ),
+    Setting(
+        "overlap_scheduling",
+        str,
+        "launch decode step n+1 before handling step n's tokens: auto, on, off (default auto: on for CUDA)",
     ),
     Setting("max_new_tokens_limit", int, "largest max_new_tokens a request may ask (default 4096)"),
     Setting("max_prompt_bytes", int, "largest prompt in UTF-8 bytes (default 1048576)"),

@@ -194,7 +194,7 @@ def no_sync_requests() -> tuple[list[list[int]], list[RequestOptions]]:
 class StrictSteps:
     """Runs every ``engine.step()`` under ``torch.cuda.set_sync_debug_mode("error")``: any
     synchronizing torch call raises. Sanctioned, in ``default`` mode: the step's one transfer
-    (``StepSampler.fetch``: the sampled tokens and logprobs), counted per step; and prompt
+    (``StepSampler.wait``: the sampled tokens and logprobs), counted per step; and prompt
     chunks (``runner.prefill`` and ``runner.record_chunk``: the prefill path, whose eviction
     after a prompt copies the freed page ids to the host once per request)."""
 
@@ -204,16 +204,16 @@ class StrictSteps:
         self.sampling_steps = 0
         self.fetched_rows = 0
         self._step = engine.step
-        fetch = engine.step_sampler.fetch
+        wait = engine.step_sampler.wait
 
-        def counted_fetch(token_ids, logprobs):
+        def counted_wait(inflight):
             self.fetches_per_step[-1] += 1
-            tokens, values = self.allowed(fetch)(token_ids, logprobs)
+            tokens, values = self.allowed(wait)(inflight)
             self.fetched_rows += len(tokens)
             return tokens, values
 
         engine.step = self.step  # type: ignore[method-assign]
-        engine.step_sampler.fetch = counted_fetch  # type: ignore[method-assign]
+        engine.step_sampler.wait = counted_wait  # type: ignore[method-assign]
         engine.runner.prefill = self.allowed(engine.runner.prefill)  # type: ignore[method-assign]
         engine.runner.record_chunk = self.allowed(engine.runner.record_chunk)  # type: ignore[method-assign]
 
