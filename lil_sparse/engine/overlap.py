@@ -19,7 +19,8 @@ later reuse, and its row is dropped. The chunked scheduler decodes every running
 is not paused, so step n+1's decode rows are the ahead rows still running (plus, at most,
 requests that were paused for Guardian at step n: they decode in a second call). Each launch's
 KV report entry and peak are held back until its token is taken, so a dropped row leaves no
-trace in a report. Rows are batch invariant (the sampler by construction, the CPU model by the
+trace in a report (``poison_freed_pages`` checks the taken rows for NaN when they are taken).
+Rows are batch invariant (the sampler by construction, the CPU model by the
 isolation tests); on the GPU a row's logits match the serial engine's as far as the kernels
 are batch invariant, the same condition under which a request's tokens do not depend on which
 other requests share its steps.
