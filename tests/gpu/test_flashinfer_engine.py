@@ -137,8 +137,11 @@ def test_cuda_graph_replay_equals_eager(policy, tiny_gqa8_dir):
     # Batches of 3, 2 and 1 run padded to the buckets 4, 2 and 1.
     assert {key[0] for key in runner_graphs.captured} == {1, 2, 4}
     stats = graphs.runner.graph_stats()
-    decode_steps = len(graph_logits.logits) - 1  # every step but the prefill decodes
-    assert stats["replays"] + stats["eager_steps"] == decode_steps
+    # Overlap scheduling (on by default on CUDA): every sampling step, the prefill's included,
+    # launched the next decode ahead (the last one's rows dropped), and nothing else decoded.
+    sampling_steps = len(graph_logits.logits)
+    assert graphs.overlap_stats()["ahead_steps"] == sampling_steps
+    assert stats["replays"] + stats["eager_steps"] == sampling_steps
     assert stats["captures"] == stats["cached"] == len(runner_graphs.captured)
     for want, have in zip(expected, got, strict=True):
         assert have.output_token_ids == want.output_token_ids
