@@ -3,6 +3,9 @@
     step = schedule -> run the model (policies select pages -> attention backend) -> sample
            -> stop checks (EOS, length, stop strings, Guardian) -> token events
 
+With overlap scheduling (the CUDA default) the next decode is launched right after sampling, and
+the stop checks run while it does (overlap.py: why the tokens stay exactly the serial ones).
+
 One request can never hurt another. A failure while handling one request's tokens (its
 admission, prompt-chunk bookkeeping, sampling settings, sampler row, detokenizer, stop checks or
 Guardian) finishes that request alone with ``FinishReason.ERROR``; the others keep exactly the
