@@ -4,7 +4,11 @@ Random-weight bf16 models with real shapes (DeepScaleR/Qwen2.5-1.5B and Llama-3.
 engine's own decode step (:class:`ModelRunner` on the FlashInfer backend, CUDA graphs on) for a
 batch of sequences whose context is already in the KV cache (prefill is skipped: TBT does not
 depend on how the cache was filled; Quest/InfLLM metadata is random). One step = runner decode,
-greedy argmax and the host copy of the tokens, as the engine's step does.
+greedy argmax and the host copy of the tokens, as the engine's step does. With ``--overlap`` (the
+default, as the engine runs on CUDA) the timed loop pipelines like the engine's overlap
+scheduling: step n+1 is launched on step n's argmax still on the device, before the host waits
+for step n's token copy (a CUDA event); ``--no-overlap`` times the serial loop. The JSON records
+which ran (``overlap``, per run and for the file).
 
 The floor of a step is (weight bytes + KV bytes the step attends + selection metadata bytes) /
 the copy bandwidth measured in the same run. TBT is the median of ``--steps`` (>= 20)
@@ -18,6 +22,7 @@ turns into the report and the speed-T lines.
 
 ``--selection`` is the runner's ``EngineConfig.selection`` (default exact). The selection gate's
 constants come from an exact run: ``python bench/gate_constants.py OUT.json``.
+``--no-overlap`` times the serial loop instead of the pipelined one.
 """
 
 from __future__ import annotations
@@ -71,8 +76,11 @@ class DecodeBench:
 
     selection = "exact"  # the runners' EngineConfig.selection (--selection)
 
-    def __init__(self, model: CausalLM, num_pages: int, max_seqs: int, max_pages_per_seq: int) -> None:
+    def __init__(
+        self, model: CausalLM, num_pages: int, max_seqs: int, max_pages_per_seq: int, overlap: bool = True
+    ) -> None:
         mc = model.config
+        self.overlap = overlap
         self.model, self.mc = model, mc
         self.num_pages, self.max_seqs, self.max_pages_per_seq = num_pages, max_seqs, max_pages_per_seq
         self.kv = KVCache(
@@ -137,19 +145,52 @@ class DecodeBench:
             for seq, token in zip(seqs, tokens, strict=True):
                 seq.output_token_ids.append(token)
 
+        # The pipelined step's previous step: (argmax [B] int64 on the device, its pinned host
+        # copy, the copy's event); its tokens are appended one step late.
+        in_flight: list[tuple[torch.Tensor, torch.Tensor, torch.cuda.Event]] = []
+
+        def pipelined_step() -> None:
+            start = time.perf_counter()
+            previous = in_flight.pop() if in_flight else None
+            logits = runner.decode(seqs, input_ids=None if previous is None else previous[0])
+            host_times.append(time.perf_counter() - start)
+            tokens = logits.argmax(dim=-1)
+            host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+            host.copy_(tokens, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
+            in_flight.append((tokens, host, ready))
+            if previous is not None:  # step n's tokens, while step n+1 runs
+                previous[2].synchronize()
+                for seq, token in zip(seqs, previous[1].tolist(), strict=True):
+                    seq.output_token_ids.append(token)
+
+        def drain() -> None:
+            if in_flight:
+                _, host, ready = in_flight.pop()
+                ready.synchronize()
+                for seq, token in zip(seqs, host.tolist(), strict=True):
+                    seq.output_token_ids.append(token)
+
+        timed_step = pipelined_step if self.overlap else step
         for _ in range(WARMUP_STEPS):  # the second sight of a shape captures its graph
             step()
         before = runner.graph_stats()
         torch.cuda.synchronize()
+        if self.overlap:  # fill the pipeline: a timed step then ends one step in flight
+            for _ in range(2):
+                pipelined_step()
         host_times.clear()
         times = []
         for _ in range(steps):
             start = time.perf_counter()
-            step()  # ends with the tokens on the host: the step's work is done
+            timed_step()  # ends with a step's tokens on the host (serial: this step's)
             times.append(time.perf_counter() - start)
+        drain()
         after = runner.graph_stats()
         if profile_to is not None:
-            profile_step(step, profile_to)
+            profile_step(timed_step, profile_to)
+            drain()
         kv_bytes = meta_bytes = 0
         page_layer_bytes = 2 * PAGE_SIZE * mc.head_dim * self.kv.k.element_size()
         for seq, (policy, _) in zip(seqs, specs, strict=True):
@@ -168,6 +209,7 @@ class DecodeBench:
         for seq in seqs:
             pages.release(seq)
         return {
+            "overlap": self.overlap,
             "tbt_ms": statistics.median(times) * 1e3,
             "host_ms": statistics.median(host_times[:steps]) * 1e3,  # runner.decode until queued
             "steps": steps,
@@ -207,7 +249,9 @@ def page_bytes_with_metadata(mc: ModelConfig) -> int:
     return mc.num_layers * (2 * PAGE_SIZE * mc.head_dim * 2 + 2 * mc.head_dim * 2 + mc.head_dim * 4)
 
 
-def run_cell(model, name, context, batch, runs, steps, bandwidth, results, profile_dir=None) -> None:
+def run_cell(
+    model, name, context, batch, runs, steps, bandwidth, results, profile_dir=None, overlap=True
+) -> None:
     """Every run of one (model, context, batch) cell on one KV cache; results keyed by run."""
     mc = model.config
     need = max(kv_pages_needed(mc, [spec] * batch, context, steps) for spec in runs)
@@ -217,7 +261,7 @@ def run_cell(model, name, context, batch, runs, steps, bandwidth, results, profi
         print(f"{name} {context} batch {batch}: does not fit ({need} pages)", flush=True)
         return
     pages_per_seq = -(-(context + steps + WARMUP_STEPS + PAGE_SIZE) // PAGE_SIZE)
-    bench = DecodeBench(model, need, batch, pages_per_seq)
+    bench = DecodeBench(model, need, batch, pages_per_seq, overlap)
     for policy, budget in runs:
         if policy != "full" and budget >= context:
             continue
@@ -239,7 +283,7 @@ def run_cell(model, name, context, batch, runs, steps, bandwidth, results, profi
     torch.cuda.empty_cache()
 
 
-def run_mixed(model, name, context, per_policy, steps, bandwidth, results) -> None:
+def run_mixed(model, name, context, per_policy, steps, bandwidth, results, overlap=True) -> None:
     """speed-T7: ``per_policy`` requests of each policy (budget 4096 for the sparse ones), and the
     step's fixed cost (weights, no context to speak of: full at 256 tokens, same batch size)."""
     mc = model.config
@@ -252,7 +296,7 @@ def run_mixed(model, name, context, per_policy, steps, bandwidth, results) -> No
         print(f"mixed {name} {context} {per_policy} each: does not fit", flush=True)
         return
     base_specs = [("full", 0)] * len(specs)
-    base_bench = DecodeBench(model, kv_pages_needed(mc, base_specs, 256, steps), len(specs), 64)
+    base_bench = DecodeBench(model, kv_pages_needed(mc, base_specs, 256, steps), len(specs), 64, overlap)
     base = base_bench.run(base_specs, 256, steps)
     base["floor_ms"] = floor_ms(weight_bytes(model, len(specs)), base, bandwidth)
     results[f"mixed-base|{name}|256|{len(specs)}"] = base
@@ -260,7 +304,7 @@ def run_mixed(model, name, context, per_policy, steps, bandwidth, results) -> No
     gc.collect()
     torch.cuda.empty_cache()
     pages_per_seq = -(-(context + steps + WARMUP_STEPS + PAGE_SIZE) // PAGE_SIZE)
-    bench = DecodeBench(model, need, len(specs), pages_per_seq)
+    bench = DecodeBench(model, need, len(specs), pages_per_seq, overlap)
     result = bench.run(specs, context, steps)
     result["floor_ms"] = floor_ms(weight_bytes(model, len(specs)), result, bandwidth)
     results[key] = result
@@ -282,7 +326,7 @@ def run_key(name: str, context: int, batch: int, policy: str, budget: int) -> st
     return f"{name}|{context}|{batch}|{policy}|{budget}"
 
 
-def write_results(path: Path, bandwidth: float, results: dict, hf: dict) -> None:
+def write_results(path: Path, bandwidth: float, results: dict, hf: dict, overlap: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "device": device_line(),
@@ -290,6 +334,7 @@ def write_results(path: Path, bandwidth: float, results: dict, hf: dict) -> None
         "command": " ".join(["python", *sys.argv]),
         "bandwidth_gbs": bandwidth,
         "selection": DecodeBench.selection,
+        "overlap": overlap,
         "runs": results,
         "hf_ms": hf,
     }
@@ -309,6 +354,12 @@ def main() -> None:
     parser.add_argument("--mixed", type=int, default=0, help="speed-T7: requests per policy at 8B / 32k")
     parser.add_argument("--hf", default="", help="HF generate batches at 2048 tokens on qwen1.5b, e.g. 1,32")
     parser.add_argument("--profile", type=Path, default=None, help="folder for profiles of every run")
+    parser.add_argument(
+        "--overlap",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pipeline the timed loop as the engine's overlap scheduling does (default on)",
+    )
     parser.add_argument("--json", type=Path, required=True, help="results file (read by bench/targets.py)")
     parser.add_argument(
         "--selection", choices=SELECTION_MODES, default="exact", help="EngineConfig.selection (default exact)"
@@ -326,15 +377,28 @@ def main() -> None:
         model = random_model(MODELS[name])
         for context in (int(c) for c in args.contexts.split(",") if c):
             for batch in (int(b) for b in args.batches.split(",") if b):
-                run_cell(model, name, context, batch, runs, args.steps, bandwidth, results, args.profile)
-                write_results(args.json, bandwidth, results, hf)  # partial results survive a timeout
+                run_cell(
+                    model,
+                    name,
+                    context,
+                    batch,
+                    runs,
+                    args.steps,
+                    bandwidth,
+                    results,
+                    args.profile,
+                    args.overlap,
+                )
+                write_results(args.json, bandwidth, results, hf, args.overlap)  # partial results survive
         for batch in (int(b) for b in args.throughput.split(",") if b):
-            run_cell(model, name, 2048, batch, [("full", 0)], args.steps, bandwidth, results)
+            run_cell(
+                model, name, 2048, batch, [("full", 0)], args.steps, bandwidth, results, None, args.overlap
+            )
         if args.mixed and name == "llama8b":
             # The issue's 8 per policy may not fit next to the 8B weights with every page's
             # metadata: then the largest count that fits, down to 2, and the report says so.
             for per_policy in range(args.mixed, 1, -2):
-                run_mixed(model, name, 32768, per_policy, args.steps, bandwidth, results)
+                run_mixed(model, name, 32768, per_policy, args.steps, bandwidth, results, args.overlap)
                 if results[f"mixed|{name}|32768|{per_policy}"].get("tbt_ms"):
                     break
         del model
@@ -345,7 +409,7 @@ def main() -> None:
         print(f"HF generate qwen1.5b 2048 batch {batch}: {hf[f'qwen1.5b|2048|{batch}']:.2f} ms", flush=True)
         gc.collect()
         torch.cuda.empty_cache()
-    write_results(args.json, bandwidth, results, hf)
+    write_results(args.json, bandwidth, results, hf, args.overlap)
     print(f"wrote {args.json}")
 
 

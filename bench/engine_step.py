@@ -5,7 +5,12 @@ Greedy, policy ``full``, CUDA graphs on, ``ignore_eos``; the prompt is prefilled
 every decode step is timed with the host clock (a step ends with the sampled tokens on the host,
 so no extra synchronisation is needed). Reports the median over the timed steps.
 
-    python bench/engine_step.py MODEL.gguf [--batches 1,8,64] [--steps 64] [--json OUT.json]
+``--overlap on`` (the engine's CUDA default) launches decode step n+1 before a step handles step
+n's tokens, so a timed step is the steady-state period between tokens with the host work hidden
+behind the GPU; ``off`` runs steps serially; ``both`` reports one line per mode.
+
+    python bench/engine_step.py MODEL.gguf [--batches 1,8,64] [--steps 64] [--overlap on|off|both]
+        [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from lil_sparse.options import RequestOptions, StoppingOptions
 WARMUP_STEPS = 16  # first decode steps: graph captures and FlashInfer JIT
 
 
-def engine_tbt_ms(model_path: Path, batch: int, steps: int) -> dict:
-    """Median ``LLMEngine.step()`` time in ms over ``steps`` decode steps at ``batch`` requests."""
+def engine_tbt_ms(model_path: Path, batch: int, steps: int, overlap: bool) -> dict:
+    """Median ``LLMEngine.step()`` time in ms over ``steps`` decode steps at ``batch`` requests,
+    with overlap scheduling on or off."""
     loaded = load_model(model_path, torch.bfloat16, "cuda")
     config = EngineConfig(
         model=str(model_path),
@@ -38,6 +44,7 @@ def engine_tbt_ms(model_path: Path, batch: int, steps: int) -> dict:
         max_batch_size=batch,
         guardian_workers=0,
         cuda_graphs=True,
+        overlap_scheduling=overlap,
     )
     engine = LLMEngine(loaded, config)
     prompt = loaded.tokenizer.encode("Please reason step by step: what is 17 times 23?")
@@ -55,14 +62,17 @@ def engine_tbt_ms(model_path: Path, batch: int, steps: int) -> dict:
         if running == batch:  # a decode step of the whole batch (prefill steps admit requests)
             times.append(elapsed)
     stats = engine.runner.graph_stats()
+    overlap_stats = engine.overlap_stats()
     engine.close()
     timed = times[WARMUP_STEPS:]
     return {
         "batch": batch,
+        "overlap": overlap,
         "steps": len(timed),
         "tbt_ms": statistics.median(timed) * 1e3,
         "p90_ms": sorted(timed)[int(0.9 * (len(timed) - 1))] * 1e3,
         "graphs": stats,
+        "overlap_stats": overlap_stats,
     }
 
 
@@ -71,17 +81,21 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     parser.add_argument("--batches", default="1,8,64")
     parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--overlap", choices=("on", "off", "both"), default="on")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.overlap]
     results = []
     for batch in (int(b) for b in args.batches.split(",")):
-        result = engine_tbt_ms(args.model, batch, args.steps)
-        results.append(result)
-        print(
-            f"engine step {args.model.name} batch {batch}: {result['tbt_ms']:.3f} ms median, "
-            f"p90 {result['p90_ms']:.3f} ms over {result['steps']} steps; graphs {result['graphs']}",
-            flush=True,
-        )
+        for overlap in modes:
+            result = engine_tbt_ms(args.model, batch, args.steps, overlap)
+            results.append(result)
+            print(
+                f"engine step {args.model.name} batch {batch} overlap {'on' if overlap else 'off'}: "
+                f"{result['tbt_ms']:.3f} ms median, p90 {result['p90_ms']:.3f} ms over "
+                f"{result['steps']} steps; graphs {result['graphs']}; {result['overlap_stats']}",
+                flush=True,
+            )
     if args.json is not None:
         args.json.write_text(json.dumps({"model": args.model.name, "engine_step": results}, indent=1))
 

@@ -42,6 +42,12 @@ class EngineConfig:
     depend on the batch mates of the same policy, which decide together (GPU logits are not batch
     invariant anyway); the request's KV report records the pages really attended. Eviction
     policies (sink, h2o) are not affected: they hold only their budget.
+    ``overlap_scheduling`` (None: on for CUDA with chunked prefill, off on CPU) launches decode
+    step n+1 right after sampling step n, before the host handles step n's tokens (detokenizer,
+    stop checks), so that host work runs while the GPU decodes (SGLang's overlap scheduler,
+    vLLM's async scheduling). Outputs equal the serial engine's (lil_sparse/engine/overlap.py
+    says why); a step with a Guardian or answer-phase request runs serially. It needs
+    ``chunked_prefill`` (the unchunked scheduler skips decode in a prefill step).
     """
 
     model: str = DEFAULT_MODEL
@@ -60,6 +66,7 @@ class EngineConfig:
     chunked_prefill: bool = True
     max_num_batched_tokens: int = 0  # 0: 512 on CPU, 2048 on CUDA
     selection: str = "exact"  # or "when_faster": see the docstring
+    overlap_scheduling: bool | None = None  # None: on for CUDA (with chunked prefill), off on CPU
 
     def __post_init__(self) -> None:
         checks = [
@@ -113,8 +120,23 @@ class EngineConfig:
         for ok, field_name, message in checks:
             if not ok:
                 raise ValueError(f"{field_name}: {message}")
+        if self.overlap_scheduling is not None and not isinstance(self.overlap_scheduling, bool):
+            raise ValueError(
+                f"overlap_scheduling: must be True, False or None (auto), got {self.overlap_scheduling!r}"
+            )
+        if self.overlap_scheduling and not self.chunked_prefill:
+            raise ValueError(
+                "overlap_scheduling: needs chunked_prefill (unchunked prefill steps skip decode)"
+            )
         if self.backend == "flashinfer" and not self.device.startswith("cuda"):
             raise ValueError("backend: 'flashinfer' needs a CUDA device")
+
+    @property
+    def overlaps(self) -> bool:
+        """Whether steps launch the next decode ahead (``overlap_scheduling``, resolved)."""
+        if self.overlap_scheduling is not None:
+            return self.overlap_scheduling
+        return self.device.startswith("cuda") and self.chunked_prefill
 
     @property
     def step_token_budget(self) -> int:

@@ -57,6 +57,7 @@ def load_engine(config: ServerConfig) -> Any:
         chunked_prefill=config.chunked_prefill,
         max_num_batched_tokens=config.max_num_batched_tokens,
         selection=config.engine_selection,
+        overlap_scheduling=config.engine_overlap,
         # The server admits at most max_in_flight requests (one limit, one message); the engine's
         # own queue limit is only a backstop that this keeps from ever tripping.
         max_waiting=config.max_in_flight,

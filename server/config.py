@@ -26,6 +26,7 @@ from lil_sparse.options import (
 
 ENV_PREFIX = "LIL_SPARSE_"
 SELECTION_SETTINGS = ("auto", *SELECTION_MODES)
+OVERLAP_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,9 @@ class ServerConfig:
     # (attend densely in a step where selection would cost more than it saves) and "exact" on CPU
     # (the gate's cost constants describe a GPU). Run "exact" for quality studies.
     selection: str = "auto"
+    # Launch decode step n+1 before handling step n's tokens (EngineConfig.overlap_scheduling):
+    # "auto" (on for CUDA with chunked prefill), "on" or "off".
+    overlap_scheduling: str = "auto"
     max_new_tokens_limit: int = 4096  # per-request cap on max_new_tokens (fairness: slots turn over)
     max_prompt_bytes: int = 1 << 20  # UTF-8 bytes of text or chat; refused before tokenizing
     tokenizer_threads: int = 2  # threads tokenizing prompts off the event loop
@@ -115,6 +119,16 @@ class ServerConfig:
             f"must be one of {', '.join(SELECTION_SETTINGS)}, got {self.selection!r}",
         )
         _require(
+            self.overlap_scheduling in OVERLAP_MODES,
+            "overlap_scheduling",
+            f"must be one of {', '.join(OVERLAP_MODES)}, got {self.overlap_scheduling!r}",
+        )
+        _require(
+            self.overlap_scheduling != "on" or self.chunked_prefill,
+            "overlap_scheduling",
+            "'on' needs chunked_prefill (unchunked prefill steps skip decode)",
+        )
+        _require(
             self.max_new_tokens_limit >= 1,
             "max_new_tokens_limit",
             f"must be >= 1, got {self.max_new_tokens_limit}",
@@ -172,6 +186,11 @@ class ServerConfig:
             if known is not None:
                 return known.name
         return path.stem if path.suffix == ".gguf" else path.name
+
+    @property
+    def engine_overlap(self) -> bool | None:
+        """``overlap_scheduling`` as ``EngineConfig.overlap_scheduling`` takes it (None: auto)."""
+        return {"auto": None, "on": True, "off": False}[self.overlap_scheduling]
 
     @property
     def max_in_flight(self) -> int:
@@ -236,6 +255,11 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
         "selection",
         str,
         "when quest/infllm select: auto (when_faster on CUDA, exact on CPU), exact, when_faster",
+    ),
+    Setting(
+        "overlap_scheduling",
+        str,
+        "launch decode step n+1 before handling step n's tokens: auto, on, off (default auto: on for CUDA)",
     ),
     Setting("max_new_tokens_limit", int, "largest max_new_tokens a request may ask (default 4096)"),
     Setting("max_prompt_bytes", int, "largest prompt in UTF-8 bytes (default 1048576)"),

@@ -132,6 +132,10 @@ class FlashInferBackend(AttentionBackend):
         self._prefill = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(self.workspace, "NHD", backend="fa2")
         self._prefill_key: tuple[object, ...] | None = None
         self._chunk_prefill: PagedChunkPrefill | None = None  # built on the first continuing chunk
+        # plan() fills a pinned host buffer and copies it to the device asynchronously; with
+        # overlap scheduling the next plan() can come before that copy ran, so each plan waits
+        # for the previous one's copy (an event right after it; mini-sglang#103, vllm#40756).
+        self._planned = torch.cuda.Event()
 
     # ---- prefill ----------------------------------------------------------------------------
     def prefill(
@@ -140,6 +144,7 @@ class FlashInferBackend(AttentionBackend):
         key = (tuple(cu_seqlens), q.dtype, q.shape[1], k.shape[1])
         if key != self._prefill_key:  # every layer of a prefill step shares one plan
             indptr = torch.tensor(cu_seqlens, dtype=torch.int32)
+            self._planned.synchronize()
             self._prefill.plan(
                 indptr,
                 indptr,
@@ -150,6 +155,7 @@ class FlashInferBackend(AttentionBackend):
                 q_data_type=q.dtype,
                 kv_data_type=k.dtype,
             )
+            self._planned.record()
             self._prefill_key = key
         return self._prefill.run(q, k, v)
 
@@ -181,6 +187,7 @@ class FlashInferBackend(AttentionBackend):
             if layout.last_page_len_host
             else layout.last_page_len.cpu()
         )
+        self._planned.synchronize()
         slot.wrapper.plan(  # type: ignore[attr-defined]
             indptr,
             slot.indices[:0],
@@ -192,6 +199,7 @@ class FlashInferBackend(AttentionBackend):
             q_data_type=self.dtype,
             kv_data_type=self.dtype,
         )
+        self._planned.record()
         slot.planned_counts = layout.counts_host
         slot.planned_last = layout.last_page_len_host or None
 

@@ -41,11 +41,15 @@ def build_decode_inputs(
     page_size: int,
     num_kv_heads: int,
     device: torch.device,
+    input_ids: torch.Tensor | None = None,
 ) -> DecodeInputs:
     """The inputs of a decode step over ``seqs`` padded to ``padded`` rows.
 
     ``table``: the block table ``[max_slots, Hkv, max_pages_per_seq] int32``; ``width``: the
-    step's table width (``ModelRunner.width_bucket``). Nothing here waits for the device.
+    step's table width (``ModelRunner.width_bucket``). ``input_ids``: ``[len(seqs)] int64`` on
+    ``device``, the tokens to feed when the host does not hold them yet (overlap scheduling: the
+    previous step's sampled tokens, still on the device); None feeds ``s.last_token_id``.
+    Nothing here waits for the device.
     """
     heads = num_kv_heads
     count = len(seqs)
@@ -57,7 +61,7 @@ def build_decode_inputs(
     # row. Everything else is derived on the device in a few kernels.
     no_pad = [0] * pad
     host = (
-        [s.last_token_id for s in seqs]
+        ([s.last_token_id for s in seqs] if input_ids is None else [0] * count)
         + no_pad
         + [s.next_position for s in seqs]
         + no_pad
@@ -68,7 +72,9 @@ def build_decode_inputs(
         + list(last_page_len_host)
     )
     values = torch.tensor(host, dtype=torch.long).to(device, non_blocking=True)
-    input_ids, positions = values[:padded], values[padded : 2 * padded]
+    if input_ids is not None:  # device to device, into the fresh buffer: no sync
+        values[:count].copy_(input_ids)
+    ids, positions = values[:padded], values[padded : 2 * padded]
     slots = values[2 * padded : 2 * padded + count]
     newest_index = values[2 * padded + count : 3 * padded + count]
     offsets_dev = values[3 * padded + count : 4 * padded + count]
@@ -80,4 +86,4 @@ def build_decode_inputs(
     newest = base.gather(2, newest_index.view(padded, 1, 1).expand(padded, heads, 1))  # [B, Hkv, 1]
     write_slots = newest.squeeze(2).long() * page_size + offsets_dev.unsqueeze(1)  # [B, Hkv]
     base = base.reshape(padded * heads, width)
-    return DecodeInputs(input_ids, positions, write_slots, base, last_page_len, last_page_len_host)
+    return DecodeInputs(ids, positions, write_slots, base, last_page_len, last_page_len_host)

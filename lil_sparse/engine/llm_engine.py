@@ -3,6 +3,9 @@
     step = schedule -> run the model (policies select pages -> attention backend) -> sample
            -> stop checks (EOS, length, stop strings, Guardian) -> token events
 
+With overlap scheduling (the CUDA default) the next decode is launched right after sampling, and
+the stop checks run while it does (overlap.py: why the tokens stay exactly the serial ones).
+
 One request can never hurt another. A failure while handling one request's tokens (its
 admission, prompt-chunk bookkeeping, sampling settings, sampler row, detokenizer, stop checks or
 Guardian) finishes that request alone with ``FinishReason.ERROR``; the others keep exactly the
@@ -29,13 +32,14 @@ from lil_sparse.engine.engine_info import EngineInfo, EngineStats
 from lil_sparse.engine.guardian_driver import GuardianDriver
 from lil_sparse.engine.guardian_verdicts import GuardianVerdicts
 from lil_sparse.engine.model_runner import ModelRunner
+from lil_sparse.engine.overlap import Overlap
 from lil_sparse.engine.page_manager import PageManager
 from lil_sparse.engine.request_output import RequestOutput
 from lil_sparse.engine.scheduler import Scheduler
 from lil_sparse.engine.sequence import PrefillChunk, Sequence, SequenceStatus
 from lil_sparse.engine.step_sampler import StepSampler
+from lil_sparse.engine.step_tokens import StepTokens
 from lil_sparse.engine.stop_checker import StopChecker
-from lil_sparse.engine.token_path import TokenPath
 from lil_sparse.events import FinishReason, RequestReport, TokenEvent
 from lil_sparse.guardian.answer import AnswerPhase
 from lil_sparse.kv import BlockTable, KVCache, PagePool
@@ -58,9 +62,10 @@ def resolve_dtype(config: EngineConfig) -> torch.dtype:
     return getattr(torch, config.dtype)
 
 
-class LLMEngine(TokenPath, GuardianVerdicts):
+class LLMEngine(StepTokens, GuardianVerdicts):
     """The engine. Its output side lives beside it, as mixins over the same per-request tables:
-    token_path.py (one sampled token: stop checks, Guardian gate, answer phase),
+    step_tokens.py (sampling, the decode launched ahead, the step's tokens), token_path.py (one
+    sampled token: stop checks, Guardian gate, answer phase),
     guardian_verdicts.py (verdicts and the ``answer`` action), request_finish.py (release and
     finish); admission.py validates new requests."""
 
@@ -105,6 +110,7 @@ class LLMEngine(TokenPath, GuardianVerdicts):
             config.step_token_budget if config.chunked_prefill else 0,
         )
         self.step_sampler = StepSampler(Sampler())
+        self.overlap = Overlap(self.runner)
         self.guardian = GuardianDriver(config.guardian_workers, config.guardian_max_lag_steps)
         self.stop_checker = StopChecker(self.tokenizer.eos_token_ids)
         self._sequences: dict[str, Sequence] = {}
@@ -186,6 +192,11 @@ class LLMEngine(TokenPath, GuardianVerdicts):
             self.scheduler.num_prefilling,
         )
 
+    def overlap_stats(self) -> dict[str, int]:
+        """Sampling steps that launched the next decode ahead (``ahead_steps``) or ran serially
+        (``serial_steps``), and ``catch_up_decodes`` (overlap.py)."""
+        return self.overlap.stats()
+
     # ---- the step ---------------------------------------------------------------------------
     def step(self) -> list[TokenEvent]:
         """Aborts and Guardian verdicts -> schedule -> forward -> sample -> per-token stop checks.
@@ -198,40 +209,39 @@ class LLMEngine(TokenPath, GuardianVerdicts):
         events += self._apply_guardian()
         batch = self.scheduler.schedule()
         if batch is None:
-            return events
+            return events + self._fail_stale(self.overlap.drop())
         decode = [s for s in batch.decode if not self._paused(s)]
         self._admit_all(batch.admitted, events)
         chunks = [c for c in batch.prefill if c.seq.status == SequenceStatus.RUNNING]  # admitted
         if not decode and not chunks:
+            events += self._fail_stale(self.overlap.drop())
             if batch.decode:  # every decoding request waits for a Guardian verdict
                 self.guardian.wait_any([s.request_id for s in batch.decode], GUARDIAN_IDLE_WAIT_SECONDS)
             return events
         seqs, logits = self._forward(decode, chunks, events)
         if logits is None:  # only partial prompt chunks ran (or every request failed): no token yet
             return events
-        seqs, tokens, logprobs, failed = self.step_sampler.sample(seqs, logits)
-        events += [self._fail(seq, "sampling", error) for seq, error in failed]
-        finished_at = time.perf_counter()
-        for seq, token, logprob in zip(seqs, tokens, logprobs, strict=True):
-            try:
-                events += self._append_token(seq, token, logprob, finished_at)
-            except Exception as error:
-                events.append(self._fail(seq, "token", error))
-        return events
+        return events + self._sample(seqs, logits)
 
     def _forward(
         self, decode: list[Sequence], chunks: list[PrefillChunk], events: list[TokenEvent]
     ) -> tuple[list[Sequence], torch.Tensor | None]:
-        """Decode rows, then prompt chunks: two model calls (see scheduler.py for why), one set of
-        logits ``[N, V] float32`` for the ``N`` requests that get a token now, in that order.
-        A failed call fails its requests (into ``events``); ``([], None)`` when no row is left."""
-        seqs, logits_parts = [], []
-        if decode:
-            try:
-                logits_parts.append(self._checked(self.runner.decode(decode)))
-                seqs += decode
-            except Exception as error:  # the shared forward: its requests fail, the engine goes on
-                events += self._fail_forward(decode, error)
+        """Decode rows (those the previous step ran ahead, then any others), then prompt chunks:
+        separate model calls (see scheduler.py for why), one set of logits ``[N, V] float32``
+        for the ``N`` requests that get a token now, in that order. A failed call fails its
+        requests (into ``events``); ``([], None)`` when no row is left."""
+        seqs: list[Sequence] = []
+        logits_parts: list[torch.Tensor] = []
+        taken = self.overlap.take(decode)
+        events += self._fail_stale(taken.stale)
+        for rows, ahead in ((taken.seqs, taken.logits), (taken.rest, None)):
+            if not rows:
+                continue
+            try:  # a shared forward: its requests fail, the engine goes on
+                logits_parts.append(self._checked(self.runner.decode(rows) if ahead is None else ahead))
+                seqs += rows
+            except Exception as error:
+                events += self._fail_forward(rows, error)
         if chunks:
             try:
                 prefilled, prefill_logits = self.runner.prefill(chunks)
@@ -240,10 +250,10 @@ class LLMEngine(TokenPath, GuardianVerdicts):
                 events += self._fail_forward([c.seq for c in chunks], error)
             else:
                 self._record_chunks(chunks, events)
-                rows = [i for i, s in enumerate(prefilled) if s.status == SequenceStatus.RUNNING]
-                seqs += [prefilled[i] for i in rows]
-                if len(rows) < len(prefilled):  # a request failed its bookkeeping: drop its row
-                    index = torch.tensor(rows, dtype=torch.long).to(prefill_logits.device, non_blocking=True)
+                kept = [i for i, s in enumerate(prefilled) if s.status == SequenceStatus.RUNNING]
+                seqs += [prefilled[i] for i in kept]
+                if len(kept) < len(prefilled):  # a request failed its bookkeeping: drop its row
+                    index = torch.tensor(kept, dtype=torch.long).to(prefill_logits.device, non_blocking=True)
                     prefill_logits = prefill_logits[index]  # a list index would copy synchronously
                 logits_parts.append(prefill_logits)
         if not seqs:
@@ -271,11 +281,6 @@ class LLMEngine(TokenPath, GuardianVerdicts):
         if self.config.poison_freed_pages and bool(logits.isnan().any()):
             raise RuntimeError("NaN logits: the step attended KV that nothing wrote (poison_freed_pages)")
         return logits
-
-    def _fail_forward(self, seqs: list[Sequence], error: Exception) -> list[TokenEvent]:
-        """A model call failed: every request it ran fails (their pages are freed)."""
-        logger.error("model forward failed; failing its %d requests", len(seqs), exc_info=error)
-        return [self._fail(s, "model", error) for s in seqs]
 
     def _record_chunks(self, chunks: list[PrefillChunk], events: list[TokenEvent]) -> None:
         """Each chunk's bookkeeping after the prefill call; a failure fails that request alone."""

@@ -154,8 +154,11 @@ class ModelRunner:
 
     # ---- decode -----------------------------------------------------------------------------
     @torch.inference_mode()
-    def decode(self, seqs: list[Sequence]) -> torch.Tensor:
+    def decode(self, seqs: list[Sequence], input_ids: torch.Tensor | None = None) -> torch.Tensor:
         """One token for every running sequence. Returns logits ``[B, V]``.
+
+        ``input_ids``: ``[B] int64`` on the device, fed instead of each ``seq.last_token_id``
+        (overlap scheduling launches a step before the host has the previous step's tokens).
 
         On FlashInfer the step runs ``batch_bucket(B)`` rows: padding rows read token 0 at
         position 0 and write and attend only the cache's scratch page; their logits are dropped.
@@ -167,7 +170,7 @@ class ModelRunner:
         width = self.width_bucket(max(s.held_pages for s in seqs))
         table, scratch = self.pages.table.table, self.kv.scratch_page
         inputs = build_decode_inputs(
-            seqs, padded, width, table, scratch, self.page_size, self.num_kv_heads, self.device
+            seqs, padded, width, table, scratch, self.page_size, self.num_kv_heads, self.device, input_ids
         )
         last_page_len = inputs.last_page_len
         selecting = self.gate.selecting(seqs)  # one decision per step, for layouts and groups

@@ -1,19 +1,23 @@
 """Sample one token for every row of a step, isolating a row whose sampling fails.
 
-The batch is sampled in one call with one host sync: the sampled tokens and their logprobs come
-to the host together in one transfer (:meth:`StepSampler.fetch`), the only device-to-host copy
-of a decode step. Host values go to the device in one non-blocking copy (the rows' sampling
-settings and positions, :meth:`SamplingParams.from_packed`). A batch that keeps its requests
-packs their settings once; an all-greedy one reuses its params and copies nothing. If that call
-raises (a request's settings
-that cannot be packed, a sampler fault), each row is sampled alone to find the culprit: the
-sampler is batch invariant, so every other row gets exactly the token the batch would have given
-it, and only a row that fails alone is reported as failed.
+The batch is sampled in one call, and the sampled tokens and their logprobs start for the host
+together in one non-blocking transfer (:meth:`StepSampler.start`); :meth:`StepSampler.wait` is
+the one host sync of a decode step, and it waits on that copy's CUDA event, not on the stream,
+so work queued after the copy (overlap scheduling's next decode step, which reads the tokens
+still on the device) keeps the GPU busy while the host reads them. Host values go to the device
+in one non-blocking copy (the rows' sampling settings and positions,
+:meth:`SamplingParams.from_packed`). A batch that keeps its requests packs their settings once;
+an all-greedy one reuses its params and copies nothing. If the batch call raises (a request's
+settings that cannot be packed, a sampler fault), each row is sampled alone to find the culprit
+(:meth:`StepSampler.sample_each`): the sampler is batch invariant, so every other row gets
+exactly the token the batch would have given it, and only a row that fails alone is reported as
+failed.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 
@@ -23,6 +27,20 @@ from lil_sparse.sampling import Sampler, SamplingParams
 from lil_sparse.sampling.params import PackedOptions
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TokensInFlight:
+    """A step's sampled tokens on their way to the host.
+
+    ``token_ids: [B] int64`` on the device (what a decode step launched ahead feeds);
+    ``host: [2, B] float64``, tokens then logprobs (pinned memory on CUDA), valid once ``ready``
+    (the copy's event; None on CPU, where the copy is done already) has completed.
+    """
+
+    token_ids: torch.Tensor
+    host: torch.Tensor
+    ready: torch.cuda.Event | None
 
 
 class StepSampler:
@@ -37,18 +55,53 @@ class StepSampler:
         self, seqs: list[Sequence], logits: torch.Tensor
     ) -> tuple[list[Sequence], list[int], list[float], list[tuple[Sequence, Exception]]]:
         """``logits: [len(seqs), V]``. Returns the rows that got a token, their tokens and
-        logprobs, and the rows that failed with their exception."""
+        logprobs, and the rows that failed with their exception (:meth:`start` then
+        :meth:`wait`, or :meth:`sample_each` when the batch call raises)."""
         try:
-            tokens, logprobs = self._sample_rows(seqs, logits)
+            tokens, logprobs = self.wait(self.start(seqs, logits))
             return seqs, tokens, logprobs, []
         except Exception:
             logger.exception("sampling a batch of %d failed; sampling its rows one by one", len(seqs))
+        return self.sample_each(seqs, logits)
+
+    def start(self, seqs: list[Sequence], logits: torch.Tensor) -> TokensInFlight:
+        """Sample every row of ``logits: [len(seqs), V]`` in one call and start the copy of the
+        tokens and logprobs to the host; nothing here waits for the device. Raises what the
+        batch call raises (then :meth:`sample_each` finds the failing rows)."""
+        params = self._params(seqs, logits.device)
+        if params.positions is None:  # _params always packs them
+            raise RuntimeError("sampling params were built without positions")
+        token_ids, logprobs = self.sampler.sample(logits, params, params.positions)
+        # One transfer as float64, which holds both exactly (ids are far below 2^53; every
+        # float32 is a float64).
+        stacked = torch.stack((token_ids.to(torch.float64), logprobs.to(torch.float64)))
+        if stacked.device.type != "cuda":
+            return TokensInFlight(token_ids, stacked, None)
+        host = torch.empty(stacked.shape, dtype=torch.float64, pin_memory=True)
+        host.copy_(stacked, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return TokensInFlight(token_ids, host, ready)
+
+    def wait(self, tokens: TokensInFlight) -> tuple[list[int], list[float]]:
+        """The one host sync of the step (the scheduler needs the tokens): wait for the copy
+        :meth:`start` began (its event only) and read it."""
+        if tokens.ready is not None:
+            tokens.ready.synchronize()
+        ids, values = tokens.host.tolist()
+        return [int(token) for token in ids], values
+
+    def sample_each(
+        self, seqs: list[Sequence], logits: torch.Tensor
+    ) -> tuple[list[Sequence], list[int], list[float], list[tuple[Sequence, Exception]]]:
+        """The failure path: sample each row alone (a loop over rows is fine here). Returns
+        what :meth:`sample` returns."""
         kept: list[Sequence] = []
         tokens, logprobs = [], []
         failed: list[tuple[Sequence, Exception]] = []
-        for row, seq in enumerate(seqs):  # the failure path only: a loop over rows is fine here
+        for row, seq in enumerate(seqs):
             try:
-                (token,), (logprob,) = self._sample_rows([seq], logits[row : row + 1])
+                (token,), (logprob,) = self.wait(self.start([seq], logits[row : row + 1]))
             except Exception as error:
                 failed.append((seq, error))
             else:
@@ -56,13 +109,6 @@ class StepSampler:
                 tokens.append(token)
                 logprobs.append(logprob)
         return kept, tokens, logprobs, failed
-
-    def _sample_rows(self, seqs: list[Sequence], logits: torch.Tensor) -> tuple[list[int], list[float]]:
-        params = self._params(seqs, logits.device)
-        if params.positions is None:  # _params always packs them
-            raise RuntimeError("sampling params were built without positions")
-        token_ids, logprobs = self.sampler.sample(logits, params, params.positions)
-        return self.fetch(token_ids, logprobs)
 
     def _params(self, seqs: list[Sequence], device: torch.device) -> SamplingParams:
         """The rows' :class:`SamplingParams` with their positions. The options of a batch that
@@ -82,11 +128,3 @@ class StepSampler:
             return greedy[2]
         positions = [s.num_prompt_tokens + s.num_output_tokens for s in seqs]
         return SamplingParams.from_packed(packed, device, positions)
-
-    @staticmethod
-    def fetch(token_ids: torch.Tensor, logprobs: torch.Tensor) -> tuple[list[int], list[float]]:
-        """The one host sync of the step (the scheduler needs the tokens): ``token_ids: [B]
-        int64`` and ``logprobs: [B] float32`` cross in one transfer as float64, which holds both
-        exactly (ids are far below 2^53; every float32 is a float64)."""
-        tokens, values = torch.stack((token_ids.to(torch.float64), logprobs.to(torch.float64))).tolist()
-        return [int(token) for token in tokens], values

@@ -137,8 +137,11 @@ def test_cuda_graph_replay_equals_eager(policy, tiny_gqa8_dir):
     # Batches of 3, 2 and 1 run padded to the buckets 4, 2 and 1.
     assert {key[0] for key in runner_graphs.captured} == {1, 2, 4}
     stats = graphs.runner.graph_stats()
-    decode_steps = len(graph_logits.logits) - 1  # every step but the prefill decodes
-    assert stats["replays"] + stats["eager_steps"] == decode_steps
+    # Overlap scheduling (on by default on CUDA): every sampling step, the prefill's included,
+    # launched the next decode ahead (the last one's rows dropped), and nothing else decoded.
+    sampling_steps = len(graph_logits.logits)
+    assert graphs.overlap_stats()["ahead_steps"] == sampling_steps
+    assert stats["replays"] + stats["eager_steps"] == sampling_steps
     assert stats["captures"] == stats["cached"] == len(runner_graphs.captured)
     for want, have in zip(expected, got, strict=True):
         assert have.output_token_ids == want.output_token_ids
@@ -194,7 +197,7 @@ def no_sync_requests() -> tuple[list[list[int]], list[RequestOptions]]:
 class StrictSteps:
     """Runs every ``engine.step()`` under ``torch.cuda.set_sync_debug_mode("error")``: any
     synchronizing torch call raises. Sanctioned, in ``default`` mode: the step's one transfer
-    (``StepSampler.fetch``: the sampled tokens and logprobs), counted per step; and prompt
+    (``StepSampler.wait``: the sampled tokens and logprobs), counted per step; and prompt
     chunks (``runner.prefill`` and ``runner.record_chunk``: the prefill path, whose eviction
     after a prompt copies the freed page ids to the host once per request)."""
 
@@ -204,16 +207,16 @@ class StrictSteps:
         self.sampling_steps = 0
         self.fetched_rows = 0
         self._step = engine.step
-        fetch = engine.step_sampler.fetch
+        wait = engine.step_sampler.wait
 
-        def counted_fetch(token_ids, logprobs):
+        def counted_wait(inflight):
             self.fetches_per_step[-1] += 1
-            tokens, values = self.allowed(fetch)(token_ids, logprobs)
+            tokens, values = self.allowed(wait)(inflight)
             self.fetched_rows += len(tokens)
             return tokens, values
 
         engine.step = self.step  # type: ignore[method-assign]
-        engine.step_sampler.fetch = counted_fetch  # type: ignore[method-assign]
+        engine.step_sampler.wait = counted_wait  # type: ignore[method-assign]
         engine.runner.prefill = self.allowed(engine.runner.prefill)  # type: ignore[method-assign]
         engine.runner.record_chunk = self.allowed(engine.runner.record_chunk)  # type: ignore[method-assign]
 

@@ -51,6 +51,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "kvCacheTokens": 65536,
             "maxModelLen": 8192,
             "chunkedPrefill": False,
+            "overlapScheduling": "off",
             "maxNumBatchedTokens": 4096,
             "selection": "when_faster",
             "maxNewTokensLimit": 1024,
