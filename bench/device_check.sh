@@ -2,7 +2,8 @@
 # Device calls for the GPU machine, in two parts that each fit one 600 s call:
 #   PART=tests  the GPU test files side by side (one log, gpu-tests.log), then the prefill
 #               fairness benchmark on CUDA (prefill_fairness.md)
-#   PART=bench  every issue-11 speed target (speed-T1 .. T7), the HF generate comparison and
+#   PART=bench  every issue-11 speed target (SELECTION=when_faster, the server's CUDA default,
+#               or exact) (speed-T1 .. T7), the HF generate comparison and
 #               throughput, and the target report (decode_targets.md plus its JSON)
 # Expects the FlashInfer wheels installed in /tmp/site and the SmolLM2 GGUF in /tmp/models
 # (../shared/DEVICE.md has the recipe). Writes under $OUT (at most 8 files come back).
@@ -31,13 +32,13 @@ if [ "$part" = tests ]; then
 fi
 
 if [ "$part" = bench ]; then
-  timeout 45 python bench/engine_step.py "$LIL_GPU_MODEL" --batches 1,8,64 --json "$out/engine.json" 2>&1 \
+  timeout 90 python bench/engine_step.py "$LIL_GPU_MODEL" --batches 1,8,64 --overlap both --json "$out/engine.json" 2>&1 \
     | grep "engine step"
   {
     timeout 150 python bench/decode_e2e.py --models qwen1.5b --contexts 4096,32768 --batches 1,8,32 --steps 20 \
-      --throughput 1,32,64,128 --hf 1,32 --json "$out/e2e_qwen.json"
+      --throughput 1,32,64,128 --hf 1,32 --selection "${SELECTION:-when_faster}" --json "$out/e2e_qwen.json"
     timeout 200 python bench/decode_e2e.py --models llama8b --contexts 32768,4096 --batches 8,1,32 --steps 20 \
-      --mixed 8 --json "$out/e2e_llama.json"
+      --mixed 8 --selection "${SELECTION:-when_faster}" --json "$out/e2e_llama.json"
   } > /tmp/bench.log 2>&1
   grep -vE "Warning|warn" /tmp/bench.log | tail -8
   python bench/targets.py "$out"/e2e_*.json --engine "$out/engine.json" --out "$out/decode_targets.md"

@@ -132,6 +132,12 @@ def report(parts: list[dict], engine: dict | None, lines: list[str]) -> str:
             f"- date: {part['date']}",
             f"- command: `{part['command']}`",
             f"- copy bandwidth measured in that run: {part['bandwidth_gbs']:.0f} GB/s (bytes read + written)",
+            f"- selection: {part.get('selection', 'exact')}; timed loop: "
+            + (
+                "pipelined (overlap: step n+1 launched before step n's tokens reach the host)"
+                if part.get("overlap")
+                else "serial"
+            ),
         ]
     if engine:
         out.append(
@@ -145,7 +151,8 @@ def report(parts: list[dict], engine: dict | None, lines: list[str]) -> str:
             )
     out += [
         "- TBT (runner runs): median wall time of >= 20 runner decode steps (decode + argmax + host copy"
-        " of the tokens) after 4 warm-up steps, random-weight bf16 models, CUDA graphs on; host ms: the"
+        " of the tokens; pipelined runs launch step n+1 before waiting for step n's copy, as the engine's"
+        " overlap scheduling does) after 4 warm-up steps, random-weight bf16 models, CUDA graphs on; host ms: the"
         " median time of the runner's decode call alone (host work until the step is queued on the GPU)",
         "- floor: (weights + attended K/V + selection metadata: Quest bounds bf16, InfLLM key sums fp32, read"
         " in every selecting layer) / the copy bandwidth of the same run",
