@@ -152,8 +152,9 @@ def report(parts: list[dict], engine: dict | None, lines: list[str]) -> str:
     out += [
         "- TBT (runner runs): median wall time of >= 20 runner decode steps (decode + argmax + host copy"
         " of the tokens; pipelined runs launch step n+1 before waiting for step n's copy, as the engine's"
-        " overlap scheduling does) after 4 warm-up steps, random-weight bf16 models, CUDA graphs on; host ms: the"
-        " median time of the runner's decode call alone (host work until the step is queued on the GPU)",
+        " overlap scheduling does) after 4 warm-up steps, random-weight bf16 models, CUDA graphs on;"
+        " host ms: the median time of the runner's decode call alone (host work until the step is"
+        " queued on the GPU)",
         "- floor: (weights + attended K/V + selection metadata: Quest bounds bf16, InfLLM key sums fp32, read"
         " in every selecting layer) / the copy bandwidth of the same run",
         "",
