@@ -15,6 +15,7 @@ from functools import partial
 
 import torch
 
+from lil_sparse.kernels.page_scores import _launch
 from lil_sparse.kernels.page_select import select_pages
 
 
@@ -76,13 +77,33 @@ def timed_us(fn, iters: int, launches: int = 20) -> float:
     return statistics.median(times)
 
 
+def score_variants(rows: int, width: int, iters: int) -> str:
+    """Quest scoring (bf16 bounds, group 4, head_dim 128) per block size and warp count."""
+    pages = rows * width
+    bounds = torch.randn(pages + 1, 2, 128, device="cuda", dtype=torch.bfloat16)
+    table = torch.randperm(pages, device="cuda").view(rows, width).int()
+    q = torch.randn(rows, 4, 128, device="cuda", dtype=torch.bfloat16)
+    limit = torch.full((rows,), width - 1, device="cuda", dtype=torch.long)
+    ideal = rows * width * 2 * 128 * 2 / 4.2e12 * 1e6
+    parts = [f"quest scores rows {rows} width {width} (bounds at 4.2 TB/s: {ideal:.1f} us)"]
+    for block in (16, 32, 64, 128):
+        for warps in (2, 4, 8):
+            fn = partial(_launch, q, bounds, table, limit, 1.0, True, block, warps)
+            parts.append(f"{block}/{warps}w {timed_us(fn, iters):5.1f}")
+    return " | ".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", default="64,16,2")
     parser.add_argument("--widths", default="2048,256")
     parser.add_argument("--iters", type=int, default=200)
+    parser.add_argument("--scores", action="store_true", help="also time the Quest scoring kernel")
     args = parser.parse_args()
     print(f"device: {torch.cuda.get_device_name()}")
+    if args.scores:
+        print(score_variants(64, 2048, args.iters), flush=True)
+        print(score_variants(2, 256, args.iters), flush=True)
     for rows in (int(r) for r in args.rows.split(",")):
         for width in (int(w) for w in args.widths.split(",")):
             case = Case.build(rows, width)

@@ -73,8 +73,17 @@ def _page_scores(
 
 
 def _launch(
-    q: torch.Tensor, meta: torch.Tensor, table: torch.Tensor, limit: torch.Tensor, scale: float, bounds: bool
+    q: torch.Tensor,
+    meta: torch.Tensor,
+    table: torch.Tensor,
+    limit: torch.Tensor,
+    scale: float,
+    bounds: bool,
+    block: int = BLOCK_W,
+    num_warps: int = 4,
 ) -> torch.Tensor:
+    """Launch :func:`_page_scores` (``block`` slots per program; ``bench/select_micro.py`` times
+    the choices)."""
     rows, group, head_dim = q.shape
     width = table.shape[1]
     if q.stride(2) != 1 or table.stride(1) != 1 or meta.stride(-1) != 1:
@@ -83,7 +92,7 @@ def _launch(
     out = torch.empty(rows, width, dtype=torch.float32, device=q.device)
     if rows == 0 or width == 0:
         return out
-    grid = (rows, triton.cdiv(width, BLOCK_W))
+    grid = (rows, triton.cdiv(width, block))
     _page_scores[grid](
         q,
         meta,
@@ -100,8 +109,9 @@ def _launch(
         GROUP=group,
         BLOCK_G=triton.next_power_of_2(group),
         HEAD_DIM=head_dim,
-        BLOCK=BLOCK_W,
+        BLOCK=block,
         BOUNDS=bounds,
+        num_warps=num_warps,
     )
     return out
 
