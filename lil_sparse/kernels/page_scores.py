@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK_W = 32  # slots per program: 32 pages x 2 x 128 bf16 = 16 KiB of bounds in flight
+BLOCK_W = 32  # slots per program below 1024 slots (64 from there on): 32 x 2 x 128 bf16 = 16 KiB
 
 
 @triton.jit
@@ -79,11 +79,13 @@ def _launch(
     limit: torch.Tensor,
     scale: float,
     bounds: bool,
-    block: int = BLOCK_W,
-    num_warps: int = 4,
+    block: int = 0,
+    num_warps: int = 8,
 ) -> torch.Tensor:
-    """Launch :func:`_page_scores` (``block`` slots per program; ``bench/select_micro.py`` times
-    the choices)."""
+    """Launch :func:`_page_scores` with ``block`` slots per program (0: 64 from 1024 slots, else
+    32). Measured on the H200 (``bench/select_micro.py --scores``, 2026-11-30): 64 rows x 2048
+    slots of bf16 bounds took 20.0 us at 64 slots / 8 warps, 29.1 us at 32 / 4 (16.0 us is the
+    bandwidth floor); 2 rows x 256 slots 2.2 us at 32 / 8."""
     rows, group, head_dim = q.shape
     width = table.shape[1]
     if q.stride(2) != 1 or table.stride(1) != 1 or meta.stride(-1) != 1:
@@ -92,6 +94,7 @@ def _launch(
     out = torch.empty(rows, width, dtype=torch.float32, device=q.device)
     if rows == 0 or width == 0:
         return out
+    block = block or (64 if width >= 1024 else BLOCK_W)
     grid = (rows, triton.cdiv(width, block))
     _page_scores[grid](
         q,
