@@ -22,9 +22,9 @@ from lil_sparse.policies.quest import quest_page_scores
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # rows, group, head_dim, width; the CPU interpreter is slow, so its grid is smaller.
 GRID = (
-    list(itertools.product([1, 6], [1, 4, 6], [64, 128], [7, 40, 100]))
+    list(itertools.product([1, 6], [1, 4, 6], [64, 128], [7, 40, 100, 1500]))
     if DEVICE == "cuda"
-    else [(1, 1, 16, 7), (3, 4, 32, 40), (2, 6, 64, 33)]
+    else [(1, 1, 16, 7), (3, 4, 32, 40), (2, 6, 64, 33), (2, 4, 32, 1100)]
 )
 DTYPES = [torch.bfloat16, torch.float32]
 
