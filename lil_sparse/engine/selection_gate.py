@@ -25,17 +25,16 @@ from lil_sparse.policies import get_policy
 
 __all__ = ["SELECTION_MODES", "SelectionCost", "SelectionGate"]
 
-# PLACEHOLDER device constants, to be replaced by the lead's H200 measurement with fused selection
-# (bench/decode_e2e.py --selection exact, then bench/gate_constants.py on its JSON). Taken from
-# docs/bench/decode_targets.md (H200, 2026-11-30, before fused selection): copy bandwidth 4225 GB/s
-# (qwen run) and the per-layer fixed cost of Quest at qwen1.5b / 4k / batch 1 / budget 1024:
-# (4.15 - 2.49 ms) / 26 selecting layers + 0.75 us saved - 0.06 us of bounds = ~64 us. With these,
-# the rule picks the faster side in every quest and infllm cell of that table. A rerun on the H200
-# (2026-11-30, branch gate on main 7232271, qwen1.5b x {4k, 32k} x batch {1, 8, 32}, budget 1024)
-# gave 4119 GB/s and, by bench/gate_constants.py, 50 us (quest) / 53 us (infllm) at 4k batch 1 and
-# medians of 74 / 90 us over the six cells (the "fixed" cost grows with batch and context).
+# Device constants measured on the H200 with fused selection (2026-11-30, main after the fused
+# page-selection kernels; `bench/decode_e2e.py --models qwen1.5b,llama8b --contexts 4096,32768
+# --batches 1,8,32 --runs full:0,quest:1024,infllm:1024 --selection exact`, then
+# `bench/gate_constants.py` on its JSON): copy bandwidth 4251 GB/s; latency per selecting layer
+# 11-26 us at batch 1 and 8 up to 32k, 17-63 us at batch 32 (the "fixed" cost grows with rows and
+# width), medians 23.7 us (quest) and 18.8 us (infllm) over the twelve cells per policy. With
+# 24 us the rule picks the faster side in every cell of that run where the two differ by more
+# than 5%. Before the fused kernels the same cost was 50-90 us per layer.
 DEFAULT_HBM_BYTES_PER_SECOND = 4.2e12
-DEFAULT_SELECTION_LATENCY_US = 64.0
+DEFAULT_SELECTION_LATENCY_US = 24.0
 
 
 @dataclass(frozen=True, slots=True)
