@@ -262,18 +262,33 @@ def run_cell(
         return
     pages_per_seq = -(-(context + steps + WARMUP_STEPS + PAGE_SIZE) // PAGE_SIZE)
     bench = DecodeBench(model, need, batch, pages_per_seq, overlap)
-    for policy, budget in runs:
+    # Dense runs first and again last: later runs of one process measured slower than earlier
+    # ones (H200, 2026-11-30: the same dense qwen1.5b 4k batch-1 run took 1.82 ms first and
+    # 1.95 ms after two other runs), so the dense baseline is the mean of the two brackets.
+    bracketed = runs + [(p, b) for p, b in runs if p == "full"][:1]
+    for index, (policy, budget) in enumerate(bracketed):
         if policy != "full" and budget >= context:
             continue
+        closing = index == len(runs)  # the second dense run of the cell
         profile_to = None
         if profile_dir is not None:
             profile_to = profile_dir / f"profile_{name}_{context}_{batch}_{policy}{budget}.txt"
-        result = bench.run([(policy, budget)] * batch, context, steps, profile_to)
+        result = bench.run([(policy, budget)] * batch, context, steps, None if closing else profile_to)
         result["floor_ms"] = floor_ms(weight_bytes(model, batch), result, bandwidth)
-        results[run_key(name, context, batch, policy, budget)] = result
+        key = run_key(name, context, batch, policy, budget)
+        if closing:
+            first = results[key]
+            result = dict(
+                first,
+                tbt_ms=(first["tbt_ms"] + result["tbt_ms"]) / 2,
+                tbt_ms_first=first["tbt_ms"],
+                tbt_ms_last=result["tbt_ms"],
+            )
+        results[key] = result
         dense = results.get(run_key(name, context, batch, "full", 0), result)
         print(
-            f"{name} | {context} | {batch} | {policy} | {budget or '-'} | {result['tbt_ms']:.2f} ms | "
+            f"{name} | {context} | {batch} | {policy}{' (mean of first and last)' if closing else ''} | "
+            f"{budget or '-'} | {result['tbt_ms']:.2f} ms | "
             f"floor {result['floor_ms']:.2f} | x{result['tbt_ms'] / result['floor_ms']:.2f} | "
             f"vs dense {dense['tbt_ms'] / result['tbt_ms']:.2f} | replays {result['graph_replays']}/{steps}",
             flush=True,
