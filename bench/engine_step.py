@@ -16,13 +16,16 @@ behind the GPU; ``off`` runs steps serially; ``both`` reports one line per mode.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from bench.common import device_line
 from lil_sparse.config import EngineConfig
 from lil_sparse.engine import LLMEngine
 from lil_sparse.loading import load_model
@@ -97,7 +100,14 @@ def main() -> None:
                 flush=True,
             )
     if args.json is not None:
-        args.json.write_text(json.dumps({"model": args.model.name, "engine_step": results}, indent=1))
+        record = {
+            "device": device_line(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": " ".join(["python", *sys.argv]),
+            "model": args.model.name,
+            "engine_step": results,
+        }
+        args.json.write_text(json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":

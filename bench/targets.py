@@ -140,8 +140,10 @@ def report(parts: list[dict], engine: dict | None, lines: list[str]) -> str:
             ),
         ]
     if engine:
+        when = f", {engine['device']}, {engine['date']}" if "date" in engine else ""
         out.append(
-            f"- engine step: `python bench/engine_step.py` on {engine['model']}, CUDA graphs, greedy, full"
+            f"- engine step: `python bench/engine_step.py` on {engine['model']}, CUDA graphs, greedy, "
+            f"full{when}"
         )
         for r in engine["engine_step"]:
             out.append(
