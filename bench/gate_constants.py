@@ -11,6 +11,11 @@ selection saves little (batch 1, short context). Prints one line per run and the
 policy; put them in ``lil_sparse/engine/selection_gate.py`` (``DEFAULT_*``).
 
     python bench/gate_constants.py RESULTS.json [MORE.json ...]
+    python bench/gate_constants.py EXACT.json --against WHEN_FASTER.json [MORE.json ...]
+
+``--against`` prints instead a markdown table: quest and infllm speed against dense per cell in
+the exact run and in the ``when_faster`` runs ("(dense)": the gate attended densely there, seen
+as a floor equal to the dense run's).
 """
 
 from __future__ import annotations
@@ -69,12 +74,44 @@ def gate_constants(results: list[dict]) -> dict[str, float]:
     return constants
 
 
+def comparison_table(exact: dict, gated: list[dict]) -> str:
+    """Markdown rows: per (model, context, batch) cell at budget 1024, quest and infllm speed
+    against dense (dense TBT / policy TBT) in ``exact`` and in the merged ``gated`` runs."""
+    later = {key: run for result in gated for key, run in result["runs"].items()}
+    lines = [
+        "| cell (budget 1024) | quest exact | infllm exact | quest when_faster | infllm when_faster |",
+        "|---|---|---|---|---|",
+    ]
+    cells = sorted(
+        {tuple(key.split("|")[:3]) for key in exact["runs"] if key.count("|") == 4},
+        key=lambda c: (c[0], int(c[1]), int(c[2])),
+    )
+    for model, context, batch in cells:
+        figures = []
+        for runs in (exact["runs"], later):
+            dense = runs.get(f"{model}|{context}|{batch}|full|0")
+            for policy in SELECTING:
+                run = runs.get(f"{model}|{context}|{batch}|{policy}|1024")
+                if not dense or not run or "tbt_ms" not in run:
+                    figures.append("-")
+                    continue
+                gated_off = runs is later and run["floor_ms"] == dense["floor_ms"]
+                figures.append(f"{dense['tbt_ms'] / run['tbt_ms']:.2f}x{' (dense)' if gated_off else ''}")
+        lines.append(f"| {model}, {int(context) // 1024}k, batch {batch} | " + " | ".join(figures) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("results", type=Path, nargs="+", help="bench/decode_e2e.py JSON files")
+    parser.add_argument("--against", type=Path, nargs="+", default=None, help="when_faster runs")
     args = parser.parse_args()
+    if args.against:
+        exact = json.loads(args.results[0].read_text())
+        print(comparison_table(exact, [json.loads(path.read_text()) for path in args.against]))
+        return
     gate_constants([json.loads(path.read_text()) for path in args.results])
 
 
