@@ -298,7 +298,9 @@ def run_cell(
     torch.cuda.empty_cache()
 
 
-def run_mixed(model, name, context, per_policy, steps, bandwidth, results, overlap=True) -> None:
+def run_mixed(
+    model, name, context, per_policy, steps, bandwidth, results, overlap=True, profile_dir=None
+) -> None:
     """speed-T7: ``per_policy`` requests of each policy (budget 4096 for the sparse ones), and the
     step's fixed cost (weights, no context to speak of: full at 256 tokens, same batch size)."""
     mc = model.config
@@ -320,7 +322,10 @@ def run_mixed(model, name, context, per_policy, steps, bandwidth, results, overl
     torch.cuda.empty_cache()
     pages_per_seq = -(-(context + steps + WARMUP_STEPS + PAGE_SIZE) // PAGE_SIZE)
     bench = DecodeBench(model, need, len(specs), pages_per_seq, overlap)
-    result = bench.run(specs, context, steps)
+    profile_to = (
+        None if profile_dir is None else profile_dir / f"profile_mixed_{name}_{context}_{per_policy}.txt"
+    )
+    result = bench.run(specs, context, steps, profile_to)
     result["floor_ms"] = floor_ms(weight_bytes(model, len(specs)), result, bandwidth)
     results[key] = result
     print(
@@ -413,7 +418,9 @@ def main() -> None:
             # The issue's 8 per policy may not fit next to the 8B weights with every page's
             # metadata: then the largest count that fits, down to 2, and the report says so.
             for per_policy in range(args.mixed, 1, -2):
-                run_mixed(model, name, 32768, per_policy, args.steps, bandwidth, results, args.overlap)
+                run_mixed(
+                    model, name, 32768, per_policy, args.steps, bandwidth, results, args.overlap, args.profile
+                )
                 if results[f"mixed|{name}|32768|{per_policy}"].get("tbt_ms"):
                     break
         del model
