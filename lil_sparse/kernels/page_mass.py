@@ -46,39 +46,42 @@ def _page_mass(
 ):
     row = tl.program_id(0)
     block = tl.program_id(1)
-    dims = tl.arange(0, HEAD_DIM)
-    heads = tl.arange(0, BLOCK_G)
-    q = tl.load(
-        q_ptr + row * q_row_stride + heads[:, None] * q_group_stride + dims[None, :],
-        mask=heads[:, None] < GROUP,
-        other=0.0,
-    )  # [BLOCK_G, D], the cache dtype: products are exact in the fp32 accumulator
-    lse = tl.load(lse_ptr + row * lse_row_stride + heads, mask=heads < GROUP, other=float("inf"))
     count = tl.load(counts_ptr + row)
-    last_len = tl.load(last_len_ptr + row)
-    tokens = tl.arange(0, BLOCK * PAGE_SIZE)
-    slot = block * BLOCK + tokens // PAGE_SIZE  # [T]
-    offset = tokens % PAGE_SIZE
-    valid = (slot < count) & (slot < width) & ((slot < count - 1) | (offset < last_len))
-    page = tl.load(page_ids_ptr + row * ids_stride + slot, mask=valid, other=0).to(tl.int64)
-    keys = tl.load(
-        k_ptr + (page * PAGE_SIZE + offset)[:, None] * HEAD_DIM + dims[None, :],
-        mask=valid[:, None],
-        other=0.0,
-    )  # [T, D]
-    if UPCAST:  # Triton's CPU interpreter has no bf16 matmul
-        q = q.to(tl.float32)
-        keys = keys.to(tl.float32)
-    scores = tl.dot(q, tl.trans(keys))  # [BLOCK_G, T] float32
-    probs = tl.exp2(scores * scale_log2 - lse[:, None])
-    probs = tl.where(valid[None, :] & (heads[:, None] < GROUP), probs, 0.0)
-    token_mass = tl.sum(probs, axis=0)  # [T]
-    page_mass = tl.sum(tl.reshape(token_mass, (BLOCK, PAGE_SIZE)), axis=1)  # [BLOCK]
-    slots = block * BLOCK + tl.arange(0, BLOCK)
-    used = (slots < count) & (slots < width)
-    pages = tl.load(page_ids_ptr + row * ids_stride + slots, mask=used, other=0).to(tl.int64)
-    current = tl.load(mass_ptr + pages, mask=used, other=0.0)
-    tl.store(mass_ptr + pages, current + page_mass, mask=used)
+    # Rows attend fewer pages than the step's width (an H2O row holds its budget beside 32k-token
+    # rows of other policies): programs past the row's pages do nothing.
+    if block * BLOCK < count:
+        dims = tl.arange(0, HEAD_DIM)
+        heads = tl.arange(0, BLOCK_G)
+        q = tl.load(
+            q_ptr + row * q_row_stride + heads[:, None] * q_group_stride + dims[None, :],
+            mask=heads[:, None] < GROUP,
+            other=0.0,
+        )  # [BLOCK_G, D], the cache dtype: products are exact in the fp32 accumulator
+        lse = tl.load(lse_ptr + row * lse_row_stride + heads, mask=heads < GROUP, other=float("inf"))
+        last_len = tl.load(last_len_ptr + row)
+        tokens = tl.arange(0, BLOCK * PAGE_SIZE)
+        slot = block * BLOCK + tokens // PAGE_SIZE  # [T]
+        offset = tokens % PAGE_SIZE
+        valid = (slot < count) & (slot < width) & ((slot < count - 1) | (offset < last_len))
+        page = tl.load(page_ids_ptr + row * ids_stride + slot, mask=valid, other=0).to(tl.int64)
+        keys = tl.load(
+            k_ptr + (page * PAGE_SIZE + offset)[:, None] * HEAD_DIM + dims[None, :],
+            mask=valid[:, None],
+            other=0.0,
+        )  # [T, D]
+        if UPCAST:  # Triton's CPU interpreter has no bf16 matmul
+            q = q.to(tl.float32)
+            keys = keys.to(tl.float32)
+        scores = tl.dot(q, tl.trans(keys))  # [BLOCK_G, T] float32
+        probs = tl.exp2(scores * scale_log2 - lse[:, None])
+        probs = tl.where(valid[None, :] & (heads[:, None] < GROUP), probs, 0.0)
+        token_mass = tl.sum(probs, axis=0)  # [T]
+        page_mass = tl.sum(tl.reshape(token_mass, (BLOCK, PAGE_SIZE)), axis=1)  # [BLOCK]
+        slots = block * BLOCK + tl.arange(0, BLOCK)
+        used = (slots < count) & (slots < width)
+        pages = tl.load(page_ids_ptr + row * ids_stride + slots, mask=used, other=0).to(tl.int64)
+        current = tl.load(mass_ptr + pages, mask=used, other=0.0)
+        tl.store(mass_ptr + pages, current + page_mass, mask=used)
 
 
 def add_page_mass(
