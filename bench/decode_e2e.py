@@ -42,6 +42,7 @@ from bench.common import copy_bandwidth_gbs, device_line
 from bench.model_shapes import MODELS, hf_tbt_ms, random_model, weight_bytes
 from lil_sparse.attention.flashinfer_backend import FlashInferBackend
 from lil_sparse.config import SELECTION_MODES, EngineConfig
+from lil_sparse.engine.decode_layouts import dense_until
 from lil_sparse.engine.model_runner import ModelRunner
 from lil_sparse.engine.page_manager import PageManager
 from lil_sparse.engine.sequence import Sequence
@@ -123,9 +124,9 @@ class DecodeBench:
                 request_id=str(index),
                 prompt_token_ids=[1] * context,
                 options=RequestOptions(sparse=sparse),
-                budget_pages=sparse.budget_pages(PAGE_SIZE) if policy != "full" else 1 << 30,
+                budget_pages=sparse.budget_pages(PAGE_SIZE) if get_policy(policy).uses_budget else 1 << 30,
                 sink_pages=sparse.sink_pages(PAGE_SIZE),
-                recent_pages=sparse.recent_pages(PAGE_SIZE) if policy != "full" else 1,
+                recent_pages=sparse.recent_pages(PAGE_SIZE) if get_policy(policy).uses_budget else 1,
                 reserved_pages=0,
             )
             pages.admit(seq)
@@ -199,7 +200,7 @@ class DecodeBench:
             selecting = get_policy(policy).selects_per_layer and seq.held_pages > seq.budget_pages
             selecting = selecting and not seq.kv_report.selection_skipped_steps  # the gate's dense rows
             if selecting:  # metadata of every held page, in its real dtype, in each selecting layer
-                layers = mc.num_layers - (seq.options.sparse.dense_layers if policy == "quest" else 0)
+                layers = mc.num_layers - dense_until(seq)
                 per_page = {
                     "quest": 2 * mc.head_dim * self.kv.key_bounds.element_size(),
                     "infllm": mc.head_dim * self.kv.key_sum.element_size(),

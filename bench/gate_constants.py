@@ -27,13 +27,14 @@ from pathlib import Path
 
 from bench.model_shapes import MODELS
 from lil_sparse.options import SparseOptions
+from lil_sparse.policies import get_policy
 
 SELECTING = ("quest", "infllm")
 
 
 def selecting_layers(model: str, policy: str) -> int:
     """Layers that select: quest's first ``dense_layers`` (the bench's default) attend densely."""
-    dense = SparseOptions().dense_layers if policy == "quest" else 0
+    dense = SparseOptions().dense_layers if get_policy(policy).has_dense_layers else 0
     return MODELS[model].num_layers - dense
 
 

@@ -12,6 +12,7 @@ from dataclasses import replace
 from lil_sparse.engine.scheduler import Scheduler
 from lil_sparse.engine.sequence import Sequence
 from lil_sparse.options import RequestOptions
+from lil_sparse.policies import get_policy
 from lil_sparse.sampling import with_request_seed
 
 
@@ -60,7 +61,8 @@ def new_sequence(
         )
     sparse = options.sparse
     sparse.validate_for(page_size, num_layers)
-    budget = sparse.budget_pages(page_size) if sparse.policy != "full" else 1 << 30
+    uses_budget = get_policy(sparse.policy).uses_budget
+    budget = sparse.budget_pages(page_size) if uses_budget else 1 << 30
     # A sampled request without a seed gets one now, so its tokens never depend on the batch.
     options = replace(options, sampling=with_request_seed(options.sampling))
     seq = Sequence(
@@ -69,7 +71,7 @@ def new_sequence(
         options=options,
         budget_pages=budget,
         sink_pages=sparse.sink_pages(page_size),
-        recent_pages=sparse.recent_pages(page_size) if sparse.policy != "full" else 1,
+        recent_pages=sparse.recent_pages(page_size) if uses_budget else 1,
         reserved_pages=scheduler.reservation(
             len(prompt_token_ids), options.stopping.max_new_tokens, sparse.policy, budget
         ),

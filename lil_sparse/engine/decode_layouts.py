@@ -20,7 +20,7 @@ GEOMETRY_CACHE = 16  # decode layout geometries kept (a step uses one per distin
 
 def dense_until(seq: Sequence) -> int:
     """Leading layers where ``seq`` attends every held page (Quest's dense layers)."""
-    return seq.options.sparse.dense_layers if seq.policy == "quest" else 0
+    return seq.options.sparse.dense_layers if get_policy(seq.policy).has_dense_layers else 0
 
 
 def distinct_layouts(layouts: list[DecodeLayout]) -> list[DecodeLayout]:

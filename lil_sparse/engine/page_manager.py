@@ -205,7 +205,7 @@ class PageManager:
                 min(s.held_pages, s.budget_pages),
                 s.sink_pages,
                 s.recent_pages,
-                s.options.sparse.dense_layers if s.policy == "quest" else 0,
+                s.options.sparse.dense_layers if get_policy(s.policy).has_dense_layers else 0,
             )
         ]
         host += [index * heads + head for index in positions for head in range(heads)]

@@ -65,6 +65,8 @@ class SelectionPolicy(ABC):
     selects_per_layer: ClassVar[bool] = False
     observes_attention: ClassVar[bool] = False
     reads_key_metadata: ClassVar[bool] = False  # needs key min/max/sum kept up to date
+    uses_budget: ClassVar[bool] = True  # False: attends every held page whatever the budget (full)
+    has_dense_layers: ClassVar[bool] = False  # reads SparseOptions.dense_layers (Quest)
     # What one selecting layer reads per held page to score it (the selection gate's cost model,
     # lil_sparse/engine/selection_gate.py): ``metadata_vectors`` head_dim-vectors in
     # ``metadata_dtype`` (None: the KV cache's dtype).
@@ -73,7 +75,7 @@ class SelectionPolicy(ABC):
 
     def attended_pages(self, held: int, budget_pages: int) -> int:
         """Pages a sparse layer attends for a row holding ``held`` pages (host ints)."""
-        return held if self.evicts or self.name == "full" else min(held, budget_pages)
+        return held if self.evicts or not self.uses_budget else min(held, budget_pages)
 
     def metadata_bytes_per_page(self, head_dim: int, kv_dtype: torch.dtype) -> int:
         """Bytes of page metadata one selecting layer reads per held page of one KV head."""

@@ -7,3 +7,4 @@ from lil_sparse.policies.base import SelectionPolicy
 
 class FullPolicy(SelectionPolicy):
     name = "full"
+    uses_budget = False

@@ -50,6 +50,7 @@ def quest_scores(layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache) -
 
 class QuestPolicy(SelectionPolicy):
     name = "quest"
+    has_dense_layers = True
     selects_per_layer = True
     reads_key_metadata = True
     metadata_vectors = 2  # key min and max per page, in the cache dtype
