@@ -44,10 +44,14 @@ def _append_decode_kv(
     tl.store(v_cache_ptr + slot * HEAD_DIM + dims, value.to(v_cache_ptr.dtype.element_ty))
     if META:
         page = slot // PAGE_SIZE
-        bound = key.to(bounds_ptr.dtype.element_ty)
+        bounds_dtype = bounds_ptr.dtype.element_ty
+        # Round the key to the bounds' dtype first (as the reference does), then compare in fp32:
+        # exact for values of that dtype, and Triton 3.9's CPU interpreter compares bf16 wrongly.
+        bound = key.to(bounds_dtype).to(tl.float32)
         low = bounds_ptr + page * 2 * HEAD_DIM + dims
-        tl.store(low, tl.minimum(tl.load(low), bound))
-        tl.store(low + HEAD_DIM, tl.maximum(tl.load(low + HEAD_DIM), bound))
+        tl.store(low, tl.minimum(tl.load(low).to(tl.float32), bound).to(bounds_dtype))
+        high = low + HEAD_DIM
+        tl.store(high, tl.maximum(tl.load(high).to(tl.float32), bound).to(bounds_dtype))
         total = key_sum_ptr + page * HEAD_DIM + dims
         tl.store(total, tl.load(total) + key.to(tl.float32))
 
