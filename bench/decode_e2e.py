@@ -176,11 +176,11 @@ class DecodeBench:
         timed_step = pipelined_step if self.overlap else step
         for _ in range(WARMUP_STEPS):  # the second sight of a shape captures its graph
             step()
-        before = runner.graph_stats()
         torch.cuda.synchronize()
         if self.overlap:  # fill the pipeline: a timed step then ends one step in flight
             for _ in range(2):
                 pipelined_step()
+        before = runner.graph_stats()  # after the fill: the counters cover the timed steps only
         host_times.clear()
         times = []
         for _ in range(steps):
