@@ -240,6 +240,10 @@ class EngineLoop:
                 num_waiting=stats.num_waiting,
                 kv_pages_used=stats.kv_pages_used,
                 kv_pages_total=stats.kv_pages_total,
+                graph_replays=stats.graph_replays,
+                eager_decodes=stats.eager_decodes,
+                ahead_steps=stats.ahead_steps,
+                serial_steps=stats.serial_steps,
             ),
         )
 

@@ -34,13 +34,18 @@ class Abort:
 
 @dataclass(frozen=True, slots=True)
 class LoopStats:
-    """A snapshot for the gauges: requests admitted, running and waiting, and KV use."""
+    """A snapshot for the gauges: requests admitted, running and waiting, and KV use; and the
+    engine's cumulative step counters (:class:`lil_sparse.engine.EngineStats`)."""
 
     in_flight: int
     num_running: int
     num_waiting: int
     kv_pages_used: int
     kv_pages_total: int
+    graph_replays: int = 0
+    eager_decodes: int = 0
+    ahead_steps: int = 0
+    serial_steps: int = 0
 
     @property
     def kv_usage_ratio(self) -> float:

@@ -75,6 +75,21 @@ class ServerMetrics:
             by_policy,
             registry=r,
         )
+        self.decode_forwards = Counter(
+            f"{PREFIX}_decode_forwards",
+            "Decode forwards by how they ran: a CUDA graph replayed, or eager (graphs off, or the "
+            "first sight of a step shape).",
+            ("model", "path"),
+            registry=r,
+        )
+        self.sampling_steps = Counter(
+            f"{PREFIX}_sampling_steps",
+            "Engine steps that sampled, by scheduling: the next decode launched before this step's "
+            "tokens were handled (ahead, overlap scheduling) or after (serial).",
+            ("model", "scheduling"),
+            registry=r,
+        )
+        self._step_counts = {"graph": 0, "eager": 0, "ahead": 0, "serial": 0}
         self.guardian_early_stops = Counter(
             f"{PREFIX}_guardian_early_stops", "Requests stopped early by Guardian.", by_policy, registry=r
         )
@@ -95,6 +110,10 @@ class ServerMetrics:
         # Zero-valued children exist from the start so dashboards and tests see every series.
         for gauge in (self.requests_running, self.requests_waiting, self.kv_cache_usage):
             gauge.labels(model=model).set(0)
+        for path in ("graph", "eager"):
+            self.decode_forwards.labels(model=model, path=path)
+        for scheduling in ("ahead", "serial"):
+            self.sampling_steps.labels(model=model, scheduling=scheduling)
 
     def observe_stats(self, stats: LoopStats) -> None:
         self.last_stats = stats  # read by the SMG service's GetLoads
@@ -103,7 +122,23 @@ class ServerMetrics:
         # never exceeds max_waiting while slots are the limit (docs/reliability.md, admission).
         self.requests_waiting.labels(model=self.model).set(stats.num_waiting)
         self.kv_cache_usage.labels(model=self.model).set(stats.kv_usage_ratio)
+        self._count_steps(stats)
         self.vllm.observe_stats(stats)
+
+    def _count_steps(self, stats: LoopStats) -> None:
+        """Advance the step counters by what the engine's cumulative counts grew since the last
+        snapshot (the engine counts; the exporter only follows)."""
+        totals = {
+            ("graph", self.decode_forwards, "path"): stats.graph_replays,
+            ("eager", self.decode_forwards, "path"): stats.eager_decodes,
+            ("ahead", self.sampling_steps, "scheduling"): stats.ahead_steps,
+            ("serial", self.sampling_steps, "scheduling"): stats.serial_steps,
+        }
+        for (name, counter, label), total in totals.items():
+            grown = total - self._step_counts[name]
+            if grown > 0:
+                counter.labels(**{"model": self.model, label: name}).inc(grown)
+                self._step_counts[name] = total
 
     def observe_finished(self, event: TokenEvent, options: RequestOptions) -> None:
         report: RequestReport | None = event.report

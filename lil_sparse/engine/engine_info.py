@@ -22,10 +22,20 @@ class EngineInfo:
 
 @dataclass(frozen=True)
 class EngineStats:
-    """``num_running`` counts every admitted request, ``num_prefilling`` of them included."""
+    """``num_running`` counts every admitted request, ``num_prefilling`` of them included.
+
+    Cumulative since the engine started: decode forwards that replayed a CUDA graph
+    (``graph_replays``) or ran eagerly (``eager_decodes``: graphs off, or a shape's first sight),
+    and sampling steps that launched the next decode ahead (``ahead_steps``, overlap scheduling)
+    or ran serially (``serial_steps``).
+    """
 
     num_running: int
     num_waiting: int
     kv_pages_used: int
     kv_pages_total: int
     num_prefilling: int = 0
+    graph_replays: int = 0
+    eager_decodes: int = 0
+    ahead_steps: int = 0
+    serial_steps: int = 0

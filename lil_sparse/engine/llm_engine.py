@@ -184,12 +184,17 @@ class LLMEngine(StepTokens, GuardianVerdicts):
         return bool(self._sequences)
 
     def stats(self) -> EngineStats:
+        graphs, overlap = self.runner.graph_stats(), self.overlap.stats()
         return EngineStats(
             self.scheduler.num_running,
             self.scheduler.num_waiting,
             self.pool.num_used,
             self.pool.num_pages,
             self.scheduler.num_prefilling,
+            graph_replays=graphs["replays"],
+            eager_decodes=graphs["eager_steps"],
+            ahead_steps=overlap["ahead_steps"],
+            serial_steps=overlap["serial_steps"],
         )
 
     def overlap_stats(self) -> dict[str, int]:

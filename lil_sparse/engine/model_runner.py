@@ -73,6 +73,7 @@ class ModelRunner:
             selection_cost or SelectionCost(),
         )
         self.graphs: DecodeGraphs | None = None
+        self.ungraphed_decodes = 0  # decode forwards run without a graph runner (graphs off)
         if cuda_graphs and capturable and isinstance(backend, FlashInferBackend):
             self.graphs = DecodeGraphs(model, kv, backend, self.num_kv_heads)
 
@@ -205,6 +206,7 @@ class ModelRunner:
             )
             hidden = self.model(inputs.input_ids, inputs.positions, attention)
             logits = self.model.compute_logits(hidden)[:count]
+            self.ungraphed_decodes += 1
         for seq in seqs:
             seq.num_cached_tokens += 1
         self._record_kv(seqs, page_counts, selecting)
@@ -237,7 +239,8 @@ class ModelRunner:
         """CUDA-graph counters: ``replays``, ``eager_steps`` (no graph for the shape yet, or graphs
         off), ``captures``, ``evictions`` (least recently used graphs dropped), ``cached``."""
         if self.graphs is None:
-            return {"replays": 0, "eager_steps": 0, "captures": 0, "evictions": 0, "cached": 0}
+            eager = self.ungraphed_decodes
+            return {"replays": 0, "eager_steps": eager, "captures": 0, "evictions": 0, "cached": 0}
         return self.graphs.stats()
 
     def selection_stats(self) -> dict[str, dict[str, int]]:

@@ -1,0 +1,45 @@
+"""The engine's step counters reach Prometheus: CUDA-graph replays vs eager decode forwards, and
+sampling steps that launched the next decode ahead (overlap scheduling) vs serial ones."""
+
+from __future__ import annotations
+
+from lil_sparse.config import EngineConfig
+from lil_sparse.engine import LLMEngine
+from lil_sparse.options import RequestOptions, StoppingOptions
+from server.loop_messages import LoopStats
+from server.metrics import ServerMetrics
+
+
+def value(metrics: ServerMetrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, {"model": "tiny", **labels})
+
+
+def test_counters_follow_the_engine_totals():
+    metrics = ServerMetrics("tiny")
+    # Every series exists at zero before the first step.
+    assert value(metrics, "lil_sparse_decode_forwards_total", path="graph") == 0
+    assert value(metrics, "lil_sparse_sampling_steps_total", scheduling="ahead") == 0
+    metrics.observe_stats(LoopStats(0, 0, 0, 0, 10, graph_replays=3, eager_decodes=2, ahead_steps=4))
+    metrics.observe_stats(
+        LoopStats(0, 0, 0, 0, 10, graph_replays=7, eager_decodes=2, ahead_steps=9, serial_steps=1)
+    )
+    metrics.observe_stats(
+        LoopStats(0, 0, 0, 0, 10, graph_replays=7, eager_decodes=2, ahead_steps=9, serial_steps=1)
+    )
+    assert value(metrics, "lil_sparse_decode_forwards_total", path="graph") == 7
+    assert value(metrics, "lil_sparse_decode_forwards_total", path="eager") == 2
+    assert value(metrics, "lil_sparse_sampling_steps_total", scheduling="ahead") == 9
+    assert value(metrics, "lil_sparse_sampling_steps_total", scheduling="serial") == 1
+
+
+def test_engine_stats_count_decodes_and_sampling_steps(tiny_model_dir):
+    """On CPU (no graphs, overlap off): a request of 6 tokens samples 6 times (prefill, then 5
+    decode steps), all serial, and runs 5 eager decode forwards."""
+    engine = LLMEngine.from_config(EngineConfig(model=str(tiny_model_dir), guardian_workers=0))
+    options = RequestOptions(stopping=StoppingOptions(max_new_tokens=6, ignore_eos=True))
+    (report,) = engine.generate([[5, 6, 7, 8]], [options])
+    engine.close()
+    stats = engine.stats()
+    assert report.completion_tokens == 6
+    assert (stats.graph_replays, stats.eager_decodes) == (0, 5)
+    assert (stats.ahead_steps, stats.serial_steps) == (0, 6)
