@@ -4,7 +4,7 @@ The runner turns scheduled sequences into flat device tensors. Per decode step i
 per-sequence integers to the device once (positions, held pages, budgets), builds every page
 index on the device, groups rows by policy (at most five groups) and gives the model one
 :class:`DecodeAttention` that serves every layer (inputs: decode_inputs.py; per-layer layouts:
-decode_layouts.py; CUDA graphs: cuda_graphs.py).
+decode_layouts.py; policy groups: policy_groups.py; CUDA graphs: cuda_graphs.py).
 
 Prefill runs the step's prompt chunks (a whole prompt is one chunk) in one model call with a
 :class:`~lil_sparse.engine.prefill_attention.PrefillAttention`.
@@ -12,16 +12,15 @@ Prefill runs the step's prompt chunks (a whole prompt is one chunk) in one model
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
 from lil_sparse.attention.backend import AttentionBackend
 from lil_sparse.attention.flashinfer_backend import FlashInferBackend
 from lil_sparse.engine.cuda_graphs import DecodeGraphs, DecodeStep
 from lil_sparse.engine.decode_inputs import build_decode_inputs
-from lil_sparse.engine.decode_layouts import DecodeLayouts, dense_until, distinct_layouts
+from lil_sparse.engine.decode_layouts import DecodeLayouts, distinct_layouts
 from lil_sparse.engine.page_manager import PageManager
+from lil_sparse.engine.policy_groups import build_policy_groups
 from lil_sparse.engine.prefill_attention import ChunkRows, PrefillAttention
 from lil_sparse.engine.selection_gate import SelectionCost, SelectionGate
 from lil_sparse.engine.sequence import PrefillChunk, Sequence
@@ -29,7 +28,7 @@ from lil_sparse.engine.step_attention import DecodeAttention, PolicyGroup
 from lil_sparse.kernels import TRITON_AVAILABLE
 from lil_sparse.kv import KVCache
 from lil_sparse.models.transformer import CausalLM
-from lil_sparse.policies import POLICIES, get_policy
+from lil_sparse.policies import get_policy
 
 WIDTH_STEP = 256  # pages (4096 tokens at page size 16)
 
@@ -260,48 +259,8 @@ class ModelRunner:
         width: int,
         step_rows: int,
     ) -> list[PolicyGroup]:
-        """Groups of rows whose policy selects or observes; ``selecting``: the gate's decision
-        per sequence (:meth:`SelectionGate.selecting`); ``step_rows``: sequences in the step,
-        padding included. A selecting policy's request that does not select this step (it holds
-        no more pages than its budget, or its group's selection cannot pay) stays out of the
-        group and attends its base pages (the dense path: same pages in order, no selection
-        work), so a step pays for selection only on rows that select and skips a group with
-        none (a group that is not built keeps no graph key of its own)."""
-        heads = self.num_kv_heads
-        members: dict[str, list[int]] = {}
-        for index, seq in enumerate(seqs):
-            if get_policy(seq.policy).observes_attention or selecting[index]:
-                members.setdefault(seq.policy, []).append(index)
-        groups = []
-        for name in POLICIES:  # registry order: a stable group order keeps graph keys stable
-            if name not in members:
-                continue
-            policy = POLICIES[name]
-            group_index = members[name]
-            member_seqs = [seqs[i] for i in group_index]
-            all_rows = len(group_index) == step_rows
-            batch, _ = self.pages.policy_batch(member_seqs, None, width, step_index=group_index)
-            layout = None
-            if policy.observes_attention:  # only H2O packs its own rows' attention
-                counts = [
-                    policy.attended_pages(s.held_pages, s.budget_pages)
-                    for s in member_seqs
-                    for _ in range(heads)
-                ]
-                rows_last = last_page_len if all_rows else last_page_len[batch.rows]  # device index
-                host_last = tuple(
-                    s.next_position % self.page_size + 1 for s in member_seqs for _ in range(heads)
-                )
-                layout = self.layouts.layout(counts, rows_last, host_last, 0)
-            # A fixed top-k size (the largest budget, not the largest current selection) keeps
-            # selection shapes static while sequences grow into their budget; rows that select
-            # fewer pages ignore the extra candidates.
-            max_select = min(max(s.budget_pages for s in member_seqs), width)
-            uniform = all(min(s.held_pages, s.budget_pages) == max_select for s in member_seqs)
-            batch = replace(batch, layout=layout, max_select=max_select, uniform_select=uniform)
-            dense = [dense_until(s) for s in member_seqs]
-            groups.append(PolicyGroup(policy, batch, min(dense), max(dense), all_rows=all_rows))
-        return groups
+        """:func:`~lil_sparse.engine.policy_groups.build_policy_groups` over this runner's pages."""
+        return build_policy_groups(seqs, selecting, last_page_len, width, step_rows, self.pages, self.layouts)
 
     def _record_kv(
         self, seqs: list[Sequence], per_seq: list[tuple[int, int, int]], selecting: list[bool]
