@@ -128,6 +128,7 @@ def report(parts: list[dict], engine: dict | None, lines: list[str]) -> str:
     out = ["# Decode speed targets (issue 11)", ""]
     for part in parts:
         out += [
+            f"- results file `{part.get('results_file', '?')}`:",
             f"- device: {part['device']}",
             f"- date: {part['date']}",
             f"- command: `{part['command']}`",
@@ -141,10 +142,10 @@ def report(parts: list[dict], engine: dict | None, lines: list[str]) -> str:
         ]
     if engine:
         when = f", {engine['device']}, {engine['date']}" if "date" in engine else ""
-        out.append(
-            f"- engine step: `python bench/engine_step.py` on {engine['model']}, CUDA graphs, greedy, "
-            f"full{when}"
-        )
+        command = engine.get("command", "python bench/engine_step.py")
+        out.append(f"- engine step: `{command}` on {engine['model']}, CUDA graphs, greedy, full{when}")
+        if "note" in engine:
+            out.append(f"  ({engine['note']})")
         for r in engine["engine_step"]:
             out.append(
                 f"  - batch {r['batch']}, overlap {'on' if r.get('overlap') else 'off'}: "
@@ -196,7 +197,11 @@ def report(parts: list[dict], engine: dict | None, lines: list[str]) -> str:
     for key, r in runs.items():
         parts_of_key = key.split("|")
         if not r.get("tbt_ms"):
-            out.append(f"| {' | '.join(parts_of_key[:3])} | all | - | does not fit | | | | | |")
+            if parts_of_key[0] == "mixed":  # mixed|model|context|per_policy
+                where = f"{parts_of_key[1]} | {parts_of_key[2]} | {int(parts_of_key[3]) * 5} | mixed"
+            else:
+                where = f"{' | '.join(parts_of_key[:3])} | all"
+            out.append(f"| {where} | - | does not fit | | | | | |")
             continue
         if parts_of_key[0] == "mixed-base":
             name, context, batch, policy, budget, dense = *parts_of_key[1:], "full (fixed cost)", "0", None
@@ -225,7 +230,7 @@ def main() -> None:
     parser.add_argument("--engine", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    parts = [json.loads(path.read_text()) for path in args.results]
+    parts = [dict(json.loads(path.read_text()), results_file=path.name) for path in args.results]
     engine = json.loads(args.engine.read_text()) if args.engine and args.engine.is_file() else None
     runs = {k: v for part in parts for k, v in part["runs"].items()}
     lines = evaluate(runs, engine)

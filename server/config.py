@@ -254,7 +254,9 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "selection",
         str,
-        "when quest/infllm select: auto (when_faster on CUDA, exact on CPU), exact, when_faster",
+        "when quest/infllm select pages: exact (always, within the budget), when_faster (attend "
+        "densely in a step where selection would cost more than it saves), or auto (default: "
+        "when_faster on CUDA, exact on CPU)",
     ),
     Setting(
         "overlap_scheduling",

@@ -25,14 +25,15 @@ from lil_sparse.policies import get_policy
 
 __all__ = ["SELECTION_MODES", "SelectionCost", "SelectionGate"]
 
-# Device constants measured on the H200 with fused selection (2026-11-30, main after the fused
-# page-selection kernels; `bench/decode_e2e.py --models qwen1.5b,llama8b --contexts 4096,32768
-# --batches 1,8,32 --runs full:0,quest:1024,infllm:1024 --selection exact`, then
-# `bench/gate_constants.py` on its JSON): copy bandwidth 4251 GB/s; latency per selecting layer
-# 11-26 us at batch 1 and 8 up to 32k, 17-63 us at batch 32 (the "fixed" cost grows with rows and
-# width), medians 23.7 us (quest) and 18.8 us (infllm) over the twelve cells per policy. With
-# 24 us the rule picks the faster side in every cell of that run where the two differ by more
-# than 5%. Before the fused kernels the same cost was 50-90 us per layer.
+# Device constants measured on the H200 with fused selection (2026-11-30 12:54 UTC, main after the
+# fused page-selection kernels; `bench/decode_e2e.py --models qwen1.5b,llama8b --contexts
+# 4096,32768 --batches 1,8,32 --runs full:0,quest:1024,infllm:1024 --selection exact`, then
+# `PYTHONPATH=. python bench/gate_constants.py` on its JSON, docs/bench/decode_selection_exact.json):
+# copy bandwidth 4251 GB/s; latency per selecting layer 11-26 us at batch 1 and at 4k / batch 8,
+# 30-39 us at 32k / batch 8, 17-63 us at batch 32 (the "fixed" cost grows with rows and width),
+# medians 23.7 us (quest) and 18.8 us (infllm) over the twelve cells per policy. With 24 us the
+# rule picks the faster side in every cell of that run where the two differ by more than 5%.
+# Before the fused kernels the same cost was 50-90 us per layer.
 DEFAULT_HBM_BYTES_PER_SECOND = 4.2e12
 DEFAULT_SELECTION_LATENCY_US = 24.0
 
