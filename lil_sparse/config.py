@@ -46,7 +46,8 @@ class EngineConfig:
     step n+1 right after sampling step n, before the host handles step n's tokens (detokenizer,
     stop checks), so that host work runs while the GPU decodes (SGLang's overlap scheduler,
     vLLM's async scheduling). Outputs equal the serial engine's (lil_sparse/engine/overlap.py
-    says why); a step with a Guardian or answer-phase request runs serially. It needs
+    says why); Guardian requests run ahead between checks, and a step where a token could pause a
+    request for a pending check, or with an answer phase, runs serially. It needs
     ``chunked_prefill`` (the unchunked scheduler skips decode in a prefill step).
     """
 

@@ -103,6 +103,23 @@ class GuardianDriver:
         bound = 0 if seq.request_id in self._pause_at_check else self.max_lag_steps
         return pending is not None and len(pending) > 0 and seq.num_output_tokens - pending[0] >= bound
 
+    def may_pause_after_token(self, seq: Sequence) -> bool:
+        """Whether the request could be paused (:meth:`lagging`) at the next step, once the token
+        being handled now is appended: a pending check it would be ``max_lag_steps`` (0 for stop
+        action ``answer``) tokens past, or a check due at that token under a lag bound of 0.
+        Verdicts only ever shrink the pending checks, so False is a promise (overlap scheduling
+        runs such a request ahead); True may be cautious."""
+        request_id = seq.request_id
+        guardian = self._guardians.get(request_id)
+        if guardian is None:
+            return False
+        generated = seq.num_output_tokens + 1
+        bound = 0 if request_id in self._pause_at_check else self.max_lag_steps
+        pending = self._pending.get(request_id)
+        if pending and generated - pending[0] >= bound:
+            return True
+        return bound == 0 and request_id not in self._closed and guardian.due(generated)
+
     def collect(self) -> list[tuple[str, GuardianCheckRecord | Exception]]:
         """Verdicts (or a check's exception) that arrived since the last call. Never blocks.
 

@@ -11,8 +11,12 @@ Why outputs equal the serial engine's. The decode launched ahead for a request r
 what the serial step n+1 would: the token sampled for it (the device tensor the host copy is
 made from), its position and pages (host counts that step n's token handling never changes).
 Only requests whose next input or pause state that handling cannot change run ahead
-(:func:`runs_ahead`): no answer phase (it replaces the sampled token), no Guardian (a check can
-pause it), no abort or pending finish. One such request in the step and the step runs serially.
+(:func:`runs_ahead`): no answer phase (it replaces the sampled token), no Guardian request that
+this token could pause (a pending check it would lag behind:
+:meth:`GuardianDriver.may_pause_after_token`; between checks Guardian requests run ahead), no
+abort or pending finish. One such request in the step and the step runs serially. A Guardian
+request whose token stops it while a check is pending waits for the verdict and then finishes,
+so it never decodes again: its row run ahead is dropped like a finished one's.
 A request that the handling finishes (EOS, stop string, length) is released as usual: the GPU
 stream orders the ahead step's reads and writes of its pages and block-table slot before any
 later reuse, and its row is dropped. The chunked scheduler decodes every running request that
@@ -66,12 +70,13 @@ def runs_ahead(
     seqs: list[Sequence],
     answering: Collection[str],
     finishing: Collection[str],
-    watched: Callable[[str], bool],
+    may_pause: Callable[[Sequence], bool],
 ) -> bool:
     """Whether no row's next decode input or pause state can change while the host handles
-    its token: no answer phase, no pending finish, no Guardian, no abort requested."""
+    its token: no answer phase, no pending finish, no abort requested, and no Guardian request
+    that its token could pause (``may_pause``: a check it would lag behind)."""
     return not any(
-        s.abort_requested or s.request_id in answering or s.request_id in finishing or watched(s.request_id)
+        s.abort_requested or s.request_id in answering or s.request_id in finishing or may_pause(s)
         for s in seqs
     )
 

@@ -46,7 +46,8 @@ class StepTokens(TokenPath):
             events = [self._fail(seq, "sampling", error) for seq, error in failed]
             return events + self._handle_tokens(kept, tokens, logprobs)
         launch_error: Exception | None = None
-        if self.config.overlaps and runs_ahead(seqs, self._answers, self._finishing, self.guardian.watches):
+        may_pause = self.guardian.may_pause_after_token
+        if self.config.overlaps and runs_ahead(seqs, self._answers, self._finishing, may_pause):
             try:
                 self.overlap.launch(seqs, inflight.token_ids)
             except Exception as error:
@@ -77,9 +78,14 @@ class StepTokens(TokenPath):
         return events
 
     def _fail_stale(self, seqs: list[Sequence]) -> list[TokenEvent]:
-        """Requests decoded ahead but not scheduled (impossible, see overlap.py) fail loudly
-        rather than silently lose a token."""
-        return [self._fail(s, "overlap", RuntimeError("decoded ahead but not scheduled")) for s in seqs]
+        """Requests decoded ahead but not scheduled fail loudly rather than silently lose a token,
+        except one that stopped while a Guardian check was pending: it waits for the verdict and
+        then finishes without decoding again, so its row run ahead is simply dropped."""
+        return [
+            self._fail(s, "overlap", RuntimeError("decoded ahead but not scheduled"))
+            for s in seqs
+            if s.request_id not in self._finishing
+        ]
 
     def _fail_forward(self, seqs: list[Sequence], error: Exception) -> list[TokenEvent]:
         """A model call failed: every request it ran fails (their pages are freed)."""

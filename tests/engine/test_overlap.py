@@ -1,7 +1,8 @@
 """Overlap scheduling equals the serial engine: the same tokens, text, finish reasons and KV
 reports for every policy under staggered arrivals, chunked prompts, stop strings, EOS, length
-caps and aborts; Guardian and answer-phase requests run serially; the decode launched ahead can
-fail without losing a token; the engine chaos and isolation tests pass with it on."""
+caps and aborts; Guardian requests run ahead between checks, answer phases serially; the decode
+launched ahead can fail without losing a token; the engine chaos and isolation tests pass with it
+on."""
 
 from __future__ import annotations
 
@@ -206,13 +207,16 @@ def guardian_workload() -> Workload:
     return Workload(sorted(plain.arrivals + guarded, key=lambda a: a.step), {})
 
 
-def test_guardian_and_answer_requests_run_serially_with_equal_outputs(tiny_model_dir: Path) -> None:
+def test_guardian_requests_run_ahead_between_checks_with_equal_outputs(tiny_model_dir: Path) -> None:
+    """A Guardian request runs ahead whenever its token cannot pause it; a stop-action "answer"
+    request (lag bound 0) never at a token where a check is due, and never in its answer phase
+    (the host replaces its sampled tokens). Outputs equal the serial engine's."""
     serial_engine, overlap_engine = make_engine(tiny_model_dir, False), make_engine(tiny_model_dir, True)
-    launched: list[set[str]] = []
+    launched: list[dict[str, int]] = []  # per launch: request -> its token count once handled
     real_launch = overlap_engine.overlap.launch
 
     def launch(seqs, token_ids) -> None:
-        launched.append({s.request_id for s in seqs})
+        launched.append({s.request_id: s.num_output_tokens + 1 for s in seqs})
         real_launch(seqs, token_ids)
 
     overlap_engine.overlap.launch = launch  # type: ignore[method-assign]
@@ -220,9 +224,13 @@ def test_guardian_and_answer_requests_run_serially_with_equal_outputs(tiny_model
     serial, overlapped = run(serial_engine, work), run(overlap_engine, work)
     assert_same(serial, overlapped)
     assert serial.reports["g0"].finish_reason == FinishReason.EARLY_STOP
-    assert serial.reports["g1"].guardian.answer_tokens == 4  # the answer phase ran
-    assert not any({"g0", "g1"} & ids for ids in launched)  # never launched ahead
-    assert overlapped.stats["serial_steps"] > 0 and overlapped.stats["ahead_steps"] == len(launched) > 0
+    answer = serial.reports["g1"].guardian
+    assert answer.answer_tokens == 4  # the answer phase ran
+    g0 = [counts["g0"] for counts in launched if "g0" in counts]
+    g1 = [counts["g1"] for counts in launched if "g1" in counts]
+    assert g0 and g1  # both Guardian requests ran ahead between checks
+    assert all(count % 5 and count <= answer.applied_at_step for count in g1)
+    assert overlapped.stats["serial_steps"] > 0 and overlapped.stats["ahead_steps"] == len(launched)
     serial_engine.close()
     overlap_engine.close()
 
@@ -273,6 +281,44 @@ def test_a_request_paused_for_guardian_decodes_in_a_catch_up_call(tiny_model_dir
         step()
     for request_id, report in zip(ids, expected, strict=True):
         assert comparable(reports[request_id])[:9] == comparable(report)[:9]
+    assert engine.pool.num_used == 0
+    engine.close()
+
+
+def test_a_request_stopping_while_its_check_is_pending_drops_its_row_run_ahead(tiny_model_dir: Path) -> None:
+    """A Guardian request that reaches its length cap while a check is held runs ahead at that
+    token (nothing could pause it), then waits for the verdict and finishes: its row run ahead is
+    dropped, not failed, and its report equals the serial engine's."""
+    gate = threading.Event()
+
+    def gated_size(data: bytes) -> int:
+        gate.wait(timeout=30)
+        return zlib_compressed_size(data)
+
+    guarded = RequestOptions(
+        stopping=StoppingOptions(max_new_tokens=8, ignore_eos=True),
+        guardian=GuardianOptions(enabled=True, interval_tokens=5, threshold_bytes=0),  # never stops
+    )
+    prompt = [5 + i for i in range(20)]
+    serial_engine = make_engine(tiny_model_dir, False)
+    (expected,) = serial_engine.generate([prompt], [guarded])
+    serial_engine.close()
+    engine = make_engine(tiny_model_dir, True)
+    engine.guardian.shutdown()
+    engine.guardian = GuardianDriver(workers=2, max_lag_steps=100, compressed_size=gated_size)
+    request_id = engine.add_request(prompt, guarded)
+    reports: dict[str, RequestReport] = {}
+    for _ in range(12):  # prefill + 7 decode steps: the 8th token lands with the check still held
+        reports.update({e.request_id: e.report for e in engine.step() if e.report is not None})
+    assert request_id in engine._finishing and not reports
+    assert engine.overlap_stats()["ahead_steps"] >= 7
+    gate.set()
+    assert engine.guardian.pool.wait(request_id, timeout=30)
+    while engine.has_unfinished():
+        reports.update({e.request_id: e.report for e in engine.step() if e.report is not None})
+    report = reports[request_id]
+    assert report.finish_reason == FinishReason.LENGTH and not report.error
+    assert comparable(report)[:9] == comparable(expected)[:9]
     assert engine.pool.num_used == 0
     engine.close()
 
