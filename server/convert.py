@@ -286,4 +286,6 @@ def info_response(
         default_options=resolved_options_message(defaults),
         limits=limits,
         server_version=server_version,
+        selection=str(getattr(info, "selection", "exact")),
+        overlap_scheduling=bool(getattr(info, "overlap_scheduling", False)),
     )

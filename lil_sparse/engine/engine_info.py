@@ -18,6 +18,8 @@ class EngineInfo:
     device: str
     dtype: str
     num_pages_total: int
+    selection: str = "exact"  # EngineConfig.selection
+    overlap_scheduling: bool = False  # EngineConfig.overlaps (resolved)
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,8 @@ class LLMEngine(StepTokens, GuardianVerdicts):
             device=config.device,
             dtype=str(dtype).removeprefix("torch."),
             num_pages_total=num_pages,
+            selection=config.selection,
+            overlap_scheduling=config.overlaps,
         )
 
     @property

@@ -49,6 +49,7 @@ def test_health_info_and_reflection(tiny_model_dir: Path, tiny_engine: Any) -> N
         assert (info.limits.max_running, info.limits.max_waiting) == (3, 5)
         assert info.default_options.stopping.max_new_tokens == 256
         assert info.server_version
+        assert (info.selection, info.overlap_scheduling) == ("exact", False)  # CPU defaults
         with grpc.insecure_channel(background.address) as channel:
             stub = reflection_pb2_grpc.ServerReflectionStub(channel)
             (reply,) = stub.ServerReflectionInfo(

@@ -1,11 +1,15 @@
-"""The engine's step counters reach Prometheus: CUDA-graph replays vs eager decode forwards, and
-sampling steps that launched the next decode ahead (overlap scheduling) vs serial ones."""
+"""The engine's step counters reach Prometheus (CUDA-graph replays vs eager decode forwards, and
+sampling steps that launched the next decode ahead vs serial ones), and GetInfo reports the
+resolved selection and overlap modes."""
 
 from __future__ import annotations
+
+from lil_client._proto.lil_sparse.v1 import service_pb2
 
 from lil_sparse.config import EngineConfig
 from lil_sparse.engine import LLMEngine
 from lil_sparse.options import RequestOptions, StoppingOptions
+from server import convert
 from server.loop_messages import LoopStats
 from server.metrics import ServerMetrics
 
@@ -43,3 +47,16 @@ def test_engine_stats_count_decodes_and_sampling_steps(tiny_model_dir):
     assert report.completion_tokens == 6
     assert (stats.graph_replays, stats.eager_decodes) == (0, 5)
     assert (stats.ahead_steps, stats.serial_steps) == (0, 6)
+
+
+def test_info_reports_the_resolved_selection_and_overlap_modes(tiny_model_dir):
+    """GetInfo tells clients whether outputs may depend on batch mates (``when_faster``) and
+    whether steps run ahead, as the engine resolved them."""
+    engine = LLMEngine.from_config(
+        EngineConfig(
+            model=str(tiny_model_dir), guardian_workers=0, selection="when_faster", overlap_scheduling=True
+        )
+    )
+    engine.close()
+    reply = convert.info_response(engine.info, RequestOptions(), service_pb2.Limits(), "test")
+    assert (reply.selection, reply.overlap_scheduling) == ("when_faster", True)

@@ -199,6 +199,8 @@ def _info(client: LilClient, args: argparse.Namespace, out: TextIO) -> None:
         f"policies: {', '.join(p.name for p in info.policies)}\n"
         f"limits: {info.limits.max_running} running, {info.limits.max_waiting} waiting, "
         f"max_new_tokens up to {info.limits.max_new_tokens_limit}\n"
+        f"selection: {info.selection or 'exact'}; overlap scheduling: "
+        f"{'on' if info.overlap_scheduling else 'off'}\n"
         + format_defaults(info.default_options)
         + f"server: {info.server_version}\n"
     )
