@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 
 
@@ -39,10 +39,13 @@ def _grade_pair(pair: tuple[str, str]) -> Grade:
     return grade(*pair)
 
 
-def grade_many(pairs: list[tuple[str, str]], workers: int = 0) -> list[Grade]:
-    """Grade ``(output_text, gold)`` pairs in input order; ``workers > 1`` uses processes (each
-    grade is 10-20 ms of sympy, and math-verify's timeouts need a main thread per process)."""
+def grade_many(pairs: list[tuple[str, str]], workers: int = 0, pool: Executor | None = None) -> list[Grade]:
+    """Grade ``(output_text, gold)`` pairs in input order; ``workers > 1`` uses that many
+    processes (each grade is 10-20 ms of sympy, and math-verify's timeouts need a main thread
+    per process), ``pool`` an existing process pool (a sweep grades as it goes, with one pool)."""
+    if pool is not None:
+        return list(pool.map(_grade_pair, pairs))
     if workers <= 1 or len(pairs) < 2 * workers:
         return [grade(text, gold) for text, gold in pairs]
-    with ProcessPoolExecutor(workers) as pool:
-        return list(pool.map(_grade_pair, pairs, chunksize=max(1, len(pairs) // (8 * workers))))
+    with ProcessPoolExecutor(workers) as new_pool:
+        return list(new_pool.map(_grade_pair, pairs, chunksize=max(1, len(pairs) // (8 * workers))))

@@ -79,6 +79,9 @@ def _run_section(
         conditions = meta.get("config", {}).get("conditions", [])
         if conditions:
             lines.append(f"  - conditions: {', '.join(conditions)}")
+        slices = meta.get("slices", [])
+        if len(slices) > 1:
+            lines.append(f"  - run in {len(slices)} slices (`--resume`): " + "; ".join(map(_slice, slices)))
     report_command = config.command or "lil-eval report " + " ".join(str(p) for p in paths)
     lines.append(
         f"- **Report**: `{report_command}` ({datetime.now(timezone.utc).strftime('%Y-%m-%d')}); grading with "
@@ -86,6 +89,14 @@ def _run_section(
         f"({config.bootstrap} resamples), ± is one standard error."
     )
     return "\n".join(lines)
+
+
+def _slice(entry: dict[str, Any]) -> str:
+    """One slice of a resumed sweep: "2026-11-30 14:02 UTC, 420 records in 1650.2 s"."""
+    date = entry.get("date_utc", "?")
+    if not entry.get("finished"):
+        return f"{date}, did not finish (killed or failed; the records it wrote are kept)"
+    return f"{date}, {entry.get('records_added', '?')} records in {entry.get('wall_seconds', '?')} s"
 
 
 def problems_ran(records: list[SampleRecord]) -> str:
