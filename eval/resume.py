@@ -86,7 +86,10 @@ def read_meta(meta: Path, records: Path) -> dict[str, Any]:
             f"resume: {records} has no meta file {meta}, so its settings cannot be checked; "
             "write to a new --out"
         )
-    loaded: dict[str, Any] = json.loads(meta.read_text())
+    try:
+        loaded: dict[str, Any] = json.loads(meta.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"resume: {meta} is not valid JSON ({error}); write to a new --out") from error
     return loaded
 
 

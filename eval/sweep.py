@@ -14,7 +14,6 @@ lists what must match): the study runs in slices, one per session.
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 import time
@@ -33,7 +32,7 @@ from eval.guardian_replay import DEFAULT_BASE_INTERVAL
 from eval.prompting import prompt_token_ids
 from eval.records import SampleRecord, read_records_for_resume, replace_records, write_records
 from eval.resume import check_meta, output_settings, read_meta, recorded_keys
-from eval.sweep_meta import finish_meta, start_meta
+from eval.sweep_meta import finish_meta, start_meta, write_meta
 from eval.sweep_writer import PrefixWriter, RecordBuilder
 
 STUDY_SELECTION = "exact"  # EngineConfig.selection of every in-process sweep
@@ -219,7 +218,7 @@ def run_sweep(config: SweepConfig, out: Path) -> list[SampleRecord]:
         prompts = [tuple(prompt_token_ids(tokenizer, problem)) for problem in problems]
         names = (model_name, device_name, backend_name)
         meta = start_meta(meta, config, names, dtype, selection, len(problems), max(len(p) for p in prompts))
-        meta_path(out).write_text(json.dumps(meta, indent=2))
+        write_meta(meta_path(out), meta)
         # Guardian sees the prompt decoded with its special tokens (as the engine hands it over).
         prompt_texts = [tokenizer.decode(list(p), skip_special_tokens=False) for p in prompts]
         builder = RecordBuilder(
@@ -244,7 +243,7 @@ def run_sweep(config: SweepConfig, out: Path) -> list[SampleRecord]:
     admitted_completions(received, n, done)  # the slice and the kept records make a prefix
     records = kept + writer.records
     finish_meta(meta, records, problems, n, wall, len(writer.records))
-    meta_path(out).write_text(json.dumps(meta, indent=2))
+    write_meta(meta_path(out), meta)
     return records
 
 

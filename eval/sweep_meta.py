@@ -8,10 +8,13 @@ are in the file all the same.
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import sys
 from dataclasses import asdict
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eval.datasets import Problem
@@ -37,8 +40,7 @@ def start_meta(
     command = config.command or " ".join(sys.argv)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     this_slice = {"command": command, "date_utc": now, "host": platform.node(), "finished": False}
-    totals = {"records": 0, "problems_run": 0, "problems_run_per_set": {}, "generated_tokens": 0}
-    meta: dict[str, Any] = (totals if previous is None else dict(previous)) | {
+    meta: dict[str, Any] = dict(previous or {}) | {
         "command": command,
         "date_utc": now,
         "model": model_name,
@@ -60,6 +62,13 @@ def start_meta(
     }
     if dtype is not None:
         meta["dtype"] = dtype
+    for name, empty in (
+        ("records", 0),
+        ("problems_run", 0),
+        ("problems_run_per_set", {}),
+        ("generated_tokens", 0),
+    ):
+        meta.setdefault(name, empty)  # a fresh sweep until its first slice ends
     return meta
 
 
@@ -84,6 +93,13 @@ def finish_meta(
         "sweep_wall_seconds": round(sum(s.get("wall_seconds") or 0.0 for s in slices), 1),
         "generated_tokens": sum(r.output_tokens for r in records),
     }
+
+
+def write_meta(path: Path, meta: dict[str, Any]) -> None:
+    """Write ``meta`` as JSON atomically: a kill leaves the old file or the new one, never half."""
+    staged = path.parent / f".{path.name}.new"
+    staged.write_text(json.dumps(meta, indent=2))
+    os.replace(staged, path)
 
 
 def _slices(previous: dict[str, Any] | None) -> list[dict[str, Any]]:
