@@ -26,12 +26,13 @@ that docs/results/lil.md states).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eval.conditions import Condition
 from eval.datasets import Problem
-from eval.records import SampleRecord
+from eval.records import SampleRecord, read_records_for_resume, replace_records
 
 if TYPE_CHECKING:
     from eval.sweep import SweepConfig
@@ -152,3 +153,23 @@ def recorded_keys(
             raise ValueError(f"{where} under {conditions[j].label()} is recorded twice")
         keys.add(key)
     return keys
+
+
+def kept_records(out: Path) -> list[SampleRecord]:
+    """The records of a file to resume; one last line cut by a kill is dropped and the file
+    rewritten without it (appending after a cut line or gzip member would corrupt it)."""
+    recovered = read_records_for_resume(out)
+    if recovered.torn:
+        print(f"[lil-eval] resume: {out}: dropped a torn last record: {recovered.torn}", file=sys.stderr)
+    if recovered.needs_rewrite:
+        replace_records(out, recovered.records)
+    return recovered.records
+
+
+def slice_keys(missing: list[int], conditions: int, max_problems: int) -> list[int]:
+    """The missing job keys this run admits: all, or those of the first ``max_problems``
+    problems that miss any (a cut at admission by count)."""
+    if not max_problems:
+        return missing
+    first = set(sorted({key // conditions for key in missing})[:max_problems])
+    return [key for key in missing if key // conditions in first]

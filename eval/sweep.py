@@ -30,8 +30,8 @@ from eval.datasets import DatasetSelection, Problem, load_problems
 from eval.grading import grading_available
 from eval.guardian_replay import DEFAULT_BASE_INTERVAL
 from eval.prompting import prompt_token_ids
-from eval.records import SampleRecord, read_records_for_resume, replace_records, write_records
-from eval.resume import check_meta, output_settings, read_meta, recorded_keys
+from eval.records import SampleRecord, write_records
+from eval.resume import check_meta, kept_records, output_settings, read_meta, recorded_keys, slice_keys
 from eval.sweep_meta import finish_meta, start_meta, write_meta
 from eval.sweep_writer import PrefixWriter, RecordBuilder
 
@@ -187,10 +187,10 @@ def run_sweep(config: SweepConfig, out: Path) -> list[SampleRecord]:
         meta = read_meta(meta_path(out), out)
         settings = output_settings(config, model_name, None if config.server else device_name, selection)
         check_meta(meta, settings, out)
-        kept = _kept_records(out)
+        kept = kept_records(out)
         expected = {"model": model_name, "max_new_tokens": config.max_new_tokens}
         done = recorded_keys(kept, problems, config.conditions, expected, out)
-    missing = _slice([k for k in range(len(problems) * n) if k not in done], n, config.max_problems)
+    missing = slice_keys([k for k in range(len(problems) * n) if k not in done], n, config.max_problems)
     if config.resume and not resuming:
         print(f"[lil-eval] resume: no records at {out} yet; starting the sweep", file=sys.stderr)
     if resuming:
@@ -251,26 +251,6 @@ def _model_name(model: str) -> str:
     from lil_sparse.loading.loader import resolve_source
 
     return resolve_source(model)[1]
-
-
-def _kept_records(out: Path) -> list[SampleRecord]:
-    """The records of a file to resume; one last line cut by a kill is dropped and the file
-    rewritten without it (appending after a cut line or gzip member would corrupt it)."""
-    recovered = read_records_for_resume(out)
-    if recovered.torn:
-        print(f"[lil-eval] resume: {out}: dropped a torn last record: {recovered.torn}", file=sys.stderr)
-    if recovered.needs_rewrite:
-        replace_records(out, recovered.records)
-    return recovered.records
-
-
-def _slice(missing: list[int], conditions: int, max_problems: int) -> list[int]:
-    """The missing job keys this run admits: all, or those of the first ``max_problems``
-    problems that miss any (a cut at admission by count)."""
-    if not max_problems:
-        return missing
-    first = set(sorted({key // conditions for key in missing})[:max_problems])
-    return [key for key in missing if key // conditions in first]
 
 
 def _grading_pool(workers: int, stack: ExitStack) -> Executor | None:
