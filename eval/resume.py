@@ -17,10 +17,14 @@ those of the meta that decide what a sample's output is, or what its record hold
   stop action and forced-answer bound (their labels, in order);
 - ``config.base_interval`` and ``config.save_token_ids``: what the records hold.
 
+Each kept record is checked as well (:func:`recorded_keys`): it must be one of the selected
+problems with the same id and gold answer at its file position (the data folder's path may
+change, its content may not), under one of the conditions, with the same model and cap.
+
 Decoding is greedy, so there is no seed to compare. Batch size, KV cache size, concurrency,
-grading workers and the time limit may change between slices: they decide how fast a slice
-runs, not what it outputs (on a GPU, batch mates move greedy outputs within the noise floor
-that docs/results/lil.md states).
+grading workers and the limits may change between slices: they decide how fast a slice runs,
+not what a request outputs. (On a GPU, logits are not batch invariant, so greedy outputs depend
+on batch mates a little, within one sweep as much as across slices.)
 """
 
 from __future__ import annotations
