@@ -81,7 +81,7 @@ def _run_section(
             lines.append(f"  - conditions: {', '.join(conditions)}")
         slices = meta.get("slices", [])
         if len(slices) > 1:
-            lines.append(f"  - run in {len(slices)} slices (`--resume`): " + "; ".join(map(_slice, slices)))
+            lines.append(_slices_line(slices))
     report_command = config.command or "lil-eval report " + " ".join(str(p) for p in paths)
     lines.append(
         f"- **Report**: `{report_command}` ({datetime.now(timezone.utc).strftime('%Y-%m-%d')}); grading with "
@@ -91,12 +91,17 @@ def _run_section(
     return "\n".join(lines)
 
 
-def _slice(entry: dict[str, Any]) -> str:
-    """One slice of a resumed sweep: "2026-11-30 14:02 UTC, 420 records in 1650.2 s"."""
-    date = entry.get("date_utc", "?")
-    if not entry.get("finished"):
-        return f"{date}, did not finish (killed or failed; the records it wrote are kept)"
-    return f"{date}, {entry.get('records_added', '?')} records in {entry.get('wall_seconds', '?')} s"
+def _slices_line(slices: list[dict[str, Any]]) -> str:
+    """A resumed sweep's slices: "run in 3 slices (`--resume`) from A to B; records added: 6*, 6, 3"
+    with a star on each that did not finish."""
+    added = [f"{s.get('records_added', '?')}{'' if s.get('finished') else '*'}" for s in slices]
+    line = (
+        f"  - run in {len(slices)} slices (`--resume`) from {slices[0].get('date_utc', '?')} to "
+        f"{slices[-1].get('date_utc', '?')}; records added: {', '.join(added)}"
+    )
+    if any(not s.get("finished") for s in slices):
+        line += " (*: did not finish, killed or failed; the records it wrote are kept)"
+    return line
 
 
 def problems_ran(records: list[SampleRecord]) -> str:

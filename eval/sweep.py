@@ -32,7 +32,7 @@ from eval.guardian_replay import DEFAULT_BASE_INTERVAL
 from eval.prompting import prompt_token_ids
 from eval.records import SampleRecord, write_records
 from eval.resume import check_meta, kept_records, output_settings, read_meta, recorded_keys, slice_keys
-from eval.sweep_meta import finish_meta, start_meta, write_meta
+from eval.sweep_meta import finish_meta, record_progress, start_meta, write_meta
 from eval.sweep_writer import PrefixWriter, RecordBuilder
 
 STUDY_SELECTION = "exact"  # EngineConfig.selection of every in-process sweep
@@ -233,8 +233,13 @@ def run_sweep(config: SweepConfig, out: Path) -> list[SampleRecord]:
             grading_pool,
         )
         jobs = [Job(k, prompts[k // n], k // n) for k in missing]
-        writer = PrefixWriter(out, jobs, builder.build)
         started = time.perf_counter()
+
+        def progress() -> None:  # a slice killed later still says what it added, and how fast
+            record_progress(meta, len(writer.records), time.perf_counter() - started)
+            write_meta(meta_path(out), meta)
+
+        writer = PrefixWriter(out, jobs, builder.build, progress)
         received: list[Completion] = []
         for completion in _completions(config, jobs, engine):
             received.append(completion)

@@ -2,8 +2,8 @@
 
 Written when a slice starts (its settings, so a later ``--resume`` can check them, and the slice
 marked unfinished) and again when it ends (totals over the whole file, the slice's wall time).
-A slice killed before its end stays marked ``"finished": false``; its records up to the kill
-are in the file all the same.
+It is written again after every flush of records, so a slice killed before its end says how many
+records it wrote and how long it ran until then, marked ``"finished": false``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,14 @@ def start_meta(
     model_name, device_name, backend_name = names
     command = config.command or " ".join(sys.argv)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    this_slice = {"command": command, "date_utc": now, "host": platform.node(), "finished": False}
+    this_slice = {
+        "command": command,
+        "date_utc": now,
+        "host": platform.node(),
+        "finished": False,
+        "records_added": 0,
+        "wall_seconds": 0.0,
+    }
     meta: dict[str, Any] = dict(previous or {}) | {
         "command": command,
         "date_utc": now,
@@ -82,17 +89,23 @@ def finish_meta(
 ) -> None:
     """Complete ``meta`` in place once a slice ended: ``records`` are all the file holds (whole
     problems, a prefix of ``problems``), ``added`` of them by this slice in ``wall_seconds``."""
+    record_progress(meta, added, wall_seconds)
     slices = meta["slices"]
-    slices[-1] |= {"finished": True, "wall_seconds": round(wall_seconds, 1), "records_added": added}
+    slices[-1]["finished"] = True
     whole = len(records) // conditions
     meta |= {
         "records": len(records),
         "problems_run": whole,
         "problems_run_per_set": problems_run_per_set(problems[:whole]),
-        # Killed slices have no wall time: the sum covers the slices that finished.
+        # A killed slice counts up to its last write.
         "sweep_wall_seconds": round(sum(s.get("wall_seconds") or 0.0 for s in slices), 1),
         "generated_tokens": sum(r.output_tokens for r in records),
     }
+
+
+def record_progress(meta: dict[str, Any], added: int, wall_seconds: float) -> None:
+    """The running slice has written ``added`` records in ``wall_seconds`` so far."""
+    meta["slices"][-1] |= {"wall_seconds": round(wall_seconds, 1), "records_added": added}
 
 
 def write_meta(path: Path, meta: dict[str, Any]) -> None:

@@ -91,18 +91,23 @@ class RecordBuilder:
 
 class PrefixWriter:
     """Appends the records of ``jobs`` (in key order) to ``out`` as soon as every job before them
-    has finished, whole problems at a time (``Job.problem``).
+    has finished, whole problems at a time (``Job.problem``), then calls ``after_write``.
 
     A problem with an aborted job raises ``RuntimeError`` before anything of it is written:
     dropping it would bias the sample towards short runs (no survivorship).
     """
 
     def __init__(
-        self, out: Path, jobs: Sequence[Job], build: Callable[[list[Completion]], list[SampleRecord]]
+        self,
+        out: Path,
+        jobs: Sequence[Job],
+        build: Callable[[list[Completion]], list[SampleRecord]],
+        after_write: Callable[[], None] = lambda: None,
     ):
         self._out = out
         self._jobs = jobs
         self._build = build
+        self._after_write = after_write
         self._next = 0  # jobs[:_next] are written
         self._finished: dict[int, Completion] = {}
         self.completions: list[Completion] = []
@@ -131,6 +136,7 @@ class PrefixWriter:
         self._next = end
         self.completions += ready
         self.records += records
+        self._after_write()
 
     @property
     def unwritten(self) -> list[int]:
