@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import threading
+import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -33,6 +36,21 @@ def grade(output_text: str, gold: str) -> Grade:
         return Grade(bool(verify(gold_parsed, predicted)), str(predicted[-1]) if predicted else "")
     except Exception:  # math-verify raises for pathological LaTeX; that answer is simply wrong
         return Grade(False, "")
+
+
+def grading_pool(workers: int) -> ProcessPoolExecutor:
+    """A process pool whose workers exit when the process that made it dies: a sweep killed
+    (SIGKILL, a session's end) must not leave them waiting for work forever."""
+    return ProcessPoolExecutor(workers, initializer=_exit_with_parent, initargs=(os.getpid(),))
+
+
+def _exit_with_parent(parent: int) -> None:
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _grade_pair(pair: tuple[str, str]) -> Grade:

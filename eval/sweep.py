@@ -18,7 +18,7 @@ import platform
 import sys
 import time
 from collections.abc import Collection, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,7 @@ from typing import Any
 from eval.completion import Completion, Job
 from eval.conditions import Condition
 from eval.datasets import DatasetSelection, Problem, load_problems
-from eval.grading import grading_available
+from eval.grading import grading_available, grading_pool
 from eval.guardian_replay import DEFAULT_BASE_INTERVAL
 from eval.prompting import prompt_token_ids
 from eval.records import SampleRecord, write_records
@@ -263,7 +263,7 @@ def _grading_pool(workers: int, stack: ExitStack) -> Executor | None:
     Its workers start here, so they fork before the engine holds a device or threads."""
     if workers <= 1 or not grading_available():
         return None
-    pool = stack.enter_context(ProcessPoolExecutor(workers))
+    pool = stack.enter_context(grading_pool(workers))
     pool.submit(grading_available).result()  # the fork start method launches every worker now
     return pool
 
