@@ -4,6 +4,9 @@
         --policies full,sink,h2o,quest,infllm --budgets 64,128,256,512 --max-new-tokens 1024 \\
         --device cuda --out runs/lil/records.jsonl.gz
     lil-eval report runs/lil/records.jsonl.gz --out docs/results
+
+A sweep too long for one sitting runs in slices: the same sweep command with ``--resume`` and a
+``--stop-after-seconds`` (or ``--max-problems``) per slice, until it runs nothing (docs/eval.md).
 """
 
 from __future__ import annotations
@@ -66,6 +69,18 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
         help="admit no new problem after this many seconds; admitted problems always finish under every "
         "condition, so leave room for them (0: no limit)",
     )
+    p.add_argument(
+        "--max-problems",
+        type=int,
+        default=0,
+        help="admit at most this many problems not yet recorded, then stop (0: no limit)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue --out if it exists: check its meta matches these settings, keep its records "
+        "(dropping one cut by a kill) and run only the missing problem x condition pairs",
+    )
     p.add_argument("--out", required=True, help="records file (.jsonl or .jsonl.gz)")
 
 
@@ -106,11 +121,13 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         base_interval=args.base_interval,
         save_token_ids=args.save_token_ids,
         stop_after_seconds=args.stop_after_seconds,
+        resume=args.resume,
+        max_problems=args.max_problems,
         command="lil-eval " + shlex.join(sys.argv[1:]),
     )
     records = run_sweep(config, Path(args.out))
     correct = sum(bool(r.correct) for r in records)
-    print(f"wrote {len(records)} records to {args.out} ({correct} correct)")
+    print(f"{args.out} holds {len(records)} records ({correct} correct)")
     return 0
 
 

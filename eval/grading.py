@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
-from concurrent.futures import ProcessPoolExecutor
+import os
+import threading
+import time
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 
 
@@ -35,14 +38,32 @@ def grade(output_text: str, gold: str) -> Grade:
         return Grade(False, "")
 
 
+def grading_pool(workers: int) -> ProcessPoolExecutor:
+    """A process pool whose workers exit when the process that made it dies: a sweep killed
+    (SIGKILL, a session's end) must not leave them waiting for work forever."""
+    return ProcessPoolExecutor(workers, initializer=_exit_with_parent, initargs=(os.getpid(),))
+
+
+def _exit_with_parent(parent: int) -> None:
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _grade_pair(pair: tuple[str, str]) -> Grade:
     return grade(*pair)
 
 
-def grade_many(pairs: list[tuple[str, str]], workers: int = 0) -> list[Grade]:
-    """Grade ``(output_text, gold)`` pairs in input order; ``workers > 1`` uses processes (each
-    grade is 10-20 ms of sympy, and math-verify's timeouts need a main thread per process)."""
+def grade_many(pairs: list[tuple[str, str]], workers: int = 0, pool: Executor | None = None) -> list[Grade]:
+    """Grade ``(output_text, gold)`` pairs in input order; ``workers > 1`` uses that many
+    processes (each grade is 10-20 ms of sympy, and math-verify's timeouts need a main thread
+    per process), ``pool`` an existing process pool (a sweep grades as it goes, with one pool)."""
+    if pool is not None:
+        return list(pool.map(_grade_pair, pairs))
     if workers <= 1 or len(pairs) < 2 * workers:
         return [grade(text, gold) for text, gold in pairs]
-    with ProcessPoolExecutor(workers) as pool:
-        return list(pool.map(_grade_pair, pairs, chunksize=max(1, len(pairs) // (8 * workers))))
+    with ProcessPoolExecutor(workers) as new_pool:
+        return list(new_pool.map(_grade_pair, pairs, chunksize=max(1, len(pairs) // (8 * workers))))

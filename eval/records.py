@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -179,3 +181,73 @@ def read_records(*paths: str | Path) -> Iterator[SampleRecord]:
                     yield SampleRecord.from_dict(json.loads(line))
                 except (json.JSONDecodeError, TypeError, ValueError) as error:
                     raise ValueError(f"records: {path}:{number}: {error}") from error
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredRecords:
+    """A records file as a killed sweep may have left it. ``torn`` says what was dropped ("" when
+    the file was intact); ``needs_rewrite`` is True when appending to it as it stands would
+    corrupt it (a dropped line, a last line without its newline, or a cut gzip stream)."""
+
+    records: list[SampleRecord]
+    torn: str
+    needs_rewrite: bool
+
+
+def read_records_for_resume(path: str | Path) -> RecoveredRecords:
+    """The records of ``path``, tolerating exactly what a kill leaves: one unparsable last line
+    (a record cut mid-write) and, for ``.gz``, a compressed stream cut short.
+
+    Raises ``ValueError`` naming the file and line for anything else: an unparsable line that is
+    not the last, a line that parses but is not a valid record, invalid UTF-8 before the last
+    line, or gzip data that is corrupt rather than cut (zlib checks every member's CRC).
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    data, cut = _gunzip_cut_tolerant(raw, path) if path.suffix == ".gz" else (raw, False)
+    lines = data.split(b"\n")
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    records: list[SampleRecord] = []
+    torn = ""
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            if index != last:
+                raise ValueError(f"records: {path}:{index + 1}: {error}") from error
+            torn = f"line {index + 1} ({len(line)} bytes) is cut short: {error}"
+            continue
+        try:
+            records.append(SampleRecord.from_dict(row))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"records: {path}:{index + 1}: {error}") from error
+    if cut and not torn:
+        torn = "the gzip stream is cut short after the last whole line"
+    return RecoveredRecords(records, torn, bool(torn) or (last >= 0 and bool(lines[-1].strip())))
+
+
+def _gunzip_cut_tolerant(raw: bytes, path: Path) -> tuple[bytes, bool]:
+    """Decompress every gzip member of ``raw`` (each append writes one); returns the bytes and
+    whether the last member was cut short. A corrupt member raises ``ValueError``."""
+    out: list[bytes] = []
+    while raw.strip(b"\0"):  # a crash can leave zero padding at the end, as gzip itself allows
+        member = zlib.decompressobj(wbits=31)  # 31: gzip header and trailer, CRC checked
+        try:
+            out.append(member.decompress(raw))
+        except zlib.error as error:
+            raise ValueError(f"records: {path}: corrupt gzip data ({error})") from error
+        if not member.eof:
+            return b"".join(out), True
+        raw = member.unused_data
+    return b"".join(out), False
+
+
+def replace_records(path: str | Path, records: Iterable[SampleRecord]) -> int:
+    """Rewrite ``path`` with ``records`` atomically (a kill leaves the old file or the new one)."""
+    path = Path(path)
+    staged = path.parent / f".{path.name}.rewrite{''.join(path.suffixes[-1:])}"
+    count = write_records(staged, records)
+    os.replace(staged, path)
+    return count

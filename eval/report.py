@@ -79,6 +79,9 @@ def _run_section(
         conditions = meta.get("config", {}).get("conditions", [])
         if conditions:
             lines.append(f"  - conditions: {', '.join(conditions)}")
+        slices = meta.get("slices", [])
+        if len(slices) > 1:
+            lines.append(_slices_line(slices))
     report_command = config.command or "lil-eval report " + " ".join(str(p) for p in paths)
     lines.append(
         f"- **Report**: `{report_command}` ({datetime.now(timezone.utc).strftime('%Y-%m-%d')}); grading with "
@@ -86,6 +89,19 @@ def _run_section(
         f"({config.bootstrap} resamples), ± is one standard error."
     )
     return "\n".join(lines)
+
+
+def _slices_line(slices: list[dict[str, Any]]) -> str:
+    """A resumed sweep's slices: "run in 3 slices (`--resume`) from A to B; records added: 6*, 6, 3"
+    with a star on each that did not finish."""
+    added = [f"{s.get('records_added', '?')}{'' if s.get('finished') else '*'}" for s in slices]
+    line = (
+        f"  - run in {len(slices)} slices (`--resume`) from {slices[0].get('date_utc', '?')} to "
+        f"{slices[-1].get('date_utc', '?')}; records added: {', '.join(added)}"
+    )
+    if any(not s.get("finished") for s in slices):
+        line += " (*: did not finish, killed or failed; the records it wrote are kept)"
+    return line
 
 
 def problems_ran(records: list[SampleRecord]) -> str:

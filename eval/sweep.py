@@ -6,27 +6,34 @@ take turns. A run bounded by ``stop_after_seconds`` is cut at admission: no new 
 after the limit, and every admitted problem runs to the end under every condition. So the
 problems that ran are the first ones of each set in file order, without holes, and a long
 output is never what gets a problem dropped (no survivorship). The meta file lists them.
+
+Records reach the file whole problems at a time as they finish (:mod:`eval.sweep_writer`), so a
+sweep cut by time, by ``max_problems`` or by a kill continues with ``resume`` (:mod:`eval.resume`
+lists what must match): the study runs in slices, one per session.
 """
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from collections.abc import Collection, Iterator
+from concurrent.futures import Executor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from eval.completion import Completion, Job
 from eval.conditions import Condition
 from eval.datasets import DatasetSelection, Problem, load_problems
-from eval.grading import Grade, grade_many, grading_available
-from eval.guardian_replay import DEFAULT_BASE_INTERVAL, record_trajectory
+from eval.grading import grading_available, grading_pool
+from eval.guardian_replay import DEFAULT_BASE_INTERVAL
 from eval.prompting import prompt_token_ids
 from eval.records import SampleRecord, write_records
+from eval.resume import check_meta, kept_records, output_settings, read_meta, recorded_keys, slice_keys
+from eval.sweep_meta import finish_meta, record_progress, start_meta, write_meta
+from eval.sweep_writer import PrefixWriter, RecordBuilder
 
 STUDY_SELECTION = "exact"  # EngineConfig.selection of every in-process sweep
 SERVER_SELECTION = "the server's --selection (run it with --selection exact)"
@@ -35,7 +42,10 @@ SERVER_SELECTION = "the server's --selection (run it with --selection exact)"
 @dataclass(frozen=True, slots=True)
 class SweepConfig:
     """Everything that decides a sweep's records. ``server`` set: run through that sidecar
-    (``model`` then only supplies the tokenizer). ``grade_workers`` processes run math-verify."""
+    (``model`` then only supplies the tokenizer). ``grade_workers`` processes run math-verify.
+    ``resume``: continue the records file if it exists (see :func:`run_sweep`) instead of
+    starting it afresh. ``max_problems`` > 0 admits at most that many problems not yet recorded
+    (a slice cut by count, as ``stop_after_seconds`` cuts by time; both cut at admission)."""
 
     model: str
     data_dir: Path
@@ -53,6 +63,8 @@ class SweepConfig:
     base_interval: int = DEFAULT_BASE_INTERVAL
     save_token_ids: bool = False
     stop_after_seconds: float = 0.0  # 0: no limit; else admit no new problem after this many seconds
+    resume: bool = False
+    max_problems: int = 0  # 0: no limit
     command: str = field(default="")
 
     def __post_init__(self) -> None:
@@ -66,6 +78,10 @@ class SweepConfig:
             raise ValueError(f"max_batch_size: must be >= 1, got {self.max_batch_size}")
         if self.base_interval < 1:
             raise ValueError(f"base_interval: must be >= 1, got {self.base_interval}")
+        if self.stop_after_seconds < 0:
+            raise ValueError(f"stop_after_seconds: must be >= 0 (0: no limit), got {self.stop_after_seconds}")
+        if self.max_problems < 0:
+            raise ValueError(f"max_problems: must be >= 0 (0: no limit), got {self.max_problems}")
         if self.server and self.stop_after_seconds:
             raise ValueError(
                 "stop_after_seconds: only the in-process engine run can be cut; drop it with --server"
@@ -147,128 +163,123 @@ def _load_engine(config: SweepConfig) -> Any:
 
 
 def run_sweep(config: SweepConfig, out: Path) -> list[SampleRecord]:
-    """Run the sweep, write the records (JSONL, gzip for ``.gz``) and a meta file; return the records."""
+    """Run the sweep, appending records (JSONL, gzip for ``.gz``) to ``out`` as problems finish,
+    and keep a meta file beside it; return every record the file then holds, in job order.
+
+    Without ``config.resume`` the file is started afresh. With it and ``out`` present, the sweep
+    first checks ``out``'s meta against its own settings (the fields are listed in
+    :mod:`eval.resume`; ``ValueError`` names the first that differs), keeps the records (a last
+    line cut by a kill is dropped, and said on stderr) and runs only the (problem, condition)
+    pairs missing, in the same order as one uninterrupted sweep. A slice is cut at admission
+    (``stop_after_seconds``, ``max_problems``) like a whole sweep, so the slices together hold
+    the records of one sweep of their combined size. Nothing missing: nothing runs.
+    """
     problems = _interleave([load_problems(config.data_dir, selection) for selection in config.datasets])
-    engine = None if config.server else _load_engine(config)
-    if engine is None:
-        tokenizer = _load_tokenizer(config.model)
-        backend_name, model_name = "server", Path(config.model).name
-    else:
-        tokenizer = engine.tokenizer
-        backend_name, model_name = engine.info.backend, engine.info.model_name
-    prompts = [tuple(prompt_token_ids(tokenizer, problem)) for problem in problems]
-    longest_prompt = max(len(p) for p in prompts)
     n = len(config.conditions)
-    jobs = [Job(i * n + c, prompts[i], i) for i in range(len(problems)) for c in range(n)]
-    device_name = _device_name(config.device) if not config.server else f"server {config.server}"
-    started = time.perf_counter()
-    completions = admitted_completions(list(_completions(config, jobs, engine)), n)
-    wall = time.perf_counter() - started
-    if engine is not None:
-        engine.close()
-    # Guardian sees the prompt decoded with its special tokens (as the engine hands it over).
-    prompt_texts = [tokenizer.decode(list(p), skip_special_tokens=False) for p in prompts]
-    records = _build_records(
-        config, completions, problems, prompt_texts, tokenizer, (model_name, device_name, backend_name)
-    )
-    write_records(out, records)
-    meta = {
-        "command": config.command or " ".join(sys.argv),
-        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "model": model_name,
-        "device": device_name,
-        "backend": backend_name,
-        # In process the study forces exact selection; a server applies its own --selection.
-        "selection": STUDY_SELECTION if engine is not None else SERVER_SELECTION,
-        "host": platform.node(),
-        "records": len(records),
-        "problems_run": len(records) // n,
-        "problems_selected": len(problems),
-        # Cut at admission: every problem that started ran under every condition.
-        "admission_cut": True,
-        "problems_run_per_set": _problems_run_per_set(problems[: len(records) // n]),
-        "sweep_wall_seconds": round(wall, 1),
-        "generated_tokens": sum(r.output_tokens for r in records),
-        "longest_prompt_tokens": longest_prompt,
-        "config": {k: v for k, v in asdict(config).items() if k not in ("data_dir", "conditions", "datasets")}
-        | {
-            "datasets": [f"{d.name}:{d.limit or 'all'}" for d in config.datasets],
-            "conditions": [c.label() for c in config.conditions],
-        },
-    }
-    meta_path(out).write_text(json.dumps(meta, indent=2))
-    return records
-
-
-def _build_records(
-    config: SweepConfig,
-    completions: list[Completion],
-    problems: list[Problem],
-    prompt_texts: list[str],
-    tokenizer: Any,
-    names: tuple[str, str, str],
-) -> list[SampleRecord]:
-    """Attach trajectories and grades to the completions (grading runs in parallel)."""
-    n = len(config.conditions)
-    model_name, device_name, backend_name = names
-    pairs = [(c.output_text, problems[c.key // n].answer) for c in completions]
-    grades: list[Grade | None] = (
-        list(grade_many(pairs, workers=config.grade_workers)) if grading_available() else [None] * len(pairs)
-    )
-
-    def decode_prefixes(prefixes: list[list[int]]) -> list[str]:
-        return list(tokenizer.backend.decode_batch(prefixes, skip_special_tokens=True))
-
-    records = []
-    for completion, grade in zip(completions, grades, strict=True):
-        problem, condition = problems[completion.key // n], config.conditions[completion.key % n]
-        trajectory = record_trajectory(
-            prompt_texts[completion.key // n],
-            completion.output_token_ids,
-            decode_prefixes,
-            config.base_interval,
+    model_name = Path(config.model).name if config.server else _model_name(config.model)
+    device_name = f"server {config.server}" if config.server else _device_name(config.device)
+    selection = SERVER_SELECTION if config.server else STUDY_SELECTION
+    resuming = config.resume and out.exists()
+    kept: list[SampleRecord] = []
+    meta: dict[str, Any] | None = None
+    done: set[int] = set()
+    if resuming:
+        meta = read_meta(meta_path(out), out)
+        settings = output_settings(config, model_name, None if config.server else device_name, selection)
+        check_meta(meta, settings, out)
+        kept = kept_records(out)
+        expected = {"model": model_name, "max_new_tokens": config.max_new_tokens}
+        done = recorded_keys(kept, problems, config.conditions, expected, out)
+    missing = slice_keys([k for k in range(len(problems) * n) if k not in done], n, config.max_problems)
+    if config.resume and not resuming:
+        print(f"[lil-eval] resume: no records at {out} yet; starting the sweep", file=sys.stderr)
+    if resuming:
+        print(
+            f"[lil-eval] resume: {out} holds {len(kept)} of {len(problems) * n} records; "
+            f"this slice runs {len(missing)} ({len({k // n for k in missing})} problems)",
+            file=sys.stderr,
         )
-        records.append(
-            SampleRecord(
-                dataset=problem.dataset,
-                problem_id=problem.problem_id,
-                model=model_name,
-                device=device_name,
-                backend=backend_name,
-                policy=condition.policy,
-                budget_tokens=condition.budget_tokens,
-                max_new_tokens=config.max_new_tokens,
-                prompt_tokens=completion.prompt_tokens,
-                output_tokens=len(completion.output_token_ids),
-                output_text=completion.output_text,
-                gold=problem.answer,
-                finish_reason=completion.finish_reason,
-                ttft_seconds=completion.ttft_seconds,
-                decode_seconds=completion.decode_seconds,
-                jct_seconds=completion.jct_seconds,
-                queue_seconds=completion.queue_seconds,
-                mean_attended_pages=completion.mean_attended_pages,
-                peak_kv_pages=completion.peak_kv_pages,
-                guardian=completion.guardian,
-                trajectory=trajectory,
-                correct=grade.correct if grade else None,
-                extracted_answer=grade.extracted if grade else "",
-                output_token_ids=completion.output_token_ids if config.save_token_ids else (),
-                problem_position=problem.position,
+    if not missing:
+        return kept
+    with ExitStack() as stack:
+        grading_pool = _grading_pool(config.grade_workers, stack)  # forked before the engine exists
+        engine = None if config.server else _load_engine(config)
+        if engine is not None:
+            stack.callback(engine.close)
+        tokenizer = _load_tokenizer(config.model) if engine is None else engine.tokenizer
+        backend_name = "server" if engine is None else engine.info.backend
+        dtype = None if engine is None else engine.info.dtype
+        if meta is not None:
+            check_meta(
+                meta, {"backend": backend_name} | ({"dtype": dtype} if dtype else {}), out, optional=True
             )
+        else:
+            write_records(out, [])  # a fresh sweep: the file starts empty and grows as problems finish
+        prompts = [tuple(prompt_token_ids(tokenizer, problem)) for problem in problems]
+        names = (model_name, device_name, backend_name)
+        meta = start_meta(meta, config, names, dtype, selection, len(problems), max(len(p) for p in prompts))
+        write_meta(meta_path(out), meta)
+        # Guardian sees the prompt decoded with its special tokens (as the engine hands it over).
+        prompt_texts = [tokenizer.decode(list(p), skip_special_tokens=False) for p in prompts]
+        builder = RecordBuilder(
+            problems,
+            prompt_texts,
+            config.conditions,
+            config.max_new_tokens,
+            config.base_interval,
+            config.save_token_ids,
+            names,
+            tokenizer,
+            grading_pool,
         )
+        jobs = [Job(k, prompts[k // n], k // n) for k in missing]
+        started = time.perf_counter()
+
+        def progress() -> None:  # a slice killed later still says what it added, and how fast
+            record_progress(meta, len(writer.records), time.perf_counter() - started)
+            write_meta(meta_path(out), meta)
+
+        writer = PrefixWriter(out, jobs, builder.build, progress)
+        received: list[Completion] = []
+        for completion in _completions(config, jobs, engine):
+            received.append(completion)
+            writer.add(completion)
+        wall = time.perf_counter() - started
+    admitted_completions(received, n, done)  # the slice and the kept records make a prefix
+    records = kept + writer.records
+    finish_meta(meta, records, problems, n, wall, len(writer.records))
+    write_meta(meta_path(out), meta)
     return records
 
 
-def admitted_completions(completions: list[Completion], conditions: int) -> list[Completion]:
+def _model_name(model: str) -> str:
+    from lil_sparse.loading.loader import resolve_source
+
+    return resolve_source(model)[1]
+
+
+def _grading_pool(workers: int, stack: ExitStack) -> Executor | None:
+    """One process pool for the whole sweep (grading runs as problems finish); None grades inline.
+    Its workers start here, so they fork before the engine holds a device or threads."""
+    if workers <= 1 or not grading_available():
+        return None
+    pool = stack.enter_context(grading_pool(workers))
+    pool.submit(grading_available).result()  # the fork start method launches every worker now
+    return pool
+
+
+def admitted_completions(
+    completions: list[Completion], conditions: int, recorded: Collection[int] = ()
+) -> list[Completion]:
     """The completions in key order, after checking the no-survivorship rule.
 
-    The problems that ran must be the first ones of the job list (a cut at admission leaves a
-    prefix), each under all ``conditions`` and none aborted. Raises ``RuntimeError`` otherwise:
-    dropping an unfinished problem would silently bias the sample towards short runs.
+    The problems that ran, with the job keys already ``recorded`` by earlier slices, must be the
+    first ones of the job list (a cut at admission leaves a prefix), each under all
+    ``conditions`` and none aborted. Raises ``RuntimeError`` otherwise: dropping an unfinished
+    problem would silently bias the sample towards short runs.
     """
     ordered = sorted(completions, key=lambda c: c.key)
-    keys = [c.key for c in ordered]
+    keys = sorted([c.key for c in ordered] + list(recorded))
     if keys != list(range(len(keys))) or len(keys) % conditions:
         problems = sorted({key // conditions for key in keys})
         raise RuntimeError(
@@ -279,17 +290,6 @@ def admitted_completions(completions: list[Completion], conditions: int) -> list
     if aborted:
         raise RuntimeError(f"sweep: problems {sorted(set(aborted))} were aborted; refusing to drop them")
     return ordered
-
-
-def _problems_run_per_set(problems: list[Problem]) -> dict[str, dict[str, Any]]:
-    """Per dataset: how many problems ran and their ids, in file order."""
-    per_set: dict[str, dict[str, Any]] = {}
-    for problem in problems:
-        entry = per_set.setdefault(problem.dataset, {"count": 0, "positions": [], "ids": []})
-        entry["count"] += 1
-        entry["positions"].append(problem.position)
-        entry["ids"].append(problem.problem_id)
-    return per_set
 
 
 def _interleave(sets: list[list[Problem]]) -> list[Problem]:
