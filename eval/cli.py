@@ -81,6 +81,12 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
         help="continue --out if it exists: check its meta matches these settings, keep its records "
         "(dropping one cut by a kill) and run only the missing problem x condition pairs",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start --out afresh if it already holds records (without --resume or --overwrite an "
+        "existing file is refused)",
+    )
     p.add_argument("--out", required=True, help="records file (.jsonl or .jsonl.gz)")
 
 
@@ -122,6 +128,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         save_token_ids=args.save_token_ids,
         stop_after_seconds=args.stop_after_seconds,
         resume=args.resume,
+        overwrite=args.overwrite,
         max_problems=args.max_problems,
         command="lil-eval " + shlex.join(sys.argv[1:]),
     )

@@ -43,9 +43,11 @@ SERVER_SELECTION = "the server's --selection (run it with --selection exact)"
 class SweepConfig:
     """Everything that decides a sweep's records. ``server`` set: run through that sidecar
     (``model`` then only supplies the tokenizer). ``grade_workers`` processes run math-verify.
-    ``resume``: continue the records file if it exists (see :func:`run_sweep`) instead of
-    starting it afresh. ``max_problems`` > 0 admits at most that many problems not yet recorded
-    (a slice cut by count, as ``stop_after_seconds`` cuts by time; both cut at admission)."""
+    ``resume``: continue the records file if it exists (see :func:`run_sweep`); ``overwrite``:
+    start an existing records file afresh (without either, an existing non-empty file is
+    refused, so a forgotten ``--resume`` cannot wipe earlier slices). ``max_problems`` > 0
+    admits at most that many problems not yet recorded (a slice cut by count, as
+    ``stop_after_seconds`` cuts by time; both cut at admission)."""
 
     model: str
     data_dir: Path
@@ -64,6 +66,7 @@ class SweepConfig:
     save_token_ids: bool = False
     stop_after_seconds: float = 0.0  # 0: no limit; else admit no new problem after this many seconds
     resume: bool = False
+    overwrite: bool = False
     max_problems: int = 0  # 0: no limit
     command: str = field(default="")
 
@@ -166,8 +169,9 @@ def run_sweep(config: SweepConfig, out: Path) -> list[SampleRecord]:
     """Run the sweep, appending records (JSONL, gzip for ``.gz``) to ``out`` as problems finish,
     and keep a meta file beside it; return every record the file then holds, in job order.
 
-    Without ``config.resume`` the file is started afresh. With it and ``out`` present, the sweep
-    first checks ``out``'s meta against its own settings (the fields are listed in
+    Without ``config.resume`` the file is started afresh if ``config.overwrite`` allows it (an
+    existing non-empty ``out`` is refused otherwise: ``ValueError`` naming ``out``). With it and
+    ``out`` present, the sweep first checks ``out``'s meta against its own settings (the fields are listed in
     :mod:`eval.resume`; ``ValueError`` names the first that differs), keeps the records (a last
     line cut by a kill is dropped, and said on stderr) and runs only the (problem, condition)
     pairs missing, in the same order as one uninterrupted sweep. A slice is cut at admission
@@ -179,6 +183,11 @@ def run_sweep(config: SweepConfig, out: Path) -> list[SampleRecord]:
     model_name = Path(config.model).name if config.server else _model_name(config.model)
     device_name = f"server {config.server}" if config.server else _device_name(config.device)
     selection = SERVER_SELECTION if config.server else STUDY_SELECTION
+    if out.exists() and out.stat().st_size > 0 and not (config.resume or config.overwrite):
+        raise ValueError(
+            f"out: {out} already holds records; pass --resume to continue that sweep or "
+            "--overwrite to start it afresh"
+        )
     resuming = config.resume and out.exists()
     kept: list[SampleRecord] = []
     meta: dict[str, Any] | None = None

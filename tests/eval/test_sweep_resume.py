@@ -160,3 +160,19 @@ def test_resume_refuses_a_file_without_meta_and_a_corrupt_middle(
     ]
     assert main([*argv, "--policies", "full", "--max-new-tokens", "60", "--resume", "--out", str(out)]) == 2
     assert "lil-eval: resume: config.conditions differs: " in capsys.readouterr().err
+
+
+def test_an_existing_file_is_kept_unless_resumed_or_overwritten(
+    tiny_model_dir: Path, data_dir: Path, whole: Path, tmp_path: Path
+) -> None:
+    """A forgotten --resume must not wipe earlier slices: an existing records file is refused
+    naming ``out``; --overwrite starts it afresh (the same records as the first sweep)."""
+    out = tmp_path / whole.name
+    shutil.copy(whole, out)
+    shutil.copy(meta_path(whole), meta_path(out))
+    before = out.read_bytes()
+    with pytest.raises(ValueError, match=r"out: .* already holds records; pass --resume"):
+        run_sweep(sweep_config(tiny_model_dir, data_dir), out)
+    assert out.read_bytes() == before
+    again = run_sweep(sweep_config(tiny_model_dir, data_dir, overwrite=True), out)
+    assert without_timings(again) == without_timings(list(read_records(whole)))
