@@ -15,6 +15,13 @@ type Info struct {
 	DefaultOptions ResolvedOptions `json:"default_options"`
 	Limits         Limits          `json:"limits"`
 	ServerVersion  string          `json:"server_version"`
+	// Selection is when quest and infllm select pages: "exact" (every budget honoured) or
+	// "when_faster" (a step may attend every held page where selection cannot pay; outputs then
+	// depend on batch mates of the same policy).
+	Selection string `json:"selection"`
+	// OverlapScheduling: the server launches each decode step before handling the previous
+	// step's tokens (outputs are the same either way).
+	OverlapScheduling bool `json:"overlap_scheduling"`
 }
 
 // PolicyInfo is one policy the server offers, with its default sparse options and budget range.
@@ -54,7 +61,9 @@ func infoFromProto(response *pb.GetInfoResponse) *Info {
 			MaxNewTokensLimit: int(response.GetLimits().GetMaxNewTokensLimit()),
 			MaxPromptBytes:    response.GetLimits().GetMaxPromptBytes(),
 		},
-		ServerVersion: response.GetServerVersion(),
+		ServerVersion:     response.GetServerVersion(),
+		Selection:         response.GetSelection(),
+		OverlapScheduling: response.GetOverlapScheduling(),
 	}
 	for _, policy := range response.GetPolicies() {
 		info.Policies = append(info.Policies, PolicyInfo{

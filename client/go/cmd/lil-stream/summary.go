@@ -64,7 +64,22 @@ func formatInfo(info *lilsparse.Info) string {
 		fmt.Sprintf("backend: %s, %d KV pages\n", info.Backend, info.NumPagesTotal) +
 		fmt.Sprintf("policies: %s\n", strings.Join(names, ", ")) +
 		fmt.Sprintf("limits: %d running, %d waiting\n", info.Limits.MaxRunning, info.Limits.MaxWaiting) +
+		fmt.Sprintf("selection: %s; overlap scheduling: %s\n", orDefault(info.Selection, "exact"), onOff(info.OverlapScheduling)) +
 		fmt.Sprintf("server: %s\n", info.ServerVersion)
+}
+
+func orDefault(value, fallback string) string {
+	if value == "" {
+		return fallback
+	}
+	return value
+}
+
+func onOff(on bool) string {
+	if on {
+		return "on"
+	}
+	return "off"
 }
 
 func writeText(out io.Writer, text string) { _, _ = io.WriteString(out, text) }
