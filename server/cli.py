@@ -17,7 +17,8 @@ import signal
 import sys
 from typing import Any
 
-from server.config import ServerConfig, all_settings, build_server_config, parse_bool
+from server.config import ServerConfig
+from server.settings import all_settings, build_server_config, parse_bool
 
 logger = logging.getLogger("server")
 

@@ -30,7 +30,7 @@ from lil_sparse.options import (
     SparseOptions,
     StoppingOptions,
 )
-from server.config import build_server_config
+from server.settings import build_server_config
 
 PAGE_SIZE = 4  # many page boundaries, evictions and selections in short requests
 STEP_TOKENS = 24  # a small step budget: prompts take several chunks beside the decode rows

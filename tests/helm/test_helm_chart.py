@@ -39,13 +39,8 @@ from lil_sparse.config import BACKENDS, DEFAULT_MODEL, DTYPES
 from lil_sparse.loading.fetcher import CACHE_ENV, KNOWN_MODELS
 from lil_sparse.options import POLICY_NAMES, RequestOptions
 from server.cli import add_serve_arguments
-from server.config import (
-    DEFAULT_OPTION_SETTINGS,
-    SERVER_SETTINGS,
-    ServerConfig,
-    all_settings,
-    build_server_config,
-)
+from server.config import ServerConfig
+from server.settings import DEFAULT_OPTION_SETTINGS, SERVER_SETTINGS, all_settings, build_server_config
 
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion: native gRPC probes are GA in
 # 1.27) and a current one.

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from server.cli import add_serve_arguments
-from server.config import ServerConfig, all_settings, build_server_config
+from server.config import ServerConfig
+from server.settings import all_settings, build_server_config
 
 
 def _flags(argv: list[str]) -> dict[str, object]:

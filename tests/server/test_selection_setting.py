@@ -10,8 +10,9 @@ from prometheus_client import generate_latest
 from lil_sparse.events import TokenEvent
 from lil_sparse.options import RequestOptions, SparseOptions, StoppingOptions
 from server.cli import add_serve_arguments
-from server.config import ServerConfig, all_settings, build_server_config
+from server.config import ServerConfig
 from server.metrics import ServerMetrics
+from server.settings import all_settings, build_server_config
 
 
 def _flags(argv: list[str]) -> dict[str, object]:
