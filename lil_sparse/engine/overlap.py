@@ -45,12 +45,14 @@ from lil_sparse.engine.sequence import Sequence, SequenceStatus
 class AheadStep:
     """A decode step launched ahead: ``logits [len(seqs), V] float32`` (valid until the runner's
     next decode call: a CUDA graph's output buffer), and per row the KV report entry (attended
-    pages) and peak pages its launch recorded, applied once the row's token is taken."""
+    pages), peak pages and selection-gate skips its launch recorded, applied once the row's
+    token is taken."""
 
     seqs: list[Sequence]
     logits: torch.Tensor
     attended: list[int]
     peaks: list[int]
+    skipped: list[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,13 +104,16 @@ class Overlap:
         """Run the next decode of ``seqs`` on ``token_ids: [len(seqs)] int64`` (their sampled
         tokens, on the device). Raises what the runner raises (the launch is then lost)."""
         peaks = [s.kv_report.peak_pages for s in seqs]
+        skips = [s.kv_report.selection_skipped_steps for s in seqs]
         logits = self.runner.decode(seqs, input_ids=token_ids)
         attended = [s.kv_report.attended_pages_per_step.pop() for s in seqs]
-        launched = []
-        for seq, peak in zip(seqs, peaks, strict=True):
+        launched, skipped = [], []
+        for seq, peak, skip in zip(seqs, peaks, skips, strict=True):
             launched.append(seq.kv_report.peak_pages)
             seq.kv_report.peak_pages = peak
-        self.ahead = AheadStep(list(seqs), logits, attended, launched)
+            skipped.append(seq.kv_report.selection_skipped_steps - skip)
+            seq.kv_report.selection_skipped_steps = skip
+        self.ahead = AheadStep(list(seqs), logits, attended, launched, skipped)
         self.ahead_steps += 1
 
     def take(self, decode: list[Sequence]) -> TakenRows:
@@ -129,6 +134,7 @@ class Overlap:
         for seq, row in zip(taken, rows, strict=True):  # the launch's KV record, now its token is here
             seq.kv_report.attended_pages_per_step.append(ahead.attended[row])
             seq.kv_report.peak_pages = max(seq.kv_report.peak_pages, ahead.peaks[row])
+            seq.kv_report.selection_skipped_steps += ahead.skipped[row]
         if rest:
             self.catch_up_decodes += 1
         if not taken:

@@ -37,9 +37,12 @@ STEP_TOKENS = 24  # a small step budget: prompts take several chunks beside the 
 EOS_IDS = frozenset(range(40, 400, 23))  # 16 of the 384 ids end a request that does not ignore EOS
 
 
-def make_engine(model_dir: Path, overlap: bool, guardian_workers: int = 0) -> LLMEngine:
+def make_engine(
+    model_dir: Path, overlap: bool, guardian_workers: int = 0, selection: str = "exact"
+) -> LLMEngine:
     return LLMEngine.from_config(
         EngineConfig(
+            selection=selection,
             model=str(model_dir),
             page_size=PAGE_SIZE,
             kv_cache_tokens=4096,
@@ -158,6 +161,7 @@ def comparable(report: RequestReport) -> tuple[object, ...]:
         checks,
         report.guardian.stop_step,
         report.guardian.applied_at_step,
+        report.kv.selection_skipped_steps,
     )
 
 
@@ -186,6 +190,24 @@ def test_overlap_equals_the_serial_engine(tiny_model_dir: Path, policy: str) -> 
     serial_engine.close()
     overlap_engine.close()
     assert {FinishReason.LENGTH, FinishReason.EOS, FinishReason.STOP_STRING, FinishReason.ABORTED} <= reasons
+
+
+@pytest.mark.parametrize("policy", ["quest", "infllm"])
+def test_overlap_equals_serial_when_the_selection_gate_attends_densely(
+    tiny_model_dir: Path, policy: str
+) -> None:
+    """Under ``selection="when_faster"`` (on the tiny model selection never pays, so every over-budget
+    step attends densely) the reports' gate counts equal the serial engine's: a row run ahead and
+    dropped at its request's finish counts no skip."""
+    serial_engine = make_engine(tiny_model_dir, False, selection="when_faster")
+    overlap_engine = make_engine(tiny_model_dir, True, selection="when_faster")
+    work = workload(policy, seed=5)
+    serial, overlapped = run(serial_engine, work), run(overlap_engine, work)
+    assert_same(serial, overlapped)
+    assert sum(r.kv.selection_skipped_steps for r in serial.reports.values()) > 0
+    assert overlapped.stats["ahead_steps"] == serial.stats["serial_steps"] > 0
+    serial_engine.close()
+    overlap_engine.close()
 
 
 def guardian_workload() -> Workload:
