@@ -32,7 +32,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                 setting.flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
         else:
-            parser.add_argument(setting.flag, type=setting.parse, default=None, help=help_text)
+            parser.add_argument(
+                setting.flag, type=setting.parse, default=None, choices=setting.choices, help=help_text
+            )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lil_sparse.config import BACKENDS, DTYPES
 from lil_sparse.options import (
     GuardianOptions,
     RequestOptions,
@@ -21,7 +22,7 @@ from lil_sparse.options import (
     SparseOptions,
     StoppingOptions,
 )
-from server.config import ServerConfig
+from server.config import OVERLAP_MODES, SELECTION_SETTINGS, ServerConfig
 
 ENV_PREFIX = "LIL_SPARSE_"
 
@@ -42,6 +43,7 @@ class Setting:
     name: str  # snake_case; the flag is --name-with-dashes, the env var LIL_SPARSE_NAME
     parse: Callable[[str], Any]
     help: str
+    choices: tuple[str, ...] | None = None  # the flag's allowed values (usage shows them)
 
     @property
     def flag(self) -> str:
@@ -63,8 +65,8 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
     Setting("reflection", parse_bool, "serve gRPC reflection (default true)"),
     Setting("guardian_workers", int, "Guardian compression threads (default 2; 0 inline)"),
     Setting("device", str, "torch device (default cpu)"),
-    Setting("backend", str, "attention backend: auto, reference, flashinfer (default auto)"),
-    Setting("dtype", str, "weights dtype: auto, float32, bfloat16, float16 (default auto)"),
+    Setting("backend", str, "attention backend: auto, reference, flashinfer (default auto)", BACKENDS),
+    Setting("dtype", str, "weights dtype: auto, float32, bfloat16, float16 (default auto)", DTYPES),
     Setting("page_size", int, "tokens per KV page (default 16)"),
     Setting("kv_cache_tokens", int, "KV pool size in tokens per KV head (default 32768)"),
     Setting("max_model_len", int, "max prompt+output tokens (default 0: the model's context)"),
@@ -80,11 +82,13 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
         "when quest/infllm select pages: exact (always, within the budget), when_faster (attend "
         "densely in a step where selection would cost more than it saves), or auto (default: "
         "when_faster on CUDA, exact on CPU)",
+        SELECTION_SETTINGS,
     ),
     Setting(
         "overlap_scheduling",
         str,
         "launch decode step n+1 before handling step n's tokens: auto, on, off (default auto: on for CUDA)",
+        OVERLAP_MODES,
     ),
     Setting("max_new_tokens_limit", int, "largest max_new_tokens a request may ask (default 4096)"),
     Setting("max_prompt_bytes", int, "largest prompt in UTF-8 bytes (default 1048576)"),

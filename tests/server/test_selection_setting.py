@@ -70,3 +70,18 @@ def test_exact_on_cpu_by_default(tiny_model_dir) -> None:
         assert engine.config.selection == "exact"
     finally:
         engine.close()
+
+
+def test_enumerated_flags_list_their_values_and_refuse_others_naming_the_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = argparse.ArgumentParser(prog="lil-sparse serve")
+    add_serve_arguments(parser)
+    usage = parser.format_usage()
+    assert "--selection {auto,exact,when_faster}" in usage
+    assert "--overlap-scheduling {auto,on,off}" in usage
+    assert parser.parse_args(["--overlap-scheduling", "off", "--selection", "exact"]).selection == "exact"
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--selection", "fast"])
+    assert exit_info.value.code == 2
+    assert "argument --selection: invalid choice: 'fast'" in capsys.readouterr().err
