@@ -9,12 +9,12 @@ of ``--iters`` replays of a CUDA graph of 20 calls; inputs shaped like one layer
 from __future__ import annotations
 
 import argparse
-import statistics
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 
+from bench.common import cuda_ms
 from lil_sparse.kernels.page_scores import _launch
 from lil_sparse.kernels.page_select import select_pages
 
@@ -66,15 +66,7 @@ def timed_us(fn, iters: int, launches: int = 20) -> float:
     with torch.cuda.graph(graph):
         for _ in range(launches):
             fn()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / launches)
-    return statistics.median(times)
+    return cuda_ms(graph.replay, iters=iters, warmup=1) * 1e3 / launches
 
 
 def score_variants(rows: int, width: int, iters: int) -> str:

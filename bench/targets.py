@@ -37,22 +37,18 @@ def evaluate(runs: dict[str, dict], engine: dict | None) -> list[str]:
         lines.append(line("speed-T1", step["tbt_ms"] <= 1.0, f"{step['tbt_ms']:.2f} ms per token (<= 1.0)"))
     else:
         lines.append(line("speed-T1", False, "not measured"))
-    dense15 = get("qwen1.5b|4096|1|full|0")
-    if dense15:
-        ratio = dense15["tbt_ms"] / dense15["floor_ms"]
-        lines.append(
-            line("speed-T2", ratio <= 1.5, f"{ratio:.2f}x floor (<= 1.5; {dense15['tbt_ms']:.2f} ms)")
-        )
-    else:
-        lines.append(line("speed-T2", False, "not measured"))
+    for target, key, limit in (
+        ("speed-T2", "qwen1.5b|4096|1|full|0", 1.5),
+        ("speed-T3", "llama8b|32768|8|full|0", 1.15),
+    ):
+        dense = get(key)
+        if dense:
+            ratio = dense["tbt_ms"] / dense["floor_ms"]
+            figure = f"{ratio:.2f}x floor (<= {limit}; {dense['tbt_ms']:.2f} ms)"
+            lines.append(line(target, ratio <= limit, figure))
+        else:
+            lines.append(line(target, False, "not measured"))
     dense8 = get("llama8b|32768|8|full|0")
-    if dense8:
-        ratio = dense8["tbt_ms"] / dense8["floor_ms"]
-        lines.append(
-            line("speed-T3", ratio <= 1.15, f"{ratio:.2f}x floor (<= 1.15; {dense8['tbt_ms']:.2f} ms)")
-        )
-    else:
-        lines.append(line("speed-T3", False, "not measured"))
     quest = get("llama8b|32768|8|quest|4096")
     if dense8 and quest:
         speedup, ratio = dense8["tbt_ms"] / quest["tbt_ms"], quest["tbt_ms"] / quest["floor_ms"]
