@@ -12,6 +12,8 @@ Prefill runs the step's prompt chunks (a whole prompt is one chunk) in one model
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from lil_sparse.attention.backend import AttentionBackend
@@ -25,6 +27,7 @@ from lil_sparse.engine.prefill_attention import ChunkRows, PrefillAttention
 from lil_sparse.engine.selection_gate import SelectionCost, SelectionGate
 from lil_sparse.engine.sequence import PrefillChunk, Sequence
 from lil_sparse.engine.step_attention import DecodeAttention, PolicyGroup
+from lil_sparse.events import KVReport
 from lil_sparse.kernels import TRITON_AVAILABLE
 from lil_sparse.kv import KVCache
 from lil_sparse.models.transformer import CausalLM
@@ -154,11 +157,19 @@ class ModelRunner:
 
     # ---- decode -----------------------------------------------------------------------------
     @torch.inference_mode()
-    def decode(self, seqs: list[Sequence], input_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(
+        self,
+        seqs: list[Sequence],
+        input_ids: torch.Tensor | None = None,
+        kv_records: list[DecodeKVRecord] | None = None,
+    ) -> torch.Tensor:
         """One token for every running sequence. Returns logits ``[B, V]``.
 
         ``input_ids``: ``[B] int64`` on the device, fed instead of each ``seq.last_token_id``
         (overlap scheduling launches a step before the host has the previous step's tokens).
+        The step's KV record of each sequence (:class:`DecodeKVRecord`) goes into its report, or,
+        when ``kv_records`` is given, into that list instead, in ``seqs`` order (overlap
+        scheduling applies a record only once its row's token is taken).
 
         On FlashInfer the step runs ``batch_bucket(B)`` rows: padding rows read token 0 at
         position 0 and write and attend only the cache's scratch page; their logits are dropped.
@@ -208,7 +219,12 @@ class ModelRunner:
             self.ungraphed_decodes += 1
         for seq in seqs:
             seq.num_cached_tokens += 1
-        self._record_kv(seqs, page_counts, selecting)
+        records = self._kv_records(seqs, page_counts, selecting)
+        if kv_records is None:
+            for seq, record in zip(seqs, records, strict=True):
+                record.apply(seq.kv_report)
+        else:
+            kv_records.extend(records)
         return logits
 
     @staticmethod
@@ -262,20 +278,39 @@ class ModelRunner:
         """:func:`~lil_sparse.engine.policy_groups.build_policy_groups` over this runner's pages."""
         return build_policy_groups(seqs, selecting, last_page_len, width, step_rows, self.pages, self.layouts)
 
-    def _record_kv(
+    def _kv_records(
         self, seqs: list[Sequence], per_seq: list[tuple[int, int, int]], selecting: list[bool]
-    ) -> None:
-        """Each sequence's pages attended this step, averaged over layers (its dense layers
-        attend every held page), its peak of held pages, and whether the selection gate sent
-        it down the dense path although it was over budget."""
+    ) -> list[DecodeKVRecord]:
+        """Each sequence's KV record of this step (see :class:`DecodeKVRecord`)."""
         heads = self.num_kv_heads
         layers = self.num_layers
-        for seq, (dense, held, sparse), selects in zip(seqs, per_seq, selecting, strict=True):
-            total = held * dense + sparse * (layers - dense)
-            seq.kv_report.attended_pages_per_step.append(round(total / layers))
-            seq.kv_report.peak_pages = max(seq.kv_report.peak_pages, seq.held_pages * heads)
-            if not selects and seq.held_pages > seq.budget_pages and get_policy(seq.policy).selects_per_layer:
-                seq.kv_report.selection_skipped_steps += 1
+        return [
+            DecodeKVRecord(
+                attended_pages=round((held * dense + sparse * (layers - dense)) / layers),
+                held_pages=seq.held_pages * heads,
+                selection_skipped=not selects
+                and seq.held_pages > seq.budget_pages
+                and get_policy(seq.policy).selects_per_layer,
+            )
+            for seq, (dense, held, sparse), selects in zip(seqs, per_seq, selecting, strict=True)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeKVRecord:
+    """What one decode step adds to a request's :class:`~lil_sparse.events.KVReport`: the pages
+    it attended averaged over layers (dense layers attend every held page), the one-head pages
+    it held (all KV heads; the report keeps the peak), and whether the selection gate sent it
+    down the dense path although it was over budget."""
+
+    attended_pages: int
+    held_pages: int
+    selection_skipped: bool
+
+    def apply(self, report: KVReport) -> None:
+        report.attended_pages_per_step.append(self.attended_pages)
+        report.peak_pages = max(report.peak_pages, self.held_pages)
+        report.selection_skipped_steps += self.selection_skipped
 
 
 def _reads_metadata(seqs: list[Sequence]) -> bool:

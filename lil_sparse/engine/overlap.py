@@ -37,22 +37,19 @@ from dataclasses import dataclass
 
 import torch
 
-from lil_sparse.engine.model_runner import ModelRunner
+from lil_sparse.engine.model_runner import DecodeKVRecord, ModelRunner
 from lil_sparse.engine.sequence import Sequence, SequenceStatus
 
 
 @dataclass(frozen=True, slots=True)
 class AheadStep:
     """A decode step launched ahead: ``logits [len(seqs), V] float32`` (valid until the runner's
-    next decode call: a CUDA graph's output buffer), and per row the KV report entry (attended
-    pages), peak pages and selection-gate skips its launch recorded, applied once the row's
-    token is taken."""
+    next decode call: a CUDA graph's output buffer), and per row the KV record of the launch,
+    applied to the request's report once the row's token is taken."""
 
     seqs: list[Sequence]
     logits: torch.Tensor
-    attended: list[int]
-    peaks: list[int]
-    skipped: list[int]
+    kv_records: list[DecodeKVRecord]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,17 +100,9 @@ class Overlap:
     def launch(self, seqs: list[Sequence], token_ids: torch.Tensor) -> None:
         """Run the next decode of ``seqs`` on ``token_ids: [len(seqs)] int64`` (their sampled
         tokens, on the device). Raises what the runner raises (the launch is then lost)."""
-        peaks = [s.kv_report.peak_pages for s in seqs]
-        skips = [s.kv_report.selection_skipped_steps for s in seqs]
-        logits = self.runner.decode(seqs, input_ids=token_ids)
-        attended = [s.kv_report.attended_pages_per_step.pop() for s in seqs]
-        launched, skipped = [], []
-        for seq, peak, skip in zip(seqs, peaks, skips, strict=True):
-            launched.append(seq.kv_report.peak_pages)
-            seq.kv_report.peak_pages = peak
-            skipped.append(seq.kv_report.selection_skipped_steps - skip)
-            seq.kv_report.selection_skipped_steps = skip
-        self.ahead = AheadStep(list(seqs), logits, attended, launched, skipped)
+        kv_records: list[DecodeKVRecord] = []
+        logits = self.runner.decode(seqs, input_ids=token_ids, kv_records=kv_records)
+        self.ahead = AheadStep(list(seqs), logits, kv_records)
         self.ahead_steps += 1
 
     def take(self, decode: list[Sequence]) -> TakenRows:
@@ -132,9 +121,7 @@ class Overlap:
             if row not in scheduled and s.status == SequenceStatus.RUNNING
         ]
         for seq, row in zip(taken, rows, strict=True):  # the launch's KV record, now its token is here
-            seq.kv_report.attended_pages_per_step.append(ahead.attended[row])
-            seq.kv_report.peak_pages = max(seq.kv_report.peak_pages, ahead.peaks[row])
-            seq.kv_report.selection_skipped_steps += ahead.skipped[row]
+            ahead.kv_records[row].apply(seq.kv_report)
         if rest:
             self.catch_up_decodes += 1
         if not taken:

@@ -361,11 +361,11 @@ def test_a_failed_launch_ahead_keeps_the_steps_tokens_and_fails_its_requests(
     real = engine.runner.decode
     calls = []
 
-    def decode(seqs, input_ids=None):
+    def decode(seqs, **kwargs):
         calls.append(len(seqs))
         if len(calls) == 3:
             raise isolation_tests.InjectedFault("model")
-        return real(seqs, input_ids=input_ids)
+        return real(seqs, **kwargs)
 
     monkeypatch.setattr(engine.runner, "decode", decode)
     ids = [engine.add_request(prompt, o) for o in options]

@@ -48,8 +48,8 @@ def run(model_dir: Path, policy: str, cuda_graphs: bool, selection: str, cost: S
     logits: list[torch.Tensor] = []
     decode = engine.runner.decode
 
-    def recording_decode(seqs, input_ids=None):  # input_ids: a step launched ahead (overlap)
-        out = decode(seqs, input_ids)
+    def recording_decode(seqs, **kwargs):  # kwargs: a step launched ahead (overlap)
+        out = decode(seqs, **kwargs)
         logits.append(out.float().clone())
         return out
 
