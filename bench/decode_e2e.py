@@ -76,6 +76,7 @@ class DecodeBench:
     """
 
     selection = "exact"  # the runners' EngineConfig.selection (--selection)
+    tensor_cores: bool | None = None  # FlashInferBackend(use_tensor_cores=...) (--tensor-cores)
 
     def __init__(
         self, model: CausalLM, num_pages: int, max_seqs: int, max_pages_per_seq: int, overlap: bool = True
@@ -96,7 +97,7 @@ class DecodeBench:
             max_model_len=max_pages_per_seq * PAGE_SIZE,
             kv_cache_tokens=max_pages_per_seq * PAGE_SIZE,
         )
-        self.backend = FlashInferBackend(config, mc)
+        self.backend = FlashInferBackend(config, mc, use_tensor_cores=self.tensor_cores)
 
     def run(
         self, specs: list[tuple[str, int]], context: int, steps: int, profile_to: Path | None = None
@@ -385,8 +386,15 @@ def main() -> None:
     parser.add_argument(
         "--selection", choices=SELECTION_MODES, default="exact", help="EngineConfig.selection (default exact)"
     )
+    parser.add_argument(
+        "--tensor-cores",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="FlashInfer decode kernel: tensor-core (prefill) or CUDA-core (auto: the backend's choice)",
+    )
     args = parser.parse_args()
     DecodeBench.selection = args.selection
+    DecodeBench.tensor_cores = {"auto": None, "on": True, "off": False}[args.tensor_cores]
     runs = GRID_RUNS
     if args.runs:
         runs = [(p, int(b)) for p, b in (r.split(":") for r in args.runs.split(","))]
