@@ -77,6 +77,7 @@ class DecodeBench:
 
     selection = "exact"  # the runners' EngineConfig.selection (--selection)
     tensor_cores: bool | None = None  # FlashInferBackend(use_tensor_cores=...) (--tensor-cores)
+    split_calls = True  # FlashInferBackend(split_calls=...) (--split-calls)
 
     def __init__(
         self, model: CausalLM, num_pages: int, max_seqs: int, max_pages_per_seq: int, overlap: bool = True
@@ -97,7 +98,9 @@ class DecodeBench:
             max_model_len=max_pages_per_seq * PAGE_SIZE,
             kv_cache_tokens=max_pages_per_seq * PAGE_SIZE,
         )
-        self.backend = FlashInferBackend(config, mc, use_tensor_cores=self.tensor_cores)
+        self.backend = FlashInferBackend(
+            config, mc, use_tensor_cores=self.tensor_cores, split_calls=self.split_calls
+        )
 
     def run(
         self, specs: list[tuple[str, int]], context: int, steps: int, profile_to: Path | None = None
@@ -392,7 +395,14 @@ def main() -> None:
         default="auto",
         help="FlashInfer decode kernel: tensor-core (prefill) or CUDA-core (auto: the backend's choice)",
     )
+    parser.add_argument(
+        "--split-calls",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run a step of very unequal rows as two FlashInfer calls (default on, as the engine)",
+    )
     args = parser.parse_args()
+    DecodeBench.split_calls = args.split_calls
     DecodeBench.selection = args.selection
     DecodeBench.tensor_cores = {"auto": None, "on": True, "off": False}[args.tensor_cores]
     runs = GRID_RUNS

@@ -21,12 +21,18 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
 from lil_sparse.attention.backend import AttentionBackend
+from lil_sparse.attention.decode_split import choose_split
 from lil_sparse.attention.flashinfer_chunk_prefill import PagedChunkPrefill
+from lil_sparse.attention.flashinfer_decode_slot import (
+    PART_INT_WORKSPACE_BYTES,
+    DecodeSlot,
+    PlanShape,
+    needs_plan,
+)
 from lil_sparse.attention.layout import DecodeLayout
 from lil_sparse.config import EngineConfig
 from lil_sparse.models.config import ModelConfig
@@ -41,58 +47,23 @@ TENSOR_CORE_MIN_GROUP = 4
 # group_size: 6" otherwise, as for Qwen2-1.5B's 12/2 heads); other groups need tensor cores.
 CUDA_CORE_GROUPS = (1, 2, 3, 4, 8)
 
-
-@dataclass
-class DecodeSlot:
-    """One planned decode batch: a wrapper and the int32 buffers its kernel reads.
-
-    - ``indptr: [rows + 1]``, ``last_page_len: [rows]``: written by ``plan()`` once per step.
-    - ``indices: [capacity]``: CSR page ids, rewritten per layer when the selection changes.
-    - ``packed_from``: the padded ``page_ids`` tensor the current indices came from. Held by
-      reference, so ``is`` cannot be fooled by a recycled id; layers that pass the same tensor
-      (full, eviction policies) skip the rewrite.
-    """
-
-    wrapper: object
-    indptr: torch.Tensor
-    indices: torch.Tensor
-    last_page_len: torch.Tensor
-    packed_from: torch.Tensor | None = None
-    planned_counts: tuple[int, ...] | None = None  # counts_host of the last plan(), None before
-    planned_last: tuple[int, ...] | None = None  # host last_page_len in the buffer, None if unknown
-
-
-def needs_plan(planned_counts: tuple[int, ...] | None, counts: tuple[int, ...]) -> bool:
-    """Whether a slot planned for ``planned_counts`` pages per row must call ``plan()`` for ``counts``.
-
-    A slot is one wrapper of fixed batch size (rows), heads (group, 1 KV head), head_dim,
-    page_size and dtypes, all of which :meth:`FlashInferBackend.begin_decode_step` passes
-    unchanged on every call. What else ``plan()`` reads, in FlashInfer 0.6.6's
-    ``flashinfer/decode.py`` (``BatchDecodeWithPagedKVCacheWrapper.plan``):
-
-    - lines 940-946 (CUDA-graph mode): copy ``indptr``, ``last_page_len`` and ``indices`` into the
-      fixed buffers; the kernel reads them there (``run``, lines 1346-1348 and 1411-1413).
-    - CUDA-core path, lines 1111-1127: the C++ ``DecodePlan`` gets ``indptr_host`` and the fixed
-      sizes only (``csrc/batch_decode.cu`` line 70), never ``last_page_len``.
-    - tensor-core path, lines 1070-1095: ``kv_lens_arr_host`` (from ``last_page_len``) is passed,
-      but FA2's ``BatchPrefillWithKVCachePlan`` (``csrc/batch_prefill.cu`` lines 63-67) hands
-      ``PrefillPlan`` only ``qo_indptr`` and ``kv_indptr``: its split derives kv lengths from the
-      page indptr (``attention/scheduler.cuh`` line 517, ``kv_indptr_h[i + 1] - kv_indptr_h[i]``).
-      ``_max_kv_len`` (line 1038) reaches only the trtllm-gen ``paged_run`` (``prefill.py`` 638-660).
-
-    So the plan (the work split it writes into the wrapper's own int workspace) is a function of
-    the page counts (``indptr``) alone: a slot whose counts equal ``planned_counts`` keeps it and
-    only its ``last_page_len`` buffer is rewritten.
-    """
-    return planned_counts != counts
+__all__ = ["FlashInferBackend", "needs_plan"]
 
 
 class FlashInferBackend(AttentionBackend):
     name = "flashinfer"
 
     def __init__(
-        self, config: EngineConfig, model_config: ModelConfig, use_tensor_cores: bool | None = None
+        self,
+        config: EngineConfig,
+        model_config: ModelConfig,
+        use_tensor_cores: bool | None = None,
+        split_calls: bool = True,
     ) -> None:
+        """``use_tensor_cores``: FlashInfer's tensor-core decode (None: from group 4 on, and where
+        the CUDA-core kernel lacks the group). ``split_calls``: run a step of very unequal rows
+        as two calls (:mod:`lil_sparse.attention.decode_split`; tensor-core decode only, whose
+        work split that module models)."""
         import flashinfer
 
         if not config.device.startswith("cuda"):
@@ -124,6 +95,9 @@ class FlashInferBackend(AttentionBackend):
             if use_tensor_cores is None
             else use_tensor_cores
         )
+        self.split_calls = split_calls and self.use_tensor_cores
+        self.num_sms = torch.cuda.get_device_properties(self.device).multi_processor_count
+        self.shape = PlanShape(self.group, self.head_dim, self.page_size, self.dtype)
         self.workspace = torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=self.device)
         # Slots are keyed by (rows, position of the layout in the step): CUDA-graph mode fixes a
         # wrapper's batch size, and a captured graph keeps reading the buffers of its slot.
@@ -179,28 +153,24 @@ class FlashInferBackend(AttentionBackend):
             self._active[id(layout)] = slot
 
     def _plan(self, slot: DecodeSlot, layout: DecodeLayout) -> None:
-        """``plan()`` ``slot`` for ``layout``'s page counts (writes indptr and last_page_len)."""
-        indptr = torch.tensor(list(itertools.accumulate(layout.counts_host, initial=0)), dtype=torch.int32)
+        """``plan()`` ``slot`` for ``layout``'s page counts (writes indptr and last_page_len), as
+        one call or, for very unequal rows, two (:func:`choose_split`)."""
+        counts = layout.counts_host
+        indptr = torch.tensor(list(itertools.accumulate(counts, initial=0)), dtype=torch.int32)
         # A host copy of last_page_len keeps plan() from syncing with the device.
         last_host = (
             torch.tensor(layout.last_page_len_host, dtype=torch.int32)
             if layout.last_page_len_host
             else layout.last_page_len.cpu()
         )
+        split = 0
+        if self.split_calls and len(counts) % self.num_kv_heads == 0:
+            split = choose_split(counts, self.num_kv_heads, self.num_sms, max(128 // self.page_size, 1))
+            split = split if slot.can_split(split) else 0
         self._planned.synchronize()
-        slot.wrapper.plan(  # type: ignore[attr-defined]
-            indptr,
-            slot.indices[:0],
-            last_host,
-            self.group,
-            1,
-            self.head_dim,
-            self.page_size,
-            q_data_type=self.dtype,
-            kv_data_type=self.dtype,
-        )
+        slot.plan(indptr, last_host, self.shape, split, self._wrapper)
         self._planned.record()
-        slot.planned_counts = layout.counts_host
+        slot.planned_counts = counts
         slot.planned_last = layout.last_page_len_host or None
 
     def _refresh_last_page_len(self, slot: DecodeSlot, layout: DecodeLayout) -> None:
@@ -224,18 +194,35 @@ class FlashInferBackend(AttentionBackend):
             indptr = torch.zeros(rows + 1, dtype=torch.int32, device=self.device)
             indices = torch.zeros(capacity, dtype=torch.int32, device=self.device)
             last_page_len = torch.ones(rows, dtype=torch.int32, device=self.device)
-            wrapper = self._flashinfer.BatchDecodeWithPagedKVCacheWrapper(
-                self.workspace,
-                "HND",
-                use_cuda_graph=True,
-                use_tensor_cores=self.use_tensor_cores,
-                paged_kv_indptr_buffer=indptr,
-                paged_kv_indices_buffer=indices,
-                paged_kv_last_page_len_buffer=last_page_len,
-            )
+            wrapper = self._wrapper(indptr, indices, last_page_len, False)
             slot = DecodeSlot(wrapper, indptr, indices, last_page_len)
             self._slots[key] = slot
         return slot
+
+    def _wrapper(
+        self, indptr: torch.Tensor, indices: torch.Tensor, last_page_len: torch.Tensor, small: bool
+    ) -> object:
+        """A CUDA-graph-mode decode wrapper reading these buffers; ``small``: a 1 MiB int
+        workspace (a two-call part's plan arrays) instead of FlashInfer's 8 MiB."""
+        wrapper = self._flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+            self.workspace,
+            "HND",
+            use_cuda_graph=True,
+            use_tensor_cores=self.use_tensor_cores,
+            paged_kv_indptr_buffer=indptr,
+            paged_kv_indices_buffer=indices,
+            paged_kv_last_page_len_buffer=last_page_len,
+        )
+        if small:
+            wrapper.reset_workspace_buffer(
+                self.workspace, torch.empty(PART_INT_WORKSPACE_BYTES, dtype=torch.uint8, device=self.device)
+            )
+        return wrapper
+
+    def step_key(self, layouts: Sequence[DecodeLayout]) -> tuple[int, ...]:
+        """What a captured step depends on beyond its tensors' shapes: each layout's split point
+        (0: one call), as planned by :meth:`begin_decode_step`."""
+        return tuple(self._slot_of(layout).split for layout in layouts)
 
     def pack_indices(self, page_ids: torch.Tensor, layout: DecodeLayout) -> None:
         """Write ``layout``'s CSR page ids from padded ``page_ids: [rows, >= width] int32``.
@@ -277,7 +264,8 @@ class FlashInferBackend(AttentionBackend):
         slot = self._slot_of(layout)
         if page_ids is not slot.packed_from:
             self.pack_indices(page_ids, layout)
-        return slot.wrapper.run(q.contiguous(), (k_pages, v_pages))  # type: ignore[attr-defined]
+        out, _ = self._run(slot, q, k_pages, v_pages, return_lse=False)
+        return out
 
     def decode_with_lse(
         self,
@@ -291,7 +279,29 @@ class FlashInferBackend(AttentionBackend):
         slot = self._slot_of(layout)
         if page_ids is not slot.packed_from:
             self.pack_indices(page_ids, layout)
-        out, lse = slot.wrapper.run(q.contiguous(), (k_pages, v_pages), return_lse=True)  # type: ignore[attr-defined]
+        return self._run(slot, q, k_pages, v_pages, return_lse=True)
+
+    @staticmethod
+    def _run(
+        slot: DecodeSlot, q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, return_lse: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The slot's call(s): ``out: [rows, G, D]``, and ``lse: [rows, G] float32`` when asked."""
+        q = q.contiguous()
+        if not slot.split:
+            if return_lse:
+                out, lse = slot.wrapper.run(q, (k_pages, v_pages), return_lse=True)  # type: ignore[attr-defined]
+                return out, lse
+            return slot.wrapper.run(q, (k_pages, v_pages)), None  # type: ignore[attr-defined]
+        out = torch.empty_like(q)
+        lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if return_lse else None
+        for start, end, wrapper in slot.calls():  # two calls over contiguous rows
+            wrapper.run(  # type: ignore[attr-defined]
+                q[start:end],
+                (k_pages, v_pages),
+                out=out[start:end],
+                lse=None if lse is None else lse[start:end],
+                return_lse=return_lse,
+            )
         return out, lse
 
     def alias_layout(self, alias: DecodeLayout, layout: DecodeLayout) -> None:

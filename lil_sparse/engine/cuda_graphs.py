@@ -8,8 +8,9 @@ later step of that shape; before each replay the step's inputs are copied into t
 static tensors and FlashInfer is planned (outside the graph) into the buffers the graph reads.
 
 The step shape (the graph key) is: batch size (padded to a bucket by the runner), width bucket,
-which layout each layer uses, the metadata flag and, per policy group, (policy, rows, top-k
-size, whether the top-k needs sorting, dense-layer range). H2O's mass update runs over the
+which layout each layer uses, the metadata flag, per policy group (policy, rows, top-k
+size, whether the top-k needs sorting, dense-layer range), and how the backend splits each
+layout into calls (:meth:`FlashInferBackend.step_key`). H2O's mass update runs over the
 fixed width too (padding at probability zero), so every policy replays. At most
 ``MAX_GRAPHS`` graphs are kept; a new shape beyond that evicts the least recently replayed one.
 Counters (:meth:`DecodeGraphs.stats`) say how many steps replayed and how many ran eagerly.
@@ -160,7 +161,8 @@ class DecodeGraphs:
         Returns logits ``[B, V] float32``, valid until the next call.
         """
         self._pack_base(step)
-        key = step.key()
+        # The backend's split of each layout into calls is baked into a capture too.
+        key = (*step.key(), self.backend.step_key(step.distinct_layouts()))
         captured = self.captured.get(key)
         if captured is None:
             self.eager_steps += 1
@@ -170,7 +172,7 @@ class DecodeGraphs:
             if len(self.captured) >= MAX_GRAPHS:
                 self.captured.popitem(last=False)  # its memory returns to the shared pool
                 self.evictions += 1
-            return self._run_eager_and_capture(step)
+            return self._run_eager_and_capture(step, key)
         self.captured.move_to_end(key)
         captured.load(step)
         for static_layout, layout in zip(
@@ -210,7 +212,7 @@ class DecodeGraphs:
         )
         return self.model.compute_logits(self.model(step.input_ids, step.positions, attention))
 
-    def _run_eager_and_capture(self, step: DecodeStep) -> torch.Tensor:
+    def _run_eager_and_capture(self, step: DecodeStep, key: tuple[object, ...]) -> torch.Tensor:
         # The eager run is this step's real work and the warm-up capture needs (cuBLAS handles,
         # FlashInfer modules). Capture records without executing, so nothing is written twice.
         logits = self._forward(step)
@@ -223,6 +225,6 @@ class DecodeGraphs:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
             static_logits = self._forward(static)
-        self.captured[step.key()] = CapturedStep(graph, static, static_logits)
+        self.captured[key] = CapturedStep(graph, static, static_logits)
         self.captures += 1
         return logits

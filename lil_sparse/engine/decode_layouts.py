@@ -31,6 +31,22 @@ def distinct_layouts(layouts: list[DecodeLayout]) -> list[DecodeLayout]:
     return list(seen.values())
 
 
+def longest_first(per_seq: list[tuple[int, int, int]]) -> list[int] | None:
+    """The step's sequence order, longest rows first: by the pages a sparse layer attends, then
+    (for requests with dense layers) the pages a dense layer attends, then held pages; stable.
+
+    ``per_seq``: :meth:`DecodeLayouts.page_counts`. Returns ``None`` when the order is already
+    that one. Rows of similar length then sit next to each other, so a backend can run very
+    unequal rows as separate calls over contiguous rows
+    (:func:`lil_sparse.attention.decode_split.choose_split`).
+    """
+    order = sorted(
+        range(len(per_seq)),
+        key=lambda i: (-per_seq[i][2], -per_seq[i][1] if per_seq[i][0] else 0, -per_seq[i][1]),
+    )
+    return None if order == list(range(len(per_seq))) else order
+
+
 class DecodeLayouts:
     """Builds each step's layer layouts over a cache of layout geometries."""
 

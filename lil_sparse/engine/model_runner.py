@@ -20,7 +20,7 @@ from lil_sparse.attention.backend import AttentionBackend
 from lil_sparse.attention.flashinfer_backend import FlashInferBackend
 from lil_sparse.engine.cuda_graphs import DecodeGraphs, DecodeStep
 from lil_sparse.engine.decode_inputs import build_decode_inputs
-from lil_sparse.engine.decode_layouts import DecodeLayouts, distinct_layouts
+from lil_sparse.engine.decode_layouts import DecodeLayouts, distinct_layouts, longest_first
 from lil_sparse.engine.page_manager import PageManager
 from lil_sparse.engine.policy_groups import build_policy_groups
 from lil_sparse.engine.prefill_attention import ChunkRows, PrefillAttention
@@ -177,6 +177,16 @@ class ModelRunner:
         """
         self.pages.prepare_decode(seqs)
         count = len(seqs)
+        selecting = self.gate.selecting(seqs)  # one decision per step, for layouts and groups
+        page_counts = self.layouts.page_counts(seqs, selecting)
+        caller_seqs = seqs
+        order = longest_first(page_counts)  # the step runs its rows longest first
+        if order is not None:
+            seqs = [seqs[i] for i in order]
+            selecting = [selecting[i] for i in order]
+            page_counts = [page_counts[i] for i in order]
+            if input_ids is not None:
+                input_ids = input_ids[torch.tensor(order).to(self.device, non_blocking=True)]
         padded = self.batch_bucket(count) if self.pad_batches else count
         width = self.width_bucket(max(s.held_pages for s in seqs))
         table, scratch = self.pages.table.table, self.kv.scratch_page
@@ -184,8 +194,6 @@ class ModelRunner:
             seqs, padded, width, table, scratch, self.page_size, self.num_kv_heads, self.device, input_ids
         )
         last_page_len = inputs.last_page_len
-        selecting = self.gate.selecting(seqs)  # one decision per step, for layouts and groups
-        page_counts = self.layouts.page_counts(seqs, selecting)
         layer_layouts = self.layouts.layer_layouts(
             page_counts, last_page_len, inputs.last_page_len_host, width, padded - count
         )
@@ -220,6 +228,13 @@ class ModelRunner:
         for seq in seqs:
             seq.num_cached_tokens += 1
         records = self._kv_records(seqs, page_counts, selecting)
+        if order is not None:  # back to the caller's order
+            caller_row = [0] * count
+            for row, index in enumerate(order):
+                caller_row[index] = row
+            logits = logits[torch.tensor(caller_row).to(self.device, non_blocking=True)]
+            records = [records[row] for row in caller_row]
+            seqs = caller_seqs
         if kv_records is None:
             for seq, record in zip(seqs, records, strict=True):
                 record.apply(seq.kv_report)

@@ -27,7 +27,7 @@ PAGE_SIZE = 16
 HEADS = 2  # KV heads per sequence in the policy batch (InfLLM shares pages across them)
 
 
-def make_backend(group: int, head_dim: int, tensor_cores: bool):
+def make_backend(group: int, head_dim: int, tensor_cores: bool, split_calls: bool = True):
     from lil_sparse.attention.flashinfer_backend import FlashInferBackend
 
     config = EngineConfig(model="unused", device="cuda", backend="flashinfer", page_size=PAGE_SIZE)
@@ -46,7 +46,7 @@ def make_backend(group: int, head_dim: int, tensor_cores: bool):
         tie_word_embeddings=False,
         attention_bias=False,
     )
-    return FlashInferBackend(config, model_config, use_tensor_cores=tensor_cores)
+    return FlashInferBackend(config, model_config, use_tensor_cores=tensor_cores, split_calls=split_calls)
 
 
 def random_rows(rows: int, held: int, group: int, head_dim: int, seed: int):

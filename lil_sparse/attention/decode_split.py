@@ -1,0 +1,92 @@
+"""Where to split a decode batch of very unequal rows into two FlashInfer calls.
+
+FlashInfer's tensor-core decode (its batch-prefill kernel with one query per row) splits every
+row's pages into chunks of **one** size for the whole batch. Under CUDA graphs it chooses the
+smallest chunk that keeps the work units (row chunks) within ``2 * num_sms / num_kv_heads``
+(FlashInfer 0.6.6, ``include/flashinfer/attention/scheduler.cuh``: ``PrefillPlan`` sets
+``max_batch_size_if_split``, ``PrefillBinarySearchKVChunkSize`` searches the chunk). Our rows are
+(sequence, KV head) pairs with ``num_kv_heads=1``, so 132 SMs give 264 units. A mixed batch of
+48 rows of 2049 pages beside 192 rows of 257 cannot split its long rows at all (240 rows already
+take 240 units): 48 CTAs each stream 16.8 MB while the rest of the GPU idles.
+
+Measured on the H200 (2026-11-30, ``scratch``-free probe recorded in docs/gpu.md, FlashInfer
+0.6.6, bf16, head_dim 128, page 16, group 4, CUDA-graph mode): those 240 rows took 545 us in one
+call and 335 us in two (long rows, then short rows); the bytes need 288 us at 4.2 TB/s.
+
+The model used here (in page units, so it holds for any page size and dtype): a call costs
+``max(total_pages / num_sms, largest_unit_pages) + CALL_OVERHEAD_PAGES``, i.e. the batch either
+streams at the full bandwidth or waits for its largest unit, which one CTA streams at about
+``1 / num_sms`` of it (the single call above: 16.8 MB in 528 us = 31.8 GB/s, 4.2 TB/s / 132).
+It predicts 528 us for the single call and 288 us + two overheads for the pair; the pair measured
+335 us, so the model is optimistic for the split, and the split is taken only when it saves at
+least ``MIN_GAIN`` of the single call's estimate.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+UNITS_PER_SM = 2  # FlashInfer's PrefillPlan: num_blocks_per_sm = 2 (max_batch_size_if_split)
+CALL_OVERHEAD_PAGES = 20  # ~5 us of launch and tail per call, in page units at 31.8 GB/s / 8 KiB
+MIN_GAIN = 0.2  # split only when the estimate drops by at least 20%
+MAX_CANDIDATES = 3  # split points tried: the largest drops in page count between neighbours
+
+
+def chunk_pages(counts: Sequence[int], units: int, min_chunk: int) -> int:
+    """FlashInfer's chunk size in pages for rows of ``counts`` pages with ``units`` work units.
+
+    The smallest ``c`` in ``[min_chunk, max(counts)]`` with ``sum(ceil(n / c)) <= units``
+    (``PrefillBinarySearchKVChunkSize``, one query tile per row; ``max(counts)`` when none fits).
+    ``min_chunk`` is FlashInfer's ``max(128 // page_size, 1)``.
+    """
+    rows = Counter(max(n, 1) for n in counts).items()  # a batch holds few distinct counts
+    longest = max(n for n, _ in rows)
+    low, high = min(min_chunk, longest), longest
+    while low < high:
+        mid = (low + high) // 2
+        if sum(times * -(-n // mid) for n, times in rows) > units:
+            low = mid + 1
+        else:
+            high = mid
+    return low
+
+
+def call_cost(counts: Sequence[int], num_sms: int, min_chunk: int) -> float:
+    """Estimated time of one decode call over rows of ``counts`` pages, in page units (see the
+    module docstring): ``max(sum / num_sms, largest unit) + CALL_OVERHEAD_PAGES``."""
+    chunk = chunk_pages(counts, UNITS_PER_SM * num_sms, min_chunk)
+    largest = min(chunk, max(counts))
+    return max(sum(counts) / num_sms, largest) + CALL_OVERHEAD_PAGES
+
+
+def choose_split(counts: Sequence[int], row_step: int, num_sms: int, min_chunk: int) -> int:
+    """Rows in the first of two decode calls over rows of ``counts`` pages, or 0 for one call.
+
+    ``row_step``: split points fall on multiples of it (a sequence's KV-head rows stay in one
+    call). Candidates are the ``MAX_CANDIDATES`` largest drops in page count between neighbouring
+    sequences (the runner orders rows by page count, longest first, so the long rows form a
+    prefix); the best one is taken when it beats one call by ``MIN_GAIN``.
+    Raises ``ValueError`` when ``counts`` is empty or not a multiple of ``row_step`` long.
+    """
+    rows = len(counts)
+    if rows == 0 or row_step < 1 or rows % row_step:
+        raise ValueError(f"choose_split: {rows} rows in steps of {row_step}")
+    firsts = counts[::row_step]
+    drops = sorted(
+        (firsts[i - 1] / max(firsts[i], 1), i * row_step)
+        for i in range(1, len(firsts))
+        if firsts[i - 1] > firsts[i]
+    )
+    if not drops:
+        return 0
+    chunk = chunk_pages(counts, UNITS_PER_SM * num_sms, min_chunk)
+    if min(chunk, max(counts)) <= sum(counts) / num_sms:
+        return 0  # one call already streams at the full bandwidth
+    single = call_cost(counts, num_sms, min_chunk)
+    best, best_cost = 0, single * (1 - MIN_GAIN)
+    for _, split in drops[-MAX_CANDIDATES:]:
+        cost = call_cost(counts[:split], num_sms, min_chunk) + call_cost(counts[split:], num_sms, min_chunk)
+        if cost < best_cost:
+            best, best_cost = split, cost
+    return best

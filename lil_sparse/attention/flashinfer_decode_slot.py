@@ -1,0 +1,157 @@
+"""One planned FlashInfer decode batch (a *slot*): its buffers, its wrapper, and its two-call split.
+
+A slot serves one layout of a step (a fixed number of rows at one position in the step). Its
+``indptr``/``indices``/``last_page_len`` buffers are what the kernels read and what page selection
+writes into (:func:`lil_sparse.kernels.page_select.select_pages` writes row ``r`` at
+``indices[indptr[r]:]``). The batch runs either as one call of the slot's own wrapper, or, when
+its rows are very unequal (:func:`lil_sparse.attention.decode_split.choose_split`), as two calls
+over rows ``[0, split)`` and ``[split, rows)``. The two part wrappers read the *same* ``indices``
+buffer through their own ``indptr`` holding absolute offsets (FlashInfer derives lengths from
+``indptr`` differences and reads pages from ``indices[indptr[row]]`` on), and their
+``last_page_len`` buffers are views into the slot's, so selection, packing and the
+``last_page_len`` refresh work on the slot exactly as for one call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+MAX_SPLITS = 64  # split points a slot keeps part wrappers for; a new one beyond runs as one call
+PART_INT_WORKSPACE_BYTES = 1 << 20  # a part's plan arrays (FlashInfer allots 8 MiB per wrapper)
+
+# (indptr buffer, indices buffer, last_page_len buffer, small int workspace) -> wrapper
+WrapperFactory = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], object]
+
+
+@dataclass(frozen=True)
+class PlanShape:
+    """What every ``plan()`` of the backend passes besides the page counts."""
+
+    group: int  # query heads per row (per KV head)
+    head_dim: int
+    page_size: int
+    dtype: torch.dtype
+
+
+@dataclass
+class DecodePart:
+    """One call over rows ``start:end`` of a slot; ``indptr: [end - start + 1] int32`` holds
+    offsets into the slot's whole ``indices`` buffer."""
+
+    start: int
+    end: int
+    wrapper: object
+    indptr: torch.Tensor
+
+
+@dataclass
+class DecodeSlot:
+    """One planned decode batch: a wrapper and the int32 buffers its kernel reads.
+
+    - ``indptr: [rows + 1]``, ``last_page_len: [rows]``: written once per step (by ``plan()``).
+    - ``indices: [capacity]``: CSR page ids, rewritten per layer when the selection changes.
+    - ``packed_from``: the padded ``page_ids`` tensor the current indices came from. Held by
+      reference, so ``is`` cannot be fooled by a recycled id; layers that pass the same tensor
+      (full, eviction policies) skip the rewrite.
+    - ``split``: rows in the first of two calls this step, 0 for one call; ``parts`` keeps the
+      part wrappers by split point (never dropped: a captured CUDA graph reads their buffers).
+    """
+
+    wrapper: object
+    indptr: torch.Tensor
+    indices: torch.Tensor
+    last_page_len: torch.Tensor
+    packed_from: torch.Tensor | None = None
+    planned_counts: tuple[int, ...] | None = None  # counts_host of the last plan(), None before
+    planned_last: tuple[int, ...] | None = None  # host last_page_len in the buffer, None if unknown
+    split: int = 0
+    parts: dict[int, tuple[DecodePart, DecodePart]] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return self.last_page_len.shape[0]
+
+    def can_split(self, split: int) -> bool:
+        return split in self.parts or len(self.parts) < MAX_SPLITS
+
+    def calls(self) -> list[tuple[int, int, object]]:
+        """``(first row, end row, wrapper)`` of each call this step, in order."""
+        if not self.split:
+            return [(0, self.rows, self.wrapper)]
+        return [(part.start, part.end, part.wrapper) for part in self.parts[self.split]]
+
+    def plan(
+        self,
+        indptr: torch.Tensor,
+        last_page_len: torch.Tensor,
+        shape: PlanShape,
+        split: int,
+        make_wrapper: WrapperFactory,
+    ) -> None:
+        """``plan()`` this step's call(s): ``indptr: [rows + 1]`` and ``last_page_len: [rows]``
+        int32 on the host; ``split`` rows in the first call (0: one call)."""
+        if not split:
+            _plan(self.wrapper, indptr, self.indices, last_page_len, shape)
+        else:
+            self.indptr.copy_(indptr, non_blocking=True)  # selection writes at the whole indptr
+            for part in self._parts(split, make_wrapper):
+                part_indptr = indptr[part.start : part.end + 1]  # absolute offsets
+                _plan(part.wrapper, part_indptr, self.indices, last_page_len[part.start : part.end], shape)
+        self.split = split
+
+    def _parts(self, split: int, make_wrapper: WrapperFactory) -> tuple[DecodePart, DecodePart]:
+        parts = self.parts.get(split)
+        if parts is None:
+            device = self.indptr.device
+            made = []
+            for start, end in ((0, split), (split, self.rows)):
+                indptr = torch.zeros(end - start + 1, dtype=torch.int32, device=device)
+                wrapper = make_wrapper(indptr, self.indices, self.last_page_len[start:end], True)
+                made.append(DecodePart(start, end, wrapper, indptr))
+            parts = self.parts[split] = (made[0], made[1])
+        return parts
+
+
+def _plan(
+    wrapper: object, indptr: torch.Tensor, indices: torch.Tensor, last: torch.Tensor, shape: PlanShape
+) -> None:
+    wrapper.plan(  # type: ignore[attr-defined]
+        indptr,
+        indices[:0],
+        last,
+        shape.group,
+        1,
+        shape.head_dim,
+        shape.page_size,
+        q_data_type=shape.dtype,
+        kv_data_type=shape.dtype,
+    )
+
+
+def needs_plan(planned_counts: tuple[int, ...] | None, counts: tuple[int, ...]) -> bool:
+    """Whether a slot planned for ``planned_counts`` pages per row must call ``plan()`` for ``counts``.
+
+    A slot is one wrapper of fixed batch size (rows), heads (group, 1 KV head), head_dim,
+    page_size and dtypes, all of which :meth:`FlashInferBackend.begin_decode_step` passes
+    unchanged on every call. What else ``plan()`` reads, in FlashInfer 0.6.6's
+    ``flashinfer/decode.py`` (``BatchDecodeWithPagedKVCacheWrapper.plan``):
+
+    - lines 940-946 (CUDA-graph mode): copy ``indptr``, ``last_page_len`` and ``indices`` into the
+      fixed buffers; the kernel reads them there (``run``, lines 1346-1348 and 1411-1413).
+    - CUDA-core path, lines 1111-1127: the C++ ``DecodePlan`` gets ``indptr_host`` and the fixed
+      sizes only (``csrc/batch_decode.cu`` line 70), never ``last_page_len``.
+    - tensor-core path, lines 1070-1095: ``kv_lens_arr_host`` (from ``last_page_len``) is passed,
+      but FA2's ``BatchPrefillWithKVCachePlan`` (``csrc/batch_prefill.cu`` lines 63-67) hands
+      ``PrefillPlan`` only ``qo_indptr`` and ``kv_indptr``: its split derives kv lengths from the
+      page indptr (``attention/scheduler.cuh`` line 517, ``kv_indptr_h[i + 1] - kv_indptr_h[i]``).
+      ``_max_kv_len`` (line 1038) reaches only the trtllm-gen ``paged_run`` (``prefill.py`` 638-660).
+
+    So the plan (the work split it writes into the wrapper's own int workspace) is a function of
+    the page counts (``indptr``) alone: a slot whose counts equal ``planned_counts`` keeps it and
+    only its ``last_page_len`` buffer is rewritten. The two-call split is a function of the
+    counts too, so it is kept with the plan.
+    """
+    return planned_counts != counts

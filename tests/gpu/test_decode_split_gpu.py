@@ -1,0 +1,107 @@
+"""Two FlashInfer calls for a step of very unequal rows (``lil_sparse.attention.decode_split``).
+
+The split must not change what is attended: against the reference backend and against one call
+the outputs agree within bf16 tolerance (the calls split each row's pages into other chunks, so
+the floating-point sums differ), and the log-sum-exp H2O reads agrees too. In the engine, a
+forced split replays under CUDA graphs bit for bit as it runs eagerly, and gives one call's tokens.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lil_sparse.attention import flashinfer_backend
+from lil_sparse.attention.decode_split import choose_split
+from lil_sparse.attention.layout import DecodeLayout
+from lil_sparse.attention.reference import ReferenceBackend
+from tests.gpu.test_flashinfer_engine import make_engine, mixed_requests, record
+from tests.gpu.test_flashinfer_layer import HEADS, make_backend, random_rows
+
+pytestmark = pytest.mark.gpu
+pytest.importorskip("flashinfer")
+
+
+def mixed_rows(long_seqs: int, short_seqs: int, long_pages: int, short_pages: int):
+    """A cache of ``long_seqs`` sequences of ``long_pages`` pages, then ``short_seqs`` of
+    ``short_pages`` (HEADS rows each); returns (kv, page_ids [rows, long_pages], counts, last, q)."""
+    rows = (long_seqs + short_seqs) * HEADS
+    kv, table, last_len, q = random_rows(rows, long_pages, 4, 128, seed=3)
+    counts = [long_pages] * (long_seqs * HEADS) + [short_pages] * (short_seqs * HEADS)
+    page_ids = table.clone()
+    short = slice(long_seqs * HEADS, rows)
+    page_ids[short, short_pages - 1] = table[short, -1]  # the newest page (partial) last
+    return kv, page_ids, counts, last_len, q
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> None:
+    diff = (a.float() - b.float()).abs()
+    assert diff.max().item() <= 3e-2
+    assert (diff.norm() / b.float().norm()).item() <= 1e-2
+
+
+def test_two_calls_attend_what_one_call_does():
+    # 24 long sequences (48 rows of 513 pages) beside 96 short ones (192 rows of 33): as in the
+    # 8B mixed batch, the rows fill FlashInfer's 264 work units, so one call cannot split the
+    # long rows.
+    kv, page_ids, counts, last_len, q = mixed_rows(24, 96, 513, 33)
+    split_backend = make_backend(4, 128, tensor_cores=True)
+    one_backend = make_backend(4, 128, tensor_cores=True, split_calls=False)
+    layout = DecodeLayout.build(counts, last_len, tuple(last_len.tolist()))
+    want_split = choose_split(counts, HEADS, split_backend.num_sms, max(128 // 16, 1))
+    if want_split == 0:
+        pytest.skip(f"{split_backend.num_sms} SMs: one call already balances these rows")
+    assert want_split == 24 * HEADS  # the drop between the long and the short rows
+    outs = {}
+    for name, backend in (("split", split_backend), ("one", one_backend)):
+        backend.begin_decode_step([layout])
+        outs[name] = backend.decode_with_lse(0, q, kv.k[0], kv.v[0], page_ids, layout)
+        assert backend.step_key([layout]) == ((want_split,) if name == "split" else (0,))
+    ref = ReferenceBackend().decode(0, q, kv.k[0], kv.v[0], page_ids, layout)
+    close(outs["split"][0], ref)
+    close(outs["split"][0], outs["one"][0])
+    split_lse, one_lse = outs["split"][1], outs["one"][1]
+    assert split_lse is not None and one_lse is not None
+    torch.testing.assert_close(split_lse, one_lse, rtol=1e-3, atol=1e-3)
+
+
+def split_at_first_drop(counts, row_step, num_sms, min_chunk):
+    """A split the cost model would not take on a tiny model: at the first drop in page count."""
+    for row in range(row_step, len(counts), row_step):
+        if counts[row] < counts[row - 1]:
+            return row
+    return 0
+
+
+def test_forced_split_replays_bit_for_bit_and_attends_what_one_call_does(tiny_gqa8_dir, monkeypatch):
+    one = make_engine(tiny_gqa8_dir, "flashinfer", cuda_graphs=True)
+    one_logits = record(one)
+    one.generate(*mixed_requests((40, 33, 20, 40, 28)))
+    one.close()
+    chosen = [logits.argmax(dim=-1).tolist() for logits in one_logits.logits]
+    monkeypatch.setattr(flashinfer_backend, "choose_split", split_at_first_drop)
+    eager = make_engine(tiny_gqa8_dir, "flashinfer", cuda_graphs=False)
+    graphs = make_engine(tiny_gqa8_dir, "flashinfer", cuda_graphs=True)
+    eager_logits, graph_logits = record(eager, chosen), record(graphs, chosen)
+    expected = eager.generate(*mixed_requests((40, 33, 20, 40, 28)))
+    got = graphs.generate(*mixed_requests((40, 33, 20, 40, 28)))
+    runner_graphs = graphs.runner.graphs
+    assert runner_graphs is not None and runner_graphs.replays > 0
+    splits = {split for key in runner_graphs.captured for split in key[-1]}
+    assert splits - {0}, "no captured step ran two calls"
+    # Split eager and split graph: the same kernels on the same buffers, bit for bit.
+    for a, b in zip(expected, got, strict=True):
+        assert a.output_token_ids == b.output_token_ids
+    assert all(torch.equal(a, b) for a, b in zip(eager_logits.logits, graph_logits.logits, strict=True))
+    # Split against one call, fed the same tokens: other chunk sums, the same distribution
+    # (selecting policies may flip a near-tied page on bf16 noise: >= 90% of rows, as in
+    # test_flashinfer_engine).
+    assert len(graph_logits.logits) == len(one_logits.logits)
+    close_rows = total = 0
+    for ours, theirs in zip(graph_logits.logits, one_logits.logits, strict=True):
+        cosine = torch.nn.functional.cosine_similarity(ours, theirs, dim=-1)
+        close_rows += int((cosine >= 0.999).sum())
+        total += ours.shape[0]
+    assert close_rows >= 0.9 * total
+    eager.close()
+    graphs.close()
