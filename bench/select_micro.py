@@ -3,7 +3,7 @@
 of ``--iters`` replays of a CUDA graph of 20 calls; inputs shaped like one layer of a decode step: ``rows``
 (sequence, KV head) rows of ``width`` slots, an eighth of them selected).
 
-    python bench/select_micro.py [--rows 64,16,2] [--widths 2048,256] [--iters 200]
+    python bench/select_micro.py [--rows 64,16,2] [--widths 2048,2304,256] [--iters 200]
 """
 
 from __future__ import annotations
@@ -88,7 +88,9 @@ def score_variants(rows: int, width: int, iters: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", default="64,16,2")
-    parser.add_argument("--widths", default="2048,256")
+    parser.add_argument(
+        "--widths", default="2048,2304,256", help="slots per row, each >= 8 (any, not only powers of two)"
+    )
     parser.add_argument("--iters", type=int, default=200)
     parser.add_argument("--scores", action="store_true", help="also time the Quest scoring kernel")
     args = parser.parse_args()

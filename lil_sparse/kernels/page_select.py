@@ -14,11 +14,15 @@ repack); here it is one program per row:
    bits, sign flipped; negative values get their magnitude bits flipped too), and four passes
    over 8-bit digits, most significant first, each a 256-bin histogram of the keys that still
    match the digits chosen so far, find ``T``, the ``count``-th largest key. This is the radix
-   select of FlashInfer's top-k and PyTorch's ``gatherTopK``, with the row in registers.
+   select of FlashInfer's top-k and PyTorch's ``gatherTopK``, with the row in registers: up to
+   ``MAX_BLOCK`` slots as a power-of-two main block plus a power-of-two tail block
+   (:func:`block_layout`: 2304 slots are 2048 + 256, not a padded 4096), the histogram being the
+   sum of the two blocks'. Wider rows reload their ``MAX_BLOCK``-slot blocks in every pass.
 3. **Compaction.** Keys ``> T`` are taken, and keys ``== T`` in slot order until ``count`` are
-   taken (ties go to the older slot). A prefix sum gives each taken slot its place, so the pages
-   come out in slot order (oldest first) and the newest page is written last, where
-   ``last_page_len`` applies.
+   taken (ties go to the older slot). A prefix sum gives each taken slot its place, block after
+   block (the tail last, its tie ranks continuing the main block's), so the pages come out in
+   slot order (oldest first) and the newest page is written last, where ``last_page_len``
+   applies.
 
 The selected *set* equals ``torch.topk``'s for distinct scores; among equal scores ``topk``'s
 choice is unspecified and this kernel's is the older slot. The reference is
@@ -33,37 +37,81 @@ import triton
 import triton.language as tl
 
 MAX_BLOCK = 4096  # slots a program holds at once (16 KiB of fp32 scores); wider rows loop
-# Measured on the H200 (bench/select_micro.py, kernel time in a CUDA graph, 2026-11-30): at 2048
-# slots radix with 8 warps 11.7 us, bisection 14.1 us (4 warps), topk + gather 26 us; at 256
-# slots radix with 4 warps 5.2 us; at 8192 radix/8 warps 37 us, topk + gather 58 us.
+# Measured on the H200 (bench/select_micro.py, kernel time in a CUDA graph, 2026-11-30), before
+# the main + tail layout, with these same block layouts: at 2048 slots radix with 8 warps 11.7 us,
+# bisection 14.1 us (4 warps), topk + gather 26 us; at 256 slots radix with 4 warps 5.2 us; at
+# 8192 radix/8 warps 37 us, topk + gather 58 us. 2304 slots padded to 4096 took 21.0 us per layer
+# in the 8B/batch 8/32k step's profile; the main + tail layout (2048 + 256) is not yet measured
+# on the GPU.
 RADIX = True
+
+
+def block_layout(width: int) -> tuple[int, int, int]:
+    """``(BLOCK, TAIL, NUM_BLOCKS)`` for rows of ``width`` slots.
+
+    Up to ``MAX_BLOCK`` slots the row stays in registers as a main block of ``BLOCK`` slots (the
+    largest power of two ``<= width``) and, when that leaves slots over, a tail block of ``TAIL``
+    (the next power of two of the rest): 2304 = 2048 + 256 instead of one 4096-slot block. Both
+    are at least 16 slots and together never more than the one padded block they replace. Wider
+    rows are ``NUM_BLOCKS`` blocks of ``MAX_BLOCK`` slots, reloaded for every pass (``TAIL = 0``).
+    """
+    if width > MAX_BLOCK:
+        return MAX_BLOCK, 0, triton.cdiv(width, MAX_BLOCK)
+    block = max(16, 1 << (max(width, 1).bit_length() - 1))
+    tail = max(16, triton.next_power_of_2(width - block)) if width > block else 0
+    return block, tail, 1
 
 
 @triton.jit
 def _ranking_keys(
-    scores_ptr,
-    first_row,
-    scores_stride,
-    slots,
-    width,
-    held,
-    sink,
-    recent,
-    SHARE: tl.constexpr,
-    WINDOWS: tl.constexpr,
+    row_scores, stride, slots, width, held, sink, recent, SHARE: tl.constexpr, WINDOWS: tl.constexpr
 ):
-    """Unsigned order-preserving keys (int64 in [0, 2^32)) of the row's ranking scores at ``slots``;
-    slots outside the row get key -1 (below every key)."""
+    """Unsigned order-preserving keys (int64 in [0, 2^32)) of the row's ranking scores at ``slots``
+    (the sum of the ``SHARE`` score rows from ``row_scores``, ``stride`` apart); slots outside the
+    row get key -1 (below every key)."""
     inside = slots < width
-    score = tl.load(scores_ptr + first_row * scores_stride + slots, mask=inside, other=0.0)
+    score = tl.load(row_scores + slots, mask=inside, other=0.0)
     for part in range(1, SHARE):  # not from zero: 0.0 + -0.0 would lose the sign of a lone row
-        score += tl.load(scores_ptr + (first_row + part) * scores_stride + slots, mask=inside, other=0.0)
+        score += tl.load(row_scores + part * stride + slots, mask=inside, other=0.0)
     if WINDOWS:
         score = tl.where((slots < sink) | (slots >= held - recent), float("inf"), score)
         score = tl.where(slots >= held - 1, float("-inf"), score)
     bits = score.to(tl.int32, bitcast=True)
     signed = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # float order as signed ints
     return tl.where(inside, signed.to(tl.int64) + 2147483648, -1)
+
+
+@triton.jit
+def _block_keys(
+    resident, block, row_scores, stride, width, held, sink, recent, SHARE, WINDOWS, BLOCK, NUM_BLOCKS
+):
+    """Keys of main block ``block``: the resident row when it is one block, else reloaded."""
+    keys = resident
+    if NUM_BLOCKS > 1:
+        slots = block * BLOCK + tl.arange(0, BLOCK)
+        keys = _ranking_keys(row_scores, stride, slots, width, held, sink, recent, SHARE, WINDOWS)
+    return keys
+
+
+@triton.jit
+def _digit_histogram(keys, prefix, shift):
+    """256-bin histogram of the keys' 8-bit digit at ``shift``, over the keys (not -1) whose
+    higher digits equal ``prefix``'s."""
+    matching = (keys >= 0) & ((keys >> (shift + 8)) == (prefix >> (shift + 8)))
+    return tl.histogram(((keys >> shift) & 255).to(tl.int32), 256, mask=matching)
+
+
+@triton.jit
+def _write_taken(keys, slots, threshold, ties_wanted, written, ties_seen, pages_ptr, out_ptr):
+    """Write the pages of the block's keys ``> threshold`` and of its ties while the row's tie
+    rank (``ties_seen`` before the block) is below ``ties_wanted``, in slot order after the
+    ``written`` pages before them. Returns the new ``(written, ties_seen)``."""
+    tie = keys == threshold
+    tie_rank = ties_seen + tl.cumsum(tie.to(tl.int64), axis=0) - 1
+    take = (keys > threshold) | (tie & (tie_rank < ties_wanted))
+    place = written + tl.cumsum(take.to(tl.int64), axis=0) - 1
+    tl.store(out_ptr + place, tl.load(pages_ptr + slots, mask=take, other=0), mask=take)
+    return written + tl.sum(take.to(tl.int64), axis=0), ties_seen + tl.sum(tie.to(tl.int64), axis=0)
 
 
 @triton.jit
@@ -86,13 +134,14 @@ def _select_pages(
     SHARE: tl.constexpr,
     WINDOWS: tl.constexpr,
     IDENTITY: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr,  # see block_layout
+    TAIL: tl.constexpr,
     NUM_BLOCKS: tl.constexpr,
     RADIX: tl.constexpr,
 ):
     row = tl.program_id(0)
     count = tl.load(count_ptr + row)
-    first_row = (row // SHARE) * SHARE
+    row_scores = scores_ptr + (row // SHARE) * SHARE * scores_stride  # the sequence's first row
     held = 0
     sink = 0
     recent = 0
@@ -104,84 +153,71 @@ def _select_pages(
         start = tl.load(indptr_ptr + row)
     else:
         start = tl.load(indptr_ptr + tl.load(out_row_ptr + row))
-    offsets = tl.arange(0, BLOCK)
     bins = tl.arange(0, 256)
-    # 1-2. The count-th largest key T: the largest t with #(key >= t) >= count.
-    prefix = tl.zeros((), tl.int64)
-    remaining = count
+    # The row in registers across the passes (when NUM_BLOCKS == 1): main block, then tail block.
     resident = _ranking_keys(
-        scores_ptr, first_row, scores_stride, offsets, width, held, sink, recent, SHARE, WINDOWS
+        row_scores, scores_stride, tl.arange(0, BLOCK), width, held, sink, recent, SHARE, WINDOWS
     )
+    if TAIL > 0:
+        tail_slots = BLOCK + tl.arange(0, TAIL)
+        tail = _ranking_keys(row_scores, scores_stride, tail_slots, width, held, sink, recent, SHARE, WINDOWS)
+    # 1-2. The count-th largest key T: the largest t with #(key >= t) >= count.
     if RADIX:  # four passes over 8-bit digits, a 256-bin histogram each
+        prefix = tl.zeros((), tl.int64)
+        remaining = count
         for step in range(4):
             shift = 24 - 8 * step
             histogram = tl.zeros((256,), tl.int32)
             for block in range(NUM_BLOCKS):
-                if NUM_BLOCKS == 1:  # the row stays in registers across the passes
-                    keys = resident
-                else:
-                    slots = block * BLOCK + offsets
-                    keys = _ranking_keys(
-                        scores_ptr, first_row, scores_stride, slots, width, held, sink, recent, SHARE, WINDOWS
-                    )
-                matching = (keys >= 0) & ((keys >> (shift + 8)) == (prefix >> (shift + 8)))
-                digit = ((keys >> shift) & 255).to(tl.int32)
-                histogram += tl.histogram(digit, 256, mask=matching)
+                keys = _block_keys(
+                    resident, block, row_scores, scores_stride, width, held, sink, recent,
+                    SHARE, WINDOWS, BLOCK, NUM_BLOCKS,
+                )  # fmt: skip
+                histogram += _digit_histogram(keys, prefix, shift)
+            if TAIL > 0:
+                histogram += _digit_histogram(tail, prefix, shift)
             at_least = tl.sum(histogram, axis=0) - tl.cumsum(histogram, axis=0) + histogram
             digit_chosen = tl.max(tl.where(at_least >= remaining, bins, 0), axis=0)
             remaining -= tl.sum(tl.where(bins > digit_chosen, histogram, 0), axis=0).to(tl.int64)
             prefix = prefix | (digit_chosen.to(tl.int64) << shift)
     else:  # bisection over the 32-bit key range, one bit per pass
-        low = tl.zeros((), tl.int64)
+        prefix = tl.zeros((), tl.int64)  # low: #(key >= low) >= count
         high = tl.full((), 4294967295, tl.int64)
+        greater = tl.zeros((), tl.int64)  # #(key > high), below count
         for _ in range(32):
-            mid = low + (high - low + 1) // 2
+            mid = prefix + (high - prefix + 1) // 2
             above = tl.zeros((), tl.int64)
             for block in range(NUM_BLOCKS):
-                if NUM_BLOCKS == 1:
-                    keys = resident
-                else:
-                    slots = block * BLOCK + offsets
-                    keys = _ranking_keys(
-                        scores_ptr, first_row, scores_stride, slots, width, held, sink, recent, SHARE, WINDOWS
-                    )
+                keys = _block_keys(
+                    resident, block, row_scores, scores_stride, width, held, sink, recent,
+                    SHARE, WINDOWS, BLOCK, NUM_BLOCKS,
+                )  # fmt: skip
                 above += tl.sum((keys >= mid).to(tl.int64), axis=0)
+            if TAIL > 0:
+                above += tl.sum((tail >= mid).to(tl.int64), axis=0)
             enough = above >= count
-            low = tl.where(enough, mid, low)
+            prefix = tl.where(enough, mid, prefix)
             high = tl.where(enough, high, mid - 1)
-        prefix = low
-        greater = tl.zeros((), tl.int64)
-        for block in range(NUM_BLOCKS):
-            if NUM_BLOCKS == 1:
-                keys = resident
-            else:
-                slots = block * BLOCK + offsets
-                keys = _ranking_keys(
-                    scores_ptr, first_row, scores_stride, slots, width, held, sink, recent, SHARE, WINDOWS
-                )
-            greater += tl.sum((keys > low).to(tl.int64), axis=0)
-        remaining = count - greater
-    threshold = prefix
-    ties_wanted = remaining  # keys equal to the threshold still to take
-    # 3. Compaction in slot order: every key above T, then ties at T, oldest first.
+            greater = tl.where(enough, greater, above)
+        remaining = count - greater  # low == high: ties at T still to take
+    # 3. Compaction in slot order (main blocks, then the tail): every key above T, then ties at
+    # T, oldest first; the tail's tie ranks continue from the main block's.
     written = tl.zeros((), tl.int64)
     ties_seen = tl.zeros((), tl.int64)
+    pages_ptr = table_ptr + row * table_stride
     for block in range(NUM_BLOCKS):
-        slots = block * BLOCK + offsets
-        if NUM_BLOCKS == 1:
-            keys = resident
-        else:
-            keys = _ranking_keys(
-                scores_ptr, first_row, scores_stride, slots, width, held, sink, recent, SHARE, WINDOWS
-            )
-        tie = keys == threshold
-        tie_rank = ties_seen + tl.cumsum(tie.to(tl.int64), axis=0) - 1
-        take = (keys > threshold) | (tie & (tie_rank < ties_wanted))
-        place = written + tl.cumsum(take.to(tl.int64), axis=0) - 1
-        pages = tl.load(table_ptr + row * table_stride + slots, mask=take, other=0)
-        tl.store(indices_ptr + start + place, pages, mask=take)
-        written += tl.sum(take.to(tl.int64), axis=0)
-        ties_seen += tl.sum(tie.to(tl.int64), axis=0)
+        keys = _block_keys(
+            resident, block, row_scores, scores_stride, width, held, sink, recent,
+            SHARE, WINDOWS, BLOCK, NUM_BLOCKS,
+        )  # fmt: skip
+        slots = block * BLOCK + tl.arange(0, BLOCK)
+        written, ties_seen = _write_taken(
+            keys, slots, prefix, remaining, written, ties_seen, pages_ptr, indices_ptr + start
+        )
+    if TAIL > 0:
+        written, ties_seen = _write_taken(
+            tail, tail_slots, prefix, remaining, written, ties_seen, pages_ptr, indices_ptr + start
+        )
     tl.store(indices_ptr + start + count, tl.load(newest_ptr + row * newest_stride))
 
 
@@ -233,7 +269,7 @@ def select_pages(
     held, sink, recent = windows if windows is not None else (count, count, count)
     if len({held.stride(0), sink.stride(0), recent.stride(0)}) != 1:
         raise ValueError("select_pages: held, sink_pages and recent_pages must share one stride")
-    block = min(MAX_BLOCK, triton.next_power_of_2(max(width, 16)))
+    block, tail, num_blocks = block_layout(width)
     _select_pages[(rows,)](
         scores,
         count.contiguous(),
@@ -254,7 +290,8 @@ def select_pages(
         WINDOWS=windows is not None,
         IDENTITY=out_rows is None,
         BLOCK=block,
-        NUM_BLOCKS=triton.cdiv(width, block),
+        TAIL=tail,
+        NUM_BLOCKS=num_blocks,
         RADIX=radix,
-        num_warps=num_warps or (8 if block >= 2048 else 4),
+        num_warps=num_warps or (8 if width > 1024 else 4),  # as when those rows were padded to >= 2048
     )

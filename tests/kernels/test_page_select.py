@@ -2,7 +2,9 @@
 
 Runs on CUDA when present, else on CPU through Triton's interpreter; skipped without Triton.
 Per row the kernel must write the page ids of the ``count`` best older slots in slot order, then
-the newest page, at the row's CSR offset, and touch nothing else of the page list.
+the newest page, at the row's CSR offset, and touch nothing else of the page list. Widths that are
+not a power of two (40 = 32 + 16, 72 = 64 + 16, 300 = 256 + 64, 2304 = 2048 + 256) run the
+main + tail block layout; widths above ``MAX_BLOCK`` (4100, 8200) reload their blocks every pass.
 """
 
 from __future__ import annotations
@@ -14,16 +16,22 @@ import torch
 
 pytest.importorskip("triton")
 
-from lil_sparse.kernels.page_select import select_pages
+from lil_sparse.kernels.page_select import MAX_BLOCK, block_layout, select_pages
 from lil_sparse.policies.base import PageScores, PolicyBatch, top_slots
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 UNTOUCHED = -7
-# rows, width, share; the CPU interpreter is slow, so its grid is smaller.
+# rows, width, share; the CPU interpreter is slow, so its grids are smaller.
 GRID = (
-    list(itertools.product([1, 5, 64], [8, 33, 256, 2048, 5000], [1, 2]))
+    list(itertools.product([1, 5, 64], [8, 33, 40, 256, 300, 2048, 2304, 5000], [1, 2]))
     if DEVICE == "cuda"
-    else [(1, 8, 1), (4, 33, 2), (3, 300, 1), (2, 4100, 2)]
+    else [(1, 8, 1), (4, 33, 2), (3, 40, 1), (4, 72, 2), (3, 300, 1), (2, 2304, 2), (2, 4100, 2)]
+)
+# Scores from {0, 1, 2} (ties everywhere), slots held past the first block: the tail is in play.
+TIE_GRID = (
+    list(itertools.product([5, 64], [40, 300, 2304, 4100, 8200], [1, 2]))
+    if DEVICE == "cuda"
+    else [(3, 40, 1), (4, 72, 2), (3, 300, 1), (2, 2304, 2), (2, 4100, 1), (1, 8200, 2)]
 )
 
 
@@ -39,17 +47,33 @@ def reference(scores: PageScores, batch: PolicyBatch, count, newest):
     return out
 
 
-def case(rows, width, share, seed, windows=False):
+def stable_reference(scores: PageScores, batch: PolicyBatch, count, newest):
+    """Per row: the ``count`` best slots of ``PageScores.ranked``, the older slot first among
+    equal scores (the kernel's tie rule), in slot order, then the newest page."""
+    out = []
+    for r, row in enumerate(scores.ranked(batch).tolist()):
+        best = sorted(range(len(row)), key=lambda s: (-row[s], s))[: int(count[r])]
+        out.append([int(batch.table[r, s]) for s in sorted(best)] + [int(newest[r])])
+    return out
+
+
+def case(rows, width, share, seed, windows=False, ties=False):
     """Random per-row scores (``-inf`` from ``held - 1`` on) of ``rows`` rows in sequences of
-    ``share`` rows, with counts up to what each row can take."""
+    ``share`` rows, with counts up to what each row can take. ``ties``: scores from {0, 1, 2},
+    and older slots held past the first block (in the tail block, or the next reloaded one)."""
     gen = torch.Generator().manual_seed(seed)
     seqs = -(-rows // share)
     rows = seqs * share
-    held = torch.randint(1, width + 1, (seqs,), generator=gen).repeat_interleave(share)
+    lowest = min(width, block_layout(width)[0] + 2) if ties else 1
+    held = torch.randint(lowest, width + 1, (seqs,), generator=gen)
+    held = held.repeat_interleave(share)
     slot = torch.arange(width).unsqueeze(0)
-    scores = (torch.randn(rows, width, generator=gen) * 3).masked_fill(
-        slot >= (held - 1).unsqueeze(1), float("-inf")
+    values = (
+        torch.randint(0, 3, (rows, width), generator=gen).float()
+        if ties
+        else torch.randn(rows, width, generator=gen) * 3
     )
+    scores = values.masked_fill(slot >= (held - 1).unsqueeze(1), float("-inf"))
     if not windows:
         scores[:, :1] = torch.where(held.unsqueeze(1) > 1, float("inf"), float("-inf"))  # a forced slot
     sink = torch.randint(0, 3, (seqs,), generator=gen).repeat_interleave(share)
@@ -82,7 +106,8 @@ def run(scores: PageScores, batch: PolicyBatch, count, newest, out_rows=None, to
     for r, o in enumerate(targets):
         sizes[o] = int(count[r]) + 1
     indptr = torch.tensor([0, *itertools.accumulate(sizes)], dtype=torch.int32)
-    indices = torch.full((int(indptr[-1]) + 11,), UNTOUCHED, dtype=torch.int32, device=DEVICE)
+    guard = batch.table.shape[1] + 1  # a faulty kernel's extra pages land here, where they are seen
+    indices = torch.full((int(indptr[-1]) + guard,), UNTOUCHED, dtype=torch.int32, device=DEVICE)
     dev = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
     windows = (
         (dev(batch.held), dev(batch.sink_pages), dev(batch.recent_pages)) if scores.keep_windows else None
@@ -114,10 +139,69 @@ def test_selection_equals_topk_in_slot_order(rows, width, share, windows, radix)
     assert (indices[int(indptr[-1]) :] == UNTOUCHED).all()
 
 
-def test_rows_land_at_their_step_rows_and_nothing_else_changes():
-    scores, batch, count, newest = case(4, 40, 2, seed=3, windows=True)
+@pytest.mark.parametrize("radix", [False, True])
+@pytest.mark.parametrize("windows", [False, True])
+@pytest.mark.parametrize(("rows", "width", "share"), TIE_GRID)
+def test_ties_go_to_the_older_slot_across_the_tail_boundary(rows, width, share, windows, radix):
+    scores, batch, count, newest = case(rows, width, share, seed=width + share, windows=windows, ties=True)
+    indptr, indices = run(scores, batch, count, newest, radix=radix)
+    want = stable_reference(scores, batch, count, newest)
+    for r in range(batch.table.shape[0]):
+        assert indices[indptr[r] : indptr[r + 1]].tolist() == want[r]
+    assert (indices[int(indptr[-1]) :] == UNTOUCHED).all()
+
+
+@pytest.mark.parametrize("radix", [False, True])
+@pytest.mark.parametrize("width", [40, 300, 4100])
+def test_equal_scores_fill_the_main_block_then_the_tail_in_slot_order(width, radix):
+    # Every older slot scores 1.0 and the one before the newest 2.0: the count - 1 oldest ties
+    # and that slot are taken, in slot order, whether the count ends in the main block or past it.
+    block = block_layout(width)[0]
+    values = torch.ones(1, width)
+    values[0, -2:] = torch.tensor([2.0, float("-inf")])
+    scores = PageScores(values)
+    table = torch.arange(1000, 1000 + width, dtype=torch.int32).unsqueeze(0)
+    newest = torch.tensor([7], dtype=torch.int32)
+    for k in (1, block - 1, block, block + 2, width - 1):
+        batch = PolicyBatch(
+            rows=torch.arange(1),
+            table=table,
+            held=torch.tensor([width]),
+            select_count=torch.tensor([k + 1]),
+            sink_pages=torch.zeros(1, dtype=torch.long),
+            recent_pages=torch.ones(1, dtype=torch.long),
+            dense_layers=torch.zeros(1, dtype=torch.long),
+            max_select=k + 1,
+            num_kv_heads=1,
+        )
+        _, indices = run(scores, batch, torch.tensor([k]), newest, radix=radix)
+        want = [1000 + s for s in range(k - 1)] + [1000 + width - 2, 7]
+        assert indices[: k + 1].tolist() == want, k
+
+
+def test_block_layout_holds_two_blocks_up_to_max_block_then_reloads():
+    assert block_layout(2304) == (2048, 256, 1)  # the 8B/batch 8/32k step: not one 4096 block
+    assert block_layout(2048) == (2048, 0, 1)
+    assert block_layout(40) == (32, 16, 1)
+    assert block_layout(300) == (256, 64, 1)
+    assert block_layout(17) == (16, 16, 1)
+    assert block_layout(5) == (16, 0, 1)
+    assert block_layout(4100) == (4096, 0, 2)
+    assert block_layout(8200) == (4096, 0, 3)
+    for width in range(1, 2 * MAX_BLOCK + 2):
+        block, tail, num_blocks = block_layout(width)
+        assert block * num_blocks + tail >= width
+        assert tail == 0 or (num_blocks == 1 and 16 <= tail <= block < width <= block + tail)
+        if width <= MAX_BLOCK:  # never more slots than the one padded block it replaces
+            assert num_blocks == 1 and block + tail <= max(16, 1 << (width - 1).bit_length())
+
+
+@pytest.mark.parametrize("radix", [False, True])
+@pytest.mark.parametrize("width", [40, 300])
+def test_rows_land_at_their_step_rows_and_nothing_else_changes(width, radix):
+    scores, batch, count, newest = case(4, width, 2, seed=3, windows=True)
     out_rows = torch.tensor([6, 1, 3, 0])
-    indptr, indices = run(scores, batch, count, newest, out_rows, total_rows=8)
+    indptr, indices = run(scores, batch, count, newest, out_rows, total_rows=8, radix=radix)
     want = reference(scores, batch, count, newest)
     for r, o in enumerate(out_rows.tolist()):
         assert indices[indptr[o] : indptr[o + 1]].tolist() == want[r]
