@@ -233,6 +233,7 @@ def profile_step(step, out: Path) -> None:
         for _ in range(3):
             step()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
     print(table[:6000], flush=True)
 
