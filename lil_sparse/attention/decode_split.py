@@ -9,17 +9,18 @@ smallest chunk that keeps the work units (row chunks) within ``2 * num_sms / num
 48 rows of 2049 pages beside 192 rows of 257 cannot split its long rows at all (240 rows already
 take 240 units): 48 CTAs each stream 16.8 MB while the rest of the GPU idles.
 
-Measured on the H200 (2026-11-30, ``scratch``-free probe recorded in docs/gpu.md, FlashInfer
-0.6.6, bf16, head_dim 128, page 16, group 4, CUDA-graph mode): those 240 rows took 545 us in one
-call and 335 us in two (long rows, then short rows); the bytes need 288 us at 4.2 TB/s.
+Measured on the H200 (2026-11-30 14:49 UTC, ``bench/split_micro.py``, docs/bench/split_micro.md;
+FlashInfer 0.6.6, bf16, head_dim 128, page 16, group 4): those 240 rows took 502 us in one call
+and 314 us in two (long rows, then short rows) replayed in a CUDA graph; the bytes need 286 us.
 
 The model used here (in page units, so it holds for any page size and dtype): a call costs
 ``max(total_pages / num_sms, largest_unit_pages) + CALL_OVERHEAD_PAGES``, i.e. the batch either
 streams at the full bandwidth or waits for its largest unit, which one CTA streams at about
-``1 / num_sms`` of it (the single call above: 16.8 MB in 528 us = 31.8 GB/s, 4.2 TB/s / 132).
-It predicts 528 us for the single call and 288 us + two overheads for the pair; the pair measured
-335 us, so the model is optimistic for the split, and the split is taken only when it saves at
-least ``MIN_GAIN`` of the single call's estimate.
+``1 / num_sms`` of it (the single call above: 16.8 MB in 502-526 us = 32-33 GB/s, about
+4.2 TB/s / 132).
+It predicts ~530 us for the single call and ~290 us + two overheads for the pair; the pair
+measured 314 us, so the model is optimistic for the split, and the split is taken only when it
+saves at least ``MIN_GAIN`` of the single call's estimate.
 """
 
 from __future__ import annotations
