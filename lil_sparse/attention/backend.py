@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 class AttentionBackend(ABC):
     name: str = "abstract"
+    # Whether the runner should order a decode step's rows longest first (a backend that runs
+    # very unequal rows as separate calls over contiguous rows wants them; the order costs a
+    # sort and two small gathers per step, so backends that do not split leave it off).
+    prefers_longest_first: bool = False
 
     def begin_decode_step(self, layouts: Sequence[DecodeLayout]) -> None:
         """Called once per decode step with every layout the step's layers will use (``plan()``)."""

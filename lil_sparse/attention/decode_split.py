@@ -7,7 +7,8 @@ smallest chunk that keeps the work units (row chunks) within ``2 * num_sms / num
 ``max_batch_size_if_split``, ``PrefillBinarySearchKVChunkSize`` searches the chunk). Our rows are
 (sequence, KV head) pairs with ``num_kv_heads=1``, so 132 SMs give 264 units. A mixed batch of
 48 rows of 2049 pages beside 192 rows of 257 cannot split its long rows at all (240 rows already
-take 240 units): 48 CTAs each stream 16.8 MB while the rest of the GPU idles.
+take 240 units; in the engine the 30 sequences pad to 32, 256 rows): 48 CTAs each stream 16.8 MB
+while the rest of the GPU idles.
 
 Measured on the H200 (2026-11-30 14:49 UTC, ``bench/split_micro.py``, docs/bench/split_micro.md;
 FlashInfer 0.6.6, bf16, head_dim 128, page 16, group 4): those 240 rows took 502 us in one call
@@ -31,19 +32,20 @@ from collections.abc import Sequence
 UNITS_PER_SM = 2  # FlashInfer's PrefillPlan: num_blocks_per_sm = 2 (max_batch_size_if_split)
 CALL_OVERHEAD_PAGES = 20  # ~5 us of launch and tail per call, in page units at 31.8 GB/s / 8 KiB
 MIN_GAIN = 0.2  # split only when the estimate drops by at least 20%
-MAX_CANDIDATES = 3  # split points tried: the largest drops in page count between neighbours
+MAX_CANDIDATES = 3  # split points tried: the largest drops (ratio) in page count between neighbours
 
 
 def chunk_pages(counts: Sequence[int], units: int, min_chunk: int) -> int:
     """FlashInfer's chunk size in pages for rows of ``counts`` pages with ``units`` work units.
 
     The smallest ``c`` in ``[min_chunk, max(counts)]`` with ``sum(ceil(n / c)) <= units``
-    (``PrefillBinarySearchKVChunkSize``, one query tile per row; ``max(counts)`` when none fits).
+    (``PrefillBinarySearchKVChunkSize``, one query tile per row; ``max(counts)`` when none fits,
+    and ``min_chunk`` when every row is shorter than it, as FlashInfer's search returns).
     ``min_chunk`` is FlashInfer's ``max(128 // page_size, 1)``.
     """
     rows = Counter(max(n, 1) for n in counts).items()  # a batch holds few distinct counts
     longest = max(n for n, _ in rows)
-    low, high = min(min_chunk, longest), longest
+    low, high = min_chunk, longest
     while low < high:
         mid = (low + high) // 2
         if sum(times * -(-n // mid) for n, times in rows) > units:
@@ -65,9 +67,11 @@ def choose_split(counts: Sequence[int], row_step: int, num_sms: int, min_chunk: 
     """Rows in the first of two decode calls over rows of ``counts`` pages, or 0 for one call.
 
     ``row_step``: split points fall on multiples of it (a sequence's KV-head rows stay in one
-    call). Candidates are the ``MAX_CANDIDATES`` largest drops in page count between neighbouring
-    sequences (the runner orders rows by page count, longest first, so the long rows form a
-    prefix); the best one is taken when it beats one call by ``MIN_GAIN``.
+    call). Candidates are the ``MAX_CANDIDATES`` largest drops (by ratio) in page count between
+    neighbouring sequences (the runner orders rows by the pages a sparse layer attends, longest
+    first, so there the long rows form a prefix; in Quest's dense layers they may not, which costs
+    speed only); the best one is taken when it beats one call by ``MIN_GAIN``. A split inside a
+    run of equal rows is never tried, though the model can rate one a little better.
     Raises ``ValueError`` when ``counts`` is empty or not a multiple of ``row_step`` long.
     """
     rows = len(counts)

@@ -6,7 +6,8 @@ Prompt chunks that continue a prompt run FlashInfer's paged prefill over the req
 Decode is one ``BatchDecodeWithPagedKVCacheWrapper`` batch whose rows are (sequence, KV head)
 pairs over one-head pages (``num_kv_heads=1``, layout "HND", the group's G query heads as the
 row's queries). A row's page list is the pages its policy selected, so a short list *is* the
-block-sparse decode.
+block-sparse decode. A batch of very unequal rows runs as two calls over its long and short
+rows (:mod:`lil_sparse.attention.decode_split`, :mod:`lil_sparse.attention.flashinfer_decode_slot`).
 
 ``plan()`` runs once per distinct page-count vector (page *counts* are fixed for the step, and
 change once per ``page_size`` tokens of a row): a step whose slot was planned with the same counts
@@ -96,6 +97,7 @@ class FlashInferBackend(AttentionBackend):
             else use_tensor_cores
         )
         self.split_calls = split_calls and self.use_tensor_cores
+        self.prefers_longest_first = self.split_calls
         self.num_sms = torch.cuda.get_device_properties(self.device).multi_processor_count
         self.shape = PlanShape(self.group, self.head_dim, self.page_size, self.dtype)
         self.workspace = torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=self.device)

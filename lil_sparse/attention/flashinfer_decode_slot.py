@@ -19,8 +19,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-MAX_SPLITS = 64  # split points a slot keeps part wrappers for; a new one beyond runs as one call
-PART_INT_WORKSPACE_BYTES = 1 << 20  # a part's plan arrays (FlashInfer allots 8 MiB per wrapper)
+# Split points a slot keeps part wrappers for; a new one beyond runs as one call. Each split
+# point holds two wrappers of 1 MiB of device and 1 MiB of pinned host memory (their plan arrays;
+# FlashInfer first allots 8 MiB of each, freed at once), so a slot holds at most 32 MiB of each,
+# outside the KV cache. Split points are sequence boundaries, so a slot of n sequences has n - 1.
+MAX_SPLITS = 16
+PART_INT_WORKSPACE_BYTES = 1 << 20
 
 # (indptr buffer, indices buffer, last_page_len buffer, small int workspace) -> wrapper
 WrapperFactory = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], object]
@@ -51,7 +55,8 @@ class DecodePart:
 class DecodeSlot:
     """One planned decode batch: a wrapper and the int32 buffers its kernel reads.
 
-    - ``indptr: [rows + 1]``, ``last_page_len: [rows]``: written once per step (by ``plan()``).
+    - ``indptr: [rows + 1]``, ``last_page_len: [rows]``: written by ``plan()`` when the page
+      counts change; otherwise only ``last_page_len`` is refreshed.
     - ``indices: [capacity]``: CSR page ids, rewritten per layer when the selection changes.
     - ``packed_from``: the padded ``page_ids`` tensor the current indices came from. Held by
       reference, so ``is`` cannot be fooled by a recycled id; layers that pass the same tensor

@@ -180,7 +180,8 @@ class ModelRunner:
         selecting = self.gate.selecting(seqs)  # one decision per step, for layouts and groups
         page_counts = self.layouts.page_counts(seqs, selecting)
         caller_seqs = seqs
-        order = longest_first(page_counts)  # the step runs its rows longest first
+        # A backend that splits unequal rows into calls runs them longest first.
+        order = longest_first(page_counts) if self.backend.prefers_longest_first else None
         if order is not None:
             seqs = [seqs[i] for i in order]
             selecting = [selecting[i] for i in order]

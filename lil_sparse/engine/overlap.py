@@ -44,7 +44,7 @@ from lil_sparse.engine.sequence import Sequence, SequenceStatus
 @dataclass(frozen=True, slots=True)
 class AheadStep:
     """A decode step launched ahead: ``logits [len(seqs), V] float32`` (valid until the runner's
-    next decode call: a CUDA graph's output buffer), and per row the KV record of the launch,
+    next decode call: it may be a CUDA graph's output buffer), and per row the KV record of the launch,
     applied to the request's report once the row's token is taken."""
 
     seqs: list[Sequence]

@@ -23,8 +23,8 @@ def test_chunk_pages_is_the_smallest_chunk_within_the_units():
     assert chunk_pages([2049] * 48 + [257] * 192, 264, MIN_CHUNK) == 2049
     # Few short rows: the search stops at FlashInfer's minimum chunk.
     assert chunk_pages([20, 3], 264, MIN_CHUNK) == MIN_CHUNK
-    # Rows shorter than the minimum chunk: the chunk is the longest row.
-    assert chunk_pages([5, 3], 264, MIN_CHUNK) == 5
+    # Rows shorter than the minimum chunk: FlashInfer's search starts (and stops) at the minimum.
+    assert chunk_pages([5, 3], 264, MIN_CHUNK) == MIN_CHUNK
 
 
 def test_call_cost_is_bandwidth_or_the_largest_unit():
@@ -97,11 +97,16 @@ def test_the_runner_answers_in_the_callers_order(engine):
 
     import lil_sparse.engine.model_runner as model_runner
 
+    # The reference backend runs one call and does not ask for the order; FlashInfer's does
+    # (prefers_longest_first), and the runner's reordering is the same code on either.
+    backend = engine.runner.backend
     model_runner.longest_first = recording  # type: ignore[attr-defined]
+    backend.prefers_longest_first = True
     try:
         together = engine.generate(prompts, requests)
     finally:
         model_runner.longest_first = real  # type: ignore[attr-defined]
+        del backend.prefers_longest_first  # back to the class's False
     assert [2, 0, 1] in orders  # the step really reordered its rows
     alone = [engine.generate([p], [o])[0] for p, o in zip(prompts, requests, strict=True)]
     for got, want in zip(together, alone, strict=True):
@@ -110,3 +115,91 @@ def test_the_runner_answers_in_the_callers_order(engine):
     # A full request attends every page it holds; the sink request stays at its 2-page budget.
     assert together[1].kv.attended_pages_per_step[-1] == 2
     assert together[2].kv.attended_pages_per_step[-1] == 6  # 70 + 11 tokens: 6 pages
+
+
+def reordering_engine(model_dir, overlap: bool, selection: str):
+    from lil_sparse.config import EngineConfig
+    from lil_sparse.engine import LLMEngine
+
+    engine = LLMEngine.from_config(
+        EngineConfig(
+            model=str(model_dir),
+            page_size=4,
+            kv_cache_tokens=4096,
+            max_batch_size=8,
+            max_num_batched_tokens=24,
+            guardian_workers=0,
+            poison_freed_pages=True,
+            overlap_scheduling=overlap,
+            selection=selection,
+        )
+    )
+    engine.runner.backend.prefers_longest_first = True  # as FlashInfer's backend asks
+    return engine
+
+
+def mixed_batch(seed: int):
+    """8 requests over every policy: unequal prompts, budgets, windows, dense layers, stops,
+    greedy and seeded sampling, so the step's rows are reordered and groups, eviction and the
+    selection gate all see the new order."""
+    import random
+
+    from lil_sparse.options import (
+        POLICY_NAMES,
+        RequestOptions,
+        SamplingOptions,
+        SparseOptions,
+        StoppingOptions,
+    )
+
+    rng = random.Random(seed)
+    prompts, options = [], []
+    for index in range(8):
+        prompts.append([rng.randrange(3, 384) for _ in range(rng.choice([5, 13, 30, 61, 90]))])
+        sampling = SamplingOptions(temperature=0.9, top_k=20, seed=index) if index % 2 else SamplingOptions()
+        options.append(
+            RequestOptions(
+                sampling=sampling,
+                stopping=StoppingOptions(max_new_tokens=rng.choice([6, 15, 25]), ignore_eos=True),
+                sparse=SparseOptions(
+                    policy=POLICY_NAMES[index % len(POLICY_NAMES)],
+                    budget_tokens=rng.choice([8, 12, 20]),
+                    sink_tokens=rng.choice([0, 4]),
+                    recent_tokens=4,
+                    dense_layers=rng.choice([0, 1]),
+                ),
+            )
+        )
+    return prompts, options
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+@pytest.mark.parametrize("selection", ["exact", "when_faster"])
+def test_a_reordered_mixed_batch_gives_every_request_its_solo_run(tiny_model_dir, overlap, selection):
+    """With the rows reordered every step, each request's tokens and KV report (attended pages
+    per step, peak pages, selection-gate skips) equal its solo run's, overlap on and off."""
+    import lil_sparse.engine.model_runner as model_runner
+
+    reordered = []
+
+    def recording(per_seq):
+        order = longest_first(per_seq)
+        reordered.append(order is not None)
+        return order
+
+    model_runner.longest_first = recording  # type: ignore[attr-defined]
+    try:
+        engine = reordering_engine(tiny_model_dir, overlap, selection)
+        for seed in range(2):
+            prompts, options = mixed_batch(seed)
+            together = engine.generate(prompts, options)
+            alone = [engine.generate([p], [o])[0] for p, o in zip(prompts, options, strict=True)]
+            for got, want in zip(together, alone, strict=True):
+                assert got.output_token_ids == want.output_token_ids
+                assert got.kv.attended_pages_per_step == want.kv.attended_pages_per_step
+                assert got.kv.peak_pages == want.kv.peak_pages
+                assert got.kv.selection_skipped_steps == want.kv.selection_skipped_steps
+        engine.close()
+    finally:
+        model_runner.longest_first = longest_first  # type: ignore[attr-defined]
+    assert any(reordered)

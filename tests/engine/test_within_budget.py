@@ -61,10 +61,9 @@ def run(model_dir: Path, policies: tuple[str, str]):
 def test_a_request_within_budget_attends_densely_beside_one_that_selects(tiny_model_dir, policy):
     reports, logits, group_rows = run(tiny_model_dir, (policy, policy))
     dense_reports, dense_logits, _ = run(tiny_model_dir, ("full", policy))
-    # Both decode for 19 steps, then the short one alone for 10. The long request selects in
-    # every step, the short one never; the step runs its rows longest first (longest_first), so
-    # the long request, the caller's second, is the step's sequence 0 (rows 0 and 1: 2 KV heads).
-    assert group_rows == [{policy: [0, 1]}] * 19 + [{}] * 10
+    # Both decode for 19 steps, then the short one alone for 10. The long request (step rows
+    # 2 and 3: sequence 1 of the step, 2 KV heads) selects in every step; the short one never.
+    assert group_rows == [{policy: [2, 3]}] * 19 + [{}] * 10
     assert reports[0].kv.attended_pages_per_step == dense_reports[0].kv.attended_pages_per_step
     assert reports[0].output_token_ids == dense_reports[0].output_token_ids
     assert reports[1].output_token_ids == dense_reports[1].output_token_ids
