@@ -14,14 +14,20 @@ Measured on the H200 (2026-11-30 14:49 UTC, ``bench/split_micro.py``, docs/bench
 FlashInfer 0.6.6, bf16, head_dim 128, page 16, group 4): those 240 rows took 502 us in one call
 and 314 us in two (long rows, then short rows) replayed in a CUDA graph; the bytes need 286 us.
 
-The model used here (in page units, so it holds for any page size and dtype): a call costs
-``max(total_pages / num_sms, largest_unit_pages) + CALL_OVERHEAD_PAGES``, i.e. the batch either
-streams at the full bandwidth or waits for its largest unit, which one CTA streams at about
-``1 / num_sms`` of it (the single call above: 16.8 MB in 502-526 us = 32-33 GB/s, about
-4.2 TB/s / 132).
-It predicts ~530 us for the single call and ~290 us + two overheads for the pair; the pair
-measured 314 us, so the model is optimistic for the split, and the split is taken only when it
-saves at least ``MIN_GAIN`` of the single call's estimate.
+The model used here (in page units, so it holds for any page size and dtype): a unit streams at
+``1 / (2 num_sms)`` of the bandwidth while the GPU is full, and a lone unit at up to
+``1 / num_sms`` of it, so a call of ``u`` units costs
+
+    max(total_pages * 2 / min(u, 2 num_sms), largest_unit_pages) + CALL_OVERHEAD_PAGES
+
+(a page unit is a page's K and V read at ``1 / num_sms`` of the bandwidth: 8 KiB at 32 GB/s,
+0.26 us). It fits the H200 figures (predictions before the per-call overhead; "probe" marks an
+eager timing of FlashInfer called directly, 14:36 UTC, printed, not kept): the single call
+waits for its 2049-page units (predicted 528 us; 502-526 measured by ``bench/split_micro.py``);
+the pair's long call has 240 units of 410 pages (211 us; probe 225) and its short call 192
+units of 257 pages, which leave a quarter of the GPU's units idle (133 us; probe 133); 64 rows
+of 2049 pages fill 256 units (263 us; probe 287). The split is taken only when it saves at
+least ``MIN_GAIN`` of the single call's estimate.
 """
 
 from __future__ import annotations
@@ -57,10 +63,12 @@ def chunk_pages(counts: Sequence[int], units: int, min_chunk: int) -> int:
 
 def call_cost(counts: Sequence[int], num_sms: int, min_chunk: int) -> float:
     """Estimated time of one decode call over rows of ``counts`` pages, in page units (see the
-    module docstring): ``max(sum / num_sms, largest unit) + CALL_OVERHEAD_PAGES``."""
-    chunk = chunk_pages(counts, UNITS_PER_SM * num_sms, min_chunk)
+    module docstring): ``max(sum * 2 / min(units, 2 num_sms), largest unit) + CALL_OVERHEAD_PAGES``."""
+    capacity = UNITS_PER_SM * num_sms
+    chunk = chunk_pages(counts, capacity, min_chunk)
+    units = sum(-(-max(n, 1) // chunk) for n in counts)
     largest = min(chunk, max(counts))
-    return max(sum(counts) / num_sms, largest) + CALL_OVERHEAD_PAGES
+    return max(sum(counts) * UNITS_PER_SM / min(units, capacity), largest) + CALL_OVERHEAD_PAGES
 
 
 def choose_split(counts: Sequence[int], row_step: int, num_sms: int, min_chunk: int) -> int:

@@ -27,11 +27,15 @@ def test_chunk_pages_is_the_smallest_chunk_within_the_units():
     assert chunk_pages([5, 3], 264, MIN_CHUNK) == MIN_CHUNK
 
 
-def test_call_cost_is_bandwidth_or_the_largest_unit():
+def test_call_cost_is_bandwidth_over_the_units_in_use_or_the_largest_unit():
     # One call of the mixed batch waits for its unsplit 2049-page rows.
     assert call_cost([2049] * 48 + [257] * 192, H200_SMS, MIN_CHUNK) == 2049 + 20
-    # 48 long rows alone split 5 ways (chunks of 410 pages): bandwidth-bound at 48 * 2049 / 132.
-    assert call_cost([2049] * 48, H200_SMS, MIN_CHUNK) == pytest.approx(48 * 2049 / 132 + 20)
+    # 48 long rows alone split 5 ways (chunks of 410 pages): 240 of 264 units stream.
+    assert call_cost([2049] * 48, H200_SMS, MIN_CHUNK) == pytest.approx(48 * 2049 * 2 / 240 + 20)
+    # 192 short rows take one unit each: a quarter of the units idle, the rest stream.
+    assert call_cost([257] * 192, H200_SMS, MIN_CHUNK) == pytest.approx(257 * 2 + 20)
+    # 64 rows of 2049 pages fill 256 units (chunks of 513): the full bandwidth, nearly.
+    assert call_cost([2049] * 64, H200_SMS, MIN_CHUNK) == pytest.approx(64 * 2049 * 2 / 256 + 20)
 
 
 def test_the_mixed_batch_splits_between_long_and_short_rows():
