@@ -10,9 +10,9 @@ smallest chunk that keeps the work units (row chunks) within ``2 * num_sms / num
 take 240 units; in the engine the 30 sequences pad to 32, 256 rows): 48 CTAs each stream 16.8 MB
 while the rest of the GPU idles.
 
-Measured on the H200 (2026-11-30 14:49 UTC, ``bench/split_micro.py``, docs/bench/split_micro.md;
-FlashInfer 0.6.6, bf16, head_dim 128, page 16, group 4): those 240 rows took 502 us in one call
-and 314 us in two (long rows, then short rows) replayed in a CUDA graph; the bytes need 286 us.
+Measured on the H200 (2026-11-30 15:23 UTC, ``bench/split_micro.py``, docs/bench/split_micro.md;
+FlashInfer 0.6.6, bf16, head_dim 128, page 16, group 4, replayed in a CUDA graph): those 240 rows
+took 504.6 us in one call and 319.4 us in two (long rows, then short rows); the bytes need 286 us.
 
 The model used here (in page units, so it holds for any page size and dtype): a unit streams at
 ``1 / (2 num_sms)`` of the bandwidth while the GPU is full, and a lone unit at up to
@@ -21,13 +21,15 @@ The model used here (in page units, so it holds for any page size and dtype): a 
     max(total_pages * 2 / min(u, 2 num_sms), largest_unit_pages) + CALL_OVERHEAD_PAGES
 
 (a page unit is a page's K and V read at ``1 / num_sms`` of the bandwidth: 8 KiB at 32 GB/s,
-0.26 us). It fits the H200 figures (predictions before the per-call overhead; "probe" marks an
-eager timing of FlashInfer called directly, 14:36 UTC, printed, not kept): the single call
-waits for its 2049-page units (predicted 528 us; 502-526 measured by ``bench/split_micro.py``);
-the pair's long call has 240 units of 410 pages (211 us; probe 225) and its short call 192
-units of 257 pages, which leave a quarter of the GPU's units idle (133 us; probe 133); 64 rows
-of 2049 pages fill 256 units (263 us; probe 287). The split is taken only when it saves at
-least ``MIN_GAIN`` of the single call's estimate.
+0.26 us). Against the same measurements it is 5-18% pessimistic, and it ranks one call against
+the split at the drop right in every layout measured: one call 529 us predicted (504.6
+measured), the split 351 (319.4); 192 rows of 257 pages alone, which leave a quarter of the
+units idle, 137 (116.0), where a split would cost more (132 measured). Among split points it is
+less reliable: splits inside the run of long rows (rows 32 and 40) it rates 10-13% better than
+the drop, and they measured 5% worse and 2% better; an earlier variant that also split where
+the 264 units fill up, and ran up to three calls, measured no gain (15:21 UTC, printed, code not
+kept: 341.2 and 328.3 against 325.6 us). So only the drops are candidates, and the split is
+taken only when it saves at least ``MIN_GAIN`` of the single call's estimate.
 """
 
 from __future__ import annotations
