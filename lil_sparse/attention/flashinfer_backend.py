@@ -266,7 +266,7 @@ class FlashInferBackend(AttentionBackend):
         slot = self._slot_of(layout)
         if page_ids is not slot.packed_from:
             self.pack_indices(page_ids, layout)
-        out, _ = self._run(slot, q, k_pages, v_pages, return_lse=False)
+        out, _ = slot.run(q, k_pages, v_pages, return_lse=False)
         return out
 
     def decode_with_lse(
@@ -281,30 +281,7 @@ class FlashInferBackend(AttentionBackend):
         slot = self._slot_of(layout)
         if page_ids is not slot.packed_from:
             self.pack_indices(page_ids, layout)
-        return self._run(slot, q, k_pages, v_pages, return_lse=True)
-
-    @staticmethod
-    def _run(
-        slot: DecodeSlot, q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, return_lse: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The slot's call(s): ``out: [rows, G, D]``, and ``lse: [rows, G] float32`` when asked."""
-        q = q.contiguous()
-        if not slot.split:
-            if return_lse:
-                out, lse = slot.wrapper.run(q, (k_pages, v_pages), return_lse=True)  # type: ignore[attr-defined]
-                return out, lse
-            return slot.wrapper.run(q, (k_pages, v_pages)), None  # type: ignore[attr-defined]
-        out = torch.empty_like(q)
-        lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if return_lse else None
-        for start, end, wrapper in slot.calls():  # two calls over contiguous rows
-            wrapper.run(  # type: ignore[attr-defined]
-                q[start:end],
-                (k_pages, v_pages),
-                out=out[start:end],
-                lse=None if lse is None else lse[start:end],
-                return_lse=return_lse,
-            )
-        return out, lse
+        return slot.run(q, k_pages, v_pages, return_lse=True)
 
     def alias_layout(self, alias: DecodeLayout, layout: DecodeLayout) -> None:
         """Let ``alias`` (a graph's static copy of ``layout``) resolve to ``layout``'s slot."""

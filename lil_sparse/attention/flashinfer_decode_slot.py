@@ -88,6 +88,29 @@ class DecodeSlot:
             return [(0, self.rows, self.wrapper)]
         return [(part.start, part.end, part.wrapper) for part in self.parts[self.split]]
 
+    def run(
+        self, q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, return_lse: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This step's call(s) over ``q: [rows, G, D]``: ``out: [rows, G, D]``, and ``lse: [rows, G]
+        float32`` (FlashInfer's base-2 log-sum-exp) when asked."""
+        q = q.contiguous()
+        if not self.split:
+            if return_lse:
+                out, lse = self.wrapper.run(q, (k_pages, v_pages), return_lse=True)  # type: ignore[attr-defined]
+                return out, lse
+            return self.wrapper.run(q, (k_pages, v_pages)), None  # type: ignore[attr-defined]
+        out = torch.empty_like(q)
+        lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if return_lse else None
+        for start, end, wrapper in self.calls():  # two calls over contiguous rows
+            wrapper.run(  # type: ignore[attr-defined]
+                q[start:end],
+                (k_pages, v_pages),
+                out=out[start:end],
+                lse=None if lse is None else lse[start:end],
+                return_lse=return_lse,
+            )
+        return out, lse
+
     def plan(
         self,
         indptr: torch.Tensor,

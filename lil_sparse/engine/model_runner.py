@@ -12,8 +12,6 @@ Prefill runs the step's prompt chunks (a whole prompt is one chunk) in one model
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from lil_sparse.attention.backend import AttentionBackend
@@ -21,13 +19,13 @@ from lil_sparse.attention.flashinfer_backend import FlashInferBackend
 from lil_sparse.engine.cuda_graphs import DecodeGraphs, DecodeStep
 from lil_sparse.engine.decode_inputs import build_decode_inputs
 from lil_sparse.engine.decode_layouts import DecodeLayouts, distinct_layouts, longest_first
+from lil_sparse.engine.kv_records import DecodeKVRecord, decode_kv_records
 from lil_sparse.engine.page_manager import PageManager
 from lil_sparse.engine.policy_groups import build_policy_groups
 from lil_sparse.engine.prefill_attention import ChunkRows, PrefillAttention
 from lil_sparse.engine.selection_gate import SelectionCost, SelectionGate
 from lil_sparse.engine.sequence import PrefillChunk, Sequence
 from lil_sparse.engine.step_attention import DecodeAttention, PolicyGroup
-from lil_sparse.events import KVReport
 from lil_sparse.kernels import TRITON_AVAILABLE
 from lil_sparse.kv import KVCache
 from lil_sparse.models.transformer import CausalLM
@@ -228,7 +226,7 @@ class ModelRunner:
             self.ungraphed_decodes += 1
         for seq in seqs:
             seq.num_cached_tokens += 1
-        records = self._kv_records(seqs, page_counts, selecting)
+        records = decode_kv_records(seqs, page_counts, selecting, self.num_kv_heads, self.num_layers)
         if order is not None:  # back to the caller's order
             caller_row = [0] * count
             for row, index in enumerate(order):
@@ -293,40 +291,6 @@ class ModelRunner:
     ) -> list[PolicyGroup]:
         """:func:`~lil_sparse.engine.policy_groups.build_policy_groups` over this runner's pages."""
         return build_policy_groups(seqs, selecting, last_page_len, width, step_rows, self.pages, self.layouts)
-
-    def _kv_records(
-        self, seqs: list[Sequence], per_seq: list[tuple[int, int, int]], selecting: list[bool]
-    ) -> list[DecodeKVRecord]:
-        """Each sequence's KV record of this step (see :class:`DecodeKVRecord`)."""
-        heads = self.num_kv_heads
-        layers = self.num_layers
-        return [
-            DecodeKVRecord(
-                attended_pages=round((held * dense + sparse * (layers - dense)) / layers),
-                held_pages=seq.held_pages * heads,
-                selection_skipped=not selects
-                and seq.held_pages > seq.budget_pages
-                and get_policy(seq.policy).selects_per_layer,
-            )
-            for seq, (dense, held, sparse), selects in zip(seqs, per_seq, selecting, strict=True)
-        ]
-
-
-@dataclass(frozen=True, slots=True)
-class DecodeKVRecord:
-    """What one decode step adds to a request's :class:`~lil_sparse.events.KVReport`: the pages
-    it attended averaged over layers (dense layers attend every held page), the one-head pages
-    it held (all KV heads; the report keeps the peak), and whether the selection gate sent it
-    down the dense path although it was over budget."""
-
-    attended_pages: int
-    held_pages: int
-    selection_skipped: bool
-
-    def apply(self, report: KVReport) -> None:
-        report.attended_pages_per_step.append(self.attended_pages)
-        report.peak_pages = max(report.peak_pages, self.held_pages)
-        report.selection_skipped_steps += self.selection_skipped
 
 
 def _reads_metadata(seqs: list[Sequence]) -> bool:

@@ -37,7 +37,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lil_sparse.engine.model_runner import DecodeKVRecord, ModelRunner
+from lil_sparse.engine.kv_records import DecodeKVRecord
+from lil_sparse.engine.model_runner import ModelRunner
 from lil_sparse.engine.sequence import Sequence, SequenceStatus
 
 
