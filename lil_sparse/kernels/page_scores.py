@@ -29,12 +29,13 @@ def _page_scores(
     q_ptr,  # [rows, G, D], any float dtype
     meta_ptr,  # quest: [P, 2, D] bounds; infllm: [P, D] key sums
     table_ptr,  # [rows, W] int32 page ids
-    limit_ptr,  # [rows] int64: slots >= limit score -inf
+    held_ptr,  # [rows] int64 (stride held_stride): slots >= held - 1 score -inf
     out_ptr,  # [rows, W] float32
     width,
     q_row_stride,
     q_group_stride,
     table_stride,
+    held_stride,
     meta_page_stride,
     meta_half_stride,
     scale,
@@ -54,7 +55,7 @@ def _page_scores(
         other=0.0,
     ).to(tl.float32)  # [BLOCK_G, D]
     slots = block * BLOCK + tl.arange(0, BLOCK)
-    limit = tl.load(limit_ptr + row)
+    limit = tl.load(held_ptr + row * held_stride) - 1  # the newest page is added by the caller
     valid = (slots < limit) & (slots < width)
     pages = tl.load(table_ptr + row * table_stride + slots, mask=valid, other=0).to(tl.int64)
     base = meta_ptr + pages[:, None] * meta_page_stride + dims[None, :]  # [BLOCK, D]
@@ -76,7 +77,7 @@ def _launch(
     q: torch.Tensor,
     meta: torch.Tensor,
     table: torch.Tensor,
-    limit: torch.Tensor,
+    held: torch.Tensor,
     scale: float,
     bounds: bool,
     block: int = 0,
@@ -90,7 +91,6 @@ def _launch(
     width = table.shape[1]
     if q.stride(2) != 1 or table.stride(1) != 1 or meta.stride(-1) != 1:
         raise ValueError("q, table and the metadata must be contiguous in their last dimension")
-    limit = limit.contiguous()  # a policy batch's columns are strided views
     out = torch.empty(rows, width, dtype=torch.float32, device=q.device)
     if rows == 0 or width == 0:
         return out
@@ -100,12 +100,13 @@ def _launch(
         q,
         meta,
         table,
-        limit,
+        held,
         out,
         width,
         q.stride(0),
         q.stride(1),
         table.stride(0),
+        held.stride(0),  # a policy batch's columns are strided views: read in place
         meta.stride(0),
         meta.stride(1) if bounds else 0,
         scale,
@@ -120,24 +121,27 @@ def _launch(
 
 
 def quest_scores(
-    q: torch.Tensor, key_bounds: torch.Tensor, table: torch.Tensor, limit: torch.Tensor
+    q: torch.Tensor, key_bounds: torch.Tensor, table: torch.Tensor, held: torch.Tensor
 ) -> torch.Tensor:
-    """Quest upper bounds summed over the group, ``-inf`` from slot ``limit[r]`` on.
+    """Quest upper bounds summed over the group, ``-inf`` from slot ``held[r] - 1`` on (the
+    newest page is added by the caller).
 
     ``q: [rows, G, D]``; ``key_bounds: [P, 2, D]`` (one layer: per page key min, key max);
-    ``table: [rows, W] int32`` page ids; ``limit: [rows] int64``. Returns ``[rows, W] float32``.
+    ``table: [rows, W] int32`` page ids; ``held: [rows] int64`` pages each row holds (any
+    stride: read in place, no copy). Returns ``[rows, W] float32``.
     Reference: :func:`lil_sparse.policies.quest.quest_page_scores` over the gathered bounds.
     """
-    return _launch(q, key_bounds, table, limit, 1.0, bounds=True)
+    return _launch(q, key_bounds, table, held, 1.0, bounds=True)
 
 
 def infllm_scores(
-    q: torch.Tensor, key_sum: torch.Tensor, table: torch.Tensor, limit: torch.Tensor, page_size: int
+    q: torch.Tensor, key_sum: torch.Tensor, table: torch.Tensor, held: torch.Tensor, page_size: int
 ) -> torch.Tensor:
-    """InfLLM block scores ``(sum_g q_g) . key_sum[page] / page_size``, ``-inf`` from ``limit[r]``.
+    """InfLLM block scores ``(sum_g q_g) . key_sum[page] / page_size``, ``-inf`` from slot
+    ``held[r] - 1`` on.
 
     ``q: [rows, G, D]``; ``key_sum: [P, D] float32`` (one layer); ``table: [rows, W] int32``;
-    ``limit: [rows] int64`` (any stride). Returns ``[rows, W] float32``.
+    ``held: [rows] int64`` (any stride). Returns ``[rows, W] float32``.
     Reference: :func:`lil_sparse.policies.infllm.infllm_row_scores` over the gathered key sums.
     """
-    return _launch(q, key_sum, table, limit, 1.0 / page_size, bounds=False)
+    return _launch(q, key_sum, table, held, 1.0 / page_size, bounds=False)

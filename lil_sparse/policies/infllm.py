@@ -36,12 +36,12 @@ class InfLLMPolicy(SelectionPolicy):
         """Row scores summed over a sequence's KV heads (InfLLM picks the same blocks in every
         head), with the initial and local windows always kept."""
         key_sum = kv.key_sum[layer]  # [P, D] float32
-        limit = batch.held - 1  # the newest page is added by the caller
         if fused_selection_enabled(key_sum, kv.head_dim):
             from lil_sparse.kernels.page_scores import infllm_scores
 
-            per_row = infllm_scores(q, key_sum, batch.table, limit, kv.page_size)
+            per_row = infllm_scores(q, key_sum, batch.table, batch.held, kv.page_size)
         else:
             representative = key_sum[batch.table.long()] / kv.page_size  # older pages are full
+            limit = batch.held - 1  # the newest page is added by the caller
             per_row = mask_beyond(infllm_row_scores(q, representative), limit, batch)  # [n, W]
         return PageScores(per_row, share=batch.num_kv_heads, keep_windows=True)

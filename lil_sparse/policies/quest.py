@@ -43,7 +43,7 @@ def quest_scores(layer: int, q: torch.Tensor, batch: PolicyBatch, kv: KVCache) -
     if fused_selection_enabled(bounds, kv.head_dim):
         from lil_sparse.kernels.page_scores import quest_scores as fused
 
-        return fused(q, bounds, batch.table, batch.held - 1)
+        return fused(q, bounds, batch.table, batch.held)  # -inf from the newest page on
     scores = quest_page_scores(q, bounds[batch.table.long()])
     return mask_beyond(scores, batch.held - 1, batch)  # the newest page is added by the caller
 

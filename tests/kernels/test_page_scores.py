@@ -58,11 +58,11 @@ def assert_same_selection(got: torch.Tensor, want: torch.Tensor, count: int) -> 
 def test_quest_kernel_matches_reference(rows, group, head_dim, width, dtype):
     q, bounds, _, table, held = random_case(rows, group, head_dim, width, dtype, seed=width + group)
     # A strided column, as the policy batch passes it.
-    limit = torch.stack((held - 1, torch.zeros_like(held)), dim=1)[:, 0]
-    got = quest_scores(q, bounds, table, limit)
+    strided_held = torch.stack((held, torch.zeros_like(held)), dim=1)[:, 0]
+    got = quest_scores(q, bounds, table, strided_held)
     want = quest_page_scores(q, bounds[table.long()])
     slots = torch.arange(width, device=DEVICE).unsqueeze(0)
-    want = want.masked_fill(slots >= limit.unsqueeze(1), float("-inf"))
+    want = want.masked_fill(slots >= (held - 1).unsqueeze(1), float("-inf"))
     assert got.dtype == torch.float32 and got.shape == (rows, width)
     assert torch.equal(torch.isinf(got), torch.isinf(want))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
@@ -76,7 +76,7 @@ def test_infllm_kernel_matches_reference(rows, group, head_dim, width):
     got = infllm_scores(q, key_sum, table, held, page_size)
     want = infllm_row_scores(q, key_sum[table.long()] / page_size)
     slots = torch.arange(width, device=DEVICE).unsqueeze(0)
-    want = want.masked_fill(slots >= held.unsqueeze(1), float("-inf"))
+    want = want.masked_fill(slots >= (held - 1).unsqueeze(1), float("-inf"))
     assert torch.equal(torch.isinf(got), torch.isinf(want))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
     assert_same_selection(got, want, max(1, width // 4))
@@ -89,5 +89,5 @@ def test_quest_bound_of_known_values():
     bounds[1, 0, :2] = torch.tensor([0.0, 1.0])
     bounds[1, 1, :2] = torch.tensor([3.0, 4.0])
     table = torch.tensor([[1, 0]], dtype=torch.int32, device=DEVICE)
-    got = quest_scores(q, bounds, table, torch.tensor([1], device=DEVICE))
+    got = quest_scores(q, bounds, table, torch.tensor([2], device=DEVICE))  # 2 held: slot 1 is the newest
     assert got.tolist() == [[1.0, float("-inf")]]
