@@ -20,16 +20,17 @@ The model used here (in page units, so it holds for any page size and dtype): a 
 
     max(total_pages * 2 / min(u, 2 num_sms), largest_unit_pages) + CALL_OVERHEAD_PAGES
 
-(a page unit is a page's K and V read at ``1 / num_sms`` of the bandwidth: 8 KiB at 32 GB/s,
-0.26 us). Against the same measurements it is 5-18% pessimistic, and it ranks one call against
-the split at the drop right in every layout measured: one call 529 us predicted (504.6
-measured), the split 351 (319.4); 192 rows of 257 pages alone, which leave a quarter of the
-units idle, 137 (116.0), where a split would cost more (132 measured). Among split points it is
-less reliable: splits inside the run of long rows (rows 32 and 40) it rates 10-13% better than
-the drop, and they measured 5% worse and 2% better; an earlier variant that also split where
-the 264 units fill up, and ran up to three calls, measured no gain (15:21 UTC, printed, code not
-kept: 341.2 and 328.3 against 325.6 us). So only the drops are candidates, and the split is
-taken only when it saves at least ``MIN_GAIN`` of the single call's estimate.
+(a page unit is a page's K and V read at ``1 / num_sms`` of the bandwidth: 8 KiB at 32 GB/s, 0.26
+us). Against the same measurements it is 4-18% pessimistic for one call and for the split at the
+drop, and it ranks one call against that split right in every layout measured: one call 529 us
+predicted (504.6 measured), the split 351 (319.4); 192 rows of 257 pages alone, which leave a
+quarter of the units idle, 137 (116.0), where a split would cost more (132 measured). Among split
+points it is less reliable: splits inside the run of long rows (rows 32 and 40) it rates 10-13%
+better than the drop, and they measured 5% worse and 2% better (with 16 one-page rows added: rated
+7-9% better, measured 16% and 3% worse); an earlier variant that also split where the 264 units fill
+up, and ran up to three calls, measured no gain (15:21 UTC, printed, code not kept: 341.2 and 328.3
+against 325.6 us). So only the drops are candidates, and the split is taken only when it saves at
+least ``MIN_GAIN`` of the single call's estimate.
 """
 
 from __future__ import annotations
