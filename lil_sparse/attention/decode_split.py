@@ -39,7 +39,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 UNITS_PER_SM = 2  # FlashInfer's PrefillPlan: num_blocks_per_sm = 2 (max_batch_size_if_split)
-CALL_OVERHEAD_PAGES = 20  # ~5 us of launch and tail per call, in page units at 31.8 GB/s / 8 KiB
+CALL_OVERHEAD_PAGES = 20  # ~5 us of launch and tail per call, in page units (8 KiB at 32 GB/s)
 MIN_GAIN = 0.2  # split only when the estimate drops by at least 20%
 MAX_CANDIDATES = 3  # split points tried: the largest drops (ratio) in page count between neighbours
 
