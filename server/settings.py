@@ -145,15 +145,16 @@ def all_settings() -> tuple[Setting, ...]:
     return SERVER_SETTINGS + tuple(setting for setting, _, _ in DEFAULT_OPTION_SETTINGS)
 
 
-def _resolve(setting: Setting, flags: Mapping[str, Any], environ: Mapping[str, str]) -> Any:
-    """The flag's value if given, else the parsed env var, else ``None`` (use the default)."""
+def _resolve(setting: Setting, flags: Mapping[str, Any], environ: Mapping[str, str]) -> tuple[Any, str]:
+    """The flag's value if given, else the parsed env var, else ``None`` (use the default), and
+    where it came from (the flag, the env var, or ``""``)."""
     if flags.get(setting.name) is not None:
-        return flags[setting.name]
+        return flags[setting.name], setting.flag
     raw = environ.get(setting.env_var)
     if raw is None:
-        return None
+        return None, ""
     try:
-        return setting.parse(raw)
+        return setting.parse(raw), setting.env_var
     except ValueError as error:
         raise ValueError(f"{setting.name}: bad value in {setting.env_var}: {error}") from None
 
@@ -161,19 +162,33 @@ def _resolve(setting: Setting, flags: Mapping[str, Any], environ: Mapping[str, s
 def build_server_config(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> ServerConfig:
     """Merge flags (``None`` = not given) over ``LIL_SPARSE_*`` env vars over defaults.
 
-    Raises ``ValueError`` naming the setting when a value is invalid.
+    Raises ``ValueError`` naming the setting, and the flag or env var its value came from, when a
+    value is invalid (``selection: must be one of ..., got 'fast' (from LIL_SPARSE_SELECTION)``).
     """
     env = os.environ if environ is None else environ
-    server_values = {s.name: value for s in SERVER_SETTINGS if (value := _resolve(s, flags, env)) is not None}
+    sources: dict[str, str] = {}
+    server_values = {}
+    for setting in SERVER_SETTINGS:
+        value, sources[setting.name] = _resolve(setting, flags, env)
+        if value is not None:
+            server_values[setting.name] = value
     if "model" not in server_values:
         raise ValueError("model: is required (--model or LIL_SPARSE_MODEL)")
     group_values: dict[str, dict[str, Any]] = {group: {} for group in _OPTION_GROUPS}
     for setting, group, option_field in DEFAULT_OPTION_SETTINGS:
-        value = _resolve(setting, flags, env)
+        value, sources[setting.name] = _resolve(setting, flags, env)
         if value is not None:
             group_values[group][option_field] = value
-    groups = {group: _build_group(group, cls, group_values[group]) for group, cls in _OPTION_GROUPS.items()}
-    return ServerConfig(**server_values, default_options=RequestOptions(**groups))
+    try:
+        groups = {}
+        for group, cls in _OPTION_GROUPS.items():
+            groups[group] = _build_group(group, cls, group_values[group])
+        return ServerConfig(**server_values, default_options=RequestOptions(**groups))
+    except ValueError as error:
+        name = str(error).partition(":")[0]
+        if sources.get(name):
+            raise ValueError(f"{error} (from {sources[name]})") from None
+        raise
 
 
 def _build_group(group: str, cls: type, values: dict[str, Any]) -> Any:

@@ -63,6 +63,42 @@ def test_errors_name_the_setting(flags: list[str], env: dict[str, str], message:
     assert str(raised.value).startswith(message)
 
 
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        (
+            ["--model", "m"],
+            {"LIL_SPARSE_OVERLAP_SCHEDULING": "maybe"},
+            "overlap_scheduling: must be one of auto, on, off, got 'maybe'"
+            " (from LIL_SPARSE_OVERLAP_SCHEDULING)",
+        ),
+        (
+            ["--model", "m"],
+            {"LIL_SPARSE_SELECTION": "fast"},
+            "selection: must be one of auto, exact, when_faster, got 'fast' (from LIL_SPARSE_SELECTION)",
+        ),
+        (
+            ["--model", "m", "--max-running", "0"],
+            {"LIL_SPARSE_MAX_RUNNING": "4"},
+            "max_running: must be >= 1, got 0 (from --max-running)",
+        ),
+        (
+            ["--model", "m"],
+            {"LIL_SPARSE_DEFAULT_BUDGET_TOKENS": "-5"},
+            "default_budget_tokens: must be >= 1, got -5 (from LIL_SPARSE_DEFAULT_BUDGET_TOKENS)",
+        ),
+    ],
+)
+def test_an_invalid_value_names_the_flag_or_env_var_it_came_from(
+    flags: list[str], env: dict[str, str], message: str
+) -> None:
+    """A value that parses but fails validation (an enumerated setting read from the
+    environment, a bound) says where it came from, so the user knows which to fix."""
+    with pytest.raises(ValueError) as raised:
+        build_server_config(_flags(flags), env)
+    assert str(raised.value) == message
+
+
 def test_config_is_frozen_and_validates() -> None:
     config = ServerConfig(model="m")
     with pytest.raises(AttributeError):
