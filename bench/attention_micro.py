@@ -27,8 +27,8 @@ from lil_sparse.attention.flashinfer_backend import CUDA_CORE_GROUPS, FlashInfer
 from lil_sparse.attention.layout import DecodeLayout
 from lil_sparse.config import EngineConfig
 from lil_sparse.kv import KVCache
-from lil_sparse.models.config import ModelConfig
 from lil_sparse.policies import POLICIES, PolicyBatch
+from lil_sparse.testing.attention_shapes import attention_model_config
 
 PAGE_SIZE = 16
 HEAD_DIM = 128
@@ -37,21 +37,7 @@ SHAPES = {"llama3.1-8b": (32, 8), "qwen2-1.5b": (12, 2)}
 
 def backend_for(num_heads: int, num_kv_heads: int, tensor_cores: bool, max_context: int) -> FlashInferBackend:
     config = EngineConfig(model="bench", device="cuda", backend="flashinfer", page_size=PAGE_SIZE)
-    model_config = ModelConfig(
-        architecture="llama",
-        vocab_size=16,
-        hidden_size=num_heads * HEAD_DIM,
-        intermediate_size=16,
-        num_layers=1,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        head_dim=HEAD_DIM,
-        rope_theta=1e4,
-        rms_norm_eps=1e-6,
-        max_position_embeddings=max_context,
-        tie_word_embeddings=False,
-        attention_bias=False,
-    )
+    model_config = attention_model_config(num_heads, num_kv_heads, HEAD_DIM, max_positions=max_context)
     return FlashInferBackend(config, model_config, use_tensor_cores=tensor_cores)
 
 

@@ -28,7 +28,7 @@ from lil_sparse.attention.decode_split import call_cost, choose_split
 from lil_sparse.attention.flashinfer_backend import FlashInferBackend
 from lil_sparse.attention.layout import DecodeLayout
 from lil_sparse.config import EngineConfig
-from lil_sparse.models.config import ModelConfig
+from lil_sparse.testing.attention_shapes import attention_model_config
 
 PAGE_SIZE, HEAD_DIM, GROUP, KV_HEADS = 16, 128, 4, 8
 MIN_CHUNK = max(128 // PAGE_SIZE, 1)
@@ -36,21 +36,7 @@ MIN_CHUNK = max(128 // PAGE_SIZE, 1)
 
 def backend() -> FlashInferBackend:
     config = EngineConfig(model="bench", device="cuda", backend="flashinfer", page_size=PAGE_SIZE)
-    model = ModelConfig(
-        architecture="llama",
-        vocab_size=16,
-        hidden_size=GROUP * KV_HEADS * HEAD_DIM,
-        intermediate_size=16,
-        num_layers=1,
-        num_heads=GROUP * KV_HEADS,
-        num_kv_heads=KV_HEADS,
-        head_dim=HEAD_DIM,
-        rope_theta=1e4,
-        rms_norm_eps=1e-6,
-        max_position_embeddings=65536,
-        tie_word_embeddings=False,
-        attention_bias=False,
-    )
+    model = attention_model_config(GROUP * KV_HEADS, KV_HEADS, HEAD_DIM, max_positions=65536)
     return FlashInferBackend(config, model, use_tensor_cores=True)
 
 

@@ -21,8 +21,8 @@ from lil_sparse.attention.reference import ReferenceBackend
 from lil_sparse.config import EngineConfig
 from lil_sparse.engine.prefill_attention import ChunkRows, PrefillAttention
 from lil_sparse.kv import KVCache
-from lil_sparse.models.config import ModelConfig
 from lil_sparse.policies import get_policy
+from lil_sparse.testing.attention_shapes import attention_model_config
 
 pytestmark = pytest.mark.gpu
 pytest.importorskip("flashinfer")
@@ -126,21 +126,7 @@ def flashinfer_backend(group: int, head_dim: int):
     from lil_sparse.attention.flashinfer_backend import FlashInferBackend
 
     config = EngineConfig(model="unused", device="cuda", backend="flashinfer", page_size=PAGE_SIZE)
-    model_config = ModelConfig(
-        architecture="llama",
-        vocab_size=16,
-        hidden_size=group * KV_HEADS * head_dim,
-        intermediate_size=16,
-        num_layers=LAYERS,
-        num_heads=group * KV_HEADS,
-        num_kv_heads=KV_HEADS,
-        head_dim=head_dim,
-        rope_theta=1e4,
-        rms_norm_eps=1e-6,
-        max_position_embeddings=8192,
-        tie_word_embeddings=False,
-        attention_bias=False,
-    )
+    model_config = attention_model_config(group * KV_HEADS, KV_HEADS, head_dim, num_layers=LAYERS)
     return FlashInferBackend(config, model_config)
 
 

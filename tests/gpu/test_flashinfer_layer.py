@@ -17,8 +17,8 @@ from lil_sparse.attention.reference import ReferenceBackend
 from lil_sparse.config import EngineConfig
 from lil_sparse.engine.page_manager import compact_rows
 from lil_sparse.kv import KVCache
-from lil_sparse.models.config import ModelConfig
 from lil_sparse.policies import POLICIES, PolicyBatch
+from lil_sparse.testing.attention_shapes import attention_model_config
 
 pytestmark = pytest.mark.gpu
 pytest.importorskip("flashinfer")
@@ -31,21 +31,7 @@ def make_backend(group: int, head_dim: int, tensor_cores: bool, split_calls: boo
     from lil_sparse.attention.flashinfer_backend import FlashInferBackend
 
     config = EngineConfig(model="unused", device="cuda", backend="flashinfer", page_size=PAGE_SIZE)
-    model_config = ModelConfig(
-        architecture="llama",
-        vocab_size=16,
-        hidden_size=group * HEADS * head_dim,
-        intermediate_size=16,
-        num_layers=1,
-        num_heads=group * HEADS,
-        num_kv_heads=HEADS,
-        head_dim=head_dim,
-        rope_theta=1e4,
-        rms_norm_eps=1e-6,
-        max_position_embeddings=8192,
-        tie_word_embeddings=False,
-        attention_bias=False,
-    )
+    model_config = attention_model_config(group * HEADS, HEADS, head_dim)
     return FlashInferBackend(config, model_config, use_tensor_cores=tensor_cores, split_calls=split_calls)
 
 
