@@ -4,7 +4,8 @@
 #               fairness benchmark on CUDA (prefill_fairness.md)
 #   PART=bench  every issue-11 speed target (SELECTION=when_faster, the server's CUDA default,
 #               or exact) (speed-T1 .. T7), the HF generate comparison and
-#               throughput, and the target report (decode_targets.md plus its JSON)
+#               throughput, the target report (decode_targets.md plus its JSON) and the
+#               unequal-rows split micro-benchmark (split_micro.md)
 # Expects the FlashInfer wheels installed in /tmp/site and the SmolLM2 GGUF in /tmp/models
 # (../shared/DEVICE.md has the recipe). Writes under $OUT (at most 8 files come back).
 set -u
@@ -43,4 +44,6 @@ if [ "$part" = bench ]; then
   } > /tmp/bench.log 2>&1
   grep -vE "Warning|warn" /tmp/bench.log | tail -8
   python bench/targets.py "$out"/e2e_*.json --engine "$out/engine.json" --out "$out/decode_targets.md"
+  # One call against two for unequal rows, beside the split cost model (docs/bench/split_micro.md).
+  timeout 60 python bench/split_micro.py --out "$out/split_micro.md" 2>&1 | grep -vE "Warning|warn" | tail -12
 fi
