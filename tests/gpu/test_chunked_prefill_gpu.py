@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from gpu_engine import gpu_engine
 
 from lil_sparse.attention.chunked_prefill import chunk_attention
-from lil_sparse.config import EngineConfig
 from lil_sparse.engine import LLMEngine
 from lil_sparse.options import POLICY_NAMES, RequestOptions, SparseOptions, StoppingOptions
 
@@ -39,20 +39,12 @@ class RecordingSampler:
 
 
 def make_engine(model_dir: Path, budget: int, cuda_graphs: bool = False) -> LLMEngine:
-    return LLMEngine.from_config(
-        EngineConfig(
-            model=str(model_dir),
-            device="cuda",
-            dtype="bfloat16",
-            backend="flashinfer",
-            kv_cache_tokens=4096,
-            max_batch_size=4,
-            guardian_workers=0,
-            cuda_graphs=cuda_graphs,
-            chunked_prefill=budget > 0,
-            max_num_batched_tokens=budget,
-            poison_freed_pages=True,
-        )
+    return gpu_engine(
+        model_dir,
+        cuda_graphs=cuda_graphs,
+        chunked_prefill=budget > 0,
+        max_num_batched_tokens=budget,
+        poison_freed_pages=True,
     )
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from gpu_engine import gpu_engine
 
-from lil_sparse.config import EngineConfig
 from lil_sparse.engine import LLMEngine
 from lil_sparse.options import (
     POLICY_NAMES,
@@ -53,18 +53,7 @@ class RecordingSampler:
 
 
 def make_engine(model_dir: Path, backend: str, cuda_graphs: bool = False) -> LLMEngine:
-    return LLMEngine.from_config(
-        EngineConfig(
-            model=str(model_dir),
-            device="cuda",
-            dtype="bfloat16",
-            backend=backend,
-            kv_cache_tokens=4096,
-            max_batch_size=4,
-            guardian_workers=0,
-            cuda_graphs=cuda_graphs,
-        )
-    )
+    return gpu_engine(model_dir, backend=backend, cuda_graphs=cuda_graphs)
 
 
 def requests(policy: str, max_new: int = 24) -> tuple[list[list[int]], list[RequestOptions]]:

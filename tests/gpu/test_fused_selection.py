@@ -16,8 +16,8 @@ import itertools
 
 import pytest
 import torch
+from gpu_engine import gpu_engine
 
-from lil_sparse.config import EngineConfig
 from lil_sparse.engine import LLMEngine
 from lil_sparse.engine.step_attention import DecodeAttention
 from lil_sparse.options import POLICY_NAMES, RequestOptions, SparseOptions, StoppingOptions
@@ -65,18 +65,7 @@ class SelectionCheck:
 
 
 def run(model_dir, options: list[RequestOptions], prompts: list[list[int]]) -> LLMEngine:
-    engine = LLMEngine.from_config(
-        EngineConfig(
-            model=str(model_dir),
-            device="cuda",
-            dtype="bfloat16",
-            backend="flashinfer",
-            kv_cache_tokens=8192,
-            max_batch_size=8,
-            guardian_workers=0,
-            cuda_graphs=False,
-        )
-    )
+    engine = gpu_engine(model_dir, kv_cache_tokens=8192, max_batch_size=8, cuda_graphs=False)
     reports = engine.generate(prompts, options)
     assert [r.completion_tokens for r in reports] == [o.stopping.max_new_tokens for o in options]
     engine.close()

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import test_flashinfer_engine as engine_tests
 import torch
+from gpu_engine import gpu_engine
 
-from lil_sparse.config import EngineConfig
 from lil_sparse.engine import LLMEngine
 
 pytestmark = pytest.mark.gpu
@@ -23,20 +23,7 @@ pytest.importorskip("flashinfer")
 
 
 def make_engine(model_dir: Path, cuda_graphs: bool, overlap: bool) -> LLMEngine:
-    return LLMEngine.from_config(
-        EngineConfig(
-            model=str(model_dir),
-            device="cuda",
-            dtype="bfloat16",
-            backend="flashinfer",
-            kv_cache_tokens=4096,
-            max_batch_size=4,
-            guardian_workers=0,
-            cuda_graphs=cuda_graphs,
-            poison_freed_pages=True,
-            overlap_scheduling=overlap,
-        )
-    )
+    return gpu_engine(model_dir, cuda_graphs=cuda_graphs, poison_freed_pages=True, overlap_scheduling=overlap)
 
 
 @pytest.mark.parametrize("cuda_graphs", [False, True])

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from gpu_engine import gpu_engine
 
-from lil_sparse.config import EngineConfig
 from lil_sparse.engine import LLMEngine
 from lil_sparse.engine.selection_gate import SelectionCost
 from lil_sparse.options import RequestOptions, SparseOptions, StoppingOptions
@@ -24,19 +24,7 @@ MAX_NEW = (40, 25, 12)
 
 
 def make_engine(model_dir: Path, cuda_graphs: bool, selection: str, cost: SelectionCost | None) -> LLMEngine:
-    engine = LLMEngine.from_config(
-        EngineConfig(
-            model=str(model_dir),
-            device="cuda",
-            dtype="bfloat16",
-            backend="flashinfer",
-            kv_cache_tokens=4096,
-            max_batch_size=4,
-            guardian_workers=0,
-            cuda_graphs=cuda_graphs,
-            selection=selection,
-        )
-    )
+    engine = gpu_engine(model_dir, cuda_graphs=cuda_graphs, selection=selection)
     if cost is not None:
         engine.runner.gate.cost = cost
     return engine
