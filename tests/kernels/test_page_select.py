@@ -127,6 +127,14 @@ def run(scores: PageScores, batch: PolicyBatch, count, newest, out_rows=None, to
     return indptr, indices.cpu()
 
 
+def assert_page_lists(indptr: torch.Tensor, indices: torch.Tensor, want: list[list[int]]) -> None:
+    """Row ``r`` of the CSR page list is ``want[r]``, and nothing past the last row was written."""
+    assert len(want) == indptr.shape[0] - 1
+    for r, pages in enumerate(want):
+        assert indices[indptr[r] : indptr[r + 1]].tolist() == pages
+    assert (indices[int(indptr[-1]) :] == UNTOUCHED).all()
+
+
 @pytest.mark.parametrize("radix", [False, True])
 @pytest.mark.parametrize("windows", [False, True])
 @pytest.mark.parametrize(("rows", "width", "share"), GRID)
@@ -134,9 +142,7 @@ def test_selection_equals_topk_in_slot_order(rows, width, share, windows, radix)
     scores, batch, count, newest = case(rows, width, share, seed=rows * 7 + width + share, windows=windows)
     indptr, indices = run(scores, batch, count, newest, radix=radix)
     want = reference(scores, batch, count, newest)
-    for r in range(batch.table.shape[0]):
-        assert indices[indptr[r] : indptr[r + 1]].tolist() == want[r]
-    assert (indices[int(indptr[-1]) :] == UNTOUCHED).all()
+    assert_page_lists(indptr, indices, want)
 
 
 @pytest.mark.parametrize("radix", [False, True])
@@ -146,9 +152,7 @@ def test_ties_go_to_the_older_slot_across_the_tail_boundary(rows, width, share, 
     scores, batch, count, newest = case(rows, width, share, seed=width + share, windows=windows, ties=True)
     indptr, indices = run(scores, batch, count, newest, radix=radix)
     want = stable_reference(scores, batch, count, newest)
-    for r in range(batch.table.shape[0]):
-        assert indices[indptr[r] : indptr[r + 1]].tolist() == want[r]
-    assert (indices[int(indptr[-1]) :] == UNTOUCHED).all()
+    assert_page_lists(indptr, indices, want)
 
 
 @pytest.mark.parametrize("radix", [False, True])
