@@ -166,7 +166,7 @@ class FlashInferBackend(AttentionBackend):
             else layout.last_page_len.cpu()
         )
         split = 0
-        if self.split_calls and len(counts) % self.num_kv_heads == 0:
+        if self.split_calls:  # a step's rows are its sequences x KV heads
             split = choose_split(counts, self.num_kv_heads, self.num_sms, max(128 // self.page_size, 1))
             split = split if slot.can_split(split) else 0
         self._planned.synchronize()

@@ -228,14 +228,11 @@ class ModelRunner:
             seq.num_cached_tokens += 1
         records = decode_kv_records(seqs, page_counts, selecting, self.num_kv_heads, self.num_layers)
         if order is not None:  # back to the caller's order
-            caller_row = [0] * count
-            for row, index in enumerate(order):
-                caller_row[index] = row
+            caller_row = sorted(range(count), key=order.__getitem__)  # the inverse permutation
             logits = logits[torch.tensor(caller_row).to(self.device, non_blocking=True)]
             records = [records[row] for row in caller_row]
-            seqs = caller_seqs
         if kv_records is None:
-            for seq, record in zip(seqs, records, strict=True):
+            for seq, record in zip(caller_seqs, records, strict=True):
                 record.apply(seq.kv_report)
         else:
             kv_records.extend(records)
