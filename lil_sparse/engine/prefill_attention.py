@@ -81,6 +81,7 @@ class PrefillAttention:
         self.planned = False  # the paged kernel is planned on the first layer, for every layer
 
     def __call__(self, layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        v = v.contiguous()  # the ragged prefill kernels read dense values (a no-op when unfused)
         self.kv.write(layer_index, self.slots, k, v, update_metadata=self.update_metadata)
         fresh_rows = self.fresh_cu_seqlens[-1]
         if fresh_rows == q.shape[0]:  # no continuing chunk: the plain ragged prefill

@@ -19,7 +19,9 @@ class AttentionFn(Protocol):
         layer_index: which decoder layer, 0-based.
         q: [T, num_heads, head_dim], post-RoPE.
         k: [T, num_kv_heads, head_dim], post-RoPE, contiguous (the cache stores post-RoPE keys).
-        v: [T, num_kv_heads, head_dim], contiguous.
+        v: [T, num_kv_heads, head_dim] with a unit inner stride; the fused model passes a view
+            into its QKV output (rows ``(Hq + 2 Hkv) * D`` apart), and an implementation whose
+            kernels need dense values copies them itself.
     Returns:
         o: [T, num_heads, head_dim], same dtype as ``q``. Query head ``i`` reads KV head
         ``i // (num_heads // num_kv_heads)`` (the Hugging Face GQA convention), scaled by

@@ -125,8 +125,9 @@ class SelfAttention(nn.Module):
         rotated_heads = self.num_heads + self.num_kv_heads
         qk = qkv[:, : rotated_heads * self.head_dim].view(tokens, rotated_heads, self.head_dim)
         q, k = rotary_qk(qk, self.num_heads, cos, sin)
-        v = qkv[:, rotated_heads * self.head_dim :].reshape(tokens, self.num_kv_heads, self.head_dim)
-        o = attention(self.layer_index, q, k, v.contiguous())
+        # A view, not a copy: a decode step writes v straight from here into its cache pages.
+        v = qkv[:, rotated_heads * self.head_dim :].view(tokens, self.num_kv_heads, self.head_dim)
+        o = attention(self.layer_index, q, k, v)
         return self.o_proj(o.reshape(tokens, self.num_heads * self.head_dim))
 
     def _apply(self, fn, recurse=True):
