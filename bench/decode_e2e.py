@@ -78,6 +78,7 @@ class DecodeBench:
     selection = "exact"  # the runners' EngineConfig.selection (--selection)
     tensor_cores: bool | None = None  # FlashInferBackend(use_tensor_cores=...) (--tensor-cores)
     split_calls = True  # FlashInferBackend(split_calls=...) (--split-calls)
+    side_streams = True  # ModelRunner(side_streams=...) (--side-streams)
 
     def __init__(
         self, model: CausalLM, num_pages: int, max_seqs: int, max_pages_per_seq: int, overlap: bool = True
@@ -118,6 +119,7 @@ class DecodeBench:
             mc.num_layers,
             cuda_graphs=True,
             selection=self.selection,
+            side_streams=self.side_streams,
         )
         order = sorted(range(len(specs)), key=lambda i: not get_policy(specs[i][0]).evicts)
         seqs: list[Sequence] = [None] * len(specs)  # type: ignore[list-item]
@@ -402,8 +404,15 @@ def main() -> None:
         default=True,
         help="run a step of very unequal rows as two FlashInfer calls (default on, as the engine)",
     )
+    parser.add_argument(
+        "--side-streams",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="policy groups' selection and H2O's mass on streams of their own (default on, as the engine)",
+    )
     args = parser.parse_args()
     DecodeBench.split_calls = args.split_calls
+    DecodeBench.side_streams = args.side_streams
     DecodeBench.selection = args.selection
     DecodeBench.tensor_cores = {"auto": None, "on": True, "off": False}[args.tensor_cores]
     runs = GRID_RUNS

@@ -25,6 +25,7 @@ import torch
 
 from lil_sparse.attention.flashinfer_backend import FlashInferBackend
 from lil_sparse.attention.layout import DecodeLayout
+from lil_sparse.engine.side_streams import SideStreams
 from lil_sparse.engine.step_attention import DecodeAttention, PolicyGroup
 from lil_sparse.kv import KVCache
 from lil_sparse.models.transformer import CausalLM
@@ -142,8 +143,17 @@ class CapturedStep:
 
 
 class DecodeGraphs:
-    def __init__(self, model: CausalLM, kv: KVCache, backend: FlashInferBackend, num_kv_heads: int) -> None:
+    def __init__(
+        self,
+        model: CausalLM,
+        kv: KVCache,
+        backend: FlashInferBackend,
+        num_kv_heads: int,
+        streams: SideStreams | None = None,
+    ) -> None:
+        """``streams``: lanes for the policy groups' kernels (captured as graph branches)."""
         self.model = model
+        self.streams = streams
         self.kv = kv
         self.backend = backend
         self.num_kv_heads = num_kv_heads
@@ -209,8 +219,11 @@ class DecodeGraphs:
             step.groups,
             self.num_kv_heads,
             update_metadata=step.update_metadata,
+            streams=self.streams,
         )
-        return self.model.compute_logits(self.model(step.input_ids, step.positions, attention))
+        hidden = self.model(step.input_ids, step.positions, attention)
+        attention.finish()  # the observers' lane joins the step inside the graph
+        return self.model.compute_logits(hidden)
 
     def _run_eager_and_capture(self, step: DecodeStep, key: tuple[object, ...]) -> torch.Tensor:
         # The eager run is this step's real work and the warm-up capture needs (cuBLAS handles,

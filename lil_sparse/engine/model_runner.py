@@ -25,6 +25,7 @@ from lil_sparse.engine.policy_groups import build_policy_groups
 from lil_sparse.engine.prefill_attention import ChunkRows, PrefillAttention
 from lil_sparse.engine.selection_gate import SelectionCost, SelectionGate
 from lil_sparse.engine.sequence import PrefillChunk, Sequence
+from lil_sparse.engine.side_streams import SideStreams
 from lil_sparse.engine.step_attention import DecodeAttention, PolicyGroup
 from lil_sparse.kernels import TRITON_AVAILABLE
 from lil_sparse.kv import KVCache
@@ -45,9 +46,11 @@ class ModelRunner:
         cuda_graphs: bool = False,
         selection: str = "exact",
         selection_cost: SelectionCost | None = None,
+        side_streams: bool = True,
     ) -> None:
         """``selection``: ``EngineConfig.selection`` (``"exact"`` or ``"when_faster"``);
-        ``selection_cost``: the gate's device constants (None: :class:`SelectionCost` defaults)."""
+        ``selection_cost``: the gate's device constants (None: :class:`SelectionCost` defaults);
+        ``side_streams``: policy groups' kernels on streams of their own (CUDA, fused kernels)."""
         self.model = model
         self.kv = kv
         self.pages = pages
@@ -60,8 +63,10 @@ class ModelRunner:
         # runner pads batches to buckets with or without graphs, so that eager steps run the very
         # shapes (GEMM and attention plans) that graph steps replay.
         capturable = isinstance(backend, FlashInferBackend) and self.device.type == "cuda"
+        self.streams: SideStreams | None = None
         if self.device.type == "cuda" and TRITON_AVAILABLE:
             model.fuse()  # fused QKV / gate-up matmuls and Triton norm, RoPE, SiLU kernels
+            self.streams = SideStreams(self.device) if side_streams else None
         self.pad_batches = capturable
         self.layouts = DecodeLayouts(num_layers, self.num_kv_heads)
         self.gate = SelectionGate(
@@ -75,7 +80,7 @@ class ModelRunner:
         self.graphs: DecodeGraphs | None = None
         self.ungraphed_decodes = 0  # decode forwards run without a graph runner (graphs off)
         if cuda_graphs and capturable and isinstance(backend, FlashInferBackend):
-            self.graphs = DecodeGraphs(model, kv, backend, self.num_kv_heads)
+            self.graphs = DecodeGraphs(model, kv, backend, self.num_kv_heads, self.streams)
 
     # ---- prefill ----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -220,8 +225,10 @@ class ModelRunner:
                 groups,
                 self.num_kv_heads,
                 _reads_metadata(seqs),
+                self.streams,
             )
             hidden = self.model(inputs.input_ids, inputs.positions, attention)
+            attention.finish()
             logits = self.model.compute_logits(hidden)[:count]
             self.ungraphed_decodes += 1
         for seq in seqs:

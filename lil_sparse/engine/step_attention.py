@@ -13,6 +13,7 @@ import torch
 
 from lil_sparse.attention.backend import AttentionBackend
 from lil_sparse.attention.layout import DecodeLayout
+from lil_sparse.engine.side_streams import SideStreams
 from lil_sparse.kernels import fused_selection_enabled
 from lil_sparse.kv import KVCache
 from lil_sparse.policies import PolicyBatch, SelectionPolicy
@@ -54,8 +55,14 @@ class DecodeAttention:
         groups: list[PolicyGroup],
         num_kv_heads: int,
         update_metadata: bool = True,
+        streams: SideStreams | None = None,
     ) -> None:
+        """``streams``: run each selecting group's kernels on a lane of its own and the observers
+        on another (:mod:`lil_sparse.engine.side_streams`); None runs everything on the current
+        stream. With streams, call :meth:`finish` once after the model's forward."""
         self.kv = kv
+        self.streams = streams
+        self._observed: list[tuple[torch.Tensor, ...]] = []  # read on the observers' lane
         self.backend = backend
         self.write_slots = write_slots  # [B, Hkv] int64
         self.base_page_ids = base_page_ids  # [rows, width] int32: every held page, newest last
@@ -77,13 +84,32 @@ class DecodeAttention:
             out = self.backend.decode(*args, self.layer_layouts[layer_index])
             return out.view(batch_size, num_heads, head_dim)
         out, lse = self.backend.decode_with_lse(*args, self.layer_layouts[layer_index])
+        if self.streams is None:
+            self._observe(layer_index, q_rows, page_ids, lse)
+        else:  # overlaps the rest of the layer; finish() joins it
+            with torch.cuda.stream(self.streams.observer()):
+                self._observe(layer_index, q_rows, page_ids, lse)
+            # The lane reads these after this call returns: keep them from the allocator until
+            # finish() (a freed block could be handed to the next layer on the current stream).
+            self._observed.append((q_rows, page_ids) if lse is None else (q_rows, page_ids, lse))
+        return out.view(batch_size, num_heads, head_dim)
+
+    def finish(self) -> None:
+        """Order the current stream after the observers' lane (once per step, after the model's
+        forward; a no-op without streams or observers)."""
+        if self._observed and self.streams is not None:
+            self.streams.join([self.streams.observer_lane])
+            self._observed.clear()
+
+    def _observe(
+        self, layer: int, q_rows: torch.Tensor, page_ids: torch.Tensor, lse: torch.Tensor | None
+    ) -> None:
         for group in self.observers:
             rows = group.batch.rows
             group_lse = None if lse is None else (lse if group.all_rows else lse[rows])
             queries = q_rows if group.all_rows else q_rows[rows]
             group_pages = page_ids if group.all_rows else page_ids[rows]
-            group.policy.observe_decode(layer_index, queries, group_pages, group.batch, self.kv, group_lse)
-        return out.view(batch_size, num_heads, head_dim)
+            group.policy.observe_decode(layer, queries, group_pages, group.batch, self.kv, group_lse)
 
     def _select(self, layer: int, q_rows: torch.Tensor) -> torch.Tensor:
         """The page ids layer ``layer`` attends: ``base_page_ids`` when no group selects here or
@@ -97,28 +123,47 @@ class DecodeAttention:
             target = self.backend.selection_target(self.base_page_ids, self.layer_layouts[layer])
         if target is None:
             return self._select_reference(layer, q_rows, groups)
+        indptr, indices = target
+        if self.streams is None or len(groups) == 1:
+            for group in groups:
+                self._select_fused(layer, q_rows, group, indptr, indices)
+            return self.base_page_ids
+        lanes = self.streams.fork(len(groups))  # groups write disjoint rows of the page list
+        for group, lane in zip(groups, lanes, strict=True):
+            with torch.cuda.stream(lane):
+                self._select_fused(layer, q_rows, group, indptr, indices)
+        self.streams.join(lanes)  # before the attention reads the page list
+        return self.base_page_ids
+
+    def _select_fused(
+        self,
+        layer: int,
+        q_rows: torch.Tensor,
+        group: PolicyGroup,
+        indptr: torch.Tensor,
+        indices: torch.Tensor,
+    ) -> None:
+        """One group's scores and :func:`~lil_sparse.kernels.page_select.select_pages`, written
+        straight into the backend's page list (``indptr``, ``indices``)."""
         from lil_sparse.kernels.page_select import select_pages
 
-        indptr, indices = target
-        for group in groups:
-            batch = group.batch
-            queries = q_rows if group.all_rows else q_rows[batch.rows]
-            scores = group.policy.selection_scores(layer, queries, batch, self.kv)
-            older = group.newest_at.view(-1)  # select_count - 1 older pages, then the newest
-            if layer < group.max_dense_layers:  # rows still in their dense layers take every page
-                older = torch.where(layer < batch.dense_layers, batch.held - 1, older)
-            select_pages(
-                scores.scores,
-                older,
-                batch.table,
-                group.newest.view(-1),
-                None if group.all_rows else batch.rows,
-                indptr,
-                indices,
-                scores.share,
-                (batch.held, batch.sink_pages, batch.recent_pages) if scores.keep_windows else None,
-            )
-        return self.base_page_ids
+        batch = group.batch
+        queries = q_rows if group.all_rows else q_rows[batch.rows]
+        scores = group.policy.selection_scores(layer, queries, batch, self.kv)
+        older = group.newest_at.view(-1)  # select_count - 1 older pages, then the newest
+        if layer < group.max_dense_layers:  # rows still in their dense layers take every page
+            older = torch.where(layer < batch.dense_layers, batch.held - 1, older)
+        select_pages(
+            scores.scores,
+            older,
+            batch.table,
+            group.newest.view(-1),
+            None if group.all_rows else batch.rows,
+            indptr,
+            indices,
+            scores.share,
+            (batch.held, batch.sink_pages, batch.recent_pages) if scores.keep_windows else None,
+        )
 
     def _select_reference(self, layer: int, q_rows: torch.Tensor, groups: list[PolicyGroup]) -> torch.Tensor:
         """The selection in PyTorch (``torch.topk``, gathers and scatters into a copy of the base
