@@ -66,6 +66,7 @@ class DecodeStep:
                 (
                     g.policy.name,
                     g.all_rows,
+                    g.sole,  # decides whether an observer runs on a lane (step_attention.py)
                     g.batch.rows.shape[0],
                     g.batch.max_select,
                     g.batch.uniform_select,

@@ -63,5 +63,6 @@ def build_policy_groups(
         uniform = all(min(s.held_pages, s.budget_pages) == max_select for s in member_seqs)
         batch = replace(batch, layout=layout, max_select=max_select, uniform_select=uniform)
         dense = [dense_until(s) for s in member_seqs]
-        groups.append(PolicyGroup(policy, batch, min(dense), max(dense), all_rows=all_rows))
+        sole = len(group_index) == len(seqs)  # every sequence of the step (padding aside)
+        groups.append(PolicyGroup(policy, batch, min(dense), max(dense), all_rows=all_rows, sole=sole))
     return groups

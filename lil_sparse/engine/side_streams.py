@@ -9,6 +9,17 @@ and joined back before the attention reads the page lists, and the attention-mas
 on a further lane that is joined once at the end of the step, so they overlap the layer's
 projections and MLP.
 
+Lanes are used only in a mixed step: one group that is the whole step runs on the current
+stream, since a fork and join cost about 2-3 us of each layer's critical path. Measured on the
+H200 (2026-11-30, ``bench/decode_e2e.py --models llama8b --contexts 32768 --batches 8 --mixed 6
+--selection exact``, ``--side-streams`` against ``--no-side-streams``; medians of 20-30 steps):
+the mixed step (6 requests per policy) took 17.64 ms with lanes and 18.63 ms without (16:19 UTC);
+with selection lanes only, moving the mass to its lane took it from 18.10 / 18.08 to 17.86 /
+17.84 ms (two repeats, 16:25), while a batch-8 H2O step, whose one group is the whole step, took
+6.60 / 6.59 ms with its mass on a lane and 6.53 / 6.53 ms inline. A lane for the K/V append beside
+one group's selection cost 0.09 ms per step (Quest 7.49 against 7.40 ms, two repeats, 16:23) and
+is not used.
+
 Forks and joins are ``Stream.wait_stream`` (events, no host sync), so the same code runs eagerly
 and under CUDA-graph capture, where the lanes become parallel branches of the graph (PyTorch
 allocates a joined side stream's tensors from the graph's pool). Each lane keeps its own kernels

@@ -27,7 +27,8 @@ class PolicyGroup:
     two kernels (scores, then :func:`~lil_sparse.kernels.page_select.select_pages`):
     ``newest: [n, 1] int32`` (each row's newest page), ``newest_at: [n, 1] int64`` (where it
     goes: ``select_count - 1``, which is also the number of older pages a sparse layer takes)
-    and ``all_rows`` (the group is the whole step, so no row indexing is needed).
+    ``all_rows`` (the group is the whole step, so no row indexing is needed) and ``sole`` (it
+    holds every sequence of the step, padding rows aside).
     """
 
     policy: SelectionPolicy
@@ -35,6 +36,7 @@ class PolicyGroup:
     min_dense_layers: int  # every row attends densely below this layer
     max_dense_layers: int  # no row attends densely from this layer on
     all_rows: bool = False
+    sole: bool = False
     newest: torch.Tensor = field(init=False)
     newest_at: torch.Tensor = field(init=False)
 
@@ -84,9 +86,12 @@ class DecodeAttention:
             out = self.backend.decode(*args, self.layer_layouts[layer_index])
             return out.view(batch_size, num_heads, head_dim)
         out, lse = self.backend.decode_with_lse(*args, self.layer_layouts[layer_index])
-        if self.streams is None:
+        if self.streams is None or any(g.sole for g in self.observers):
+            # A group of every sequence runs inline: its mass pass spans the step and gains nothing
+            # beside the GEMMs, while a fork costs ~2 us per layer (side_streams.py: 8B/batch 8/32k
+            # h2o 6.53 ms inline, 6.60 on a lane; a mixed step 18.09 inline, 17.85 on a lane).
             self._observe(layer_index, q_rows, page_ids, lse)
-        else:  # overlaps the rest of the layer; finish() joins it
+        else:  # a latency-bound pass over a mixed step's rows: overlaps the rest of the layer
             with torch.cuda.stream(self.streams.observer()):
                 self._observe(layer_index, q_rows, page_ids, lse)
             # The lane reads these after this call returns: keep them from the allocator until

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lil_sparse.engine.side_streams import SideStreams
-from tests.gpu.test_flashinfer_engine import make_engine, mixed_requests, record, recorded_rows
+from tests.gpu.test_flashinfer_engine import make_engine, mixed_requests, record, recorded_rows, requests
 
 pytestmark = pytest.mark.gpu
 pytest.importorskip("flashinfer")
@@ -64,3 +64,17 @@ def test_side_streams_decode_bit_for_bit_as_one_stream(cuda_graphs, tiny_gqa2_di
         assert stats["replays"] > stats["eager_steps"] > 0
     one.close()
     lanes.close()
+
+
+def test_a_whole_step_group_stays_on_the_current_stream(tiny_gqa2_dir):
+    """One policy for the whole step gains nothing from a lane (side_streams.py has the
+    measurements): H2O's mass and Quest's selection run inline, with no fork. Three requests pad
+    to a four-row step, so the group is not every row, but it is every sequence (``sole``)."""
+    engine = make_engine(tiny_gqa2_dir, "flashinfer", cuda_graphs=True)
+    streams = CountingStreams(torch.device("cuda"))
+    use_streams(engine, streams)
+    for policy in ("h2o", "quest"):
+        reports = engine.generate(*requests(policy))
+        assert [r.completion_tokens for r in reports] == [24] * len(reports)
+    assert streams.forks == {} and streams.observer_forks == 0
+    engine.close()
