@@ -1,9 +1,12 @@
 """Kernel time of the fused page selection (:mod:`lil_sparse.kernels.page_select`) against
-``torch.topk`` plus the gathers it replaces, per algorithm and warp count (CUDA events, median
+``torch.topk`` plus the gathers it replaces, per variant and warp count (CUDA events, median
 of ``--iters`` replays of a CUDA graph of 20 calls; inputs shaped like one layer of a decode step: ``rows``
-(sequence, KV head) rows of ``width`` slots, an eighth of them selected).
+(sequence, KV head) rows of ``width`` slots, an eighth of them selected). Variants: ``bisect``
+(32 one-bit passes), ``radix4`` (four 8-bit radix passes, ``early_exit=False``) and ``radix``
+(the default: radix passes until the selected set is settled, ``early_exit=True``).
 
     python bench/select_micro.py [--rows 64,16,2] [--widths 2048,2304,256] [--iters 200]
+        [--variants bisect,radix4,radix] [--warps 1,2,4,8]
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import torch
 from bench.common import cuda_ms
 from lil_sparse.kernels.page_scores import _launch
 from lil_sparse.kernels.page_select import select_pages
+
+VARIANTS = {"bisect": (False, False), "radix4": (True, False), "radix": (True, True)}  # (radix, early_exit)
 
 
 @dataclass
@@ -36,12 +41,24 @@ class Case:
         indptr = torch.arange(rows + 1, device="cuda", dtype=torch.int32) * (width // 8)
         return cls(scores, count, table, indptr, torch.empty(rows * width, dtype=torch.int32, device="cuda"))
 
+    def check_variants_agree(self, variants: list[str]) -> None:
+        """Every variant writes the same pages (a benchmark of a wrong kernel is worthless)."""
+        written = []
+        for name in variants:
+            self.indices.fill_(-1)
+            self.fused(*VARIANTS[name], 0)
+            written.append(self.indices.clone())
+        if any(not torch.equal(written[0], other) for other in written[1:]):
+            raise RuntimeError(
+                f"select_micro: {variants} wrote different pages at {tuple(self.scores.shape)}"
+            )
+
     def torch_path(self) -> None:
         top = torch.topk(self.scores, self.scores.shape[1] // 8 - 1, dim=1, sorted=False).indices
         chosen = torch.cat([self.table.gather(1, top), self.table[:, -1:]], dim=1)
         self.indices[: chosen.numel()] = chosen.reshape(-1)
 
-    def fused(self, radix: bool, warps: int) -> None:
+    def fused(self, radix: bool, early_exit: bool, warps: int) -> None:
         newest = self.table[:, -1]
         select_pages(
             self.scores,
@@ -53,6 +70,7 @@ class Case:
             self.indices,
             radix=radix,
             num_warps=warps,
+            early_exit=early_exit,
         )
 
 
@@ -92,8 +110,13 @@ def main() -> None:
         "--widths", default="2048,2304,256", help="slots per row, each >= 8 (any, not only powers of two)"
     )
     parser.add_argument("--iters", type=int, default=200)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="of " + ", ".join(VARIANTS))
+    parser.add_argument("--warps", default="1,2,4,8")
     parser.add_argument("--scores", action="store_true", help="also time the Quest scoring kernel")
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    if unknown := set(variants) - set(VARIANTS):
+        parser.error(f"--variants: unknown {sorted(unknown)}, known: {', '.join(VARIANTS)}")
     print(f"device: {torch.cuda.get_device_name()}")
     if args.scores:
         print(score_variants(64, 2048, args.iters), flush=True)
@@ -101,14 +124,13 @@ def main() -> None:
     for rows in (int(r) for r in args.rows.split(",")):
         for width in (int(w) for w in args.widths.split(",")):
             case = Case.build(rows, width)
+            case.check_variants_agree(variants)
             baseline = timed_us(case.torch_path, args.iters)
             line = [f"rows {rows:3d} width {width:5d}: topk+gather {baseline:6.1f} us"]
-            for radix in (False, True):
-                for warps in (1, 2, 4, 8):
-                    name = "radix" if radix else "bisect"
-                    line.append(
-                        f"{name}/{warps}w {timed_us(partial(case.fused, radix, warps), args.iters):6.1f}"
-                    )
+            for name in variants:
+                for warps in (int(w) for w in args.warps.split(",")):
+                    fn = partial(case.fused, *VARIANTS[name], warps)
+                    line.append(f"{name}/{warps}w {timed_us(fn, args.iters):6.1f}")
             print(" | ".join(line), flush=True)
 
 

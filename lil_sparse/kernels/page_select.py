@@ -11,13 +11,19 @@ repack); here it is one program per row:
    ranks a sequence's blocks once for all its KV heads), with the sink and recent windows forced
    to ``+inf`` when asked, and ``-inf`` from slot ``held - 1`` on (the newest page is added last).
 2. **Threshold by radix select.** Scores map to 32-bit keys with the same order (the float's
-   bits, sign flipped; negative values get their magnitude bits flipped too), and four passes
-   over 8-bit digits, most significant first, each a 256-bin histogram of the keys that still
-   match the digits chosen so far, find ``T``, the ``count``-th largest key. This is the radix
-   select of FlashInfer's top-k and PyTorch's ``gatherTopK``, with the row in registers: up to
-   ``MAX_BLOCK`` slots as a power-of-two main block plus a power-of-two tail block
+   bits, sign flipped; negative values get their magnitude bits flipped too), and up to four
+   passes over 8-bit digits, most significant first, each a 256-bin histogram of the keys that
+   still match the digits chosen so far, find ``T``, the ``count``-th largest key. This is the
+   radix select of FlashInfer's top-k and PyTorch's ``gatherTopK``, with the row in registers: up
+   to ``MAX_BLOCK`` slots as a power-of-two main block plus a power-of-two tail block
    (:func:`block_layout`: 2304 slots are 2048 + 256, not a padded 4096), the histogram being the
    sum of the two blocks'. Wider rows reload their ``MAX_BLOCK``-slot blocks in every pass.
+   **Early exit:** once a pass leaves a prefix whose bin holds exactly the ``remaining`` keys
+   still wanted, every key matching it is taken and no later pass can change the set, so the
+   search stops there, with ``T`` one below the prefix's lowest key and no ties wanted. Random
+   fp32 scores settle after three passes, sometimes two; a row taking every slot above ``-inf``
+   usually after one. The passes are a ``while`` loop on a scalar of the program (no host sync,
+   the same launch). ``early_exit=False`` runs all four (for sm_90 the SASS of the kernel before).
 3. **Compaction.** Keys ``> T`` are taken, and keys ``== T`` in slot order until ``count`` are
    taken (ties go to the older slot). A prefix sum gives each taken slot its place, block after
    block (the tail last, its tie ranks continuing the main block's), so the pages come out in
@@ -102,6 +108,40 @@ def _digit_histogram(keys, prefix, shift):
 
 
 @triton.jit
+def _radix_pass(
+    resident, tail, prefix, remaining, shift, row_scores, stride, width, held, sink, recent,
+    SHARE, WINDOWS, BLOCK, TAIL, NUM_BLOCKS, EARLY_EXIT,
+):  # fmt: skip
+    """One radix pass over the row (its blocks, then the tail): the digit at ``shift`` of the
+    ``remaining``-th largest key among those matching ``prefix``. Returns the prefix with that
+    digit, the keys of the digit's bin still wanted, and whether a later pass can change the set:
+    always ``True`` without ``EARLY_EXIT``, else ``False`` once the bin holds exactly those keys."""
+    bins = tl.arange(0, 256)
+    histogram = tl.zeros((256,), tl.int32)
+    for block in range(NUM_BLOCKS):
+        keys = _block_keys(
+            resident, block, row_scores, stride, width, held, sink, recent, SHARE, WINDOWS, BLOCK, NUM_BLOCKS
+        )
+        histogram += _digit_histogram(keys, prefix, shift)
+    if TAIL > 0:
+        histogram += _digit_histogram(tail, prefix, shift)
+    at_least = tl.sum(histogram, axis=0) - tl.cumsum(histogram, axis=0) + histogram
+    searching = tl.full((), True, tl.int1)
+    if EARLY_EXIT:
+        # One reduction gives the digit and whether its bin is exact: the largest bin with
+        # at_least >= remaining wins whatever the low bit, and at_least[d] == remaining before
+        # the pass is histogram[d] == remaining after it.
+        exact = (at_least == remaining).to(tl.int32)
+        pick = tl.max(tl.where(at_least >= remaining, bins * 2 + exact, 0), axis=0)
+        digit_chosen = pick >> 1
+        searching = (pick & 1) == 0
+    else:
+        digit_chosen = tl.max(tl.where(at_least >= remaining, bins, 0), axis=0)
+    remaining -= tl.sum(tl.where(bins > digit_chosen, histogram, 0), axis=0).to(tl.int64)
+    return prefix | (digit_chosen.to(tl.int64) << shift), remaining, searching
+
+
+@triton.jit
 def _write_taken(keys, slots, threshold, ties_wanted, written, ties_seen, pages_ptr, out_ptr):
     """Write the pages of the block's keys ``> threshold`` and of its ties while the row's tie
     rank (``ties_seen`` before the block) is below ``ties_wanted``, in slot order after the
@@ -138,6 +178,7 @@ def _select_pages(
     TAIL: tl.constexpr,
     NUM_BLOCKS: tl.constexpr,
     RADIX: tl.constexpr,
+    EARLY_EXIT: tl.constexpr,  # radix only: stop after the pass that settles the selected set
 ):
     row = tl.program_id(0)
     count = tl.load(count_ptr + row)
@@ -153,33 +194,38 @@ def _select_pages(
         start = tl.load(indptr_ptr + row)
     else:
         start = tl.load(indptr_ptr + tl.load(out_row_ptr + row))
-    bins = tl.arange(0, 256)
     # The row in registers across the passes (when NUM_BLOCKS == 1): main block, then tail block.
     resident = _ranking_keys(
         row_scores, scores_stride, tl.arange(0, BLOCK), width, held, sink, recent, SHARE, WINDOWS
     )
+    tail = resident  # unread unless TAIL > 0: one argument list for the passes
     if TAIL > 0:
         tail_slots = BLOCK + tl.arange(0, TAIL)
         tail = _ranking_keys(row_scores, scores_stride, tail_slots, width, held, sink, recent, SHARE, WINDOWS)
     # 1-2. The count-th largest key T: the largest t with #(key >= t) >= count.
-    if RADIX:  # four passes over 8-bit digits, a 256-bin histogram each
+    if RADIX:  # up to four passes over 8-bit digits, a 256-bin histogram each
         prefix = tl.zeros((), tl.int64)
         remaining = count
-        for step in range(4):
-            shift = 24 - 8 * step
-            histogram = tl.zeros((256,), tl.int32)
-            for block in range(NUM_BLOCKS):
-                keys = _block_keys(
-                    resident, block, row_scores, scores_stride, width, held, sink, recent,
-                    SHARE, WINDOWS, BLOCK, NUM_BLOCKS,
+        searching = tl.full((), True, tl.int1)  # False once the prefix's bin is exactly what is left
+        if EARLY_EXIT:  # the same passes, until one settles the set
+            shift = 24
+            while searching & (shift >= 0):
+                prefix, remaining, searching = _radix_pass(
+                    resident, tail, prefix, remaining, shift, row_scores, scores_stride, width, held,
+                    sink, recent, SHARE, WINDOWS, BLOCK, TAIL, NUM_BLOCKS, True,
                 )  # fmt: skip
-                histogram += _digit_histogram(keys, prefix, shift)
-            if TAIL > 0:
-                histogram += _digit_histogram(tail, prefix, shift)
-            at_least = tl.sum(histogram, axis=0) - tl.cumsum(histogram, axis=0) + histogram
-            digit_chosen = tl.max(tl.where(at_least >= remaining, bins, 0), axis=0)
-            remaining -= tl.sum(tl.where(bins > digit_chosen, histogram, 0), axis=0).to(tl.int64)
-            prefix = prefix | (digit_chosen.to(tl.int64) << shift)
+                shift -= 8
+        else:
+            for step in range(4):
+                prefix, remaining, _ = _radix_pass(
+                    resident, tail, prefix, remaining, 24 - 8 * step, row_scores, scores_stride, width,
+                    held, sink, recent, SHARE, WINDOWS, BLOCK, TAIL, NUM_BLOCKS, False,
+                )  # fmt: skip
+        # Stopped early: every key matching the prefix is taken, so T sits just below the
+        # prefix's lowest key (its lower digits are still zero; T = -1 for prefix 0 still leaves
+        # out the -1 keys of slots outside the row) and no ties are wanted.
+        prefix = tl.where(searching, prefix, prefix - 1)
+        remaining = tl.where(searching, remaining, 0)
     else:  # bisection over the 32-bit key range, one bit per pass
         prefix = tl.zeros((), tl.int64)  # low: #(key >= low) >= count
         high = tl.full((), 4294967295, tl.int64)
@@ -233,6 +279,7 @@ def select_pages(
     windows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     radix: bool = RADIX,
     num_warps: int = 0,
+    early_exit: bool = True,
 ) -> None:
     """Write each row's ``count`` best older pages, then its newest page, into a CSR page list.
 
@@ -250,6 +297,9 @@ def select_pages(
     - ``indptr: [R + 1] int32`` and ``indices: [capacity] int32``: the planned decode's page list;
       row ``r`` writes ``indices[indptr[o] : indptr[o] + count[r] + 1]`` (``o = out_rows[r]``), and
       the plan must give it exactly ``count[r] + 1`` pages.
+    - ``radix`` (else bisection), ``num_warps`` (0: 8 above 1024 slots, else 4) and ``early_exit``
+      (radix only; ``False`` runs all four passes, for A/B timing) pick the kernel variant; every
+      variant writes the same pages.
 
     No host sync; the launch shape depends only on the tensors' shapes (CUDA-graph safe).
     Raises ``ValueError`` on mismatched shapes or a non-unit inner stride.
@@ -293,5 +343,6 @@ def select_pages(
         TAIL=tail,
         NUM_BLOCKS=num_blocks,
         RADIX=radix,
+        EARLY_EXIT=early_exit,
         num_warps=num_warps or (8 if width > 1024 else 4),  # as when those rows were padded to >= 2048
     )

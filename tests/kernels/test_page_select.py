@@ -98,7 +98,16 @@ def case(rows, width, share, seed, windows=False, ties=False):
     return PageScores(scores, share=share, keep_windows=windows), batch, count, newest
 
 
-def run(scores: PageScores, batch: PolicyBatch, count, newest, out_rows=None, total_rows=None, radix=False):
+def run(
+    scores: PageScores,
+    batch: PolicyBatch,
+    count,
+    newest,
+    out_rows=None,
+    total_rows=None,
+    radix=False,
+    early_exit=True,
+):
     """Lay rows out in a CSR list of ``total_rows`` rows (others get 3 pages) and run the kernel."""
     rows = batch.table.shape[0]
     sizes = [3] * (total_rows or rows)
@@ -123,6 +132,7 @@ def run(scores: PageScores, batch: PolicyBatch, count, newest, out_rows=None, to
         scores.share,
         windows,
         radix=radix,
+        early_exit=early_exit,
     )
     return indptr, indices.cpu()
 
