@@ -51,6 +51,7 @@ from lil_sparse.models.config import ModelConfig
 from lil_sparse.models.transformer import CausalLM
 from lil_sparse.options import POLICY_NAMES, RequestOptions, SparseOptions
 from lil_sparse.policies import get_policy
+from lil_sparse.sampling.argmax import argmax_rows
 
 PAGE_SIZE = 16
 GRID_RUNS = [("full", 0)] + [(p, b) for b in (1024, 4096) for p in ("sink", "h2o", "quest", "infllm")]
@@ -148,7 +149,7 @@ class DecodeBench:
             start = time.perf_counter()
             logits = runner.decode(seqs)  # returns once the step's work is queued
             host_times.append(time.perf_counter() - start)
-            tokens = logits.argmax(dim=-1).tolist()
+            tokens = argmax_rows(logits).tolist()
             for seq, token in zip(seqs, tokens, strict=True):
                 seq.output_token_ids.append(token)
 
@@ -161,7 +162,7 @@ class DecodeBench:
             previous = in_flight.pop() if in_flight else None
             logits = runner.decode(seqs, input_ids=None if previous is None else previous[0])
             host_times.append(time.perf_counter() - start)
-            tokens = logits.argmax(dim=-1)
+            tokens = argmax_rows(logits)
             host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
             host.copy_(tokens, non_blocking=True)
             ready = torch.cuda.Event()
