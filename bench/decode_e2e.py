@@ -51,7 +51,6 @@ from lil_sparse.models.config import ModelConfig
 from lil_sparse.models.transformer import CausalLM
 from lil_sparse.options import POLICY_NAMES, RequestOptions, SparseOptions
 from lil_sparse.policies import get_policy
-from lil_sparse.sampling.argmax import argmax_rows
 
 PAGE_SIZE = 16
 GRID_RUNS = [("full", 0)] + [(p, b) for b in (1024, 4096) for p in ("sink", "h2o", "quest", "infllm")]
@@ -149,7 +148,7 @@ class DecodeBench:
             start = time.perf_counter()
             logits = runner.decode(seqs)  # returns once the step's work is queued
             host_times.append(time.perf_counter() - start)
-            tokens = argmax_rows(logits).tolist()
+            tokens = logits.argmax(dim=-1).tolist()
             for seq, token in zip(seqs, tokens, strict=True):
                 seq.output_token_ids.append(token)
 
@@ -162,7 +161,7 @@ class DecodeBench:
             previous = in_flight.pop() if in_flight else None
             logits = runner.decode(seqs, input_ids=None if previous is None else previous[0])
             host_times.append(time.perf_counter() - start)
-            tokens = argmax_rows(logits)
+            tokens = logits.argmax(dim=-1)
             host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
             host.copy_(tokens, non_blocking=True)
             ready = torch.cuda.Event()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from lil_sparse.sampling.argmax import argmax_rows
 from lil_sparse.sampling.noise import gumbel_noise
 from lil_sparse.sampling.params import SamplingParams
 
@@ -84,7 +83,7 @@ class Sampler:
         ``log_softmax(logits)`` at the token (before temperature and filters).
         """
         logits = logits.float()
-        greedy_tokens = argmax_rows(logits)  # [B]
+        greedy_tokens = logits.argmax(dim=-1)  # [B]
         if params.all_greedy:  # no row samples: skip the [B, V] noise and filters
             logprobs = logits.log_softmax(dim=-1).gather(-1, greedy_tokens.unsqueeze(1)).squeeze(1)
             return greedy_tokens, logprobs
@@ -93,7 +92,7 @@ class Sampler:
         if params.filtering:
             scaled = filter_top_k_top_p(scaled, params.top_k, params.top_p, params.max_top_k)
         noise = self._gumbel_noise(params.seed, positions, logits.shape[-1])  # [B, V]
-        sampled_tokens = argmax_rows(scaled.add_(noise))  # [B]
+        sampled_tokens = scaled.add_(noise).argmax(dim=-1)  # [B]
         token_ids = torch.where(params.greedy, greedy_tokens, sampled_tokens)
         logprobs = logits.log_softmax(dim=-1).gather(-1, token_ids.unsqueeze(1)).squeeze(1)
         return token_ids, logprobs
