@@ -222,8 +222,10 @@ class DecodeGraphs:
             update_metadata=step.update_metadata,
             streams=self.streams,
         )
-        hidden = self.model(step.input_ids, step.positions, attention)
-        attention.finish()  # the observers' lane joins the step inside the graph
+        try:
+            hidden = self.model(step.input_ids, step.positions, attention)
+        finally:
+            attention.finish()  # the observers' lane joins the step (inside the graph)
         return self.model.compute_logits(hidden)
 
     def _run_eager_and_capture(self, step: DecodeStep, key: tuple[object, ...]) -> torch.Tensor:

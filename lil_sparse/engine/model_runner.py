@@ -227,8 +227,10 @@ class ModelRunner:
                 _reads_metadata(seqs),
                 self.streams,
             )
-            hidden = self.model(inputs.input_ids, inputs.positions, attention)
-            attention.finish()
+            try:
+                hidden = self.model(inputs.input_ids, inputs.positions, attention)
+            finally:
+                attention.finish()
             logits = self.model.compute_logits(hidden)[:count]
             self.ungraphed_decodes += 1
         for seq in seqs:

@@ -35,8 +35,9 @@ import torch
 class SideStreams:
     """Lanes for the policy groups of a decode step, plus one for attention-mass observers.
 
-    ``device``: the CUDA device of the step. Streams are created on first use and kept for the
-    runner's lifetime (a captured graph's branches record them).
+    ``device``: the CUDA device of the step. Streams come from PyTorch's pool (shared round
+    robin with the rest of the process: a lane that happens to be another stream only serialises
+    work) on first use and are kept for the runner's lifetime.
     """
 
     def __init__(self, device: torch.device) -> None:

@@ -92,16 +92,19 @@ class DecodeAttention:
             # h2o 6.53 ms inline, 6.60 on a lane; a mixed step 18.09 inline, 17.85 on a lane).
             self._observe(layer_index, q_rows, page_ids, lse)
         else:  # a latency-bound pass over a mixed step's rows: overlaps the rest of the layer
-            with torch.cuda.stream(self.streams.observer()):
-                self._observe(layer_index, q_rows, page_ids, lse)
+            lane = self.streams.observer()
             # The lane reads these after this call returns: keep them from the allocator until
             # finish() (a freed block could be handed to the next layer on the current stream).
+            # Recorded before the launch, so that finish() joins the lane even if it raises.
             self._observed.append((q_rows, page_ids) if lse is None else (q_rows, page_ids, lse))
+            with torch.cuda.stream(lane):
+                self._observe(layer_index, q_rows, page_ids, lse)
         return out.view(batch_size, num_heads, head_dim)
 
     def finish(self) -> None:
         """Order the current stream after the observers' lane (once per step, after the model's
-        forward; a no-op without streams or observers)."""
+        forward, also when it raised: callers use ``finally``; a no-op without streams or
+        observers)."""
         if self._observed and self.streams is not None:
             self.streams.join([self.streams.observer_lane])
             self._observed.clear()
@@ -134,10 +137,12 @@ class DecodeAttention:
                 self._select_fused(layer, q_rows, group, indptr, indices)
             return self.base_page_ids
         lanes = self.streams.fork(len(groups))  # groups write disjoint rows of the page list
-        for group, lane in zip(groups, lanes, strict=True):
-            with torch.cuda.stream(lane):
-                self._select_fused(layer, q_rows, group, indptr, indices)
-        self.streams.join(lanes)  # before the attention reads the page list
+        try:
+            for group, lane in zip(groups, lanes, strict=True):
+                with torch.cuda.stream(lane):
+                    self._select_fused(layer, q_rows, group, indptr, indices)
+        finally:  # before the attention reads the page list, and on an error (an unjoined
+            self.streams.join(lanes)  # fork would fail a capture and race freed blocks)
         return self.base_page_ids
 
     def _select_fused(

@@ -35,6 +35,25 @@ class CountingStreams(SideStreams):
         return super().observer()
 
 
+class SlowStreams(CountingStreams):
+    """Lanes that start each fork with ~1 ms of spinning, so that they run well behind the step:
+    a missing join, or an input freed while a lane still reads it, shows instead of hiding
+    behind a tiny model's timing."""
+
+    def fork(self, count: int) -> list[torch.cuda.Stream]:
+        lanes = super().fork(count)
+        for lane in lanes:
+            with torch.cuda.stream(lane):
+                torch.cuda._sleep(2_000_000)
+        return lanes
+
+    def observer(self) -> torch.cuda.Stream:
+        lane = super().observer()
+        with torch.cuda.stream(lane):
+            torch.cuda._sleep(2_000_000)
+        return lane
+
+
 def use_streams(engine, streams: SideStreams | None) -> None:
     engine.runner.streams = streams
     if engine.runner.graphs is not None:
@@ -57,6 +76,7 @@ def test_side_streams_decode_bit_for_bit_as_one_stream(cuda_graphs, tiny_gqa2_di
         assert have.output_token_ids == want.output_token_ids
         assert have.kv == want.kv  # the pages attended, step by step
     assert all(torch.equal(a, b) for a, b in zip(one_logits.logits, lane_logits.logits, strict=True))
+    assert torch.equal(one.runner.kv.attention_mass, lanes.runner.kv.attention_mass)  # H2O's, exactly
     assert streams.forks.get(2, 0) > 0  # Quest and InfLLM selected side by side
     assert streams.observer_forks > 0  # H2O's mass ran on its lane
     if cuda_graphs:
@@ -78,3 +98,32 @@ def test_a_whole_step_group_stays_on_the_current_stream(tiny_gqa2_dir):
         assert [r.completion_tokens for r in reports] == [24] * len(reports)
     assert streams.forks == {} and streams.observer_forks == 0
     engine.close()
+
+
+def test_late_lanes_are_joined_and_change_nothing(tiny_gqa2_dir):
+    """With every lane running ~1 ms behind (eager steps), each step still ends with its lanes
+    idle once the step's stream is done, and the outputs equal one stream's bit for bit."""
+    one = make_engine(tiny_gqa2_dir, "flashinfer", cuda_graphs=False)
+    use_streams(one, None)
+    late = make_engine(tiny_gqa2_dir, "flashinfer", cuda_graphs=False)
+    streams = SlowStreams(torch.device("cuda"))
+    use_streams(late, streams)
+    step = late.step
+    checked = []
+
+    def checked_step():
+        events = step()
+        torch.cuda.current_stream().synchronize()
+        checked.append(all(lane.query() for lane in [streams.observer_lane, *streams._lanes]))
+        return events
+
+    late.step = checked_step  # type: ignore[method-assign]
+    expected = one.generate(*mixed_requests((40, 33, 20, 40, 28)))
+    got = late.generate(*mixed_requests((40, 33, 20, 40, 28)))
+    for want, have in zip(expected, got, strict=True):
+        assert have.output_token_ids == want.output_token_ids
+    assert torch.equal(one.runner.kv.attention_mass, late.runner.kv.attention_mass)
+    assert streams.forks.get(2, 0) > 0 and streams.observer_forks > 0
+    assert len(checked) > 40 and all(checked)
+    one.close()
+    late.close()
