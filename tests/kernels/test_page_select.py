@@ -165,6 +165,22 @@ def test_ties_go_to_the_older_slot_across_the_tail_boundary(rows, width, share, 
     assert_page_lists(indptr, indices, want)
 
 
+def one_row_batch(table: torch.Tensor, count: int) -> PolicyBatch:
+    """A ``PolicyBatch`` of one row holding every slot of ``table: [1, width]``, taking ``count``
+    older pages plus the newest, without windows."""
+    return PolicyBatch(
+        rows=torch.arange(1),
+        table=table,
+        held=torch.tensor([table.shape[1]]),
+        select_count=torch.tensor([count + 1]),
+        sink_pages=torch.zeros(1, dtype=torch.long),
+        recent_pages=torch.ones(1, dtype=torch.long),
+        dense_layers=torch.zeros(1, dtype=torch.long),
+        max_select=count + 1,
+        num_kv_heads=1,
+    )
+
+
 @pytest.mark.parametrize("radix", [False, True])
 @pytest.mark.parametrize("width", [40, 300, 4100])
 def test_equal_scores_fill_the_main_block_then_the_tail_in_slot_order(width, radix):
@@ -177,17 +193,7 @@ def test_equal_scores_fill_the_main_block_then_the_tail_in_slot_order(width, rad
     table = torch.arange(1000, 1000 + width, dtype=torch.int32).unsqueeze(0)
     newest = torch.tensor([7], dtype=torch.int32)
     for k in (1, block - 1, block, block + 2, width - 1):
-        batch = PolicyBatch(
-            rows=torch.arange(1),
-            table=table,
-            held=torch.tensor([width]),
-            select_count=torch.tensor([k + 1]),
-            sink_pages=torch.zeros(1, dtype=torch.long),
-            recent_pages=torch.ones(1, dtype=torch.long),
-            dense_layers=torch.zeros(1, dtype=torch.long),
-            max_select=k + 1,
-            num_kv_heads=1,
-        )
+        batch = one_row_batch(table, k)
         _, indices = run(scores, batch, torch.tensor([k]), newest, radix=radix)
         want = [1000 + s for s in range(k - 1)] + [1000 + width - 2, 7]
         assert indices[: k + 1].tolist() == want, k

@@ -20,7 +20,14 @@ pytest.importorskip("triton")
 from lil_sparse.kernels import page_select
 from lil_sparse.kernels.page_select import block_layout
 from lil_sparse.policies.base import PageScores, PolicyBatch
-from tests.kernels.test_page_select import assert_page_lists, case, reference, run, stable_reference
+from tests.kernels.test_page_select import (
+    assert_page_lists,
+    case,
+    one_row_batch,
+    reference,
+    run,
+    stable_reference,
+)
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 WIDTHS = [40, 2304, 4100]  # main + tail (32 + 16, 2048 + 256), two reloaded blocks
@@ -123,17 +130,7 @@ def one_row(values: torch.Tensor, count: int, gen: torch.Generator):
     """``PageScores``, ``PolicyBatch``, count and newest page for one row without windows."""
     width = values.shape[0]
     table = torch.randperm(4 * width, generator=gen)[:width].int().unsqueeze(0)
-    batch = PolicyBatch(
-        rows=torch.arange(1),
-        table=table,
-        held=torch.tensor([width]),
-        select_count=torch.tensor([count + 1]),
-        sink_pages=torch.zeros(1, dtype=torch.long),
-        recent_pages=torch.ones(1, dtype=torch.long),
-        dense_layers=torch.zeros(1, dtype=torch.long),
-        max_select=count + 1,
-        num_kv_heads=1,
-    )
+    batch = one_row_batch(table, count)
     return (
         PageScores(values.unsqueeze(0)),
         batch,
