@@ -245,18 +245,7 @@ def test_ties_go_to_the_older_slot_and_extremes_order():
         9: [100, 101, 102, 103, 104, 105, 106, 107, 108, 999],  # every finite slot
     }
     for (k, want), radix in itertools.product(expected.items(), (False, True)):
-        batch = PolicyBatch(
-            rows=torch.arange(1),
-            table=table,
-            held=torch.tensor([10]),
-            select_count=torch.tensor([k + 1]),
-            sink_pages=torch.zeros(1, dtype=torch.long),
-            recent_pages=torch.ones(1, dtype=torch.long),
-            dense_layers=torch.zeros(1, dtype=torch.long),
-            max_select=k + 1,
-            num_kv_heads=1,
-        )
-        _, indices = run(scores, batch, torch.tensor([k]), newest, radix=radix)
+        _, indices = run(scores, one_row_batch(table, k), torch.tensor([k]), newest, radix=radix)
         assert indices[: k + 1].tolist() == want, k
 
 
