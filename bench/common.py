@@ -26,6 +26,32 @@ def cuda_ms(fn: Callable[[], object], iters: int = 20, warmup: int = 3) -> float
     return statistics.median(times)
 
 
+SETTLE_GRAPHS = 4  # trivial graphs captured before any timed one (settle_cuda_graphs)
+
+
+def settle_cuda_graphs(count: int = SETTLE_GRAPHS) -> None:
+    """Capture, replay and drop ``count`` one-kernel CUDA graphs, so every graph a benchmark then
+    times replays as in a process that has made many (a server captures one per step shape).
+
+    Measured on the H200 (2026-11-30, torch 2.11 / CUDA 13.0, driver 580.159.04; an ad hoc
+    script, printed output): in one process the first three CUDA graphs replayed the 8B batch-8
+    32k quest@4096 step in 7.29 ms and every later one in 7.50 ms, with the same kernel times
+    under the profiler (the extra time lies between the kernels). The switch follows the number
+    of graphs made so far, not which are alive: three trivial graphs captured and dropped first
+    made the first step graph slow, and CUDA_DEVICE_MAX_CONNECTIONS=1 or 32,
+    CUDA_MODULE_LOADING=EAGER and CUDA_GRAPHS_USE_NODE_PRIORITY=1 did not change it. Without
+    this, a run's figure depended on its position in its process (docs/gpu.md).
+    """
+    scratch = torch.zeros(1024, device="cuda")
+    for _ in range(count):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            scratch.add_(1)
+        graph.replay()
+        del graph
+    torch.cuda.synchronize()
+
+
 def copy_bandwidth_gbs(gib: float = 2.0) -> float:
     """Device-to-device copy bandwidth, bytes read plus written, in GB/s."""
     src = torch.empty(int(gib * 2**30), dtype=torch.uint8, device="cuda")

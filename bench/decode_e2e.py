@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import copy_bandwidth_gbs, device_line
+from bench.common import copy_bandwidth_gbs, device_line, settle_cuda_graphs
 from bench.model_shapes import MODELS, hf_tbt_ms, random_model, weight_bytes
 from lil_sparse.attention.flashinfer_backend import FlashInferBackend
 from lil_sparse.config import SELECTION_MODES, EngineConfig
@@ -78,6 +78,7 @@ class DecodeBench:
     selection = "exact"  # the runners' EngineConfig.selection (--selection)
     tensor_cores: bool | None = None  # FlashInferBackend(use_tensor_cores=...) (--tensor-cores)
     split_calls = True  # FlashInferBackend(split_calls=...) (--split-calls)
+    concurrent_split = True  # FlashInferBackend(concurrent_split=...) (--concurrent-split)
     side_streams = True  # ModelRunner(side_streams=...) (--side-streams)
 
     def __init__(
@@ -100,7 +101,11 @@ class DecodeBench:
             kv_cache_tokens=max_pages_per_seq * PAGE_SIZE,
         )
         self.backend = FlashInferBackend(
-            config, mc, use_tensor_cores=self.tensor_cores, split_calls=self.split_calls
+            config,
+            mc,
+            use_tensor_cores=self.tensor_cores,
+            split_calls=self.split_calls,
+            concurrent_split=self.concurrent_split,
         )
 
     def run(
@@ -270,9 +275,10 @@ def run_cell(
         return
     pages_per_seq = -(-(context + steps + WARMUP_STEPS + PAGE_SIZE) // PAGE_SIZE)
     bench = DecodeBench(model, need, batch, pages_per_seq, overlap)
-    # Dense runs first and again last: later runs of one process measured slower than earlier
-    # ones (H200, 2026-11-30: the same dense qwen1.5b 4k batch-1 run took 1.82 ms first and
-    # 1.95 ms after two other runs), so the dense baseline is the mean of the two brackets.
+    # Dense runs first and again last, and the baseline is the mean of the two: a run's position
+    # in its process once moved it by up to 8% (the first three CUDA graphs of a process replay
+    # faster, bench.common.settle_cuda_graphs, which main() now calls first); the two brackets
+    # show what is left of such drift.
     bracketed = runs + [(p, b) for p, b in runs if p == "full"][:1]
     for index, (policy, budget) in enumerate(bracketed):
         if policy != "full" and budget >= context:
@@ -405,6 +411,12 @@ def main() -> None:
         help="run a step of very unequal rows as two FlashInfer calls (default on, as the engine)",
     )
     parser.add_argument(
+        "--concurrent-split",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run a split step's two FlashInfer calls at once, on two streams (default on, as the engine)",
+    )
+    parser.add_argument(
         "--side-streams",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -412,12 +424,14 @@ def main() -> None:
     )
     args = parser.parse_args()
     DecodeBench.split_calls = args.split_calls
+    DecodeBench.concurrent_split = args.concurrent_split
     DecodeBench.side_streams = args.side_streams
     DecodeBench.selection = args.selection
     DecodeBench.tensor_cores = {"auto": None, "on": True, "off": False}[args.tensor_cores]
     runs = GRID_RUNS
     if args.runs:
         runs = [(p, int(b)) for p, b in (r.split(":") for r in args.runs.split(","))]
+    settle_cuda_graphs()  # every timed graph replays as in a long-running process
     bandwidth = copy_bandwidth_gbs()
     print(f"copy bandwidth (read + write): {bandwidth:.0f} GB/s", flush=True)
     results: dict[str, dict] = {}

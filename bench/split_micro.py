@@ -8,7 +8,8 @@ call; a split at each drop in page count (the candidates ``choose_split`` weighs
 ``--extra`` splits; the line of ``choose_split``'s pick says so. Each line gives the cost model's prediction
 (``decode_split.call_cost`` in page units x one page's K and V at 1/num_sms of the copy
 bandwidth) beside the measurement, and
-the bandwidth floor (K and V bytes / copy bandwidth, same run). Medians of ``--iters``
+the bandwidth floor (K and V bytes / copy bandwidth, same run). Each split runs its two calls one
+after the other and at once (``concurrent_split``: the second on a stream of its own). Medians of ``--iters``
 CUDA-event timings. Writes a markdown table (``--out``).
 
     python bench/split_micro.py --out docs/bench/split_micro.md
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import copy_bandwidth_gbs, cuda_ms, write_markdown
+from bench.common import copy_bandwidth_gbs, cuda_ms, settle_cuda_graphs, write_markdown
 from lil_sparse.attention import flashinfer_backend
 from lil_sparse.attention.decode_split import call_cost, choose_split
 from lil_sparse.attention.flashinfer_backend import FlashInferBackend
@@ -34,10 +35,10 @@ PAGE_SIZE, HEAD_DIM, GROUP, KV_HEADS = 16, 128, 4, 8
 MIN_CHUNK = max(128 // PAGE_SIZE, 1)
 
 
-def backend() -> FlashInferBackend:
+def backend(concurrent: bool) -> FlashInferBackend:
     config = EngineConfig(model="bench", device="cuda", backend="flashinfer", page_size=PAGE_SIZE)
     model = attention_model_config(GROUP * KV_HEADS, KV_HEADS, HEAD_DIM, max_positions=65536)
-    return FlashInferBackend(config, model, use_tensor_cores=True)
+    return FlashInferBackend(config, model, use_tensor_cores=True, concurrent_split=concurrent)
 
 
 def parse_layout(spec: str) -> list[int]:
@@ -77,11 +78,13 @@ def time_layout(
     unit_us = page_bytes / (bandwidth * 1e9 / num_sms) * 1e6  # one page unit of the model
     shape = "+".join(f"{counts.count(n)}x{n}" for n in dict.fromkeys(counts))
     chosen = choose_split(counts, KV_HEADS, num_sms, MIN_CHUNK)
-    for split in splits_to_try(counts, extra):
+    for split, concurrent in [
+        (s, c) for s in splits_to_try(counts, extra) for c in (False, True)[: 1 + bool(s)]
+    ]:
         # The bench forces each split through the backend's own planning path (a fresh backend:
         # a backend keeps its plan while the page counts stay).
         flashinfer_backend.choose_split = lambda *_args, split=split: split
-        attn = backend()
+        attn = backend(concurrent)
         attn.begin_decode_step([layout])
         assert attn.step_key([layout]) == (split,)
 
@@ -98,7 +101,7 @@ def time_layout(
         predicted = (
             sum(call_cost(counts[a:b], num_sms, MIN_CHUNK) for a, b in itertools.pairwise(bounds)) * unit_us
         )
-        name = f"two calls, split at row {split}" if split else "one call"
+        name = f"two calls{' at once' if concurrent else ''}, split at row {split}" if split else "one call"
         name += " (choose_split's pick)" if split == chosen else ""
         rows_out.append(
             [
@@ -125,6 +128,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    settle_cuda_graphs()
     bandwidth = copy_bandwidth_gbs()
     rows: list[list[str]] = []
     for spec in args.layouts.split(","):

@@ -60,11 +60,14 @@ class FlashInferBackend(AttentionBackend):
         model_config: ModelConfig,
         use_tensor_cores: bool | None = None,
         split_calls: bool = True,
+        concurrent_split: bool = True,
     ) -> None:
         """``use_tensor_cores``: FlashInfer's tensor-core decode (None: from group 4 on, and where
         the CUDA-core kernel lacks the group). ``split_calls``: run a step of very unequal rows
         as two calls (:mod:`lil_sparse.attention.decode_split`; tensor-core decode only, whose
-        work split that module models)."""
+        work split that module models). ``concurrent_split``: run those two calls concurrently,
+        the second on a stream of its own with a float workspace of its own (128 MiB, allocated
+        at the first split; :mod:`lil_sparse.attention.flashinfer_decode_slot`)."""
         import flashinfer
 
         if not config.device.startswith("cuda"):
@@ -97,6 +100,8 @@ class FlashInferBackend(AttentionBackend):
             else use_tensor_cores
         )
         self.split_calls = split_calls and self.use_tensor_cores
+        self._split_lane = torch.cuda.Stream(self.device) if self.split_calls and concurrent_split else None
+        self._second_workspace: torch.Tensor | None = None  # the concurrent second call's, on first use
         self.prefers_longest_first = self.split_calls
         self.num_sms = torch.cuda.get_device_properties(self.device).multi_processor_count
         self.shape = PlanShape(self.group, self.head_dim, self.page_size, self.dtype)
@@ -196,16 +201,18 @@ class FlashInferBackend(AttentionBackend):
             indptr = torch.zeros(rows + 1, dtype=torch.int32, device=self.device)
             indices = torch.zeros(capacity, dtype=torch.int32, device=self.device)
             last_page_len = torch.ones(rows, dtype=torch.int32, device=self.device)
-            wrapper = self._wrapper(indptr, indices, last_page_len, False)
-            slot = DecodeSlot(wrapper, indptr, indices, last_page_len)
+            wrapper = self._wrapper(indptr, indices, last_page_len, None)
+            slot = DecodeSlot(wrapper, indptr, indices, last_page_len, lane=self._split_lane)
             self._slots[key] = slot
         return slot
 
     def _wrapper(
-        self, indptr: torch.Tensor, indices: torch.Tensor, last_page_len: torch.Tensor, small: bool
+        self, indptr: torch.Tensor, indices: torch.Tensor, last_page_len: torch.Tensor, part: int | None
     ) -> object:
-        """A CUDA-graph-mode decode wrapper reading these buffers; ``small``: a 1 MiB int
-        workspace (a two-call part's plan arrays) instead of FlashInfer's 8 MiB."""
+        """A CUDA-graph-mode decode wrapper reading these buffers. ``part``: None for a slot's own
+        wrapper; 0 or 1 for the first or second call of a split, which get a 1 MiB int workspace
+        (their plan arrays) instead of FlashInfer's 8 MiB, and, for a concurrent second call, the
+        second float workspace."""
         wrapper = self._flashinfer.BatchDecodeWithPagedKVCacheWrapper(
             self.workspace,
             "HND",
@@ -215,9 +222,14 @@ class FlashInferBackend(AttentionBackend):
             paged_kv_indices_buffer=indices,
             paged_kv_last_page_len_buffer=last_page_len,
         )
-        if small:
+        if part is not None:
+            float_workspace = self.workspace
+            if part == 1 and self._split_lane is not None:
+                if self._second_workspace is None:
+                    self._second_workspace = torch.zeros_like(self.workspace)
+                float_workspace = self._second_workspace
             wrapper.reset_workspace_buffer(
-                self.workspace, torch.empty(PART_INT_WORKSPACE_BYTES, dtype=torch.uint8, device=self.device)
+                float_workspace, torch.empty(PART_INT_WORKSPACE_BYTES, dtype=torch.uint8, device=self.device)
             )
         return wrapper
 

@@ -10,6 +10,14 @@ buffer through their own ``indptr`` holding absolute offsets (FlashInfer derives
 ``indptr`` differences and reads pages from ``indices[indptr[row]]`` on), and their
 ``last_page_len`` buffers are views into the slot's, so selection, packing and the
 ``last_page_len`` refresh work on the slot exactly as for one call.
+
+With a *lane* (a second CUDA stream, :class:`FlashInferBackend` ``concurrent_split``) the two
+calls run concurrently: the long rows' call on the current stream and the short rows' call on the
+lane, forked before the first is queued and joined right after the second, so each call's kernels
+fill the SMs the other's tail leaves idle. The second call's wrapper then has a float workspace
+of its own (its split-k partial results and merge would otherwise share the first call's), and
+each call runs exactly the kernels it runs one after the other, so the outputs are bit for bit
+those of the serial calls.
 """
 
 from __future__ import annotations
@@ -26,8 +34,9 @@ import torch
 MAX_SPLITS = 16
 PART_INT_WORKSPACE_BYTES = 1 << 20
 
-# (indptr buffer, indices buffer, last_page_len buffer, small int workspace) -> wrapper
-WrapperFactory = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], object]
+# (indptr buffer, indices buffer, last_page_len buffer, part) -> wrapper; part is None for the
+# slot's own wrapper, else 0 or 1 for the first or second call of a split (small int workspace)
+WrapperFactory = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "int | None"], object]
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,8 @@ class DecodeSlot:
       (full, eviction policies) skip the rewrite.
     - ``split``: rows in the first of two calls this step, 0 for one call; ``parts`` keeps the
       part wrappers by split point (never dropped: a captured CUDA graph reads their buffers).
+    - ``lane``: a CUDA stream for the second call of a split (None: the calls run one after the
+      other on the current stream).
     """
 
     wrapper: object
@@ -74,6 +85,7 @@ class DecodeSlot:
     planned_last: tuple[int, ...] | None = None  # host last_page_len in the buffer, None if unknown
     split: int = 0
     parts: dict[int, tuple[DecodePart, DecodePart]] = field(default_factory=dict)
+    lane: torch.cuda.Stream | None = None
 
     @property
     def rows(self) -> int:
@@ -101,14 +113,19 @@ class DecodeSlot:
             return self.wrapper.run(q, (k_pages, v_pages)), None  # type: ignore[attr-defined]
         out = torch.empty_like(q)
         lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if return_lse else None
-        for start, end, wrapper in self.calls():  # two calls over contiguous rows
-            wrapper.run(  # type: ignore[attr-defined]
-                q[start:end],
-                (k_pages, v_pages),
-                out=out[start:end],
-                lse=None if lse is None else lse[start:end],
-                return_lse=return_lse,
-            )
+        first, second = self.calls()  # two calls over contiguous rows, the long rows first
+        if self.lane is None:
+            for call in (first, second):
+                _run_rows(call, q, k_pages, v_pages, out, lse)
+            return out, lse
+        # Fork before the first call is queued (else the lane would wait for it), join after the
+        # second: q, out and lse are the current stream's, and it frees them only after the join.
+        current = torch.cuda.current_stream(q.device)
+        self.lane.wait_stream(current)
+        _run_rows(first, q, k_pages, v_pages, out, lse)
+        with torch.cuda.stream(self.lane):
+            _run_rows(second, q, k_pages, v_pages, out, lse)
+        current.wait_stream(self.lane)
         return out, lse
 
     def plan(
@@ -134,13 +151,33 @@ class DecodeSlot:
         parts = self.parts.get(split)
         if parts is None:
             device = self.indptr.device
-            made = []
+            made: list[DecodePart] = []
             for start, end in ((0, split), (split, self.rows)):
                 indptr = torch.zeros(end - start + 1, dtype=torch.int32, device=device)
-                wrapper = make_wrapper(indptr, self.indices, self.last_page_len[start:end], True)
+                part = len(made)
+                wrapper = make_wrapper(indptr, self.indices, self.last_page_len[start:end], part)
                 made.append(DecodePart(start, end, wrapper, indptr))
             parts = self.parts[split] = (made[0], made[1])
         return parts
+
+
+def _run_rows(
+    call: tuple[int, int, object],
+    q: torch.Tensor,
+    k_pages: torch.Tensor,
+    v_pages: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor | None,
+) -> None:
+    """Run one call of a split over rows ``start:end`` into those rows of ``out`` (and ``lse``)."""
+    start, end, wrapper = call
+    wrapper.run(  # type: ignore[attr-defined]
+        q[start:end],
+        (k_pages, v_pages),
+        out=out[start:end],
+        lse=None if lse is None else lse[start:end],
+        return_lse=lse is not None,
+    )
 
 
 def _plan(

@@ -65,6 +65,45 @@ def test_two_calls_attend_what_one_call_does():
     torch.testing.assert_close(split_lse, one_lse, rtol=1e-3, atol=1e-3)
 
 
+def test_concurrent_calls_equal_serial_calls_bit_for_bit():
+    # The same 48 long + 192 short rows. Run at once (the second call on the slot's lane, with a
+    # float workspace of its own), each call runs the kernels it runs serially: outputs and lse
+    # are equal bit for bit, eagerly and replayed in a CUDA graph with new queries. (Were the two
+    # calls to share one float workspace, their split-k partial results would mix.)
+    kv, page_ids, counts, last_len, q = mixed_rows(24, 96, 513, 33)
+    layout = DecodeLayout.build(counts, last_len, tuple(last_len.tolist()))
+    serial = make_backend(4, 128, tensor_cores=True, concurrent_split=False)
+    concurrent = make_backend(4, 128, tensor_cores=True)
+    for backend in (serial, concurrent):
+        backend.begin_decode_step([layout])
+    if serial.step_key([layout]) == (0,):
+        pytest.skip(f"{serial.num_sms} SMs: one call already balances these rows")
+    slot = concurrent._slot_of(layout)
+    assert slot.lane is not None and serial._slot_of(layout).lane is None
+    assert concurrent.step_key([layout]) == serial.step_key([layout])
+
+    def run(backend, queries):
+        return backend.decode_with_lse(0, queries, kv.k[0], kv.v[0], page_ids, layout)
+
+    want_out, want_lse = run(serial, q)
+    got_out, got_lse = run(concurrent, q)
+    assert torch.equal(got_out, want_out) and torch.equal(got_lse, want_lse)
+    # Under capture the lane becomes a branch of the graph.
+    static_q = q.clone()
+    run(concurrent, static_q)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        graph_out, graph_lse = run(concurrent, static_q)
+    for seed in (1, 2):
+        fresh = torch.randn(
+            q.shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(seed)
+        )
+        static_q.copy_(fresh.to(q.dtype))
+        graph.replay()
+        want_out, want_lse = run(serial, static_q)
+        assert torch.equal(graph_out, want_out) and torch.equal(graph_lse, want_lse)
+
+
 def split_at_first_drop(counts, row_step, num_sms, min_chunk):
     """A split the cost model would not take on a tiny model: at the first drop in page count."""
     for row in range(row_step, len(counts), row_step):

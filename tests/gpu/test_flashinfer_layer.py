@@ -27,12 +27,20 @@ PAGE_SIZE = 16
 HEADS = 2  # KV heads per sequence in the policy batch (InfLLM shares pages across them)
 
 
-def make_backend(group: int, head_dim: int, tensor_cores: bool, split_calls: bool = True):
+def make_backend(
+    group: int, head_dim: int, tensor_cores: bool, split_calls: bool = True, concurrent_split: bool = True
+):
     from lil_sparse.attention.flashinfer_backend import FlashInferBackend
 
     config = EngineConfig(model="unused", device="cuda", backend="flashinfer", page_size=PAGE_SIZE)
     model_config = attention_model_config(group * HEADS, HEADS, head_dim)
-    return FlashInferBackend(config, model_config, use_tensor_cores=tensor_cores, split_calls=split_calls)
+    return FlashInferBackend(
+        config,
+        model_config,
+        use_tensor_cores=tensor_cores,
+        split_calls=split_calls,
+        concurrent_split=concurrent_split,
+    )
 
 
 def random_rows(rows: int, held: int, group: int, head_dim: int, seed: int):
