@@ -75,10 +75,52 @@ class DecodeAttention:
         self.observers = [g for g in groups if g.policy.observes_attention]  # once per step
 
     def __call__(self, layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        batch_size, num_heads, head_dim = q.shape
         self.kv.write(
             layer_index, self.write_slots, k, v, distinct_pages=True, update_metadata=self.update_metadata
         )
+        return self._attend(layer_index, q)
+
+    def rotate_and_attend(
+        self,
+        layer_index: int,
+        qk: torch.Tensor,
+        q_heads: int,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        v: torch.Tensor,
+    ) -> torch.Tensor:
+        """RoPE, the K/V append and the attention of one layer from pre-RoPE ``qk`` (the
+        :class:`lil_sparse.models.attention_fn.RotatingAttentionFn` seam). On CUDA the RoPE and
+        the append are one kernel (:mod:`lil_sparse.kernels.rotary_append`); otherwise
+        ``rotary_qk`` then :meth:`__call__`'s write, which that kernel equals bit for bit."""
+        kv = self.kv
+        if fused_selection_enabled(qk, kv.head_dim):
+            from lil_sparse.kernels.rotary_append import rotary_append_decode_kv
+
+            metadata = self.update_metadata
+            bounds = kv.key_bounds[layer_index] if metadata else None
+            key_sum = kv.key_sum[layer_index] if metadata else None
+            q = rotary_append_decode_kv(
+                qk,
+                q_heads,
+                cos,
+                sin,
+                v,
+                kv.k[layer_index],
+                kv.v[layer_index],
+                bounds,
+                key_sum,
+                self.write_slots,
+            )
+            return self._attend(layer_index, q)
+        from lil_sparse.kernels.fused_layers import rotary_qk
+
+        q, k = rotary_qk(qk, q_heads, cos, sin)
+        return self(layer_index, q, k, v)
+
+    def _attend(self, layer_index: int, q: torch.Tensor) -> torch.Tensor:
+        """Select and attend for ``q: [B, Hq, D]`` (post-RoPE) once this layer's K/V are written."""
+        batch_size, num_heads, head_dim = q.shape
         q_rows = q.view(batch_size * self.num_kv_heads, num_heads // self.num_kv_heads, head_dim)
         page_ids = self._select(layer_index, q_rows)
         args = (layer_index, q_rows, self.kv.k[layer_index], self.kv.v[layer_index], page_ids)

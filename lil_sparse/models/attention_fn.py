@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -30,4 +30,35 @@ class AttentionFn(Protocol):
 
     def __call__(
         self, layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class RotatingAttentionFn(AttentionFn, Protocol):
+    """An :class:`AttentionFn` that can also apply RoPE itself (the engine's decode step, which
+    rotates the keys on their way into the cache in one kernel,
+    :mod:`lil_sparse.kernels.rotary_append`). The fused model calls :meth:`rotate_and_attend`
+    instead of rotating q and k and calling the attention.
+
+    Args:
+        layer_index: which decoder layer, 0-based.
+        qk: [T, num_heads + num_kv_heads, head_dim], pre-RoPE query then key heads ("rotate half"
+            layout); any token stride, heads and dims contiguous (a slice of the QKV output).
+        q_heads: num_heads.
+        cos, sin: float32 [T, head_dim // 2], the tokens' angles.
+        v: as for :class:`AttentionFn`.
+    Returns:
+        o as :class:`AttentionFn` returns it, equal bit for bit to
+        ``self(layer_index, *rotary_qk(qk, q_heads, cos, sin), v)``
+        (:func:`lil_sparse.kernels.fused_layers.rotary_qk`).
+    """
+
+    def rotate_and_attend(
+        self,
+        layer_index: int,
+        qk: torch.Tensor,
+        q_heads: int,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        v: torch.Tensor,
     ) -> torch.Tensor: ...

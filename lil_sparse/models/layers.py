@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lil_sparse.models.attention_fn import AttentionFn
+from lil_sparse.models.attention_fn import AttentionFn, RotatingAttentionFn
 from lil_sparse.models.config import ModelConfig
 from lil_sparse.models.rope import apply_rotary
 
@@ -124,10 +124,13 @@ class SelfAttention(nn.Module):
         qkv = F.linear(x, *self.qkv)  # [T, (Hq + 2 Hkv) * D]
         rotated_heads = self.num_heads + self.num_kv_heads
         qk = qkv[:, : rotated_heads * self.head_dim].view(tokens, rotated_heads, self.head_dim)
-        q, k = rotary_qk(qk, self.num_heads, cos, sin)
         # A view, not a copy: a decode step writes v straight from here into its cache pages.
         v = qkv[:, rotated_heads * self.head_dim :].view(tokens, self.num_kv_heads, self.head_dim)
-        o = attention(self.layer_index, q, k, v)
+        if isinstance(attention, RotatingAttentionFn):  # RoPE on the way into the KV cache
+            o = attention.rotate_and_attend(self.layer_index, qk, self.num_heads, cos, sin, v)
+        else:
+            q, k = rotary_qk(qk, self.num_heads, cos, sin)
+            o = attention(self.layer_index, q, k, v)
         return self.o_proj(o.reshape(tokens, self.num_heads * self.head_dim))
 
     def _apply(self, fn, recurse=True):

@@ -18,6 +18,8 @@ import torch
 from gpu_engine import gpu_engine
 
 from lil_sparse.engine import LLMEngine
+from lil_sparse.kernels import rotary_append
+from lil_sparse.models import layers
 from lil_sparse.options import (
     POLICY_NAMES,
     RequestOptions,
@@ -138,6 +140,34 @@ def test_cuda_graph_replay_equals_eager(policy, tiny_gqa8_dir):
     assert all(torch.equal(a, b) for a, b in zip(eager_logits.logits, graph_logits.logits, strict=True))
     eager.close()
     graphs.close()
+
+
+class NeverRotating:
+    """Stands in for ``RotatingAttentionFn`` in ``layers``: nothing is an instance of it, so the
+    fused model rotates q and k itself and hands them to the step's ``__call__``."""
+
+
+@pytest.mark.parametrize("policy", POLICY_NAMES)
+def test_rotary_append_step_equals_rotary_then_write(policy, tiny_gqa8_dir, monkeypatch):
+    # The fused model hands the decode step pre-RoPE keys (RotatingAttentionFn): the step's one
+    # RoPE + K/V append kernel must give what RoPE then the K/V write give, bit for bit.
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return fused_kernel(*args, **kwargs)
+
+    fused_kernel = rotary_append.rotary_append_decode_kv
+    monkeypatch.setattr(rotary_append, "rotary_append_decode_kv", counted)
+    fused, fused_reports = run_recorded(make_engine(tiny_gqa8_dir, "flashinfer"), policy)
+    assert calls  # the decode steps took the one-kernel path
+    monkeypatch.setattr(layers, "RotatingAttentionFn", NeverRotating)
+    calls.clear()
+    apart, apart_reports = run_recorded(make_engine(tiny_gqa8_dir, "flashinfer"), policy)
+    assert not calls
+    assert [r.output_token_ids for r in fused_reports] == [r.output_token_ids for r in apart_reports]
+    assert len(fused.logits) == len(apart.logits) > 0
+    assert all(torch.equal(a, b) for a, b in zip(fused.logits, apart.logits, strict=True))
 
 
 def mixed_requests(max_new: tuple[int, ...]) -> tuple[list[list[int]], list[RequestOptions]]:

@@ -1,0 +1,157 @@
+"""A decode step's RoPE, K/V append and key-metadata update in one kernel per layer.
+
+The fused model's decode layer otherwise runs two kernels between its QKV projection and the
+attention: RoPE of the query and key heads (:func:`lil_sparse.kernels.fused_layers.rotary_qk`,
+which writes q and k out) and the append of k and v to the cache pages with the Quest/InfLLM
+metadata (:func:`lil_sparse.kernels.kv_append.append_decode_kv`, which reads k back). Here one
+program per token rotates its heads, writes the queries out and the rotated keys and the values
+straight into their cache slots, and folds the keys into their pages' metadata: one launch and
+one round trip of k fewer per layer. It computes exactly what the two kernels compute (the same
+roundings, in the same order), so the two stay its reference, each with its own PyTorch one.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from lil_sparse.kernels.fused_layers import _TL_DTYPES
+
+
+@triton.jit
+def _rotary_append_decode_kv(
+    qk_ptr,  # [T, Hq + Hk, D] pre-RoPE: token stride qk_token, heads and dims contiguous
+    v_ptr,  # [T, Hk, D] (strides v_token, v_head, 1)
+    cos_ptr,  # [T, D // 2] float32
+    sin_ptr,
+    slots_ptr,  # [T * Hk] int64: page * page_size + offset
+    q_out_ptr,  # [T, Hq, D] contiguous
+    k_cache_ptr,  # [slots, D] this layer's keys
+    v_cache_ptr,  # [slots, D]
+    bounds_ptr,  # [pages, 2, D] this layer's key min / max (META only)
+    key_sum_ptr,  # [pages, D] float32 (META only)
+    q_heads,
+    k_heads,
+    qk_token,
+    v_token,
+    v_head,
+    HALF: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
+    DTYPE: tl.constexpr,
+    META: tl.constexpr,
+):
+    token = tl.program_id(0)
+    head = tl.arange(0, BLOCK_H)[:, None]
+    dims = tl.arange(0, HALF)[None, :]
+    mask = head < q_heads + k_heads
+    is_q = head < q_heads
+    is_k = mask & ~is_q
+    # RoPE exactly as fused_layers._rotary (rotate half, angles cast to the model dtype first).
+    base = qk_ptr + token * qk_token + head * (2 * HALF) + dims
+    first = tl.load(base, mask=mask, other=0.0).to(tl.float32)
+    second = tl.load(base + HALF, mask=mask, other=0.0).to(tl.float32)
+    cos = tl.load(cos_ptr + token * HALF + dims).to(DTYPE).to(tl.float32)
+    sin = tl.load(sin_ptr + token * HALF + dims).to(DTYPE).to(tl.float32)
+    a = (first * cos).to(DTYPE).to(tl.float32)
+    b = (second * sin).to(DTYPE).to(tl.float32)
+    c = (second * cos).to(DTYPE).to(tl.float32)
+    d = (first * sin).to(DTYPE).to(tl.float32)
+    low_half = (a - b).to(DTYPE)
+    high_half = (c + d).to(DTYPE)
+    q_out = q_out_ptr + (token * q_heads + head) * (2 * HALF) + dims
+    tl.store(q_out, low_half, mask=mask & is_q)
+    tl.store(q_out + HALF, high_half, mask=mask & is_q)
+    # The key heads' append, exactly as kv_append._append_decode_kv, one half at a time.
+    k_head = tl.where(is_k, head - q_heads, 0)
+    slot = tl.load(slots_ptr + token * k_heads + k_head, mask=is_k, other=0)
+    k_dst = k_cache_ptr + slot * (2 * HALF) + dims
+    tl.store(k_dst, low_half.to(k_cache_ptr.dtype.element_ty), mask=is_k)
+    tl.store(k_dst + HALF, high_half.to(k_cache_ptr.dtype.element_ty), mask=is_k)
+    v_src = v_ptr + token * v_token + k_head * v_head + dims
+    v_dst = v_cache_ptr + slot * (2 * HALF) + dims
+    tl.store(v_dst, tl.load(v_src, mask=is_k).to(v_cache_ptr.dtype.element_ty), mask=is_k)
+    tl.store(v_dst + HALF, tl.load(v_src + HALF, mask=is_k).to(v_cache_ptr.dtype.element_ty), mask=is_k)
+    if META:
+        page = slot // PAGE_SIZE
+        bounds_dtype = bounds_ptr.dtype.element_ty
+        for part in tl.static_range(2):
+            key = low_half if part == 0 else high_half
+            bound = key.to(bounds_dtype).to(tl.float32)
+            low = bounds_ptr + page * 4 * HALF + part * HALF + dims
+            tl.store(
+                low, tl.minimum(tl.load(low, mask=is_k).to(tl.float32), bound).to(bounds_dtype), mask=is_k
+            )
+            high = low + 2 * HALF
+            tl.store(
+                high, tl.maximum(tl.load(high, mask=is_k).to(tl.float32), bound).to(bounds_dtype), mask=is_k
+            )
+            total = key_sum_ptr + page * 2 * HALF + part * HALF + dims
+            tl.store(total, tl.load(total, mask=is_k) + key.to(tl.float32), mask=is_k)
+
+
+def rotary_append_decode_kv(
+    qk: torch.Tensor,
+    q_heads: int,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    key_bounds: torch.Tensor | None,
+    key_sum: torch.Tensor | None,
+    slots: torch.Tensor,
+) -> torch.Tensor:
+    """RoPE of ``qk``'s heads, then one layer's K/V append with its metadata; returns q.
+
+    ``qk: [T, Hq + Hk, D]`` pre-RoPE query and key heads ("rotate half" layout; any token
+    stride, heads and dims contiguous: a slice of a fused QKV projection); ``q_heads``: Hq;
+    ``cos, sin: [T, D // 2] float32``; ``v: [T, Hk, D]`` with unit inner stride; ``k_cache,
+    v_cache: [pages, 1, page_size, D]`` (one layer, contiguous); ``key_bounds: [pages, 2, D]``
+    (min, max; cache dtype) and ``key_sum: [pages, D] float32``, both or neither; ``slots: [T,
+    Hk] int64`` (``page * page_size + offset``), every entry on a distinct page. Returns
+    contiguous ``q: [T, Hq, D]`` in qk's dtype. Bit for bit :func:`rotary_qk` followed by
+    :func:`append_decode_kv` of its k (their references: ``models.rope.apply_rotary`` and
+    ``KVCache.write``). Raises ``ValueError`` on a layout it cannot read.
+    """
+    tokens, heads, head_dim = qk.shape
+    k_heads = heads - q_heads
+    if slots.shape != (tokens, k_heads) or v.shape != (tokens, k_heads, head_dim):
+        shapes = f"qk {tuple(qk.shape)}, q_heads {q_heads}, slots {tuple(slots.shape)}, v {tuple(v.shape)}"
+        raise ValueError(f"rotary_append_decode_kv: {shapes}")
+    if qk.stride(2) != 1 or qk.stride(1) != head_dim or v.stride(2) != 1:
+        raise ValueError("rotary_append_decode_kv: qk needs contiguous heads and dims, v a unit inner stride")
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError("rotary_append_decode_kv: the caches must be contiguous")
+    if (key_bounds is None) != (key_sum is None):
+        raise ValueError("rotary_append_decode_kv: pass key_bounds and key_sum together, or neither")
+    meta = key_bounds is not None and key_sum is not None
+    if meta and not (key_bounds.is_contiguous() and key_sum.is_contiguous()):  # type: ignore[union-attr]
+        raise ValueError("rotary_append_decode_kv: key_bounds and key_sum must be contiguous")
+    q = torch.empty(tokens, q_heads, head_dim, dtype=qk.dtype, device=qk.device)
+    if tokens == 0:
+        return q
+    _rotary_append_decode_kv[(tokens,)](
+        qk,
+        v,
+        cos.contiguous(),
+        sin.contiguous(),
+        slots.reshape(-1).contiguous(),
+        q,
+        k_cache,
+        v_cache,
+        key_bounds if meta else k_cache,
+        key_sum if meta else k_cache,
+        q_heads,
+        k_heads,
+        qk.stride(0),
+        v.stride(0),
+        v.stride(1),
+        HALF=head_dim // 2,
+        BLOCK_H=triton.next_power_of_2(heads),
+        PAGE_SIZE=k_cache.shape[2],
+        DTYPE=_TL_DTYPES[qk.dtype],
+        META=meta,
+    )
+    return q

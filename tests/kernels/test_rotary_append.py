@@ -1,0 +1,85 @@
+"""The fused decode RoPE + K/V append against its two-kernel reference (``rotary_qk``, then
+``append_decode_kv`` of the rotated keys), each of which has its own PyTorch reference.
+
+Runs on CUDA when present, else on CPU through Triton's interpreter; skipped without Triton. The
+fused kernel performs the same roundings in the same order, so q and every cache tensor must be
+equal bit for bit.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from lil_sparse.kernels.fused_layers import rotary_qk
+from lil_sparse.kernels.kv_append import append_decode_kv
+from lil_sparse.kernels.rotary_append import rotary_append_decode_kv
+from lil_sparse.kv import KVCache
+from lil_sparse.models.rope import rotary_cos_sin
+from tests.kernels.test_kv_append import PAGE_SIZE, filled_cache
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def layer_inputs(dtype: torch.dtype, tokens: int, q_heads: int, k_heads: int, head_dim: int, seed: int):
+    """A fused QKV output's q/k slice and v view, angles for spread-out positions, and slots on
+    distinct pages (as a decode step writes)."""
+    gen = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(tokens, (q_heads + 2 * k_heads) * head_dim, generator=gen).to(dtype).to(DEVICE)
+    qk = qkv[:, : (q_heads + k_heads) * head_dim].view(tokens, q_heads + k_heads, head_dim)
+    v = qkv[:, (q_heads + k_heads) * head_dim :].view(tokens, k_heads, head_dim)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    positions = torch.randint(0, 8000, (tokens,), generator=gen)
+    cos, sin = rotary_cos_sin(positions.to(DEVICE), inv_freq.to(DEVICE))
+    pages = torch.randperm(40, generator=gen)[: tokens * k_heads].view(tokens, k_heads)
+    slots = (pages * PAGE_SIZE + torch.randint(0, PAGE_SIZE, pages.shape, generator=gen)).to(DEVICE)
+    return qk, v, cos, sin, slots
+
+
+def append_args(kv: KVCache, layer: int, metadata: bool):
+    return (
+        kv.k[layer],
+        kv.v[layer],
+        kv.key_bounds[layer] if metadata else None,
+        kv.key_sum[layer] if metadata else None,
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("metadata", [True, False])
+@pytest.mark.parametrize(
+    ("tokens", "q_heads", "k_heads", "head_dim"),
+    [(5, 4, 2, 16), (3, 9, 3, 64), (2, 12, 2, 64), (1, 4, 1, 32)],  # SmolLM2: 9/3 x 64
+)
+def test_fused_rotary_append_equals_rotary_then_append(dtype, metadata, tokens, q_heads, k_heads, head_dim):
+    qk, v, cos, sin, slots = layer_inputs(dtype, tokens, q_heads, k_heads, head_dim, seed=head_dim + tokens)
+    want = filled_cache(dtype, head_dim, seed=3)
+    got = filled_cache(dtype, head_dim, seed=3)
+    want_q, k = rotary_qk(qk, q_heads, cos, sin)
+    append_decode_kv(*append_args(want, 1, metadata), slots, k, v)
+    q = rotary_append_decode_kv(qk, q_heads, cos, sin, v, *append_args(got, 1, metadata), slots)
+    assert q.is_contiguous() and q.shape == (tokens, q_heads, head_dim)
+    assert torch.equal(q, want_q)
+    for name in ("k", "v", "key_bounds", "key_sum"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+    # What landed in the slots is the rotated keys and the values, and nothing else moved.
+    written = got.k[1].view(-1, head_dim)[slots.view(-1)]
+    assert torch.equal(written, k.reshape(-1, head_dim))
+    assert torch.equal(got.v[1].view(-1, head_dim)[slots.view(-1)], v.reshape(-1, head_dim))
+    assert torch.equal(got.k[0], filled_cache(dtype, head_dim, seed=3).k[0])
+
+
+def test_bad_layouts_are_refused():
+    qk, v, cos, sin, slots = layer_inputs(torch.float32, 2, 4, 2, 16, seed=1)
+    kv = filled_cache(torch.float32, 16, seed=2)
+    with pytest.raises(ValueError, match="together"):
+        rotary_append_decode_kv(qk, 4, cos, sin, v, kv.k[0], kv.v[0], kv.key_bounds[0], None, slots)
+    with pytest.raises(ValueError, match="slots"):
+        rotary_append_decode_kv(qk, 4, cos, sin, v, kv.k[0], kv.v[0], None, None, slots[:1])
+    with pytest.raises(ValueError, match="slots"):
+        rotary_append_decode_kv(qk, 3, cos, sin, v, kv.k[0], kv.v[0], None, None, slots)
+    strided_heads = torch.randn(2, 6, 32, device=DEVICE)[:, :, :16]
+    with pytest.raises(ValueError, match="contiguous heads"):
+        rotary_append_decode_kv(strided_heads, 4, cos, sin, v, kv.k[0], kv.v[0], None, None, slots)
