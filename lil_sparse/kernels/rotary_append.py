@@ -4,12 +4,10 @@ The fused model's decode layer otherwise runs two kernels between its QKV projec
 attention: RoPE of the query and key heads (:func:`lil_sparse.kernels.fused_layers.rotary_qk`,
 which writes q and k out) and the append of k and v to the cache pages with the Quest/InfLLM
 metadata (:func:`lil_sparse.kernels.kv_append.append_decode_kv`, which reads k back). Here one
-kernel rotates the heads, writes the queries out and the rotated keys and the values straight
-into their cache slots, and folds the keys into their pages' metadata: one launch and one round
-trip of k fewer per layer. A program serves one token's KV head (the group's query heads and the
-key head), as many programs as the append had, so the metadata update stays spread out. It
-computes exactly what the two kernels compute (the same roundings, in the same order), so the two
-stay its reference, each with its own PyTorch one.
+program per token rotates its heads, writes the queries out and the rotated keys and the values
+straight into their cache slots, and folds the keys into their pages' metadata: one launch and
+one round trip of k fewer per layer. It computes exactly what the two kernels compute (the same
+roundings, in the same order), so the two stay its reference, each with its own PyTorch one.
 """
 
 from __future__ import annotations
@@ -38,25 +36,22 @@ def _rotary_append_decode_kv(
     qk_token,
     v_token,
     v_head,
-    GROUP: tl.constexpr,  # query heads per KV head
     HALF: tl.constexpr,
-    BLOCK_R: tl.constexpr,  # >= GROUP + 1: the group's query heads, then its key head
+    BLOCK_H: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
     DTYPE: tl.constexpr,
     META: tl.constexpr,
 ):
     token = tl.program_id(0)
-    kv_head = tl.program_id(1)
-    r = tl.arange(0, BLOCK_R)[:, None]
+    head = tl.arange(0, BLOCK_H)[:, None]
     dims = tl.arange(0, HALF)[None, :]
-    is_q = r < GROUP
-    is_k = r == GROUP
-    valid = r <= GROUP
-    head = tl.where(is_q, kv_head * GROUP + r, q_heads + kv_head)  # its head in qk
+    mask = head < q_heads + k_heads
+    is_q = head < q_heads
+    is_k = mask & ~is_q
     # RoPE exactly as fused_layers._rotary (rotate half, angles cast to the model dtype first).
     base = qk_ptr + token * qk_token + head * (2 * HALF) + dims
-    first = tl.load(base, mask=valid, other=0.0).to(tl.float32)
-    second = tl.load(base + HALF, mask=valid, other=0.0).to(tl.float32)
+    first = tl.load(base, mask=mask, other=0.0).to(tl.float32)
+    second = tl.load(base + HALF, mask=mask, other=0.0).to(tl.float32)
     cos = tl.load(cos_ptr + token * HALF + dims).to(DTYPE).to(tl.float32)
     sin = tl.load(sin_ptr + token * HALF + dims).to(DTYPE).to(tl.float32)
     a = (first * cos).to(DTYPE).to(tl.float32)
@@ -66,24 +61,25 @@ def _rotary_append_decode_kv(
     low_half = (a - b).to(DTYPE)
     high_half = (c + d).to(DTYPE)
     q_out = q_out_ptr + (token * q_heads + head) * (2 * HALF) + dims
-    tl.store(q_out, low_half, mask=is_q)
-    tl.store(q_out + HALF, high_half, mask=is_q)
-    # The key head's append, exactly as kv_append._append_decode_kv, one half at a time.
-    slot = tl.load(slots_ptr + token * k_heads + kv_head)
-    k_dst = k_cache_ptr + slot * (2 * HALF) + (r * 0 + dims)  # [BLOCK_R, HALF], stored from the key row
+    tl.store(q_out, low_half, mask=mask & is_q)
+    tl.store(q_out + HALF, high_half, mask=mask & is_q)
+    # The key heads' append, exactly as kv_append._append_decode_kv, one half at a time.
+    k_head = tl.where(is_k, head - q_heads, 0)
+    slot = tl.load(slots_ptr + token * k_heads + k_head, mask=is_k, other=0)
+    k_dst = k_cache_ptr + slot * (2 * HALF) + dims
     tl.store(k_dst, low_half.to(k_cache_ptr.dtype.element_ty), mask=is_k)
     tl.store(k_dst + HALF, high_half.to(k_cache_ptr.dtype.element_ty), mask=is_k)
-    v_src = v_ptr + token * v_token + kv_head * v_head + dims  # [1, HALF]
+    v_src = v_ptr + token * v_token + k_head * v_head + dims
     v_dst = v_cache_ptr + slot * (2 * HALF) + dims
-    tl.store(v_dst, tl.load(v_src).to(v_cache_ptr.dtype.element_ty))
-    tl.store(v_dst + HALF, tl.load(v_src + HALF).to(v_cache_ptr.dtype.element_ty))
+    tl.store(v_dst, tl.load(v_src, mask=is_k).to(v_cache_ptr.dtype.element_ty), mask=is_k)
+    tl.store(v_dst + HALF, tl.load(v_src + HALF, mask=is_k).to(v_cache_ptr.dtype.element_ty), mask=is_k)
     if META:
         page = slot // PAGE_SIZE
         bounds_dtype = bounds_ptr.dtype.element_ty
         for part in tl.static_range(2):
             key = low_half if part == 0 else high_half
             bound = key.to(bounds_dtype).to(tl.float32)
-            low = bounds_ptr + page * 4 * HALF + part * HALF + (r * 0 + dims)
+            low = bounds_ptr + page * 4 * HALF + part * HALF + dims
             tl.store(
                 low, tl.minimum(tl.load(low, mask=is_k).to(tl.float32), bound).to(bounds_dtype), mask=is_k
             )
@@ -91,7 +87,7 @@ def _rotary_append_decode_kv(
             tl.store(
                 high, tl.maximum(tl.load(high, mask=is_k).to(tl.float32), bound).to(bounds_dtype), mask=is_k
             )
-            total = key_sum_ptr + page * 2 * HALF + part * HALF + (r * 0 + dims)
+            total = key_sum_ptr + page * 2 * HALF + part * HALF + dims
             tl.store(total, tl.load(total, mask=is_k) + key.to(tl.float32), mask=is_k)
 
 
@@ -121,12 +117,7 @@ def rotary_append_decode_kv(
     """
     tokens, heads, head_dim = qk.shape
     k_heads = heads - q_heads
-    if (
-        k_heads < 1
-        or q_heads % k_heads
-        or slots.shape != (tokens, k_heads)
-        or v.shape != (tokens, k_heads, head_dim)
-    ):
+    if slots.shape != (tokens, k_heads) or v.shape != (tokens, k_heads, head_dim):
         shapes = f"qk {tuple(qk.shape)}, q_heads {q_heads}, slots {tuple(slots.shape)}, v {tuple(v.shape)}"
         raise ValueError(f"rotary_append_decode_kv: {shapes}")
     if qk.stride(2) != 1 or qk.stride(1) != head_dim or v.stride(2) != 1:
@@ -141,7 +132,7 @@ def rotary_append_decode_kv(
     q = torch.empty(tokens, q_heads, head_dim, dtype=qk.dtype, device=qk.device)
     if tokens == 0:
         return q
-    _rotary_append_decode_kv[(tokens, k_heads)](
+    _rotary_append_decode_kv[(tokens,)](
         qk,
         v,
         cos.contiguous(),
@@ -157,9 +148,8 @@ def rotary_append_decode_kv(
         qk.stride(0),
         v.stride(0),
         v.stride(1),
-        GROUP=q_heads // k_heads,
         HALF=head_dim // 2,
-        BLOCK_R=triton.next_power_of_2(q_heads // k_heads + 1),
+        BLOCK_H=triton.next_power_of_2(heads),
         PAGE_SIZE=k_cache.shape[2],
         DTYPE=_TL_DTYPES[qk.dtype],
         META=meta,
