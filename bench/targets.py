@@ -154,9 +154,11 @@ def report(parts: list[dict], engine: dict | None, lines: list[str]) -> str:
         " overlap scheduling does) after 4 warm-up steps, random-weight bf16 models, CUDA graphs on;"
         " host ms: the median time of the runner's decode call alone (host work until the step is"
         " queued on the GPU)",
-        "- dense baselines run first and again last in each (model, context, batch) cell; their TBT is"
-        " the mean of the two (shown as first / last), since later runs of one process measured"
-        " slower than earlier ones",
+        "- every process first captures and drops four trivial CUDA graphs"
+        " (bench.common.settle_cuda_graphs): a process's first three graphs replay faster than later"
+        " ones, so without it a run's figure depended on its position; dense baselines still run"
+        " first and again last in each (model, context, batch) cell, their TBT is the mean of the two"
+        " (shown as first / last)",
         "- floor: (weights + attended K/V + selection metadata: Quest bounds bf16, InfLLM key sums fp32, read"
         " in every selecting layer) / the copy bandwidth of the same run",
         "",
