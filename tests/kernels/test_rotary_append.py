@@ -1,9 +1,10 @@
 """The fused decode RoPE + K/V append against its two-kernel reference (``rotary_qk``, then
-``append_decode_kv`` of the rotated keys), each of which has its own PyTorch reference.
+``append_decode_kv`` of the rotated keys), each of which has its own PyTorch reference, and
+against the plain PyTorch path (``apply_rotary``, then ``KVCache.write``).
 
 Runs on CUDA when present, else on CPU through Triton's interpreter; skipped without Triton. The
-fused kernel performs the same roundings in the same order, so q and every cache tensor must be
-equal bit for bit.
+fused kernel performs the two kernels' roundings in the same order, so q and every cache tensor
+must equal theirs bit for bit; against PyTorch's RoPE, within ``rotary_qk``'s tolerance.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from lil_sparse.kernels.fused_layers import rotary_qk
 from lil_sparse.kernels.kv_append import append_decode_kv
 from lil_sparse.kernels.rotary_append import rotary_append_decode_kv
 from lil_sparse.kv import KVCache
-from lil_sparse.models.rope import rotary_cos_sin
+from lil_sparse.models.rope import apply_rotary, rotary_cos_sin
+from tests.kernels.test_fused_layers import TOL
 from tests.kernels.test_kv_append import PAGE_SIZE, filled_cache
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -69,6 +71,20 @@ def test_fused_rotary_append_equals_rotary_then_append(dtype, metadata, tokens, 
     assert torch.equal(written, k.reshape(-1, head_dim))
     assert torch.equal(got.v[1].view(-1, head_dim)[slots.view(-1)], v.reshape(-1, head_dim))
     assert torch.equal(got.k[0], filled_cache(dtype, head_dim, seed=3).k[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_rotary_append_matches_the_pytorch_path(dtype):
+    qk, v, cos, sin, slots = layer_inputs(dtype, 3, 9, 3, 64, seed=7)
+    want = filled_cache(dtype, 64, seed=4)
+    got = filled_cache(dtype, 64, seed=4)
+    want_q = apply_rotary(qk[:, :9], cos, sin)
+    want.write(1, slots, apply_rotary(qk[:, 9:], cos, sin), v, distinct_pages=False)
+    q = rotary_append_decode_kv(qk, 9, cos, sin, v, *append_args(got, 1, True), slots)
+    torch.testing.assert_close(q, want_q, **TOL[dtype])
+    for name in ("k", "key_bounds", "key_sum"):
+        torch.testing.assert_close(getattr(got, name), getattr(want, name), **TOL[dtype])
+    assert torch.equal(got.v, want.v)  # values are copied, not rotated
 
 
 def test_bad_layouts_are_refused():
