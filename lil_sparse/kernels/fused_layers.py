@@ -78,6 +78,23 @@ def add_rmsnorm(
 
 
 @triton.jit
+def _rope_halves(base, cos_ptr, sin_ptr, token, dims, mask, HALF: tl.constexpr, DTYPE: tl.constexpr):
+    """RoPE ("rotate half") of the rows at ``base`` (a block of pointers to each row's first half;
+    the second half is ``HALF`` further), ``token``'s angles at ``dims``: returns the rotated
+    first and second halves in ``DTYPE``, rounded op by op as :func:`models.rope.apply_rotary`
+    (the angles cast to the model dtype before multiplying)."""
+    first = tl.load(base, mask=mask, other=0.0).to(tl.float32)
+    second = tl.load(base + HALF, mask=mask, other=0.0).to(tl.float32)
+    cos = tl.load(cos_ptr + token * HALF + dims).to(DTYPE).to(tl.float32)
+    sin = tl.load(sin_ptr + token * HALF + dims).to(DTYPE).to(tl.float32)
+    a = (first * cos).to(DTYPE).to(tl.float32)
+    b = (second * sin).to(DTYPE).to(tl.float32)
+    c = (second * cos).to(DTYPE).to(tl.float32)
+    d = (first * sin).to(DTYPE).to(tl.float32)
+    return (a - b).to(DTYPE), (c + d).to(DTYPE)
+
+
+@triton.jit
 def _rotary(
     src_ptr,  # [T, Hq + Hk, D] strided: token stride, head stride D, element stride 1
     cos_ptr,  # [T, D // 2] float32
@@ -96,22 +113,14 @@ def _rotary(
     dims = tl.arange(0, HALF)[None, :]
     mask = head < q_heads + k_heads
     base = src_ptr + token * src_stride + head * (2 * HALF) + dims
-    first = tl.load(base, mask=mask, other=0.0).to(tl.float32)
-    second = tl.load(base + HALF, mask=mask, other=0.0).to(tl.float32)
-    # The angles are cast to the model dtype before multiplying, as the reference does.
-    cos = tl.load(cos_ptr + token * HALF + dims).to(DTYPE).to(tl.float32)
-    sin = tl.load(sin_ptr + token * HALF + dims).to(DTYPE).to(tl.float32)
-    a = (first * cos).to(DTYPE).to(tl.float32)
-    b = (second * sin).to(DTYPE).to(tl.float32)
-    c = (second * cos).to(DTYPE).to(tl.float32)
-    d = (first * sin).to(DTYPE).to(tl.float32)
+    low_half, high_half = _rope_halves(base, cos_ptr, sin_ptr, token, dims, mask, HALF, DTYPE)
     is_q = head < q_heads
     q_out = q_out_ptr + (token * q_heads + head) * (2 * HALF) + dims
     k_out = k_out_ptr + (token * k_heads + head - q_heads) * (2 * HALF) + dims
-    tl.store(q_out, (a - b).to(DTYPE), mask=mask & is_q)
-    tl.store(q_out + HALF, (c + d).to(DTYPE), mask=mask & is_q)
-    tl.store(k_out, (a - b).to(DTYPE), mask=mask & ~is_q)
-    tl.store(k_out + HALF, (c + d).to(DTYPE), mask=mask & ~is_q)
+    tl.store(q_out, low_half, mask=mask & is_q)
+    tl.store(q_out + HALF, high_half, mask=mask & is_q)
+    tl.store(k_out, low_half, mask=mask & ~is_q)
+    tl.store(k_out + HALF, high_half, mask=mask & ~is_q)
 
 
 def rotary_qk(

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lil_sparse.kernels.fused_layers import _TL_DTYPES
+from lil_sparse.kernels.fused_layers import _TL_DTYPES, _rope_halves
 
 
 @triton.jit
@@ -48,18 +48,9 @@ def _rotary_append_decode_kv(
     mask = head < q_heads + k_heads
     is_q = head < q_heads
     is_k = mask & ~is_q
-    # RoPE exactly as fused_layers._rotary (rotate half, angles cast to the model dtype first).
+    # RoPE exactly as fused_layers._rotary: the same helper.
     base = qk_ptr + token * qk_token + head * (2 * HALF) + dims
-    first = tl.load(base, mask=mask, other=0.0).to(tl.float32)
-    second = tl.load(base + HALF, mask=mask, other=0.0).to(tl.float32)
-    cos = tl.load(cos_ptr + token * HALF + dims).to(DTYPE).to(tl.float32)
-    sin = tl.load(sin_ptr + token * HALF + dims).to(DTYPE).to(tl.float32)
-    a = (first * cos).to(DTYPE).to(tl.float32)
-    b = (second * sin).to(DTYPE).to(tl.float32)
-    c = (second * cos).to(DTYPE).to(tl.float32)
-    d = (first * sin).to(DTYPE).to(tl.float32)
-    low_half = (a - b).to(DTYPE)
-    high_half = (c + d).to(DTYPE)
+    low_half, high_half = _rope_halves(base, cos_ptr, sin_ptr, token, dims, mask, HALF, DTYPE)
     q_out = q_out_ptr + (token * q_heads + head) * (2 * HALF) + dims
     tl.store(q_out, low_half, mask=mask & is_q)
     tl.store(q_out + HALF, high_half, mask=mask & is_q)
