@@ -66,8 +66,8 @@ class FlashInferBackend(AttentionBackend):
         the CUDA-core kernel lacks the group). ``split_calls``: run a step of very unequal rows
         as two calls (:mod:`lil_sparse.attention.decode_split`; tensor-core decode only, whose
         work split that module models). ``concurrent_split``: run those two calls concurrently,
-        the second on a stream of its own with a float workspace of its own (128 MiB, allocated
-        at the first split; :mod:`lil_sparse.attention.flashinfer_decode_slot`)."""
+        the second on a stream of its own with a float workspace of its own (128 MiB more device
+        memory; :mod:`lil_sparse.attention.flashinfer_decode_slot`)."""
         import flashinfer
 
         if not config.device.startswith("cuda"):
@@ -100,12 +100,14 @@ class FlashInferBackend(AttentionBackend):
             else use_tensor_cores
         )
         self.split_calls = split_calls and self.use_tensor_cores
-        self._split_lane = torch.cuda.Stream(self.device) if self.split_calls and concurrent_split else None
-        self._second_workspace: torch.Tensor | None = None  # the concurrent second call's, on first use
         self.prefers_longest_first = self.split_calls
         self.num_sms = torch.cuda.get_device_properties(self.device).multi_processor_count
         self.shape = PlanShape(self.group, self.head_dim, self.page_size, self.dtype)
         self.workspace = torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=self.device)
+        self._split_lane = torch.cuda.Stream(self.device) if self.split_calls and concurrent_split else None
+        # The concurrent second call's float workspace, made with the backend: its memory is
+        # taken at start-up, not at the first split, mid-serving.
+        self._second_workspace = torch.zeros_like(self.workspace) if self._split_lane is not None else None
         # Slots are keyed by (rows, position of the layout in the step): CUDA-graph mode fixes a
         # wrapper's batch size, and a captured graph keeps reading the buffers of its slot.
         self._slots: dict[tuple[int, int], DecodeSlot] = {}
@@ -224,9 +226,7 @@ class FlashInferBackend(AttentionBackend):
         )
         if part is not None:
             float_workspace = self.workspace
-            if part == 1 and self._split_lane is not None:
-                if self._second_workspace is None:
-                    self._second_workspace = torch.zeros_like(self.workspace)
+            if part == 1 and self._second_workspace is not None:
                 float_workspace = self._second_workspace
             wrapper.reset_workspace_buffer(
                 float_workspace, torch.empty(PART_INT_WORKSPACE_BYTES, dtype=torch.uint8, device=self.device)

@@ -114,18 +114,21 @@ class DecodeSlot:
         out = torch.empty_like(q)
         lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if return_lse else None
         first, second = self.calls()  # two calls over contiguous rows, the long rows first
-        if self.lane is None:
+        current = torch.cuda.current_stream(q.device)
+        if self.lane is None or self.lane == current:  # (a pool stream can be the current one)
             for call in (first, second):
                 _run_rows(call, q, k_pages, v_pages, out, lse)
             return out, lse
         # Fork before the first call is queued (else the lane would wait for it), join after the
         # second: q, out and lse are the current stream's, and it frees them only after the join.
-        current = torch.cuda.current_stream(q.device)
+        # The join is in a finally: a fork left open would fail a capture and hide the error.
         self.lane.wait_stream(current)
-        _run_rows(first, q, k_pages, v_pages, out, lse)
-        with torch.cuda.stream(self.lane):
-            _run_rows(second, q, k_pages, v_pages, out, lse)
-        current.wait_stream(self.lane)
+        try:
+            _run_rows(first, q, k_pages, v_pages, out, lse)
+            with torch.cuda.stream(self.lane):
+                _run_rows(second, q, k_pages, v_pages, out, lse)
+        finally:
+            current.wait_stream(self.lane)
         return out, lse
 
     def plan(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import torch
 
@@ -33,12 +33,11 @@ class AttentionFn(Protocol):
     ) -> torch.Tensor: ...
 
 
-@runtime_checkable
 class RotatingAttentionFn(AttentionFn, Protocol):
     """An :class:`AttentionFn` that can also apply RoPE itself (the engine's decode step, which
     rotates the keys on their way into the cache in one kernel,
-    :mod:`lil_sparse.kernels.rotary_append`). The fused model calls :meth:`rotate_and_attend`
-    instead of rotating q and k and calling the attention.
+    :mod:`lil_sparse.kernels.rotary_append`). The fused model calls :meth:`rotate_and_attend`,
+    where the attention has it, instead of rotating q and k and calling the attention.
 
     Args:
         layer_index: which decoder layer, 0-based.

@@ -18,8 +18,8 @@ import torch
 from gpu_engine import gpu_engine
 
 from lil_sparse.engine import LLMEngine
+from lil_sparse.engine.step_attention import DecodeAttention
 from lil_sparse.kernels import rotary_append
-from lil_sparse.models import layers
 from lil_sparse.options import (
     POLICY_NAMES,
     RequestOptions,
@@ -142,11 +142,6 @@ def test_cuda_graph_replay_equals_eager(policy, tiny_gqa8_dir):
     graphs.close()
 
 
-class NeverRotating:
-    """Stands in for ``RotatingAttentionFn`` in ``layers``: nothing is an instance of it, so the
-    fused model rotates q and k itself and hands them to the step's ``__call__``."""
-
-
 @pytest.mark.parametrize("policy", POLICY_NAMES)
 def test_rotary_append_step_equals_rotary_then_write(policy, tiny_gqa8_dir, monkeypatch):
     # The fused model hands the decode step pre-RoPE keys (RotatingAttentionFn): the step's one
@@ -161,7 +156,8 @@ def test_rotary_append_step_equals_rotary_then_write(policy, tiny_gqa8_dir, monk
     monkeypatch.setattr(rotary_append, "rotary_append_decode_kv", counted)
     fused, fused_reports = run_recorded(make_engine(tiny_gqa8_dir, "flashinfer"), policy)
     assert calls  # the decode steps took the one-kernel path
-    monkeypatch.setattr(layers, "RotatingAttentionFn", NeverRotating)
+    # Without rotate_and_attend the fused model rotates q and k itself and calls the step.
+    monkeypatch.delattr(DecodeAttention, "rotate_and_attend")
     calls.clear()
     apart, apart_reports = run_recorded(make_engine(tiny_gqa8_dir, "flashinfer"), policy)
     assert not calls

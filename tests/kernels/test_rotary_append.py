@@ -49,11 +49,12 @@ def append_args(kv: KVCache, layer: int, metadata: bool):
     )
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("metadata", [True, False])
 @pytest.mark.parametrize(
     ("tokens", "q_heads", "k_heads", "head_dim"),
-    [(5, 4, 2, 16), (3, 9, 3, 64), (2, 12, 2, 64), (1, 4, 1, 32)],  # SmolLM2: 9/3 x 64
+    # SmolLM2: 9/3 x 64; 6 + 2 heads fill the head block exactly (no masked rows)
+    [(5, 4, 2, 16), (3, 9, 3, 64), (2, 12, 2, 64), (1, 4, 1, 32), (2, 6, 2, 32)],
 )
 def test_fused_rotary_append_equals_rotary_then_append(dtype, metadata, tokens, q_heads, k_heads, head_dim):
     qk, v, cos, sin, slots = layer_inputs(dtype, tokens, q_heads, k_heads, head_dim, seed=head_dim + tokens)
