@@ -10,9 +10,12 @@ smallest chunk that keeps the work units (row chunks) within ``2 * num_sms / num
 take 240 units; in the engine the 30 sequences pad to 32, 256 rows): 48 CTAs each stream 16.8 MB
 while the rest of the GPU idles.
 
-Measured on the H200 (2026-11-30 15:23 UTC, ``bench/split_micro.py``, docs/bench/split_micro.md;
-FlashInfer 0.6.6, bf16, head_dim 128, page 16, group 4, replayed in a CUDA graph): those 240 rows
-took 504.6 us in one call and 319.4 us in two (long rows, then short rows); the bytes need 286 us.
+Measured on the H200 (2026-11-30 15:23 UTC, ``bench/split_micro.py``, printed output; FlashInfer
+0.6.6, bf16, head_dim 128, page 16, group 4, replayed in a CUDA graph): those 240 rows took 504.6
+us in one call and 319.4 us in two (long rows, then short rows); the bytes need 286 us. The two
+calls now run at once (:mod:`lil_sparse.attention.flashinfer_decode_slot`): 299.4 us against
+317.3 us one after the other at 17:32 (docs/bench/split_micro.md). The cost model below prices
+the serial calls.
 
 The model used here (in page units, so it holds for any page size and dtype): a unit streams at
 ``1 / (2 num_sms)`` of the bandwidth while the GPU is full, and a lone unit at up to
