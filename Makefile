@@ -61,10 +61,16 @@ client:
 	$(VENV)/bin/lil-client --address localhost:$(PORT) generate "Write a haiku about sparse attention." \
 		--policy quest --budget 128 --guardian --guardian-interval 50
 
-test: install go-deps test-python test-go
+# Both suites run even when the first fails; the target fails if either did.
+test: install go-deps
+	@status=0; $(MAKE) --no-print-directory test-python || status=1; \
+	$(MAKE) --no-print-directory test-go || status=1; exit $$status
 
 test-python:
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra
+
+test-helm:
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra tests/helm
 
 go-deps:
 	bash scripts/go-deps.sh

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -95,14 +96,33 @@ def test_busy_port_is_found_before_the_model_loads() -> None:
 def test_ctrl_c_in_lil_client_prints_one_line_and_aborts_the_request(cli_model_dir: Path) -> None:
     from lil_client import LilClient
 
+    from server.app import load_engine
+
     config = ServerConfig(model=str(cli_model_dir), host="127.0.0.1", port=0, metrics_port=0)
-    with BackgroundServer(config) as server:
+    engine = load_engine(config)
+    # Once streaming has begun the engine holds its steps until the client is gone: the stream
+    # cannot finish before the Ctrl-C lands, however the machine schedules this process (on a
+    # loaded 2-core machine the 1900 tokens once finished first and the client exited 0).
+    streaming, client_gone = threading.Event(), threading.Event()
+    step = engine.step
+
+    def held_step():
+        if streaming.is_set():
+            client_gone.wait(timeout=60)
+        return step()
+
+    engine.step = held_step
+    with BackgroundServer(config, engine=engine) as server:
         command = [sys.executable, "-m", "lil_client", "--address", server.address, "generate",
                    "hello there", "--max-new-tokens", "1900", "--ignore-eos"]  # fmt: skip
         client = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
-        assert client.stdout is not None and client.stdout.read(1)  # streaming has begun
-        client.send_signal(signal.SIGINT)
-        _, stderr = client.communicate(timeout=60)
+        try:
+            assert client.stdout is not None and client.stdout.read(1)  # streaming has begun
+            streaming.set()
+            client.send_signal(signal.SIGINT)
+            _, stderr = client.communicate(timeout=60)
+        finally:
+            client_gone.set()
         assert client.returncode == 130
         assert _one_line(stderr.decode()) == "lil-client: interrupted"
         deadline = time.monotonic() + 30
