@@ -42,15 +42,21 @@ def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
     return condition()
 
 
-def consume_in_background(stream: Any) -> tuple[threading.Thread, threading.Event, list[Any]]:
-    """Read a client stream on a thread; the event fires at the first chunk. Cancel errors are kept."""
+def consume_in_background(
+    stream: Any, on_first_chunk: Callable[[], None] | None = None
+) -> tuple[threading.Thread, threading.Event, list[Any]]:
+    """Read a client stream on a thread; the event fires at the first chunk, right after
+    ``on_first_chunk`` ran on that thread. Cancel errors are kept."""
     first_chunk = threading.Event()
     errors: list[Any] = []
 
     def consume() -> None:
         try:
             for _ in stream:
-                first_chunk.set()
+                if not first_chunk.is_set():
+                    if on_first_chunk is not None:
+                        on_first_chunk()
+                    first_chunk.set()
         except LilClientError as error:
             errors.append(error)
 

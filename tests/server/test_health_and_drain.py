@@ -122,12 +122,23 @@ def test_sigterm_with_streams_in_flight_finishes_them_and_exits_zero(tiny_model_
         summaries: list[Any] = []
         clients = [LilClient(f"127.0.0.1:{port}") for _ in range(3)]
         streams = [c.generate("count with me", max_new_tokens=1000, ignore_eos=True) for c in clients]
-        consumers = [consume_in_background(s) for s in streams]
+        # The server is frozen (SIGSTOP) by the thread that reads the last of the three first
+        # chunks, right as it reads it: the streams cannot finish before SIGTERM lands, however
+        # this test's main thread is scheduled (their 1000 tokens take about 1 s on the tiny model).
+        started, lock = [0], threading.Lock()
+
+        def freeze_at_the_last_first_chunk() -> None:
+            with lock:
+                started[0] += 1
+                if started[0] == len(streams):
+                    process.send_signal(signal.SIGSTOP)
+
+        consumers = [consume_in_background(s, freeze_at_the_last_first_chunk) for s in streams]
         for _, first_chunk, _ in consumers:
             assert first_chunk.wait(60)
-        process.send_signal(signal.SIGTERM)
-        # The signal lands mid-stream (1000 tokens take seconds), so the drain has work to finish.
-        assert any(thread.is_alive() for thread, _, _ in consumers)
+        assert all(thread.is_alive() for thread, _, _ in consumers)  # frozen mid-stream
+        process.send_signal(signal.SIGTERM)  # pending until the server runs again
+        process.send_signal(signal.SIGCONT)
         for thread, _, errors in consumers:
             thread.join(120)
             assert errors == []
