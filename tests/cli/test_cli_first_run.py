@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -93,9 +92,12 @@ def test_busy_port_is_found_before_the_model_loads() -> None:
 
 
 @pytest.mark.slow
-def test_ctrl_c_in_lil_client_prints_one_line_and_aborts_the_request(cli_model_dir: Path) -> None:
+def test_ctrl_c_in_lil_client_prints_one_line_and_aborts_the_request(
+    cli_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lil_client import LilClient
 
+    from lil_sparse.testing.step_hold import StepHold
     from server.app import load_engine
 
     config = ServerConfig(model=str(cli_model_dir), host="127.0.0.1", port=0, metrics_port=0)
@@ -103,26 +105,18 @@ def test_ctrl_c_in_lil_client_prints_one_line_and_aborts_the_request(cli_model_d
     # Once streaming has begun the engine holds its steps until the client is gone: the stream
     # cannot finish before the Ctrl-C lands, however the machine schedules this process (on a
     # loaded 2-core machine the 1900 tokens once finished first and the client exited 0).
-    streaming, client_gone = threading.Event(), threading.Event()
-    step = engine.step
-
-    def held_step():
-        if streaming.is_set():
-            client_gone.wait(timeout=60)
-        return step()
-
-    engine.step = held_step
+    hold = StepHold.install(monkeypatch, engine)
     with BackgroundServer(config, engine=engine) as server:
         command = [sys.executable, "-m", "lil_client", "--address", server.address, "generate",
                    "hello there", "--max-new-tokens", "1900", "--ignore-eos"]  # fmt: skip
         client = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
         try:
             assert client.stdout is not None and client.stdout.read(1)  # streaming has begun
-            streaming.set()
+            hold.hold()
             client.send_signal(signal.SIGINT)
             _, stderr = client.communicate(timeout=60)
         finally:
-            client_gone.set()
+            hold.release()
         assert client.returncode == 130
         assert _one_line(stderr.decode()) == "lil-client: interrupted"
         deadline = time.monotonic() + 30

@@ -10,6 +10,8 @@ import pytest
 from lil_client import LilClient
 from server_harness import consume_in_background, scrape, start_server, wait_until
 
+from lil_sparse.testing.step_hold import StepHold
+
 MODEL_LABEL: tuple[tuple[str, str], ...] = ()
 
 
@@ -24,11 +26,14 @@ def _gauge(samples: dict[Any, float], name: str, model: str) -> float:
     return samples[(name, (("model", model),))]
 
 
-def test_cancel_mid_stream_frees_pages(server: Any, tiny_engine: Any) -> None:
+def test_cancel_mid_stream_frees_pages(
+    server: Any, tiny_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model = server.server.metrics.model
+    hold = StepHold.install(monkeypatch, tiny_engine)  # the stream is mid-way when cancelled
     with LilClient(server.address) as client:
         stream = client.generate("hello there " * 20, max_new_tokens=1500, ignore_eos=True)
-        consumer, first_chunk, errors = consume_in_background(stream)
+        consumer, first_chunk, errors = consume_in_background(stream, hold.hold)
         assert first_chunk.wait(30)
         assert wait_until(
             lambda: _gauge(scrape(server.metrics_port), "lil_sparse_requests_running", model) == 1
@@ -37,6 +42,7 @@ def test_cancel_mid_stream_frees_pages(server: Any, tiny_engine: Any) -> None:
         assert _gauge(busy, "lil_sparse_kv_cache_usage_ratio", model) > 0
         assert tiny_engine.stats().kv_pages_used > 0
         stream.cancel()
+        hold.release()
         consumer.join(30)
     assert [error.code.name for error in errors] == ["CANCELLED"]
 

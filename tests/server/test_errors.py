@@ -12,6 +12,8 @@ from lil_client import LilClient, LilClientError
 from lil_client._proto.lil_sparse.v1 import service_pb2, service_pb2_grpc
 from server_harness import consume_in_background, start_server, wait_until
 
+from lil_sparse.testing.step_hold import StepHold
+
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -100,14 +102,18 @@ def test_bad_request_status(server: Any, request_message: Any, code: grpc.Status
     assert raised.value.details() == message
 
 
-def test_queue_full_is_resource_exhausted(server: Any) -> None:
+def test_queue_full_is_resource_exhausted(
+    server: Any, tiny_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hold = StepHold.install(monkeypatch, tiny_engine)  # the long stream keeps its slot meanwhile
     with LilClient(server.address) as client:
         long_stream = client.generate("hello", max_new_tokens=2000, ignore_eos=True)
-        consumer, first_chunk, _ = consume_in_background(long_stream)
+        consumer, first_chunk, _ = consume_in_background(long_stream, hold.hold)
         assert first_chunk.wait(30)
         with pytest.raises(LilClientError) as raised:
             client.complete("hello", max_new_tokens=2)
         long_stream.cancel()
+        hold.release()
         consumer.join(30)
     assert raised.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert raised.value.message == (
@@ -124,15 +130,19 @@ def test_deadline_is_deadline_exceeded(server: Any) -> None:
     assert wait_until(lambda: server.server.engine_loop.in_flight == 0)
 
 
-def test_duplicate_request_id_is_invalid(server: Any) -> None:
+def test_duplicate_request_id_is_invalid(
+    server: Any, tiny_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hold = StepHold.install(monkeypatch, tiny_engine)  # the first "same" stays in flight meanwhile
     with LilClient(server.address) as client:
         stream = client.generate("hello", max_new_tokens=2000, ignore_eos=True, request_id="same")
-        consumer, first_chunk, _ = consume_in_background(stream)
+        consumer, first_chunk, _ = consume_in_background(stream, hold.hold)
         assert first_chunk.wait(30)
         # Checked before the queue limit (1 here), so the duplicate gets its own message.
         with pytest.raises(LilClientError) as raised:
             client.complete("hello", request_id="same")
         stream.cancel()
+        hold.release()
         consumer.join(30)
     assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert raised.value.message == "request_id: 'same' is already in flight"

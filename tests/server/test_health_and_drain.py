@@ -18,6 +18,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from lil_client import LilClient, LilClientError
 from server_harness import consume_in_background, start_server, wait_until
 
+from lil_sparse.testing.step_hold import StepHold
+
 SERVICE = "lil_sparse.v1.LilSparseService"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -77,12 +79,13 @@ def test_reflection_can_be_turned_off(tiny_model_dir: Path, tiny_engine: Any) ->
 
 
 def test_drain_flips_health_refuses_new_calls_and_finishes_in_flight(
-    tiny_model_dir: Path, tiny_engine: Any
+    tiny_model_dir: Path, tiny_engine: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    hold = StepHold.install(monkeypatch, tiny_engine)  # the stream is in flight while it drains
     background = start_server(tiny_model_dir, tiny_engine)
     with LilClient(background.address) as client:
         stream = client.generate("hello", max_new_tokens=300, ignore_eos=True)
-        consumer, first_chunk, errors = consume_in_background(stream)
+        consumer, first_chunk, errors = consume_in_background(stream, hold.hold)
         assert first_chunk.wait(30)
         drained = background.drain_async(grace_seconds=60)
         assert wait_until(lambda: _health(background.address, SERVICE) == NOT_SERVING)
@@ -90,6 +93,8 @@ def test_drain_flips_health_refuses_new_calls_and_finishes_in_flight(
         assert _health(background.address, "") == SERVING
         with pytest.raises(LilClientError) as refused:
             client.complete("hello", max_new_tokens=2)
+        assert not drained.done()  # the held stream keeps the drain waiting
+        hold.release()
         consumer.join(60)
         drained.result(60)
     background.stop()
