@@ -95,6 +95,11 @@ class SidecarServer:
         self._loop: EngineLoop | None = None
 
     @property
+    def engine(self) -> Any:
+        """The engine this server drives: the one passed in, or the one ``start()`` loaded (None before)."""
+        return self._engine
+
+    @property
     def engine_loop(self) -> EngineLoop:
         if self._loop is None:
             raise RuntimeError("server not started")

@@ -19,6 +19,8 @@ from smg_grpc_proto.generated import sglang_scheduler_pb2_grpc as sglang_grpc
 from smg_harness import finished, scrape, wait_until
 from tokenizers import Tokenizer as BackendTokenizer
 
+from lil_sparse.testing.step_hold import StepHold
+
 
 @pytest.fixture(scope="module")
 def worker(start_worker: Any) -> Any:
@@ -124,16 +126,21 @@ def test_smg_unsupported_sampling_is_invalid_argument(stub: Any) -> None:
     )
 
 
-def test_smg_abort_frees_pages_and_loads_report_running(stub: Any, worker: Any) -> None:
+def test_smg_abort_frees_pages_and_loads_report_running(
+    stub: Any, worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     request = _request("long", max_new_tokens=1900, stream=True)
     request.sampling_params.ignore_eos = True
     responses: list[Any] = []
     first = threading.Event()
+    hold = StepHold.install(monkeypatch, worker.server.engine)  # still running when aborted
 
     def consume() -> None:
         for response in stub.Generate(request):
             responses.append(response)
-            first.set()
+            if not first.is_set():
+                hold.hold()
+                first.set()
 
     thread = threading.Thread(target=consume, daemon=True)
     thread.start()
@@ -144,6 +151,7 @@ def test_smg_abort_frees_pages_and_loads_report_running(stub: Any, worker: Any) 
     assert loads.dp_rank_count == 1
     assert loads.loads[0].token_usage > 0 and loads.loads[0].max_running_requests == 4
     reply = stub.Abort(sglang.AbortRequest(request_id="long"))
+    hold.release()
     assert reply.success
     thread.join(30)
     assert responses[-1].complete.finish_reason == "abort"
