@@ -20,6 +20,10 @@ turns into the report and the speed-T lines.
         [--batches 1,8,32] [--runs full:0,quest:4096] [--mixed 8] [--throughput 64,128] [--hf 1,32]
         [--selection exact|when_faster]
 
+The process first captures and drops a few trivial CUDA graphs
+(:func:`bench.common.settle_cuda_graphs`): a process's first three graphs replay faster than
+later ones, and a server runs in the slower mode.
+
 ``--selection`` is the runner's ``EngineConfig.selection`` (default exact). The selection gate's
 constants come from an exact run: ``python bench/gate_constants.py OUT.json``.
 ``--no-overlap`` times the serial loop instead of the pipelined one.
