@@ -90,33 +90,12 @@ class DecodeAttention:
         v: torch.Tensor,
     ) -> torch.Tensor:
         """RoPE, the K/V append and the attention of one layer from pre-RoPE ``qk`` (the
-        :class:`lil_sparse.models.attention_fn.RotatingAttentionFn` seam). On CUDA the RoPE and
-        the append are one kernel (:mod:`lil_sparse.kernels.rotary_append`); otherwise
-        ``rotary_qk`` then :meth:`__call__`'s write, which that kernel equals bit for bit."""
-        kv = self.kv
-        if fused_selection_enabled(qk, kv.head_dim):
-            from lil_sparse.kernels.rotary_append import rotary_append_decode_kv
-
-            metadata = self.update_metadata
-            bounds = kv.key_bounds[layer_index] if metadata else None
-            key_sum = kv.key_sum[layer_index] if metadata else None
-            q = rotary_append_decode_kv(
-                qk,
-                q_heads,
-                cos,
-                sin,
-                v,
-                kv.k[layer_index],
-                kv.v[layer_index],
-                bounds,
-                key_sum,
-                self.write_slots,
-            )
-            return self._attend(layer_index, q)
-        from lil_sparse.kernels.fused_layers import rotary_qk
-
-        q, k = rotary_qk(qk, q_heads, cos, sin)
-        return self(layer_index, q, k, v)
+        :class:`lil_sparse.models.attention_fn.RotatingAttentionFn` seam; the RoPE and the write
+        are :meth:`KVCache.write_rotated`, one kernel on CUDA)."""
+        q = self.kv.write_rotated(
+            layer_index, self.write_slots, qk, q_heads, cos, sin, v, update_metadata=self.update_metadata
+        )
+        return self._attend(layer_index, q)
 
     def _attend(self, layer_index: int, q: torch.Tensor) -> torch.Tensor:
         """Select and attend for ``q: [B, Hq, D]`` (post-RoPE) once this layer's K/V are written."""

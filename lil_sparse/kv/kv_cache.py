@@ -130,6 +130,36 @@ class KVCache:
         k32 = k_flat.float()
         self.key_sum[layer].index_add_(0, pages, k32)
 
+    def write_rotated(
+        self,
+        layer: int,
+        slots: torch.Tensor,
+        qk: torch.Tensor,
+        q_heads: int,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        v: torch.Tensor,
+        update_metadata: bool = True,
+    ) -> torch.Tensor:
+        """RoPE of a decode step's pre-RoPE ``qk: [T, Hq + Hk, D]`` (heads and dims contiguous),
+        then :meth:`write` of the rotated keys and ``v`` (``distinct_pages``); returns ``q: [T, Hq,
+        D]``. ``cos, sin: [T, D // 2] float32``. Where :meth:`write` runs one kernel this is one
+        kernel too (:mod:`lil_sparse.kernels.rotary_append`); otherwise ``rotary_qk`` then
+        :meth:`write`, which that kernel equals bit for bit."""
+        if fused_selection_enabled(qk, self.head_dim):
+            from lil_sparse.kernels.rotary_append import rotary_append_decode_kv
+
+            bounds = self.key_bounds[layer] if update_metadata else None
+            key_sum = self.key_sum[layer] if update_metadata else None
+            return rotary_append_decode_kv(
+                qk, q_heads, cos, sin, v, self.k[layer], self.v[layer], bounds, key_sum, slots
+            )
+        from lil_sparse.kernels.fused_layers import rotary_qk
+
+        q, k = rotary_qk(qk, q_heads, cos, sin)
+        self.write(layer, slots, k, v, distinct_pages=True, update_metadata=update_metadata)
+        return q
+
     def page_bytes(self) -> int:
         """Bytes of K and V one page takes across all layers."""
         per_layer = self.page_size * self.head_dim * self.k.element_size() * 2

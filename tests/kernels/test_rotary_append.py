@@ -88,6 +88,21 @@ def test_fused_rotary_append_matches_the_pytorch_path(dtype):
     assert torch.equal(got.v, want.v)  # values are copied, not rotated
 
 
+@pytest.mark.parametrize("metadata", [True, False])
+def test_kv_cache_write_rotated_equals_rotary_then_the_reference_write(metadata):
+    # KVCache.write_rotated takes the one kernel on CUDA and rotary_qk + write elsewhere: either
+    # way q and the cache equal RoPE followed by write's PyTorch path, bit for bit.
+    qk, v, cos, sin, slots = layer_inputs(torch.bfloat16, 3, 9, 3, 64, seed=11)
+    want = filled_cache(torch.bfloat16, 64, seed=5)
+    got = filled_cache(torch.bfloat16, 64, seed=5)
+    want_q, k = rotary_qk(qk, 9, cos, sin)
+    want.write(1, slots, k, v, distinct_pages=False, update_metadata=metadata)
+    q = got.write_rotated(1, slots, qk, 9, cos, sin, v, update_metadata=metadata)
+    assert torch.equal(q, want_q)
+    for name in ("k", "v", "key_bounds", "key_sum"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+
+
 def test_bad_layouts_are_refused():
     qk, v, cos, sin, slots = layer_inputs(torch.float32, 2, 4, 2, 16, seed=1)
     kv = filled_cache(torch.float32, 16, seed=2)
