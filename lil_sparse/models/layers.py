@@ -4,8 +4,10 @@
 Each piece has two forwards. ``forward`` is the plain PyTorch reference and runs anywhere.
 ``forward_fused`` (CUDA, after :meth:`DecoderLayer.fuse`) computes the same function with fewer
 launches: one QKV and one gate/up matmul over concatenated weights (the separate HF parameters
-become views of them, so nothing is stored twice), and the Triton kernels of
-:mod:`lil_sparse.kernels.fused_layers` for residual add + RMSNorm, RoPE and SiLU-mul.
+become views of them, so nothing is stored twice), the Triton kernels of
+:mod:`lil_sparse.kernels.fused_layers` for residual add + RMSNorm, RoPE and SiLU-mul, and for a
+single token row (a batch-1 decode step) the GEMV of :mod:`lil_sparse.kernels.gemv` in place of
+cuBLAS.
 Moving or casting a module (``.to``, ``.float()``) drops the fusion: call ``fuse`` again after.
 """
 
@@ -70,10 +72,11 @@ class MLP(nn.Module):
 
     def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         from lil_sparse.kernels.fused_layers import silu_mul
+        from lil_sparse.kernels.gemv import linear
 
         if self.gate_up is None:
             raise RuntimeError("call fuse() before forward_fused()")
-        return self.down_proj(silu_mul(F.linear(x, self.gate_up)))
+        return linear(silu_mul(linear(x, self.gate_up)), self.down_proj.weight)
 
     def _apply(self, fn, recurse=True):
         self.gate_up = None  # moved or cast parameters no longer view the fused weight
@@ -117,11 +120,12 @@ class SelfAttention(nn.Module):
     ) -> torch.Tensor:
         """:meth:`forward` with one QKV matmul and one RoPE kernel for q and k."""
         from lil_sparse.kernels.fused_layers import rotary_qk
+        from lil_sparse.kernels.gemv import linear
 
         if self.qkv is None:
             raise RuntimeError("call fuse() before forward_fused()")
         tokens = x.shape[0]
-        qkv = F.linear(x, *self.qkv)  # [T, (Hq + 2 Hkv) * D]
+        qkv = linear(x, *self.qkv)  # [T, (Hq + 2 Hkv) * D]
         rotated_heads = self.num_heads + self.num_kv_heads
         qk = qkv[:, : rotated_heads * self.head_dim].view(tokens, rotated_heads, self.head_dim)
         # A view, not a copy: a decode step writes v straight from here into its cache pages.
@@ -134,7 +138,7 @@ class SelfAttention(nn.Module):
         else:
             q, k = rotary_qk(qk, self.num_heads, cos, sin)
             o = attention(self.layer_index, q, k, v)
-        return self.o_proj(o.reshape(tokens, self.num_heads * self.head_dim))
+        return linear(o.reshape(tokens, self.num_heads * self.head_dim), self.o_proj.weight)
 
     def _apply(self, fn, recurse=True):
         self.qkv = None  # moved or cast parameters no longer view the fused weight

@@ -101,6 +101,11 @@ class CausalLM(nn.Module):
         return add_rmsnorm(hidden, residual, norm.weight, norm.eps)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden: [N, hidden_size] (usually the last token of each sequence) -> float32 [N, vocab_size]."""
+        """hidden: [N, hidden_size] (usually the last token of each sequence) -> float32 [N, vocab_size].
+        A fused model on CUDA runs one row through the GEMV of :mod:`lil_sparse.kernels.gemv`."""
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        if self.fused and hidden.is_cuda:
+            from lil_sparse.kernels.gemv import linear
+
+            return linear(hidden, weight).float()
         return F.linear(hidden, weight).float()

@@ -1,0 +1,122 @@
+"""One-token linear layers (``y = x @ W^T + b`` for a single row ``x``) as a Triton GEMV.
+
+A decode step at batch 1 multiplies one token row by every weight matrix: the work is reading
+the weights once. cuBLAS picks GEMM tiles for it that leave much of the bandwidth unused on small
+matrices: on an H200, at the 1.5B shape, the QKV and output projections (4-6 MB each) took 6.1
+and 6.7 us against 1.5 and 1.1 us of bytes, the MLP's down projection 11.8 us against 6.5
+(``bench/gemv_micro.py``, docs/gpu.md). Here every program streams ``BLOCK_N`` whole weight rows
+in contiguous ``BLOCK_K`` runs, keeps ``[BLOCK_N, BLOCK_K]`` fp32 partial products in registers and
+reduces them once at the end. Splitting ``K`` across programs (cuBLAS's split-K) never won in the
+tile sweep, so there is none.
+
+Numerics: the products are summed in fp32 and rounded to the output dtype once, bias added in
+fp32 before that rounding, as cuBLAS does; only the order of the sum differs, so results equal
+``F.linear`` up to one rounding of each output (the tests compare both with the fp32 product).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from lil_sparse.kernels.fused_layers import _TL_DTYPES
+
+
+@dataclass(frozen=True)
+class GemvTiles:
+    """Launch shape: ``block_n`` weight rows per program, ``block_k`` columns per loop step,
+    ``warps`` per program. All positive powers of two."""
+
+    block_n: int
+    block_k: int
+    warps: int
+
+    def __post_init__(self) -> None:
+        for name in ("block_n", "block_k", "warps"):
+            value = getattr(self, name)
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"GemvTiles.{name} must be a positive power of two, got {value}")
+
+
+def choose_tiles(n: int, k: int) -> GemvTiles:
+    """Tiles for a ``[n, k]`` weight, from the sweep of ``bench/gemv_micro.py --sweep`` on the H200
+    (2026-11-30): 1024-column steps everywhere; one row per program except for tall matrices with
+    short rows (gate/up and the LM head of the 1.5B shape: 4 rows, 14.9 against 15.2 us); 8 warps
+    for rows of 4096 to 8191 columns (the 8B shape's QKV, output, gate/up and LM head), 4 for
+    longer ones (the down projections: 9.1 against 9.3 us at 1.5B, 29.9 against 30.2 at 8B)."""
+    block_k = min(1024, triton.next_power_of_2(k))
+    block_n = 4 if n >= 16384 and k < 4096 else 1
+    return GemvTiles(block_n=block_n, block_k=block_k, warps=8 if 4096 <= k < 8192 else 4)
+
+
+@triton.jit
+def _gemv(
+    x_ptr,  # [K]
+    w_ptr,  # [N, K], rows contiguous
+    bias_ptr,  # [N], or unused
+    out_ptr,  # [N]
+    n,
+    w_stride,
+    K: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    DTYPE: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < n
+    acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        col_mask = cols < K
+        w = tl.load(
+            w_ptr + rows[:, None] * w_stride + cols[None, :],
+            mask=row_mask[:, None] & col_mask[None, :],
+            other=0.0,
+            eviction_policy="evict_first",  # read once per step: keep L2 for activations
+        )
+        x = tl.load(x_ptr + cols, mask=col_mask, other=0.0)
+        acc += x.to(tl.float32)[None, :] * w.to(tl.float32)
+    total = tl.sum(acc, axis=1)
+    if HAS_BIAS:
+        total += tl.load(bias_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + rows, total.to(DTYPE), mask=row_mask)
+
+
+def gemv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, tiles: GemvTiles | None = None
+) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for one row of ``x``.
+
+    ``x: [1, K]`` (contiguous), ``weight: [N, K]`` with contiguous rows, ``bias: [N]`` or None,
+    all one dtype (bf16, fp16 or fp32). Returns ``[1, N]`` in that dtype. ``tiles`` overrides
+    :func:`choose_tiles` (benchmarks). Raises ValueError for more than one row, mismatched shapes
+    or dtypes.
+    """
+    if x.dim() != 2 or x.shape[0] != 1 or not x.is_contiguous():
+        raise ValueError(f"gemv: x must be one contiguous row [1, K], got {tuple(x.shape)}")
+    k = x.shape[1]
+    n = weight.shape[0]
+    if weight.shape != (n, k) or weight.stride(1) != 1:
+        raise ValueError(f"gemv: weight {tuple(weight.shape)} must be [N, {k}] with contiguous rows")
+    if weight.dtype != x.dtype or (bias is not None and (bias.dtype != x.dtype or bias.shape != (n,))):
+        raise ValueError("gemv: x, weight and bias must share a dtype, and bias be [N]")
+    out = torch.empty((1, n), dtype=x.dtype, device=x.device)
+    tiles = tiles or choose_tiles(n, k)
+    _gemv[(triton.cdiv(n, tiles.block_n),)](
+        x, weight, weight if bias is None else bias, out, n, weight.stride(0),
+        K=k, HAS_BIAS=bias is not None, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
+        DTYPE=_TL_DTYPES[x.dtype], num_warps=tiles.warps,
+    )  # fmt: skip
+    return out
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` that runs one CUDA row through :func:`gemv` and everything else through
+    PyTorch (cuBLAS). ``x: [T, K]``, ``weight: [N, K]``, ``bias: [N]`` or None -> ``[T, N]``."""
+    if x.is_cuda and x.shape[0] == 1 and x.is_contiguous() and weight.stride(1) == 1:
+        return gemv(x, weight, bias)
+    return torch.nn.functional.linear(x, weight, bias)

@@ -1,0 +1,124 @@
+"""The one-token GEMV (:mod:`lil_sparse.kernels.gemv`) against the fp32 product it rounds.
+
+``F.linear`` in bf16 and the GEMV both sum in fp32 and round once; they differ only in the order
+of the sum, so each output must sit within one rounding of the fp32 product (bf16: 2^-8 relative
+on the GPU; Triton's CPU interpreter rounds bf16 by truncation, a full ulp, 2^-7). fp32 outputs
+agree with the fp32 product up to the order of the sum.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton")
+
+from lil_sparse.kernels.gemv import GemvTiles, choose_tiles, gemv, linear
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ROUNDING = {
+    torch.bfloat16: 2**-8 if DEVICE == "cuda" else 2**-7,
+    torch.float16: 2**-10 if DEVICE == "cuda" else 2**-9,
+}
+TILES = [None, GemvTiles(block_n=4, block_k=64, warps=4), GemvTiles(block_n=8, block_k=32, warps=1)]
+
+
+def randn(*shape, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=gen).to(DEVICE, dtype)
+
+
+def fp32_product(x, weight, bias):
+    return F.linear(x.float(), weight.float(), None if bias is None else bias.float())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("n, k", [(40, 96), (33, 200), (1, 1100), (300, 64), (17, 2500)])
+@pytest.mark.parametrize("has_bias", [False, True])
+@pytest.mark.parametrize("tiles", TILES, ids=["chosen", "4x64", "8x32"])
+def test_gemv_is_the_fp32_product_rounded_once(dtype, n, k, has_bias, tiles):
+    x = randn(1, k, dtype=dtype, seed=0)
+    weight = randn(n, k, dtype=dtype, seed=1)
+    bias = randn(n, dtype=dtype, seed=2) if has_bias else None
+    out = gemv(x, weight, bias, tiles)
+    assert out.shape == (1, n) and out.dtype == dtype
+    exact = fp32_product(x, weight, bias)
+    if dtype == torch.float32:
+        torch.testing.assert_close(out, exact, rtol=1e-5, atol=1e-4)
+    else:
+        # within one rounding of the exact value, plus the fp32 sum-order error (K * 2^-24 * |terms|)
+        order = k * 2**-22 * (x.float().abs() @ weight.float().abs().T)
+        assert ((out.float() - exact).abs() <= ROUNDING[dtype] * exact.abs() + order + 1e-6).all()
+
+
+def test_gemv_takes_a_row_view_of_a_wider_weight():
+    """The fused QKV weight's parameters are row views of one tensor: any row stride works."""
+    fused = randn(30, 64, dtype=torch.float32, seed=3)
+    x = randn(1, 64, dtype=torch.float32, seed=4)
+    torch.testing.assert_close(gemv(x, fused[10:20]), fp32_product(x, fused[10:20], None))
+    wide = randn(12, 100, dtype=torch.float32, seed=5)[:, :64]  # rows contiguous, stride 100
+    torch.testing.assert_close(gemv(x, wide), fp32_product(x, wide, None))
+
+
+@pytest.mark.parametrize(
+    "n, k, tiles",
+    [
+        (2048, 1536, GemvTiles(1, 1024, 4)),  # 1.5B QKV
+        (17920, 1536, GemvTiles(4, 1024, 4)),  # 1.5B gate/up
+        (151936, 1536, GemvTiles(4, 1024, 4)),  # 1.5B LM head
+        (1536, 8960, GemvTiles(1, 1024, 4)),  # 1.5B down
+        (4096, 14336, GemvTiles(1, 1024, 4)),  # 8B down
+        (4096, 4096, GemvTiles(1, 1024, 8)),  # 8B output projection
+        (28672, 4096, GemvTiles(1, 1024, 8)),  # 8B gate/up
+        (960, 576, GemvTiles(1, 1024, 4)),  # SmolLM2 QKV: one masked step
+        (64, 100, GemvTiles(1, 128, 4)),
+    ],
+)
+def test_choose_tiles_follows_the_sweep(n, k, tiles):
+    assert choose_tiles(n, k) == tiles
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, b_shape, dtype, match",
+    [
+        ((2, 64), (8, 64), None, torch.float32, "one contiguous row"),
+        ((64,), (8, 64), None, torch.float32, "one contiguous row"),
+        ((1, 64), (8, 65), None, torch.float32, r"must be \[N, 64\]"),
+        ((1, 64), (8, 64), (7,), torch.float32, "bias be"),
+        ((1, 64), (8, 64), None, torch.float16, "share a dtype"),
+    ],
+)
+def test_gemv_rejects_what_it_cannot_compute(x_shape, w_shape, b_shape, dtype, match):
+    x = torch.zeros(x_shape, device=DEVICE)
+    weight = torch.zeros(w_shape, device=DEVICE, dtype=dtype)
+    bias = None if b_shape is None else torch.zeros(b_shape, device=DEVICE)
+    with pytest.raises(ValueError, match=match):
+        gemv(x, weight, bias)
+
+
+@pytest.mark.parametrize("field", ["block_n", "block_k", "warps"])
+@pytest.mark.parametrize("value", [0, 3, -4])
+def test_tiles_must_be_powers_of_two(field, value):
+    values = {"block_n": 1, "block_k": 64, "warps": 4, field: value}
+    with pytest.raises(ValueError, match=f"GemvTiles.{field}"):
+        GemvTiles(**values)
+
+
+def test_linear_is_pytorch_for_several_rows_and_off_cuda():
+    x = randn(3, 64, dtype=torch.float32, seed=6)
+    weight = randn(16, 64, dtype=torch.float32, seed=7)
+    bias = randn(16, dtype=torch.float32, seed=8)
+    assert torch.equal(linear(x, weight, bias), F.linear(x, weight, bias))
+    x, weight, bias = x.cpu(), weight.cpu(), bias.cpu()
+    assert torch.equal(linear(x[:1], weight, bias), F.linear(x[:1], weight, bias))
+
+
+@pytest.mark.gpu
+def test_linear_runs_one_cuda_row_through_the_gemv():
+    x = randn(1, 1536, dtype=torch.bfloat16, seed=9)
+    weight = randn(2048, 1536, dtype=torch.bfloat16, seed=10)
+    bias = randn(2048, dtype=torch.bfloat16, seed=11)
+    assert torch.equal(linear(x, weight, bias), gemv(x, weight, bias))
+    rows = randn(4, 1536, dtype=torch.bfloat16, seed=12)
+    assert torch.equal(linear(rows, weight, bias), F.linear(rows, weight, bias))
