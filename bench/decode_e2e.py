@@ -63,10 +63,11 @@ HEADROOM_BYTES = 4 * 2**30  # left free next to the KV cache: activations, graph
 
 
 def randomize_metadata(kv: KVCache) -> None:
-    """Stand-in for prefill: random key bounds, key sums and attention mass on every page."""
+    """Stand-in for prefill: random key bounds, key sums and means, and attention mass on every page."""
     kv.key_min.normal_().sub_(1.0)
     kv.key_max.normal_().add_(1.0)
     kv.key_sum.normal_()
+    kv.key_mean.copy_(kv.key_sum * (1.0 / kv.page_size))
     kv.attention_mass.uniform_()
 
 
@@ -216,10 +217,7 @@ class DecodeBench:
             selecting = selecting and not seq.kv_report.selection_skipped_steps  # the gate's dense rows
             if selecting:  # metadata of every held page, in its real dtype, in each selecting layer
                 layers = mc.num_layers - dense_until(seq)
-                per_page = {
-                    "quest": 2 * mc.head_dim * self.kv.key_bounds.element_size(),
-                    "infllm": mc.head_dim * self.kv.key_sum.element_size(),
-                }[policy]
+                per_page = get_policy(policy).metadata_bytes_per_page(mc.head_dim, self.kv.k.dtype)
                 meta_bytes += mc.num_kv_heads * layers * seq.held_pages * per_page
         kv_held = pool.num_used * self.kv.page_bytes()
         for seq in seqs:
@@ -262,8 +260,8 @@ def kv_pages_needed(mc: ModelConfig, specs: list[tuple[str, int]], context: int,
 
 
 def page_bytes_with_metadata(mc: ModelConfig) -> int:
-    """K + V + bf16 bounds + fp32 key sum of one one-head page, all layers."""
-    return mc.num_layers * (2 * PAGE_SIZE * mc.head_dim * 2 + 2 * mc.head_dim * 2 + mc.head_dim * 4)
+    """K + V + bf16 bounds + fp32 key sum + bf16 key mean of one one-head page, all layers."""
+    return mc.num_layers * (2 * PAGE_SIZE * mc.head_dim * 2 + 2 * mc.head_dim * 2 + mc.head_dim * (4 + 2))
 
 
 def run_cell(

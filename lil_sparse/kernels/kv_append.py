@@ -2,7 +2,8 @@
 
 Per layer a decode step writes one key and one value per (sequence, KV head) row into that row's
 newest page and, when a Quest or InfLLM request is in the step, folds the key into the page's
-metadata: element-wise min and max (Quest's bounds, cache dtype) and the fp32 key sum (InfLLM).
+metadata: element-wise min and max (Quest's bounds, cache dtype), the fp32 key sum and the key
+mean rounded from it (InfLLM, cache dtype).
 In PyTorch that is two ``index_copy_`` plus about six gathers, element-wise ops and scatters
 (:meth:`lil_sparse.kv.KVCache.write`, the reference); here one program per row does all of it.
 A decode step's rows write distinct pages, so no two programs touch the same metadata row.
@@ -14,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lil_sparse.kv.key_metadata import KeyMetadata, check_key_metadata
+
 
 @triton.jit
 def _append_decode_kv(
@@ -24,6 +27,7 @@ def _append_decode_kv(
     v_cache_ptr,  # [slots, D]
     bounds_ptr,  # [pages, 2, D] this layer's key min / max (META only)
     key_sum_ptr,  # [pages, D] float32 (META only)
+    key_mean_ptr,  # [pages, D] cache dtype (META only)
     k_token,
     k_head,
     v_token,
@@ -52,26 +56,28 @@ def _append_decode_kv(
         tl.store(low, tl.minimum(tl.load(low).to(tl.float32), bound).to(bounds_dtype))
         high = low + HEAD_DIM
         tl.store(high, tl.maximum(tl.load(high).to(tl.float32), bound).to(bounds_dtype))
-        total = key_sum_ptr + page * HEAD_DIM + dims
-        tl.store(total, tl.load(total) + key.to(tl.float32))
+        total = tl.load(key_sum_ptr + page * HEAD_DIM + dims) + key.to(tl.float32)
+        tl.store(key_sum_ptr + page * HEAD_DIM + dims, total)
+        mean_dtype = key_mean_ptr.dtype.element_ty
+        tl.store(key_mean_ptr + page * HEAD_DIM + dims, (total * (1.0 / PAGE_SIZE)).to(mean_dtype))
 
 
 def append_decode_kv(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
-    key_bounds: torch.Tensor | None,
-    key_sum: torch.Tensor | None,
+    metadata: KeyMetadata | None,
     slots: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
 ) -> None:
     """Write one layer's new keys and values and, when given, fold the keys into the metadata.
 
-    ``k_cache, v_cache: [pages, 1, page_size, D]`` (one layer, contiguous); ``key_bounds: [pages,
-    2, D]`` (min, max; cache dtype) and ``key_sum: [pages, D] float32``, both or neither;
+    ``k_cache, v_cache: [pages, 1, page_size, D]`` (one layer, contiguous); ``metadata``: the
+    layer's key bounds, sum and mean (:class:`KeyMetadata`), or None to leave them alone;
     ``slots: [T, H] int64`` (``page * page_size + offset``), every entry on a distinct page;
     ``k, v: [T, H, D]`` with unit inner stride. Keys are cast to the bounds' dtype for min/max and
-    to fp32 for the sum, as the reference does. Raises ``ValueError`` on a layout it cannot read.
+    to fp32 for the sum, whose new value times ``1 / page_size`` is rounded to the mean, as the
+    reference does. Raises ``ValueError`` on a layout it cannot read.
     """
     tokens, heads, head_dim = k.shape
     if slots.shape != (tokens, heads) or v.shape != k.shape:
@@ -79,11 +85,8 @@ def append_decode_kv(
         raise ValueError(f"append_decode_kv: {shapes}")
     if k.stride(2) != 1 or v.stride(2) != 1 or not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise ValueError("append_decode_kv: k and v need a unit inner stride, caches must be contiguous")
-    if (key_bounds is None) != (key_sum is None):
-        raise ValueError("append_decode_kv: pass key_bounds and key_sum together, or neither")
-    meta = key_bounds is not None and key_sum is not None
-    if meta and not (key_bounds.is_contiguous() and key_sum.is_contiguous()):  # type: ignore[union-attr]
-        raise ValueError("append_decode_kv: key_bounds and key_sum must be contiguous")
+    if metadata is not None:
+        check_key_metadata(metadata, head_dim, "append_decode_kv")
     if tokens * heads == 0:
         return
     _append_decode_kv[(tokens * heads,)](
@@ -92,8 +95,7 @@ def append_decode_kv(
         slots.reshape(-1).contiguous(),
         k_cache,
         v_cache,
-        key_bounds if meta else k_cache,
-        key_sum if meta else k_cache,
+        *(metadata if metadata is not None else (k_cache, k_cache, k_cache)),
         k.stride(0),
         k.stride(1),
         v.stride(0),
@@ -101,5 +103,5 @@ def append_decode_kv(
         HEADS=heads,
         PAGE_SIZE=k_cache.shape[2],
         HEAD_DIM=head_dim,
-        META=meta,
+        META=metadata is not None,
     )

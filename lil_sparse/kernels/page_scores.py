@@ -10,7 +10,7 @@ Quest (mit-han-lab/Quest, ``estimate`` kernel): a page's bound for query ``q`` i
 ``sum_d max(q_d * min_d, q_d * max_d)``; since ``min_d <= max_d`` this is
 ``max(q_d, 0) * max_d + min(q_d, 0) * min_d``, so the sum over the group's queries is
 ``(sum_g max(q, 0)) . max + (sum_g min(q, 0)) . min``: two D-vectors per row, one dot per page.
-InfLLM: ``(sum_g q) . key_sum[page] / page_size`` per (sequence, KV head) row; the sum over a
+InfLLM: ``(sum_g q) . key_mean[page]`` per (sequence, KV head) row; the sum over a
 sequence's KV heads and its sink/recent windows are applied where the scores are read, by the
 selection kernel (:func:`lil_sparse.kernels.page_select.select_pages`).
 """
@@ -27,7 +27,7 @@ BLOCK_W = 32  # slots per program below 1024 slots (64 from there on): 32 x 2 x 
 @triton.jit
 def _page_scores(
     q_ptr,  # [rows, G, D], any float dtype
-    meta_ptr,  # quest: [P, 2, D] bounds; infllm: [P, D] key sums
+    meta_ptr,  # quest: [P, 2, D] bounds; infllm: [P, D] key means
     table_ptr,  # [rows, W] int32 page ids
     held_ptr,  # [rows] int64 (stride held_stride): slots >= held - 1 score -inf
     out_ptr,  # [rows, W] float32
@@ -38,7 +38,6 @@ def _page_scores(
     held_stride,
     meta_page_stride,
     meta_half_stride,
-    scale,
     GROUP: tl.constexpr,
     BLOCK_G: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -67,8 +66,8 @@ def _page_scores(
         score = tl.sum(key_min * q_neg[None, :] + key_max * q_pos[None, :], axis=1)
     else:
         q_sum = tl.sum(q, axis=0)
-        key_sum = tl.load(base, mask=valid[:, None], other=0.0).to(tl.float32)
-        score = tl.sum(key_sum * q_sum[None, :], axis=1) * scale
+        key_mean = tl.load(base, mask=valid[:, None], other=0.0).to(tl.float32)
+        score = tl.sum(key_mean * q_sum[None, :], axis=1)
     score = tl.where(valid, score, float("-inf"))
     tl.store(out_ptr + row * width + slots, score, mask=slots < width)
 
@@ -78,7 +77,6 @@ def _launch(
     meta: torch.Tensor,
     table: torch.Tensor,
     held: torch.Tensor,
-    scale: float,
     bounds: bool,
     block: int = 0,
     num_warps: int = 8,
@@ -109,7 +107,6 @@ def _launch(
         held.stride(0),  # a policy batch's columns are strided views: read in place
         meta.stride(0),
         meta.stride(1) if bounds else 0,
-        scale,
         GROUP=group,
         BLOCK_G=triton.next_power_of_2(group),
         HEAD_DIM=head_dim,
@@ -131,17 +128,16 @@ def quest_scores(
     stride: read in place, no copy). Returns ``[rows, W] float32``.
     Reference: :func:`lil_sparse.policies.quest.quest_page_scores` over the gathered bounds.
     """
-    return _launch(q, key_bounds, table, held, 1.0, bounds=True)
+    return _launch(q, key_bounds, table, held, bounds=True)
 
 
 def infllm_scores(
-    q: torch.Tensor, key_sum: torch.Tensor, table: torch.Tensor, held: torch.Tensor, page_size: int
+    q: torch.Tensor, key_mean: torch.Tensor, table: torch.Tensor, held: torch.Tensor
 ) -> torch.Tensor:
-    """InfLLM block scores ``(sum_g q_g) . key_sum[page] / page_size``, ``-inf`` from slot
-    ``held[r] - 1`` on.
+    """InfLLM block scores ``(sum_g q_g) . key_mean[page]``, ``-inf`` from slot ``held[r] - 1`` on.
 
-    ``q: [rows, G, D]``; ``key_sum: [P, D] float32`` (one layer); ``table: [rows, W] int32``;
-    ``held: [rows] int64`` (any stride). Returns ``[rows, W] float32``.
-    Reference: :func:`lil_sparse.policies.infllm.infllm_row_scores` over the gathered key sums.
+    ``q: [rows, G, D]``; ``key_mean: [P, D]`` (one layer, any float dtype: the cache's);
+    ``table: [rows, W] int32``; ``held: [rows] int64`` (any stride). Returns ``[rows, W] float32``.
+    Reference: :func:`lil_sparse.policies.infllm.infllm_row_scores` over the gathered key means.
     """
-    return _launch(q, key_sum, table, held, 1.0 / page_size, bounds=False)
+    return _launch(q, key_mean, table, held, bounds=False)

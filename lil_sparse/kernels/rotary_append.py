@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from lil_sparse.kernels.fused_layers import _TL_DTYPES, _rope_halves
+from lil_sparse.kv.key_metadata import KeyMetadata, check_key_metadata
 
 
 @triton.jit
@@ -31,6 +32,7 @@ def _rotary_append_decode_kv(
     v_cache_ptr,  # [slots, D]
     bounds_ptr,  # [pages, 2, D] this layer's key min / max (META only)
     key_sum_ptr,  # [pages, D] float32 (META only)
+    key_mean_ptr,  # [pages, D] cache dtype (META only)
     q_heads,
     k_heads,
     qk_token,
@@ -78,8 +80,11 @@ def _rotary_append_decode_kv(
             tl.store(
                 high, tl.maximum(tl.load(high, mask=is_k).to(tl.float32), bound).to(bounds_dtype), mask=is_k
             )
-            total = key_sum_ptr + page * 2 * HALF + part * HALF + dims
-            tl.store(total, tl.load(total, mask=is_k) + key.to(tl.float32), mask=is_k)
+            at = page * 2 * HALF + part * HALF + dims
+            total = tl.load(key_sum_ptr + at, mask=is_k) + key.to(tl.float32)
+            tl.store(key_sum_ptr + at, total, mask=is_k)
+            mean = (total * (1.0 / PAGE_SIZE)).to(key_mean_ptr.dtype.element_ty)
+            tl.store(key_mean_ptr + at, mean, mask=is_k)
 
 
 def rotary_append_decode_kv(
@@ -90,8 +95,7 @@ def rotary_append_decode_kv(
     v: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
-    key_bounds: torch.Tensor | None,
-    key_sum: torch.Tensor | None,
+    metadata: KeyMetadata | None,
     slots: torch.Tensor,
 ) -> torch.Tensor:
     """RoPE of ``qk``'s heads, then one layer's K/V append with its metadata; returns q.
@@ -99,8 +103,8 @@ def rotary_append_decode_kv(
     ``qk: [T, Hq + Hk, D]`` pre-RoPE query and key heads ("rotate half" layout; any token
     stride, heads and dims contiguous: a slice of a fused QKV projection); ``q_heads``: Hq;
     ``cos, sin: [T, D // 2] float32``; ``v: [T, Hk, D]`` with unit inner stride; ``k_cache,
-    v_cache: [pages, 1, page_size, D]`` (one layer, contiguous); ``key_bounds: [pages, 2, D]``
-    (min, max; cache dtype) and ``key_sum: [pages, D] float32``, both or neither; ``slots: [T,
+    v_cache: [pages, 1, page_size, D]`` (one layer, contiguous); ``metadata``: the layer's key
+    bounds, sum and mean (:class:`KeyMetadata`), or None to leave them alone; ``slots: [T,
     Hk] int64`` (``page * page_size + offset``), every entry on a distinct page. Returns
     contiguous ``q: [T, Hq, D]`` in qk's dtype. Bit for bit :func:`rotary_qk` followed by
     :func:`append_decode_kv` of its k (their references: ``models.rope.apply_rotary`` and
@@ -115,11 +119,8 @@ def rotary_append_decode_kv(
         raise ValueError("rotary_append_decode_kv: qk needs contiguous heads and dims, v a unit inner stride")
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise ValueError("rotary_append_decode_kv: the caches must be contiguous")
-    if (key_bounds is None) != (key_sum is None):
-        raise ValueError("rotary_append_decode_kv: pass key_bounds and key_sum together, or neither")
-    meta = key_bounds is not None and key_sum is not None
-    if meta and not (key_bounds.is_contiguous() and key_sum.is_contiguous()):  # type: ignore[union-attr]
-        raise ValueError("rotary_append_decode_kv: key_bounds and key_sum must be contiguous")
+    if metadata is not None:
+        check_key_metadata(metadata, head_dim, "rotary_append_decode_kv")
     q = torch.empty(tokens, q_heads, head_dim, dtype=qk.dtype, device=qk.device)
     if tokens == 0:
         return q
@@ -132,8 +133,7 @@ def rotary_append_decode_kv(
         q,
         k_cache,
         v_cache,
-        key_bounds if meta else k_cache,
-        key_sum if meta else k_cache,
+        *(metadata if metadata is not None else (k_cache, k_cache, k_cache)),
         q_heads,
         k_heads,
         qk.stride(0),
@@ -143,6 +143,6 @@ def rotary_append_decode_kv(
         BLOCK_H=triton.next_power_of_2(heads),
         PAGE_SIZE=k_cache.shape[2],
         DTYPE=_TL_DTYPES[qk.dtype],
-        META=meta,
+        META=metadata is not None,
     )
     return q

@@ -8,8 +8,12 @@ tokens are written (all post-RoPE keys):
   (``[:, 0]``) and maximum (``[:, 1]``) of each page (Quest). One tensor, so that Quest reads
   both with one gather and scores them with one matmul; in the cache dtype, so that on the GPU
   it adds 2/16 of a page's K+V bytes rather than 4/16 (as Quest's own fp16 metadata).
-- ``key_sum[layer]: [num_pages, head_dim] float32``: sum of keys; divided by the page's token count
-  it is the page's representative key (InfLLM).
+- ``key_sum[layer]: [num_pages, head_dim] float32``: sum of the page's keys, the exact running
+  total the next bullet is rounded from.
+- ``key_mean[layer]: [num_pages, head_dim]`` in the cache dtype: ``key_sum * (1 / page_size)``
+  rounded once, rewritten with every key; for a full page it is its mean key, InfLLM's
+  representative (InfLLM keeps its representative keys in the model dtype too). Selection reads
+  only this: on the GPU half the bytes of the fp32 sum in every layer.
 - ``attention_mass: [num_pages] float32``: attention probability the page received, summed over
   layers, query heads of the group and decode steps (H2O).
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from lil_sparse.kernels import fused_selection_enabled
+from lil_sparse.kv.key_metadata import KeyMetadata
 
 
 class KVCache:
@@ -46,6 +51,7 @@ class KVCache:
         # The bounds of an empty page, built once: reset_pages must not copy from the host.
         self._empty_bounds = self.key_bounds[0, 0].clone()  # [2, D]
         self.key_sum = torch.zeros(meta_shape, dtype=torch.float32, device=device)
+        self.key_mean = torch.zeros(meta_shape, dtype=dtype, device=device)
         # Only H2O rows add mass, and padding rows are never H2O rows: no scratch entry.
         self.attention_mass = torch.zeros(num_pages, dtype=torch.float32, device=device)
         self.scratch_page = num_pages
@@ -67,6 +73,7 @@ class KVCache:
         """Clear the metadata of freshly (re)assigned pages. ``pages: [n] int64``."""
         self.key_bounds[:, pages] = self._empty_bounds
         self.key_sum.index_fill_(1, pages, 0.0)  # a scalar fill: no host-to-device copy
+        self.key_mean.index_fill_(1, pages, 0.0)
         self.attention_mass.index_fill_(0, pages, 0.0)
 
     def poison_pages(self, pages: torch.Tensor) -> None:
@@ -103,9 +110,9 @@ class KVCache:
         if distinct_pages and fused_selection_enabled(k, self.head_dim):  # one Triton kernel on CUDA
             from lil_sparse.kernels.kv_append import append_decode_kv
 
-            bounds = self.key_bounds[layer] if update_metadata else None
-            key_sum = self.key_sum[layer] if update_metadata else None
-            append_decode_kv(self.k[layer], self.v[layer], bounds, key_sum, slots, k, v)
+            append_decode_kv(
+                self.k[layer], self.v[layer], self._metadata(layer, update_metadata), slots, k, v
+            )
             return
         flat_slots = slots.reshape(-1)
         k_flat = k.reshape(-1, self.head_dim)
@@ -127,8 +134,15 @@ class KVCache:
             index = pages.unsqueeze(1).expand(-1, self.head_dim).contiguous()
             bounds[:, 0].scatter_reduce_(0, index, keys, reduce="amin")
             bounds[:, 1].scatter_reduce_(0, index, keys, reduce="amax")
-        k32 = k_flat.float()
-        self.key_sum[layer].index_add_(0, pages, k32)
+        key_sum = self.key_sum[layer]
+        key_sum.index_add_(0, pages, k_flat.float())
+        self.key_mean[layer][pages] = (key_sum[pages] * (1.0 / self.page_size)).to(self.key_mean.dtype)
+
+    def _metadata(self, layer: int, update: bool) -> KeyMetadata | None:
+        """The metadata one layer's append kernels update, or None to update none."""
+        if not update:
+            return None
+        return KeyMetadata(self.key_bounds[layer], self.key_sum[layer], self.key_mean[layer])
 
     def write_rotated(
         self,
@@ -149,10 +163,9 @@ class KVCache:
         if fused_selection_enabled(qk, self.head_dim):
             from lil_sparse.kernels.rotary_append import rotary_append_decode_kv
 
-            bounds = self.key_bounds[layer] if update_metadata else None
-            key_sum = self.key_sum[layer] if update_metadata else None
+            metadata = self._metadata(layer, update_metadata)
             return rotary_append_decode_kv(
-                qk, q_heads, cos, sin, v, self.k[layer], self.v[layer], bounds, key_sum, slots
+                qk, q_heads, cos, sin, v, self.k[layer], self.v[layer], metadata, slots
             )
         from lil_sparse.kernels.fused_layers import rotary_qk
 

@@ -206,7 +206,7 @@ def test_chunked_prefill_leaves_the_single_pass_pages_and_metadata(
         one, two = engines[0].kv, engines[1].kv
         # Equal to float32 rounding: matmuls over another number of rows round differently.
         # The last page's slots beyond the prompt were never written: poisoned (NaN) in both.
-        for name in ("k", "v", "key_bounds", "key_sum"):
+        for name in ("k", "v", "key_bounds", "key_sum", "key_mean"):
             torch.testing.assert_close(
                 getattr(two, name)[:, pages], getattr(one, name)[:, pages], equal_nan=True
             )

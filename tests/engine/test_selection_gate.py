@@ -70,8 +70,8 @@ def test_each_policy_names_the_metadata_its_selection_reads():
         dtype: {name: p.metadata_bytes_per_page(128, dtype) for name, p in POLICIES.items()}
         for dtype in (torch.bfloat16, torch.float32)
     }
-    # Quest: min and max in the cache dtype; InfLLM: a float32 key sum; the others read none.
-    assert by_dtype[torch.bfloat16] == {"full": 0, "sink": 0, "h2o": 0, "quest": 512, "infllm": 512}
+    # Quest: min and max in the cache dtype; InfLLM: the key mean in the cache dtype; the others none.
+    assert by_dtype[torch.bfloat16] == {"full": 0, "sink": 0, "h2o": 0, "quest": 512, "infllm": 256}
     assert by_dtype[torch.float32] == {"full": 0, "sink": 0, "h2o": 0, "quest": 1024, "infllm": 512}
 
 

@@ -34,12 +34,12 @@ def random_case(rows, group, head_dim, width, dtype, seed):
     num_pages = rows * width + 5
     low = torch.randn(num_pages, head_dim, generator=gen) - 1.0
     bounds = torch.stack((low, low + torch.rand(num_pages, head_dim, generator=gen) * 2), dim=1)
-    key_sum = torch.randn(num_pages, head_dim, generator=gen) * 4
+    key_mean = torch.randn(num_pages, head_dim, generator=gen) / 4  # a mean of 16 unit keys
     table = torch.randperm(num_pages, generator=gen)[: rows * width].view(rows, width).to(torch.int32)
     held = torch.randint(1, width + 1, (rows,), generator=gen)
     q = torch.randn(rows, group, head_dim, generator=gen)
     to = lambda t, d=None: t.to(DEVICE, d) if d is not None else t.to(DEVICE)  # noqa: E731
-    return to(q, dtype), to(bounds, dtype), to(key_sum), to(table), to(held)
+    return to(q, dtype), to(bounds, dtype), to(key_mean, dtype), to(table), to(held)
 
 
 def chosen_pages(scores: torch.Tensor, count: int) -> list[set[int]]:
@@ -71,10 +71,9 @@ def test_quest_kernel_matches_reference(rows, group, head_dim, width, dtype):
 
 @pytest.mark.parametrize(("rows", "group", "head_dim", "width"), GRID)
 def test_infllm_kernel_matches_reference(rows, group, head_dim, width):
-    q, _, key_sum, table, held = random_case(rows, group, head_dim, width, torch.bfloat16, seed=width)
-    page_size = 16
-    got = infllm_scores(q, key_sum, table, held, page_size)
-    want = infllm_row_scores(q, key_sum[table.long()] / page_size)
+    q, _, key_mean, table, held = random_case(rows, group, head_dim, width, torch.bfloat16, seed=width)
+    got = infllm_scores(q, key_mean, table, held)
+    want = infllm_row_scores(q, key_mean[table.long()])
     slots = torch.arange(width, device=DEVICE).unsqueeze(0)
     want = want.masked_fill(slots >= (held - 1).unsqueeze(1), float("-inf"))
     assert torch.equal(torch.isinf(got), torch.isinf(want))
