@@ -159,8 +159,8 @@ def report(parts: list[dict], engine: dict | None, lines: list[str]) -> str:
         " ones, so without it a run's figure depended on its position; dense baselines still run"
         " first and again last in each (model, context, batch) cell, their TBT is the mean of the two"
         " (shown as first / last)",
-        "- floor: (weights + attended K/V + selection metadata: Quest bounds bf16, InfLLM key means bf16, read"
-        " in every selecting layer) / the copy bandwidth of the same run",
+        "- floor: (weights + attended K/V + selection metadata: Quest bounds bf16, InfLLM key means bf16,"
+        " read in every selecting layer) / the copy bandwidth of the same run",
         "",
         "## Targets",
         "",
