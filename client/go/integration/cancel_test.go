@@ -16,14 +16,15 @@ const (
 	finishedCounter = "lil_sparse_requests_finished_total"
 )
 
-// waitForMetric polls the server's Prometheus endpoint until want(value) holds. It waits for a
-// state, not a speed: the generous limit only stops a broken server from hanging the test.
-func waitForMetric(t *testing.T, name string, want func(float64) bool, what string) float64 {
+// waitForMetric polls the server's Prometheus endpoint until want(value) holds, value summing
+// the samples of name with the given labels (label=value). It waits for a state, not a speed:
+// the generous limit only stops a broken server from hanging the test.
+func waitForMetric(t *testing.T, name string, want func(float64) bool, what string, labels ...string) float64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for {
-		value, err := server.Metric(ctx, name)
+		value, err := server.Metric(ctx, name, labels...)
 		if err == nil && want(value) {
 			return value
 		}
@@ -51,33 +52,33 @@ func pauseServer(t *testing.T) (resume func()) {
 	return resume
 }
 
-// finishCounts reads how many requests the server finished as aborted and otherwise (length,
-// eos, ...). They are counted before the running gauge drops, so final once it reads 0.
-func finishCounts(t *testing.T) (aborted, other float64) {
+// finishCounts reads how many requests the server finished as aborted and by length.
+func finishCounts(t *testing.T) (aborted, length float64) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	aborted, err := server.Metric(ctx, finishedCounter, "finish_reason=aborted")
+	if err == nil {
+		length, err = server.Metric(ctx, finishedCounter, "finish_reason=length")
+	}
 	if err != nil {
 		failWithLogs(t, "scraping %s: %v", finishedCounter, err)
 	}
-	all, err := server.Metric(ctx, finishedCounter)
-	if err != nil {
-		failWithLogs(t, "scraping %s: %v", finishedCounter, err)
-	}
-	return aborted, all - aborted
+	return aborted, length
 }
 
-// checkAbortedMidStream fails unless every request the server finished since the counts
-// before was aborted, the test's own among them: the server still ran it when the cancel or
-// deadline reached it. At least one, not exactly one: a request an earlier test gave up on
-// before the server accepted it may be aborted late, and no gauge shows it pending.
-func checkAbortedMidStream(t *testing.T, abortedBefore, otherBefore float64) {
+// checkAbortedMidStream waits until the server aborted a request since the counts before and
+// fails if one ran to its length meanwhile: the test's request (no EOS, no stop, no Guardian)
+// ends one way or the other, and aborted means the server still ran it when the cancel or
+// deadline reached it. At least one aborted, not exactly one: a request an earlier test gave up
+// on before the server accepted it may be aborted late.
+func checkAbortedMidStream(t *testing.T, abortedBefore, lengthBefore float64) {
 	t.Helper()
-	aborted, other := finishCounts(t)
-	if aborted < abortedBefore+1 || other != otherBefore {
-		failWithLogs(t, "finished requests: aborted %v -> %v, otherwise %v -> %v; want ours aborted, none otherwise",
-			abortedBefore, aborted, otherBefore, other)
+	waitForMetric(t, finishedCounter, func(v float64) bool { return v > abortedBefore }, "one more aborted than before",
+		"finish_reason=aborted")
+	if _, length := finishCounts(t); length != lengthBefore {
+		failWithLogs(t, "%v requests ran to their length, want none: the stream ended before the cancel or deadline",
+			length-lengthBefore)
 	}
 }
 
@@ -88,7 +89,7 @@ func TestCancelMidStreamFreesTheRequest(t *testing.T) {
 		t.Fatalf("Info: %v", err)
 	}
 	waitForMetric(t, runningGauge, func(v float64) bool { return v == 0 }, "0 before the test")
-	abortedBefore, otherBefore := finishCounts(t)
+	abortedBefore, lengthBefore := finishCounts(t)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -125,7 +126,7 @@ func TestCancelMidStreamFreesTheRequest(t *testing.T) {
 	}
 	waitForMetric(t, runningGauge, func(v float64) bool { return v == 0 }, "0 after cancel")
 	waitForMetric(t, kvUsageGauge, func(v float64) bool { return v == 0 }, "0 after cancel (pages freed)")
-	checkAbortedMidStream(t, abortedBefore, otherBefore)
+	checkAbortedMidStream(t, abortedBefore, lengthBefore)
 }
 
 func TestCallTimeoutIsDeadlineExceeded(t *testing.T) {
@@ -139,7 +140,7 @@ func TestCallTimeoutIsDeadlineExceeded(t *testing.T) {
 		t.Fatalf("Info: %v", err)
 	}
 	waitForMetric(t, runningGauge, func(v float64) bool { return v == 0 }, "0 before the test")
-	abortedBefore, otherBefore := finishCounts(t)
+	abortedBefore, lengthBefore := finishCounts(t)
 	// The deadline may strike before or after the server accepts: both must say DEADLINE_EXCEEDED.
 	stream, err := client.Generate(context.Background(), greedyRequest("too slow", info.MaxContext-32))
 	accepted := err == nil
@@ -152,8 +153,8 @@ func TestCallTimeoutIsDeadlineExceeded(t *testing.T) {
 	if code := lilsparse.Code(err); code != codes.DeadlineExceeded {
 		t.Fatalf("error %v has code %v, want DEADLINE_EXCEEDED", err, code)
 	}
-	waitForMetric(t, runningGauge, func(v float64) bool { return v == 0 }, "0 after the deadline")
 	if accepted {
-		checkAbortedMidStream(t, abortedBefore, otherBefore)
+		checkAbortedMidStream(t, abortedBefore, lengthBefore)
 	}
+	waitForMetric(t, runningGauge, func(v float64) bool { return v == 0 }, "0 after the deadline")
 }
