@@ -184,12 +184,13 @@ func (s *Server) scanLogs(stderr io.Reader, ports chan<- []string) {
 // Logs is everything the server printed so far.
 func (s *Server) Logs() string { return s.logs.String() }
 
-// Stop sends SIGTERM (the server drains and exits 0), kills it if it lingers, and removes the
-// model folder. It returns the process's exit error, if any.
+// Stop sends SIGTERM (the server drains and exits 0; a paused one is resumed to do so), kills it
+// if it lingers, and removes the model folder. It returns the process's exit error, if any.
 func (s *Server) Stop() error {
 	var exitErr error
 	if s.command != nil && s.command.Process != nil && s.exited != nil {
 		_ = s.command.Process.Signal(syscall.SIGTERM)
+		_ = s.Resume() // a paused server would hold the SIGTERM until it runs again
 		select {
 		case exitErr = <-s.exited:
 		case <-time.After(30 * time.Second):
