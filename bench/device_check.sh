@@ -5,7 +5,8 @@
 #   PART=bench  every issue-11 speed target (SELECTION=when_faster, the server's CUDA default,
 #               or exact) (speed-T1 .. T7), the HF generate comparison and
 #               throughput, the target report (decode_targets.md plus its JSON) and the
-#               unequal-rows split micro-benchmark (split_micro.md)
+#               unequal-rows split micro-benchmark (split_micro.md), and the one-token linear
+#               layers against cuBLAS (gemv_micro.md)
 # Expects the FlashInfer wheels installed in /tmp/site and the SmolLM2 GGUF in /tmp/models
 # (../shared/DEVICE.md has the recipe). Writes under $OUT (at most 8 files come back).
 set -u
@@ -47,4 +48,5 @@ if [ "$part" = bench ]; then
   python bench/targets.py "$out"/e2e_*.json --engine "$out/engine.json" --out "$out/decode_targets.md"
   # One call against two for unequal rows, beside the split cost model (docs/bench/split_micro.md).
   timeout 60 python bench/split_micro.py --out "$out/split_micro.md" 2>&1 | grep -vE "Warning|warn" | tail -12
+  timeout 90 python bench/gemv_micro.py --out "$out/gemv_micro.md" 2>&1 | grep -vE "Warning|warn" | tail -14
 fi

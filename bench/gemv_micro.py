@@ -21,20 +21,26 @@ import torch.nn.functional as F
 
 from bench.common import copy_bandwidth_gbs, settle_cuda_graphs, write_markdown
 from bench.model_shapes import MODELS
-from lil_sparse.kernels.gemv import GemvTiles, choose_tiles, gemv
+from lil_sparse.kernels.fused_layers import silu_mul
+from lil_sparse.kernels.gemv import GemvTiles, choose_tiles, gemv, gemv_silu_mul
 from lil_sparse.models.config import ModelConfig
 
 L2_OVERFLOW_BYTES = 256 * 2**20
 
 
+SILU_MUL = "gate_up+silu_mul"  # gemv_silu_mul against F.linear then silu_mul; N is the gate/up rows
+
+
 def layer_shapes(config: ModelConfig) -> dict[str, tuple[int, int, bool]]:
-    """name -> (N, K, has bias) of every linear in a decode step, as the fused model runs them."""
+    """name -> (N, K, has bias) of every linear in a decode step, as the fused model runs them
+    (the gate/up projection both alone and with its SiLU-mul, as the model runs it)."""
     q = config.num_heads * config.head_dim
     kv = config.num_kv_heads * config.head_dim
     return {
         "qkv": (q + 2 * kv, config.hidden_size, config.attention_bias),
         "o_proj": (config.hidden_size, q, False),
         "gate_up": (2 * config.intermediate_size, config.hidden_size, False),
+        SILU_MUL: (2 * config.intermediate_size, config.hidden_size, False),
         "down": (config.hidden_size, config.intermediate_size, False),
         "lm_head": (config.vocab_size, config.hidden_size, False),
     }
@@ -71,9 +77,10 @@ SWEEP = [
 
 
 def time_shape(
-    n: int, k: int, has_bias: bool, calls: int, iters: int, sweep: bool
+    n: int, k: int, has_bias: bool, calls: int, iters: int, sweep: bool, fused_silu: bool = False
 ) -> tuple[float, float, float, GemvTiles]:
-    """(cuBLAS us, GEMV us with :func:`choose_tiles`, best swept us, its tiles) for one weight shape."""
+    """(cuBLAS us, GEMV us with :func:`choose_tiles`, best swept us, its tiles) for one weight
+    shape; ``fused_silu``: :func:`gemv_silu_mul` against ``F.linear`` then ``silu_mul``."""
     copies = max(2, -(-L2_OVERFLOW_BYTES // (n * k * 2)))
     weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
     bias = torch.randn(n, device="cuda", dtype=torch.bfloat16) if has_bias else None
@@ -84,11 +91,15 @@ def time_shape(
         raise RuntimeError(f"gemv_micro: [{n}, {k}]: relative error {error:.2e}")
 
     def run(tiles: GemvTiles | None) -> float:
+        if tiles is None and fused_silu:
+            return graph_us(lambda i: silu_mul(F.linear(x, weights[i % copies])), calls, iters)
         if tiles is None:
             return graph_us(lambda i: F.linear(x, weights[i % copies], bias), calls, iters)
+        if fused_silu:
+            return graph_us(lambda i: gemv_silu_mul(x, weights[i % copies], tiles), calls, iters)
         return graph_us(lambda i: gemv(x, weights[i % copies], bias, tiles), calls, iters)
 
-    cublas, chosen = run(None), choose_tiles(n, k)
+    cublas, chosen = run(None), choose_tiles(n // 2 if fused_silu else n, k)
     ours = run(chosen)
     swept = [(ours, chosen)]
     if sweep:
@@ -115,7 +126,9 @@ def main() -> None:
     for model in args.models.split(","):
         for name, (n, k, has_bias) in layer_shapes(MODELS[model]).items():
             floor = (n * k + k + n) * 2 / (bandwidth * 1e3)
-            cublas, ours, best, best_tiles = time_shape(n, k, has_bias, args.calls, args.iters, args.sweep)
+            cublas, ours, best, best_tiles = time_shape(
+                n, k, has_bias, args.calls, args.iters, args.sweep, fused_silu=name == SILU_MUL
+            )
             row = [model, name, f"{n} x {k}", f"{floor:.1f}", f"{cublas:.1f}", f"{ours:.1f}",
                    f"{cublas / ours:.2f}", f"{ours / floor:.2f}", f"{best:.1f}", best_tiles]  # fmt: skip
             print(" | ".join(map(str, row)), flush=True)

@@ -167,8 +167,15 @@ def _silu_mul(
     mask = cols < width
     gate = tl.load(gate_up_ptr + row * stride + cols, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(gate_up_ptr + row * stride + width + cols, mask=mask, other=0.0).to(tl.float32)
-    silu = (gate / (1.0 + tl.exp(-gate))).to(DTYPE).to(tl.float32)  # F.silu rounds to the dtype
-    tl.store(out_ptr + row * width + cols, (silu * up).to(DTYPE), mask=mask)
+    tl.store(out_ptr + row * width + cols, _silu_times(gate, up, DTYPE), mask=mask)
+
+
+@triton.jit
+def _silu_times(gate, up, DTYPE: tl.constexpr):
+    """``silu(gate) * up`` in ``DTYPE`` from float32 values of that dtype, rounding as PyTorch
+    does op by op (``F.silu`` rounds to the dtype, then the product does)."""
+    silu = (gate / (1.0 + tl.exp(-gate))).to(DTYPE).to(tl.float32)
+    return (silu * up).to(DTYPE)
 
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:

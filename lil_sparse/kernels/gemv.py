@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lil_sparse.kernels.fused_layers import _TL_DTYPES
+from lil_sparse.kernels.fused_layers import _TL_DTYPES, _silu_times
 
 
 @dataclass(frozen=True)
@@ -53,21 +53,11 @@ def choose_tiles(n: int, k: int) -> GemvTiles:
 
 
 @triton.jit
-def _gemv(
-    x_ptr,  # [K]
-    w_ptr,  # [N, K], rows contiguous
-    bias_ptr,  # [N], or unused
-    out_ptr,  # [N]
-    n,
-    w_stride,
-    K: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    DTYPE: tl.constexpr,
+def _row_block_dots(
+    x_ptr, w_ptr, rows, row_mask, w_stride, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
 ):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = rows < n
+    """fp32 ``[BLOCK_N]`` dot products of the weight rows ``rows`` with ``x``: ``[BLOCK_N,
+    BLOCK_K]`` partial products over the K loop, reduced once at the end."""
     acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
@@ -80,10 +70,35 @@ def _gemv(
         )
         x = tl.load(x_ptr + cols, mask=col_mask, other=0.0)
         acc += x.to(tl.float32)[None, :] * w.to(tl.float32)
-    total = tl.sum(acc, axis=1)
-    if HAS_BIAS:
-        total += tl.load(bias_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + rows, total.to(DTYPE), mask=row_mask)
+    return tl.sum(acc, axis=1)
+
+
+@triton.jit
+def _gemv(
+    x_ptr,  # [K]
+    w_ptr,  # [N, K] (SILU_MUL: [2N, K], gate rows then up rows), rows contiguous
+    bias_ptr,  # [N], or unused
+    out_ptr,  # [N]
+    n,
+    w_stride,
+    K: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SILU_MUL: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    DTYPE: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < n
+    total = _row_block_dots(x_ptr, w_ptr, rows, row_mask, w_stride, K, BLOCK_N, BLOCK_K)
+    if SILU_MUL:  # the gate/up projection's output rounds to DTYPE before silu_mul reads it
+        up = _row_block_dots(x_ptr, w_ptr, rows + n, row_mask, w_stride, K, BLOCK_N, BLOCK_K)
+        gate = total.to(DTYPE).to(tl.float32)
+        tl.store(out_ptr + rows, _silu_times(gate, up.to(DTYPE).to(tl.float32), DTYPE), mask=row_mask)
+    else:
+        if HAS_BIAS:
+            total += tl.load(bias_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
+        tl.store(out_ptr + rows, total.to(DTYPE), mask=row_mask)
 
 
 def gemv(
@@ -96,6 +111,30 @@ def gemv(
     :func:`choose_tiles` (benchmarks). Raises ValueError for more than one row, mismatched shapes
     or dtypes.
     """
+    n = weight.shape[0]
+    _check(x, weight, bias)
+    return _launch(x, weight, bias, n, False, tiles or choose_tiles(n, x.shape[1]))
+
+
+def gemv_silu_mul(x: torch.Tensor, gate_up: torch.Tensor, tiles: GemvTiles | None = None) -> torch.Tensor:
+    """``silu_mul(F.linear(x, gate_up))`` for one row of ``x``, in one kernel: each program reads
+    its gate rows and the matching up rows, and writes ``silu(gate) * up`` rounded as
+    :func:`lil_sparse.kernels.fused_layers.silu_mul` rounds the projection's rounded output, so
+    the result equals :func:`gemv` followed by ``silu_mul`` bit for bit.
+
+    ``x: [1, K]``; ``gate_up: [2I, K]`` (gate rows, then up rows; rows contiguous), one dtype.
+    Returns ``[1, I]``. ``tiles``: per program ``block_n`` gate rows and as many up rows (default
+    :func:`choose_tiles` of the ``[I, K]`` halves). Raises ValueError as :func:`gemv` does, or for
+    an odd number of rows.
+    """
+    double = gate_up.shape[0]
+    if double % 2:
+        raise ValueError(f"gemv_silu_mul: gate_up has {double} rows, want gate and up halves")
+    _check(x, gate_up, None)
+    return _launch(x, gate_up, None, double // 2, True, tiles or choose_tiles(double // 2, x.shape[1]))
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
     if x.dim() != 2 or x.shape[0] != 1 or not x.is_contiguous():
         raise ValueError(f"gemv: x must be one contiguous row [1, K], got {tuple(x.shape)}")
     k = x.shape[1]
@@ -104,19 +143,37 @@ def gemv(
         raise ValueError(f"gemv: weight {tuple(weight.shape)} must be [N, {k}] with contiguous rows")
     if weight.dtype != x.dtype or (bias is not None and (bias.dtype != x.dtype or bias.shape != (n,))):
         raise ValueError("gemv: x, weight and bias must share a dtype, and bias be [N]")
+
+
+def _launch(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, n: int, silu_mul: bool, tiles: GemvTiles
+) -> torch.Tensor:
     out = torch.empty((1, n), dtype=x.dtype, device=x.device)
-    tiles = tiles or choose_tiles(n, k)
     _gemv[(triton.cdiv(n, tiles.block_n),)](
         x, weight, weight if bias is None else bias, out, n, weight.stride(0),
-        K=k, HAS_BIAS=bias is not None, BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k,
-        DTYPE=_TL_DTYPES[x.dtype], num_warps=tiles.warps,
+        K=x.shape[1], HAS_BIAS=bias is not None, SILU_MUL=silu_mul, BLOCK_N=tiles.block_n,
+        BLOCK_K=tiles.block_k, DTYPE=_TL_DTYPES[x.dtype], num_warps=tiles.warps,
     )  # fmt: skip
     return out
+
+
+def _one_cuda_row(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return x.is_cuda and x.shape[0] == 1 and x.is_contiguous() and weight.stride(1) == 1
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear`` that runs one CUDA row through :func:`gemv` and everything else through
     PyTorch (cuBLAS). ``x: [T, K]``, ``weight: [N, K]``, ``bias: [N]`` or None -> ``[T, N]``."""
-    if x.is_cuda and x.shape[0] == 1 and x.is_contiguous() and weight.stride(1) == 1:
+    if _one_cuda_row(x, weight):
         return gemv(x, weight, bias)
     return torch.nn.functional.linear(x, weight, bias)
+
+
+def gate_up_silu_mul(x: torch.Tensor, gate_up: torch.Tensor) -> torch.Tensor:
+    """``silu_mul(linear(x, gate_up))``: one kernel for one CUDA row (:func:`gemv_silu_mul`),
+    else ``F.linear`` then the SiLU-mul kernel. ``x: [T, K]``, ``gate_up: [2I, K]`` -> ``[T, I]``."""
+    if _one_cuda_row(x, gate_up):
+        return gemv_silu_mul(x, gate_up)
+    from lil_sparse.kernels.fused_layers import silu_mul
+
+    return silu_mul(torch.nn.functional.linear(x, gate_up))

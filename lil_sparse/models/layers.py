@@ -7,7 +7,7 @@ launches: one QKV and one gate/up matmul over concatenated weights (the separate
 become views of them, so nothing is stored twice), the Triton kernels of
 :mod:`lil_sparse.kernels.fused_layers` for residual add + RMSNorm, RoPE and SiLU-mul, and for a
 single token row (a batch-1 decode step) the GEMV of :mod:`lil_sparse.kernels.gemv` in place of
-cuBLAS.
+cuBLAS, with SiLU-mul applied by the gate/up GEMV itself.
 Moving or casting a module (``.to``, ``.float()``) drops the fusion: call ``fuse`` again after.
 """
 
@@ -71,12 +71,11 @@ class MLP(nn.Module):
         self.gate_up, _ = concatenate_into_views([self.gate_proj, self.up_proj])
 
     def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
-        from lil_sparse.kernels.fused_layers import silu_mul
-        from lil_sparse.kernels.gemv import linear
+        from lil_sparse.kernels.gemv import gate_up_silu_mul, linear
 
         if self.gate_up is None:
             raise RuntimeError("call fuse() before forward_fused()")
-        return linear(silu_mul(linear(x, self.gate_up)), self.down_proj.weight)
+        return linear(gate_up_silu_mul(x, self.gate_up), self.down_proj.weight)
 
     def _apply(self, fn, recurse=True):
         self.gate_up = None  # moved or cast parameters no longer view the fused weight

@@ -4,14 +4,18 @@ The split must not change what is attended: against the reference backend and ag
 the outputs agree within bf16 tolerance (the calls split each row's pages into other chunks, so
 the floating-point sums differ), and the log-sum-exp H2O reads agrees too. In the engine, a
 forced split replays under CUDA graphs bit for bit as it runs eagerly, and gives one call's tokens.
+Run at once, the two calls equal the serial ones bit for bit, are parallel branches of a captured
+graph, and an error in the first call still joins the second call's stream.
 """
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
-from lil_sparse.attention import flashinfer_backend
+from lil_sparse.attention import flashinfer_backend, flashinfer_decode_slot
 from lil_sparse.attention.decode_split import choose_split
 from lil_sparse.attention.layout import DecodeLayout
 from lil_sparse.attention.reference import ReferenceBackend
@@ -144,3 +148,91 @@ def test_forced_split_replays_bit_for_bit_and_attends_what_one_call_does(tiny_gq
     assert close_rows >= 0.9 * total
     eager.close()
     graphs.close()
+
+
+def concurrent_split_case():
+    """The concurrent backend planned for the 48 long + 192 short rows, its slot, and a runner."""
+    kv, page_ids, counts, last_len, q = mixed_rows(24, 96, 513, 33)
+    layout = DecodeLayout.build(counts, last_len, tuple(last_len.tolist()))
+    backend = make_backend(4, 128, tensor_cores=True)
+    backend.begin_decode_step([layout])
+    if backend.step_key([layout]) == (0,):
+        pytest.skip(f"{backend.num_sms} SMs: one call already balances these rows")
+
+    def run(queries):
+        return backend.decode_with_lse(0, queries, kv.k[0], kv.v[0], page_ids, layout)
+
+    return backend._slot_of(layout), run, q
+
+
+def dot_kernel_reach(path) -> tuple[list[tuple[str, str]], dict[str, set[str]]]:
+    """(kernel nodes as (id, attributes), reachability: id -> every node after it) of a CUDA
+    graph's DOT dump (cudaGraphDebugDotPrint, as ``CUDAGraph.debug_dump`` writes it: quoted node
+    ids, each followed by its ``[...]`` attributes, and ``"a" -> "b"`` edges)."""
+    text = path.read_text()
+    starts = list(re.finditer(r'"(\w+)"\s*\[', text))
+    nodes = [
+        (match.group(1), text[match.end() : nxt.start() if nxt else len(text)])
+        for match, nxt in zip(starts, [*starts[1:], None], strict=True)
+    ]
+    after: dict[str, set[str]] = {}
+    for source, target in re.findall(r'"(\w+)"\s*->\s*"(\w+)"', text):
+        after.setdefault(source, set()).add(target)
+    reach: dict[str, set[str]] = {}
+
+    def visit(node: str) -> set[str]:
+        if node not in reach:
+            reach[node] = set()
+            for nxt in after.get(node, ()):
+                reach[node] |= {nxt} | visit(nxt)
+        return reach[node]
+
+    for node, _ in nodes:
+        visit(node)
+    return nodes, reach
+
+
+def test_a_captured_concurrent_split_runs_its_two_calls_as_parallel_branches(tmp_path):
+    # In the captured graph the short rows' call must not wait for the long rows' call: no path
+    # joins the two calls' attention kernels (FlashInfer's paged prefill/decode kernel, one per call).
+    _, run, q = concurrent_split_case()
+    static_q = q.clone()
+    run(static_q)
+    graph = torch.cuda.CUDAGraph(keep_graph=True)  # keeps the captured graph for the dump
+    graph.enable_debug_mode()
+    with torch.cuda.graph(graph):
+        run(static_q)
+    dump = tmp_path / "split.dot"
+    graph.debug_dump(str(dump))
+    nodes, reach = dot_kernel_reach(dump)
+    attention = [node for node, attrs in nodes if "PagedKVCache" in attrs]
+    assert len(attention) == 2, (len(nodes), dump.read_text()[:3000])
+    first, second = attention
+    assert second not in reach[first] and first not in reach[second]
+
+
+def test_an_error_between_fork_and_join_still_joins_the_lane(monkeypatch):
+    # Were the lane left forked, ending the capture would fail with an unjoined-stream error that
+    # hides the real one; with the join in a finally the first call's error comes out, and the
+    # stream is fit to capture again.
+    slot, run, q = concurrent_split_case()
+    assert slot.lane is not None
+    real_run_rows = flashinfer_decode_slot._run_rows
+
+    def failing_first_call(call, *args):
+        if call[0] == 0:
+            raise RuntimeError("the first call failed")
+        real_run_rows(call, *args)
+
+    monkeypatch.setattr(flashinfer_decode_slot, "_run_rows", failing_first_call)
+    static_q = q.clone()
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="the first call failed"), torch.cuda.graph(graph):
+        run(static_q)
+    monkeypatch.setattr(flashinfer_decode_slot, "_run_rows", real_run_rows)
+    want_out, want_lse = run(static_q)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, lse = run(static_q)
+    graph.replay()
+    assert torch.equal(out, want_out) and torch.equal(lse, want_lse)

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
-from lil_sparse.kernels.gemv import GemvTiles, choose_tiles, gemv, linear
+from lil_sparse.kernels.fused_layers import silu_mul
+from lil_sparse.kernels.gemv import GemvTiles, choose_tiles, gate_up_silu_mul, gemv, gemv_silu_mul, linear
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ROUNDING = {
@@ -115,10 +116,37 @@ def test_linear_is_pytorch_for_several_rows_and_off_cuda():
 
 
 @pytest.mark.gpu
-def test_linear_runs_one_cuda_row_through_the_gemv():
+def test_linear_and_gate_up_silu_mul_run_one_cuda_row_through_the_gemv():
     x = randn(1, 1536, dtype=torch.bfloat16, seed=9)
     weight = randn(2048, 1536, dtype=torch.bfloat16, seed=10)
     bias = randn(2048, dtype=torch.bfloat16, seed=11)
     assert torch.equal(linear(x, weight, bias), gemv(x, weight, bias))
     rows = randn(4, 1536, dtype=torch.bfloat16, seed=12)
     assert torch.equal(linear(rows, weight, bias), F.linear(rows, weight, bias))
+    assert torch.equal(gate_up_silu_mul(x, weight), gemv_silu_mul(x, weight))
+    assert torch.equal(gate_up_silu_mul(rows, weight), silu_mul(F.linear(rows, weight)))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("width, k", [(40, 96), (17, 1100), (300, 64)])
+@pytest.mark.parametrize("tiles", [GemvTiles(1, 1024, 4), GemvTiles(4, 64, 4), GemvTiles(8, 32, 1)], ids=str)
+def test_gemv_silu_mul_is_gemv_then_silu_mul_bit_for_bit(dtype, width, k, tiles):
+    """Same tiles, same sums: the fused epilogue rounds the projection, then SiLU-mul rounds."""
+    x = randn(1, k, dtype=dtype, seed=13)
+    gate_up = randn(2 * width, k, dtype=dtype, seed=14)
+    want = silu_mul(gemv(x, gate_up, None, tiles))
+    got = gemv_silu_mul(x, gate_up, tiles)
+    assert got.shape == (1, width) and torch.equal(got, want)
+
+
+def test_gemv_silu_mul_needs_gate_and_up_halves():
+    with pytest.raises(ValueError, match="gate and up halves"):
+        gemv_silu_mul(torch.zeros(1, 8, device=DEVICE), torch.zeros(5, 8, device=DEVICE))
+
+
+def test_gate_up_silu_mul_is_linear_then_silu_mul_off_cuda_and_for_several_rows():
+    x = randn(3, 64, dtype=torch.float32, seed=15)
+    gate_up = randn(32, 64, dtype=torch.float32, seed=16)
+    assert torch.equal(gate_up_silu_mul(x, gate_up), silu_mul(F.linear(x, gate_up)))
+    x, gate_up = x[:1].cpu(), gate_up.cpu()
+    assert torch.equal(gate_up_silu_mul(x, gate_up), silu_mul(F.linear(x, gate_up)))
