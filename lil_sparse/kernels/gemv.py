@@ -170,10 +170,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def gate_up_silu_mul(x: torch.Tensor, gate_up: torch.Tensor) -> torch.Tensor:
-    """``silu_mul(linear(x, gate_up))``: one kernel for one CUDA row (:func:`gemv_silu_mul`),
-    else ``F.linear`` then the SiLU-mul kernel. ``x: [T, K]``, ``gate_up: [2I, K]`` -> ``[T, I]``."""
+    """``silu(gate) * up`` of ``linear(x, gate_up)``: one kernel for one CUDA row
+    (:func:`gemv_silu_mul`), ``F.linear`` then the SiLU-mul kernel for more CUDA rows, and plain
+    PyTorch off CUDA. ``x: [T, K]``, ``gate_up: [2I, K]`` (gate rows first) -> ``[T, I]``."""
     if _one_cuda_row(x, gate_up):
         return gemv_silu_mul(x, gate_up)
+    projected = torch.nn.functional.linear(x, gate_up)
+    if not x.is_cuda:
+        gate, up = projected.chunk(2, dim=-1)
+        return torch.nn.functional.silu(gate) * up
     from lil_sparse.kernels.fused_layers import silu_mul
 
-    return silu_mul(torch.nn.functional.linear(x, gate_up))
+    return silu_mul(projected)
