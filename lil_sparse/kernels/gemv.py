@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lil_sparse.kernels.fused_layers import _TL_DTYPES, _silu_times
+from lil_sparse.kernels.fused_layers import _TL_DTYPES, _silu_times, silu_mul
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,8 @@ class GemvTiles:
 def choose_tiles(n: int, k: int) -> GemvTiles:
     """Tiles for a ``[n, k]`` weight, from the sweep of ``bench/gemv_micro.py --sweep`` on the H200
     (2026-11-30): 1024-column steps everywhere; one row per program except for tall matrices with
-    short rows (gate/up and the LM head of the 1.5B shape: 4 rows, 14.9 against 15.2 us); 8 warps
+    short rows (the plain gate/up GEMV and the LM head of the 1.5B shape: 4 rows, 14.9 against
+    15.2 us; :func:`gemv_silu_mul` passes its ``[I, K]`` halves, one row at 1.5B); 8 warps
     for rows of 4096 to 8191 columns (the 8B shape's QKV, output, gate/up and LM head), 4 for
     longer ones (the down projections: 9.1 against 9.3 us at 1.5B, 29.9 against 30.2 at 8B)."""
     block_k = min(1024, triton.next_power_of_2(k))
@@ -106,10 +107,10 @@ def gemv(
 ) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` for one row of ``x``.
 
-    ``x: [1, K]`` (contiguous), ``weight: [N, K]`` with contiguous rows, ``bias: [N]`` or None,
+    ``x: [1, K]`` (contiguous), ``weight: [N, K]`` with contiguous rows, ``bias: [N]`` (contiguous) or None,
     all one dtype (bf16, fp16 or fp32). Returns ``[1, N]`` in that dtype. ``tiles`` overrides
     :func:`choose_tiles` (benchmarks). Raises ValueError for more than one row, mismatched shapes
-    or dtypes.
+    or dtypes, or a strided bias.
     """
     n = weight.shape[0]
     _check(x, weight, bias)
@@ -120,7 +121,8 @@ def gemv_silu_mul(x: torch.Tensor, gate_up: torch.Tensor, tiles: GemvTiles | Non
     """``silu_mul(F.linear(x, gate_up))`` for one row of ``x``, in one kernel: each program reads
     its gate rows and the matching up rows, and writes ``silu(gate) * up`` rounded as
     :func:`lil_sparse.kernels.fused_layers.silu_mul` rounds the projection's rounded output, so
-    the result equals :func:`gemv` followed by ``silu_mul`` bit for bit.
+    the result equals :func:`gemv` with the same ``tiles`` followed by ``silu_mul`` bit for bit
+    (other tiles may sum a row in another order: each default picks its own).
 
     ``x: [1, K]``; ``gate_up: [2I, K]`` (gate rows, then up rows; rows contiguous), one dtype.
     Returns ``[1, I]``. ``tiles``: per program ``block_n`` gate rows and as many up rows (default
@@ -143,28 +145,36 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
         raise ValueError(f"gemv: weight {tuple(weight.shape)} must be [N, {k}] with contiguous rows")
     if weight.dtype != x.dtype or (bias is not None and (bias.dtype != x.dtype or bias.shape != (n,))):
         raise ValueError("gemv: x, weight and bias must share a dtype, and bias be [N]")
+    if bias is not None and not bias.is_contiguous():  # the kernel reads bias[row] at unit stride
+        raise ValueError(f"gemv: bias must be contiguous, got stride {bias.stride()}")
 
 
 def _launch(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, n: int, silu_mul: bool, tiles: GemvTiles
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    n: int,
+    fuse_silu: bool,
+    tiles: GemvTiles,
 ) -> torch.Tensor:
     out = torch.empty((1, n), dtype=x.dtype, device=x.device)
     _gemv[(triton.cdiv(n, tiles.block_n),)](
         x, weight, weight if bias is None else bias, out, n, weight.stride(0),
-        K=x.shape[1], HAS_BIAS=bias is not None, SILU_MUL=silu_mul, BLOCK_N=tiles.block_n,
+        K=x.shape[1], HAS_BIAS=bias is not None, SILU_MUL=fuse_silu, BLOCK_N=tiles.block_n,
         BLOCK_K=tiles.block_k, DTYPE=_TL_DTYPES[x.dtype], num_warps=tiles.warps,
     )  # fmt: skip
     return out
 
 
-def _one_cuda_row(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return x.is_cuda and x.shape[0] == 1 and x.is_contiguous() and weight.stride(1) == 1
+def _one_cuda_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    rows_ok = x.is_cuda and x.dim() == 2 and x.shape[0] == 1 and x.is_contiguous() and weight.stride(1) == 1
+    return rows_ok and (bias is None or bias.is_contiguous())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear`` that runs one CUDA row through :func:`gemv` and everything else through
     PyTorch (cuBLAS). ``x: [T, K]``, ``weight: [N, K]``, ``bias: [N]`` or None -> ``[T, N]``."""
-    if _one_cuda_row(x, weight):
+    if _one_cuda_row(x, weight, bias):
         return gemv(x, weight, bias)
     return torch.nn.functional.linear(x, weight, bias)
 
@@ -179,6 +189,4 @@ def gate_up_silu_mul(x: torch.Tensor, gate_up: torch.Tensor) -> torch.Tensor:
     if not x.is_cuda:
         gate, up = projected.chunk(2, dim=-1)
         return torch.nn.functional.silu(gate) * up
-    from lil_sparse.kernels.fused_layers import silu_mul
-
     return silu_mul(projected)

@@ -101,7 +101,7 @@ class KVCache:
         ``slots: [T, H] int64`` flat token slots (``page * page_size + offset``) per token and KV
         head; ``k, v: [T, H, head_dim]``. ``distinct_pages`` promises that no two entries share a
         page (a decode step writes one token per row), which allows plain gathers instead of
-        scatter reductions. ``update_metadata=False`` skips the key bounds and sums: a step whose
+        scatter reductions. ``update_metadata=False`` skips the key bounds, sums and means: a step whose
         requests never read them (no Quest or InfLLM request) saves those kernels, and pages only
         ever hold one request's tokens, so nobody else misses the update. With distinct pages on
         CUDA all of it is one kernel (:func:`lil_sparse.kernels.kv_append.append_decode_kv`); the

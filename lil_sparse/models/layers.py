@@ -75,7 +75,8 @@ class MLP(nn.Module):
 
         if self.gate_up is None:
             raise RuntimeError("call fuse() before forward_fused()")
-        return linear(gate_up_silu_mul(x, self.gate_up), self.down_proj.weight)
+        down = self.down_proj
+        return linear(gate_up_silu_mul(x, self.gate_up), down.weight, down.bias)
 
     def _apply(self, fn, recurse=True):
         self.gate_up = None  # moved or cast parameters no longer view the fused weight
@@ -137,7 +138,7 @@ class SelfAttention(nn.Module):
         else:
             q, k = rotary_qk(qk, self.num_heads, cos, sin)
             o = attention(self.layer_index, q, k, v)
-        return linear(o.reshape(tokens, self.num_heads * self.head_dim), self.o_proj.weight)
+        return linear(o.reshape(tokens, self.num_heads * self.head_dim), self.o_proj.weight, self.o_proj.bias)
 
     def _apply(self, fn, recurse=True):
         self.qkv = None  # moved or cast parameters no longer view the fused weight

@@ -64,7 +64,7 @@ class SelectionPolicy(ABC):
     evicts: ClassVar[bool] = False
     selects_per_layer: ClassVar[bool] = False
     observes_attention: ClassVar[bool] = False
-    reads_key_metadata: ClassVar[bool] = False  # needs key min/max/sum kept up to date
+    reads_key_metadata: ClassVar[bool] = False  # needs key min/max/sum/mean kept up to date
     uses_budget: ClassVar[bool] = True  # False: attends every held page whatever the budget (full)
     has_dense_layers: ClassVar[bool] = False  # reads SparseOptions.dense_layers (Quest)
     # What one selecting layer reads per held page to score it (the selection gate's cost model,

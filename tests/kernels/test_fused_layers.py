@@ -105,12 +105,13 @@ def small_config() -> ModelConfig:
     )
 
 
-def test_fused_model_forward_matches_reference():
+@pytest.mark.parametrize("tokens", [11, 1])  # one token: on CUDA every projection is the GEMV
+def test_fused_model_forward_matches_reference(tokens):
     torch.manual_seed(0)
     dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
     model = CausalLM(small_config()).to(DEVICE, dtype).eval()
-    ids = torch.randint(0, 97, (11,)).to(DEVICE)
-    positions = torch.arange(11).to(DEVICE)
+    ids = torch.randint(0, 97, (tokens,)).to(DEVICE)
+    positions = torch.arange(tokens).to(DEVICE)
     with torch.inference_mode():
         want = model.compute_logits(model(ids, positions, DenseCausalAttention()))
         state = {k: v.clone() for k, v in model.state_dict().items()}

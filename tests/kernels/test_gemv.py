@@ -98,6 +98,17 @@ def test_gemv_rejects_what_it_cannot_compute(x_shape, w_shape, b_shape, dtype, m
         gemv(x, weight, bias)
 
 
+def test_gemv_refuses_a_strided_bias_and_linear_leaves_it_to_pytorch():
+    """The kernel reads ``bias[row]`` at unit stride: a strided bias would read the wrong values."""
+    x = randn(1, 64, dtype=torch.float32, seed=17)
+    weight = randn(8, 64, dtype=torch.float32, seed=18)
+    strided = randn(16, dtype=torch.float32, seed=19)[::2]
+    with pytest.raises(ValueError, match="bias must be contiguous"):
+        gemv(x, weight, strided)
+    assert torch.equal(linear(x, weight, strided), F.linear(x, weight, strided))
+    torch.testing.assert_close(gemv(x, weight, strided.contiguous()), fp32_product(x, weight, strided))
+
+
 @pytest.mark.parametrize("field", ["block_n", "block_k", "warps"])
 @pytest.mark.parametrize("value", [0, 3, -4])
 def test_tiles_must_be_powers_of_two(field, value):
