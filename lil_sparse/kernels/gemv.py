@@ -24,6 +24,9 @@ import triton.language as tl
 
 from lil_sparse.kernels.fused_layers import _TL_DTYPES, _silu_times, silu_mul
 
+MAX_WEIGHT_ELEMENTS = 2**31
+"""The kernel's offsets (``row * K + column``) are 32-bit: larger weights stay with PyTorch."""
+
 
 @dataclass(frozen=True)
 class GemvTiles:
@@ -110,7 +113,7 @@ def gemv(
     ``x: [1, K]`` (contiguous), ``weight: [N, K]`` with contiguous rows, ``bias: [N]`` (contiguous) or None,
     all one dtype (bf16, fp16 or fp32). Returns ``[1, N]`` in that dtype. ``tiles`` overrides
     :func:`choose_tiles` (benchmarks). Raises ValueError for more than one row, mismatched shapes
-    or dtypes, or a strided bias.
+    or dtypes, a strided bias, or a weight of :data:`MAX_WEIGHT_ELEMENTS` elements or more.
     """
     n = weight.shape[0]
     _check(x, weight, bias)
@@ -147,6 +150,8 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
         raise ValueError("gemv: x, weight and bias must share a dtype, and bias be [N]")
     if bias is not None and not bias.is_contiguous():  # the kernel reads bias[row] at unit stride
         raise ValueError(f"gemv: bias must be contiguous, got stride {bias.stride()}")
+    if weight.numel() >= MAX_WEIGHT_ELEMENTS:
+        raise ValueError(f"gemv: a weight of {weight.numel()} elements needs 64-bit offsets; use F.linear")
 
 
 def _launch(
@@ -168,7 +173,7 @@ def _launch(
 
 def _one_cuda_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
     rows_ok = x.is_cuda and x.dim() == 2 and x.shape[0] == 1 and x.is_contiguous() and weight.stride(1) == 1
-    return rows_ok and (bias is None or bias.is_contiguous())
+    return rows_ok and weight.numel() < MAX_WEIGHT_ELEMENTS and (bias is None or bias.is_contiguous())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

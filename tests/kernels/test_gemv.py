@@ -109,6 +109,12 @@ def test_gemv_refuses_a_strided_bias_and_linear_leaves_it_to_pytorch():
     torch.testing.assert_close(gemv(x, weight, strided.contiguous()), fp32_product(x, weight, strided))
 
 
+def test_gemv_refuses_a_weight_its_32_bit_offsets_cannot_address():
+    huge = torch.zeros(1, 64, device=DEVICE).expand(2**31 // 64, 64)  # 2^31 elements, 256 bytes
+    with pytest.raises(ValueError, match="64-bit offsets"):
+        gemv(torch.zeros(1, 64, device=DEVICE), huge)
+
+
 @pytest.mark.parametrize("field", ["block_n", "block_k", "warps"])
 @pytest.mark.parametrize("value", [0, 3, -4])
 def test_tiles_must_be_powers_of_two(field, value):
