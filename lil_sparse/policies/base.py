@@ -68,10 +68,9 @@ class SelectionPolicy(ABC):
     uses_budget: ClassVar[bool] = True  # False: attends every held page whatever the budget (full)
     has_dense_layers: ClassVar[bool] = False  # reads SparseOptions.dense_layers (Quest)
     # What one selecting layer reads per held page to score it (the selection gate's cost model,
-    # lil_sparse/engine/selection_gate.py): ``metadata_vectors`` head_dim-vectors in
-    # ``metadata_dtype`` (None: the KV cache's dtype).
+    # lil_sparse/engine/selection_gate.py): ``metadata_vectors`` head_dim-vectors in the KV
+    # cache's dtype.
     metadata_vectors: ClassVar[int] = 0
-    metadata_dtype: ClassVar[torch.dtype | None] = None
 
     def attended_pages(self, held: int, budget_pages: int) -> int:
         """Pages a sparse layer attends for a row holding ``held`` pages (host ints)."""
@@ -79,7 +78,7 @@ class SelectionPolicy(ABC):
 
     def metadata_bytes_per_page(self, head_dim: int, kv_dtype: torch.dtype) -> int:
         """Bytes of page metadata one selecting layer reads per held page of one KV head."""
-        return self.metadata_vectors * head_dim * (self.metadata_dtype or kv_dtype).itemsize
+        return self.metadata_vectors * head_dim * kv_dtype.itemsize
 
     def keep_scores(self, batch: PolicyBatch, kv: KVCache) -> torch.Tensor:
         """Eviction policies: ``[n, width] float32`` score per held slot; the highest are kept.
