@@ -48,18 +48,27 @@ def _append_decode_kv(
     tl.store(v_cache_ptr + slot * HEAD_DIM + dims, value.to(v_cache_ptr.dtype.element_ty))
     if META:
         page = slot // PAGE_SIZE
-        bounds_dtype = bounds_ptr.dtype.element_ty
-        # Round the key to the bounds' dtype first (as the reference does), then compare in fp32:
-        # exact for values of that dtype, and Triton 3.9's CPU interpreter compares bf16 wrongly.
-        bound = key.to(bounds_dtype).to(tl.float32)
         low = bounds_ptr + page * 2 * HEAD_DIM + dims
-        tl.store(low, tl.minimum(tl.load(low).to(tl.float32), bound).to(bounds_dtype))
-        high = low + HEAD_DIM
-        tl.store(high, tl.maximum(tl.load(high).to(tl.float32), bound).to(bounds_dtype))
-        total = tl.load(key_sum_ptr + page * HEAD_DIM + dims) + key.to(tl.float32)
-        tl.store(key_sum_ptr + page * HEAD_DIM + dims, total)
-        mean_dtype = key_mean_ptr.dtype.element_ty
-        tl.store(key_mean_ptr + page * HEAD_DIM + dims, (total * (1.0 / PAGE_SIZE)).to(mean_dtype))
+        at = page * HEAD_DIM + dims
+        _fold_key(low, low + HEAD_DIM, key_sum_ptr + at, key_mean_ptr + at, key, None, PAGE_SIZE)
+
+
+@triton.jit
+def _fold_key(low, high, total, mean, key, mask, PAGE_SIZE: tl.constexpr):
+    """Fold ``key`` into its page's metadata, element by element at these pointers: the min at
+    ``low`` and the max at ``high`` (the bounds' dtype), the fp32 sum at ``total`` and, rounded
+    from the new sum, the mean ``sum * (1 / PAGE_SIZE)`` at ``mean`` (its dtype). ``mask``: the
+    elements to touch, or None for all. The rule of :meth:`lil_sparse.kv.KVCache.write`, which
+    every append kernel applies through this one helper."""
+    bounds_dtype = low.dtype.element_ty
+    # Round the key to the bounds' dtype first (as the reference does), then compare in fp32:
+    # exact for values of that dtype, and Triton 3.9's CPU interpreter compares bf16 wrongly.
+    bound = key.to(bounds_dtype).to(tl.float32)
+    tl.store(low, tl.minimum(tl.load(low, mask=mask).to(tl.float32), bound).to(bounds_dtype), mask=mask)
+    tl.store(high, tl.maximum(tl.load(high, mask=mask).to(tl.float32), bound).to(bounds_dtype), mask=mask)
+    new_total = tl.load(total, mask=mask) + key.to(tl.float32)
+    tl.store(total, new_total, mask=mask)
+    tl.store(mean, (new_total * (1.0 / PAGE_SIZE)).to(mean.dtype.element_ty), mask=mask)
 
 
 def append_decode_kv(

@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from lil_sparse.kernels.fused_layers import _TL_DTYPES, _rope_halves
+from lil_sparse.kernels.kv_append import _fold_key
 from lil_sparse.kv.key_metadata import KeyMetadata, check_key_metadata
 
 
@@ -68,23 +69,11 @@ def _rotary_append_decode_kv(
     tl.store(v_dst + HALF, tl.load(v_src + HALF, mask=is_k).to(v_cache_ptr.dtype.element_ty), mask=is_k)
     if META:
         page = slot // PAGE_SIZE
-        bounds_dtype = bounds_ptr.dtype.element_ty
         for part in tl.static_range(2):
             key = low_half if part == 0 else high_half
-            bound = key.to(bounds_dtype).to(tl.float32)
             low = bounds_ptr + page * 4 * HALF + part * HALF + dims
-            tl.store(
-                low, tl.minimum(tl.load(low, mask=is_k).to(tl.float32), bound).to(bounds_dtype), mask=is_k
-            )
-            high = low + 2 * HALF
-            tl.store(
-                high, tl.maximum(tl.load(high, mask=is_k).to(tl.float32), bound).to(bounds_dtype), mask=is_k
-            )
             at = page * 2 * HALF + part * HALF + dims
-            total = tl.load(key_sum_ptr + at, mask=is_k) + key.to(tl.float32)
-            tl.store(key_sum_ptr + at, total, mask=is_k)
-            mean = (total * (1.0 / PAGE_SIZE)).to(key_mean_ptr.dtype.element_ty)
-            tl.store(key_mean_ptr + at, mean, mask=is_k)
+            _fold_key(low, low + 2 * HALF, key_sum_ptr + at, key_mean_ptr + at, key, is_k, PAGE_SIZE)
 
 
 def rotary_append_decode_kv(
