@@ -84,6 +84,7 @@ class DecodeBench:
     tensor_cores: bool | None = None  # FlashInferBackend(use_tensor_cores=...) (--tensor-cores)
     split_calls = True  # FlashInferBackend(split_calls=...) (--split-calls)
     concurrent_split = True  # FlashInferBackend(concurrent_split=...) (--concurrent-split)
+    fast_decode = True  # FlashInferBackend(fast_decode=...) (--fast-decode)
     side_streams = True  # ModelRunner(side_streams=...) (--side-streams)
 
     def __init__(
@@ -111,6 +112,7 @@ class DecodeBench:
             use_tensor_cores=self.tensor_cores,
             split_calls=self.split_calls,
             concurrent_split=self.concurrent_split,
+            fast_decode=self.fast_decode,
         )
 
     def run(
@@ -419,6 +421,12 @@ def main() -> None:
         help="run a split step's two FlashInfer calls at once, on two streams (default on, as the engine)",
     )
     parser.add_argument(
+        "--fast-decode",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the Triton decode for steps of few, short rows (default on, as the engine)",
+    )
+    parser.add_argument(
         "--side-streams",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -427,6 +435,7 @@ def main() -> None:
     args = parser.parse_args()
     DecodeBench.split_calls = args.split_calls
     DecodeBench.concurrent_split = args.concurrent_split
+    DecodeBench.fast_decode = args.fast_decode
     DecodeBench.side_streams = args.side_streams
     DecodeBench.selection = args.selection
     DecodeBench.tensor_cores = {"auto": None, "on": True, "off": False}[args.tensor_cores]

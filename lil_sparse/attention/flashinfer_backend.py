@@ -31,11 +31,13 @@ from lil_sparse.attention.flashinfer_chunk_prefill import PagedChunkPrefill
 from lil_sparse.attention.flashinfer_decode_slot import (
     PART_INT_WORKSPACE_BYTES,
     DecodeSlot,
+    FastDecode,
     PlanShape,
     needs_plan,
 )
 from lil_sparse.attention.layout import DecodeLayout
 from lil_sparse.config import EngineConfig
+from lil_sparse.kernels.paged_decode import MIN_SPLITS, PagedDecodeScratch, choose_tiles, runs_in_one_step
 from lil_sparse.models.config import ModelConfig
 
 WORKSPACE_BYTES = 128 * 1024 * 1024  # FlashInfer's recommended split-k scratch size
@@ -61,13 +63,16 @@ class FlashInferBackend(AttentionBackend):
         use_tensor_cores: bool | None = None,
         split_calls: bool = True,
         concurrent_split: bool = True,
+        fast_decode: bool = True,
     ) -> None:
         """``use_tensor_cores``: FlashInfer's tensor-core decode (None: from group 4 on, and where
         the CUDA-core kernel lacks the group). ``split_calls``: run a step of very unequal rows
         as two calls (:mod:`lil_sparse.attention.decode_split`; tensor-core decode only, whose
         work split that module models). ``concurrent_split``: run those two calls concurrently,
         the second on a stream of its own with a float workspace of its own (128 MiB more device
-        memory; :mod:`lil_sparse.attention.flashinfer_decode_slot`)."""
+        memory; :mod:`lil_sparse.attention.flashinfer_decode_slot`). ``fast_decode``: run the
+        Triton decode of :mod:`lil_sparse.kernels.paged_decode` instead of FlashInfer's for steps
+        of few rows whose pages fit its one-step regime (:func:`runs_in_one_step`)."""
         import flashinfer
 
         if not config.device.startswith("cuda"):
@@ -100,6 +105,7 @@ class FlashInferBackend(AttentionBackend):
             else use_tensor_cores
         )
         self.split_calls = split_calls and self.use_tensor_cores
+        self.fast_decode = fast_decode
         self.prefers_longest_first = self.split_calls
         self.num_sms = torch.cuda.get_device_properties(self.device).multi_processor_count
         self.shape = PlanShape(self.group, self.head_dim, self.page_size, self.dtype)
@@ -173,7 +179,8 @@ class FlashInferBackend(AttentionBackend):
             else layout.last_page_len.cpu()
         )
         split = 0
-        if self.split_calls:  # a step's rows are its sequences x KV heads
+        slot.use_fast = slot.fast is not None and runs_in_one_step(max(counts), slot.fast.tiles)
+        if self.split_calls and not slot.use_fast:  # a step's rows are its sequences x KV heads
             split = choose_split(counts, self.num_kv_heads, self.num_sms, max(128 // self.page_size, 1))
             split = split if slot.can_split(split) else 0
         self._planned.synchronize()
@@ -204,9 +211,20 @@ class FlashInferBackend(AttentionBackend):
             indices = torch.zeros(capacity, dtype=torch.int32, device=self.device)
             last_page_len = torch.ones(rows, dtype=torch.int32, device=self.device)
             wrapper = self._wrapper(indptr, indices, last_page_len, None)
-            slot = DecodeSlot(wrapper, indptr, indices, last_page_len, lane=self._split_lane)
+            slot = DecodeSlot(
+                wrapper, indptr, indices, last_page_len, lane=self._split_lane, fast=self._fast(rows)
+            )
             self._slots[key] = slot
         return slot
+
+    def _fast(self, rows: int) -> FastDecode | None:
+        """The Triton decode for a slot of ``rows`` rows, when enabled and its grid is wide enough."""
+        tiles = choose_tiles(rows, self.num_sms, self.page_size)
+        if not self.fast_decode or tiles.splits < MIN_SPLITS:
+            return None
+        return FastDecode(
+            tiles, PagedDecodeScratch.allocate(rows, self.group, self.head_dim, tiles.splits, self.device)
+        )
 
     def _wrapper(
         self, indptr: torch.Tensor, indices: torch.Tensor, last_page_len: torch.Tensor, part: int | None
@@ -235,8 +253,8 @@ class FlashInferBackend(AttentionBackend):
 
     def step_key(self, layouts: Sequence[DecodeLayout]) -> tuple[int, ...]:
         """What a captured step depends on beyond its tensors' shapes: each layout's split point
-        (0: one call), as planned by :meth:`begin_decode_step`."""
-        return tuple(self._slot_of(layout).split for layout in layouts)
+        (0: one call; -1: the Triton decode), as planned by :meth:`begin_decode_step`."""
+        return tuple(-1 if slot.use_fast else slot.split for slot in map(self._slot_of, layouts))
 
     def pack_indices(self, page_ids: torch.Tensor, layout: DecodeLayout) -> None:
         """Write ``layout``'s CSR page ids from padded ``page_ids: [rows, >= width] int32``.

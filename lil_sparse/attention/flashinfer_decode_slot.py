@@ -18,6 +18,10 @@ fill the SMs the other's tail leaves idle. The second call's wrapper then has a 
 of its own (its split-k partial results and merge would otherwise share the first call's), and
 each call runs exactly the kernels it runs one after the other, so the outputs are bit for bit
 those of the serial calls.
+
+A slot of few rows can also run the Triton decode of :mod:`lil_sparse.kernels.paged_decode`
+(``fast``) instead of FlashInfer's kernels, over the same three buffers, in steps whose page
+counts fall in its fast regime (``use_fast``, set with the plan).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+from lil_sparse.kernels.paged_decode import DecodeTiles, PagedDecodeScratch, paged_decode
 
 # Split points a slot keeps part wrappers for; a new one beyond runs as one call. Each split
 # point holds two wrappers of 1 MiB of device and 1 MiB of pinned host memory (their plan arrays;
@@ -60,6 +66,14 @@ class DecodePart:
     indptr: torch.Tensor
 
 
+@dataclass(frozen=True)
+class FastDecode:
+    """The Triton decode's launch shape and split-KV scratch for one slot's rows."""
+
+    tiles: DecodeTiles
+    scratch: PagedDecodeScratch
+
+
 @dataclass
 class DecodeSlot:
     """One planned decode batch: a wrapper and the int32 buffers its kernel reads.
@@ -74,6 +88,8 @@ class DecodeSlot:
       part wrappers by split point (never dropped: a captured CUDA graph reads their buffers).
     - ``lane``: a CUDA stream for the second call of a split (None: the calls run one after the
       other on the current stream).
+    - ``fast``: the Triton decode for these rows (None: FlashInfer only); ``use_fast``: this
+      step runs it (set by the backend with each plan; never with a split).
     """
 
     wrapper: object
@@ -86,6 +102,8 @@ class DecodeSlot:
     split: int = 0
     parts: dict[int, tuple[DecodePart, DecodePart]] = field(default_factory=dict)
     lane: torch.cuda.Stream | None = None
+    fast: FastDecode | None = None
+    use_fast: bool = False
 
     @property
     def rows(self) -> int:
@@ -106,6 +124,13 @@ class DecodeSlot:
         """This step's call(s) over ``q: [rows, G, D]``: ``out: [rows, G, D]``, and ``lse: [rows, G]
         float32`` (FlashInfer's base-2 log-sum-exp) when asked."""
         q = q.contiguous()
+        if self.use_fast and self.fast is not None:
+            lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if return_lse else None
+            out = paged_decode(
+                q, k_pages, v_pages, self.indptr, self.indices, self.last_page_len,
+                self.fast.scratch, self.fast.tiles, lse=lse,
+            )  # fmt: skip
+            return out, lse
         if not self.split:
             if return_lse:
                 out, lse = self.wrapper.run(q, (k_pages, v_pages), return_lse=True)  # type: ignore[attr-defined]

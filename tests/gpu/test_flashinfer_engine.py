@@ -3,9 +3,12 @@
 Backends are compared teacher-forced: the reference engine is fed the tokens the FlashInfer
 engine chose, so one bf16 near-tie cannot send the two runs down different paths, and every
 step's logits are compared (cosine similarity >= 0.999 per row: same distribution up to bf16
-noise; greedy choices agree on >= 95% of steps). Quest and InfLLM choose pages by top-k in every
-layer: bf16 noise in the layers below can flip a near-tied page (measured on an H100: one row of
-one step at cosine 0.979), so for them the cosine bound holds for >= 90% of rows.
+noise; greedy choices agree on >= 95% of steps, counting as agreeing a pick the reference scores
+within one bf16 rounding of its best: random tiny models have near-uniform logits, and such ties
+flipped 2-4 of 72 steps with either FlashInfer or the Triton decode, H200, 2026-11-30).
+Quest and InfLLM choose pages by top-k in every layer: bf16 noise in the layers below can flip a
+near-tied page (measured on an H100: one row of one step at cosine 0.979), so for them the cosine
+bound holds for >= 90% of rows.
 """
 
 from __future__ import annotations
@@ -78,6 +81,16 @@ def recorded_rows(recorder: RecordingSampler) -> int:
     return sum(logits.shape[0] for logits in recorder.logits)
 
 
+def same_greedy_choice(ours: torch.Tensor, theirs: torch.Tensor) -> torch.Tensor:
+    """Per row: both logits pick the same token, or the reference scores our pick within one bf16
+    rounding of its own best (a tie at the logits' precision: ``2^-7`` of the top logit's
+    magnitude). ``ours, theirs: [rows, vocab] float32`` -> ``[rows] bool``."""
+    ours_pick = ours.argmax(-1, keepdim=True)
+    best = theirs.max(-1, keepdim=True).values
+    tie = theirs.gather(-1, ours_pick) >= best - best.abs() * 2**-7
+    return (ours_pick == theirs.argmax(-1, keepdim=True)).squeeze(-1) | tie.squeeze(-1)
+
+
 def run_recorded(engine: LLMEngine, policy: str, forced: list[list[int]] | None = None):
     recorder = record(engine, forced)
     reports = engine.generate(*requests(policy))
@@ -100,7 +113,7 @@ def test_engine_logits_match_reference_backend(policy, model, request):
         assert ours.shape == theirs.shape
         cosine = torch.nn.functional.cosine_similarity(ours, theirs, dim=-1)
         close += int((cosine >= 0.999).sum())
-        agree += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
+        agree += int(same_greedy_choice(ours, theirs).sum())
         total += ours.shape[0]
     selects_per_layer = policy in ("quest", "infllm")
     assert close >= (0.9 if selects_per_layer else 1.0) * total

@@ -1,0 +1,160 @@
+"""Kernel time of decode attention: FlashInfer's planned decode (what the engine runs today)
+against the Triton decode of :mod:`lil_sparse.kernels.paged_decode`, on the row
+counts and page counts of the benchmark cells, against the bandwidth floor (K + V bytes in bf16
+/ the copy bandwidth of the same run, as the decode benchmark counts it).
+
+Rows are (sequence, KV head) pairs over one-head pages of 16 tokens, as the engine lays them out.
+Each figure is the median of ``--iters`` replays of a CUDA graph of calls, each call on its own
+layer's pages (enough layers to overflow the 50 MB L2, as a step reads each layer's KV from HBM),
+divided by the number of calls. FlashInfer runs as
+:class:`lil_sparse.attention.flashinfer_backend.FlashInferBackend` configures it (CUDA-graph
+mode, HND, tensor cores for these groups, planned once outside the graph). Both outputs are
+compared (largest absolute difference).
+
+    python bench/paged_decode_micro.py [--sweep] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import torch
+
+from bench.common import copy_bandwidth_gbs, settle_cuda_graphs, write_markdown
+from bench.gemv_micro import graph_us
+from lil_sparse.kernels.paged_decode import DecodeTiles, PagedDecodeScratch, choose_tiles, paged_decode
+
+PAGE_SIZE = 16
+HEAD_DIM = 128
+L2_OVERFLOW_BYTES = 256 * 2**20
+MAX_POOL_BYTES = 4 * 2**30
+# (shape, group, rows, pages per row): batch 1, 8 and 32 of the 1.5B shape (2 KV heads, group 6)
+# and the 8B shape (8 KV heads, group 4) at 4k and 32k tokens, and Quest's budgets 1024 and 4096.
+CASES = [
+    ("qwen1.5b b1 4k", 6, 2, 256),
+    ("qwen1.5b b1 32k", 6, 2, 2048),
+    ("qwen1.5b b1 quest@1024", 6, 2, 65),
+    ("qwen1.5b b8 4k", 6, 16, 256),
+    ("qwen1.5b b32 4k", 6, 64, 256),
+    ("llama8b b1 4k", 4, 8, 256),
+    ("llama8b b1 32k", 4, 8, 2048),
+    ("llama8b b8 4k", 4, 64, 256),
+    ("llama8b b8 quest@4096", 4, 64, 257),
+    ("llama8b b8 32k", 4, 64, 2048),
+]
+SWEEP = [
+    DecodeTiles(splits, block_pages, warps, stages)
+    for splits, block_pages, (warps, stages) in itertools.product(
+        (8, 16, 32, 64), (4, 8), ((4, 2), (4, 3), (8, 2))
+    )
+]
+
+
+class Case:
+    """``layers`` copies of K/V pages and one page table, q per layer, FlashInfer planned once."""
+
+    def __init__(self, group: int, rows: int, pages: int, seed: int = 0) -> None:
+        import flashinfer
+
+        gen = torch.Generator(device="cuda").manual_seed(seed)
+        self.rows, self.group = rows, group
+        self.bytes = 2 * rows * pages * PAGE_SIZE * HEAD_DIM * 2
+        self.layers = max(2, min(64, -(-L2_OVERFLOW_BYTES // self.bytes), MAX_POOL_BYTES // self.bytes))
+        pool = rows * pages
+        shape = (self.layers, pool, 1, PAGE_SIZE, HEAD_DIM)
+        self.k = torch.randn(shape, generator=gen, device="cuda", dtype=torch.bfloat16)
+        self.v = torch.randn(shape, generator=gen, device="cuda", dtype=torch.bfloat16)
+        self.q = torch.randn(
+            self.layers, rows, group, HEAD_DIM, generator=gen, device="cuda", dtype=torch.bfloat16
+        )
+        self.indptr = torch.arange(0, pool + 1, pages, dtype=torch.int32, device="cuda")
+        self.indices = torch.randperm(pool, generator=gen, device="cuda").to(torch.int32)
+        self.last = torch.randint(1, PAGE_SIZE + 1, (rows,), generator=gen, device="cuda", dtype=torch.int32)
+        self.out = torch.empty_like(self.q)
+        self.workspace = torch.zeros(128 * 2**20, dtype=torch.uint8, device="cuda")
+        self.wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+            self.workspace,
+            "HND",
+            use_cuda_graph=True,
+            use_tensor_cores=True,
+            paged_kv_indptr_buffer=self.indptr.clone(),
+            paged_kv_indices_buffer=self.indices.clone(),
+            paged_kv_last_page_len_buffer=self.last.clone(),
+        )
+        self.wrapper.plan(
+            self.indptr.cpu(), self.indices, self.last.cpu(), group, 1, HEAD_DIM, PAGE_SIZE,
+            q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16,
+        )  # fmt: skip
+
+    def flashinfer(self, layer: int) -> None:
+        self.out[layer] = self.wrapper.run(self.q[layer], (self.k[layer], self.v[layer]))
+
+    def triton(self, tiles: DecodeTiles, scratch: PagedDecodeScratch, out: torch.Tensor, layer: int) -> None:
+        paged_decode(
+            self.q[layer], self.k[layer], self.v[layer], self.indptr, self.indices, self.last,
+            scratch, tiles, out=out[layer],
+        )  # fmt: skip
+
+    def time_triton(self, tiles: DecodeTiles, iters: int) -> tuple[float, float]:
+        """(us per call, largest |difference| from FlashInfer's output)."""
+        scratch = PagedDecodeScratch.allocate(
+            self.rows, self.group, HEAD_DIM, tiles.splits, torch.device("cuda")
+        )
+        out = torch.empty_like(self.q)
+        us = graph_us(lambda layer: self.triton(tiles, scratch, out, layer), self.layers, iters)
+        return us, (out.float() - self.out.float()).abs().max().item()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--sweep", action="store_true", help="also time every tile of SWEEP")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    settle_cuda_graphs()
+    bandwidth = copy_bandwidth_gbs()
+    num_sms = torch.cuda.get_device_properties(0).multi_processor_count
+    print(f"copy bandwidth (read + write): {bandwidth:.0f} GB/s", flush=True)
+    table = []
+    for name, group, rows, pages in CASES:
+        case = Case(group, rows, pages)
+        flashinfer_us = graph_us(case.flashinfer, case.layers, args.iters)
+        tiles = choose_tiles(rows, num_sms, PAGE_SIZE)
+        triton_us, diff = case.time_triton(tiles, args.iters)
+        best = ""
+        if args.sweep:
+            swept = [(case.time_triton(t, args.iters)[0], t) for t in SWEEP]
+            best_us, best_tiles = min(swept, key=lambda s: s[0])
+            shape = f"{best_tiles.splits}x{best_tiles.block_pages}, w{best_tiles.warps} s{best_tiles.stages}"
+            best = f"{best_us:.1f} ({shape})"
+        floor_us = case.bytes / (bandwidth * 1e9) * 1e6
+        row = [
+            name, rows, pages, f"{flashinfer_us:.1f}", f"{triton_us:.1f}",
+            f"{tiles.splits}x{tiles.block_pages}", best, f"{floor_us:.1f}",
+            f"{flashinfer_us / triton_us:.2f}", f"{diff:.4f}",
+        ]  # fmt: skip
+        print(" | ".join(str(c) for c in row), flush=True)
+        table.append(row)
+        del case
+        torch.cuda.empty_cache()
+    if args.out:
+        header = ["case", "rows", "pages/row", "FlashInfer us", "Triton us", "tiles (splits x pages)",
+                  "best swept us (tiles)", "floor us", "FlashInfer / Triton", "max |diff|"]  # fmt: skip
+        notes = [
+            f"copy bandwidth measured in this run: {bandwidth:.0f} GB/s (read + write);"
+            " floor = K + V bf16 bytes / that bandwidth",
+            "each figure: median of CUDA-graph replays of one call per layer copy (L2 overflowed), per call",
+        ]
+        write_markdown(
+            args.out,
+            "Decode attention: FlashInfer against the Triton decode",
+            notes,
+            header,
+            table,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""Paged decode attention for few rows: split-KV partials, then their merge (two launches).
+
+A decode row is one (sequence, KV head) pair with ``G`` query heads over one-head pages, as in
+:mod:`lil_sparse.attention.flashinfer_backend`. With few rows (batch 1 has one row per KV head)
+the attention reads little: at the 1.5B shape and 4k tokens, 2 rows of 256 pages are 4 MiB of K
+and V, about 1 us of HBM time. FlashInfer's planned decode spends 7.2 us in its split-KV kernel
+and 3.0 us in the merge of the partial results (H200 profile of the batch-1 step,
+``docs/bench/profile_qwen1.5b_4096_1_full0.txt``, 2026-11-30): latency, not bytes.
+
+Here a grid of ``(rows, splits)`` programs each attends one contiguous run of a row's pages (the
+flash-decoding split of Dao et al., 2023) with the online softmax of FlashAttention and stores
+its normalised partial output and base-2 log-sum-exp; a second kernel, one program per (row,
+query head), merges the splits. No host work and no plan: the grids depend only on the row count
+and the tiles, so a captured CUDA graph replays them for any page counts, reading
+``indptr``/``indices``/``last_page_len`` on the device. Merging inside the first kernel (the last
+program of a row to arrive, counted by an atomic) took 11.2-11.6 us against 6.5 for the same
+kernel without the merge (H200, 2026-11-30, ad hoc variants, printed output): one program reading
+every split's partial is slower than a second launch.
+
+Numerics: scores ``q . k`` in fp32 (exact products of the bf16 inputs) scaled by
+``log2(e) / sqrt(D)``; the probabilities stay fp32 for the ``P V`` product, which runs in tf32
+(FlashInfer's tensor-core decode rounds them to the model dtype instead); the output is rounded
+once. The reference is :meth:`lil_sparse.attention.reference.ReferenceBackend.decode` (fp32
+softmax).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from lil_sparse.kernels.fused_layers import _TL_DTYPES
+
+LOG2E = 1.4426950408889634
+
+
+@dataclass(frozen=True)
+class DecodeTiles:
+    """Launch shape: ``splits`` programs per row, ``block_pages`` pages per loop step, ``warps``
+    and ``stages`` (software pipelining of the page loads) per program. Positive powers of two,
+    ``stages`` any positive int."""
+
+    splits: int
+    block_pages: int
+    warps: int = 4
+    stages: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("splits", "block_pages", "warps"):
+            value = getattr(self, name)
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"DecodeTiles.{name} must be a positive power of two, got {value}")
+        if self.stages < 1:
+            raise ValueError(f"DecodeTiles.stages must be positive, got {self.stages}")
+
+
+def choose_tiles(rows: int, num_sms: int, page_size: int) -> DecodeTiles:
+    """Tiles for ``rows`` rows on a GPU of ``num_sms`` SMs: the most splits per row, a power of two,
+    that keep the grid within two programs per SM, at most 64 (a merge program reads every
+    split's ``[D]`` fp32 partial of its head), and 128 tokens per loop step."""
+    per_row = max(1, 2 * num_sms // max(rows, 1))
+    splits = min(64, 1 << (per_row.bit_length() - 1))
+    return DecodeTiles(splits=splits, block_pages=max(1, 128 // page_size))
+
+
+MIN_SPLITS = 32
+"""Fewer splits per row than this leave the grid too small to hide latency (the 1.5B shape's
+batch 8, 16 rows of 16 splits, ran 22.9 against FlashInfer's 20.7 us; H200,
+``bench/paged_decode_micro.py``, 2026-11-30)."""
+
+
+def runs_in_one_step(max_pages: int, tiles: DecodeTiles) -> bool:
+    """Whether rows of at most ``max_pages`` pages take this kernel's fast regime: at least
+    :data:`MIN_SPLITS` splits per row, each split's pages one loop step (the page loop is not
+    software-pipelined, so longer runs lose to FlashInfer: 34.0 against 22.3 us at 2 rows x 2048
+    pages, same benchmark)."""
+    return tiles.splits >= MIN_SPLITS and max_pages <= tiles.splits * tiles.block_pages
+
+
+@dataclass
+class PagedDecodeScratch:
+    """Per-slot buffers of :func:`paged_decode`: ``partial_out: [rows, splits, G, D] float32``
+    and ``partial_lse: [rows, splits, G] float32``."""
+
+    partial_out: torch.Tensor
+    partial_lse: torch.Tensor
+
+    @classmethod
+    def allocate(
+        cls, rows: int, group: int, head_dim: int, splits: int, device: torch.device
+    ) -> PagedDecodeScratch:
+        return cls(
+            torch.empty(rows, splits, group, head_dim, dtype=torch.float32, device=device),
+            torch.empty(rows, splits, group, dtype=torch.float32, device=device),
+        )
+
+
+@triton.jit
+def _paged_decode(
+    q_ptr,  # [rows, G, D] contiguous
+    k_ptr,  # [P, 1, S, D] contiguous: page p's token t at (p * S + t) * D
+    v_ptr,
+    indptr_ptr,  # [rows + 1] int32: row r's pages are indices[indptr[r]:indptr[r + 1]]
+    indices_ptr,  # int32 page ids
+    last_ptr,  # [rows] int32: tokens in the row's last page (1..S)
+    partial_out_ptr,  # [rows, SPLITS, G, D] float32
+    partial_lse_ptr,  # [rows, SPLITS, G] float32
+    scale_log2,  # log2(e) / sqrt(D)
+    G: tl.constexpr,
+    G_PAD: tl.constexpr,
+    D: tl.constexpr,
+    S: tl.constexpr,
+    SPLITS: tl.constexpr,
+    BLOCK_PAGES: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """One program per (row, split): the split's pages with the online softmax, stored as its
+    normalised ``[G, D]`` partial output and base-2 log-sum-exp."""
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    heads = tl.arange(0, G_PAD)
+    dims = tl.arange(0, D)
+    head_mask = heads < G
+    first = tl.load(indptr_ptr + row)
+    pages = tl.load(indptr_ptr + row + 1) - first
+    last_len = tl.load(last_ptr + row)
+    per_split = tl.cdiv(pages, SPLITS)
+    begin = split * per_split
+    end = tl.minimum(begin + per_split, pages)
+
+    q = tl.load(q_ptr + (row * G + heads[:, None]) * D + dims[None, :], mask=head_mask[:, None], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    m = tl.full((G_PAD,), float("-inf"), tl.float32)
+    denom = tl.zeros((G_PAD,), tl.float32)
+    acc = tl.zeros((G_PAD, D), tl.float32)
+    tokens = tl.arange(0, BLOCK_PAGES * S)
+    page0 = begin
+    # A while loop, as Triton's CPU interpreter cannot range over loaded bounds; Triton does not
+    # software-pipeline it, so long runs of pages per split are slow (the bench shows where).
+    while page0 < end:
+        page = page0 + tokens // S
+        slot_in_page = tokens % S
+        valid = (page < end) & ((page < pages - 1) | (slot_in_page < last_len))
+        page_id = tl.load(indices_ptr + first + page, mask=page < end, other=0)
+        offsets = (page_id.to(tl.int64) * S + slot_in_page)[:, None] * D + dims[None, :]
+        k = tl.load(k_ptr + offsets, mask=valid[:, None], other=0.0)
+        v = tl.load(v_ptr + offsets, mask=valid[:, None], other=0.0)  # in flight with k
+        if UPCAST:  # Triton's CPU interpreter has no bf16 matmul (as in page_mass)
+            k = k.to(tl.float32)
+        scores = tl.dot(q, tl.trans(k)) * scale_log2  # [G_PAD, T] fp32, base-2 logits
+        scores = tl.where(valid[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, axis=1))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(scores - m_new[:, None])
+        denom = denom * alpha + tl.sum(p, axis=1)
+        # P stays fp32 and V widens to it: a tf32 product, 8x finer than rounding P to bf16 as
+        # FlashInfer does, at no cost a latency-bound kernel would notice.
+        acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
+        m = m_new
+        page0 += BLOCK_PAGES
+
+    # An empty split (more splits than pages) leaves l == 0: lse -inf, output 0, weight 0.
+    has = denom > 0.0
+    partial = tl.where(has[:, None], acc / tl.where(has, denom, 1.0)[:, None], 0.0)
+    partial_lse = tl.where(has, m + tl.log2(tl.where(has, denom, 1.0)), float("-inf"))
+    base = row * SPLITS + split
+    tl.store(
+        partial_out_ptr + (base * G + heads[:, None]) * D + dims[None, :], partial, mask=head_mask[:, None]
+    )
+    tl.store(partial_lse_ptr + base * G + heads, partial_lse, mask=head_mask)
+
+
+@triton.jit
+def _merge_partials(
+    partial_out_ptr,  # [rows, SPLITS, G, D] float32
+    partial_lse_ptr,  # [rows, SPLITS, G] float32
+    out_ptr,  # [rows, G, D]
+    lse_ptr,  # [rows, G] float32, or unused
+    G: tl.constexpr,
+    D: tl.constexpr,
+    SPLITS: tl.constexpr,
+    WRITE_LSE: tl.constexpr,
+    DTYPE: tl.constexpr,
+):
+    """One program per (row, query head): the log-sum-exp-weighted mean of the splits' partials."""
+    row = tl.program_id(0)
+    head = tl.program_id(1)
+    splits = tl.arange(0, SPLITS)
+    dims = tl.arange(0, D)
+    lses = tl.load(partial_lse_ptr + (row * SPLITS + splits) * G + head)  # [SPLITS]
+    parts = tl.load(partial_out_ptr + ((row * SPLITS + splits[:, None]) * G + head) * D + dims[None, :])
+    top = tl.max(lses, axis=0)  # finite: every row holds a page, so some split has a token
+    weights = tl.exp2(lses - top)  # empty splits: exp2(-inf) = 0
+    total = tl.sum(weights, axis=0)
+    merged = tl.sum(weights[:, None] * parts, axis=0) / total
+    tl.store(out_ptr + (row * G + head) * D + dims, merged.to(DTYPE))
+    if WRITE_LSE:
+        tl.store(lse_ptr + row * G + head, top + tl.log2(total))
+
+
+def paged_decode(
+    q: torch.Tensor,
+    k_pages: torch.Tensor,
+    v_pages: torch.Tensor,
+    indptr: torch.Tensor,
+    indices: torch.Tensor,
+    last_page_len: torch.Tensor,
+    scratch: PagedDecodeScratch,
+    tiles: DecodeTiles,
+    out: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Decode attention of ``q: [rows, G, D]`` over each row's pages (two launches).
+
+    ``k_pages, v_pages: [P, 1, S, D]`` (one layer, contiguous) in q's dtype (bf16 or fp16);
+    ``indptr: [rows + 1]``, ``indices``, ``last_page_len: [rows]`` int32 on q's device, in
+    FlashInfer's paged-KV CSR: row ``r`` attends pages ``indices[indptr[r]:indptr[r + 1]]``, all
+    ``S`` tokens of each but the last, of which ``last_page_len[r]`` (every row holds at least
+    one page). ``scratch`` from :meth:`PagedDecodeScratch.allocate` with ``tiles.splits``.
+    Writes and returns ``out: [rows, G, D]`` (allocated when None) and, when given,
+    ``lse: [rows, G] float32``, the base-2 log-sum-exp of the scaled scores (FlashInfer's
+    ``return_lse`` convention). Scale ``1 / sqrt(D)``. Raises ValueError on mismatched shapes.
+    """
+    rows, group, head_dim = q.shape
+    page_size = k_pages.shape[2]
+    if k_pages.shape[1] != 1 or k_pages.shape[3] != head_dim or v_pages.shape != k_pages.shape:
+        raise ValueError(f"paged_decode: pages {tuple(k_pages.shape)} must be [P, 1, S, {head_dim}]")
+    if not (q.is_contiguous() and k_pages.is_contiguous() and v_pages.is_contiguous()):
+        raise ValueError("paged_decode: q and the pages must be contiguous")
+    if scratch.partial_out.shape != (rows, tiles.splits, group, head_dim):
+        raise ValueError(
+            f"paged_decode: scratch {tuple(scratch.partial_out.shape)} is not for "
+            f"{(rows, tiles.splits, group, head_dim)}"
+        )
+    if q.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"paged_decode: q must be bfloat16 or float16 (FlashInfer's dtypes), not {q.dtype}")
+    if head_dim & (head_dim - 1) or head_dim < 16:
+        raise ValueError(f"paged_decode: head_dim must be a power of two >= 16, got {head_dim}")
+    out = torch.empty_like(q) if out is None else out
+    if rows == 0:
+        return out
+    _paged_decode[(rows, tiles.splits)](
+        q,
+        k_pages,
+        v_pages,
+        indptr,
+        indices,
+        last_page_len,
+        scratch.partial_out,
+        scratch.partial_lse,
+        LOG2E / math.sqrt(head_dim),
+        G=group,
+        G_PAD=max(16, triton.next_power_of_2(group)),
+        D=head_dim,
+        S=page_size,
+        SPLITS=tiles.splits,
+        BLOCK_PAGES=tiles.block_pages,
+        UPCAST=not q.is_cuda,
+        num_warps=tiles.warps,
+        num_stages=tiles.stages,
+    )
+    _merge_partials[(rows, group)](
+        scratch.partial_out, scratch.partial_lse, out, scratch.partial_lse if lse is None else lse,
+        G=group, D=head_dim, SPLITS=tiles.splits, WRITE_LSE=lse is not None, DTYPE=_TL_DTYPES[q.dtype],
+    )  # fmt: skip
+    return out

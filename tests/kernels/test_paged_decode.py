@@ -1,0 +1,167 @@
+"""The one-launch paged decode (:mod:`lil_sparse.kernels.paged_decode`) against the reference decode.
+
+The reference (:meth:`ReferenceBackend.decode`) takes an fp32 softmax; the kernel keeps the
+probabilities in fp32 (a tf32 ``P V`` product on the GPU), so outputs agree to about two roundings
+of the output dtype for values of order one. The base-2 log-sum-exp is
+compared with the reference's fp32 one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from lil_sparse.attention.layout import DecodeLayout
+from lil_sparse.attention.reference import ReferenceBackend, paged_scores
+from lil_sparse.kernels.paged_decode import (
+    DecodeTiles,
+    PagedDecodeScratch,
+    choose_tiles,
+    paged_decode,
+    runs_in_one_step,
+)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 2e-3}  # the output's rounding, twice
+
+
+def make_case(counts, last, group, head_dim, page_size, dtype, seed, pool=64):
+    """Random pages, ``q`` and a page table with each row's pages drawn from the pool."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = len(counts)
+    k_pages = torch.randn(pool, 1, page_size, head_dim, generator=gen).to(DEVICE, dtype)
+    v_pages = torch.randn(pool, 1, page_size, head_dim, generator=gen).to(DEVICE, dtype)
+    q = torch.randn(rows, group, head_dim, generator=gen).to(DEVICE, dtype)
+    width = max(counts)
+    page_ids = torch.zeros(rows, width, dtype=torch.int32)
+    for row, count in enumerate(counts):
+        page_ids[row, :count] = torch.randperm(pool, generator=gen)[:count].to(torch.int32)
+    page_ids = page_ids.to(DEVICE)
+    layout = DecodeLayout.build(
+        list(counts), torch.tensor(last, dtype=torch.int32, device=DEVICE), tuple(last)
+    )
+    indices = page_ids.reshape(-1)[layout.flat_positions]
+    return q, k_pages, v_pages, page_ids, layout, indices
+
+
+def run(q, k_pages, v_pages, layout, indices, tiles, with_lse=True):
+    rows, group, head_dim = q.shape
+    scratch = PagedDecodeScratch.allocate(rows, group, head_dim, tiles.splits, q.device)
+    lse = torch.empty(rows, group, dtype=torch.float32, device=q.device) if with_lse else None
+    out = paged_decode(
+        q, k_pages, v_pages, layout.indptr, indices, layout.last_page_len, scratch, tiles, lse=lse
+    )
+    return out, lse, scratch
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "counts, last",
+    [
+        ((1,), (1,)),  # one token
+        ((3, 7), (16, 5)),  # pages fewer than splits in the first row
+        ((9, 1, 20), (2, 16, 9)),  # unequal rows
+        ((40,), (11,)),  # more pages than splits x block
+    ],
+)
+@pytest.mark.parametrize(
+    "tiles",
+    [
+        DecodeTiles(splits=4, block_pages=2),
+        DecodeTiles(splits=1, block_pages=1),
+        DecodeTiles(splits=8, block_pages=4),
+    ],
+    ids=["4x2", "1x1", "8x4"],
+)
+@pytest.mark.parametrize("group", [6, 4])
+def test_matches_reference(dtype, counts, last, tiles, group):
+    q, k_pages, v_pages, page_ids, layout, indices = make_case(
+        counts, last, group, 64, 16, dtype, seed=len(counts)
+    )
+    out, lse, _ = run(q, k_pages, v_pages, layout, indices, tiles)
+    want = ReferenceBackend().decode(0, q, k_pages, v_pages, page_ids, layout)
+    torch.testing.assert_close(out.float(), want.float(), atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+    want_lse = torch.logsumexp(paged_scores(q, k_pages, page_ids, layout), dim=-1) / math.log(2)
+    torch.testing.assert_close(lse, want_lse, atol=1e-3, rtol=1e-3)
+
+
+def test_repeated_launches_reuse_scratch():
+    """A second launch over the same scratch (a graph replay) computes the new queries' attention."""
+    q, k_pages, v_pages, page_ids, layout, indices = make_case(
+        (5, 12), (3, 16), 6, 64, 16, torch.bfloat16, seed=3
+    )
+    tiles = DecodeTiles(splits=4, block_pages=2)
+    scratch = PagedDecodeScratch.allocate(2, 6, 64, tiles.splits, q.device)
+    first = paged_decode(q, k_pages, v_pages, layout.indptr, indices, layout.last_page_len, scratch, tiles)
+    q2 = torch.flip(q, dims=[1]).contiguous()
+    second = paged_decode(q2, k_pages, v_pages, layout.indptr, indices, layout.last_page_len, scratch, tiles)
+    reference = ReferenceBackend()
+    for got, query in ((first, q), (second, q2)):
+        want = reference.decode(0, query, k_pages, v_pages, page_ids, layout)
+        torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_writes_into_given_out_without_lse():
+    q, k_pages, v_pages, page_ids, layout, indices = make_case((6,), (7,), 4, 64, 16, torch.bfloat16, seed=5)
+    tiles = DecodeTiles(splits=2, block_pages=2)
+    out = torch.full_like(q, float("nan"))
+    scratch = PagedDecodeScratch.allocate(1, 4, 64, tiles.splits, q.device)
+    returned = paged_decode(
+        q, k_pages, v_pages, layout.indptr, indices, layout.last_page_len, scratch, tiles, out=out
+    )
+    assert returned is out
+    want = ReferenceBackend().decode(0, q, k_pages, v_pages, page_ids, layout)
+    torch.testing.assert_close(out.float(), want.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_rejects_mismatched_inputs():
+    q, k_pages, v_pages, _, layout, indices = make_case((2,), (4,), 4, 64, 16, torch.bfloat16, seed=7)
+    tiles = DecodeTiles(splits=2, block_pages=1)
+    wrong = PagedDecodeScratch.allocate(1, 4, 64, 4, q.device)
+    with pytest.raises(ValueError, match="scratch"):
+        paged_decode(q, k_pages, v_pages, layout.indptr, indices, layout.last_page_len, wrong, tiles)
+    with pytest.raises(ValueError, match="pages"):
+        scratch = PagedDecodeScratch.allocate(1, 4, 64, 2, q.device)
+        paged_decode(
+            q, k_pages[..., :32], v_pages, layout.indptr, indices, layout.last_page_len, scratch, tiles
+        )
+    with pytest.raises(ValueError, match="float32"):
+        scratch = PagedDecodeScratch.allocate(1, 4, 64, 2, q.device)
+        paged_decode(
+            q.float(),
+            k_pages.float(),
+            v_pages.float(),
+            layout.indptr,
+            indices,
+            layout.last_page_len,
+            scratch,
+            tiles,
+        )
+
+
+@pytest.mark.parametrize(
+    "rows, sms, splits", [(2, 132, 64), (8, 132, 32), (16, 132, 16), (64, 132, 4), (512, 132, 1), (1, 4, 8)]
+)
+def test_choose_tiles(rows, sms, splits):
+    tiles = choose_tiles(rows, sms, 16)
+    assert tiles.splits == splits
+    assert tiles.block_pages == 8
+
+
+def test_tiles_validate():
+    with pytest.raises(ValueError, match="splits"):
+        DecodeTiles(splits=3, block_pages=1)
+    with pytest.raises(ValueError, match="stages"):
+        DecodeTiles(splits=2, block_pages=1, stages=0)
+
+
+@pytest.mark.parametrize(
+    "max_pages, splits, expected",
+    [(512, 64, True), (513, 64, False), (256, 32, True), (257, 32, False), (64, 16, False)],
+)
+def test_runs_in_one_step(max_pages, splits, expected):
+    assert runs_in_one_step(max_pages, DecodeTiles(splits=splits, block_pages=8)) is expected
