@@ -9,7 +9,9 @@ graphs were made and again in reverse order (a graph's position in time, not its
 as the same numbers both ways). On the H200 (torch 2.11, CUDA 13.0, driver 580.159.04), ad hoc
 scripts of the same kind measured 327 us for a process's first graph of 400 kernels and 333-335 us
 for later ones, with 4 us against 10-11 us of host time per launch (2026-11-30, printed output).
-This script was written after that session's device time was spent and has not yet run on a GPU.
+Its first run did not reproduce the effect: with the defaults every graph replayed in 342.5-344.4 us
+and 7.4-9.2 us of host time, in both orders (H200, 2026-11-30 20:07 UTC, printed output). Tiny
+``add_`` kernels are not enough to show it; the effect was seen with the decode step's graphs.
 
     python bench/graph_order.py [--graphs 6] [--kernels 400] [--iters 50]
 """
