@@ -1,4 +1,5 @@
-"""The one-launch paged decode (:mod:`lil_sparse.kernels.paged_decode`) against the reference decode.
+"""The paged decode (:mod:`lil_sparse.kernels.paged_decode`: split-KV partials, then their merge,
+two launches) against the reference decode.
 
 The reference (:meth:`ReferenceBackend.decode`) takes an fp32 softmax; the kernel keeps the
 probabilities in fp32 (a tf32 ``P V`` product on the GPU), so outputs agree to about two roundings
@@ -103,6 +104,25 @@ def test_repeated_launches_reuse_scratch():
     for got, query in ((first, q), (second, q2)):
         want = reference.decode(0, query, k_pages, v_pages, page_ids, layout)
         torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_row_of_no_pages_gives_zero_and_minus_infinity():
+    """Every split of an empty row is empty: the merge writes output 0 and lse -inf (not the NaN
+    of ``exp2(-inf - -inf)``), and the other rows are untouched by it."""
+    q, k_pages, v_pages, page_ids, layout, indices = make_case((5,), (9,), 4, 64, 16, torch.bfloat16, seed=9)
+    empty_first = torch.cat([torch.zeros(1, dtype=torch.int32, device=q.device), layout.indptr])
+    q2 = torch.cat([q, q])
+    tiles = DecodeTiles(splits=4, block_pages=2)
+    scratch = PagedDecodeScratch.allocate(2, 4, 64, tiles.splits, q.device)
+    lse = torch.empty(2, 4, dtype=torch.float32, device=q.device)
+    last = torch.cat([layout.last_page_len[:1], layout.last_page_len])
+    out = paged_decode(q2, k_pages, v_pages, empty_first, indices, last, scratch, tiles, lse=lse)
+    assert torch.equal(out[0], torch.zeros_like(out[0]))
+    assert torch.equal(lse[0], torch.full_like(lse[0], float("-inf")))
+    want = ReferenceBackend().decode(0, q, k_pages, v_pages, page_ids, layout)
+    torch.testing.assert_close(out[1:].float(), want.float(), atol=2e-2, rtol=2e-2)
+    want_lse = torch.logsumexp(paged_scores(q, k_pages, page_ids, layout), dim=-1) / math.log(2)
+    torch.testing.assert_close(lse[1:], want_lse, atol=1e-3, rtol=1e-3)
 
 
 def test_writes_into_given_out_without_lse():
