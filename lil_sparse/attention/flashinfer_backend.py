@@ -7,7 +7,9 @@ Decode is one ``BatchDecodeWithPagedKVCacheWrapper`` batch whose rows are (seque
 pairs over one-head pages (``num_kv_heads=1``, layout "HND", the group's G query heads as the
 row's queries). A row's page list is the pages its policy selected, so a short list *is* the
 block-sparse decode. A batch of very unequal rows runs as two calls over its long and short
-rows (:mod:`lil_sparse.attention.decode_split`, :mod:`lil_sparse.attention.flashinfer_decode_slot`).
+rows (:mod:`lil_sparse.attention.decode_split`, :mod:`lil_sparse.attention.flashinfer_decode_slot`);
+a batch of few rows short enough for one loop step per split runs the Triton decode of
+:mod:`lil_sparse.kernels.paged_decode` over the same buffers instead (``fast_decode``).
 
 ``plan()`` runs once per distinct page-count vector (page *counts* are fixed for the step, and
 change once per ``page_size`` tokens of a row): a step whose slot was planned with the same counts

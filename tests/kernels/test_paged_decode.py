@@ -90,6 +90,30 @@ def test_matches_reference(dtype, counts, last, tiles, group):
     torch.testing.assert_close(lse, want_lse, atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize(
+    "page_size, head_dim, group, counts, last",
+    [
+        (1, 64, 1, (130, 5), (1, 1)),  # 128 one-token pages per loop step
+        (4, 128, 8, (9, 3), (4, 2)),
+        (64, 64, 4, (3, 2), (64, 17)),  # the largest page size EngineConfig takes
+        (16, 256, 2, (20, 1), (3, 16)),  # FlashInfer's largest head_dim (SUPPORTED_HEAD_DIMS)
+    ],
+)
+def test_matches_reference_at_engine_page_sizes_and_head_dims(page_size, head_dim, group, counts, last):
+    """The tiles the backend chooses (:func:`choose_tiles` for 2 rows of an H200's 132 SMs, 128
+    tokens per loop step) at page sizes and head dims the engine runs besides 16 and 64."""
+    q, k_pages, v_pages, page_ids, layout, indices = make_case(
+        counts, last, group, head_dim, page_size, torch.bfloat16, seed=page_size, pool=160
+    )
+    tiles = choose_tiles(len(counts), 132, page_size)
+    out, lse, _ = run(q, k_pages, v_pages, layout, indices, tiles)
+    want = ReferenceBackend().decode(0, q, k_pages, v_pages, page_ids, layout)
+    tolerance = TOLERANCE[torch.bfloat16]
+    torch.testing.assert_close(out.float(), want.float(), atol=tolerance, rtol=tolerance)
+    want_lse = torch.logsumexp(paged_scores(q, k_pages, page_ids, layout), dim=-1) / math.log(2)
+    torch.testing.assert_close(lse, want_lse, atol=1e-3, rtol=1e-3)
+
+
 def test_repeated_launches_reuse_scratch():
     """A second launch over the same scratch (a graph replay) computes the new queries' attention."""
     q, k_pages, v_pages, page_ids, layout, indices = make_case(
