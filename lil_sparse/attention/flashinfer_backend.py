@@ -39,7 +39,6 @@ from lil_sparse.attention.flashinfer_decode_slot import (
 )
 from lil_sparse.attention.layout import DecodeLayout
 from lil_sparse.config import EngineConfig
-from lil_sparse.kernels.paged_decode import MIN_SPLITS, PagedDecodeScratch, choose_tiles, runs_in_one_step
 from lil_sparse.models.config import ModelConfig
 
 WORKSPACE_BYTES = 128 * 1024 * 1024  # FlashInfer's recommended split-k scratch size
@@ -172,6 +171,8 @@ class FlashInferBackend(AttentionBackend):
     def _plan(self, slot: DecodeSlot, layout: DecodeLayout) -> None:
         """``plan()`` ``slot`` for ``layout``'s page counts (writes indptr and last_page_len), as
         one call or, for very unequal rows, two (:func:`choose_split`)."""
+        from lil_sparse.kernels.paged_decode import runs_in_one_step  # (Triton: imported on use)
+
         counts = layout.counts_host
         indptr = torch.tensor(list(itertools.accumulate(counts, initial=0)), dtype=torch.int32)
         # A host copy of last_page_len keeps plan() from syncing with the device.
@@ -221,6 +222,9 @@ class FlashInferBackend(AttentionBackend):
 
     def _fast(self, rows: int) -> FastDecode | None:
         """The Triton decode for a slot of ``rows`` rows, when enabled and its grid is wide enough."""
+        # Imported here: the engine imports this module on CPU too, where Triton may be missing.
+        from lil_sparse.kernels.paged_decode import MIN_SPLITS, PagedDecodeScratch, choose_tiles
+
         tiles = choose_tiles(rows, self.num_sms, self.page_size)
         if not self.fast_decode or tiles.splits < MIN_SPLITS:
             return None
