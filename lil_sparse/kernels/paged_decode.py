@@ -164,10 +164,12 @@ def _paged_decode(
         m = m_new
         page0 += BLOCK_PAGES
 
-    # An empty split (more splits than pages) leaves l == 0: lse -inf, output 0, weight 0.
-    has = denom > 0.0
-    partial = tl.where(has[:, None], acc / tl.where(has, denom, 1.0)[:, None], 0.0)
-    partial_lse = tl.where(has, m + tl.log2(tl.where(has, denom, 1.0)), float("-inf"))
+    # An empty split (more splits than pages) stores output 0 and lse -inf: weight 0 in the merge.
+    # Empty by its page range, not by denom == 0: a NaN key (a page poisoned after it was freed,
+    # KVCache.poison_pages) makes denom NaN and must reach the output as NaN, as in the reference.
+    empty = begin >= end
+    partial = tl.where(empty, 0.0, acc / denom[:, None])
+    partial_lse = tl.where(empty, float("-inf"), m + tl.log2(denom))
     base = row * SPLITS + split
     tl.store(
         partial_out_ptr + (base * G + heads[:, None]) * D + dims[None, :], partial, mask=head_mask[:, None]

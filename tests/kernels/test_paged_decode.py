@@ -149,6 +149,26 @@ def test_row_of_no_pages_gives_zero_and_minus_infinity():
     torch.testing.assert_close(lse[1:], want_lse, atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize(
+    "tiles", [DecodeTiles(splits=4, block_pages=2), DecodeTiles(splits=1, block_pages=1)], ids=["4x2", "1x1"]
+)
+def test_a_nan_key_reaches_the_output(tiles):
+    """A key poisoned to NaN (``KVCache.poison_pages``: a read of a freed page) makes its row's
+    output and lse NaN, as in the reference softmax, whichever split reads it; other rows keep
+    their values. (A split must not pass for empty because its softmax sum is NaN.)"""
+    q, k_pages, v_pages, page_ids, layout, indices = make_case(
+        (20, 6), (7, 16), 4, 64, 16, torch.bfloat16, seed=11
+    )
+    row_one = set(page_ids[1, :6].tolist())
+    position = next(p for p in range(10, 15) if page_ids[0, p].item() not in row_one)
+    k_pages[page_ids[0, position], 0, 3] = float("nan")  # in row 0's third of four splits only
+    out, lse, _ = run(q, k_pages, v_pages, layout, indices, tiles)
+    want = ReferenceBackend().decode(0, q, k_pages, v_pages, page_ids, layout)
+    assert torch.isnan(want[0]).all() and torch.isnan(out[0]).all() and torch.isnan(lse[0]).all()
+    torch.testing.assert_close(out[1].float(), want[1].float(), atol=2e-2, rtol=2e-2)
+    assert torch.isfinite(lse[1]).all()
+
+
 def test_writes_into_given_out_without_lse():
     q, k_pages, v_pages, page_ids, layout, indices = make_case((6,), (7,), 4, 64, 16, torch.bfloat16, seed=5)
     tiles = DecodeTiles(splits=2, block_pages=2)
