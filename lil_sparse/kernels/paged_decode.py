@@ -168,7 +168,8 @@ def _paged_decode(
     # Empty by its page range, not by denom == 0: a NaN key (a page poisoned after it was freed,
     # KVCache.poison_pages) makes denom NaN and must reach the output as NaN, as in the reference.
     empty = begin >= end
-    partial = tl.where(empty, 0.0, acc / denom[:, None])
+    denom = tl.where(empty, 1.0, denom)  # an empty split's acc is 0: output 0, no 0 / 0
+    partial = acc / denom[:, None]
     partial_lse = tl.where(empty, float("-inf"), m + tl.log2(denom))
     base = row * SPLITS + split
     tl.store(
