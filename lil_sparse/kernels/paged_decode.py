@@ -225,8 +225,8 @@ def paged_decode(
     ``indptr: [rows + 1]``, ``indices``, ``last_page_len: [rows]`` int32 on q's device, in
     FlashInfer's paged-KV CSR: row ``r`` attends pages ``indices[indptr[r]:indptr[r + 1]]``, all
     ``S`` tokens of each but the last, of which ``last_page_len[r]`` (a row of no pages gets
-    output 0 and lse ``-inf``, never NaN). ``scratch`` from :meth:`PagedDecodeScratch.allocate`
-    with ``tiles.splits``.
+    output 0 and lse ``-inf``; a NaN key makes its row NaN, as in the reference). ``scratch``
+    from :meth:`PagedDecodeScratch.allocate` with ``tiles.splits``.
     Writes and returns ``out: [rows, G, D]`` (allocated when None) and, when given,
     ``lse: [rows, G] float32``, the base-2 log-sum-exp of the scaled scores (FlashInfer's
     ``return_lse`` convention). Scale ``1 / sqrt(D)``. Raises ValueError on mismatched shapes.
