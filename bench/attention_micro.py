@@ -38,7 +38,9 @@ SHAPES = {"llama3.1-8b": (32, 8), "qwen2-1.5b": (12, 2)}
 def backend_for(num_heads: int, num_kv_heads: int, tensor_cores: bool, max_context: int) -> FlashInferBackend:
     config = EngineConfig(model="bench", device="cuda", backend="flashinfer", page_size=PAGE_SIZE)
     model_config = attention_model_config(num_heads, num_kv_heads, HEAD_DIM, max_positions=max_context)
-    return FlashInferBackend(config, model_config, use_tensor_cores=tensor_cores)
+    # FlashInfer's kernels only: batch 1 at 4k would otherwise time the Triton decode in both the
+    # CUDA-core and the tensor-core columns (bench/paged_decode_micro.py times that one).
+    return FlashInferBackend(config, model_config, use_tensor_cores=tensor_cores, fast_decode=False)
 
 
 def one_case(

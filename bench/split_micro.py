@@ -38,7 +38,10 @@ MIN_CHUNK = max(128 // PAGE_SIZE, 1)
 def backend(concurrent: bool) -> FlashInferBackend:
     config = EngineConfig(model="bench", device="cuda", backend="flashinfer", page_size=PAGE_SIZE)
     model = attention_model_config(GROUP * KV_HEADS, KV_HEADS, HEAD_DIM, max_positions=65536)
-    return FlashInferBackend(config, model, use_tensor_cores=True, concurrent_split=concurrent)
+    # FlashInfer's calls only: a layout of few short rows would otherwise run the Triton decode.
+    return FlashInferBackend(
+        config, model, use_tensor_cores=True, concurrent_split=concurrent, fast_decode=False
+    )
 
 
 def parse_layout(spec: str) -> list[int]:

@@ -7,7 +7,9 @@ Decode is one ``BatchDecodeWithPagedKVCacheWrapper`` batch whose rows are (seque
 pairs over one-head pages (``num_kv_heads=1``, layout "HND", the group's G query heads as the
 row's queries). A row's page list is the pages its policy selected, so a short list *is* the
 block-sparse decode. A batch of very unequal rows runs as two calls over its long and short
-rows (:mod:`lil_sparse.attention.decode_split`, :mod:`lil_sparse.attention.flashinfer_decode_slot`).
+rows (:mod:`lil_sparse.attention.decode_split`, :mod:`lil_sparse.attention.flashinfer_decode_slot`);
+a batch of few rows short enough for one loop step per split runs the Triton decode of
+:mod:`lil_sparse.kernels.paged_decode` over the same buffers instead (``fast_decode``).
 
 ``plan()`` runs once per distinct page-count vector (page *counts* are fixed for the step, and
 change once per ``page_size`` tokens of a row): a step whose slot was planned with the same counts
@@ -37,7 +39,6 @@ from lil_sparse.attention.flashinfer_decode_slot import (
 )
 from lil_sparse.attention.layout import DecodeLayout
 from lil_sparse.config import EngineConfig
-from lil_sparse.kernels.paged_decode import MIN_SPLITS, PagedDecodeScratch, choose_tiles, runs_in_one_step
 from lil_sparse.models.config import ModelConfig
 
 WORKSPACE_BYTES = 128 * 1024 * 1024  # FlashInfer's recommended split-k scratch size
@@ -170,6 +171,8 @@ class FlashInferBackend(AttentionBackend):
     def _plan(self, slot: DecodeSlot, layout: DecodeLayout) -> None:
         """``plan()`` ``slot`` for ``layout``'s page counts (writes indptr and last_page_len), as
         one call or, for very unequal rows, two (:func:`choose_split`)."""
+        from lil_sparse.kernels.paged_decode import runs_in_one_step  # (Triton: imported on use)
+
         counts = layout.counts_host
         indptr = torch.tensor(list(itertools.accumulate(counts, initial=0)), dtype=torch.int32)
         # A host copy of last_page_len keeps plan() from syncing with the device.
@@ -219,6 +222,9 @@ class FlashInferBackend(AttentionBackend):
 
     def _fast(self, rows: int) -> FastDecode | None:
         """The Triton decode for a slot of ``rows`` rows, when enabled and its grid is wide enough."""
+        # Imported here: the engine imports this module on CPU too, where Triton may be missing.
+        from lil_sparse.kernels.paged_decode import MIN_SPLITS, PagedDecodeScratch, choose_tiles
+
         tiles = choose_tiles(rows, self.num_sms, self.page_size)
         if not self.fast_decode or tiles.splits < MIN_SPLITS:
             return None

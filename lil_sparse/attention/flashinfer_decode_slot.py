@@ -28,10 +28,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
-from lil_sparse.kernels.paged_decode import DecodeTiles, PagedDecodeScratch, paged_decode
+if TYPE_CHECKING:  # Triton is imported only where the Triton decode runs (lil_sparse.kernels)
+    from lil_sparse.kernels.paged_decode import DecodeTiles, PagedDecodeScratch
 
 # Split points a slot keeps part wrappers for; a new one beyond runs as one call. Each split
 # point holds two wrappers of 1 MiB of device and 1 MiB of pinned host memory (their plan arrays;
@@ -125,6 +127,8 @@ class DecodeSlot:
         float32`` (FlashInfer's base-2 log-sum-exp) when asked."""
         q = q.contiguous()
         if self.use_fast and self.fast is not None:
+            from lil_sparse.kernels.paged_decode import paged_decode
+
             lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if return_lse else None
             out = paged_decode(
                 q, k_pages, v_pages, self.indptr, self.indices, self.last_page_len,

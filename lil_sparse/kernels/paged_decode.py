@@ -3,7 +3,7 @@
 A decode row is one (sequence, KV head) pair with ``G`` query heads over one-head pages, as in
 :mod:`lil_sparse.attention.flashinfer_backend`. With few rows (batch 1 has one row per KV head)
 the attention reads little: at the 1.5B shape and 4k tokens, 2 rows of 256 pages are 4 MiB of K
-and V, about 1 us of HBM time. FlashInfer's planned decode spends 7.2 us in its split-KV kernel
+and V, about 1 us of HBM time. FlashInfer's planned decode spends 8.1 us in its split-KV kernel
 and 3.0 us in the merge of the partial results (H200 profile of the batch-1 step,
 ``docs/bench/profile_qwen1.5b_4096_1_full0.txt``, 2026-11-30): latency, not bytes.
 
@@ -164,10 +164,13 @@ def _paged_decode(
         m = m_new
         page0 += BLOCK_PAGES
 
-    # An empty split (more splits than pages) leaves l == 0: lse -inf, output 0, weight 0.
-    has = denom > 0.0
-    partial = tl.where(has[:, None], acc / tl.where(has, denom, 1.0)[:, None], 0.0)
-    partial_lse = tl.where(has, m + tl.log2(tl.where(has, denom, 1.0)), float("-inf"))
+    # An empty split (more splits than pages) stores output 0 and lse -inf: weight 0 in the merge.
+    # Empty by its page range, not by denom == 0: a NaN key (a page poisoned after it was freed,
+    # KVCache.poison_pages) makes denom NaN and must reach the output as NaN, as in the reference.
+    empty = begin >= end
+    denom = tl.where(empty, 1.0, denom)  # an empty split's acc is 0: output 0, no 0 / 0
+    partial = acc / denom[:, None]
+    partial_lse = tl.where(empty, float("-inf"), m + tl.log2(denom))
     base = row * SPLITS + split
     tl.store(
         partial_out_ptr + (base * G + heads[:, None]) * D + dims[None, :], partial, mask=head_mask[:, None]
@@ -194,12 +197,13 @@ def _merge_partials(
     dims = tl.arange(0, D)
     lses = tl.load(partial_lse_ptr + (row * SPLITS + splits) * G + head)  # [SPLITS]
     parts = tl.load(partial_out_ptr + ((row * SPLITS + splits[:, None]) * G + head) * D + dims[None, :])
-    top = tl.max(lses, axis=0)  # finite: every row holds a page, so some split has a token
+    top = tl.max(lses, axis=0)  # -inf only for a row of no pages (every split empty)
+    top = tl.where(top == float("-inf"), 0.0, top)  # else exp2(-inf - -inf) would be NaN
     weights = tl.exp2(lses - top)  # empty splits: exp2(-inf) = 0
     total = tl.sum(weights, axis=0)
-    merged = tl.sum(weights[:, None] * parts, axis=0) / total
+    merged = tl.sum(weights[:, None] * parts, axis=0) / tl.where(total > 0.0, total, 1.0)
     tl.store(out_ptr + (row * G + head) * D + dims, merged.to(DTYPE))
-    if WRITE_LSE:
+    if WRITE_LSE:  # an empty row: log2(0) = -inf
         tl.store(lse_ptr + row * G + head, top + tl.log2(total))
 
 
@@ -220,8 +224,9 @@ def paged_decode(
     ``k_pages, v_pages: [P, 1, S, D]`` (one layer, contiguous) in q's dtype (bf16 or fp16);
     ``indptr: [rows + 1]``, ``indices``, ``last_page_len: [rows]`` int32 on q's device, in
     FlashInfer's paged-KV CSR: row ``r`` attends pages ``indices[indptr[r]:indptr[r + 1]]``, all
-    ``S`` tokens of each but the last, of which ``last_page_len[r]`` (every row holds at least
-    one page). ``scratch`` from :meth:`PagedDecodeScratch.allocate` with ``tiles.splits``.
+    ``S`` tokens of each but the last, of which ``last_page_len[r]`` (a row of no pages gets
+    output 0 and lse ``-inf``; a NaN key makes its row NaN, as in the reference). ``scratch``
+    from :meth:`PagedDecodeScratch.allocate` with ``tiles.splits``.
     Writes and returns ``out: [rows, G, D]`` (allocated when None) and, when given,
     ``lse: [rows, G] float32``, the base-2 log-sum-exp of the scaled scores (FlashInfer's
     ``return_lse`` convention). Scale ``1 / sqrt(D)``. Raises ValueError on mismatched shapes.

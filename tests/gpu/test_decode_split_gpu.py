@@ -123,6 +123,10 @@ def test_forced_split_replays_bit_for_bit_and_attends_what_one_call_does(tiny_gq
     one.close()
     chosen = [logits.argmax(dim=-1).tolist() for logits in one_logits.logits]
     monkeypatch.setattr(flashinfer_backend, "choose_split", split_at_first_drop)
+    # The tiny model's few short rows would all run the Triton decode, which never splits.
+    from lil_sparse.kernels import paged_decode
+
+    monkeypatch.setattr(paged_decode, "runs_in_one_step", lambda *_args: False)
     eager = make_engine(tiny_gqa8_dir, "flashinfer", cuda_graphs=False)
     graphs = make_engine(tiny_gqa8_dir, "flashinfer", cuda_graphs=True)
     eager_logits, graph_logits = record(eager, chosen), record(graphs, chosen)
@@ -131,7 +135,7 @@ def test_forced_split_replays_bit_for_bit_and_attends_what_one_call_does(tiny_gq
     runner_graphs = graphs.runner.graphs
     assert runner_graphs is not None and runner_graphs.replays > 0
     splits = {split for key in runner_graphs.captured for split in key[-1]}
-    assert splits - {0}, "no captured step ran two calls"
+    assert any(split > 0 for split in splits), "no captured step ran two calls"  # -1: Triton decode
     # Split eager and split graph: the same kernels on the same buffers, bit for bit.
     for a, b in zip(expected, got, strict=True):
         assert a.output_token_ids == b.output_token_ids

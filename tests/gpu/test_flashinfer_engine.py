@@ -211,6 +211,36 @@ def test_mixed_batch_graph_replay_equals_eager(tiny_gqa2_dir):
     graphs.close()
 
 
+def test_steps_flip_between_triton_and_flashinfer_decode_under_graphs(tiny_gqa2_dir, monkeypatch):
+    """A slot runs the Triton decode or FlashInfer's as its page counts say, and the choice is part
+    of the graph key (:meth:`FlashInferBackend.step_key`: -1, or a split point). Forced here to flip
+    with the widest row's page count (Triton on even counts only), steps of both kinds are captured
+    and replayed in one run, and replay still equals eager bit for bit."""
+    from lil_sparse.kernels import paged_decode
+
+    one_step = paged_decode.runs_in_one_step
+    monkeypatch.setattr(
+        paged_decode, "runs_in_one_step", lambda pages, tiles: pages % 2 == 0 and one_step(pages, tiles)
+    )
+    eager = make_engine(tiny_gqa2_dir, "flashinfer", cuda_graphs=False)
+    graphs = make_engine(tiny_gqa2_dir, "flashinfer", cuda_graphs=True)
+    eager_logits, graph_logits = record(eager), record(graphs)
+    expected = eager.generate(*mixed_requests((40, 33, 20, 40, 28)))
+    got = graphs.generate(*mixed_requests((40, 33, 20, 40, 28)))
+    backend = graphs.runner.backend
+    if not any(slot.fast is not None for slot in backend._slots.values()):
+        pytest.skip(f"{backend.num_sms} SMs: no slot of this run gets the Triton decode")
+    runner_graphs = graphs.runner.graphs
+    assert runner_graphs is not None and runner_graphs.replays > 0
+    kinds = {"triton" if split < 0 else "flashinfer" for key in runner_graphs.captured for split in key[-1]}
+    assert kinds == {"triton", "flashinfer"}
+    for want, have in zip(expected, got, strict=True):
+        assert have.output_token_ids == want.output_token_ids
+    assert all(torch.equal(a, b) for a, b in zip(eager_logits.logits, graph_logits.logits, strict=True))
+    eager.close()
+    graphs.close()
+
+
 def no_sync_requests() -> tuple[list[list[int]], list[RequestOptions]]:
     """:func:`mixed_requests` with two sampled rows (top-k, top-p: the filters and the noise)."""
     prompts, options = mixed_requests((40, 33, 20, 40, 28))

@@ -28,8 +28,16 @@ HEADS = 2  # KV heads per sequence in the policy batch (InfLLM shares pages acro
 
 
 def make_backend(
-    group: int, head_dim: int, tensor_cores: bool, split_calls: bool = True, concurrent_split: bool = True
+    group: int,
+    head_dim: int,
+    tensor_cores: bool,
+    split_calls: bool = True,
+    concurrent_split: bool = True,
+    fast_decode: bool = False,
 ):
+    """A FlashInfer backend of ``HEADS`` KV heads. ``fast_decode`` off by default: whether a slot of
+    few rows runs the Triton decode depends on the GPU's SM count, and these tests are about
+    FlashInfer's kernels (a test of the Triton path asks for it)."""
     from lil_sparse.attention.flashinfer_backend import FlashInferBackend
 
     config = EngineConfig(model="unused", device="cuda", backend="flashinfer", page_size=PAGE_SIZE)
@@ -40,6 +48,7 @@ def make_backend(
         use_tensor_cores=tensor_cores,
         split_calls=split_calls,
         concurrent_split=concurrent_split,
+        fast_decode=fast_decode,
     )
 
 
@@ -179,13 +188,15 @@ PLAN_REUSE_STEPS = [
 ]
 
 
+@pytest.mark.parametrize("fast_decode", [False, True], ids=["flashinfer", "triton"])
 @pytest.mark.parametrize(
     ("group", "head_dim", "tensor_cores"), [(3, 64, False), (4, 128, False), (4, 128, True), (8, 64, True)]
 )
-def test_plan_reuse_equals_a_fresh_plan_every_step(group, head_dim, tensor_cores):
+def test_plan_reuse_equals_a_fresh_plan_every_step(group, head_dim, tensor_cores, fast_decode):
     """One backend keeps its plan while page counts stay and only refreshes last_page_len; a new
     backend per step plans from scratch. Same kernel split, so the outputs are bit-identical, and
-    both match the reference backend."""
+    both match the reference backend. With ``fast_decode`` the 6 short rows run the Triton decode
+    (:mod:`lil_sparse.kernels.paged_decode`), which reads the same refreshed buffers."""
     rows, held = 6, 6
     kv, table, _, _ = random_rows(rows, held, group, head_dim, seed=11)
     # Fill every page completely so any last_page_len reads written keys.
@@ -193,15 +204,18 @@ def test_plan_reuse_equals_a_fresh_plan_every_step(group, head_dim, tensor_cores
     gen = torch.Generator(device="cuda").manual_seed(5)
     keys = torch.randn(slots.shape[0], 1, head_dim, device="cuda", generator=gen)
     kv.write(0, slots, keys, torch.randn(keys.shape, device="cuda", generator=gen))
-    reused = make_backend(group, head_dim, tensor_cores)
+    reused = make_backend(group, head_dim, tensor_cores, fast_decode=fast_decode)
     for step, (counts, last, host) in enumerate(PLAN_REUSE_STEPS):
         q = torch.randn(rows, group, head_dim, device="cuda", generator=gen).bfloat16()
         page_ids = table  # row r reads its first counts[r] pages, every one fully written
         last_dev = torch.tensor(last, dtype=torch.int32, device="cuda")
         layout = DecodeLayout.build(counts, last_dev, tuple(last) if host else ())
         reused.begin_decode_step([layout])
+        if fast_decode and reused._slot_of(layout).fast is None:
+            pytest.skip(f"{reused.num_sms} SMs: {rows} rows get too few splits for the Triton decode")
+        assert reused.step_key([layout]) == ((-1,) if fast_decode else (0,)), step
         out = reused.decode(0, q, kv.k[0], kv.v[0], page_ids, layout).clone()
-        fresh = make_backend(group, head_dim, tensor_cores)
+        fresh = make_backend(group, head_dim, tensor_cores, fast_decode=fast_decode)
         fresh.begin_decode_step([layout])
         expected = fresh.decode(0, q, kv.k[0], kv.v[0], page_ids, layout)
         assert torch.equal(out, expected), step

@@ -1,4 +1,5 @@
-"""The one-launch paged decode (:mod:`lil_sparse.kernels.paged_decode`) against the reference decode.
+"""The paged decode (:mod:`lil_sparse.kernels.paged_decode`: split-KV partials, then their merge,
+two launches) against the reference decode.
 
 The reference (:meth:`ReferenceBackend.decode`) takes an fp32 softmax; the kernel keeps the
 probabilities in fp32 (a tf32 ``P V`` product on the GPU), so outputs agree to about two roundings
@@ -89,6 +90,30 @@ def test_matches_reference(dtype, counts, last, tiles, group):
     torch.testing.assert_close(lse, want_lse, atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize(
+    "page_size, head_dim, group, counts, last",
+    [
+        (1, 64, 1, (130, 5), (1, 1)),  # 128 one-token pages per loop step
+        (4, 128, 8, (9, 3), (4, 2)),
+        (64, 64, 4, (3, 2), (64, 17)),  # the largest page size EngineConfig takes
+        (16, 256, 2, (20, 1), (3, 16)),  # FlashInfer's largest head_dim (SUPPORTED_HEAD_DIMS)
+    ],
+)
+def test_matches_reference_at_engine_page_sizes_and_head_dims(page_size, head_dim, group, counts, last):
+    """The tiles the backend chooses (:func:`choose_tiles` for 2 rows of an H200's 132 SMs, 128
+    tokens per loop step) at page sizes and head dims the engine runs besides 16 and 64."""
+    q, k_pages, v_pages, page_ids, layout, indices = make_case(
+        counts, last, group, head_dim, page_size, torch.bfloat16, seed=page_size, pool=160
+    )
+    tiles = choose_tiles(len(counts), 132, page_size)
+    out, lse, _ = run(q, k_pages, v_pages, layout, indices, tiles)
+    want = ReferenceBackend().decode(0, q, k_pages, v_pages, page_ids, layout)
+    tolerance = TOLERANCE[torch.bfloat16]
+    torch.testing.assert_close(out.float(), want.float(), atol=tolerance, rtol=tolerance)
+    want_lse = torch.logsumexp(paged_scores(q, k_pages, page_ids, layout), dim=-1) / math.log(2)
+    torch.testing.assert_close(lse, want_lse, atol=1e-3, rtol=1e-3)
+
+
 def test_repeated_launches_reuse_scratch():
     """A second launch over the same scratch (a graph replay) computes the new queries' attention."""
     q, k_pages, v_pages, page_ids, layout, indices = make_case(
@@ -103,6 +128,45 @@ def test_repeated_launches_reuse_scratch():
     for got, query in ((first, q), (second, q2)):
         want = reference.decode(0, query, k_pages, v_pages, page_ids, layout)
         torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_row_of_no_pages_gives_zero_and_minus_infinity():
+    """Every split of an empty row is empty: the merge writes output 0 and lse -inf (not the NaN
+    of ``exp2(-inf - -inf)``), and the other rows are untouched by it."""
+    q, k_pages, v_pages, page_ids, layout, indices = make_case((5,), (9,), 4, 64, 16, torch.bfloat16, seed=9)
+    empty_first = torch.cat([torch.zeros(1, dtype=torch.int32, device=q.device), layout.indptr])
+    q2 = torch.cat([q, q])
+    tiles = DecodeTiles(splits=4, block_pages=2)
+    scratch = PagedDecodeScratch.allocate(2, 4, 64, tiles.splits, q.device)
+    lse = torch.empty(2, 4, dtype=torch.float32, device=q.device)
+    last = torch.cat([layout.last_page_len[:1], layout.last_page_len])
+    out = paged_decode(q2, k_pages, v_pages, empty_first, indices, last, scratch, tiles, lse=lse)
+    assert torch.equal(out[0], torch.zeros_like(out[0]))
+    assert torch.equal(lse[0], torch.full_like(lse[0], float("-inf")))
+    want = ReferenceBackend().decode(0, q, k_pages, v_pages, page_ids, layout)
+    torch.testing.assert_close(out[1:].float(), want.float(), atol=2e-2, rtol=2e-2)
+    want_lse = torch.logsumexp(paged_scores(q, k_pages, page_ids, layout), dim=-1) / math.log(2)
+    torch.testing.assert_close(lse[1:], want_lse, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "tiles", [DecodeTiles(splits=4, block_pages=2), DecodeTiles(splits=1, block_pages=1)], ids=["4x2", "1x1"]
+)
+def test_a_nan_key_reaches_the_output(tiles):
+    """A key poisoned to NaN (``KVCache.poison_pages``: a read of a freed page) makes its row's
+    output and lse NaN, as in the reference softmax, whichever split reads it; other rows keep
+    their values. (A split must not pass for empty because its softmax sum is NaN.)"""
+    q, k_pages, v_pages, page_ids, layout, indices = make_case(
+        (20, 6), (7, 16), 4, 64, 16, torch.bfloat16, seed=11
+    )
+    row_one = set(page_ids[1, :6].tolist())
+    position = next(p for p in range(10, 15) if page_ids[0, p].item() not in row_one)
+    k_pages[page_ids[0, position], 0, 3] = float("nan")  # in row 0's third of four splits only
+    out, lse, _ = run(q, k_pages, v_pages, layout, indices, tiles)
+    want = ReferenceBackend().decode(0, q, k_pages, v_pages, page_ids, layout)
+    assert torch.isnan(want[0]).all() and torch.isnan(out[0]).all() and torch.isnan(lse[0]).all()
+    torch.testing.assert_close(out[1].float(), want[1].float(), atol=2e-2, rtol=2e-2)
+    assert torch.isfinite(lse[1]).all()
 
 
 def test_writes_into_given_out_without_lse():
