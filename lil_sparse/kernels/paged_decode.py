@@ -3,7 +3,7 @@
 A decode row is one (sequence, KV head) pair with ``G`` query heads over one-head pages, as in
 :mod:`lil_sparse.attention.flashinfer_backend`. With few rows (batch 1 has one row per KV head)
 the attention reads little: at the 1.5B shape and 4k tokens, 2 rows of 256 pages are 4 MiB of K
-and V, about 1 us of HBM time. FlashInfer's planned decode spends 8.1 us in its split-KV kernel
+and V, about 1 us of HBM time. FlashInfer's planned decode spends 7.2 us in its split-KV kernel
 and 3.0 us in the merge of the partial results (H200 profile of the batch-1 step,
 ``docs/bench/profile_qwen1.5b_4096_1_full0.txt``, 2026-11-30): latency, not bytes.
 

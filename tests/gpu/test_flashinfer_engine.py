@@ -4,7 +4,7 @@ Backends are compared teacher-forced: the reference engine is fed the tokens the
 engine chose, so one bf16 near-tie cannot send the two runs down different paths, and every
 step's logits are compared (cosine similarity >= 0.999 per row: same distribution up to bf16
 noise; greedy choices agree on >= 95% of steps, counting as agreeing a pick the reference scores
-within one bf16 rounding of its best: random tiny models have near-uniform logits, and such ties
+within one bf16 ulp of its best: random tiny models have near-uniform logits, and such ties
 flipped 2-4 of 72 steps with either FlashInfer or the Triton decode, H200, 2026-11-30).
 Quest and InfLLM choose pages by top-k in every layer: bf16 noise in the layers below can flip a
 near-tied page (measured on an H100: one row of one step at cosine 0.979), so for them the cosine
@@ -83,8 +83,9 @@ def recorded_rows(recorder: RecordingSampler) -> int:
 
 def same_greedy_choice(ours: torch.Tensor, theirs: torch.Tensor) -> torch.Tensor:
     """Per row: both logits pick the same token, or the reference scores our pick within one bf16
-    rounding of its own best (a tie at the logits' precision: ``2^-7`` of the top logit's
-    magnitude). ``ours, theirs: [rows, vocab] float32`` -> ``[rows] bool``."""
+    ulp of its own best (a tie at the logits' precision: ``2^-7`` of the top logit's magnitude,
+    the widest bf16 spacing relative to a value).
+    ``ours, theirs: [rows, vocab] float32`` -> ``[rows] bool``."""
     ours_pick = ours.argmax(-1, keepdim=True)
     best = theirs.max(-1, keepdim=True).values
     tie = theirs.gather(-1, ours_pick) >= best - best.abs() * 2**-7
