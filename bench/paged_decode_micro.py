@@ -9,7 +9,8 @@ layer's pages (enough layers to overflow the 50 MB L2, as a step reads each laye
 divided by the number of calls. FlashInfer runs as
 :class:`lil_sparse.attention.flashinfer_backend.FlashInferBackend` configures it (CUDA-graph
 mode, HND, tensor cores for these groups, planned once outside the graph). Both outputs are
-compared (largest absolute difference).
+compared (largest absolute difference), and the table says which kernel the engine's rule
+(:func:`lil_sparse.kernels.paged_decode.runs_in_one_step`) runs for the case.
 
     python bench/paged_decode_micro.py [--sweep] [--out FILE]
 """
@@ -24,7 +25,13 @@ import torch
 
 from bench.common import copy_bandwidth_gbs, settle_cuda_graphs, write_markdown
 from bench.gemv_micro import graph_us
-from lil_sparse.kernels.paged_decode import DecodeTiles, PagedDecodeScratch, choose_tiles, paged_decode
+from lil_sparse.kernels.paged_decode import (
+    DecodeTiles,
+    PagedDecodeScratch,
+    choose_tiles,
+    paged_decode,
+    runs_in_one_step,
+)
 
 PAGE_SIZE = 16
 HEAD_DIM = 128
@@ -130,18 +137,21 @@ def main() -> None:
             shape = f"{best_tiles.splits}x{best_tiles.block_pages}, w{best_tiles.warps} s{best_tiles.stages}"
             best = f"{best_us:.1f} ({shape})"
         floor_us = case.bytes / (bandwidth * 1e9) * 1e6
+        engine = "Triton" if runs_in_one_step(pages, tiles) else "FlashInfer"  # the backend's rule
         row = [
             name, rows, pages, f"{flashinfer_us:.1f}", f"{triton_us:.1f}",
             f"{tiles.splits}x{tiles.block_pages}", best, f"{floor_us:.1f}",
-            f"{flashinfer_us / triton_us:.2f}", f"{diff:.4f}",
+            f"{flashinfer_us / triton_us:.2f}", engine, f"{diff:.4f}",
         ]  # fmt: skip
         print(" | ".join(str(c) for c in row), flush=True)
         table.append(row)
         del case
         torch.cuda.empty_cache()
     if args.out:
-        header = ["case", "rows", "pages/row", "FlashInfer us", "Triton us", "tiles (splits x pages)",
-                  "best swept us (tiles)", "floor us", "FlashInfer / Triton", "max |diff|"]  # fmt: skip
+        header = [
+            "case", "rows", "pages/row", "FlashInfer us", "Triton us", "tiles (splits x pages)",
+            "best swept us (tiles)", "floor us", "FlashInfer / Triton", "engine runs", "max |diff|",
+        ]  # fmt: skip
         notes = [
             f"copy bandwidth measured in this run: {bandwidth:.0f} GB/s (read + write);"
             " floor = K + V bf16 bytes / that bandwidth",
