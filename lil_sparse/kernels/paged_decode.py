@@ -67,6 +67,22 @@ def choose_tiles(rows: int, num_sms: int, page_size: int) -> DecodeTiles:
     return DecodeTiles(splits=splits, block_pages=max(1, 128 // page_size))
 
 
+GPU_TESTED_HEAD_DIMS = (64, 128)
+"""Head dims the kernel has run on a GPU (the tiny test models' 64, the benchmark shapes' 128).
+Each program holds a ``[128, D]`` K and V tile; at 256 they were never compiled for a GPU, where
+they may not fit the shared memory, so :func:`gpu_tested` keeps FlashInfer for them."""
+
+MAX_PAGE_SIZE = 128
+"""Larger pages would make a loop step (at least one page) wider than 128 tokens."""
+
+
+def gpu_tested(head_dim: int, page_size: int) -> bool:
+    """Whether the engine may run this kernel for the model's ``head_dim`` and the cache's
+    ``page_size``: shapes whose tiles have run on a GPU (:data:`GPU_TESTED_HEAD_DIMS`, loop steps
+    of 128 tokens)."""
+    return head_dim in GPU_TESTED_HEAD_DIMS and page_size <= MAX_PAGE_SIZE
+
+
 MIN_SPLITS = 32
 """Fewer splits per row than this leave the grid too small to hide latency (the 1.5B shape's
 batch 8, 16 rows of 16 splits, ran 22.9 against FlashInfer's 20.7 us; H200,

@@ -22,6 +22,7 @@ from lil_sparse.kernels.paged_decode import (
     DecodeTiles,
     PagedDecodeScratch,
     choose_tiles,
+    gpu_tested,
     paged_decode,
     runs_in_one_step,
 )
@@ -229,3 +230,11 @@ def test_tiles_validate():
 )
 def test_runs_in_one_step(max_pages, splits, expected):
     assert runs_in_one_step(max_pages, DecodeTiles(splits=splits, block_pages=8)) is expected
+
+
+@pytest.mark.parametrize(
+    "head_dim, page_size, expected",
+    [(128, 16, True), (64, 1, True), (64, 128, True), (256, 16, False), (128, 256, False)],
+)
+def test_gpu_tested_shapes(head_dim, page_size, expected):
+    assert gpu_tested(head_dim, page_size) is expected
