@@ -35,6 +35,7 @@ from lil_sparse.attention.flashinfer_decode_slot import (
     DecodeSlot,
     FastDecode,
     PlanShape,
+    make_fast_decode,
     needs_plan,
 )
 from lil_sparse.attention.layout import DecodeLayout
@@ -221,17 +222,11 @@ class FlashInferBackend(AttentionBackend):
         return slot
 
     def _fast(self, rows: int) -> FastDecode | None:
-        """The Triton decode for a slot of ``rows`` rows, when enabled, its grid is wide enough and
-        the model's head_dim and the page size are shapes it has run on a GPU."""
-        # Imported here: the engine imports this module on CPU too, where Triton may be missing.
-        from lil_sparse.kernels.paged_decode import MIN_SPLITS, PagedDecodeScratch, choose_tiles, gpu_tested
-
-        tiles = choose_tiles(rows, self.num_sms, self.page_size)
-        if not self.fast_decode or tiles.splits < MIN_SPLITS or not gpu_tested(self.head_dim, self.page_size):
+        """The Triton decode for a slot of ``rows`` rows, when enabled and it applies
+        (:func:`make_fast_decode`)."""
+        if not self.fast_decode:
             return None
-        return FastDecode(
-            tiles, PagedDecodeScratch.allocate(rows, self.group, self.head_dim, tiles.splits, self.device)
-        )
+        return make_fast_decode(rows, self.group, self.head_dim, self.page_size, self.num_sms, self.device)
 
     def _wrapper(
         self, indptr: torch.Tensor, indices: torch.Tensor, last_page_len: torch.Tensor, part: int | None

@@ -76,6 +76,22 @@ class FastDecode:
     scratch: PagedDecodeScratch
 
 
+def make_fast_decode(
+    rows: int, group: int, head_dim: int, page_size: int, num_sms: int, device: torch.device
+) -> FastDecode | None:
+    """The Triton decode for a slot of ``rows`` rows of ``group`` query heads, or None where it
+    does not apply: fewer than :data:`~lil_sparse.kernels.paged_decode.MIN_SPLITS` splits per row
+    on ``num_sms`` SMs, or a head_dim or page size it has not run on a GPU
+    (:func:`~lil_sparse.kernels.paged_decode.gpu_tested`). Allocates its scratch on ``device``."""
+    # Imported here: the engine imports this module on CPU too, where Triton may be missing.
+    from lil_sparse.kernels.paged_decode import MIN_SPLITS, PagedDecodeScratch, choose_tiles, gpu_tested
+
+    tiles = choose_tiles(rows, num_sms, page_size)
+    if tiles.splits < MIN_SPLITS or not gpu_tested(head_dim, page_size):
+        return None
+    return FastDecode(tiles, PagedDecodeScratch.allocate(rows, group, head_dim, tiles.splits, device))
+
+
 @dataclass
 class DecodeSlot:
     """One planned decode batch: a wrapper and the int32 buffers its kernel reads.

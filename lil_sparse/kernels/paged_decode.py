@@ -245,7 +245,8 @@ def paged_decode(
     from :meth:`PagedDecodeScratch.allocate` with ``tiles.splits``.
     Writes and returns ``out: [rows, G, D]`` (allocated when None) and, when given,
     ``lse: [rows, G] float32``, the base-2 log-sum-exp of the scaled scores (FlashInfer's
-    ``return_lse`` convention). Scale ``1 / sqrt(D)``. Raises ValueError on mismatched shapes.
+    ``return_lse`` convention). Scale ``1 / sqrt(D)``. Raises ValueError on mismatched shapes or
+    dtypes, non-contiguous tensors, or a dtype other than bf16 and fp16.
     """
     rows, group, head_dim = q.shape
     page_size = k_pages.shape[2]
@@ -260,6 +261,14 @@ def paged_decode(
         )
     if q.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"paged_decode: q must be bfloat16 or float16 (FlashInfer's dtypes), not {q.dtype}")
+    if k_pages.dtype != q.dtype or v_pages.dtype != q.dtype:
+        raise ValueError(f"paged_decode: the pages ({k_pages.dtype}, {v_pages.dtype}) must be q's {q.dtype}")
+    if out is not None and (out.shape != q.shape or out.dtype != q.dtype or not out.is_contiguous()):
+        raise ValueError(f"paged_decode: out must be a contiguous {tuple(q.shape)} {q.dtype} tensor")
+    if lse is not None and (
+        lse.shape != (rows, group) or lse.dtype != torch.float32 or not lse.is_contiguous()
+    ):
+        raise ValueError(f"paged_decode: lse must be a contiguous float32 {(rows, group)} tensor")
     if head_dim & (head_dim - 1) or head_dim < 16:
         raise ValueError(f"paged_decode: head_dim must be a power of two >= 16, got {head_dim}")
     out = torch.empty_like(q) if out is None else out

@@ -194,6 +194,21 @@ def test_rejects_mismatched_inputs():
         paged_decode(
             q, k_pages[..., :32], v_pages, layout.indptr, indices, layout.last_page_len, scratch, tiles
         )
+    scratch = PagedDecodeScratch.allocate(1, 4, 64, 2, q.device)
+    with pytest.raises(ValueError, match="must be q's"):
+        paged_decode(
+            q, k_pages.half(), v_pages.half(), layout.indptr, indices, layout.last_page_len, scratch, tiles
+        )
+    with pytest.raises(ValueError, match="out must be"):
+        out = torch.empty(1, 4, 32, dtype=q.dtype, device=q.device)
+        paged_decode(
+            q, k_pages, v_pages, layout.indptr, indices, layout.last_page_len, scratch, tiles, out=out
+        )
+    with pytest.raises(ValueError, match="lse must be"):
+        lse = torch.empty(1, 4, dtype=torch.bfloat16, device=q.device)
+        paged_decode(
+            q, k_pages, v_pages, layout.indptr, indices, layout.last_page_len, scratch, tiles, lse=lse
+        )
     with pytest.raises(ValueError, match="float32"):
         scratch = PagedDecodeScratch.allocate(1, 4, 64, 2, q.device)
         paged_decode(
