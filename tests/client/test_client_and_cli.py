@@ -47,6 +47,54 @@ def test_server_errors_become_client_errors(client_server: Any) -> None:
     assert raised.value.message == "top_p: must be in (0, 1], got 0.0"
 
 
+def test_summary_names_why_a_stream_has_none(client_server: Any) -> None:
+    """A cancelled, failed or unread stream's summary says so, never INTERNAL (a server fault)."""
+    with LilClient(client_server.address) as client:
+        unread = client.generate("hello", max_new_tokens=40, ignore_eos=True)
+        with pytest.raises(LilClientError) as raised:
+            unread.summary  # noqa: B018 (reading the property is the test)
+        assert raised.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        unread.cancel()
+
+        cancelled = client.generate("hello", max_new_tokens=40, ignore_eos=True)
+        for read, _ in enumerate(cancelled, start=1):
+            if read == 2:
+                cancelled.cancel()
+                break
+        with pytest.raises(LilClientError) as raised:
+            cancelled.summary  # noqa: B018
+        assert (raised.value.code, raised.value.message) == (
+            grpc.StatusCode.CANCELLED,
+            "the stream was cancelled before it finished",
+        )
+
+        rejected = client.generate("hello", top_p=0.0)
+        with pytest.raises(LilClientError):
+            list(rejected)
+        with pytest.raises(LilClientError) as raised:
+            rejected.summary  # noqa: B018
+        assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert raised.value.message == "top_p: must be in (0, 1], got 0.0"
+
+
+def test_async_summary_after_cancel_is_cancelled(client_server: Any) -> None:
+    async def run() -> LilClientError:
+        async with AsyncLilClient(client_server.address) as client:
+            stream = client.generate("hello", max_new_tokens=40, ignore_eos=True)
+            async for _ in stream:
+                stream.cancel()
+                break
+            try:
+                stream.summary  # noqa: B018
+            except LilClientError as error:
+                return error
+            raise AssertionError("a cancelled stream has no summary")
+
+    error = asyncio.run(run())
+    assert error.code == grpc.StatusCode.CANCELLED
+    assert error.message == "the stream was cancelled before it finished"
+
+
 def _cli(argv: list[str]) -> tuple[int, str]:
     out = io.StringIO()
     return main(argv, out=out), out.getvalue()

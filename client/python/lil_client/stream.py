@@ -18,11 +18,18 @@ class _Assembler:
         self.started: service_pb2.Started | None = None
         self.chunks: list[Chunk] = []
         self.summary: Summary | None = None
+        # How the stream ended, so ``result`` names it: the call's error, a local cancel, the end.
+        self.error: LilClientError | None = None
+        self.cancelled = False
+        self.ended = False
 
     def feed(self, response: service_pb2.GenerateResponse) -> Chunk | None:
         kind = response.WhichOneof("event")
         if self.summary is not None or (kind != "started") == (self.started is None):
-            raise LilClientError(grpc.StatusCode.INTERNAL, f"unexpected {kind!r} message in the stream")
+            self.error = LilClientError(
+                grpc.StatusCode.INTERNAL, f"unexpected {kind!r} message in the stream"
+            )
+            raise self.error
         if kind == "started":
             self.started = response.started
             return None
@@ -37,9 +44,19 @@ class _Assembler:
         return None
 
     def result(self) -> Summary:
-        if self.summary is None:
-            raise LilClientError(grpc.StatusCode.INTERNAL, "the stream ended without a finished message")
-        return self.summary
+        """The Summary, else the reason there is none: a failed or cancelled call never reads
+        as a server fault (INTERNAL is left for a stream that really ended without one)."""
+        if self.summary is not None:
+            return self.summary
+        if self.error is not None:
+            raise self.error
+        if self.cancelled:
+            raise LilClientError(grpc.StatusCode.CANCELLED, "the stream was cancelled before it finished")
+        if not self.ended:
+            raise LilClientError(
+                grpc.StatusCode.FAILED_PRECONDITION, "the summary is set once the stream is read to its end"
+            )
+        raise LilClientError(grpc.StatusCode.INTERNAL, "the stream ended without a finished message")
 
 
 def to_client_error(error: grpc.RpcError) -> LilClientError:
@@ -62,7 +79,9 @@ class GenerationStream:
                 if chunk is not None:
                     yield chunk
         except grpc.RpcError as error:
-            raise to_client_error(error) from None
+            self._assembler.error = to_client_error(error)
+            raise self._assembler.error from None
+        self._assembler.ended = True
 
     @property
     def request_id(self) -> str | None:
@@ -73,6 +92,7 @@ class GenerationStream:
         return self._assembler.result()
 
     def cancel(self) -> None:
+        self._assembler.cancelled = True
         self._call.cancel()
 
 
@@ -90,7 +110,9 @@ class AsyncGenerationStream:
                 if chunk is not None:
                     yield chunk
         except grpc.RpcError as error:
-            raise to_client_error(error) from None
+            self._assembler.error = to_client_error(error)
+            raise self._assembler.error from None
+        self._assembler.ended = True
 
     @property
     def request_id(self) -> str | None:
@@ -101,6 +123,7 @@ class AsyncGenerationStream:
         return self._assembler.result()
 
     def cancel(self) -> None:
+        self._assembler.cancelled = True
         self._call.cancel()
 
     async def collect(self) -> Summary:
