@@ -102,6 +102,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if parsed.tls.CAFile != "" || parsed.tls.CertFile != "" {
 		parsed.useTLS = true
 	}
+	if err := flagAfterPrompt(flags, args); err != nil {
+		return nil, err
+	}
 	if !parsed.info {
 		prompt := strings.Join(flags.Args(), " ")
 		if prompt == "" {
@@ -161,6 +164,24 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		}
 	}
 	return parsed, nil
+}
+
+// flagAfterPrompt refuses a flag written after the prompt: Go's flag package stops at the first
+// word that is not a flag, so "lil-stream hi -max-new-tokens 5" would send "hi -max-new-tokens 5"
+// as the prompt and silently ignore the flag. A "--" before the prompt lets it start with a flag.
+func flagAfterPrompt(flags *flag.FlagSet, args []string) error {
+	rest := flags.Args()
+	if len(rest) < len(args) && args[len(args)-len(rest)-1] == "--" {
+		return nil
+	}
+	for _, word := range rest {
+		name, _, _ := strings.Cut(strings.TrimLeft(word, "-"), "=")
+		if strings.HasPrefix(word, "-") && name != "" && flags.Lookup(name) != nil {
+			return fmt.Errorf("flag %s after the prompt: flags go before it (lil-stream [flags] PROMPT; "+
+				"\"--\" first sends a prompt that starts with a flag name)", word)
+		}
+	}
+	return nil
 }
 
 // pick returns a pointer to value only when its flag was given, so absent means server default.

@@ -100,6 +100,29 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 	}
 }
 
+func TestFlagAfterThePromptIsRefused(t *testing.T) {
+	var stderr bytes.Buffer
+	if code := run(context.Background(), []string{"-policy", "quest", "hi", "-max-new-tokens", "5"}, &bytes.Buffer{}, &stderr); code != 2 {
+		t.Fatalf("flag after the prompt: exit %d, want 2 (stderr %q)", code, stderr.String())
+	}
+	want := "lil-stream: flag -max-new-tokens after the prompt: flags go before it " +
+		"(lil-stream [flags] PROMPT; \"--\" first sends a prompt that starts with a flag name)\n"
+	if stderr.String() != want {
+		t.Fatalf("stderr %q, want %q", stderr.String(), want)
+	}
+	// After "--" a flag name is prompt text; words that only look like flags always are.
+	for text, args := range map[string][]string{"-raw mode": {"--", "-raw", "mode"}, "a - b --x -5": {"a", "-", "b", "--x", "-5"}} {
+		parsed, err := parseFlags(args, &bytes.Buffer{})
+		if err != nil {
+			t.Fatalf("args %q: %v", args, err)
+		}
+		want := lilsparse.Chat(lilsparse.Message{Role: "user", Content: text})
+		if !reflect.DeepEqual(parsed.request.Prompt, want) {
+			t.Fatalf("args %q: prompt %#v, want %#v", args, parsed.request.Prompt, want)
+		}
+	}
+}
+
 func TestSummaryMatchesThePythonClient(t *testing.T) {
 	summary := &lilsparse.Summary{
 		FinishReason: lilsparse.FinishEarlyStop, PromptTokens: 12, CompletionTokens: 503,
