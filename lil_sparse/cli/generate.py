@@ -17,30 +17,49 @@ from lil_sparse.options import (
 )
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, as ``lil-client generate --help`` does; unset flags (None, off,
+    empty) show none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default == []:  # not 0: a real default
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_generate_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "generate", help="generate one completion in-process and print timings"
+        "generate",
+        help="generate one completion in-process and print timings",
+        formatter_class=_DefaultsHelpFormatter,
     )
     parser.add_argument("prompt", help="the user message (the model's chat template is applied)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model folder, .gguf file or known model name")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--backend", default="auto", choices=("auto", "reference", "flashinfer"))
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--backend", default="auto", choices=("auto", "reference", "flashinfer"),
+        help="attention backend (auto: flashinfer on CUDA, reference on CPU)",
+    )  # fmt: skip
     parser.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
-    parser.add_argument("--policy", default="full", choices=POLICY_NAMES)
+    parser.add_argument("--policy", default="full", choices=POLICY_NAMES, help="sparse policy")
     parser.add_argument("--budget", type=int, default=512, help="KV tokens attended per decode step")
-    parser.add_argument("--sink-tokens", type=int, default=4)
-    parser.add_argument("--recent-tokens", type=int, default=0, help="0: automatic")
-    parser.add_argument("--dense-layers", type=int, default=2)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--sink-tokens", type=int, default=4, help="attention-sink tokens kept")
+    parser.add_argument("--recent-tokens", type=int, default=0, help="recent tokens kept (0: automatic)")
+    parser.add_argument("--dense-layers", type=int, default=2, help="leading dense layers (quest, infllm)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="maximum generated tokens")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
+    parser.add_argument("--top-k", type=int, default=0, help="top-k filter (0: off)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (1: off)")
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed")
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--guardian", action="store_true", help="enable Guardian early stop")
-    parser.add_argument("--guardian-interval", type=int, default=250)
-    parser.add_argument("--guardian-threshold", type=int, default=20)
-    parser.add_argument("--guardian-mode", default="full", choices=("full", "incremental"))
+    parser.add_argument("--guardian-interval", type=int, default=250, help="Guardian: tokens between checks")
+    parser.add_argument(
+        "--guardian-threshold", type=int, default=20, help="Guardian: minimum compressed growth in bytes"
+    )
+    parser.add_argument(
+        "--guardian-mode", default="full", choices=("full", "incremental"), help="Guardian: compression"
+    )
     parser.add_argument(
         "--guardian-shadow", action="store_true", help="record where Guardian would stop, without stopping"
     )
@@ -50,7 +69,7 @@ def add_generate_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--guardian-answer-max-tokens", type=int, default=32, help="forced answer's tokens")
     parser.add_argument(
         "--torch-threads", type=int, default=0,
-        help="torch CPU threads (default 0: $LIL_SPARSE_TORCH_THREADS, else half the cores, at most 8)",
+        help="torch CPU threads (0: $LIL_SPARSE_TORCH_THREADS, else half the cores, at most 8)",
     )  # fmt: skip
     parser.set_defaults(func=run_generate)
     return parser
