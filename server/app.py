@@ -168,8 +168,12 @@ class SidecarServer:
         self.metrics_port = self._metrics_http.server_address[1]
         for service in ("", SERVICE_NAME, SMG_SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        # The id that info, metrics and gateways use, and what --model said when that differs
+        # (an alias such as "SmolLM2", a path, or a --served-model-name).
+        model_id = self.config.model_id
+        given = f" (--model {self.config.model})" if self.config.model != model_id else ""
         logger.info(
-            "serving %s on port %d, metrics on port %d", self.config.model, self.port, self.metrics_port
+            "serving %s%s on port %d, metrics on port %d", model_id, given, self.port, self.metrics_port
         )
 
     async def _start_health_port(self) -> None:
