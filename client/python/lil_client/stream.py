@@ -59,10 +59,20 @@ class _Assembler:
         raise LilClientError(grpc.StatusCode.INTERNAL, "the stream ended without a finished message")
 
 
+NOT_GRPC_HINT = (
+    " (the address answered, but not in gRPC: is it an HTTP port, such as the server's Prometheus"
+    " port, 9400 by default? The gRPC port is 50051 by default)"
+)
+
+
 def to_client_error(error: grpc.RpcError) -> LilClientError:
+    """The call's status code and details, with a hint when the address speaks HTTP/1.x rather
+    than gRPC (grpc reports "Failed parsing HTTP/2" or "http1.x server")."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-    details = error.details() if hasattr(error, "details") else str(error)
-    return LilClientError(code, details or "")
+    details = (error.details() if hasattr(error, "details") else str(error)) or ""
+    if code == grpc.StatusCode.UNAVAILABLE and ("Failed parsing HTTP/2" in details or "http1.x" in details):
+        details += NOT_GRPC_HINT
+    return LilClientError(code, details)
 
 
 class GenerationStream:
