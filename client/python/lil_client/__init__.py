@@ -4,7 +4,15 @@ from lil_client.client import AsyncLilClient, LilClient
 from lil_client.connection import Connection
 from lil_client.request import GenerateOptions, build_request
 from lil_client.stream import AsyncGenerationStream, GenerationStream
-from lil_client.types import Chunk, GuardianSummary, KVSummary, LilClientError, Summary, Timings
+from lil_client.types import (
+    Chunk,
+    GuardianCheck,
+    GuardianSummary,
+    KVSummary,
+    LilClientError,
+    Summary,
+    Timings,
+)
 
 __all__ = [
     "AsyncGenerationStream",
@@ -13,6 +21,7 @@ __all__ = [
     "Connection",
     "GenerateOptions",
     "GenerationStream",
+    "GuardianCheck",
     "GuardianSummary",
     "KVSummary",
     "LilClient",

@@ -2,6 +2,7 @@
 
 lil-client --address localhost:50051 generate "prompt" --policy quest --budget 128 --guardian
 lil-client --address localhost:50051 generate "prompt" --json
+lil-client --address localhost:50051 generate "prompt" --token-ids --logprobs --request-id r1
 lil-client --address localhost:50051 generate "raw text to continue" --raw   # no chat template
 lil-client --address localhost:50051 info
 lil-client --address pod:50051 --ca-file ca.pem --token-file token info   # TLS and a bearer token
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from typing import Any, TextIO
 
@@ -20,7 +22,13 @@ from google.protobuf import json_format
 from lil_client._proto.lil_sparse.v1 import options_pb2
 from lil_client.client import LilClient
 from lil_client.connection import Connection
-from lil_client.request import GUARDIAN_ACTIONS, GUARDIAN_MODES, POLICIES, GenerateOptions
+from lil_client.request import (
+    GUARDIAN_ACTIONS,
+    GUARDIAN_MODES,
+    GUARDIAN_SOURCES,
+    POLICIES,
+    GenerateOptions,
+)
 from lil_client.types import LilClientError, Summary
 
 
@@ -104,6 +112,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     options.add_argument("--guardian-mode", choices=GUARDIAN_MODES, help="Guardian compression")
     options.add_argument(
+        "--guardian-source",
+        choices=GUARDIAN_SOURCES,
+        help="Guardian: compress the text or the token ids (4 bytes each)",
+    )
+    options.add_argument(
         "--guardian-shadow",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -120,6 +133,27 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="parse control tokens such as <|im_start|> written in the prompt",
+    )
+    options.add_argument("--request-id", help="request id (default: the server picks one)")
+    output = generate.add_argument_group(
+        "output",
+        "what the server returns besides the text (default: none): lines after the summary,"
+        " or fields of --json",
+    )
+    output.add_argument(
+        "--token-ids", action="store_true", dest="return_token_ids", help="return the generated token ids"
+    )
+    output.add_argument(
+        "--logprobs",
+        action="store_true",
+        dest="return_logprobs",
+        help="return each token's log-probability (nan/null for a forced Guardian answer prompt)",
+    )
+    output.add_argument(
+        "--guardian-trace",
+        action="store_true",
+        dest="return_guardian_trace",
+        help="return one record per Guardian check",
     )
     info = commands.add_parser(
         "info", help="show the served model, policies and defaults", formatter_class=_HelpFormatter
@@ -163,10 +197,34 @@ def format_summary(summary: Summary) -> str:
     )
 
 
-def summary_dict(summary: Summary) -> dict[str, Any]:
+def format_outputs(summary: Summary, args: argparse.Namespace, logprobs: list[float]) -> str:
+    """The lines the output flags and ``--request-id`` ask for, printed after the summary ("" if none)."""
+    lines = []
+    if args.request_id is not None:
+        lines.append(f"request: {summary.request_id}")
+    if args.return_token_ids:
+        lines.append("token ids: " + " ".join(str(token) for token in summary.token_ids))
+    if args.return_logprobs:
+        lines.append("logprobs: " + " ".join(f"{logprob:.4f}" for logprob in logprobs))
+    if args.return_guardian_trace:
+        lines.append(f"guardian trace: {len(summary.guardian.trace)} checks")
+        for check in summary.guardian.trace:
+            growth = "first check" if check.growth_bytes is None else f"{check.growth_bytes:+d} bytes"
+            verdict = "stop" if check.stop else "go on"
+            lines.append(
+                f"  token {check.generated_tokens}: {check.compressed_bytes} bytes, {growth}, "
+                f"{verdict}, {check.cpu_seconds * 1e3:.2f} ms CPU"
+            )
+    return "".join(line + "\n" for line in lines)
+
+
+def summary_dict(summary: Summary, logprobs: list[float] | None = None) -> dict[str, Any]:
+    """The ``--json`` object: the Summary's fields, plus ``logprobs`` (NaN as null) when given."""
     data = dataclasses.asdict(summary)
     data.pop("started")
     data["text"] = summary.text
+    if logprobs is not None:
+        data["logprobs"] = [None if math.isnan(logprob) else logprob for logprob in logprobs]
     return data
 
 
@@ -177,14 +235,19 @@ def _generate(client: LilClient, args: argparse.Namespace, out: TextIO) -> None:
     stream = client.generate(
         prompt, messages=messages, timeout=args.timeout, **dataclasses.asdict(_options(args))
     )
+    logprobs: list[float] = []  # the Summary joins token ids, not logprobs
     for chunk in stream:
+        logprobs.extend(chunk.logprobs)
         if not args.json:
             out.write(chunk.text)
             out.flush()
     if args.json:
-        out.write(json.dumps(summary_dict(stream.summary)) + "\n")
+        data = summary_dict(stream.summary, logprobs if args.return_logprobs else None)
+        out.write(json.dumps(data) + "\n")
     else:
-        out.write("\n---\n" + format_summary(stream.summary) + "\n")
+        out.write(
+            "\n---\n" + format_summary(stream.summary) + "\n" + format_outputs(stream.summary, args, logprobs)
+        )
 
 
 def _info(client: LilClient, args: argparse.Namespace, out: TextIO) -> None:

@@ -56,6 +56,17 @@ class Timings:
 
 
 @dataclass(frozen=True, slots=True)
+class GuardianCheck:
+    """One Guardian check (``return_guardian_trace``); sizes in bytes, as the Go client's."""
+
+    generated_tokens: int  # tokens generated when the check ran
+    compressed_bytes: int  # compressed size of the sequence so far
+    growth_bytes: int | None  # growth since the previous check; None on the first check
+    stop: bool  # the verdict: True means stop (in shadow mode: would stop)
+    cpu_seconds: float  # CPU time this check spent compressing
+
+
+@dataclass(frozen=True, slots=True)
 class GuardianSummary:
     enabled: bool
     checks: int
@@ -67,6 +78,7 @@ class GuardianSummary:
     answer_started_at: int | None = None  # action "answer": thinking tokens before the forced prompt
     answer_prompt_tokens: int = 0  # tokens of the forced answer prompt
     answer_tokens: int = 0  # tokens the model generated after it
+    trace: tuple[GuardianCheck, ...] = ()  # one record per check, with return_guardian_trace
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +145,16 @@ def summary_from_proto(
             answer_started_at=g.answer_started_at if g.HasField("answer_started_at") else None,
             answer_prompt_tokens=g.answer_prompt_tokens,
             answer_tokens=g.answer_tokens,
+            trace=tuple(
+                GuardianCheck(
+                    generated_tokens=check.generated_tokens,
+                    compressed_bytes=check.compressed_bytes,
+                    growth_bytes=check.growth_bytes if check.HasField("growth_bytes") else None,
+                    stop=check.stop,
+                    cpu_seconds=check.cpu_seconds,
+                )
+                for check in g.trace
+            ),
         ),
         kv=KVSummary(
             peak_pages=kv.peak_pages,
