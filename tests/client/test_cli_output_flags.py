@@ -144,3 +144,22 @@ def test_guardian_source_token_ids_compresses_the_ids(client_server: Any) -> Non
         runs[source] = json.loads(output)["guardian"]["compressed_bytes"]
     assert tuple(runs["token_ids"]) == library.guardian.compressed_bytes
     assert len(runs["text"]) == 3 and runs["text"] != runs["token_ids"]
+
+
+def test_forced_answer_prompt_logprobs_are_null_in_json_and_nan_in_text(client_server: Any) -> None:
+    """The server sends NaN for the forced answer prompt's tokens; --json writes null (strict JSON)."""
+    flags = ["--max-new-tokens", "64", "--ignore-eos", *GUARDIAN_FLAGS, "--guardian-action", "answer"]
+    flags += ["--guardian-answer-max-tokens", "3", "--logprobs"]
+    code, output = _cli(client_server.address, "--json", *flags)
+    assert code == 0
+    data = json.loads(output)
+    g = data["guardian"]
+    start, forced = g["answer_started_at"], g["answer_prompt_tokens"]
+    assert data["finish_reason"] == "early_stop" and start == 8 and forced > 0
+    logprobs = data["logprobs"]
+    assert len(logprobs) == data["completion_tokens"] == start + forced + 3
+    assert [i for i, x in enumerate(logprobs) if x is None] == list(range(start, start + forced))
+    code, output = _cli(client_server.address, *flags)
+    assert code == 0
+    printed = output.split("\n---\n")[1].splitlines()[5].removeprefix("logprobs: ").split(" ")
+    assert [i for i, x in enumerate(printed) if x == "nan"] == list(range(start, start + forced))
