@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -33,14 +34,15 @@ from lil_sparse.attention.flashinfer_chunk_prefill import PagedChunkPrefill
 from lil_sparse.attention.flashinfer_decode_slot import (
     PART_INT_WORKSPACE_BYTES,
     DecodeSlot,
-    FastDecode,
     PlanShape,
-    make_fast_decode,
     needs_plan,
 )
 from lil_sparse.attention.layout import DecodeLayout
 from lil_sparse.config import EngineConfig
 from lil_sparse.models.config import ModelConfig
+
+if TYPE_CHECKING:  # Triton is imported only where the Triton decode runs (lil_sparse.kernels)
+    from lil_sparse.kernels.paged_decode import FastDecode
 
 WORKSPACE_BYTES = 128 * 1024 * 1024  # FlashInfer's recommended split-k scratch size
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
@@ -223,9 +225,11 @@ class FlashInferBackend(AttentionBackend):
 
     def _fast(self, rows: int) -> FastDecode | None:
         """The Triton decode for a slot of ``rows`` rows, when enabled and it applies
-        (:func:`make_fast_decode`)."""
+        (:func:`lil_sparse.kernels.paged_decode.make_fast_decode`)."""
         if not self.fast_decode:
             return None
+        from lil_sparse.kernels.paged_decode import make_fast_decode  # (Triton: imported on use)
+
         return make_fast_decode(rows, self.group, self.head_dim, self.page_size, self.num_sms, self.device)
 
     def _wrapper(

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:  # Triton is imported only where the Triton decode runs (lil_sparse.kernels)
-    from lil_sparse.kernels.paged_decode import DecodeTiles, PagedDecodeScratch
+    from lil_sparse.kernels.paged_decode import FastDecode
 
 # Split points a slot keeps part wrappers for; a new one beyond runs as one call. Each split
 # point holds two wrappers of 1 MiB of device and 1 MiB of pinned host memory (their plan arrays;
@@ -66,30 +66,6 @@ class DecodePart:
     end: int
     wrapper: object
     indptr: torch.Tensor
-
-
-@dataclass(frozen=True)
-class FastDecode:
-    """The Triton decode's launch shape and split-KV scratch for one slot's rows."""
-
-    tiles: DecodeTiles
-    scratch: PagedDecodeScratch
-
-
-def make_fast_decode(
-    rows: int, group: int, head_dim: int, page_size: int, num_sms: int, device: torch.device
-) -> FastDecode | None:
-    """The Triton decode for a slot of ``rows`` rows of ``group`` query heads, or None where it
-    does not apply: fewer than :data:`~lil_sparse.kernels.paged_decode.MIN_SPLITS` splits per row
-    on ``num_sms`` SMs, or a head_dim or page size it has not run on a GPU
-    (:func:`~lil_sparse.kernels.paged_decode.gpu_tested`). Allocates its scratch on ``device``."""
-    # Imported here: the engine imports this module on CPU too, where Triton may be missing.
-    from lil_sparse.kernels.paged_decode import MIN_SPLITS, PagedDecodeScratch, choose_tiles, gpu_tested
-
-    tiles = choose_tiles(rows, num_sms, page_size)
-    if tiles.splits < MIN_SPLITS or not gpu_tested(head_dim, page_size):
-        return None
-    return FastDecode(tiles, PagedDecodeScratch.allocate(rows, group, head_dim, tiles.splits, device))
 
 
 @dataclass
@@ -143,14 +119,9 @@ class DecodeSlot:
         float32`` (FlashInfer's base-2 log-sum-exp) when asked."""
         q = q.contiguous()
         if self.use_fast and self.fast is not None:
-            from lil_sparse.kernels.paged_decode import paged_decode
-
-            lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if return_lse else None
-            out = paged_decode(
-                q, k_pages, v_pages, self.indptr, self.indices, self.last_page_len,
-                self.fast.scratch, self.fast.tiles, lse=lse,
-            )  # fmt: skip
-            return out, lse
+            return self.fast.run(
+                q, k_pages, v_pages, self.indptr, self.indices, self.last_page_len, return_lse
+            )
         if not self.split:
             if return_lse:
                 out, lse = self.wrapper.run(q, (k_pages, v_pages), return_lse=True)  # type: ignore[attr-defined]

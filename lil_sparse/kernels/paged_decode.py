@@ -41,8 +41,9 @@ LOG2E = 1.4426950408889634
 @dataclass(frozen=True)
 class DecodeTiles:
     """Launch shape: ``splits`` programs per row, ``block_pages`` pages per loop step, ``warps``
-    and ``stages`` (software pipelining of the page loads) per program. Positive powers of two,
-    ``stages`` any positive int."""
+    per program and Triton's ``num_stages`` (it pipelines ``for`` loops only; the page loop is a
+    ``while`` loop, so today it changes nothing there). Positive powers of two, ``stages`` any
+    positive int."""
 
     splits: int
     block_pages: int
@@ -115,6 +116,45 @@ class PagedDecodeScratch:
         )
 
 
+@dataclass(frozen=True)
+class FastDecode:
+    """This kernel's launch shape and split-KV scratch for one decode slot's rows."""
+
+    tiles: DecodeTiles
+    scratch: PagedDecodeScratch
+
+    def run(
+        self,
+        q: torch.Tensor,
+        k_pages: torch.Tensor,
+        v_pages: torch.Tensor,
+        indptr: torch.Tensor,
+        indices: torch.Tensor,
+        last_page_len: torch.Tensor,
+        return_lse: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:func:`paged_decode` over the slot's CSR buffers: ``out: [rows, G, D]``, and ``lse:
+        [rows, G] float32`` (base 2) when asked, as a FlashInfer slot's ``run`` returns them."""
+        lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if return_lse else None
+        out = paged_decode(
+            q, k_pages, v_pages, indptr, indices, last_page_len, self.scratch, self.tiles, lse=lse
+        )
+        return out, lse
+
+
+def make_fast_decode(
+    rows: int, group: int, head_dim: int, page_size: int, num_sms: int, device: torch.device
+) -> FastDecode | None:
+    """This kernel for a decode slot of ``rows`` rows of ``group`` query heads, or None where it
+    does not apply: fewer than :data:`MIN_SPLITS` splits per row on ``num_sms`` SMs, or a head_dim
+    or page size it has not run on a GPU (:func:`gpu_tested`). Allocates its scratch on
+    ``device``."""
+    tiles = choose_tiles(rows, num_sms, page_size)
+    if tiles.splits < MIN_SPLITS or not gpu_tested(head_dim, page_size):
+        return None
+    return FastDecode(tiles, PagedDecodeScratch.allocate(rows, group, head_dim, tiles.splits, device))
+
+
 @triton.jit
 def _paged_decode(
     q_ptr,  # [rows, G, D] contiguous
@@ -175,7 +215,7 @@ def _paged_decode(
         p = tl.exp2(scores - m_new[:, None])
         denom = denom * alpha + tl.sum(p, axis=1)
         # P stays fp32 and V widens to it: a tf32 product, 8x finer than rounding P to bf16 as
-        # FlashInfer does, at no cost a latency-bound kernel would notice.
+        # FlashInfer does (its kernel time was not measured apart from the report's steps).
         acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
         m = m_new
         page0 += BLOCK_PAGES

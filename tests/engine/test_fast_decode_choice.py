@@ -3,12 +3,16 @@ only on the slot's rows, the SM count, the model's head_dim and the page size, n
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
-from lil_sparse.attention.flashinfer_decode_slot import make_fast_decode
+from lil_sparse.attention.layout import DecodeLayout
+from lil_sparse.attention.reference import ReferenceBackend, paged_scores
+from lil_sparse.kernels.paged_decode import make_fast_decode
 
 H200_SMS = 132
 
@@ -34,3 +38,27 @@ def test_few_rows_get_the_triton_decode_with_its_scratch(rows, splits):
 )
 def test_other_slots_keep_flashinfer(rows, head_dim, page_size, sms):
     assert make_fast_decode(rows, 4, head_dim, page_size, sms, torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("return_lse", [False, True])
+def test_a_slots_run_is_the_kernel_over_its_buffers(return_lse):
+    """What ``DecodeSlot.run`` returns on the fast path: the kernel's output (and its lse, only
+    when asked) over the slot's CSR buffers, checked against the reference decode."""
+    gen = torch.Generator().manual_seed(0)
+    rows, group, head_dim, page_size = 2, 4, 64, 16
+    fast = make_fast_decode(rows, group, head_dim, page_size, H200_SMS, torch.device("cpu"))
+    assert fast is not None
+    k_pages = torch.randn(8, 1, page_size, head_dim, generator=gen).to(torch.bfloat16)
+    v_pages = torch.randn(8, 1, page_size, head_dim, generator=gen).to(torch.bfloat16)
+    q = torch.randn(rows, group, head_dim, generator=gen).to(torch.bfloat16)
+    page_ids = torch.tensor([[3, 1, 6], [2, 7, 0]], dtype=torch.int32)
+    layout = DecodeLayout.build([3, 2], torch.tensor([5, 16], dtype=torch.int32), (5, 16))
+    indices = page_ids.reshape(-1)[layout.flat_positions]
+    out, lse = fast.run(q, k_pages, v_pages, layout.indptr, indices, layout.last_page_len, return_lse)
+    want = ReferenceBackend().decode(0, q, k_pages, v_pages, page_ids, layout)
+    torch.testing.assert_close(out.float(), want.float(), atol=1e-2, rtol=1e-2)
+    if not return_lse:
+        assert lse is None
+    else:
+        want_lse = torch.logsumexp(paged_scores(q, k_pages, page_ids, layout), dim=-1) / math.log(2)
+        torch.testing.assert_close(lse, want_lse, atol=1e-3, rtol=1e-3)
