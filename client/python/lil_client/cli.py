@@ -197,7 +197,7 @@ def format_summary(summary: Summary) -> str:
     )
 
 
-def format_outputs(summary: Summary, args: argparse.Namespace, logprobs: list[float]) -> str:
+def format_outputs(summary: Summary, args: argparse.Namespace) -> str:
     """The lines the output flags and ``--request-id`` ask for, printed after the summary ("" if none)."""
     lines = []
     if args.request_id is not None:
@@ -205,7 +205,7 @@ def format_outputs(summary: Summary, args: argparse.Namespace, logprobs: list[fl
     if args.return_token_ids:
         lines.append("token ids: " + " ".join(str(token) for token in summary.token_ids))
     if args.return_logprobs:
-        lines.append("logprobs: " + " ".join(f"{logprob:.4f}" for logprob in logprobs))
+        lines.append("logprobs: " + " ".join(f"{logprob:.4f}" for logprob in summary.logprobs))
     if args.return_guardian_trace:
         lines.append(f"guardian trace: {len(summary.guardian.trace)} checks")
         for check in summary.guardian.trace:
@@ -218,12 +218,14 @@ def format_outputs(summary: Summary, args: argparse.Namespace, logprobs: list[fl
     return "".join(line + "\n" for line in lines)
 
 
-def summary_dict(summary: Summary, logprobs: list[float] | None = None) -> dict[str, Any]:
-    """The ``--json`` object: the Summary's fields, plus ``logprobs`` (NaN as null) when given."""
+def summary_dict(summary: Summary, with_logprobs: bool = False) -> dict[str, Any]:
+    """The ``--json`` object: the Summary's fields, ``logprobs`` (NaN as null, for valid JSON)
+    only ``with_logprobs``."""
     data = dataclasses.asdict(summary)
     data.pop("started")
     data["text"] = summary.text
-    if logprobs is not None:
+    logprobs = data.pop("logprobs")
+    if with_logprobs:
         data["logprobs"] = [None if math.isnan(logprob) else logprob for logprob in logprobs]
     return data
 
@@ -235,19 +237,15 @@ def _generate(client: LilClient, args: argparse.Namespace, out: TextIO) -> None:
     stream = client.generate(
         prompt, messages=messages, timeout=args.timeout, **dataclasses.asdict(_options(args))
     )
-    logprobs: list[float] = []  # the Summary joins token ids, not logprobs
     for chunk in stream:
-        logprobs.extend(chunk.logprobs)
         if not args.json:
             out.write(chunk.text)
             out.flush()
     if args.json:
-        data = summary_dict(stream.summary, logprobs if args.return_logprobs else None)
+        data = summary_dict(stream.summary, with_logprobs=args.return_logprobs)
         out.write(json.dumps(data) + "\n")
     else:
-        out.write(
-            "\n---\n" + format_summary(stream.summary) + "\n" + format_outputs(stream.summary, args, logprobs)
-        )
+        out.write("\n---\n" + format_summary(stream.summary) + "\n" + format_outputs(stream.summary, args))
 
 
 def _info(client: LilClient, args: argparse.Namespace, out: TextIO) -> None:

@@ -90,7 +90,9 @@ class KVSummary:
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    """Everything about a finished generation; ``text`` and ``token_ids`` are joined from the chunks."""
+    """Everything about a finished generation; ``text``, ``token_ids`` and ``logprobs`` are joined
+    from the chunks (the last two empty unless requested; a forced Guardian answer prompt's
+    logprobs are NaN)."""
 
     request_id: str
     finish_reason: str
@@ -101,6 +103,7 @@ class Summary:
     guardian: GuardianSummary
     kv: KVSummary
     token_ids: tuple[int, ...] = ()
+    logprobs: tuple[float, ...] = ()
     chunks: int = 0  # stream messages that carried tokens (fewer than tokens when merged)
     started: service_pb2.Started | None = field(default=None, repr=False)  # holds the resolved options
 
@@ -162,6 +165,7 @@ def summary_from_proto(
             attended_pages_per_step=tuple(kv.attended_pages_per_step),
         ),
         token_ids=tuple(token for c in chunks for token in c.token_ids),
+        logprobs=tuple(logprob for c in chunks for logprob in c.logprobs),
         chunks=len(chunks),
         started=started,
     )
