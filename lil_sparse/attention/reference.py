@@ -68,9 +68,24 @@ class ReferenceBackend(AttentionBackend):
         page_ids: torch.Tensor,
         layout: DecodeLayout,
     ) -> torch.Tensor:
+        return self.decode_with_lse(layer, q, k_pages, v_pages, page_ids, layout)[0]
+
+    def decode_with_lse(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k_pages: torch.Tensor,
+        v_pages: torch.Tensor,
+        page_ids: torch.Tensor,
+        layout: DecodeLayout,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`decode` and ``lse: [rows, G] float32``, the base-2 log-sum-exp of the scaled
+        scores (FlashInfer's ``return_lse`` convention), from the same fp32 scores."""
         rows, _, head_dim = q.shape
         page_size = v_pages.shape[2]
-        probs = torch.softmax(paged_scores(q, k_pages, page_ids, layout), dim=-1)
+        scores = paged_scores(q, k_pages, page_ids, layout)
+        probs = torch.softmax(scores, dim=-1)
         ids = page_ids[:, : layout.width].long()
         values = v_pages[ids].reshape(rows, layout.width * page_size, head_dim).float()
-        return torch.einsum("rgt,rtd->rgd", probs, values).to(q.dtype)
+        out = torch.einsum("rgt,rtd->rgd", probs, values).to(q.dtype)
+        return out, torch.logsumexp(scores, dim=-1) * (1 / math.log(2))

@@ -7,6 +7,7 @@ the step's layouts. Prefill's counterpart is :mod:`lil_sparse.engine.prefill_att
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -73,6 +74,13 @@ class DecodeAttention:
         self.num_kv_heads = num_kv_heads
         self.update_metadata = update_metadata
         self.observers = [g for g in groups if g.policy.observes_attention]  # once per step
+        # Observers that attend the same pages in every layer observe once, after the last layer,
+        # when the attention gives its lse (:meth:`_observe_step`); else after each layer.
+        self.defer_observation = bool(self.observers) and not any(
+            g.policy.selects_per_layer for g in self.observers
+        )
+        self.num_layers = kv.k.shape[0]
+        self._pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (layer, q_rows, lse)
 
     def __call__(self, layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         self.kv.write(
@@ -107,20 +115,37 @@ class DecodeAttention:
             out = self.backend.decode(*args, self.layer_layouts[layer_index])
             return out.view(batch_size, num_heads, head_dim)
         out, lse = self.backend.decode_with_lse(*args, self.layer_layouts[layer_index])
+        if lse is not None and self.defer_observation:
+            self._pending.append((layer_index, q_rows, lse))
+            if layer_index == self.num_layers - 1:
+                pending, self._pending = self._pending, []
+                self._launch_observation(
+                    tuple(t for _, q_layer, lse_layer in pending for t in (q_layer, lse_layer)),
+                    lambda: self._observe_step(pending),
+                )
+        else:
+            self._launch_observation(
+                (q_rows, page_ids) if lse is None else (q_rows, page_ids, lse),
+                lambda: self._observe(layer_index, q_rows, page_ids, lse),
+            )
+        return out.view(batch_size, num_heads, head_dim)
+
+    def _launch_observation(self, keep: tuple[torch.Tensor, ...], observe: Callable[[], None]) -> None:
+        """Run ``observe`` (kernels reading ``keep``) inline or on the observers' lane."""
         if self.streams is None or any(g.sole for g in self.observers):
             # A group of every sequence runs inline: its mass pass spans the step and gains nothing
             # beside the GEMMs, while a fork costs ~2 us per layer (side_streams.py: 8B/batch 8/32k
             # h2o 6.53 ms inline, 6.60 on a lane; a mixed step 18.09 inline, 17.85 on a lane).
-            self._observe(layer_index, q_rows, page_ids, lse)
-        else:  # a latency-bound pass over a mixed step's rows: overlaps the rest of the layer
-            lane = self.streams.observer()
-            # The lane reads these after this call returns: keep them from the allocator until
-            # finish() (a freed block could be handed to the next layer on the current stream).
-            # Recorded before the launch, so that finish() joins the lane even if it raises.
-            self._observed.append((q_rows, page_ids) if lse is None else (q_rows, page_ids, lse))
-            with torch.cuda.stream(lane):
-                self._observe(layer_index, q_rows, page_ids, lse)
-        return out.view(batch_size, num_heads, head_dim)
+            observe()
+            return
+        # A latency-bound pass over a mixed step's rows: overlaps the rest of the step. The lane
+        # reads ``keep`` after this call returns: keep it from the allocator until finish() (a
+        # freed block could be handed to the next layer on the current stream). Recorded before
+        # the launch, so that finish() joins the lane even if it raises.
+        lane = self.streams.observer()
+        self._observed.append(keep)
+        with torch.cuda.stream(lane):
+            observe()
 
     def finish(self) -> None:
         """Order the current stream after the observers' lane (once per step, after the model's
@@ -139,6 +164,28 @@ class DecodeAttention:
             queries = q_rows if group.all_rows else q_rows[rows]
             group_pages = page_ids if group.all_rows else page_ids[rows]
             group.policy.observe_decode(layer, queries, group_pages, group.batch, self.kv, group_lse)
+
+    def _observe_step(self, pending: list[tuple[int, torch.Tensor, torch.Tensor]]) -> None:
+        """The step's observation after its last layer: every layer's queries and lse stacked,
+        one :meth:`SelectionPolicy.observe_decode_layers` call per observing group (H2O: two
+        kernels per step instead of one per layer). The observers' rows attend ``base_page_ids``
+        in every layer (they do not select per layer: :attr:`defer_observation`)."""
+        if [layer for layer, _, _ in pending] != list(range(self.num_layers)):
+            for layer, q_rows, lse in pending:  # a model that skipped or repeated a layer
+                self._observe(layer, q_rows, self.base_page_ids, lse)
+            return
+        q_layers = torch.stack([q_rows for _, q_rows, _ in pending])  # [L, rows, G, D]
+        lse_layers = torch.stack([lse for _, _, lse in pending])  # [L, rows, G]
+        for group in self.observers:
+            rows = group.batch.rows
+            if group.all_rows:
+                group.policy.observe_decode_layers(
+                    q_layers, self.base_page_ids, group.batch, self.kv, lse_layers
+                )
+            else:
+                group.policy.observe_decode_layers(
+                    q_layers[:, rows], self.base_page_ids[rows], group.batch, self.kv, lse_layers[:, rows]
+                )
 
     def _select(self, layer: int, q_rows: torch.Tensor) -> torch.Tensor:
         """The page ids layer ``layer`` attends: ``base_page_ids`` when no group selects here or

@@ -116,6 +116,22 @@ class SelectionPolicy(ABC):
         when the attention kernel gives it, each query's log-sum-exp ``[n, G]`` (base 2, see
         :meth:`AttentionBackend.decode_with_lse`)."""
 
+    def observe_decode_layers(
+        self,
+        q_layers: torch.Tensor,
+        page_ids: torch.Tensor,
+        batch: PolicyBatch,
+        kv: KVCache,
+        lse_layers: torch.Tensor,
+    ) -> None:
+        """Called once after a decode step's last layer instead of :meth:`observe_decode` after
+        each, when the step's attention gave the log-sum-exp and the group's rows attend the same
+        pages in every layer (policies that do not select per layer): ``q_layers: [L, n, G, D]``,
+        ``lse_layers: [L, n, G] float32`` (base 2), ``page_ids: [n, width] int32``. The default
+        calls :meth:`observe_decode` layer by layer, in order."""
+        for layer in range(q_layers.shape[0]):
+            self.observe_decode(layer, q_layers[layer], page_ids, batch, kv, lse_layers[layer])
+
     def observe_prefill(
         self,
         layer: int,

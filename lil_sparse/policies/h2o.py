@@ -11,7 +11,9 @@ Adapted to pages and to a paged, per-head cache:
   chunk adds the mass of the window queries it holds.
 - Each decode step adds the probability every attended page received. On CUDA the attention
   kernel's log-sum-exp turns one Triton pass over the attended keys into that mass
-  (:mod:`lil_sparse.kernels.page_mass`); elsewhere a plain fp32 softmax recomputes it.
+  (:mod:`lil_sparse.kernels.page_mass`), for every layer of the step at once after its last
+  layer (:meth:`H2OPolicy.observe_decode_layers`); elsewhere a plain fp32 softmax recomputes it
+  layer by layer.
 - The recent window (the newest page included) always survives; heavy hitters fill the rest.
 """
 
@@ -64,6 +66,27 @@ class H2OPolicy(SelectionPolicy):
         width = page_ids.shape[1]
         probs = paged_page_probs(q, kv.k[layer], page_ids, layout, width)  # [n, width]
         kv.attention_mass.index_add_(0, page_ids.reshape(-1).long(), probs.reshape(-1))
+
+    def observe_decode_layers(
+        self,
+        q_layers: torch.Tensor,
+        page_ids: torch.Tensor,
+        batch: PolicyBatch,
+        kv: KVCache,
+        lse_layers: torch.Tensor,
+    ) -> None:
+        layout = batch.layout
+        if layout is None:
+            raise ValueError("h2o needs the group's decode layout to observe attention")
+        if not (fused_selection_enabled(q_layers, kv.head_dim) and q_layers.dtype == kv.k.dtype):
+            super().observe_decode_layers(q_layers, page_ids, batch, kv, lse_layers)
+            return
+        # Every layer in two launches rather than one per layer (kernels/page_mass.py).
+        from lil_sparse.kernels.page_mass import add_page_mass_layers
+
+        add_page_mass_layers(
+            q_layers, kv.k, page_ids, layout.counts, layout.last_page_len, lse_layers, kv.attention_mass
+        )
 
     def observe_prefill(
         self,
