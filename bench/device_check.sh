@@ -6,7 +6,8 @@
 #               or exact) (speed-T1 .. T7), the HF generate comparison and
 #               throughput, the target report (decode_targets.md plus its JSON) and the
 #               unequal-rows split micro-benchmark (split_micro.md), and the one-token linear
-#               layers against cuBLAS (gemv_micro.md)
+#               layers against cuBLAS (gemv_micro.md), and the RoPE + K/V append with and without
+#               the key metadata (append_micro.md)
 # Expects the FlashInfer wheels installed in /tmp/site and the SmolLM2 GGUF in /tmp/models
 # (../shared/DEVICE.md has the recipe). Writes under $OUT (at most 8 files come back).
 set -u
@@ -49,4 +50,5 @@ if [ "$part" = bench ]; then
   # One call against two for unequal rows, beside the split cost model (docs/bench/split_micro.md).
   timeout 60 python bench/split_micro.py --out "$out/split_micro.md" 2>&1 | grep -vE "Warning|warn" | tail -12
   timeout 90 python bench/gemv_micro.py --out "$out/gemv_micro.md" 2>&1 | grep -vE "Warning|warn" | tail -14
+  timeout 60 python bench/append_micro.py --out "$out/append_micro.md" 2>&1 | grep -vE "Warning|warn" | tail -8
 fi

@@ -44,29 +44,42 @@ def _append_decode_kv(
     slot = tl.load(slots_ptr + row)
     key = tl.load(k_ptr + token * k_token + head * k_head + dims)
     value = tl.load(v_ptr + token * v_token + head * v_head + dims)
+    page = slot // PAGE_SIZE
+    low = bounds_ptr + page * 2 * HEAD_DIM + dims
+    at = page * HEAD_DIM + dims
+    if META:  # every load before the first store (see _load_page_metadata)
+        old = _load_page_metadata(low, low + HEAD_DIM, key_sum_ptr + at, None)
     tl.store(k_cache_ptr + slot * HEAD_DIM + dims, key.to(k_cache_ptr.dtype.element_ty))
     tl.store(v_cache_ptr + slot * HEAD_DIM + dims, value.to(v_cache_ptr.dtype.element_ty))
     if META:
-        page = slot // PAGE_SIZE
-        low = bounds_ptr + page * 2 * HEAD_DIM + dims
-        at = page * HEAD_DIM + dims
-        _fold_key(low, low + HEAD_DIM, key_sum_ptr + at, key_mean_ptr + at, key, None, PAGE_SIZE)
+        _fold_key(low, low + HEAD_DIM, key_sum_ptr + at, key_mean_ptr + at, key, old, None, PAGE_SIZE)
 
 
 @triton.jit
-def _fold_key(low, high, total, mean, key, mask, PAGE_SIZE: tl.constexpr):
+def _load_page_metadata(low, high, total, mask):
+    """The metadata :func:`_fold_key` updates, at its pointers: ``(min, max, sum)``. Load it
+    before the program's first store: Triton keeps a load after any store that may alias it, so
+    loads issued between stores wait out one memory latency each (six for a key folded in two
+    halves), while loads issued together overlap."""
+    return tl.load(low, mask=mask), tl.load(high, mask=mask), tl.load(total, mask=mask)
+
+
+@triton.jit
+def _fold_key(low, high, total, mean, key, old, mask, PAGE_SIZE: tl.constexpr):
     """Fold ``key`` into its page's metadata, element by element at these pointers: the min at
     ``low`` and the max at ``high`` (the bounds' dtype), the fp32 sum at ``total`` and, rounded
-    from the new sum, the mean ``sum * (1 / PAGE_SIZE)`` at ``mean`` (its dtype). ``mask``: the
-    elements to touch, or None for all. The rule of :meth:`lil_sparse.kv.KVCache.write`, which
-    every append kernel applies through this one helper."""
+    from the new sum, the mean ``sum * (1 / PAGE_SIZE)`` at ``mean`` (its dtype). ``old``: what
+    :func:`_load_page_metadata` loaded at ``low, high, total``. ``mask``: the elements to touch,
+    or None for all. The rule of :meth:`lil_sparse.kv.KVCache.write`, which every append kernel
+    applies through this one helper."""
+    old_low, old_high, old_total = old
     bounds_dtype = low.dtype.element_ty
     # Round the key to the bounds' dtype first (as the reference does), then compare in fp32:
     # exact for values of that dtype, and Triton 3.9's CPU interpreter compares bf16 wrongly.
     bound = key.to(bounds_dtype).to(tl.float32)
-    tl.store(low, tl.minimum(tl.load(low, mask=mask).to(tl.float32), bound).to(bounds_dtype), mask=mask)
-    tl.store(high, tl.maximum(tl.load(high, mask=mask).to(tl.float32), bound).to(bounds_dtype), mask=mask)
-    new_total = tl.load(total, mask=mask) + key.to(tl.float32)
+    tl.store(low, tl.minimum(old_low.to(tl.float32), bound).to(bounds_dtype), mask=mask)
+    tl.store(high, tl.maximum(old_high.to(tl.float32), bound).to(bounds_dtype), mask=mask)
+    new_total = old_total + key.to(tl.float32)
     tl.store(total, new_total, mask=mask)
     tl.store(mean, (new_total * (1.0 / PAGE_SIZE)).to(mean.dtype.element_ty), mask=mask)
 

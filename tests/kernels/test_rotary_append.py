@@ -51,13 +51,20 @@ def append_args(kv: KVCache, layer: int, update: bool):
     # SmolLM2: 9/3 x 64; 6 + 2 heads fill the head block exactly (no masked rows)
     [(5, 4, 2, 16), (3, 9, 3, 64), (2, 12, 2, 64), (1, 4, 1, 32), (2, 6, 2, 32)],
 )
-def test_fused_rotary_append_equals_rotary_then_append(dtype, update, tokens, q_heads, k_heads, head_dim):
+# 16: one program per token for these; 4 and 2: head blocks of query heads, of key heads, of
+# both and partial ones (9 + 3 heads in blocks of 4 and 2).
+@pytest.mark.parametrize("block_heads", [16, 4, 2])
+def test_fused_rotary_append_equals_rotary_then_append(
+    dtype, update, tokens, q_heads, k_heads, head_dim, block_heads
+):
     qk, v, cos, sin, slots = layer_inputs(dtype, tokens, q_heads, k_heads, head_dim, seed=head_dim + tokens)
     want = filled_cache(dtype, head_dim, seed=3)
     got = filled_cache(dtype, head_dim, seed=3)
     want_q, k = rotary_qk(qk, q_heads, cos, sin)
     append_decode_kv(*append_args(want, 1, update), slots, k, v)
-    q = rotary_append_decode_kv(qk, q_heads, cos, sin, v, *append_args(got, 1, update), slots)
+    q = rotary_append_decode_kv(
+        qk, q_heads, cos, sin, v, *append_args(got, 1, update), slots, block_heads=block_heads
+    )
     assert q.is_contiguous() and q.shape == (tokens, q_heads, head_dim)
     assert torch.equal(q, want_q)
     for name in ("k", "v", "key_bounds", "key_sum", "key_mean"):  # the same kernel code: equal
@@ -110,3 +117,5 @@ def test_bad_layouts_are_refused():
     strided_heads = torch.randn(2, 6, 32, device=DEVICE)[:, :, :16]
     with pytest.raises(ValueError, match="contiguous heads"):
         rotary_append_decode_kv(strided_heads, 4, cos, sin, v, kv.k[0], kv.v[0], None, slots)
+    with pytest.raises(ValueError, match="block_heads must be a power of two"):
+        rotary_append_decode_kv(qk, 4, cos, sin, v, kv.k[0], kv.v[0], None, slots, block_heads=6)
