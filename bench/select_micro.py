@@ -5,8 +5,12 @@ of ``--iters`` replays of a CUDA graph of 20 calls; inputs shaped like one layer
 (32 one-bit passes), ``radix4`` (four 8-bit radix passes, ``early_exit=False``) and ``radix``
 (the default: radix passes until the selected set is settled, ``early_exit=True``).
 
+``--flashinfer`` adds FlashInfer's ``top_k_page_table_transform`` (its radix top-k fused with
+the page-table gather, several CTAs per row), timed alone: without the copy into the CSR page
+list and the newest page that the fused kernel's figure includes, so a lower bound for it.
+
     python bench/select_micro.py [--rows 64,16,2] [--widths 2048,2304,256] [--iters 200]
-        [--variants bisect,radix4,radix] [--warps 1,2,4,8]
+        [--variants bisect,radix4,radix] [--warps 1,2,4,8] [--flashinfer]
 """
 
 from __future__ import annotations
@@ -57,6 +61,30 @@ class Case:
         top = torch.topk(self.scores, self.scores.shape[1] // 8 - 1, dim=1, sorted=False).indices
         chosen = torch.cat([self.table.gather(1, top), self.table[:, -1:]], dim=1)
         self.indices[: chosen.numel()] = chosen.reshape(-1)
+
+    def flashinfer_transform(self) -> torch.Tensor:
+        """FlashInfer's fused radix top-k + page-table gather (``top_k_page_table_transform``,
+        multi-CTA per row) over the older slots: ``[rows, count]`` page ids, unordered, not yet
+        in the CSR page list nor followed by the newest page."""
+        import flashinfer
+
+        k = self.scores.shape[1] // 8 - 1
+        return flashinfer.top_k_page_table_transform(self.scores, self.table, self.lengths, k)
+
+    def check_flashinfer_agrees(self) -> None:
+        """FlashInfer's pages, as sets per row, are the fused kernel's older pages."""
+        self.fused(True, True, 8)
+        k = self.scores.shape[1] // 8 - 1
+        ours = self.indices[: self.scores.shape[0] * (k + 1)].view(-1, k + 1)[:, :k]
+        theirs = self.flashinfer_transform()
+        if not torch.equal(ours.sort(dim=1).values, theirs.sort(dim=1).values):
+            raise RuntimeError(f"select_micro: FlashInfer's pages differ at {tuple(self.scores.shape)}")
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """Slots each row ranks: all but the newest (scored -inf)."""
+        rows, width = self.scores.shape
+        return torch.full((rows,), width - 1, dtype=torch.int32, device=self.scores.device)
 
     def fused(self, radix: bool, early_exit: bool, warps: int) -> None:
         newest = self.table[:, -1]
@@ -113,6 +141,9 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="of " + ", ".join(VARIANTS))
     parser.add_argument("--warps", default="1,2,4,8")
     parser.add_argument("--scores", action="store_true", help="also time the Quest scoring kernel")
+    parser.add_argument(
+        "--flashinfer", action="store_true", help="also time FlashInfer's top_k_page_table_transform"
+    )
     args = parser.parse_args()
     variants = args.variants.split(",")
     if unknown := set(variants) - set(VARIANTS):
@@ -131,6 +162,9 @@ def main() -> None:
                 for warps in (int(w) for w in args.warps.split(",")):
                     fn = partial(case.fused, *VARIANTS[name], warps)
                     line.append(f"{name}/{warps}w {timed_us(fn, args.iters):6.1f}")
+            if args.flashinfer:
+                case.check_flashinfer_agrees()
+                line.append(f"flashinfer transform {timed_us(case.flashinfer_transform, args.iters):6.1f}")
             print(" | ".join(line), flush=True)
 
 
