@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
+
 _TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 
 
@@ -31,7 +33,9 @@ def _add_rmsnorm(
     HAS_RESIDUAL: tl.constexpr,
     DTYPE: tl.constexpr,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_previous(PDL)
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < n
@@ -73,6 +77,8 @@ def add_rmsnorm(
         HAS_RESIDUAL=residual is not None,
         DTYPE=_TL_DTYPES[x.dtype],
         BLOCK=triton.next_power_of_2(n),
+        PDL=use_pdl(x),
+        **launch_options(x),
     )
     return out
 

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from lil_sparse.kernels.fused_layers import _TL_DTYPES, _silu_times, silu_mul
+from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 
 MAX_WEIGHT_ELEMENTS = 2**31
 """The kernel's offsets (``row * K + column``) are 32-bit: larger weights stay with PyTorch."""
@@ -91,7 +92,9 @@ def _gemv(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     DTYPE: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_previous(PDL)
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < n
     total = _row_block_dots(x_ptr, w_ptr, rows, row_mask, w_stride, K, BLOCK_N, BLOCK_K)
@@ -166,7 +169,8 @@ def _launch(
     _gemv[(triton.cdiv(n, tiles.block_n),)](
         x, weight, weight if bias is None else bias, out, n, weight.stride(0),
         K=x.shape[1], HAS_BIAS=bias is not None, SILU_MUL=fuse_silu, BLOCK_N=tiles.block_n,
-        BLOCK_K=tiles.block_k, DTYPE=_TL_DTYPES[x.dtype], num_warps=tiles.warps,
+        BLOCK_K=tiles.block_k, DTYPE=_TL_DTYPES[x.dtype], PDL=use_pdl(x), num_warps=tiles.warps,
+        **launch_options(x),
     )  # fmt: skip
     return out
 

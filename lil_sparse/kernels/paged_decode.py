@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from lil_sparse.kernels.fused_layers import _TL_DTYPES
+from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 
 LOG2E = 1.4426950408889634
 
@@ -173,9 +174,11 @@ def _paged_decode(
     SPLITS: tl.constexpr,
     BLOCK_PAGES: tl.constexpr,
     UPCAST: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One program per (row, split): the split's pages with the online softmax, stored as its
     normalised ``[G, D]`` partial output and base-2 log-sum-exp."""
+    wait_for_previous(PDL)
     row = tl.program_id(0)
     split = tl.program_id(1)
     heads = tl.arange(0, G_PAD)
@@ -245,8 +248,10 @@ def _merge_partials(
     SPLITS: tl.constexpr,
     WRITE_LSE: tl.constexpr,
     DTYPE: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One program per (row, query head): the log-sum-exp-weighted mean of the splits' partials."""
+    wait_for_previous(PDL)
     row = tl.program_id(0)
     head = tl.program_id(1)
     splits = tl.arange(0, SPLITS)
@@ -331,11 +336,14 @@ def paged_decode(
         SPLITS=tiles.splits,
         BLOCK_PAGES=tiles.block_pages,
         UPCAST=not q.is_cuda,
+        PDL=use_pdl(q),
         num_warps=tiles.warps,
         num_stages=tiles.stages,
+        **launch_options(q),
     )
     _merge_partials[(rows, group)](
         scratch.partial_out, scratch.partial_lse, out, scratch.partial_lse if lse is None else lse,
         G=group, D=head_dim, SPLITS=tiles.splits, WRITE_LSE=lse is not None, DTYPE=_TL_DTYPES[q.dtype],
+        PDL=use_pdl(q), **launch_options(q),
     )  # fmt: skip
     return out

@@ -27,6 +27,7 @@ import triton.language as tl
 
 from lil_sparse.kernels.fused_layers import _TL_DTYPES, _rope_halves
 from lil_sparse.kernels.kv_append import _fold_key, _load_page_metadata
+from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 from lil_sparse.kv.key_metadata import KeyMetadata, check_key_metadata
 
 
@@ -53,7 +54,9 @@ def _rotary_append_decode_kv(
     PAGE_SIZE: tl.constexpr,
     DTYPE: tl.constexpr,
     META: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_previous(PDL)
     token = tl.program_id(0)
     head = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
     dims = tl.arange(0, HALF)[None, :]
@@ -157,5 +160,7 @@ def rotary_append_decode_kv(
         PAGE_SIZE=k_cache.shape[2],
         DTYPE=_TL_DTYPES[qk.dtype],
         META=metadata is not None,
+        PDL=use_pdl(qk),
+        **launch_options(qk),
     )
     return q
