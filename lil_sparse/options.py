@@ -140,17 +140,26 @@ class SparseOptions:
             "policy",
             f"unknown policy {self.policy!r}; choose one of {', '.join(POLICY_NAMES)}",
         )
-        _require_int(self.budget_tokens, "budget_tokens", 1, INT32_MAX)
+        # The smallest budget is one page, which only the engine's geometry knows:
+        # budget_pages() refuses every budget below it, 0 and negatives included, with one message.
+        _require_int(self.budget_tokens, "budget_tokens", -INT32_MAX - 1, INT32_MAX)
         _require_int(self.sink_tokens, "sink_tokens", 0, INT32_MAX)
         _require_int(self.recent_tokens, "recent_tokens", 0, INT32_MAX, " (0: automatic)")
         _require_int(self.dense_layers, "dense_layers", 0, INT32_MAX)
 
     def budget_pages(self, page_size: int) -> int:
-        """Pages attended per step (the newest page included); raises if below one page, for every
-        policy (``full`` ignores the budget, but a budget that no policy could use is a mistake)."""
-        pages = self.budget_tokens // page_size
-        _require(pages >= 1, "budget_tokens", f"{self.budget_tokens} is below one page ({page_size} tokens)")
-        return pages
+        """Pages attended per step (the newest page included).
+
+        Raises ``ValueError`` for a budget below one page (0 and negatives included), for every
+        policy (``full`` ignores the budget, but a budget that no policy could use is a mistake):
+        ``budget_tokens: must be >= 16 (one page of 16 tokens), got 8``.
+        """
+        _require(
+            self.budget_tokens >= page_size,
+            "budget_tokens",
+            f"must be >= {page_size} (one page of {page_size} tokens), got {self.budget_tokens}",
+        )
+        return self.budget_tokens // page_size
 
     def sink_pages(self, page_size: int) -> int:
         """Sink tokens rounded up to whole pages."""

@@ -82,6 +82,11 @@ class ServerConfig:
         )
         _require(self.guardian_workers >= 0, "guardian_workers", f"must be >= 0, got {self.guardian_workers}")
         _require(self.page_size >= 1, "page_size", f"must be >= 1, got {self.page_size}")
+        try:  # the default budget's lower bound, one page, needs the page size: checked here
+            self.default_options.sparse.budget_pages(self.page_size)
+        except ValueError as error:
+            _, _, message = str(error).partition(": ")
+            raise ValueError(f"default_budget_tokens: {message}") from None
         _require(
             self.kv_cache_tokens >= self.page_size,
             "kv_cache_tokens",

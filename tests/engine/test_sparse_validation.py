@@ -16,10 +16,21 @@ def _error(options: SparseOptions) -> str:
     return str(raised.value)
 
 
-def test_full_refuses_a_budget_below_one_page() -> None:
-    assert _error(SparseOptions(policy="full", budget_tokens=8)) == (
-        "budget_tokens: 8 is below one page (16 tokens)"
+@pytest.mark.parametrize("policy", ["full", "sink", "h2o", "quest", "infllm"])
+@pytest.mark.parametrize("budget", [-1, 0, 1, 8, 15])
+def test_every_budget_below_one_page_gets_one_message(policy: str, budget: int) -> None:
+    # 0 and a positive budget below a page once read differently (">= 1" against "below one
+    # page"); both now name the field, the value, the page size and the smallest valid budget.
+    assert _error(SparseOptions(policy=policy, budget_tokens=budget)) == (
+        f"budget_tokens: must be >= 16 (one page of 16 tokens), got {budget}"
     )
+
+
+def test_the_smallest_budget_the_message_names_is_accepted() -> None:
+    assert SparseOptions(policy="quest", budget_tokens=16).budget_pages(PAGE) == 1
+    assert SparseOptions(policy="quest", budget_tokens=31).budget_pages(PAGE) == 1
+    with pytest.raises(ValueError, match=r"^budget_tokens: must be >= 32 \(one page of 32 tokens\), got 16$"):
+        SparseOptions(policy="quest", budget_tokens=16).budget_pages(32)
 
 
 def test_full_ignores_fields_that_only_sparse_policies_read() -> None:

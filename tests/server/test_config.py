@@ -85,7 +85,14 @@ def test_errors_name_the_setting(flags: list[str], env: dict[str, str], message:
         (
             ["--model", "m"],
             {"LIL_SPARSE_DEFAULT_BUDGET_TOKENS": "-5"},
-            "default_budget_tokens: must be >= 1, got -5 (from LIL_SPARSE_DEFAULT_BUDGET_TOKENS)",
+            "default_budget_tokens: must be >= 16 (one page of 16 tokens), got -5"
+            " (from LIL_SPARSE_DEFAULT_BUDGET_TOKENS)",
+        ),
+        (  # below one page of the server's page size: refused at startup, not on every request
+            ["--model", "m", "--page-size", "32", "--default-budget-tokens", "16"],
+            {},
+            "default_budget_tokens: must be >= 32 (one page of 32 tokens), got 16"
+            " (from --default-budget-tokens)",
         ),
     ],
 )

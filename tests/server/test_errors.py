@@ -48,11 +48,20 @@ BAD_REQUESTS = [
     (_req(sampling={"top_k": -3}), INVALID, "top_k: must be >= 0 (0 disables), got -3"),
     (_req(sampling={"seed": -1}), INVALID, "seed: must be in [0, 2^63) (int64), got -1"),
     (_req(stopping={"max_new_tokens": 0}), INVALID, "max_new_tokens: must be >= 1, got 0"),
-    (_req(sparse={"policy": 4, "budget_tokens": 0}), INVALID, "budget_tokens: must be >= 1, got 0"),
     (
-        _req(sparse={"policy": 4, "budget_tokens": 8}),
+        _req(sparse={"policy": 4, "budget_tokens": 0}),
         INVALID,
-        "budget_tokens: 8 is below one page (16 tokens)",
+        "budget_tokens: must be >= 16 (one page of 16 tokens), got 0",
+    ),
+    (
+        _req(sparse={"policy": 4, "budget_tokens": 1}),
+        INVALID,
+        "budget_tokens: must be >= 16 (one page of 16 tokens), got 1",
+    ),
+    (
+        _req(sparse={"policy": 1, "budget_tokens": -3}),
+        INVALID,
+        "budget_tokens: must be >= 16 (one page of 16 tokens), got -3",
     ),
     (
         _req(sparse={"policy": 4, "dense_layers": 5}),

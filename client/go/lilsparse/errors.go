@@ -16,7 +16,7 @@ type Error struct {
 }
 
 // Error returns "CODE: message" with the code's canonical name, as the Python client does:
-// "INVALID_ARGUMENT: budget_tokens: must be >= 1, got 0".
+// "INVALID_ARGUMENT: budget_tokens: must be >= 16 (one page of 16 tokens), got 0".
 func (e *Error) Error() string {
 	return CodeName(e.status.Code()) + ": " + e.status.Message()
 }
@@ -49,7 +49,7 @@ func (e *Error) Code() codes.Code { return e.status.Code() }
 func (e *Error) Message() string { return e.status.Message() }
 
 // Field is the option the server rejected: its INVALID_ARGUMENT messages start with the field
-// name ("budget_tokens: must be >= 1"). Empty when the message names no field.
+// name ("budget_tokens: must be >= 16 ..."). Empty when the message names no field.
 func (e *Error) Field() string {
 	if e.status.Code() != codes.InvalidArgument && e.status.Code() != codes.OutOfRange {
 		return ""

@@ -409,9 +409,9 @@ type SparseOptions struct {
 
 	// The page-selection policy.
 	Policy Policy `protobuf:"varint,1,opt,name=policy,proto3,enum=lil_sparse.v1.Policy" json:"policy,omitempty"`
-	// KV tokens attended per decode step, >= 1, rounded down to whole pages (at least one page);
-	// the newest, possibly partial, page is always attended. POLICY_FULL attends every page and
-	// ignores the budget, but a budget below one page is refused under every policy.
+	// KV tokens attended per decode step, at least one page (PolicyInfo.min_budget_tokens), rounded
+	// down to whole pages; the newest, possibly partial, page is always attended. POLICY_FULL attends
+	// every page and ignores the budget, but a budget below one page is refused under every policy.
 	BudgetTokens *int32 `protobuf:"varint,2,opt,name=budget_tokens,json=budgetTokens,proto3,oneof" json:"budget_tokens,omitempty"`
 	// Leading "attention sink" tokens always kept (sink, infllm), >= 0, rounded up to pages.
 	SinkTokens *int32 `protobuf:"varint,3,opt,name=sink_tokens,json=sinkTokens,proto3,oneof" json:"sink_tokens,omitempty"`
