@@ -124,8 +124,9 @@ func TestLilStreamPrintsTextThenTheSummary(t *testing.T) {
 func TestLilStreamReportsAStatusCodeAndExitsOne(t *testing.T) {
 	binary := build(t, "cmd/lil-stream")
 	stdout, stderr, code := runBinary(t, binary, "-address", server.Address, "-policy", "quest", "-budget", "0", "hi")
-	if code != 1 || !strings.HasPrefix(stderr, "lil-stream: INVALID_ARGUMENT: budget_tokens: ") || stdout != "" {
-		t.Fatalf("exit %d, stdout %q, stderr %q; want 1 and an INVALID_ARGUMENT budget_tokens message", code, stdout, stderr)
+	want := "lil-stream: INVALID_ARGUMENT: budget_tokens: must be >= 16 (one page of 16 tokens), got 0\n"
+	if code != 1 || stderr != want || stdout != "" {
+		t.Fatalf("exit %d, stdout %q, stderr %q; want 1 and %q", code, stdout, stderr, want)
 	}
 	_, stderr, code = runBinary(t, binary, "-address", server.Address, "-policy", "bogus", "hi")
 	if code != 2 || !strings.Contains(stderr, "unknown policy") {
@@ -198,6 +199,103 @@ func TestLilStreamMirrorsThePythonClient(t *testing.T) {
 		pythonLabel, _, _ := strings.Cut(pythonLines[i], ":")
 		if goLabel != pythonLabel {
 			t.Fatalf("summary line %d label: go %q, python %q", i, goLabel, pythonLabel)
+		}
+	}
+}
+
+// pythonClient runs `python -m lil_client --address ... ARGS...` against the shared server.
+func pythonClient(t *testing.T, args ...string) string {
+	t.Helper()
+	python := exec.Command(testserver.Python(), append([]string{"-m", "lil_client", "--address", server.Address}, args...)...)
+	python.Env = append(os.Environ(), "PYTHONPATH="+server.RepoRoot+string(os.PathListSeparator)+
+		filepath.Join(server.RepoRoot, "client", "python"))
+	output, err := python.Output()
+	if err != nil {
+		t.Fatalf("python -m lil_client %q: %v", args, err)
+	}
+	return string(output)
+}
+
+// answerFlags make Guardian stop at token 8 (every check after the first says stop) and force an
+// answer prompt, whose tokens the server sends with NaN logprobs, then 3 answer tokens.
+var answerFlags = []string{"-max-new-tokens", "64", "-ignore-eos", "-temperature", "0", "-guardian",
+	"-guardian-interval", "4", "-guardian-threshold", "1000000", "-guardian-action", "answer",
+	"-guardian-answer-max-tokens", "3", "-token-ids", "-logprobs"}
+
+func TestLilStreamPrintsLogprobsLikeThePythonClient(t *testing.T) {
+	binary := build(t, "cmd/lil-stream")
+	pythonFlags := make([]string, len(answerFlags))
+	for i, flag := range answerFlags {
+		pythonFlags[i] = strings.Replace(flag, "-", "--", 1)
+	}
+
+	// -json: logprobs joined from the chunks, one per completion token, null for the forced prompt.
+	goJSON, stderr, code := runBinary(t, binary, append(append([]string{"-address", server.Address, "-json"},
+		answerFlags...), "Log me")...)
+	if code != 0 {
+		failWithLogs(t, "lil-stream -json exited %d: %s", code, stderr)
+	}
+	var decoded struct {
+		CompletionTokens int        `json:"completion_tokens"`
+		Logprobs         []*float64 `json:"logprobs"`
+		Guardian         struct {
+			AnswerStartedAt    *int `json:"answer_started_at"`
+			AnswerPromptTokens int  `json:"answer_prompt_tokens"`
+		} `json:"guardian"`
+	}
+	if err := json.Unmarshal([]byte(goJSON), &decoded); err != nil {
+		t.Fatalf("-json output %q: %v", goJSON, err)
+	}
+	start, forced := decoded.Guardian.AnswerStartedAt, decoded.Guardian.AnswerPromptTokens
+	if start == nil || *start != 8 || forced < 1 || decoded.CompletionTokens != *start+forced+3 ||
+		len(decoded.Logprobs) != decoded.CompletionTokens {
+		t.Fatalf("-json %s: want an answer forced at token 8 and one logprob per completion token", goJSON)
+	}
+	for i, logprob := range decoded.Logprobs {
+		isForced := i >= *start && i < *start+forced
+		if (logprob == nil) != isForced || (logprob != nil && *logprob > 0) {
+			t.Fatalf("logprob %d = %v: want null exactly for the forced prompt [%d, %d), else <= 0",
+				i, logprob, *start, *start+forced)
+		}
+	}
+	pythonJSON := pythonClient(t, append(append([]string{"generate", "Log me", "--json"}, pythonFlags...))...)
+	var pythonDecoded struct {
+		Logprobs []*float64 `json:"logprobs"`
+	}
+	if err := json.Unmarshal([]byte(pythonJSON), &pythonDecoded); err != nil {
+		t.Fatalf("lil-client --json output %q: %v", pythonJSON, err)
+	}
+	if len(pythonDecoded.Logprobs) != len(decoded.Logprobs) {
+		t.Fatalf("logprobs: go %d, python %d", len(decoded.Logprobs), len(pythonDecoded.Logprobs))
+	}
+	for i := range decoded.Logprobs {
+		// Both hold the server's float32: Go writes its shortest float32 form, Python its float64 one.
+		goValue, pythonValue := decoded.Logprobs[i], pythonDecoded.Logprobs[i]
+		if (goValue == nil) != (pythonValue == nil) || (goValue != nil && float32(*goValue) != float32(*pythonValue)) {
+			t.Fatalf("logprob %d: go %s, python %s (same greedy request)", i, goJSON, pythonJSON)
+		}
+	}
+
+	// Text: the token ids and logprobs lines after the summary read as lil-client's, "nan" included.
+	goText, stderr, code := runBinary(t, binary, append(append([]string{"-address", server.Address},
+		answerFlags...), "Log me")...)
+	if code != 0 {
+		failWithLogs(t, "lil-stream exited %d: %s", code, stderr)
+	}
+	pythonText := pythonClient(t, append([]string{"generate", "Log me"}, pythonFlags...)...)
+	_, goSummary, _ := strings.Cut(goText, "\n---\n")
+	_, pythonSummary, _ := strings.Cut(pythonText, "\n---\n")
+	goLines, pythonLines := strings.Split(goSummary, "\n"), strings.Split(pythonSummary, "\n")
+	if len(goLines) != 8 || len(pythonLines) != 8 || goLines[7] != "" {
+		t.Fatalf("want 5 summary lines, token ids and logprobs:\ngo:\n%s\npython:\n%s", goSummary, pythonSummary)
+	}
+	printed := strings.Split(strings.TrimPrefix(goLines[6], "logprobs: "), " ")
+	if len(printed) != decoded.CompletionTokens || printed[*start] != "nan" || printed[*start-1] == "nan" {
+		t.Fatalf("logprobs line %q: want %d values, nan from token %d", goLines[6], decoded.CompletionTokens, *start)
+	}
+	for _, i := range []int{5, 6} {
+		if goLines[i] != pythonLines[i] {
+			t.Fatalf("line %d after the summary: go %q, python %q", i, goLines[i], pythonLines[i])
 		}
 	}
 }

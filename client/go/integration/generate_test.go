@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"reflect"
 	"testing"
 
 	"github.com/lil-sparse/lil-sparse/client/go/lilsparse"
@@ -38,6 +39,7 @@ func TestStreamArrivesInOrderAndCountsMatch(t *testing.T) {
 	}
 
 	var tokenIDs []int32
+	var logprobs []float32
 	var text string
 	tokenCount := 0
 	for stream.Next() {
@@ -51,6 +53,7 @@ func TestStreamArrivesInOrderAndCountsMatch(t *testing.T) {
 			}
 		}
 		tokenIDs = append(tokenIDs, chunk.TokenIDs...)
+		logprobs = append(logprobs, chunk.Logprobs...)
 		text += chunk.Text
 		tokenCount += chunk.TokenCount
 	}
@@ -70,6 +73,9 @@ func TestStreamArrivesInOrderAndCountsMatch(t *testing.T) {
 	}
 	if summary.Text != text || !equalIDs(summary.TokenIDs, tokenIDs) {
 		t.Fatalf("summary text/ids differ from the chunks read with Next")
+	}
+	if len(summary.Logprobs) != 24 || !reflect.DeepEqual([]float32(summary.Logprobs), logprobs) {
+		t.Fatalf("summary logprobs %v differ from the chunks' %v", summary.Logprobs, logprobs)
 	}
 	if summary.Timings.TTFTSeconds <= 0 || summary.Timings.JCTSeconds < summary.Timings.TTFTSeconds {
 		t.Fatalf("timings %+v: want 0 < ttft <= jct", summary.Timings)

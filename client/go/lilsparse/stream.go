@@ -69,9 +69,7 @@ func (s *Stream) Next() bool {
 		switch event := message.GetEvent().(type) {
 		case *pb.GenerateResponse_Chunk:
 			s.chunk = chunkFromProto(event.Chunk)
-			s.summary.Chunks++
-			s.summary.Text += s.chunk.Text
-			s.summary.TokenIDs = append(s.summary.TokenIDs, s.chunk.TokenIDs...)
+			s.summary.addChunk(s.chunk)
 			return true
 		case *pb.GenerateResponse_Finished:
 			s.summary.fillFromFinished(event.Finished)
@@ -94,7 +92,7 @@ func (s *Stream) Chunk() Chunk { return s.chunk }
 func (s *Stream) Err() error { return s.err }
 
 // Summary reads any chunks left and returns the final summary, or the error that ended the
-// stream. Text and TokenIDs hold every chunk's, including those read with Next.
+// stream. Text, TokenIDs and Logprobs hold every chunk's, including those read with Next.
 func (s *Stream) Summary() (*Summary, error) {
 	for s.Next() {
 	}

@@ -1,6 +1,8 @@
 package lilsparse
 
 import (
+	"encoding/json"
+	"math"
 	"strings"
 
 	pb "github.com/lil-sparse/lil-sparse/client/go/lilsparsev1"
@@ -42,10 +44,10 @@ type ResolvedOptions struct {
 // Chunk is newly generated text. Slow readers get merged chunks; no token is ever dropped, so
 // the chunks' TokenCount sums to Summary.CompletionTokens.
 type Chunk struct {
-	TokenCount int       `json:"token_count"`
-	Text       string    `json:"text"`                // may be empty mid multi-byte character
-	TokenIDs   []int32   `json:"token_ids,omitempty"` // with Output.TokenIDs
-	Logprobs   []float32 `json:"logprobs,omitempty"`  // with Output.Logprobs
+	TokenCount int      `json:"token_count"`
+	Text       string   `json:"text"`                // may be empty mid multi-byte character
+	TokenIDs   []int32  `json:"token_ids,omitempty"` // with Output.TokenIDs
+	Logprobs   Logprobs `json:"logprobs,omitempty"`  // with Output.Logprobs
 	// The last AnswerTokens tokens follow a Guardian stop with GuardianActionAnswer.
 	AnswerTokens int `json:"answer_tokens,omitempty"`
 }
@@ -56,12 +58,56 @@ type Summary struct {
 	FinishReason     FinishReason   `json:"finish_reason"`
 	PromptTokens     int            `json:"prompt_tokens"`
 	CompletionTokens int            `json:"completion_tokens"`
-	Text             string         `json:"text"`      // every chunk's text, in order
-	TokenIDs         []int32        `json:"token_ids"` // with Output.TokenIDs
-	Chunks           int            `json:"chunks"`    // chunk messages received
+	Text             string         `json:"text"`               // every chunk's text, in order
+	TokenIDs         []int32        `json:"token_ids"`          // with Output.TokenIDs
+	Logprobs         Logprobs       `json:"logprobs,omitempty"` // with Output.Logprobs (see Logprobs)
+	Chunks           int            `json:"chunks"`             // chunk messages received
 	Timings          Timings        `json:"timings"`
 	Guardian         GuardianReport `json:"guardian"`
 	KV               KVReport       `json:"kv"`
+}
+
+// Logprobs are the log-probabilities of generated tokens, one per token (natural log, <= 0),
+// returned with Output.Logprobs. Summary.Logprobs joins every chunk's, in order, as the Python
+// client's Summary.logprobs does; without Output.Logprobs it is nil and absent from JSON, as from
+// lil-client's --json. The server sends NaN for the tokens of a forced Guardian answer prompt,
+// which the model did not choose. JSON cannot hold NaN, so a non-finite value encodes as null,
+// as lil-client's --json writes it, and null decodes back as NaN.
+type Logprobs []float32
+
+// MarshalJSON writes the values as a JSON array, null where a value is not finite.
+func (l Logprobs) MarshalJSON() ([]byte, error) {
+	if l == nil {
+		return []byte("null"), nil
+	}
+	values := make([]*float32, len(l))
+	for i, value := range l {
+		if !math.IsNaN(float64(value)) && !math.IsInf(float64(value), 0) {
+			values[i] = &l[i]
+		}
+	}
+	return json.Marshal(values)
+}
+
+// UnmarshalJSON reads a JSON array, null as NaN.
+func (l *Logprobs) UnmarshalJSON(data []byte) error {
+	var values []*float32
+	if err := json.Unmarshal(data, &values); err != nil {
+		return err
+	}
+	if values == nil {
+		*l = nil
+		return nil
+	}
+	decoded := make(Logprobs, len(values))
+	for i, value := range values {
+		decoded[i] = float32(math.NaN())
+		if value != nil {
+			decoded[i] = *value
+		}
+	}
+	*l = decoded
+	return nil
 }
 
 // Timings are the engine's latencies in seconds.
@@ -137,8 +183,17 @@ func chunkFromProto(chunk *pb.Chunk) Chunk {
 	}
 }
 
+// addChunk joins a chunk into the summary the stream gathers: its text, token ids and logprobs
+// are appended in order, as the Python client's Summary joins them.
+func (s *Summary) addChunk(chunk Chunk) {
+	s.Chunks++
+	s.Text += chunk.Text
+	s.TokenIDs = append(s.TokenIDs, chunk.TokenIDs...)
+	s.Logprobs = append(s.Logprobs, chunk.Logprobs...)
+}
+
 // fillFromFinished copies the server's final report into the summary the stream has been
-// gathering (request id, text, token ids and chunk count are already there).
+// gathering (request id, text, token ids, logprobs and chunk count are already there).
 func (s *Summary) fillFromFinished(finished *pb.Finished) {
 	s.FinishReason = finishReasonFromProto(finished.GetFinishReason())
 	s.PromptTokens = int(finished.GetUsage().GetPromptTokens())

@@ -80,9 +80,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	action := flags.String("guardian-action", "", "Guardian: what a stop does, truncate or answer")
 	answerMax := flags.Int("guardian-answer-max-tokens", 0, "Guardian: tokens of the answer (-guardian-action answer)")
 
-	flags.BoolVar(&parsed.request.Output.TokenIDs, "token-ids", false, "return token ids (shown with -json)")
-	flags.BoolVar(&parsed.request.Output.Logprobs, "logprobs", false, "return logprobs (shown with -json)")
-	flags.BoolVar(&parsed.request.Output.GuardianTrace, "guardian-trace", false, "return the Guardian trace")
+	flags.BoolVar(&parsed.request.Output.TokenIDs, "token-ids", false, "return token ids (printed after the summary, or in -json)")
+	flags.BoolVar(&parsed.request.Output.Logprobs, "logprobs", false, "return logprobs (printed after the summary, or in -json)")
+	flags.BoolVar(&parsed.request.Output.GuardianTrace, "guardian-trace", false, "return the Guardian trace (printed after the summary, or in -json)")
 
 	if err := flags.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

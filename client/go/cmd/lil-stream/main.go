@@ -98,7 +98,8 @@ func printInfo(ctx context.Context, client *lilsparse.Client, parsed *options, s
 }
 
 // generate streams the text live (or nothing with -json), then prints the summary like
-// `lil-client generate`: "---" and the summary lines, or one JSON line.
+// `lil-client generate`: "---", the summary lines and the lines the output flags ask for, or
+// one JSON line (logprobs in it only with -logprobs, null for NaN).
 func generate(ctx context.Context, client *lilsparse.Client, parsed *options, stdout io.Writer) error {
 	stream, err := client.Generate(ctx, parsed.request)
 	if err != nil {
@@ -120,7 +121,7 @@ func generate(ctx context.Context, client *lilsparse.Client, parsed *options, st
 	if parsed.json {
 		return writeJSON(stdout, summary)
 	}
-	writeText(stdout, "\n---\n"+formatSummary(summary)+"\n")
+	writeText(stdout, "\n---\n"+formatSummary(summary)+"\n"+formatOutputs(summary, &parsed.request))
 	return nil
 }
 

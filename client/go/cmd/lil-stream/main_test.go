@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -180,5 +181,46 @@ func TestSecurityFlagsAndAllowSpecialTokens(t *testing.T) {
 	}
 	if plain.useTLS || plain.request.AllowSpecialTokens != nil {
 		t.Fatalf("no flags: plaintext and the field absent: %+v", plain)
+	}
+}
+
+func TestOutputFlagsPrintLinesAfterTheSummaryLikeThePythonClient(t *testing.T) {
+	nan := float32(math.NaN())
+	summary := &lilsparse.Summary{
+		RequestID: "r-1", TokenIDs: []int32{5, 17, 2}, Logprobs: lilsparse.Logprobs{-0.25, nan, -1.03125},
+		Guardian: lilsparse.GuardianReport{Enabled: true, Trace: []lilsparse.GuardianCheck{
+			{GeneratedTokens: 4, CompressedBytes: 40, CPUSeconds: 0.0001},
+			{GeneratedTokens: 8, CompressedBytes: 43, GrowthBytes: lilsparse.Ptr(int64(3)), Stop: true, CPUSeconds: 0.00025},
+		}},
+	}
+	parsed, err := parseFlags([]string{"-request-id", "r-1", "-token-ids", "-logprobs", "-guardian-trace", "q"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// lil-client prints the same lines (client/python/lil_client, format_outputs); NaN, the
+	// forced answer prompt's, prints as Python prints it.
+	want := "request: r-1\n" +
+		"token ids: 5 17 2\n" +
+		"logprobs: -0.2500 nan -1.0312\n" +
+		"guardian trace: 2 checks\n" +
+		"  token 4: 40 bytes, first check, go on, 0.10 ms CPU\n" +
+		"  token 8: 43 bytes, +3 bytes, stop, 0.25 ms CPU\n"
+	if got := formatOutputs(summary, &parsed.request); got != want {
+		t.Fatalf("output lines\n%q\nwant\n%q", got, want)
+	}
+	plain, err := parseFlags([]string{"q"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := formatOutputs(summary, &plain.request); got != "" {
+		t.Fatalf("no output flags: %q, want nothing after the summary", got)
+	}
+	// -json: the summary's logprobs, NaN as null (strict JSON), as lil-client --json writes them.
+	var out bytes.Buffer
+	if err := writeJSON(&out, summary); err != nil {
+		t.Fatalf("-json with a NaN logprob: %v", err)
+	}
+	if !strings.Contains(out.String(), `"logprobs":[-0.25,null,-1.03125]`) {
+		t.Fatalf("-json %s: want logprobs [-0.25,null,-1.03125]", out.String())
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"math"
 	"strings"
 
 	"github.com/lil-sparse/lil-sparse/client/go/lilsparse"
@@ -51,6 +52,63 @@ func optional(value *int) string {
 		return "None"
 	}
 	return fmt.Sprint(*value)
+}
+
+// formatOutputs is the lines -request-id, -token-ids, -logprobs and -guardian-trace ask for,
+// printed after the summary ("" when none was given); they match lil-client's line for line.
+func formatOutputs(summary *lilsparse.Summary, request *lilsparse.Request) string {
+	var lines []string
+	if request.RequestID != "" {
+		lines = append(lines, "request: "+summary.RequestID)
+	}
+	if request.Output.TokenIDs {
+		ids := make([]string, len(summary.TokenIDs))
+		for i, id := range summary.TokenIDs {
+			ids[i] = fmt.Sprint(id)
+		}
+		lines = append(lines, "token ids: "+strings.Join(ids, " "))
+	}
+	if request.Output.Logprobs {
+		values := make([]string, len(summary.Logprobs))
+		for i, logprob := range summary.Logprobs {
+			values[i] = formatLogprob(logprob)
+		}
+		lines = append(lines, "logprobs: "+strings.Join(values, " "))
+	}
+	if request.Output.GuardianTrace {
+		trace := summary.Guardian.Trace
+		lines = append(lines, fmt.Sprintf("guardian trace: %d checks", len(trace)))
+		for _, check := range trace {
+			growth, verdict := "first check", "go on"
+			if check.GrowthBytes != nil {
+				growth = fmt.Sprintf("%+d bytes", *check.GrowthBytes)
+			}
+			if check.Stop {
+				verdict = "stop"
+			}
+			lines = append(lines, fmt.Sprintf("  token %d: %d bytes, %s, %s, %.2f ms CPU",
+				check.GeneratedTokens, check.CompressedBytes, growth, verdict, check.CPUSeconds*1e3))
+		}
+	}
+	if len(lines) == 0 {
+		return ""
+	}
+	return strings.Join(lines, "\n") + "\n"
+}
+
+// formatLogprob prints a logprob to 4 decimals, and a forced answer prompt's NaN (or an
+// infinity) as Python prints it ("nan", "-inf"), so both CLIs read the same.
+func formatLogprob(logprob float32) string {
+	value := float64(logprob)
+	switch {
+	case math.IsNaN(value):
+		return "nan"
+	case math.IsInf(value, 1):
+		return "inf"
+	case math.IsInf(value, -1):
+		return "-inf"
+	}
+	return fmt.Sprintf("%.4f", value)
 }
 
 // formatInfo is the human `-info` output, matching `lil-client info`.
