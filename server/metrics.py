@@ -14,7 +14,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
-from lil_sparse.events import FinishReason, RequestReport, TokenEvent
+from lil_sparse.events import RequestReport, TokenEvent
 from lil_sparse.options import RequestOptions
 from server.engine_loop import LoopStats
 from server.savings_metrics import SavingsMetrics
@@ -90,9 +90,9 @@ class ServerMetrics:
             registry=r,
         )
         self._step_counts = {"graph": 0, "eager": 0, "ahead": 0, "serial": 0}
-        self.guardian_early_stops = Counter(
-            f"{PREFIX}_guardian_early_stops", "Requests stopped early by Guardian.", by_policy, registry=r
-        )
+        # Guardian stops are lil_sparse_early_stops_total{signal="guardian"} (savings_metrics.py);
+        # lil_sparse_guardian_early_stops_total counted the same requests and was removed
+        # (docs/deploy.md, "Removed series").
         self.requests_running = Gauge(
             f"{PREFIX}_requests_running",
             "Requests holding a batch slot: prefilling their prompt (chunked) or decoding.",
@@ -152,8 +152,6 @@ class ServerMetrics:
         self.generation_tokens.labels(**labels).inc(report.completion_tokens)
         if report.kv.selection_skipped_steps:
             self.selection_skipped_rows.labels(**labels).inc(report.kv.selection_skipped_steps)
-        if event.finish_reason is FinishReason.EARLY_STOP:
-            self.guardian_early_stops.labels(**labels).inc()
         if report.completion_tokens > 0:
             self.time_to_first_token.labels(**labels).observe(report.timings.ttft_seconds)
             self.queue_time.labels(**labels).observe(report.timings.queue_seconds)

@@ -4,8 +4,13 @@
   decode steps attended over the pages dense attention would have read (1.0 for ``full``).
   At decode step ``k`` the context holds ``prompt_tokens + k + 1`` tokens, so dense reads
   ``ceil((prompt_tokens + k + 1) / page_size)`` pages per KV head and layer.
-- ``lil_sparse_early_stops_total{model,policy,signal}``: requests that ended before
-  ``max_new_tokens``, by the signal that ended them: ``eos``, ``stop_string`` or ``guardian``.
+- ``lil_sparse_early_stops_total{model,policy,signal}``: requests by the stop signal that
+  ended them: finish reason ``eos``, ``stop_string``, or ``early_stop`` as ``guardian``
+  (``length``, ``aborted`` and ``error`` are not counted). A Guardian stop counts exactly when
+  the request finishes with ``early_stop`` (with action ``answer`` too, whatever ended the
+  answer), so ``signal="guardian"`` equals ``lil_sparse_requests_finished_total{finish_reason=
+  "early_stop"}``; a shadow Guardian, which never stops, never counts. This is the one series of
+  Guardian stops (``lil_sparse_guardian_early_stops_total`` counted the same and was removed).
 - ``lil_sparse_guardian_tokens_saved_total{model,policy}``: for Guardian stops,
   ``max_new_tokens - completion_tokens``, the most the request could still have generated (an
   upper bound: it might have ended sooner on its own).

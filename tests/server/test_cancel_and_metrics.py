@@ -96,8 +96,8 @@ def test_metrics_move_by_the_right_amount(server: Any) -> None:
     assert value("lil_sparse_requests_finished_total", length_full) == 2
     assert value("lil_sparse_requests_finished_total", (("finish_reason", "length"), *sink)) == 1
     assert value("lil_sparse_requests_finished_total", (("finish_reason", "early_stop"), *full)) == 1
-    assert value("lil_sparse_guardian_early_stops_total", full) == 1
-    assert value("lil_sparse_guardian_early_stops_total", sink) == 0
+    assert value("lil_sparse_early_stops_total", (*full, ("signal", "guardian"))) == 1
+    assert value("lil_sparse_early_stops_total", (*sink, ("signal", "guardian"))) == 0
     for histogram in (
         "lil_sparse_time_to_first_token_seconds",
         "lil_sparse_e2e_request_latency_seconds",

@@ -84,3 +84,31 @@ def test_savings_series_for_sparse_guardian_request(server: Any) -> None:
         _value(samples, "lil_sparse_guardian_tokens_saved_total", **model) == 300 - summary.completion_tokens
     )
     assert _value(samples, "vllm:request_success_total", model_name="tiny-vllm", finished_reason="stop") == 1
+
+
+def test_guardian_stops_are_counted_once_by_the_early_stop_signal(server: Any) -> None:
+    """One series counts Guardian stops: early_stops_total{signal="guardian"}, which goes up with
+    every request that finishes early_stop (action answer too) and never for a shadow Guardian.
+    lil_sparse_guardian_early_stops_total counted the same requests and is gone (docs/deploy.md)."""
+    # Every check after the first says stop (no 4 tokens grow the text by a million bytes).
+    stop_at_8 = {"guardian": True, "guardian_interval_tokens": 4, "guardian_threshold_bytes": 10**6}
+    with LilClient(server.address) as client:
+        truncated = client.complete("hello", max_new_tokens=40, ignore_eos=True, **stop_at_8)
+        answered = client.complete(
+            "hello", max_new_tokens=40, ignore_eos=True, guardian_action="answer",
+            guardian_answer_max_tokens=2, **stop_at_8,
+        )  # fmt: skip
+        shadow = client.complete(
+            "hello", max_new_tokens=12, ignore_eos=True, guardian_shadow=True, **stop_at_8
+        )
+    reasons = (truncated.finish_reason, answered.finish_reason, shadow.finish_reason)
+    assert reasons == ("early_stop", "early_stop", "length")
+    assert shadow.guardian.stop_step == 8  # it would have stopped: shadow records, never counts
+    samples = _scrape_after(server, 3)
+    model = {"model": Path(server.server.config.model).name, "policy": "full"}
+    assert _value(samples, "lil_sparse_early_stops_total", signal="guardian", **model) == 2
+    assert _value(samples, "lil_sparse_requests_finished_total", finish_reason="early_stop", **model) == 2
+    assert _value(samples, "lil_sparse_requests_finished_total", finish_reason="length", **model) == 1
+    assert not [name for name, _ in samples if name.startswith("lil_sparse_guardian_early_stops")]
+    saved = (40 - truncated.completion_tokens) + (40 - answered.completion_tokens)
+    assert _value(samples, "lil_sparse_guardian_tokens_saved_total", **model) == saved

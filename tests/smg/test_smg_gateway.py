@@ -136,8 +136,8 @@ def test_smg_per_call_policy_reaches_worker(cluster: dict[str, Any]) -> None:
     # Guardian fires at its first possible check (the threshold exceeds any growth), so the
     # answer stops after 16 tokens with OpenAI's "stop", long before max_tokens.
     key = (
-        "lil_sparse_guardian_early_stops_total",
-        (("model", Path(quest.server.config.model).name), ("policy", "quest")),
+        "lil_sparse_early_stops_total",
+        (("model", Path(quest.server.config.model).name), ("policy", "quest"), ("signal", "guardian")),
     )
     assert after[key] - before.get(key, 0.0) == 1
     assert reply["choices"][0]["finish_reason"] == "stop"
