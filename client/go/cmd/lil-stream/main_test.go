@@ -197,7 +197,7 @@ func TestOutputFlagsPrintLinesAfterTheSummaryLikeThePythonClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// lil-client prints the same lines (client/python/lil_client, format_outputs); NaN, the
+	// lil-client prints the same lines (client/python/lil_client/cli_output.py, format_outputs); NaN, the
 	// forced answer prompt's, prints as Python prints it.
 	want := "request: r-1\n" +
 		"token ids: 5 17 2\n" +
