@@ -23,6 +23,8 @@ instruction, so the kernels take ``PDL`` as a constexpr that is False off CUDA.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -34,9 +36,17 @@ later (benchmarks switch it off to measure it)."""
 
 
 def use_pdl(tensor: torch.Tensor) -> bool:
-    """Whether a kernel over ``tensor`` launches with PDL: on CUDA, capability >= 9.0, and
-    :data:`ENABLED`."""
-    return ENABLED and tensor.is_cuda and torch.cuda.get_device_capability(tensor.device)[0] >= 9
+    """Whether a kernel over ``tensor`` launches with PDL: on CUDA, capability >= 9.0
+    (:func:`device_supports_pdl`), and :data:`ENABLED`."""
+    return ENABLED and tensor.is_cuda and device_supports_pdl(tensor.device)
+
+
+@functools.cache
+def device_supports_pdl(device: torch.device) -> bool:
+    """Whether the CUDA ``device`` (with its index) has compute capability 9.0 or later. Asked
+    once per device: ``torch.cuda.get_device_capability`` runs several Python calls each time, and
+    every launch of an eager step (prefill, graphs off, a shape's first steps) asks twice."""
+    return torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def launch_options(tensor: torch.Tensor) -> dict[str, bool]:
