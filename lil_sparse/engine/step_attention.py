@@ -137,15 +137,16 @@ class DecodeAttention:
     def _launch_observation(self, keep: tuple[torch.Tensor, ...], observe: Callable[[], None]) -> None:
         """Run ``observe`` (kernels reading ``keep``) inline or on the observers' lane."""
         if self.streams is None or any(g.sole for g in self.observers):
-            # A group of every sequence runs inline: its mass pass spans the step and gains nothing
-            # beside the GEMMs, while a fork costs ~2 us per layer (side_streams.py: 8B/batch 8/32k
-            # h2o 6.53 ms inline, 6.60 on a lane; a mixed step 18.09 inline, 17.85 on a lane).
+            # A group of every sequence runs inline. Measured when H2O observed after every layer
+            # (side_streams.py: 8B/batch 8/32k h2o 6.53 ms inline, 6.60 on a lane; a mixed step
+            # 18.09 inline, 17.85 on a lane); not measured again since it observes once per step.
             observe()
             return
-        # A latency-bound pass over a mixed step's rows: overlaps the rest of the step. The lane
-        # reads ``keep`` after this call returns: keep it from the allocator until finish() (a
-        # freed block could be handed to the next layer on the current stream). Recorded before
-        # the launch, so that finish() joins the lane even if it raises.
+        # A latency-bound pass over a mixed step's rows: overlaps the rest of the step (once per
+        # step: the last layer's projections and MLP). The lane reads ``keep`` after this call
+        # returns: keep it from the allocator until finish() (a freed block could be handed to
+        # the next layer on the current stream). Recorded before the launch, so that finish()
+        # joins the lane even if it raises.
         lane = self.streams.observer()
         self._observed.append(keep)
         with torch.cuda.stream(lane):

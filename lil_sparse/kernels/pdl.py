@@ -16,8 +16,14 @@ dense 1.43 / 1.43 ms without PDL against 1.30 / 1.30 ms with it; batch 8 (cuBLAS
 the Triton kernels) 2.16 / 2.15 against 2.13 / 2.12 ms.
 
 The rule every kernel here follows: call :func:`wait_for_previous` first, before any load of
-data another kernel writes and before any store. Kernels that are not launched with PDL (PyTorch's,
-FlashInfer's) keep ordinary stream order on both sides. Triton's CPU interpreter has neither
+data another kernel writes and before any store. Since each kernel signals before it waits, the
+kernel after it may start while kernels further back still run. PyTorch's kernels launch
+without PDL and keep stream order. FlashInfer's decode does launch with it (0.6.6's ``run``
+turns it on for capability 9.0 and later unless told otherwise) and reads its plan (request and
+tile indices, ``indptr``, ``last_page_len``, the chunk size) before its own
+``griddepcontrol.wait``, so it may read them while a kernel here still runs: safe only because
+nothing in a step writes them (``plan()`` copies them before the step; the selection writes
+only ``indices``, which FlashInfer reads after its wait). Triton's CPU interpreter has neither
 instruction, so the kernels take ``PDL`` as a constexpr that is False off CUDA.
 """
 
