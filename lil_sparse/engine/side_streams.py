@@ -7,7 +7,9 @@ on the H200; ``docs/bench/profile_mixed_llama8b_32768_6.txt``). On one stream th
 another. Here each group's selection runs on a lane of its own, forked from the current stream
 and joined back before the attention reads the page lists, and the attention-mass observers run
 on a further lane that is joined once at the end of the step, so they overlap the layer's
-projections and MLP.
+projections and MLP. (H2O now observes once per step, after the last layer's attention, so its
+lane overlaps only that layer's projections and MLP; the figures below were measured when it
+observed after every layer.)
 
 Lanes are used only in a mixed step: one group that is the whole step runs on the current
 stream, since a fork and join cost about 2-3 us of each layer's critical path. Measured on the
@@ -24,7 +26,7 @@ Forks and joins are ``Stream.wait_stream`` (events, no host sync), so the same c
 and under CUDA-graph capture, where the lanes become parallel branches of the graph (PyTorch
 allocates a joined side stream's tensors from the graph's pool). Each lane keeps its own kernels
 in order, so results are bit-identical to the one-stream order: groups write disjoint rows of the
-page list, and the mass lane adds layer after layer as before.
+page list, and the mass lane adds the step's mass as the current stream would.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ class DecodeAttention:
             g.policy.selects_per_layer for g in self.observers
         )
         self.num_layers = kv.k.shape[0]
-        self._pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (layer, q_rows, lse)
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (q_rows, lse) of layers 0, 1, ..
 
     def __call__(self, layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         self.kv.write(
@@ -116,12 +116,16 @@ class DecodeAttention:
             return out.view(batch_size, num_heads, head_dim)
         out, lse = self.backend.decode_with_lse(*args, self.layer_layouts[layer_index])
         if lse is not None and self.defer_observation:
-            self._pending.append((layer_index, q_rows, lse))
+            if layer_index != len(self._pending):  # else a layer's mass would be lost or doubled
+                raise RuntimeError(
+                    f"DecodeAttention: layer {layer_index} after {len(self._pending)} layers; observing "
+                    f"attention once per step needs layers 0..{self.num_layers - 1}, each once, in order"
+                )
+            self._pending.append((q_rows, lse))
             if layer_index == self.num_layers - 1:
                 pending, self._pending = self._pending, []
                 self._launch_observation(
-                    tuple(t for _, q_layer, lse_layer in pending for t in (q_layer, lse_layer)),
-                    lambda: self._observe_step(pending),
+                    tuple(t for layer in pending for t in layer), lambda: self._observe_step(pending)
                 )
         else:
             self._launch_observation(
@@ -133,15 +137,16 @@ class DecodeAttention:
     def _launch_observation(self, keep: tuple[torch.Tensor, ...], observe: Callable[[], None]) -> None:
         """Run ``observe`` (kernels reading ``keep``) inline or on the observers' lane."""
         if self.streams is None or any(g.sole for g in self.observers):
-            # A group of every sequence runs inline: its mass pass spans the step and gains nothing
-            # beside the GEMMs, while a fork costs ~2 us per layer (side_streams.py: 8B/batch 8/32k
-            # h2o 6.53 ms inline, 6.60 on a lane; a mixed step 18.09 inline, 17.85 on a lane).
+            # A group of every sequence runs inline. Measured when H2O observed after every layer
+            # (side_streams.py: 8B/batch 8/32k h2o 6.53 ms inline, 6.60 on a lane; a mixed step
+            # 18.09 inline, 17.85 on a lane); not measured again since it observes once per step.
             observe()
             return
-        # A latency-bound pass over a mixed step's rows: overlaps the rest of the step. The lane
-        # reads ``keep`` after this call returns: keep it from the allocator until finish() (a
-        # freed block could be handed to the next layer on the current stream). Recorded before
-        # the launch, so that finish() joins the lane even if it raises.
+        # A latency-bound pass over a mixed step's rows: overlaps the rest of the step (once per
+        # step: the last layer's projections and MLP). The lane reads ``keep`` after this call
+        # returns: keep it from the allocator until finish() (a freed block could be handed to
+        # the next layer on the current stream). Recorded before the launch, so that finish()
+        # joins the lane even if it raises.
         lane = self.streams.observer()
         self._observed.append(keep)
         with torch.cuda.stream(lane):
@@ -165,17 +170,14 @@ class DecodeAttention:
             group_pages = page_ids if group.all_rows else page_ids[rows]
             group.policy.observe_decode(layer, queries, group_pages, group.batch, self.kv, group_lse)
 
-    def _observe_step(self, pending: list[tuple[int, torch.Tensor, torch.Tensor]]) -> None:
+    def _observe_step(self, pending: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """The step's observation after its last layer: every layer's queries and lse stacked,
         one :meth:`SelectionPolicy.observe_decode_layers` call per observing group (H2O: two
         kernels per step instead of one per layer). The observers' rows attend ``base_page_ids``
-        in every layer (they do not select per layer: :attr:`defer_observation`)."""
-        if [layer for layer, _, _ in pending] != list(range(self.num_layers)):
-            for layer, q_rows, lse in pending:  # a model that skipped or repeated a layer
-                self._observe(layer, q_rows, self.base_page_ids, lse)
-            return
-        q_layers = torch.stack([q_rows for _, q_rows, _ in pending])  # [L, rows, G, D]
-        lse_layers = torch.stack([lse for _, _, lse in pending])  # [L, rows, G]
+        in every layer (they do not select per layer: :attr:`defer_observation`). ``pending``:
+        ``(q_rows [rows, G, D], lse [rows, G] float32)`` of layers 0 to L - 1, in order."""
+        q_layers = torch.stack([q_rows for q_rows, _ in pending])  # [L, rows, G, D]
+        lse_layers = torch.stack([lse for _, lse in pending])  # [L, rows, G]
         for group in self.observers:
             rows = group.batch.rows
             if group.all_rows:

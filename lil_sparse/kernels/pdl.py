@@ -16,12 +16,20 @@ dense 1.43 / 1.43 ms without PDL against 1.30 / 1.30 ms with it; batch 8 (cuBLAS
 the Triton kernels) 2.16 / 2.15 against 2.13 / 2.12 ms.
 
 The rule every kernel here follows: call :func:`wait_for_previous` first, before any load of
-data another kernel writes and before any store. Kernels that are not launched with PDL (PyTorch's,
-FlashInfer's) keep ordinary stream order on both sides. Triton's CPU interpreter has neither
+data another kernel writes and before any store. Since each kernel signals before it waits, the
+kernel after it may start while kernels further back still run. PyTorch's kernels launch
+without PDL and keep stream order. FlashInfer's decode does launch with it (0.6.6's ``run``
+turns it on for capability 9.0 and later unless told otherwise) and reads its plan (request and
+tile indices, ``indptr``, ``last_page_len``, the chunk size) before its own
+``griddepcontrol.wait``, so it may read them while a kernel here still runs: safe only because
+nothing in a step writes them (``plan()`` copies them before the step; the selection writes
+only ``indices``, which FlashInfer reads after its wait). Triton's CPU interpreter has neither
 instruction, so the kernels take ``PDL`` as a constexpr that is False off CUDA.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -34,9 +42,17 @@ later (benchmarks switch it off to measure it)."""
 
 
 def use_pdl(tensor: torch.Tensor) -> bool:
-    """Whether a kernel over ``tensor`` launches with PDL: on CUDA, capability >= 9.0, and
-    :data:`ENABLED`."""
-    return ENABLED and tensor.is_cuda and torch.cuda.get_device_capability(tensor.device)[0] >= 9
+    """Whether a kernel over ``tensor`` launches with PDL: on CUDA, capability >= 9.0
+    (:func:`device_supports_pdl`), and :data:`ENABLED`."""
+    return ENABLED and tensor.is_cuda and device_supports_pdl(tensor.device)
+
+
+@functools.cache
+def device_supports_pdl(device: torch.device) -> bool:
+    """Whether the CUDA ``device`` (with its index) has compute capability 9.0 or later. Asked
+    once per device: ``torch.cuda.get_device_capability`` runs several Python calls each time, and
+    every launch of an eager step (prefill, graphs off, a shape's first steps) asks twice."""
+    return torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def launch_options(tensor: torch.Tensor) -> dict[str, bool]:

@@ -118,7 +118,8 @@ def rotary_append_decode_kv(
     Hk] int64`` (``page * page_size + offset``), every entry on a distinct page;
     ``block_heads``: heads per program, a power of two (a grid of tokens x head blocks; 4 ran
     fastest of 4, 8, 16 and all heads in one program on the 1.5B and 8B shapes with and without
-    the metadata, ``bench/append_micro.py``, H200, 2026-11-30). Returns
+    the metadata: an ad hoc sweep over ``bench/append_micro.py``'s cases, which times only the
+    default, H200, 2026-11-30, printed output). Returns
     contiguous ``q: [T, Hq, D]`` in qk's dtype. Bit for bit :func:`rotary_qk` followed by
     :func:`append_decode_kv` of its k (their references: ``models.rope.apply_rotary`` and
     ``KVCache.write``). Raises ``ValueError`` on a layout it cannot read.

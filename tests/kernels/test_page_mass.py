@@ -18,7 +18,7 @@ pytest.importorskip("triton")
 
 from lil_sparse.attention.layout import DecodeLayout
 from lil_sparse.attention.reference import paged_page_probs, paged_scores
-from lil_sparse.kernels.page_mass import add_page_mass, add_page_mass_layers
+from lil_sparse.kernels.page_mass import SUM_BLOCK, add_page_mass, add_page_mass_layers
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 GRID = (
@@ -76,6 +76,20 @@ LAYER_GRID = (
 def test_page_mass_of_every_layer_matches_reference(rows, group, head_dim, width, layers):
     """One step's mass over ``layers`` layers at once (each with its own keys, queries and lse)
     equals the reference added layer by layer; the pages past each row's count keep their mass."""
+    check_every_layer(rows, group, head_dim, width, layers)
+
+
+def test_page_mass_of_every_layer_past_one_sum_block():
+    """Rows of more pages than one program of the sum over layers covers (``SUM_BLOCK``, fewer
+    than a 32k-token row's 2048): the second block's slots, full or partly, and a short row."""
+    check_every_layer(3, 2, 16, SUM_BLOCK + 5, 2, counts=[SUM_BLOCK + 5, SUM_BLOCK + 1, 3])
+
+
+def check_every_layer(
+    rows: int, group: int, head_dim: int, width: int, layers: int, counts: list[int] | None = None
+) -> None:
+    """:func:`add_page_mass_layers` against the reference layer by layer, on random inputs;
+    ``counts``: each row's pages (random when None)."""
     gen = torch.Generator().manual_seed(rows * 1000 + width * 10 + group + layers)
     num_pages = rows * width + 3
     k_layers = torch.randn(layers, num_pages, 1, PAGE_SIZE, head_dim, generator=gen).to(
@@ -84,7 +98,8 @@ def test_page_mass_of_every_layer_matches_reference(rows, group, head_dim, width
     q_layers = torch.randn(layers, rows, group, head_dim, generator=gen).to(DEVICE, torch.bfloat16)
     page_ids = torch.randperm(num_pages, generator=gen)[: rows * width].view(rows, width)
     page_ids = page_ids.to(DEVICE, torch.int32)
-    counts = torch.randint(1, width + 1, (rows,), generator=gen).tolist()
+    drawn = torch.randint(1, width + 1, (rows,), generator=gen).tolist()
+    counts = drawn if counts is None else counts
     last = torch.randint(1, PAGE_SIZE + 1, (rows,), generator=gen, dtype=torch.int32).to(DEVICE)
     layout = DecodeLayout.build(counts, last)
 

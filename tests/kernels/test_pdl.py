@@ -28,6 +28,25 @@ def test_no_pdl_off_cuda(monkeypatch):
     assert not pdl.use_pdl(cpu) and pdl.launch_options(cpu) == {}
 
 
+def test_capability_is_asked_once_per_device(monkeypatch):
+    """Launches ask :func:`pdl.use_pdl` twice each: the device query runs once per device. (No
+    CUDA here: the query stands in for the driver's answer, 9.0 on device 0 and 8.0 on 1.)"""
+    asked: list[torch.device] = []
+
+    def capability(device: torch.device) -> tuple[int, int]:
+        asked.append(device)
+        return (9, 0) if device.index == 0 else (8, 0)
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    pdl.device_supports_pdl.cache_clear()
+    try:
+        answers = [pdl.device_supports_pdl(torch.device("cuda", index)) for _ in range(3) for index in (0, 1)]
+    finally:
+        pdl.device_supports_pdl.cache_clear()  # forget the stand-in's answers
+    assert answers == [True, False] * 3
+    assert asked == [torch.device("cuda", 0), torch.device("cuda", 1)]
+
+
 def pdl_kernels(module) -> list[ast.FunctionDef]:
     """The module's ``@triton.jit`` functions that take a ``PDL`` argument."""
     tree = ast.parse(inspect.getsource(module))
