@@ -50,6 +50,7 @@ from lil_sparse.engine.decode_layouts import dense_until
 from lil_sparse.engine.model_runner import ModelRunner
 from lil_sparse.engine.page_manager import PageManager
 from lil_sparse.engine.sequence import Sequence
+from lil_sparse.kernels import pdl
 from lil_sparse.kv import BlockTable, KVCache, PagePool
 from lil_sparse.models.config import ModelConfig
 from lil_sparse.models.transformer import CausalLM
@@ -373,6 +374,7 @@ def write_results(path: Path, bandwidth: float, results: dict, hf: dict, overlap
         "bandwidth_gbs": bandwidth,
         "selection": DecodeBench.selection,
         "overlap": overlap,
+        "pdl": pdl.ENABLED,
         "runs": results,
         "hf_ms": hf,
     }
@@ -427,6 +429,12 @@ def main() -> None:
         help="the Triton decode for steps of few, short rows (default on, as the engine)",
     )
     parser.add_argument(
+        "--pdl",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="launch the Triton kernels with programmatic dependent launch (default on, as the engine)",
+    )
+    parser.add_argument(
         "--side-streams",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -437,6 +445,7 @@ def main() -> None:
     DecodeBench.concurrent_split = args.concurrent_split
     DecodeBench.fast_decode = args.fast_decode
     DecodeBench.side_streams = args.side_streams
+    pdl.ENABLED = args.pdl
     DecodeBench.selection = args.selection
     DecodeBench.tensor_cores = {"auto": None, "on": True, "off": False}[args.tensor_cores]
     runs = GRID_RUNS

@@ -37,7 +37,8 @@ if [ "$part" = tests ]; then
 fi
 
 if [ "$part" = bench ]; then
-  timeout 90 python bench/engine_step.py "$LIL_GPU_MODEL" --batches 1,8,64 --overlap both --json "$out/engine.json" 2>&1 \
+  timeout 150 python bench/engine_step.py "$LIL_GPU_MODEL" --batches 1,8,64 --overlap both --pdl both \
+    --json "$out/engine.json" 2>&1 \
     | grep "engine step"
   {
     timeout 150 python bench/decode_e2e.py --models qwen1.5b --contexts 4096,32768 --batches 1,8,32 --steps 20 \

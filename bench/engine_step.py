@@ -7,10 +7,12 @@ so no extra synchronisation is needed). Reports the median over the timed steps.
 
 ``--overlap on`` (the engine's CUDA default) launches decode step n+1 before a step handles step
 n's tokens, so a timed step is the steady-state period between tokens with the host work hidden
-behind the GPU; ``off`` runs steps serially; ``both`` reports one line per mode.
+behind the GPU; ``off`` runs steps serially; ``both`` reports one line per mode. ``--pdl``
+likewise launches the Triton kernels with programmatic dependent launch (``on``, as the engine),
+without (``off``) or both, alternately in one process (:mod:`lil_sparse.kernels.pdl`).
 
     python bench/engine_step.py MODEL.gguf [--batches 1,8,64] [--steps 64] [--overlap on|off|both]
-        [--json OUT.json]
+        [--pdl on|off|both] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from bench.common import device_line, settle_cuda_graphs
 from lil_sparse.config import EngineConfig
 from lil_sparse.engine import LLMEngine
+from lil_sparse.kernels import pdl
 from lil_sparse.loading import load_model
 from lil_sparse.options import RequestOptions, StoppingOptions
 
@@ -85,17 +88,23 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8,64")
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--overlap", choices=("on", "off", "both"), default="on")
+    parser.add_argument("--pdl", choices=("on", "off", "both"), default="on")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.overlap]
+    pdl_modes = {"on": [True], "off": [False], "both": [True, False]}[args.pdl]
     settle_cuda_graphs()  # every timed graph replays as in a long-running process
     results = []
     for batch in (int(b) for b in args.batches.split(",")):
-        for overlap in modes:
+        for overlap, with_pdl in ((o, p) for o in modes for p in pdl_modes):
+            pdl.ENABLED = with_pdl  # read at each launch: the engine built next captures with it
             result = engine_tbt_ms(args.model, batch, args.steps, overlap)
+            result["pdl"] = with_pdl
             results.append(result)
+            mode = f"overlap {'on' if overlap else 'off'}"
+            mode += f" pdl {'on' if with_pdl else 'off'}" if len(pdl_modes) > 1 else ""
             print(
-                f"engine step {args.model.name} batch {batch} overlap {'on' if overlap else 'off'}: "
+                f"engine step {args.model.name} batch {batch} {mode}: "
                 f"{result['tbt_ms']:.3f} ms median, p90 {result['p90_ms']:.3f} ms over "
                 f"{result['steps']} steps; graphs {result['graphs']}; {result['overlap_stats']}",
                 flush=True,

@@ -29,9 +29,10 @@ def evaluate(runs: dict[str, dict], engine: dict | None) -> list[str]:
     get = runs.get
     lines = []
     steps = (engine or {}).get("engine_step", [])
-    # The engine's default on CUDA (overlap scheduling on) when the run has it; runs made before
-    # overlap scheduling existed carry no "overlap" key (they ran serially).
-    batch1 = [r for r in steps if r["batch"] == 1]
+    # The engine's default on CUDA (overlap scheduling and PDL on) when the run has it; runs made
+    # before overlap scheduling existed carry no "overlap" key (they ran serially), runs before
+    # PDL no "pdl" key.
+    batch1 = [r for r in steps if r["batch"] == 1 and r.get("pdl", True)]
     step = next((r for r in batch1 if r.get("overlap")), batch1[0] if batch1 else None)
     if step:
         lines.append(line("speed-T1", step["tbt_ms"] <= 1.0, f"{step['tbt_ms']:.2f} ms per token (<= 1.0)"))
@@ -144,7 +145,8 @@ def report(parts: list[dict], engine: dict | None, lines: list[str]) -> str:
             out.append(f"  ({engine['note']})")
         for r in engine["engine_step"]:
             out.append(
-                f"  - batch {r['batch']}, overlap {'on' if r.get('overlap') else 'off'}: "
+                f"  - batch {r['batch']}, overlap {'on' if r.get('overlap') else 'off'}"
+                f"{'' if r.get('pdl', True) else ', PDL off'}: "
                 f"{r['tbt_ms']:.3f} ms median "
                 f"(p90 {r['p90_ms']:.3f}) over {r['steps']} steps"
             )
