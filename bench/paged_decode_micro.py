@@ -10,7 +10,7 @@ divided by the number of calls. FlashInfer runs as
 :class:`lil_sparse.attention.flashinfer_backend.FlashInferBackend` configures it (CUDA-graph
 mode, HND, tensor cores for these groups, planned once outside the graph). Both outputs are
 compared (largest absolute difference), and the table says which kernel the engine's rule
-(:func:`lil_sparse.kernels.paged_decode.runs_in_one_step`) runs for the case.
+(:func:`lil_sparse.kernels.fast_decode.runs_in_one_step`) runs for the case.
 
     python bench/paged_decode_micro.py [--sweep] [--out FILE]
 """
@@ -25,13 +25,8 @@ import torch
 
 from bench.common import copy_bandwidth_gbs, settle_cuda_graphs, write_markdown
 from bench.gemv_micro import graph_us
-from lil_sparse.kernels.paged_decode import (
-    DecodeTiles,
-    PagedDecodeScratch,
-    choose_tiles,
-    paged_decode,
-    runs_in_one_step,
-)
+from lil_sparse.kernels.fast_decode import choose_tiles, runs_in_one_step
+from lil_sparse.kernels.paged_decode import DecodeTiles, PagedDecodeScratch, paged_decode
 
 PAGE_SIZE = 16
 HEAD_DIM = 128

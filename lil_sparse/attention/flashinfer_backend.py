@@ -42,7 +42,7 @@ from lil_sparse.config import EngineConfig
 from lil_sparse.models.config import ModelConfig
 
 if TYPE_CHECKING:  # Triton is imported only where the Triton decode runs (lil_sparse.kernels)
-    from lil_sparse.kernels.paged_decode import FastDecode
+    from lil_sparse.kernels.fast_decode import FastDecode
 
 WORKSPACE_BYTES = 128 * 1024 * 1024  # FlashInfer's recommended split-k scratch size
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
@@ -174,7 +174,7 @@ class FlashInferBackend(AttentionBackend):
     def _plan(self, slot: DecodeSlot, layout: DecodeLayout) -> None:
         """``plan()`` ``slot`` for ``layout``'s page counts (writes indptr and last_page_len), as
         one call or, for very unequal rows, two (:func:`choose_split`)."""
-        from lil_sparse.kernels.paged_decode import runs_in_one_step  # (Triton: imported on use)
+        from lil_sparse.kernels.fast_decode import runs_in_one_step  # (Triton: imported on use)
 
         counts = layout.counts_host
         indptr = torch.tensor(list(itertools.accumulate(counts, initial=0)), dtype=torch.int32)
@@ -225,10 +225,10 @@ class FlashInferBackend(AttentionBackend):
 
     def _fast(self, rows: int) -> FastDecode | None:
         """The Triton decode for a slot of ``rows`` rows, when enabled and it applies
-        (:func:`lil_sparse.kernels.paged_decode.make_fast_decode`)."""
+        (:func:`lil_sparse.kernels.fast_decode.make_fast_decode`)."""
         if not self.fast_decode:
             return None
-        from lil_sparse.kernels.paged_decode import make_fast_decode  # (Triton: imported on use)
+        from lil_sparse.kernels.fast_decode import make_fast_decode  # (Triton: imported on use)
 
         return make_fast_decode(rows, self.group, self.head_dim, self.page_size, self.num_sms, self.device)
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:  # Triton is imported only where the Triton decode runs (lil_sparse.kernels)
-    from lil_sparse.kernels.paged_decode import FastDecode
+    from lil_sparse.kernels.fast_decode import FastDecode
 
 # Split points a slot keeps part wrappers for; a new one beyond runs as one call. Each split
 # point holds two wrappers of 1 MiB of device and 1 MiB of pinned host memory (their plan arrays;

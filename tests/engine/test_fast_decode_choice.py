@@ -12,7 +12,7 @@ pytest.importorskip("triton")
 
 from lil_sparse.attention.layout import DecodeLayout
 from lil_sparse.attention.reference import ReferenceBackend, paged_scores
-from lil_sparse.kernels.paged_decode import make_fast_decode
+from lil_sparse.kernels.fast_decode import make_fast_decode
 
 H200_SMS = 132
 

@@ -217,11 +217,11 @@ def test_steps_flip_between_triton_and_flashinfer_decode_under_graphs(tiny_gqa2_
     of the graph key (:meth:`FlashInferBackend.step_key`: -1, or a split point). Forced here to flip
     with the widest row's page count (Triton on even counts only), steps of both kinds are captured
     and replayed in one run, and replay still equals eager bit for bit."""
-    from lil_sparse.kernels import paged_decode
+    from lil_sparse.kernels import fast_decode
 
-    one_step = paged_decode.runs_in_one_step
+    one_step = fast_decode.runs_in_one_step
     monkeypatch.setattr(
-        paged_decode, "runs_in_one_step", lambda pages, tiles: pages % 2 == 0 and one_step(pages, tiles)
+        fast_decode, "runs_in_one_step", lambda pages, tiles: pages % 2 == 0 and one_step(pages, tiles)
     )
     eager = make_engine(tiny_gqa2_dir, "flashinfer", cuda_graphs=False)
     graphs = make_engine(tiny_gqa2_dir, "flashinfer", cuda_graphs=True)

@@ -18,14 +18,8 @@ pytest.importorskip("triton")
 
 from lil_sparse.attention.layout import DecodeLayout
 from lil_sparse.attention.reference import ReferenceBackend, paged_scores
-from lil_sparse.kernels.paged_decode import (
-    DecodeTiles,
-    PagedDecodeScratch,
-    choose_tiles,
-    gpu_tested,
-    paged_decode,
-    runs_in_one_step,
-)
+from lil_sparse.kernels.fast_decode import choose_tiles, gpu_tested, runs_in_one_step
+from lil_sparse.kernels.paged_decode import DecodeTiles, PagedDecodeScratch, paged_decode
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 2e-3}  # the output's rounding, twice
