@@ -68,7 +68,7 @@ class ReferenceBackend(AttentionBackend):
         page_ids: torch.Tensor,
         layout: DecodeLayout,
     ) -> torch.Tensor:
-        return self.decode_with_lse(layer, q, k_pages, v_pages, page_ids, layout)[0]
+        return self._attend(q, v_pages, page_ids, layout, paged_scores(q, k_pages, page_ids, layout))
 
     def decode_with_lse(
         self,
@@ -81,11 +81,21 @@ class ReferenceBackend(AttentionBackend):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`decode` and ``lse: [rows, G] float32``, the base-2 log-sum-exp of the scaled
         scores (FlashInfer's ``return_lse`` convention), from the same fp32 scores."""
+        scores = paged_scores(q, k_pages, page_ids, layout)
+        out = self._attend(q, v_pages, page_ids, layout, scores)
+        return out, torch.logsumexp(scores, dim=-1) * (1 / math.log(2))
+
+    @staticmethod
+    def _attend(
+        q: torch.Tensor,
+        v_pages: torch.Tensor,
+        page_ids: torch.Tensor,
+        layout: DecodeLayout,
+        scores: torch.Tensor,
+    ) -> torch.Tensor:
+        """fp32 softmax of ``scores: [rows, G, width * S]`` times the rows' values, in q's dtype."""
         rows, _, head_dim = q.shape
         page_size = v_pages.shape[2]
-        scores = paged_scores(q, k_pages, page_ids, layout)
-        probs = torch.softmax(scores, dim=-1)
         ids = page_ids[:, : layout.width].long()
         values = v_pages[ids].reshape(rows, layout.width * page_size, head_dim).float()
-        out = torch.einsum("rgt,rtd->rgd", probs, values).to(q.dtype)
-        return out, torch.logsumexp(scores, dim=-1) * (1 / math.log(2))
+        return torch.einsum("rgt,rtd->rgd", torch.softmax(scores, dim=-1), values).to(q.dtype)

@@ -179,15 +179,11 @@ class DecodeAttention:
         q_layers = torch.stack([q_rows for q_rows, _ in pending])  # [L, rows, G, D]
         lse_layers = torch.stack([lse for _, lse in pending])  # [L, rows, G]
         for group in self.observers:
-            rows = group.batch.rows
-            if group.all_rows:
-                group.policy.observe_decode_layers(
-                    q_layers, self.base_page_ids, group.batch, self.kv, lse_layers
-                )
-            else:
-                group.policy.observe_decode_layers(
-                    q_layers[:, rows], self.base_page_ids[rows], group.batch, self.kv, lse_layers[:, rows]
-                )
+            queries, pages, lse = q_layers, self.base_page_ids, lse_layers
+            if not group.all_rows:
+                rows = group.batch.rows
+                queries, pages, lse = q_layers[:, rows], pages[rows], lse_layers[:, rows]
+            group.policy.observe_decode_layers(queries, pages, group.batch, self.kv, lse)
 
     def _select(self, layer: int, q_rows: torch.Tensor) -> torch.Tensor:
         """The page ids layer ``layer`` attends: ``base_page_ids`` when no group selects here or

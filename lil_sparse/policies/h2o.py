@@ -23,6 +23,7 @@ import math
 
 import torch
 
+from lil_sparse.attention.layout import DecodeLayout
 from lil_sparse.attention.reference import paged_page_probs
 from lil_sparse.kernels import fused_selection_enabled
 from lil_sparse.kv.kv_cache import KVCache
@@ -50,10 +51,8 @@ class H2OPolicy(SelectionPolicy):
         kv: KVCache,
         lse: torch.Tensor | None = None,
     ) -> None:
-        layout = batch.layout
-        if layout is None:
-            raise ValueError("h2o needs the group's decode layout to observe attention")
-        if lse is not None and fused_selection_enabled(q, kv.head_dim) and q.dtype == kv.k.dtype:
+        layout = _observed_layout(batch)
+        if lse is not None and _mass_kernel_serves(q, kv):
             # One pass over the attended keys with the attention kernel's log-sum-exp.
             from lil_sparse.kernels.page_mass import add_page_mass
 
@@ -75,10 +74,8 @@ class H2OPolicy(SelectionPolicy):
         kv: KVCache,
         lse_layers: torch.Tensor,
     ) -> None:
-        layout = batch.layout
-        if layout is None:
-            raise ValueError("h2o needs the group's decode layout to observe attention")
-        if not (fused_selection_enabled(q_layers, kv.head_dim) and q_layers.dtype == kv.k.dtype):
+        layout = _observed_layout(batch)
+        if not _mass_kernel_serves(q_layers, kv):
             super().observe_decode_layers(q_layers, page_ids, batch, kv, lse_layers)
             return
         # Every layer in two launches rather than one per layer (kernels/page_mass.py).
@@ -113,3 +110,16 @@ class H2OPolicy(SelectionPolicy):
         probs = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
         token_mass = probs.sum(dim=(1, 2))  # [Hkv, T]
         kv.attention_mass.index_add_(0, pages.reshape(-1), token_mass.reshape(-1))
+
+
+def _observed_layout(batch: PolicyBatch) -> DecodeLayout:
+    """The group's own decode layout, which the mass pass reads (ValueError without one)."""
+    if batch.layout is None:
+        raise ValueError("h2o needs the group's decode layout to observe attention")
+    return batch.layout
+
+
+def _mass_kernel_serves(q: torch.Tensor, kv: KVCache) -> bool:
+    """Whether the Triton page-mass kernels run (CUDA, a power-of-two head_dim, q in the cache's
+    dtype); else a plain fp32 softmax recomputes the probabilities."""
+    return fused_selection_enabled(q, kv.head_dim) and q.dtype == kv.k.dtype
