@@ -124,9 +124,9 @@ def test_forced_split_replays_bit_for_bit_and_attends_what_one_call_does(tiny_gq
     chosen = [logits.argmax(dim=-1).tolist() for logits in one_logits.logits]
     monkeypatch.setattr(flashinfer_backend, "choose_split", split_at_first_drop)
     # The tiny model's few short rows would all run the Triton decode, which never splits.
-    from lil_sparse.kernels import paged_decode
+    from lil_sparse.kernels import fast_decode
 
-    monkeypatch.setattr(paged_decode, "runs_in_one_step", lambda *_args: False)
+    monkeypatch.setattr(fast_decode, "runs_in_one_step", lambda *_args: False)
     eager = make_engine(tiny_gqa8_dir, "flashinfer", cuda_graphs=False)
     graphs = make_engine(tiny_gqa8_dir, "flashinfer", cuda_graphs=True)
     eager_logits, graph_logits = record(eager, chosen), record(graphs, chosen)
