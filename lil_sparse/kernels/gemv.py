@@ -29,20 +29,29 @@ MAX_WEIGHT_ELEMENTS = 2**31
 """The kernel's offsets (``row * K + column``) are 32-bit: larger weights stay with PyTorch."""
 
 
+MAX_PREFETCH = 2
+"""At most this many leading ``block_k`` weight tiles load before the PDL wait."""
+
+
 @dataclass(frozen=True)
 class GemvTiles:
     """Launch shape: ``block_n`` weight rows per program, ``block_k`` columns per loop step,
-    ``warps`` per program. All positive powers of two."""
+    ``warps`` per program (all positive powers of two), and ``prefetch``: how many of a program's
+    leading weight tiles it loads before waiting for the previous kernel (0 to
+    :data:`MAX_PREFETCH`; only launches with PDL start early enough for it to matter)."""
 
     block_n: int
     block_k: int
     warps: int
+    prefetch: int = MAX_PREFETCH
 
     def __post_init__(self) -> None:
         for name in ("block_n", "block_k", "warps"):
             value = getattr(self, name)
             if value < 1 or value & (value - 1):
                 raise ValueError(f"GemvTiles.{name} must be a positive power of two, got {value}")
+        if not 0 <= self.prefetch <= MAX_PREFETCH:
+            raise ValueError(f"GemvTiles.prefetch must be in 0..{MAX_PREFETCH}, got {self.prefetch}")
 
 
 def choose_tiles(n: int, k: int) -> GemvTiles:
@@ -54,28 +63,53 @@ def choose_tiles(n: int, k: int) -> GemvTiles:
     longer ones (the down projections: 9.1 against 9.3 us at 1.5B, 29.9 against 30.2 at 8B)."""
     block_k = min(1024, triton.next_power_of_2(k))
     block_n = 4 if n >= 16384 and k < 4096 else 1
-    return GemvTiles(block_n=block_n, block_k=block_k, warps=8 if 4096 <= k < 8192 else 4)
+    warps = 8 if 4096 <= k < 8192 else 4
+    return GemvTiles(block_n, block_k, warps, prefetch=min(MAX_PREFETCH, triton.cdiv(k, block_k)))
+
+
+@triton.jit
+def _prefetch_weight_tile(
+    w_ptr, rows, row_mask, w_stride, k0, K: tl.constexpr, BLOCK_K: tl.constexpr, WANTED: tl.constexpr = True
+):
+    """The ``[BLOCK_N, BLOCK_K]`` weight tile of ``rows`` from column ``k0`` (zeros past ``K``;
+    all zeros, nothing loaded, unless ``WANTED``). Weights are written by no kernel of a step, so
+    a PDL kernel may load them before its wait (the ``_prefetch_`` prefix is what
+    tests/kernels/test_pdl.py allows there)."""
+    cols = k0 + tl.arange(0, BLOCK_K)
+    offsets = rows[:, None] * w_stride + cols[None, :]
+    if WANTED:
+        return tl.load(
+            w_ptr + offsets,
+            mask=row_mask[:, None] & (cols < K)[None, :],
+            other=0.0,
+            eviction_policy="evict_first",  # read once per step: keep L2 for activations
+        )
+    return tl.zeros(offsets.shape, w_ptr.dtype.element_ty)
 
 
 @triton.jit
 def _row_block_dots(
-    x_ptr, w_ptr, rows, row_mask, w_stride, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
-):
+    x_ptr, w_ptr, rows, row_mask, w_stride, w0, w1,
+    K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr,
+):  # fmt: skip
     """fp32 ``[BLOCK_N]`` dot products of the weight rows ``rows`` with ``x``: ``[BLOCK_N,
-    BLOCK_K]`` partial products over the K loop, reduced once at the end."""
+    BLOCK_K]`` partial products over the K loop, reduced once at the end. The first
+    ``PREFETCH`` tiles come loaded (``w0``, ``w1``); the sum runs in the same order either way."""
     acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        col_mask = cols < K
-        w = tl.load(
-            w_ptr + rows[:, None] * w_stride + cols[None, :],
-            mask=row_mask[:, None] & col_mask[None, :],
-            other=0.0,
-            eviction_policy="evict_first",  # read once per step: keep L2 for activations
-        )
-        x = tl.load(x_ptr + cols, mask=col_mask, other=0.0)
-        acc += x.to(tl.float32)[None, :] * w.to(tl.float32)
+    if PREFETCH >= 1:
+        acc += _x_tile(x_ptr, 0, K, BLOCK_K)[None, :] * w0.to(tl.float32)
+    if PREFETCH >= 2:
+        acc += _x_tile(x_ptr, BLOCK_K, K, BLOCK_K)[None, :] * w1.to(tl.float32)
+    for k0 in range(PREFETCH * BLOCK_K, K, BLOCK_K):
+        w = _prefetch_weight_tile(w_ptr, rows, row_mask, w_stride, k0, K, BLOCK_K)
+        acc += _x_tile(x_ptr, k0, K, BLOCK_K)[None, :] * w.to(tl.float32)
     return tl.sum(acc, axis=1)
+
+
+@triton.jit
+def _x_tile(x_ptr, k0, K: tl.constexpr, BLOCK_K: tl.constexpr):
+    cols = k0 + tl.arange(0, BLOCK_K)
+    return tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -91,15 +125,21 @@ def _gemv(
     SILU_MUL: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    PREFETCH: tl.constexpr,
     DTYPE: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    wait_for_previous(PDL)
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < n
-    total = _row_block_dots(x_ptr, w_ptr, rows, row_mask, w_stride, K, BLOCK_N, BLOCK_K)
+    # Each program's first weight tiles load while the previous kernel still runs (PDL).
+    gate0 = _prefetch_weight_tile(w_ptr, rows, row_mask, w_stride, 0, K, BLOCK_K, PREFETCH >= 1)
+    gate1 = _prefetch_weight_tile(w_ptr, rows, row_mask, w_stride, BLOCK_K, K, BLOCK_K, PREFETCH >= 2)
+    up0 = _prefetch_weight_tile(w_ptr, rows + n, row_mask, w_stride, 0, K, BLOCK_K, SILU_MUL and PREFETCH >= 1)
+    up1 = _prefetch_weight_tile(w_ptr, rows + n, row_mask, w_stride, BLOCK_K, K, BLOCK_K, SILU_MUL and PREFETCH >= 2)
+    wait_for_previous(PDL)
+    total = _row_block_dots(x_ptr, w_ptr, rows, row_mask, w_stride, gate0, gate1, K, BLOCK_N, BLOCK_K, PREFETCH)
     if SILU_MUL:  # the gate/up projection's output rounds to DTYPE before silu_mul reads it
-        up = _row_block_dots(x_ptr, w_ptr, rows + n, row_mask, w_stride, K, BLOCK_N, BLOCK_K)
+        up = _row_block_dots(x_ptr, w_ptr, rows + n, row_mask, w_stride, up0, up1, K, BLOCK_N, BLOCK_K, PREFETCH)
         gate = total.to(DTYPE).to(tl.float32)
         tl.store(out_ptr + rows, _silu_times(gate, up.to(DTYPE).to(tl.float32), DTYPE), mask=row_mask)
     else:
@@ -169,7 +209,7 @@ def _launch(
     _gemv[(triton.cdiv(n, tiles.block_n),)](
         x, weight, weight if bias is None else bias, out, n, weight.stride(0),
         K=x.shape[1], HAS_BIAS=bias is not None, SILU_MUL=fuse_silu, BLOCK_N=tiles.block_n,
-        BLOCK_K=tiles.block_k, DTYPE=_TL_DTYPES[x.dtype], PDL=use_pdl(x), num_warps=tiles.warps,
+        BLOCK_K=tiles.block_k, PREFETCH=tiles.prefetch, DTYPE=_TL_DTYPES[x.dtype], PDL=use_pdl(x), num_warps=tiles.warps,
         **launch_options(x),
     )  # fmt: skip
     return out

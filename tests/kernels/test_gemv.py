@@ -72,8 +72,8 @@ def test_gemv_takes_a_row_view_of_a_wider_weight():
         (4096, 14336, GemvTiles(1, 1024, 4)),  # 8B down
         (4096, 4096, GemvTiles(1, 1024, 8)),  # 8B output projection
         (28672, 4096, GemvTiles(1, 1024, 8)),  # 8B gate/up
-        (960, 576, GemvTiles(1, 1024, 4)),  # SmolLM2 QKV: one masked step
-        (64, 100, GemvTiles(1, 128, 4)),
+        (960, 576, GemvTiles(1, 1024, 4, prefetch=1)),  # SmolLM2 QKV: one masked step
+        (64, 100, GemvTiles(1, 128, 4, prefetch=1)),
     ],
 )
 def test_choose_tiles_follows_the_sweep(n, k, tiles):
@@ -121,6 +121,27 @@ def test_tiles_must_be_powers_of_two(field, value):
     values = {"block_n": 1, "block_k": 64, "warps": 4, field: value}
     with pytest.raises(ValueError, match=f"GemvTiles.{field}"):
         GemvTiles(**values)
+
+
+@pytest.mark.parametrize("prefetch", [-1, 3])
+def test_tiles_prefetch_at_most_two_tiles(prefetch):
+    with pytest.raises(ValueError, match="GemvTiles.prefetch"):
+        GemvTiles(1, 64, 4, prefetch=prefetch)
+
+
+@pytest.mark.parametrize("k", [40, 64, 100, 200])  # one partial tile, one, two, four tiles of 64
+@pytest.mark.parametrize("fused_silu", [False, True])
+def test_prefetched_tiles_sum_in_the_same_order(k, fused_silu):
+    """Loading the first tiles before the PDL wait changes when they load, not the sum: every
+    ``prefetch`` gives the same bits (bias included)."""
+    x = randn(1, k, dtype=torch.bfloat16, seed=9)
+    weight = randn(24, k, dtype=torch.bfloat16, seed=10)
+    bias = randn(24, dtype=torch.bfloat16, seed=11)
+    outs = [
+        gemv_silu_mul(x, weight, tiles) if fused_silu else gemv(x, weight, bias, tiles)
+        for tiles in (GemvTiles(2, 64, 4, prefetch=p) for p in (0, 1, 2))
+    ]
+    assert all(torch.equal(out, outs[0]) for out in outs[1:])
 
 
 def test_linear_is_pytorch_for_several_rows_and_off_cuda():

@@ -57,20 +57,53 @@ def pdl_kernels(module) -> list[ast.FunctionDef]:
     ]
 
 
+BEFORE_THE_WAIT = ("tl.program_id", "tl.arange")
+"""Calls a PDL kernel may make before its wait, besides ``_prefetch_*`` functions (loads of
+weights, which no kernel of a step writes): index arithmetic only."""
+
+
+def is_the_wait(statement: ast.stmt) -> bool:
+    return isinstance(statement, ast.Expr) and ast.unparse(statement) == "wait_for_previous(PDL)"
+
+
+def allowed_before_the_wait(statement: ast.stmt) -> bool:
+    """An assignment whose calls are index arithmetic or ``_prefetch_*`` loads."""
+    if not isinstance(statement, ast.Assign):
+        return False
+    calls = [ast.unparse(node.func) for node in ast.walk(statement.value) if isinstance(node, ast.Call)]
+    return all(name in BEFORE_THE_WAIT or name.startswith("_prefetch_") for name in calls)
+
+
+def test_the_prefix_rule_refuses_loads_stores_and_other_calls():
+    """The rule below, on statements it must refuse and accept (so a weaker rule fails here)."""
+    refused = ["x = tl.load(x_ptr)", "tl.store(out_ptr, 0)", "y = _row_block_dots(x_ptr)", "if PDL:\n    a = 1"]
+    accepted = ["rows = tl.program_id(0) * 4 + tl.arange(0, 4)", "w = _prefetch_weight_tile(w_ptr, rows)"]
+    assert not any(allowed_before_the_wait(ast.parse(source).body[0]) for source in refused)
+    assert all(allowed_before_the_wait(ast.parse(source).body[0]) for source in accepted)
+
+
 @pytest.mark.parametrize("module", KERNEL_MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def test_every_pdl_kernel_waits_first(module):
+    """Before ``wait_for_previous(PDL)`` a kernel computes indices and loads weights only
+    (``_prefetch_*`` functions, which must not store or wait); nothing reads another kernel's
+    output or stores."""
     kernels = pdl_kernels(module)
     assert kernels, f"{module.__name__} launches with launch_options but has no PDL kernel"
     for kernel in kernels:
         body = kernel.body
         if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
             body = body[1:]  # the docstring
-        first = body[0]
-        assert (
-            isinstance(first, ast.Expr)
-            and isinstance(first.value, ast.Call)
-            and ast.unparse(first.value) == "wait_for_previous(PDL)"
-        ), f"{module.__name__}.{kernel.name} must call wait_for_previous(PDL) first"
+        waits = [i for i, statement in enumerate(body) if is_the_wait(statement)]
+        assert waits, f"{module.__name__}.{kernel.name} never calls wait_for_previous(PDL)"
+        for statement in body[: waits[0]]:
+            assert allowed_before_the_wait(statement), (
+                f"{module.__name__}.{kernel.name}: `{ast.unparse(statement)[:80]}` before wait_for_previous(PDL)"
+            )
+    tree = ast.parse(inspect.getsource(module))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("_prefetch_"):
+            calls = {ast.unparse(call.func) for call in ast.walk(node) if isinstance(call, ast.Call)}
+            assert not {c for c in calls if "store" in c or "atomic" in c or "wait" in c}, node.name
 
 
 @pytest.mark.parametrize("module", KERNEL_MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
