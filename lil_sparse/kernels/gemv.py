@@ -55,15 +55,32 @@ class GemvTiles:
 
 
 def choose_tiles(n: int, k: int) -> GemvTiles:
-    """Tiles for a ``[n, k]`` weight, from the sweep of ``bench/gemv_micro.py --sweep`` on the H200
-    (2026-11-30): 1024-column steps everywhere; one row per program except for tall matrices with
-    short rows (the plain gate/up GEMV and the LM head of the 1.5B shape: 4 rows, 14.9 against
-    15.2 us; :func:`gemv_silu_mul` passes its ``[I, K]`` halves, one row at 1.5B); 8 warps
-    for rows of 4096 to 8191 columns (the 8B shape's QKV, output, gate/up and LM head), 4 for
-    longer ones (the down projections: 9.1 against 9.3 us at 1.5B, 29.9 against 30.2 at 8B)."""
-    block_k = min(1024, triton.next_power_of_2(k))
-    block_n = 4 if n >= 16384 and k < 4096 else 1
-    warps = 8 if 4096 <= k < 8192 else 4
+    """Tiles for a ``[n, k]`` weight, from sweeps of ``bench/gemv_micro.py --sweep`` on the H200
+    (2026-11-30): every program loads its first two weight tiles before the PDL wait
+    (``prefetch``), which moved the best tiles of the 1.5B shape (sweep at 23:58 UTC, CUDA graphs
+    of repeated calls, PDL on, against the earlier rule's tiles):
+
+    - short rows (``k < 4096``) of fewer than 4096 outputs (QKV, output projection): the whole row
+      in one tile, 8 warps, 4 rows per program from 2048 outputs, else 2 (2.9 against 3.7 us and
+      2.3 against 3.0 at 1.5B);
+    - short rows of 4096 to 16383 outputs (the 1.5B gate/up halves of :func:`gemv_silu_mul`): one
+      row, 512-column steps, 4 warps (14.0 against 14.9 us);
+    - short rows of 16384 outputs or more (LM head, the plain gate/up): 4 rows, 1024-column steps,
+      4 warps (104.5 against 105.2 us for the LM head: within noise, unchanged);
+    - long rows (``k >= 8192``) of fewer than 4096 outputs (the 1.5B down projection): 8 rows,
+      2048-column steps, 8 warps (7.7 against 8.7 us).
+
+    The 8B shape (rows of 4096 to 8191 columns: 1 row, 1024-column steps, 8 warps; its down
+    projection: 4 warps) keeps the tiles of the sweep before prefetching, not re-swept."""
+    if k < 4096 and n < 4096:
+        block_n, block_k, warps = (4 if n >= 2048 else 2), min(2048, triton.next_power_of_2(k)), 8
+    elif k < 4096:
+        block_n, block_k, warps = (4, 1024, 4) if n >= 16384 else (1, 512, 4)
+    elif k >= 8192 and n < 4096:
+        block_n, block_k, warps = 8, 2048, 8
+    else:
+        block_n, block_k, warps = 1, 1024, 8 if k < 8192 else 4
+    block_k = min(block_k, triton.next_power_of_2(k))
     return GemvTiles(block_n, block_k, warps, prefetch=min(MAX_PREFETCH, triton.cdiv(k, block_k)))
 
 

@@ -65,15 +65,17 @@ def test_gemv_takes_a_row_view_of_a_wider_weight():
 @pytest.mark.parametrize(
     "n, k, tiles",
     [
-        (2048, 1536, GemvTiles(1, 1024, 4)),  # 1.5B QKV
-        (17920, 1536, GemvTiles(4, 1024, 4)),  # 1.5B gate/up
+        (2048, 1536, GemvTiles(4, 2048, 8, prefetch=1)),  # 1.5B QKV: the whole row, prefetched
+        (1536, 1536, GemvTiles(2, 2048, 8, prefetch=1)),  # 1.5B output projection
+        (8960, 1536, GemvTiles(1, 512, 4)),  # 1.5B gate/up halves (gemv_silu_mul)
+        (17920, 1536, GemvTiles(4, 1024, 4)),  # 1.5B plain gate/up
         (151936, 1536, GemvTiles(4, 1024, 4)),  # 1.5B LM head
-        (1536, 8960, GemvTiles(1, 1024, 4)),  # 1.5B down
+        (1536, 8960, GemvTiles(8, 2048, 8)),  # 1.5B down
         (4096, 14336, GemvTiles(1, 1024, 4)),  # 8B down
         (4096, 4096, GemvTiles(1, 1024, 8)),  # 8B output projection
         (28672, 4096, GemvTiles(1, 1024, 8)),  # 8B gate/up
-        (960, 576, GemvTiles(1, 1024, 4, prefetch=1)),  # SmolLM2 QKV: one masked step
-        (64, 100, GemvTiles(1, 128, 4, prefetch=1)),
+        (960, 576, GemvTiles(2, 1024, 8, prefetch=1)),  # SmolLM2 QKV: one masked tile
+        (64, 100, GemvTiles(2, 128, 8, prefetch=1)),
     ],
 )
 def test_choose_tiles_follows_the_sweep(n, k, tiles):
