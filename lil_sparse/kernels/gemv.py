@@ -7,7 +7,12 @@ and 6.7 us against 1.5 and 1.1 us of bytes, the MLP's down projection 11.8 us ag
 (``bench/gemv_micro.py``, docs/gpu.md). Here every program streams ``BLOCK_N`` whole weight rows
 in contiguous ``BLOCK_K`` runs, keeps ``[BLOCK_N, BLOCK_K]`` fp32 partial products in registers and
 reduces them once at the end. Splitting ``K`` across programs (cuBLAS's split-K) never won in the
-tile sweep, so there is none.
+tile sweep, so there is none. Launched with PDL (:mod:`lil_sparse.kernels.pdl`), each program
+loads its first two weight tiles before it waits for the previous kernel: weights are written by
+no kernel of a step (H200, 2026-11-30 23:37 UTC, ``bench/decode_e2e.py`` at the 1.5B shape, 4k
+tokens, batch 1, dense, two rounds in one process: 1.26 / 1.26 ms per step against 1.29 / 1.29
+without). :func:`gemv_rmsnorm` runs the residual add and RMSNorm before the product, in the same
+kernel.
 
 Numerics: the products are summed in fp32 and rounded to the output dtype once, bias added in
 fp32 before that rounding, as cuBLAS does; only the order of the sum differs, so results equal
@@ -22,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lil_sparse.kernels.fused_layers import _TL_DTYPES, _silu_times, silu_mul
+from lil_sparse.kernels.fused_layers import _TL_DTYPES, _silu_times
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 
 MAX_WEIGHT_ELEMENTS = 2**31
@@ -106,27 +111,65 @@ def _prefetch_weight_tile(
 
 @triton.jit
 def _row_block_dots(
-    x_ptr, w_ptr, rows, row_mask, w_stride, w0, w1,
+    x_ptr, res_ptr, norm_ptr, rstd, w_ptr, rows, row_mask, w_stride, w0, w1,
     K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr,
+    NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, DTYPE: tl.constexpr,
 ):  # fmt: skip
-    """fp32 ``[BLOCK_N]`` dot products of the weight rows ``rows`` with ``x``: ``[BLOCK_N,
-    BLOCK_K]`` partial products over the K loop, reduced once at the end. The first
-    ``PREFETCH`` tiles come loaded (``w0``, ``w1``); the sum runs in the same order either way."""
+    """fp32 ``[BLOCK_N]`` dot products of the weight rows ``rows`` with the input row
+    (:func:`_input_tile`): ``[BLOCK_N, BLOCK_K]`` partial products over the K loop, reduced once
+    at the end. The first ``PREFETCH`` tiles come loaded (``w0``, ``w1``); the sum runs in the
+    same order either way."""
     acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
     if PREFETCH >= 1:
-        acc += _x_tile(x_ptr, 0, K, BLOCK_K)[None, :] * w0.to(tl.float32)
+        x = _input_tile(x_ptr, res_ptr, norm_ptr, rstd, 0, K, BLOCK_K, NORM, HAS_RESIDUAL, DTYPE)
+        acc += x[None, :] * w0.to(tl.float32)
     if PREFETCH >= 2:
-        acc += _x_tile(x_ptr, BLOCK_K, K, BLOCK_K)[None, :] * w1.to(tl.float32)
+        x = _input_tile(x_ptr, res_ptr, norm_ptr, rstd, BLOCK_K, K, BLOCK_K, NORM, HAS_RESIDUAL, DTYPE)
+        acc += x[None, :] * w1.to(tl.float32)
     for k0 in range(PREFETCH * BLOCK_K, K, BLOCK_K):
         w = _prefetch_weight_tile(w_ptr, rows, row_mask, w_stride, k0, K, BLOCK_K)
-        acc += _x_tile(x_ptr, k0, K, BLOCK_K)[None, :] * w.to(tl.float32)
+        x = _input_tile(x_ptr, res_ptr, norm_ptr, rstd, k0, K, BLOCK_K, NORM, HAS_RESIDUAL, DTYPE)
+        acc += x[None, :] * w.to(tl.float32)
     return tl.sum(acc, axis=1)
 
 
 @triton.jit
-def _x_tile(x_ptr, k0, K: tl.constexpr, BLOCK_K: tl.constexpr):
+def _input_tile(
+    x_ptr, res_ptr, norm_ptr, rstd, k0,
+    K: tl.constexpr, BLOCK_K: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    DTYPE: tl.constexpr,
+):  # fmt: skip
+    """fp32 ``[BLOCK_K]`` of the GEMV's input row from column ``k0`` (zeros past ``K``): ``x``, or
+    with ``NORM`` the RMSNorm of ``x`` (plus the residual) times the norm weight, rounded as
+    :func:`lil_sparse.kernels.fused_layers.add_rmsnorm` rounds; ``rstd`` from :func:`_rms`."""
     cols = k0 + tl.arange(0, BLOCK_K)
-    return tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
+    mask = cols < K
+    x = tl.load(x_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    if NORM:
+        if HAS_RESIDUAL:
+            x = (x + tl.load(res_ptr + cols, mask=mask, other=0.0).to(tl.float32)).to(DTYPE).to(tl.float32)
+        normed = (x * rstd).to(DTYPE).to(tl.float32)
+        x = (normed * tl.load(norm_ptr + cols, mask=mask, other=0.0).to(tl.float32)).to(DTYPE).to(tl.float32)
+    return x
+
+
+@triton.jit
+def _rms(
+    x_ptr, res_ptr, res_out_ptr, eps,
+    K: tl.constexpr, NORM_BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr, DTYPE: tl.constexpr,
+):  # fmt: skip
+    """``rsqrt(mean(h^2) + eps)`` of the row ``h = x (+ residual)``, rounded to ``DTYPE`` after the
+    add as :func:`lil_sparse.kernels.fused_layers.add_rmsnorm` rounds it; program 0 stores ``h``
+    at ``res_out_ptr`` when there is a residual (a new tensor: other programs still read the old
+    residual)."""
+    cols = tl.arange(0, NORM_BLOCK)
+    mask = cols < K
+    x = tl.load(x_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        h = (x + tl.load(res_ptr + cols, mask=mask, other=0.0).to(tl.float32)).to(DTYPE)
+        tl.store(res_out_ptr + cols, h, mask=mask & (tl.program_id(0) == 0))
+        x = h.to(tl.float32)
+    return tl.math.rsqrt(tl.sum(x * x, axis=0) / K + eps)
 
 
 @triton.jit
@@ -135,11 +178,18 @@ def _gemv(
     w_ptr,  # [N, K] (SILU_MUL: [2N, K], gate rows then up rows), rows contiguous
     bias_ptr,  # [N], or unused
     out_ptr,  # [N]
+    res_ptr,  # NORM and HAS_RESIDUAL: [K] the residual before the add, else unused
+    res_out_ptr,  # NORM and HAS_RESIDUAL: [K] receives x + residual, else unused
+    norm_ptr,  # NORM: [K] the RMSNorm weight, else unused
+    eps,
     n,
     w_stride,
     K: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     SILU_MUL: tl.constexpr,
+    NORM: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    NORM_BLOCK: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     PREFETCH: tl.constexpr,
@@ -149,14 +199,26 @@ def _gemv(
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < n
     # Each program's first weight tiles load while the previous kernel still runs (PDL).
+    up_rows = rows + n
     gate0 = _prefetch_weight_tile(w_ptr, rows, row_mask, w_stride, 0, K, BLOCK_K, PREFETCH >= 1)
     gate1 = _prefetch_weight_tile(w_ptr, rows, row_mask, w_stride, BLOCK_K, K, BLOCK_K, PREFETCH >= 2)
-    up0 = _prefetch_weight_tile(w_ptr, rows + n, row_mask, w_stride, 0, K, BLOCK_K, SILU_MUL and PREFETCH >= 1)
-    up1 = _prefetch_weight_tile(w_ptr, rows + n, row_mask, w_stride, BLOCK_K, K, BLOCK_K, SILU_MUL and PREFETCH >= 2)
+    up0 = _prefetch_weight_tile(w_ptr, up_rows, row_mask, w_stride, 0, K, BLOCK_K, SILU_MUL and PREFETCH >= 1)
+    up1 = _prefetch_weight_tile(
+        w_ptr, up_rows, row_mask, w_stride, BLOCK_K, K, BLOCK_K, SILU_MUL and PREFETCH >= 2
+    )
     wait_for_previous(PDL)
-    total = _row_block_dots(x_ptr, w_ptr, rows, row_mask, w_stride, gate0, gate1, K, BLOCK_N, BLOCK_K, PREFETCH)
+    rstd = 0.0
+    if NORM:
+        rstd = _rms(x_ptr, res_ptr, res_out_ptr, eps, K, NORM_BLOCK, HAS_RESIDUAL, DTYPE)
+    total = _row_block_dots(
+        x_ptr, res_ptr, norm_ptr, rstd, w_ptr, rows, row_mask, w_stride, gate0, gate1,
+        K, BLOCK_N, BLOCK_K, PREFETCH, NORM, HAS_RESIDUAL, DTYPE,
+    )  # fmt: skip
     if SILU_MUL:  # the gate/up projection's output rounds to DTYPE before silu_mul reads it
-        up = _row_block_dots(x_ptr, w_ptr, rows + n, row_mask, w_stride, up0, up1, K, BLOCK_N, BLOCK_K, PREFETCH)
+        up = _row_block_dots(
+            x_ptr, res_ptr, norm_ptr, rstd, w_ptr, up_rows, row_mask, w_stride, up0, up1,
+            K, BLOCK_N, BLOCK_K, PREFETCH, NORM, HAS_RESIDUAL, DTYPE,
+        )  # fmt: skip
         gate = total.to(DTYPE).to(tl.float32)
         tl.store(out_ptr + rows, _silu_times(gate, up.to(DTYPE).to(tl.float32), DTYPE), mask=row_mask)
     else:
@@ -177,7 +239,7 @@ def gemv(
     """
     n = weight.shape[0]
     _check(x, weight, bias)
-    return _launch(x, weight, bias, n, False, tiles or choose_tiles(n, x.shape[1]))
+    return _launch(x, weight, bias, n, False, tiles or choose_tiles(n, x.shape[1]))[0]
 
 
 def gemv_silu_mul(x: torch.Tensor, gate_up: torch.Tensor, tiles: GemvTiles | None = None) -> torch.Tensor:
@@ -196,7 +258,38 @@ def gemv_silu_mul(x: torch.Tensor, gate_up: torch.Tensor, tiles: GemvTiles | Non
     if double % 2:
         raise ValueError(f"gemv_silu_mul: gate_up has {double} rows, want gate and up halves")
     _check(x, gate_up, None)
-    return _launch(x, gate_up, None, double // 2, True, tiles or choose_tiles(double // 2, x.shape[1]))
+    return _launch(x, gate_up, None, double // 2, True, tiles or choose_tiles(double // 2, x.shape[1]))[0]
+
+
+def gemv_rmsnorm(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    tiles: GemvTiles | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``gemv(add_rmsnorm(x, residual, norm_weight, eps), weight, bias)`` for one row, in one
+    kernel, and the residual after the add: ``(out [1, N], x + residual)`` (``x`` itself when
+    ``residual`` is None; else a new tensor, ``residual`` is left as it was).
+
+    Every program computes the row's RMS itself (the ``K``-wide row read from L2, so it pays only
+    where the outputs make few programs) and program 0 writes ``x + residual``. The result equals
+    :func:`~lil_sparse.kernels.fused_layers.add_rmsnorm` then :func:`gemv` up to the order of the
+    RMS sum. ``residual: [1, K]`` contiguous or None and ``norm_weight: [K]`` contiguous, x's
+    dtype; otherwise as :func:`gemv`, whose ValueErrors it raises, and for a mislaid residual or
+    norm weight.
+    """
+    _check(x, weight, bias)
+    k = x.shape[1]
+    for name, tensor, shape in (("residual", residual, x.shape), ("norm_weight", norm_weight, (k,))):
+        if tensor is not None and (
+            tensor.shape != shape or not tensor.is_contiguous() or tensor.dtype != x.dtype
+        ):
+            raise ValueError(f"gemv_rmsnorm: {name} must be a contiguous {tuple(shape)} {x.dtype} tensor")
+    n = weight.shape[0]
+    return _launch(x, weight, bias, n, False, tiles or choose_tiles(n, k), (residual, norm_weight, eps))
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -221,38 +314,19 @@ def _launch(
     n: int,
     fuse_silu: bool,
     tiles: GemvTiles,
-) -> torch.Tensor:
+    norm: tuple[torch.Tensor | None, torch.Tensor, float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The GEMV over ``x`` (or, given ``norm = (residual, norm weight, eps)``, over the RMSNorm of
+    ``x + residual``): returns ``(out [1, n], x + residual)`` (``x`` itself without a residual)."""
     out = torch.empty((1, n), dtype=x.dtype, device=x.device)
+    residual, norm_weight, eps = norm if norm is not None else (None, weight, 0.0)
+    res_out = x if residual is None else torch.empty_like(x)
     _gemv[(triton.cdiv(n, tiles.block_n),)](
-        x, weight, weight if bias is None else bias, out, n, weight.stride(0),
-        K=x.shape[1], HAS_BIAS=bias is not None, SILU_MUL=fuse_silu, BLOCK_N=tiles.block_n,
-        BLOCK_K=tiles.block_k, PREFETCH=tiles.prefetch, DTYPE=_TL_DTYPES[x.dtype], PDL=use_pdl(x), num_warps=tiles.warps,
-        **launch_options(x),
+        x, weight, weight if bias is None else bias, out, x if residual is None else residual, res_out,
+        norm_weight, eps, n, weight.stride(0),
+        K=x.shape[1], HAS_BIAS=bias is not None, SILU_MUL=fuse_silu, NORM=norm is not None,
+        HAS_RESIDUAL=residual is not None, NORM_BLOCK=triton.next_power_of_2(x.shape[1]),
+        BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k, PREFETCH=tiles.prefetch, DTYPE=_TL_DTYPES[x.dtype],
+        PDL=use_pdl(x), num_warps=tiles.warps, **launch_options(x),
     )  # fmt: skip
-    return out
-
-
-def _one_cuda_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
-    rows_ok = x.is_cuda and x.dim() == 2 and x.shape[0] == 1 and x.is_contiguous() and weight.stride(1) == 1
-    return rows_ok and weight.numel() < MAX_WEIGHT_ELEMENTS and (bias is None or bias.is_contiguous())
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` that runs one CUDA row through :func:`gemv` and everything else through
-    PyTorch (cuBLAS). ``x: [T, K]``, ``weight: [N, K]``, ``bias: [N]`` or None -> ``[T, N]``."""
-    if _one_cuda_row(x, weight, bias):
-        return gemv(x, weight, bias)
-    return torch.nn.functional.linear(x, weight, bias)
-
-
-def gate_up_silu_mul(x: torch.Tensor, gate_up: torch.Tensor) -> torch.Tensor:
-    """``silu(gate) * up`` of ``linear(x, gate_up)``: one kernel for one CUDA row
-    (:func:`gemv_silu_mul`), ``F.linear`` then the SiLU-mul kernel for more CUDA rows, and plain
-    PyTorch off CUDA. ``x: [T, K]``, ``gate_up: [2I, K]`` (gate rows first) -> ``[T, I]``."""
-    if _one_cuda_row(x, gate_up):
-        return gemv_silu_mul(x, gate_up)
-    projected = torch.nn.functional.linear(x, gate_up)
-    if not x.is_cuda:
-        gate, up = projected.chunk(2, dim=-1)
-        return torch.nn.functional.silu(gate) * up
-    return silu_mul(projected)
+    return out, res_out

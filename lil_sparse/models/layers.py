@@ -71,7 +71,7 @@ class MLP(nn.Module):
         self.gate_up, _ = concatenate_into_views([self.gate_proj, self.up_proj])
 
     def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
-        from lil_sparse.kernels.gemv import gate_up_silu_mul, linear
+        from lil_sparse.kernels.linear import gate_up_silu_mul, linear
 
         if self.gate_up is None:
             raise RuntimeError("call fuse() before forward_fused()")
@@ -119,13 +119,21 @@ class SelfAttention(nn.Module):
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention: AttentionFn
     ) -> torch.Tensor:
         """:meth:`forward` with one QKV matmul and one RoPE kernel for q and k."""
-        from lil_sparse.kernels.fused_layers import rotary_qk
-        from lil_sparse.kernels.gemv import linear
+        from lil_sparse.kernels.linear import linear
 
         if self.qkv is None:
             raise RuntimeError("call fuse() before forward_fused()")
-        tokens = x.shape[0]
-        qkv = linear(x, *self.qkv)  # [T, (Hq + 2 Hkv) * D]
+        return self.attend_fused(linear(x, *self.qkv), cos, sin, attention)
+
+    def attend_fused(
+        self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention: AttentionFn
+    ) -> torch.Tensor:
+        """The rest of :meth:`forward_fused` from the fused projection ``qkv: [T, (Hq + 2 Hkv) *
+        D]``: RoPE, attention and the output projection -> ``[T, hidden]``."""
+        from lil_sparse.kernels.fused_layers import rotary_qk
+        from lil_sparse.kernels.linear import linear
+
+        tokens = qkv.shape[0]
         rotated_heads = self.num_heads + self.num_kv_heads
         qk = qkv[:, : rotated_heads * self.head_dim].view(tokens, rotated_heads, self.head_dim)
         # A view, not a copy: a decode step writes v straight from here into its cache pages.
@@ -180,17 +188,19 @@ class DecoderLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The same block with the residual carried apart (vLLM's layout): returns ``(branch
         output, residual)``; the next layer (or the final norm) adds them inside its RMSNorm
-        kernel. ``residual`` is ``None`` for the first layer, whose input is the residual;
-        it is updated in place."""
+        kernel. ``residual`` is ``None`` for the first layer, whose input is the residual. The
+        input norm runs inside the QKV projection where that is one kernel (one CUDA row:
+        :func:`~lil_sparse.kernels.linear.rmsnorm_linear`, which returns the residual after its add);
+        the post-attention norm updates the residual in place."""
         from lil_sparse.kernels.fused_layers import add_rmsnorm
+        from lil_sparse.kernels.linear import rmsnorm_linear
 
+        attn = self.self_attn
+        if attn.qkv is None:
+            raise RuntimeError("call fuse() before forward_fused()")
         norm = self.input_layernorm
-        if residual is None:
-            residual = x
-            normed = add_rmsnorm(x, None, norm.weight, norm.eps)
-        else:
-            normed = add_rmsnorm(x, residual, norm.weight, norm.eps)
-        attended = self.self_attn.forward_fused(normed, cos, sin, attention)
+        qkv, residual = rmsnorm_linear(x, residual, norm.weight, norm.eps, *attn.qkv)
+        attended = attn.attend_fused(qkv, cos, sin, attention)
         norm = self.post_attention_layernorm
         normed = add_rmsnorm(attended, residual, norm.weight, norm.eps)
         return self.mlp.forward_fused(normed), residual

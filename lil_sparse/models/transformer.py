@@ -105,7 +105,7 @@ class CausalLM(nn.Module):
         A fused model on CUDA runs one row through the GEMV of :mod:`lil_sparse.kernels.gemv`."""
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         if self.fused and hidden.is_cuda:
-            from lil_sparse.kernels.gemv import linear
+            from lil_sparse.kernels.linear import linear
 
             return linear(hidden, weight).float()
         return F.linear(hidden, weight).float()

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 pytest.importorskip("triton")
 
 from lil_sparse.kernels.fused_layers import silu_mul
-from lil_sparse.kernels.gemv import GemvTiles, choose_tiles, gate_up_silu_mul, gemv, gemv_silu_mul, linear
+from lil_sparse.kernels.gemv import GemvTiles, choose_tiles, gemv, gemv_silu_mul
+from lil_sparse.kernels.linear import gate_up_silu_mul, linear
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ROUNDING = {
@@ -127,7 +128,7 @@ def test_tiles_must_be_powers_of_two(field, value):
 
 @pytest.mark.parametrize("prefetch", [-1, 3])
 def test_tiles_prefetch_at_most_two_tiles(prefetch):
-    with pytest.raises(ValueError, match="GemvTiles.prefetch"):
+    with pytest.raises(ValueError, match=r"GemvTiles\.prefetch"):
         GemvTiles(1, 64, 4, prefetch=prefetch)
 
 

@@ -76,7 +76,7 @@ def allowed_before_the_wait(statement: ast.stmt) -> bool:
 
 def test_the_prefix_rule_refuses_loads_stores_and_other_calls():
     """The rule below, on statements it must refuse and accept (so a weaker rule fails here)."""
-    refused = ["x = tl.load(x_ptr)", "tl.store(out_ptr, 0)", "y = _row_block_dots(x_ptr)", "if PDL:\n    a = 1"]
+    refused = ["x = tl.load(x_ptr)", "tl.store(out_ptr, 0)", "y = _row_block_dots(x_ptr)", "if P:\n    a = 1"]
     accepted = ["rows = tl.program_id(0) * 4 + tl.arange(0, 4)", "w = _prefetch_weight_tile(w_ptr, rows)"]
     assert not any(allowed_before_the_wait(ast.parse(source).body[0]) for source in refused)
     assert all(allowed_before_the_wait(ast.parse(source).body[0]) for source in accepted)
@@ -97,7 +97,7 @@ def test_every_pdl_kernel_waits_first(module):
         assert waits, f"{module.__name__}.{kernel.name} never calls wait_for_previous(PDL)"
         for statement in body[: waits[0]]:
             assert allowed_before_the_wait(statement), (
-                f"{module.__name__}.{kernel.name}: `{ast.unparse(statement)[:80]}` before wait_for_previous(PDL)"
+                f"{module.__name__}.{kernel.name}: `{ast.unparse(statement)[:60]}` before the wait"
             )
     tree = ast.parse(inspect.getsource(module))
     for node in ast.walk(tree):
