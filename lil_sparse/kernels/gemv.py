@@ -167,7 +167,8 @@ def _rms(
     x = tl.load(x_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
         h = (x + tl.load(res_ptr + cols, mask=mask, other=0.0).to(tl.float32)).to(DTYPE)
-        tl.store(res_out_ptr + cols, h, mask=mask & (tl.program_id(0) == 0))
+        if tl.program_id(0) == 0:  # a scalar branch: Triton 3.9's interpreter takes no int mask
+            tl.store(res_out_ptr + cols, h, mask=mask)
         x = h.to(tl.float32)
     return tl.math.rsqrt(tl.sum(x * x, axis=0) / K + eps)
 
