@@ -62,7 +62,7 @@ class GemvTiles:
 def choose_tiles(n: int, k: int) -> GemvTiles:
     """Tiles for a ``[n, k]`` weight, from sweeps of ``bench/gemv_micro.py --sweep`` on the H200
     (2026-11-30): every program loads its first two weight tiles before the PDL wait
-    (``prefetch``), which moved the best tiles of the 1.5B shape (sweep at 23:58 UTC, CUDA graphs
+    (``prefetch``), which moved the best tiles of the 1.5B shape (sweep at about 23:50 UTC, CUDA graphs
     of repeated calls, PDL on, against the earlier rule's tiles):
 
     - short rows (``k < 4096``) of fewer than 4096 outputs (QKV, output projection): the whole row
