@@ -150,7 +150,8 @@ def run_generate(args: argparse.Namespace) -> int:
         f"ttft: {timings.ttft_seconds * 1000:.1f} ms  tbt: {tbt * 1000:.1f} ms  "
         f"jct: {timings.jct_seconds:.2f} s\n"
         f"finish: {report.finish_reason.value}  policy: {options.sparse.policy}  "
-        f"attended pages/step: {report.kv.mean_attended_pages:.1f}  peak pages: {report.kv.peak_pages}\n"
+        f"attended pages/step and KV head: {report.kv.mean_attended_pages:.1f}  "
+        f"peak pages (all KV heads): {report.kv.peak_pages}\n"
         f"guardian: {verdict}{answer}",
         file=sys.stderr,
     )

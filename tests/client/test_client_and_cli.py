@@ -118,7 +118,9 @@ def test_cli_generate_prints_text_then_summary(client_server: Any) -> None:
         r"ttft: [\d.]+ ms  tbt: mean [\d.]+ ms, p50 [\d.]+ ms, p95 [\d.]+ ms  jct: [\d.]+ ms", lines[2]
     )
     assert re.fullmatch(r"guardian: on, 0 checks, [\d.]+ ms CPU", lines[3])
-    assert re.fullmatch(r"kv: peak \d+ pages, [\d.]+ pages attended per step", lines[4])
+    assert re.fullmatch(
+        r"kv: peak \d+ pages \(all KV heads\), [\d.]+ pages attended per step and KV head", lines[4]
+    )
 
 
 def test_cli_json(client_server: Any) -> None:

@@ -91,7 +91,7 @@ func TestLilStreamPrintsTextThenTheSummary(t *testing.T) {
 		`^tokens: prompt [1-9]\d*, completion 12$`,
 		`^ttft: \d+\.\d ms  tbt: mean \d+\.\d\d ms, p50 \d+\.\d\d ms, p95 \d+\.\d\d ms  jct: \d+\.\d ms$`,
 		`^guardian: on, \d+ checks, \d+\.\d\d ms CPU$`,
-		`^kv: peak [1-9]\d* pages, \d+\.\d pages attended per step$`,
+		`^kv: peak [1-9]\d* pages \(all KV heads\), \d+\.\d pages attended per step and KV head$`,
 	}
 	if len(lines) != len(patterns) {
 		t.Fatalf("summary has %d lines, want %d:\n%s", len(lines), len(patterns), summary)

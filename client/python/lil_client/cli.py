@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from google.protobuf import json_format
 
+from lil_client.cli_hints import budget_note, error_hint
 from lil_client.cli_output import (
     format_defaults,
     format_info,
@@ -185,15 +186,26 @@ def _generate(client: LilClient, args: argparse.Namespace, out: TextIO) -> None:
     stream = client.generate(
         prompt, messages=messages, timeout=args.timeout, **dataclasses.asdict(_options(args))
     )
-    for chunk in stream:
-        if not args.json:
-            out.write(chunk.text)
+    printed = False
+    try:
+        for chunk in stream:
+            if not args.json:
+                out.write(chunk.text)
+                out.flush()
+                printed = printed or bool(chunk.text)
+    except LilClientError:
+        if printed:  # the error goes to stderr on a line of its own, not after the partial text
+            out.write("\n")
             out.flush()
+        raise
     if args.json:
         data = summary_dict(stream.summary, with_logprobs=args.return_logprobs)
         out.write(json.dumps(data) + "\n")
     else:
         out.write("\n---\n" + format_summary(stream.summary) + "\n" + format_outputs(stream.summary, args))
+    note = budget_note(args.budget_tokens, args.policy, stream.summary)
+    if note:
+        print(f"lil-client: {note}", file=sys.stderr)
 
 
 def _info(client: LilClient, args: argparse.Namespace, out: TextIO) -> None:
@@ -222,7 +234,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             else:
                 _info(client, args, stream_out)
     except LilClientError as error:
-        print(f"lil-client: {error}", file=sys.stderr)
+        print(f"lil-client: {error}{error_hint(error, args.address, args.timeout)}", file=sys.stderr)
         return 1
     except ValueError as error:  # a bad option caught before sending
         print(f"lil-client: {error}", file=sys.stderr)

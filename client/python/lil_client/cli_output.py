@@ -35,7 +35,10 @@ def format_summary(summary: Summary) -> str:
             f"p50 {t.tbt_p50_seconds * 1e3:.2f} ms, p95 {t.tbt_p95_seconds * 1e3:.2f} ms  "
             f"jct: {t.jct_seconds * 1e3:.1f} ms",
             f"guardian: {guardian}",
-            f"kv: peak {kv.peak_pages} pages, {kv.mean_attended_pages:.1f} pages attended per step",
+            # peak_pages counts one-head pages over all KV heads, mean_attended_pages per KV head
+            # (report.proto); the budget, in pages, compares with the second.
+            f"kv: peak {kv.peak_pages} pages (all KV heads), "
+            f"{kv.mean_attended_pages:.1f} pages attended per step and KV head",
         )
     )
 

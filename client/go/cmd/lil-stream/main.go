@@ -49,7 +49,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	client, err := lilsparse.Dial(ctx, parsed.address, dialOptions...)
 	if err != nil {
-		fmt.Fprintln(stderr, "lil-stream:", err)
+		fmt.Fprintln(stderr, "lil-stream:", err.Error()+errorHint(err, parsed.address, parsed.timeout))
 		return 1
 	}
 	defer client.Close()
@@ -59,7 +59,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = generate(ctx, client, parsed, stdout)
 	}
 	if err != nil {
-		fmt.Fprintln(stderr, "lil-stream:", err)
+		fmt.Fprintln(stderr, "lil-stream:", err.Error()+errorHint(err, parsed.address, parsed.timeout))
 		return 1
 	}
 	return 0

@@ -138,7 +138,7 @@ func TestSummaryMatchesThePythonClient(t *testing.T) {
 		"tokens: prompt 12, completion 503",
 		"ttft: 12.3 ms  tbt: mean 1.25 ms, p50 1.10 ms, p95 2.00 ms  jct: 650.0 ms",
 		"guardian: on, 2 checks, stop at token 500 (applied 503), 0.42 ms CPU",
-		"kv: peak 40 pages, 8.0 pages attended per step",
+		"kv: peak 40 pages (all KV heads), 8.0 pages attended per step and KV head",
 	}, "\n")
 	if got := formatSummary(summary); got != want {
 		t.Fatalf("summary\n%s\nwant\n%s", got, want)

@@ -20,7 +20,10 @@ func formatSummary(summary *lilsparse.Summary) string {
 			timings.TTFTSeconds*1e3, timings.TBTMeanSeconds*1e3, timings.TBTP50Seconds*1e3,
 			timings.TBTP95Seconds*1e3, timings.JCTSeconds*1e3),
 		"guardian: " + guardianLine(summary.Guardian),
-		fmt.Sprintf("kv: peak %d pages, %.1f pages attended per step", kv.PeakPages, kv.MeanAttendedPages),
+		// PeakPages counts one-head pages over all KV heads, MeanAttendedPages per KV head
+		// (report.proto); the budget, in pages, compares with the second.
+		fmt.Sprintf("kv: peak %d pages (all KV heads), %.1f pages attended per step and KV head",
+			kv.PeakPages, kv.MeanAttendedPages),
 	}
 	return strings.Join(lines, "\n")
 }

@@ -1,0 +1,54 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/lil-sparse/lil-sparse/client/go/lilsparse"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// flagOfField names the flag that sets a request field the server refuses by its options.proto
+// name ("budget_tokens: must be >= 16 ..."), where the two names differ; as lil-client's.
+var flagOfField = map[string]string{
+	"budget_tokens":     "-budget",
+	"stop_strings":      "-stop",
+	"enabled":           "-guardian",
+	"interval_tokens":   "-guardian-interval",
+	"threshold_bytes":   "-guardian-threshold",
+	"mode":              "-guardian-mode",
+	"source":            "-guardian-source",
+	"shadow":            "-guardian-shadow",
+	"action":            "-guardian-action",
+	"answer_max_tokens": "-guardian-answer-max-tokens",
+}
+
+// errorHint is the text printed after a failed call's error so that it says what to do: a line
+// when no server answered at address or the -timeout passed, or " (flag -x)" after a refused
+// field whose flag has another name; "" otherwise. It mirrors lil-client's hints.
+func errorHint(err error, address string, timeout time.Duration) string {
+	message := status.Convert(err).Message() // the server's words, without the code
+	lower := strings.ToLower(message)
+	switch lilsparse.Code(err) {
+	case codes.Unavailable:
+		if strings.Contains(lower, "error while dialing") || strings.Contains(lower, "connection refused") ||
+			strings.Contains(lower, "no such host") {
+			return fmt.Sprintf("\nlil-stream: no server answered at %s: start one (`make run`, or"+
+				" `lil-sparse serve`) or pass -address HOST:PORT (the gRPC port, 50051 by default)", address)
+		}
+	case codes.DeadlineExceeded:
+		if timeout > 0 {
+			return fmt.Sprintf("\nlil-stream: the call ran past -timeout %s; raise it, or leave it out (no deadline)", timeout)
+		}
+	case codes.InvalidArgument:
+		field := strings.FieldsFunc(message, func(r rune) bool { return r == ':' || r == '[' })
+		if len(field) > 0 {
+			if flag, ok := flagOfField[field[0]]; ok {
+				return " (flag " + flag + ")"
+			}
+		}
+	}
+	return ""
+}
