@@ -62,12 +62,12 @@ class GemvTiles:
 def choose_tiles(n: int, k: int) -> GemvTiles:
     """Tiles for a ``[n, k]`` weight, from sweeps of ``bench/gemv_micro.py --sweep`` on the H200
     (2026-11-30): every program loads its first two weight tiles before the PDL wait
-    (``prefetch``), which moved the best tiles of the 1.5B shape (sweep at 23:58 UTC, CUDA graphs
-    of repeated calls, PDL on, against the earlier rule's tiles):
+    (``prefetch``), which moved the best tiles of the 1.5B shape (sweep at about 23:50 UTC, CUDA
+    graphs of repeated calls, PDL on, against the earlier rule's tiles):
 
-    - short rows (``k < 4096``) of fewer than 4096 outputs (QKV, output projection): the whole row
-      in one tile, 8 warps, 4 rows per program from 2048 outputs, else 2 (2.9 against 3.7 us and
-      2.3 against 3.0 at 1.5B);
+    - short rows (``k < 4096``) of fewer than 4096 outputs (QKV, output projection): 2048-column
+      steps (the whole row at 1.5B's 1536), 8 warps, 4 rows per program from 2048 outputs, else 2
+      (2.9 against 3.7 us and 2.3 against 3.0 at 1.5B);
     - short rows of 4096 to 16383 outputs (the 1.5B gate/up halves of :func:`gemv_silu_mul`): one
       row, 512-column steps, 4 warps (14.0 against 14.9 us);
     - short rows of 16384 outputs or more (LM head, the plain gate/up): 4 rows, 1024-column steps,
