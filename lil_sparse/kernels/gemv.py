@@ -8,11 +8,11 @@ and 6.7 us against 1.5 and 1.1 us of bytes, the MLP's down projection 11.8 us ag
 in contiguous ``BLOCK_K`` runs, keeps ``[BLOCK_N, BLOCK_K]`` fp32 partial products in registers and
 reduces them once at the end. Splitting ``K`` across programs (cuBLAS's split-K) never won in the
 tile sweep, so there is none. Launched with PDL (:mod:`lil_sparse.kernels.pdl`), each program
-loads its first two weight tiles before it waits for the previous kernel: weights are written by
-no kernel of a step (H200, 2026-11-30 23:37 UTC, ``bench/decode_e2e.py`` at the 1.5B shape, 4k
-tokens, batch 1, dense, two rounds in one process: 1.26 / 1.26 ms per step against 1.29 / 1.29
-without). :func:`gemv_rmsnorm` runs the residual add and RMSNorm before the product, in the same
-kernel.
+loads its first two weight tiles before it waits for the previous kernel where :func:`choose_tiles`
+found that faster: weights are written by no kernel of a step (H200, 2026-11-30 23:37 UTC,
+``bench/decode_e2e.py`` at the 1.5B shape, 4k tokens, batch 1, dense, two rounds in one process:
+1.26 / 1.26 ms per step against 1.29 / 1.29 without). :func:`gemv_rmsnorm` runs the residual
+add and RMSNorm before the product, in the same kernel.
 
 Numerics: the products are summed in fp32 and rounded to the output dtype once, bias added in
 fp32 before that rounding, as cuBLAS does; only the order of the sum differs, so results equal
@@ -75,18 +75,26 @@ def choose_tiles(n: int, k: int) -> GemvTiles:
     - long rows (``k >= 8192``) of fewer than 4096 outputs (the 1.5B down projection): 8 rows,
       2048-column steps, 8 warps (7.7 against 8.7 us).
 
-    The 8B shape (rows of 4096 to 8191 columns: 1 row, 1024-column steps, 8 warps; its down
-    projection: 4 warps) keeps the tiles of the sweep before prefetching, not re-swept."""
+    The 8B shape keeps the tiles of the sweep before prefetching, not re-swept: for rows of 4096
+    to 8191 columns one row per program, 1024-column steps, 8 warps and no prefetch; for its down
+    projection the same with 4 warps, prefetched. Against the report run before prefetching
+    (22:29 UTC; cuBLAS within 0.6 us of it on every 8B row), the 00:08 run (2026-12-01,
+    ``docs/bench/gemv_micro.md``) with prefetch everywhere had the 8B down projection at 27.8
+    against 32.5 us but QKV 13.4 against 12.7, output 9.4 against 9.0, gate/up with SiLU-mul 61.2
+    against 53.1 and the LM head 248.0 against 229.9; every 8B batch-1 cell of the 00:07 report
+    (with the norm inside the 8B QKV GEMV too) ran 0.32-0.41 ms slower than at 23:30. These
+    tiles are not yet measured end to end."""
+    prefetch = MAX_PREFETCH
     if k < 4096 and n < 4096:
         block_n, block_k, warps = (4 if n >= 2048 else 2), min(2048, triton.next_power_of_2(k)), 8
     elif k < 4096:
         block_n, block_k, warps = (4, 1024, 4) if n >= 16384 else (1, 512, 4)
-    elif k >= 8192 and n < 4096:
-        block_n, block_k, warps = 8, 2048, 8
+    elif k >= 8192:
+        block_n, block_k, warps = (8, 2048, 8) if n < 4096 else (1, 1024, 4)
     else:
-        block_n, block_k, warps = 1, 1024, 8 if k < 8192 else 4
+        block_n, block_k, warps, prefetch = 1, 1024, 8, 0
     block_k = min(block_k, triton.next_power_of_2(k))
-    return GemvTiles(block_n, block_k, warps, prefetch=min(MAX_PREFETCH, triton.cdiv(k, block_k)))
+    return GemvTiles(block_n, block_k, warps, prefetch=min(prefetch, triton.cdiv(k, block_k)))
 
 
 @triton.jit
