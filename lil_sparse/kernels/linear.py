@@ -51,7 +51,7 @@ def norm_inside_gemv(n: int, k: int) -> bool:
     """Whether one row's RMSNorm runs inside the GEMV of an ``[n, k]`` weight
     (:func:`gemv_rmsnorm`). Every program of that kernel reads and reduces the whole ``k``-wide
     row again, so it pays only where the tiles make few programs of several short rows:
-    :func:`~lil_sparse.kernels.gemv.choose_tiles`' rows under 4096 columns with fewer than 4096
+    :func:`~lil_sparse.kernels.gemv_tiles.choose_tiles`' rows under 4096 columns with fewer than 4096
     outputs (2 or 4 rows per program). Measured on the H200: the 1.5B QKV (2048 x 1536, 512
     programs) in :func:`rmsnorm_linear`'s figures below; the 1.5B gate/up halves (8960 x 1536)
     slower at 4 to 16 rows per program; every 8B batch-1 cell of the 2026-12-01 00:07 report,

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 pytest.importorskip("triton")
 
 from lil_sparse.kernels.fused_layers import silu_mul
-from lil_sparse.kernels.gemv import GemvTiles, choose_tiles, gemv, gemv_silu_mul
+from lil_sparse.kernels.gemv import gemv, gemv_silu_mul
+from lil_sparse.kernels.gemv_tiles import GemvTiles, choose_tiles
 from lil_sparse.kernels.linear import gate_up_silu_mul, linear
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

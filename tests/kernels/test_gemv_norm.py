@@ -16,7 +16,8 @@ pytest.importorskip("triton")
 
 from lil_sparse.kernels import gemv as gemv_module
 from lil_sparse.kernels.fused_layers import add_rmsnorm, silu_mul
-from lil_sparse.kernels.gemv import GemvTiles, gemv, gemv_rmsnorm
+from lil_sparse.kernels.gemv import gemv, gemv_rmsnorm
+from lil_sparse.kernels.gemv_tiles import GemvTiles
 from lil_sparse.kernels.linear import linear, norm_inside_gemv, rmsnorm_linear
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
