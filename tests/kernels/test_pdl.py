@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +23,18 @@ pytest.importorskip("triton")
 from lil_sparse.kernels import fused_layers, gemv, paged_decode, pdl, rotary_append
 
 KERNEL_MODULES = [fused_layers, gemv, paged_decode, rotary_append]
+
+
+def test_every_module_that_launches_with_pdl_is_checked():
+    """A module of the engine launching with PDL (``launch_options``, or Triton's ``launch_pdl``
+    itself) but missing from :data:`KERNEL_MODULES` would escape the rule checks below."""
+    root = Path(pdl.__file__).parents[2]  # the directory holding lil_sparse/
+    launching = {
+        ".".join(path.relative_to(root).with_suffix("").parts)
+        for path in (root / "lil_sparse").rglob("*.py")
+        if "launch_options(" in path.read_text() or "launch_pdl" in path.read_text()
+    }
+    assert launching - {pdl.__name__} == {module.__name__ for module in KERNEL_MODULES}
 
 
 def test_no_pdl_off_cuda(monkeypatch):
