@@ -8,11 +8,11 @@ and 6.7 us against 1.5 and 1.1 us of bytes, the MLP's down projection 11.8 us ag
 in contiguous ``BLOCK_K`` runs, keeps ``[BLOCK_N, BLOCK_K]`` fp32 partial products in registers and
 reduces them once at the end. Splitting ``K`` across programs (cuBLAS's split-K) never won in the
 tile sweep, so there is none. Launched with PDL (:mod:`lil_sparse.kernels.pdl`), each program
-loads its first two weight tiles before it waits for the previous kernel: weights are written by
-no kernel of a step (H200, 2026-11-30 23:37 UTC, ``bench/decode_e2e.py`` at the 1.5B shape, 4k
-tokens, batch 1, dense, two rounds in one process: 1.26 / 1.26 ms per step against 1.29 / 1.29
-without). :func:`gemv_rmsnorm` runs the residual add and RMSNorm before the product, in the same
-kernel.
+loads its first two weight tiles before it waits for the previous kernel where :func:`choose_tiles`
+found that faster: weights are written by no kernel of a step (H200, 2026-11-30 23:37 UTC,
+``bench/decode_e2e.py`` at the 1.5B shape, 4k tokens, batch 1, dense, two rounds in one process:
+1.26 / 1.26 ms per step against 1.29 / 1.29 without). :func:`gemv_rmsnorm` runs the residual
+add and RMSNorm before the product, in the same kernel.
 
 Numerics: the products are summed in fp32 and rounded to the output dtype once, bias added in
 fp32 before that rounding, as cuBLAS does; only the order of the sum differs, so results equal
@@ -21,72 +21,16 @@ fp32 before that rounding, as cuBLAS does; only the order of the sum differs, so
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
 from lil_sparse.kernels.fused_layers import _TL_DTYPES, _silu_times
+from lil_sparse.kernels.gemv_tiles import GemvTiles, choose_tiles
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 
 MAX_WEIGHT_ELEMENTS = 2**31
 """The kernel's offsets (``row * K + column``) are 32-bit: larger weights stay with PyTorch."""
-
-
-MAX_PREFETCH = 2
-"""At most this many leading ``block_k`` weight tiles load before the PDL wait."""
-
-
-@dataclass(frozen=True)
-class GemvTiles:
-    """Launch shape: ``block_n`` weight rows per program, ``block_k`` columns per loop step,
-    ``warps`` per program (all positive powers of two), and ``prefetch``: how many of a program's
-    leading weight tiles it loads before waiting for the previous kernel (0 to
-    :data:`MAX_PREFETCH`; only launches with PDL start early enough for it to matter)."""
-
-    block_n: int
-    block_k: int
-    warps: int
-    prefetch: int = MAX_PREFETCH
-
-    def __post_init__(self) -> None:
-        for name in ("block_n", "block_k", "warps"):
-            value = getattr(self, name)
-            if value < 1 or value & (value - 1):
-                raise ValueError(f"GemvTiles.{name} must be a positive power of two, got {value}")
-        if not 0 <= self.prefetch <= MAX_PREFETCH:
-            raise ValueError(f"GemvTiles.prefetch must be in 0..{MAX_PREFETCH}, got {self.prefetch}")
-
-
-def choose_tiles(n: int, k: int) -> GemvTiles:
-    """Tiles for a ``[n, k]`` weight, from sweeps of ``bench/gemv_micro.py --sweep`` on the H200
-    (2026-11-30): every program loads its first two weight tiles before the PDL wait
-    (``prefetch``), which moved the best tiles of the 1.5B shape (sweep at about 23:50 UTC, CUDA graphs
-    of repeated calls, PDL on, against the earlier rule's tiles):
-
-    - short rows (``k < 4096``) of fewer than 4096 outputs (QKV, output projection): the whole row
-      in one tile, 8 warps, 4 rows per program from 2048 outputs, else 2 (2.9 against 3.7 us and
-      2.3 against 3.0 at 1.5B);
-    - short rows of 4096 to 16383 outputs (the 1.5B gate/up halves of :func:`gemv_silu_mul`): one
-      row, 512-column steps, 4 warps (14.0 against 14.9 us);
-    - short rows of 16384 outputs or more (LM head, the plain gate/up): 4 rows, 1024-column steps,
-      4 warps (104.5 against 105.2 us for the LM head: within noise, unchanged);
-    - long rows (``k >= 8192``) of fewer than 4096 outputs (the 1.5B down projection): 8 rows,
-      2048-column steps, 8 warps (7.7 against 8.7 us).
-
-    The 8B shape (rows of 4096 to 8191 columns: 1 row, 1024-column steps, 8 warps; its down
-    projection: 4 warps) keeps the tiles of the sweep before prefetching, not re-swept."""
-    if k < 4096 and n < 4096:
-        block_n, block_k, warps = (4 if n >= 2048 else 2), min(2048, triton.next_power_of_2(k)), 8
-    elif k < 4096:
-        block_n, block_k, warps = (4, 1024, 4) if n >= 16384 else (1, 512, 4)
-    elif k >= 8192 and n < 4096:
-        block_n, block_k, warps = 8, 2048, 8
-    else:
-        block_n, block_k, warps = 1, 1024, 8 if k < 8192 else 4
-    block_k = min(block_k, triton.next_power_of_2(k))
-    return GemvTiles(block_n, block_k, warps, prefetch=min(MAX_PREFETCH, triton.cdiv(k, block_k)))
 
 
 @triton.jit

@@ -47,6 +47,19 @@ def _norm_laid_out(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: 
     return (residual is None or laid_out(residual, x.shape)) and laid_out(norm_weight, (x.shape[1],))
 
 
+def norm_inside_gemv(n: int, k: int) -> bool:
+    """Whether one row's RMSNorm runs inside the GEMV of an ``[n, k]`` weight
+    (:func:`gemv_rmsnorm`). Every program of that kernel reads and reduces the whole ``k``-wide
+    row again, so it pays only where the tiles make few programs of several short rows:
+    :func:`~lil_sparse.kernels.gemv_tiles.choose_tiles`' rows under 4096 columns with fewer than 4096
+    outputs (2 or 4 rows per program). Measured on the H200: the 1.5B QKV (2048 x 1536, 512
+    programs) in :func:`rmsnorm_linear`'s figures below; the 1.5B gate/up halves (8960 x 1536)
+    slower at 4 to 16 rows per program; every 8B batch-1 cell of the 2026-12-01 00:07 report,
+    with the norm inside the 8B QKV GEMV (6144 x 4096: 6144 programs of one row) and the GEMV
+    prefetch on every shape, 0.32-0.41 ms slower than at 23:30 (docs/gpu.md)."""
+    return k < 4096 and n < 4096
+
+
 def rmsnorm_linear(
     x: torch.Tensor,
     residual: torch.Tensor | None,
@@ -58,10 +71,11 @@ def rmsnorm_linear(
     """``linear(add_rmsnorm(x, residual, norm_weight, eps), weight, bias)`` and the residual after
     the add: ``(out [T, N], x + residual)`` (``x`` itself when ``residual`` is None).
 
-    One CUDA row runs :func:`gemv_rmsnorm` (one kernel, the residual after the add in a new
-    tensor); other shapes run :func:`add_rmsnorm` then :func:`linear` (``residual`` updated in
-    place). Use the returned residual either way. ``x, residual: [T, K]``, ``norm_weight: [K]``,
-    ``weight: [N, K]``, ``bias: [N]`` or None, one dtype.
+    One CUDA row of a weight where :func:`norm_inside_gemv` runs :func:`gemv_rmsnorm` (one
+    kernel, the residual after the add in a new tensor); anything else runs :func:`add_rmsnorm`
+    then :func:`linear` (``residual`` updated in place). Use the returned residual either way.
+    ``x, residual: [T, K]``, ``norm_weight: [K]``, ``weight: [N, K]``, ``bias: [N]`` or None, one
+    dtype.
 
     Measured on the H200 (2026-11-30, about 23:57 UTC, ``bench/decode_e2e.py`` at the 1.5B shape,
     4k tokens, batch 1, dense, two rounds in one process, printed output): the input norm inside
@@ -70,7 +84,8 @@ def rmsnorm_linear(
     program, 1.27 at 8, 1.31 at 16): its 8960 outputs make many programs, each re-reading and
     reducing the row, so the model keeps :func:`add_rmsnorm` there.
     """
-    if _one_cuda_row(x, weight, bias) and _norm_laid_out(x, residual, norm_weight):
+    fits = _one_cuda_row(x, weight, bias) and norm_inside_gemv(weight.shape[0], x.shape[1])
+    if fits and _norm_laid_out(x, residual, norm_weight):
         return gemv_rmsnorm(x, residual, norm_weight, eps, weight, bias)
     normed = add_rmsnorm(x, residual, norm_weight, eps)
     return linear(normed, weight, bias), x if residual is None else residual

@@ -15,9 +15,13 @@ tokens, PDL on and off alternately, two rounds in one device call, printed outpu
 dense 1.43 / 1.43 ms without PDL against 1.30 / 1.30 ms with it; batch 8 (cuBLAS GEMMs between
 the Triton kernels) 2.16 / 2.15 against 2.13 / 2.12 ms.
 
-The rule every kernel here follows: call :func:`wait_for_previous` first, before any load of
-data another kernel writes and before any store. Since each kernel signals before it waits, the
-kernel after it may start while kernels further back still run. PyTorch's kernels launch
+The rule every kernel here follows: call :func:`wait_for_previous` before any load of data
+another kernel writes and before any store. Before it a kernel may only compute indices and load
+model weights, which no kernel of a step writes, through helpers named ``_prefetch_*`` (the GEMV
+loads its first weight tiles there: :mod:`lil_sparse.kernels.gemv`); every other kernel calls it
+first. ``tests/kernels/test_pdl.py`` checks this in the kernels' source. Since each kernel
+signals before it waits, the kernel after it may start while kernels further back still run, so
+even a load of data written two kernels back must come after the wait. PyTorch's kernels launch
 without PDL and keep stream order. FlashInfer's decode does launch with it (0.6.6's ``run``
 turns it on for capability 9.0 and later unless told otherwise) and reads its plan (request and
 tile indices, ``indptr``, ``last_page_len``, the chunk size) before its own
@@ -64,7 +68,9 @@ def launch_options(tensor: torch.Tensor) -> dict[str, bool]:
 @triton.jit
 def wait_for_previous(PDL: tl.constexpr):
     """Let the next kernel start launching, then wait until the previous kernel has finished
-    (both no-ops when ``PDL`` is False). Call first in a kernel launched with PDL."""
+    (both no-ops when ``PDL`` is False). Call it in a kernel launched with PDL before it reads
+    anything another kernel writes or stores anything; only index arithmetic and ``_prefetch_*``
+    loads of weights may come first (see the module docstring)."""
     if PDL:
         gdc_launch_dependents()
         gdc_wait()

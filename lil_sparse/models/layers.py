@@ -188,10 +188,13 @@ class DecoderLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The same block with the residual carried apart (vLLM's layout): returns ``(branch
         output, residual)``; the next layer (or the final norm) adds them inside its RMSNorm
-        kernel. ``residual`` is ``None`` for the first layer, whose input is the residual. The
-        input norm runs inside the QKV projection where that is one kernel (one CUDA row:
-        :func:`~lil_sparse.kernels.linear.rmsnorm_linear`, which returns the residual after its add);
-        the post-attention norm updates the residual in place."""
+        kernel. ``residual`` is ``None`` for the first layer, whose input is the residual: the
+        returned residual is then ``x`` itself, updated in place (pass a tensor the caller no
+        longer needs; :class:`~lil_sparse.models.transformer.CausalLM` passes its embedding
+        output). The input norm runs inside the QKV projection where that is one kernel (one CUDA
+        row: :func:`~lil_sparse.kernels.linear.rmsnorm_linear`, which for later layers returns
+        ``x + residual`` in a new tensor); the post-attention norm updates the residual in place.
+        ``x, residual: [T, hidden]`` in the model dtype."""
         from lil_sparse.kernels.fused_layers import add_rmsnorm
         from lil_sparse.kernels.linear import rmsnorm_linear
 

@@ -16,8 +16,9 @@ pytest.importorskip("triton")
 
 from lil_sparse.kernels import gemv as gemv_module
 from lil_sparse.kernels.fused_layers import add_rmsnorm, silu_mul
-from lil_sparse.kernels.gemv import GemvTiles, gemv, gemv_rmsnorm
-from lil_sparse.kernels.linear import linear, rmsnorm_linear
+from lil_sparse.kernels.gemv import gemv, gemv_rmsnorm
+from lil_sparse.kernels.gemv_tiles import GemvTiles
+from lil_sparse.kernels.linear import linear, norm_inside_gemv, rmsnorm_linear
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 EPS = 1e-6
@@ -91,3 +92,16 @@ def test_gemv_rmsnorm_refuses_mislaid_inputs(residual_shape, norm_shape, match):
     residual, norm_weight = torch.zeros(residual_shape, device=DEVICE), torch.zeros(norm_shape, device=DEVICE)
     with pytest.raises(ValueError, match=match):
         gemv_rmsnorm(x, residual, norm_weight, EPS, weight)
+
+
+@pytest.mark.parametrize(
+    "n, k, inside",
+    [
+        (2048, 1536, True),  # 1.5B QKV: 512 programs of 4 rows, measured faster
+        (960, 576, True),  # SmolLM2 QKV
+        (6144, 4096, False),  # 8B QKV: 6144 programs of one row, each reducing the row
+        (8960, 1536, False),  # 1.5B gate/up halves: measured slower
+    ],
+)
+def test_the_norm_runs_inside_the_gemv_only_for_few_short_rows(n, k, inside):
+    assert norm_inside_gemv(n, k) is inside
