@@ -7,23 +7,10 @@ PyTorch path does that in about eight launches per layer (``torch.topk``, its so
 concatenation, a scatter for the newest page, a copy into the step's page table and the CSR
 repack); here it is one program per row:
 
-1. **Ranking scores.** The row's score is the sum of ``share`` consecutive score rows (InfLLM
-   ranks a sequence's blocks once for all its KV heads), with the sink and recent windows forced
-   to ``+inf`` when asked, and ``-inf`` from slot ``held - 1`` on (the newest page is added last).
-2. **Threshold by radix select.** Scores map to 32-bit keys with the same order (the float's
-   bits, sign flipped; negative values get their magnitude bits flipped too), and up to four
-   passes over 8-bit digits, most significant first, each a 256-bin histogram of the keys that
-   still match the digits chosen so far, find ``T``, the ``count``-th largest key. This is the
-   radix select of FlashInfer's top-k and PyTorch's ``gatherTopK``, with the row in registers: up
-   to ``MAX_BLOCK`` slots as a power-of-two main block plus a power-of-two tail block
-   (:func:`block_layout`: 2304 slots are 2048 + 256, not a padded 4096), the histogram being the
-   sum of the two blocks'. Wider rows reload their ``MAX_BLOCK``-slot blocks in every pass.
-   **Early exit:** once a pass leaves a prefix whose bin holds exactly the ``remaining`` keys
-   still wanted, every key matching it is taken and no later pass can change the set, so the
-   search stops there, with ``T`` one below the prefix's lowest key and no ties wanted. Random
-   fp32 scores settle after three passes, sometimes two; a row taking every slot above ``-inf``
-   usually after one. The passes are a ``while`` loop on a scalar of the program (no host sync,
-   the same launch). ``early_exit=False`` runs all four (for sm_90 the SASS of the kernel before).
+1. **Ranking scores** and 2. **the threshold by radix select** (``lil_sparse.kernels.radix_select``):
+   the ``count``-th largest of the row's order-preserving 32-bit keys, found by up to four
+   passes over 8-bit digits, most significant first (FlashInfer's top-k and PyTorch's
+   ``gatherTopK`` select the same way), stopping early once a pass settles the set.
 3. **Compaction.** Keys ``> T`` are taken, and keys ``== T`` in slot order until ``count`` are
    taken (ties go to the older slot). A prefix sum gives each taken slot its place, block after
    block (the tail last, its tie ranks continuing the main block's), so the pages come out in
@@ -42,7 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_BLOCK = 4096  # slots a program holds at once (16 KiB of fp32 scores); wider rows loop
+from lil_sparse.kernels.radix_select import block_keys, block_layout, radix_pass, ranking_keys
+
 # Measured on the H200 (bench/select_micro.py, kernel time in a CUDA graph, 2026-11-30), before
 # the main + tail layout, with these same block layouts: at 2048 slots radix with 8 warps 11.7 us,
 # bisection 14.1 us (4 warps), topk + gather 26 us; at 256 slots radix with 4 warps 5.2 us; at
@@ -53,95 +41,6 @@ MAX_BLOCK = 4096  # slots a program holds at once (16 KiB of fp32 scores); wider
 # 2048 slots 9.9 against 11.8 us; 8 and 48 rows take as long as 64. In the 8B/batch 8/32k step
 # (two repeats, same call) infllm@4096 went from 7.02 to 6.94 ms; quest@4096 stayed at 7.38-7.40.
 RADIX = True
-
-
-def block_layout(width: int) -> tuple[int, int, int]:
-    """``(BLOCK, TAIL, NUM_BLOCKS)`` for rows of ``width`` slots.
-
-    Up to ``MAX_BLOCK`` slots the row stays in registers as a main block of ``BLOCK`` slots (the
-    largest power of two ``<= width``) and, when that leaves slots over, a tail block of ``TAIL``
-    (the next power of two of the rest): 2304 = 2048 + 256 instead of one 4096-slot block. Both
-    are at least 16 slots and together never more than the one padded block they replace. Wider
-    rows are ``NUM_BLOCKS`` blocks of ``MAX_BLOCK`` slots, reloaded for every pass (``TAIL = 0``).
-    """
-    if width > MAX_BLOCK:
-        return MAX_BLOCK, 0, triton.cdiv(width, MAX_BLOCK)
-    block = max(16, 1 << (max(width, 1).bit_length() - 1))
-    tail = max(16, triton.next_power_of_2(width - block)) if width > block else 0
-    return block, tail, 1
-
-
-@triton.jit
-def _ranking_keys(
-    row_scores, stride, slots, width, held, sink, recent, SHARE: tl.constexpr, WINDOWS: tl.constexpr
-):
-    """Unsigned order-preserving keys (int64 in [0, 2^32)) of the row's ranking scores at ``slots``
-    (the sum of the ``SHARE`` score rows from ``row_scores``, ``stride`` apart); slots outside the
-    row get key -1 (below every key)."""
-    inside = slots < width
-    score = tl.load(row_scores + slots, mask=inside, other=0.0)
-    for part in range(1, SHARE):  # not from zero: 0.0 + -0.0 would lose the sign of a lone row
-        score += tl.load(row_scores + part * stride + slots, mask=inside, other=0.0)
-    if WINDOWS:
-        score = tl.where((slots < sink) | (slots >= held - recent), float("inf"), score)
-        score = tl.where(slots >= held - 1, float("-inf"), score)
-    bits = score.to(tl.int32, bitcast=True)
-    signed = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # float order as signed ints
-    return tl.where(inside, signed.to(tl.int64) + 2147483648, -1)
-
-
-@triton.jit
-def _block_keys(
-    resident, block, row_scores, stride, width, held, sink, recent, SHARE, WINDOWS, BLOCK, NUM_BLOCKS
-):
-    """Keys of main block ``block``: the resident row when it is one block, else reloaded."""
-    keys = resident
-    if NUM_BLOCKS > 1:
-        slots = block * BLOCK + tl.arange(0, BLOCK)
-        keys = _ranking_keys(row_scores, stride, slots, width, held, sink, recent, SHARE, WINDOWS)
-    return keys
-
-
-@triton.jit
-def _digit_histogram(keys, prefix, shift):
-    """256-bin histogram of the keys' 8-bit digit at ``shift``, over the keys (not -1) whose
-    higher digits equal ``prefix``'s."""
-    matching = (keys >= 0) & ((keys >> (shift + 8)) == (prefix >> (shift + 8)))
-    return tl.histogram(((keys >> shift) & 255).to(tl.int32), 256, mask=matching)
-
-
-@triton.jit
-def _radix_pass(
-    resident, tail, prefix, remaining, shift, row_scores, stride, width, held, sink, recent,
-    SHARE, WINDOWS, BLOCK, TAIL, NUM_BLOCKS, EARLY_EXIT,
-):  # fmt: skip
-    """One radix pass over the row (its blocks, then the tail): the digit at ``shift`` of the
-    ``remaining``-th largest key among those matching ``prefix``. Returns the prefix with that
-    digit, the keys of the digit's bin still wanted, and whether a later pass can change the set:
-    always ``True`` without ``EARLY_EXIT``, else ``False`` once the bin holds exactly those keys."""
-    bins = tl.arange(0, 256)
-    histogram = tl.zeros((256,), tl.int32)
-    for block in range(NUM_BLOCKS):
-        keys = _block_keys(
-            resident, block, row_scores, stride, width, held, sink, recent, SHARE, WINDOWS, BLOCK, NUM_BLOCKS
-        )
-        histogram += _digit_histogram(keys, prefix, shift)
-    if TAIL > 0:
-        histogram += _digit_histogram(tail, prefix, shift)
-    at_least = tl.sum(histogram, axis=0) - tl.cumsum(histogram, axis=0) + histogram
-    searching = tl.full((), True, tl.int1)
-    if EARLY_EXIT:
-        # One reduction gives the digit and whether its bin is exact: the largest bin with
-        # at_least >= remaining wins whatever the low bit, and at_least[d] == remaining before
-        # the pass is histogram[d] == remaining after it.
-        exact = (at_least == remaining).to(tl.int32)
-        pick = tl.max(tl.where(at_least >= remaining, bins * 2 + exact, 0), axis=0)
-        digit_chosen = pick >> 1
-        searching = (pick & 1) == 0
-    else:
-        digit_chosen = tl.max(tl.where(at_least >= remaining, bins, 0), axis=0)
-    remaining -= tl.sum(tl.where(bins > digit_chosen, histogram, 0), axis=0).to(tl.int64)
-    return prefix | (digit_chosen.to(tl.int64) << shift), remaining, searching
 
 
 @triton.jit
@@ -177,7 +76,7 @@ def _select_pages(
     SHARE: tl.constexpr,
     WINDOWS: tl.constexpr,
     IDENTITY: tl.constexpr,
-    BLOCK: tl.constexpr,  # see block_layout
+    BLOCK: tl.constexpr,  # see radix_select.block_layout
     TAIL: tl.constexpr,
     NUM_BLOCKS: tl.constexpr,
     RADIX: tl.constexpr,
@@ -198,13 +97,13 @@ def _select_pages(
     else:
         start = tl.load(indptr_ptr + tl.load(out_row_ptr + row))
     # The row in registers across the passes (when NUM_BLOCKS == 1): main block, then tail block.
-    resident = _ranking_keys(
+    resident = ranking_keys(
         row_scores, scores_stride, tl.arange(0, BLOCK), width, held, sink, recent, SHARE, WINDOWS
     )
     tail = resident  # unread unless TAIL > 0: one argument list for the passes
     if TAIL > 0:
         tail_slots = BLOCK + tl.arange(0, TAIL)
-        tail = _ranking_keys(row_scores, scores_stride, tail_slots, width, held, sink, recent, SHARE, WINDOWS)
+        tail = ranking_keys(row_scores, scores_stride, tail_slots, width, held, sink, recent, SHARE, WINDOWS)
     # 1-2. The count-th largest key T: the largest t with #(key >= t) >= count.
     if RADIX:  # up to four passes over 8-bit digits, a 256-bin histogram each
         prefix = tl.zeros((), tl.int64)
@@ -213,14 +112,14 @@ def _select_pages(
         if EARLY_EXIT:  # the same passes, until one settles the set
             shift = 24
             while searching & (shift >= 0):
-                prefix, remaining, searching = _radix_pass(
+                prefix, remaining, searching = radix_pass(
                     resident, tail, prefix, remaining, shift, row_scores, scores_stride, width, held,
                     sink, recent, SHARE, WINDOWS, BLOCK, TAIL, NUM_BLOCKS, True,
                 )  # fmt: skip
                 shift -= 8
         else:
             for step in range(4):
-                prefix, remaining, _ = _radix_pass(
+                prefix, remaining, _ = radix_pass(
                     resident, tail, prefix, remaining, 24 - 8 * step, row_scores, scores_stride, width,
                     held, sink, recent, SHARE, WINDOWS, BLOCK, TAIL, NUM_BLOCKS, False,
                 )  # fmt: skip
@@ -237,7 +136,7 @@ def _select_pages(
             mid = prefix + (high - prefix + 1) // 2
             above = tl.zeros((), tl.int64)
             for block in range(NUM_BLOCKS):
-                keys = _block_keys(
+                keys = block_keys(
                     resident, block, row_scores, scores_stride, width, held, sink, recent,
                     SHARE, WINDOWS, BLOCK, NUM_BLOCKS,
                 )  # fmt: skip
@@ -255,7 +154,7 @@ def _select_pages(
     ties_seen = tl.zeros((), tl.int64)
     pages_ptr = table_ptr + row * table_stride
     for block in range(NUM_BLOCKS):
-        keys = _block_keys(
+        keys = block_keys(
             resident, block, row_scores, scores_stride, width, held, sink, recent,
             SHARE, WINDOWS, BLOCK, NUM_BLOCKS,
         )  # fmt: skip

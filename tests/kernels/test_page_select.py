@@ -16,7 +16,8 @@ import torch
 
 pytest.importorskip("triton")
 
-from lil_sparse.kernels.page_select import MAX_BLOCK, block_layout, select_pages
+from lil_sparse.kernels.page_select import select_pages
+from lil_sparse.kernels.radix_select import MAX_BLOCK, block_layout
 from lil_sparse.policies.base import PageScores, PolicyBatch, top_slots
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

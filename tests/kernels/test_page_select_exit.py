@@ -3,8 +3,9 @@ the pass whose boundary bin holds exactly the keys still wanted, and writes the 
 four passes (``early_exit=False``).
 
 Page lists are checked on CUDA or on CPU through Triton's interpreter. The passes the kernel ran
-are counted only under the interpreter, where ``_digit_histogram`` is a Python function called once
-per pass for each block (main, tail or reloaded); on CUDA that check is skipped.
+are counted only under the interpreter, where ``radix_select.digit_histogram`` is a Python
+function called once per pass for each block (main, tail or reloaded); on CUDA that check is
+skipped.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import torch
 
 pytest.importorskip("triton")
 
-from lil_sparse.kernels import page_select
-from lil_sparse.kernels.page_select import block_layout
+from lil_sparse.kernels import radix_select
+from lil_sparse.kernels.radix_select import block_layout
 from lil_sparse.policies.base import PageScores, PolicyBatch
 from tests.kernels.test_page_select import (
     assert_page_lists,
@@ -63,16 +64,16 @@ def settling(scores: PageScores, batch: PolicyBatch, count: torch.Tensor) -> lis
 
 @pytest.fixture
 def histograms(monkeypatch) -> list[int]:
-    """Grows by one per ``_digit_histogram`` call of the kernel (under the interpreter only)."""
+    """Grows by one per ``digit_histogram`` call of the kernel (under the interpreter only)."""
     calls: list[int] = []
     if INTERPRETED:
-        original = page_select._digit_histogram
+        original = radix_select.digit_histogram
 
         def counted(*args):
             calls.append(1)
             return original(*args)
 
-        monkeypatch.setattr(page_select, "_digit_histogram", counted)
+        monkeypatch.setattr(radix_select, "digit_histogram", counted)
     return calls
 
 
