@@ -124,7 +124,7 @@ func TestLilStreamPrintsTextThenTheSummary(t *testing.T) {
 func TestLilStreamReportsAStatusCodeAndExitsOne(t *testing.T) {
 	binary := build(t, "cmd/lil-stream")
 	stdout, stderr, code := runBinary(t, binary, "-address", server.Address, "-policy", "quest", "-budget", "0", "hi")
-	want := "lil-stream: INVALID_ARGUMENT: budget_tokens: must be >= 16 (one page of 16 tokens), got 0\n"
+	want := "lil-stream: INVALID_ARGUMENT: budget_tokens: must be >= 16 (one page of 16 tokens), got 0 (flag -budget)\n"
 	if code != 1 || stderr != want || stdout != "" {
 		t.Fatalf("exit %d, stdout %q, stderr %q; want 1 and %q", code, stdout, stderr, want)
 	}
