@@ -227,14 +227,27 @@ def gemv_rmsnorm(
     norm weight.
     """
     _check(x, weight, bias)
-    k = x.shape[1]
-    for name, tensor, shape in (("residual", residual, x.shape), ("norm_weight", norm_weight, (k,))):
+    mislaid = mislaid_norm_input(x, residual, norm_weight)
+    if mislaid is not None:
+        raise ValueError(f"gemv_rmsnorm: {mislaid}")
+    n = weight.shape[0]
+    return _launch(
+        x, weight, bias, n, False, tiles or choose_tiles(n, x.shape[1]), (residual, norm_weight, eps)
+    )
+
+
+def mislaid_norm_input(
+    x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor
+) -> str | None:
+    """What :func:`gemv_rmsnorm` refuses in its norm inputs (``"residual must be a contiguous
+    ..."``), or None: ``residual`` (if any) must be laid out as ``x``, ``norm_weight`` one
+    contiguous ``[K]``, both of x's dtype."""
+    for name, tensor, shape in (("residual", residual, x.shape), ("norm_weight", norm_weight, (x.shape[1],))):
         if tensor is not None and (
             tensor.shape != shape or not tensor.is_contiguous() or tensor.dtype != x.dtype
         ):
-            raise ValueError(f"gemv_rmsnorm: {name} must be a contiguous {tuple(shape)} {x.dtype} tensor")
-    n = weight.shape[0]
-    return _launch(x, weight, bias, n, False, tiles or choose_tiles(n, k), (residual, norm_weight, eps))
+            return f"{name} must be a contiguous {tuple(shape)} {x.dtype} tensor"
+    return None
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:

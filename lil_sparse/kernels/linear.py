@@ -8,7 +8,13 @@ from __future__ import annotations
 import torch
 
 from lil_sparse.kernels.fused_layers import add_rmsnorm, silu_mul
-from lil_sparse.kernels.gemv import MAX_WEIGHT_ELEMENTS, gemv, gemv_rmsnorm, gemv_silu_mul
+from lil_sparse.kernels.gemv import (
+    MAX_WEIGHT_ELEMENTS,
+    gemv,
+    gemv_rmsnorm,
+    gemv_silu_mul,
+    mislaid_norm_input,
+)
 
 
 def _one_cuda_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
@@ -35,16 +41,6 @@ def gate_up_silu_mul(x: torch.Tensor, gate_up: torch.Tensor) -> torch.Tensor:
         gate, up = projected.chunk(2, dim=-1)
         return torch.nn.functional.silu(gate) * up
     return silu_mul(projected)
-
-
-def _norm_laid_out(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor) -> bool:
-    """Whether :func:`gemv_rmsnorm` takes these: ``residual`` laid out as ``x``, the norm weight
-    one contiguous ``[K]``, both of x's dtype."""
-
-    def laid_out(tensor: torch.Tensor, shape: tuple[int, ...]) -> bool:
-        return tensor.shape == shape and tensor.is_contiguous() and tensor.dtype == x.dtype
-
-    return (residual is None or laid_out(residual, x.shape)) and laid_out(norm_weight, (x.shape[1],))
 
 
 def norm_inside_gemv(n: int, k: int) -> bool:
@@ -85,7 +81,7 @@ def rmsnorm_linear(
     reducing the row, so the model keeps :func:`add_rmsnorm` there.
     """
     fits = _one_cuda_row(x, weight, bias) and norm_inside_gemv(weight.shape[0], x.shape[1])
-    if fits and _norm_laid_out(x, residual, norm_weight):
+    if fits and mislaid_norm_input(x, residual, norm_weight) is None:
         return gemv_rmsnorm(x, residual, norm_weight, eps, weight, bias)
     normed = add_rmsnorm(x, residual, norm_weight, eps)
     return linear(normed, weight, bias), x if residual is None else residual
