@@ -1,6 +1,8 @@
 """Which kernel a linear layer of the fused model runs: one CUDA token row through the Triton
-GEMV of :mod:`lil_sparse.kernels.gemv` (a decode step at batch 1), everything else through
-PyTorch (cuBLAS on CUDA), so callers need not know the row count.
+GEMV of :mod:`lil_sparse.kernels.gemv` (a decode step at batch 1), 2 to 16 CUDA rows through the
+skinny GEMM of :mod:`lil_sparse.kernels.skinny_gemm` on the weights where it beat cuBLAS
+(:func:`~lil_sparse.kernels.skinny_gemm.skinny_pays`), everything else through PyTorch (cuBLAS
+on CUDA), so callers need not know the row count.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from lil_sparse.kernels.gemv import (
     gemv_silu_mul,
     mislaid_norm_input,
 )
+from lil_sparse.kernels.skinny_gemm import skinny_linear, skinny_pays, skinny_refusal, skinny_silu_mul
 
 
 def _one_cuda_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
@@ -22,20 +25,33 @@ def _one_cuda_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return rows_ok and weight.numel() < MAX_WEIGHT_ELEMENTS and (bias is None or bias.is_contiguous())
 
 
+def _few_cuda_rows(x: torch.Tensor, weight: torch.Tensor, n: int, bias: torch.Tensor | None = None) -> bool:
+    """Whether :func:`skinny_linear` takes ``x`` and ``weight`` (``n`` output columns) and pays."""
+    if not x.is_cuda or not skinny_pays(n, weight.shape[1]):
+        return False
+    return skinny_refusal(x, weight, bias) is None
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` that runs one CUDA row through :func:`gemv` and everything else through
-    PyTorch (cuBLAS). ``x: [T, K]``, ``weight: [N, K]``, ``bias: [N]`` or None -> ``[T, N]``."""
+    """``F.linear`` that runs one CUDA row through :func:`gemv`, 2-16 CUDA rows through
+    :func:`skinny_linear` where it pays, and everything else through PyTorch (cuBLAS).
+    ``x: [T, K]``, ``weight: [N, K]``, ``bias: [N]`` or None -> ``[T, N]``."""
     if _one_cuda_row(x, weight, bias):
         return gemv(x, weight, bias)
+    if _few_cuda_rows(x, weight, weight.shape[0], bias):
+        return skinny_linear(x, weight, bias)
     return torch.nn.functional.linear(x, weight, bias)
 
 
 def gate_up_silu_mul(x: torch.Tensor, gate_up: torch.Tensor) -> torch.Tensor:
     """``silu(gate) * up`` of ``linear(x, gate_up)``: one kernel for one CUDA row
-    (:func:`gemv_silu_mul`), ``F.linear`` then the SiLU-mul kernel for more CUDA rows, and plain
-    PyTorch off CUDA. ``x: [T, K]``, ``gate_up: [2I, K]`` (gate rows first) -> ``[T, I]``."""
+    (:func:`gemv_silu_mul`) and for 2-16 where it pays (:func:`skinny_silu_mul`), ``F.linear``
+    then the SiLU-mul kernel for other CUDA rows, and plain PyTorch off CUDA. ``x: [T, K]``,
+    ``gate_up: [2I, K]`` (gate rows first) -> ``[T, I]``."""
     if _one_cuda_row(x, gate_up):
         return gemv_silu_mul(x, gate_up)
+    if gate_up.shape[0] % 2 == 0 and _few_cuda_rows(x, gate_up, gate_up.shape[0] // 2):
+        return skinny_silu_mul(x, gate_up)
     projected = torch.nn.functional.linear(x, gate_up)
     if not x.is_cuda:
         gate, up = projected.chunk(2, dim=-1)

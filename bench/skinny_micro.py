@@ -1,0 +1,128 @@
+"""Kernel time of few-token linear layers (2-16 rows, a decode step at batch 2-16): cuBLAS
+(``F.linear``) against the Triton skinny GEMM of :mod:`lil_sparse.kernels.skinny_gemm`, on the
+weight shapes of the benchmark models, against the bandwidth floor (weight + activation bytes
+in bf16 / the copy bandwidth of the same run).
+
+Figures as in ``bench/gemv_micro.py``: the median of ``--iters`` replays of a CUDA graph of
+``--calls`` calls, each on its own copy of the weight (enough copies to overflow the 50 MB L2),
+divided by ``--calls``. ``--sweep`` also times every tile of ``SWEEP`` at each row count and
+prints the fastest four.
+
+    python bench/skinny_micro.py [--models qwen1.5b,llama8b] [--rows 2,4,8,16] [--sweep] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from bench.common import copy_bandwidth_gbs, settle_cuda_graphs, write_markdown
+from bench.gemv_micro import L2_OVERFLOW_BYTES, SILU_MUL, graph_us, layer_shapes
+from bench.model_shapes import MODELS
+from lil_sparse.kernels.fused_layers import silu_mul
+from lil_sparse.kernels.skinny_gemm import (
+    SkinnyTiles,
+    choose_skinny_silu_tiles,
+    choose_skinny_tiles,
+    skinny_linear,
+    skinny_silu_mul,
+)
+
+SWEEP = [
+    SkinnyTiles(block_n, block_k, warps, stages)
+    for block_n, block_k, warps, stages in itertools.product((16, 32, 64), (64, 128, 256), (4, 8), (3, 5))
+]
+
+
+def time_shape(
+    n: int, k: int, rows: int, has_bias: bool, calls: int, iters: int, sweep: bool, fused_silu: bool
+) -> tuple[float, float, float, SkinnyTiles]:
+    """(cuBLAS us, skinny us with :func:`choose_skinny_tiles`, best swept us, its tiles) for one
+    weight shape and row count; ``fused_silu``: :func:`skinny_silu_mul` against ``F.linear``
+    then ``silu_mul`` (``n`` is then the gate/up rows)."""
+    copies = max(2, -(-L2_OVERFLOW_BYTES // (n * k * 2)))
+    weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5 for _ in range(copies)]
+    bias = torch.randn(n, device="cuda", dtype=torch.bfloat16) if has_bias else None
+    x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+    ref = F.linear(x.float(), weights[0].float(), None if bias is None else bias.float())
+    chosen = choose_skinny_silu_tiles(n // 2, k) if fused_silu else choose_skinny_tiles(n, k)
+    if fused_silu:
+        got, ref, limit = skinny_silu_mul(x, weights[0], chosen), silu_mul(ref.to(x.dtype)).float(), 2**-6
+    else:
+        got, limit = skinny_linear(x, weights[0], bias, chosen), 2**-7
+    error = ((got.float() - ref).abs() / (ref.abs() + 1)).max().item()
+    if error > limit:  # a benchmark of a wrong kernel is worthless
+        raise RuntimeError(f"skinny_micro: [{n}, {k}] x {rows} rows: relative error {error:.2e}")
+
+    def run(tiles: SkinnyTiles | None) -> float:
+        if tiles is None and fused_silu:
+            return graph_us(lambda i: silu_mul(F.linear(x, weights[i % copies])), calls, iters)
+        if tiles is None:
+            return graph_us(lambda i: F.linear(x, weights[i % copies], bias), calls, iters)
+        if fused_silu:
+            return graph_us(lambda i: skinny_silu_mul(x, weights[i % copies], tiles), calls, iters)
+        return graph_us(lambda i: skinny_linear(x, weights[i % copies], bias, tiles), calls, iters)
+
+    cublas, ours = run(None), run(chosen)
+    swept = [(ours, chosen)]
+    if sweep:
+        for tiles in SWEEP:
+            if tiles.block_k <= 2 * k:
+                with contextlib.suppress(triton.runtime.errors.OutOfResources):  # shared memory
+                    swept.append((run(tiles), tiles))
+        print("   fastest:", sorted(swept, key=lambda t: t[0])[:4], flush=True)
+    best, best_tiles = min(swept, key=lambda t: t[0])
+    return cublas, ours, best, best_tiles
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default="qwen1.5b,llama8b")
+    parser.add_argument("--rows", default="2,4,8,16")
+    parser.add_argument("--linears", default="qkv,o_proj,gate_up+silu_mul,down,lm_head")
+    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--sweep", action="store_true", help="also time every tile in SWEEP")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    settle_cuda_graphs()
+    bandwidth = copy_bandwidth_gbs()
+    print(f"copy bandwidth {bandwidth:.0f} GB/s", flush=True)
+    table = []
+    wanted = args.linears.split(",")
+    for model in args.models.split(","):
+        for name, (n, k, has_bias) in layer_shapes(MODELS[model]).items():
+            if name not in wanted:
+                continue
+            for rows in map(int, args.rows.split(",")):
+                floor = (n * k + rows * (k + n)) * 2 / (bandwidth * 1e3)
+                cublas, ours, best, best_tiles = time_shape(
+                    n, k, rows, has_bias, args.calls, args.iters, args.sweep, name == SILU_MUL
+                )
+                swept = (f"{best:.1f}", best_tiles) if args.sweep else ("-", "-")
+                row = [model, name, f"{n} x {k}", rows, f"{floor:.1f}", f"{cublas:.1f}", f"{ours:.1f}",
+                       f"{cublas / ours:.2f}", f"{ours / floor:.2f}", *swept]  # fmt: skip
+                print(" | ".join(map(str, row)), flush=True)
+                table.append(row)
+    if args.out:
+        notes = [
+            f"copy bandwidth {bandwidth:.0f} GB/s (read + write); floor: weight, bias and activation bytes",
+            f"us per call: median of {args.iters} replays of a CUDA graph of {args.calls} calls",
+        ]
+        header = ["model", "linear", "N x K", "rows", "floor us", "cuBLAS us", "skinny us", "cuBLAS / skinny",
+                  "skinny / floor", "best swept us", "best swept tiles"]  # fmt: skip
+        write_markdown(
+            args.out, "Few-token linear layers: cuBLAS against the Triton skinny GEMM", notes, header, table
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""Linear layers of a few token rows (``y = x @ W^T + b`` for ``x: [M, K]``, ``2 <= M <= 16``)
+as a weight-streaming Triton GEMM.
+
+A decode step at batch 2-16 reads each weight once for a handful of rows: still a matter of
+bandwidth, not arithmetic (16 rows make 16 multiply-adds per weight element). cuBLAS picks
+tall-skinny tiles for it that leave bandwidth unused (H200 profile of the 8B batch-8 quest step,
+2026-12-01 01:38 UTC, PDL off: the gate/up GEMM 59.6 us, QKV 15.8, output 10.8 + a 1.7 us
+split-K reduce, down 30.2 + 1.7, against 56, 12, 8 and 28 us of weight bytes). Here every
+program owns ``BLOCK_N`` weight rows (output columns), streams them in ``BLOCK_K`` steps of a
+``for`` loop that Triton software-pipelines (``stages``), and accumulates
+``W_tile @ x_tile^T`` on the tensor cores in fp32 (the row count padded to 16, the smallest dot
+Triton issues). No split-K: every program reads whole weight rows, so no reduction kernel
+follows. Launched with PDL (:mod:`lil_sparse.kernels.pdl`); it waits before its first load.
+
+Numerics: bf16/fp16 products summed in fp32 and rounded to the output dtype once, bias added
+in fp32 before that rounding, as cuBLAS does; only the order of the sum differs, so results
+equal ``F.linear`` up to one rounding of each output (the tests compare both with the fp32
+product). On CPU (Triton's interpreter, for the tests) the tiles are widened to fp32 first, as
+the interpreter has no bf16 dot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from lil_sparse.kernels.fused_layers import _TL_DTYPES, _silu_times
+from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
+
+MAX_ROWS = 16
+"""The most token rows one launch takes (the dot's padded row count)."""
+
+MAX_WEIGHT_ELEMENTS = 2**31
+"""The kernel's offsets (``row * K + column``) are 32-bit: larger weights stay with PyTorch."""
+
+
+@dataclass(frozen=True)
+class SkinnyTiles:
+    """Launch shape: ``block_n`` weight rows per program and ``block_k`` columns per loop step
+    (powers of two, at least 16: Triton's smallest dot), ``warps`` per program (a power of two)
+    and ``stages`` of Triton's software pipeline over the K loop (positive)."""
+
+    block_n: int
+    block_k: int
+    warps: int = 4
+    stages: int = 4
+
+    def __post_init__(self) -> None:
+        for name, least in (("block_n", 16), ("block_k", 16), ("warps", 1)):
+            value = getattr(self, name)
+            if value < least or value & (value - 1):
+                raise ValueError(f"SkinnyTiles.{name} must be a power of two >= {least}, got {value}")
+        if self.stages < 1:
+            raise ValueError(f"SkinnyTiles.stages must be positive, got {self.stages}")
+
+
+def choose_skinny_tiles(n: int, k: int) -> SkinnyTiles:
+    """Tiles for an ``[n, k]`` weight (``n``: the gate rows alone for the SiLU-mul kernel), from
+    ``bench/skinny_micro.py --rows 8 --sweep`` on the H200 (2026-12-01, about 02:10 UTC, 24 tiles
+    per weight): 64 rows per program and 5 pipeline stages won on every weight; 256-column
+    steps on all but the SiLU-mul kernel's (two weight tiles per step), which took 128."""
+    del n
+    return SkinnyTiles(block_n=64, block_k=min(256, triton.next_power_of_2(k)), warps=4, stages=5)
+
+
+def choose_skinny_silu_tiles(n: int, k: int) -> SkinnyTiles:
+    """:func:`choose_skinny_tiles` for :func:`skinny_silu_mul`: 128-column steps."""
+    return SkinnyTiles(block_n=64, block_k=min(128, triton.next_power_of_2(k)), warps=4, stages=5)
+
+
+def skinny_pays(n: int, k: int) -> bool:
+    """Whether the skinny GEMM beat cuBLAS on an ``[n, k]`` weight in the sweep above (8 rows;
+    microseconds per call, cuBLAS against ours): the 8B shape's weights of ``k >= 4096`` columns
+    and ``n >= 4096`` rows (QKV 16.0 / 15.8, output 13.2 / 10.9, gate/up with SiLU-mul 59.0 /
+    57.5, down 32.5 / 30.4) and the 1.5B shape's short ones (QKV 5.7 / 5.0, output 5.3 / 4.6);
+    not the 1.5B down projection (1536 x 8960: 11.5 / 17.0, too few programs for its long rows)
+    nor its gate/up (18.2 / 18.3)."""
+    return (k >= 4096 and n >= 4096) or (k < 4096 and n < 4096)
+
+
+@triton.jit
+def _weight_dot(
+    w_ptr, x, cols, col_mask, w_stride, k0, acc,
+    K: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    """``acc + W[cols, k0:k0+BLOCK_K] @ x^T``: ``[BLOCK_N, M_PAD]`` fp32 (zeros past ``K``)."""
+    ks = k0 + tl.arange(0, BLOCK_K)
+    w = tl.load(
+        w_ptr + cols[:, None] * w_stride + ks[None, :],
+        mask=col_mask[:, None] & (ks < K)[None, :],
+        other=0.0,
+        eviction_policy="evict_first",  # read once per step: keep L2 for activations
+    )
+    if UPCAST:  # fp32 tiles on CPU: exact products, as the bf16 tensor-core dot's are
+        return tl.dot(w.to(tl.float32), tl.trans(x), acc, input_precision="ieee")
+    return tl.dot(w, tl.trans(x), acc)
+
+
+@triton.jit
+def _skinny_gemm(
+    x_ptr,  # [M, K], rows at x_stride, columns contiguous
+    w_ptr,  # [N, K] (SILU_MUL: [2N, K], gate rows then up rows), rows contiguous
+    bias_ptr,  # [N], or unused
+    out_ptr,  # [M, N] contiguous
+    m,
+    n,
+    x_stride,
+    w_stride,
+    K: tl.constexpr,
+    M_PAD: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SILU_MUL: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DTYPE: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = cols < n
+    tokens = tl.arange(0, M_PAD)
+    token_mask = tokens < m
+    wait_for_previous(PDL)
+    acc = tl.zeros((BLOCK_N, M_PAD), tl.float32)
+    up = tl.zeros((BLOCK_N, M_PAD), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(
+            x_ptr + tokens[:, None] * x_stride + ks[None, :],
+            mask=token_mask[:, None] & (ks < K)[None, :],
+            other=0.0,
+        )
+        if UPCAST:
+            x = x.to(tl.float32)
+        acc = _weight_dot(w_ptr, x, cols, col_mask, w_stride, k0, acc, K, BLOCK_K, UPCAST)
+        if SILU_MUL:
+            up = _weight_dot(w_ptr, x, cols + n, col_mask, w_stride, k0, up, K, BLOCK_K, UPCAST)
+    offsets = tokens[None, :] * n + cols[:, None]  # out[token, col], stored from [col, token]
+    mask = col_mask[:, None] & token_mask[None, :]
+    if SILU_MUL:  # the projection's output rounds to DTYPE before silu_mul reads it
+        gate = acc.to(DTYPE).to(tl.float32)
+        tl.store(out_ptr + offsets, _silu_times(gate, up.to(DTYPE).to(tl.float32), DTYPE), mask=mask)
+    else:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[:, None]
+        tl.store(out_ptr + offsets, acc.to(DTYPE), mask=mask)
+
+
+def skinny_refusal(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str | None:
+    """Why :func:`skinny_linear` refuses these inputs (``"x must have 2 to 16 rows ..."``), or
+    None. It takes ``x: [M, K]`` with ``2 <= M <= MAX_ROWS`` and contiguous columns, ``weight:
+    [N, K]`` with contiguous rows and fewer than :data:`MAX_WEIGHT_ELEMENTS` elements, ``bias:
+    [N]`` contiguous or None, all bf16 or all fp16 (fp32 would run the dot in tf32)."""
+    if x.dim() != 2 or not 2 <= x.shape[0] <= MAX_ROWS or x.stride(1) != 1:
+        return f"x must have 2 to {MAX_ROWS} rows [M, K] with contiguous columns, got {tuple(x.shape)}"
+    k = x.shape[1]
+    n = weight.shape[0]
+    if weight.shape != (n, k) or weight.stride(1) != 1:
+        return f"weight {tuple(weight.shape)} must be [N, {k}] with contiguous rows"
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        return f"x must be bfloat16 or float16, not {x.dtype}"
+    if weight.dtype != x.dtype or (bias is not None and (bias.dtype != x.dtype or bias.shape != (n,))):
+        return "x, weight and bias must share a dtype, and bias be [N]"
+    if bias is not None and not bias.is_contiguous():
+        return f"bias must be contiguous, got stride {bias.stride()}"
+    if weight.numel() >= MAX_WEIGHT_ELEMENTS:
+        return f"a weight of {weight.numel()} elements needs 64-bit offsets"
+    return None
+
+
+def skinny_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, tiles: SkinnyTiles | None = None
+) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for ``x: [M, K]`` of 2 to :data:`MAX_ROWS` rows.
+
+    ``weight: [N, K]``, ``bias: [N]`` or None, one dtype (bf16 or fp16). Returns ``[M, N]``
+    (contiguous) in that dtype. ``tiles`` overrides :func:`choose_skinny_tiles` (benchmarks).
+    Raises ValueError for the inputs :func:`skinny_refusal` names.
+    """
+    _check(x, weight, bias)
+    n = weight.shape[0]
+    return _launch(x, weight, bias, n, False, tiles or choose_skinny_tiles(n, x.shape[1]))
+
+
+def skinny_silu_mul(x: torch.Tensor, gate_up: torch.Tensor, tiles: SkinnyTiles | None = None) -> torch.Tensor:
+    """``silu_mul(F.linear(x, gate_up))`` for ``x: [M, K]`` of 2 to :data:`MAX_ROWS` rows, in one
+    kernel: each program reads its gate rows and the matching up rows and writes
+    ``silu(gate) * up``, rounded as :func:`lil_sparse.kernels.fused_layers.silu_mul` rounds the
+    projection's rounded output (so it equals :func:`skinny_linear` with the same tiles then
+    ``silu_mul``, bit for bit).
+
+    ``gate_up: [2I, K]`` (gate rows, then up rows). Returns ``[M, I]``. Raises ValueError as
+    :func:`skinny_linear` does, or for an odd number of rows.
+    """
+    double = gate_up.shape[0]
+    if double % 2:
+        raise ValueError(f"skinny_silu_mul: gate_up has {double} rows, want gate and up halves")
+    _check(x, gate_up, None)
+    return _launch(
+        x, gate_up, None, double // 2, True, tiles or choose_skinny_silu_tiles(double // 2, x.shape[1])
+    )
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    refusal = skinny_refusal(x, weight, bias)
+    if refusal is not None:
+        raise ValueError(f"skinny_linear: {refusal}")
+
+
+def _launch(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    n: int,
+    fuse_silu: bool,
+    tiles: SkinnyTiles,
+) -> torch.Tensor:
+    m, k = x.shape
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    _skinny_gemm[(triton.cdiv(n, tiles.block_n),)](
+        x, weight, weight if bias is None else bias, out, m, n, x.stride(0), weight.stride(0),
+        K=k, M_PAD=16, HAS_BIAS=bias is not None, SILU_MUL=fuse_silu, BLOCK_N=tiles.block_n,
+        BLOCK_K=min(tiles.block_k, max(16, triton.next_power_of_2(k))), UPCAST=not x.is_cuda,
+        DTYPE=_TL_DTYPES[x.dtype], PDL=use_pdl(x), num_warps=tiles.warps, num_stages=tiles.stages,
+        **launch_options(x),
+    )  # fmt: skip
+    return out
