@@ -12,6 +12,14 @@ program owns ``BLOCK_N`` weight rows (output columns), streams them in ``BLOCK_K
 Triton issues). No split-K: every program reads whole weight rows, so no reduction kernel
 follows. Launched with PDL (:mod:`lil_sparse.kernels.pdl`); it waits before its first load.
 
+*Measured, not adopted:* splitting K until every SM has a program (the 8B output projection's
+64-row tiles make 64 programs on 132 SMs), each tile's last program adding the fp32 partials in
+split order (an atomic count). Slower everywhere it applied (H200, 2026-12-01 01:50 UTC,
+``bench/skinny_micro.py --rows 8``, microseconds per call, split against none): 8B QKV 18.7 /
+15.8 (2 splits), output 14.1 / 10.9 (4), down 34.1 / 30.4 (4); end to end (``bench/decode_e2e.py``,
+8B/32k/batch 8, alternately, two rounds) dense 12.59 / 12.58 against 12.45 / 12.43 ms, Quest@4096
+7.41 / 7.42 against 7.25 / 7.25.
+
 Numerics: bf16/fp16 products summed in fp32 and rounded to the output dtype once, bias added
 in fp32 before that rounding, as cuBLAS does; only the order of the sum differs, so results
 equal ``F.linear`` up to one rounding of each output (the tests compare both with the fp32
