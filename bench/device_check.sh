@@ -7,7 +7,8 @@
 #               throughput, the target report (decode_targets.md plus its JSON) and the
 #               unequal-rows split micro-benchmark (split_micro.md), and the one-token linear
 #               layers against cuBLAS (gemv_micro.md), and the RoPE + K/V append with and without
-#               the key metadata (append_micro.md)
+#               the key metadata (append_micro.md), and the 2-16-row linear layers against cuBLAS
+#               at 8 rows (skinny_micro.md)
 # Expects the FlashInfer wheels installed in /tmp/site and the SmolLM2 GGUF in /tmp/models
 # (../shared/DEVICE.md has the recipe). Writes under $OUT (at most 8 files come back).
 set -u
@@ -52,4 +53,5 @@ if [ "$part" = bench ]; then
   timeout 60 python bench/split_micro.py --out "$out/split_micro.md" 2>&1 | grep -vE "Warning|warn" | tail -12
   timeout 90 python bench/gemv_micro.py --out "$out/gemv_micro.md" 2>&1 | grep -vE "Warning|warn" | tail -14
   timeout 60 python bench/append_micro.py --out "$out/append_micro.md" 2>&1 | grep -vE "Warning|warn" | tail -8
+  timeout 90 python bench/skinny_micro.py --rows 8 --out "$out/skinny_micro.md" 2>&1 | grep -vE "Warning|warn" | tail -12
 fi
