@@ -4,7 +4,7 @@ as a weight-streaming Triton GEMM.
 A decode step at batch 2-16 reads each weight once for a handful of rows: still a matter of
 bandwidth, not arithmetic (16 rows make 16 multiply-adds per weight element). cuBLAS picks
 tall-skinny tiles for it that leave bandwidth unused (H200 profile of the 8B batch-8 quest step,
-2026-12-01 01:38 UTC, PDL off: the gate/up GEMM 59.6 us, QKV 15.8, output 10.8 + a 1.7 us
+2026-12-01 01:34 UTC, PDL off: the gate/up GEMM 59.6 us, QKV 15.8, output 10.8 + a 1.7 us
 split-K reduce, down 30.2 + 1.7, against 56, 12, 8 and 28 us of weight bytes). Here every
 program owns ``BLOCK_N`` weight rows (output columns), streams them in ``BLOCK_K`` steps of a
 ``for`` loop that Triton software-pipelines (``stages``), and accumulates
@@ -14,7 +14,7 @@ follows. Launched with PDL (:mod:`lil_sparse.kernels.pdl`); it waits before its 
 
 *Measured, not adopted:* splitting K until every SM has a program (the 8B output projection's
 64-row tiles make 64 programs on 132 SMs), each tile's last program adding the fp32 partials in
-split order (an atomic count). Slower everywhere it applied (H200, 2026-12-01 01:50 UTC,
+split order (an atomic count). Slower everywhere it applied (H200, 2026-12-01 about 01:48 UTC,
 ``bench/skinny_micro.py --rows 8``, microseconds per call, split against none): 8B QKV 18.7 /
 15.8 (2 splits), output 14.1 / 10.9 (4), down 34.1 / 30.4 (4); end to end (``bench/decode_e2e.py``,
 8B/32k/batch 8, alternately, two rounds) dense 12.59 / 12.58 against 12.45 / 12.43 ms, Quest@4096
@@ -67,7 +67,7 @@ class SkinnyTiles:
 
 def choose_skinny_tiles(n: int, k: int) -> SkinnyTiles:
     """Tiles for an ``[n, k]`` weight (``n``: the gate rows alone for the SiLU-mul kernel), from
-    ``bench/skinny_micro.py --rows 8 --sweep`` on the H200 (2026-12-01, about 02:10 UTC, 24 tiles
+    ``bench/skinny_micro.py --rows 8 --sweep`` on the H200 (2026-12-01, about 01:37 UTC, 24 tiles
     per weight): 64 rows per program and 5 pipeline stages won on every weight; 256-column
     steps on all but the SiLU-mul kernel's (two weight tiles per step), which took 128."""
     del n
@@ -80,12 +80,14 @@ def choose_skinny_silu_tiles(n: int, k: int) -> SkinnyTiles:
 
 
 def skinny_pays(n: int, k: int) -> bool:
-    """Whether the skinny GEMM beat cuBLAS on an ``[n, k]`` weight in the sweep above (8 rows;
-    microseconds per call, cuBLAS against ours): the 8B shape's weights of ``k >= 4096`` columns
-    and ``n >= 4096`` rows (QKV 16.0 / 15.8, output 13.2 / 10.9, gate/up with SiLU-mul 59.0 /
-    57.5, down 32.5 / 30.4) and the 1.5B shape's short ones (QKV 5.7 / 5.0, output 5.3 / 4.6);
-    not the 1.5B down projection (1536 x 8960: 11.5 / 17.0, too few programs for its long rows)
-    nor its gate/up (18.2 / 18.3)."""
+    """Whether the skinny GEMM runs an ``[n, k]`` weight instead of cuBLAS: where it beat or
+    matched cuBLAS with :func:`choose_skinny_tiles`' tiles at 8 rows in the sweep above
+    (microseconds per call, cuBLAS against ours): the 8B shape's weights of ``k >= 4096``
+    columns and ``n >= 4096`` rows (output 13.2 / 10.9, gate/up with SiLU-mul 59.0 / 57.5, down
+    32.5 / 30.4, QKV at par: 16.0 / 16.0) and the 1.5B shape's short ones (QKV 5.7 / 5.0, output
+    5.3 / 4.9); not the 1.5B down projection (1536 x 8960: 11.5 / 17.0, too few programs for its
+    long rows) nor its gate/up (18.2 / 18.3). The report run's figures are in
+    ``docs/bench/skinny_micro.md``."""
     return (k >= 4096 and n >= 4096) or (k < 4096 and n < 4096)
 
 
