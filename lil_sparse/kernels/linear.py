@@ -27,7 +27,7 @@ def _one_cuda_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 def _few_cuda_rows(x: torch.Tensor, weight: torch.Tensor, n: int, bias: torch.Tensor | None = None) -> bool:
     """Whether :func:`skinny_linear` takes ``x`` and ``weight`` (``n`` output columns) and pays."""
-    if not x.is_cuda or not skinny_pays(n, weight.shape[1]):
+    if not x.is_cuda or x.dim() != 2 or not skinny_pays(n, weight.shape[1], x.shape[0]):
         return False
     return skinny_refusal(x, weight, bias) is None
 

@@ -1,4 +1,4 @@
-"""Linear layers of a few token rows (``y = x @ W^T + b`` for ``x: [M, K]``, ``2 <= M <= 16``)
+"""Linear layers of a few token rows (``y = x @ W^T + b`` for ``x: [M, K]``, ``2 <= M <= 32``)
 as a weight-streaming Triton GEMM.
 
 A decode step at batch 2-16 reads each weight once for a handful of rows: still a matter of
@@ -9,7 +9,7 @@ split-K reduce, down 30.2 + 1.7, against 56, 12, 8 and 28 us of weight bytes). H
 program owns ``BLOCK_N`` weight rows (output columns), streams them in ``BLOCK_K`` steps of a
 ``for`` loop that Triton software-pipelines (``stages``), and accumulates
 ``W_tile @ x_tile^T`` on the tensor cores in fp32 (the row count padded to 16, the smallest dot
-Triton issues). No split-K: every program reads whole weight rows, so no reduction kernel
+Triton issues, or to 32). No split-K: every program reads whole weight rows, so no reduction kernel
 follows. Launched with PDL (:mod:`lil_sparse.kernels.pdl`); it waits before its first load.
 
 *Measured, not adopted:* splitting K until every SM has a program (the 8B output projection's
@@ -38,8 +38,8 @@ import triton.language as tl
 from lil_sparse.kernels.fused_layers import _TL_DTYPES, _silu_times
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 
-MAX_ROWS = 16
-"""The most token rows one launch takes (the dot's padded row count)."""
+MAX_ROWS = 32
+"""The most token rows one launch takes (rows pad to 16, or to 32 past 16)."""
 
 MAX_WEIGHT_ELEMENTS = 2**31
 """The kernel's offsets (``row * K + column``) are 32-bit: larger weights stay with PyTorch."""
@@ -65,29 +65,41 @@ class SkinnyTiles:
             raise ValueError(f"SkinnyTiles.stages must be positive, got {self.stages}")
 
 
-def choose_skinny_tiles(n: int, k: int) -> SkinnyTiles:
-    """Tiles for an ``[n, k]`` weight (``n``: the gate rows alone for the SiLU-mul kernel), from
-    ``bench/skinny_micro.py --rows 8 --sweep`` on the H200 (2026-12-01, about 01:37 UTC, 24 tiles
-    per weight): 64 rows per program and 5 pipeline stages won on every weight; 256-column
-    steps on all but the SiLU-mul kernel's (two weight tiles per step), which took 128."""
+def choose_skinny_tiles(n: int, k: int, rows: int = 16) -> SkinnyTiles:
+    """Tiles for an ``[n, k]`` weight and ``rows`` token rows, from ``bench/skinny_micro.py
+    --rows 8 --sweep`` on the H200 (2026-12-01, about 01:37 UTC, 24 tiles per weight): 64 rows
+    per program and 5 pipeline stages won on every weight; 256-column steps on all but the
+    SiLU-mul kernel's (two weight tiles per step: :func:`choose_skinny_silu_tiles`). Past 16
+    rows (padded to 32) 4 stages, as 5 would not fit in shared memory (not swept)."""
     del n
-    return SkinnyTiles(block_n=64, block_k=min(256, triton.next_power_of_2(k)), warps=4, stages=5)
+    return SkinnyTiles(
+        block_n=64, block_k=min(256, triton.next_power_of_2(k)), warps=4, stages=5 if rows <= 16 else 4
+    )
 
 
-def choose_skinny_silu_tiles(n: int, k: int) -> SkinnyTiles:
-    """:func:`choose_skinny_tiles` for :func:`skinny_silu_mul`: 128-column steps."""
+def choose_skinny_silu_tiles(n: int, k: int, rows: int = 16) -> SkinnyTiles:
+    """:func:`choose_skinny_tiles` for :func:`skinny_silu_mul`: 128-column steps, 5 stages."""
+    del n, rows
     return SkinnyTiles(block_n=64, block_k=min(128, triton.next_power_of_2(k)), warps=4, stages=5)
 
 
-def skinny_pays(n: int, k: int) -> bool:
-    """Whether the skinny GEMM runs an ``[n, k]`` weight instead of cuBLAS: where it beat or
-    matched cuBLAS with :func:`choose_skinny_tiles`' tiles at 8 rows in the sweep above
-    (microseconds per call, cuBLAS against ours): the 8B shape's weights of ``k >= 4096``
+PAYING_ROWS = 16
+"""The most token rows :func:`skinny_pays` sends to the skinny GEMM: it was measured against
+cuBLAS up to 16 (17-32 rows run, but are not measured yet)."""
+
+
+def skinny_pays(n: int, k: int, rows: int) -> bool:
+    """Whether the skinny GEMM runs an ``[n, k]`` weight for ``rows`` token rows instead of
+    cuBLAS: 2 to :data:`PAYING_ROWS` rows, on the weights where it beat or matched cuBLAS with
+    :func:`choose_skinny_tiles`' tiles at 8 rows in the sweep above (microseconds per call,
+    cuBLAS against ours): the 8B shape's weights of ``k >= 4096``
     columns and ``n >= 4096`` rows (output 13.2 / 10.9, gate/up with SiLU-mul 59.0 / 57.5, down
     32.5 / 30.4, QKV at par: 16.0 / 16.0) and the 1.5B shape's short ones (QKV 5.7 / 5.0, output
     5.3 / 4.9); not the 1.5B down projection (1536 x 8960: 11.5 / 17.0, too few programs for its
     long rows) nor its gate/up (18.2 / 18.3). The report run's figures are in
     ``docs/bench/skinny_micro.md``."""
+    if not 2 <= rows <= PAYING_ROWS:
+        return False
     return (k >= 4096 and n >= 4096) or (k < 4096 and n < 4096)
 
 
@@ -160,7 +172,7 @@ def _skinny_gemm(
 
 
 def skinny_refusal(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str | None:
-    """Why :func:`skinny_linear` refuses these inputs (``"x must have 2 to 16 rows ..."``), or
+    """Why :func:`skinny_linear` refuses these inputs (``"x must have 2 to 32 rows ..."``), or
     None. It takes ``x: [M, K]`` with ``2 <= M <= MAX_ROWS`` and contiguous columns, ``weight:
     [N, K]`` with contiguous rows and fewer than :data:`MAX_WEIGHT_ELEMENTS` elements, ``bias:
     [N]`` contiguous or None, all bf16 or all fp16 (fp32 would run the dot in tf32)."""
@@ -192,7 +204,7 @@ def skinny_linear(
     """
     _check(x, weight, bias)
     n = weight.shape[0]
-    return _launch(x, weight, bias, n, False, tiles or choose_skinny_tiles(n, x.shape[1]))
+    return _launch(x, weight, bias, n, False, tiles or choose_skinny_tiles(n, x.shape[1], x.shape[0]))
 
 
 def skinny_silu_mul(x: torch.Tensor, gate_up: torch.Tensor, tiles: SkinnyTiles | None = None) -> torch.Tensor:
@@ -210,7 +222,12 @@ def skinny_silu_mul(x: torch.Tensor, gate_up: torch.Tensor, tiles: SkinnyTiles |
         raise ValueError(f"skinny_silu_mul: gate_up has {double} rows, want gate and up halves")
     _check(x, gate_up, None)
     return _launch(
-        x, gate_up, None, double // 2, True, tiles or choose_skinny_silu_tiles(double // 2, x.shape[1])
+        x,
+        gate_up,
+        None,
+        double // 2,
+        True,
+        tiles or choose_skinny_silu_tiles(double // 2, x.shape[1], x.shape[0]),
     )
 
 
@@ -232,9 +249,9 @@ def _launch(
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     _skinny_gemm[(triton.cdiv(n, tiles.block_n),)](
         x, weight, weight if bias is None else bias, out, m, n, x.stride(0), weight.stride(0),
-        K=k, M_PAD=16, HAS_BIAS=bias is not None, SILU_MUL=fuse_silu, BLOCK_N=tiles.block_n,
-        BLOCK_K=min(tiles.block_k, max(16, triton.next_power_of_2(k))), UPCAST=not x.is_cuda,
-        DTYPE=_TL_DTYPES[x.dtype], PDL=use_pdl(x), num_warps=tiles.warps, num_stages=tiles.stages,
-        **launch_options(x),
+        K=k, M_PAD=16 if m <= 16 else 32, HAS_BIAS=bias is not None, SILU_MUL=fuse_silu,
+        BLOCK_N=tiles.block_n, BLOCK_K=min(tiles.block_k, max(16, triton.next_power_of_2(k))),
+        UPCAST=not x.is_cuda, DTYPE=_TL_DTYPES[x.dtype], PDL=use_pdl(x), num_warps=tiles.warps,
+        num_stages=tiles.stages, **launch_options(x),
     )  # fmt: skip
     return out

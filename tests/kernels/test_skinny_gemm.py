@@ -18,6 +18,7 @@ from lil_sparse.kernels.fused_layers import add_rmsnorm, silu_mul
 from lil_sparse.kernels.linear import gate_up_silu_mul, linear, rmsnorm_linear
 from lil_sparse.kernels.skinny_gemm import (
     MAX_ROWS,
+    PAYING_ROWS,
     SkinnyTiles,
     choose_skinny_silu_tiles,
     choose_skinny_tiles,
@@ -47,7 +48,7 @@ def within_one_rounding(out, x, weight, bias, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("rows", [2, 5, MAX_ROWS])
+@pytest.mark.parametrize("rows", [2, 5, 16, 17, MAX_ROWS])
 @pytest.mark.parametrize("n, k", [(40, 96), (33, 200), (17, 70)])
 @pytest.mark.parametrize("has_bias", [False, True])
 @pytest.mark.parametrize("tiles", TILES, ids=["chosen", "16x32", "32x16"])
@@ -71,7 +72,7 @@ def test_skinny_linear_takes_row_views():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("rows, width, k", [(2, 40, 96), (7, 17, 130), (MAX_ROWS, 33, 64)])
+@pytest.mark.parametrize("rows, width, k", [(2, 40, 96), (7, 17, 130), (16, 33, 64), (MAX_ROWS, 33, 64)])
 @pytest.mark.parametrize("tiles", [None, SkinnyTiles(16, 32, 4, 2)], ids=["chosen", "16x32"])
 def test_skinny_silu_mul_is_skinny_linear_then_silu_mul_bit_for_bit(dtype, rows, width, k, tiles):
     """Same tiles, same sums: the epilogue rounds the projection, then SiLU-mul rounds."""
@@ -86,8 +87,8 @@ def test_skinny_silu_mul_is_skinny_linear_then_silu_mul_bit_for_bit(dtype, rows,
 @pytest.mark.parametrize(
     "x_shape, w_shape, b_shape, dtype, match",
     [
-        ((1, 8), (4, 8), None, torch.bfloat16, "2 to 16 rows"),
-        ((MAX_ROWS + 1, 8), (4, 8), None, torch.bfloat16, "2 to 16 rows"),
+        ((1, 8), (4, 8), None, torch.bfloat16, "2 to 32 rows"),
+        ((MAX_ROWS + 1, 8), (4, 8), None, torch.bfloat16, "2 to 32 rows"),
         ((2, 8), (4, 9), None, torch.bfloat16, r"must be \[N, 8\]"),
         ((2, 8), (4, 8), None, torch.float32, "bfloat16 or float16"),
         ((2, 8), (4, 8), (5,), torch.bfloat16, "bias be"),
@@ -115,6 +116,7 @@ def test_tiles_are_validated(field, value):
 
 def test_chosen_tiles_follow_the_sweep():
     assert choose_skinny_tiles(4096, 14336) == SkinnyTiles(64, 256, 4, 5)
+    assert choose_skinny_tiles(4096, 14336, rows=32) == SkinnyTiles(64, 256, 4, 4)  # shared memory
     assert choose_skinny_silu_tiles(14336, 4096) == SkinnyTiles(64, 128, 4, 5)
     assert choose_skinny_tiles(40, 96).block_k == 128  # never past the row's next power of two
 
@@ -125,7 +127,13 @@ def test_chosen_tiles_follow_the_sweep():
      (1536, 8960, False), (8960, 1536, False), (151936, 1536, False)],
 )  # fmt: skip
 def test_skinny_pays_where_the_sweep_saw_it_win(n, k, pays):
-    assert skinny_pays(n, k) is pays
+    assert skinny_pays(n, k, 8) is pays
+    assert skinny_pays(n, k, PAYING_ROWS) is pays
+
+
+@pytest.mark.parametrize("rows", [1, PAYING_ROWS + 1, MAX_ROWS])
+def test_skinny_pays_only_for_the_rows_it_was_measured_at(rows):
+    assert not skinny_pays(4096, 4096, rows)
 
 
 def test_dispatch_leaves_cpu_and_fp32_rows_to_pytorch():
@@ -149,7 +157,7 @@ def test_dispatch_runs_few_cuda_rows_through_the_skinny_gemm_where_it_pays():
     down = randn(1536, 8960, dtype=torch.bfloat16, seed=13)  # the 1.5B down projection: cuBLAS
     wide = randn(4, 8960, dtype=torch.bfloat16, seed=14)
     assert torch.equal(linear(wide, down), F.linear(wide, down))
-    many = randn(MAX_ROWS + 1, 1536, dtype=torch.bfloat16, seed=15)
+    many = randn(PAYING_ROWS + 1, 1536, dtype=torch.bfloat16, seed=15)
     assert torch.equal(linear(many, weight, bias), F.linear(many, weight, bias))
     norm = randn(1536, dtype=torch.bfloat16, seed=16)
     residual = randn(4, 1536, dtype=torch.bfloat16, seed=17)
