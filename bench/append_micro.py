@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from bench.common import settle_cuda_graphs, write_markdown
-from bench.gemv_micro import graph_us
+from bench.linear_timing import graph_us
 from lil_sparse.kernels.rotary_append import rotary_append_decode_kv
 from lil_sparse.kv.key_metadata import KeyMetadata
 

@@ -24,13 +24,12 @@ from pathlib import Path
 import torch
 
 from bench.common import copy_bandwidth_gbs, settle_cuda_graphs, write_markdown
-from bench.gemv_micro import graph_us
+from bench.linear_timing import L2_OVERFLOW_BYTES, graph_us
 from lil_sparse.kernels.fast_decode import choose_tiles, runs_in_one_step
 from lil_sparse.kernels.paged_decode import DecodeTiles, PagedDecodeScratch, paged_decode
 
 PAGE_SIZE = 16
 HEAD_DIM = 128
-L2_OVERFLOW_BYTES = 256 * 2**20
 MAX_POOL_BYTES = 4 * 2**30
 # (shape, group, rows, pages per row): batch 1, 8 and 32 of the 1.5B shape (2 KV heads, group 6)
 # and the 8B shape (8 KV heads, group 4) at 4k and 32k tokens, and Quest's budgets 1024 and 4096.

@@ -3,9 +3,9 @@
 weight shapes of the benchmark models, against the bandwidth floor (weight + activation bytes
 in bf16 / the copy bandwidth of the same run).
 
-Figures as in ``bench/gemv_micro.py``: the median of ``--iters`` replays of a CUDA graph of
-``--calls`` calls, each on its own copy of the weight (enough copies to overflow the 50 MB L2),
-divided by ``--calls``. ``--sweep`` also times every tile of ``SWEEP`` at each row count and
+Figures as in ``bench/gemv_micro.py`` (``bench/linear_timing.py``): the median of ``--iters``
+replays of a CUDA graph of ``--calls`` calls, each on its own copy of the weight, divided by
+``--calls``. ``--sweep`` also times every tile of ``SWEEP`` at each row count and
 prints the fastest four.
 
     python bench/skinny_micro.py [--models qwen1.5b,llama8b] [--rows 2,4,8,16] [--sweep] [--out FILE]
@@ -14,18 +14,13 @@ prints the fastest four.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-import triton
-
 from bench.common import copy_bandwidth_gbs, settle_cuda_graphs, write_markdown
-from bench.gemv_micro import L2_OVERFLOW_BYTES, SILU_MUL, graph_us, layer_shapes
+from bench.gemv_micro import SILU_MUL, layer_shapes
+from bench.linear_timing import LinearKernel, time_linear
 from bench.model_shapes import MODELS
-from lil_sparse.kernels.fused_layers import silu_mul
 from lil_sparse.kernels.skinny_gemm import (
     SkinnyTiles,
     choose_skinny_silu_tiles,
@@ -41,45 +36,7 @@ SWEEP = [
 ]
 
 
-def time_shape(
-    n: int, k: int, rows: int, has_bias: bool, calls: int, iters: int, sweep: bool, fused_silu: bool
-) -> tuple[float, float, float, SkinnyTiles]:
-    """(cuBLAS us, skinny us with :func:`choose_skinny_tiles`, best swept us, its tiles) for one
-    weight shape and row count; ``fused_silu``: :func:`skinny_silu_mul` against ``F.linear``
-    then ``silu_mul`` (``n`` is then the gate/up rows)."""
-    copies = max(2, -(-L2_OVERFLOW_BYTES // (n * k * 2)))
-    weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5 for _ in range(copies)]
-    bias = torch.randn(n, device="cuda", dtype=torch.bfloat16) if has_bias else None
-    x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
-    ref = F.linear(x.float(), weights[0].float(), None if bias is None else bias.float())
-    chosen = choose_skinny_silu_tiles(n // 2, k, rows) if fused_silu else choose_skinny_tiles(n, k, rows)
-    if fused_silu:
-        got, ref, limit = skinny_silu_mul(x, weights[0], chosen), silu_mul(ref.to(x.dtype)).float(), 2**-6
-    else:
-        got, limit = skinny_linear(x, weights[0], bias, chosen), 2**-7
-    error = ((got.float() - ref).abs() / (ref.abs() + 1)).max().item()
-    if error > limit:  # a benchmark of a wrong kernel is worthless
-        raise RuntimeError(f"skinny_micro: [{n}, {k}] x {rows} rows: relative error {error:.2e}")
-
-    def run(tiles: SkinnyTiles | None) -> float:
-        if tiles is None and fused_silu:
-            return graph_us(lambda i: silu_mul(F.linear(x, weights[i % copies])), calls, iters)
-        if tiles is None:
-            return graph_us(lambda i: F.linear(x, weights[i % copies], bias), calls, iters)
-        if fused_silu:
-            return graph_us(lambda i: skinny_silu_mul(x, weights[i % copies], tiles), calls, iters)
-        return graph_us(lambda i: skinny_linear(x, weights[i % copies], bias, tiles), calls, iters)
-
-    cublas, ours = run(None), run(chosen)
-    swept = [(ours, chosen)]
-    if sweep:
-        for tiles in SWEEP:
-            if tiles.block_k <= 2 * k:
-                with contextlib.suppress(triton.runtime.errors.OutOfResources):  # shared memory
-                    swept.append((run(tiles), tiles))
-        print("   fastest:", sorted(swept, key=lambda t: t[0])[:4], flush=True)
-    best, best_tiles = min(swept, key=lambda t: t[0])
-    return cublas, ours, best, best_tiles
+SKINNY = LinearKernel("skinny_gemm", skinny_linear, skinny_silu_mul)
 
 
 def main() -> None:
@@ -105,8 +62,21 @@ def main() -> None:
                 continue
             for rows in map(int, args.rows.split(",")):
                 floor = (n * k + rows * (k + n)) * 2 / (bandwidth * 1e3)
-                cublas, ours, best, best_tiles = time_shape(
-                    n, k, rows, has_bias, args.calls, args.iters, args.sweep, name == SILU_MUL
+                fused = name == SILU_MUL
+                chosen = (
+                    choose_skinny_silu_tiles(n // 2, k, rows) if fused else choose_skinny_tiles(n, k, rows)
+                )
+                cublas, ours, best, best_tiles = time_linear(
+                    SKINNY,
+                    n,
+                    k,
+                    rows,
+                    has_bias,
+                    chosen,
+                    SWEEP if args.sweep else [],
+                    args.calls,
+                    args.iters,
+                    fused,
                 )
                 swept = (f"{best:.1f}", best_tiles) if args.sweep else ("-", "-")
                 runs = "skinny" if skinny_pays(n // 2 if name == SILU_MUL else n, k, rows) else "cuBLAS"

@@ -27,10 +27,8 @@ import triton.language as tl
 
 from lil_sparse.kernels.fused_layers import _TL_DTYPES, _silu_times
 from lil_sparse.kernels.gemv_tiles import GemvTiles, choose_tiles
+from lil_sparse.kernels.linear_operands import weight_refusal
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
-
-MAX_WEIGHT_ELEMENTS = 2**31
-"""The kernel's offsets (``row * K + column``) are 32-bit: larger weights stay with PyTorch."""
 
 
 @triton.jit
@@ -179,8 +177,9 @@ def gemv(
 
     ``x: [1, K]`` (contiguous), ``weight: [N, K]`` with contiguous rows, ``bias: [N]`` (contiguous) or None,
     all one dtype (bf16, fp16 or fp32). Returns ``[1, N]`` in that dtype. ``tiles`` overrides
-    :func:`choose_tiles` (benchmarks). Raises ValueError for more than one row, mismatched shapes
-    or dtypes, a strided bias, or a weight of :data:`MAX_WEIGHT_ELEMENTS` elements or more.
+    :func:`choose_tiles` (benchmarks). Raises ValueError for more than one row, or for the weight
+    and bias :func:`~lil_sparse.kernels.linear_operands.weight_refusal` names (mismatched shapes
+    or dtypes, a strided bias, a weight too large for 32-bit offsets).
     """
     n = weight.shape[0]
     _check(x, weight, bias)
@@ -253,16 +252,9 @@ def mislaid_norm_input(
 def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
     if x.dim() != 2 or x.shape[0] != 1 or not x.is_contiguous():
         raise ValueError(f"gemv: x must be one contiguous row [1, K], got {tuple(x.shape)}")
-    k = x.shape[1]
-    n = weight.shape[0]
-    if weight.shape != (n, k) or weight.stride(1) != 1:
-        raise ValueError(f"gemv: weight {tuple(weight.shape)} must be [N, {k}] with contiguous rows")
-    if weight.dtype != x.dtype or (bias is not None and (bias.dtype != x.dtype or bias.shape != (n,))):
-        raise ValueError("gemv: x, weight and bias must share a dtype, and bias be [N]")
-    if bias is not None and not bias.is_contiguous():  # the kernel reads bias[row] at unit stride
-        raise ValueError(f"gemv: bias must be contiguous, got stride {bias.stride()}")
-    if weight.numel() >= MAX_WEIGHT_ELEMENTS:
-        raise ValueError(f"gemv: a weight of {weight.numel()} elements needs 64-bit offsets; use F.linear")
+    refusal = weight_refusal(x, weight, bias)
+    if refusal is not None:
+        raise ValueError(f"gemv: {refusal}")
 
 
 def _launch(

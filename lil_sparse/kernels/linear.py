@@ -11,18 +11,19 @@ import torch
 
 from lil_sparse.kernels.fused_layers import add_rmsnorm, silu_mul
 from lil_sparse.kernels.gemv import (
-    MAX_WEIGHT_ELEMENTS,
     gemv,
     gemv_rmsnorm,
     gemv_silu_mul,
     mislaid_norm_input,
 )
+from lil_sparse.kernels.linear_operands import weight_refusal
 from lil_sparse.kernels.skinny_gemm import skinny_linear, skinny_pays, skinny_refusal, skinny_silu_mul
 
 
 def _one_cuda_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
-    rows_ok = x.is_cuda and x.dim() == 2 and x.shape[0] == 1 and x.is_contiguous() and weight.stride(1) == 1
-    return rows_ok and weight.numel() < MAX_WEIGHT_ELEMENTS and (bias is None or bias.is_contiguous())
+    """Whether :func:`gemv` takes ``x`` (one contiguous CUDA row) with ``weight`` and ``bias``."""
+    rows_ok = x.is_cuda and x.dim() == 2 and x.shape[0] == 1 and x.is_contiguous()
+    return rows_ok and weight_refusal(x, weight, bias) is None
 
 
 def _few_cuda_rows(x: torch.Tensor, weight: torch.Tensor, n: int, bias: torch.Tensor | None = None) -> bool:

@@ -36,13 +36,11 @@ import triton
 import triton.language as tl
 
 from lil_sparse.kernels.fused_layers import _TL_DTYPES, _silu_times
+from lil_sparse.kernels.linear_operands import weight_refusal
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 
 MAX_ROWS = 32
 """The most token rows one launch takes (rows pad to 16, or to 32 past 16)."""
-
-MAX_WEIGHT_ELEMENTS = 2**31
-"""The kernel's offsets (``row * K + column``) are 32-bit: larger weights stay with PyTorch."""
 
 
 @dataclass(frozen=True)
@@ -173,24 +171,14 @@ def _skinny_gemm(
 
 def skinny_refusal(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str | None:
     """Why :func:`skinny_linear` refuses these inputs (``"x must have 2 to 32 rows ..."``), or
-    None. It takes ``x: [M, K]`` with ``2 <= M <= MAX_ROWS`` and contiguous columns, ``weight:
-    [N, K]`` with contiguous rows and fewer than :data:`MAX_WEIGHT_ELEMENTS` elements, ``bias:
-    [N]`` contiguous or None, all bf16 or all fp16 (fp32 would run the dot in tf32)."""
+    None. It takes ``x: [M, K]`` with ``2 <= M <= MAX_ROWS`` and contiguous columns, in bf16 or
+    fp16 (fp32 would run the dot in tf32), and the weight and bias that
+    :func:`~lil_sparse.kernels.linear_operands.weight_refusal` takes."""
     if x.dim() != 2 or not 2 <= x.shape[0] <= MAX_ROWS or x.stride(1) != 1:
         return f"x must have 2 to {MAX_ROWS} rows [M, K] with contiguous columns, got {tuple(x.shape)}"
-    k = x.shape[1]
-    n = weight.shape[0]
-    if weight.shape != (n, k) or weight.stride(1) != 1:
-        return f"weight {tuple(weight.shape)} must be [N, {k}] with contiguous rows"
     if x.dtype not in (torch.bfloat16, torch.float16):
         return f"x must be bfloat16 or float16, not {x.dtype}"
-    if weight.dtype != x.dtype or (bias is not None and (bias.dtype != x.dtype or bias.shape != (n,))):
-        return "x, weight and bias must share a dtype, and bias be [N]"
-    if bias is not None and not bias.is_contiguous():
-        return f"bias must be contiguous, got stride {bias.stride()}"
-    if weight.numel() >= MAX_WEIGHT_ELEMENTS:
-        return f"a weight of {weight.numel()} elements needs 64-bit offsets"
-    return None
+    return weight_refusal(x, weight, bias)
 
 
 def skinny_linear(
