@@ -63,9 +63,7 @@ def main() -> None:
             for rows in map(int, args.rows.split(",")):
                 floor = (n * k + rows * (k + n)) * 2 / (bandwidth * 1e3)
                 fused = name == SILU_MUL
-                chosen = (
-                    choose_skinny_silu_tiles(n // 2, k, rows) if fused else choose_skinny_tiles(n, k, rows)
-                )
+                chosen = choose_skinny_silu_tiles(k) if fused else choose_skinny_tiles(k, rows)
                 cublas, ours, best, best_tiles = time_linear(
                     SKINNY,
                     n,

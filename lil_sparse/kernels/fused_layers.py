@@ -16,7 +16,8 @@ import triton.language as tl
 
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 
-_TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
+TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
+"""The Triton dtype of each torch dtype the kernels take (a kernel's ``DTYPE`` constexpr)."""
 
 
 @triton.jit
@@ -75,7 +76,7 @@ def add_rmsnorm(
         out.stride(0),
         eps,
         HAS_RESIDUAL=residual is not None,
-        DTYPE=_TL_DTYPES[x.dtype],
+        DTYPE=TL_DTYPES[x.dtype],
         BLOCK=triton.next_power_of_2(n),
         PDL=use_pdl(x),
         **launch_options(x),
@@ -154,7 +155,7 @@ def rotary_qk(
         qk.stride(0),
         HALF=head_dim // 2,
         BLOCK_H=triton.next_power_of_2(heads),
-        DTYPE=_TL_DTYPES[qk.dtype],
+        DTYPE=TL_DTYPES[qk.dtype],
     )
     return q, k
 
@@ -173,11 +174,11 @@ def _silu_mul(
     mask = cols < width
     gate = tl.load(gate_up_ptr + row * stride + cols, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(gate_up_ptr + row * stride + width + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * width + cols, _silu_times(gate, up, DTYPE), mask=mask)
+    tl.store(out_ptr + row * width + cols, silu_times(gate, up, DTYPE), mask=mask)
 
 
 @triton.jit
-def _silu_times(gate, up, DTYPE: tl.constexpr):
+def silu_times(gate, up, DTYPE: tl.constexpr):
     """``silu(gate) * up`` in ``DTYPE`` from float32 values of that dtype, rounding as PyTorch
     does op by op (``F.silu`` rounds to the dtype, then the product does)."""
     silu = (gate / (1.0 + tl.exp(-gate))).to(DTYPE).to(tl.float32)
@@ -194,6 +195,6 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
         return out
     block = 1024
     _silu_mul[(tokens, triton.cdiv(width, block))](
-        gate_up, out, width, gate_up.stride(0), DTYPE=_TL_DTYPES[gate_up.dtype], BLOCK=block
+        gate_up, out, width, gate_up.stride(0), DTYPE=TL_DTYPES[gate_up.dtype], BLOCK=block
     )
     return out

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lil_sparse.kernels.fused_layers import _TL_DTYPES, _silu_times
+from lil_sparse.kernels.fused_layers import TL_DTYPES, silu_times
 from lil_sparse.kernels.gemv_tiles import GemvTiles, choose_tiles
 from lil_sparse.kernels.linear_operands import weight_refusal
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
@@ -163,7 +163,7 @@ def _gemv(
             K, BLOCK_N, BLOCK_K, PREFETCH, NORM, HAS_RESIDUAL, DTYPE,
         )  # fmt: skip
         gate = total.to(DTYPE).to(tl.float32)
-        tl.store(out_ptr + rows, _silu_times(gate, up.to(DTYPE).to(tl.float32), DTYPE), mask=row_mask)
+        tl.store(out_ptr + rows, silu_times(gate, up.to(DTYPE).to(tl.float32), DTYPE), mask=row_mask)
     else:
         if HAS_BIAS:
             total += tl.load(bias_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
@@ -276,7 +276,7 @@ def _launch(
         norm_weight, eps, n, weight.stride(0),
         K=x.shape[1], HAS_BIAS=bias is not None, SILU_MUL=fuse_silu, NORM=norm is not None,
         HAS_RESIDUAL=residual is not None, NORM_BLOCK=triton.next_power_of_2(x.shape[1]),
-        BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k, PREFETCH=tiles.prefetch, DTYPE=_TL_DTYPES[x.dtype],
+        BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k, PREFETCH=tiles.prefetch, DTYPE=TL_DTYPES[x.dtype],
         PDL=use_pdl(x), num_warps=tiles.warps, **launch_options(x),
     )  # fmt: skip
     return out, res_out

@@ -26,7 +26,7 @@ def _one_cuda_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return rows_ok and weight_refusal(x, weight, bias) is None
 
 
-def _few_cuda_rows(x: torch.Tensor, weight: torch.Tensor, n: int, bias: torch.Tensor | None = None) -> bool:
+def _skinny_takes(x: torch.Tensor, weight: torch.Tensor, n: int, bias: torch.Tensor | None = None) -> bool:
     """Whether :func:`skinny_linear` takes ``x`` and ``weight`` (``n`` output columns) and pays."""
     if not x.is_cuda or x.dim() != 2 or not skinny_pays(n, weight.shape[1], x.shape[0]):
         return False
@@ -39,7 +39,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     ``x: [T, K]``, ``weight: [N, K]``, ``bias: [N]`` or None -> ``[T, N]``."""
     if _one_cuda_row(x, weight, bias):
         return gemv(x, weight, bias)
-    if _few_cuda_rows(x, weight, weight.shape[0], bias):
+    if _skinny_takes(x, weight, weight.shape[0], bias):
         return skinny_linear(x, weight, bias)
     return torch.nn.functional.linear(x, weight, bias)
 
@@ -51,7 +51,7 @@ def gate_up_silu_mul(x: torch.Tensor, gate_up: torch.Tensor) -> torch.Tensor:
     ``gate_up: [2I, K]`` (gate rows first) -> ``[T, I]``."""
     if _one_cuda_row(x, gate_up):
         return gemv_silu_mul(x, gate_up)
-    if gate_up.shape[0] % 2 == 0 and _few_cuda_rows(x, gate_up, gate_up.shape[0] // 2):
+    if gate_up.shape[0] % 2 == 0 and _skinny_takes(x, gate_up, gate_up.shape[0] // 2):
         return skinny_silu_mul(x, gate_up)
     projected = torch.nn.functional.linear(x, gate_up)
     if not x.is_cuda:

@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lil_sparse.kernels.fused_layers import _TL_DTYPES
+from lil_sparse.kernels.fused_layers import TL_DTYPES
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 
 LOG2E = 1.4426950408889634
@@ -265,7 +265,7 @@ def paged_decode(
     )
     _merge_partials[(rows, group)](
         scratch.partial_out, scratch.partial_lse, out, scratch.partial_lse if lse is None else lse,
-        G=group, D=head_dim, SPLITS=tiles.splits, WRITE_LSE=lse is not None, DTYPE=_TL_DTYPES[q.dtype],
+        G=group, D=head_dim, SPLITS=tiles.splits, WRITE_LSE=lse is not None, DTYPE=TL_DTYPES[q.dtype],
         PDL=use_pdl(q), **launch_options(q),
     )  # fmt: skip
     return out

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lil_sparse.kernels.fused_layers import _TL_DTYPES, _rope_halves
+from lil_sparse.kernels.fused_layers import TL_DTYPES, _rope_halves
 from lil_sparse.kernels.kv_append import _fold_key, _load_page_metadata
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 from lil_sparse.kv.key_metadata import KeyMetadata, check_key_metadata
@@ -159,7 +159,7 @@ def rotary_append_decode_kv(
         HALF=head_dim // 2,
         BLOCK_H=block_heads,
         PAGE_SIZE=k_cache.shape[2],
-        DTYPE=_TL_DTYPES[qk.dtype],
+        DTYPE=TL_DTYPES[qk.dtype],
         META=metadata is not None,
         PDL=use_pdl(qk),
         **launch_options(qk),

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lil_sparse.kernels.fused_layers import _TL_DTYPES, _silu_times
+from lil_sparse.kernels.fused_layers import TL_DTYPES, silu_times
 from lil_sparse.kernels.linear_operands import weight_refusal
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 
@@ -63,42 +63,51 @@ class SkinnyTiles:
             raise ValueError(f"SkinnyTiles.stages must be positive, got {self.stages}")
 
 
-def choose_skinny_tiles(n: int, k: int, rows: int = 16) -> SkinnyTiles:
-    """Tiles for an ``[n, k]`` weight and ``rows`` token rows, from ``bench/skinny_micro.py
-    --rows 8 --sweep`` on the H200 (2026-12-01, about 01:37 UTC, 24 tiles per weight): 64 rows
-    per program and 5 pipeline stages won on every weight; 256-column steps on all but the
-    SiLU-mul kernel's (two weight tiles per step: :func:`choose_skinny_silu_tiles`). Past 16
-    rows (padded to 32) 4 stages, as 5 would not fit in shared memory (not swept)."""
-    del n
+def choose_skinny_tiles(k: int, rows: int = 16) -> SkinnyTiles:
+    """Tiles for weights of ``k`` columns and ``rows`` token rows (the output count did not change
+    the winner), from ``bench/skinny_micro.py --rows 8 --sweep`` on the H200 (2026-12-01, about
+    01:37 UTC, 24 tiles per weight): 64 rows per program and 5 pipeline stages won on every
+    weight; 256-column steps on all but the SiLU-mul kernel's (two weight tiles per step:
+    :func:`choose_skinny_silu_tiles`). Past 16 rows (padded to 32) 4 stages, as 5 would not fit
+    in shared memory (not swept)."""
     return SkinnyTiles(
         block_n=64, block_k=min(256, triton.next_power_of_2(k)), warps=4, stages=5 if rows <= 16 else 4
     )
 
 
-def choose_skinny_silu_tiles(n: int, k: int, rows: int = 16) -> SkinnyTiles:
-    """:func:`choose_skinny_tiles` for :func:`skinny_silu_mul`: 128-column steps, 5 stages."""
-    del n, rows
+def choose_skinny_silu_tiles(k: int) -> SkinnyTiles:
+    """:func:`choose_skinny_tiles` for :func:`skinny_silu_mul`: 128-column steps, 5 stages at any
+    row count (they fit in shared memory at 32 rows)."""
     return SkinnyTiles(block_n=64, block_k=min(128, triton.next_power_of_2(k)), warps=4, stages=5)
 
 
 PAYING_ROWS = 16
-"""The most token rows :func:`skinny_pays` sends to the skinny GEMM: it was measured against
-cuBLAS up to 16 (17-32 rows run, but are not measured yet)."""
+"""The most token rows :func:`skinny_pays` sends to the skinny GEMM. The sweep ran at 8 rows;
+up to 16 the kernel does the same work (rows pad to 16), and cuBLAS took within 0.5 us of its
+8-row time at 2, 4 and 16 rows on the 8B weights and within 1.1 us on the 1.5B ones (about
+01:36, beside a first tile choice), so the 8-row verdict is taken for 2-16. 17-32 rows run,
+but are not measured yet."""
 
 
 def skinny_pays(n: int, k: int, rows: int) -> bool:
     """Whether the skinny GEMM runs an ``[n, k]`` weight for ``rows`` token rows instead of
-    cuBLAS: 2 to :data:`PAYING_ROWS` rows, on the weights where it beat or matched cuBLAS with
-    :func:`choose_skinny_tiles`' tiles at 8 rows in the sweep above (microseconds per call,
-    cuBLAS against ours): the 8B shape's weights of ``k >= 4096``
-    columns and ``n >= 4096`` rows (output 13.2 / 10.9, gate/up with SiLU-mul 59.0 / 57.5, down
-    32.5 / 30.4, QKV at par: 16.0 / 16.0) and the 1.5B shape's short ones (QKV 5.7 / 5.0, output
-    5.3 / 4.9); not the 1.5B down projection (1536 x 8960: 11.5 / 17.0, too few programs for its
-    long rows) nor its gate/up (18.2 / 18.3). The report run's figures are in
-    ``docs/bench/skinny_micro.md``."""
+    cuBLAS: 2 to :data:`PAYING_ROWS` rows, on the two shape classes where it beat or matched
+    cuBLAS with :func:`choose_skinny_tiles`' tiles at 8 rows in the sweep above (microseconds per
+    call, cuBLAS against ours):
+
+    - ``k >= 4096`` and ``n >= 4096``, the 8B shape: output 13.2 / 10.9, gate/up with SiLU-mul
+      59.0 / 57.5, down 32.5 / 30.4, QKV at par (16.0 / 16.0); the LM head (128256 x 4096) at
+      252.6 / 242.2 in the report run's micro-benchmark (``docs/bench/skinny_micro.md``, where
+      the 8B QKV read 16.0 / 16.4);
+    - ``1536 <= k < 4096`` and ``1536 <= n < 4096``, the 1.5B QKV and output projections: 5.7 /
+      5.0 and 5.3 / 4.9.
+
+    Everything else stays with cuBLAS: the 1.5B down projection (1536 x 8960: 11.5 / 17.0, too
+    few programs for its long rows) and gate/up (18.2 / 18.3), and the unmeasured small models'
+    weights (SmolLM2-135M's 576-column rows make 9-24 programs)."""
     if not 2 <= rows <= PAYING_ROWS:
         return False
-    return (k >= 4096 and n >= 4096) or (k < 4096 and n < 4096)
+    return (k >= 4096 and n >= 4096) or (1536 <= k < 4096 and 1536 <= n < 4096)
 
 
 @triton.jit
@@ -162,7 +171,7 @@ def _skinny_gemm(
     mask = col_mask[:, None] & token_mask[None, :]
     if SILU_MUL:  # the projection's output rounds to DTYPE before silu_mul reads it
         gate = acc.to(DTYPE).to(tl.float32)
-        tl.store(out_ptr + offsets, _silu_times(gate, up.to(DTYPE).to(tl.float32), DTYPE), mask=mask)
+        tl.store(out_ptr + offsets, silu_times(gate, up.to(DTYPE).to(tl.float32), DTYPE), mask=mask)
     else:
         if HAS_BIAS:
             acc += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[:, None]
@@ -190,9 +199,9 @@ def skinny_linear(
     (contiguous) in that dtype. ``tiles`` overrides :func:`choose_skinny_tiles` (benchmarks).
     Raises ValueError for the inputs :func:`skinny_refusal` names.
     """
-    _check(x, weight, bias)
+    _check("skinny_linear", x, weight, bias)
     n = weight.shape[0]
-    return _launch(x, weight, bias, n, False, tiles or choose_skinny_tiles(n, x.shape[1], x.shape[0]))
+    return _launch(x, weight, bias, n, False, tiles or choose_skinny_tiles(x.shape[1], x.shape[0]))
 
 
 def skinny_silu_mul(x: torch.Tensor, gate_up: torch.Tensor, tiles: SkinnyTiles | None = None) -> torch.Tensor:
@@ -208,21 +217,21 @@ def skinny_silu_mul(x: torch.Tensor, gate_up: torch.Tensor, tiles: SkinnyTiles |
     double = gate_up.shape[0]
     if double % 2:
         raise ValueError(f"skinny_silu_mul: gate_up has {double} rows, want gate and up halves")
-    _check(x, gate_up, None)
+    _check("skinny_silu_mul", x, gate_up, None)
     return _launch(
         x,
         gate_up,
         None,
         double // 2,
         True,
-        tiles or choose_skinny_silu_tiles(double // 2, x.shape[1], x.shape[0]),
+        tiles or choose_skinny_silu_tiles(x.shape[1]),
     )
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+def _check(caller: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
     refusal = skinny_refusal(x, weight, bias)
     if refusal is not None:
-        raise ValueError(f"skinny_linear: {refusal}")
+        raise ValueError(f"{caller}: {refusal}")
 
 
 def _launch(
@@ -239,7 +248,7 @@ def _launch(
         x, weight, weight if bias is None else bias, out, m, n, x.stride(0), weight.stride(0),
         K=k, M_PAD=16 if m <= 16 else 32, HAS_BIAS=bias is not None, SILU_MUL=fuse_silu,
         BLOCK_N=tiles.block_n, BLOCK_K=min(tiles.block_k, max(16, triton.next_power_of_2(k))),
-        UPCAST=not x.is_cuda, DTYPE=_TL_DTYPES[x.dtype], PDL=use_pdl(x), num_warps=tiles.warps,
+        UPCAST=not x.is_cuda, DTYPE=TL_DTYPES[x.dtype], PDL=use_pdl(x), num_warps=tiles.warps,
         num_stages=tiles.stages, **launch_options(x),
     )  # fmt: skip
     return out

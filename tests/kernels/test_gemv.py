@@ -18,6 +18,7 @@ from lil_sparse.kernels.fused_layers import silu_mul
 from lil_sparse.kernels.gemv import gemv, gemv_silu_mul
 from lil_sparse.kernels.gemv_tiles import GemvTiles, choose_tiles
 from lil_sparse.kernels.linear import gate_up_silu_mul, linear
+from lil_sparse.kernels.linear_operands import weight_refusal
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ROUNDING = {
@@ -92,7 +93,7 @@ def test_choose_tiles_follows_the_sweep(n, k, tiles):
         ((2, 64), (8, 64), None, torch.float32, "one contiguous row"),
         ((64,), (8, 64), None, torch.float32, "one contiguous row"),
         ((1, 64), (8, 65), None, torch.float32, r"must be \[N, 64\]"),
-        ((1, 64), (8, 64), (7,), torch.float32, "bias be"),
+        ((1, 64), (8, 64), (7,), torch.float32, r"bias must be \[N\] = \[8\]"),
         ((1, 64), (8, 64), None, torch.float16, "share a dtype"),
     ],
 )
@@ -116,9 +117,13 @@ def test_gemv_refuses_a_strided_bias_and_linear_leaves_it_to_pytorch():
 
 
 def test_gemv_refuses_a_weight_its_32_bit_offsets_cannot_address():
-    huge = torch.zeros(1, 64, device=DEVICE).expand(2**31 // 64, 64)  # 2^31 elements, 256 bytes
-    with pytest.raises(ValueError, match="64-bit offsets"):
-        gemv(torch.zeros(1, 64, device=DEVICE), huge)
+    """The offsets are ``row * row_stride + column``: what counts is the last element's offset, so
+    a row view of a wider tensor counts its stride (a meta tensor: no memory behind it)."""
+    spread = torch.empty(2, 64, device="meta").as_strided((2, 64), (2**31, 1))
+    with pytest.raises(ValueError, match="spanning 2147483712 elements needs 64-bit offsets"):
+        gemv(torch.zeros(1, 64), spread)
+    repeated = torch.zeros(1, 64).expand(2**31 // 64, 64)  # 2^31 elements, all at offsets < 64
+    assert weight_refusal(torch.zeros(1, 64), repeated, None) is None
 
 
 @pytest.mark.parametrize("field", ["block_n", "block_k", "warps"])

@@ -63,25 +63,42 @@ def test_skinny_linear_is_the_fp32_product_rounded_once(dtype, rows, n, k, has_b
 
 def test_skinny_linear_takes_row_views():
     """A fused QKV weight's parameters are row views of one tensor, and hidden states may be a
-    row slice of a wider buffer: any row stride works."""
-    fused = randn(48, 64, dtype=torch.bfloat16, seed=3)
-    wide = randn(4, 96, dtype=torch.bfloat16, seed=4)
-    weight, x = fused[16:40], wide[:, 16:80]
-    assert weight.stride(0) == 64 and x.stride(0) == 96
-    assert torch.equal(skinny_linear(x, weight), skinny_linear(x.contiguous(), weight.contiguous()))
+    column slice of a wider buffer: any row stride works, for the weight and for x."""
+    weight = randn(24, 96, dtype=torch.bfloat16, seed=3)[:, 16:80]
+    x = randn(4, 96, dtype=torch.bfloat16, seed=4)[:, 8:72]
+    assert weight.stride(0) == 96 and x.stride(0) == 96 and weight.shape == (24, 64)
+    out = skinny_linear(x, weight)
+    assert within_one_rounding(out, x, weight, None, torch.bfloat16)
+    assert torch.equal(out, skinny_linear(x.contiguous(), weight.contiguous()))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("rows, width, k", [(2, 40, 96), (7, 17, 130), (16, 33, 64), (MAX_ROWS, 33, 64)])
+@pytest.mark.parametrize(
+    "rows, width, k",
+    [(2, 40, 96), (7, 17, 130), (16, 33, 64), (17, 33, 130), (23, 17, 70), (MAX_ROWS, 33, 64)],
+)
 @pytest.mark.parametrize("tiles", [None, SkinnyTiles(16, 32, 4, 2)], ids=["chosen", "16x32"])
 def test_skinny_silu_mul_is_skinny_linear_then_silu_mul_bit_for_bit(dtype, rows, width, k, tiles):
     """Same tiles, same sums: the epilogue rounds the projection, then SiLU-mul rounds."""
     x = randn(rows, k, dtype=dtype, seed=5)
     gate_up = randn(2 * width, k, dtype=dtype, seed=6)
-    linear_tiles = tiles or choose_skinny_silu_tiles(width, k)
+    linear_tiles = tiles or choose_skinny_silu_tiles(k)
     want = silu_mul(skinny_linear(x, gate_up, None, linear_tiles))
     got = skinny_silu_mul(x, gate_up, tiles)
     assert got.shape == (rows, width) and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("rows", [3, 20])
+def test_skinny_silu_mul_is_the_pytorch_mlp_within_its_roundings(rows):
+    """Against ``F.silu(gate) * up`` of the fp32 product rounded once to bf16: the kernel may
+    differ by the product's sum order (one rounding of gate or up), then SiLU and the product
+    round once each."""
+    x = randn(rows, 96, dtype=torch.bfloat16, seed=20)
+    gate_up = randn(2 * 24, 96, dtype=torch.bfloat16, seed=21) / 96**0.5
+    gate, up = F.linear(x.float(), gate_up.float()).to(torch.bfloat16).chunk(2, dim=-1)
+    want = (F.silu(gate) * up).float()
+    got = skinny_silu_mul(x, gate_up).float()
+    assert ((got - want).abs() <= 4 * ROUNDING[torch.bfloat16] * (want.abs() + 1)).all()
 
 
 @pytest.mark.parametrize(
@@ -91,7 +108,8 @@ def test_skinny_silu_mul_is_skinny_linear_then_silu_mul_bit_for_bit(dtype, rows,
         ((MAX_ROWS + 1, 8), (4, 8), None, torch.bfloat16, "2 to 32 rows"),
         ((2, 8), (4, 9), None, torch.bfloat16, r"must be \[N, 8\]"),
         ((2, 8), (4, 8), None, torch.float32, "bfloat16 or float16"),
-        ((2, 8), (4, 8), (5,), torch.bfloat16, "bias be"),
+        ((2, 8), (4, 8), (5,), torch.bfloat16, r"bias must be \[N\] = \[4\]"),
+        ((2, 2, 8), (4, 8), None, torch.bfloat16, "2 to 32 rows"),
     ],
 )
 def test_skinny_linear_rejects_what_it_cannot_compute(x_shape, w_shape, b_shape, dtype, match):
@@ -100,6 +118,19 @@ def test_skinny_linear_rejects_what_it_cannot_compute(x_shape, w_shape, b_shape,
     assert skinny_refusal(x, weight, bias) is not None
     with pytest.raises(ValueError, match=match):
         skinny_linear(x, weight, bias)
+
+
+def test_skinny_linear_refuses_strided_columns_a_strided_bias_and_mixed_dtypes():
+    x = randn(4, 32, dtype=torch.bfloat16, seed=22)
+    weight = randn(8, 16, dtype=torch.bfloat16, seed=23)
+    with pytest.raises(ValueError, match="contiguous columns"):
+        skinny_linear(x[:, ::2], weight)
+    with pytest.raises(ValueError, match="bias must be contiguous"):
+        skinny_linear(x[:, :16], weight, randn(16, dtype=torch.bfloat16, seed=24)[::2])
+    with pytest.raises(ValueError, match=r"x torch\.bfloat16, weight torch\.float16"):
+        skinny_linear(x[:, :16], weight.half())
+    with pytest.raises(ValueError, match=r"^skinny_silu_mul: "):
+        skinny_silu_mul(x[:, ::2], randn(8, 16, dtype=torch.bfloat16, seed=25))
 
 
 def test_skinny_silu_mul_needs_gate_and_up_halves():
@@ -115,18 +146,21 @@ def test_tiles_are_validated(field, value):
 
 
 def test_chosen_tiles_follow_the_sweep():
-    assert choose_skinny_tiles(4096, 14336) == SkinnyTiles(64, 256, 4, 5)
-    assert choose_skinny_tiles(4096, 14336, rows=32) == SkinnyTiles(64, 256, 4, 4)  # shared memory
-    assert choose_skinny_silu_tiles(14336, 4096) == SkinnyTiles(64, 128, 4, 5)
-    assert choose_skinny_tiles(40, 96).block_k == 128  # never past the row's next power of two
+    assert choose_skinny_tiles(14336) == SkinnyTiles(64, 256, 4, 5)
+    assert choose_skinny_tiles(14336, rows=32) == SkinnyTiles(64, 256, 4, 4)  # shared memory
+    assert choose_skinny_silu_tiles(4096) == SkinnyTiles(64, 128, 4, 5)
+    assert choose_skinny_tiles(96).block_k == 128  # never past the row's next power of two
 
 
 @pytest.mark.parametrize(
     "n, k, pays",
-    [(6144, 4096, True), (4096, 14336, True), (14336, 4096, True), (2048, 1536, True), (1536, 1536, True),
-     (1536, 8960, False), (8960, 1536, False), (151936, 1536, False)],
+    [(6144, 4096, True), (4096, 4096, True), (4096, 14336, True), (14336, 4096, True), (128256, 4096, True),
+     (2048, 1536, True), (1536, 1536, True), (1536, 8960, False), (8960, 1536, False), (151936, 1536, False),
+     (960, 576, False), (576, 576, False), (1536, 576, False), (576, 1536, False), (1152, 896, False)],
 )  # fmt: skip
 def test_skinny_pays_where_the_sweep_saw_it_win(n, k, pays):
+    """The 8B and 1.5B shapes as measured; SmolLM2-135M's and Qwen2.5-0.5B's weights unmeasured,
+    so cuBLAS."""
     assert skinny_pays(n, k, 8) is pays
     assert skinny_pays(n, k, PAYING_ROWS) is pays
 
