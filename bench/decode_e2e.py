@@ -317,11 +317,17 @@ def run_cell(
     torch.cuda.empty_cache()
 
 
+SINGLE_POLICY_ROWS = 8
+"""The batch of the single-policy steps speed-T7 compares the mixed batch with."""
+
+
 def run_mixed(
     model, name, context, per_policy, steps, bandwidth, results, overlap=True, profile_dir=None
 ) -> None:
     """speed-T7: ``per_policy`` requests of each policy (budget 4096 for the sparse ones), and the
-    step's fixed cost (weights, no context to speak of: full at 256 tokens, same batch size)."""
+    step's fixed cost (weights, no context to speak of: full at 256 tokens) at the mixed batch's
+    size and at 8 rows, the single-policy steps' size: the two differ where the linear layers run
+    other kernels at the two sizes (the skinny GEMM at 2-16 rows, cuBLAS above)."""
     mc = model.config
     specs = [(p, 0 if p == "full" else 4096) for p in POLICY_NAMES for _ in range(per_policy)]
     need = kv_pages_needed(mc, specs, context, steps)
@@ -331,14 +337,15 @@ def run_mixed(
         results[key] = {"fits": False, "need_gib": need * page_bytes_with_metadata(mc) / 2**30}
         print(f"mixed {name} {context} {per_policy} each: does not fit", flush=True)
         return
-    base_specs = [("full", 0)] * len(specs)
-    base_bench = DecodeBench(model, kv_pages_needed(mc, base_specs, 256, steps), len(specs), 64, overlap)
-    base = base_bench.run(base_specs, 256, steps)
-    base["floor_ms"] = floor_ms(weight_bytes(model, len(specs)), base, bandwidth)
-    results[f"mixed-base|{name}|256|{len(specs)}"] = base
-    del base_bench
-    gc.collect()
-    torch.cuda.empty_cache()
+    for rows in (len(specs), SINGLE_POLICY_ROWS):
+        base_specs = [("full", 0)] * rows
+        base_bench = DecodeBench(model, kv_pages_needed(mc, base_specs, 256, steps), rows, 64, overlap)
+        base = base_bench.run(base_specs, 256, steps)
+        base["floor_ms"] = floor_ms(weight_bytes(model, rows), base, bandwidth)
+        results[f"mixed-base|{name}|256|{rows}"] = base
+        del base_bench
+        gc.collect()
+        torch.cuda.empty_cache()
     pages_per_seq = -(-(context + steps + WARMUP_STEPS + PAGE_SIZE) // PAGE_SIZE)
     bench = DecodeBench(model, need, len(specs), pages_per_seq, overlap)
     profile_to = (
