@@ -1,6 +1,8 @@
 """Model shapes the benchmarks run with random bf16 weights, and HF ``generate`` on the same shape.
 
-``MODELS``: DeepScaleR / Qwen2.5-1.5B (``qwen1.5b``) and Llama-3.1-8B (``llama8b``) layer shapes.
+``MODELS``: DeepScaleR / Qwen2.5-1.5B (``qwen1.5b``) and Llama-3.1-8B (``llama8b``) layer shapes,
+and SmolLM2-135M (``smollm2``, the CPU default model's shape, as its GGUF declares it) for the
+kernel micro-benchmarks.
 """
 
 from __future__ import annotations
@@ -43,6 +45,21 @@ MODELS = {
         tie_word_embeddings=False,
         attention_bias=False,
         rope_scaling=RopeScaling(8.0, 1.0, 4.0, 8192),
+    ),
+    "smollm2": ModelConfig(
+        architecture="llama",
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_layers=30,
+        num_heads=9,
+        num_kv_heads=3,
+        head_dim=64,
+        rope_theta=1e5,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        attention_bias=False,
     ),
 }
 # The speed-T6 grid: dense and every sparse policy at two budgets (skipped where budget >= context).
