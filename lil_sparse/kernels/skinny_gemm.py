@@ -40,7 +40,13 @@ from lil_sparse.kernels.linear_operands import weight_refusal
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 
 MAX_ROWS = 32
-"""The most token rows one launch takes (rows pad to 16, or to 32 past 16)."""
+"""The most token rows one launch takes (rows pad to 16, or to 32 past 16: :func:`padded_rows`)."""
+
+
+def padded_rows(rows: int) -> int:
+    """The row count the kernel's dot runs for ``rows`` token rows: 16 (Triton's smallest dot) up
+    to 16 rows, else 32."""
+    return 16 if rows <= 16 else 32
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,10 @@ def choose_skinny_tiles(k: int, rows: int = 16) -> SkinnyTiles:
     :func:`choose_skinny_silu_tiles`). Past 16 rows (padded to 32) 4 stages, as 5 would not fit
     in shared memory (not swept)."""
     return SkinnyTiles(
-        block_n=64, block_k=min(256, triton.next_power_of_2(k)), warps=4, stages=5 if rows <= 16 else 4
+        block_n=64,
+        block_k=min(256, triton.next_power_of_2(k)),
+        warps=4,
+        stages=5 if padded_rows(rows) == 16 else 4,
     )
 
 
@@ -246,7 +255,7 @@ def _launch(
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     _skinny_gemm[(triton.cdiv(n, tiles.block_n),)](
         x, weight, weight if bias is None else bias, out, m, n, x.stride(0), weight.stride(0),
-        K=k, M_PAD=16 if m <= 16 else 32, HAS_BIAS=bias is not None, SILU_MUL=fuse_silu,
+        K=k, M_PAD=padded_rows(m), HAS_BIAS=bias is not None, SILU_MUL=fuse_silu,
         BLOCK_N=tiles.block_n, BLOCK_K=min(tiles.block_k, max(16, triton.next_power_of_2(k))),
         UPCAST=not x.is_cuda, DTYPE=TL_DTYPES[x.dtype], PDL=use_pdl(x), num_warps=tiles.warps,
         num_stages=tiles.stages, **launch_options(x),
