@@ -327,7 +327,8 @@ def run_mixed(
     """speed-T7: ``per_policy`` requests of each policy (budget 4096 for the sparse ones), and the
     step's fixed cost (weights, no context to speak of: full at 256 tokens) at the mixed batch's
     size and at 8 rows, the single-policy steps' size: the two differ where the linear layers run
-    other kernels at the two sizes (the skinny GEMM at 2-16 rows, cuBLAS above)."""
+    other kernels at the two sizes (the skinny GEMM at 2-16 rows and cuBLAS above until
+    2026-12-01 03:00 UTC; the skinny GEMM at both since)."""
     mc = model.config
     specs = [(p, 0 if p == "full" else 4096) for p in POLICY_NAMES for _ in range(per_policy)]
     need = kv_pages_needed(mc, specs, context, steps)

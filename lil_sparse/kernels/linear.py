@@ -1,5 +1,5 @@
 """Which kernel a linear layer of the fused model runs: one CUDA token row through the Triton
-GEMV of :mod:`lil_sparse.kernels.gemv` (a decode step at batch 1), 2 to 16 CUDA rows through the
+GEMV of :mod:`lil_sparse.kernels.gemv` (a decode step at batch 1), 2 to 32 CUDA rows through the
 skinny GEMM of :mod:`lil_sparse.kernels.skinny_gemm` on the weights where it beat cuBLAS
 (:func:`~lil_sparse.kernels.skinny_gemm.skinny_pays`), everything else through PyTorch (cuBLAS
 on CUDA), so callers need not know the row count.
@@ -34,7 +34,7 @@ def _skinny_takes(x: torch.Tensor, weight: torch.Tensor, n: int, bias: torch.Ten
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` that runs one CUDA row through :func:`gemv`, 2-16 CUDA rows through
+    """``F.linear`` that runs one CUDA row through :func:`gemv`, 2-32 CUDA rows through
     :func:`skinny_linear` where it pays, and everything else through PyTorch (cuBLAS).
     ``x: [T, K]``, ``weight: [N, K]``, ``bias: [N]`` or None -> ``[T, N]``."""
     if _one_cuda_row(x, weight, bias):
@@ -46,7 +46,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def gate_up_silu_mul(x: torch.Tensor, gate_up: torch.Tensor) -> torch.Tensor:
     """``silu(gate) * up`` of ``linear(x, gate_up)``: one kernel for one CUDA row
-    (:func:`gemv_silu_mul`) and for 2-16 where it pays (:func:`skinny_silu_mul`), ``F.linear``
+    (:func:`gemv_silu_mul`) and for 2-32 where it pays (:func:`skinny_silu_mul`), ``F.linear``
     then the SiLU-mul kernel for other CUDA rows, and plain PyTorch off CUDA. ``x: [T, K]``,
     ``gate_up: [2I, K]`` (gate rows first) -> ``[T, I]``."""
     if _one_cuda_row(x, gate_up):

@@ -1,7 +1,7 @@
 """Linear layers of a few token rows (``y = x @ W^T + b`` for ``x: [M, K]``, ``2 <= M <= 32``)
 as a weight-streaming Triton GEMM.
 
-A decode step at batch 2-16 reads each weight once for a handful of rows: still a matter of
+A decode step at batch 2-32 reads each weight once for a handful of rows: still a matter of
 bandwidth, not arithmetic (16 rows make 16 multiply-adds per weight element). cuBLAS picks
 tall-skinny tiles for it that leave bandwidth unused (H200 profile of the 8B batch-8 quest step,
 2026-12-01 01:34 UTC, PDL off: the gate/up GEMM 59.6 us, QKV 15.8, output 10.8 + a 1.7 us
@@ -18,7 +18,11 @@ split order (an atomic count). Slower everywhere it applied (H200, 2026-12-01 ab
 ``bench/skinny_micro.py --rows 8``, microseconds per call, split against none): 8B QKV 18.7 /
 15.8 (2 splits), output 14.1 / 10.9 (4), down 34.1 / 30.4 (4); end to end (``bench/decode_e2e.py``,
 8B/32k/batch 8, alternately, two rounds) dense 12.59 / 12.58 against 12.45 / 12.43 ms, Quest@4096
-7.41 / 7.42 against 7.25 / 7.25.
+7.41 / 7.42 against 7.25 / 7.25. Nor a bulk L2 prefetch of each program's first weight bytes
+before the PDL wait (``cp.async.bulk.prefetch.L2``, the first 2560 bytes, 8 KiB or whole rows
+of every program's rows; H200, 2026-12-01 about 03:12, ``bench/skinny_micro.py --rows 8``, two
+rounds): the 8B weights got slower at every size (QKV 16.0 against 18.0-24.3 us, output 10.8
+against 11.6-15.8, gate/up 57.0 against 64.1-92.4), the 1.5B QKV and output 0.3-0.4 us faster.
 
 Numerics: bf16/fp16 products summed in fp32 and rounded to the output dtype once, bias added
 in fp32 before that rounding, as cuBLAS does; only the order of the sum differs, so results
@@ -90,12 +94,18 @@ def choose_skinny_silu_tiles(k: int) -> SkinnyTiles:
     return SkinnyTiles(block_n=64, block_k=min(128, triton.next_power_of_2(k)), warps=4, stages=5)
 
 
-PAYING_ROWS = 16
-"""The most token rows :func:`skinny_pays` sends to the skinny GEMM. The sweep ran at 8 rows;
-up to 16 the kernel does the same work (rows pad to 16), and cuBLAS took within 0.5 us of its
-8-row time at 2, 4 and 16 rows on the 8B weights and within 1.1 us on the 1.5B ones (about
-01:36, beside a first tile choice), so the 8-row verdict is taken for 2-16. 17-32 rows run,
-but are not measured yet."""
+PAYING_ROWS = 32
+"""The most token rows :func:`skinny_pays` sends to the skinny GEMM: all it takes. The sweep ran
+at 8 rows; up to 16 the kernel does the same work (rows pad to 16). Past 16 (padded to 32, 4
+stages) it beat or matched cuBLAS on the same weights (H200, 2026-12-01 about 02:58 UTC,
+``bench/skinny_micro.py --rows 16,24,32``, us per call at 24 / 32 rows, cuBLAS against ours):
+8B output 13.7 / 11.5 and 14.0 / 11.6, down 32.7 / 32.0 and 33.2 / 32.2, gate/up with SiLU-mul
+59.0 / 59.1 and 59.7 / 59.2, QKV 15.9 / 16.3 and 16.3 / 16.7, LM head 255.3 / 248.6 and 254.8 /
+251.2; 1.5B QKV 5.9 / 5.4 and 5.8 / 5.4, output 5.4 / 5.1 both. End to end (``bench/decode_e2e.py``,
+16 against 32 alternately, two rounds in one process, about 03:00, printed output): the 8B/32k
+mixed batch (30 rows) 16.37 / 16.36 against 16.11 / 16.13 ms; at batch 32, 8B/4k dense 8.83 /
+8.83 against 8.52 / 8.54, 1.5B/4k dense 2.85 / 2.84 against 2.71 / 2.71, 1.5B/32k dense 8.68 /
+8.68 against 8.52 / 8.52 and quest@4096 4.94 / 4.95 against 4.84 / 4.83."""
 
 
 def skinny_pays(n: int, k: int, rows: int) -> bool:
@@ -111,9 +121,14 @@ def skinny_pays(n: int, k: int, rows: int) -> bool:
     - ``1536 <= k < 4096`` and ``1536 <= n < 4096``, the 1.5B QKV and output projections: 5.7 /
       5.0 and 5.3 / 4.9.
 
+    The 17-32-row figures are under :data:`PAYING_ROWS`.
+
     Everything else stays with cuBLAS: the 1.5B down projection (1536 x 8960: 11.5 / 17.0, too
-    few programs for its long rows) and gate/up (18.2 / 18.3), and the unmeasured small models'
-    weights (SmolLM2-135M's 576-column rows make 9-24 programs)."""
+    few programs for its long rows) and gate/up (18.2 / 18.3), and the small models' weights.
+    On SmolLM2-135M's the kernel won (``bench/skinny_micro.py --models smollm2 --rows 2,8,16``,
+    about 02:59: QKV 3.1 against 3.2-3.9 us, output 3.0 / 3.3, gate/up 4.1 / 5.8, down 4.1-4.3 /
+    4.8-5.0; its LM head lost, 21 / 16.6), but that model's steps are host-bound and its
+    end-to-end effect is not measured, so they stay with cuBLAS."""
     if not 2 <= rows <= PAYING_ROWS:
         return False
     return (k >= 4096 and n >= 4096) or (1536 <= k < 4096 and 1536 <= n < 4096)
