@@ -4,11 +4,12 @@ Random-weight bf16 models with real shapes (DeepScaleR/Qwen2.5-1.5B and Llama-3.
 engine's own decode step (:class:`ModelRunner` on the FlashInfer backend, CUDA graphs on) for a
 batch of sequences whose context is already in the KV cache (prefill is skipped: TBT does not
 depend on how the cache was filled; Quest/InfLLM metadata is random). One step = runner decode,
-greedy argmax and the host copy of the tokens, as the engine's step does. With ``--overlap`` (the
-default, as the engine runs on CUDA) the timed loop pipelines like the engine's overlap
-scheduling: step n+1 is launched on step n's argmax still on the device, before the host waits
-for step n's token copy (a CUDA event); ``--no-overlap`` times the serial loop. The JSON records
-which ran (``overlap``, per run and for the file).
+the sampler's greedy pick (argmax and its log-probability, ``Sampler.greedy``; before
+2026-12-01 03:40 UTC a bare ``argmax``) and the host copy of the tokens, as the engine's step
+does. With ``--overlap`` (the default, as the engine runs on CUDA) the timed loop pipelines like
+the engine's overlap scheduling: step n+1 is launched on step n's argmax still on the device,
+before the host waits for step n's token copy (a CUDA event); ``--no-overlap`` times the serial
+loop. The JSON records which ran (``overlap``, per run and for the file).
 
 The floor of a step is (weight bytes + KV bytes the step attends + selection metadata bytes) /
 the copy bandwidth measured in the same run. TBT is the median of ``--steps`` (>= 20)
@@ -56,6 +57,7 @@ from lil_sparse.models.config import ModelConfig
 from lil_sparse.models.transformer import CausalLM
 from lil_sparse.options import POLICY_NAMES, RequestOptions, SparseOptions
 from lil_sparse.policies import get_policy
+from lil_sparse.sampling import Sampler
 
 PAGE_SIZE = 16
 GRID_RUNS = [("full", 0)] + [(p, b) for b in (1024, 4096) for p in ("sink", "h2o", "quest", "infllm")]
@@ -161,7 +163,7 @@ class DecodeBench:
             start = time.perf_counter()
             logits = runner.decode(seqs)  # returns once the step's work is queued
             host_times.append(time.perf_counter() - start)
-            tokens = logits.argmax(dim=-1).tolist()
+            tokens = Sampler.greedy(logits)[0].tolist()
             for seq, token in zip(seqs, tokens, strict=True):
                 seq.output_token_ids.append(token)
 
@@ -174,7 +176,7 @@ class DecodeBench:
             previous = in_flight.pop() if in_flight else None
             logits = runner.decode(seqs, input_ids=None if previous is None else previous[0])
             host_times.append(time.perf_counter() - start)
-            tokens = logits.argmax(dim=-1)
+            tokens = Sampler.greedy(logits)[0]
             host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
             host.copy_(tokens, non_blocking=True)
             ready = torch.cuda.Event()

@@ -1,0 +1,111 @@
+"""Each row's argmax and log-sum-exp (:mod:`lil_sparse.kernels.row_argmax`) against
+``torch.argmax`` and ``log_softmax``, and the sampler's use of it.
+
+The argmax and the maximum must be exact (ties to the first index, NaN first, rows of -inf);
+``log_sum`` adds the same float32 terms in another order, so it must agree within a few ulps.
+Runs on CPU through Triton's interpreter (tests/conftest.py) and on CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from lil_sparse.kernels.row_argmax import BLOCK, argmax_logsumexp, argmax_logsumexp_reference
+from lil_sparse.sampling.sampler import Sampler, _Argmax
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def logits_of(rows: int, vocab: int, seed: int, scale: float = 4.0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(rows, vocab, generator=gen) * scale).to(DEVICE)
+
+
+def assert_matches_reference(logits: torch.Tensor) -> None:
+    token, row_max, log_sum = argmax_logsumexp(logits)
+    want_token, want_max, want_log_sum = argmax_logsumexp_reference(logits)
+    assert token.dtype == torch.int64 and row_max.dtype == log_sum.dtype == torch.float32
+    assert token.tolist() == want_token.tolist()
+    assert torch.equal(row_max.isnan(), want_max.isnan())
+    assert torch.equal(row_max.nan_to_num(), want_max.nan_to_num())
+    assert torch.equal(log_sum.isnan(), want_log_sum.isnan())
+    torch.testing.assert_close(log_sum.nan_to_num(), want_log_sum.nan_to_num(), rtol=4e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "rows, vocab", [(1, 1), (1, 7), (3, BLOCK), (2, BLOCK + 1), (4, 3 * BLOCK - 5), (2, 49152), (1, 151936)]
+)
+def test_random_rows_match_torch(rows, vocab):
+    assert_matches_reference(logits_of(rows, vocab, seed=rows * 1000 + vocab))
+
+
+def test_ties_take_the_first_index_across_and_within_chunks():
+    logits = logits_of(3, 3 * BLOCK, seed=1)
+    logits[0, [5, BLOCK + 3, 2 * BLOCK + 1]] = 50.0  # one per chunk: the first chunk's wins
+    logits[1, [BLOCK + 9, BLOCK + 2]] = 50.0  # two in one chunk: the lower index
+    logits[2] = 0.25  # every entry equal: index 0, log_sum = log(V)
+    token, _, log_sum = argmax_logsumexp(logits)
+    assert token.tolist() == [5, BLOCK + 2, 0]
+    assert log_sum[2].item() == pytest.approx(math.log(3 * BLOCK), rel=1e-6)
+    assert_matches_reference(logits)
+
+
+def test_nan_and_infinite_rows_follow_torch():
+    logits = logits_of(5, 2 * BLOCK + 10, seed=2)
+    logits[0, [BLOCK + 7, 2 * BLOCK + 1]] = float("nan")  # the first NaN is the argmax
+    logits[1] = float("-inf")  # all -inf: index 0, max -inf, log_sum NaN
+    logits[2, 3] = float("inf")  # +inf: its index, log_sum NaN
+    logits[3, : BLOCK + 4] = float("-inf")  # whole -inf chunks add nothing
+    logits[4, BLOCK:] = float("-inf")
+    token, row_max, log_sum = argmax_logsumexp(logits)
+    assert token.tolist()[:3] == [BLOCK + 7, 0, 3]
+    assert row_max[0].isnan() and row_max[1].item() == float("-inf") and row_max[2].item() == float("inf")
+    assert log_sum[:3].isnan().all() and not log_sum[3:].isnan().any()
+    assert_matches_reference(logits)
+
+
+def test_row_strides_are_read_as_given():
+    wide = logits_of(3, 2 * BLOCK, seed=3)
+    view = wide[:, 100 : 100 + BLOCK]  # rows 2 * BLOCK apart
+    assert_matches_reference(view)
+
+
+def test_refuses_what_it_cannot_read():
+    with pytest.raises(ValueError, match="float32"):
+        argmax_logsumexp(torch.zeros(2, 8, dtype=torch.bfloat16, device=DEVICE))
+    with pytest.raises(ValueError, match="contiguous columns"):
+        argmax_logsumexp(torch.zeros(8, 2, device=DEVICE).t())
+    with pytest.raises(ValueError, match="V >= 1"):
+        argmax_logsumexp(torch.zeros(2, 0, device=DEVICE))
+    token, _, _ = argmax_logsumexp(torch.zeros(0, 8, device=DEVICE))
+    assert token.shape == (0,)
+
+
+def test_log_probs_from_the_row_statistics_equal_log_softmax():
+    """The sampler's CUDA arithmetic, ``(x[t] - max) - log_sum`` and ``-log_sum`` at the argmax,
+    against ``log_softmax(...).gather`` (its CPU path), on rows whose statistics come from the
+    kernel (any device: the interpreter on CPU)."""
+    logits = logits_of(4, 3 * BLOCK + 17, seed=4)
+    logits[3] = float("-inf")
+    statistics = _Argmax(logits, *argmax_logsumexp(logits))
+    reference = _Argmax(logits, logits.argmax(dim=-1))
+    picks = torch.tensor([0, 17, 3 * BLOCK + 16, 5], device=DEVICE)
+    for got, want in ((statistics.log_probs(picks), reference.log_probs(picks)),
+                      (statistics.own_log_probs(), reference.own_log_probs())):  # fmt: skip
+        assert torch.equal(got.isnan(), want.isnan())
+        assert got[3].isnan()  # log_softmax of a row of -inf
+        torch.testing.assert_close(got[:3], want[:3], rtol=4e-6, atol=4e-6)
+    assert torch.equal(statistics.tokens, reference.tokens)
+
+
+def test_sampler_greedy_is_the_argmax_with_its_log_probability():
+    logits = logits_of(3, 5000, seed=5)
+    tokens, logprobs = Sampler.greedy(logits)
+    assert tokens.tolist() == logits.argmax(dim=-1).tolist()
+    want = logits.log_softmax(dim=-1).gather(-1, tokens.unsqueeze(1)).squeeze(1)
+    torch.testing.assert_close(logprobs, want, rtol=4e-6, atol=4e-6)
