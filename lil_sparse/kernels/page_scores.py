@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
+
 BLOCK_W = 32  # slots per program below 1024 slots (64 from there on): 32 x 2 x 128 bf16 = 16 KiB
 
 
@@ -43,7 +45,9 @@ def _page_scores(
     HEAD_DIM: tl.constexpr,
     BLOCK: tl.constexpr,
     BOUNDS: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_for_previous(PDL)
     row = tl.program_id(0)
     block = tl.program_id(1)
     dims = tl.arange(0, HEAD_DIM)
@@ -112,7 +116,9 @@ def _launch(
         HEAD_DIM=head_dim,
         BLOCK=block,
         BOUNDS=bounds,
+        PDL=use_pdl(q),
         num_warps=num_warps,
+        **launch_options(q),
     )
     return out
 

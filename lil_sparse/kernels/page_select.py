@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
+from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 from lil_sparse.kernels.radix_select import block_keys, block_layout, radix_pass, ranking_keys
 
 # Measured on the H200 (bench/select_micro.py, kernel time in a CUDA graph, 2026-11-30), before
@@ -81,7 +82,9 @@ def _select_pages(
     NUM_BLOCKS: tl.constexpr,
     RADIX: tl.constexpr,
     EARLY_EXIT: tl.constexpr,  # radix only: stop after the pass that settles the selected set
+    PDL: tl.constexpr,
 ):
+    wait_for_previous(PDL)
     row = tl.program_id(0)
     count = tl.load(count_ptr + row)
     row_scores = scores_ptr + (row // SHARE) * SHARE * scores_stride  # the sequence's first row
@@ -246,5 +249,7 @@ def select_pages(
         NUM_BLOCKS=num_blocks,
         RADIX=radix,
         EARLY_EXIT=early_exit,
+        PDL=use_pdl(scores),
         num_warps=num_warps or (8 if width > 1024 else 4),  # as when those rows were padded to >= 2048
+        **launch_options(scores),
     )

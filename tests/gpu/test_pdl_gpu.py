@@ -20,7 +20,7 @@ pytestmark = pytest.mark.gpu
 pytest.importorskip("flashinfer")
 
 
-@pytest.mark.parametrize("policy", ["full", "quest", "h2o"])
+@pytest.mark.parametrize("policy", ["full", "quest", "infllm", "h2o"])
 def test_pdl_steps_equal_plain_launches(policy, tiny_gqa2_dir, monkeypatch):
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("PDL needs compute capability 9.0")

@@ -20,9 +20,28 @@ import torch
 
 pytest.importorskip("triton")
 
-from lil_sparse.kernels import fused_layers, gemv, paged_decode, pdl, rotary_append, row_argmax, skinny_gemm
+from lil_sparse.kernels import (
+    fused_layers,
+    gemv,
+    page_scores,
+    page_select,
+    paged_decode,
+    pdl,
+    rotary_append,
+    row_argmax,
+    skinny_gemm,
+)
 
-KERNEL_MODULES = [fused_layers, gemv, paged_decode, rotary_append, row_argmax, skinny_gemm]
+KERNEL_MODULES = [
+    fused_layers,
+    gemv,
+    page_scores,
+    page_select,
+    paged_decode,
+    rotary_append,
+    row_argmax,
+    skinny_gemm,
+]
 
 
 def test_every_module_that_launches_with_pdl_is_checked():
