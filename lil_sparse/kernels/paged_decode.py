@@ -15,7 +15,11 @@ and the tiles, so a captured CUDA graph replays them for any page counts, readin
 ``indptr``/``indices``/``last_page_len`` on the device. Merging inside the first kernel (the last
 program of a row to arrive, counted by an atomic) took 11.2-11.6 us against 6.5 for the same
 kernel without the merge (H200, 2026-11-30, ad hoc variants, printed output): one program reading
-every split's partial is slower than a second launch.
+every split's partial is slower than a second launch. Nor does loading a split's first loop step
+of pages before the PDL wait (page ids and K/V are written before the step's graph, but for the
+newest token, reloaded after the wait): the 1.5B batch-1 4k dense step took 1.27 ms with it
+against 1.22 without, three rounds alternately (H200, 2026-12-01 about 03:26 UTC, ad hoc
+variant, ``bench/decode_e2e.py``, printed output).
 
 Numerics: scores ``q . k`` in fp32 (exact products of the bf16 inputs) scaled by
 ``log2(e) / sqrt(D)``; the probabilities stay fp32 for the ``P V`` product, which runs in tf32
