@@ -4,12 +4,13 @@ Random-weight bf16 models with real shapes (DeepScaleR/Qwen2.5-1.5B and Llama-3.
 engine's own decode step (:class:`ModelRunner` on the FlashInfer backend, CUDA graphs on) for a
 batch of sequences whose context is already in the KV cache (prefill is skipped: TBT does not
 depend on how the cache was filled; Quest/InfLLM metadata is random). One step = runner decode,
-the sampler's greedy pick (argmax and its log-probability, ``Sampler.greedy``; before
-2026-12-01 03:40 UTC a bare ``argmax``) and the host copy of the tokens, as the engine's step
-does. With ``--overlap`` (the default, as the engine runs on CUDA) the timed loop pipelines like
-the engine's overlap scheduling: step n+1 is launched on step n's argmax still on the device,
-before the host waits for step n's token copy (a CUDA event); ``--no-overlap`` times the serial
-loop. The JSON records which ran (``overlap``, per run and for the file).
+the sampler's greedy pick (argmax and its log-probability, ``Sampler.greedy``; a bare ``argmax``
+before commit 6c7cfc8, whose first report run is that of 2026-12-01 03:08-03:11 UTC) and the host
+copy of the tokens, as the engine's step does. With ``--overlap`` (the default, as the engine
+runs on CUDA) the timed loop pipelines like the engine's overlap scheduling: step n+1 is launched
+on step n's argmax still on the device, before the host waits for step n's token copy (a CUDA
+event); ``--no-overlap`` times the serial loop. The JSON records which ran (``overlap``, per run
+and for the file).
 
 The floor of a step is (weight bytes + KV bytes the step attends + selection metadata bytes) /
 the copy bandwidth measured in the same run. TBT is the median of ``--steps`` (>= 20)

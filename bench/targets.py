@@ -176,7 +176,8 @@ def report(parts: list[dict], engine: dict | None, lines: list[str]) -> str:
                 f"(p90 {r['p90_ms']:.3f}) over {r['steps']} steps"
             )
     out += [
-        "- TBT (runner runs): median wall time of >= 20 runner decode steps (decode + argmax + host copy"
+        "- TBT (runner runs): median wall time of >= 20 runner decode steps (decode + the sampler's greedy"
+        " pick, argmax and its log-probability (a bare argmax before commit 6c7cfc8) + host copy"
         " of the tokens; pipelined runs launch step n+1 before waiting for step n's copy, as the engine's"
         " overlap scheduling does) after 4 warm-up steps, random-weight bf16 models, CUDA graphs on;"
         " host ms: the median time of the runner's decode call alone (host work until the step is"

@@ -1,5 +1,5 @@
 """bench/targets.py's speed-T7 (a mixed batch against its rows' single-policy costs), by hand and
-against the committed report."""
+against the committed report, and that report as a whole against what bench/targets.py writes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.targets import t7_line, t7_ratio
+from bench.targets import evaluate, report, t7_line, t7_ratio
 
 REPORT = Path(__file__).resolve().parents[2] / "docs" / "bench" / "decode_targets_llama8b.json"
 POLICIES = ("full", "sink", "h2o", "quest", "infllm")
@@ -63,3 +63,19 @@ def test_the_committed_report_prints_the_t7_line_its_json_gives():
     assert printed == [t7_line(report, None)]
     assert printed[0].startswith("TARGET MET speed-T7 16.31 ms = 1.03x the rows' single-policy costs")
     assert "(15.86 ms from the five batch-8 steps" in printed[0]
+
+
+def test_the_committed_report_is_what_bench_targets_writes_from_its_json():
+    """docs/bench/decode_targets.md, every line (header, target lines, the table), is
+    ``bench/targets.py --out`` over the committed JSON files in the report's order: a hand edit
+    or a generator change that the report does not carry fails here."""
+    bench_dir = REPORT.parent
+    parts = [
+        dict(json.loads((bench_dir / name).read_text()), results_file=name)
+        for name in ("decode_targets_qwen1.5b.json", "decode_targets_llama8b.json")
+    ]
+    engine = json.loads((bench_dir / "decode_targets_engine_step.json").read_text())
+    runs = {key: value for part in parts for key, value in part["runs"].items()}
+    written = report(parts, engine, evaluate(runs, engine))
+    assert written == (bench_dir / "decode_targets.md").read_text()
+    assert "(decode + the sampler's greedy pick, argmax and its log-probability" in written
