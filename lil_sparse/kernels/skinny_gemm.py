@@ -97,8 +97,9 @@ def choose_skinny_silu_tiles(k: int) -> SkinnyTiles:
 PAYING_ROWS = 32
 """The most token rows :func:`skinny_pays` sends to the skinny GEMM: all it takes. The sweep ran
 at 8 rows; up to 16 the kernel does the same work (rows pad to 16). Past 16 (padded to 32, 4
-stages) it beat or matched cuBLAS on the same weights (H200, 2026-12-01 about 02:58 UTC,
-``bench/skinny_micro.py --rows 16,24,32``, us per call at 24 / 32 rows, cuBLAS against ours):
+stages) it beat or matched cuBLAS on the same weights but the 8B QKV, 0.4 us slower (H200,
+2026-12-01 about 02:58 UTC, ``bench/skinny_micro.py --rows 16,24,32``, us per call at 24 / 32
+rows, cuBLAS against ours):
 8B output 13.7 / 11.5 and 14.0 / 11.6, down 32.7 / 32.0 and 33.2 / 32.2, gate/up with SiLU-mul
 59.0 / 59.1 and 59.7 / 59.2, QKV 15.9 / 16.3 and 16.3 / 16.7, LM head 255.3 / 248.6 and 254.8 /
 251.2; 1.5B QKV 5.9 / 5.4 and 5.8 / 5.4, output 5.4 / 5.1 both. End to end (``bench/decode_e2e.py``,
