@@ -69,6 +69,21 @@ def test_nan_and_infinite_rows_follow_torch():
     assert_matches_reference(logits)
 
 
+def test_a_rows_results_do_not_depend_on_its_batch():
+    """Batch invariance, which the sampler promises (a row's token and log-probability are the
+    same alone as beside any mates, :class:`~lil_sparse.engine.step_sampler.StepSampler` relies on
+    it): each row's outputs equal, bit for bit, those of the row launched alone."""
+    logits = logits_of(4, 2 * BLOCK + 33, seed=6)
+    logits[1, BLOCK + 2] = float("nan")
+    logits[2] = float("-inf")
+    batch = argmax_logsumexp(logits)
+    for row in range(4):
+        alone = argmax_logsumexp(logits[row : row + 1])
+        for got, want in zip(alone, batch, strict=True):
+            assert torch.equal(got.nan_to_num(), want[row : row + 1].nan_to_num())
+            assert torch.equal(got.isnan(), want[row : row + 1].isnan())
+
+
 def test_row_strides_are_read_as_given():
     wide = logits_of(3, 2 * BLOCK, seed=3)
     view = wide[:, 100 : 100 + BLOCK]  # rows 2 * BLOCK apart
