@@ -16,6 +16,8 @@ import torch
 pytest.importorskip("triton")
 
 from lil_sparse.kernels.row_argmax import BLOCK, argmax_logsumexp, argmax_logsumexp_reference
+from lil_sparse.options import SamplingOptions
+from lil_sparse.sampling import SamplingParams
 from lil_sparse.sampling.sampler import Sampler, _Argmax
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -119,8 +121,13 @@ def test_log_probs_from_the_row_statistics_equal_log_softmax():
 
 
 def test_sampler_greedy_is_the_argmax_with_its_log_probability():
+    """On CUDA through the kernels, on CPU through torch; either way what :meth:`Sampler.sample`
+    returns for an all-greedy batch, bit for bit, as its docstring says."""
     logits = logits_of(3, 5000, seed=5)
     tokens, logprobs = Sampler.greedy(logits)
     assert tokens.tolist() == logits.argmax(dim=-1).tolist()
     want = logits.log_softmax(dim=-1).gather(-1, tokens.unsqueeze(1)).squeeze(1)
     torch.testing.assert_close(logprobs, want, rtol=4e-6, atol=4e-6)
+    params = SamplingParams.from_options([SamplingOptions()] * 3, device=DEVICE, positions=[0] * 3)
+    sampled_tokens, sampled_logprobs = Sampler().sample(logits, params, params.positions)
+    assert torch.equal(sampled_tokens, tokens) and torch.equal(sampled_logprobs, logprobs)
