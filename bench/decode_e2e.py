@@ -5,7 +5,7 @@ engine's own decode step (:class:`ModelRunner` on the FlashInfer backend, CUDA g
 batch of sequences whose context is already in the KV cache (prefill is skipped: TBT does not
 depend on how the cache was filled; Quest/InfLLM metadata is random). One step = runner decode,
 the sampler's greedy pick (argmax and its log-probability, ``Sampler.greedy``; a bare ``argmax``
-before commit 6c7cfc8, whose first report run is that of 2026-12-01 03:08-03:11 UTC) and the host
+before commit 6c7cfc8, whose first report run is that of 2026-12-01 03:10-03:12 UTC) and the host
 copy of the tokens, as the engine's step does. With ``--overlap`` (the default, as the engine
 runs on CUDA) the timed loop pipelines like the engine's overlap scheduling: step n+1 is launched
 on step n's argmax still on the device, before the host waits for step n's token copy (a CUDA
@@ -331,7 +331,7 @@ def run_mixed(
     step's fixed cost (weights, no context to speak of: full at 256 tokens) at the mixed batch's
     size and at 8 rows, the single-policy steps' size: the two differ where the linear layers run
     other kernels at the two sizes (the skinny GEMM at 2-16 rows and cuBLAS above until
-    2026-12-01 03:00 UTC; the skinny GEMM at both since)."""
+    2026-12-01 02:54 UTC; the skinny GEMM at both since)."""
     mc = model.config
     specs = [(p, 0 if p == "full" else 4096) for p in POLICY_NAMES for _ in range(per_policy)]
     need = kv_pages_needed(mc, specs, context, steps)

@@ -18,7 +18,7 @@ kernel without the merge (H200, 2026-11-30, ad hoc variants, printed output): on
 every split's partial is slower than a second launch. Nor does loading a split's first loop step
 of pages before the PDL wait (page ids and K/V are written before the step's graph, but for the
 newest token, reloaded after the wait): the 1.5B batch-1 4k dense step took 1.27 ms with it
-against 1.22 without, three rounds alternately (H200, 2026-12-01 about 03:26 UTC, ad hoc
+against 1.22 without, three rounds alternately (H200, 2026-12-01 about 03:15 UTC, ad hoc
 variant, ``bench/decode_e2e.py``, printed output).
 
 Numerics: scores ``q . k`` in fp32 (exact products of the bf16 inputs) scaled by

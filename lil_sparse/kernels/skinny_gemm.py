@@ -20,7 +20,7 @@ split order (an atomic count). Slower everywhere it applied (H200, 2026-12-01 ab
 8B/32k/batch 8, alternately, two rounds) dense 12.59 / 12.58 against 12.45 / 12.43 ms, Quest@4096
 7.41 / 7.42 against 7.25 / 7.25. Nor a bulk L2 prefetch of each program's first weight bytes
 before the PDL wait (``cp.async.bulk.prefetch.L2``, the first 2560 bytes, 8 KiB or whole rows
-of every program's rows; H200, 2026-12-01 about 03:12, ``bench/skinny_micro.py --rows 8``, two
+of every program's rows; H200, 2026-12-01 about 02:56, ``bench/skinny_micro.py --rows 8``, two
 rounds): the 8B weights got slower at every size (QKV 16.0 against 18.0-24.3 us, output 10.8
 against 11.6-15.8, gate/up 57.0 against 64.1-92.4), the 1.5B QKV and output 0.3-0.4 us faster.
 
@@ -98,12 +98,12 @@ PAYING_ROWS = 32
 """The most token rows :func:`skinny_pays` sends to the skinny GEMM: all it takes. The sweep ran
 at 8 rows; up to 16 the kernel does the same work (rows pad to 16). Past 16 (padded to 32, 4
 stages) it beat or matched cuBLAS on the same weights but the 8B QKV, 0.4 us slower (H200,
-2026-12-01 about 02:58 UTC, ``bench/skinny_micro.py --rows 16,24,32``, us per call at 24 / 32
+2026-12-01 about 02:53 UTC, ``bench/skinny_micro.py --rows 16,24,32``, us per call at 24 / 32
 rows, cuBLAS against ours):
 8B output 13.7 / 11.5 and 14.0 / 11.6, down 32.7 / 32.0 and 33.2 / 32.2, gate/up with SiLU-mul
 59.0 / 59.1 and 59.7 / 59.2, QKV 15.9 / 16.3 and 16.3 / 16.7, LM head 255.3 / 248.6 and 254.8 /
 251.2; 1.5B QKV 5.9 / 5.4 and 5.8 / 5.4, output 5.4 / 5.1 both. End to end (``bench/decode_e2e.py``,
-16 against 32 alternately, two rounds in one process, about 03:00, printed output): the 8B/32k
+16 against 32 alternately, two rounds in one process, about 02:54, printed output): the 8B/32k
 mixed batch (30 rows) 16.37 / 16.36 against 16.11 / 16.13 ms; at batch 32, 8B/4k dense 8.83 /
 8.83 against 8.52 / 8.54, 1.5B/4k dense 2.85 / 2.84 against 2.71 / 2.71, 1.5B/32k dense 8.68 /
 8.68 against 8.52 / 8.52 and quest@4096 4.94 / 4.95 against 4.84 / 4.83."""
@@ -127,7 +127,7 @@ def skinny_pays(n: int, k: int, rows: int) -> bool:
     Everything else stays with cuBLAS: the 1.5B down projection (1536 x 8960: 11.5 / 17.0, too
     few programs for its long rows) and gate/up (18.2 / 18.3), and the small models' weights.
     On SmolLM2-135M's the kernel won (``bench/skinny_micro.py --models smollm2 --rows 2,8,16``,
-    about 02:59: QKV 3.1 against 3.2-3.9 us, output 3.0 / 3.3, gate/up 4.1 / 5.8, down 4.1-4.3 /
+    about 02:53: QKV 3.1 against 3.2-3.9 us, output 3.0 / 3.3, gate/up 4.1 / 5.8, down 4.1-4.3 /
     4.8-5.0; its LM head lost, 21 / 16.6), but that model's steps are host-bound and its
     end-to-end effect is not measured, so they stay with cuBLAS."""
     if not 2 <= rows <= PAYING_ROWS:

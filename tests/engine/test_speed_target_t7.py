@@ -53,7 +53,7 @@ def test_t7_line_without_an_8_row_fixed_cost_takes_one_fixed_cost_for_both():
 
 def test_the_committed_report_prints_the_t7_line_its_json_gives():
     """docs/bench/decode_targets.md's speed-T7 line is what bench/targets.py computes from the
-    committed JSON (the 2026-12-01 03:08 report: 1.03x, each batch size's own fixed cost)."""
+    committed JSON (the 2026-12-01 03:10 report: 1.03x, each batch size's own fixed cost)."""
     report = json.loads(REPORT.read_text())["runs"]
     printed = [
         line.strip()
