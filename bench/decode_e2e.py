@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 
 from bench.common import copy_bandwidth_gbs, device_line, settle_cuda_graphs
+from bench.kernel_timeline import format_timeline, kernel_spans, summarize
 from bench.model_shapes import MODELS, hf_tbt_ms, random_model, weight_bytes
 from lil_sparse.attention.flashinfer_backend import FlashInferBackend
 from lil_sparse.config import SELECTION_MODES, EngineConfig
@@ -251,6 +252,9 @@ def profile_step(step, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
     print(table[:6000], flush=True)
+    timeline = format_timeline(summarize(kernel_spans(prof.events())), steps=3)
+    out.with_name(out.stem + "_timeline.txt").write_text(timeline)
+    print(timeline[:3000], flush=True)
 
 
 def kv_pages_needed(mc: ModelConfig, specs: list[tuple[str, int]], context: int, steps: int) -> int:
