@@ -64,19 +64,16 @@ def summarize(spans: Iterable[KernelSpan]) -> Timeline:
     if not ordered:
         return Timeline(0.0, 0.0, 0.0, 0.0, ())
     busy = 0.0
-    covered_to = ordered[0].start
-    latest_end = None
+    latest_end = ordered[0].start  # the latest end of the kernels so far (the first has gap 0)
     stats: dict[str, list[float]] = {}  # name -> [calls, total duration, total gap]
     for span in ordered:
-        gap = 0.0 if latest_end is None else span.start - latest_end
         row = stats.setdefault(span.name, [0, 0.0, 0.0])
         row[0] += 1
         row[1] += span.end - span.start
-        row[2] += gap
-        busy += max(0.0, span.end - max(span.start, covered_to))
-        covered_to = max(covered_to, span.end)
-        latest_end = span.end if latest_end is None else max(latest_end, span.end)
-    span_us = max(s.end for s in ordered) - ordered[0].start
+        row[2] += span.start - latest_end
+        busy += max(0.0, span.end - max(span.start, latest_end))
+        latest_end = max(latest_end, span.end)
+    span_us = latest_end - ordered[0].start
     rows = tuple(
         KernelRow(name, int(calls), total / calls, gaps / calls)
         for name, (calls, total, gaps) in sorted(stats.items(), key=lambda item: -item[1][1])
