@@ -4,8 +4,17 @@ A decode step's forward is fixed-shape once its page tables have a fixed width: 
 buckets the width (:meth:`ModelRunner.width_bucket`), policies take a fixed
 top-k size, and page ids are packed with padded, static-length positions
 (:attr:`DecodeLayout.padded_positions`). So a graph captured for one *step shape* serves every
-later step of that shape; before each replay the step's inputs are copied into the graph's
-static tensors and FlashInfer is planned (outside the graph) into the buffers the graph reads.
+later step of that shape. The token ids, positions, write slots and page tables are written
+before each replay straight into the tensors the graphs of that batch size and width read
+(:meth:`DecodeGraphs.input_buffers`); the step's other inputs are copied into the graph's static
+tensors, and FlashInfer is planned (outside the graph) into the buffers the graph reads.
+
+Measured on the H200 (2026-12-01, 04:34 UTC, ``bench/decode_e2e.py`` at the 1.5B shape, 4k
+tokens, dense, the three ways alternating in one process, two rounds of each of the benchmark's
+two runs): the inputs by six PyTorch ops and four copies before the replay 1.223-1.230 ms per
+step at batch 1 and 1.965-1.969 at batch 8; by the inputs kernel
+(:mod:`lil_sparse.kernels.decode_inputs`) and the copies 1.202-1.205 and 1.944-1.946; by the
+kernel into the graphs' own tensors 1.179-1.183 and 1.879-1.882.
 
 The step shape (the graph key) is: batch size (padded to a bucket by the runner), width bucket,
 which layout each layer uses, the metadata flag, per policy group (policy, rows, top-k
@@ -31,6 +40,7 @@ from lil_sparse.kv import KVCache
 from lil_sparse.models.transformer import CausalLM
 
 MAX_GRAPHS = 64  # captured step shapes kept; a new one beyond this evicts the least recently used
+MAX_INPUT_SETS = 16  # (batch, width) input tensor sets kept; evicting one drops the graphs that read it
 CAPTURE_AFTER = 2  # a shape is captured the second time it is seen: one-off shapes never pay for it
 GroupTensors = ("rows", "table", "held", "select_count", "sink_pages", "recent_pages", "dense_layers")
 
@@ -91,8 +101,10 @@ class DecodeStep:
                 out.extend((group.batch.layout.counts, group.batch.layout.last_page_len))
         return out
 
-    def static_copy(self) -> DecodeStep:
-        """A copy whose tensors the graph owns (same shapes, fresh storage)."""
+    def static_copy(self, shared_inputs: bool = False) -> DecodeStep:
+        """A copy whose tensors the graph owns (same shapes, fresh storage); with
+        ``shared_inputs`` the copy keeps this step's ``input_ids``, ``positions``, ``write_slots``
+        and ``base_page_ids`` (:meth:`DecodeGraphs.input_buffers`, written before every replay)."""
         layouts = {
             id(layout): replace(layout, padded_positions=layout.padded_positions.clone())  # type: ignore[union-attr]
             for layout in self.distinct_layouts()
@@ -111,11 +123,24 @@ class DecodeStep:
                 batch = replace(batch, layout=layout)
             copy = replace(group, batch=batch)  # __post_init__ recomputes newest / newest_at from the clones
             groups.append(copy)
+        ids, positions, write_slots, base = (
+            self.input_ids,
+            self.positions,
+            self.write_slots,
+            self.base_page_ids,
+        )
+        if not shared_inputs:
+            ids, positions, write_slots, base = (
+                ids.clone(),
+                positions.clone(),
+                write_slots.clone(),
+                base.clone(),
+            )
         return DecodeStep(
-            self.input_ids.clone(),
-            self.positions.clone(),
-            self.write_slots.clone(),
-            self.base_page_ids.clone(),
+            ids,
+            positions,
+            write_slots,
+            base,
             [layouts[id(layout)] for layout in self.layer_layouts],
             groups,
             self.update_metadata,
@@ -133,12 +158,13 @@ class CapturedStep:
     sources: list[torch.Tensor | None] = field(default_factory=list)
 
     def load(self, step: DecodeStep) -> None:
-        """Copy ``step``'s inputs into the static ones (skipping those already there)."""
+        """Copy ``step``'s inputs into the static ones (skipping those already there, and those
+        that are the static ones: :meth:`DecodeGraphs.input_buffers`)."""
         fresh_tensors = step.tensors()
         if not self.sources:
             self.sources = [None] * len(fresh_tensors)
         for index, (static, fresh) in enumerate(zip(self.step.tensors(), fresh_tensors, strict=True)):
-            if fresh is not self.sources[index]:
+            if fresh is not static and fresh is not self.sources[index]:
                 static.copy_(fresh)
                 self.sources[index] = fresh
 
@@ -159,6 +185,8 @@ class DecodeGraphs:
         self.backend = backend
         self.num_kv_heads = num_kv_heads
         self.captured: OrderedDict[tuple[object, ...], CapturedStep] = OrderedDict()  # LRU order
+        # (batch, width) -> (input_ids, positions, write_slots, base_page_ids), LRU order
+        self.inputs: OrderedDict[tuple[int, int], tuple[torch.Tensor, ...]] = OrderedDict()
         self.seen: dict[tuple[object, ...], int] = {}
         self.replays = 0  # steps that replayed a graph
         self.eager_steps = 0  # steps that ran eagerly (first sight of a shape, capture included)
@@ -193,6 +221,36 @@ class DecodeGraphs:
         captured.graph.replay()
         self.replays += 1
         return captured.logits
+
+    def input_buffers(
+        self, padded: int, width: int, dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The input tensors of every step of ``padded`` rows and table ``width``: ``(input_ids
+        [B] int64, positions [B] int64, write_slots [B, Hkv] int64, base_page_ids [B * Hkv,
+        width] dtype)``. The runner writes a step's inputs into them
+        (:func:`~lil_sparse.engine.decode_inputs.build_decode_inputs`) and the graphs captured
+        for that shape read them in place, so a replay copies none of the four. At most
+        :data:`MAX_INPUT_SETS` sets are kept; dropping the least recently used set drops the
+        graphs that read it."""
+        key = (padded, width)
+        buffers = self.inputs.get(key)
+        if buffers is not None:
+            self.inputs.move_to_end(key)
+            return buffers  # type: ignore[return-value]
+        if len(self.inputs) >= MAX_INPUT_SETS:
+            dropped, _ = self.inputs.popitem(last=False)
+            for graph_key in [k for k in self.captured if k[:2] == dropped]:
+                del self.captured[graph_key]
+                self.evictions += 1
+        heads = self.num_kv_heads
+        buffers = (
+            torch.empty(padded, dtype=torch.long, device=device),
+            torch.empty(padded, dtype=torch.long, device=device),
+            torch.empty(padded, heads, dtype=torch.long, device=device),
+            torch.empty(padded * heads, width, dtype=dtype, device=device),
+        )
+        self.inputs[key] = buffers
+        return buffers
 
     def stats(self) -> dict[str, int]:
         """``replays``, ``eager_steps``, ``captures``, ``evictions`` so far and ``cached`` graphs."""
@@ -232,7 +290,8 @@ class DecodeGraphs:
         # The eager run is this step's real work and the warm-up capture needs (cuBLAS handles,
         # FlashInfer modules). Capture records without executing, so nothing is written twice.
         logits = self._forward(step)
-        static = step.static_copy()
+        shared = self.inputs.get((step.input_ids.shape[0], step.base_page_ids.shape[1]))
+        static = step.static_copy(shared_inputs=shared is not None and step.input_ids is shared[0])
         for static_layout, layout in zip(static.distinct_layouts(), step.distinct_layouts(), strict=True):
             self.backend.alias_layout(static_layout, layout)
         # The base pages must count as packed from the static base, so that base layers inside

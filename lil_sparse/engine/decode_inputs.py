@@ -1,7 +1,9 @@
 """A decode step's flat device inputs, built from the scheduled sequences with one host copy.
 
-Per sequence the host knows a few integers (last token, position, slot, newest page, offset in
-it); they go up in one non-blocking copy, and every page index is derived on the device.
+Per sequence the host knows a few integers (last token, position, block-table slot, newest
+page, offset in it); they go up in one non-blocking copy, and every page index is derived on the
+device: on CUDA by one Triton kernel (:mod:`lil_sparse.kernels.decode_inputs`), which can write
+straight into a captured graph's input tensors, elsewhere by :func:`decode_inputs_reference`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from lil_sparse.engine.sequence import Sequence
+from lil_sparse.kernels import TRITON_AVAILABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,7 @@ def build_decode_inputs(
     num_kv_heads: int,
     device: torch.device,
     input_ids: torch.Tensor | None = None,
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> DecodeInputs:
     """The inputs of a decode step over ``seqs`` padded to ``padded`` rows.
 
@@ -49,16 +53,14 @@ def build_decode_inputs(
     step's table width (``ModelRunner.width_bucket``). ``input_ids``: ``[len(seqs)] int64`` on
     ``device``, the tokens to feed when the host does not hold them yet (overlap scheduling: the
     previous step's sampled tokens, still on the device); None feeds ``s.last_token_id``.
-    Nothing here waits for the device.
+    ``out``: tensors to write ``(input_ids, positions, write_slots, base)`` into, shaped as
+    :class:`DecodeInputs` has them (a captured graph's inputs: CUDA only); the returned inputs
+    are then those tensors. Nothing here waits for the device.
     """
-    heads = num_kv_heads
     count = len(seqs)
     pad = padded - count
     offsets = [s.next_position % page_size for s in seqs] + [0] * pad
-    last_page_len_host = tuple(offset + 1 for offset in offsets for _ in range(heads))
-    # One host-to-device copy: input ids, positions, slots, newest page index and offset per
-    # sequence (padding rows: token 0 at position 0, newest page 0), then last_page_len per
-    # row. Everything else is derived on the device in a few kernels.
+    last_page_len_host = tuple(offset + 1 for offset in offsets for _ in range(num_kv_heads))
     no_pad = [0] * pad
     host = (
         ([s.last_token_id for s in seqs] if input_ids is None else [0] * count)
@@ -66,24 +68,57 @@ def build_decode_inputs(
         + [s.next_position for s in seqs]
         + no_pad
         + [s.slot for s in seqs]
+        + [-1] * pad
         + [s.held_pages - 1 for s in seqs]
         + no_pad
         + offsets
-        + list(last_page_len_host)
     )
-    values = torch.tensor(host, dtype=torch.long).to(device, non_blocking=True)
-    if input_ids is not None:  # device to device, into the fresh buffer: no sync
-        values[:count].copy_(input_ids)
-    ids, positions = values[:padded], values[padded : 2 * padded]
-    slots = values[2 * padded : 2 * padded + count]
-    newest_index = values[2 * padded + count : 3 * padded + count]
-    offsets_dev = values[3 * padded + count : 4 * padded + count]
-    last_page_len = values[4 * padded + count :].to(torch.int32)
-    base = table[slots, :, :width]  # [count, Hkv, width] int32
-    if pad:
-        scratch = torch.full((pad, heads, width), scratch_page, dtype=base.dtype, device=device)
+    fields = torch.tensor(host, dtype=torch.long).view(5, padded).to(device, non_blocking=True)
+    args = (fields, table, width, page_size, scratch_page, count)
+    if not (table.is_cuda and TRITON_AVAILABLE):
+        if out is not None:
+            raise ValueError("build_decode_inputs: out is for CUDA steps (the Triton kernel writes it)")
+        return decode_inputs_reference(*args, input_ids, last_page_len_host)
+    from lil_sparse.kernels.decode_inputs import decode_inputs
+
+    if out is None:
+        out = (
+            torch.empty(padded, dtype=torch.long, device=device),
+            torch.empty(padded, dtype=torch.long, device=device),
+            torch.empty(padded, num_kv_heads, dtype=torch.long, device=device),
+            torch.empty(padded * num_kv_heads, width, dtype=table.dtype, device=device),
+        )
+    last_page_len = decode_inputs(*args, out, input_ids)
+    return DecodeInputs(*out, last_page_len, last_page_len_host)
+
+
+def decode_inputs_reference(
+    fields: torch.Tensor,
+    table: torch.Tensor,
+    width: int,
+    page_size: int,
+    scratch_page: int,
+    count: int,
+    input_ids: torch.Tensor | None = None,
+    last_page_len_host: tuple[int, ...] = (),
+) -> DecodeInputs:
+    """:func:`lil_sparse.kernels.decode_inputs.decode_inputs` in PyTorch (the reference, and the
+    path off CUDA), from the same ``fields: [5, P] int64`` (token id, position, block-table slot
+    or -1 for padding, newest page index, offset in it; padding rows last)."""
+    padded = fields.shape[1]
+    heads = table.shape[1]
+    ids = fields[0].clone()
+    if input_ids is not None:
+        ids[:count].copy_(input_ids)
+    base = table[fields[2, :count], :, :width]  # [count, Hkv, width]
+    if padded > count:
+        scratch = torch.full(
+            (padded - count, heads, width), scratch_page, dtype=base.dtype, device=base.device
+        )
         base = torch.cat([base, scratch])
-    newest = base.gather(2, newest_index.view(padded, 1, 1).expand(padded, heads, 1))  # [B, Hkv, 1]
-    write_slots = newest.squeeze(2).long() * page_size + offsets_dev.unsqueeze(1)  # [B, Hkv]
-    base = base.reshape(padded * heads, width)
-    return DecodeInputs(ids, positions, write_slots, base, last_page_len, last_page_len_host)
+    newest = base.gather(2, fields[3].view(padded, 1, 1).expand(padded, heads, 1))  # [B, Hkv, 1]
+    write_slots = newest.squeeze(2).long() * page_size + fields[4].unsqueeze(1)  # [B, Hkv]
+    last_page_len = (fields[4] + 1).repeat_interleave(heads).to(torch.int32)
+    return DecodeInputs(
+        ids, fields[1], write_slots, base.reshape(padded * heads, width), last_page_len, last_page_len_host
+    )

@@ -194,8 +194,21 @@ class ModelRunner:
         padded = self.batch_bucket(count) if self.pad_batches else count
         width = self.width_bucket(max(s.held_pages for s in seqs))
         table, scratch = self.pages.table.table, self.kv.scratch_page
+        # A graph step writes its inputs into the tensors its graphs read (no copies before replay).
+        out = None
+        if self.graphs is not None and TRITON_AVAILABLE:
+            out = self.graphs.input_buffers(padded, width, table.dtype, self.device)
         inputs = build_decode_inputs(
-            seqs, padded, width, table, scratch, self.page_size, self.num_kv_heads, self.device, input_ids
+            seqs,
+            padded,
+            width,
+            table,
+            scratch,
+            self.page_size,
+            self.num_kv_heads,
+            self.device,
+            input_ids,
+            out,
         )
         last_page_len = inputs.last_page_len
         layer_layouts = self.layouts.layer_layouts(

@@ -20,7 +20,7 @@ import pytest
 import torch
 from gpu_engine import gpu_engine
 
-from lil_sparse.engine import LLMEngine
+from lil_sparse.engine import LLMEngine, cuda_graphs
 from lil_sparse.engine.step_attention import DecodeAttention
 from lil_sparse.kernels import rotary_append
 from lil_sparse.options import (
@@ -151,6 +151,36 @@ def test_cuda_graph_replay_equals_eager(policy, tiny_gqa8_dir):
     for want, have in zip(expected, got, strict=True):
         assert have.output_token_ids == want.output_token_ids
     # Same kernels on the same planned buffers: replay is bit-identical to eager.
+    assert all(torch.equal(a, b) for a, b in zip(eager_logits.logits, graph_logits.logits, strict=True))
+    # Each graph reads its shape's input set in place (written by the inputs kernel, no copies).
+    for key, captured in runner_graphs.captured.items():
+        assert captured.step.input_ids is runner_graphs.inputs[key[:2]][0]
+        assert captured.step.base_page_ids is runner_graphs.inputs[key[:2]][3]
+    eager.close()
+    graphs.close()
+
+
+def test_input_sets_leave_with_their_graphs(tiny_gqa8_dir, monkeypatch):
+    """With room for one (batch, width) input set, each new step shape drops the set before it
+    and the graphs that read it; replay still equals eager bit for bit."""
+    monkeypatch.setattr(cuda_graphs, "MAX_INPUT_SETS", 1)
+    eager = make_engine(tiny_gqa8_dir, "flashinfer", cuda_graphs=False)
+    graphs = make_engine(tiny_gqa8_dir, "flashinfer", cuda_graphs=True)
+    prompts, options = requests("quest", max_new=40)
+    options = [
+        RequestOptions(stopping=StoppingOptions(max_new_tokens=n, ignore_eos=True), sparse=o.sparse)
+        for n, o in zip((40, 25, 12), options, strict=True)
+    ]
+    eager_logits, graph_logits = record(eager), record(graphs)
+    expected = eager.generate(prompts, options)
+    got = graphs.generate(prompts, options)
+    runner_graphs = graphs.runner.graphs
+    assert runner_graphs is not None and runner_graphs.replays > 0
+    assert len(runner_graphs.inputs) == 1
+    assert all(key[:2] in runner_graphs.inputs for key in runner_graphs.captured)
+    assert graphs.runner.graph_stats()["evictions"] > 0  # batches 4, 2, 1: three shapes at least
+    for want, have in zip(expected, got, strict=True):
+        assert have.output_token_ids == want.output_token_ids
     assert all(torch.equal(a, b) for a, b in zip(eager_logits.logits, graph_logits.logits, strict=True))
     eager.close()
     graphs.close()
