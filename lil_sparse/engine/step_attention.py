@@ -105,6 +105,20 @@ class DecodeAttention:
         )
         return self._attend(layer_index, q)
 
+    def append_target(self, layer_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Where the model's projection kernel may write this layer's rotated keys and values
+        itself (the :class:`lil_sparse.models.attention_fn.AppendingAttentionFn` seam): ``(k_cache,
+        v_cache, write_slots)``, or None when this step updates key metadata, which only the
+        append kernel folds in (:meth:`KVCache.write_rotated`)."""
+        if self.update_metadata:
+            return None
+        return self.kv.k[layer_index], self.kv.v[layer_index], self.write_slots
+
+    def attend_appended(self, layer_index: int, q: torch.Tensor) -> torch.Tensor:
+        """The attention of one layer whose K/V the model wrote to :meth:`append_target` itself,
+        for its post-RoPE ``q: [B, Hq, D]``."""
+        return self._attend(layer_index, q)
+
     def _attend(self, layer_index: int, q: torch.Tensor) -> torch.Tensor:
         """Select and attend for ``q: [B, Hq, D]`` (post-RoPE) once this layer's K/V are written."""
         batch_size, num_heads, head_dim = q.shape

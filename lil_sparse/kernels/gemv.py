@@ -21,6 +21,8 @@ fp32 before that rounding, as cuBLAS does; only the order of the sum differs, so
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -29,6 +31,7 @@ from lil_sparse.kernels.fused_layers import TL_DTYPES, silu_times
 from lil_sparse.kernels.gemv_tiles import GemvTiles, choose_tiles
 from lil_sparse.kernels.linear_operands import weight_refusal
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
+from lil_sparse.kernels.rotary_append import rope_append_rows
 
 
 @triton.jit
@@ -124,6 +127,13 @@ def _gemv(
     res_ptr,  # NORM and HAS_RESIDUAL: [K] the residual before the add, else unused
     res_out_ptr,  # NORM and HAS_RESIDUAL: [K] receives x + residual, else unused
     norm_ptr,  # NORM: [K] the RMSNorm weight, else unused
+    cos_ptr,  # ROPE: [D // 2] float32, the token's angles, else unused
+    sin_ptr,
+    slots_ptr,  # ROPE: [Hk] int64 cache slots, else unused
+    k_cache_ptr,  # ROPE: [slots, D] this layer's keys, else unused
+    v_cache_ptr,
+    q_heads,
+    k_heads,
     eps,
     n,
     w_stride,
@@ -138,8 +148,19 @@ def _gemv(
     PREFETCH: tl.constexpr,
     DTYPE: tl.constexpr,
     PDL: tl.constexpr,
+    ROPE: tl.constexpr,
+    HALF: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    # With ROPE each program takes BLOCK_N / 2 dims of one head and the same dims plus HALF,
+    # interleaved, so it can rotate them (rope_append_rows); else BLOCK_N consecutive rows.
+    rows = (
+        (tl.program_id(0) // (HALF // (BLOCK_N // 2))) * (2 * HALF)
+        + (tl.program_id(0) % (HALF // (BLOCK_N // 2))) * (BLOCK_N // 2)
+        + tl.arange(0, BLOCK_N) // 2
+        + (tl.arange(0, BLOCK_N) % 2) * HALF
+        if ROPE
+        else tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    )
     row_mask = rows < n
     # Each program's first weight tiles load while the previous kernel still runs (PDL).
     up_rows = rows + n
@@ -167,7 +188,13 @@ def _gemv(
     else:
         if HAS_BIAS:
             total += tl.load(bias_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
-        tl.store(out_ptr + rows, total.to(DTYPE), mask=row_mask)
+        if ROPE:  # out_ptr: the queries [Hq, D]
+            rope_append_rows(
+                total.to(DTYPE), tl.program_id(0), cos_ptr, sin_ptr, slots_ptr, out_ptr, k_cache_ptr,
+                v_cache_ptr, q_heads, k_heads, BLOCK_N, HALF, DTYPE,
+            )  # fmt: skip
+        else:
+            tl.store(out_ptr + rows, total.to(DTYPE), mask=row_mask)
 
 
 def gemv(
@@ -235,6 +262,81 @@ def gemv_rmsnorm(
     )
 
 
+class RopeAppend(NamedTuple):
+    """Where :func:`gemv_rmsnorm_rope_append` sends one token's projection: ``cos, sin: [1, D //
+    2] float32`` (the token's angles), ``slots: [1, Hk] int64`` (cache slot of each key head's
+    new entry), ``k_cache, v_cache: [pages, 1, page_size, D]`` (one layer, contiguous, x's
+    dtype), ``q_heads``, ``k_heads`` (Hq, Hk; the weight's rows are Hq query, Hk key then Hk
+    value heads of D)."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    slots: torch.Tensor
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    q_heads: int
+    k_heads: int
+
+
+def gemv_rmsnorm_rope_append(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    rope: RopeAppend,
+    tiles: GemvTiles | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token's QKV projection, RoPE and K/V append in one kernel: :func:`gemv_rmsnorm` (the
+    input norm inside), then, in each program's epilogue, what
+    :func:`~lil_sparse.kernels.rotary_append.rotary_append_decode_kv` does without key metadata.
+    Returns ``(q [1, Hq, D], x + residual)``; the keys and values go to ``rope.k_cache`` and
+    ``rope.v_cache`` at ``rope.slots``. Bit for bit :func:`gemv_rmsnorm` with the same ``tiles``
+    followed by ``rotary_append_decode_kv(..., metadata=None)``: each program takes ``block_n /
+    2`` dims of one head and the same dims ``D / 2`` further, so it rotates its own outputs.
+
+    ``tiles`` (default :func:`choose_tiles`) must have ``2 <= block_n`` and ``block_n / 2``
+    dividing ``D / 2``. Raises ValueError as :func:`gemv_rmsnorm` does, and for a ``rope`` whose
+    shapes, dtypes or tiles do not fit (:func:`rope_refusal`).
+    """
+    _check(x, weight, bias)
+    mislaid = mislaid_norm_input(x, residual, norm_weight)
+    if mislaid is not None:
+        raise ValueError(f"gemv_rmsnorm_rope_append: {mislaid}")
+    n = weight.shape[0]
+    tiles = tiles or choose_tiles(n, x.shape[1])
+    refusal = rope_refusal(x, weight, rope, tiles)
+    if refusal is not None:
+        raise ValueError(f"gemv_rmsnorm_rope_append: {refusal}")
+    return _launch(x, weight, bias, n, False, tiles, (residual, norm_weight, eps), rope)
+
+
+def rope_refusal(x: torch.Tensor, weight: torch.Tensor, rope: RopeAppend, tiles: GemvTiles) -> str | None:
+    """Why :func:`gemv_rmsnorm_rope_append` cannot take ``rope`` with ``tiles`` (a sentence), or
+    None."""
+    k_cache, v_cache = rope.k_cache, rope.v_cache
+    head_dim = k_cache.shape[-1] if k_cache.dim() == 4 else 0
+    half = head_dim // 2
+    heads = rope.q_heads + 2 * rope.k_heads
+    if head_dim < 2 or head_dim % 2 or weight.shape[0] != heads * head_dim:
+        return f"weight rows {weight.shape[0]} are not {heads} heads of the caches' head_dim {head_dim}"
+    if tiles.block_n < 2 or half % (tiles.block_n // 2):
+        return f"tiles of {tiles.block_n} rows cannot pair dims of head_dim {head_dim}"
+    if v_cache.shape != k_cache.shape or not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        return "the caches must be two contiguous [pages, 1, page_size, D] tensors"
+    if k_cache.dtype != x.dtype or v_cache.dtype != x.dtype:
+        return f"the caches must be x's {x.dtype}"
+    for name, tensor, shape, dtype in (
+        ("cos", rope.cos, (1, half), torch.float32),
+        ("sin", rope.sin, (1, half), torch.float32),
+        ("slots", rope.slots, (1, rope.k_heads), torch.int64),
+    ):
+        if tuple(tensor.shape) != shape or tensor.dtype != dtype or not tensor.is_contiguous():
+            return f"{name} must be a contiguous {shape} {dtype} tensor"
+    return None
+
+
 def mislaid_norm_input(
     x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor
 ) -> str | None:
@@ -265,18 +367,28 @@ def _launch(
     fuse_silu: bool,
     tiles: GemvTiles,
     norm: tuple[torch.Tensor | None, torch.Tensor, float] | None = None,
+    rope: RopeAppend | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The GEMV over ``x`` (or, given ``norm = (residual, norm weight, eps)``, over the RMSNorm of
-    ``x + residual``): returns ``(out [1, n], x + residual)`` (``x`` itself without a residual)."""
-    out = torch.empty((1, n), dtype=x.dtype, device=x.device)
+    ``x + residual``): returns ``(out [1, n], x + residual)`` (``x`` itself without a residual);
+    with ``rope``, ``out`` is the rotated queries ``[1, Hq, D]`` and the keys and values go to the
+    caches."""
+    if rope is None:
+        out = torch.empty((1, n), dtype=x.dtype, device=x.device)
+        rope_args: tuple[object, ...] = (weight,) * 5 + (0, 0)  # unused pointers and head counts
+        half = 1
+    else:
+        half = rope.k_cache.shape[-1] // 2
+        out = torch.empty((1, rope.q_heads, 2 * half), dtype=x.dtype, device=x.device)
+        rope_args = tuple(rope)
     residual, norm_weight, eps = norm if norm is not None else (None, weight, 0.0)
     res_out = x if residual is None else torch.empty_like(x)
     _gemv[(triton.cdiv(n, tiles.block_n),)](
         x, weight, weight if bias is None else bias, out, x if residual is None else residual, res_out,
-        norm_weight, eps, n, weight.stride(0),
+        norm_weight, *rope_args, eps, n, weight.stride(0),
         K=x.shape[1], HAS_BIAS=bias is not None, SILU_MUL=fuse_silu, NORM=norm is not None,
         HAS_RESIDUAL=residual is not None, NORM_BLOCK=triton.next_power_of_2(x.shape[1]),
         BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k, PREFETCH=tiles.prefetch, DTYPE=TL_DTYPES[x.dtype],
-        PDL=use_pdl(x), num_warps=tiles.warps, **launch_options(x),
+        PDL=use_pdl(x), ROPE=rope is not None, HALF=half, num_warps=tiles.warps, **launch_options(x),
     )  # fmt: skip
     return out, res_out

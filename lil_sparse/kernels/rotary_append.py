@@ -165,3 +165,41 @@ def rotary_append_decode_kv(
         **launch_options(qk),
     )
     return q
+
+
+@triton.jit
+def rope_append_rows(
+    values, pid, cos_ptr, sin_ptr, slots_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr, q_heads, k_heads,
+    BLOCK_N: tl.constexpr, HALF: tl.constexpr, DTYPE: tl.constexpr,
+):  # fmt: skip
+    """The epilogue of a one-token QKV projection whose program ``pid`` computed ``values:
+    [BLOCK_N]`` (``DTYPE``) of ``BLOCK_N / 2`` dims of one head and the same dims plus ``HALF``,
+    interleaved (the ``ROPE`` row layout of :func:`lil_sparse.kernels.gemv._gemv`). Query and
+    key heads are rotated as :func:`_rope_halves` rotates them (token 0's angles), queries
+    stored to ``q_out [Hq, D]``, keys to ``k_cache`` and values to ``v_cache`` at their head's
+    ``slots`` entry, as :func:`_rotary_append_decode_kv` stores them without metadata."""
+    pairs: tl.constexpr = BLOCK_N // 2
+    per_head = HALF // pairs
+    head = pid // per_head
+    dims = (pid % per_head) * pairs + tl.arange(0, pairs)
+    first, second = tl.split(tl.reshape(values.to(tl.float32), (pairs, 2)))
+    if head < q_heads + k_heads:
+        cos = tl.load(cos_ptr + dims).to(DTYPE).to(tl.float32)
+        sin = tl.load(sin_ptr + dims).to(DTYPE).to(tl.float32)
+        a = (first * cos).to(DTYPE).to(tl.float32)
+        b = (second * sin).to(DTYPE).to(tl.float32)
+        c = (second * cos).to(DTYPE).to(tl.float32)
+        d = (first * sin).to(DTYPE).to(tl.float32)
+        low, high = (a - b).to(DTYPE), (c + d).to(DTYPE)
+        if head < q_heads:
+            q_dst = q_out_ptr + head * (2 * HALF) + dims
+            tl.store(q_dst, low)
+            tl.store(q_dst + HALF, high)
+        else:
+            k_dst = k_cache_ptr + tl.load(slots_ptr + head - q_heads) * (2 * HALF) + dims
+            tl.store(k_dst, low.to(k_cache_ptr.dtype.element_ty))
+            tl.store(k_dst + HALF, high.to(k_cache_ptr.dtype.element_ty))
+    else:
+        v_dst = v_cache_ptr + tl.load(slots_ptr + head - q_heads - k_heads) * (2 * HALF) + dims
+        tl.store(v_dst, first.to(v_cache_ptr.dtype.element_ty))
+        tl.store(v_dst + HALF, second.to(v_cache_ptr.dtype.element_ty))

@@ -61,3 +61,21 @@ class RotatingAttentionFn(AttentionFn, Protocol):
         sin: torch.Tensor,
         v: torch.Tensor,
     ) -> torch.Tensor: ...
+
+
+class AppendingAttentionFn(RotatingAttentionFn, Protocol):
+    """A :class:`RotatingAttentionFn` that can also let the model write a layer's rotated keys
+    and values into the cache itself (the engine's decode step; the fused model does it for one
+    CUDA token inside its QKV projection kernel, :func:`lil_sparse.kernels.gemv.gemv_rmsnorm_rope_append`).
+
+    ``append_target(layer_index)`` returns ``(k_cache, v_cache, write_slots)``: the layer's
+    caches ``[pages, 1, page_size, D]`` and ``[T, num_kv_heads] int64`` slots
+    (``page * page_size + offset``) for the new tokens, or None when the model must go through
+    :meth:`rotate_and_attend` this time. After writing there, the model calls
+    ``attend_appended(layer_index, q)`` with the post-RoPE ``q: [T, num_heads, head_dim]``; it
+    returns what :meth:`rotate_and_attend` would.
+    """
+
+    def append_target(self, layer_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None: ...
+
+    def attend_appended(self, layer_index: int, q: torch.Tensor) -> torch.Tensor: ...

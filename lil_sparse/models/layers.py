@@ -131,7 +131,6 @@ class SelfAttention(nn.Module):
         """The rest of :meth:`forward_fused` from the fused projection ``qkv: [T, (Hq + 2 Hkv) *
         D]``: RoPE, attention and the output projection -> ``[T, hidden]``."""
         from lil_sparse.kernels.fused_layers import rotary_qk
-        from lil_sparse.kernels.linear import linear
 
         tokens = qkv.shape[0]
         rotated_heads = self.num_heads + self.num_kv_heads
@@ -146,7 +145,15 @@ class SelfAttention(nn.Module):
         else:
             q, k = rotary_qk(qk, self.num_heads, cos, sin)
             o = attention(self.layer_index, q, k, v)
-        return linear(o.reshape(tokens, self.num_heads * self.head_dim), self.o_proj.weight, self.o_proj.bias)
+        return self.project_output(o)
+
+    def project_output(self, o: torch.Tensor) -> torch.Tensor:
+        """The output projection of the attention's ``o: [T, Hq, D]`` -> ``[T, hidden]``."""
+        from lil_sparse.kernels.linear import linear
+
+        return linear(
+            o.reshape(o.shape[0], self.num_heads * self.head_dim), self.o_proj.weight, self.o_proj.bias
+        )
 
     def _apply(self, fn, recurse=True):
         self.qkv = None  # moved or cast parameters no longer view the fused weight
@@ -196,14 +203,27 @@ class DecoderLayer(nn.Module):
         ``x + residual`` in a new tensor); the post-attention norm updates the residual in place.
         ``x, residual: [T, hidden]`` in the model dtype."""
         from lil_sparse.kernels.fused_layers import add_rmsnorm
-        from lil_sparse.kernels.linear import rmsnorm_linear
+        from lil_sparse.kernels.gemv import RopeAppend
+        from lil_sparse.kernels.linear import rmsnorm_linear, rmsnorm_qkv_rope_append
 
         attn = self.self_attn
         if attn.qkv is None:
             raise RuntimeError("call fuse() before forward_fused()")
         norm = self.input_layernorm
-        qkv, residual = rmsnorm_linear(x, residual, norm.weight, norm.eps, *attn.qkv)
-        attended = attn.attend_fused(qkv, cos, sin, attention)
+        # An AppendingAttentionFn lets one kernel project, rotate and append (a CUDA token row).
+        target = getattr(attention, "append_target", None)
+        target = None if target is None else target(attn.layer_index)
+        fused = None
+        if target is not None:
+            k_cache, v_cache, slots = target
+            rope = RopeAppend(cos, sin, slots, k_cache, v_cache, attn.num_heads, attn.num_kv_heads)
+            fused = rmsnorm_qkv_rope_append(x, residual, norm.weight, norm.eps, *attn.qkv, rope)
+        if fused is not None:
+            q, residual = fused
+            attended = attn.project_output(attention.attend_appended(attn.layer_index, q))  # type: ignore[attr-defined]
+        else:
+            qkv, residual = rmsnorm_linear(x, residual, norm.weight, norm.eps, *attn.qkv)
+            attended = attn.attend_fused(qkv, cos, sin, attention)
         norm = self.post_attention_layernorm
         normed = add_rmsnorm(attended, residual, norm.weight, norm.eps)
         return self.mlp.forward_fused(normed), residual
