@@ -12,6 +12,7 @@ from lil_sparse.engine.decode_inputs import decode_inputs_reference
 from lil_sparse.kernels.decode_inputs import BLOCK_W, FIELDS, decode_inputs
 
 SCRATCH = 7
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def step_fields(
@@ -31,17 +32,16 @@ def step_fields(
     ]
     pad = padded - count
     fill = [0, 0, -1, 0, 0]
-    return torch.tensor(
-        [row + [value] * pad for row, value in zip(rows, fill, strict=True)], dtype=torch.long
-    )
+    fields = [row + [value] * pad for row, value in zip(rows, fill, strict=True)]
+    return torch.tensor(fields, dtype=torch.long, device=DEVICE)
 
 
 def outputs(padded: int, heads: int, width: int) -> tuple[torch.Tensor, ...]:
     return (
-        torch.full((padded,), -5, dtype=torch.long),
-        torch.full((padded,), -5, dtype=torch.long),
-        torch.full((padded, heads), -5, dtype=torch.long),
-        torch.full((padded * heads, width), -5, dtype=torch.int32),
+        torch.full((padded,), -5, dtype=torch.long, device=DEVICE),
+        torch.full((padded,), -5, dtype=torch.long, device=DEVICE),
+        torch.full((padded, heads), -5, dtype=torch.long, device=DEVICE),
+        torch.full((padded * heads, width), -5, dtype=torch.int32, device=DEVICE),
     )
 
 
@@ -57,12 +57,12 @@ def outputs(padded: int, heads: int, width: int) -> tuple[torch.Tensor, ...]:
 )
 def test_kernel_equals_the_reference(count, padded, heads, width, page_size, device_ids):
     gen = torch.Generator().manual_seed(count * 100 + width)
-    table = torch.randint(0, 5000, (6, heads, width + 9), generator=gen, dtype=torch.int32)
+    table = torch.randint(0, 5000, (6, heads, width + 9), generator=gen, dtype=torch.int32).to(DEVICE)
     slots = torch.randperm(6, generator=gen)[:count].tolist()
     held = torch.randint(1, width + 1, (count,), generator=gen).tolist()
     held[0] = width  # a row whose newest page is the table's last column in the step
     fields = step_fields(count, padded, slots, held, page_size, gen)
-    input_ids = torch.randint(3, 1000, (count,), generator=gen) if device_ids else None
+    input_ids = torch.randint(3, 1000, (count,), generator=gen).to(DEVICE) if device_ids else None
     want = decode_inputs_reference(fields, table, width, page_size, SCRATCH, count, input_ids)
     out = outputs(padded, heads, width)
     last_page_len = decode_inputs(fields, table, width, page_size, SCRATCH, count, out, input_ids)
@@ -95,7 +95,7 @@ def test_kernel_equals_the_reference(count, padded, heads, width, page_size, dev
 )
 def test_kernel_refuses_what_it_cannot_read(change, match):
     gen = torch.Generator().manual_seed(0)
-    table = torch.zeros(4, 2, 16, dtype=torch.int32)
+    table = torch.zeros(4, 2, 16, dtype=torch.int32, device=DEVICE)
     args = {
         "fields": step_fields(1, 2, [0], [3], 16, gen),
         "table": table,
