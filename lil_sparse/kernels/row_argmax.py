@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
+from lil_sparse.kernels.gumbel_noise import gumbel_at, row_key
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 
 BLOCK = 2048
@@ -41,18 +42,26 @@ def _chunk_max(
     max_ptr,  # [B, C] float32: the chunk's maximum (NaN if it holds one)
     index_ptr,  # [B, C] int64: the first index of that maximum (of the first NaN)
     sum_ptr,  # [B, C] float32: sum(exp(x - max)) over the chunk (0 when max is not finite)
+    seed_ptr,  # NOISE: [B] int64 sampling seeds, else unused
+    position_ptr,  # NOISE: [B] int64 positions, else unused
     vocab,
     row_stride,
     chunks,
     BLOCK: tl.constexpr,
+    NOISE: tl.constexpr,
     PDL: tl.constexpr,
 ):
+    """With ``NOISE`` the logits are ``x + gumbel(seed, position, index)``
+    (:mod:`lil_sparse.kernels.gumbel_noise`): the Gumbel-max sample's argmax."""
     wait_for_previous(PDL)
     row = tl.program_id(0)
     chunk = tl.program_id(1)
     offsets = chunk * BLOCK + tl.arange(0, BLOCK)
     inside = offsets < vocab
     x = tl.load(logits_ptr + row.to(tl.int64) * row_stride + offsets, mask=inside, other=float("-inf"))
+    if NOISE:  # -inf (filtered, or past the vocabulary) stays -inf: the noise is finite
+        key = row_key(tl.load(seed_ptr + row), tl.load(position_ptr + row))
+        x = x + gumbel_at(key, offsets.to(tl.int64))
     nan = x != x
     first_nan = tl.min(tl.where(nan, offsets, vocab), axis=0)
     best = tl.max(tl.where(nan, float("-inf"), x), axis=0)
@@ -109,11 +118,39 @@ def argmax_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     ``logsumexp = max + log_sum``). Two launches, no host sync; any device Triton runs on.
     Raises ValueError for other dtypes or shapes. Reference: :func:`argmax_logsumexp_reference`.
     """
+    _check("argmax_logsumexp", logits)
+    return _launch(logits, None)
+
+
+def gumbel_argmax(scaled: torch.Tensor, seed: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The Gumbel-max sample of each row: ``argmax(scaled + gumbel_noise(seed, positions, V))``
+    ``[B] int64`` for ``scaled: [B, V]`` float32 logits (divided by the temperature, filtered
+    entries -inf; columns contiguous) and ``seed, positions: [B] int64`` on its device, with the
+    noise made inside the argmax's first kernel (:mod:`lil_sparse.kernels.gumbel_noise`) instead
+    of a ``[B, V]`` tensor. ``scaled`` is not written. Ties go to the first index, as
+    :func:`argmax_logsumexp`. The reference is :func:`lil_sparse.sampling.noise.gumbel_noise`
+    then the argmax; the noise's logarithms are Triton's, equal to PyTorch's up to the last bit
+    of a float32. Raises ValueError for other dtypes or shapes."""
+    _check("gumbel_argmax", scaled)
+    rows = scaled.shape[0]
+    for name, tensor in (("seed", seed), ("positions", positions)):
+        if tensor.shape != (rows,) or tensor.dtype != torch.int64 or tensor.device != scaled.device:
+            raise ValueError(f"gumbel_argmax: {name} must be [{rows}] int64 on {scaled.device}")
+    return _launch(scaled, (seed.contiguous(), positions.contiguous()))[0]
+
+
+def _check(name: str, logits: torch.Tensor) -> None:
     if logits.dim() != 2 or logits.dtype != torch.float32 or logits.shape[1] < 1 or logits.stride(1) != 1:
         raise ValueError(
-            f"argmax_logsumexp: logits must be [B, V >= 1] float32 with contiguous columns, "
+            f"{name}: logits must be [B, V >= 1] float32 with contiguous columns, "
             f"got {tuple(logits.shape)} {logits.dtype}"
         )
+
+
+def _launch(
+    logits: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The two kernels over ``logits`` (plus the Gumbel noise of ``noise = (seed, positions)``)."""
     rows, vocab = logits.shape
     token = torch.empty(rows, dtype=torch.int64, device=logits.device)
     row_max = torch.empty(rows, dtype=torch.float32, device=logits.device)
@@ -125,8 +162,9 @@ def argmax_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     partial_index = torch.empty((rows, chunks), dtype=torch.int64, device=logits.device)
     partial_sum = torch.empty((rows, chunks), dtype=torch.float32, device=logits.device)
     _chunk_max[(rows, chunks)](
-        logits, partial_max, partial_index, partial_sum, vocab, logits.stride(0), chunks,
-        BLOCK=BLOCK, PDL=use_pdl(logits), num_warps=8, **launch_options(logits),
+        logits, partial_max, partial_index, partial_sum, *(noise or (logits, logits)), vocab,
+        logits.stride(0), chunks, BLOCK=BLOCK, NOISE=noise is not None, PDL=use_pdl(logits), num_warps=8,
+        **launch_options(logits),
     )  # fmt: skip
     _merge_chunks[(rows,)](
         partial_max, partial_index, partial_sum, token, row_max, log_sum, chunks, vocab,

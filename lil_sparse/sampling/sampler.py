@@ -70,8 +70,15 @@ class Sampler:
     never filtered, and a filtering row's nucleus sums only its own candidates.
     """
 
-    def __init__(self, compile_noise: bool = False) -> None:
+    def __init__(self, compile_noise: bool = False, noise_in_argmax: bool = False) -> None:
+        """``noise_in_argmax``: on CUDA, make the Gumbel noise inside the argmax kernel
+        (:func:`~lil_sparse.kernels.row_argmax.gumbel_argmax`: one read of the ``[B, V]``
+        logits, no noise tensor) instead of :func:`gumbel_noise` then the argmax. The same
+        tokens but where the float32 logarithms of the noise differ in their last bit; off by
+        default until its speed and its tokens are measured on the GPU (written 2026-12-01
+        without a device run)."""
         self._gumbel_noise = torch.compile(gumbel_noise, dynamic=True) if compile_noise else gumbel_noise
+        self.noise_in_argmax = noise_in_argmax
 
     def sample(
         self, logits: torch.Tensor, params: SamplingParams, positions: torch.Tensor
@@ -93,8 +100,13 @@ class Sampler:
         scaled = logits / temperature  # [B, V]
         if params.filtering:
             scaled = filter_top_k_top_p(scaled, params.top_k, params.top_p, params.max_top_k)
-        noise = self._gumbel_noise(params.seed, positions, logits.shape[-1])  # [B, V]
-        sampled_tokens = _argmax(scaled.add_(noise)).tokens  # [B]
+        if self.noise_in_argmax and scaled.is_cuda and TRITON_AVAILABLE:
+            from lil_sparse.kernels.row_argmax import gumbel_argmax
+
+            sampled_tokens = gumbel_argmax(scaled, params.seed, positions)
+        else:
+            noise = self._gumbel_noise(params.seed, positions, logits.shape[-1])  # [B, V]
+            sampled_tokens = _argmax(scaled.add_(noise)).tokens  # [B]
         token_ids = torch.where(params.greedy, greedy.tokens, sampled_tokens)
         return token_ids, greedy.log_probs(token_ids)
 
