@@ -27,7 +27,10 @@ Counters (:meth:`DecodeGraphs.stats`) say how many steps replayed and how many r
 
 from __future__ import annotations
 
+import gc
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -298,8 +301,26 @@ class DecodeGraphs:
         # the graph read the slot (packed before every replay) instead of repacking.
         self._pack_base(static)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        with automatic_gc_paused(), torch.cuda.graph(graph, pool=self._pool):
             static_logits = self._forward(static)
         self.captured[key] = CapturedStep(graph, static, static_logits)
         self.captures += 1
         return logits
+
+
+@contextmanager
+def automatic_gc_paused() -> Iterator[None]:
+    """Python's automatic garbage collection off for the block, as it was after it (an error
+    included). A collection inside a capture may finalize an unreachable ``CUDAGraph`` (one in a
+    reference cycle, such as a closed engine's): its destructor's ``cudaGraphExecDestroy`` is not
+    permitted while a stream captures, so it only warns "operation not permitted when stream is
+    capturing", the capture is invalidated and the capture's next launch fails. PyTorch no longer
+    collects before a capture since 2.9 (pytorch/pytorch#161037 describes the failure;
+    NVIDIA/TransformerEngine#2092 pauses the collector the same way)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

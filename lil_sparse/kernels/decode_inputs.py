@@ -27,13 +27,14 @@ BLOCK_W = 1024
 @triton.jit
 def _decode_inputs(
     fields_ptr,  # [FIELDS, P] int64 (see FIELDS)
-    device_ids_ptr,  # [count] int64 when IDS_ON_DEVICE, else unused
+    device_ids_ptr,  # [count] int64 (stride ids_stride) when IDS_ON_DEVICE, else unused
     table_ptr,  # [slots, H, max_pages] int32, pages contiguous
     ids_ptr,  # [P] int64
     positions_ptr,  # [P] int64
     write_slots_ptr,  # [P, H] int64 contiguous
     base_ptr,  # [P * H, width] contiguous, the table's dtype
     last_ptr,  # [P * H] int32
+    ids_stride,
     count,
     padded,
     width,
@@ -68,7 +69,7 @@ def _decode_inputs(
     tl.store(last_ptr + row, (offset + 1).to(tl.int32))
     if head == 0:
         if IDS_ON_DEVICE:
-            token = tl.load(device_ids_ptr + seq, mask=seq < count, other=0)
+            token = tl.load(device_ids_ptr + seq * ids_stride, mask=seq < count, other=0)
         else:
             token = tl.load(fields_ptr + seq)
         tl.store(ids_ptr + seq, token)
@@ -92,7 +93,8 @@ def decode_inputs(
     ``fields: [FIELDS, P] int64`` on the table's device (:data:`FIELDS`; rows ``count`` and later
     are padding: slot -1, position 0, newest page 0, offset 0); ``table: [slots, H, max_pages]``
     int32 with contiguous pages, ``width <= max_pages``; ``input_ids: [count] int64`` on the device
-    replaces the fields' token ids (overlap scheduling), padding rows get token 0. Padding rows
+    (any stride, as the reference takes it) replaces the fields' token ids (overlap scheduling),
+    padding rows get token 0. Padding rows
     read and write the ``scratch_page``. Equal to
     :func:`lil_sparse.engine.decode_inputs.decode_inputs_reference`. Raises ValueError on shapes
     or dtypes it cannot read.
@@ -122,7 +124,8 @@ def decode_inputs(
     last_page_len = torch.empty(padded * heads, dtype=torch.int32, device=table.device)
     _decode_inputs[(padded * heads,)](
         fields, fields if input_ids is None else input_ids, table, ids, positions, write_slots, base,
-        last_page_len, count, padded, width, table.stride(0), table.stride(1), scratch_page,
+        last_page_len, 0 if input_ids is None else input_ids.stride(0), count, padded, width,
+        table.stride(0), table.stride(1), scratch_page,
         H=heads, PAGE_SIZE=page_size, BLOCK=BLOCK_W, IDS_ON_DEVICE=input_ids is not None,
     )  # fmt: skip
     return last_page_len

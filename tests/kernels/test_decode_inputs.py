@@ -109,3 +109,19 @@ def test_kernel_refuses_what_it_cannot_read(change, match):
     assert args["fields"].shape[0] == FIELDS
     with pytest.raises(ValueError, match=match):
         decode_inputs(**change(args))
+
+
+def test_device_token_ids_may_be_strided():
+    """``input_ids`` is any ``[count]`` int64 tensor, as the reference takes it: a strided view
+    (every other entry of a longer tensor) feeds its own entries, not the ones its storage holds
+    next to each other."""
+    count, padded, heads, width, page_size = 3, 4, 2, 8, 16
+    gen = torch.Generator().manual_seed(3)
+    table = torch.randint(0, 5000, (4, heads, width), generator=gen, dtype=torch.int32).to(DEVICE)
+    fields = step_fields(count, padded, [2, 0, 3], [5, 8, 1], page_size, gen)
+    input_ids = torch.tensor([11, 900, 12, 901, 13, 902], device=DEVICE)[::2]
+    want = decode_inputs_reference(fields, table, width, page_size, SCRATCH, count, input_ids)
+    out = outputs(padded, heads, width)
+    decode_inputs(fields, table, width, page_size, SCRATCH, count, out, input_ids)
+    assert want.input_ids.tolist() == [11, 12, 13, 0]
+    assert out[0].tolist() == [11, 12, 13, 0]
