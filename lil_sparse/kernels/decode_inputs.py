@@ -55,21 +55,24 @@ def _decode_inputs(
     slot = tl.load(fields_ptr + 2 * padded + seq)
     newest = tl.load(fields_ptr + 3 * padded + seq)
     offset = tl.load(fields_ptr + 4 * padded + seq)
+    # A padding row reads table slot 0 (any valid row) and takes the scratch page instead: no
+    # scalar masks, which Triton 3.9's interpreter refuses.
     real = slot >= 0
     source = table_ptr + tl.where(real, slot, 0) * slot_stride + head * head_stride
     start = 0
     while start < width:  # (Triton's interpreter ranges over no runtime bound)
         cols = start + tl.arange(0, BLOCK)
         inside = cols < width
-        pages = tl.load(source + cols, mask=inside & real, other=scratch_page)
+        pages = tl.where(real, tl.load(source + cols, mask=inside, other=0), scratch_page)
         tl.store(base_ptr + row * width + cols, pages, mask=inside)
         start += BLOCK
-    newest_page = tl.load(source + newest, mask=real, other=scratch_page)
+    newest_page = tl.where(real, tl.load(source + newest), scratch_page)
     tl.store(write_slots_ptr + row, newest_page.to(tl.int64) * PAGE_SIZE + offset)
     tl.store(last_ptr + row, (offset + 1).to(tl.int32))
     if head == 0:
-        if IDS_ON_DEVICE:
-            token = tl.load(device_ids_ptr + seq * ids_stride, mask=seq < count, other=0)
+        if IDS_ON_DEVICE:  # count >= 1 here (decode_inputs); padding rows read id 0, then drop it
+            ours = seq < count
+            token = tl.where(ours, tl.load(device_ids_ptr + tl.where(ours, seq, 0) * ids_stride), 0)
         else:
             token = tl.load(fields_ptr + seq)
         tl.store(ids_ptr + seq, token)
@@ -122,6 +125,8 @@ def decode_inputs(
     if input_ids is not None and (input_ids.shape != (count,) or input_ids.dtype != torch.int64):
         raise ValueError(f"decode_inputs: input_ids must be [{count}] int64, got {tuple(input_ids.shape)}")
     last_page_len = torch.empty(padded * heads, dtype=torch.int32, device=table.device)
+    if count == 0:  # no real rows: nothing to read from input_ids (the fields' ids are 0)
+        input_ids = None
     _decode_inputs[(padded * heads,)](
         fields, fields if input_ids is None else input_ids, table, ids, positions, write_slots, base,
         last_page_len, 0 if input_ids is None else input_ids.stride(0), count, padded, width,
