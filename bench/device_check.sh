@@ -26,7 +26,8 @@ if [ "$part" = tests ]; then
   for t in tests/gpu/test_flashinfer_engine.py tests/gpu/test_flashinfer_layer.py tests/gpu/test_real_model.py \
     tests/gpu/test_chunked_prefill_gpu.py tests/gpu/test_flashinfer_chunk_prefill.py tests/kernels \
     tests/gpu/test_fused_selection.py tests/gpu/test_overlap_gpu.py tests/gpu/test_selection_gate_gpu.py \
-    tests/gpu/test_decode_split_gpu.py tests/gpu/test_side_streams_gpu.py tests/gpu/test_h2o_step_mass_gpu.py tests/gpu/test_pdl_gpu.py; do
+    tests/gpu/test_decode_split_gpu.py tests/gpu/test_side_streams_gpu.py tests/gpu/test_h2o_step_mass_gpu.py tests/gpu/test_pdl_gpu.py \
+    tests/gpu/test_capture_gc_gpu.py tests/gpu/test_gemv_rope_engine_gpu.py; do
     (timeout "${TEST_SECONDS:-240}" python -m pytest -q -ra -p no:cacheprovider "$t" > "/tmp/logs/$(basename "$t" .py).log" 2>&1;
      echo "rc=$?" >> "/tmp/logs/$(basename "$t" .py).log") &
   done
