@@ -5,6 +5,7 @@
 #   make test    install the runtime plus the dev and Helm-test tools, and run the whole test
 #                suite (Python, Go client, Helm chart)
 #   make gateway the SMG gateway's OpenAI API on :30000 in front of `make run`
+#   make help    every target, one line each
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,8 +24,21 @@ PORT ?= 50051
 METRICS_PORT ?= 9400
 GATEWAY_PORT ?= 30000
 
-.PHONY: install install-runtime install-torch run serve gateway generate client test test-python test-go test-helm lint format typecheck \
+.PHONY: help install install-runtime install-torch run serve gateway generate client test test-python test-go test-helm lint format typecheck \
         proto proto-check go-proto go-deps bench-micro bench-e2e eval clean
+
+help:
+	@echo "make run          install the runtime and serve $(MODEL) on :$(PORT) (metrics :$(METRICS_PORT))"
+	@echo "make serve        serve without installing"
+	@echo "make generate     one request through the CLI, no server"
+	@echo "make client       one request to the running server through lil-client"
+	@echo "make gateway      the SMG gateway's OpenAI API on :$(GATEWAY_PORT) in front of the server"
+	@echo "make install      the runtime plus the dev and Helm-test tools"
+	@echo "make test         install, then every test (Python, Go client, Helm chart)"
+	@echo "make test-python  the Python tests; a subset: make test-python TESTS='-k smg' or TESTS=tests/engine"
+	@echo "make test-go      the Go client's tests against the real Python server"
+	@echo "make lint / format / typecheck   ruff and mypy (they install the dev tools first if missing)"
+	@echo "make proto / go-proto            regenerate the Python / Go gRPC stubs"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -66,8 +80,9 @@ test: install go-deps
 	@status=0; $(MAKE) --no-print-directory test-python || status=1; \
 	$(MAKE) --no-print-directory test-go || status=1; exit $$status
 
+TESTS ?=
 test-python:
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra $(TESTS)
 
 test-helm:
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra tests/helm
@@ -78,15 +93,19 @@ go-deps:
 test-go:
 	cd client/go && LIL_SPARSE_PYTHON=$(CURDIR)/$(PY) ./check.sh
 
-lint:
+# The dev tools come with `make install`; `make run` installs only the runtime.
+$(VENV)/bin/ruff $(VENV)/bin/mypy:
+	$(MAKE) --no-print-directory install
+
+lint: $(VENV)/bin/ruff
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-format:
+format: $(VENV)/bin/ruff
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-typecheck:
+typecheck: $(VENV)/bin/mypy
 	$(VENV)/bin/mypy lil_sparse server eval client/python/lil_client
 
 proto:

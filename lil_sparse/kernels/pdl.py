@@ -1,10 +1,11 @@
 """Programmatic dependent launch (PDL) for the decode step's chain of small Triton kernels.
 
-At batch 1 a decode layer is a chain of about nine dependent kernels (norm, QKV GEMV, RoPE +
-append, attention and its merge, output GEMV, norm, gate/up GEMV, down GEMV), each reading a
-few microseconds' worth of bytes; between two of them the GPU drains one grid and starts the
-next. With PDL (Hopper and later: the launch attribute
-``CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION``, Triton's ``launch_pdl``) a kernel
+At batch 1 a decode layer is a chain of seven dependent kernels (the QKV GEMV with the input
+norm, RoPE and the K/V append inside, attention and its merge, output GEMV, norm, gate/up GEMV,
+down GEMV; nine when PDL came in, 2026-11-30), each reading a few microseconds' worth of
+bytes; between two of them the GPU drains one grid and starts the next. With PDL (Hopper
+and later: the launch attribute ``CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION``,
+Triton's ``launch_pdl``) a kernel
 may start once every program of the one before it has signalled
 (:func:`~triton.language.extra.cuda.gdc_launch_dependents`); it then waits in
 :func:`~triton.language.extra.cuda.gdc_wait` until that kernel has finished and its writes are
