@@ -200,8 +200,11 @@ class DecoderLayer(nn.Module):
         longer needs; :class:`~lil_sparse.models.transformer.CausalLM` passes its embedding
         output). The input norm runs inside the QKV projection where that is one kernel (one CUDA
         row: :func:`~lil_sparse.kernels.linear.rmsnorm_linear`, which for later layers returns
-        ``x + residual`` in a new tensor); the post-attention norm updates the residual in place.
-        ``x, residual: [T, hidden]`` in the model dtype."""
+        ``x + residual`` in a new tensor); when the attention also lets the model write the
+        layer's K/V itself (:class:`~lil_sparse.models.attention_fn.AppendingAttentionFn`, a decode
+        step updating no key metadata), RoPE and the append run in that kernel's epilogue too
+        (:func:`~lil_sparse.kernels.linear.rmsnorm_qkv_rope_append`). The post-attention norm
+        updates the residual in place. ``x, residual: [T, hidden]`` in the model dtype."""
         from lil_sparse.kernels.fused_layers import add_rmsnorm
         from lil_sparse.kernels.gemv import RopeAppend
         from lil_sparse.kernels.linear import rmsnorm_linear, rmsnorm_qkv_rope_append
