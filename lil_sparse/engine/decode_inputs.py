@@ -104,11 +104,14 @@ def decode_inputs_reference(
 ) -> DecodeInputs:
     """:func:`lil_sparse.kernels.decode_inputs.decode_inputs` in PyTorch (the reference, and the
     path off CUDA), from the same ``fields: [5, P] int64`` (token id, position, block-table slot
-    or -1 for padding, newest page index, offset in it; padding rows last)."""
+    or -1 for padding, newest page index, offset in it; padding rows last). ``last_page_len``
+    comes from ``last_page_len_host`` when given (one host tensor: fewer ops on the CPU, where
+    this is the engine's path), else from the offsets on the device."""
     padded = fields.shape[1]
     heads = table.shape[1]
-    ids = fields[0].clone()
-    if input_ids is not None:
+    ids = fields[0]
+    if input_ids is not None:  # a copy: the caller's fields stay as they were
+        ids = ids.clone()
         ids[:count].copy_(input_ids)
     base = table[fields[2, :count], :, :width]  # [count, Hkv, width]
     if padded > count:
@@ -118,7 +121,12 @@ def decode_inputs_reference(
         base = torch.cat([base, scratch])
     newest = base.gather(2, fields[3].view(padded, 1, 1).expand(padded, heads, 1))  # [B, Hkv, 1]
     write_slots = newest.squeeze(2).long() * page_size + fields[4].unsqueeze(1)  # [B, Hkv]
-    last_page_len = (fields[4] + 1).repeat_interleave(heads).to(torch.int32)
+    if last_page_len_host:
+        last_page_len = torch.tensor(last_page_len_host, dtype=torch.int32).to(
+            fields.device, non_blocking=True
+        )
+    else:
+        last_page_len = (fields[4] + 1).repeat_interleave(heads).to(torch.int32)
     return DecodeInputs(
         ids, fields[1], write_slots, base.reshape(padded * heads, width), last_page_len, last_page_len_host
     )

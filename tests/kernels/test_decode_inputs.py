@@ -72,6 +72,11 @@ def test_kernel_equals_the_reference(count, padded, heads, width, page_size, dev
     assert torch.equal(write_slots, want.write_slots)
     assert torch.equal(base, want.base)
     assert torch.equal(last_page_len, want.last_page_len)
+    # The engine's CPU path passes the host's last_page_len: the same values, one host tensor.
+    host = tuple(int(offset) + 1 for offset in fields[4].tolist() for _ in range(heads))
+    with_host = decode_inputs_reference(fields, table, width, page_size, SCRATCH, count, input_ids, host)
+    assert torch.equal(with_host.last_page_len, want.last_page_len)
+    assert with_host.last_page_len_host == host
     # The reference's own values, spelled out for one real and one padding row.
     assert base[0].tolist() == table[slots[0], 0, :width].tolist()
     assert write_slots[0, 0] == table[slots[0], 0, held[0] - 1] * page_size + fields[4, 0]
