@@ -37,6 +37,7 @@ import torch
 
 from lil_sparse.attention.flashinfer_backend import FlashInferBackend
 from lil_sparse.attention.layout import DecodeLayout
+from lil_sparse.engine.decode_inputs import allocate_decode_inputs
 from lil_sparse.engine.side_streams import SideStreams
 from lil_sparse.engine.step_attention import DecodeAttention, PolicyGroup
 from lil_sparse.kv import KVCache
@@ -245,13 +246,7 @@ class DecodeGraphs:
             for graph_key in [k for k in self.captured if k[:2] == dropped]:
                 del self.captured[graph_key]
                 self.evictions += 1
-        heads = self.num_kv_heads
-        buffers = (
-            torch.empty(padded, dtype=torch.long, device=device),
-            torch.empty(padded, dtype=torch.long, device=device),
-            torch.empty(padded, heads, dtype=torch.long, device=device),
-            torch.empty(padded * heads, width, dtype=dtype, device=device),
-        )
+        buffers = allocate_decode_inputs(padded, self.num_kv_heads, width, dtype, device)
         self.inputs[key] = buffers
         return buffers
 

@@ -82,14 +82,23 @@ def build_decode_inputs(
     from lil_sparse.kernels.decode_inputs import decode_inputs
 
     if out is None:
-        out = (
-            torch.empty(padded, dtype=torch.long, device=device),
-            torch.empty(padded, dtype=torch.long, device=device),
-            torch.empty(padded, num_kv_heads, dtype=torch.long, device=device),
-            torch.empty(padded * num_kv_heads, width, dtype=table.dtype, device=device),
-        )
+        out = allocate_decode_inputs(padded, num_kv_heads, width, table.dtype, device)
     last_page_len = decode_inputs(*args, out, input_ids)
     return DecodeInputs(*out, last_page_len, last_page_len_host)
+
+
+def allocate_decode_inputs(
+    padded: int, num_kv_heads: int, width: int, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Empty ``(input_ids [B] int64, positions [B] int64, write_slots [B, Hkv] int64, base
+    [B * Hkv, width] dtype)`` for a step of ``padded`` rows: what
+    :func:`build_decode_inputs` writes into."""
+    return (
+        torch.empty(padded, dtype=torch.long, device=device),
+        torch.empty(padded, dtype=torch.long, device=device),
+        torch.empty(padded, num_kv_heads, dtype=torch.long, device=device),
+        torch.empty(padded * num_kv_heads, width, dtype=dtype, device=device),
+    )
 
 
 def decode_inputs_reference(

@@ -92,8 +92,18 @@ def _rope_halves(base, cos_ptr, sin_ptr, token, dims, mask, HALF: tl.constexpr, 
     (the angles cast to the model dtype before multiplying)."""
     first = tl.load(base, mask=mask, other=0.0).to(tl.float32)
     second = tl.load(base + HALF, mask=mask, other=0.0).to(tl.float32)
-    cos = tl.load(cos_ptr + token * HALF + dims).to(DTYPE).to(tl.float32)
-    sin = tl.load(sin_ptr + token * HALF + dims).to(DTYPE).to(tl.float32)
+    cos = tl.load(cos_ptr + token * HALF + dims)
+    sin = tl.load(sin_ptr + token * HALF + dims)
+    return rotate_half(first, second, cos, sin, DTYPE)
+
+
+@triton.jit
+def rotate_half(first, second, cos, sin, DTYPE: tl.constexpr):
+    """RoPE of fp32 halves ``first``, ``second`` (values of the model dtype) by float32 angles
+    ``cos``, ``sin``, rounded op by op as :func:`models.rope.apply_rotary` (the angles cast to
+    the model dtype before multiplying): the rotated halves in ``DTYPE``."""
+    cos = cos.to(DTYPE).to(tl.float32)
+    sin = sin.to(DTYPE).to(tl.float32)
     a = (first * cos).to(DTYPE).to(tl.float32)
     b = (second * sin).to(DTYPE).to(tl.float32)
     c = (second * cos).to(DTYPE).to(tl.float32)

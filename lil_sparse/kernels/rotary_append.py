@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lil_sparse.kernels.fused_layers import TL_DTYPES, _rope_halves
+from lil_sparse.kernels.fused_layers import TL_DTYPES, _rope_halves, rotate_half
 from lil_sparse.kernels.kv_append import _fold_key, _load_page_metadata
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 from lil_sparse.kv.key_metadata import KeyMetadata, check_key_metadata
@@ -175,22 +175,17 @@ def rope_append_rows(
     """The epilogue of a one-token QKV projection whose program ``pid`` computed ``values:
     [BLOCK_N]`` (``DTYPE``) of ``BLOCK_N / 2`` dims of one head and the same dims plus ``HALF``,
     interleaved (the ``ROPE`` row layout of :func:`lil_sparse.kernels.gemv._gemv`). Query and
-    key heads are rotated as :func:`_rope_halves` rotates them (token 0's angles), queries
-    stored to ``q_out [Hq, D]``, keys to ``k_cache`` and values to ``v_cache`` at their head's
-    ``slots`` entry, as :func:`_rotary_append_decode_kv` stores them without metadata."""
+    key heads are rotated by :func:`rotate_half`, as :func:`_rope_halves` rotates them (token 0's
+    angles), queries stored to ``q_out [Hq, D]``, keys to ``k_cache`` and values to ``v_cache`` at
+    their head's ``slots`` entry, as :func:`_rotary_append_decode_kv` stores them without
+    metadata."""
     pairs: tl.constexpr = BLOCK_N // 2
     per_head = HALF // pairs
     head = pid // per_head
     dims = (pid % per_head) * pairs + tl.arange(0, pairs)
     first, second = tl.split(tl.reshape(values.to(tl.float32), (pairs, 2)))
     if head < q_heads + k_heads:
-        cos = tl.load(cos_ptr + dims).to(DTYPE).to(tl.float32)
-        sin = tl.load(sin_ptr + dims).to(DTYPE).to(tl.float32)
-        a = (first * cos).to(DTYPE).to(tl.float32)
-        b = (second * sin).to(DTYPE).to(tl.float32)
-        c = (second * cos).to(DTYPE).to(tl.float32)
-        d = (first * sin).to(DTYPE).to(tl.float32)
-        low, high = (a - b).to(DTYPE), (c + d).to(DTYPE)
+        low, high = rotate_half(first, second, tl.load(cos_ptr + dims), tl.load(sin_ptr + dims), DTYPE)
         if head < q_heads:
             q_dst = q_out_ptr + head * (2 * HALF) + dims
             tl.store(q_dst, low)

@@ -71,6 +71,16 @@ def requests(policy: str, max_new: int = 24) -> tuple[list[list[int]], list[Requ
     return prompts, [options] * len(prompts)
 
 
+def shrinking_requests(policy: str) -> tuple[list[list[int]], list[RequestOptions]]:
+    """:func:`requests` with 40, 25 and 12 new tokens: the batch shrinks as requests finish, so
+    several batch sizes are captured."""
+    prompts, options = requests(policy, max_new=40)
+    return prompts, [
+        RequestOptions(stopping=StoppingOptions(max_new_tokens=n, ignore_eos=True), sparse=o.sparse)
+        for n, o in zip((40, 25, 12), options, strict=True)
+    ]
+
+
 def record(engine: LLMEngine, forced: list[list[int]] | None = None) -> RecordingSampler:
     recorder = RecordingSampler(engine.step_sampler.sampler, forced)
     engine.step_sampler.sampler = recorder  # type: ignore[assignment]
@@ -127,12 +137,7 @@ def test_engine_logits_match_reference_backend(policy, model, request):
 def test_cuda_graph_replay_equals_eager(policy, tiny_gqa8_dir):
     eager = make_engine(tiny_gqa8_dir, "flashinfer", cuda_graphs=False)
     graphs = make_engine(tiny_gqa8_dir, "flashinfer", cuda_graphs=True)
-    prompts, options = requests(policy, max_new=40)
-    # Different lengths: the batch shrinks as requests finish, so several batch sizes are captured.
-    options = [
-        RequestOptions(stopping=StoppingOptions(max_new_tokens=n, ignore_eos=True), sparse=o.sparse)
-        for n, o in zip((40, 25, 12), options, strict=True)
-    ]
+    prompts, options = shrinking_requests(policy)
     eager_logits, graph_logits = record(eager), record(graphs)
     expected = eager.generate(prompts, options)
     got = graphs.generate(prompts, options)
@@ -166,11 +171,7 @@ def test_input_sets_leave_with_their_graphs(tiny_gqa8_dir, monkeypatch):
     monkeypatch.setattr(cuda_graphs, "MAX_INPUT_SETS", 1)
     eager = make_engine(tiny_gqa8_dir, "flashinfer", cuda_graphs=False)
     graphs = make_engine(tiny_gqa8_dir, "flashinfer", cuda_graphs=True)
-    prompts, options = requests("quest", max_new=40)
-    options = [
-        RequestOptions(stopping=StoppingOptions(max_new_tokens=n, ignore_eos=True), sparse=o.sparse)
-        for n, o in zip((40, 25, 12), options, strict=True)
-    ]
+    prompts, options = shrinking_requests("quest")
     eager_logits, graph_logits = record(eager), record(graphs)
     expected = eager.generate(prompts, options)
     got = graphs.generate(prompts, options)
