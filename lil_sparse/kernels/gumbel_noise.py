@@ -13,9 +13,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-MASK32 = 0xFFFFFFFF
-GOLDEN32 = 0x9E3779B9
-UNIFORM_BITS = 23
+# Globals a @triton.jit function reads must be tl.constexpr (Triton refuses plain ints when it
+# compiles for a GPU; its CPU interpreter takes them).
+MASK32 = tl.constexpr(0xFFFFFFFF)
+GOLDEN32 = tl.constexpr(0x9E3779B9)
+UNIFORM_BITS = tl.constexpr(23)
 
 
 @triton.jit
