@@ -101,8 +101,9 @@ def test_gumbel_argmax_refuses_what_it_cannot_read(scaled, seed, match):
 
 
 def test_sampler_with_the_noise_in_the_argmax_samples_the_same_tokens():
-    """``Sampler(noise_in_argmax=True)`` against the default sampler on a batch mixing greedy,
-    plain, top-k and top-p rows (on CUDA the kernel path; elsewhere both take the reference)."""
+    """The default sampler (``noise_in_argmax=True``) against the noise tensor
+    (``noise_in_argmax=False``, the reference) on a batch mixing greedy, plain, top-k and top-p
+    rows (on CUDA the kernel path; elsewhere both take the reference)."""
     from lil_sparse.options import SamplingOptions
     from lil_sparse.sampling import SamplingParams
     from lil_sparse.sampling.sampler import Sampler
@@ -117,8 +118,8 @@ def test_sampler_with_the_noise_in_the_argmax_samples_the_same_tokens():
     ]  # fmt: skip
     params = SamplingParams.from_options(options, device=DEVICE)
     positions = torch.arange(rows, device=DEVICE) * 13 + 5
-    want_tokens, want_logprobs = Sampler().sample(logits, params, positions)
-    got_tokens, got_logprobs = Sampler(noise_in_argmax=True).sample(logits, params, positions)
+    want_tokens, want_logprobs = Sampler(noise_in_argmax=False).sample(logits, params, positions)
+    got_tokens, got_logprobs = Sampler().sample(logits, params, positions)
     assert torch.equal(got_tokens, want_tokens)
     assert torch.equal(got_logprobs, want_logprobs)  # log_softmax at the token, without noise
     assert len(set(got_tokens.tolist())) > 1  # the rows sampled, not all the same pick
