@@ -19,7 +19,6 @@ from lil_sparse.kernels.gemv import (
     mislaid_norm_input,
     rope_refusal,
 )
-from lil_sparse.kernels.gemv_add_rmsnorm import add_rmsnorm_refusal, gemv_add_rmsnorm
 from lil_sparse.kernels.gemv_tiles import choose_tiles
 from lil_sparse.kernels.linear_operands import weight_refusal
 from lil_sparse.kernels.skinny_gemm import skinny_linear, skinny_pays, skinny_refusal, skinny_silu_mul
@@ -136,28 +135,3 @@ def rmsnorm_qkv_rope_append(
     if rope_refusal(x, weight, rope, choose_tiles(n, x.shape[1])) is not None:
         return None
     return gemv_rmsnorm_rope_append(x, residual, norm_weight, eps, weight, bias, rope)
-
-
-def linear_add_rmsnorm(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    residual: torch.Tensor,
-    norm_weight: torch.Tensor,
-    eps: float,
-    ticket: torch.Tensor,
-) -> torch.Tensor:
-    """``add_rmsnorm(linear(x, weight, bias), residual, norm_weight, eps)``: ``residual`` becomes
-    ``residual + linear(...)`` in place and the normalised ``[T, N]`` is returned (a decoder
-    layer's output projection and post-attention norm).
-
-    One CUDA row of a weight where :func:`norm_inside_gemv` holds runs
-    :func:`~lil_sparse.kernels.gemv_add_rmsnorm.gemv_add_rmsnorm` (one kernel; ``ticket``: its
-    ``[1]`` int32 counter, zero, owned by the caller); anything else :func:`linear` then
-    :func:`add_rmsnorm`, which the kernel equals up to the order of the RMS sum. ``x: [T, K]``,
-    ``weight: [N, K]``, ``bias: [N]`` or None, ``residual: [T, N]``, ``norm_weight: [N]``, one
-    dtype."""
-    fits = _one_cuda_row(x, weight, bias) and norm_inside_gemv(weight.shape[0], x.shape[1])
-    if fits and add_rmsnorm_refusal(x, weight, bias, residual, norm_weight, ticket) is None:
-        return gemv_add_rmsnorm(x, weight, bias, residual, norm_weight, eps, ticket)
-    return add_rmsnorm(linear(x, weight, bias), residual, norm_weight, eps)

@@ -123,14 +123,13 @@ class SelfAttention(nn.Module):
 
         if self.qkv is None:
             raise RuntimeError("call fuse() before forward_fused()")
-        o = self.attend_fused(linear(x, *self.qkv), cos, sin, attention)
-        return linear(o.reshape(o.shape[0], -1), self.o_proj.weight, self.o_proj.bias)
+        return self.attend_fused(linear(x, *self.qkv), cos, sin, attention)
 
     def attend_fused(
         self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention: AttentionFn
     ) -> torch.Tensor:
         """The rest of :meth:`forward_fused` from the fused projection ``qkv: [T, (Hq + 2 Hkv) *
-        D]``: RoPE and attention -> ``o: [T, Hq, D]`` (before the output projection)."""
+        D]``: RoPE, attention and the output projection -> ``[T, hidden]``."""
         from lil_sparse.kernels.fused_layers import rotary_qk
 
         tokens = qkv.shape[0]
@@ -146,7 +145,15 @@ class SelfAttention(nn.Module):
         else:
             q, k = rotary_qk(qk, self.num_heads, cos, sin)
             o = attention(self.layer_index, q, k, v)
-        return o
+        return self.project_output(o)
+
+    def project_output(self, o: torch.Tensor) -> torch.Tensor:
+        """The output projection of the attention's ``o: [T, Hq, D]`` -> ``[T, hidden]``."""
+        from lil_sparse.kernels.linear import linear
+
+        return linear(
+            o.reshape(o.shape[0], self.num_heads * self.head_dim), self.o_proj.weight, self.o_proj.bias
+        )
 
     def _apply(self, fn, recurse=True):
         self.qkv = None  # moved or cast parameters no longer view the fused weight
@@ -162,8 +169,6 @@ class DecoderLayer(nn.Module):
         self.self_attn = SelfAttention(config, layer_index)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
-        # The fused output projection's counter (linear_add_rmsnorm); made by fuse().
-        self.post_norm_ticket: torch.Tensor | None = None
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention: AttentionFn
@@ -175,16 +180,10 @@ class DecoderLayer(nn.Module):
     def fuse(self) -> None:
         self.self_attn.fuse()
         self.mlp.fuse()
-        device = self.post_attention_layernorm.weight.device
-        self.post_norm_ticket = torch.zeros(1, dtype=torch.int32, device=device)
 
     @property
     def fused(self) -> bool:
         return self.self_attn.qkv is not None and self.mlp.gate_up is not None
-
-    def _apply(self, fn, recurse=True):
-        self.post_norm_ticket = None  # fuse() again after a move makes one on the new device
-        return super()._apply(fn, recurse)
 
     def forward_fused(
         self,
@@ -205,14 +204,13 @@ class DecoderLayer(nn.Module):
         layer's K/V itself (:class:`~lil_sparse.models.attention_fn.AppendingAttentionFn`, a decode
         step updating no key metadata), RoPE and the append run in that kernel's epilogue too
         (:func:`~lil_sparse.kernels.linear.rmsnorm_qkv_rope_append`). The post-attention norm
-        updates the residual in place, inside the output projection's kernel for one CUDA row
-        (:func:`~lil_sparse.kernels.linear.linear_add_rmsnorm`). ``x, residual: [T, hidden]`` in
-        the model dtype."""
+        updates the residual in place. ``x, residual: [T, hidden]`` in the model dtype."""
+        from lil_sparse.kernels.fused_layers import add_rmsnorm
         from lil_sparse.kernels.gemv import RopeAppend
-        from lil_sparse.kernels.linear import linear_add_rmsnorm, rmsnorm_linear, rmsnorm_qkv_rope_append
+        from lil_sparse.kernels.linear import rmsnorm_linear, rmsnorm_qkv_rope_append
 
         attn = self.self_attn
-        if attn.qkv is None or self.post_norm_ticket is None:
+        if attn.qkv is None:
             raise RuntimeError("call fuse() before forward_fused()")
         norm = self.input_layernorm
         # An AppendingAttentionFn lets one kernel project, rotate and append (a CUDA token row).
@@ -225,14 +223,10 @@ class DecoderLayer(nn.Module):
             fused = rmsnorm_qkv_rope_append(x, residual, norm.weight, norm.eps, *attn.qkv, rope)
         if fused is not None:
             q, residual = fused
-            o = attention.attend_appended(attn.layer_index, q)  # type: ignore[attr-defined]
+            attended = attn.project_output(attention.attend_appended(attn.layer_index, q))  # type: ignore[attr-defined]
         else:
             qkv, residual = rmsnorm_linear(x, residual, norm.weight, norm.eps, *attn.qkv)
-            o = attn.attend_fused(qkv, cos, sin, attention)
+            attended = attn.attend_fused(qkv, cos, sin, attention)
         norm = self.post_attention_layernorm
-        o_proj = attn.o_proj
-        normed = linear_add_rmsnorm(
-            o.reshape(o.shape[0], -1), o_proj.weight, o_proj.bias, residual, norm.weight, norm.eps,
-            self.post_norm_ticket,
-        )  # fmt: skip
+        normed = add_rmsnorm(attended, residual, norm.weight, norm.eps)
         return self.mlp.forward_fused(normed), residual
