@@ -11,8 +11,14 @@ behind the GPU; ``off`` runs steps serially; ``both`` reports one line per mode.
 likewise launches the Triton kernels with programmatic dependent launch (``on``, as the engine),
 without (``off``) or both, alternately in one process (:mod:`lil_sparse.kernels.pdl`).
 
+``--repeats N`` builds N engines per configuration, the configurations taking turns (round 1 of
+every configuration, then round 2, ...), and reports the median of their medians with each
+engine's figure: one engine's median had varied between processes and with its place in the
+process (SmolLM2 batch 1: 0.52-1.14 ms in the report runs of 2026-12-01; the first engines of a
+process read slow), so a single engine's figure decided speed-T1 by its luck.
+
     python bench/engine_step.py MODEL.gguf [--batches 1,8,64] [--steps 64] [--overlap on|off|both]
-        [--pdl on|off|both] [--json OUT.json]
+        [--pdl on|off|both] [--repeats 3] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -89,26 +95,42 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--overlap", choices=("on", "off", "both"), default="on")
     parser.add_argument("--pdl", choices=("on", "off", "both"), default="on")
+    parser.add_argument("--repeats", type=int, default=3, help="engines per configuration")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.overlap]
     pdl_modes = {"on": [True], "off": [False], "both": [True, False]}[args.pdl]
     settle_cuda_graphs()  # every timed graph replays as in a long-running process
-    results = []
-    for batch in (int(b) for b in args.batches.split(",")):
-        for overlap, with_pdl in ((o, p) for o in modes for p in pdl_modes):
+    configs = [
+        (batch, overlap, with_pdl)
+        for batch in (int(b) for b in args.batches.split(","))
+        for overlap in modes
+        for with_pdl in pdl_modes
+    ]
+    runs: dict[tuple[int, bool, bool], list[dict]] = {config: [] for config in configs}
+    for _ in range(args.repeats):
+        for batch, overlap, with_pdl in configs:
             pdl.ENABLED = with_pdl  # read at each launch: the engine built next captures with it
-            result = engine_tbt_ms(args.model, batch, args.steps, overlap)
-            result["pdl"] = with_pdl
-            results.append(result)
-            mode = f"overlap {'on' if overlap else 'off'}"
-            mode += f" pdl {'on' if with_pdl else 'off'}" if len(pdl_modes) > 1 else ""
-            print(
-                f"engine step {args.model.name} batch {batch} {mode}: "
-                f"{result['tbt_ms']:.3f} ms median, p90 {result['p90_ms']:.3f} ms over "
-                f"{result['steps']} steps; graphs {result['graphs']}; {result['overlap_stats']}",
-                flush=True,
-            )
+            runs[(batch, overlap, with_pdl)].append(engine_tbt_ms(args.model, batch, args.steps, overlap))
+    results = []
+    for (batch, overlap, with_pdl), engines in runs.items():
+        result = dict(engines[len(engines) // 2] if len(engines) % 2 else engines[0])
+        result["tbt_ms"] = statistics.median(r["tbt_ms"] for r in engines)
+        result["p90_ms"] = statistics.median(r["p90_ms"] for r in engines)
+        result["engines_tbt_ms"] = [round(r["tbt_ms"], 4) for r in engines]
+        result["pdl"] = with_pdl
+        results.append(result)
+        mode = f"overlap {'on' if overlap else 'off'}"
+        mode += f" pdl {'on' if with_pdl else 'off'}" if len(pdl_modes) > 1 else ""
+        print(
+            f"engine step {args.model.name} batch {batch} {mode}: "
+            f"{result['tbt_ms']:.3f} ms median of {len(engines)} engines' medians "
+            f"({', '.join(f'{t:.3f}' for t in result['engines_tbt_ms'])}), p90 {result['p90_ms']:.3f} ms "
+            f"over {result['steps']} steps each; graphs {result['graphs']}; {result['overlap_stats']}",
+            flush=True,
+        )
     if args.json is not None:
         record = {
             "device": device_line(),

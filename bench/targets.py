@@ -169,10 +169,16 @@ def report(parts: list[dict], engine: dict | None, lines: list[str]) -> str:
         if "note" in engine:
             out.append(f"  ({engine['note']})")
         for r in engine["engine_step"]:
+            engines = r.get("engines_tbt_ms")
+            of = (
+                f" (the median of {len(engines)} engines' medians: {', '.join(f'{t:.3f}' for t in engines)})"
+                if engines
+                else ""
+            )
             out.append(
                 f"  - batch {r['batch']}, overlap {'on' if r.get('overlap') else 'off'}"
                 f"{'' if r.get('pdl', True) else ', PDL off'}: "
-                f"{r['tbt_ms']:.3f} ms median "
+                f"{r['tbt_ms']:.3f} ms median{of} "
                 f"(p90 {r['p90_ms']:.3f}) over {r['steps']} steps"
             )
     out += [
