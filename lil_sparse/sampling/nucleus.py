@@ -37,10 +37,19 @@ What FlashInfer 0.6.6 keeps (read in the v0.6.6 tag of flashinfer-ai/flashinfer)
   probabilities count as 0; they never reach a nucleus).
 - Both: no host sync (the host side reads device attributes and launches; the wrappers only
   allocate their outputs with ``torch.empty_like``), block reductions and radix counts are
-  deterministic, and each row reads only its own ``top_k`` / ``top_p``. They can be captured in
-  a CUDA graph once the state buffer exists (the first call, made eagerly, creates it); the
-  engine samples outside its graphs. The shared state buffer means two top-k masks must not run
-  concurrently on two streams of one device.
+  deterministic, and each row reads only its own ``top_k`` / ``top_p``. Nothing in them stops a
+  CUDA graph capture once the state buffer exists (the first call, made eagerly, creates it;
+  tests/gpu/test_nucleus_gpu.py captures and replays one); the engine samples outside its
+  graphs anyway. The shared state buffer means two top-k masks must not run concurrently on two
+  streams of one device.
+
+Ties are not rare in the engine: its logits come from a bfloat16 ``lm_head`` (8 significant
+bits, steps of 0.125 between 16 and 32), so a top-k of 20 or 40 often ends inside a run of equal
+logits, and FlashInfer then keeps the whole run where the sort keeps the first tokens of it.
+
+All of this is read from the source; the ``k == 0`` row and the tie behaviour are stated from
+the kernels' code, and the GPU test checks the kernels against :data:`TORCH_RULES` (ties
+included for top-k).
 
 The sampling module of FlashInfer is JIT-compiled at its first use unless the JIT cache package
 is installed.

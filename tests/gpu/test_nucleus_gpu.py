@@ -78,6 +78,25 @@ def test_threshold_filter_equals_the_sort(vocab_size: int, seed: int) -> None:
     assert (kept[0], kept[4], kept[7]) == (vocab_size, min(20, vocab_size), 3)
 
 
+def test_ties_of_bfloat16_logits_are_kept_whole() -> None:
+    """bfloat16-rounded logits (the engine's lm_head) tie at many boundaries: the threshold
+    filter keeps everything the sort keeps, and each extra token ties the lowest logit the sort
+    kept in its row (the rest of a run of equal values cut by the sort)."""
+    rows = 8
+    scaled = tie_free_logits(rows, 151_936, seed=10).bfloat16().float()
+    top_k = torch.tensor([20, 40, 20, 40, 0, 0, 0, 0])
+    top_p = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.9, 0.95, 0.9, 0.95])
+    assert bool((nucleus_margin(scaled, top_k, top_p) > 1e-4).all()), "a near-tie: pick other logits"
+    reference = filter_top_k_top_p(scaled, top_k, top_p).cuda() > NEG_INF
+    kept = filter_by_thresholds(scaled.cuda(), top_k.cuda(), top_p.cuda(), flashinfer_kernels()) > NEG_INF
+    scaled = scaled.cuda()
+    assert not bool((reference & ~kept).any())
+    lowest_kept = scaled.masked_fill(~reference, float("inf")).min(dim=-1, keepdim=True).values
+    extra = kept & ~reference
+    assert bool((scaled[extra] == lowest_kept.expand_as(scaled)[extra]).all())
+    assert int(extra.sum()) > 0  # some boundary here did fall inside a run of ties
+
+
 def test_random_logits_differ_only_within_rounding_of_top_p() -> None:
     """Plain N(0, 3^2) logits over 151,936 tokens, at temperature 1 (a nucleus of thousands of
     tokens of ~1e-5 each) and 0.6 (tens to hundreds). A token may change sides only where its
