@@ -137,6 +137,7 @@ def test_each_row_uses_only_its_own_settings() -> None:
 def test_no_host_sync_and_a_cuda_graph_replays_it() -> None:
     scaled, top_k, top_p = (t.cuda() for t in mixed_rows(151_936, seed=5))
     kernels = flashinfer_kernels()
+    filter_by_thresholds(scaled, top_k, top_p, kernels)  # FlashInfer's JIT build and buffers
     torch.cuda.set_sync_debug_mode("error")
     try:
         eager = filter_by_thresholds(scaled, top_k, top_p, kernels)
