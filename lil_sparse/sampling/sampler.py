@@ -8,6 +8,7 @@ import torch
 
 from lil_sparse.kernels import TRITON_AVAILABLE
 from lil_sparse.sampling.noise import gumbel_noise
+from lil_sparse.sampling.nucleus import filter_by_thresholds, flashinfer_kernels, threshold_filter_available
 from lil_sparse.sampling.params import SamplingParams
 
 # Temperatures below this are clamped: the row is then greedy in all but ties, and scaled
@@ -18,7 +19,9 @@ MIN_TEMPERATURE = 1e-5
 def filter_top_k_top_p(
     scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, max_top_k: int = 0
 ) -> torch.Tensor:
-    """Set logits outside each row's top-k, then outside its top-p nucleus, to -inf.
+    """Set logits outside each row's top-k, then outside its top-p nucleus, to -inf: the
+    reference (the CPU path, and the oracle of :func:`~lil_sparse.sampling.nucleus.filter_by_thresholds`,
+    which :class:`Sampler` runs on CUDA instead of this sort).
 
     scaled: [B, V] float32 logits (already divided by temperature).
     top_k:  [B] int64, 0 keeps all. top_p: [B] float32, 1.0 keeps all.
@@ -32,7 +35,10 @@ def filter_top_k_top_p(
     running sum over the row's own top-k candidates only (``cumsum`` up to rank ``k - 1``), so
     candidates beyond the row's k, which a wider batch mate brings in, never enter it (exactly
     on the CPU, whose scan is sequential; a GPU scan may round a prefix differently for another
-    width, which matters only for a nucleus boundary tied at float32 precision).
+    width, which matters only for a nucleus boundary tied at float32 precision). Tokens tied in
+    value across the top-k or nucleus boundary are kept in the order the sort leaves them.
+    The nucleus is that of Holtzman et al. 2020 ("The Curious Case of Neural Text
+    Degeneration"), taken here after the top-k cut.
     """
     vocab_size = scaled.shape[-1]
     if 0 < max_top_k < vocab_size:
@@ -70,7 +76,9 @@ class Sampler:
     never filtered, and a filtering row's nucleus sums only its own candidates.
     """
 
-    def __init__(self, compile_noise: bool = False, noise_in_argmax: bool = True) -> None:
+    def __init__(
+        self, compile_noise: bool = False, noise_in_argmax: bool = True, threshold_filter: bool = True
+    ) -> None:
         """``noise_in_argmax`` (the default): on CUDA, make the Gumbel noise inside the argmax
         kernel (:func:`~lil_sparse.kernels.row_argmax.gumbel_argmax`: one read of the ``[B, V]``
         logits, no noise tensor) instead of :func:`gumbel_noise` then the argmax. The same
@@ -79,9 +87,17 @@ class Sampler:
         one sampling call at temperature 0.6 took 259 instead of 917 us at batch 1 and 262
         instead of 1332 us at batch 64, with top-p 0.95 777 instead of 1581 us at batch 1; the
         same tokens in all twelve cases. ``False`` keeps the noise tensor (the CPU path and the
-        reference)."""
+        reference).
+
+        ``threshold_filter`` (the default): on CUDA with FlashInfer importable, filter top-k and
+        top-p with :func:`~lil_sparse.sampling.nucleus.filter_by_thresholds` (FlashInfer's
+        radix top-k mask and top-p threshold search, no sort of the vocabulary) instead of
+        :func:`filter_top_k_top_p`; the same kept sets but for values tied, or sums within
+        float32 rounding, at a boundary. Not yet measured on the device. ``False`` keeps the
+        sort (the CPU path and the reference)."""
         self._gumbel_noise = torch.compile(gumbel_noise, dynamic=True) if compile_noise else gumbel_noise
         self.noise_in_argmax = noise_in_argmax
+        self.threshold_filter = threshold_filter
 
     def sample(
         self, logits: torch.Tensor, params: SamplingParams, positions: torch.Tensor
@@ -102,7 +118,7 @@ class Sampler:
         temperature = params.temperature.clamp(min=MIN_TEMPERATURE).unsqueeze(1)  # [B, 1]
         scaled = logits / temperature  # [B, V]
         if params.filtering:
-            scaled = filter_top_k_top_p(scaled, params.top_k, params.top_p, params.max_top_k)
+            scaled = self.filter(scaled, params)
         if self.noise_in_argmax and scaled.is_cuda and TRITON_AVAILABLE:
             from lil_sparse.kernels.row_argmax import gumbel_argmax
 
@@ -112,6 +128,15 @@ class Sampler:
             sampled_tokens = _argmax(scaled.add_(noise)).tokens  # [B]
         token_ids = torch.where(params.greedy, greedy.tokens, sampled_tokens)
         return token_ids, greedy.log_probs(token_ids)
+
+    def filter(self, scaled: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+        """Each row's top-k then top-p filter of ``scaled: [B, V]`` float32 (temperature-scaled
+        logits) -> ``[B, V]`` float32, ``-inf`` outside: FlashInfer's thresholds on CUDA where
+        ``threshold_filter`` is set and FlashInfer imports, else the sort of
+        :func:`filter_top_k_top_p`. No host sync either way."""
+        if self.threshold_filter and threshold_filter_available(scaled):
+            return filter_by_thresholds(scaled, params.top_k, params.top_p, flashinfer_kernels())
+        return filter_top_k_top_p(scaled, params.top_k, params.top_p, params.max_top_k)
 
     @staticmethod
     def greedy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
