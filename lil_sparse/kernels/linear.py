@@ -101,7 +101,7 @@ def rmsnorm_linear(
     program, 1.27 at 8, 1.31 at 16): its 8960 outputs make many programs, each re-reading and
     reducing the row, so the model keeps :func:`add_rmsnorm` there. So it does after the output
     projection: that norm inside the output GEMV (its last program, found by an atomic ticket,
-    normalising the row) was 1.188-1.189 against 1.167-1.172 ms (2026-12-01 about 07:45).
+    normalising the row) was 1.188-1.189 against 1.167-1.172 ms (2026-12-01 about 06:55).
     """
     fits = _one_cuda_row(x, weight, bias) and norm_inside_gemv(weight.shape[0], x.shape[1])
     if fits and mislaid_norm_input(x, residual, norm_weight) is None:
