@@ -110,6 +110,8 @@ class LLMEngine(StepTokens, GuardianVerdicts):
             config.step_token_budget if config.chunked_prefill else 0,
         )
         self.step_sampler = StepSampler(Sampler())
+        if device.type == "cuda":  # compile the sampler's kernels now, not inside a request
+            self.step_sampler.sampler.warm_up(mc.vocab_size, device)
         self.overlap = Overlap(self.runner)
         self.guardian = GuardianDriver(config.guardian_workers, config.guardian_max_lag_steps)
         self.stop_checker = StopChecker(self.tokenizer.eos_token_ids)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from lil_sparse.kernels import TRITON_AVAILABLE
+from lil_sparse.options import SamplingOptions
 from lil_sparse.sampling.noise import gumbel_noise
 from lil_sparse.sampling.nucleus import filter_by_thresholds, flashinfer_kernels, threshold_filter_available
 from lil_sparse.sampling.params import SamplingParams
@@ -140,6 +141,20 @@ class Sampler:
         if self.threshold_filter and threshold_filter_available(scaled):
             return filter_by_thresholds(scaled, params.top_k, params.top_p, flashinfer_kernels())
         return filter_top_k_top_p(scaled, params.top_k, params.top_p, params.max_top_k)
+
+    def warm_up(self, vocab_size: int, device: torch.device) -> None:
+        """Sample once, a greedy row and a row with temperature, top-k and top-p, on zero logits
+        ``[2, vocab_size]`` on ``device``, so every kernel of :meth:`sample` is compiled before
+        a request needs it. On CUDA FlashInfer builds its sampling module with nvcc the first
+        time one of its kernels runs on a machine (88 s on the H200, 2026-12-01 07:14 UTC,
+        ``top_k_mask_logits`` on a fresh JIT cache, ~/.cache/flashinfer; then 0.03 s for
+        ``top_p_renorm_probs``); during a request that stall would hold every stream of the
+        engine. Synchronises with ``device``."""
+        options = [SamplingOptions(), SamplingOptions(temperature=0.6, top_k=40, top_p=0.95, seed=0)]
+        params = SamplingParams.from_options(options, device=device)
+        logits = torch.zeros(2, vocab_size, dtype=torch.float32, device=device)
+        tokens, _ = self.sample(logits, params, torch.zeros(2, dtype=torch.int64, device=device))
+        tokens.cpu()  # the kernels have run
 
     @staticmethod
     def greedy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

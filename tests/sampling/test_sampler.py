@@ -268,3 +268,31 @@ def test_a_seeded_row_samples_the_same_tokens_beside_any_mate(mate: int) -> None
             logits = random_logits(2, seed=100 + position)
             alone = sample(logits[1:], [kind], [position])[0].item()
             assert sample(logits, [ROW_KINDS[1], kind], [7, position])[0][1].item() == alone
+
+
+class RecordingSampler(Sampler):
+    """A real :class:`Sampler` that records the rows it filters and samples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.filtered: list[tuple[list[int], list[float]]] = []
+        self.sampled: list[list[bool]] = []
+
+    def filter(self, scaled: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+        self.filtered.append((params.top_k.tolist(), params.top_p.tolist()))
+        return super().filter(scaled, params)
+
+    def sample(self, logits, params, positions):
+        self.sampled.append(params.greedy.tolist())
+        return super().sample(logits, params, positions)
+
+
+def test_warm_up_runs_the_greedy_and_the_filtering_paths() -> None:
+    """The engine's warm-up (on CUDA, before serving) must reach every kernel a request may run:
+    one batch with a greedy row and a row filtering by both top-k and top-p, over the whole
+    vocabulary."""
+    sampler = RecordingSampler()
+    sampler.warm_up(VOCAB, torch.device("cpu"))
+    assert sampler.sampled == [[True, False]]
+    [(top_k, top_p)] = sampler.filtered
+    assert top_k[1] > 0 and top_p[1] < 1.0
