@@ -21,6 +21,9 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 sha256sum "$LIL_GPU_MODEL" | cut -c1-16
 
 if [ "$part" = tests ]; then
+  # FlashInfer's sampling module first, once (88 s of nvcc on a fresh machine; every engine
+  # builds it at construction, and the test processes below would otherwise all wait for it).
+  python -c 'import torch; from lil_sparse.sampling import Sampler; Sampler().warm_up(151936, torch.device("cuda"))'
   # Side by side: about 75 s together on the H200; one after another they took over 200 s,
   # mostly Triton and FlashInfer compiling.
   for t in tests/gpu/test_flashinfer_engine.py tests/gpu/test_flashinfer_layer.py tests/gpu/test_real_model.py \
