@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from lil_sparse.sampling.nucleus import ThresholdKernels, filter_by_thresholds
+
 # A row's distinct logits are at least this far apart (float32 steps are 1.9e-6 near 16, so the
 # values stay distinct after a division by a temperature down to about 0.2).
 LOGIT_GAP = 1e-5
@@ -47,3 +49,19 @@ def nucleus_margin(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tenso
     distance = (mass_before - top_p.double().unsqueeze(1)).abs().masked_fill(rank >= k, float("inf"))
     margin = distance.min(dim=-1).values
     return torch.where(top_p < 1.0, margin, float("inf"))
+
+
+def filters_each_row_alone_as_in_its_batch(
+    scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, kernels: ThresholdKernels
+) -> bool:
+    """Whether :func:`~lil_sparse.sampling.nucleus.filter_by_thresholds` with ``kernels`` gives
+    every row of ``scaled: [B, V]`` (``top_k: [B]``, ``top_p: [B]``) bit for bit the same alone
+    as in the batch: the batch invariance the sampler promises."""
+    together = filter_by_thresholds(scaled, top_k, top_p, kernels)
+    return all(
+        torch.equal(
+            filter_by_thresholds(scaled[r : r + 1], top_k[r : r + 1], top_p[r : r + 1], kernels)[0],
+            together[r],
+        )
+        for r in range(scaled.shape[0])
+    )

@@ -14,7 +14,11 @@ import torch
 from lil_sparse.options import SamplingOptions
 from lil_sparse.sampling import Sampler, SamplingParams, filter_top_k_top_p
 from lil_sparse.sampling.nucleus import TORCH_RULES, filter_by_thresholds, flashinfer_kernels
-from lil_sparse.testing.nucleus_logits import nucleus_margin, tie_free_logits
+from lil_sparse.testing.nucleus_logits import (
+    filters_each_row_alone_as_in_its_batch,
+    nucleus_margin,
+    tie_free_logits,
+)
 
 pytestmark = pytest.mark.gpu
 pytest.importorskip("flashinfer")
@@ -125,13 +129,7 @@ def test_random_logits_differ_only_within_rounding_of_top_p() -> None:
 
 def test_each_row_uses_only_its_own_settings() -> None:
     scaled, top_k, top_p = (t.cuda() for t in mixed_rows(151_936, seed=4))
-    kernels = flashinfer_kernels()
-    together = filter_by_thresholds(scaled, top_k, top_p, kernels)
-    for row in range(len(TOP_K)):
-        alone = filter_by_thresholds(
-            scaled[row : row + 1], top_k[row : row + 1], top_p[row : row + 1], kernels
-        )
-        assert torch.equal(alone[0], together[row])
+    assert filters_each_row_alone_as_in_its_batch(scaled, top_k, top_p, flashinfer_kernels())
 
 
 def test_no_host_sync_and_a_cuda_graph_replays_it() -> None:

@@ -10,7 +10,11 @@ import torch
 from lil_sparse.options import SamplingOptions
 from lil_sparse.sampling import Sampler, SamplingParams, filter_top_k_top_p
 from lil_sparse.sampling.nucleus import TORCH_RULES, filter_by_thresholds, threshold_filter_available
-from lil_sparse.testing.nucleus_logits import nucleus_margin, tie_free_logits
+from lil_sparse.testing.nucleus_logits import (
+    filters_each_row_alone_as_in_its_batch,
+    nucleus_margin,
+    tie_free_logits,
+)
 
 NEG_INF = float("-inf")
 # Rows mixing no filter, top-p only, top-k only and both, at several temperatures.
@@ -80,12 +84,7 @@ def test_rows_without_filters_come_back_unchanged() -> None:
 
 def test_each_row_uses_only_its_own_settings() -> None:
     scaled, top_k, top_p = mixed_rows(512, seed=5)
-    together = filter_by_thresholds(scaled, top_k, top_p, TORCH_RULES)
-    for row in range(len(TOP_K)):
-        alone = filter_by_thresholds(
-            scaled[row : row + 1], top_k[row : row + 1], top_p[row : row + 1], TORCH_RULES
-        )
-        assert torch.equal(alone[0], together[row])
+    assert filters_each_row_alone_as_in_its_batch(scaled, top_k, top_p, TORCH_RULES)
 
 
 def test_cpu_sampler_keeps_the_sort() -> None:
