@@ -146,7 +146,7 @@ class Sampler:
         """Sample once, a greedy row and a row with temperature, top-k and top-p, on zero logits
         ``[2, vocab_size]`` on ``device``, so every kernel of :meth:`sample` is compiled before
         a request needs it. On CUDA FlashInfer builds its sampling module with nvcc the first
-        time one of its kernels runs on a machine (88 s on the H200, 2026-12-01 07:14 UTC,
+        time one of its kernels runs on a machine (88 s on the H200, 2026-12-01 about 07:11 UTC,
         ``top_k_mask_logits`` on a fresh JIT cache, ~/.cache/flashinfer; then 0.03 s for
         ``top_p_renorm_probs``); during a request that stall would hold every stream of the
         engine. Synchronises with ``device``."""
