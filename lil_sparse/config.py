@@ -49,6 +49,10 @@ class EngineConfig:
     says why); Guardian requests run ahead between checks, and a step where a token could pause a
     request for a pending check, or with an answer phase, runs serially. It needs
     ``chunked_prefill`` (the unchunked scheduler skips decode in a prefill step).
+    ``warm_up`` (None: on for CUDA, off on CPU) runs a few dummy requests through every policy,
+    batch bucket and the chunked prefill when the engine is built
+    (lil_sparse/engine/warm_up.py), so kernel builds (FlashInfer's nvcc, Triton) and CUDA graph
+    captures happen before the first request, not inside it.
     """
 
     model: str = DEFAULT_MODEL
@@ -68,6 +72,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 0  # 0: 512 on CPU, 2048 on CUDA
     selection: str = "exact"  # or "when_faster": see the docstring
     overlap_scheduling: bool | None = None  # None: on for CUDA (with chunked prefill), off on CPU
+    warm_up: bool | None = None  # None: on for CUDA, off on CPU
 
     def __post_init__(self) -> None:
         checks = [
@@ -125,12 +130,21 @@ class EngineConfig:
             raise ValueError(
                 f"overlap_scheduling: must be True, False or None (auto), got {self.overlap_scheduling!r}"
             )
+        if self.warm_up is not None and not isinstance(self.warm_up, bool):
+            raise ValueError(f"warm_up: must be True, False or None (auto), got {self.warm_up!r}")
         if self.overlap_scheduling and not self.chunked_prefill:
             raise ValueError(
                 "overlap_scheduling: needs chunked_prefill (unchunked prefill steps skip decode)"
             )
         if self.backend == "flashinfer" and not self.device.startswith("cuda"):
             raise ValueError("backend: 'flashinfer' needs a CUDA device")
+
+    @property
+    def warms_up(self) -> bool:
+        """Whether the engine runs its start-up warm-up (``warm_up``, resolved)."""
+        if self.warm_up is not None:
+            return self.warm_up
+        return self.device.startswith("cuda")
 
     @property
     def overlaps(self) -> bool:

@@ -58,6 +58,7 @@ def load_engine(config: ServerConfig) -> Any:
         max_num_batched_tokens=config.max_num_batched_tokens,
         selection=config.engine_selection,
         overlap_scheduling=config.engine_overlap,
+        warm_up=config.engine_warm_up,
         # The server admits at most max_in_flight requests (one limit, one message); the engine's
         # own queue limit is only a backstop that this keeps from ever tripping.
         max_waiting=config.max_in_flight,

@@ -16,6 +16,7 @@ from lil_sparse.options import (
 
 SELECTION_SETTINGS = ("auto", *SELECTION_MODES)
 OVERLAP_MODES = ("auto", "on", "off")
+WARM_UP_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,9 @@ class ServerConfig:
     # Launch decode step n+1 before handling step n's tokens (EngineConfig.overlap_scheduling):
     # "auto" (on for CUDA with chunked prefill), "on" or "off".
     overlap_scheduling: str = "auto"
+    # Dummy requests through every policy, batch bucket and the chunked prefill before SERVING
+    # (EngineConfig.warm_up): "auto" (on for CUDA), "on" or "off".
+    warm_up: str = "auto"
     max_new_tokens_limit: int = 4096  # per-request cap on max_new_tokens (fairness: slots turn over)
     max_prompt_bytes: int = 1 << 20  # UTF-8 bytes of text or chat; refused before tokenizing
     tokenizer_threads: int = 2  # threads tokenizing prompts off the event loop
@@ -118,6 +122,11 @@ class ServerConfig:
             f"must be one of {', '.join(OVERLAP_MODES)}, got {self.overlap_scheduling!r}",
         )
         _require(
+            self.warm_up in WARM_UP_MODES,
+            "warm_up",
+            f"must be one of {', '.join(WARM_UP_MODES)}, got {self.warm_up!r}",
+        )
+        _require(
             self.overlap_scheduling != "on" or self.chunked_prefill,
             "overlap_scheduling",
             "'on' needs chunked_prefill (unchunked prefill steps skip decode)",
@@ -185,6 +194,11 @@ class ServerConfig:
     def engine_overlap(self) -> bool | None:
         """``overlap_scheduling`` as ``EngineConfig.overlap_scheduling`` takes it (None: auto)."""
         return {"auto": None, "on": True, "off": False}[self.overlap_scheduling]
+
+    @property
+    def engine_warm_up(self) -> bool | None:
+        """``warm_up`` as ``EngineConfig.warm_up`` takes it (None: auto)."""
+        return {"auto": None, "on": True, "off": False}[self.warm_up]
 
     @property
     def max_in_flight(self) -> int:

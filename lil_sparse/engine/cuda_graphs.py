@@ -250,6 +250,11 @@ class DecodeGraphs:
         self.inputs[key] = buffers
         return buffers
 
+    def reset_counters(self) -> None:
+        """Zero ``replays``, ``eager_steps``, ``captures`` and ``evictions`` (the captured graphs
+        stay): the engine does after its start-up warm-up."""
+        self.replays = self.eager_steps = self.captures = self.evictions = 0
+
     def stats(self) -> dict[str, int]:
         """``replays``, ``eager_steps``, ``captures``, ``evictions`` so far and ``cached`` graphs."""
         return {

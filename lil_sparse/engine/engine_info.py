@@ -26,10 +26,10 @@ class EngineInfo:
 class EngineStats:
     """``num_running`` counts every admitted request, ``num_prefilling`` of them included.
 
-    Cumulative since the engine started: decode forwards that replayed a CUDA graph
-    (``graph_replays``) or ran eagerly (``eager_decodes``: graphs off, or a shape's first sight),
-    and sampling steps that launched the next decode ahead (``ahead_steps``, overlap scheduling)
-    or ran serially (``serial_steps``).
+    Cumulative since the engine started serving (its start-up warm-up not counted): decode
+    forwards that replayed a CUDA graph (``graph_replays``) or ran eagerly (``eager_decodes``:
+    graphs off, or a shape's first sight), and sampling steps that launched the next decode ahead
+    (``ahead_steps``, overlap scheduling) or ran serially (``serial_steps``).
     """
 
     num_running: int

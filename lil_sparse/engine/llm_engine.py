@@ -40,6 +40,7 @@ from lil_sparse.engine.sequence import PrefillChunk, Sequence, SequenceStatus
 from lil_sparse.engine.step_sampler import StepSampler
 from lil_sparse.engine.step_tokens import StepTokens
 from lil_sparse.engine.stop_checker import StopChecker
+from lil_sparse.engine.warm_up import WarmUpReport, warm_up
 from lil_sparse.events import FinishReason, RequestReport, TokenEvent
 from lil_sparse.guardian.answer import AnswerPhase
 from lil_sparse.kv import BlockTable, KVCache, PagePool
@@ -134,6 +135,16 @@ class LLMEngine(StepTokens, GuardianVerdicts):
             selection=config.selection,
             overlap_scheduling=config.overlaps,
         )
+        self.warm_up_report: WarmUpReport | None = None
+        if config.warms_up:  # kernel builds and graph captures now, not inside a request
+            self.warm_up_report = warm_up(self)
+            logger.info(
+                "warm-up: %.1f s, %d requests, batch sizes %s, chunked prompt %d tokens",
+                self.warm_up_report.seconds,
+                self.warm_up_report.requests,
+                ",".join(map(str, self.warm_up_report.batch_sizes)),
+                self.warm_up_report.chunked_prompt_tokens,
+            )
 
     @property
     def sampler(self) -> Sampler:
@@ -200,6 +211,12 @@ class LLMEngine(StepTokens, GuardianVerdicts):
             ahead_steps=overlap["ahead_steps"],
             serial_steps=overlap["serial_steps"],
         )
+
+    def reset_step_counters(self) -> None:
+        """Zero the step counters :meth:`stats` and :meth:`overlap_stats` report, and the
+        selection gate's (captured CUDA graphs stay)."""
+        self.runner.reset_counters()
+        self.overlap.reset_counters()
 
     def overlap_stats(self) -> dict[str, int]:
         """Sampling steps that launched the next decode ahead (``ahead_steps``) or ran serially

@@ -291,6 +291,15 @@ class ModelRunner:
             return {"replays": 0, "eager_steps": eager, "captures": 0, "evictions": 0, "cached": 0}
         return self.graphs.stats()
 
+    def reset_counters(self) -> None:
+        """Zero the graph counters (:meth:`graph_stats`; captured graphs stay) and the selection
+        gate's (:meth:`selection_stats`)."""
+        self.ungraphed_decodes = 0
+        if self.graphs is not None:
+            self.graphs.reset_counters()
+        self.gate.skipped_rows.clear()
+        self.gate.skipped_groups.clear()
+
     def selection_stats(self) -> dict[str, dict[str, int]]:
         """The selection gate's counters, per policy: ``skipped_rows`` (sequence-steps over budget
         that attended densely because selection could not pay) and ``skipped_groups`` (steps in

@@ -91,6 +91,10 @@ class Overlap:
         self.serial_steps = 0  # sampling steps that did not (overlap off or a request not eligible)
         self.catch_up_decodes = 0  # steps whose decode rows were not all run ahead (second call)
 
+    def reset_counters(self) -> None:
+        """Zero the counters of :meth:`stats`."""
+        self.ahead_steps = self.serial_steps = self.catch_up_decodes = 0
+
     def stats(self) -> dict[str, int]:
         return {
             "ahead_steps": self.ahead_steps,

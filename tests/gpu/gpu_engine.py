@@ -15,6 +15,8 @@ DEFAULTS: dict[str, Any] = {
     "kv_cache_tokens": 4096,
     "max_batch_size": 4,
     "guardian_workers": 0,
+    # Each test builds its own engines; test_warm_up_gpu.py runs the start-up warm-up.
+    "warm_up": False,
 }
 
 

@@ -71,6 +71,7 @@ def test_greedy_full_64_tokens_agree_on_both_backends(dtype: str):
             max_batch_size=4,
             guardian_workers=0,
             cuda_graphs=graphs,
+            warm_up=False,
         )
         engine = LLMEngine(loaded, config)
         outputs[backend, graphs] = [r.output_token_ids for r in engine.generate(prompts, options)]

@@ -52,6 +52,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "maxModelLen": 8192,
             "chunkedPrefill": False,
             "overlapScheduling": "off",
+            "warmUp": "off",
             "maxNumBatchedTokens": 4096,
             "selection": "when_faster",
             "maxNewTokensLimit": 1024,

@@ -1,0 +1,119 @@
+"""Start-up warm-up: a few dummy requests through every path a first request could take.
+
+On CUDA the first use of a kernel costs far more than its run: FlashInfer builds each attention
+module with nvcc on a machine's first use (9-16 s per kernel on an H100, 2026-11-22; its sampling
+module 88 s on the H200, which :meth:`~lil_sparse.sampling.Sampler.warm_up` already pays), Triton
+compiles every kernel specialization it has not cached, and the runner captures a CUDA graph
+the second time it sees a step shape (:mod:`lil_sparse.engine.cuda_graphs`). Inside a request
+each of these stalls every stream of the engine, for seconds. :func:`warm_up` pays them before
+the engine serves (the server reports SERVING after the engine is built), as vLLM captures its
+graphs at start-up:
+
+1. one request per policy in one batch, each holding more pages than its budget, so that
+   selection (Quest, InfLLM), eviction (sink, H2O) and the dense path all run, prefill included;
+2. for every batch bucket of the runner up to ``max_batch_size``, that many plain requests
+   decoding together, long enough for the bucket's graph to be captured and replayed;
+3. with chunked prefill, a prompt one page longer than the step's token budget beside a decoding
+   request: the mixed steps and the paged chunk prefill.
+
+Every request is greedy with ``ignore_eos``; the prompts are fixed token ids. A warm-up request
+that finishes with an error raises: a kernel that cannot run here fails the start, not a user's
+request. The engine's step counters (graph replays, eager steps, overlap) restart at zero after.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from lil_sparse.engine.model_runner import ModelRunner
+from lil_sparse.events import FinishReason
+from lil_sparse.options import POLICY_NAMES, RequestOptions, SamplingOptions, SparseOptions, StoppingOptions
+
+if TYPE_CHECKING:
+    from lil_sparse.engine.llm_engine import LLMEngine
+
+DECODE_TOKENS = 5  # the first from the prefill, then 4 decode steps: eager, capture, 2 replays
+POLICY_PROMPT_PAGES = 8  # over the policies' budget of 2 pages: every policy selects or evicts
+POLICY_BUDGET_PAGES = 2
+
+
+@dataclass(frozen=True)
+class WarmUpReport:
+    """What :func:`warm_up` ran: ``seconds`` of wall time, ``requests`` in all, the decode
+    ``batch_sizes`` it ran alone (the runner's buckets), and ``chunked_prompt_tokens`` (0 when
+    prefill is not chunked or the context is too short for a second chunk)."""
+
+    seconds: float
+    requests: int
+    batch_sizes: tuple[int, ...]
+    chunked_prompt_tokens: int
+
+
+def warm_up(engine: LLMEngine) -> WarmUpReport:
+    """Run the warm-up rounds (module docstring) on ``engine``, which must hold no request, then
+    zero its step counters. Returns a :class:`WarmUpReport`. Raises RuntimeError naming the round
+    and the error when a warm-up request fails."""
+    if engine.has_unfinished():
+        raise RuntimeError("warm_up: the engine already holds requests")
+    start = time.perf_counter()
+    page_size = engine.config.page_size
+    requests = 0
+
+    prompt = _prompt(min(POLICY_PROMPT_PAGES * page_size, engine.max_context - DECODE_TOKENS), engine)
+    # The default dense leading layers, fewer in a model too shallow for any layer to select.
+    dense_layers = min(SparseOptions().dense_layers, engine.model_config.num_layers - 1)
+    options = [_options(policy, POLICY_BUDGET_PAGES * page_size, dense_layers) for policy in POLICY_NAMES]
+    requests += _run(engine, "policies", [prompt] * len(options), options)
+
+    buckets = _batch_buckets(engine.config.max_batch_size)
+    for batch in buckets:
+        short = _prompt(page_size, engine)
+        requests += _run(engine, f"batch {batch}", [short] * batch, [_options("full", page_size)] * batch)
+
+    chunked = 0
+    budget = engine.config.step_token_budget if engine.config.chunked_prefill else 0
+    if budget and budget + page_size + DECODE_TOKENS <= engine.max_context:
+        chunked = budget + page_size
+        chunks = -(-chunked // budget) + 1
+        decoding = _options("full", page_size, new_tokens=DECODE_TOKENS + chunks)
+        prompts = [_prompt(page_size, engine), _prompt(chunked, engine)]
+        requests += _run(engine, "chunked prefill", prompts, [decoding, _options("full", page_size)])
+
+    engine.reset_step_counters()
+    return WarmUpReport(time.perf_counter() - start, requests, tuple(buckets), chunked)
+
+
+def _batch_buckets(max_batch_size: int) -> list[int]:
+    """One batch size per batch bucket the runner can pad to
+    (:meth:`~lil_sparse.engine.model_runner.ModelRunner.batch_bucket`) with at most
+    ``max_batch_size`` requests: each bucket's size, or ``max_batch_size`` for the last bucket
+    when it is larger (12 requests pad to 16)."""
+    counts = range(1, max_batch_size + 1)
+    return sorted({min(ModelRunner.batch_bucket(count), max_batch_size) for count in counts})
+
+
+def _prompt(tokens: int, engine: LLMEngine) -> list[int]:
+    """``tokens`` fixed token ids spread over the vocabulary (any ids do: EOS is ignored)."""
+    vocab = engine.model_config.vocab_size
+    return [(1 + 7919 * i) % vocab for i in range(max(tokens, 1))]
+
+
+def _options(
+    policy: str, budget_tokens: int, dense_layers: int = 0, new_tokens: int = DECODE_TOKENS
+) -> RequestOptions:
+    """Greedy, ``new_tokens`` tokens whatever they are (EOS ignored), under ``policy``."""
+    return RequestOptions(
+        sampling=SamplingOptions(),
+        stopping=StoppingOptions(max_new_tokens=new_tokens, ignore_eos=True),
+        sparse=SparseOptions(policy=policy, budget_tokens=budget_tokens, dense_layers=dense_layers),
+    )
+
+
+def _run(engine: LLMEngine, round_name: str, prompts: list[list[int]], options: list[RequestOptions]) -> int:
+    """Run one round to completion; raise if any request failed. Returns its request count."""
+    for report in engine.generate(prompts, options):
+        if report.finish_reason == FinishReason.ERROR:
+            raise RuntimeError(f"warm-up ({round_name}) failed: {report.error}")
+    return len(prompts)
