@@ -57,6 +57,9 @@ def engine_tbt_ms(model_path: Path, batch: int, steps: int, overlap: bool) -> di
         guardian_workers=0,
         cuda_graphs=True,
         overlap_scheduling=overlap,
+        # The step is timed after warm-up steps of its own shape; the start-up warm-up (every
+        # policy, width and batch size) would only lengthen each engine's construction.
+        warm_up=False,
     )
     engine = LLMEngine(loaded, config)
     prompt = loaded.tokenizer.encode("Please reason step by step: what is 17 times 23?")

@@ -9,8 +9,11 @@ each of these stalls every stream of the engine, for seconds. :func:`warm_up` pa
 the engine serves (the server reports SERVING after the engine is built), as vLLM captures its
 graphs at start-up:
 
-1. one request per policy in one batch, each holding more pages than its budget, so that
-   selection (Quest, InfLLM), eviction (sink, H2O) and the dense path all run, prefill included;
+1. for every page-table width bucket of the runner up to :data:`WIDTH_STEP` pages (4096 tokens
+   at page size 16) that the context and the KV pool hold, one request per policy, each with
+   that many pages and a budget of half of them: selection (Quest, InfLLM), eviction (sink,
+   H2O) and the dense path all run at that width, prefill included (Triton specializes the
+   selection kernels by width, and graphs are captured per width);
 2. for every batch bucket of the runner up to ``max_batch_size``, that many plain requests
    decoding together, long enough for the bucket's graph to be captured and replayed;
 3. with chunked prefill, a prompt one page longer than the step's token budget beside a decoding
@@ -27,7 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lil_sparse.engine.model_runner import ModelRunner
+from lil_sparse.engine.model_runner import WIDTH_STEP, ModelRunner
 from lil_sparse.events import FinishReason
 from lil_sparse.options import POLICY_NAMES, RequestOptions, SamplingOptions, SparseOptions, StoppingOptions
 
@@ -35,19 +38,20 @@ if TYPE_CHECKING:
     from lil_sparse.engine.llm_engine import LLMEngine
 
 DECODE_TOKENS = 5  # the first from the prefill, then 4 decode steps: eager, capture, 2 replays
-POLICY_PROMPT_PAGES = 8  # over the policies' budget of 2 pages: every policy selects or evicts
-POLICY_BUDGET_PAGES = 2
+MIN_WIDTH = 8  # the narrowest page table (ModelRunner.width_bucket)
 
 
 @dataclass(frozen=True)
 class WarmUpReport:
     """What :func:`warm_up` ran: ``seconds`` of wall time, ``requests`` in all, the decode
-    ``batch_sizes`` it ran alone (the runner's buckets), and ``chunked_prompt_tokens`` (0 when
-    prefill is not chunked or the context is too short for a second chunk)."""
+    ``batch_sizes`` it ran alone (the runner's buckets), the page-table ``widths`` every policy
+    ran at, and ``chunked_prompt_tokens`` (0 when prefill is not chunked or the context is too
+    short for a second chunk)."""
 
     seconds: float
     requests: int
     batch_sizes: tuple[int, ...]
+    widths: tuple[int, ...]
     chunked_prompt_tokens: int
 
 
@@ -61,11 +65,14 @@ def warm_up(engine: LLMEngine) -> WarmUpReport:
     page_size = engine.config.page_size
     requests = 0
 
-    prompt = _prompt(min(POLICY_PROMPT_PAGES * page_size, engine.max_context - DECODE_TOKENS), engine)
     # The default dense leading layers, fewer in a model too shallow for any layer to select.
     dense_layers = min(SparseOptions().dense_layers, engine.model_config.num_layers - 1)
-    options = [_options(policy, POLICY_BUDGET_PAGES * page_size, dense_layers) for policy in POLICY_NAMES]
-    requests += _run(engine, "policies", [prompt] * len(options), options)
+    widths = _table_widths(engine)
+    for width in widths:
+        prompt = _prompt(width * page_size - DECODE_TOKENS - 1, engine)  # width pages, new tokens too
+        budget = (width // 2 + 1) * page_size  # held pages over it; what it keeps also `width` wide
+        options = [_options(policy, budget, dense_layers) for policy in POLICY_NAMES]
+        requests += _run(engine, f"policies at width {width}", [prompt] * len(options), options)
 
     buckets = _batch_buckets(engine.config.max_batch_size)
     for batch in buckets:
@@ -82,7 +89,23 @@ def warm_up(engine: LLMEngine) -> WarmUpReport:
         requests += _run(engine, "chunked prefill", prompts, [decoding, _options("full", page_size)])
 
     engine.reset_step_counters()
-    return WarmUpReport(time.perf_counter() - start, requests, tuple(buckets), chunked)
+    return WarmUpReport(time.perf_counter() - start, requests, tuple(buckets), tuple(widths), chunked)
+
+
+def _table_widths(engine: LLMEngine) -> list[int]:
+    """The runner's page-table width buckets (powers of two from 8, :data:`WIDTH_STEP` at most)
+    that a request of that many pages fits: in the model's context with :data:`DECODE_TOKENS`
+    new tokens, and in the KV pool."""
+    page_size, heads = engine.config.page_size, engine.model_config.num_kv_heads
+    widths, width = [], MIN_WIDTH
+    while (
+        width <= WIDTH_STEP
+        and width * page_size <= engine.max_context
+        and width * heads <= engine.pool.num_pages
+    ):
+        widths.append(width)
+        width *= 2
+    return widths
 
 
 def _batch_buckets(max_batch_size: int) -> list[int]:
@@ -112,8 +135,12 @@ def _options(
 
 
 def _run(engine: LLMEngine, round_name: str, prompts: list[list[int]], options: list[RequestOptions]) -> int:
-    """Run one round to completion; raise if any request failed. Returns its request count."""
-    for report in engine.generate(prompts, options):
-        if report.finish_reason == FinishReason.ERROR:
-            raise RuntimeError(f"warm-up ({round_name}) failed: {report.error}")
+    """Run one round to completion, at most ``max_waiting`` requests at a time (the queue takes
+    no more); raise if any request failed. Returns the round's request count."""
+    group = max(1, engine.config.max_waiting)
+    for first in range(0, len(prompts), group):
+        reports = engine.generate(prompts[first : first + group], options[first : first + group])
+        for report in reports:
+            if report.finish_reason == FinishReason.ERROR:
+                raise RuntimeError(f"warm-up ({round_name}) failed: {report.error}")
     return len(prompts)

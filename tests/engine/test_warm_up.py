@@ -12,7 +12,7 @@ import pytest
 
 from lil_sparse.config import EngineConfig
 from lil_sparse.engine import LLMEngine
-from lil_sparse.engine.warm_up import _batch_buckets, warm_up
+from lil_sparse.engine.warm_up import _batch_buckets, _table_widths, warm_up
 from lil_sparse.options import POLICY_NAMES, RequestOptions, SparseOptions, StoppingOptions
 
 PROMPT = [5, 9, 13, 2, 7, 11, 3, 8] * 6
@@ -54,8 +54,10 @@ def test_warm_up_runs_every_round_and_leaves_a_fresh_engine(tiny_model_dir):
         report = warmed.warm_up_report
         assert report is not None and cold.warm_up_report is None
         assert report.batch_sizes == (1, 2, 4, 6)
+        # Widths up to the 128 pages of the model's 2048-token context (the pool holds 256).
+        assert report.widths == (8, 16, 32, 64, 128)
         assert report.chunked_prompt_tokens == 64 + 16  # one page past the step's token budget
-        assert report.requests == len(POLICY_NAMES) + sum(report.batch_sizes) + 2
+        assert report.requests == len(POLICY_NAMES) * 5 + sum(report.batch_sizes) + 2
         assert report.seconds > 0
         stats = warmed.stats()
         assert (stats.num_running, stats.num_waiting, stats.kv_pages_used) == (0, 0, 0)
@@ -70,6 +72,20 @@ def test_warm_up_runs_every_round_and_leaves_a_fresh_engine(tiny_model_dir):
     finally:
         warmed.close()
         cold.close()
+
+
+def test_widths_stop_where_a_request_would_not_fit(tiny_model_dir):
+    """A request of ``width`` pages must fit the KV pool (here 1024 tokens: 64 pages per KV
+    head) and the context (``max_model_len`` 256: 16 pages)."""
+    for overrides, widths in (
+        ({"kv_cache_tokens": 1024}, [8, 16, 32, 64]),
+        ({"max_model_len": 256}, [8, 16]),
+    ):
+        engine = make_engine(tiny_model_dir, False, **overrides)
+        try:
+            assert _table_widths(engine) == widths
+        finally:
+            engine.close()
 
 
 def test_warm_up_refuses_an_engine_with_requests(tiny_model_dir):
@@ -91,5 +107,5 @@ def test_a_failing_warm_up_request_fails_the_start(tiny_model_dir, monkeypatch):
         raise RuntimeError("no kernel image is available")
 
     monkeypatch.setattr(ModelRunner, "decode", broken_decode)
-    with pytest.raises(RuntimeError, match=r"warm-up \(policies\) failed: .*no kernel image"):
+    with pytest.raises(RuntimeError, match=r"warm-up \(policies at width 8\) failed: .*no kernel image"):
         make_engine(tiny_model_dir, True)
