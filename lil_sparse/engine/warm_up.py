@@ -13,7 +13,8 @@ graphs at start-up:
    at page size 16) that the context and the KV pool hold, one request per policy, each with
    that many pages and a budget of half of them: selection (Quest, InfLLM), eviction (sink,
    H2O) and the dense path all run at that width, prefill included (Triton specializes the
-   selection kernels by width, and graphs are captured per width);
+   selection kernels by width, and graphs are captured per width); then each policy alone at
+   the narrowest width (one row runs the one-token kernels);
 2. for every batch bucket of the runner up to ``max_batch_size``, that many plain requests
    decoding together, long enough for the bucket's graph to be captured and replayed;
 3. with chunked prefill, a prompt one page longer than the step's token budget beside a decoding
@@ -73,6 +74,12 @@ def warm_up(engine: LLMEngine) -> WarmUpReport:
         budget = (width // 2 + 1) * page_size  # held pages over it; what it keeps also `width` wide
         options = [_options(policy, budget, dense_layers) for policy in POLICY_NAMES]
         requests += _run(engine, f"policies at width {width}", [prompt] * len(options), options)
+
+    if widths:  # each policy alone too: a first request often is (batch 1 runs other kernels)
+        prompt = _prompt(widths[0] * page_size - DECODE_TOKENS - 1, engine)
+        for policy in POLICY_NAMES:
+            options = [_options(policy, (widths[0] // 2 + 1) * page_size, dense_layers)]
+            requests += _run(engine, f"{policy} alone", [prompt], options)
 
     buckets = _batch_buckets(engine.config.max_batch_size)
     for batch in buckets:
