@@ -58,7 +58,12 @@ def choose_tiles(n: int, k: int) -> GemvTiles:
     against 32.5 us but QKV 13.4 against 12.7, output 9.4 against 9.0, gate/up with SiLU-mul 61.2
     against 53.1 and the LM head 248.0 against 229.9; every 8B batch-1 cell of the 00:07 report
     (with the norm inside the 8B QKV GEMV too) ran 0.32-0.41 ms slower than at 23:30. These
-    tiles are not yet measured end to end."""
+    tiles are not yet measured end to end.
+
+    A persistent grid (a fixed number of programs per SM looping over the row blocks, each
+    loading the next block's leading tiles before reducing the current one) lost on every 1.5B
+    shape (H200, 2026-12-01 07:50 UTC: down 8.40 against 8.02 us, gate/up with SiLU-mul 15.22
+    against 13.89, LM head 107.5 against 104.1; docs/bench/history.md), so there is none."""
     prefetch = MAX_PREFETCH
     if k < 4096 and n < 4096:
         block_n, block_k, warps = (4 if n >= 2048 else 2), min(2048, triton.next_power_of_2(k)), 8
