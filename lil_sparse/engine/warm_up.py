@@ -11,7 +11,7 @@ graphs at start-up:
 
 1. for every page-table width bucket of the runner up to :data:`WIDTH_STEP` pages (4096 tokens
    at page size 16) that the context and the KV pool hold, one request per policy, each with
-   that many pages and a budget of half of them: selection (Quest, InfLLM), eviction (sink,
+   that many pages and a budget of about half of them: selection (Quest, InfLLM), eviction (sink,
    H2O) and the dense path all run at that width, prefill included (Triton specializes the
    selection kernels by width, and graphs are captured per width); then each policy alone at
    the narrowest width (one row runs the one-token kernels);
@@ -19,6 +19,9 @@ graphs at start-up:
    decoding together, long enough for the bucket's graph to be captured and replayed;
 3. with chunked prefill, a prompt one page longer than the step's token budget beside a decoding
    request: the mixed steps and the paged chunk prefill.
+
+A round whose requests the context or the KV pool could not hold is left out (the report says
+which widths, batch sizes and chunked prompt ran).
 
 Every request is greedy with ``ignore_eos``; the prompts are fixed token ids. A warm-up request
 that finishes with an error raises: a kernel that cannot run here fails the start, not a user's
@@ -81,18 +84,21 @@ def warm_up(engine: LLMEngine) -> WarmUpReport:
             options = [_options(policy, (widths[0] // 2 + 1) * page_size, dense_layers)]
             requests += _run(engine, f"{policy} alone", [prompt], options)
 
-    buckets = _batch_buckets(engine.config.max_batch_size)
+    short_tokens = min(page_size, engine.max_context - DECODE_TOKENS)
+    buckets = _batch_buckets(engine.config.max_batch_size) if short_tokens >= 1 else []
     for batch in buckets:
-        short = _prompt(page_size, engine)
+        short = _prompt(short_tokens, engine)
         requests += _run(engine, f"batch {batch}", [short] * batch, [_options("full", page_size)] * batch)
 
     chunked = 0
     budget = engine.config.step_token_budget if engine.config.chunked_prefill else 0
-    if budget and budget + page_size + DECODE_TOKENS <= engine.max_context:
+    long_pages = -(-(budget + page_size + DECODE_TOKENS) // page_size) * engine.model_config.num_kv_heads
+    fits = budget + page_size + DECODE_TOKENS <= engine.max_context and long_pages <= engine.pool.num_pages
+    if budget and fits and short_tokens >= 1:
         chunked = budget + page_size
         chunks = -(-chunked // budget) + 1
         decoding = _options("full", page_size, new_tokens=DECODE_TOKENS + chunks)
-        prompts = [_prompt(page_size, engine), _prompt(chunked, engine)]
+        prompts = [_prompt(short_tokens, engine), _prompt(chunked, engine)]
         requests += _run(engine, "chunked prefill", prompts, [decoding, _options("full", page_size)])
 
     engine.reset_step_counters()
@@ -146,7 +152,10 @@ def _run(engine: LLMEngine, round_name: str, prompts: list[list[int]], options: 
     no more); raise if any request failed. Returns the round's request count."""
     group = max(1, engine.config.max_waiting)
     for first in range(0, len(prompts), group):
-        reports = engine.generate(prompts[first : first + group], options[first : first + group])
+        try:
+            reports = engine.generate(prompts[first : first + group], options[first : first + group])
+        except Exception as error:  # a refused request: the engine's own limits
+            raise RuntimeError(f"warm-up ({round_name}) failed: {error}") from error
         for report in reports:
             if report.finish_reason == FinishReason.ERROR:
                 raise RuntimeError(f"warm-up ({round_name}) failed: {report.error}")

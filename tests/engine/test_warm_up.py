@@ -110,3 +110,19 @@ def test_a_failing_warm_up_request_fails_the_start(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(ModelRunner, "decode", broken_decode)
     with pytest.raises(RuntimeError, match=r"warm-up \(policies at width 8\) failed: .*no kernel image"):
         make_engine(tiny_model_dir, True)
+
+
+def test_a_short_context_and_a_small_pool_leave_rounds_out(tiny_model_dir):
+    """An engine whose context holds fewer pages than the narrowest table, or whose pool cannot
+    hold a chunked prompt, still starts: those rounds are left out, the rest run."""
+    engine = make_engine(tiny_model_dir, True, max_model_len=64, max_num_batched_tokens=0)
+    try:
+        report = engine.warm_up_report
+        assert report is not None
+        assert report.widths == ()  # 64 tokens: 4 pages, under the 8-page table
+        assert report.chunked_prompt_tokens == 0  # the CPU budget of 512 tokens is past the context
+        assert report.batch_sizes == (1, 2, 4, 6)
+        (got,) = engine.generate([PROMPT[:40]], [request("full")])
+        assert len(got.output_token_ids) == 12
+    finally:
+        engine.close()
