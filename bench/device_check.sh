@@ -9,6 +9,8 @@
 #               layers against cuBLAS (gemv_micro.md), and the RoPE + K/V append with and without
 #               the key metadata (append_micro.md), and the 2-16-row linear layers against cuBLAS
 #               at 8 rows (skinny_micro.md)
+#   PART=first  a fresh machine's first requests with the start-up warm-up off and on, each in a
+#               process with empty kernel caches (first_request.md; about 5 minutes)
 # Expects the FlashInfer wheels installed in /tmp/site and the SmolLM2 GGUF in /tmp/models
 # (../shared/DEVICE.md has the recipe). Writes under $OUT (at most 8 files come back).
 set -u
@@ -46,6 +48,11 @@ if [ "$part" = tests ]; then
   grep -hE "passed|failed|error|rc=" /tmp/logs/*.log
   timeout 200 python bench/prefill_fairness.py --model "$LIL_GPU_MODEL" --device cuda \
     --modes chunked,chunked:512,unchunked --out "$out/prefill_fairness.md" 2>&1 | grep -vE "Warning|warn" | tail -12
+fi
+
+if [ "$part" = first ]; then
+  timeout 560 python bench/first_request.py --model "$LIL_GPU_MODEL" --out "$out/first_request.md" 2>&1 \
+    | grep -vE "Warning|warn"
 fi
 
 if [ "$part" = bench ]; then
