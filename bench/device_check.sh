@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device calls for the GPU machine, in two parts that each fit one 600 s call:
+# Device calls for the GPU machine, in parts that each fit one 600 s call:
 #   PART=tests  the GPU test files side by side (one log, gpu-tests.log), then the prefill
 #               fairness benchmark on CUDA (prefill_fairness.md)
 #   PART=bench  every issue-11 speed target (SELECTION=when_faster, the server's CUDA default,
