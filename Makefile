@@ -25,7 +25,7 @@ METRICS_PORT ?= 9400
 GATEWAY_PORT ?= 30000
 
 .PHONY: help install install-runtime install-torch run serve gateway generate client test test-python test-go test-helm lint format typecheck \
-        proto proto-check go-proto go-deps bench-micro bench-e2e eval clean
+        proto go-proto go-deps bench-micro bench-e2e clean
 
 help:
 	@echo "make run          install the runtime and serve $(MODEL) on :$(PORT) (metrics :$(METRICS_PORT))"
@@ -37,8 +37,13 @@ help:
 	@echo "make test         install, then every test (Python, Go client, Helm chart)"
 	@echo "make test-python  the Python tests; a subset: make test-python TESTS='-k smg' or TESTS=tests/engine"
 	@echo "make test-go      the Go client's tests against the real Python server"
+	@echo "make test-helm    the Helm chart's tests alone"
 	@echo "make lint / format / typecheck   ruff and mypy (they install the dev tools first if missing)"
 	@echo "make proto / go-proto            regenerate the Python / Go gRPC stubs"
+	@echo "make go-deps      the Go toolchain and modules the Go client's tests need"
+	@echo "make bench-micro  the attention micro-benchmark; make bench-e2e: the decode benchmark (GPU)"
+	@echo "make install-runtime / install-torch   what make run installs / torch alone"
+	@echo "make clean        remove the venv and the build and tool caches"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -81,10 +86,10 @@ test: install go-deps
 	$(MAKE) --no-print-directory test-go || status=1; exit $$status
 
 TESTS ?=
-test-python:
+test-python: $(VENV)/bin/pytest
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra $(TESTS)
 
-test-helm:
+test-helm: $(VENV)/bin/pytest
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra tests/helm
 
 go-deps:
@@ -94,7 +99,7 @@ test-go:
 	cd client/go && LIL_SPARSE_PYTHON=$(CURDIR)/$(PY) ./check.sh
 
 # The dev tools come with `make install`; `make run` installs only the runtime.
-$(VENV)/bin/ruff $(VENV)/bin/mypy:
+$(VENV)/bin/ruff $(VENV)/bin/mypy $(VENV)/bin/pytest:
 	$(MAKE) --no-print-directory install
 
 lint: $(VENV)/bin/ruff

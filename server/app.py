@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
@@ -67,6 +69,35 @@ def load_engine(config: ServerConfig) -> Any:
     return LLMEngine.from_config(engine_config)
 
 
+async def load_engine_in_background(config: ServerConfig) -> Any:
+    """:func:`load_engine` on a daemon thread, awaited. Unlike ``asyncio.to_thread``, whose
+    executor threads the interpreter joins at exit, a signal during the load (minutes, with a
+    CUDA warm-up on a fresh machine) can end the process without waiting for it. Raises what the
+    load raises."""
+    loop = asyncio.get_running_loop()
+    loaded: asyncio.Future[Any] = loop.create_future()
+
+    def deliver(outcome: tuple[bool, Any]) -> None:
+        if loaded.done():  # the caller stopped waiting (cancelled)
+            return
+        ok, value = outcome
+        if ok:
+            loaded.set_result(value)
+        else:
+            loaded.set_exception(value)
+
+    def load() -> None:
+        try:
+            outcome: tuple[bool, Any] = (True, load_engine(config))
+        except BaseException as error:  # handed to the awaiting coroutine
+            outcome = (False, error)
+        with contextlib.suppress(RuntimeError):  # the event loop closed: nobody waits any more
+            loop.call_soon_threadsafe(deliver, outcome)
+
+    threading.Thread(target=load, name="lil-sparse-load", daemon=True).start()
+    return await loaded
+
+
 class SidecarServer:
     """One gRPC server over one engine. Use ``await start()``, then ``await drain()`` to stop.
 
@@ -110,7 +141,7 @@ class SidecarServer:
         check_port_free(self.config.host, self.config.port, "port")
         check_port_free(self.config.host, self.config.metrics_port, "metrics_port")
         if self._engine is None:
-            self._engine = await asyncio.to_thread(load_engine, self.config)
+            self._engine = await load_engine_in_background(self.config)
         engine: Any = self._engine
         # Labelled with the model's display name (a folder's or file's base name), never a path.
         self.metrics = ServerMetrics(

@@ -3,8 +3,9 @@
     python -m server --model PATH --port 50051 --metrics-port 9400
 
 On SIGTERM or SIGINT the server drains (readiness NOT_SERVING, new calls UNAVAILABLE, in-flight
-streams finish within ``--grace-period-seconds``) and the process exits 0. If the engine thread
-dies, both health services turn NOT_SERVING and the process exits 1.
+streams finish within ``--grace-period-seconds``) and the process exits 0; one that arrives
+before it serves (while the model loads or the engine warms up) ends the process at once, also
+with 0. If the engine thread dies, both health services turn NOT_SERVING and the process exits 1.
 """
 
 from __future__ import annotations
@@ -51,18 +52,28 @@ async def serve(config: ServerConfig, engine: Any | None = None) -> int:
     from server.app import SidecarServer  # grpc and the engine load only when serving
 
     server = SidecarServer(config, engine)
-    await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    signalled = asyncio.ensure_future(stop.wait())
+    # A signal while the model loads or the engine warms up (minutes on a fresh GPU machine) ends
+    # the start: nothing is serving yet, so there is nothing to drain.
+    starting = asyncio.ensure_future(server.start())
+    await asyncio.wait((starting, signalled), return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        logger.info("signal received while starting (loading the model or warming up); exiting")
+        return 0
+    if starting.exception() is not None:
+        signalled.cancel()
+    starting.result()  # a start that failed raises here
     # One parseable line: supervisors and tests wait for it to know the ports.
     print(
         f"lil-sparse serving port={server.port} metrics_port={server.metrics_port}",
         file=sys.stderr,
         flush=True,
     )
-    signalled = asyncio.ensure_future(stop.wait())
     died = asyncio.ensure_future(server.engine_died.wait())
     await asyncio.wait((signalled, died), return_when=asyncio.FIRST_COMPLETED)
     if died.done():  # health already says NOT_SERVING; exit so the supervisor restarts us

@@ -30,6 +30,7 @@ request. The engine's step counters (graph replays, eager steps, overlap) restar
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -40,6 +41,8 @@ from lil_sparse.options import POLICY_NAMES, RequestOptions, SamplingOptions, Sp
 
 if TYPE_CHECKING:
     from lil_sparse.engine.llm_engine import LLMEngine
+
+logger = logging.getLogger(__name__)
 
 DECODE_TOKENS = 5  # the first from the prefill, then 4 decode steps: eager, capture, 2 replays
 MIN_WIDTH = 8  # the narrowest page table (ModelRunner.width_bucket)
@@ -68,14 +71,25 @@ def warm_up(engine: LLMEngine) -> WarmUpReport:
     start = time.perf_counter()
     page_size = engine.config.page_size
     requests = 0
+    widths = _table_widths(engine)
+    short_tokens = min(page_size, engine.max_context - DECODE_TOKENS)
+    buckets = _batch_buckets(engine.config.max_batch_size) if short_tokens >= 1 else []
+    step_budget = engine.config.step_token_budget if engine.config.chunked_prefill else 0
+    chunked = _chunked_prompt_tokens(engine, step_budget) if short_tokens >= 1 else 0
+    logger.info(
+        "warm-up: every policy at page-table widths %s, batch sizes %s, a chunked prompt of %d "
+        "tokens, before serving (EngineConfig.warm_up)",
+        ",".join(map(str, widths)) or "none",
+        ",".join(map(str, buckets)) or "none",
+        chunked,
+    )
 
     # The default dense leading layers, fewer in a model too shallow for any layer to select.
     dense_layers = min(SparseOptions().dense_layers, engine.model_config.num_layers - 1)
-    widths = _table_widths(engine)
     for width in widths:
         prompt = _prompt(width * page_size - DECODE_TOKENS - 1, engine)  # width pages, new tokens too
-        budget = (width // 2 + 1) * page_size  # held pages over it; what it keeps also `width` wide
-        options = [_options(policy, budget, dense_layers) for policy in POLICY_NAMES]
+        keep = (width // 2 + 1) * page_size  # held pages over it; what it keeps also `width` wide
+        options = [_options(policy, keep, dense_layers) for policy in POLICY_NAMES]
         requests += _run(engine, f"policies at width {width}", [prompt] * len(options), options)
 
     if widths:  # each policy alone too: a first request often is (batch 1 runs other kernels)
@@ -84,25 +98,28 @@ def warm_up(engine: LLMEngine) -> WarmUpReport:
             options = [_options(policy, (widths[0] // 2 + 1) * page_size, dense_layers)]
             requests += _run(engine, f"{policy} alone", [prompt], options)
 
-    short_tokens = min(page_size, engine.max_context - DECODE_TOKENS)
-    buckets = _batch_buckets(engine.config.max_batch_size) if short_tokens >= 1 else []
     for batch in buckets:
         short = _prompt(short_tokens, engine)
         requests += _run(engine, f"batch {batch}", [short] * batch, [_options("full", page_size)] * batch)
 
-    chunked = 0
-    budget = engine.config.step_token_budget if engine.config.chunked_prefill else 0
-    long_pages = -(-(budget + page_size + DECODE_TOKENS) // page_size) * engine.model_config.num_kv_heads
-    fits = budget + page_size + DECODE_TOKENS <= engine.max_context and long_pages <= engine.pool.num_pages
-    if budget and fits and short_tokens >= 1:
-        chunked = budget + page_size
-        chunks = -(-chunked // budget) + 1
+    if chunked:
+        chunks = -(-chunked // step_budget) + 1
         decoding = _options("full", page_size, new_tokens=DECODE_TOKENS + chunks)
         prompts = [_prompt(short_tokens, engine), _prompt(chunked, engine)]
         requests += _run(engine, "chunked prefill", prompts, [decoding, _options("full", page_size)])
 
     engine.reset_step_counters()
     return WarmUpReport(time.perf_counter() - start, requests, tuple(buckets), tuple(widths), chunked)
+
+
+def _chunked_prompt_tokens(engine: LLMEngine, step_budget: int) -> int:
+    """A prompt one page past the step's token budget (so it prefills in two chunks), or 0 when
+    prefill is not chunked (``step_budget`` 0) or the context or the KV pool cannot hold it."""
+    page_size = engine.config.page_size
+    tokens = step_budget + page_size
+    pages = -(-(tokens + DECODE_TOKENS) // page_size) * engine.model_config.num_kv_heads
+    fits = tokens + DECODE_TOKENS <= engine.max_context and pages <= engine.pool.num_pages
+    return tokens if step_budget and fits else 0
 
 
 def _table_widths(engine: LLMEngine) -> list[int]:
