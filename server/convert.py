@@ -288,4 +288,5 @@ def info_response(
         server_version=server_version,
         selection=str(getattr(info, "selection", "exact")),
         overlap_scheduling=bool(getattr(info, "overlap_scheduling", False)),
+        warm_up_seconds=float(getattr(info, "warm_up_seconds", 0.0)),
     )

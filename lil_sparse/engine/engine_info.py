@@ -20,6 +20,7 @@ class EngineInfo:
     num_pages_total: int
     selection: str = "exact"  # EngineConfig.selection
     overlap_scheduling: bool = False  # EngineConfig.overlaps (resolved)
+    warm_up_seconds: float = 0.0  # wall time of the start-up warm-up; 0 when it did not run
 
 
 @dataclass(frozen=True)

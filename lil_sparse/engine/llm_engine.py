@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import replace
 
 import torch
 
@@ -138,6 +139,7 @@ class LLMEngine(StepTokens, GuardianVerdicts):
         self.warm_up_report: WarmUpReport | None = None
         if config.warms_up:  # kernel builds and graph captures now, not inside a request
             self.warm_up_report = warm_up(self)
+            self.info = replace(self.info, warm_up_seconds=self.warm_up_report.seconds)
             logger.info(
                 "warm-up: %.1f s, %d requests, batch sizes %s, chunked prompt %d tokens",
                 self.warm_up_report.seconds,

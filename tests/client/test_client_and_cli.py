@@ -172,7 +172,7 @@ def test_cli_info_and_errors(client_server: Any, capsys: pytest.CaptureFixture[s
     code, output = _cli(["--address", client_server.address, "info"])
     assert code == 0
     assert "policies: full, sink, h2o, quest, infllm" in output
-    assert "selection: exact; overlap scheduling: off\n" in output
+    assert "selection: exact; overlap scheduling: off; warm-up: off\n" in output
     # The server's defaults (ServerConfig with no default_* settings), as the help promises.
     assert (
         "defaults: policy full, budget 512 tokens (full ignores it), sink 4, recent 0 (0: auto), "

@@ -60,3 +60,18 @@ def test_info_reports_the_resolved_selection_and_overlap_modes(tiny_model_dir):
     engine.close()
     reply = convert.info_response(engine.info, RequestOptions(), service_pb2.Limits(), "test")
     assert (reply.selection, reply.overlap_scheduling) == ("when_faster", True)
+
+
+def test_info_reports_how_long_the_warm_up_ran(tiny_model_dir):
+    """GetInfo's ``warm_up_seconds``: the engine's own warm-up time (0 when it did not run), so
+    a client can tell whether the server paid its kernel builds and graph captures up front."""
+    for warm_up in (True, False):
+        engine = LLMEngine.from_config(
+            EngineConfig(model=str(tiny_model_dir), guardian_workers=0, kv_cache_tokens=1024, warm_up=warm_up)
+        )
+        engine.close()
+        reply = convert.info_response(engine.info, RequestOptions(), service_pb2.Limits(), "test")
+        report = engine.warm_up_report
+        expected = report.seconds if report is not None else 0.0
+        assert (report is not None, reply.warm_up_seconds) == (warm_up, expected)
+        assert (reply.warm_up_seconds > 0) == warm_up

@@ -27,8 +27,9 @@ func TestGetInfoDescribesTheServedModel(t *testing.T) {
 		info.NumPagesTotal <= 0 || info.Backend == "" || info.ServerVersion == "" {
 		t.Fatalf("info %+v has empty or inconsistent fields", info)
 	}
-	if info.Selection != "exact" || info.OverlapScheduling { // the CPU server's resolved modes
-		t.Fatalf("selection %q, overlap scheduling %v: want exact and off on CPU", info.Selection, info.OverlapScheduling)
+	if info.Selection != "exact" || info.OverlapScheduling || info.WarmUpSeconds != 0 { // the CPU server's resolved modes
+		t.Fatalf("selection %q, overlap scheduling %v, warm-up %v s: want exact, off and none on CPU",
+			info.Selection, info.OverlapScheduling, info.WarmUpSeconds)
 	}
 	offered := map[lilsparse.Policy]lilsparse.PolicyInfo{}
 	for _, policy := range info.Policies {

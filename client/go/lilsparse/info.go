@@ -22,6 +22,9 @@ type Info struct {
 	// OverlapScheduling: the server launches each decode step before handling the previous
 	// step's tokens (outputs are the same either way).
 	OverlapScheduling bool `json:"overlap_scheduling"`
+	// WarmUpSeconds is how long the engine's start-up warm-up ran before the server served
+	// (dummy requests through every policy, width and batch size); 0 when it did not run.
+	WarmUpSeconds float64 `json:"warm_up_seconds"`
 }
 
 // PolicyInfo is one policy the server offers, with its default sparse options and budget range.
@@ -64,6 +67,7 @@ func infoFromProto(response *pb.GetInfoResponse) *Info {
 		ServerVersion:     response.GetServerVersion(),
 		Selection:         response.GetSelection(),
 		OverlapScheduling: response.GetOverlapScheduling(),
+		WarmUpSeconds:     response.GetWarmUpSeconds(),
 	}
 	for _, policy := range response.GetPolicies() {
 		info.Policies = append(info.Policies, PolicyInfo{

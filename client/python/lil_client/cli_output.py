@@ -86,7 +86,8 @@ def format_info(info: service_pb2.GetInfoResponse) -> str:
         f"limits: {info.limits.max_running} running, {info.limits.max_waiting} waiting, "
         f"max_new_tokens up to {info.limits.max_new_tokens_limit}\n"
         f"selection: {info.selection or 'exact'}; overlap scheduling: "
-        f"{'on' if info.overlap_scheduling else 'off'}\n"
+        f"{'on' if info.overlap_scheduling else 'off'}; warm-up: "
+        f"{f'{info.warm_up_seconds:.1f} s' if info.warm_up_seconds else 'off'}\n"
         + format_defaults(info.default_options)
         + f"server: {info.server_version}\n"
     )

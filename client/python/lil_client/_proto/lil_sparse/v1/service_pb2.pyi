@@ -134,7 +134,7 @@ class Limits(_message.Message):
     def __init__(self, max_running: _Optional[int] = ..., max_waiting: _Optional[int] = ..., max_context: _Optional[int] = ..., max_new_tokens_limit: _Optional[int] = ..., max_prompt_bytes: _Optional[int] = ...) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("model", "architecture", "max_context", "page_size", "num_layers", "backend", "num_pages_total", "policies", "default_options", "limits", "server_version", "selection", "overlap_scheduling")
+    __slots__ = ("model", "architecture", "max_context", "page_size", "num_layers", "backend", "num_pages_total", "policies", "default_options", "limits", "server_version", "selection", "overlap_scheduling", "warm_up_seconds")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +148,7 @@ class GetInfoResponse(_message.Message):
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     SELECTION_FIELD_NUMBER: _ClassVar[int]
     OVERLAP_SCHEDULING_FIELD_NUMBER: _ClassVar[int]
+    WARM_UP_SECONDS_FIELD_NUMBER: _ClassVar[int]
     model: str
     architecture: str
     max_context: int
@@ -161,4 +162,5 @@ class GetInfoResponse(_message.Message):
     server_version: str
     selection: str
     overlap_scheduling: bool
-    def __init__(self, model: _Optional[str] = ..., architecture: _Optional[str] = ..., max_context: _Optional[int] = ..., page_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., backend: _Optional[str] = ..., num_pages_total: _Optional[int] = ..., policies: _Optional[_Iterable[_Union[PolicyInfo, _Mapping]]] = ..., default_options: _Optional[_Union[_options_pb2.ResolvedOptions, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., server_version: _Optional[str] = ..., selection: _Optional[str] = ..., overlap_scheduling: _Optional[bool] = ...) -> None: ...
+    warm_up_seconds: float
+    def __init__(self, model: _Optional[str] = ..., architecture: _Optional[str] = ..., max_context: _Optional[int] = ..., page_size: _Optional[int] = ..., num_layers: _Optional[int] = ..., backend: _Optional[str] = ..., num_pages_total: _Optional[int] = ..., policies: _Optional[_Iterable[_Union[PolicyInfo, _Mapping]]] = ..., default_options: _Optional[_Union[_options_pb2.ResolvedOptions, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., server_version: _Optional[str] = ..., selection: _Optional[str] = ..., overlap_scheduling: _Optional[bool] = ..., warm_up_seconds: _Optional[float] = ...) -> None: ...
