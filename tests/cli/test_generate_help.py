@@ -26,6 +26,9 @@ def _generate_help(capsys: pytest.CaptureFixture[str]) -> str:
         "--temperature TEMPERATURE sampling temperature (0: greedy) (default: 0.0)",
         "--recent-tokens RECENT_TOKENS recent tokens kept (0: automatic) (default: 0)",
         "--guardian-interval GUARDIAN_INTERVAL Guardian: tokens between checks (default: 250)",
+        "--warm-up {auto,on,off} run the engine's start-up warm-up first (auto: on for CUDA). Default "
+        "off: one request gains nothing from it; on, the printed TTFT and TBT exclude kernel builds "
+        "and graph captures (default: off)",
     ],
 )
 def test_generate_help_shows_defaults(flag_help: str, capsys: pytest.CaptureFixture[str]) -> None:
