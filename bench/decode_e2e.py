@@ -48,7 +48,7 @@ from bench.common import copy_bandwidth_gbs, device_line, settle_cuda_graphs
 from bench.kernel_timeline import format_timeline, kernel_spans, summarize
 from bench.model_shapes import MODELS, hf_tbt_ms, random_model, weight_bytes
 from lil_sparse.attention.flashinfer_backend import FlashInferBackend
-from lil_sparse.config import SELECTION_MODES, EngineConfig
+from lil_sparse.config import SELECTION_MODES, SWITCH, EngineConfig
 from lil_sparse.engine.decode_layouts import dense_until
 from lil_sparse.engine.model_runner import ModelRunner
 from lil_sparse.engine.page_manager import PageManager
@@ -421,7 +421,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--tensor-cores",
-        choices=("auto", "on", "off"),
+        choices=tuple(SWITCH),
         default="auto",
         help="FlashInfer decode kernel: tensor-core (prefill) or CUDA-core (auto: the backend's choice)",
     )
@@ -462,7 +462,7 @@ def main() -> None:
     DecodeBench.side_streams = args.side_streams
     pdl.ENABLED = args.pdl
     DecodeBench.selection = args.selection
-    DecodeBench.tensor_cores = {"auto": None, "on": True, "off": False}[args.tensor_cores]
+    DecodeBench.tensor_cores = SWITCH[args.tensor_cores]
     runs = GRID_RUNS
     if args.runs:
         runs = [(p, int(b)) for p, b in (r.split(":") for r in args.runs.split(","))]

@@ -10,6 +10,11 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 SELECTION_MODES = ("exact", "when_faster")  # lil_sparse/engine/selection_gate.py
 
 
+SWITCH = {"auto": None, "on": True, "off": False}
+"""A tri-state setting's words (server flags, Helm values, the CLI) -> the ``bool | None`` that
+:class:`EngineConfig` takes for it (None: decided by the device)."""
+
+
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     """How the engine runs.

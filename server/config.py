@@ -8,15 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lil_sparse.config import SELECTION_MODES
+from lil_sparse.config import SELECTION_MODES, SWITCH
 from lil_sparse.loading.fetcher import find_known_model
 from lil_sparse.options import (
     RequestOptions,
 )
 
 SELECTION_SETTINGS = ("auto", *SELECTION_MODES)
-OVERLAP_MODES = ("auto", "on", "off")
-WARM_UP_MODES = ("auto", "on", "off")
+SWITCH_MODES = tuple(SWITCH)  # overlap_scheduling and warm_up: auto, on, off
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,14 +116,14 @@ class ServerConfig:
             f"must be one of {', '.join(SELECTION_SETTINGS)}, got {self.selection!r}",
         )
         _require(
-            self.overlap_scheduling in OVERLAP_MODES,
+            self.overlap_scheduling in SWITCH_MODES,
             "overlap_scheduling",
-            f"must be one of {', '.join(OVERLAP_MODES)}, got {self.overlap_scheduling!r}",
+            f"must be one of {', '.join(SWITCH_MODES)}, got {self.overlap_scheduling!r}",
         )
         _require(
-            self.warm_up in WARM_UP_MODES,
+            self.warm_up in SWITCH_MODES,
             "warm_up",
-            f"must be one of {', '.join(WARM_UP_MODES)}, got {self.warm_up!r}",
+            f"must be one of {', '.join(SWITCH_MODES)}, got {self.warm_up!r}",
         )
         _require(
             self.overlap_scheduling != "on" or self.chunked_prefill,
@@ -193,12 +192,12 @@ class ServerConfig:
     @property
     def engine_overlap(self) -> bool | None:
         """``overlap_scheduling`` as ``EngineConfig.overlap_scheduling`` takes it (None: auto)."""
-        return {"auto": None, "on": True, "off": False}[self.overlap_scheduling]
+        return SWITCH[self.overlap_scheduling]
 
     @property
     def engine_warm_up(self) -> bool | None:
         """``warm_up`` as ``EngineConfig.warm_up`` takes it (None: auto)."""
-        return {"auto": None, "on": True, "off": False}[self.warm_up]
+        return SWITCH[self.warm_up]
 
     @property
     def max_in_flight(self) -> int:

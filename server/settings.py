@@ -22,7 +22,7 @@ from lil_sparse.options import (
     SparseOptions,
     StoppingOptions,
 )
-from server.config import OVERLAP_MODES, SELECTION_SETTINGS, WARM_UP_MODES, ServerConfig
+from server.config import SELECTION_SETTINGS, SWITCH_MODES, ServerConfig
 
 ENV_PREFIX = "LIL_SPARSE_"
 
@@ -88,14 +88,14 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
         "overlap_scheduling",
         str,
         "launch decode step n+1 before handling step n's tokens: auto, on, off (default auto: on for CUDA)",
-        OVERLAP_MODES,
+        SWITCH_MODES,
     ),
     Setting(
         "warm_up",
         str,
         "run dummy requests through every policy and batch size before serving, so kernel builds "
         "and CUDA graph captures never stall a request: auto, on, off (default auto: on for CUDA)",
-        WARM_UP_MODES,
+        SWITCH_MODES,
     ),
     Setting("max_new_tokens_limit", int, "largest max_new_tokens a request may ask (default 4096)"),
     Setting("max_prompt_bytes", int, "largest prompt in UTF-8 bytes (default 1048576)"),

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from lil_sparse.config import DEFAULT_MODEL
+from lil_sparse.config import DEFAULT_MODEL, SWITCH
 from lil_sparse.options import (
     POLICY_NAMES,
     GuardianOptions,
@@ -44,7 +44,7 @@ def add_generate_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--warm-up",
         default="off",
-        choices=("auto", "on", "off"),
+        choices=tuple(SWITCH),
         help="run the engine's start-up warm-up first (auto: on for CUDA). Default off: one request "
         "gains nothing from it; on, the printed TTFT and TBT exclude kernel builds and graph captures",
     )
@@ -110,9 +110,12 @@ def run_generate(args: argparse.Namespace) -> int:
 
     try:
         options = request_options(args)
-        warm_up = {"auto": None, "on": True, "off": False}[args.warm_up]
         config = EngineConfig(
-            model=args.model, device=args.device, backend=args.backend, guardian_workers=0, warm_up=warm_up
+            model=args.model,
+            device=args.device,
+            backend=args.backend,
+            guardian_workers=0,
+            warm_up=SWITCH[args.warm_up],
         )
     except ValueError as error:
         print(f"lil-sparse generate: {error}", file=sys.stderr)

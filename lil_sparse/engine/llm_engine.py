@@ -140,15 +140,6 @@ class LLMEngine(StepTokens, GuardianVerdicts):
         if config.warms_up:  # kernel builds and graph captures now, not inside a request
             self.warm_up_report = warm_up(self)
             self.info = replace(self.info, warm_up_seconds=self.warm_up_report.seconds)
-            report = self.warm_up_report
-            logger.info(
-                "warm-up: %.1f s, %d requests (widths %s, batch sizes %s, chunked prompt %d tokens)",
-                report.seconds,
-                report.requests,
-                ",".join(map(str, report.widths)) or "none",
-                ",".join(map(str, report.batch_sizes)) or "none",
-                report.chunked_prompt_tokens,
-            )
 
     @property
     def sampler(self) -> Sampler:

@@ -109,7 +109,9 @@ def warm_up(engine: LLMEngine) -> WarmUpReport:
         requests += _run(engine, "chunked prefill", prompts, [decoding, _options("full", page_size)])
 
     engine.reset_step_counters()
-    return WarmUpReport(time.perf_counter() - start, requests, tuple(buckets), tuple(widths), chunked)
+    report = WarmUpReport(time.perf_counter() - start, requests, tuple(buckets), tuple(widths), chunked)
+    logger.info("warm-up: %.1f s, %d requests", report.seconds, report.requests)
+    return report
 
 
 def _chunked_prompt_tokens(engine: LLMEngine, step_budget: int) -> int:
