@@ -25,7 +25,7 @@ import torch
 
 from bench.common import copy_bandwidth_gbs, settle_cuda_graphs, write_markdown
 from bench.linear_timing import L2_OVERFLOW_BYTES, graph_us
-from lil_sparse.kernels.fast_decode import choose_tiles, runs_in_one_step
+from lil_sparse.kernels.fast_decode import choose_tiles, runs_in_one_step, step_tiles
 from lil_sparse.kernels.paged_decode import DecodeTiles, PagedDecodeScratch, paged_decode
 
 PAGE_SIZE = 16
@@ -37,6 +37,8 @@ CASES = [
     ("qwen1.5b b1 4k", 6, 2, 256),
     ("qwen1.5b b1 32k", 6, 2, 2048),
     ("qwen1.5b b1 quest@1024", 6, 2, 65),
+    ("qwen1.5b b1 8k", 6, 2, 512),
+    ("qwen1.5b b1 16k", 6, 2, 1024),
     ("qwen1.5b b8 4k", 6, 16, 256),
     ("qwen1.5b b32 4k", 6, 64, 256),
     ("llama8b b1 4k", 4, 8, 256),
@@ -48,7 +50,7 @@ CASES = [
 SWEEP = [
     DecodeTiles(splits, block_pages, warps, stages)
     for splits, block_pages, (warps, stages) in itertools.product(
-        (8, 16, 32, 64), (4, 8), ((4, 2), (4, 3), (8, 2))
+        (8, 16, 32, 64, 128), (1, 2, 4, 8), ((4, 2), (4, 3), (8, 2))
     )
 ]
 
@@ -108,30 +110,43 @@ class Case:
         return us, (out.float() - self.out.float()).abs().max().item()
 
 
+def _shape(tiles: DecodeTiles) -> str:
+    return f"{tiles.splits}x{tiles.block_pages}, w{tiles.warps} s{tiles.stages}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--sweep", action="store_true", help="also time every tile of SWEEP")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--cases", default="", help="comma list of case names to run (default: all)")
     args = parser.parse_args()
+    wanted = {name.strip() for name in args.cases.split(",") if name.strip()}
+    unknown = wanted - {case[0] for case in CASES}
+    if unknown:
+        parser.error(f"unknown cases {sorted(unknown)}; known: {[case[0] for case in CASES]}")
     settle_cuda_graphs()
     bandwidth = copy_bandwidth_gbs()
     num_sms = torch.cuda.get_device_properties(0).multi_processor_count
     print(f"copy bandwidth (read + write): {bandwidth:.0f} GB/s", flush=True)
     table = []
     for name, group, rows, pages in CASES:
+        if wanted and name not in wanted:
+            continue
         case = Case(group, rows, pages)
         flashinfer_us = graph_us(case.flashinfer, case.layers, args.iters)
-        tiles = choose_tiles(rows, num_sms, PAGE_SIZE)
+        widest = choose_tiles(rows, num_sms, PAGE_SIZE)
+        tiles = step_tiles(widest, pages)  # what the engine runs for these rows
         triton_us, diff = case.time_triton(tiles, args.iters)
         best = ""
         if args.sweep:
             swept = [(case.time_triton(t, args.iters)[0], t) for t in SWEEP]
-            best_us, best_tiles = min(swept, key=lambda s: s[0])
-            shape = f"{best_tiles.splits}x{best_tiles.block_pages}, w{best_tiles.warps} s{best_tiles.stages}"
-            best = f"{best_us:.1f} ({shape})"
+            swept.sort(key=lambda s: s[0])
+            best_us, best_tiles = swept[0]
+            print(f"  {name} fastest swept: " + ", ".join(f"{us:.1f} us {_shape(t)}" for us, t in swept[:4]))
+            best = f"{best_us:.1f} ({_shape(best_tiles)})"
         floor_us = case.bytes / (bandwidth * 1e9) * 1e6
-        engine = "Triton" if runs_in_one_step(pages, tiles) else "FlashInfer"  # the backend's rule
+        engine = "Triton" if runs_in_one_step(pages, widest) else "FlashInfer"  # the backend's rule
         row = [
             name, rows, pages, f"{flashinfer_us:.1f}", f"{triton_us:.1f}",
             f"{tiles.splits}x{tiles.block_pages}", best, f"{floor_us:.1f}",

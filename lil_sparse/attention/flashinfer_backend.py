@@ -76,7 +76,8 @@ class FlashInferBackend(AttentionBackend):
         the second on a stream of its own with a float workspace of its own (128 MiB more device
         memory; :mod:`lil_sparse.attention.flashinfer_decode_slot`). ``fast_decode``: run the
         Triton decode of :mod:`lil_sparse.kernels.paged_decode` instead of FlashInfer's for steps
-        of few rows whose pages fit its one-step regime (:func:`runs_in_one_step`)."""
+        of few rows whose pages fit its one-step regime (:func:`runs_in_one_step`), with the
+        narrowest tiles that hold the step's longest row (:func:`step_tiles`)."""
         import flashinfer
 
         if not config.device.startswith("cuda"):
@@ -174,7 +175,7 @@ class FlashInferBackend(AttentionBackend):
     def _plan(self, slot: DecodeSlot, layout: DecodeLayout) -> None:
         """``plan()`` ``slot`` for ``layout``'s page counts (writes indptr and last_page_len), as
         one call or, for very unequal rows, two (:func:`choose_split`)."""
-        from lil_sparse.kernels.fast_decode import runs_in_one_step  # (Triton: imported on use)
+        from lil_sparse.kernels.fast_decode import runs_in_one_step, step_tiles  # (Triton: on use)
 
         counts = layout.counts_host
         indptr = torch.tensor(list(itertools.accumulate(counts, initial=0)), dtype=torch.int32)
@@ -185,8 +186,9 @@ class FlashInferBackend(AttentionBackend):
             else layout.last_page_len.cpu()
         )
         split = 0
-        slot.use_fast = slot.fast is not None and runs_in_one_step(max(counts), slot.fast.tiles)
-        if self.split_calls and not slot.use_fast:  # a step's rows are its sequences x KV heads
+        fast = slot.fast is not None and runs_in_one_step(max(counts), slot.fast.tiles)
+        slot.fast_tiles = step_tiles(slot.fast.tiles, max(counts)) if fast and slot.fast else None
+        if self.split_calls and slot.fast_tiles is None:  # a step's rows are its sequences x KV heads
             split = choose_split(counts, self.num_kv_heads, self.num_sms, max(128 // self.page_size, 1))
             split = split if slot.can_split(split) else 0
         self._planned.synchronize()
@@ -230,7 +232,10 @@ class FlashInferBackend(AttentionBackend):
             return None
         from lil_sparse.kernels.fast_decode import make_fast_decode  # (Triton: imported on use)
 
-        return make_fast_decode(rows, self.group, self.head_dim, self.page_size, self.num_sms, self.device)
+        fast = make_fast_decode(rows, self.group, self.head_dim, self.page_size, self.num_sms, self.device)
+        if fast is not None:
+            fast.compile(self.dtype)  # every tile a later step may pick, built now (outside any graph)
+        return fast
 
     def _wrapper(
         self, indptr: torch.Tensor, indices: torch.Tensor, last_page_len: torch.Tensor, part: int | None
@@ -259,8 +264,10 @@ class FlashInferBackend(AttentionBackend):
 
     def step_key(self, layouts: Sequence[DecodeLayout]) -> tuple[int, ...]:
         """What a captured step depends on beyond its tensors' shapes: each layout's split point
-        (0: one call; -1: the Triton decode), as planned by :meth:`begin_decode_step`."""
-        return tuple(-1 if slot.use_fast else slot.split for slot in map(self._slot_of, layouts))
+        (0: one call) or, for the Triton decode, minus its pages per loop step, as planned by
+        :meth:`begin_decode_step`."""
+        slots = map(self._slot_of, layouts)
+        return tuple(-slot.fast_tiles.block_pages if slot.fast_tiles else slot.split for slot in slots)
 
     def pack_indices(self, page_ids: torch.Tensor, layout: DecodeLayout) -> None:
         """Write ``layout``'s CSR page ids from padded ``page_ids: [rows, >= width] int32``.

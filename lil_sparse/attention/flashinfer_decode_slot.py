@@ -21,7 +21,7 @@ those of the serial calls.
 
 A slot of few rows can also run the Triton decode of :mod:`lil_sparse.kernels.paged_decode`
 (``fast``) instead of FlashInfer's kernels, over the same three buffers, in steps whose page
-counts fall in its fast regime (``use_fast``, set with the plan).
+counts fall in its fast regime (``fast_tiles``, set with the plan).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import torch
 
 if TYPE_CHECKING:  # Triton is imported only where the Triton decode runs (lil_sparse.kernels)
     from lil_sparse.kernels.fast_decode import FastDecode
+    from lil_sparse.kernels.paged_decode import DecodeTiles
 
 # Split points a slot keeps part wrappers for; a new one beyond runs as one call. Each split
 # point holds two wrappers of 1 MiB of device and 1 MiB of pinned host memory (their plan arrays;
@@ -82,8 +83,9 @@ class DecodeSlot:
       part wrappers by split point (never dropped: a captured CUDA graph reads their buffers).
     - ``lane``: a CUDA stream for the second call of a split (None: the calls run one after the
       other on the current stream).
-    - ``fast``: the Triton decode for these rows (None: FlashInfer only); ``use_fast``: this
-      step runs it (set by the backend with each plan; never with a split).
+    - ``fast``: the Triton decode for these rows (None: FlashInfer only); ``fast_tiles``: the
+      tiles this step runs it with (set by the backend with each plan; None: FlashInfer; never
+      with a split).
     """
 
     wrapper: object
@@ -97,7 +99,7 @@ class DecodeSlot:
     parts: dict[int, tuple[DecodePart, DecodePart]] = field(default_factory=dict)
     lane: torch.cuda.Stream | None = None
     fast: FastDecode | None = None
-    use_fast: bool = False
+    fast_tiles: DecodeTiles | None = None
 
     @property
     def rows(self) -> int:
@@ -118,10 +120,9 @@ class DecodeSlot:
         """This step's call(s) over ``q: [rows, G, D]``: ``out: [rows, G, D]``, and ``lse: [rows, G]
         float32`` (FlashInfer's base-2 log-sum-exp) when asked."""
         q = q.contiguous()
-        if self.use_fast and self.fast is not None:
-            return self.fast.run(
-                q, k_pages, v_pages, self.indptr, self.indices, self.last_page_len, return_lse
-            )
+        if self.fast_tiles is not None and self.fast is not None:
+            csr = (self.indptr, self.indices, self.last_page_len)
+            return self.fast.run(q, k_pages, v_pages, *csr, return_lse, self.fast_tiles)
         if not self.split:
             if return_lse:
                 out, lse = self.wrapper.run(q, (k_pages, v_pages), return_lse=True)  # type: ignore[attr-defined]

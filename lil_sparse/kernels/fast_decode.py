@@ -12,14 +12,38 @@ import torch
 
 from lil_sparse.kernels.paged_decode import DecodeTiles, PagedDecodeScratch, paged_decode
 
+MAX_SPLITS = 128
+"""Splits per row at most (a merge program reads every split's ``[D]`` fp32 partial of its head)."""
+
+LOOP_STEP_TOKENS = 128
+"""Tokens of one loop step of the widest tiles (``block_pages * page_size``)."""
+
 
 def choose_tiles(rows: int, num_sms: int, page_size: int) -> DecodeTiles:
-    """Tiles for ``rows`` rows on a GPU of ``num_sms`` SMs: the most splits per row, a power of two,
-    that keep the grid within two programs per SM, at most 64 (a merge program reads every
-    split's ``[D]`` fp32 partial of its head), and 128 tokens per loop step."""
+    """A slot's widest tiles for ``rows`` rows on a GPU of ``num_sms`` SMs: the most splits per
+    row, a power of two, that keep the grid within two programs per SM, at most
+    :data:`MAX_SPLITS`, and :data:`LOOP_STEP_TOKENS` tokens per loop step. A step runs the
+    narrower tiles of :func:`step_tiles`; these bound its regime (:func:`runs_in_one_step`)."""
     per_row = max(1, 2 * num_sms // max(rows, 1))
-    splits = min(64, 1 << (per_row.bit_length() - 1))
-    return DecodeTiles(splits=splits, block_pages=max(1, 128 // page_size))
+    splits = min(MAX_SPLITS, 1 << (per_row.bit_length() - 1))
+    return DecodeTiles(splits=splits, block_pages=max(1, LOOP_STEP_TOKENS // page_size))
+
+
+def step_tiles(tiles: DecodeTiles, max_pages: int) -> DecodeTiles:
+    """The tiles a step whose longest row holds ``max_pages`` pages runs: ``tiles``' splits with
+    the fewest pages per loop step (a power of two, at most ``tiles.block_pages``) that still
+    hold a split's pages in one step, so no program loads masked-off pages. At 2 rows, 128
+    splits per row, the H200 (``bench/paged_decode_micro.py --sweep``, 2026-12-01 09:26 UTC,
+    printed output, kernel + merge): 256 pages took 7.0 us at 2 pages per step against 8.1 us
+    for the 64 x 8 tiles of before, 65 pages (Quest@1024) 5.9 us at 1 page against 7.4."""
+    per_split = -(-max(max_pages, 1) // tiles.splits)
+    block_pages = min(tiles.block_pages, 1 << (per_split - 1).bit_length())
+    return DecodeTiles(tiles.splits, block_pages, tiles.warps, tiles.stages)
+
+
+def block_pages_options(tiles: DecodeTiles) -> tuple[int, ...]:
+    """Every ``block_pages`` :func:`step_tiles` can choose for a slot's ``tiles`` (1, 2, 4, ...)."""
+    return tuple(1 << i for i in range(tiles.block_pages.bit_length()))
 
 
 GPU_TESTED_HEAD_DIMS = (64, 128)
@@ -56,10 +80,12 @@ def runs_in_one_step(max_pages: int, tiles: DecodeTiles) -> bool:
 
 @dataclass(frozen=True)
 class FastDecode:
-    """The Triton decode's launch shape and split-KV scratch for one decode slot's rows."""
+    """The Triton decode's widest launch shape (:func:`choose_tiles`) and split-KV scratch for
+    one decode slot's rows."""
 
     tiles: DecodeTiles
     scratch: PagedDecodeScratch
+    page_size: int
 
     def run(
         self,
@@ -70,14 +96,34 @@ class FastDecode:
         indices: torch.Tensor,
         last_page_len: torch.Tensor,
         return_lse: bool,
+        tiles: DecodeTiles | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """:func:`paged_decode` over the slot's CSR buffers: ``out: [rows, G, D]``, and ``lse:
-        [rows, G] float32`` (base 2) when asked, as a FlashInfer slot's ``run`` returns them."""
+        """:func:`paged_decode` over the slot's CSR buffers with ``tiles`` (this step's
+        :func:`step_tiles`; None: the widest): ``out: [rows, G, D]``, and ``lse: [rows, G]
+        float32`` (base 2) when asked, as a FlashInfer slot's ``run`` returns them."""
+        tiles = tiles or self.tiles
+        if tiles.splits != self.tiles.splits:
+            raise ValueError(f"FastDecode.run: {tiles.splits} splits, the scratch holds {self.tiles.splits}")
         lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if return_lse else None
-        out = paged_decode(
-            q, k_pages, v_pages, indptr, indices, last_page_len, self.scratch, self.tiles, lse=lse
-        )
+        out = paged_decode(q, k_pages, v_pages, indptr, indices, last_page_len, self.scratch, tiles, lse=lse)
         return out, lse
+
+    def compile(self, dtype: torch.dtype) -> None:
+        """Build every kernel variant :func:`step_tiles` can pick for this slot (one per
+        ``block_pages``) now, by running each over rows of no pages: Triton compiles a variant
+        the first time it runs, which inside a request would stall every stream of the engine
+        (a long decode reaches wider tiles only after minutes). Writes only the scratch."""
+        rows, splits, group, head_dim = self.scratch.partial_out.shape
+        device = self.scratch.partial_out.device
+        q = torch.zeros(rows, group, head_dim, dtype=dtype, device=device)
+        pages = torch.zeros(1, 1, self.page_size, head_dim, dtype=dtype, device=device)
+        empty = torch.zeros(rows + 1, dtype=torch.int32, device=device)
+        last = torch.ones(rows, dtype=torch.int32, device=device)
+        lse = torch.empty(rows, group, dtype=torch.float32, device=device)
+        for block_pages in block_pages_options(self.tiles):
+            tiles = DecodeTiles(splits, block_pages, self.tiles.warps, self.tiles.stages)
+            paged_decode(q, pages, pages, empty, empty, last, self.scratch, tiles)
+        paged_decode(q, pages, pages, empty, empty, last, self.scratch, self.tiles, lse=lse)  # H2O's merge
 
 
 def make_fast_decode(
@@ -90,4 +136,5 @@ def make_fast_decode(
     tiles = choose_tiles(rows, num_sms, page_size)
     if tiles.splits < MIN_SPLITS or not gpu_tested(head_dim, page_size):
         return None
-    return FastDecode(tiles, PagedDecodeScratch.allocate(rows, group, head_dim, tiles.splits, device))
+    scratch = PagedDecodeScratch.allocate(rows, group, head_dim, tiles.splits, device)
+    return FastDecode(tiles, scratch, page_size)

@@ -17,7 +17,7 @@ from lil_sparse.kernels.fast_decode import make_fast_decode
 H200_SMS = 132
 
 
-@pytest.mark.parametrize("rows, splits", [(1, 64), (2, 64), (4, 64), (8, 32)])
+@pytest.mark.parametrize("rows, splits", [(1, 128), (2, 128), (4, 64), (8, 32)])
 def test_few_rows_get_the_triton_decode_with_its_scratch(rows, splits):
     fast = make_fast_decode(rows, 6, 128, 16, H200_SMS, torch.device("cpu"))
     assert fast is not None
@@ -62,3 +62,32 @@ def test_a_slots_run_is_the_kernel_over_its_buffers(return_lse):
     else:
         want_lse = torch.logsumexp(paged_scores(q, k_pages, page_ids, layout), dim=-1) / math.log(2)
         torch.testing.assert_close(lse, want_lse, atol=1e-3, rtol=1e-3)
+
+
+def test_compile_builds_every_tile_and_keeps_the_scratch_shape():
+    """``FastDecode.compile`` runs every tile :func:`step_tiles` may pick (rows of no pages) and
+    leaves a slot whose runs still match the reference; a step's tiles must keep the slot's
+    splits."""
+    from lil_sparse.kernels.fast_decode import block_pages_options, step_tiles
+    from lil_sparse.kernels.paged_decode import DecodeTiles
+
+    rows, group, head_dim, page_size = 2, 4, 64, 16
+    fast = make_fast_decode(rows, group, head_dim, page_size, 8 * 4, torch.device("cpu"))
+    assert fast is not None and fast.tiles.splits == 32
+    assert block_pages_options(fast.tiles) == (1, 2, 4, 8)
+    fast.compile(torch.bfloat16)
+    assert fast.scratch.partial_out.shape == (rows, 32, group, head_dim)
+    gen = torch.Generator().manual_seed(1)
+    k_pages = torch.randn(40, 1, page_size, head_dim, generator=gen).to(torch.bfloat16)
+    v_pages = torch.randn(40, 1, page_size, head_dim, generator=gen).to(torch.bfloat16)
+    q = torch.randn(rows, group, head_dim, generator=gen).to(torch.bfloat16)
+    page_ids = torch.randperm(40, generator=gen)[:36].to(torch.int32).reshape(2, 18)
+    layout = DecodeLayout.build([18, 11], torch.tensor([3, 16], dtype=torch.int32), (3, 16))
+    indices = page_ids.reshape(-1)[layout.flat_positions]
+    tiles = step_tiles(fast.tiles, 18)
+    assert tiles.block_pages == 1
+    out, _ = fast.run(q, k_pages, v_pages, layout.indptr, indices, layout.last_page_len, False, tiles)
+    want = ReferenceBackend().decode(0, q, k_pages, v_pages, page_ids, layout)
+    torch.testing.assert_close(out.float(), want.float(), atol=1e-2, rtol=1e-2)
+    with pytest.raises(ValueError, match="splits"):
+        fast.run(q, k_pages, v_pages, layout.indptr, indices, layout.last_page_len, False, DecodeTiles(16, 1))

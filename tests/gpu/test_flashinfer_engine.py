@@ -245,9 +245,10 @@ def test_mixed_batch_graph_replay_equals_eager(tiny_gqa2_dir):
 
 def test_steps_flip_between_triton_and_flashinfer_decode_under_graphs(tiny_gqa2_dir, monkeypatch):
     """A slot runs the Triton decode or FlashInfer's as its page counts say, and the choice is part
-    of the graph key (:meth:`FlashInferBackend.step_key`: -1, or a split point). Forced here to flip
-    with the widest row's page count (Triton on even counts only), steps of both kinds are captured
-    and replayed in one run, and replay still equals eager bit for bit."""
+    of the graph key (:meth:`FlashInferBackend.step_key`: minus the Triton decode's pages per loop
+    step, or a split point). Forced here to flip with the widest row's page count (Triton on even
+    counts only), steps of both kinds are captured and replayed in one run, and replay still
+    equals eager bit for bit."""
     from lil_sparse.kernels import fast_decode
 
     one_step = fast_decode.runs_in_one_step

@@ -213,7 +213,13 @@ def test_plan_reuse_equals_a_fresh_plan_every_step(group, head_dim, tensor_cores
         reused.begin_decode_step([layout])
         if fast_decode and reused._slot_of(layout).fast is None:
             pytest.skip(f"{reused.num_sms} SMs: {rows} rows get too few splits for the Triton decode")
+        # The Triton decode's key is minus its pages per loop step (step_tiles): 1 for 5 pages.
         assert reused.step_key([layout]) == ((-1,) if fast_decode else (0,)), step
+        if fast_decode:
+            from lil_sparse.kernels.fast_decode import step_tiles
+
+            slot = reused._slot_of(layout)
+            assert slot.fast is not None and slot.fast_tiles == step_tiles(slot.fast.tiles, max(counts))
         out = reused.decode(0, q, kv.k[0], kv.v[0], page_ids, layout).clone()
         fresh = make_backend(group, head_dim, tensor_cores, fast_decode=fast_decode)
         fresh.begin_decode_step([layout])

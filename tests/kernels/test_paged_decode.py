@@ -18,7 +18,13 @@ pytest.importorskip("triton")
 
 from lil_sparse.attention.layout import DecodeLayout
 from lil_sparse.attention.reference import ReferenceBackend, paged_scores
-from lil_sparse.kernels.fast_decode import choose_tiles, gpu_tested, runs_in_one_step
+from lil_sparse.kernels.fast_decode import (
+    block_pages_options,
+    choose_tiles,
+    gpu_tested,
+    runs_in_one_step,
+    step_tiles,
+)
 from lil_sparse.kernels.paged_decode import DecodeTiles, PagedDecodeScratch, paged_decode
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -218,12 +224,63 @@ def test_rejects_mismatched_inputs():
 
 
 @pytest.mark.parametrize(
-    "rows, sms, splits", [(2, 132, 64), (8, 132, 32), (16, 132, 16), (64, 132, 4), (512, 132, 1), (1, 4, 8)]
+    "rows, sms, splits",
+    [
+        (1, 132, 128),
+        (2, 132, 128),
+        (4, 132, 64),
+        (8, 132, 32),
+        (16, 132, 16),
+        (64, 132, 4),
+        (512, 132, 1),
+        (1, 4, 8),
+    ],
 )
 def test_choose_tiles(rows, sms, splits):
     tiles = choose_tiles(rows, sms, 16)
     assert tiles.splits == splits
     assert tiles.block_pages == 8
+
+
+@pytest.mark.parametrize(
+    "max_pages, splits, block_pages",
+    [
+        (1, 128, 1),
+        (65, 128, 1),  # Quest@1024 at batch 1: 64 older pages and the newest
+        (129, 128, 2),
+        (256, 128, 2),  # 4k tokens at batch 1
+        (257, 128, 4),
+        (512, 128, 4),
+        (1024, 128, 8),
+        (256, 32, 8),
+        (100, 32, 4),
+        (0, 64, 1),  # a step of empty rows
+    ],
+)
+def test_step_tiles_hold_a_splits_pages_in_one_loop_step(max_pages, splits, block_pages):
+    widest = DecodeTiles(splits=splits, block_pages=8)
+    tiles = step_tiles(widest, max_pages)
+    assert (tiles.splits, tiles.block_pages, tiles.warps, tiles.stages) == (splits, block_pages, 4, 2)
+    assert tiles.block_pages in block_pages_options(widest) == (1, 2, 4, 8)
+    assert tiles.splits * tiles.block_pages >= max_pages  # one loop step per split
+    if tiles.block_pages > 1:  # and no narrower tile would do
+        assert tiles.splits * tiles.block_pages // 2 < max_pages
+
+
+@pytest.mark.parametrize("counts, last", [((65, 3), (7, 16)), ((256, 200), (16, 1)), ((300,), (9,))])
+def test_step_tiles_match_reference(counts, last):
+    """The engine's batch-1 tiles at a 1.5B-like group (2 rows, 128 splits on 132 SMs), each
+    step's narrowest tiles against the reference."""
+    q, k_pages, v_pages, page_ids, layout, indices = make_case(
+        counts, last, 6, 64, 16, torch.bfloat16, seed=sum(counts), pool=320
+    )
+    tiles = step_tiles(choose_tiles(2, 132, 16), max(counts))
+    out, lse, _ = run(q, k_pages, v_pages, layout, indices, tiles)
+    want = ReferenceBackend().decode(0, q, k_pages, v_pages, page_ids, layout)
+    tolerance = TOLERANCE[torch.bfloat16]
+    torch.testing.assert_close(out.float(), want.float(), atol=tolerance, rtol=tolerance)
+    want_lse = torch.logsumexp(paged_scores(q, k_pages, page_ids, layout), dim=-1) / math.log(2)
+    torch.testing.assert_close(lse, want_lse, atol=1e-3, rtol=1e-3)
 
 
 def test_tiles_validate():
