@@ -113,20 +113,7 @@ class DecodeStep:
             id(layout): replace(layout, padded_positions=layout.padded_positions.clone())  # type: ignore[union-attr]
             for layout in self.distinct_layouts()
         }
-        groups = []
-        for group in self.groups:
-            batch = replace(
-                group.batch, **{name: getattr(group.batch, name).clone() for name in GroupTensors}
-            )
-            if batch.layout is not None:  # H2O's group layout: its counts feed the token mask
-                layout = replace(
-                    batch.layout,
-                    counts=batch.layout.counts.clone(),
-                    last_page_len=batch.layout.last_page_len.clone(),
-                )
-                batch = replace(batch, layout=layout)
-            copy = replace(group, batch=batch)  # __post_init__ recomputes newest / newest_at from the clones
-            groups.append(copy)
+        groups = [static_group(group) for group in self.groups]
         ids, positions, write_slots, base = (
             self.input_ids,
             self.positions,
@@ -306,6 +293,21 @@ class DecodeGraphs:
         self.captured[key] = CapturedStep(graph, static, static_logits)
         self.captures += 1
         return logits
+
+
+def static_group(group: PolicyGroup) -> PolicyGroup:
+    """A copy of ``group`` whose tensors a captured graph owns (:meth:`DecodeStep.static_copy`):
+    fresh storage, contiguous (a policy batch's strided columns become unit-stride, which Triton
+    compiles as a kernel variant of its own)."""
+    batch = replace(group.batch, **{name: getattr(group.batch, name).clone() for name in GroupTensors})
+    if batch.layout is not None:  # H2O's group layout: its counts feed the token mask
+        layout = replace(
+            batch.layout,
+            counts=batch.layout.counts.clone(),
+            last_page_len=batch.layout.last_page_len.clone(),
+        )
+        batch = replace(batch, layout=layout)
+    return replace(group, batch=batch)  # __post_init__ recomputes newest / newest_at from the clones
 
 
 @contextmanager

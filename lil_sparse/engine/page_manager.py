@@ -14,6 +14,8 @@ reading stale K/V.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from lil_sparse.attention.layout import DecodeLayout
@@ -43,6 +45,22 @@ def compact_rows(
     compacted = torch.zeros(n, width + 1, dtype=rows.dtype, device=rows.device)
     compacted.scatter_(1, target, rows)
     return compacted[:, :width], evicted
+
+
+class BatchRow(NamedTuple):
+    """One sequence's row of a :class:`PolicyBatch` on the host: its block-table ``slot``, pages
+    ``held``, pages to attend in a sparse layer (``select_count``), ``sink_pages``,
+    ``recent_pages`` and ``dense_layers``."""
+
+    slot: int
+    held: int
+    select_count: int
+    sink_pages: int
+    recent_pages: int
+    dense_layers: int
+
+
+BATCH_COLUMNS = len(BatchRow._fields)
 
 
 class PageManager:
@@ -193,13 +211,8 @@ class PageManager:
         ``step_index`` (each sequence's index in the decode step) is given, else local
         (0 .. n-1). ``width`` (default: the most pages any of them holds) is the table width.
         """
-        heads = self.num_kv_heads
-        width = width or max(s.held_pages for s in seqs)
-        positions = range(len(seqs)) if step_index is None else step_index
-        host = [
-            value
-            for s in seqs
-            for value in (
+        rows = [
+            BatchRow(
                 s.slot,
                 s.held_pages,
                 min(s.held_pages, s.budget_pages),
@@ -207,22 +220,37 @@ class PageManager:
                 s.recent_pages,
                 s.options.sparse.dense_layers if get_policy(s.policy).has_dense_layers else 0,
             )
+            for s in seqs
         ]
+        return self.policy_batch_of(rows, width or max(s.held_pages for s in seqs), step_index, layout)
+
+    def policy_batch_of(
+        self,
+        rows: list[BatchRow],
+        width: int,
+        step_index: list[int] | None = None,
+        layout: DecodeLayout | None = None,
+    ) -> tuple[PolicyBatch, torch.Tensor]:
+        """:meth:`policy_batch` from each sequence's :class:`BatchRow` (the start-up warm-up
+        builds rows of no request with it: the same tensors, strides included, as a step's)."""
+        heads = self.num_kv_heads
+        positions = range(len(rows)) if step_index is None else step_index
+        host = [value for row in rows for value in row]
         host += [index * heads + head for index in positions for head in range(heads)]
         values = torch.tensor(host, dtype=torch.long).to(self.device, non_blocking=True)
-        columns = values[: 6 * len(seqs)].view(len(seqs), 6)
+        columns = values[: BATCH_COLUMNS * len(rows)].view(len(rows), BATCH_COLUMNS)
         slot_index = columns[:, 0]
         expanded = columns.repeat_interleave(heads, dim=0) if heads > 1 else columns
-        table = self.table.table[slot_index, :, :width].reshape(len(seqs) * heads, width)
+        table = self.table.table[slot_index, :, :width].reshape(len(rows) * heads, width)
         batch = PolicyBatch(
-            rows=values[6 * len(seqs) :],
+            rows=values[BATCH_COLUMNS * len(rows) :],
             table=table,
             held=expanded[:, 1],
             select_count=expanded[:, 2],
             sink_pages=expanded[:, 3],
             recent_pages=expanded[:, 4],
             dense_layers=expanded[:, 5],
-            max_select=max(min(s.held_pages, s.budget_pages) for s in seqs),
+            max_select=max(row.select_count for row in rows),
             num_kv_heads=heads,
             layout=layout,
         )

@@ -233,27 +233,8 @@ class DecodeAttention:
         indptr: torch.Tensor,
         indices: torch.Tensor,
     ) -> None:
-        """One group's scores and :func:`~lil_sparse.kernels.page_select.select_pages`, written
-        straight into the backend's page list (``indptr``, ``indices``)."""
-        from lil_sparse.kernels.page_select import select_pages
-
-        batch = group.batch
-        queries = q_rows if group.all_rows else q_rows[batch.rows]
-        scores = group.policy.selection_scores(layer, queries, batch, self.kv)
-        older = group.newest_at.view(-1)  # select_count - 1 older pages, then the newest
-        if layer < group.max_dense_layers:  # rows still in their dense layers take every page
-            older = torch.where(layer < batch.dense_layers, batch.held - 1, older)
-        select_pages(
-            scores.scores,
-            older,
-            batch.table,
-            group.newest.view(-1),
-            None if group.all_rows else batch.rows,
-            indptr,
-            indices,
-            scores.share,
-            (batch.held, batch.sink_pages, batch.recent_pages) if scores.keep_windows else None,
-        )
+        queries = q_rows if group.all_rows else q_rows[group.batch.rows]
+        select_fused(layer, queries, group, self.kv, indptr, indices)
 
     def _select_reference(self, layer: int, q_rows: torch.Tensor, groups: list[PolicyGroup]) -> torch.Tensor:
         """The selection in PyTorch (``torch.topk``, gathers and scatters into a copy of the base
@@ -274,3 +255,35 @@ class DecodeAttention:
             else:
                 page_ids[batch.rows, : chosen.shape[1]] = chosen
         return page_ids
+
+
+def select_fused(
+    layer: int,
+    queries: torch.Tensor,
+    group: PolicyGroup,
+    kv: KVCache,
+    indptr: torch.Tensor,
+    indices: torch.Tensor,
+) -> None:
+    """One group's scores (:meth:`SelectionPolicy.selection_scores` of ``queries: [n, G, D]``,
+    the group's rows) and :func:`~lil_sparse.kernels.page_select.select_pages`, written straight
+    into a planned decode's page list (``indptr: [R + 1] int32``, ``indices`` int32): two
+    kernels, no host sync. Rows still in their dense layers take every held page."""
+    from lil_sparse.kernels.page_select import select_pages
+
+    batch = group.batch
+    scores = group.policy.selection_scores(layer, queries, batch, kv)
+    older = group.newest_at.view(-1)  # select_count - 1 older pages, then the newest
+    if layer < group.max_dense_layers:  # rows still in their dense layers take every page
+        older = torch.where(layer < batch.dense_layers, batch.held - 1, older)
+    select_pages(
+        scores.scores,
+        older,
+        batch.table,
+        group.newest.view(-1),
+        None if group.all_rows else batch.rows,
+        indptr,
+        indices,
+        scores.share,
+        (batch.held, batch.sink_pages, batch.recent_pages) if scores.keep_windows else None,
+    )

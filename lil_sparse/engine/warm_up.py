@@ -18,7 +18,11 @@ graphs at start-up:
 2. for every batch bucket of the runner up to ``max_batch_size``, that many plain requests
    decoding together, long enough for the bucket's graph to be captured and replayed;
 3. with chunked prefill, a prompt one page longer than the step's token budget beside a decoding
-   request: the mixed steps and the paged chunk prefill.
+   request: the mixed steps and the paged chunk prefill;
+4. the selection kernels at every width bucket up to the model's context, without requests
+   (:mod:`lil_sparse.engine.selection_compile`): a long decode reaches the wider ones only after
+   thousands of tokens, a lone selecting request the narrower ones, and the first to reach one
+   would wait for its build (0.24-0.40 s per policy).
 
 A round whose requests the context or the KV pool could not hold is left out (the report says
 which widths, batch sizes and chunked prompt ran).
@@ -36,6 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lil_sparse.engine.model_runner import WIDTH_STEP, ModelRunner
+from lil_sparse.engine.selection_compile import compile_selection_widths, width_buckets
 from lil_sparse.events import FinishReason
 from lil_sparse.options import POLICY_NAMES, RequestOptions, SamplingOptions, SparseOptions, StoppingOptions
 
@@ -52,14 +57,16 @@ MIN_WIDTH = 8  # the narrowest page table (ModelRunner.width_bucket)
 class WarmUpReport:
     """What :func:`warm_up` ran: ``seconds`` of wall time, ``requests`` in all, the decode
     ``batch_sizes`` it ran alone (the runner's buckets), the page-table ``widths`` every policy
-    ran at, and ``chunked_prompt_tokens`` (0 when prefill is not chunked or the context is too
-    short for a second chunk)."""
+    ran at, ``chunked_prompt_tokens`` (0 when prefill is not chunked or the context is too
+    short for a second chunk) and the ``selection_widths`` whose selection kernels it ran without
+    requests (every width bucket; empty where no fused selection runs)."""
 
     seconds: float
     requests: int
     batch_sizes: tuple[int, ...]
     widths: tuple[int, ...]
     chunked_prompt_tokens: int
+    selection_widths: tuple[int, ...] = ()
 
 
 def warm_up(engine: LLMEngine) -> WarmUpReport:
@@ -76,12 +83,14 @@ def warm_up(engine: LLMEngine) -> WarmUpReport:
     buckets = _batch_buckets(engine.config.max_batch_size) if short_tokens >= 1 else []
     step_budget = engine.config.step_token_budget if engine.config.chunked_prefill else 0
     chunked = _chunked_prompt_tokens(engine, step_budget) if short_tokens >= 1 else 0
+    every_width = width_buckets(engine.runner)
     logger.info(
         "warm-up: every policy at page-table widths %s, batch sizes %s, a chunked prompt of %d "
-        "tokens, before serving (EngineConfig.warm_up)",
+        "tokens, the selection kernels at widths %s, before serving (EngineConfig.warm_up)",
         ",".join(map(str, widths)) or "none",
         ",".join(map(str, buckets)) or "none",
         chunked,
+        ",".join(map(str, every_width)) or "none",
     )
 
     # The default dense leading layers, fewer in a model too shallow for any layer to select.
@@ -108,9 +117,20 @@ def warm_up(engine: LLMEngine) -> WarmUpReport:
         prompts = [_prompt(short_tokens, engine), _prompt(chunked, engine)]
         requests += _run(engine, "chunked prefill", prompts, [decoding, _options("full", page_size)])
 
+    group = engine.model_config.queries_per_kv_head
+    ran = compile_selection_widths(engine.runner, group, every_width)
+    selection_widths = tuple(every_width) if ran else ()
+
     engine.reset_step_counters()
-    report = WarmUpReport(time.perf_counter() - start, requests, tuple(buckets), tuple(widths), chunked)
-    logger.info("warm-up: %.1f s, %d requests", report.seconds, report.requests)
+    report = WarmUpReport(
+        time.perf_counter() - start, requests, tuple(buckets), tuple(widths), chunked, selection_widths
+    )
+    logger.info(
+        "warm-up: %.1f s, %d requests; selection kernels at widths %s",
+        report.seconds,
+        report.requests,
+        ",".join(map(str, selection_widths)) or "none",
+    )
     return report
 
 
