@@ -94,19 +94,22 @@ class Case:
     def flashinfer(self, layer: int) -> None:
         self.out[layer] = self.wrapper.run(self.q[layer], (self.k[layer], self.v[layer]))
 
-    def triton(self, tiles: DecodeTiles, scratch: PagedDecodeScratch, out: torch.Tensor, layer: int) -> None:
+    def triton(
+        self, tiles: DecodeTiles, scratch: PagedDecodeScratch, out: torch.Tensor, layer: int, merge_dims: int
+    ) -> None:
         paged_decode(
             self.q[layer], self.k[layer], self.v[layer], self.indptr, self.indices, self.last,
-            scratch, tiles, out=out[layer],
+            scratch, tiles, out=out[layer], merge_dims=merge_dims,
         )  # fmt: skip
 
-    def time_triton(self, tiles: DecodeTiles, iters: int) -> tuple[float, float]:
-        """(us per call, largest |difference| from FlashInfer's output)."""
+    def time_triton(self, tiles: DecodeTiles, iters: int, merge_dims: int = 0) -> tuple[float, float]:
+        """(us per call, largest |difference| from FlashInfer's output); ``merge_dims`` as
+        :func:`paged_decode` takes it (0: the kernel's rule)."""
         scratch = PagedDecodeScratch.allocate(
             self.rows, self.group, HEAD_DIM, tiles.splits, torch.device("cuda")
         )
         out = torch.empty_like(self.q)
-        us = graph_us(lambda layer: self.triton(tiles, scratch, out, layer), self.layers, iters)
+        us = graph_us(lambda layer: self.triton(tiles, scratch, out, layer, merge_dims), self.layers, iters)
         return us, (out.float() - self.out.float()).abs().max().item()
 
 
@@ -138,6 +141,7 @@ def main() -> None:
         widest = choose_tiles(rows, num_sms, PAGE_SIZE)
         tiles = step_tiles(widest, pages)  # what the engine runs for these rows
         triton_us, diff = case.time_triton(tiles, args.iters)
+        head_merge_us, _ = case.time_triton(tiles, args.iters, merge_dims=HEAD_DIM)  # one program per head
         best = ""
         if args.sweep:
             swept = [(case.time_triton(t, args.iters)[0], t) for t in SWEEP]
@@ -148,7 +152,7 @@ def main() -> None:
         floor_us = case.bytes / (bandwidth * 1e9) * 1e6
         engine = "Triton" if runs_in_one_step(pages, widest) else "FlashInfer"  # the backend's rule
         row = [
-            name, rows, pages, f"{flashinfer_us:.1f}", f"{triton_us:.1f}",
+            name, rows, pages, f"{flashinfer_us:.1f}", f"{triton_us:.1f}", f"{head_merge_us:.1f}",
             f"{tiles.splits}x{tiles.block_pages}", best, f"{floor_us:.1f}",
             f"{flashinfer_us / triton_us:.2f}", engine, f"{diff:.4f}",
         ]  # fmt: skip
@@ -158,7 +162,8 @@ def main() -> None:
         torch.cuda.empty_cache()
     if args.out:
         header = [
-            "case", "rows", "pages/row", "FlashInfer us", "Triton us", "tiles (splits x pages)",
+            "case", "rows", "pages/row", "FlashInfer us", "Triton us", "Triton us, merge per head",
+            "tiles (splits x pages)",
             "best swept us (tiles)", "floor us", "FlashInfer / Triton", "engine runs", "max |diff|",
         ]  # fmt: skip
         notes = [

@@ -10,8 +10,9 @@ and 3.0 us in the merge of the partial results (H200 profile of the batch-1 step
 Here a grid of ``(rows, splits)`` programs each attends one contiguous run of a row's pages (the
 flash-decoding split of Dao et al., 2023) with the online softmax of FlashAttention and stores
 its normalised partial output and base-2 log-sum-exp; a second kernel, one program per (row,
-query head), merges the splits. No host work and no plan: the grids depend only on the row count
-and the tiles, so a captured CUDA graph replays them for any page counts, reading
+query head, block of dims: :func:`merge_block_d`), merges the splits. No host work and no plan:
+the grids depend only on the row count and the tiles, so a captured CUDA graph replays them for
+any page counts, reading
 ``indptr``/``indices``/``last_page_len`` on the device. Merging inside the first kernel (the last
 program of a row to arrive, counted by an atomic) took 11.2-11.6 us against 6.5 for the same
 kernel without the merge (H200, 2026-11-30, ad hoc variants, printed output): one program reading
@@ -172,16 +173,18 @@ def _merge_partials(
     G: tl.constexpr,
     D: tl.constexpr,
     SPLITS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     WRITE_LSE: tl.constexpr,
     DTYPE: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    """One program per (row, query head): the log-sum-exp-weighted mean of the splits' partials."""
+    """One program per (row, query head, ``BLOCK_D`` dims): the log-sum-exp-weighted mean of the
+    splits' partials over those dims."""
     wait_for_previous(PDL)
     row = tl.program_id(0)
     head = tl.program_id(1)
+    dims = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     splits = tl.arange(0, SPLITS)
-    dims = tl.arange(0, D)
     lses = tl.load(partial_lse_ptr + (row * SPLITS + splits) * G + head)  # [SPLITS]
     parts = tl.load(partial_out_ptr + ((row * SPLITS + splits[:, None]) * G + head) * D + dims[None, :])
     top = tl.max(lses, axis=0)  # -inf only for a row of no pages (every split empty)
@@ -190,8 +193,18 @@ def _merge_partials(
     total = tl.sum(weights, axis=0)
     merged = tl.sum(weights[:, None] * parts, axis=0) / tl.where(total > 0.0, total, 1.0)
     tl.store(out_ptr + (row * G + head) * D + dims, merged.to(DTYPE))
-    if WRITE_LSE:  # an empty row: log2(0) = -inf
+    if WRITE_LSE and tl.program_id(2) == 0:  # an empty row: log2(0) = -inf
         tl.store(lse_ptr + row * G + head, top + tl.log2(total))
+
+
+MERGE_FLOATS = 4096
+"""Partial-output floats one merge program reads at most (16 KiB): ``BLOCK_D = MERGE_FLOATS //
+splits`` dims (at least 16, at most ``D``), so 128 splits of a 128-dim head take 4 programs."""
+
+
+def merge_block_d(splits: int, head_dim: int) -> int:
+    """Dims per merge program for ``splits`` partials of ``head_dim`` (:data:`MERGE_FLOATS`)."""
+    return min(head_dim, max(16, MERGE_FLOATS // splits))
 
 
 def paged_decode(
@@ -205,6 +218,7 @@ def paged_decode(
     tiles: DecodeTiles,
     out: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
+    merge_dims: int = 0,
 ) -> torch.Tensor:
     """Decode attention of ``q: [rows, G, D]`` over each row's pages (two launches).
 
@@ -216,8 +230,10 @@ def paged_decode(
     from :meth:`PagedDecodeScratch.allocate` with ``tiles.splits``.
     Writes and returns ``out: [rows, G, D]`` (allocated when None) and, when given,
     ``lse: [rows, G] float32``, the base-2 log-sum-exp of the scaled scores (FlashInfer's
-    ``return_lse`` convention). Scale ``1 / sqrt(D)``. Raises ValueError on mismatched shapes or
-    dtypes, non-contiguous tensors, or a dtype other than bf16 and fp16.
+    ``return_lse`` convention). Scale ``1 / sqrt(D)``. ``merge_dims``: dims per merge program, a
+    power of two dividing ``D`` (0: :func:`merge_block_d`; for A/B timing). Raises ValueError on
+    mismatched shapes or dtypes, non-contiguous tensors, a dtype other than bf16 and fp16, or a
+    ``merge_dims`` that does not divide ``D``.
     """
     rows, group, head_dim = q.shape
     page_size = k_pages.shape[2]
@@ -242,6 +258,8 @@ def paged_decode(
         raise ValueError(f"paged_decode: lse must be a contiguous float32 {(rows, group)} tensor")
     if head_dim & (head_dim - 1) or head_dim < 16:
         raise ValueError(f"paged_decode: head_dim must be a power of two >= 16, got {head_dim}")
+    if merge_dims and (merge_dims & (merge_dims - 1) or head_dim % merge_dims):
+        raise ValueError(f"paged_decode: merge_dims {merge_dims} must be a power of two dividing {head_dim}")
     out = torch.empty_like(q) if out is None else out
     if rows == 0:
         return out
@@ -267,9 +285,10 @@ def paged_decode(
         num_stages=tiles.stages,
         **launch_options(q),
     )
-    _merge_partials[(rows, group)](
+    block_d = merge_dims or merge_block_d(tiles.splits, head_dim)
+    _merge_partials[(rows, group, head_dim // block_d)](
         scratch.partial_out, scratch.partial_lse, out, scratch.partial_lse if lse is None else lse,
-        G=group, D=head_dim, SPLITS=tiles.splits, WRITE_LSE=lse is not None, DTYPE=TL_DTYPES[q.dtype],
-        PDL=use_pdl(q), **launch_options(q),
+        G=group, D=head_dim, SPLITS=tiles.splits, BLOCK_D=block_d, WRITE_LSE=lse is not None,
+        DTYPE=TL_DTYPES[q.dtype], PDL=use_pdl(q), **launch_options(q),
     )  # fmt: skip
     return out

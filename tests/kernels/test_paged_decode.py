@@ -25,7 +25,7 @@ from lil_sparse.kernels.fast_decode import (
     runs_in_one_step,
     step_tiles,
 )
-from lil_sparse.kernels.paged_decode import DecodeTiles, PagedDecodeScratch, paged_decode
+from lil_sparse.kernels.paged_decode import DecodeTiles, PagedDecodeScratch, merge_block_d, paged_decode
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 2e-3}  # the output's rounding, twice
@@ -304,3 +304,36 @@ def test_runs_in_one_step(max_pages, splits, expected):
 )
 def test_gpu_tested_shapes(head_dim, page_size, expected):
     assert gpu_tested(head_dim, page_size) is expected
+
+
+@pytest.mark.parametrize("merge_dims", [0, 16, 32, 64])
+def test_merge_by_blocks_of_dims_equals_one_program_per_head(merge_dims):
+    """The merge's dims per program (:func:`merge_block_d`, or ``merge_dims``) change nothing: the
+    same output and lse bit for bit, and the lse written once per head."""
+    q, k_pages, v_pages, _, layout, indices = make_case(
+        (70, 9), (4, 16), 6, 64, 16, torch.bfloat16, seed=4, pool=90
+    )
+    tiles = DecodeTiles(splits=128, block_pages=1)
+    rows, group, head_dim = q.shape
+    want_lse = torch.empty(rows, group, dtype=torch.float32, device=q.device)
+    scratch = PagedDecodeScratch.allocate(rows, group, head_dim, tiles.splits, q.device)
+    csr = (layout.indptr, indices, layout.last_page_len)
+    want = paged_decode(q, k_pages, v_pages, *csr, scratch, tiles, lse=want_lse, merge_dims=head_dim)
+    lse = torch.full_like(want_lse, float("nan"))
+    got = paged_decode(q, k_pages, v_pages, *csr, scratch, tiles, lse=lse, merge_dims=merge_dims)
+    assert torch.equal(got, want) and torch.equal(lse, want_lse)
+
+
+def test_merge_block_d_and_its_refusals():
+    assert merge_block_d(128, 128) == 32
+    assert merge_block_d(64, 128) == 64
+    assert merge_block_d(32, 128) == 128
+    assert merge_block_d(1024, 64) == 16  # at least 16 dims
+    q, k_pages, v_pages, _, layout, indices = make_case((3,), (4,), 4, 64, 16, torch.bfloat16, seed=1)
+    scratch = PagedDecodeScratch.allocate(1, 4, 64, 4, q.device)
+    for bad in (24, 128):
+        with pytest.raises(ValueError, match="merge_dims"):
+            paged_decode(
+                q, k_pages, v_pages, layout.indptr, indices, layout.last_page_len, scratch,
+                DecodeTiles(splits=4, block_pages=1), merge_dims=bad,
+            )  # fmt: skip
