@@ -186,8 +186,9 @@ class FlashInferBackend(AttentionBackend):
             else layout.last_page_len.cpu()
         )
         split = 0
-        fast = slot.fast is not None and runs_in_one_step(max(counts), slot.fast.tiles)
-        slot.fast_tiles = step_tiles(slot.fast.tiles, max(counts)) if fast and slot.fast else None
+        fast = slot.fast
+        in_regime = fast is not None and runs_in_one_step(max(counts), fast.tiles)
+        slot.fast_tiles = step_tiles(fast.tiles, max(counts)) if fast is not None and in_regime else None
         if self.split_calls and slot.fast_tiles is None:  # a step's rows are its sequences x KV heads
             split = choose_split(counts, self.num_kv_heads, self.num_sms, max(128 // self.page_size, 1))
             split = split if slot.can_split(split) else 0

@@ -297,8 +297,9 @@ class DecodeGraphs:
 
 def static_group(group: PolicyGroup) -> PolicyGroup:
     """A copy of ``group`` whose tensors a captured graph owns (:meth:`DecodeStep.static_copy`):
-    fresh storage, contiguous (a policy batch's strided columns become unit-stride, which Triton
-    compiles as a kernel variant of its own)."""
+    fresh storage from ``clone()``, which makes a policy batch's strided columns unit-stride
+    (Triton compiles those as kernel variants of their own) except a one-row column, which keeps
+    its stride."""
     batch = replace(group.batch, **{name: getattr(group.batch, name).clone() for name in GroupTensors})
     if batch.layout is not None:  # H2O's group layout: its counts feed the token mask
         layout = replace(

@@ -222,18 +222,20 @@ class PageManager:
             )
             for s in seqs
         ]
-        return self.policy_batch_of(rows, width or max(s.held_pages for s in seqs), step_index, layout)
+        return self.policy_batch_of(rows, layout, width, step_index)
 
     def policy_batch_of(
         self,
         rows: list[BatchRow],
-        width: int,
-        step_index: list[int] | None = None,
         layout: DecodeLayout | None = None,
+        width: int = 0,
+        step_index: list[int] | None = None,
     ) -> tuple[PolicyBatch, torch.Tensor]:
         """:meth:`policy_batch` from each sequence's :class:`BatchRow` (the start-up warm-up
-        builds rows of no request with it: the same tensors, strides included, as a step's)."""
+        builds rows of no request with it: the same tensors, strides included, as a step's);
+        ``width`` 0: the most pages a row holds."""
         heads = self.num_kv_heads
+        width = width or max(row.held for row in rows)
         positions = range(len(rows)) if step_index is None else step_index
         host = [value for row in rows for value in row]
         host += [index * heads + head for index in positions for head in range(heads)]

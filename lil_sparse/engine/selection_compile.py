@@ -18,8 +18,8 @@ sink, H2O and full: at most 5 ms); with the wider widths run here, none waited m
 ``selects_per_layer``), as a step runs them (:func:`~lil_sparse.engine.step_attention.select_fused`
 on a :class:`~lil_sparse.engine.step_attention.PolicyGroup` built by the page manager, so the
 tensors and their strides are an eager step's, and on its copy for a CUDA graph
-(:func:`~lil_sparse.engine.cuda_graphs.static_group`: contiguous, which Triton compiles as
-variants of their own), on one sequence's rows at each wider width, alone in its step and beside
+(:func:`~lil_sparse.engine.cuda_graphs.static_group`: unit-stride columns, which Triton compiles
+as variants of their own), on one sequence's rows at each wider width, alone in its step and beside
 another sequence: rows of no request, reading block-table slot 0's page ids (every entry a valid
 page) and writing a page list of their own.
 """
@@ -81,7 +81,7 @@ def select_at_width(
     heads, device = runner.num_kv_heads, runner.device
     count = width // 2  # older pages, then the newest
     row = BatchRow(slot=0, held=width, select_count=count, sink_pages=1, recent_pages=1, dense_layers=0)
-    batch, _ = runner.pages.policy_batch_of([row], width, [step_index])
+    batch, _ = runner.pages.policy_batch_of([row], width=width, step_index=[step_index])
     indptr = torch.arange(0, 2 * heads + 1, dtype=torch.int32, device=device) * count
     indices = torch.full((2 * heads * count,), -1, dtype=torch.int32, device=device)
     alone = step_index == 0

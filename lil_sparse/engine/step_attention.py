@@ -233,6 +233,8 @@ class DecodeAttention:
         indptr: torch.Tensor,
         indices: torch.Tensor,
     ) -> None:
+        """One group's fused selection (:func:`select_fused`) over its rows of ``q_rows``, written
+        straight into the backend's page list (``indptr``, ``indices``)."""
         queries = q_rows if group.all_rows else q_rows[group.batch.rows]
         select_fused(layer, queries, group, self.kv, indptr, indices)
 

@@ -22,7 +22,7 @@ graphs at start-up:
 4. the selection kernels at every width bucket up to the model's context, without requests
    (:mod:`lil_sparse.engine.selection_compile`): a long decode reaches the wider ones only after
    thousands of tokens, a lone selecting request the narrower ones, and the first to reach one
-   would wait for its build (0.24-0.40 s per policy).
+   would wait for its builds (0.24-0.37 s under Quest, 0.57-0.80 s under InfLLM, on the H200).
 
 A round whose requests the context or the KV pool could not hold is left out (the report says
 which widths, batch sizes and chunked prompt ran).

@@ -13,7 +13,9 @@ import torch
 from lil_sparse.kernels.paged_decode import DecodeTiles, PagedDecodeScratch, paged_decode
 
 MAX_SPLITS = 128
-"""Splits per row at most (a merge program reads every split's ``[D]`` fp32 partial of its head)."""
+"""Splits per row at most: the most the 2026-12-01 sweep tried (``bench/paged_decode_micro.py
+--sweep``); the merge reads ``MAX_SPLITS x D`` fp32 partials per (row, head), spread over
+:func:`~lil_sparse.kernels.paged_decode.merge_block_d` programs."""
 
 LOOP_STEP_TOKENS = 128
 """Tokens of one loop step of the widest tiles (``block_pages * page_size``)."""
@@ -32,10 +34,11 @@ def choose_tiles(rows: int, num_sms: int, page_size: int) -> DecodeTiles:
 def step_tiles(tiles: DecodeTiles, max_pages: int) -> DecodeTiles:
     """The tiles a step whose longest row holds ``max_pages`` pages runs: ``tiles``' splits with
     the fewest pages per loop step (a power of two, at most ``tiles.block_pages``) that still
-    hold a split's pages in one step, so no program loads masked-off pages. At 2 rows, 128
-    splits per row, the H200 (``bench/paged_decode_micro.py --sweep``, 2026-12-01 09:26 UTC,
-    printed output, kernel + merge): 256 pages took 7.0 us at 2 pages per step against 8.1 us
-    for the 64 x 8 tiles of before, 65 pages (Quest@1024) 5.9 us at 1 page against 7.4."""
+    hold a split's pages in one step, so a program loads no masked pages beyond the rounding of
+    its pages up to a power of two. At 2 rows, 128 splits per row, on the H200
+    (docs/bench/paged_decode_micro.md, 2026-12-01 09:38 UTC, kernel + a per-head merge): 256
+    pages took 7.0 us at 2 pages per step (8.1 us for the 64 x 8 tiles of before, 09:27, printed
+    output), 65 pages (Quest@1024) 5.8 us at 1 page (7.4 before)."""
     per_split = -(-max(max_pages, 1) // tiles.splits)
     block_pages = min(tiles.block_pages, 1 << (per_split - 1).bit_length())
     return DecodeTiles(tiles.splits, block_pages, tiles.warps, tiles.stages)
@@ -80,8 +83,9 @@ def runs_in_one_step(max_pages: int, tiles: DecodeTiles) -> bool:
 
 @dataclass(frozen=True)
 class FastDecode:
-    """The Triton decode's widest launch shape (:func:`choose_tiles`) and split-KV scratch for
-    one decode slot's rows."""
+    """The Triton decode's widest launch shape (:func:`choose_tiles`), split-KV scratch and the
+    cache's ``page_size`` (tokens per page, which the kernel is specialized on) for one decode
+    slot's rows."""
 
     tiles: DecodeTiles
     scratch: PagedDecodeScratch
@@ -101,18 +105,21 @@ class FastDecode:
         """:func:`paged_decode` over the slot's CSR buffers with ``tiles`` (this step's
         :func:`step_tiles`; None: the widest): ``out: [rows, G, D]``, and ``lse: [rows, G]
         float32`` (base 2) when asked, as a FlashInfer slot's ``run`` returns them."""
-        tiles = tiles or self.tiles
+        tiles = self.tiles if tiles is None else tiles
         if tiles.splits != self.tiles.splits:
             raise ValueError(f"FastDecode.run: {tiles.splits} splits, the scratch holds {self.tiles.splits}")
+        if tiles.block_pages not in block_pages_options(self.tiles):  # only tiles compile() built
+            raise ValueError(f"FastDecode.run: {tiles.block_pages} pages per step, not one of the slot's")
         lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if return_lse else None
         out = paged_decode(q, k_pages, v_pages, indptr, indices, last_page_len, self.scratch, tiles, lse=lse)
         return out, lse
 
     def compile(self, dtype: torch.dtype) -> None:
         """Build every kernel variant :func:`step_tiles` can pick for this slot (one per
-        ``block_pages``) now, by running each over rows of no pages: Triton compiles a variant
-        the first time it runs, which inside a request would stall every stream of the engine
-        (a long decode reaches wider tiles only after minutes). Writes only the scratch."""
+        ``block_pages``, and the merge with and without the lse) now, by running each over rows of
+        no pages: Triton compiles a variant the first time it runs, which inside a request would
+        stall every stream of the engine (a long decode reaches wider tiles only after minutes).
+        Writes only the scratch (every partial lse ``-inf``, every partial output 0)."""
         rows, splits, group, head_dim = self.scratch.partial_out.shape
         device = self.scratch.partial_out.device
         q = torch.zeros(rows, group, head_dim, dtype=dtype, device=device)

@@ -15,6 +15,11 @@ from lil_sparse.attention.reference import ReferenceBackend, paged_scores
 from lil_sparse.kernels.fast_decode import make_fast_decode
 
 H200_SMS = 132
+# Kernels on CPU tensors run through Triton's interpreter, which tests/conftest.py turns on only
+# without CUDA (the GPU tests run the kernels on the device).
+cpu_kernels = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="CPU test: Triton's interpreter is off with CUDA"
+)
 
 
 @pytest.mark.parametrize("rows, splits", [(1, 128), (2, 128), (4, 64), (8, 32)])
@@ -40,6 +45,7 @@ def test_other_slots_keep_flashinfer(rows, head_dim, page_size, sms):
     assert make_fast_decode(rows, 4, head_dim, page_size, sms, torch.device("cpu")) is None
 
 
+@cpu_kernels
 @pytest.mark.parametrize("return_lse", [False, True])
 def test_a_slots_run_is_the_kernel_over_its_buffers(return_lse):
     """What ``DecodeSlot.run`` returns on the fast path: the kernel's output (and its lse, only
@@ -64,10 +70,11 @@ def test_a_slots_run_is_the_kernel_over_its_buffers(return_lse):
         torch.testing.assert_close(lse, want_lse, atol=1e-3, rtol=1e-3)
 
 
-def test_compile_builds_every_tile_and_keeps_the_scratch_shape():
-    """``FastDecode.compile`` runs every tile :func:`step_tiles` may pick (rows of no pages) and
-    leaves a slot whose runs still match the reference; a step's tiles must keep the slot's
-    splits."""
+@cpu_kernels
+def test_compile_runs_every_tile_over_empty_rows_and_the_slot_still_decodes():
+    """``FastDecode.compile`` runs every tile :func:`step_tiles` may pick over rows of no pages
+    (the scratch it leaves: every partial lse ``-inf``, every partial output 0) and leaves a slot
+    whose runs still match the reference; a step's tiles must be one the slot built."""
     from lil_sparse.kernels.fast_decode import block_pages_options, step_tiles
     from lil_sparse.kernels.paged_decode import DecodeTiles
 
@@ -75,8 +82,12 @@ def test_compile_builds_every_tile_and_keeps_the_scratch_shape():
     fast = make_fast_decode(rows, group, head_dim, page_size, 8 * 4, torch.device("cpu"))
     assert fast is not None and fast.tiles.splits == 32
     assert block_pages_options(fast.tiles) == (1, 2, 4, 8)
+    fast.scratch.partial_out.fill_(float("nan"))
+    fast.scratch.partial_lse.fill_(float("nan"))
     fast.compile(torch.bfloat16)
     assert fast.scratch.partial_out.shape == (rows, 32, group, head_dim)
+    assert torch.equal(fast.scratch.partial_out, torch.zeros_like(fast.scratch.partial_out))
+    assert torch.isneginf(fast.scratch.partial_lse).all()
     gen = torch.Generator().manual_seed(1)
     k_pages = torch.randn(40, 1, page_size, head_dim, generator=gen).to(torch.bfloat16)
     v_pages = torch.randn(40, 1, page_size, head_dim, generator=gen).to(torch.bfloat16)
@@ -89,5 +100,8 @@ def test_compile_builds_every_tile_and_keeps_the_scratch_shape():
     out, _ = fast.run(q, k_pages, v_pages, layout.indptr, indices, layout.last_page_len, False, tiles)
     want = ReferenceBackend().decode(0, q, k_pages, v_pages, page_ids, layout)
     torch.testing.assert_close(out.float(), want.float(), atol=1e-2, rtol=1e-2)
+    csr = (layout.indptr, indices, layout.last_page_len)
     with pytest.raises(ValueError, match="splits"):
-        fast.run(q, k_pages, v_pages, layout.indptr, indices, layout.last_page_len, False, DecodeTiles(16, 1))
+        fast.run(q, k_pages, v_pages, *csr, False, DecodeTiles(16, 1))
+    with pytest.raises(ValueError, match="pages per step"):
+        fast.run(q, k_pages, v_pages, *csr, False, DecodeTiles(32, 16))

@@ -56,6 +56,7 @@ def test_warm_up_runs_every_round_and_leaves_a_fresh_engine(tiny_model_dir):
         assert report.batch_sizes == (1, 2, 4, 6)
         # Widths up to the 128 pages of the model's 2048-token context (the pool holds 256).
         assert report.widths == (8, 16, 32, 64, 128)
+        assert report.selection_widths == ()  # no fused selection on CPU
         assert report.chunked_prompt_tokens == 64 + 16  # one page past the step's token budget
         # every policy at each width, then alone; the batch buckets; the chunked prompt and its mate
         assert report.requests == len(POLICY_NAMES) * (5 + 1) + sum(report.batch_sizes) + 2

@@ -1,8 +1,9 @@
 """After the start-up warm-up, a lone request that decodes past 256 pages (4096 tokens: widths no
 warm-up request ran at) builds no Triton kernel: the selection kernels were run at every width
 (lil_sparse/engine/selection_compile.py) and the Triton decode's every tile when its slot was
-made (FastDecode.compile). Before, the first request to cross 4096 tokens waited 0.24-0.40 s for
-a token per selecting policy while those kernels compiled (H200, 2026-12-01)."""
+made (FastDecode.compile). Before, the first request to cross 4096 or 8192 tokens waited for a
+token while those kernels compiled: 0.24-0.37 s under Quest, 0.57-0.80 s under InfLLM (two
+slow steps; H200, 2026-12-01)."""
 
 from __future__ import annotations
 

@@ -308,8 +308,9 @@ def test_gpu_tested_shapes(head_dim, page_size, expected):
 
 @pytest.mark.parametrize("merge_dims", [0, 16, 32, 64])
 def test_merge_by_blocks_of_dims_equals_one_program_per_head(merge_dims):
-    """The merge's dims per program (:func:`merge_block_d`, or ``merge_dims``) change nothing: the
-    same output and lse bit for bit, and the lse written once per head."""
+    """The merge's dims per program (:func:`merge_block_d`, or ``merge_dims``) change only the
+    order of its sums over the splits: the output within one bf16 rounding and the lse within
+    fp32 rounding of one program per head's, and every head's lse written (NaN before)."""
     q, k_pages, v_pages, _, layout, indices = make_case(
         (70, 9), (4, 16), 6, 64, 16, torch.bfloat16, seed=4, pool=90
     )
@@ -321,7 +322,8 @@ def test_merge_by_blocks_of_dims_equals_one_program_per_head(merge_dims):
     want = paged_decode(q, k_pages, v_pages, *csr, scratch, tiles, lse=want_lse, merge_dims=head_dim)
     lse = torch.full_like(want_lse, float("nan"))
     got = paged_decode(q, k_pages, v_pages, *csr, scratch, tiles, lse=lse, merge_dims=merge_dims)
-    assert torch.equal(got, want) and torch.equal(lse, want_lse)
+    torch.testing.assert_close(got.float(), want.float(), atol=1e-6, rtol=2**-7)
+    torch.testing.assert_close(lse, want_lse, atol=1e-5, rtol=1e-6)
 
 
 def test_merge_block_d_and_its_refusals():
