@@ -12,7 +12,7 @@ mode, HND, tensor cores for these groups, planned once outside the graph). Both 
 compared (largest absolute difference), and the table says which kernel the engine's rule
 (:func:`lil_sparse.kernels.fast_decode.runs_in_one_step`) runs for the case.
 
-    python bench/paged_decode_micro.py [--sweep] [--out FILE]
+    python bench/paged_decode_micro.py [--sweep] [--merge-sweep] [--cases NAME,...] [--out FILE]
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ SWEEP = [
         (8, 16, 32, 64, 128), (1, 2, 4, 8), ((4, 2), (4, 3), (8, 2))
     )
 ]
+
+
+MERGE_DIMS = tuple(16 << i for i in range((HEAD_DIM // 16).bit_length()))  # 16, 32, ..., HEAD_DIM
 
 
 class Case:
@@ -123,6 +126,9 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="also time every tile of SWEEP")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--cases", default="", help="comma list of case names to run (default: all)")
+    parser.add_argument(
+        "--merge-sweep", action="store_true", help="also time the engine's tiles at every merge block of dims"
+    )
     args = parser.parse_args()
     wanted = {name.strip() for name in args.cases.split(",") if name.strip()}
     unknown = wanted - {case[0] for case in CASES}
@@ -142,6 +148,9 @@ def main() -> None:
         tiles = step_tiles(widest, pages)  # what the engine runs for these rows
         triton_us, diff = case.time_triton(tiles, args.iters)
         head_merge_us, _ = case.time_triton(tiles, args.iters, merge_dims=HEAD_DIM)  # one program per head
+        if args.merge_sweep:  # dims per merge program: 16 up to the whole head
+            merges = [(case.time_triton(tiles, args.iters, merge_dims=d)[0], d) for d in MERGE_DIMS]
+            print(f"  {name} merge dims per program: " + ", ".join(f"{d}: {us:.1f} us" for us, d in merges))
         best = ""
         if args.sweep:
             swept = [(case.time_triton(t, args.iters)[0], t) for t in SWEEP]
