@@ -108,7 +108,7 @@ class FastDecode:
         tiles = self.tiles if tiles is None else tiles
         if tiles.splits != self.tiles.splits:
             raise ValueError(f"FastDecode.run: {tiles.splits} splits, the scratch holds {self.tiles.splits}")
-        if tiles.block_pages not in block_pages_options(self.tiles):  # only tiles compile() built
+        if tiles.block_pages > self.tiles.block_pages:  # (powers of two) only tiles compile() built
             raise ValueError(f"FastDecode.run: {tiles.block_pages} pages per step, not one of the slot's")
         lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if return_lse else None
         out = paged_decode(q, k_pages, v_pages, indptr, indices, last_page_len, self.scratch, tiles, lse=lse)
