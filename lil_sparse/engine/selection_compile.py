@@ -11,7 +11,7 @@ list's row mapping; the group tensors' strides). Built the first time a request 
 inside a step, it stopped every stream of the engine: after the warm-up, one request crossing
 4096 and 8192 tokens waited 242 and 370 ms for a token under Quest, 265 + 307 and 404 + 395 ms
 under InfLLM (H200, 2026-12-01 09:28 UTC, tiny Llama, fresh Triton cache, an ad hoc script;
-sink, H2O and full: at most 5 ms); with the wider widths run here, none waited more than 5 ms
+sink, H2O and full: at most 5 ms); with every width run here, none waited more than 5 ms
 (09:49).
 
 :func:`compile_selection_widths` runs both kernels of every selecting policy (registry flag
@@ -19,7 +19,7 @@ sink, H2O and full: at most 5 ms); with the wider widths run here, none waited m
 on a :class:`~lil_sparse.engine.step_attention.PolicyGroup` built by the page manager, so the
 tensors and their strides are an eager step's, and on its copy for a CUDA graph
 (:func:`~lil_sparse.engine.cuda_graphs.static_group`: unit-stride columns, which Triton compiles
-as variants of their own), on one sequence's rows at each wider width, alone in its step and beside
+as variants of their own), on one sequence's rows at each width, alone in its step and beside
 another sequence: rows of no request, reading block-table slot 0's page ids (every entry a valid
 page) and writing a page list of their own.
 """
