@@ -11,8 +11,9 @@ list's row mapping; the group tensors' strides). Built the first time a request 
 inside a step, it stopped every stream of the engine: after the warm-up, one request crossing
 4096 and 8192 tokens waited 242 and 370 ms for a token under Quest, 265 + 307 and 404 + 395 ms
 under InfLLM (H200, 2026-12-01 09:28 UTC, tiny Llama, fresh Triton cache, an ad hoc script;
-sink, H2O and full: at most 5 ms); with every width run here, none waited more than 5 ms
-(09:49).
+sink, H2O and full: at most 5 ms); with the widths past 256 pages run here, eager and captured,
+none waited more than 5 ms (09:49), and running every width also covers a lone selecting request
+at the narrower ones (``tests/gpu/test_long_widths_gpu.py``, 09:52).
 
 :func:`compile_selection_widths` runs both kernels of every selecting policy (registry flag
 ``selects_per_layer``), as a step runs them (:func:`~lil_sparse.engine.step_attention.select_fused`
