@@ -186,9 +186,9 @@ class FlashInferBackend(AttentionBackend):
             else layout.last_page_len.cpu()
         )
         split = 0
-        fast = slot.fast
-        in_regime = fast is not None and runs_in_one_step(max(counts), fast.tiles)
-        slot.fast_tiles = step_tiles(fast.tiles, max(counts)) if fast is not None and in_regime else None
+        fast, slot.fast_tiles = slot.fast, None
+        if fast is not None and runs_in_one_step(max(counts), fast.tiles):
+            slot.fast_tiles = step_tiles(fast.tiles, max(counts))
         if self.split_calls and slot.fast_tiles is None:  # a step's rows are its sequences x KV heads
             split = choose_split(counts, self.num_kv_heads, self.num_sms, max(128 // self.page_size, 1))
             split = split if slot.can_split(split) else 0
@@ -267,8 +267,10 @@ class FlashInferBackend(AttentionBackend):
         """What a captured step depends on beyond its tensors' shapes: each layout's split point
         (0: one call) or, for the Triton decode, minus its pages per loop step, as planned by
         :meth:`begin_decode_step`."""
-        slots = map(self._slot_of, layouts)
-        return tuple(-slot.fast_tiles.block_pages if slot.fast_tiles else slot.split for slot in slots)
+        keys = []
+        for slot in map(self._slot_of, layouts):
+            keys.append(slot.split if slot.fast_tiles is None else -slot.fast_tiles.block_pages)
+        return tuple(keys)
 
     def pack_indices(self, page_ids: torch.Tensor, layout: DecodeLayout) -> None:
         """Write ``layout``'s CSR page ids from padded ``page_ids: [rows, >= width] int32``.

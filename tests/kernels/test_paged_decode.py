@@ -60,6 +60,17 @@ def run(q, k_pages, v_pages, layout, indices, tiles, with_lse=True):
     return out, lse, scratch
 
 
+def assert_matches_reference(case, tiles, dtype=torch.bfloat16):
+    """:func:`paged_decode` of ``case`` (:func:`make_case`'s tuple) with ``tiles`` against the
+    reference decode (within :data:`TOLERANCE`) and its fp32 base-2 log-sum-exp."""
+    q, k_pages, v_pages, page_ids, layout, indices = case
+    out, lse, _ = run(q, k_pages, v_pages, layout, indices, tiles)
+    want = ReferenceBackend().decode(0, q, k_pages, v_pages, page_ids, layout)
+    torch.testing.assert_close(out.float(), want.float(), atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+    want_lse = torch.logsumexp(paged_scores(q, k_pages, page_ids, layout), dim=-1) / math.log(2)
+    torch.testing.assert_close(lse, want_lse, atol=1e-3, rtol=1e-3)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(
     "counts, last",
@@ -81,14 +92,7 @@ def run(q, k_pages, v_pages, layout, indices, tiles, with_lse=True):
 )
 @pytest.mark.parametrize("group", [6, 4])
 def test_matches_reference(dtype, counts, last, tiles, group):
-    q, k_pages, v_pages, page_ids, layout, indices = make_case(
-        counts, last, group, 64, 16, dtype, seed=len(counts)
-    )
-    out, lse, _ = run(q, k_pages, v_pages, layout, indices, tiles)
-    want = ReferenceBackend().decode(0, q, k_pages, v_pages, page_ids, layout)
-    torch.testing.assert_close(out.float(), want.float(), atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
-    want_lse = torch.logsumexp(paged_scores(q, k_pages, page_ids, layout), dim=-1) / math.log(2)
-    torch.testing.assert_close(lse, want_lse, atol=1e-3, rtol=1e-3)
+    assert_matches_reference(make_case(counts, last, group, 64, 16, dtype, seed=len(counts)), tiles, dtype)
 
 
 @pytest.mark.parametrize(
@@ -103,16 +107,8 @@ def test_matches_reference(dtype, counts, last, tiles, group):
 def test_matches_reference_at_engine_page_sizes_and_head_dims(page_size, head_dim, group, counts, last):
     """The tiles the backend chooses (:func:`choose_tiles` for 2 rows of an H200's 132 SMs, 128
     tokens per loop step) at page sizes and head dims the engine runs besides 16 and 64."""
-    q, k_pages, v_pages, page_ids, layout, indices = make_case(
-        counts, last, group, head_dim, page_size, torch.bfloat16, seed=page_size, pool=160
-    )
-    tiles = choose_tiles(len(counts), 132, page_size)
-    out, lse, _ = run(q, k_pages, v_pages, layout, indices, tiles)
-    want = ReferenceBackend().decode(0, q, k_pages, v_pages, page_ids, layout)
-    tolerance = TOLERANCE[torch.bfloat16]
-    torch.testing.assert_close(out.float(), want.float(), atol=tolerance, rtol=tolerance)
-    want_lse = torch.logsumexp(paged_scores(q, k_pages, page_ids, layout), dim=-1) / math.log(2)
-    torch.testing.assert_close(lse, want_lse, atol=1e-3, rtol=1e-3)
+    case = make_case(counts, last, group, head_dim, page_size, torch.bfloat16, seed=page_size, pool=160)
+    assert_matches_reference(case, choose_tiles(len(counts), 132, page_size))
 
 
 def test_repeated_launches_reuse_scratch():
@@ -271,16 +267,8 @@ def test_step_tiles_hold_a_splits_pages_in_one_loop_step(max_pages, splits, bloc
 def test_step_tiles_match_reference(counts, last):
     """The engine's batch-1 tiles at a 1.5B-like group (2 rows, 128 splits on 132 SMs), each
     step's narrowest tiles against the reference."""
-    q, k_pages, v_pages, page_ids, layout, indices = make_case(
-        counts, last, 6, 64, 16, torch.bfloat16, seed=sum(counts), pool=320
-    )
-    tiles = step_tiles(choose_tiles(2, 132, 16), max(counts))
-    out, lse, _ = run(q, k_pages, v_pages, layout, indices, tiles)
-    want = ReferenceBackend().decode(0, q, k_pages, v_pages, page_ids, layout)
-    tolerance = TOLERANCE[torch.bfloat16]
-    torch.testing.assert_close(out.float(), want.float(), atol=tolerance, rtol=tolerance)
-    want_lse = torch.logsumexp(paged_scores(q, k_pages, page_ids, layout), dim=-1) / math.log(2)
-    torch.testing.assert_close(lse, want_lse, atol=1e-3, rtol=1e-3)
+    case = make_case(counts, last, 6, 64, 16, torch.bfloat16, seed=sum(counts), pool=320)
+    assert_matches_reference(case, step_tiles(choose_tiles(2, 132, 16), max(counts)))
 
 
 def test_tiles_validate():
