@@ -11,6 +11,8 @@
 #               at 8 rows (skinny_micro.md)
 #   PART=first  a fresh machine's first requests with the start-up warm-up off and on, each in a
 #               process with empty kernel caches (first_request.md; about 5 minutes)
+# Not in a part: `python bench/warm_up_time.py --prime 0 --out FILE` (the warm-up's time at 32k
+# and 128k contexts on empty Triton caches; about 5 minutes, no model file needed).
 # Expects the FlashInfer wheels installed in /tmp/site and the SmolLM2 GGUF in /tmp/models
 # (../shared/DEVICE.md has the recipe). Writes under $OUT (at most 8 files come back).
 set -u
@@ -56,6 +58,9 @@ if [ "$part" = first ]; then
 fi
 
 if [ "$part" = bench ]; then
+  # The sampling module first, as in PART=tests: on a fresh machine its 88 s build inside the
+  # engine benchmark ran that past its limit (2026-12-01 11:03), leaving T1 unmeasured.
+  python -c 'import torch; from lil_sparse.sampling import Sampler; Sampler().warm_up(151936, torch.device("cuda"))'
   # Three engines per configuration (their medians' median): one engine's figure varied by
   # process and place. PDL on only (on / off pairs: docs/gpu.md); batch 64 left out for time.
   timeout 170 python bench/engine_step.py "$LIL_GPU_MODEL" --batches 1,8 --overlap both --repeats 3 \
