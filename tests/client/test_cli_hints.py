@@ -4,6 +4,7 @@ of the summary's kv line (the Go ``lil-stream`` prints the same lines)."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import socket
 from typing import Any
@@ -59,7 +60,14 @@ def test_no_server_at_the_address_says_how_to_start_one(capsys: pytest.CaptureFi
             None,
             " (flag --guardian-threshold)",
         ),
-        (grpc.StatusCode.INVALID_ARGUMENT, "top_p: must be in (0, 1], got 0.0", None, ""),  # flag --top-p
+        (grpc.StatusCode.INVALID_ARGUMENT, "top_p: must be in (0, 1], got 0.0", None, " (flag --top-p)"),
+        (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "sink_tokens: must be >= 0, got -1",
+            None,
+            " (flag --sink-tokens)",
+        ),
+        (grpc.StatusCode.INVALID_ARGUMENT, "prompt: must not be empty", None, ""),  # no flag sets it
         (grpc.StatusCode.UNAVAILABLE, "the server is draining", None, ""),
     ],
 )
@@ -140,3 +148,12 @@ def test_kv_line_names_its_units_as_the_go_client_does() -> None:
             "kv: peak 40 pages (all KV heads), 8.0 pages attended per step and KV head",
         ]
     )
+
+
+def test_every_hinted_flag_is_a_generate_flag() -> None:
+    from lil_client.cli import _parser
+    from lil_client.cli_hints import FLAG_OF_FIELD
+
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {flag for action in commands.choices["generate"]._actions for flag in action.option_strings}
+    assert set(FLAG_OF_FIELD.values()) <= flags, set(FLAG_OF_FIELD.values()) - flags

@@ -12,8 +12,18 @@ from lil_client._proto.lil_sparse.v1 import options_pb2
 from lil_client.types import LilClientError, Summary
 
 # The server names the request field it refuses (``budget_tokens: must be >= 16 ...``, the names
-# of options.proto); where the flag that sets a field has another name, the error names the flag.
+# of options.proto); the error then names the ``generate`` flag that sets the field, whether or not
+# the flag's name differs from the field's.
 FLAG_OF_FIELD = {
+    "max_new_tokens": "--max-new-tokens",
+    "temperature": "--temperature",
+    "top_k": "--top-k",
+    "top_p": "--top-p",
+    "seed": "--seed",
+    "sink_tokens": "--sink-tokens",
+    "recent_tokens": "--recent-tokens",
+    "dense_layers": "--dense-layers",
+    "request_id": "--request-id",
     "budget_tokens": "--budget",
     "stop_strings": "--stop",
     "enabled": "--guardian",
@@ -30,7 +40,7 @@ FLAG_OF_FIELD = {
 def error_hint(error: LilClientError, address: str, timeout: float | None) -> str:
     """Text to print after ``error``: a line saying what to do where grpc's words do not (no
     server at ``address``; the ``timeout`` in seconds passed), or `` (flag --x)`` after a refused
-    field whose flag has another name; "" otherwise."""
+    field that a ``generate`` flag sets; "" otherwise."""
     message = error.message.lower()
     if error.code == grpc.StatusCode.UNAVAILABLE and (
         "failed to connect" in message or "dns resolution failed" in message

@@ -11,8 +11,17 @@ import (
 )
 
 // flagOfField names the flag that sets a request field the server refuses by its options.proto
-// name ("budget_tokens: must be >= 16 ..."), where the two names differ; as lil-client's.
+// name ("budget_tokens: must be >= 16 ..."), whether or not the two names differ; as lil-client's.
 var flagOfField = map[string]string{
+	"max_new_tokens":    "-max-new-tokens",
+	"temperature":       "-temperature",
+	"top_k":             "-top-k",
+	"top_p":             "-top-p",
+	"seed":              "-seed",
+	"sink_tokens":       "-sink-tokens",
+	"recent_tokens":     "-recent-tokens",
+	"dense_layers":      "-dense-layers",
+	"request_id":        "-request-id",
 	"budget_tokens":     "-budget",
 	"stop_strings":      "-stop",
 	"enabled":           "-guardian",
@@ -27,7 +36,7 @@ var flagOfField = map[string]string{
 
 // errorHint is the text printed after a failed call's error so that it says what to do: a line
 // when no server answered at address or the -timeout passed, or " (flag -x)" after a refused
-// field whose flag has another name; "" otherwise. It mirrors lil-client's hints.
+// field that a flag sets; "" otherwise. It mirrors lil-client's hints.
 func errorHint(err error, address string, timeout time.Duration) string {
 	message := status.Convert(err).Message() // the server's words, without the code
 	lower := strings.ToLower(message)

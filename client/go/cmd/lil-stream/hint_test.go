@@ -45,7 +45,9 @@ func TestHintsForATimeoutAndARefusedField(t *testing.T) {
 			" (flag -budget)"},
 		{status.Error(codes.InvalidArgument, "stop_strings[2]: at most 256 bytes, got 300"), 0, " (flag -stop)"},
 		{status.Error(codes.InvalidArgument, "interval_tokens: must be >= 1"), 0, " (flag -guardian-interval)"},
-		{status.Error(codes.InvalidArgument, "top_p: must be in (0, 1], got 0.0"), 0, ""}, // flag -top-p
+		{status.Error(codes.InvalidArgument, "top_p: must be in (0, 1], got 0.0"), 0, " (flag -top-p)"},
+		{status.Error(codes.InvalidArgument, "sink_tokens: must be >= 0, got -1"), 0, " (flag -sink-tokens)"},
+		{status.Error(codes.InvalidArgument, "prompt: must not be empty"), 0, ""}, // no flag sets it
 		{status.Error(codes.Unavailable, "the server is draining"), 0, ""},
 	}
 	for _, c := range cases {
