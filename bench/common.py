@@ -1,10 +1,16 @@
-"""Shared benchmark helpers: CUDA-event timing, copy bandwidth, markdown tables."""
+"""Shared benchmark helpers: CUDA-event timing, copy bandwidth, markdown tables, a child
+process with empty kernel caches."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -94,3 +100,18 @@ def verdict(name: str, ok: bool, detail: str) -> str:
     line = f"TARGET {'met   ' if ok else 'MISSED'} {name}: {detail}"
     print(line, flush=True)
     return line
+
+
+def run_with_empty_caches(argv: Sequence[str], flashinfer_base: str | None = None) -> dict:
+    """Run ``python *argv`` in a child process as on a machine that never built a kernel: its
+    Triton cache (``TRITON_CACHE_DIR``) is a new empty folder, and FlashInfer's JIT cache
+    (``FLASHINFER_WORKSPACE_BASE``) too unless ``flashinfer_base`` names one to share between
+    children. Returns the JSON object on the last line of its stdout. Raises
+    ``subprocess.CalledProcessError`` (with its output) when the child fails."""
+    with contextlib.ExitStack() as folders:
+        triton_cache = folders.enter_context(tempfile.TemporaryDirectory())
+        if flashinfer_base is None:
+            flashinfer_base = folders.enter_context(tempfile.TemporaryDirectory())
+        env = {**os.environ, "FLASHINFER_WORKSPACE_BASE": flashinfer_base, "TRITON_CACHE_DIR": triton_cache}
+        out = subprocess.run([sys.executable, *argv], env=env, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from bench.common import run_with_empty_caches
 
 PROMPT_TOKENS = 500
 NEW_TOKENS = 64
@@ -93,16 +92,7 @@ def child(model: str, warm_up: bool) -> dict:
 
 def run_variant(model: str, warm_up: bool) -> dict:
     """:func:`child` in a subprocess with empty kernel caches."""
-    with tempfile.TemporaryDirectory() as flashinfer_base, tempfile.TemporaryDirectory() as triton_cache:
-        env = {**os.environ, "FLASHINFER_WORKSPACE_BASE": flashinfer_base, "TRITON_CACHE_DIR": triton_cache}
-        out = subprocess.run(
-            [sys.executable, __file__, "--model", model, "--child", "on" if warm_up else "off"],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_with_empty_caches([__file__, "--model", model, "--child", "on" if warm_up else "off"])
 
 
 def main() -> None:

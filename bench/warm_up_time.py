@@ -23,11 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.common import run_with_empty_caches
 
 
 def child(model: str, context: int) -> dict:
@@ -82,16 +82,8 @@ def run_context(model_root: Path, context: int, layers: int, flashinfer_base: st
         num_kv_heads=2,
         max_position_embeddings=context,
     )
-    with tempfile.TemporaryDirectory() as triton_cache:
-        env = {**os.environ, "FLASHINFER_WORKSPACE_BASE": flashinfer_base, "TRITON_CACHE_DIR": triton_cache}
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", str(model), "--child-context", str(context)],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    argv = [__file__, "--child", str(model), "--child-context", str(context)]
+    return run_with_empty_caches(argv, flashinfer_base)
 
 
 def main() -> None:
