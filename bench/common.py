@@ -106,12 +106,18 @@ def run_with_empty_caches(argv: Sequence[str], flashinfer_base: str | None = Non
     """Run ``python *argv`` in a child process as on a machine that never built a kernel: its
     Triton cache (``TRITON_CACHE_DIR``) is a new empty folder, and FlashInfer's JIT cache
     (``FLASHINFER_WORKSPACE_BASE``) too unless ``flashinfer_base`` names one to share between
-    children. Returns the JSON object on the last line of its stdout. Raises
-    ``subprocess.CalledProcessError`` (with its output) when the child fails."""
+    children. Returns the JSON object on the last line of its stdout. Raises RuntimeError with
+    the end of the child's stderr when it fails or prints nothing."""
     with contextlib.ExitStack() as folders:
         triton_cache = folders.enter_context(tempfile.TemporaryDirectory())
         if flashinfer_base is None:
             flashinfer_base = folders.enter_context(tempfile.TemporaryDirectory())
         env = {**os.environ, "FLASHINFER_WORKSPACE_BASE": flashinfer_base, "TRITON_CACHE_DIR": triton_cache}
-        out = subprocess.run([sys.executable, *argv], env=env, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        out = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True)
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"child {' '.join(argv)} exited {out.returncode} printing {len(lines)} lines; its stderr "
+            f"ends:\n{out.stderr[-4000:]}"
+        )
+    return json.loads(lines[-1])

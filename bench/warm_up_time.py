@@ -55,7 +55,7 @@ def child(model: str, context: int) -> dict:
     engine.close()
     if report is None:
         raise RuntimeError("warm_up_time: the engine ran no warm-up")
-    triton_dir = Path(os.environ["TRITON_CACHE_DIR"])
+    triton_dir = Path(os.environ.get("TRITON_CACHE_DIR", Path.home() / ".triton" / "cache"))
     return {
         "context": context,
         "build_s": built,
