@@ -28,7 +28,9 @@ later ones, and a server runs in the slower mode.
 
 ``--selection`` is the runner's ``EngineConfig.selection`` (default exact). The selection gate's
 constants come from an exact run: ``python bench/gate_constants.py OUT.json``.
-``--no-overlap`` times the serial loop instead of the pipelined one.
+``--no-overlap`` times the serial loop instead of the pipelined one. ``--graph-alone`` also times
+each run's CUDA graph replayed alone (:func:`graph_alone_ms`): the step less that is the work
+outside the graph.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class DecodeBench:
     concurrent_split = True  # FlashInferBackend(concurrent_split=...) (--concurrent-split)
     fast_decode = True  # FlashInferBackend(fast_decode=...) (--fast-decode)
     side_streams = True  # ModelRunner(side_streams=...) (--side-streams)
+    graph_alone = False  # also time the step's CUDA graph replayed alone (--graph-alone)
 
     def __init__(
         self, model: CausalLM, num_pages: int, max_seqs: int, max_pages_per_seq: int, overlap: bool = True
@@ -215,6 +218,7 @@ class DecodeBench:
         if profile_to is not None:
             profile_step(timed_step, profile_to)
             drain()
+        graph_ms = graph_alone_ms(runner) if self.graph_alone else None
         kv_bytes = meta_bytes = 0
         page_layer_bytes = 2 * PAGE_SIZE * mc.head_dim * self.kv.k.element_size()
         for seq, (policy, _) in zip(seqs, specs, strict=True):
@@ -239,7 +243,32 @@ class DecodeBench:
             "kv_held_gib": kv_held / 2**30,
             "graph_replays": after["replays"] - before["replays"],
             "eager_steps": after["eager_steps"] - before["eager_steps"],
+            **({} if graph_ms is None else {"graph_alone_ms": graph_ms}),
         }
+
+
+GRAPH_REPLAYS = 100
+
+
+def graph_alone_ms(runner: ModelRunner) -> float | None:
+    """The step's CUDA graph alone: ``GRAPH_REPLAYS`` back-to-back replays of the graph the timed
+    steps replayed last, between two CUDA events, per replay in ms (None when no graph was
+    captured). The step time less this is what the step runs outside its graph: its inputs, the
+    page lists' pack, the greedy pick and the tokens' copy. The replays repeat the last step's
+    work on its own inputs (the same K/V slot written again), after the timed steps."""
+    graphs = runner.graphs
+    if graphs is None or not graphs.captured:
+        return None
+    graph = next(reversed(graphs.captured.values())).graph  # the most recently replayed
+    torch.cuda.synchronize()
+    graph.replay()  # one untimed replay
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(GRAPH_REPLAYS):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / GRAPH_REPLAYS
 
 
 def profile_step(step, out: Path) -> None:
@@ -316,7 +345,8 @@ def run_cell(
             f"{name} | {context} | {batch} | {policy}{' (mean of first and last)' if closing else ''} | "
             f"{budget or '-'} | {result['tbt_ms']:.2f} ms | "
             f"floor {result['floor_ms']:.2f} | x{result['tbt_ms'] / result['floor_ms']:.2f} | "
-            f"vs dense {dense['tbt_ms'] / result['tbt_ms']:.2f} | replays {result['graph_replays']}/{steps}",
+            f"vs dense {dense['tbt_ms'] / result['tbt_ms']:.2f} | replays {result['graph_replays']}/{steps}"
+            + (f" | graph alone {result['graph_alone_ms']:.3f} ms" if "graph_alone_ms" in result else ""),
             flush=True,
         )
     del bench
@@ -455,7 +485,13 @@ def main() -> None:
         default=True,
         help="policy groups' selection and H2O's mass on streams of their own (default on, as the engine)",
     )
+    parser.add_argument(
+        "--graph-alone",
+        action="store_true",
+        help="also time each run's CUDA graph replayed alone (graph_alone_ms in the JSON)",
+    )
     args = parser.parse_args()
+    DecodeBench.graph_alone = args.graph_alone
     DecodeBench.split_calls = args.split_calls
     DecodeBench.concurrent_split = args.concurrent_split
     DecodeBench.fast_decode = args.fast_decode

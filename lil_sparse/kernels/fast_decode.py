@@ -27,8 +27,8 @@ def choose_tiles(rows: int, num_sms: int, page_size: int) -> DecodeTiles:
     :data:`MAX_SPLITS`, and :data:`LOOP_STEP_TOKENS` tokens per loop step, at :class:`DecodeTiles`'
     default 4 warps. A step runs the narrower tiles of :func:`step_tiles`; these bound its regime
     (:func:`runs_in_one_step`). 8 warps at 2 pages per step won the micro-benchmark at 2 rows x 256
-    pages (6.1 against 6.6 us) but lost in the step: the 1.5B batch-1 4k step took 1.16 against
-    1.14 ms, two rounds alternately (H200, 2026-12-01 11:17, docs/bench/history.md)."""
+    pages (6.1 against 6.6 us) but lost in the step: the 1.5B batch-1 4k step took 1.156 against
+    1.141 ms, two rounds alternately (H200, 2026-12-01 12:18, ``bench/decode_warps_ab.py``)."""
     per_row = max(1, 2 * num_sms // max(rows, 1))
     splits = min(MAX_SPLITS, 1 << (per_row.bit_length() - 1))
     return DecodeTiles(splits=splits, block_pages=max(1, LOOP_STEP_TOKENS // page_size))
