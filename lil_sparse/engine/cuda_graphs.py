@@ -7,7 +7,10 @@ top-k size, and page ids are packed with padded, static-length positions
 later step of that shape. The token ids, positions, write slots and page tables are written
 before each replay straight into the tensors the graphs of that batch size and width read
 (:meth:`DecodeGraphs.input_buffers`); the step's other inputs are copied into the graph's static
-tensors, and FlashInfer is planned (outside the graph) into the buffers the graph reads.
+tensors, and FlashInfer is planned (outside the graph) into the buffers the graph reads. The
+graph begins with the base page lists' pack and ends with the logits' argmax and the greedy
+pick's host record (:class:`~lil_sparse.sampling.StepLogits`), so that a greedy step runs
+outside its graph only its inputs' copy and kernel and the tokens' copy to the host.
 
 Measured on the H200 (2026-12-01, 04:34 UTC, ``bench/decode_e2e.py`` at the 1.5B shape, 4k
 tokens, dense, the three ways alternating in one process, two rounds of each of the benchmark's
@@ -42,7 +45,10 @@ from lil_sparse.engine.side_streams import SideStreams
 from lil_sparse.engine.step_attention import DecodeAttention, PolicyGroup
 from lil_sparse.kv import KVCache
 from lil_sparse.models.transformer import CausalLM
+from lil_sparse.sampling import StepLogits, row_argmax
 
+PACK_IN_GRAPH = True  # the base pages' pack inside the graph (else before the replay)
+PICK_IN_GRAPH = True  # the logits' argmax and the greedy pick's host record inside the graph
 MAX_GRAPHS = 64  # captured step shapes kept; a new one beyond this evicts the least recently used
 MAX_INPUT_SETS = 16  # (batch, width) input tensor sets kept; evicting one drops the graphs that read it
 CAPTURE_AFTER = 2  # a shape is captured the second time it is seen: one-off shapes never pay for it
@@ -142,7 +148,7 @@ class DecodeStep:
 class CapturedStep:
     graph: torch.cuda.CUDAGraph
     step: DecodeStep  # the static inputs
-    logits: torch.Tensor  # [B, V] float32, overwritten by every replay
+    output: StepLogits  # [B, V] float32 logits and their argmax, overwritten by every replay
     # The tensor each static input was last copied from. The runner reuses a layout's geometry
     # while page counts stay (never written after it is built, nor by the graph), so an input
     # that is the very same tensor as at the last replay needs no copy.
@@ -185,12 +191,14 @@ class DecodeGraphs:
         self.evictions = 0
         self._pool = torch.cuda.graph_pool_handle() if torch.cuda.is_available() else None
 
-    def run(self, step: DecodeStep) -> torch.Tensor:
+    def run(self, step: DecodeStep) -> StepLogits:
         """One decode step; the backend must have planned ``step.distinct_layouts()``.
 
-        Returns logits ``[B, V] float32``, valid until the next call.
+        Returns the logits ``[B, V] float32`` with their argmax (:func:`row_argmax`, the greedy
+        pick's host record included), valid until the next call.
         """
-        self._pack_base(step)
+        if not PACK_IN_GRAPH:
+            self._pack_base(step)
         # The backend's split of each layout into calls is baked into a capture too.
         key = (*step.key(), self.backend.step_key(step.distinct_layouts()))
         captured = self.captured.get(key)
@@ -211,7 +219,7 @@ class DecodeGraphs:
             self.backend.alias_layout(static_layout, layout)
         captured.graph.replay()
         self.replays += 1
-        return captured.logits
+        return captured.output
 
     def input_buffers(
         self, padded: int, width: int, dtype: torch.dtype, device: torch.device
@@ -254,11 +262,16 @@ class DecodeGraphs:
 
     def _pack_base(self, step: DecodeStep) -> None:
         # Layers that attend the base pages (full, sink rows; dense layers) read the indices
-        # packed here; layers that select repack their slot inside the graph.
+        # packed here, first in the step (inside the graph); layers that select repack their
+        # slot's rows later in it.
         for layout in step.distinct_layouts():
             self.backend.pack_indices(step.base_page_ids, layout)
 
-    def _forward(self, step: DecodeStep) -> torch.Tensor:
+    def _forward(self, step: DecodeStep) -> StepLogits:
+        """The step's work, as a graph records it: the base pages' pack, the model, the logits
+        and their argmax (every sampling call needs it: computed here, it costs no launches)."""
+        if PACK_IN_GRAPH:
+            self._pack_base(step)
         attention = DecodeAttention(
             self.kv,
             self.backend,
@@ -274,9 +287,10 @@ class DecodeGraphs:
             hidden = self.model(step.input_ids, step.positions, attention)
         finally:
             attention.finish()  # the observers' lane joins the step (inside the graph)
-        return self.model.compute_logits(hidden)
+        logits = self.model.compute_logits(hidden)
+        return StepLogits(logits, row_argmax(logits, pick=True) if PICK_IN_GRAPH else None)
 
-    def _run_eager_and_capture(self, step: DecodeStep, key: tuple[object, ...]) -> torch.Tensor:
+    def _run_eager_and_capture(self, step: DecodeStep, key: tuple[object, ...]) -> StepLogits:
         # The eager run is this step's real work and the warm-up capture needs (cuBLAS handles,
         # FlashInfer modules). Capture records without executing, so nothing is written twice.
         logits = self._forward(step)
@@ -284,13 +298,12 @@ class DecodeGraphs:
         static = step.static_copy(shared_inputs=shared is not None and step.input_ids is shared[0])
         for static_layout, layout in zip(static.distinct_layouts(), step.distinct_layouts(), strict=True):
             self.backend.alias_layout(static_layout, layout)
-        # The base pages must count as packed from the static base, so that base layers inside
-        # the graph read the slot (packed before every replay) instead of repacking.
-        self._pack_base(static)
+        if not PACK_IN_GRAPH:
+            self._pack_base(static)
         graph = torch.cuda.CUDAGraph()
         with automatic_gc_paused(), torch.cuda.graph(graph, pool=self._pool):
-            static_logits = self._forward(static)
-        self.captured[key] = CapturedStep(graph, static, static_logits)
+            static_output = self._forward(static)
+        self.captured[key] = CapturedStep(graph, static, static_output)
         self.captures += 1
         return logits
 

@@ -42,7 +42,7 @@ def run(model_dir: Path, policies: tuple[str, str]):
 
     def recording_decode(seqs):
         out = decode(seqs)
-        logits.append(out.clone())
+        logits.append(out.values.clone())
         return out
 
     def recording_groups(*args):
