@@ -5,9 +5,8 @@ engine's own decode step (:class:`ModelRunner` on the FlashInfer backend, CUDA g
 batch of sequences whose context is already in the KV cache (prefill is skipped: TBT does not
 depend on how the cache was filled; Quest/InfLLM metadata is random). One step = runner decode,
 the sampler's greedy pick (argmax and its log-probability, ``Sampler.greedy``; a bare ``argmax``
-before commit 6c7cfc8, whose first report run is that of 2026-12-01 03:10-03:12 UTC; computed
-inside the step's CUDA graph since the session of 2026-12-01 13:00, as the engine does) and the
-host copy of the tokens, as the engine's step does. With ``--overlap`` (the default, as the engine
+before commit 6c7cfc8, whose first report run is that of 2026-12-01 03:10-03:12 UTC) and the host
+copy of the tokens, as the engine's step does. With ``--overlap`` (the default, as the engine
 runs on CUDA) the timed loop pipelines like the engine's overlap scheduling: step n+1 is launched
 on step n's argmax still on the device, before the host waits for step n's token copy (a CUDA
 event); ``--no-overlap`` times the serial loop. The JSON records which ran (``overlap``, per run
@@ -169,7 +168,7 @@ class DecodeBench:
             start = time.perf_counter()
             logits = runner.decode(seqs)  # returns once the step's work is queued
             host_times.append(time.perf_counter() - start)
-            tokens = Sampler.greedy(logits.values, logits.argmax)[0].tolist()
+            tokens = Sampler.greedy(logits)[0].tolist()
             for seq, token in zip(seqs, tokens, strict=True):
                 seq.output_token_ids.append(token)
 
@@ -182,7 +181,7 @@ class DecodeBench:
             previous = in_flight.pop() if in_flight else None
             logits = runner.decode(seqs, input_ids=None if previous is None else previous[0])
             host_times.append(time.perf_counter() - start)
-            tokens = Sampler.greedy(logits.values, logits.argmax)[0]  # made in the step's graph
+            tokens = Sampler.greedy(logits)[0]
             host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
             host.copy_(tokens, non_blocking=True)
             ready = torch.cuda.Event()

@@ -8,9 +8,15 @@ later step of that shape. The token ids, positions, write slots and page tables 
 before each replay straight into the tensors the graphs of that batch size and width read
 (:meth:`DecodeGraphs.input_buffers`); the step's other inputs are copied into the graph's static
 tensors, and FlashInfer is planned (outside the graph) into the buffers the graph reads. The
-graph begins with the base page lists' pack and ends with the logits' argmax and the greedy
-pick's host record (:class:`~lil_sparse.sampling.StepLogits`), so that a greedy step runs
-outside its graph only its inputs' copy and kernel and the tokens' copy to the host.
+graph begins with the base page lists' pack into the planned buffers.
+
+Measured on the H200 (2026-12-01 12:49-13:03 UTC, docs/bench/graph_work_ab.md): the pack inside
+the graph instead of before each replay, 0.487 against 0.54 ms per ``LLMEngine.step`` of SmolLM2
+at batch 1 and 0.834 against 0.842 at batch 8 (``bench/engine_step.py``), and no change
+outside the noise at the 1.5B shape's batch-1 4k dense step (1.137 / 1.142 against 1.134 /
+1.142 ms, ``bench/decode_e2e.py``). The greedy pick (the logits' argmax) inside the graph too
+was measured and left out: 0.403 ms at SmolLM2 batch 1, but 0.957 at batch 8 and 1.150 ms at
+the 1.5B shape.
 
 Measured on the H200 (2026-12-01, 04:34 UTC, ``bench/decode_e2e.py`` at the 1.5B shape, 4k
 tokens, dense, the three ways alternating in one process, two rounds of each of the benchmark's
@@ -45,10 +51,7 @@ from lil_sparse.engine.side_streams import SideStreams
 from lil_sparse.engine.step_attention import DecodeAttention, PolicyGroup
 from lil_sparse.kv import KVCache
 from lil_sparse.models.transformer import CausalLM
-from lil_sparse.sampling import StepLogits, row_argmax
 
-PACK_IN_GRAPH = True  # the base pages' pack inside the graph (else before the replay)
-PICK_IN_GRAPH = True  # the logits' argmax and the greedy pick's host record inside the graph
 MAX_GRAPHS = 64  # captured step shapes kept; a new one beyond this evicts the least recently used
 MAX_INPUT_SETS = 16  # (batch, width) input tensor sets kept; evicting one drops the graphs that read it
 CAPTURE_AFTER = 2  # a shape is captured the second time it is seen: one-off shapes never pay for it
@@ -148,7 +151,7 @@ class DecodeStep:
 class CapturedStep:
     graph: torch.cuda.CUDAGraph
     step: DecodeStep  # the static inputs
-    output: StepLogits  # [B, V] float32 logits and their argmax, overwritten by every replay
+    logits: torch.Tensor  # [B, V] float32, overwritten by every replay
     # The tensor each static input was last copied from. The runner reuses a layout's geometry
     # while page counts stay (never written after it is built, nor by the graph), so an input
     # that is the very same tensor as at the last replay needs no copy.
@@ -191,14 +194,11 @@ class DecodeGraphs:
         self.evictions = 0
         self._pool = torch.cuda.graph_pool_handle() if torch.cuda.is_available() else None
 
-    def run(self, step: DecodeStep) -> StepLogits:
+    def run(self, step: DecodeStep) -> torch.Tensor:
         """One decode step; the backend must have planned ``step.distinct_layouts()``.
 
-        Returns the logits ``[B, V] float32`` with their argmax (:func:`row_argmax`, the greedy
-        pick's host record included), valid until the next call.
+        Returns logits ``[B, V] float32``, valid until the next call.
         """
-        if not PACK_IN_GRAPH:
-            self._pack_base(step)
         # The backend's split of each layout into calls is baked into a capture too.
         key = (*step.key(), self.backend.step_key(step.distinct_layouts()))
         captured = self.captured.get(key)
@@ -219,7 +219,7 @@ class DecodeGraphs:
             self.backend.alias_layout(static_layout, layout)
         captured.graph.replay()
         self.replays += 1
-        return captured.output
+        return captured.logits
 
     def input_buffers(
         self, padded: int, width: int, dtype: torch.dtype, device: torch.device
@@ -262,16 +262,15 @@ class DecodeGraphs:
 
     def _pack_base(self, step: DecodeStep) -> None:
         # Layers that attend the base pages (full, sink rows; dense layers) read the indices
-        # packed here, first in the step (inside the graph); layers that select repack their
-        # slot's rows later in it.
+        # packed here, first in the step; layers that select repack their slot's rows later.
         for layout in step.distinct_layouts():
             self.backend.pack_indices(step.base_page_ids, layout)
 
-    def _forward(self, step: DecodeStep) -> StepLogits:
-        """The step's work, as a graph records it: the base pages' pack, the model, the logits
-        and their argmax (every sampling call needs it: computed here, it costs no launches)."""
-        if PACK_IN_GRAPH:
-            self._pack_base(step)
+    def _forward(self, step: DecodeStep) -> torch.Tensor:
+        """The step's work as a graph records it: the base page lists' pack (from the static base
+        and positions: :meth:`FlashInferBackend.pack_indices` has a static shape for a graph
+        step), then the model and its logits."""
+        self._pack_base(step)
         attention = DecodeAttention(
             self.kv,
             self.backend,
@@ -287,10 +286,9 @@ class DecodeGraphs:
             hidden = self.model(step.input_ids, step.positions, attention)
         finally:
             attention.finish()  # the observers' lane joins the step (inside the graph)
-        logits = self.model.compute_logits(hidden)
-        return StepLogits(logits, row_argmax(logits, pick=True) if PICK_IN_GRAPH else None)
+        return self.model.compute_logits(hidden)
 
-    def _run_eager_and_capture(self, step: DecodeStep, key: tuple[object, ...]) -> StepLogits:
+    def _run_eager_and_capture(self, step: DecodeStep, key: tuple[object, ...]) -> torch.Tensor:
         # The eager run is this step's real work and the warm-up capture needs (cuBLAS handles,
         # FlashInfer modules). Capture records without executing, so nothing is written twice.
         logits = self._forward(step)
@@ -298,12 +296,10 @@ class DecodeGraphs:
         static = step.static_copy(shared_inputs=shared is not None and step.input_ids is shared[0])
         for static_layout, layout in zip(static.distinct_layouts(), step.distinct_layouts(), strict=True):
             self.backend.alias_layout(static_layout, layout)
-        if not PACK_IN_GRAPH:
-            self._pack_base(static)
         graph = torch.cuda.CUDAGraph()
         with automatic_gc_paused(), torch.cuda.graph(graph, pool=self._pool):
-            static_output = self._forward(static)
-        self.captured[key] = CapturedStep(graph, static, static_output)
+            static_logits = self._forward(static)
+        self.captured[key] = CapturedStep(graph, static, static_logits)
         self.captures += 1
         return logits
 

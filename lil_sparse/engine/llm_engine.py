@@ -48,7 +48,7 @@ from lil_sparse.kv import BlockTable, KVCache, PagePool
 from lil_sparse.loading import LoadedModel, load_model
 from lil_sparse.options import POLICY_NAMES, RequestOptions
 from lil_sparse.policies import get_policy
-from lil_sparse.sampling import Sampler, StepLogits
+from lil_sparse.sampling import Sampler
 
 MAX_PREFILL_TOKENS = 8192
 GUARDIAN_IDLE_WAIT_SECONDS = 0.05  # how long a step waits for a verdict when every request is paused
@@ -246,14 +246,13 @@ class LLMEngine(StepTokens, GuardianVerdicts):
 
     def _forward(
         self, decode: list[Sequence], chunks: list[PrefillChunk], events: list[TokenEvent]
-    ) -> tuple[list[Sequence], StepLogits | None]:
+    ) -> tuple[list[Sequence], torch.Tensor | None]:
         """Decode rows (those the previous step ran ahead, then any others), then prompt chunks:
         separate model calls (see scheduler.py for why), one set of logits ``[N, V] float32``
-        for the ``N`` requests that get a token now, in that order (with their argmax when one
-        decode call gave them all). A failed call fails its
+        for the ``N`` requests that get a token now, in that order. A failed call fails its
         requests (into ``events``); ``([], None)`` when no row is left."""
         seqs: list[Sequence] = []
-        logits_parts: list[StepLogits] = []
+        logits_parts: list[torch.Tensor] = []
         taken = self.overlap.take(decode)
         events += self._fail_stale(taken.stale)
         for rows, ahead in ((taken.seqs, taken.logits), (taken.rest, None)):
@@ -267,7 +266,7 @@ class LLMEngine(StepTokens, GuardianVerdicts):
         if chunks:
             try:
                 prefilled, prefill_logits = self.runner.prefill(chunks)
-                self._checked(StepLogits(prefill_logits))
+                self._checked(prefill_logits)
             except Exception as error:
                 events += self._fail_forward([c.seq for c in chunks], error)
             else:
@@ -277,10 +276,10 @@ class LLMEngine(StepTokens, GuardianVerdicts):
                 if len(kept) < len(prefilled):  # a request failed its bookkeeping: drop its row
                     index = torch.tensor(kept, dtype=torch.long).to(prefill_logits.device, non_blocking=True)
                     prefill_logits = prefill_logits[index]  # a list index would copy synchronously
-                logits_parts.append(StepLogits(prefill_logits))
+                logits_parts.append(prefill_logits)
         if not seqs:
             return seqs, None
-        return seqs, StepLogits.cat(logits_parts)
+        return seqs, torch.cat(logits_parts) if len(logits_parts) > 1 else logits_parts[0]
 
     def _admit_all(self, seqs: list[Sequence], events: list[TokenEvent]) -> None:
         """Admit ``seqs``; one that fails is finished with ``ERROR`` (its status leaves RUNNING)."""
@@ -298,9 +297,9 @@ class LLMEngine(StepTokens, GuardianVerdicts):
         if seq.options.guardian.enabled:
             self.guardian.admit(seq, self.tokenizer.decode(seq.prompt_token_ids, skip_special_tokens=False))
 
-    def _checked(self, logits: StepLogits) -> StepLogits:
+    def _checked(self, logits: torch.Tensor) -> torch.Tensor:
         """Debug mode: a read of KV nothing wrote shows up as NaN logits; fail loudly (one host sync)."""
-        if self.config.poison_freed_pages and bool(logits.values.isnan().any()):
+        if self.config.poison_freed_pages and bool(logits.isnan().any()):
             raise RuntimeError("NaN logits: the step attended KV that nothing wrote (poison_freed_pages)")
         return logits
 

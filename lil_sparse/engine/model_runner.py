@@ -31,7 +31,6 @@ from lil_sparse.kernels import TRITON_AVAILABLE
 from lil_sparse.kv import KVCache
 from lil_sparse.models.transformer import CausalLM
 from lil_sparse.policies import get_policy
-from lil_sparse.sampling import StepLogits
 
 WIDTH_STEP = 256  # pages (4096 tokens at page size 16)
 
@@ -166,10 +165,8 @@ class ModelRunner:
         seqs: list[Sequence],
         input_ids: torch.Tensor | None = None,
         kv_records: list[DecodeKVRecord] | None = None,
-    ) -> StepLogits:
-        """One token for every running sequence. Returns the logits ``[B, V]`` float32 and, on a
-        graph runner, their argmax (computed inside the step's graph; dropped when the rows are
-        put back in the caller's order).
+    ) -> torch.Tensor:
+        """One token for every running sequence. Returns logits ``[B, V]``.
 
         ``input_ids``: ``[B] int64`` on the device, fed instead of each ``seq.last_token_id``
         (overlap scheduling launches a step before the host has the previous step's tokens).
@@ -230,7 +227,7 @@ class ModelRunner:
                 groups,
                 _reads_metadata(seqs),
             )
-            logits = self.graphs.run(step).head(count)
+            logits = self.graphs.run(step)[:count]
         else:
             attention = DecodeAttention(
                 self.kv,
@@ -247,14 +244,14 @@ class ModelRunner:
                 hidden = self.model(inputs.input_ids, inputs.positions, attention)
             finally:
                 attention.finish()
-            logits = StepLogits(self.model.compute_logits(hidden)[:count])
+            logits = self.model.compute_logits(hidden)[:count]
             self.ungraphed_decodes += 1
         for seq in seqs:
             seq.num_cached_tokens += 1
         records = decode_kv_records(seqs, page_counts, selecting, self.num_kv_heads, self.num_layers)
         if order is not None:  # back to the caller's order
             caller_row = sorted(range(count), key=order.__getitem__)  # the inverse permutation
-            logits = logits.rows(torch.tensor(caller_row).to(self.device, non_blocking=True))
+            logits = logits[torch.tensor(caller_row).to(self.device, non_blocking=True)]
             records = [records[row] for row in caller_row]
         if kv_records is None:
             for seq, record in zip(caller_seqs, records, strict=True):

@@ -40,17 +40,16 @@ import torch
 from lil_sparse.engine.kv_records import DecodeKVRecord
 from lil_sparse.engine.model_runner import ModelRunner
 from lil_sparse.engine.sequence import Sequence, SequenceStatus
-from lil_sparse.sampling import StepLogits
 
 
 @dataclass(frozen=True, slots=True)
 class AheadStep:
-    """A decode step launched ahead: ``logits`` (``len(seqs)`` rows; valid until the runner's
-    next decode call: they may be a CUDA graph's output buffers), and per row the KV record of the
-    launch, applied to the request's report once the row's token is taken."""
+    """A decode step launched ahead: ``logits [len(seqs), V] float32`` (valid until the runner's
+    next decode call: it may be a CUDA graph's output buffer), and per row the KV record of the launch,
+    applied to the request's report once the row's token is taken."""
 
     seqs: list[Sequence]
-    logits: StepLogits
+    logits: torch.Tensor
     kv_records: list[DecodeKVRecord]
 
 
@@ -62,7 +61,7 @@ class TakenRows:
     scheduler: the engine fails them rather than drop a token silently)."""
 
     seqs: list[Sequence]
-    logits: StepLogits | None
+    logits: torch.Tensor | None
     rest: list[Sequence]
     stale: list[Sequence]
 
@@ -134,8 +133,8 @@ class Overlap:
             return TakenRows([], None, rest, stale)
         logits = ahead.logits
         if rows != list(range(len(ahead.seqs))):
-            index = torch.tensor(rows, dtype=torch.long).to(logits.values.device, non_blocking=True)
-            logits = logits.rows(index)  # a list index would copy synchronously
+            index = torch.tensor(rows, dtype=torch.long).to(logits.device, non_blocking=True)
+            logits = logits[index]  # a list index would copy synchronously
         elif rest:  # the second decode call may replay the graph that owns these logits
             logits = logits.clone()
         return TakenRows(taken, logits, rest, stale)

@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 import time
 
+import torch
+
 from lil_sparse.config import EngineConfig
 from lil_sparse.engine.overlap import Overlap, runs_ahead
 from lil_sparse.engine.sequence import Sequence, SequenceStatus
 from lil_sparse.engine.step_sampler import StepSampler
 from lil_sparse.engine.token_path import TokenPath
 from lil_sparse.events import TokenEvent
-from lil_sparse.sampling import StepLogits
 
 logger = logging.getLogger("lil_sparse.engine.llm_engine")  # one logger name for the engine's logs
 
@@ -33,7 +34,7 @@ class StepTokens(TokenPath):
     step_sampler: StepSampler
     overlap: Overlap
 
-    def _sample(self, seqs: list[Sequence], logits: StepLogits) -> list[TokenEvent]:
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[TokenEvent]:
         """Sample; launch the next decode ahead when every row may run ahead (overlap.py); then
         handle the tokens while it runs. A failed launch fails its requests after their tokens."""
         try:

@@ -25,20 +25,15 @@ terms in another order: equal up to float32 rounding (the tests bound it).
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import triton
 import triton.language as tl
 
 from lil_sparse.kernels.gumbel_noise import gumbel_at, row_key
-from lil_sparse.kernels.pdl import use_pdl, wait_for_previous
+from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 
 BLOCK = 2048
 """Logits per program of the first kernel (8 KiB of fp32): 63 chunks per row at 128,256."""
-
-PICK_PDL = False
-"""Whether :func:`greedy_pick` launches with PDL (:mod:`lil_sparse.kernels.pdl`)."""
 
 
 @triton.jit
@@ -89,12 +84,9 @@ def _merge_chunks(
     token_ptr,  # [B] int64
     row_max_ptr,  # [B] float32
     log_sum_ptr,  # [B] float32
-    own_ptr,  # PICK: [B] float32, the argmax's log-probability (-log_sum), else unused
-    pair_ptr,  # PICK: [B, 2] float64, (argmax, its log-probability) per row, else unused
     chunks,
     vocab,
     BLOCK_C: tl.constexpr,
-    PICK: tl.constexpr,
     PDL: tl.constexpr,
 ):
     wait_for_previous(PDL)
@@ -116,13 +108,8 @@ def _merge_chunks(
     tl.store(token_ptr + row, tl.where(has_nan, first_nan, first_best))
     tl.store(row_max_ptr + row, tl.where(has_nan, float("nan"), row_max))
     finite = (row_max != float("-inf")) & (row_max != float("inf"))
-    log_sum = tl.where(has_nan, float("nan"), tl.where(finite, tl.log(row_sum), float("nan")))
-    tl.store(log_sum_ptr + row, log_sum)
-    if PICK:
-        token = tl.where(has_nan, first_nan, first_best)
-        tl.store(own_ptr + row, -log_sum)
-        tl.store(pair_ptr + 2 * row, token.to(tl.float64))
-        tl.store(pair_ptr + 2 * row + 1, (-log_sum).to(tl.float64))
+    log_sum = tl.where(finite, tl.log(row_sum), float("nan"))
+    tl.store(log_sum_ptr + row, tl.where(has_nan, float("nan"), log_sum))
 
 
 def argmax_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -132,30 +119,7 @@ def argmax_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     Raises ValueError for other dtypes or shapes. Reference: :func:`argmax_logsumexp_reference`.
     """
     _check("argmax_logsumexp", logits)
-    token, row_max, log_sum, _, _ = _launch(logits, None)
-    return token, row_max, log_sum
-
-
-class GreedyPick(NamedTuple):
-    """:func:`greedy_pick`'s outputs, each row's: ``token [B] int64``, ``row_max``, ``log_sum``
-    and ``own`` ``[B] float32``, ``pairs [B, 2] float64``."""
-
-    token: torch.Tensor
-    row_max: torch.Tensor
-    log_sum: torch.Tensor
-    own: torch.Tensor
-    pairs: torch.Tensor
-
-
-def greedy_pick(logits: torch.Tensor) -> GreedyPick:
-    """:func:`argmax_logsumexp` of ``logits: [B, V]`` float32 plus, from the same two launches,
-    the argmax's log-probability ``own = -log_sum`` ``[B]`` float32 and ``pairs: [B, 2]``
-    float64, each row's (argmax, ``own``): the greedy pick as the host reads it, in one tensor
-    (float64 holds a token id and a float32 exactly), so a greedy step's host copy needs no
-    kernel of its own. A decode step's CUDA graph runs it on its logits
-    (:mod:`lil_sparse.engine.cuda_graphs`). Raises ValueError as :func:`argmax_logsumexp`."""
-    _check("greedy_pick", logits)
-    return GreedyPick(*_launch(logits, None, pick=True, pdl=PICK_PDL and use_pdl(logits)))
+    return _launch(logits, None)
 
 
 def gumbel_argmax(scaled: torch.Tensor, seed: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -184,37 +148,30 @@ def _check(name: str, logits: torch.Tensor) -> None:
 
 
 def _launch(
-    logits: torch.Tensor,
-    noise: tuple[torch.Tensor, torch.Tensor] | None,
-    pick: bool = False,
-    pdl: bool | None = None,
-) -> tuple[torch.Tensor, ...]:
-    """The two kernels over ``logits`` (plus the Gumbel noise of ``noise = (seed, positions)``):
-    ``(token, row_max, log_sum, own, pairs)``, the last two empty unless ``pick``."""
+    logits: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The two kernels over ``logits`` (plus the Gumbel noise of ``noise = (seed, positions)``)."""
     rows, vocab = logits.shape
     token = torch.empty(rows, dtype=torch.int64, device=logits.device)
     row_max = torch.empty(rows, dtype=torch.float32, device=logits.device)
     log_sum = torch.empty(rows, dtype=torch.float32, device=logits.device)
-    own = torch.empty(rows if pick else 0, dtype=torch.float32, device=logits.device)
-    pairs = torch.empty((rows if pick else 0, 2), dtype=torch.float64, device=logits.device)
     if rows == 0:
-        return token, row_max, log_sum, own, pairs
+        return token, row_max, log_sum
     chunks = triton.cdiv(vocab, BLOCK)
-    pdl = use_pdl(logits) if pdl is None else pdl
-    options = {"launch_pdl": True} if pdl else {}
     partial_max = torch.empty((rows, chunks), dtype=torch.float32, device=logits.device)
     partial_index = torch.empty((rows, chunks), dtype=torch.int64, device=logits.device)
     partial_sum = torch.empty((rows, chunks), dtype=torch.float32, device=logits.device)
     _chunk_max[(rows, chunks)](
         logits, partial_max, partial_index, partial_sum, *(noise or (logits, logits)), vocab,
-        logits.stride(0), chunks, BLOCK=BLOCK, NOISE=noise is not None, PDL=pdl, num_warps=8, **options,
+        logits.stride(0), chunks, BLOCK=BLOCK, NOISE=noise is not None, PDL=use_pdl(logits), num_warps=8,
+        **launch_options(logits),
     )  # fmt: skip
     _merge_chunks[(rows,)](
-        partial_max, partial_index, partial_sum, token, row_max, log_sum,
-        own if pick else log_sum, pairs if pick else log_sum, chunks, vocab,
-        BLOCK_C=triton.next_power_of_2(chunks), PICK=pick, PDL=pdl, num_warps=4, **options,
+        partial_max, partial_index, partial_sum, token, row_max, log_sum, chunks, vocab,
+        BLOCK_C=triton.next_power_of_2(chunks), PDL=use_pdl(logits), num_warps=4,
+        **launch_options(logits),
     )  # fmt: skip
-    return token, row_max, log_sum, own, pairs
+    return token, row_max, log_sum
 
 
 def argmax_logsumexp_reference(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

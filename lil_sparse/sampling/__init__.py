@@ -1,19 +1,15 @@
 """Token sampling: greedy and seeded temperature / top-k / top-p sampling, batch invariant."""
 
-from lil_sparse.sampling.argmax import Argmax, StepLogits, row_argmax
 from lil_sparse.sampling.noise import gumbel_noise, uniform_noise
 from lil_sparse.sampling.params import SamplingParams, with_request_seed
 from lil_sparse.sampling.sampler import MIN_TEMPERATURE, Sampler, filter_top_k_top_p
 
 __all__ = [
     "MIN_TEMPERATURE",
-    "Argmax",
     "Sampler",
     "SamplingParams",
-    "StepLogits",
     "filter_top_k_top_p",
     "gumbel_noise",
-    "row_argmax",
     "uniform_noise",
     "with_request_seed",
 ]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from lil_sparse.kernels import TRITON_AVAILABLE
 from lil_sparse.options import SamplingOptions
-from lil_sparse.sampling.argmax import Argmax, row_argmax
 from lil_sparse.sampling.noise import gumbel_noise
 from lil_sparse.sampling.nucleus import filter_by_thresholds, flashinfer_kernels, threshold_filter_available
 from lil_sparse.sampling.params import SamplingParams
@@ -103,11 +104,7 @@ class Sampler:
         self.threshold_filter = threshold_filter
 
     def sample(
-        self,
-        logits: torch.Tensor,
-        params: SamplingParams,
-        positions: torch.Tensor,
-        argmax: Argmax | None = None,
+        self, logits: torch.Tensor, params: SamplingParams, positions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pick one token per row, without a host sync.
 
@@ -115,14 +112,11 @@ class Sampler:
         params:    :class:`SamplingParams` of the same B rows, on the logits' device.
         positions: [B] int64, the sequence position of the token being sampled (the noise of a
                    request differs at every position and repeats for the same position).
-        argmax:    these logits' :class:`Argmax` when the step computed it with them (inside its
-                   CUDA graph), else None: computed here (every batch needs it).
         Returns (token_ids [B] int64, logprobs [B] float32), where logprobs is
-        ``log_softmax(logits)`` at the token (before temperature and filters). An all-greedy
-        batch returns ``argmax.tokens`` and ``argmax.own_log_probs()`` themselves.
+        ``log_softmax(logits)`` at the token (before temperature and filters).
         """
         logits = logits.float()
-        greedy = row_argmax(logits) if argmax is None else argmax
+        greedy = _argmax(logits)
         if params.all_greedy:  # no row samples: skip the [B, V] noise and filters
             return greedy.tokens, greedy.own_log_probs()
         temperature = params.temperature.clamp(min=MIN_TEMPERATURE).unsqueeze(1)  # [B, 1]
@@ -135,7 +129,7 @@ class Sampler:
             sampled_tokens = gumbel_argmax(scaled, params.seed, positions)
         else:
             noise = self._gumbel_noise(params.seed, positions, logits.shape[-1])  # [B, V]
-            sampled_tokens = row_argmax(scaled.add_(noise)).tokens  # [B]
+            sampled_tokens = _argmax(scaled.add_(noise)).tokens  # [B]
         token_ids = torch.where(params.greedy, greedy.tokens, sampled_tokens)
         return token_ids, greedy.log_probs(token_ids)
 
@@ -163,10 +157,48 @@ class Sampler:
         tokens.cpu()  # the kernels have run
 
     @staticmethod
-    def greedy(logits: torch.Tensor, argmax: Argmax | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def greedy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every row's greedy token and its log-probability, as :meth:`sample` returns them for
         an all-greedy batch: ``logits: [B, V]`` (cast to float32) -> ``(token_ids [B] int64,
-        logprobs [B] float32)``, from ``argmax`` when the step computed it with them. No host
-        sync."""
-        pick = row_argmax(logits.float()) if argmax is None else argmax
-        return pick.tokens, pick.own_log_probs()
+        logprobs [B] float32)``. No host sync."""
+        argmax = _argmax(logits.float())
+        return argmax.tokens, argmax.own_log_probs()
+
+
+@dataclass(frozen=True)
+class _Argmax:
+    """Each row's argmax of ``logits: [B, V]`` float32 (``tokens: [B]`` int64) and what
+    ``log_softmax(logits)`` at a token needs. On CUDA (:func:`_argmax`) ``row_max`` and
+    ``log_sum = log(sum(exp(x - max)))`` (``[B]`` float32) from
+    :func:`~lil_sparse.kernels.row_argmax.argmax_logsumexp`; off CUDA both None and the
+    log-probabilities come from ``log_softmax`` itself (the reference)."""
+
+    logits: torch.Tensor
+    tokens: torch.Tensor
+    row_max: torch.Tensor | None = None
+    log_sum: torch.Tensor | None = None
+
+    def log_probs(self, at: torch.Tensor) -> torch.Tensor:
+        """``log_softmax(logits)`` at tokens ``at: [B]`` int64 -> ``[B]`` float32; on CUDA as
+        ``log_softmax`` computes it, ``(x[t] - max) - log_sum``."""
+        if self.row_max is None or self.log_sum is None:
+            return self.logits.log_softmax(dim=-1).gather(-1, at.unsqueeze(1)).squeeze(1)
+        return (self.logits.gather(-1, at.unsqueeze(1)).squeeze(1) - self.row_max) - self.log_sum
+
+    def own_log_probs(self) -> torch.Tensor:
+        """:meth:`log_probs` at the argmax: on CUDA ``-log_sum`` (there ``x[t] - max`` is exactly
+        0, or NaN where ``log_sum`` is NaN too)."""
+        if self.log_sum is None:
+            return self.log_probs(self.tokens)
+        return self.log_sum.neg()
+
+
+def _argmax(logits: torch.Tensor) -> _Argmax:
+    """:class:`_Argmax` of ``logits: [B, V]`` float32: on CUDA two short Triton kernels instead
+    of PyTorch's one reduction block per row (:mod:`lil_sparse.kernels.row_argmax`), elsewhere
+    ``logits.argmax(dim=-1)``."""
+    if not (logits.is_cuda and TRITON_AVAILABLE):
+        return _Argmax(logits, logits.argmax(dim=-1))
+    from lil_sparse.kernels.row_argmax import argmax_logsumexp
+
+    return _Argmax(logits, *argmax_logsumexp(logits))

@@ -28,7 +28,7 @@ def run(model_dir: Path, pad: bool) -> tuple[list[list[int]], list[torch.Tensor]
 
     def recording_decode(seqs):
         logits = decode(seqs)
-        recorded.append(logits.values.clone())
+        recorded.append(logits.clone())
         return logits
 
     engine.runner.decode = recording_decode  # type: ignore[method-assign]

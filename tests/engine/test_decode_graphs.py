@@ -11,7 +11,6 @@ import torch
 
 from lil_sparse.engine import cuda_graphs
 from lil_sparse.engine.cuda_graphs import CapturedStep, DecodeGraphs, DecodeStep, automatic_gc_paused
-from lil_sparse.sampling import StepLogits
 
 
 def step_on(buffers: tuple[torch.Tensor, ...]) -> DecodeStep:
@@ -41,7 +40,7 @@ def test_input_sets_are_kept_per_shape_and_leave_with_their_graphs(engine, monke
         step = step_on(graphs.inputs[(padded, width)])
         logits = torch.zeros(padded, 8)
         for split in ((0,), (-1,)):
-            graphs.captured[(*step.key(), split)] = CapturedStep(None, step, StepLogits(logits))  # type: ignore[arg-type]
+            graphs.captured[(*step.key(), split)] = CapturedStep(None, step, logits)  # type: ignore[arg-type]
     graphs.input_buffers(4, 16, torch.int32, device)  # used again: (1, 16) is now the oldest
     graphs.input_buffers(2, 8, torch.int32, device)
     assert list(graphs.inputs) == [(4, 32), (4, 16), (2, 8)]

@@ -89,10 +89,10 @@ def inject_sampler(engine: LLMEngine, victim: str, monkeypatch: pytest.MonkeyPat
     seed = engine._sequences[victim].options.sampling.seed
     real = engine.sampler.sample
 
-    def sample(logits: torch.Tensor, params, positions: torch.Tensor, argmax=None):
+    def sample(logits: torch.Tensor, params, positions: torch.Tensor):
         if bool((params.seed == seed).any()):
             raise InjectedFault("sampler")
-        return real(logits, params, positions, argmax=argmax)
+        return real(logits, params, positions)
 
     monkeypatch.setattr(engine.sampler, "sample", sample)
 

@@ -42,7 +42,7 @@ def run(model_dir: Path, policies: tuple[str, str]):
 
     def recording_decode(seqs):
         out = decode(seqs)
-        logits.append(out.values.clone())
+        logits.append(out.clone())
         return out
 
     def recording_groups(*args):

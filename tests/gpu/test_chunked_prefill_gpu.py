@@ -33,9 +33,9 @@ class RecordingSampler:
         self.sampler = sampler
         self.logits: list[torch.Tensor] = []
 
-    def sample(self, logits, params, positions, argmax=None):
+    def sample(self, logits, params, positions):
         self.logits.append(logits.float().clone())
-        return self.sampler.sample(logits, params, positions, argmax=argmax)
+        return self.sampler.sample(logits, params, positions)
 
 
 def make_engine(model_dir: Path, budget: int, cuda_graphs: bool = False) -> LLMEngine:

@@ -49,8 +49,8 @@ class RecordingSampler:
         self.forced = forced
         self.logits: list[torch.Tensor] = []
 
-    def sample(self, logits, params, positions, argmax=None):
-        token_ids, logprobs = self.sampler.sample(logits, params, positions, argmax=argmax)
+    def sample(self, logits, params, positions):
+        token_ids, logprobs = self.sampler.sample(logits, params, positions)
         self.logits.append(logits.float().clone())
         if self.forced is not None:
             token_ids = torch.tensor(self.forced[len(self.logits) - 1], device=token_ids.device)

@@ -29,7 +29,7 @@ def run_one_request(model_dir, policy: str, cuda_graphs: bool) -> tuple[list[int
 
     def recording_decode(seqs, **kwargs):
         out = decode(seqs, **kwargs)
-        logits.append(out.values.float().clone())
+        logits.append(out.float().clone())
         return out
 
     engine.runner.decode = recording_decode  # type: ignore[method-assign]

@@ -38,7 +38,7 @@ def run(model_dir: Path, policy: str, cuda_graphs: bool, selection: str, cost: S
 
     def recording_decode(seqs, **kwargs):  # kwargs: a step launched ahead (overlap)
         out = decode(seqs, **kwargs)
-        logits.append(out.values.float().clone())
+        logits.append(out.float().clone())
         return out
 
     engine.runner.decode = recording_decode  # type: ignore[method-assign]

@@ -15,9 +15,10 @@ import torch
 
 pytest.importorskip("triton")
 
-from lil_sparse.kernels.row_argmax import BLOCK, argmax_logsumexp, argmax_logsumexp_reference, greedy_pick
+from lil_sparse.kernels.row_argmax import BLOCK, argmax_logsumexp, argmax_logsumexp_reference
 from lil_sparse.options import SamplingOptions
-from lil_sparse.sampling import Argmax, Sampler, SamplingParams
+from lil_sparse.sampling import SamplingParams
+from lil_sparse.sampling.sampler import Sampler, _Argmax
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -108,8 +109,8 @@ def test_log_probs_from_the_row_statistics_equal_log_softmax():
     kernel (any device: the interpreter on CPU)."""
     logits = logits_of(4, 3 * BLOCK + 17, seed=4)
     logits[3] = float("-inf")
-    statistics = Argmax(logits, *argmax_logsumexp(logits))
-    reference = Argmax(logits, logits.argmax(dim=-1))
+    statistics = _Argmax(logits, *argmax_logsumexp(logits))
+    reference = _Argmax(logits, logits.argmax(dim=-1))
     picks = torch.tensor([0, 17, 3 * BLOCK + 16, 5], device=DEVICE)
     for got, want in ((statistics.log_probs(picks), reference.log_probs(picks)),
                       (statistics.own_log_probs(), reference.own_log_probs())):  # fmt: skip
@@ -130,42 +131,3 @@ def test_sampler_greedy_is_the_argmax_with_its_log_probability():
     params = SamplingParams.from_options([SamplingOptions()] * 3, device=DEVICE, positions=[0] * 3)
     sampled_tokens, sampled_logprobs = Sampler().sample(logits, params, params.positions)
     assert torch.equal(sampled_tokens, tokens) and torch.equal(sampled_logprobs, logprobs)
-
-
-def test_greedy_pick_adds_the_own_log_probability_and_the_host_record():
-    """:func:`greedy_pick` (what a decode step's graph runs): the same argmax, maximum and
-    ``log_sum`` as :func:`argmax_logsumexp`, bit for bit, plus ``own = -log_sum`` and ``pairs``
-    = (argmax, own) in float64, exactly; NaN and -inf rows included."""
-    logits = logits_of(4, 2 * BLOCK + 3, seed=6)
-    logits[1, 7] = float("nan")
-    logits[2] = float("-inf")
-    pick = greedy_pick(logits)
-    for got, want in zip(pick[:3], argmax_logsumexp(logits), strict=True):
-        assert torch.equal(got.nan_to_num(), want.nan_to_num()) and torch.equal(got.isnan(), want.isnan())
-    assert pick.own.dtype == torch.float32 and pick.pairs.dtype == torch.float64
-    assert pick.pairs.shape == (4, 2)
-    assert torch.equal(pick.own.isnan(), pick.log_sum.isnan()) and pick.own[1:3].isnan().all()
-    assert torch.equal(pick.own.nan_to_num(), (-pick.log_sum).nan_to_num())
-    assert torch.equal(pick.pairs[:, 0], pick.token.double())
-    assert torch.equal(pick.pairs[:, 1].nan_to_num(), pick.own.double().nan_to_num())
-    assert greedy_pick(torch.zeros(0, 8, device=DEVICE)).pairs.shape == (0, 2)
-
-
-def test_a_pick_made_with_the_logits_gives_the_samplers_tokens():
-    """:meth:`Sampler.sample` given the logits' :class:`Argmax` (a decode step's graph made it)
-    returns what it computes without one: an all-greedy batch the pick's own tensors, a sampled
-    batch the same tokens and logprobs."""
-    logits = logits_of(3, 5000, seed=8)
-    pick = Argmax(logits, *greedy_pick(logits))
-    greedy = SamplingParams.from_options([SamplingOptions()] * 3, device=DEVICE, positions=[0] * 3)
-    tokens, logprobs = Sampler().sample(logits, greedy, greedy.positions, argmax=pick)
-    assert tokens is pick.tokens and logprobs is pick.own
-    want_tokens, want_logprobs = Sampler().sample(logits, greedy, greedy.positions)
-    assert torch.equal(tokens, want_tokens)
-    torch.testing.assert_close(logprobs, want_logprobs, rtol=4e-6, atol=4e-6)
-    options = [SamplingOptions(), SamplingOptions(temperature=0.7, top_k=50, seed=3), SamplingOptions()]
-    sampled = SamplingParams.from_options(options, device=DEVICE, positions=[4, 9, 2])
-    got = Sampler().sample(logits, sampled, sampled.positions, argmax=pick)
-    want = Sampler().sample(logits, sampled, sampled.positions)
-    assert torch.equal(got[0], want[0])
-    torch.testing.assert_close(got[1], want[1], rtol=4e-6, atol=4e-6)

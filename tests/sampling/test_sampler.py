@@ -282,9 +282,9 @@ class RecordingSampler(Sampler):
         self.filtered.append((params.top_k.tolist(), params.top_p.tolist()))
         return super().filter(scaled, params)
 
-    def sample(self, logits, params, positions, argmax=None):
+    def sample(self, logits, params, positions):
         self.sampled.append(params.greedy.tolist())
-        return super().sample(logits, params, positions, argmax=argmax)
+        return super().sample(logits, params, positions)
 
 
 def test_warm_up_runs_the_greedy_and_the_filtering_paths() -> None:
