@@ -7,16 +7,7 @@ top-k size, and page ids are packed with padded, static-length positions
 later step of that shape. The token ids, positions, write slots and page tables are written
 before each replay straight into the tensors the graphs of that batch size and width read
 (:meth:`DecodeGraphs.input_buffers`); the step's other inputs are copied into the graph's static
-tensors, and FlashInfer is planned (outside the graph) into the buffers the graph reads. The
-graph begins with the base page lists' pack into the planned buffers.
-
-Measured on the H200 (2026-12-01 12:49-13:03 UTC, docs/bench/graph_work_ab.md): the pack inside
-the graph instead of before each replay, 0.487 against 0.54 ms per ``LLMEngine.step`` of SmolLM2
-at batch 1 and 0.834 against 0.842 at batch 8 (``bench/engine_step.py``), and no change
-outside the noise at the 1.5B shape's batch-1 4k dense step (1.137 / 1.142 against 1.134 /
-1.142 ms, ``bench/decode_e2e.py``). The greedy pick (the logits' argmax) inside the graph too
-was measured and left out: 0.403 ms at SmolLM2 batch 1, but 0.957 at batch 8 and 1.150 ms at
-the 1.5B shape.
+tensors, and FlashInfer is planned (outside the graph) into the buffers the graph reads.
 
 Measured on the H200 (2026-12-01, 04:34 UTC, ``bench/decode_e2e.py`` at the 1.5B shape, 4k
 tokens, dense, the three ways alternating in one process, two rounds of each of the benchmark's
@@ -199,6 +190,7 @@ class DecodeGraphs:
 
         Returns logits ``[B, V] float32``, valid until the next call.
         """
+        self._pack_base(step)
         # The backend's split of each layout into calls is baked into a capture too.
         key = (*step.key(), self.backend.step_key(step.distinct_layouts()))
         captured = self.captured.get(key)
@@ -262,15 +254,11 @@ class DecodeGraphs:
 
     def _pack_base(self, step: DecodeStep) -> None:
         # Layers that attend the base pages (full, sink rows; dense layers) read the indices
-        # packed here, first in the step; layers that select repack their slot's rows later.
+        # packed here; layers that select repack their slot inside the graph.
         for layout in step.distinct_layouts():
             self.backend.pack_indices(step.base_page_ids, layout)
 
     def _forward(self, step: DecodeStep) -> torch.Tensor:
-        """The step's work as a graph records it: the base page lists' pack (from the static base
-        and positions: :meth:`FlashInferBackend.pack_indices` has a static shape for a graph
-        step), then the model and its logits."""
-        self._pack_base(step)
         attention = DecodeAttention(
             self.kv,
             self.backend,
@@ -296,6 +284,9 @@ class DecodeGraphs:
         static = step.static_copy(shared_inputs=shared is not None and step.input_ids is shared[0])
         for static_layout, layout in zip(static.distinct_layouts(), step.distinct_layouts(), strict=True):
             self.backend.alias_layout(static_layout, layout)
+        # The base pages must count as packed from the static base, so that base layers inside
+        # the graph read the slot (packed before every replay) instead of repacking.
+        self._pack_base(static)
         graph = torch.cuda.CUDAGraph()
         with automatic_gc_paused(), torch.cuda.graph(graph, pool=self._pool):
             static_logits = self._forward(static)
