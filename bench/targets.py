@@ -2,10 +2,12 @@
 
 Reads the JSON files of ``bench/decode_e2e.py`` (runner steps, random-weight 1.5B and 8B
 shapes) and ``bench/engine_step.py`` (``LLMEngine.step()`` on SmolLM2-135M), prints the seven
-lines and writes the report (device, date, commands, bandwidth, every run with its floor).
+lines and writes the report (device, date, commands, bandwidth, every run with its floor);
+``--readme`` also rewrites the README's block of target lines (between :data:`README_BEGIN` and
+:data:`README_END`) from the same results, so the README quotes the report it links.
 
     python bench/targets.py RESULTS.json [MORE.json ...] [--engine ENGINE.json]
-        [--out docs/bench/decode_targets.md]
+        [--out docs/bench/decode_targets.md] [--readme README.md]
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 
 SPARSE_POLICIES = ("sink", "h2o", "quest", "infllm")
 LOSS_TOLERANCE = 1.05  # speed-T6: a sparse run may be at most 5% slower than dense in its cell
+README_BEGIN = "<!-- speed-targets: written by bench/targets.py --readme; do not edit -->"
+README_END = "<!-- /speed-targets -->"
 
 
 def line(target: str, met: bool, figure: str) -> str:
@@ -256,11 +260,45 @@ def report(parts: list[dict], engine: dict | None, lines: list[str]) -> str:
     return "\n".join(out) + "\n"
 
 
+def readme_block(parts: list[dict], engine: dict | None, lines: list[str]) -> str:
+    """The README's block of target lines: the report's device and time span, how many targets
+    it meets, and its seven lines, between :data:`README_BEGIN` and :data:`README_END`."""
+    dates = {part["date"] for part in parts}
+    if engine and "date" in engine:
+        dates.add(engine["date"])
+    first, last = min(dates), max(dates)  # "YYYY-MM-DD HH:MM UTC"
+    span = first if first == last else f"{first.removesuffix(' UTC')}-{last.split(' ')[1]} UTC"
+    if first[:10] != last[:10]:
+        span = f"{first} to {last}"
+    met = sum(text.startswith("TARGET MET") for text in lines)
+    return "\n".join(
+        [
+            README_BEGIN,
+            f"Issue 11's speed targets in the latest report ([docs/bench/decode_targets.md]"
+            f"(docs/bench/decode_targets.md); {parts[0]['device']}; {span}): {met} of {len(lines)} met.",
+            "",
+            *(f"    {text}" for text in lines),
+            README_END,
+        ]
+    )
+
+
+def replace_readme_block(text: str, block: str) -> str:
+    """``text`` (a README) with its block of target lines replaced by ``block``. Raises
+    ValueError when the README has no such block (or more than one)."""
+    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1:
+        raise ValueError(f"the README must hold one block from {README_BEGIN!r} to {README_END!r}")
+    head, rest = text.split(README_BEGIN)
+    _, tail = rest.split(README_END)
+    return head + block + tail
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("results", type=Path, nargs="+")
     parser.add_argument("--engine", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--readme", type=Path, default=None, help="rewrite this README's target block")
     args = parser.parse_args()
     parts = [dict(json.loads(path.read_text()), results_file=path.name) for path in args.results]
     engine = json.loads(args.engine.read_text()) if args.engine and args.engine.is_file() else None
@@ -269,6 +307,11 @@ def main() -> None:
     if args.out is not None:
         args.out.write_text(report(parts, engine, lines))
         print(f"wrote {args.out}")
+    if args.readme is not None:
+        args.readme.write_text(
+            replace_readme_block(args.readme.read_text(), readme_block(parts, engine, lines))
+        )
+        print(f"wrote the target block of {args.readme}")
 
 
 if __name__ == "__main__":
