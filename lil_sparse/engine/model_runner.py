@@ -21,7 +21,7 @@ from lil_sparse.engine.decode_inputs import build_decode_inputs
 from lil_sparse.engine.decode_layouts import DecodeLayouts, distinct_layouts, longest_first
 from lil_sparse.engine.kv_records import DecodeKVRecord, decode_kv_records
 from lil_sparse.engine.page_manager import PageManager
-from lil_sparse.engine.policy_groups import build_policy_groups
+from lil_sparse.engine.policy_groups import GroupTensors, build_policy_groups
 from lil_sparse.engine.prefill_attention import ChunkRows, PrefillAttention
 from lil_sparse.engine.selection_gate import SelectionCost, SelectionGate
 from lil_sparse.engine.sequence import PrefillChunk, Sequence
@@ -69,6 +69,7 @@ class ModelRunner:
             self.streams = SideStreams(self.device) if side_streams else None
         self.pad_batches = capturable
         self.layouts = DecodeLayouts(num_layers, self.num_kv_heads)
+        self.group_tensors = GroupTensors()  # policy groups' tensors kept from step to step
         self.gate = SelectionGate(
             selection,
             self.num_kv_heads,
@@ -318,7 +319,9 @@ class ModelRunner:
         step_rows: int,
     ) -> list[PolicyGroup]:
         """:func:`~lil_sparse.engine.policy_groups.build_policy_groups` over this runner's pages."""
-        return build_policy_groups(seqs, selecting, last_page_len, width, step_rows, self.pages, self.layouts)
+        return build_policy_groups(
+            seqs, selecting, last_page_len, width, step_rows, self.pages, self.layouts, self.group_tensors
+        )
 
 
 def _reads_metadata(seqs: list[Sequence]) -> bool:

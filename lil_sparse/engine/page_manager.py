@@ -150,7 +150,9 @@ class PageManager:
         recycled = (batch.table.long() * evicted.long()).sum(dim=1).to(torch.int32)
         compacted.scatter_(1, (batch.held - 1).unsqueeze(1), recycled.unsqueeze(1))
         width = batch.table.shape[1]
-        self.table.table[slot_index, :, :width] = compacted.view(len(seqs), self.num_kv_heads, width)
+        self.table.write_rows(
+            [s.slot for s in seqs], slot_index, compacted.view(len(seqs), self.num_kv_heads, width)
+        )
         if self.poison_freed_pages:  # the evicted tokens are gone: reading them is a bug
             self.kv.poison_pages(recycled.long())
         self.kv.reset_pages(recycled.long())
@@ -168,7 +170,9 @@ class PageManager:
             # Prefill is not the per-token path: one host copy here returns pages to the pool.
             freed_rows = torch.where(evicted, batch.table, -1).tolist()
             width = batch.table.shape[1]
-            self.table.table[slot_index, :, :width] = compacted.view(len(group), self.num_kv_heads, width)
+            self.table.write_rows(
+                [s.slot for s in group], slot_index, compacted.view(len(group), self.num_kv_heads, width)
+            )
             heads = self.num_kv_heads
             freed = []
             for index, seq in enumerate(group):
@@ -211,18 +215,7 @@ class PageManager:
         ``step_index`` (each sequence's index in the decode step) is given, else local
         (0 .. n-1). ``width`` (default: the most pages any of them holds) is the table width.
         """
-        rows = [
-            BatchRow(
-                s.slot,
-                s.held_pages,
-                min(s.held_pages, s.budget_pages),
-                s.sink_pages,
-                s.recent_pages,
-                s.options.sparse.dense_layers if get_policy(s.policy).has_dense_layers else 0,
-            )
-            for s in seqs
-        ]
-        return self.policy_batch_of(rows, layout, width, step_index)
+        return self.policy_batch_of(batch_rows(seqs), layout, width, step_index)
 
     def policy_batch_of(
         self,
@@ -257,6 +250,21 @@ class PageManager:
             layout=layout,
         )
         return batch, slot_index
+
+
+def batch_rows(seqs: list[Sequence]) -> list[BatchRow]:
+    """Each sequence's :class:`BatchRow` (host values only)."""
+    return [
+        BatchRow(
+            s.slot,
+            s.held_pages,
+            min(s.held_pages, s.budget_pages),
+            s.sink_pages,
+            s.recent_pages,
+            s.options.sparse.dense_layers if get_policy(s.policy).has_dense_layers else 0,
+        )
+        for s in seqs
+    ]
 
 
 def _at_eviction_budget(seq: Sequence) -> bool:

@@ -8,7 +8,7 @@ the step's layouts. Prefill's counterpart is :mod:`lil_sparse.engine.prefill_att
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 import torch
 
@@ -29,7 +29,9 @@ class PolicyGroup:
     ``newest: [n, 1] int32`` (each row's newest page), ``newest_at: [n, 1] int64`` (where it
     goes: ``select_count - 1``, which is also the number of older pages a sparse layer takes)
     ``all_rows`` (the group is the whole step, so no row indexing is needed) and ``sole`` (it
-    holds every sequence of the step, padding rows aside).
+    holds every sequence of the step, padding rows aside). ``known_newest``: ``(newest,
+    newest_at)`` computed from this very ``batch`` already (:func:`newest_pages`; a group whose
+    tensors a step keeps from the one before), else computed here.
     """
 
     policy: SelectionPolicy
@@ -38,13 +40,18 @@ class PolicyGroup:
     max_dense_layers: int  # no row attends densely from this layer on
     all_rows: bool = False
     sole: bool = False
+    known_newest: InitVar[tuple[torch.Tensor, torch.Tensor] | None] = None
     newest: torch.Tensor = field(init=False)
     newest_at: torch.Tensor = field(init=False)
 
-    def __post_init__(self) -> None:
-        held = self.batch.held.unsqueeze(1)
-        self.newest = self.batch.table.gather(1, held - 1)
-        self.newest_at = self.batch.select_count.unsqueeze(1) - 1
+    def __post_init__(self, known_newest: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        self.newest, self.newest_at = newest_pages(self.batch) if known_newest is None else known_newest
+
+
+def newest_pages(batch: PolicyBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(newest [n, 1] int32, newest_at [n, 1] int64)`` of ``batch``'s rows: each row's newest
+    page and where a selection puts it (``select_count - 1``). Two device ops, no host sync."""
+    return batch.table.gather(1, batch.held.unsqueeze(1) - 1), batch.select_count.unsqueeze(1) - 1
 
 
 class DecodeAttention:

@@ -10,6 +10,11 @@ The host keeps the set of page ids each slot holds too (:meth:`hold`, :meth:`dro
 releasing a finished sequence returns its pages without a device-to-host copy. Eviction on the
 device never changes that set (a decode step's evicted page is recycled as the same row's newest
 page); an eviction after prefill, which frees pages, reports them with :meth:`drop`.
+
+Every write goes through :meth:`write_pages` or :meth:`write_rows`, and every write, acquire and
+release of a slot bumps that slot's :attr:`versions` entry on the host: a decode step may keep
+tensors gathered from a slot's rows (a policy group's table) for as long as the slot's version
+stays (:mod:`lil_sparse.engine.policy_groups`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ class BlockTable:
         self._free_slots = list(range(max_slots - 1, -1, -1))
         # _held[slot][head]: page ids the slot holds for that head (allocation order).
         self._held: list[list[list[int]]] = [[] for _ in range(max_slots)]
+        # versions[slot]: bumped by every change of the slot's rows or owner (host ints).
+        self.versions = [0] * max_slots
 
     def acquire_slot(self) -> int:
         if not self._free_slots:
@@ -37,11 +44,13 @@ class BlockTable:
             )
         slot = self._free_slots.pop()
         self._held[slot] = [[] for _ in range(self.num_kv_heads)]
+        self.versions[slot] += 1
         return slot
 
     def release_slot(self, slot: int) -> None:
         self._held[slot] = []
         self._free_slots.append(slot)
+        self.versions[slot] += 1
 
     def write_pages(
         self, slots: list[int], heads: list[int], positions: list[int], pages: list[int]
@@ -53,7 +62,17 @@ class BlockTable:
         packed = packed.to(self.table.device, non_blocking=True)
         if pages:
             self.table[packed[0], packed[1], packed[2]] = packed[3].to(torch.int32)
+            for slot in set(slots):
+                self.versions[slot] += 1
         return packed[3]
+
+    def write_rows(self, slots: list[int], slot_index: torch.Tensor, rows: torch.Tensor) -> None:
+        """Set the first ``W`` pages of every head of each of ``slots`` (host ints; ``slot_index``
+        the same ``[n]`` int64 on the device) to ``rows: [n, num_kv_heads, W]`` int32, on the
+        device with no host sync (an eviction's compacted rows)."""
+        self.table[slot_index, :, : rows.shape[2]] = rows
+        for slot in set(slots):
+            self.versions[slot] += 1
 
     def hold(self, slot: int, pages: list[int]) -> None:
         """Count ``pages`` (``count`` per head, head-major: head ``h`` got ``pages[h * count :

@@ -1,0 +1,109 @@
+"""Policy groups' tensors kept from step to step (:class:`GroupTensors`) must equal the ones built
+anew at every step: through page growth, H2O's evictions, requests finishing and new ones taking
+their block-table slots. The block table's per-slot versions, which decide reuse, move with every
+write; and no code writes the table but through its methods."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from lil_sparse.config import EngineConfig
+from lil_sparse.engine import LLMEngine
+from lil_sparse.engine.policy_groups import build_policy_groups
+from lil_sparse.kv import BlockTable
+from lil_sparse.options import RequestOptions, SparseOptions, StoppingOptions
+
+TENSORS = ("rows", "table", "held", "select_count", "sink_pages", "recent_pages", "dense_layers")
+
+
+def test_kept_group_tensors_equal_fresh_ones_at_every_step(tiny_model_dir: Path) -> None:
+    engine = LLMEngine.from_config(
+        EngineConfig(model=str(tiny_model_dir), kv_cache_tokens=4096, max_batch_size=4, guardian_workers=0)
+    )
+    runner = engine.runner
+    kept_build = runner._policy_groups
+    checked: list[int] = []
+    mismatches: list[str] = []
+
+    def checking_groups(seqs, selecting, last_page_len, width, step_rows):
+        groups = kept_build(seqs, selecting, last_page_len, width, step_rows)
+        fresh = build_policy_groups(
+            seqs, selecting, last_page_len, width, step_rows, runner.pages, runner.layouts
+        )
+        if [g.policy.name for g in groups] != [g.policy.name for g in fresh]:
+            mismatches.append("group order")
+        for have, want in zip(groups, fresh, strict=True):
+            for name in TENSORS:
+                if not torch.equal(getattr(have.batch, name), getattr(want.batch, name)):
+                    mismatches.append(f"{have.policy.name}.{name}")
+            for name in ("newest", "newest_at"):
+                if not torch.equal(getattr(have, name), getattr(want, name)):
+                    mismatches.append(f"{have.policy.name}.{name}")
+            if (have.batch.max_select, have.batch.uniform_select) != (
+                want.batch.max_select,
+                want.batch.uniform_select,
+            ):
+                mismatches.append(f"{have.policy.name}.max_select")
+        checked.append(len(groups))
+        return groups
+
+    runner._policy_groups = checking_groups  # type: ignore[method-assign]
+    gen = torch.Generator().manual_seed(7)
+    # Six requests through four slots: two start once others finish and take their slots.
+    lengths, new_tokens = (40, 75, 21, 58, 33, 90), (40, 24, 60, 18, 35, 20)
+    policies = ("h2o", "quest", "infllm", "h2o", "quest", "h2o")
+    prompts = [torch.randint(3, 200, (n,), generator=gen).tolist() for n in lengths]
+    options = [
+        RequestOptions(
+            stopping=StoppingOptions(max_new_tokens=n, ignore_eos=True),
+            sparse=SparseOptions(policy=policy, budget_tokens=32, sink_tokens=16, dense_layers=1),
+        )
+        for policy, n in zip(policies, new_tokens, strict=True)
+    ]
+    reports = engine.generate(prompts, options)
+    kept = runner.group_tensors
+    engine.close()
+    assert [len(r.output_token_ids) for r in reports] == list(new_tokens)
+    assert mismatches == []
+    assert sum(checked) > 100  # groups checked, over every decode step
+    assert kept.reused > kept.built > 0  # most steps keep their groups; page changes rebuild them
+
+
+def test_every_write_acquire_and_release_moves_the_slots_version() -> None:
+    table = BlockTable(max_slots=3, num_kv_heads=2, max_pages_per_seq=4, device=torch.device("cpu"))
+    slot = table.acquire_slot()
+    other = table.acquire_slot()
+    seen = (table.versions[slot], table.versions[other])
+    table.write_pages([slot, slot], [0, 1], [0, 0], [5, 6])
+    assert table.versions[slot] > seen[0] and table.versions[other] == seen[1]
+    before = table.versions[slot]
+    table.write_pages([], [], [], [])  # nothing written, nothing moved
+    assert table.versions[slot] == before
+    rows = torch.tensor([[[7, 8], [9, 10]]], dtype=torch.int32)
+    table.write_rows([other], torch.tensor([other]), rows)
+    assert table.versions[other] > seen[1] and table.versions[slot] == before
+    assert table.table[other, :, :2].tolist() == [[7, 8], [9, 10]]
+    released = table.versions[slot]
+    table.release_slot(slot)
+    assert table.versions[slot] > released
+    again = table.acquire_slot()  # the freed slot, for a new sequence
+    assert again == slot and table.versions[slot] > released + 1
+
+
+def test_nothing_writes_the_block_table_but_its_methods() -> None:
+    """A write past :meth:`BlockTable.write_pages` / :meth:`BlockTable.write_rows` would leave a
+    slot's version behind, and kept group tensors would go stale (an in-place op on the table
+    likewise)."""
+    root = Path(__file__).resolve().parents[2] / "lil_sparse"
+    write = re.compile(r"\.table\.table\[[^\]]*\]\s*=[^=]|\.table\.table\.\w+_\(")
+    offenders = [
+        f"{path.relative_to(root)}:{number}"
+        for path in root.rglob("*.py")
+        if path.name != "block_table.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if write.search(line)
+    ]
+    assert offenders == []
