@@ -37,7 +37,7 @@ if [ "$part" = tests ]; then
     tests/gpu/test_fused_selection.py tests/gpu/test_overlap_gpu.py tests/gpu/test_selection_gate_gpu.py \
     tests/gpu/test_decode_split_gpu.py tests/gpu/test_side_streams_gpu.py tests/gpu/test_h2o_step_mass_gpu.py tests/gpu/test_pdl_gpu.py \
     tests/gpu/test_capture_gc_gpu.py tests/gpu/test_gemv_rope_engine_gpu.py tests/gpu/test_nucleus_gpu.py \
-    tests/gpu/test_warm_up_gpu.py tests/gpu/test_long_widths_gpu.py; do
+    tests/gpu/test_warm_up_gpu.py tests/gpu/test_long_widths_gpu.py tests/gpu/test_group_tensors_gpu.py; do
     # An entry may name several files (tests/kernels in three groups: as one process beside the
     # others it ran past 280 s on 2026-12-01); its log is named after the first.
     log="/tmp/logs/$(basename "${t%% *}" .py).log"
