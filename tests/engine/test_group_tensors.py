@@ -12,11 +12,9 @@ import torch
 
 from lil_sparse.config import EngineConfig
 from lil_sparse.engine import LLMEngine
-from lil_sparse.engine.policy_groups import build_policy_groups
 from lil_sparse.kv import BlockTable
 from lil_sparse.options import RequestOptions, SparseOptions, StoppingOptions
-
-TENSORS = ("rows", "table", "held", "select_count", "sink_pages", "recent_pages", "dense_layers")
+from lil_sparse.testing.group_check import check_kept_groups
 
 
 def test_kept_group_tensors_equal_fresh_ones_at_every_step(tiny_model_dir: Path) -> None:
@@ -24,33 +22,7 @@ def test_kept_group_tensors_equal_fresh_ones_at_every_step(tiny_model_dir: Path)
         EngineConfig(model=str(tiny_model_dir), kv_cache_tokens=4096, max_batch_size=4, guardian_workers=0)
     )
     runner = engine.runner
-    kept_build = runner._policy_groups
-    checked: list[int] = []
-    mismatches: list[str] = []
-
-    def checking_groups(seqs, selecting, last_page_len, width, step_rows):
-        groups = kept_build(seqs, selecting, last_page_len, width, step_rows)
-        fresh = build_policy_groups(
-            seqs, selecting, last_page_len, width, step_rows, runner.pages, runner.layouts
-        )
-        if [g.policy.name for g in groups] != [g.policy.name for g in fresh]:
-            mismatches.append("group order")
-        for have, want in zip(groups, fresh, strict=True):
-            for name in TENSORS:
-                if not torch.equal(getattr(have.batch, name), getattr(want.batch, name)):
-                    mismatches.append(f"{have.policy.name}.{name}")
-            for name in ("newest", "newest_at"):
-                if not torch.equal(getattr(have, name), getattr(want, name)):
-                    mismatches.append(f"{have.policy.name}.{name}")
-            if (have.batch.max_select, have.batch.uniform_select) != (
-                want.batch.max_select,
-                want.batch.uniform_select,
-            ):
-                mismatches.append(f"{have.policy.name}.max_select")
-        checked.append(len(groups))
-        return groups
-
-    runner._policy_groups = checking_groups  # type: ignore[method-assign]
+    found = check_kept_groups(runner)
     gen = torch.Generator().manual_seed(7)
     # Six requests through four slots: two start once others finish and take their slots.
     lengths, new_tokens = (40, 75, 21, 58, 33, 90), (40, 24, 60, 18, 35, 20)
@@ -67,8 +39,9 @@ def test_kept_group_tensors_equal_fresh_ones_at_every_step(tiny_model_dir: Path)
     kept = runner.group_tensors
     engine.close()
     assert [len(r.output_token_ids) for r in reports] == list(new_tokens)
+    mismatches = [entry for entry in found if entry != "checked"]
     assert mismatches == []
-    assert sum(checked) > 100  # groups checked, over every decode step
+    assert found.count("checked") > 100  # groups checked, over every decode step
     assert kept.reused > kept.built > 0  # most steps keep their groups; page changes rebuild them
 
 

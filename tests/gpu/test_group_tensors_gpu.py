@@ -11,40 +11,19 @@ import pytest
 import torch
 from gpu_engine import gpu_engine
 
-from lil_sparse.engine.policy_groups import build_policy_groups
 from lil_sparse.options import RequestOptions, SparseOptions, StoppingOptions
+from lil_sparse.testing.group_check import check_kept_groups
 
 pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
 pytest.importorskip("flashinfer")
 
-TENSORS = ("rows", "table", "held", "select_count", "sink_pages", "recent_pages", "dense_layers")
-
 
 def run(model_dir: Path, cuda_graphs: bool):
     engine = gpu_engine(model_dir, cuda_graphs=cuda_graphs)
     runner = engine.runner
-    kept_build = runner._policy_groups
-    mismatches: list[str] = []
-
-    def checking_groups(seqs, selecting, last_page_len, width, step_rows):
-        groups = kept_build(seqs, selecting, last_page_len, width, step_rows)
-        pages, layouts = runner.pages, runner.layouts
-        fresh = build_policy_groups(seqs, selecting, last_page_len, width, step_rows, pages, layouts)
-        for have, want in zip(groups, fresh, strict=True):
-            names = [(have.batch, want.batch, n) for n in TENSORS] + [
-                (have, want, "newest"),
-                (have, want, "newest_at"),
-            ]
-            mismatches.extend(
-                f"{have.policy.name}.{n}"
-                for a, b, n in names
-                if not torch.equal(getattr(a, n), getattr(b, n))
-            )
-        return groups
-
-    runner._policy_groups = checking_groups  # type: ignore[method-assign]
+    found = check_kept_groups(runner)
     gen = torch.Generator().manual_seed(7)
     lengths, new_tokens = (40, 75, 21, 58, 33, 90), (40, 24, 60, 18, 35, 20)
     policies = ("h2o", "quest", "infllm", "h2o", "quest", "h2o")
@@ -59,7 +38,7 @@ def run(model_dir: Path, cuda_graphs: bool):
     reports = engine.generate(prompts, options)
     stats, kept = runner.graph_stats(), runner.group_tensors
     engine.close()
-    return reports, mismatches, stats, kept
+    return reports, [entry for entry in found if entry != "checked"], stats, kept
 
 
 def test_kept_group_tensors_on_the_gpu_equal_fresh_ones_and_change_no_token(tiny_gqa2_dir):

@@ -1,0 +1,42 @@
+"""Check a runner's kept policy-group tensors against fresh ones at every step (CPU and GPU
+tests of :class:`~lil_sparse.engine.policy_groups.GroupTensors`)."""
+
+from __future__ import annotations
+
+import torch
+
+from lil_sparse.engine.model_runner import ModelRunner
+from lil_sparse.engine.policy_groups import build_policy_groups
+
+BATCH_TENSORS = ("rows", "table", "held", "select_count", "sink_pages", "recent_pages", "dense_layers")
+
+
+def check_kept_groups(runner: ModelRunner) -> list[str]:
+    """Wrap ``runner._policy_groups`` so that every step also builds its groups anew (no kept
+    tensors) and compares: the returned list collects a ``"policy.field"`` entry for each tensor,
+    or host field, of a kept group that differs from the fresh one (empty: none did), and one
+    ``"checked"`` entry per group compared. Syncs with the device at every step (a test's
+    price)."""
+    build = runner._policy_groups
+    found: list[str] = []
+
+    def checking(seqs, selecting, last_page_len, width, step_rows):
+        groups = build(seqs, selecting, last_page_len, width, step_rows)
+        fresh = build_policy_groups(
+            seqs, selecting, last_page_len, width, step_rows, runner.pages, runner.layouts
+        )
+        if [g.policy.name for g in groups] != [g.policy.name for g in fresh]:
+            found.append("group order")
+        for have, want in zip(groups, fresh, strict=True):
+            name = have.policy.name
+            pairs = [(getattr(have.batch, f), getattr(want.batch, f), f) for f in BATCH_TENSORS]
+            pairs += [(have.newest, want.newest, "newest"), (have.newest_at, want.newest_at, "newest_at")]
+            found.extend(f"{name}.{field}" for a, b, field in pairs if not torch.equal(a, b))
+            shape = (have.batch.max_select, have.batch.uniform_select)
+            if shape != (want.batch.max_select, want.batch.uniform_select):
+                found.append(f"{name}.max_select")
+            found.append("checked")
+        return groups
+
+    runner._policy_groups = checking  # type: ignore[method-assign]
+    return found
