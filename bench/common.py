@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -68,6 +69,31 @@ def copy_bandwidth_gbs(gib: float = 2.0, rounds: int = 5) -> float:
     dst = torch.empty_like(src)
     ms = min(cuda_ms(lambda: dst.copy_(src), iters=10) for _ in range(rounds))
     return 2 * gib * 2**30 / (ms * 1e-3) / 1e9
+
+
+HOST_PROBE_LAUNCHES = 200  # one-element kernels per probe round (host_launch_us)
+
+
+def host_launch_us(device: torch.device, launches: int = HOST_PROBE_LAUNCHES, rounds: int = 5) -> float:
+    """The host's time per launch of a one-element kernel on ``device`` (an in-place add), in
+    microseconds: the median of ``rounds`` timed loops of ``launches``, the device drained before
+    each. A probe of the host's speed for launch-bound work, which the engine step of a small
+    model and the runner's host time follow: the same engine code's SmolLM2 batch-1 step read
+    0.52 and 1.07 ms in two report runs of 2026-12-01 (docs/bench/graph_work_ab.md). A GPU
+    kernel this small runs in about 2 us, under the host's launch time, so the loop never waits
+    for the device."""
+    x = torch.zeros(1, device=device)
+    times = []
+    for _ in range(rounds):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(launches):
+            x.add_(1.0)
+        times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return statistics.median(times) / launches * 1e6
 
 
 def device_line() -> str:

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import copy_bandwidth_gbs, device_line, settle_cuda_graphs
+from bench.common import copy_bandwidth_gbs, device_line, host_launch_us, settle_cuda_graphs
 from bench.kernel_timeline import format_timeline, kernel_spans, summarize
 from bench.model_shapes import MODELS, hf_tbt_ms, random_model, weight_bytes
 from lil_sparse.attention.flashinfer_backend import FlashInferBackend
@@ -410,13 +410,21 @@ def run_key(name: str, context: int, batch: int, policy: str, budget: int) -> st
     return f"{name}|{context}|{batch}|{policy}|{budget}"
 
 
-def write_results(path: Path, bandwidth: float, results: dict, hf: dict, overlap: bool = True) -> None:
+def write_results(
+    path: Path,
+    bandwidth: float,
+    results: dict,
+    hf: dict,
+    overlap: bool = True,
+    host_probe: float | None = None,
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "device": device_line(),
         "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         "command": " ".join(["python", *sys.argv]),
         "bandwidth_gbs": bandwidth,
+        **({} if host_probe is None else {"host_probe_us": round(host_probe, 3)}),
         "selection": DecodeBench.selection,
         "overlap": overlap,
         "pdl": pdl.ENABLED,
@@ -505,6 +513,8 @@ def main() -> None:
     settle_cuda_graphs()  # every timed graph replays as in a long-running process
     bandwidth = copy_bandwidth_gbs()
     print(f"copy bandwidth (read + write): {bandwidth:.0f} GB/s", flush=True)
+    host_probe = host_launch_us(torch.device("cuda"))
+    print(f"host probe: {host_probe:.2f} us per one-element kernel launch", flush=True)
     results: dict[str, dict] = {}
     hf: dict[str, float] = {}
     for name in [m for m in args.models.split(",") if m]:
@@ -523,7 +533,9 @@ def main() -> None:
                     args.profile,
                     args.overlap,
                 )
-                write_results(args.json, bandwidth, results, hf, args.overlap)  # partial results survive
+                write_results(
+                    args.json, bandwidth, results, hf, args.overlap, host_probe
+                )  # partial results survive
         for batch in (int(b) for b in args.throughput.split(",") if b):
             run_cell(
                 model, name, 2048, batch, [("full", 0)], args.steps, bandwidth, results, None, args.overlap
@@ -545,7 +557,7 @@ def main() -> None:
         print(f"HF generate qwen1.5b 2048 batch {batch}: {hf[f'qwen1.5b|2048|{batch}']:.2f} ms", flush=True)
         gc.collect()
         torch.cuda.empty_cache()
-    write_results(args.json, bandwidth, results, hf, args.overlap)
+    write_results(args.json, bandwidth, results, hf, args.overlap, host_probe)
     print(f"wrote {args.json}")
 
 

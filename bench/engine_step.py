@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import device_line, settle_cuda_graphs
+from bench.common import device_line, host_launch_us, settle_cuda_graphs
 from lil_sparse.config import EngineConfig
 from lil_sparse.engine import LLMEngine
 from lil_sparse.kernels import pdl
@@ -68,6 +68,7 @@ def engine_tbt_ms(model_path: Path, batch: int, steps: int, overlap: bool) -> di
     )
     for _ in range(batch):
         engine.add_request(prompt, options)
+    host_probe = host_launch_us(torch.device("cuda"))  # this engine's host speed, just before
     times = []
     while engine.has_unfinished() and len(times) < WARMUP_STEPS + steps:
         running = engine.scheduler.num_running
@@ -88,6 +89,7 @@ def engine_tbt_ms(model_path: Path, batch: int, steps: int, overlap: bool) -> di
         "p90_ms": sorted(timed)[int(0.9 * (len(timed) - 1))] * 1e3,
         "graphs": stats,
         "overlap_stats": overlap_stats,
+        "host_probe_us": round(host_probe, 3),
     }
 
 
@@ -123,6 +125,7 @@ def main() -> None:
         result["tbt_ms"] = statistics.median(r["tbt_ms"] for r in engines)
         result["p90_ms"] = statistics.median(r["p90_ms"] for r in engines)
         result["engines_tbt_ms"] = [round(r["tbt_ms"], 4) for r in engines]
+        result["engines_host_probe_us"] = [r["host_probe_us"] for r in engines]
         result["pdl"] = with_pdl
         results.append(result)
         mode = f"overlap {'on' if overlap else 'off'}"
@@ -131,7 +134,9 @@ def main() -> None:
             f"engine step {args.model.name} batch {batch} {mode}: "
             f"{result['tbt_ms']:.3f} ms median of {len(engines)} engines' medians "
             f"({', '.join(f'{t:.3f}' for t in result['engines_tbt_ms'])}), p90 {result['p90_ms']:.3f} ms "
-            f"over {result['steps']} steps each; graphs {result['graphs']}; {result['overlap_stats']}",
+            f"over {result['steps']} steps each; host probe "
+            f"{', '.join(f'{t:.2f}' for t in result['engines_host_probe_us'])} us per launch; "
+            f"graphs {result['graphs']}; {result['overlap_stats']}",
             flush=True,
         )
     if args.json is not None:

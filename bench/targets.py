@@ -159,6 +159,14 @@ def report(parts: list[dict], engine: dict | None, lines: list[str]) -> str:
             f"- date: {part['date']}",
             f"- command: `{part['command']}`",
             f"- copy bandwidth measured in that run: {part['bandwidth_gbs']:.0f} GB/s (bytes read + written)",
+            *(
+                [
+                    f"- host probe at the run's start: {part['host_probe_us']:.2f} us"
+                    " per one-element kernel launch"
+                ]
+                if "host_probe_us" in part
+                else []
+            ),
             f"- selection: {part.get('selection', 'exact')}; timed loop: "
             + (
                 "pipelined (overlap: step n+1 launched before step n's tokens reach the host)"
@@ -179,11 +187,13 @@ def report(parts: list[dict], engine: dict | None, lines: list[str]) -> str:
                 if engines
                 else ""
             )
+            probes = r.get("engines_host_probe_us")
+            probe = f"; host probe {', '.join(f'{t:.2f}' for t in probes)} us per launch" if probes else ""
             out.append(
                 f"  - batch {r['batch']}, overlap {'on' if r.get('overlap') else 'off'}"
                 f"{'' if r.get('pdl', True) else ', PDL off'}: "
                 f"{r['tbt_ms']:.3f} ms median{of} "
-                f"(p90 {r['p90_ms']:.3f}) over {r['steps']} steps"
+                f"(p90 {r['p90_ms']:.3f}) over {r['steps']} steps{probe}"
             )
     out += [
         "- TBT (runner runs): median wall time of >= 20 runner decode steps (decode + the sampler's greedy"
