@@ -46,7 +46,8 @@ from lil_sparse.models.transformer import CausalLM
 MAX_GRAPHS = 64  # captured step shapes kept; a new one beyond this evicts the least recently used
 MAX_INPUT_SETS = 16  # (batch, width) input tensor sets kept; evicting one drops the graphs that read it
 CAPTURE_AFTER = 2  # a shape is captured the second time it is seen: one-off shapes never pay for it
-GroupTensors = ("rows", "table", "held", "select_count", "sink_pages", "recent_pages", "dense_layers")
+# The PolicyBatch columns a graph step reads (its static copies and every replay's inputs).
+GROUP_TENSOR_FIELDS = ("rows", "table", "held", "select_count", "sink_pages", "recent_pages", "dense_layers")
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class DecodeStep:
                 raise ValueError("layer_layouts: graph steps need layouts built with a stride")
             out.append(layout.padded_positions)
         for group in self.groups:
-            out.extend(getattr(group.batch, name) for name in GroupTensors)
+            out.extend(getattr(group.batch, name) for name in GROUP_TENSOR_FIELDS)
             out.extend((group.newest, group.newest_at))
             if group.batch.layout is not None:  # H2O: the group's page counts feed its token mask
                 out.extend((group.batch.layout.counts, group.batch.layout.last_page_len))
@@ -300,7 +301,7 @@ def static_group(group: PolicyGroup) -> PolicyGroup:
     fresh storage from ``clone()``, which makes a policy batch's strided columns unit-stride
     (Triton compiles those as kernel variants of their own) except a one-row column, which keeps
     its stride."""
-    batch = replace(group.batch, **{name: getattr(group.batch, name).clone() for name in GroupTensors})
+    batch = replace(group.batch, **{name: getattr(group.batch, name).clone() for name in GROUP_TENSOR_FIELDS})
     if batch.layout is not None:  # H2O's group layout: its counts feed the token mask
         layout = replace(
             batch.layout,
@@ -308,7 +309,9 @@ def static_group(group: PolicyGroup) -> PolicyGroup:
             last_page_len=batch.layout.last_page_len.clone(),
         )
         batch = replace(batch, layout=layout)
-    return replace(group, batch=batch)  # __post_init__ recomputes newest / newest_at from the clones
+    # known_newest=None: __post_init__ recomputes newest / newest_at from the clones (a kept
+    # group's own newest tensors must never become a graph's static ones).
+    return replace(group, batch=batch, known_newest=None)
 
 
 @contextmanager

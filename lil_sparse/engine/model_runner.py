@@ -293,9 +293,10 @@ class ModelRunner:
         return self.graphs.stats()
 
     def reset_counters(self) -> None:
-        """Zero the graph counters (:meth:`graph_stats`; captured graphs stay) and the selection
-        gate's (:meth:`selection_stats`)."""
+        """Zero the graph counters (:meth:`graph_stats`; captured graphs stay), the selection
+        gate's (:meth:`selection_stats`) and the kept group tensors' (``group_tensors``)."""
         self.ungraphed_decodes = 0
+        self.group_tensors.reused = self.group_tensors.built = 0
         if self.graphs is not None:
             self.graphs.reset_counters()
         self.gate.skipped_rows.clear()

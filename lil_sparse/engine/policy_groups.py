@@ -11,9 +11,11 @@ and the block table's rows. :class:`GroupTensors` keeps each policy's from the s
 hands the very same tensors back while none of those changed (the block table's per-slot
 versions say whether its rows did), which is most steps: a row's held pages change once per
 page of tokens. A graph replay copies an input only when it is another tensor than the one it
-copied last (:class:`~lil_sparse.engine.cuda_graphs.CapturedStep`), so a kept group costs the
-step neither copies nor launches; without it H2O's group (built every step: it observes
-attention) was rebuilt and copied into the graph's tensors every step.
+copied last (:class:`~lil_sparse.engine.cuda_graphs.CapturedStep`), so a kept group's columns
+and newest pages cost the step no copies and no launches; H2O's layout still brings its
+``last_page_len`` (a new tensor every step, one copy) and, when the group is not the whole step,
+one index op. Without it H2O's group (built every step: it observes attention) was rebuilt and
+copied into the graph's tensors every step (up to 11 copies).
 """
 
 from __future__ import annotations

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import torch
 
+from lil_sparse.engine.cuda_graphs import GROUP_TENSOR_FIELDS
 from lil_sparse.engine.model_runner import ModelRunner
 from lil_sparse.engine.policy_groups import build_policy_groups
-
-BATCH_TENSORS = ("rows", "table", "held", "select_count", "sink_pages", "recent_pages", "dense_layers")
 
 
 def check_kept_groups(runner: ModelRunner) -> list[str]:
@@ -29,7 +28,7 @@ def check_kept_groups(runner: ModelRunner) -> list[str]:
             found.append("group order")
         for have, want in zip(groups, fresh, strict=True):
             name = have.policy.name
-            pairs = [(getattr(have.batch, f), getattr(want.batch, f), f) for f in BATCH_TENSORS]
+            pairs = [(getattr(have.batch, f), getattr(want.batch, f), f) for f in GROUP_TENSOR_FIELDS]
             pairs += [(have.newest, want.newest, "newest"), (have.newest_at, want.newest_at, "newest_at")]
             found.extend(f"{name}.{field}" for a, b, field in pairs if not torch.equal(a, b))
             shape = (have.batch.max_select, have.batch.uniform_select)
