@@ -13,8 +13,7 @@ import torch
 from lil_sparse.config import EngineConfig
 from lil_sparse.engine import LLMEngine
 from lil_sparse.kv import BlockTable
-from lil_sparse.options import RequestOptions, SparseOptions, StoppingOptions
-from lil_sparse.testing.group_check import check_kept_groups
+from lil_sparse.testing.group_check import NEW_TOKENS, check_kept_groups, group_workload
 
 
 @pytest.mark.parametrize("overlap", [False, True], ids=["serial", "overlap"])
@@ -29,23 +28,11 @@ def test_kept_group_tensors_equal_fresh_ones_at_every_step(tiny_model_dir: Path,
     engine = LLMEngine.from_config(config)
     runner = engine.runner
     found = check_kept_groups(runner)
-    gen = torch.Generator().manual_seed(7)
-    # Seven requests through four slots: three start once others finish and take their slots;
-    # the last, 150 tokens long, widens the step's tables under groups whose rows stay.
-    lengths, new_tokens = (40, 75, 21, 58, 33, 90, 150), (40, 24, 60, 18, 35, 20, 12)
-    policies = ("h2o", "quest", "infllm", "h2o", "quest", "h2o", "full")
-    prompts = [torch.randint(3, 200, (n,), generator=gen).tolist() for n in lengths]
-    options = [
-        RequestOptions(
-            stopping=StoppingOptions(max_new_tokens=n, ignore_eos=True),
-            sparse=SparseOptions(policy=policy, budget_tokens=32, sink_tokens=16, dense_layers=1),
-        )
-        for policy, n in zip(policies, new_tokens, strict=True)
-    ]
+    prompts, options = group_workload(max_token=200)
     reports = engine.generate(prompts, options)
     kept = runner.group_tensors
     engine.close()
-    assert [len(r.output_token_ids) for r in reports] == list(new_tokens)
+    assert [len(r.output_token_ids) for r in reports] == list(NEW_TOKENS)
     mismatches = [entry for entry in found if entry != "checked"]
     assert mismatches == []
     assert found.count("checked") > 100  # groups checked, over every decode step

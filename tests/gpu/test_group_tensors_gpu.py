@@ -15,28 +15,12 @@ import torch
 from gpu_engine import gpu_engine
 
 from lil_sparse.engine.cuda_graphs import CapturedStep
-from lil_sparse.options import RequestOptions, SparseOptions, StoppingOptions
-from lil_sparse.testing.group_check import check_kept_groups
+from lil_sparse.testing.group_check import check_kept_groups, group_workload
 
 pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
 pytest.importorskip("flashinfer")
-
-
-def requests() -> tuple[list[list[int]], list[RequestOptions]]:
-    gen = torch.Generator().manual_seed(7)
-    lengths, new_tokens = (40, 75, 21, 58, 33, 90, 150), (40, 24, 60, 18, 35, 20, 12)
-    policies = ("h2o", "quest", "infllm", "h2o", "quest", "h2o", "full")
-    prompts = [torch.randint(3, 384, (n,), generator=gen).tolist() for n in lengths]
-    options = [
-        RequestOptions(
-            stopping=StoppingOptions(max_new_tokens=n, ignore_eos=True),
-            sparse=SparseOptions(policy=policy, budget_tokens=32, sink_tokens=16, dense_layers=1),
-        )
-        for policy, n in zip(policies, new_tokens, strict=True)
-    ]
-    return prompts, options
 
 
 def run(model_dir: Path, cuda_graphs: bool, check: bool, monkeypatch: pytest.MonkeyPatch):
@@ -63,7 +47,7 @@ def run(model_dir: Path, cuda_graphs: bool, check: bool, monkeypatch: pytest.Mon
 
     runner.decode = recording_decode  # type: ignore[method-assign]
     monkeypatch.setattr(CapturedStep, "load", counting_load)
-    reports = engine.generate(*requests())
+    reports = engine.generate(*group_workload(max_token=384))
     replays = runner.graph_stats()["replays"]
     engine.close()
     return reports, logits, [entry for entry in found if entry != "checked"], skipped[0], replays
