@@ -47,9 +47,9 @@ LOG2E = 1.4426950408889634
 @dataclass(frozen=True)
 class DecodeTiles:
     """Launch shape: ``splits`` programs per row, ``block_pages`` pages per loop step, ``warps``
-    per program and Triton's ``num_stages``, the page loop's steps in flight (the loop is a
-    ``tl.range``, software-pipelined on the GPU). Positive powers of two, ``stages`` any positive
-    int."""
+    per program and Triton's ``num_stages`` (it pipelines ``for`` loops only; the page loop is a
+    ``while`` loop, so today it changes nothing there). Positive powers of two, ``stages`` any
+    positive int."""
 
     splits: int
     block_pages: int
@@ -100,7 +100,6 @@ def _paged_decode(
     S: tl.constexpr,
     SPLITS: tl.constexpr,
     BLOCK_PAGES: tl.constexpr,
-    STAGES: tl.constexpr,
     UPCAST: tl.constexpr,
     PDL: tl.constexpr,
 ):
@@ -126,9 +125,10 @@ def _paged_decode(
     denom = tl.zeros((G_PAD,), tl.float32)
     acc = tl.zeros((G_PAD, D), tl.float32)
     tokens = tl.arange(0, BLOCK_PAGES * S)
-    # tl.range over the loaded bounds: on the GPU Triton software-pipelines it, STAGES loop steps
-    # of page ids and K/V in flight (a while loop it does not pipeline).
-    for page0 in tl.range(begin, end, BLOCK_PAGES, num_stages=STAGES):
+    page0 = begin
+    # A while loop, as Triton's CPU interpreter cannot range over loaded bounds; Triton does not
+    # software-pipeline it, so long runs of pages per split are slow (the bench shows where).
+    while page0 < end:
         page = page0 + tokens // S
         slot_in_page = tokens % S
         valid = (page < end) & ((page < pages - 1) | (slot_in_page < last_len))
@@ -148,6 +148,7 @@ def _paged_decode(
         # FlashInfer does (its kernel time was not measured apart from the report's steps).
         acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
         m = m_new
+        page0 += BLOCK_PAGES
 
     # An empty split (more splits than pages) stores output 0 and lse -inf: weight 0 in the merge.
     # Empty by its page range, not by denom == 0: a NaN key (a page poisoned after it was freed,
@@ -280,7 +281,6 @@ def paged_decode(
         S=page_size,
         SPLITS=tiles.splits,
         BLOCK_PAGES=tiles.block_pages,
-        STAGES=tiles.stages,
         UPCAST=not q.is_cuda,
         PDL=use_pdl(q),
         num_warps=tiles.warps,
