@@ -75,12 +75,29 @@ def to_client_error(error: grpc.RpcError) -> LilClientError:
     return LilClientError(code, details)
 
 
-class GenerationStream:
-    """Iterate for chunks; ``summary`` is set once the iteration ends. ``cancel()`` stops it."""
+class _StreamCall:
+    """What both streams share: the gRPC call, the chunk assembler, and the request id, summary
+    and cancel that read or stop them."""
 
     def __init__(self, call: Any) -> None:
         self._call = call
         self._assembler = _Assembler()
+
+    @property
+    def request_id(self) -> str | None:
+        return self._assembler.started.request_id if self._assembler.started else None
+
+    @property
+    def summary(self) -> Summary:
+        return self._assembler.result()
+
+    def cancel(self) -> None:
+        self._assembler.cancelled = True
+        self._call.cancel()
+
+
+class GenerationStream(_StreamCall):
+    """Iterate for chunks; ``summary`` is set once the iteration ends. ``cancel()`` stops it."""
 
     def __iter__(self) -> Iterator[Chunk]:
         try:
@@ -93,25 +110,9 @@ class GenerationStream:
             raise self._assembler.error from None
         self._assembler.ended = True
 
-    @property
-    def request_id(self) -> str | None:
-        return self._assembler.started.request_id if self._assembler.started else None
 
-    @property
-    def summary(self) -> Summary:
-        return self._assembler.result()
-
-    def cancel(self) -> None:
-        self._assembler.cancelled = True
-        self._call.cancel()
-
-
-class AsyncGenerationStream:
+class AsyncGenerationStream(_StreamCall):
     """``async for`` chunks; ``summary`` is set once the iteration ends. ``cancel()`` stops it."""
-
-    def __init__(self, call: Any) -> None:
-        self._call = call
-        self._assembler = _Assembler()
 
     async def __aiter__(self) -> AsyncIterator[Chunk]:
         try:
@@ -123,18 +124,6 @@ class AsyncGenerationStream:
             self._assembler.error = to_client_error(error)
             raise self._assembler.error from None
         self._assembler.ended = True
-
-    @property
-    def request_id(self) -> str | None:
-        return self._assembler.started.request_id if self._assembler.started else None
-
-    @property
-    def summary(self) -> Summary:
-        return self._assembler.result()
-
-    def cancel(self) -> None:
-        self._assembler.cancelled = True
-        self._call.cancel()
 
     async def collect(self) -> Summary:
         """Read the whole stream and return the summary."""
