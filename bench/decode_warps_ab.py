@@ -14,6 +14,7 @@ steps). Run it with ``WARPS`` 4 (the engine) and another value alternately, one 
 
 from __future__ import annotations
 
+import dataclasses
 import runpy
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ def main() -> None:
         chosen = engine_rule(tiles, max_pages)
         if chosen.block_pages < 2:
             return chosen
-        return DecodeTiles(chosen.splits, chosen.block_pages, warps, chosen.stages)
+        return dataclasses.replace(chosen, warps=warps)
 
     fast_decode.step_tiles = step_tiles  # the backend imports it at each plan
     script = Path(__file__).with_name("decode_e2e.py")

@@ -10,7 +10,8 @@ divided by the number of calls. FlashInfer runs as
 :class:`lil_sparse.attention.flashinfer_backend.FlashInferBackend` configures it (CUDA-graph
 mode, HND, tensor cores for these groups, planned once outside the graph). Both outputs are
 compared (largest absolute difference), and the table says which kernel the engine's rule
-(:func:`lil_sparse.kernels.fast_decode.runs_in_one_step`) runs for the case.
+(:data:`~lil_sparse.kernels.fast_decode.MIN_SPLITS` and
+:func:`~lil_sparse.kernels.fast_decode.runs_triton`) runs for the case.
 
     python bench/paged_decode_micro.py [--sweep] [--merge-sweep] [--cases NAME,...] [--out FILE]
 """
@@ -22,10 +23,11 @@ import itertools
 from pathlib import Path
 
 import torch
+import triton
 
 from bench.common import copy_bandwidth_gbs, settle_cuda_graphs, write_markdown
 from bench.linear_timing import L2_OVERFLOW_BYTES, graph_us
-from lil_sparse.kernels.fast_decode import choose_tiles, runs_in_one_step, step_tiles
+from lil_sparse.kernels.fast_decode import MIN_SPLITS, choose_tiles, runs_triton, step_tiles
 from lil_sparse.kernels.paged_decode import DecodeTiles, PagedDecodeScratch, paged_decode
 
 PAGE_SIZE = 16
@@ -48,11 +50,21 @@ CASES = [
     ("llama8b b8 32k", 4, 64, 2048),
 ]
 SWEEP = [
-    DecodeTiles(splits, block_pages, warps, stages)
-    for splits, block_pages, (warps, stages) in itertools.product(
-        (8, 16, 32, 64, 128), (1, 2, 4, 8), ((4, 2), (4, 3), (8, 2))
+    DecodeTiles(splits, block_pages, warps, stages, pipelined)
+    for splits, block_pages, (warps, stages, pipelined) in itertools.product(
+        (4, 8, 16, 32, 64, 128),
+        (1, 2, 4, 8),
+        ((4, 2, False), (8, 2, False), (4, 2, True), (4, 3, True), (4, 4, True), (8, 2, True), (8, 3, True)),
     )
 ]
+"""Tiles ``--sweep`` tries, those of them whose grid holds ``num_sms / 2`` to ``8 * num_sms``
+programs (:func:`swept_tiles`): the ``while`` loop at 4 and 8 warps (``stages`` changes nothing
+there), and the pipelined loop at 2-4 stages."""
+
+
+def swept_tiles(rows: int, num_sms: int) -> list[DecodeTiles]:
+    """The :data:`SWEEP` tiles for ``rows`` rows on ``num_sms`` SMs."""
+    return [t for t in SWEEP if num_sms // 2 <= rows * t.splits <= 8 * num_sms]
 
 
 MERGE_DIMS = tuple(16 << i for i in range((HEAD_DIM // 16).bit_length()))  # 16, 32, ..., HEAD_DIM
@@ -117,7 +129,8 @@ class Case:
 
 
 def _shape(tiles: DecodeTiles) -> str:
-    return f"{tiles.splits}x{tiles.block_pages}, w{tiles.warps} s{tiles.stages}"
+    loop = f"pipelined s{tiles.stages}" if tiles.pipelined else "while"
+    return f"{tiles.splits}x{tiles.block_pages}, w{tiles.warps} {loop}"
 
 
 def main() -> None:
@@ -153,13 +166,19 @@ def main() -> None:
             print(f"  {name} merge dims per program: " + ", ".join(f"{d}: {us:.1f} us" for us, d in merges))
         best = ""
         if args.sweep:
-            swept = [(case.time_triton(t, args.iters)[0], t) for t in SWEEP]
+            swept = []
+            for t in swept_tiles(rows, num_sms):
+                try:
+                    swept.append((case.time_triton(t, args.iters)[0], t))
+                except triton.runtime.errors.OutOfResources:  # e.g. 4 stages of 8-page K/V tiles
+                    print(f"  {name} {_shape(t)}: out of shared memory", flush=True)
             swept.sort(key=lambda s: s[0])
             best_us, best_tiles = swept[0]
             print(f"  {name} fastest swept: " + ", ".join(f"{us:.1f} us {_shape(t)}" for us, t in swept[:4]))
             best = f"{best_us:.1f} ({_shape(best_tiles)})"
         floor_us = case.bytes / (bandwidth * 1e9) * 1e6
-        engine = "Triton" if runs_in_one_step(pages, widest) else "FlashInfer"  # the backend's rule
+        takes = widest.splits >= MIN_SPLITS and runs_triton(pages, rows * pages, rows, widest)
+        engine = "Triton" if takes else "FlashInfer"  # the backend's rule
         row = [
             name, rows, pages, f"{flashinfer_us:.1f}", f"{triton_us:.1f}", f"{head_merge_us:.1f}",
             f"{tiles.splits}x{tiles.block_pages}", best, f"{floor_us:.1f}",

@@ -8,8 +8,10 @@ pairs over one-head pages (``num_kv_heads=1``, layout "HND", the group's G query
 row's queries). A row's page list is the pages its policy selected, so a short list *is* the
 block-sparse decode. A batch of very unequal rows runs as two calls over its long and short
 rows (:mod:`lil_sparse.attention.decode_split`, :mod:`lil_sparse.attention.flashinfer_decode_slot`);
-a batch of few rows short enough for one loop step per split runs the Triton decode of
-:mod:`lil_sparse.kernels.paged_decode` over the same buffers instead (``fast_decode``).
+a batch of few rows short enough for one loop step per split, or of at most 4 nearly equal
+rows (on 132 SMs), runs the Triton decode of :mod:`lil_sparse.kernels.paged_decode` over the
+same buffers instead (``fast_decode``; the rule is
+:func:`lil_sparse.kernels.fast_decode.runs_triton`).
 
 ``plan()`` runs once per distinct page-count vector (page *counts* are fixed for the step, and
 change once per ``page_size`` tokens of a row): a step whose slot was planned with the same counts
@@ -76,7 +78,7 @@ class FlashInferBackend(AttentionBackend):
         the second on a stream of its own with a float workspace of its own (128 MiB more device
         memory; :mod:`lil_sparse.attention.flashinfer_decode_slot`). ``fast_decode``: run the
         Triton decode of :mod:`lil_sparse.kernels.paged_decode` instead of FlashInfer's for steps
-        of few rows whose pages fit its one-step regime (:func:`runs_in_one_step`), with the
+        its rule takes (:func:`~lil_sparse.kernels.fast_decode.runs_triton`), with the
         narrowest tiles that hold the step's longest row (:func:`step_tiles`)."""
         import flashinfer
 
@@ -175,7 +177,7 @@ class FlashInferBackend(AttentionBackend):
     def _plan(self, slot: DecodeSlot, layout: DecodeLayout) -> None:
         """``plan()`` ``slot`` for ``layout``'s page counts (writes indptr and last_page_len), as
         one call or, for very unequal rows, two (:func:`choose_split`)."""
-        from lil_sparse.kernels.fast_decode import runs_in_one_step, step_tiles  # (Triton: on use)
+        from lil_sparse.kernels.fast_decode import runs_triton, step_tiles  # (Triton: on use)
 
         counts = layout.counts_host
         indptr = torch.tensor(list(itertools.accumulate(counts, initial=0)), dtype=torch.int32)
@@ -187,7 +189,7 @@ class FlashInferBackend(AttentionBackend):
         )
         split = 0
         fast, slot.fast_tiles = slot.fast, None
-        if fast is not None and runs_in_one_step(max(counts), fast.tiles):
+        if fast is not None and runs_triton(max(counts), sum(counts), len(counts), fast.tiles):
             slot.fast_tiles = step_tiles(fast.tiles, max(counts))
         if self.split_calls and slot.fast_tiles is None:  # a step's rows are its sequences x KV heads
             split = choose_split(counts, self.num_kv_heads, self.num_sms, max(128 // self.page_size, 1))
@@ -265,11 +267,12 @@ class FlashInferBackend(AttentionBackend):
 
     def step_key(self, layouts: Sequence[DecodeLayout]) -> tuple[int, ...]:
         """What a captured step depends on beyond its tensors' shapes: each layout's split point
-        (0: one call) or, for the Triton decode, minus its pages per loop step, as planned by
-        :meth:`begin_decode_step`."""
+        (0: one call) or, for the Triton decode, minus its pages per loop step (at most 128), shifted
+        left by 16 bits for the pipelined loop, as planned by :meth:`begin_decode_step`."""
         keys = []
         for slot in map(self._slot_of, layouts):
-            keys.append(slot.split if slot.fast_tiles is None else -slot.fast_tiles.block_pages)
+            tiles = slot.fast_tiles
+            keys.append(slot.split if tiles is None else -(tiles.block_pages << (16 * tiles.pipelined)))
         return tuple(keys)
 
     def pack_indices(self, page_ids: torch.Tensor, layout: DecodeLayout) -> None:

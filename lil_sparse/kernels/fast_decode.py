@@ -25,8 +25,8 @@ def choose_tiles(rows: int, num_sms: int, page_size: int) -> DecodeTiles:
     """A slot's widest tiles for ``rows`` rows on a GPU of ``num_sms`` SMs: the most splits per
     row, a power of two, that keep the grid within two programs per SM, at most
     :data:`MAX_SPLITS`, and :data:`LOOP_STEP_TOKENS` tokens per loop step, at :class:`DecodeTiles`'
-    default 4 warps. A step runs the narrower tiles of :func:`step_tiles`; these bound its regime
-    (:func:`runs_in_one_step`). 8 warps at 2 pages per step won the micro-benchmark at 2 rows x 256
+    default 4 warps. A step runs the narrower tiles of :func:`step_tiles`; which steps run them:
+    :func:`runs_triton`. 8 warps at 2 pages per step won the micro-benchmark at 2 rows x 256
     pages (6.1 against 6.6 us) but lost in the step: the 1.5B batch-1 4k step took 1.156 against
     1.141 ms, two rounds alternately (H200, 2026-12-01 12:18, ``bench/decode_warps_ab.py``)."""
     per_row = max(1, 2 * num_sms // max(rows, 1))
@@ -44,12 +44,23 @@ def step_tiles(tiles: DecodeTiles, max_pages: int) -> DecodeTiles:
     output), 65 pages (Quest@1024) 5.8 us at 1 page (7.4 before)."""
     per_split = -(-max(max_pages, 1) // tiles.splits)
     block_pages = min(tiles.block_pages, 1 << (per_split - 1).bit_length())
-    return DecodeTiles(tiles.splits, block_pages, tiles.warps, tiles.stages)
+    # Several loop steps per split: the pipelined loop (DecodeTiles.pipelined).
+    return DecodeTiles(tiles.splits, block_pages, tiles.warps, tiles.stages, per_split > block_pages)
 
 
 def block_pages_options(tiles: DecodeTiles) -> tuple[int, ...]:
     """Every ``block_pages`` :func:`step_tiles` can choose for a slot's ``tiles`` (1, 2, 4, ...)."""
     return tuple(1 << i for i in range(tiles.block_pages.bit_length()))
+
+
+def step_tiles_options(tiles: DecodeTiles) -> tuple[DecodeTiles, ...]:
+    """Every tile :func:`step_tiles` can pick for a slot's widest ``tiles``: each
+    :func:`block_pages_options` width in the ``while`` loop (one loop step per split), and the
+    widest pipelined (several)."""
+    one_step = tuple(
+        DecodeTiles(tiles.splits, b, tiles.warps, tiles.stages) for b in block_pages_options(tiles)
+    )
+    return (*one_step, DecodeTiles(tiles.splits, tiles.block_pages, tiles.warps, tiles.stages, True))
 
 
 GPU_TESTED_HEAD_DIMS = (64, 128)
@@ -71,17 +82,38 @@ def gpu_tested(head_dim: int, page_size: int) -> bool:
 MIN_SPLITS = 32
 """Fewer splits per row than this leave the grid too small to hide latency (the 1.5B shape's
 batch 8, 16 rows of 16 splits, ran 22.9 against FlashInfer's 20.7 us; H200,
-``bench/paged_decode_micro.py``, 2026-11-30, about 20:00). The 22:08 run of the same benchmark
-(tf32 product, ``docs/bench/paged_decode_micro.md``) had that case at 17.3 against 20.9 us, two
-loop steps per split: this rule and :func:`runs_in_one_step` were not revisited."""
+``bench/paged_decode_micro.py``, 2026-11-30, about 20:00). With the page loop software-pipelined
+the micro-benchmark had the Triton decode ahead of FlashInfer down to 64 rows of 4 splits
+(2026-12-01 14:52), but the steps of 8 to 64 rows ran 1-7% slower with it than with FlashInfer
+(docs/bench/paged_decode_pipelining.md), so this stays."""
+
+PIPELINED_MIN_SPLITS = 64
+"""Splits per row from which a step of nearly equal rows too long for one loop step per split
+takes the Triton decode, software-pipelined (:func:`runs_triton`): rows of at most 4 on 132 SMs.
+The 1.5B shape's batch-1 step at 32k (2 rows of 2048 pages, 128 splits) took 1.491 ms against
+1.525 with FlashInfer's decode, Quest@1024 (gated dense) 1.506-1.508 against 1.552-1.553, the 4k
+steps unchanged (H200, 2026-12-01 15:23-15:24, two rounds alternately,
+docs/bench/paged_decode_pipelining.md). Steps of 8 to 64 rows ran 1-7% slower on the pipelined
+Triton decode than on FlashInfer's (the same file, 15:01), hence the bound."""
+
+BALANCE = 1.125
+"""Longest row over the mean row (in pages) up to which a step takes the pipelined Triton decode
+(:func:`runs_triton`). Its grid gives every row the same splits, so the longest row's programs
+bound the step, while FlashInfer's plan spreads the pages over its CTAs. Measured only at equal
+rows (a batch-1 step's rows are one sequence's KV heads); the margin is a judgment."""
 
 
-def runs_in_one_step(max_pages: int, tiles: DecodeTiles) -> bool:
-    """Whether rows of at most ``max_pages`` pages take the Triton decode's fast regime: at least
-    :data:`MIN_SPLITS` splits per row, each split's pages one loop step (the page loop is not
-    software-pipelined, so longer runs lose to FlashInfer: 34.0 against 22.3 us at 2 rows x 2048
-    pages, same benchmark)."""
-    return tiles.splits >= MIN_SPLITS and max_pages <= tiles.splits * tiles.block_pages
+def runs_triton(max_pages: int, total_pages: int, rows: int, tiles: DecodeTiles) -> bool:
+    """Whether a step whose ``rows`` rows hold ``total_pages`` pages, the longest ``max_pages``,
+    runs the Triton decode with a slot's widest ``tiles`` (else FlashInfer's planned decode):
+    either every split's pages fit one loop step (the latency-bound regime, rows of any balance;
+    the slot has at least :data:`MIN_SPLITS` splits per row), or the tiles have at least
+    :data:`PIPELINED_MIN_SPLITS` and the longest row holds at most :data:`BALANCE` times the mean
+    row's pages (the pipelined regime). A step of no pages (``total_pages`` 0) counts as
+    balanced."""
+    one_step = tiles.splits >= MIN_SPLITS and max_pages <= tiles.splits * tiles.block_pages
+    balanced = max_pages * rows <= BALANCE * total_pages
+    return one_step or (tiles.splits >= PIPELINED_MIN_SPLITS and balanced)
 
 
 @dataclass(frozen=True)
@@ -123,15 +155,14 @@ class FastDecode:
         no pages: Triton compiles a variant the first time it runs, which inside a request would
         stall every stream of the engine (a long decode reaches wider tiles only after minutes).
         Writes only the scratch (every partial lse ``-inf``, every partial output 0)."""
-        rows, splits, group, head_dim = self.scratch.partial_out.shape
+        rows, _, group, head_dim = self.scratch.partial_out.shape
         device = self.scratch.partial_out.device
         q = torch.zeros(rows, group, head_dim, dtype=dtype, device=device)
         pages = torch.zeros(1, 1, self.page_size, head_dim, dtype=dtype, device=device)
         empty = torch.zeros(rows + 1, dtype=torch.int32, device=device)
         last = torch.ones(rows, dtype=torch.int32, device=device)
         lse = torch.empty(rows, group, dtype=torch.float32, device=device)
-        for block_pages in block_pages_options(self.tiles):
-            tiles = DecodeTiles(splits, block_pages, self.tiles.warps, self.tiles.stages)
+        for tiles in step_tiles_options(self.tiles):
             paged_decode(q, pages, pages, empty, empty, last, self.scratch, tiles)
         paged_decode(q, pages, pages, empty, empty, last, self.scratch, self.tiles, lse=lse)  # H2O's merge
 

@@ -47,14 +47,18 @@ LOG2E = 1.4426950408889634
 @dataclass(frozen=True)
 class DecodeTiles:
     """Launch shape: ``splits`` programs per row, ``block_pages`` pages per loop step, ``warps``
-    per program and Triton's ``num_stages`` (it pipelines ``for`` loops only; the page loop is a
-    ``while`` loop, so today it changes nothing there). Positive powers of two, ``stages`` any
+    per program and Triton's ``num_stages``. ``pipelined``: walk a split's pages in a
+    ``tl.range`` loop that Triton software-pipelines on the GPU, ``stages`` loop steps in flight
+    (for splits of several loop steps); else in a ``while`` loop, which it does not pipeline (for
+    one loop step per split: there the pipelined loop made the 1.5B batch-1 4k step 20-33 us
+    slower, docs/bench/paged_decode_pipelining.md). Positive powers of two, ``stages`` any
     positive int."""
 
     splits: int
     block_pages: int
     warps: int = 4
     stages: int = 2
+    pipelined: bool = False
 
     def __post_init__(self) -> None:
         for name in ("splits", "block_pages", "warps"):
@@ -84,6 +88,35 @@ class PagedDecodeScratch:
 
 
 @triton.jit
+def _attend_block(
+    q, k_ptr, v_ptr, indices_ptr, first, page0, end, pages, last_len, tokens, dims,
+    scale_log2, m, denom, acc, S: tl.constexpr, D: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    """One loop step of :func:`_paged_decode`: the ``BLOCK_PAGES`` pages from ``page0`` (of the
+    row's ``pages``, the split's ending at ``end``) folded into the online softmax state ``(m,
+    denom, acc)``, which it returns."""
+    page = page0 + tokens // S
+    slot_in_page = tokens % S
+    valid = (page < end) & ((page < pages - 1) | (slot_in_page < last_len))
+    page_id = tl.load(indices_ptr + first + page, mask=page < end, other=0)
+    offsets = (page_id.to(tl.int64) * S + slot_in_page)[:, None] * D + dims[None, :]
+    k = tl.load(k_ptr + offsets, mask=valid[:, None], other=0.0)
+    v = tl.load(v_ptr + offsets, mask=valid[:, None], other=0.0)  # in flight with k
+    if UPCAST:  # Triton's CPU interpreter has no bf16 matmul (as in page_mass)
+        k = k.to(tl.float32)
+    scores = tl.dot(q, tl.trans(k)) * scale_log2  # [G_PAD, T] fp32, base-2 logits
+    scores = tl.where(valid[None, :], scores, float("-inf"))
+    m_new = tl.maximum(m, tl.max(scores, axis=1))
+    alpha = tl.exp2(m - m_new)
+    p = tl.exp2(scores - m_new[:, None])
+    denom = denom * alpha + tl.sum(p, axis=1)
+    # P stays fp32 and V widens to it: a tf32 product, 8x finer than rounding P to bf16 as
+    # FlashInfer does (its kernel time was not measured apart from the report's steps).
+    acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
+    return m_new, denom, acc
+
+
+@triton.jit
 def _paged_decode(
     q_ptr,  # [rows, G, D] contiguous
     k_ptr,  # [P, 1, S, D] contiguous: page p's token t at (p * S + t) * D
@@ -100,6 +133,8 @@ def _paged_decode(
     S: tl.constexpr,
     SPLITS: tl.constexpr,
     BLOCK_PAGES: tl.constexpr,
+    STAGES: tl.constexpr,
+    PIPELINED: tl.constexpr,
     UPCAST: tl.constexpr,
     PDL: tl.constexpr,
 ):
@@ -125,30 +160,21 @@ def _paged_decode(
     denom = tl.zeros((G_PAD,), tl.float32)
     acc = tl.zeros((G_PAD, D), tl.float32)
     tokens = tl.arange(0, BLOCK_PAGES * S)
-    page0 = begin
-    # A while loop, as Triton's CPU interpreter cannot range over loaded bounds; Triton does not
-    # software-pipeline it, so long runs of pages per split are slow (the bench shows where).
-    while page0 < end:
-        page = page0 + tokens // S
-        slot_in_page = tokens % S
-        valid = (page < end) & ((page < pages - 1) | (slot_in_page < last_len))
-        page_id = tl.load(indices_ptr + first + page, mask=page < end, other=0)
-        offsets = (page_id.to(tl.int64) * S + slot_in_page)[:, None] * D + dims[None, :]
-        k = tl.load(k_ptr + offsets, mask=valid[:, None], other=0.0)
-        v = tl.load(v_ptr + offsets, mask=valid[:, None], other=0.0)  # in flight with k
-        if UPCAST:  # Triton's CPU interpreter has no bf16 matmul (as in page_mass)
-            k = k.to(tl.float32)
-        scores = tl.dot(q, tl.trans(k)) * scale_log2  # [G_PAD, T] fp32, base-2 logits
-        scores = tl.where(valid[None, :], scores, float("-inf"))
-        m_new = tl.maximum(m, tl.max(scores, axis=1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(scores - m_new[:, None])
-        denom = denom * alpha + tl.sum(p, axis=1)
-        # P stays fp32 and V widens to it: a tf32 product, 8x finer than rounding P to bf16 as
-        # FlashInfer does (its kernel time was not measured apart from the report's steps).
-        acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
-        m = m_new
-        page0 += BLOCK_PAGES
+    if PIPELINED:
+        for page0 in tl.range(begin, end, BLOCK_PAGES, num_stages=STAGES):
+            m, denom, acc = _attend_block(
+                q, k_ptr, v_ptr, indices_ptr, first, page0, end, pages, last_len, tokens, dims,
+                scale_log2, m, denom, acc, S, D, UPCAST,
+            )  # fmt: skip
+    else:
+        # A while loop (Triton does not pipeline it): one loop step per split, the common case.
+        page0 = begin
+        while page0 < end:
+            m, denom, acc = _attend_block(
+                q, k_ptr, v_ptr, indices_ptr, first, page0, end, pages, last_len, tokens, dims,
+                scale_log2, m, denom, acc, S, D, UPCAST,
+            )  # fmt: skip
+            page0 += BLOCK_PAGES
 
     # An empty split (more splits than pages) stores output 0 and lse -inf: weight 0 in the merge.
     # Empty by its page range, not by denom == 0: a NaN key (a page poisoned after it was freed,
@@ -281,6 +307,8 @@ def paged_decode(
         S=page_size,
         SPLITS=tiles.splits,
         BLOCK_PAGES=tiles.block_pages,
+        STAGES=tiles.stages,
+        PIPELINED=tiles.pipelined,
         UPCAST=not q.is_cuda,
         PDL=use_pdl(q),
         num_warps=tiles.warps,

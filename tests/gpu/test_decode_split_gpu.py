@@ -126,7 +126,7 @@ def test_forced_split_replays_bit_for_bit_and_attends_what_one_call_does(tiny_gq
     # The tiny model's few short rows would all run the Triton decode, which never splits.
     from lil_sparse.kernels import fast_decode
 
-    monkeypatch.setattr(fast_decode, "runs_in_one_step", lambda *_args: False)
+    monkeypatch.setattr(fast_decode, "runs_triton", lambda *_args: False)
     eager = make_engine(tiny_gqa8_dir, "flashinfer", cuda_graphs=False)
     graphs = make_engine(tiny_gqa8_dir, "flashinfer", cuda_graphs=True)
     eager_logits, graph_logits = record(eager, chosen), record(graphs, chosen)

@@ -251,9 +251,11 @@ def test_steps_flip_between_triton_and_flashinfer_decode_under_graphs(tiny_gqa2_
     equals eager bit for bit."""
     from lil_sparse.kernels import fast_decode
 
-    one_step = fast_decode.runs_in_one_step
+    rule = fast_decode.runs_triton
     monkeypatch.setattr(
-        fast_decode, "runs_in_one_step", lambda pages, tiles: pages % 2 == 0 and one_step(pages, tiles)
+        fast_decode,
+        "runs_triton",
+        lambda pages, total, rows, tiles: pages % 2 == 0 and rule(pages, total, rows, tiles),
     )
     eager = make_engine(tiny_gqa2_dir, "flashinfer", cuda_graphs=False)
     graphs = make_engine(tiny_gqa2_dir, "flashinfer", cuda_graphs=True)

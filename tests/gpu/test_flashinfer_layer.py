@@ -229,3 +229,30 @@ def test_plan_reuse_equals_a_fresh_plan_every_step(group, head_dim, tensor_cores
         diff = (out.float() - ref.float()).abs()
         assert diff.max().item() <= 3e-2, step
         assert (diff.norm() / ref.float().norm()).item() <= 1e-2, step
+
+
+@pytest.mark.parametrize(("group", "head_dim"), [(6, 128), (4, 64)])
+def test_long_equal_rows_take_the_pipelined_triton_decode(group, head_dim):
+    """Two rows of 1100 pages (past one loop step per split at 128 splits x 8 pages) run the
+    pipelined Triton decode (``DecodeTiles.pipelined``, :func:`runs_triton`); rows of 1100 and
+    600 pages (the longest 1.29x the mean) keep FlashInfer's planned decode. Both match the
+    reference backend, as FlashInfer does."""
+    rows, held = 2, 1100
+    kv, table, last_len, q = random_rows(rows, held, group, head_dim, seed=17)
+    for counts in ([held, held], [held, 600]):
+        last = [int(x) for x in last_len] if counts[1] == held else [int(last_len[0]), PAGE_SIZE]
+        layout = DecodeLayout.build(counts, torch.tensor(last, dtype=torch.int32, device="cuda"), tuple(last))
+        backend = make_backend(group, head_dim, tensor_cores=True, fast_decode=True)
+        backend.begin_decode_step([layout])
+        slot = backend._slot_of(layout)
+        if slot.fast is None or slot.fast.tiles.splits < 64:
+            pytest.skip(f"{backend.num_sms} SMs: 2 rows get too few splits for the pipelined regime")
+        pipelined = counts[1] == held
+        assert (slot.fast_tiles is not None and slot.fast_tiles.pipelined) is pipelined, counts
+        if pipelined:
+            assert backend.step_key([layout]) == (-(slot.fast_tiles.block_pages << 16),)
+        out = backend.decode(0, q, kv.k[0], kv.v[0], table, layout)
+        ref = ReferenceBackend().decode(0, q, kv.k[0], kv.v[0], table, layout)
+        diff = (out.float() - ref.float()).abs()
+        assert diff.max().item() <= 3e-2, counts
+        assert (diff.norm() / ref.float().norm()).item() <= 1e-2, counts

@@ -22,8 +22,9 @@ from lil_sparse.kernels.fast_decode import (
     block_pages_options,
     choose_tiles,
     gpu_tested,
-    runs_in_one_step,
+    runs_triton,
     step_tiles,
+    step_tiles_options,
 )
 from lil_sparse.kernels.paged_decode import DecodeTiles, PagedDecodeScratch, merge_block_d, paged_decode
 
@@ -87,8 +88,11 @@ def assert_matches_reference(case, tiles, dtype=torch.bfloat16):
         DecodeTiles(splits=4, block_pages=2),
         DecodeTiles(splits=1, block_pages=1),
         DecodeTiles(splits=8, block_pages=4),
+        DecodeTiles(splits=4, block_pages=2, pipelined=True),  # the tl.range loop
+        DecodeTiles(splits=1, block_pages=1, pipelined=True),
+        DecodeTiles(splits=2, block_pages=2, stages=4, pipelined=True),  # four loop steps in flight
     ],
-    ids=["4x2", "1x1", "8x4"],
+    ids=["4x2", "1x1", "8x4", "4x2p", "1x1p", "2x2s4p"],
 )
 @pytest.mark.parametrize("group", [6, 4])
 def test_matches_reference(dtype, counts, last, tiles, group):
@@ -257,10 +261,23 @@ def test_step_tiles_hold_a_splits_pages_in_one_loop_step(max_pages, splits, bloc
     widest = DecodeTiles(splits=splits, block_pages=8)
     tiles = step_tiles(widest, max_pages)
     assert (tiles.splits, tiles.block_pages, tiles.warps, tiles.stages) == (splits, block_pages, 4, 2)
+    assert not tiles.pipelined
     assert tiles.block_pages in block_pages_options(widest) == (1, 2, 4, 8)
     assert tiles.splits * tiles.block_pages >= max_pages  # one loop step per split
     if tiles.block_pages > 1:  # and no narrower tile would do
         assert tiles.splits * tiles.block_pages // 2 < max_pages
+
+
+def test_step_tiles_pipeline_only_several_loop_steps():
+    """Past one loop step per split a step runs the widest tiles in the pipelined loop; within
+    one step, the while loop. Both are among the tiles a slot compiles."""
+    widest = choose_tiles(2, 132, 16)  # 128 splits of 8 pages, 2 stages
+    long = step_tiles(widest, 2048)  # 16 pages per split: two loop steps
+    assert (long.splits, long.block_pages, long.stages, long.pipelined) == (128, 8, 2, True)
+    assert not step_tiles(widest, 1024).pipelined
+    options = step_tiles_options(widest)
+    assert long in options and step_tiles(widest, 1024) in options and step_tiles(widest, 65) in options
+    assert len(options) == len(block_pages_options(widest)) + 1
 
 
 @pytest.mark.parametrize("counts, last", [((65, 3), (7, 16)), ((256, 200), (16, 1)), ((300,), (9,))])
@@ -279,11 +296,23 @@ def test_tiles_validate():
 
 
 @pytest.mark.parametrize(
-    "max_pages, splits, expected",
-    [(512, 64, True), (513, 64, False), (256, 32, True), (257, 32, False), (64, 16, False)],
+    "max_pages, total_pages, rows, splits, expected",
+    [
+        (512, 522, 2, 64, True),  # one loop step per split: rows of any balance
+        (256, 300, 2, 32, True),
+        (513, 523, 2, 64, False),  # past one step, and the rows unequal
+        (64, 64, 2, 16, False),  # too few splits for either regime
+        (2048, 4096, 2, 128, True),  # equal rows, many loop steps per split (pipelined)
+        (2048, 8 * 2048, 8, 32, False),  # 8 equal rows: too few splits to pipeline
+        (2048, 64 * 2048, 64, 4, False),
+        (1100, 2100, 2, 128, True),  # the longest 1.048x the mean: within BALANCE
+        (1200, 2100, 2, 128, False),  # 1.14x
+        (0, 0, 2, 128, True),  # a step of empty rows
+    ],
 )
-def test_runs_in_one_step(max_pages, splits, expected):
-    assert runs_in_one_step(max_pages, DecodeTiles(splits=splits, block_pages=8)) is expected
+def test_runs_triton(max_pages, total_pages, rows, splits, expected):
+    tiles = DecodeTiles(splits=splits, block_pages=8)
+    assert runs_triton(max_pages, total_pages, rows, tiles) is expected
 
 
 @pytest.mark.parametrize(
