@@ -11,7 +11,9 @@ divided by the number of calls. FlashInfer runs as
 mode, HND, tensor cores for these groups, planned once outside the graph). Both outputs are
 compared (largest absolute difference), and the table says which kernel the engine's rule
 (:data:`~lil_sparse.kernels.fast_decode.MIN_SPLITS` and
-:func:`~lil_sparse.kernels.fast_decode.runs_triton`) runs for the case.
+:func:`~lil_sparse.kernels.fast_decode.runs_triton`) runs for the case. The Triton column times
+the tiles ``step_tiles`` picks, so a case past one loop step per split times the pipelined loop,
+whichever kernel the engine runs there.
 
     python bench/paged_decode_micro.py [--sweep] [--merge-sweep] [--cases NAME,...] [--out FILE]
 """

@@ -78,8 +78,9 @@ class FlashInferBackend(AttentionBackend):
         the second on a stream of its own with a float workspace of its own (128 MiB more device
         memory; :mod:`lil_sparse.attention.flashinfer_decode_slot`). ``fast_decode``: run the
         Triton decode of :mod:`lil_sparse.kernels.paged_decode` instead of FlashInfer's for steps
-        its rule takes (:func:`~lil_sparse.kernels.fast_decode.runs_triton`), with the
-        narrowest tiles that hold the step's longest row (:func:`step_tiles`)."""
+        its rule takes (:func:`~lil_sparse.kernels.fast_decode.runs_triton`), with the tiles of
+        :func:`step_tiles` (the narrowest that hold the step's longest row in one loop step per
+        split, else the widest, pipelined)."""
         import flashinfer
 
         if not config.device.startswith("cuda"):

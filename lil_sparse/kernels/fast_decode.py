@@ -38,8 +38,9 @@ def step_tiles(tiles: DecodeTiles, max_pages: int) -> DecodeTiles:
     """The tiles a step whose longest row holds ``max_pages`` pages runs: ``tiles``' splits with
     the fewest pages per loop step (a power of two, at most ``tiles.block_pages``) that still
     hold a split's pages in one step, so a program loads no masked pages beyond the rounding of
-    its pages up to a power of two. At 2 rows, 128 splits per row, on the H200
-    (docs/bench/paged_decode_micro.md, 2026-12-01 09:38 UTC, kernel + a per-head merge): 256
+    its pages up to a power of two, in the ``while`` loop; a split of more pages than one widest
+    step gets the widest tiles, ``pipelined`` (the ``tl.range`` loop). At 2 rows, 128 splits per
+    row, on the H200 (docs/bench/paged_decode_micro.md, 2026-12-01 09:38 UTC, kernel + a per-head merge): 256
     pages took 7.0 us at 2 pages per step (8.1 us for the 64 x 8 tiles of before, 09:27, printed
     output), 65 pages (Quest@1024) 5.8 us at 1 page (7.4 before)."""
     per_split = -(-max(max_pages, 1) // tiles.splits)
@@ -54,12 +55,15 @@ def block_pages_options(tiles: DecodeTiles) -> tuple[int, ...]:
 
 
 def step_tiles_options(tiles: DecodeTiles) -> tuple[DecodeTiles, ...]:
-    """Every tile :func:`step_tiles` can pick for a slot's widest ``tiles``: each
-    :func:`block_pages_options` width in the ``while`` loop (one loop step per split), and the
-    widest pipelined (several)."""
+    """Every tile :func:`step_tiles` can pick for a step that :func:`runs_triton` takes, with a
+    slot's widest ``tiles``: each :func:`block_pages_options` width in the ``while`` loop (one
+    loop step per split), and, from :data:`PIPELINED_MIN_SPLITS` splits per row, the widest
+    pipelined (several)."""
     one_step = tuple(
         DecodeTiles(tiles.splits, b, tiles.warps, tiles.stages) for b in block_pages_options(tiles)
     )
+    if tiles.splits < PIPELINED_MIN_SPLITS:
+        return one_step
     return (*one_step, DecodeTiles(tiles.splits, tiles.block_pages, tiles.warps, tiles.stages, True))
 
 
@@ -150,8 +154,9 @@ class FastDecode:
         return out, lse
 
     def compile(self, dtype: torch.dtype) -> None:
-        """Build every kernel variant :func:`step_tiles` can pick for this slot (one per
-        ``block_pages``, and the merge with and without the lse) now, by running each over rows of
+        """Build every kernel variant :func:`step_tiles` can pick for this slot
+        (:func:`step_tiles_options`: one per ``block_pages``, the pipelined widest where the rule
+        can take it, and the merge with and without the lse) now, by running each over rows of
         no pages: Triton compiles a variant the first time it runs, which inside a request would
         stall every stream of the engine (a long decode reaches wider tiles only after minutes).
         Writes only the scratch (every partial lse ``-inf``, every partial output 0)."""

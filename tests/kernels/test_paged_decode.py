@@ -19,6 +19,7 @@ pytest.importorskip("triton")
 from lil_sparse.attention.layout import DecodeLayout
 from lil_sparse.attention.reference import ReferenceBackend, paged_scores
 from lil_sparse.kernels.fast_decode import (
+    PIPELINED_MIN_SPLITS,
     block_pages_options,
     choose_tiles,
     gpu_tested,
@@ -151,7 +152,13 @@ def test_row_of_no_pages_gives_zero_and_minus_infinity():
 
 
 @pytest.mark.parametrize(
-    "tiles", [DecodeTiles(splits=4, block_pages=2), DecodeTiles(splits=1, block_pages=1)], ids=["4x2", "1x1"]
+    "tiles",
+    [
+        DecodeTiles(splits=4, block_pages=2),
+        DecodeTiles(splits=1, block_pages=1),
+        DecodeTiles(splits=4, block_pages=2, pipelined=True),
+    ],
+    ids=["4x2", "1x1", "4x2p"],
 )
 def test_a_nan_key_reaches_the_output(tiles):
     """A key poisoned to NaN (``KVCache.poison_pages``: a read of a freed page) makes its row's
@@ -278,6 +285,24 @@ def test_step_tiles_pipeline_only_several_loop_steps():
     options = step_tiles_options(widest)
     assert long in options and step_tiles(widest, 1024) in options and step_tiles(widest, 65) in options
     assert len(options) == len(block_pages_options(widest)) + 1
+
+
+@pytest.mark.parametrize("rows", [1, 2, 4, 8, 16, 64])
+@pytest.mark.parametrize("page_size", [1, 16, 64])
+def test_every_step_the_rule_takes_runs_a_tile_the_slot_built(rows, page_size):
+    """For equal and unequal rows of any length the rule takes, ``step_tiles`` picks one of
+    ``step_tiles_options`` (what ``FastDecode.compile`` builds ahead), pipelined only past one
+    loop step per split, never below PIPELINED_MIN_SPLITS."""
+    widest = choose_tiles(rows, 132, page_size)
+    options = step_tiles_options(widest)
+    for max_pages in [*range(0, 40), *range(40, 5000, 37)]:
+        for total in {max_pages * rows, max_pages + (rows - 1) * (max_pages // 2)}:
+            if not runs_triton(max_pages, total, rows, widest):
+                continue
+            tiles = step_tiles(widest, max_pages)
+            assert tiles in options, (max_pages, total)
+            assert tiles.pipelined == (max_pages > widest.splits * widest.block_pages)
+            assert not tiles.pipelined or widest.splits >= PIPELINED_MIN_SPLITS
 
 
 @pytest.mark.parametrize("counts, last", [((65, 3), (7, 16)), ((256, 200), (16, 1)), ((300,), (9,))])
