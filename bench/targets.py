@@ -3,8 +3,9 @@
 Reads the JSON files of ``bench/decode_e2e.py`` (runner steps, random-weight 1.5B and 8B
 shapes) and ``bench/engine_step.py`` (``LLMEngine.step()`` on SmolLM2-135M), prints the seven
 lines and writes the report (device, date, commands, bandwidth, every run with its floor);
-``--readme`` also rewrites the README's block of target lines (between :data:`README_BEGIN` and
-:data:`README_END`) from the same results, so the README quotes the report it links.
+``--readme`` also rewrites the README's block of target lines and headline figures (between
+:data:`README_BEGIN` and :data:`README_END`) from the same results, so the README quotes the
+report it links.
 
     python bench/targets.py RESULTS.json [MORE.json ...] [--engine ENGINE.json]
         [--out docs/bench/decode_targets.md] [--readme README.md]
@@ -270,9 +271,113 @@ def report(parts: list[dict], engine: dict | None, lines: list[str]) -> str:
     return "\n".join(out) + "\n"
 
 
+def run_name(key: str) -> str:
+    """A run's key (``model|context|batch|policy|budget``) in words, for a table cell:
+    ``qwen1.5b, 32k, batch 1, infllm@1024`` (no ``|``, which would split the cell)."""
+    model, context, batch, policy, budget = key.split("|")
+    tokens = int(context)
+    where = f"{tokens // 1024}k" if tokens % 1024 == 0 else context
+    return f"{model}, {where}, batch {batch}, {policy if budget == '0' else f'{policy}@{budget}'}"
+
+
+def readme_figures(parts: list[dict], engine: dict | None) -> list[tuple[str, str]]:
+    """``(case, figure)`` rows of the README's table of headline figures, each computed from the
+    report's results (a row whose runs are missing is left out): the 1.5B and 8B dense steps
+    against their floors, the 8B batch-8 32k sparse steps against dense, the mixed batch, the
+    SmolLM2 engine step, the grid's sparse runs against dense, HF ``generate`` and throughput."""
+    runs = {k: v for part in parts for k, v in part["runs"].items()}
+    rows: list[tuple[str, str]] = []
+    for case, key in (
+        ("1.5B shape, dense, batch 1, 4k context (runner step)", "qwen1.5b|4096|1|full|0"),
+        ("8B shape, dense, batch 8, 32k context (runner step)", "llama8b|32768|8|full|0"),
+    ):
+        if r := runs.get(key):
+            floor = r["floor_ms"]
+            rows.append(
+                (
+                    case,
+                    f"{r['tbt_ms']:.2f} ms per step, {r['tbt_ms'] / floor:.2f}x its floor ({floor:.2f} ms)",
+                )
+            )
+    dense8 = runs.get("llama8b|32768|8|full|0")
+    sparse8 = [(p, runs.get(f"llama8b|32768|8|{p}|4096")) for p in SPARSE_POLICIES]
+    if dense8 and all(r for _, r in sparse8):
+        names = " / ".join(f"`{p}`" for p, _ in sparse8)
+        speeds = " / ".join(f"{dense8['tbt_ms'] / r['tbt_ms']:.2f}x" for _, r in sparse8 if r)
+        rows.append((f"8B shape, batch 8, 32k: {names} at 4096 tokens", f"{speeds} faster than dense"))
+    fitted = [
+        (int(k.split("|")[3]), r) for k, r in runs.items() if k.startswith("mixed|") and r.get("tbt_ms")
+    ]
+    if fitted:
+        per_policy, mixed = max(fitted, key=lambda item: item[0])
+        rows.append(
+            (
+                f"8B shape, 32k: {per_policy} requests of each of the five policies in one batch",
+                f"{mixed['tbt_ms']:.2f} ms per step",
+            )
+        )
+    steps = {
+        r["batch"]: r
+        for r in (engine or {}).get("engine_step", [])
+        if r.get("overlap") and r.get("pdl", True)
+    }
+    if steps:
+        batches = sorted(steps)
+        rows.append(
+            (
+                f"SmolLM2-135M, `LLMEngine.step()`, batch {' / '.join(map(str, batches))}",
+                " / ".join(f"{steps[b]['tbt_ms']:.2f}" for b in batches) + " ms per token",
+            )
+        )
+    versus = [
+        (result["tbt_ms"] / dense["tbt_ms"], key)
+        for key, result in runs.items()
+        if len(parts_of := key.split("|")) == 5 and parts_of[3] in SPARSE_POLICIES
+        if (dense := runs.get("|".join([*parts_of[:3], "full", "0"])))
+    ]
+    if versus:
+        worst, key = max(versus)
+        faster = sum(ratio * LOSS_TOLERANCE < 1 for ratio, _ in versus)
+        slower = sum(ratio > LOSS_TOLERANCE for ratio, _ in versus)
+        rows.append(
+            (
+                f"the grid's {len(versus)} sparse runs against dense in their cell",
+                f"{faster} more than 5% faster, {slower} more than 5% slower; the slowest"
+                f" {worst:.2f}x dense's time ({run_name(key)})",
+            )
+        )
+    hf = {k: v for part in parts for k, v in part.get("hf_ms", {}).items()}
+    ours = [(k.split("|")[2], ms, runs.get(f"{k}|full|0")) for k, ms in hf.items()]
+    if ours and all(r for _, _, r in ours):
+        rows.append(
+            (
+                f"against HF `generate`, 1.5B shape, 2048 tokens, batch {' / '.join(b for b, _, _ in ours)}",
+                " / ".join(f"{ms / r['tbt_ms']:.1f}x" for _, ms, r in ours if r)
+                + " (HF's whole loop against our runner step: "
+                + " / ".join(f"{ms:.1f}" for _, ms, _ in ours)
+                + " ms per token)",
+            )
+        )
+    wide = [
+        (int(k.split("|")[2]), r)
+        for k, r in runs.items()
+        if k.startswith("qwen1.5b|2048|") and k.endswith("|full|0")
+    ]
+    wide = [(b, r) for b, r in sorted(wide) if b >= 64]
+    if wide:
+        rows.append(
+            (
+                f"throughput, 1.5B shape, 2048 tokens, batch {' / '.join(str(b) for b, _ in wide)}",
+                " / ".join(f"{b / r['tbt_ms'] * 1e3:,.0f}" for b, r in wide) + " tokens/s",
+            )
+        )
+    return rows
+
+
 def readme_block(parts: list[dict], engine: dict | None, lines: list[str]) -> str:
     """The README's block of target lines: the report's device and time span, how many targets
-    it meets, and its seven lines, between :data:`README_BEGIN` and :data:`README_END`."""
+    it meets, its seven lines and the table of :func:`readme_figures`, between
+    :data:`README_BEGIN` and :data:`README_END`."""
     dates = {part["date"] for part in parts}
     if engine and "date" in engine:
         dates.add(engine["date"])
@@ -288,6 +393,13 @@ def readme_block(parts: list[dict], engine: dict | None, lines: list[str]) -> st
             f"(docs/bench/decode_targets.md); {parts[0]['device']}; {span}): {met} of {len(lines)} met.",
             "",
             *(f"    {text}" for text in lines),
+            "",
+            "Headline figures of the same report (medians of at least 20 steps; floors: the bytes a step"
+            " must read, in their real dtypes, over the copy bandwidth measured in the same run):",
+            "",
+            "| case | figure |",
+            "|---|---|",
+            *(f"| {case} | {figure} |" for case, figure in readme_figures(parts, engine)),
             README_END,
         ]
     )
