@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Device calls for the GPU machine, in parts that each fit one 600 s call:
 #   PART=tests  the GPU test files side by side (one log, gpu-tests.log), then the prefill
-#               fairness benchmark on CUDA (prefill_fairness.md)
+#               fairness benchmark on CUDA (prefill_fairness.md); TESTS="a.py;b.py -k x" runs
+#               those entries (';' between them) instead of every file, without the benchmark
 #   PART=bench  every issue-11 speed target (SELECTION=when_faster, the server's CUDA default,
 #               or exact) (speed-T1 .. T7), the HF generate comparison and
 #               throughput, the target report (decode_targets.md plus its JSON) and the
@@ -30,14 +31,17 @@ if [ "$part" = tests ]; then
   python -c 'import torch; from lil_sparse.sampling import Sampler; Sampler().warm_up(151936, torch.device("cuda"))'
   # Side by side: about 75 s together on the H200; one after another they took over 200 s,
   # mostly Triton and FlashInfer compiling.
-  for t in tests/gpu/test_flashinfer_engine.py tests/gpu/test_flashinfer_layer.py tests/gpu/test_real_model.py \
+  entries=()
+  if [ -n "${TESTS:-}" ]; then IFS=';' read -ra entries <<< "$TESTS"; fi
+  [ ${#entries[@]} -gt 0 ] || entries=(tests/gpu/test_flashinfer_engine.py tests/gpu/test_flashinfer_layer.py tests/gpu/test_real_model.py \
     tests/gpu/test_chunked_prefill_gpu.py tests/gpu/test_flashinfer_chunk_prefill.py \
     "tests/kernels/test_page_select.py tests/kernels/test_page_select_exit.py" \
     "$(ls tests/kernels/test_[a-o]*.py | tr '\n' ' ')" "$(ls tests/kernels/test_[p-z]*.py | grep -v page_select | tr '\n' ' ')" \
     tests/gpu/test_fused_selection.py tests/gpu/test_overlap_gpu.py tests/gpu/test_selection_gate_gpu.py \
     tests/gpu/test_decode_split_gpu.py tests/gpu/test_side_streams_gpu.py tests/gpu/test_h2o_step_mass_gpu.py tests/gpu/test_pdl_gpu.py \
     tests/gpu/test_capture_gc_gpu.py tests/gpu/test_gemv_rope_engine_gpu.py tests/gpu/test_nucleus_gpu.py \
-    tests/gpu/test_warm_up_gpu.py tests/gpu/test_long_widths_gpu.py tests/gpu/test_group_tensors_gpu.py; do
+    tests/gpu/test_warm_up_gpu.py tests/gpu/test_long_widths_gpu.py tests/gpu/test_group_tensors_gpu.py)
+  for t in "${entries[@]}"; do
     # An entry may name several files (tests/kernels in three groups: as one process beside the
     # others it ran past 280 s on 2026-12-01); its log is named after the first.
     log="/tmp/logs/$(basename "${t%% *}" .py).log"
@@ -48,6 +52,7 @@ if [ "$part" = tests ]; then
   wait
   for f in /tmp/logs/*.log; do echo "===== $f"; cat "$f"; done > "$out/gpu-tests.log"
   grep -hE "passed|failed|error|rc=" /tmp/logs/*.log
+  [ -z "${TESTS:-}" ] || exit 0  # a chosen subset: no benchmark
   timeout 200 python bench/prefill_fairness.py --model "$LIL_GPU_MODEL" --device cuda \
     --modes chunked,chunked:512,unchunked --out "$out/prefill_fairness.md" 2>&1 | grep -vE "Warning|warn" | tail -12
 fi
