@@ -32,6 +32,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import torch
 
@@ -67,15 +68,26 @@ class DecodeStep:
     groups: list[PolicyGroup]
     update_metadata: bool
 
-    def distinct_layouts(self) -> list[DecodeLayout]:
-        return list({id(layout): layout for layout in self.layer_layouts}.values())
+    def distinct_layouts(self) -> tuple[DecodeLayout, ...]:
+        """``layer_layouts`` without repeats (by identity), in first-seen order."""
+        return self._layout_index[0]
+
+    @cached_property
+    def _layout_index(self) -> tuple[tuple[DecodeLayout, ...], tuple[int, ...]]:
+        # (distinct layouts, each layer's index into them), worked out once per step: a step
+        # asks for them several times (key, pack, copies, aliases), each a scan of every layer,
+        # and a captured step's static copy at every replay.
+        index: dict[int, int] = {}
+        for layout in self.layer_layouts:
+            index.setdefault(id(layout), len(index))
+        distinct = {id(layout): layout for layout in self.layer_layouts}
+        return tuple(distinct.values()), tuple(index[id(layout)] for layout in self.layer_layouts)
 
     def key(self) -> tuple[object, ...]:
-        distinct = {id(layout): index for index, layout in enumerate(self.distinct_layouts())}
         return (
             self.input_ids.shape[0],
             self.base_page_ids.shape[1],
-            tuple(distinct[id(layout)] for layout in self.layer_layouts),
+            self._layout_index[1],
             self.update_metadata,
             tuple(
                 (

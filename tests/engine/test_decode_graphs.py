@@ -9,8 +9,10 @@ import gc
 import pytest
 import torch
 
+from lil_sparse.attention.layout import DecodeLayout
 from lil_sparse.engine import cuda_graphs
 from lil_sparse.engine.cuda_graphs import CapturedStep, DecodeGraphs, DecodeStep, automatic_gc_paused
+from lil_sparse.engine.decode_layouts import distinct_layouts
 
 
 def step_on(buffers: tuple[torch.Tensor, ...]) -> DecodeStep:
@@ -69,3 +71,19 @@ def test_the_collector_is_paused_inside_and_restored_after():
         assert not gc.isenabled()
     finally:
         gc.enable() if was else gc.disable()
+
+
+def test_a_step_names_its_distinct_layouts_and_each_layers_index_once():
+    """``distinct_layouts`` keeps first-seen order by identity (equal geometries built apart stay
+    apart), and the graph key's per-layer indices point into it; both are worked out once per
+    step (a replay asks for them several times) and match a fresh scan."""
+    lengths = torch.tensor([3, 5], dtype=torch.int32)
+    a, b = (DecodeLayout.build([2, 1], lengths, stride=4) for _ in range(2))
+    ids = torch.zeros(2, dtype=torch.long)
+    buffers = (ids, ids, torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 4))
+    step = DecodeStep(*buffers, layer_layouts=[b, b, a, b, a], groups=[], update_metadata=False)
+    distinct = step.distinct_layouts()
+    assert len(distinct) == 2 and distinct[0] is b and distinct[1] is a
+    assert step.key()[2] == (0, 0, 1, 0, 1)
+    assert step.distinct_layouts() is distinct  # not rebuilt
+    assert [id(x) for x in distinct] == [id(x) for x in distinct_layouts(step.layer_layouts)]
