@@ -112,6 +112,7 @@ format: $(VENV)/bin/ruff
 
 typecheck: $(VENV)/bin/mypy
 	$(VENV)/bin/mypy lil_sparse server eval client/python/lil_client
+	$(VENV)/bin/mypy --explicit-package-bases bench
 
 proto:
 	$(PY) client/python/gen_proto.py

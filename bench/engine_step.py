@@ -69,7 +69,7 @@ def engine_tbt_ms(model_path: Path, batch: int, steps: int, overlap: bool) -> di
     for _ in range(batch):
         engine.add_request(prompt, options)
     host_probe = host_launch_us(torch.device("cuda"))  # this engine's host speed, just before
-    times = []
+    times: list[float] = []
     while engine.has_unfinished() and len(times) < WARMUP_STEPS + steps:
         running = engine.scheduler.num_running
         start = time.perf_counter()

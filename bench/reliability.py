@@ -133,7 +133,7 @@ def measure() -> dict[str, Any]:
     engine = LLMEngine.from_config(
         EngineConfig(model=str(model_dir), kv_cache_tokens=65536, max_batch_size=8, guardian_workers=1)
     )
-    base = {"model": str(model_dir), "host": "127.0.0.1", "port": 0, "metrics_port": 0}
+    base: dict[str, Any] = {"model": str(model_dir), "host": "127.0.0.1", "port": 0, "metrics_port": 0}
     with BackgroundServer(ServerConfig(**base, max_running=8, max_waiting=300), engine=engine) as server:
         start = time.perf_counter()
         codes = asyncio.run(_chaos(server.address, seed=1))

@@ -126,7 +126,7 @@ def score_variants(rows: int, width: int, iters: int) -> str:
     parts = [f"quest scores rows {rows} width {width} (bounds at 4.2 TB/s: {ideal:.1f} us)"]
     for block in (16, 32, 64, 128):
         for warps in (2, 4, 8):
-            fn = partial(_launch, q, bounds, table, held, 1.0, True, block, warps)
+            fn = partial(_launch, q, bounds, table, held, True, block, warps)
             parts.append(f"{block}/{warps}w {timed_us(fn, iters):5.1f}")
     return " | ".join(parts)
 
