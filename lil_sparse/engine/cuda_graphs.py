@@ -39,6 +39,7 @@ import torch
 from lil_sparse.attention.flashinfer_backend import FlashInferBackend
 from lil_sparse.attention.layout import DecodeLayout
 from lil_sparse.engine.decode_inputs import allocate_decode_inputs
+from lil_sparse.engine.decode_layouts import distinct_layouts
 from lil_sparse.engine.side_streams import SideStreams
 from lil_sparse.engine.step_attention import DecodeAttention, PolicyGroup
 from lil_sparse.kv import KVCache
@@ -77,11 +78,9 @@ class DecodeStep:
         # (distinct layouts, each layer's index into them), worked out once per step: a step
         # asks for them several times (key, pack, copies, aliases), each a scan of every layer,
         # and a captured step's static copy at every replay.
-        index: dict[int, int] = {}
-        for layout in self.layer_layouts:
-            index.setdefault(id(layout), len(index))
-        distinct = {id(layout): layout for layout in self.layer_layouts}
-        return tuple(distinct.values()), tuple(index[id(layout)] for layout in self.layer_layouts)
+        distinct = tuple(distinct_layouts(self.layer_layouts))
+        index = {id(layout): position for position, layout in enumerate(distinct)}
+        return distinct, tuple(index[id(layout)] for layout in self.layer_layouts)
 
     def key(self) -> tuple[object, ...]:
         return (
