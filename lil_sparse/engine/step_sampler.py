@@ -71,10 +71,8 @@ class StepSampler:
         params = self._params(seqs, logits.device)
         if params.positions is None:  # _params always packs them
             raise RuntimeError("sampling params were built without positions")
-        token_ids, logprobs = self.sampler.sample(logits, params, params.positions)
-        # One transfer as float64, which holds both exactly (ids are far below 2^53; every
-        # float32 is a float64).
-        stacked = torch.stack((token_ids.to(torch.float64), logprobs.to(torch.float64)))
+        # One transfer as float64 (Sampler.sample_record).
+        token_ids, stacked = self.sampler.sample_record(logits, params, params.positions)
         if stacked.device.type != "cuda":
             return TokensInFlight(token_ids, stacked, None)
         host = torch.empty(stacked.shape, dtype=torch.float64, pin_memory=True)

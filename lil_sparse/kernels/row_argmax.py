@@ -82,13 +82,18 @@ def _merge_chunks(
     index_ptr,
     sum_ptr,
     token_ptr,  # [B] int64
-    row_max_ptr,  # [B] float32
-    log_sum_ptr,  # [B] float32
+    row_max_ptr,  # [B] float32 (not RECORD)
+    log_sum_ptr,  # [B] float32 (not RECORD)
+    record_ptr,  # RECORD: [2, B] float64, the tokens then their log-probabilities (-log_sum)
+    rows,
     chunks,
     vocab,
     BLOCK_C: tl.constexpr,
+    RECORD: tl.constexpr,
     PDL: tl.constexpr,
 ):
+    """Each row's token and either its maximum and ``log_sum`` or, with ``RECORD``, the host
+    record of :func:`greedy_record` instead."""
     wait_for_previous(PDL)
     row = tl.program_id(0)
     c = tl.arange(0, BLOCK_C)
@@ -105,11 +110,16 @@ def _merge_chunks(
     scale = tl.where(best == float("-inf"), 0.0, tl.exp(best - row_max))
     row_sum = tl.sum(tl.where(inside, total * scale, 0.0), axis=0)
     has_nan = first_nan < vocab
-    tl.store(token_ptr + row, tl.where(has_nan, first_nan, first_best))
-    tl.store(row_max_ptr + row, tl.where(has_nan, float("nan"), row_max))
+    token = tl.where(has_nan, first_nan, first_best)
+    tl.store(token_ptr + row, token)
     finite = (row_max != float("-inf")) & (row_max != float("inf"))
-    log_sum = tl.where(finite, tl.log(row_sum), float("nan"))
-    tl.store(log_sum_ptr + row, tl.where(has_nan, float("nan"), log_sum))
+    log_sum = tl.where(has_nan, float("nan"), tl.where(finite, tl.log(row_sum), float("nan")))
+    if RECORD:
+        tl.store(record_ptr + row, token.to(tl.float64))
+        tl.store(record_ptr + rows + row, (-log_sum).to(tl.float64))
+    else:
+        tl.store(row_max_ptr + row, tl.where(has_nan, float("nan"), row_max))
+        tl.store(log_sum_ptr + row, log_sum)
 
 
 def argmax_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -120,6 +130,25 @@ def argmax_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     """
     _check("argmax_logsumexp", logits)
     return _launch(logits, None)
+
+
+def greedy_record(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's greedy token of ``logits: [B, V]`` float32, as :func:`argmax_logsumexp` finds
+    it, as ``token [B] int64`` and ``record [2, B] float64``: the tokens, then their
+    log-probabilities (``-log_sum``, ``log_softmax`` at the argmax), both written by the same two
+    launches. The record is what the engine copies to the host every step
+    (:meth:`~lil_sparse.sampling.sampler.Sampler.sample_record`), which otherwise took a
+    negation, two casts and a stack. Reference: :func:`greedy_record_reference`. Raises
+    ValueError for other dtypes or shapes."""
+    _check("greedy_record", logits)
+    record = torch.empty((2, logits.shape[0]), dtype=torch.float64, device=logits.device)
+    return _launch(logits, None, record)[0], record
+
+
+def greedy_record_reference(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`greedy_record` from :func:`argmax_logsumexp_reference`."""
+    token, _, log_sum = argmax_logsumexp_reference(logits)
+    return token, torch.stack((token.to(torch.float64), log_sum.neg().to(torch.float64)))
 
 
 def gumbel_argmax(scaled: torch.Tensor, seed: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -148,13 +177,20 @@ def _check(name: str, logits: torch.Tensor) -> None:
 
 
 def _launch(
-    logits: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor] | None
+    logits: torch.Tensor,
+    noise: tuple[torch.Tensor, torch.Tensor] | None,
+    record: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The two kernels over ``logits`` (plus the Gumbel noise of ``noise = (seed, positions)``)."""
+    """The two kernels over ``logits`` (plus the Gumbel noise of ``noise = (seed, positions)``).
+    With ``record`` ([2, B] float64) the second writes it instead of the maximum and ``log_sum``,
+    and returns ``(token, record, record)``."""
     rows, vocab = logits.shape
     token = torch.empty(rows, dtype=torch.int64, device=logits.device)
-    row_max = torch.empty(rows, dtype=torch.float32, device=logits.device)
-    log_sum = torch.empty(rows, dtype=torch.float32, device=logits.device)
+    if record is None:
+        row_max = torch.empty(rows, dtype=torch.float32, device=logits.device)
+        log_sum = torch.empty(rows, dtype=torch.float32, device=logits.device)
+    else:
+        row_max = log_sum = record
     if rows == 0:
         return token, row_max, log_sum
     chunks = triton.cdiv(vocab, BLOCK)
@@ -167,9 +203,9 @@ def _launch(
         **launch_options(logits),
     )  # fmt: skip
     _merge_chunks[(rows,)](
-        partial_max, partial_index, partial_sum, token, row_max, log_sum, chunks, vocab,
-        BLOCK_C=triton.next_power_of_2(chunks), PDL=use_pdl(logits), num_warps=4,
-        **launch_options(logits),
+        partial_max, partial_index, partial_sum, token, row_max, log_sum, row_max, rows, chunks, vocab,
+        BLOCK_C=triton.next_power_of_2(chunks), RECORD=record is not None, PDL=use_pdl(logits),
+        num_warps=4, **launch_options(logits),
     )  # fmt: skip
     return token, row_max, log_sum
 

@@ -133,6 +133,24 @@ class Sampler:
         token_ids = torch.where(params.greedy, greedy.tokens, sampled_tokens)
         return token_ids, greedy.log_probs(token_ids)
 
+    def sample_record(
+        self, logits: torch.Tensor, params: SamplingParams, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`sample`, with its results as the one host record a step copies: ``(token_ids
+        [B] int64, record [2, B] float64)``, the record holding the tokens, then their logprobs
+        (float64 holds both exactly: ids are far below 2^53, and every float32 is a float64). The
+        engine's entry (:class:`~lil_sparse.engine.step_sampler.StepSampler`): a wrapper that
+        records or forces tokens wraps this. An all-greedy batch on CUDA takes the record from
+        the argmax's own kernel (:func:`~lil_sparse.kernels.row_argmax.greedy_record`: the same
+        values as :meth:`sample`'s, without its negation, two casts and a stack); every other
+        batch calls :meth:`sample`. No host sync."""
+        if params.all_greedy and logits.is_cuda and TRITON_AVAILABLE:
+            from lil_sparse.kernels.row_argmax import greedy_record
+
+            return greedy_record(logits.float())
+        token_ids, logprobs = self.sample(logits, params, positions)
+        return token_ids, torch.stack((token_ids.to(torch.float64), logprobs.to(torch.float64)))
+
     def filter(self, scaled: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         """Each row's top-k then top-p filter of ``scaled: [B, V]`` float32 (temperature-scaled
         logits) -> ``[B, V]`` float32, ``-inf`` outside: FlashInfer's thresholds on CUDA where
@@ -144,8 +162,9 @@ class Sampler:
 
     def warm_up(self, vocab_size: int, device: torch.device) -> None:
         """Sample once, a greedy row and a row with temperature, top-k and top-p, on zero logits
-        ``[2, vocab_size]`` on ``device``, so every kernel of :meth:`sample` is compiled before
-        a request needs it. On CUDA FlashInfer builds its sampling module with nvcc the first
+        ``[2, vocab_size]`` on ``device`` (and, on CUDA, one all-greedy row's record), so every
+        kernel of :meth:`sample` and :meth:`sample_record` is compiled before a request needs it.
+        On CUDA FlashInfer builds its sampling module with nvcc the first
         time one of its kernels runs on a machine (88 s on the H200, 2026-12-01 about 07:11 UTC,
         ``top_k_mask_logits`` on a fresh JIT cache, ~/.cache/flashinfer; then 0.03 s for
         ``top_p_renorm_probs``); during a request that stall would hold every stream of the
@@ -154,6 +173,10 @@ class Sampler:
         params = SamplingParams.from_options(options, device=device)
         logits = torch.zeros(2, vocab_size, dtype=torch.float32, device=device)
         tokens, _ = self.sample(logits, params, torch.zeros(2, dtype=torch.int64, device=device))
+        if logits.is_cuda and TRITON_AVAILABLE:  # an all-greedy step's record (sample_record)
+            from lil_sparse.kernels.row_argmax import greedy_record
+
+            greedy_record(logits[:1])
         tokens.cpu()  # the kernels have run
 
     @staticmethod

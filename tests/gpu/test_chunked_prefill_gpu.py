@@ -37,6 +37,11 @@ class RecordingSampler:
         self.logits.append(logits.float().clone())
         return self.sampler.sample(logits, params, positions)
 
+    def sample_record(self, logits, params, positions):
+        """The engine's entry (``Sampler.sample_record``), through :meth:`sample`."""
+        token_ids, logprobs = self.sample(logits, params, positions)
+        return token_ids, torch.stack((token_ids.to(torch.float64), logprobs.to(torch.float64)))
+
 
 def make_engine(model_dir: Path, budget: int, cuda_graphs: bool = False) -> LLMEngine:
     return gpu_engine(

@@ -56,6 +56,11 @@ class RecordingSampler:
             token_ids = torch.tensor(self.forced[len(self.logits) - 1], device=token_ids.device)
         return token_ids, logprobs
 
+    def sample_record(self, logits, params, positions):
+        """The engine's entry (``Sampler.sample_record``), through :meth:`sample`."""
+        token_ids, logprobs = self.sample(logits, params, positions)
+        return token_ids, torch.stack((token_ids.to(torch.float64), logprobs.to(torch.float64)))
+
 
 def make_engine(model_dir: Path, backend: str, cuda_graphs: bool = False) -> LLMEngine:
     return gpu_engine(model_dir, backend=backend, cuda_graphs=cuda_graphs)

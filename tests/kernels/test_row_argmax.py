@@ -15,7 +15,13 @@ import torch
 
 pytest.importorskip("triton")
 
-from lil_sparse.kernels.row_argmax import BLOCK, argmax_logsumexp, argmax_logsumexp_reference
+from lil_sparse.kernels.row_argmax import (
+    BLOCK,
+    argmax_logsumexp,
+    argmax_logsumexp_reference,
+    greedy_record,
+    greedy_record_reference,
+)
 from lil_sparse.options import SamplingOptions
 from lil_sparse.sampling import SamplingParams
 from lil_sparse.sampling.sampler import Sampler, _Argmax
@@ -131,3 +137,36 @@ def test_sampler_greedy_is_the_argmax_with_its_log_probability():
     params = SamplingParams.from_options([SamplingOptions()] * 3, device=DEVICE, positions=[0] * 3)
     sampled_tokens, sampled_logprobs = Sampler().sample(logits, params, params.positions)
     assert torch.equal(sampled_tokens, tokens) and torch.equal(sampled_logprobs, logprobs)
+
+
+def test_greedy_record_holds_the_argmax_and_its_log_probability():
+    """The host record the argmax's second kernel writes (RECORD): row 0 the tokens as float64,
+    row 1 ``-log_sum``, against the reference's stack; NaN and all -inf rows as
+    :func:`argmax_logsumexp` has them; the device tokens too."""
+    logits = logits_of(5, 2 * BLOCK + 9, seed=6)
+    logits[1, 7] = float("nan")
+    logits[2] = float("-inf")
+    logits[3, 100] = logits[3].max()  # a tie: the first index
+    token, record = greedy_record(logits)
+    want_token, want_record = greedy_record_reference(logits)
+    assert token.dtype == torch.int64 and record.dtype == torch.float64 and record.shape == (2, 5)
+    assert token.tolist() == want_token.tolist()
+    assert record[0].tolist() == [float(t) for t in want_token.tolist()]
+    assert torch.equal(record[1].isnan(), want_record[1].isnan())
+    torch.testing.assert_close(record[1].nan_to_num(), want_record[1].nan_to_num(), rtol=4e-6, atol=1e-6)
+    assert greedy_record(torch.zeros(0, 8, device=DEVICE))[1].shape == (2, 0)
+
+
+def test_sample_record_is_sample_with_its_results_stacked():
+    """:meth:`Sampler.sample_record` (the engine's entry) gives :meth:`Sampler.sample`'s tokens
+    and logprobs as one float64 record, for an all-greedy batch (on CUDA through the argmax's
+    record) and for a sampled one."""
+    logits = logits_of(3, 5000, seed=7)
+    sampler = Sampler()
+    for options in ([SamplingOptions()] * 3, [SamplingOptions(temperature=0.7, seed=s) for s in range(3)]):
+        params = SamplingParams.from_options(options, device=DEVICE, positions=[4] * 3)
+        tokens, logprobs = sampler.sample(logits, params, params.positions)
+        got_tokens, record = sampler.sample_record(logits, params, params.positions)
+        assert torch.equal(got_tokens, tokens)
+        assert record.dtype == torch.float64 and record[0].tolist() == [float(t) for t in tokens.tolist()]
+        torch.testing.assert_close(record[1], logprobs.to(torch.float64), rtol=4e-6, atol=4e-6)
