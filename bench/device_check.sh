@@ -16,11 +16,10 @@
 # and 128k contexts on empty Triton caches; about 5 minutes, no model file needed).
 # Expects the FlashInfer wheels installed in /tmp/site and the SmolLM2 GGUF in /tmp/models
 # (../shared/DEVICE.md has the recipe). Writes under $OUT (at most 8 files come back).
-# A carried .jit/flashinfer_jit.tgz (FlashInfer's JIT cache, ~/.cache/flashinfer, made on the H200
-# by `tar -C ~ -czf OUT .cache/flashinfer` after the sampling module's build: 5.6 MB, 2026-12-01)
-# is unpacked first, so a fresh machine may skip that build (109 s at 17:13; not yet tried).
+# FlashInfer's JIT cache (~/.cache/flashinfer) carried from an earlier machine does not save the
+# sampling module's build: unpacked before the first engine, with and without `tar -m`, the build
+# still took 106-108 s (H200, 2026-12-01 18:38 and 18:43 UTC).
 set -u
-[ -d ~/.cache/flashinfer ] || [ ! -f .jit/flashinfer_jit.tgz ] || tar -C ~ -xzf .jit/flashinfer_jit.tgz
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 export LIL_GPU_MODEL=${LIL_GPU_MODEL:-/tmp/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 out=${OUT:-/tmp/out}

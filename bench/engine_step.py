@@ -10,6 +10,10 @@ n's tokens, so a timed step is the steady-state period between tokens with the h
 behind the GPU; ``off`` runs steps serially; ``both`` reports one line per mode. ``--pdl``
 likewise launches the Triton kernels with programmatic dependent launch (``on``, as the engine),
 without (``off``) or both, alternately in one process (:mod:`lil_sparse.kernels.pdl`).
+``--record-kernel`` does the same for the all-greedy step's host record: ``on`` (the engine)
+takes it from the argmax's own kernel (:func:`~lil_sparse.kernels.row_argmax.greedy_record`),
+``off`` samples and then stacks the tokens and logprobs (:class:`StackingSampler`, the engine
+before 2026-12-01 19:10 UTC).
 
 ``--repeats N`` builds N engines per configuration, the configurations taking turns (round 1 of
 every configuration, then round 2, ...), and reports the median of their medians with each
@@ -18,7 +22,7 @@ process (SmolLM2 batch 1: 0.52-1.14 ms in the report runs of 2026-12-01; the fir
 process read slow), so a single engine's figure decided speed-T1 by its luck.
 
     python bench/engine_step.py MODEL.gguf [--batches 1,8,64] [--steps 64] [--overlap on|off|both]
-        [--pdl on|off|both] [--repeats 3] [--json OUT.json]
+        [--pdl on|off|both] [--record-kernel on|off|both] [--repeats 3] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -39,13 +43,27 @@ from lil_sparse.engine import LLMEngine
 from lil_sparse.kernels import pdl
 from lil_sparse.loading import load_model
 from lil_sparse.options import RequestOptions, StoppingOptions
+from lil_sparse.sampling import Sampler, SamplingParams
 
 WARMUP_STEPS = 16  # first decode steps: graph captures and FlashInfer JIT
 
 
-def engine_tbt_ms(model_path: Path, batch: int, steps: int, overlap: bool) -> dict:
+class StackingSampler(Sampler):
+    """The engine's sampler with the host record made the way it was before the argmax's record
+    kernel: :meth:`Sampler.sample`, then two casts and a stack."""
+
+    def sample_record(
+        self, logits: torch.Tensor, params: SamplingParams, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        token_ids, logprobs = self.sample(logits, params, positions)
+        return token_ids, torch.stack((token_ids.to(torch.float64), logprobs.to(torch.float64)))
+
+
+def engine_tbt_ms(
+    model_path: Path, batch: int, steps: int, overlap: bool, record_kernel: bool = True
+) -> dict:
     """Median ``LLMEngine.step()`` time in ms over ``steps`` decode steps at ``batch`` requests,
-    with overlap scheduling on or off."""
+    with overlap scheduling on or off and the greedy record from the argmax's kernel or not."""
     loaded = load_model(model_path, torch.bfloat16, "cuda")
     config = EngineConfig(
         model=str(model_path),
@@ -62,6 +80,8 @@ def engine_tbt_ms(model_path: Path, batch: int, steps: int, overlap: bool) -> di
         warm_up=False,
     )
     engine = LLMEngine(loaded, config)
+    if not record_kernel:
+        engine.sampler = StackingSampler()
     prompt = loaded.tokenizer.encode("Please reason step by step: what is 17 times 23?")
     options = RequestOptions(
         stopping=StoppingOptions(max_new_tokens=WARMUP_STEPS + steps + 8, ignore_eos=True)
@@ -89,6 +109,7 @@ def engine_tbt_ms(model_path: Path, batch: int, steps: int, overlap: bool) -> di
         "p90_ms": sorted(timed)[int(0.9 * (len(timed) - 1))] * 1e3,
         "graphs": stats,
         "overlap_stats": overlap_stats,
+        "record_kernel": record_kernel,
         "host_probe_us": round(host_probe, 3),
     }
 
@@ -100,6 +121,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--overlap", choices=("on", "off", "both"), default="on")
     parser.add_argument("--pdl", choices=("on", "off", "both"), default="on")
+    parser.add_argument("--record-kernel", choices=("on", "off", "both"), default="on")
     parser.add_argument("--repeats", type=int, default=3, help="engines per configuration")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -107,20 +129,24 @@ def main() -> None:
         parser.error("--repeats must be at least 1")
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.overlap]
     pdl_modes = {"on": [True], "off": [False], "both": [True, False]}[args.pdl]
+    record_modes = {"on": [True], "off": [False], "both": [True, False]}[args.record_kernel]
     settle_cuda_graphs()  # every timed graph replays as in a long-running process
     configs = [
-        (batch, overlap, with_pdl)
+        (batch, overlap, with_pdl, with_record)
         for batch in (int(b) for b in args.batches.split(","))
         for overlap in modes
         for with_pdl in pdl_modes
+        for with_record in record_modes
     ]
-    runs: dict[tuple[int, bool, bool], list[dict]] = {config: [] for config in configs}
+    runs: dict[tuple[int, bool, bool, bool], list[dict]] = {config: [] for config in configs}
     for _ in range(args.repeats):
-        for batch, overlap, with_pdl in configs:
+        for batch, overlap, with_pdl, with_record in configs:
             pdl.ENABLED = with_pdl  # read at each launch: the engine built next captures with it
-            runs[(batch, overlap, with_pdl)].append(engine_tbt_ms(args.model, batch, args.steps, overlap))
+            runs[(batch, overlap, with_pdl, with_record)].append(
+                engine_tbt_ms(args.model, batch, args.steps, overlap, with_record)
+            )
     results = []
-    for (batch, overlap, with_pdl), engines in runs.items():
+    for (batch, overlap, with_pdl, with_record), engines in runs.items():
         result = dict(engines[0])  # the first engine's graph and overlap counters, then the medians
         result["tbt_ms"] = statistics.median(r["tbt_ms"] for r in engines)
         result["p90_ms"] = statistics.median(r["p90_ms"] for r in engines)
@@ -130,6 +156,7 @@ def main() -> None:
         results.append(result)
         mode = f"overlap {'on' if overlap else 'off'}"
         mode += f" pdl {'on' if with_pdl else 'off'}" if len(pdl_modes) > 1 else ""
+        mode += f" record kernel {'on' if with_record else 'off'}" if len(record_modes) > 1 else ""
         print(
             f"engine step {args.model.name} batch {batch} {mode}: "
             f"{result['tbt_ms']:.3f} ms median of {len(engines)} engines' medians "

@@ -67,6 +67,7 @@ PHASES = [
     (Overlap, "launch", "overlap.launch"),
     (StepSampler, "start", "sampler.start"),
     (Sampler, "sample", "  sampler.sample"),
+    (Sampler, "sample_record", "  sampler.sample_record"),
     (StepSampler, "wait", "sampler.wait"),
     (StepTokens, "_handle_tokens", "handle_tokens"),
     (model_runner.ModelRunner, "decode", "runner.decode"),
