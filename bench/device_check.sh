@@ -18,9 +18,24 @@
 # (../shared/DEVICE.md has the recipe). Writes under $OUT (at most 8 files come back).
 # FlashInfer's JIT cache (~/.cache/flashinfer) carried from an earlier machine does not save the
 # sampling module's build: unpacked before the first engine, with and without `tar -m`, the build
-# still took 106-108 s (H200, 2026-12-01 18:38 and 18:43 UTC).
+# still took 106-108 s (H200, 2026-12-01 18:38 and 18:43 UTC), probably because ninja compares
+# the build times in its log with the freshly installed headers (not checked). A module in FlashInfer's AOT folder
+# (flashinfer/data/aot/NAME/NAME.so) is loaded without ninja (flashinfer/jit/core.py,
+# `JitSpec.build_and_load`), so the sampling.so of a carried .jit/flashinfer_jit.tgz (`tar -C ~
+# -czf` of an H200 machine's ~/.cache/flashinfer after the build, 5.6 MB, 2026-12-01 17:14) goes
+# there; if the sampler's warm-up then fails, it is removed and the module builds as before.
+# Not yet tried on a fresh machine (written 2026-12-01 19:40, after the session's device time).
 set -u
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+aot=/tmp/site/flashinfer/data/aot/sampling
+if [ -f .jit/flashinfer_jit.tgz ] && [ -d /tmp/site/flashinfer ] && [ ! -f "$aot/sampling.so" ]; then
+  mkdir -p "$aot"
+  tar -xzOf .jit/flashinfer_jit.tgz .cache/flashinfer/0.6.6/90a/cached_ops/sampling/sampling.so > "$aot/sampling.so"
+  start=$(date +%s)
+  python -c 'import torch; from lil_sparse.sampling import Sampler; Sampler().warm_up(151936, torch.device("cuda"))' \
+    > /tmp/aot_check.log 2>&1 || { echo "AOT sampling.so did not load; building instead"; tail -3 /tmp/aot_check.log; rm -f "$aot/sampling.so"; }
+  echo "sampler warm-up with the carried AOT sampling.so: $(( $(date +%s) - start )) s"
+fi
 export LIL_GPU_MODEL=${LIL_GPU_MODEL:-/tmp/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 out=${OUT:-/tmp/out}
 part=${PART:-tests}
