@@ -43,8 +43,9 @@ from lil_sparse.engine import LLMEngine
 from lil_sparse.kernels import pdl
 from lil_sparse.loading import load_model
 from lil_sparse.options import RequestOptions, StoppingOptions
-from lil_sparse.sampling import Sampler, SamplingParams
+from lil_sparse.sampling import Sampler, SamplingParams, host_record
 
+ON_OFF = {"on": [True], "off": [False], "both": [True, False]}  # a switch's choice -> its settings
 WARMUP_STEPS = 16  # first decode steps: graph captures and FlashInfer JIT
 
 
@@ -56,7 +57,7 @@ class StackingSampler(Sampler):
         self, logits: torch.Tensor, params: SamplingParams, positions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         token_ids, logprobs = self.sample(logits, params, positions)
-        return token_ids, torch.stack((token_ids.to(torch.float64), logprobs.to(torch.float64)))
+        return token_ids, host_record(token_ids, logprobs)
 
 
 def engine_tbt_ms(
@@ -127,9 +128,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
-    modes = {"on": [True], "off": [False], "both": [True, False]}[args.overlap]
-    pdl_modes = {"on": [True], "off": [False], "both": [True, False]}[args.pdl]
-    record_modes = {"on": [True], "off": [False], "both": [True, False]}[args.record_kernel]
+    modes, pdl_modes, record_modes = (
+        ON_OFF[choice] for choice in (args.overlap, args.pdl, args.record_kernel)
+    )
     settle_cuda_graphs()  # every timed graph replays as in a long-running process
     configs = [
         (batch, overlap, with_pdl, with_record)

@@ -65,6 +65,14 @@ def filter_top_k_top_p(
     return torch.where(keeps_all, scaled, filtered)
 
 
+def host_record(token_ids: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+    """The step's host record of ``token_ids: [B]`` int64 and ``logprobs: [B]`` float32: ``[2, B]``
+    float64, the tokens then their logprobs (float64 holds both exactly: ids are far below 2^53,
+    and every float32 is a float64); what :meth:`Sampler.sample_record` returns for a batch that
+    samples."""
+    return torch.stack((token_ids.to(torch.float64), logprobs.to(torch.float64)))
+
+
 class Sampler:
     """Stateless: every random choice comes from (seed, position), never from a generator.
 
@@ -149,7 +157,7 @@ class Sampler:
 
             return greedy_record(logits.float())
         token_ids, logprobs = self.sample(logits, params, positions)
-        return token_ids, torch.stack((token_ids.to(torch.float64), logprobs.to(torch.float64)))
+        return token_ids, host_record(token_ids, logprobs)
 
     def filter(self, scaled: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         """Each row's top-k then top-p filter of ``scaled: [B, V]`` float32 (temperature-scaled

@@ -19,6 +19,7 @@ from gpu_engine import gpu_engine
 from lil_sparse.attention.chunked_prefill import chunk_attention
 from lil_sparse.engine import LLMEngine
 from lil_sparse.options import POLICY_NAMES, RequestOptions, SparseOptions, StoppingOptions
+from lil_sparse.sampling import host_record
 
 pytestmark = pytest.mark.gpu
 pytest.importorskip("flashinfer")
@@ -40,7 +41,7 @@ class RecordingSampler:
     def sample_record(self, logits, params, positions):
         """The engine's entry (``Sampler.sample_record``), through :meth:`sample`."""
         token_ids, logprobs = self.sample(logits, params, positions)
-        return token_ids, torch.stack((token_ids.to(torch.float64), logprobs.to(torch.float64)))
+        return token_ids, host_record(token_ids, logprobs)
 
 
 def make_engine(model_dir: Path, budget: int, cuda_graphs: bool = False) -> LLMEngine:

@@ -30,6 +30,7 @@ from lil_sparse.options import (
     SparseOptions,
     StoppingOptions,
 )
+from lil_sparse.sampling import host_record
 
 pytestmark = pytest.mark.gpu
 pytest.importorskip("flashinfer")
@@ -59,7 +60,7 @@ class RecordingSampler:
     def sample_record(self, logits, params, positions):
         """The engine's entry (``Sampler.sample_record``), through :meth:`sample`."""
         token_ids, logprobs = self.sample(logits, params, positions)
-        return token_ids, torch.stack((token_ids.to(torch.float64), logprobs.to(torch.float64)))
+        return token_ids, host_record(token_ids, logprobs)
 
 
 def make_engine(model_dir: Path, backend: str, cuda_graphs: bool = False) -> LLMEngine:
