@@ -69,7 +69,7 @@ def chunk_max_launches(logits: torch.Tensor) -> tuple[Callable[[], object], Call
     torch.cuda.synchronize()
     ordered = (logits, *args, *constexprs.values())
     try:
-        launcher = compiled[grid]  # type: ignore[index]
+        launcher = compiled[(*grid, 1)]  # type: ignore[index]  # a CompiledKernel reads grid[2]
         launcher(*ordered)
         torch.cuda.synchronize()
     except Exception as error:  # another Triton's CompiledKernel API
