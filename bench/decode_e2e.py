@@ -9,8 +9,12 @@ before commit 6c7cfc8, whose first report run is that of 2026-12-01 03:10-03:12 
 copy of the tokens, as the engine's step does. With ``--overlap`` (the default, as the engine
 runs on CUDA) the timed loop pipelines like the engine's overlap scheduling: step n+1 is launched
 on step n's argmax still on the device, before the host waits for step n's token copy (a CUDA
-event); ``--no-overlap`` times the serial loop. The JSON records which ran (``overlap``, per run
-and for the file).
+event); ``--no-overlap`` times the serial loop. Since 2026-12-01 21:00 UTC the pipelined loop
+picks and copies as the engine's all-greedy step does (:func:`~lil_sparse.kernels.row_argmax.
+greedy_record`, landing in a reused pinned buffer with a reused event,
+:class:`~lil_sparse.engine.step_sampler.HostRecords`); before, ``Sampler.greedy`` (the same
+argmax plus a few PyTorch ops for the log-probability) and a fresh pinned buffer and event. The
+JSON records which ran (``overlap``, per run and for the file).
 
 The floor of a step is (weight bytes + KV bytes the step attends + selection metadata bytes) /
 the copy bandwidth measured in the same run. TBT is the median of ``--steps`` (>= 20)
@@ -55,7 +59,9 @@ from lil_sparse.engine.decode_layouts import dense_until
 from lil_sparse.engine.model_runner import ModelRunner
 from lil_sparse.engine.page_manager import PageManager
 from lil_sparse.engine.sequence import Sequence
+from lil_sparse.engine.step_sampler import HostLanding, HostRecords
 from lil_sparse.kernels import pdl
+from lil_sparse.kernels.row_argmax import greedy_record
 from lil_sparse.kv import BlockTable, KVCache, PagePool
 from lil_sparse.models.config import ModelConfig
 from lil_sparse.models.transformer import CausalLM
@@ -172,32 +178,32 @@ class DecodeBench:
             for seq, token in zip(seqs, tokens, strict=True):
                 seq.output_token_ids.append(token)
 
-        # The pipelined step's previous step: (argmax [B] int64 on the device, its pinned host
-        # copy, the copy's event); its tokens are appended one step late.
-        in_flight: list[tuple[torch.Tensor, torch.Tensor, torch.cuda.Event]] = []
+        # The pipelined step's previous step: (argmax [B] int64 on the device, the landing place
+        # of its host record); its tokens are appended one step late.
+        in_flight: list[tuple[torch.Tensor, HostLanding]] = []
+        landings = HostRecords()
 
         def pipelined_step() -> None:
             start = time.perf_counter()
             previous = in_flight.pop() if in_flight else None
             logits = runner.decode(seqs, input_ids=None if previous is None else previous[0])
             host_times.append(time.perf_counter() - start)
-            tokens = Sampler.greedy(logits)[0]
-            host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
-            host.copy_(tokens, non_blocking=True)
-            ready = torch.cuda.Event()
-            ready.record()
-            in_flight.append((tokens, host, ready))
+            tokens, record = greedy_record(logits.float())  # the engine's all-greedy pick
+            place = landings.take(record.shape[1])
+            place.host.copy_(record, non_blocking=True)
+            place.ready.record()
+            in_flight.append((tokens, place))
             if previous is not None:  # step n's tokens, while step n+1 runs
-                previous[2].synchronize()
-                for seq, token in zip(seqs, previous[1].tolist(), strict=True):
-                    seq.output_token_ids.append(token)
+                append_tokens(previous[1])
+
+        def append_tokens(place: HostLanding) -> None:
+            place.ready.synchronize()
+            for seq, token in zip(seqs, place.host[0].tolist(), strict=True):
+                seq.output_token_ids.append(int(token))
 
         def drain() -> None:
             if in_flight:
-                _, host, ready = in_flight.pop()
-                ready.synchronize()
-                for seq, token in zip(seqs, host.tolist(), strict=True):
-                    seq.output_token_ids.append(token)
+                append_tokens(in_flight.pop()[1])
 
         timed_step = pipelined_step if self.overlap else step
         for _ in range(WARMUP_STEPS):  # the second sight of a shape captures its graph

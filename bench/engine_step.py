@@ -13,7 +13,12 @@ without (``off``) or both, alternately in one process (:mod:`lil_sparse.kernels.
 ``--record-kernel`` does the same for the all-greedy step's host record: ``on`` (the engine)
 takes it from the argmax's own kernel (:func:`~lil_sparse.kernels.row_argmax.greedy_record`),
 ``off`` samples and then stacks the tokens and logprobs (:class:`StackingSampler`, the engine
-before 2026-12-01 19:10 UTC).
+before 2026-12-01 19:10 UTC). ``--host-reuse`` likewise for the eager work's host reuse: ``on``
+(the engine) launches the eager Triton kernels' compiled binaries directly
+(:mod:`lil_sparse.kernels.launcher`) and lands each step's record in a reused pinned buffer with a
+reused event (:class:`~lil_sparse.engine.step_sampler.HostRecords`); ``off`` launches through
+Triton's JIT and makes a fresh buffer and event every step (the engine before 2026-12-01 21:00
+UTC).
 
 ``--repeats N`` builds N engines per configuration, the configurations taking turns (round 1 of
 every configuration, then round 2, ...), and reports the median of their medians with each
@@ -22,7 +27,8 @@ process (SmolLM2 batch 1: 0.52-1.14 ms in the report runs of 2026-12-01; the fir
 process read slow), so a single engine's figure decided speed-T1 by its luck.
 
     python bench/engine_step.py MODEL.gguf [--batches 1,8,64] [--steps 64] [--overlap on|off|both]
-        [--pdl on|off|both] [--record-kernel on|off|both] [--repeats 3] [--json OUT.json]
+        [--pdl on|off|both] [--record-kernel on|off|both] [--host-reuse on|off|both] [--repeats 3]
+        [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ import torch
 from bench.common import device_line, host_launch_us, settle_cuda_graphs
 from lil_sparse.config import EngineConfig
 from lil_sparse.engine import LLMEngine
-from lil_sparse.kernels import pdl
+from lil_sparse.engine.step_sampler import HostLanding, HostRecords
+from lil_sparse.kernels import launcher, pdl
 from lil_sparse.loading import load_model
 from lil_sparse.options import RequestOptions, StoppingOptions
 from lil_sparse.sampling import Sampler, SamplingParams, host_record
@@ -60,11 +67,25 @@ class StackingSampler(Sampler):
         return token_ids, host_record(token_ids, logprobs)
 
 
+class FreshRecords(HostRecords):
+    """A new pinned buffer and CUDA event for every step's record (the engine before
+    :class:`HostRecords`)."""
+
+    def take(self, rows: int) -> HostLanding:
+        return HostLanding(torch.empty((2, rows), dtype=torch.float64, pin_memory=True), torch.cuda.Event())
+
+
 def engine_tbt_ms(
-    model_path: Path, batch: int, steps: int, overlap: bool, record_kernel: bool = True
+    model_path: Path,
+    batch: int,
+    steps: int,
+    overlap: bool,
+    record_kernel: bool = True,
+    host_reuse: bool = True,
 ) -> dict:
     """Median ``LLMEngine.step()`` time in ms over ``steps`` decode steps at ``batch`` requests,
-    with overlap scheduling on or off and the greedy record from the argmax's kernel or not."""
+    with overlap scheduling on or off, the greedy record from the argmax's kernel or not, and the
+    eager work's host reuse on or off (``launcher.ENABLED`` is set here for the engine's run)."""
     loaded = load_model(model_path, torch.bfloat16, "cuda")
     config = EngineConfig(
         model=str(model_path),
@@ -83,6 +104,9 @@ def engine_tbt_ms(
     engine = LLMEngine(loaded, config)
     if not record_kernel:
         engine.sampler = StackingSampler()
+    if not host_reuse:
+        engine.step_sampler.host_records = FreshRecords()
+    launcher.ENABLED = host_reuse
     prompt = loaded.tokenizer.encode("Please reason step by step: what is 17 times 23?")
     options = RequestOptions(
         stopping=StoppingOptions(max_new_tokens=WARMUP_STEPS + steps + 8, ignore_eos=True)
@@ -98,6 +122,7 @@ def engine_tbt_ms(
         elapsed = time.perf_counter() - start
         if running == batch:  # a decode step of the whole batch (prefill steps admit requests)
             times.append(elapsed)
+    launcher.ENABLED = True
     stats = engine.runner.graph_stats()
     overlap_stats = engine.overlap_stats()
     engine.close()
@@ -111,6 +136,7 @@ def engine_tbt_ms(
         "graphs": stats,
         "overlap_stats": overlap_stats,
         "record_kernel": record_kernel,
+        "host_reuse": host_reuse,
         "host_probe_us": round(host_probe, 3),
     }
 
@@ -123,31 +149,33 @@ def main() -> None:
     parser.add_argument("--overlap", choices=("on", "off", "both"), default="on")
     parser.add_argument("--pdl", choices=("on", "off", "both"), default="on")
     parser.add_argument("--record-kernel", choices=("on", "off", "both"), default="on")
+    parser.add_argument("--host-reuse", choices=("on", "off", "both"), default="on")
     parser.add_argument("--repeats", type=int, default=3, help="engines per configuration")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
-    modes, pdl_modes, record_modes = (
-        ON_OFF[choice] for choice in (args.overlap, args.pdl, args.record_kernel)
+    modes, pdl_modes, record_modes, reuse_modes = (
+        ON_OFF[choice] for choice in (args.overlap, args.pdl, args.record_kernel, args.host_reuse)
     )
     settle_cuda_graphs()  # every timed graph replays as in a long-running process
     configs = [
-        (batch, overlap, with_pdl, with_record)
+        (batch, overlap, with_pdl, with_record, with_reuse)
         for batch in (int(b) for b in args.batches.split(","))
         for overlap in modes
         for with_pdl in pdl_modes
         for with_record in record_modes
+        for with_reuse in reuse_modes
     ]
-    runs: dict[tuple[int, bool, bool, bool], list[dict]] = {config: [] for config in configs}
+    runs: dict[tuple[int, bool, bool, bool, bool], list[dict]] = {config: [] for config in configs}
     for _ in range(args.repeats):
-        for batch, overlap, with_pdl, with_record in configs:
+        for batch, overlap, with_pdl, with_record, with_reuse in configs:
             pdl.ENABLED = with_pdl  # read at each launch: the engine built next captures with it
-            runs[(batch, overlap, with_pdl, with_record)].append(
-                engine_tbt_ms(args.model, batch, args.steps, overlap, with_record)
+            runs[(batch, overlap, with_pdl, with_record, with_reuse)].append(
+                engine_tbt_ms(args.model, batch, args.steps, overlap, with_record, with_reuse)
             )
     results = []
-    for (batch, overlap, with_pdl, with_record), engines in runs.items():
+    for (batch, overlap, with_pdl, with_record, with_reuse), engines in runs.items():
         result = dict(engines[0])  # the first engine's graph and overlap counters, then the medians
         result["tbt_ms"] = statistics.median(r["tbt_ms"] for r in engines)
         result["p90_ms"] = statistics.median(r["p90_ms"] for r in engines)
@@ -158,6 +186,7 @@ def main() -> None:
         mode = f"overlap {'on' if overlap else 'off'}"
         mode += f" pdl {'on' if with_pdl else 'off'}" if len(pdl_modes) > 1 else ""
         mode += f" record kernel {'on' if with_record else 'off'}" if len(record_modes) > 1 else ""
+        mode += f" host reuse {'on' if with_reuse else 'off'}" if len(reuse_modes) > 1 else ""
         print(
             f"engine step {args.model.name} batch {batch} {mode}: "
             f"{result['tbt_ms']:.3f} ms median of {len(engines)} engines' medians "

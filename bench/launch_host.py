@@ -7,7 +7,8 @@ a device allocation, a one-element PyTorch kernel (the report's host probe), the
 Triton kernel launched through ``JITFunction.run`` (Triton's binder, cache key and launch
 metadata every call) and the same compiled kernel launched directly
 (``CompiledKernel[grid](*args)``, the binder skipped), and the whole greedy record
-(:func:`~lil_sparse.kernels.row_argmax.greedy_record`: five allocations and two launches).
+(:func:`~lil_sparse.kernels.row_argmax.greedy_record`: five allocations and two launches) with its
+kernels launched through the JIT and directly (:mod:`lil_sparse.kernels.launcher`).
 
 Each figure is the median host time of one call over ``--calls`` calls (after 50 warm-up calls),
 timed with ``time.perf_counter`` around the call alone, synchronising every 100 calls so the
@@ -28,7 +29,7 @@ import torch
 import triton
 
 from bench.common import device_line, host_launch_us
-from lil_sparse.kernels import row_argmax
+from lil_sparse.kernels import launcher, row_argmax
 from lil_sparse.kernels.pdl import launch_options, use_pdl
 
 SYNC_EVERY = 100
@@ -92,6 +93,11 @@ def batch_cases(batch: int, vocab: int, device: torch.device) -> dict[str, Calla
     def event() -> None:
         torch.cuda.Event().record()
 
+    reused = torch.cuda.Event()
+
+    def event_again() -> None:
+        reused.record()
+
     def copy() -> torch.Tensor:
         return host.copy_(record, non_blocking=True)
 
@@ -104,15 +110,24 @@ def batch_cases(batch: int, vocab: int, device: torch.device) -> dict[str, Calla
     def greedy() -> object:
         return row_argmax.greedy_record(logits)
 
+    def greedy_jit() -> object:
+        launcher.ENABLED = False
+        try:
+            return row_argmax.greedy_record(logits)
+        finally:
+            launcher.ENABLED = True
+
     return {
         "pinned host [2, B] float64": pinned,
         "event made and recorded": event,
+        "event recorded again": event_again,
         "copy to pinned host, non-blocking": copy,
         "device [B] int64": allocation,
         "one-element add": add,
         "argmax first kernel, JIT launch": jit,
         "argmax first kernel, direct launch": direct,
-        "greedy_record (5 allocations, 2 launches)": greedy,
+        "greedy_record (5 allocations, 2 launches), JIT launches": greedy_jit,
+        "greedy_record (5 allocations, 2 launches), direct launches": greedy,
     }
 
 

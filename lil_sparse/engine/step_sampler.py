@@ -17,6 +17,7 @@ failed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -35,12 +36,62 @@ class TokensInFlight:
 
     ``token_ids: [B] int64`` on the device (what a decode step launched ahead feeds);
     ``host: [2, B] float64``, tokens then logprobs (pinned memory on CUDA), valid once ``ready``
-    (the copy's event; None on CPU, where the copy is done already) has completed.
+    (the copy's event; None on CPU, where the copy is done already) has completed. On CUDA
+    ``host`` is one of :class:`HostRecords`' reused buffers: ``landing`` is that buffer's slot
+    and its use count when this step took it.
     """
 
     token_ids: torch.Tensor
     host: torch.Tensor
     ready: torch.cuda.Event | None
+    landing: tuple[HostLanding, int] | None = None
+
+
+@dataclass(slots=True)
+class HostLanding:
+    """One reusable landing place for a step's record: a pinned ``[2, B]`` float64 buffer, the
+    event its copy records, and how many steps have used it."""
+
+    host: torch.Tensor
+    ready: torch.cuda.Event
+    uses: int = 0
+
+
+class HostRecords:
+    """The pinned buffers and copy events of the steps' records, reused in a ring per batch size.
+
+    A fresh pinned tensor and a fresh CUDA event every step cost the host about 5 and 14 us on
+    the H200 machine (``bench/launch_host.py``, 2026-12-01 20:10 UTC), besides the pinned
+    allocator's work when the tensor is freed. A step reads its record (:meth:`StepSampler.wait`)
+    before the engine starts another, and overlap scheduling keeps at most one more in flight, so
+    a ring of :data:`RING` places per batch size is never reused under a reader; a record read
+    after its place was reused raises RuntimeError instead of returning another step's tokens."""
+
+    RING = 4
+
+    def __init__(self, make: Callable[[int], HostLanding] | None = None) -> None:
+        """``make(rows)``: a new place (default: pinned memory and a CUDA event)."""
+        self._make = make or _pinned_landing
+        self._rings: dict[int, tuple[list[HostLanding], list[int]]] = {}
+
+    def take(self, rows: int) -> HostLanding:
+        """The next place for a ``[2, rows]`` record (a new one the first :data:`RING` times)."""
+        ring = self._rings.get(rows)
+        if ring is None:
+            ring = self._rings[rows] = ([], [0])
+        places, turn = ring
+        if len(places) < self.RING:
+            places.append(self._make(rows))
+            place = places[-1]
+        else:
+            place = places[turn[0]]
+            turn[0] = (turn[0] + 1) % self.RING
+        place.uses += 1
+        return place
+
+
+def _pinned_landing(rows: int) -> HostLanding:
+    return HostLanding(torch.empty((2, rows), dtype=torch.float64, pin_memory=True), torch.cuda.Event())
 
 
 class StepSampler:
@@ -50,6 +101,7 @@ class StepSampler:
         # for an all-greedy batch, its params on the device.
         self._last: tuple[tuple[SamplingOptions, ...], PackedOptions] | None = None
         self._greedy: tuple[PackedOptions, torch.device, SamplingParams] | None = None
+        self.host_records = HostRecords()
 
     def sample(
         self, seqs: list[Sequence], logits: torch.Tensor
@@ -75,11 +127,10 @@ class StepSampler:
         token_ids, stacked = self.sampler.sample_record(logits, params, params.positions)
         if stacked.device.type != "cuda":
             return TokensInFlight(token_ids, stacked, None)
-        host = torch.empty(stacked.shape, dtype=torch.float64, pin_memory=True)
-        host.copy_(stacked, non_blocking=True)
-        ready = torch.cuda.Event()
-        ready.record()
-        return TokensInFlight(token_ids, host, ready)
+        place = self.host_records.take(stacked.shape[1])
+        place.host.copy_(stacked, non_blocking=True)
+        place.ready.record()
+        return TokensInFlight(token_ids, place.host, place.ready, (place, place.uses))
 
     def wait(self, tokens: TokensInFlight) -> tuple[list[int], list[float]]:
         """The one host sync of the step (the scheduler needs the tokens): wait for the copy
@@ -87,6 +138,8 @@ class StepSampler:
         if tokens.ready is not None:
             tokens.ready.synchronize()
         ids, values = tokens.host.tolist()
+        if tokens.landing is not None and tokens.landing[0].uses != tokens.landing[1]:
+            raise RuntimeError("a step's sampled tokens were read after their host buffer was reused")
         return [int(token) for token in ids], values
 
     def sample_each(

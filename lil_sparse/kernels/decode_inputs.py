@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lil_sparse.kernels.launcher import KernelLauncher
+
 FIELDS = 5
 """Host integers per sequence, one row each in ``fields``: token id, position, block-table slot
 (-1 for a padding row), index of the newest page in its table row, offset in that page."""
@@ -79,6 +81,10 @@ def _decode_inputs(
         tl.store(positions_ptr + seq, tl.load(fields_ptr + padded + seq))
 
 
+# Direct launches once a shape is known: it runs before every graph step, outside the graph.
+_DECODE_INPUTS = KernelLauncher(_decode_inputs)
+
+
 def decode_inputs(
     fields: torch.Tensor,
     table: torch.Tensor,
@@ -127,10 +133,10 @@ def decode_inputs(
     last_page_len = torch.empty(padded * heads, dtype=torch.int32, device=table.device)
     if count == 0:  # no real rows: nothing to read from input_ids (the fields' ids are 0)
         input_ids = None
-    _decode_inputs[(padded * heads,)](
-        fields, fields if input_ids is None else input_ids, table, ids, positions, write_slots, base,
-        last_page_len, 0 if input_ids is None else input_ids.stride(0), count, padded, width,
-        table.stride(0), table.stride(1), scratch_page,
+    _DECODE_INPUTS(
+        (padded * heads,), fields, fields if input_ids is None else input_ids, table, ids, positions,
+        write_slots, base, last_page_len, 0 if input_ids is None else input_ids.stride(0), count, padded,
+        width, table.stride(0), table.stride(1), scratch_page,
         H=heads, PAGE_SIZE=page_size, BLOCK=BLOCK_W, IDS_ON_DEVICE=input_ids is not None,
     )  # fmt: skip
     return last_page_len

@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from lil_sparse.kernels.gumbel_noise import gumbel_at, row_key
+from lil_sparse.kernels.launcher import KernelLauncher
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 
 BLOCK = 2048
@@ -122,6 +123,11 @@ def _merge_chunks(
         tl.store(log_sum_ptr + row, log_sum)
 
 
+# Direct launches once a shape is known: two of the few kernels a graph step launches eagerly.
+_CHUNK_MAX = KernelLauncher(_chunk_max)
+_MERGE_CHUNKS = KernelLauncher(_merge_chunks)
+
+
 def argmax_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(argmax [B] int64, max [B] float32, log_sum [B] float32)`` of ``logits: [B, V]`` float32
     (columns contiguous, ``V >= 1``), where ``log_sum = log(sum(exp(x - max)))`` per row (so
@@ -197,14 +203,14 @@ def _launch(
     partial_max = torch.empty((rows, chunks), dtype=torch.float32, device=logits.device)
     partial_index = torch.empty((rows, chunks), dtype=torch.int64, device=logits.device)
     partial_sum = torch.empty((rows, chunks), dtype=torch.float32, device=logits.device)
-    _chunk_max[(rows, chunks)](
-        logits, partial_max, partial_index, partial_sum, *(noise or (logits, logits)), vocab,
+    _CHUNK_MAX(
+        (rows, chunks), logits, partial_max, partial_index, partial_sum, *(noise or (logits, logits)), vocab,
         logits.stride(0), chunks, BLOCK=BLOCK, NOISE=noise is not None, PDL=use_pdl(logits), num_warps=8,
         **launch_options(logits),
     )  # fmt: skip
-    _merge_chunks[(rows,)](
-        partial_max, partial_index, partial_sum, token, row_max, log_sum, row_max, rows, chunks, vocab,
-        BLOCK_C=triton.next_power_of_2(chunks), RECORD=record is not None, PDL=use_pdl(logits),
+    _MERGE_CHUNKS(
+        (rows,), partial_max, partial_index, partial_sum, token, row_max, log_sum, row_max, rows, chunks,
+        vocab, BLOCK_C=triton.next_power_of_2(chunks), RECORD=record is not None, PDL=use_pdl(logits),
         num_warps=4, **launch_options(logits),
     )  # fmt: skip
     return token, row_max, log_sum

@@ -1,0 +1,116 @@
+"""Launch a Triton kernel's compiled binary directly once its specialization is known.
+
+``kernel[grid](*args, **constexprs)`` (Triton's ``JITFunction.run``) binds the arguments, works
+out their specialization and the cache key, and looks the compiled kernel up on every call, then
+launches it. For the few kernels a CUDA-graph decode step launches outside its graph (the step's
+inputs, the greedy pick's two argmax kernels) that bookkeeping is most of the launch: on the H200
+machine's host the argmax's first kernel took 29-33 us of host time per launch through the JIT
+and 14-15 us as ``CompiledKernel[grid](*args)`` (Triton's own launcher for a compiled kernel),
+against 11 us for a one-element PyTorch kernel (``bench/launch_host.py``, 2026-12-01 20:10 UTC,
+Triton 3.6.0, 2000 calls each at batch 1 and 8).
+
+:class:`KernelLauncher` keeps, per specialization, the compiled kernel the JIT returned and
+launches it directly afterwards. Its key holds everything Triton specializes on, conservatively:
+every integer and bool argument by value (Triton specializes an integer equal to 1 and one
+divisible by 16), every tensor by dtype, and every keyword (constexprs and launch options) by
+value; a tensor whose address is not a multiple of 16 bytes (which Triton would specialize the
+other way) and any other kind of argument take the JIT, as does everything in Triton's CPU
+interpreter, where there is no compiled kernel. The first launch of a key goes through the JIT,
+which compiles or finds the kernel exactly as before. The reference is the JIT launch itself:
+``tests/gpu/test_launcher_gpu.py`` checks both give the same bits, and that a key never serves
+arguments Triton would have specialized differently.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+ENABLED = True
+"""Whether :class:`KernelLauncher` launches compiled kernels directly (benchmarks and tests
+switch it off to compare with the JIT)."""
+
+MAX_KEYS = 256
+"""Specializations kept per kernel; a new one beyond this drops the least recently used."""
+
+_JIT = object()  # a key whose launches take the JIT (no compiled kernel to launch)
+
+
+class KernelLauncher:
+    """``launcher(grid, *args, **keywords)`` launches ``kernel`` like ``kernel[grid](*args,
+    **keywords)``. ``args`` are the kernel's leading parameters in order; ``keywords`` name the
+    rest of its parameters (every one of them: no defaults are filled in) plus Triton's launch
+    options (``num_warps``, the PDL flag, ...). Returns None."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+        self.direct_launches = 0  # launches that skipped the JIT (for tests and benchmarks)
+        self._runners: OrderedDict[tuple[object, ...], Any] = OrderedDict()
+
+    def __call__(self, grid: tuple[int, ...], *args: object, **keywords: object) -> None:
+        key = _key(grid, args, keywords) if ENABLED else None
+        if key is None:
+            self.kernel[grid](*args, **keywords)
+            return
+        runner = self._runners.get(key)
+        if runner is None:
+            self._remember(key, self.kernel[grid](*args, **keywords), grid, len(args), keywords)
+            return
+        if runner is _JIT:
+            self.kernel[grid](*args, **keywords)
+            return
+        self._runners.move_to_end(key)
+        bound, parameters = runner
+        bound(*args, *(keywords[name] for name in parameters))
+        self.direct_launches += 1
+
+    def _remember(
+        self,
+        key: tuple[object, ...],
+        compiled: object,
+        grid: tuple[int, ...],
+        leading: int,
+        keywords: dict[str, object],
+    ) -> None:
+        if len(self._runners) >= MAX_KEYS:
+            self._runners.popitem(last=False)
+        names = list(getattr(self.kernel, "arg_names", ()))[leading:]
+        if hasattr(compiled, "result"):  # an asynchronous compile's future
+            compiled = compiled.result()
+        complete = all(name in keywords for name in names)
+        if not complete or not hasattr(compiled, "packed_metadata"):
+            self._runners[key] = _JIT  # the interpreter, or parameters left to their defaults
+            return
+        full_grid = (*grid, 1, 1)[:3]
+        self._runners[key] = (compiled[full_grid], tuple(names))  # type: ignore[index]
+
+
+def _key(
+    grid: tuple[int, ...], args: tuple[object, ...], keywords: dict[str, object]
+) -> tuple[object, ...] | None:
+    """What the launch's compiled kernel depends on (None: take the JIT every time)."""
+    parts: list[object] = [grid]
+    device = None
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            if arg.data_ptr() % 16:
+                return None
+            if device is None:  # a compiled kernel is loaded per device
+                device = arg.get_device()
+                parts.append(device)
+            parts.append(arg.dtype)
+        elif isinstance(arg, int):  # bool included, told apart by its type
+            parts.append((type(arg), arg))
+        elif isinstance(arg, float):
+            parts.append(float)
+        else:
+            return None
+    parts.append(tuple(keywords.items()))
+    key = tuple(parts)
+    try:
+        hash(key)
+    except TypeError:  # an unhashable keyword value
+        return None
+    return key
