@@ -44,9 +44,10 @@ from pathlib import Path
 import torch
 
 from bench.common import device_line, host_launch_us, settle_cuda_graphs
+from bench.decode_e2e import graph_alone_ms
 from lil_sparse.config import EngineConfig
 from lil_sparse.engine import LLMEngine
-from lil_sparse.engine.step_sampler import HostLanding, HostRecords
+from lil_sparse.engine.step_sampler import HostLanding, HostRecords, TokensInFlight
 from lil_sparse.kernels import launcher, pdl
 from lil_sparse.loading import load_model
 from lil_sparse.options import RequestOptions, StoppingOptions
@@ -73,6 +74,23 @@ class FreshRecords(HostRecords):
 
     def take(self, rows: int) -> HostLanding:
         return HostLanding(torch.empty((2, rows), dtype=torch.float64, pin_memory=True), torch.cuda.Event())
+
+
+def timed_waits(engine: LLMEngine) -> list[float]:
+    """Time every ``StepSampler.wait`` of ``engine`` (seconds, appended to the returned list):
+    how long each step's host waited for its tokens, i.e. for the GPU."""
+    waits: list[float] = []
+    wait = engine.step_sampler.wait
+
+    def timed(tokens: TokensInFlight) -> tuple[list[int], list[float]]:
+        start = time.perf_counter()
+        try:
+            return wait(tokens)
+        finally:
+            waits.append(time.perf_counter() - start)
+
+    engine.step_sampler.wait = timed  # type: ignore[method-assign]
+    return waits
 
 
 def engine_tbt_ms(
@@ -107,6 +125,7 @@ def engine_tbt_ms(
     if not host_reuse:
         engine.step_sampler.host_records = FreshRecords()
     launcher.ENABLED = host_reuse
+    waits = timed_waits(engine)
     prompt = loaded.tokenizer.encode("Please reason step by step: what is 17 times 23?")
     options = RequestOptions(
         stopping=StoppingOptions(max_new_tokens=WARMUP_STEPS + steps + 8, ignore_eos=True)
@@ -123,6 +142,7 @@ def engine_tbt_ms(
         if running == batch:  # a decode step of the whole batch (prefill steps admit requests)
             times.append(elapsed)
     launcher.ENABLED = True
+    graph_ms = graph_alone_ms(engine.runner)
     stats = engine.runner.graph_stats()
     overlap_stats = engine.overlap_stats()
     engine.close()
@@ -138,7 +158,15 @@ def engine_tbt_ms(
         "record_kernel": record_kernel,
         "host_reuse": host_reuse,
         "host_probe_us": round(host_probe, 3),
+        # Where the step's time went: the host waiting for the tokens' copy (the GPU's share
+        # beyond the host's), and the step's graph replayed alone (its GPU time).
+        "wait_ms": statistics.median(waits[-len(timed) :]) * 1e3 if timed else None,
+        "graph_alone_ms": graph_ms,
     }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def main() -> None:
@@ -181,6 +209,8 @@ def main() -> None:
         result["p90_ms"] = statistics.median(r["p90_ms"] for r in engines)
         result["engines_tbt_ms"] = [round(r["tbt_ms"], 4) for r in engines]
         result["engines_host_probe_us"] = [r["host_probe_us"] for r in engines]
+        result["engines_wait_ms"] = [_round(r["wait_ms"]) for r in engines]
+        result["engines_graph_alone_ms"] = [_round(r["graph_alone_ms"]) for r in engines]
         result["pdl"] = with_pdl
         results.append(result)
         mode = f"overlap {'on' if overlap else 'off'}"
@@ -193,6 +223,8 @@ def main() -> None:
             f"({', '.join(f'{t:.3f}' for t in result['engines_tbt_ms'])}), p90 {result['p90_ms']:.3f} ms "
             f"over {result['steps']} steps each; host probe "
             f"{', '.join(f'{t:.2f}' for t in result['engines_host_probe_us'])} us per launch; "
+            f"tokens' wait {result['engines_wait_ms']} ms, "
+            f"graph alone {result['engines_graph_alone_ms']} ms; "
             f"graphs {result['graphs']}; {result['overlap_stats']}",
             flush=True,
         )
