@@ -11,7 +11,7 @@ runs on CUDA) the timed loop pipelines like the engine's overlap scheduling: ste
 on step n's argmax still on the device, before the host waits for step n's token copy (a CUDA
 event); ``--no-overlap`` times the serial loop. Since 2026-12-01 21:00 UTC the pipelined loop
 picks and copies as the engine's all-greedy step does (:func:`~lil_sparse.kernels.row_argmax.
-greedy_record`, landing in a reused pinned buffer with a reused event,
+greedy_record`, its kernel writing the record into a reused pinned buffer, with a reused event,
 :class:`~lil_sparse.engine.step_sampler.HostRecords`); before, ``Sampler.greedy`` (the same
 argmax plus a few PyTorch ops for the log-probability) and a fresh pinned buffer and event. The
 JSON records which ran (``overlap``, per run and for the file).
@@ -61,7 +61,7 @@ from lil_sparse.engine.page_manager import PageManager
 from lil_sparse.engine.sequence import Sequence
 from lil_sparse.engine.step_sampler import HostLanding, HostRecords
 from lil_sparse.kernels import pdl
-from lil_sparse.kernels.row_argmax import greedy_record
+from lil_sparse.kernels.row_argmax import greedy_record, kernel_writes_pinned
 from lil_sparse.kv import BlockTable, KVCache, PagePool
 from lil_sparse.models.config import ModelConfig
 from lil_sparse.models.transformer import CausalLM
@@ -182,15 +182,18 @@ class DecodeBench:
         # of its host record); its tokens are appended one step late.
         in_flight: list[tuple[torch.Tensor, HostLanding]] = []
         landings = HostRecords()
+        zero_copy = kernel_writes_pinned(torch.device("cuda"))  # as the engine's sampler checks
 
         def pipelined_step() -> None:
             start = time.perf_counter()
             previous = in_flight.pop() if in_flight else None
             logits = runner.decode(seqs, input_ids=None if previous is None else previous[0])
             host_times.append(time.perf_counter() - start)
-            tokens, record = greedy_record(logits.float())  # the engine's all-greedy pick
-            place = landings.take(record.shape[1])
-            place.host.copy_(record, non_blocking=True)
+            place = landings.take(logits.shape[0])
+            # The engine's all-greedy pick: the argmax writes the record into pinned memory.
+            tokens, record = greedy_record(logits.float(), out=place.host if zero_copy else None)
+            if record is not place.host:
+                place.host.copy_(record, non_blocking=True)
             place.ready.record()
             in_flight.append((tokens, place))
             if previous is not None:  # step n's tokens, while step n+1 runs

@@ -15,10 +15,11 @@ takes it from the argmax's own kernel (:func:`~lil_sparse.kernels.row_argmax.gre
 ``off`` samples and then stacks the tokens and logprobs (:class:`StackingSampler`, the engine
 before 2026-12-01 19:10 UTC). ``--host-reuse`` likewise for the eager work's host reuse: ``on``
 (the engine) launches the eager Triton kernels' compiled binaries directly
-(:mod:`lil_sparse.kernels.launcher`) and lands each step's record in a reused pinned buffer with a
-reused event (:class:`~lil_sparse.engine.step_sampler.HostRecords`); ``off`` launches through
-Triton's JIT and makes a fresh buffer and event every step (the engine before 2026-12-01 21:00
-UTC).
+(:mod:`lil_sparse.kernels.launcher`) and has the argmax's kernel write each step's record into a
+reused pinned buffer, with a reused event (:class:`~lil_sparse.engine.step_sampler.HostRecords`,
+:meth:`~lil_sparse.sampling.Sampler.sample_record`); ``off`` launches through Triton's JIT,
+writes the record on the device and copies it into a fresh pinned buffer with a fresh event every
+step (the engine before 2026-12-01 21:00 UTC).
 
 ``--repeats N`` builds N engines per configuration, the configurations taking turns (round 1 of
 every configuration, then round 2, ...), and reports the median of their medians with each
@@ -62,7 +63,11 @@ class StackingSampler(Sampler):
     kernel: :meth:`Sampler.sample`, then two casts and a stack."""
 
     def sample_record(
-        self, logits: torch.Tensor, params: SamplingParams, positions: torch.Tensor
+        self,
+        logits: torch.Tensor,
+        params: SamplingParams,
+        positions: torch.Tensor,
+        host: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         token_ids, logprobs = self.sample(logits, params, positions)
         return token_ids, host_record(token_ids, logprobs)
@@ -124,6 +129,7 @@ def engine_tbt_ms(
         engine.sampler = StackingSampler()
     if not host_reuse:
         engine.step_sampler.host_records = FreshRecords()
+        engine.sampler.writes_host.clear()  # the record on the device, then a copy
     launcher.ENABLED = host_reuse
     waits = timed_waits(engine)
     prompt = loaded.tokenizer.encode("Please reason step by step: what is 17 times 23?")

@@ -1,7 +1,9 @@
 """Sample one token for every row of a step, isolating a row whose sampling fails.
 
 The batch is sampled in one call, and the sampled tokens and their logprobs start for the host
-together in one non-blocking transfer (:meth:`StepSampler.start`); :meth:`StepSampler.wait` is
+together in one non-blocking transfer (:meth:`StepSampler.start`; an all-greedy batch's argmax
+kernel writes them into pinned host memory itself, with no transfer after it,
+:meth:`Sampler.sample_record`); :meth:`StepSampler.wait` is
 the one host sync of a decode step, and it waits on that copy's CUDA event, not on the stream,
 so work queued after the copy (overlap scheduling's next decode step, which reads the tokens
 still on the device) keeps the GPU busy while the host reads them. Host values go to the device
@@ -123,12 +125,16 @@ class StepSampler:
         params = self._params(seqs, logits.device)
         if params.positions is None:  # _params always packs them
             raise RuntimeError("sampling params were built without positions")
-        # One transfer as float64 (Sampler.sample_record).
-        token_ids, stacked = self.sampler.sample_record(logits, params, params.positions)
-        if stacked.device.type != "cuda":
-            return TokensInFlight(token_ids, stacked, None)
-        place = self.host_records.take(stacked.shape[1])
-        place.host.copy_(stacked, non_blocking=True)
+        place = self.host_records.take(logits.shape[0]) if logits.is_cuda else None
+        # One transfer as float64 (Sampler.sample_record); an all-greedy batch's argmax may
+        # write the record into the pinned place itself, and then there is nothing to copy.
+        token_ids, record = self.sampler.sample_record(
+            logits, params, params.positions, host=None if place is None else place.host
+        )
+        if place is None:
+            return TokensInFlight(token_ids, record, None)
+        if record is not place.host:
+            place.host.copy_(record, non_blocking=True)
         place.ready.record()
         return TokensInFlight(token_ids, place.host, place.ready, (place, place.uses))
 

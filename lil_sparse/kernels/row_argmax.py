@@ -138,17 +138,43 @@ def argmax_logsumexp(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     return _launch(logits, None)
 
 
-def greedy_record(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def greedy_record(logits: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's greedy token of ``logits: [B, V]`` float32, as :func:`argmax_logsumexp` finds
     it, as ``token [B] int64`` and ``record [2, B] float64``: the tokens, then their
     log-probabilities (``-log_sum``, ``log_softmax`` at the argmax), both written by the same two
-    launches. The record is what the engine copies to the host every step
+    launches. The record is what the engine takes to the host every step
     (:meth:`~lil_sparse.sampling.sampler.Sampler.sample_record`), which otherwise took a
-    negation, two casts and a stack. Reference: :func:`greedy_record_reference`. Raises
-    ValueError for other dtypes or shapes."""
+    negation, two casts and a stack. ``out``: a contiguous ``[2, B]`` float64 tensor to write the
+    record into (returned as the record), on the logits' device or in pinned host memory, which
+    a CUDA kernel writes through the unified address space (zero-copy: no copy to the host
+    after it; :func:`kernel_writes_pinned` checks a device allows it). Reference:
+    :func:`greedy_record_reference`. Raises ValueError for other dtypes or shapes."""
     _check("greedy_record", logits)
-    record = torch.empty((2, logits.shape[0]), dtype=torch.float64, device=logits.device)
-    return _launch(logits, None, record)[0], record
+    rows = logits.shape[0]
+    if out is None:
+        out = torch.empty((2, rows), dtype=torch.float64, device=logits.device)
+    elif out.shape != (2, rows) or out.dtype != torch.float64 or not out.is_contiguous():
+        raise ValueError(
+            f"greedy_record: out must be a contiguous [2, {rows}] float64, got {tuple(out.shape)}"
+        )
+    return _launch(logits, None, out)[0], out
+
+
+def kernel_writes_pinned(device: torch.device) -> bool:
+    """Whether :func:`greedy_record`'s kernel, run on the CUDA ``device``, writes a record into
+    pinned host memory correctly: one greedy record of a known row written to a pinned tensor
+    and read back after a synchronize (False where the launch refuses the pointer: pinned
+    memory not mapped into the device's address space). Synchronises with ``device``."""
+    logits = torch.zeros(1, 3, device=device)
+    logits[0, 1] = 1.0
+    host = torch.full((2, 1), float("nan"), dtype=torch.float64, pin_memory=True)
+    try:
+        greedy_record(logits, out=host)
+        torch.cuda.synchronize(device)
+    except (ValueError, RuntimeError):
+        return False
+    logprob = torch.log_softmax(torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64), 0)[1].item()
+    return host[0, 0].item() == 1.0 and abs(host[1, 0].item() - logprob) < 1e-6
 
 
 def greedy_record_reference(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -110,6 +110,9 @@ class Sampler:
         self._gumbel_noise = torch.compile(gumbel_noise, dynamic=True) if compile_noise else gumbel_noise
         self.noise_in_argmax = noise_in_argmax
         self.threshold_filter = threshold_filter
+        # CUDA devices whose kernels were seen to write pinned host memory (warm_up's check):
+        # there an all-greedy record lands on the host with no copy (sample_record's ``host``).
+        self.writes_host: set[torch.device] = set()
 
     def sample(
         self, logits: torch.Tensor, params: SamplingParams, positions: torch.Tensor
@@ -142,7 +145,11 @@ class Sampler:
         return token_ids, greedy.log_probs(token_ids)
 
     def sample_record(
-        self, logits: torch.Tensor, params: SamplingParams, positions: torch.Tensor
+        self,
+        logits: torch.Tensor,
+        params: SamplingParams,
+        positions: torch.Tensor,
+        host: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`sample`, with its results as the one host record a step copies: ``(token_ids
         [B] int64, record [2, B] float64)``, the record holding the tokens, then their logprobs
@@ -150,12 +157,17 @@ class Sampler:
         engine's entry (:class:`~lil_sparse.engine.step_sampler.StepSampler`): a wrapper that
         records or forces tokens wraps this. An all-greedy batch on CUDA takes the record from
         the argmax's own kernel (:func:`~lil_sparse.kernels.row_argmax.greedy_record`: the same
-        values as :meth:`sample`'s, without its negation, two casts and a stack); every other
-        batch calls :meth:`sample`. No host sync."""
+        values as :meth:`sample`'s, without its negation, two casts and a stack), and where
+        ``host`` (a pinned ``[2, B]`` float64 tensor) is given and :meth:`warm_up` saw this
+        device's kernels write pinned memory, the kernel writes the record there and it is
+        returned as the record: the caller's copy to the host is then done (zero-copy). Every
+        other batch calls :meth:`sample` and returns the record on the logits' device. No host
+        sync."""
         if params.all_greedy and logits.is_cuda and TRITON_AVAILABLE:
             from lil_sparse.kernels.row_argmax import greedy_record
 
-            return greedy_record(logits.float())
+            out = host if host is not None and logits.device in self.writes_host else None
+            return greedy_record(logits.float(), out=out)
         token_ids, logprobs = self.sample(logits, params, positions)
         return token_ids, host_record(token_ids, logprobs)
 
@@ -171,7 +183,8 @@ class Sampler:
     def warm_up(self, vocab_size: int, device: torch.device) -> None:
         """Sample once, a greedy row and a row with temperature, top-k and top-p, on zero logits
         ``[2, vocab_size]`` on ``device`` (and, on CUDA, one all-greedy row's record), so every
-        kernel of :meth:`sample` and :meth:`sample_record` is compiled before a request needs it.
+        kernel of :meth:`sample` and :meth:`sample_record` is compiled before a request needs it,
+        and, on CUDA, whether the device's kernels write pinned host memory (:meth:`sample_record`).
         On CUDA FlashInfer builds its sampling module with nvcc the first
         time one of its kernels runs on a machine (88 s on the H200, 2026-12-01 about 07:11 UTC,
         ``top_k_mask_logits`` on a fresh JIT cache, ~/.cache/flashinfer; then 0.03 s for
@@ -182,9 +195,11 @@ class Sampler:
         logits = torch.zeros(2, vocab_size, dtype=torch.float32, device=device)
         tokens, _ = self.sample(logits, params, torch.zeros(2, dtype=torch.int64, device=device))
         if logits.is_cuda and TRITON_AVAILABLE:  # an all-greedy step's record (sample_record)
-            from lil_sparse.kernels.row_argmax import greedy_record
+            from lil_sparse.kernels.row_argmax import greedy_record, kernel_writes_pinned
 
             greedy_record(logits[:1])
+            if kernel_writes_pinned(device):
+                self.writes_host.add(logits.device)
         tokens.cpu()  # the kernels have run
 
     @staticmethod

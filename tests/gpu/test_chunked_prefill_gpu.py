@@ -38,8 +38,9 @@ class RecordingSampler:
         self.logits.append(logits.float().clone())
         return self.sampler.sample(logits, params, positions)
 
-    def sample_record(self, logits, params, positions):
-        """The engine's entry (``Sampler.sample_record``), through :meth:`sample`."""
+    def sample_record(self, logits, params, positions, host=None):
+        """The engine's entry (``Sampler.sample_record``), through :meth:`sample` (the record on
+        the device: the step copies it to ``host``)."""
         token_ids, logprobs = self.sample(logits, params, positions)
         return token_ids, host_record(token_ids, logprobs)
 

@@ -157,6 +157,23 @@ def test_greedy_record_holds_the_argmax_and_its_log_probability():
     assert greedy_record(torch.zeros(0, 8, device=DEVICE))[1].shape == (2, 0)
 
 
+def test_greedy_record_writes_into_a_given_record():
+    """``out`` takes the record (on CUDA it may be pinned host memory: tests/gpu checks that
+    zero-copy path); its shape and dtype are checked."""
+    logits = logits_of(4, BLOCK + 3, seed=8)
+    out = torch.full((2, 4), float("nan"), dtype=torch.float64, device=DEVICE)
+    token, record = greedy_record(logits, out=out)
+    want_token, want_record = greedy_record(logits)
+    assert record is out and torch.equal(token, want_token) and torch.equal(out, want_record)
+    for wrong in (
+        torch.empty((2, 3), dtype=torch.float64, device=DEVICE),
+        torch.empty((2, 4), dtype=torch.float32, device=DEVICE),
+        torch.empty((4, 2), dtype=torch.float64, device=DEVICE).t(),
+    ):
+        with pytest.raises(ValueError, match="out must be"):
+            greedy_record(logits, out=wrong)
+
+
 def test_sample_record_is_sample_with_its_results_stacked():
     """:meth:`Sampler.sample_record` (the engine's entry) gives :meth:`Sampler.sample`'s tokens
     and logprobs as one float64 record, for an all-greedy batch (on CUDA through the argmax's
@@ -167,6 +184,8 @@ def test_sample_record_is_sample_with_its_results_stacked():
         params = SamplingParams.from_options(options, device=DEVICE, positions=[4] * 3)
         tokens, logprobs = sampler.sample(logits, params, params.positions)
         got_tokens, record = sampler.sample_record(logits, params, params.positions)
-        assert torch.equal(got_tokens, tokens)
+        assert torch.equal(got_tokens, tokens) and record.device == logits.device
+        host = torch.zeros((2, 3), dtype=torch.float64)  # not taken: no device seen to write it
+        assert sampler.sample_record(logits, params, params.positions, host=host)[1] is not host
         assert record.dtype == torch.float64 and record[0].tolist() == [float(t) for t in tokens.tolist()]
         torch.testing.assert_close(record[1], logprobs.to(torch.float64), rtol=4e-6, atol=4e-6)
