@@ -204,9 +204,11 @@ def report(parts: list[dict], engine: dict | None, lines: list[str]) -> str:
             )
     out += [
         "- TBT (runner runs): median wall time of >= 20 runner decode steps (decode + the sampler's greedy"
-        " pick, argmax and its log-probability (a bare argmax before commit 6c7cfc8) + host copy"
-        " of the tokens; pipelined runs launch step n+1 before waiting for step n's copy, as the engine's"
-        " overlap scheduling does) after 4 warm-up steps, random-weight bf16 models, CUDA graphs on;"
+        " pick, argmax and its log-probability (a bare argmax before commit 6c7cfc8) + the tokens to"
+        " the host (in pipelined runs since commit 6eb20c8 as in the engine's all-greedy step: the"
+        " argmax's kernel writes them into pinned host memory; before, a copy); pipelined runs launch"
+        " step n+1 before waiting for step n's tokens, as the engine's overlap scheduling does) after"
+        " 4 warm-up steps, random-weight bf16 models, CUDA graphs on;"
         " host ms: the median time of the runner's decode call alone (host work until the step is"
         " queued on the GPU)",
         "- every process first captures and drops four trivial CUDA graphs"
