@@ -11,14 +11,14 @@ Triton 3.6.0, 2000 calls each at batch 1 and 8).
 
 :class:`KernelLauncher` keeps, per specialization, the compiled kernel the JIT returned and
 launches it directly afterwards. Its key holds everything Triton specializes on, conservatively:
-every integer and bool argument by value (Triton specializes an integer equal to 1 and one
-divisible by 16), every tensor by dtype, and every keyword (constexprs and launch options) by
-value; a tensor whose address is not a multiple of 16 bytes (which Triton would specialize the
-other way) and any other kind of argument take the JIT, as does everything in Triton's CPU
-interpreter, where there is no compiled kernel. The first launch of a key goes through the JIT,
-which compiles or finds the kernel exactly as before. The reference is the JIT launch itself:
-``tests/gpu/test_launcher_gpu.py`` checks both give the same bits, and that a key never serves
-arguments Triton would have specialized differently.
+every integer and bool argument by value (Triton types an integer by its range and specializes
+one equal to 1 or divisible by 16), every tensor by dtype (and the first one's device), and every
+keyword (constexprs and launch options) by value; a tensor whose address is not a multiple of 16
+bytes (which Triton would specialize the other way) and any other kind of argument take the JIT,
+as does everything in Triton's CPU interpreter, where there is no compiled kernel. The first
+launch of a key goes through the JIT, which compiles or finds the kernel exactly as before. The
+reference is the JIT launch itself: ``tests/kernels/test_launcher.py`` checks on CUDA that both
+give the same bits and that a misaligned view is not served by an aligned key.
 """
 
 from __future__ import annotations
