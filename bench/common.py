@@ -101,6 +101,16 @@ def device_line() -> str:
     return f"{props.name}, {props.total_memory / 2**30:.0f} GiB, torch {torch.__version__}"
 
 
+def run_header() -> dict[str, str]:
+    """The head of a results JSON: ``device`` (:func:`device_line`), ``date`` (UTC, to the
+    minute) and ``command`` (this process's, as ``python ARGV``)."""
+    return {
+        "device": device_line(),
+        "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        "command": " ".join(["python", *sys.argv]),
+    }
+
+
 def write_markdown(
     path: Path, title: str, notes: Sequence[str], header: Sequence[str], rows: list[list]
 ) -> None:

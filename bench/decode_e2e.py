@@ -40,17 +40,15 @@ outside the graph.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from bench.common import copy_bandwidth_gbs, device_line, host_launch_us, settle_cuda_graphs
+from bench.common import copy_bandwidth_gbs, host_launch_us, run_header, settle_cuda_graphs
 from bench.kernel_timeline import format_timeline, kernel_spans, summarize
 from bench.model_shapes import MODELS, hf_tbt_ms, random_model, weight_bytes
 from lil_sparse.attention.flashinfer_backend import FlashInferBackend
@@ -429,9 +427,7 @@ def write_results(
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
-        "device": device_line(),
-        "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-        "command": " ".join(["python", *sys.argv]),
+        **run_header(),
         "bandwidth_gbs": bandwidth,
         **({} if host_probe is None else {"host_probe_us": round(host_probe, 3)}),
         "selection": DecodeBench.selection,

@@ -35,16 +35,14 @@ process read slow), so a single engine's figure decided speed-T1 by its luck.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from bench.common import device_line, host_launch_us, settle_cuda_graphs
+from bench.common import host_launch_us, run_header, settle_cuda_graphs
 from bench.decode_e2e import graph_alone_ms
 from lil_sparse.config import EngineConfig
 from lil_sparse.engine import LLMEngine
@@ -98,17 +96,10 @@ def timed_waits(engine: LLMEngine) -> list[float]:
     return waits
 
 
-def engine_tbt_ms(
-    model_path: Path,
-    batch: int,
-    steps: int,
-    overlap: bool,
-    record_kernel: bool = True,
-    host_reuse: bool = True,
-) -> dict:
-    """Median ``LLMEngine.step()`` time in ms over ``steps`` decode steps at ``batch`` requests,
-    with overlap scheduling on or off, the greedy record from the argmax's kernel or not, and the
-    eager work's host reuse on or off (``launcher.ENABLED`` is set here for the engine's run)."""
+def greedy_engine(model_path: Path, batch: int, steps: int, overlap: bool = True) -> LLMEngine:
+    """An engine over the GGUF at ``model_path`` (bf16, FlashInfer, CUDA graphs, no Guardian
+    threads, no start-up warm-up) holding ``batch`` greedy ``full`` requests of the same prompt,
+    each allowed ``WARMUP_STEPS + steps`` and a few more new tokens (``ignore_eos``)."""
     loaded = load_model(model_path, torch.bfloat16, "cuda")
     config = EngineConfig(
         model=str(model_path),
@@ -125,6 +116,27 @@ def engine_tbt_ms(
         warm_up=False,
     )
     engine = LLMEngine(loaded, config)
+    prompt = loaded.tokenizer.encode("Please reason step by step: what is 17 times 23?")
+    options = RequestOptions(
+        stopping=StoppingOptions(max_new_tokens=WARMUP_STEPS + steps + 8, ignore_eos=True)
+    )
+    for _ in range(batch):
+        engine.add_request(prompt, options)
+    return engine
+
+
+def engine_tbt_ms(
+    model_path: Path,
+    batch: int,
+    steps: int,
+    overlap: bool,
+    record_kernel: bool = True,
+    host_reuse: bool = True,
+) -> dict:
+    """Median ``LLMEngine.step()`` time in ms over ``steps`` decode steps at ``batch`` requests,
+    with overlap scheduling on or off, the greedy record from the argmax's kernel or not, and the
+    eager work's host reuse on or off (``launcher.ENABLED`` is set here for the engine's run)."""
+    engine = greedy_engine(model_path, batch, steps, overlap)
     if not record_kernel:
         engine.sampler = StackingSampler()
     if not host_reuse:
@@ -132,12 +144,6 @@ def engine_tbt_ms(
         engine.sampler.writes_host.clear()  # the record on the device, then a copy
     launcher.ENABLED = host_reuse
     waits = timed_waits(engine)
-    prompt = loaded.tokenizer.encode("Please reason step by step: what is 17 times 23?")
-    options = RequestOptions(
-        stopping=StoppingOptions(max_new_tokens=WARMUP_STEPS + steps + 8, ignore_eos=True)
-    )
-    for _ in range(batch):
-        engine.add_request(prompt, options)
     host_probe = host_launch_us(torch.device("cuda"))  # this engine's host speed, just before
     times: list[float] = []
     while engine.has_unfinished() and len(times) < WARMUP_STEPS + steps:
@@ -236,9 +242,7 @@ def main() -> None:
         )
     if args.json is not None:
         record = {
-            "device": device_line(),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": " ".join(["python", *sys.argv]),
+            **run_header(),
             "model": args.model.name,
             "engine_step": results,
         }

@@ -15,10 +15,8 @@ launches each iteration in well under the graph's time, so the GPU never waits f
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,13 +24,11 @@ import torch
 import triton
 import triton.language as tl
 
-from bench.common import device_line, settle_cuda_graphs
-from lil_sparse.config import EngineConfig
+from bench.common import device_line, run_header, settle_cuda_graphs
+from bench.engine_step import greedy_engine
 from lil_sparse.engine import LLMEngine
 from lil_sparse.kernels import pdl
 from lil_sparse.kernels.row_argmax import greedy_record
-from lil_sparse.loading import load_model
-from lil_sparse.options import RequestOptions, StoppingOptions
 
 WARMUP_STEPS = 24
 
@@ -44,25 +40,9 @@ def _touch(x_ptr, PDL: tl.constexpr):
 
 
 def warmed_engine(model_path: Path, batch: int) -> LLMEngine:
-    """An engine (CUDA graphs, greedy, overlap on) after ``WARMUP_STEPS`` decode steps of
-    ``batch`` requests: its step graph is captured."""
-    loaded = load_model(model_path, torch.bfloat16, "cuda")
-    config = EngineConfig(
-        model=str(model_path),
-        device="cuda",
-        dtype="bfloat16",
-        backend="flashinfer",
-        kv_cache_tokens=max(8192, batch * 1024),
-        max_batch_size=batch,
-        guardian_workers=0,
-        cuda_graphs=True,
-        warm_up=False,
-    )
-    engine = LLMEngine(loaded, config)
-    prompt = loaded.tokenizer.encode("Please reason step by step: what is 17 times 23?")
-    options = RequestOptions(stopping=StoppingOptions(max_new_tokens=4 * WARMUP_STEPS, ignore_eos=True))
-    for _ in range(batch):
-        engine.add_request(prompt, options)
+    """An engine (CUDA graphs, greedy, overlap on; :func:`bench.engine_step.greedy_engine`) after
+    ``WARMUP_STEPS`` decode steps of ``batch`` requests: its step graph is captured."""
+    engine = greedy_engine(model_path, batch, 3 * WARMUP_STEPS)
     for _ in range(WARMUP_STEPS):
         engine.step()
     return engine
@@ -141,9 +121,7 @@ def main() -> None:
         )
     if args.json is not None:
         record = {
-            "device": device_line(),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": " ".join(["python", *sys.argv]),
+            **run_header(),
             "batch": args.batch,
             "results": results,
         }
