@@ -52,7 +52,8 @@ class TokensInFlight:
 @dataclass(slots=True)
 class HostLanding:
     """One reusable landing place for a step's record: a pinned ``[2, B]`` float64 buffer, the
-    event its copy records, and how many steps have used it."""
+    event recorded once the record is in it (after the copy, or after the argmax kernel that wrote
+    it there), and how many steps have used it."""
 
     host: torch.Tensor
     ready: torch.cuda.Event
@@ -62,12 +63,13 @@ class HostLanding:
 class HostRecords:
     """The pinned buffers and copy events of the steps' records, reused in a ring per batch size.
 
-    A fresh pinned tensor and a fresh CUDA event every step cost the host about 5 and 14 us on
-    the H200 machine (``bench/launch_host.py``, 2026-12-01 20:10 UTC), besides the pinned
-    allocator's work when the tensor is freed. A step reads its record (:meth:`StepSampler.wait`)
-    before the engine starts another, and overlap scheduling keeps at most one more in flight, so
-    a ring of :data:`RING` places per batch size is never reused under a reader; a record read
-    after its place was reused raises RuntimeError instead of returning another step's tokens."""
+    A fresh pinned tensor and a fresh CUDA event every step cost the host 2-5 and 6.5-15 us on
+    the H200 machine, by the host's speed (``bench/launch_host.py``, 2026-12-01 20:10 and 20:21
+    UTC), besides the pinned allocator's work when the tensor is freed. A step reads its record
+    (:meth:`StepSampler.wait`) before the engine starts another, and overlap scheduling keeps at
+    most one more in flight, so a ring of :data:`RING` places per batch size is never reused under
+    a reader; a record read after its place was reused raises RuntimeError instead of returning
+    another step's tokens."""
 
     RING = 4
 
