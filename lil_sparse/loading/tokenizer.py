@@ -89,12 +89,18 @@ class Tokenizer:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, add_special_tokens: bool = False, parse_special: bool = True) -> list[int]:
-        """Token ids of ``text``; ``parse_special=False`` reads control-token text as plain text."""
+        """Token ids of ``text``; ``parse_special=False`` reads control-token text as plain text.
+
+        Other Python threads run while the backend tokenizes: its ``encode_batch`` releases the
+        GIL and ``encode`` does not (tokenizers 0.23; the same ids). A server tokenizes on a
+        thread pool so that its event loop keeps answering (health checks, other streams); with
+        ``encode`` a 3 MB prompt held the GIL, and so the loop, for the whole 3 s it took (this
+        project's 2-core CI machine, 2026-12-01; ``tests/server/test_input_guards.py``)."""
         if not parse_special and any(token in text for token in self.special_token_texts):
             backend = self._plain()
         else:
             backend = self.backend  # the same ids either way when no control token is written
-        return list(backend.encode(text, add_special_tokens=add_special_tokens).ids)
+        return list(backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids)
 
     def _plain(self) -> BackendTokenizer:
         # A copy that splits special tokens as text; a copy, because flipping the flag on the

@@ -46,7 +46,9 @@ def test_one_admission_limit_one_message_and_waiting_never_above_max_waiting(tin
     assert tiny_engine.stats().kv_pages_used == 0
 
 
-def test_health_answers_while_a_huge_prompt_is_tokenized(tiny_model_dir: Path, tiny_engine: Any) -> None:
+def test_health_answers_while_a_huge_prompt_is_tokenized(
+    tiny_model_dir: Path, tiny_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     background = start_server(tiny_model_dir, tiny_engine, max_prompt_bytes=8 << 20)
     rng = random.Random(0)
     letters = "abcdefghijklmnopqrstuvwxyz"
@@ -55,6 +57,22 @@ def test_health_answers_while_a_huge_prompt_is_tokenized(tiny_model_dir: Path, t
     order: list[str] = []
     errors: list[LilClientError] = []
     started = threading.Event()
+    tokenizing = threading.Event()  # the server's tokenizer thread has the huge prompt
+    health_answered = threading.Event()
+    answered_while_tokenizing: list[bool] = []
+    encode = tiny_engine.tokenizer.encode
+
+    def watched_encode(text: str, *args: Any, **kwargs: Any) -> list[int]:
+        if len(text) <= 1_000_000:
+            return encode(text, *args, **kwargs)
+        tokenizing.set()
+        ids = encode(text, *args, **kwargs)
+        # Checked as the tokenizer returns: a tokenizer holding the GIL for its seconds of work
+        # lets no health check through before this line.
+        answered_while_tokenizing.append(health_answered.is_set())
+        return ids
+
+    monkeypatch.setattr(tiny_engine.tokenizer, "encode", watched_encode)
 
     def huge() -> None:
         with LilClient(background.address) as client:
@@ -73,7 +91,11 @@ def test_health_answers_while_a_huge_prompt_is_tokenized(tiny_model_dir: Path, t
             thread = threading.Thread(target=huge)
             thread.start()
             assert started.wait(10)
+            # Asked while the prompt is being tokenized (it takes seconds): the tokenizer must
+            # leave the GIL, and so the event loop, to the health check.
+            assert tokenizing.wait(60)
             status = health.Check(check, timeout=60).status
+            health_answered.set()
             order.append("health answered")
         thread.join(300)
     finally:
@@ -81,6 +103,7 @@ def test_health_answers_while_a_huge_prompt_is_tokenized(tiny_model_dir: Path, t
     assert status == health_pb2.HealthCheckResponse.SERVING
     # Tokenizing 3 MB of distinct words takes seconds; the loop answered health meanwhile.
     assert order == ["health answered", "huge prompt answered"]
+    assert answered_while_tokenizing == [True]
     assert [(e.code, e.message.split(":")[0]) for e in errors] == [(grpc.StatusCode.OUT_OF_RANGE, "text")]
 
 
