@@ -76,20 +76,16 @@ class HostRecords:
     def __init__(self, make: Callable[[int], HostLanding] | None = None) -> None:
         """``make(rows)``: a new place (default: pinned memory and a CUDA event)."""
         self._make = make or _pinned_landing
-        self._rings: dict[int, tuple[list[HostLanding], list[int]]] = {}
+        self._rings: dict[int, list[HostLanding]] = {}  # per batch size, least recently taken first
 
     def take(self, rows: int) -> HostLanding:
         """The next place for a ``[2, rows]`` record (a new one the first :data:`RING` times)."""
-        ring = self._rings.get(rows)
-        if ring is None:
-            ring = self._rings[rows] = ([], [0])
-        places, turn = ring
+        places = self._rings.setdefault(rows, [])
         if len(places) < self.RING:
             places.append(self._make(rows))
-            place = places[-1]
         else:
-            place = places[turn[0]]
-            turn[0] = (turn[0] + 1) % self.RING
+            places.append(places.pop(0))
+        place = places[-1]
         place.uses += 1
         return place
 

@@ -152,8 +152,7 @@ class Sampler:
         host: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`sample`, with its results as the one host record a step copies: ``(token_ids
-        [B] int64, record [2, B] float64)``, the record holding the tokens, then their logprobs
-        (float64 holds both exactly: ids are far below 2^53, and every float32 is a float64). The
+        [B] int64, record [2, B] float64)``, the record as :func:`host_record` lays it out. The
         engine's entry (:class:`~lil_sparse.engine.step_sampler.StepSampler`): a wrapper that
         records or forces tokens wraps this. An all-greedy batch on CUDA takes the record from
         the argmax's own kernel (:func:`~lil_sparse.kernels.row_argmax.greedy_record`: the same
