@@ -73,6 +73,7 @@ if [ "$part" = tests ]; then
   for f in /tmp/logs/*.log; do echo "===== $f"; cat "$f"; done > "$out/gpu-tests.log"
   grep -hE "passed|failed|error|rc=" /tmp/logs/*.log
   [ -z "${TESTS:-}" ] || exit 0  # a chosen subset: no benchmark
+  [ "${FAIRNESS:-1}" = 1 ] || exit 0  # FAIRNESS=0: every test file, no benchmark
   timeout 200 python bench/prefill_fairness.py --model "$LIL_GPU_MODEL" --device cuda \
     --modes chunked,chunked:512,unchunked --out "$out/prefill_fairness.md" 2>&1 | grep -vE "Warning|warn" | tail -12
 fi
