@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from lil_sparse.kernels.launcher import KernelLauncher
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 
 TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
@@ -65,7 +66,8 @@ def add_rmsnorm(
     if rows == 0:
         return out
     source = residual if residual is not None else x
-    _add_rmsnorm[(rows,)](
+    _ADD_RMSNORM(
+        (rows,),
         x,
         source,
         weight,
@@ -154,7 +156,8 @@ def rotary_qk(
     k = torch.empty(tokens, heads - q_heads, head_dim, dtype=qk.dtype, device=qk.device)
     if tokens == 0:
         return q, k
-    _rotary[(tokens,)](
+    _ROTARY(
+        (tokens,),
         qk,
         cos.contiguous(),
         sin.contiguous(),
@@ -204,7 +207,19 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     if tokens == 0:
         return out
     block = 1024
-    _silu_mul[(tokens, triton.cdiv(width, block))](
-        gate_up, out, width, gate_up.stride(0), DTYPE=TL_DTYPES[gate_up.dtype], BLOCK=block
+    _SILU_MUL(
+        (tokens, triton.cdiv(width, block)),
+        gate_up,
+        out,
+        width,
+        gate_up.stride(0),
+        DTYPE=TL_DTYPES[gate_up.dtype],
+        BLOCK=block,
     )
     return out
+
+
+# Direct launches once a specialization is known (lil_sparse/kernels/launcher.py).
+_ADD_RMSNORM = KernelLauncher(_add_rmsnorm)
+_ROTARY = KernelLauncher(_rotary)
+_SILU_MUL = KernelLauncher(_silu_mul)

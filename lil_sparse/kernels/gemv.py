@@ -29,6 +29,7 @@ import triton.language as tl
 
 from lil_sparse.kernels.fused_layers import TL_DTYPES, silu_times
 from lil_sparse.kernels.gemv_tiles import GemvTiles, choose_tiles
+from lil_sparse.kernels.launcher import KernelLauncher
 from lil_sparse.kernels.linear_operands import weight_refusal
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 from lil_sparse.kernels.rotary_append import rope_append_rows
@@ -383,7 +384,8 @@ def _launch(
         rope_args = tuple(rope)
     residual, norm_weight, eps = norm if norm is not None else (None, weight, 0.0)
     res_out = x if residual is None else torch.empty_like(x)
-    _gemv[(triton.cdiv(n, tiles.block_n),)](
+    _GEMV(
+        (triton.cdiv(n, tiles.block_n),),
         x, weight, weight if bias is None else bias, out, x if residual is None else residual, res_out,
         norm_weight, *rope_args, eps, n, weight.stride(0),
         K=x.shape[1], HAS_BIAS=bias is not None, SILU_MUL=fuse_silu, NORM=norm is not None,
@@ -392,3 +394,7 @@ def _launch(
         PDL=use_pdl(x), ROPE=rope is not None, HALF=half, num_warps=tiles.warps, **launch_options(x),
     )  # fmt: skip
     return out, res_out
+
+
+# Direct launches once a specialization is known (lil_sparse/kernels/launcher.py).
+_GEMV = KernelLauncher(_gemv)

@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from lil_sparse.kernels.launcher import KernelLauncher
 from lil_sparse.kv.key_metadata import KeyMetadata, check_key_metadata
 
 
@@ -111,7 +112,8 @@ def append_decode_kv(
         check_key_metadata(metadata, head_dim, "append_decode_kv")
     if tokens * heads == 0:
         return
-    _append_decode_kv[(tokens * heads,)](
+    _APPEND_DECODE_KV(
+        (tokens * heads,),
         k,
         v,
         slots.reshape(-1).contiguous(),
@@ -127,3 +129,7 @@ def append_decode_kv(
         HEAD_DIM=head_dim,
         META=metadata is not None,
     )
+
+
+# Direct launches once a specialization is known (lil_sparse/kernels/launcher.py).
+_APPEND_DECODE_KV = KernelLauncher(_append_decode_kv)

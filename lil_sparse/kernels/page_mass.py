@@ -28,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lil_sparse.kernels.launcher import KernelLauncher
+
 BLOCK_PAGES = 4  # pages per program: 4 x 16 tokens x 128 dims bf16 = 16 KiB of keys
 SUM_BLOCK = 128  # page slots per program of the sum over layers
 
@@ -160,7 +162,8 @@ def _launch(
     width = page_ids.shape[1]
     lse = lse_log2.float().contiguous()
     grid = (rows, triton.cdiv(width, BLOCK_PAGES), layers)
-    _page_mass[grid](
+    _PAGE_MASS(
+        grid,
         q,
         k_pages,
         page_ids,
@@ -245,7 +248,13 @@ def add_page_mass_layers(
     width = page_ids.shape[1]
     partial = torch.empty(layers, rows, width, dtype=torch.float32, device=q_layers.device)
     _launch(q_layers, k_layers, page_ids, counts, last_page_len, lse_layers, partial, accumulate=False)
-    _sum_layers[(rows, triton.cdiv(width, SUM_BLOCK))](
+    _SUM_LAYERS(
+        (rows, triton.cdiv(width, SUM_BLOCK)),
         partial, page_ids, counts.contiguous(), attention_mass, rows, width, page_ids.stride(0),
         NUM_LAYERS=layers, BLOCK=SUM_BLOCK,
     )  # fmt: skip
+
+
+# Direct launches once a specialization is known (lil_sparse/kernels/launcher.py).
+_PAGE_MASS = KernelLauncher(_page_mass)
+_SUM_LAYERS = KernelLauncher(_sum_layers)

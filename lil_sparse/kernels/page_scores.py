@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from lil_sparse.kernels.launcher import KernelLauncher
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 
 BLOCK_W = 32  # slots per program below 1024 slots (64 from there on): 32 x 2 x 128 bf16 = 16 KiB
@@ -98,7 +99,8 @@ def _launch(
         return out
     block = block or (64 if width >= 1024 else BLOCK_W)
     grid = (rows, triton.cdiv(width, block))
-    _page_scores[grid](
+    _PAGE_SCORES(
+        grid,
         q,
         meta,
         table,
@@ -147,3 +149,7 @@ def infllm_scores(
     Reference: :func:`lil_sparse.policies.infllm.infllm_row_scores` over the gathered key means.
     """
     return _launch(q, key_mean, table, held, bounds=False)
+
+
+# Direct launches once a specialization is known (lil_sparse/kernels/launcher.py).
+_PAGE_SCORES = KernelLauncher(_page_scores)

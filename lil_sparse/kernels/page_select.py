@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
+from lil_sparse.kernels.launcher import KernelLauncher
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 from lil_sparse.kernels.radix_select import block_keys, block_layout, radix_pass, ranking_keys
 
@@ -225,7 +226,8 @@ def select_pages(
     if len({held.stride(0), sink.stride(0), recent.stride(0)}) != 1:
         raise ValueError("select_pages: held, sink_pages and recent_pages must share one stride")
     block, tail, num_blocks = block_layout(width)
-    _select_pages[(rows,)](
+    _SELECT_PAGES(
+        (rows,),
         scores,
         count.contiguous(),
         table,
@@ -253,3 +255,7 @@ def select_pages(
         num_warps=num_warps or (8 if width > 1024 else 4),  # as when those rows were padded to >= 2048
         **launch_options(scores),
     )
+
+
+# Direct launches once a specialization is known (lil_sparse/kernels/launcher.py).
+_SELECT_PAGES = KernelLauncher(_select_pages)

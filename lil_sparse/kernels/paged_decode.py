@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 
 from lil_sparse.kernels.fused_layers import TL_DTYPES
+from lil_sparse.kernels.launcher import KernelLauncher
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 
 LOG2E = 1.4426950408889634
@@ -291,7 +292,8 @@ def paged_decode(
     out = torch.empty_like(q) if out is None else out
     if rows == 0:
         return out
-    _paged_decode[(rows, tiles.splits)](
+    _PAGED_DECODE(
+        (rows, tiles.splits),
         q,
         k_pages,
         v_pages,
@@ -316,9 +318,15 @@ def paged_decode(
         **launch_options(q),
     )
     block_d = merge_dims or merge_block_d(tiles.splits, head_dim)
-    _merge_partials[(rows, group, head_dim // block_d)](
+    _MERGE_PARTIALS(
+        (rows, group, head_dim // block_d),
         scratch.partial_out, scratch.partial_lse, out, scratch.partial_lse if lse is None else lse,
         G=group, D=head_dim, SPLITS=tiles.splits, BLOCK_D=block_d, WRITE_LSE=lse is not None,
         DTYPE=TL_DTYPES[q.dtype], PDL=use_pdl(q), **launch_options(q),
     )  # fmt: skip
     return out
+
+
+# Direct launches once a specialization is known (lil_sparse/kernels/launcher.py).
+_PAGED_DECODE = KernelLauncher(_paged_decode)
+_MERGE_PARTIALS = KernelLauncher(_merge_partials)

@@ -27,6 +27,7 @@ import triton.language as tl
 
 from lil_sparse.kernels.fused_layers import TL_DTYPES, _rope_halves, rotate_half
 from lil_sparse.kernels.kv_append import _fold_key, _load_page_metadata
+from lil_sparse.kernels.launcher import KernelLauncher
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 from lil_sparse.kv.key_metadata import KeyMetadata, check_key_metadata
 
@@ -141,7 +142,8 @@ def rotary_append_decode_kv(
     if block_heads < 1 or block_heads & (block_heads - 1):
         raise ValueError(f"rotary_append_decode_kv: block_heads must be a power of two, got {block_heads}")
     block_heads = min(block_heads, triton.next_power_of_2(heads))
-    _rotary_append_decode_kv[(tokens, triton.cdiv(heads, block_heads))](
+    _ROTARY_APPEND_DECODE_KV(
+        (tokens, triton.cdiv(heads, block_heads)),
         qk,
         v,
         cos.contiguous(),
@@ -198,3 +200,7 @@ def rope_append_rows(
         v_dst = v_cache_ptr + tl.load(slots_ptr + head - q_heads - k_heads) * (2 * HALF) + dims
         tl.store(v_dst, first.to(v_cache_ptr.dtype.element_ty))
         tl.store(v_dst + HALF, second.to(v_cache_ptr.dtype.element_ty))
+
+
+# Direct launches once a specialization is known (lil_sparse/kernels/launcher.py).
+_ROTARY_APPEND_DECODE_KV = KernelLauncher(_rotary_append_decode_kv)

@@ -40,6 +40,7 @@ import triton
 import triton.language as tl
 
 from lil_sparse.kernels.fused_layers import TL_DTYPES, silu_times
+from lil_sparse.kernels.launcher import KernelLauncher
 from lil_sparse.kernels.linear_operands import weight_refusal
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 
@@ -269,7 +270,8 @@ def _launch(
 ) -> torch.Tensor:
     m, k = x.shape
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    _skinny_gemm[(triton.cdiv(n, tiles.block_n),)](
+    _SKINNY_GEMM(
+        (triton.cdiv(n, tiles.block_n),),
         x, weight, weight if bias is None else bias, out, m, n, x.stride(0), weight.stride(0),
         K=k, M_PAD=padded_rows(m), HAS_BIAS=bias is not None, SILU_MUL=fuse_silu,
         BLOCK_N=tiles.block_n, BLOCK_K=min(tiles.block_k, max(16, triton.next_power_of_2(k))),
@@ -277,3 +279,7 @@ def _launch(
         num_stages=tiles.stages, **launch_options(x),
     )  # fmt: skip
     return out
+
+
+# Direct launches once a specialization is known (lil_sparse/kernels/launcher.py).
+_SKINNY_GEMM = KernelLauncher(_skinny_gemm)
