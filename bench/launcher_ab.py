@@ -116,7 +116,7 @@ def summarize(rounds: dict[str, dict[str, list[float]]]) -> dict[str, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", help="the model (not with --summarize)")
-    parser.add_argument("--summarize", type=Path, help="print the summary of an earlier run's --json")
+    parser.add_argument("--summarize", type=Path, help="earlier runs: a --json file or {'runs': [...]}")
     parser.add_argument("--prompts", default="128,512,2048")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=32, help="decode steps per eager-decode figure")
@@ -125,7 +125,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.summarize:
-        summarize(json.loads(args.summarize.read_text())["rounds"])
+        data = json.loads(args.summarize.read_text())
+        for run in data.get("runs", [data]):  # one run's --json, or a file of several
+            print(json.dumps(run["header"]))
+            summarize(run["rounds"])
         return
     if not args.model:
         parser.error("a model is needed (or --summarize FILE)")

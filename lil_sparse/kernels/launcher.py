@@ -2,12 +2,16 @@
 
 ``kernel[grid](*args, **constexprs)`` (Triton's ``JITFunction.run``) binds the arguments, works
 out their specialization and the cache key, and looks the compiled kernel up on every call, then
-launches it. For the few kernels a CUDA-graph decode step launches outside its graph (the step's
-inputs, the greedy pick's two argmax kernels) that bookkeeping is most of the launch: on the H200
-machine's host the argmax's first kernel took 29-33 us of host time per launch through the JIT
-and 14-15 us as ``CompiledKernel[grid](*args)`` (Triton's own launcher for a compiled kernel),
-against 11 us for a one-element PyTorch kernel (``bench/launch_host.py``, 2026-12-01 20:10 UTC,
-Triton 3.6.0, 2000 calls each at batch 1 and 8).
+launches it. For a kernel launched outside a CUDA graph that bookkeeping is most of the launch:
+on the H200 machine's host the argmax's first kernel took 29-33 us of host time per launch
+through the JIT and 14-15 us as ``CompiledKernel[grid](*args)`` (Triton's own launcher for a
+compiled kernel), against 11 us for a one-element PyTorch kernel (``bench/launch_host.py``,
+2026-12-01 20:10 UTC, Triton 3.6.0, 2000 calls each at batch 1 and 8). Every Triton launch site
+of the engine goes through a :class:`KernelLauncher`: the kernels a CUDA-graph step launches
+outside its graph (the step's inputs, the greedy pick's argmax) and every per-layer kernel of
+prefill and of eager decode steps. On SmolLM2 (H200, 2026-12-01 22:13 and 22:31 UTC,
+``bench/launcher_ab.py``, arms alternating) a prefill's time to first token and an eager decode
+step were faster with it in 54 of 64 paired rounds, by a median of 1.6-3.2 ms of 15-32.
 
 :class:`KernelLauncher` keeps, per specialization, the compiled kernel the JIT returned and
 launches it directly afterwards. Its key holds everything Triton specializes on, conservatively:
