@@ -8,8 +8,11 @@ per layer, so for a small model their time is mostly the host's launches.
 In one process, one warm engine per CUDA-graph setting: per round, each arm (the order alternates
 by round) times
 
-- ``ttft P``: one greedy request with a ``P``-token prompt, from ``add_request`` to its first
-  token (``max_new_tokens=1``; each prompt differs, so nothing is shared between requests);
+- ``ttft P``: one greedy request with a prompt of about ``P`` tokens, from ``add_request`` to its
+  first token (``max_new_tokens=1``); each prompt's tokens differ, and with ``--vary on`` (the
+  default) so does its length (``P`` less 0-31 tokens, by the number of prompts before it), as
+  a server's prompts do: a prefill's kernels launch on a grid that follows the length, so a
+  launch cache keyed by the grid would miss on nearly every one;
 - ``decode``: with ``cuda_graphs=False``, the median of one request's decode steps
   (``engine.step()`` to ``engine.step()``) over ``--steps`` tokens.
 
@@ -119,6 +122,7 @@ def main() -> None:
     parser.add_argument("--summarize", type=Path, help="earlier runs: a --json file or {'runs': [...]}")
     parser.add_argument("--prompts", default="128,512,2048")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--vary", choices=("on", "off"), default="on", help="a new length per prompt")
     parser.add_argument("--steps", type=int, default=32, help="decode steps per eager-decode figure")
     parser.add_argument("--device", default="cuda", help="cpu: a dry run (the interpreter takes the JIT)")
     parser.add_argument("--profile", type=int, default=0, help="print cProfile's top N after the rounds")
@@ -155,7 +159,8 @@ def main() -> None:
                 if graphs:
                     for tokens in prompts:
                         seed += 1
-                        figures[f"ttft {tokens}"] = ttft_s(engine, _prompt(vocab, tokens, seed))
+                        length = tokens - seed % 32 if args.vary == "on" else tokens
+                        figures[f"ttft {tokens}"] = ttft_s(engine, _prompt(vocab, length, seed))
                 else:
                     seed += 1
                     figures["eager decode step"] = decode_step_s(engine, _prompt(vocab, 64, seed), args.steps)

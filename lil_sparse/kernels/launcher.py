@@ -14,8 +14,10 @@ prefill and of eager decode steps. On SmolLM2 (H200, 2026-12-01 22:13 and 22:31 
 step were faster with it in 54 of 64 paired rounds, by a median of 1.6-3.2 ms of 15-32.
 
 :class:`KernelLauncher` keeps, per specialization, the compiled kernel the JIT returned and
-launches it directly afterwards. Its key holds everything Triton specializes on, conservatively:
-every integer and bool argument by value (Triton types an integer by its range and specializes
+launches it directly afterwards, on each launch's own grid (the grid is a launch parameter, not
+part of what Triton compiles: a prefill's kernels, whose grid follows the prompt's length, reuse
+one compiled kernel for every length). Its key holds everything Triton specializes on,
+conservatively: every integer and bool argument by value (Triton types an integer by its range and specializes
 one equal to 1 or divisible by 16), every tensor by dtype (and the first one's device), and every
 keyword (constexprs and launch options) by value; a tensor whose address is not a multiple of 16
 bytes (which Triton would specialize the other way) and any other kind of argument take the JIT,
@@ -54,27 +56,26 @@ class KernelLauncher:
         self._runners: OrderedDict[tuple[object, ...], Any] = OrderedDict()
 
     def __call__(self, grid: tuple[int, ...], *args: object, **keywords: object) -> None:
-        key = _key(grid, args, keywords) if ENABLED else None
+        key = _key(args, keywords) if ENABLED else None
         if key is None:
             self.kernel[grid](*args, **keywords)
             return
         runner = self._runners.get(key)
         if runner is None:
-            self._remember(key, self.kernel[grid](*args, **keywords), grid, len(args), keywords)
+            self._remember(key, self.kernel[grid](*args, **keywords), len(args), keywords)
             return
         if runner is _JIT:
             self.kernel[grid](*args, **keywords)
             return
         self._runners.move_to_end(key)
-        bound, parameters = runner
-        bound(*args, *(keywords[name] for name in parameters))
+        compiled, parameters = runner
+        compiled[(*grid, 1, 1)[:3]](*args, *(keywords[name] for name in parameters))
         self.direct_launches += 1
 
     def _remember(
         self,
         key: tuple[object, ...],
         compiled: object,
-        grid: tuple[int, ...],
         leading: int,
         keywords: dict[str, object],
     ) -> None:
@@ -87,15 +88,14 @@ class KernelLauncher:
         if not complete or not hasattr(compiled, "packed_metadata"):
             self._runners[key] = _JIT  # the interpreter, or parameters left to their defaults
             return
-        full_grid = (*grid, 1, 1)[:3]
-        self._runners[key] = (compiled[full_grid], tuple(names))  # type: ignore[index]
+        self._runners[key] = (compiled, tuple(names))
 
 
-def _key(
-    grid: tuple[int, ...], args: tuple[object, ...], keywords: dict[str, object]
-) -> tuple[object, ...] | None:
-    """What the launch's compiled kernel depends on (None: take the JIT every time)."""
-    parts: list[object] = [grid]
+def _key(args: tuple[object, ...], keywords: dict[str, object]) -> tuple[object, ...] | None:
+    """What the launch's compiled kernel depends on (None: take the JIT every time). Not the
+    grid: Triton compiles a kernel for its arguments' specialization and launches it on any
+    grid."""
+    parts: list[object] = []
     device = None
     for arg in args:
         if isinstance(arg, torch.Tensor):

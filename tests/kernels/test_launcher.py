@@ -50,16 +50,15 @@ class Kernel:
 
 def test_the_key_holds_what_triton_specializes_on():
     x = torch.zeros(8)
-    base = _key((2,), (x, 16), {"BLOCK": 4})
+    base = _key((x, 16), {"BLOCK": 4})
     assert base is not None
-    assert _key((2,), (x, 16), {"BLOCK": 4}) == base
-    assert _key((3,), (x, 16), {"BLOCK": 4}) != base  # the grid
-    assert _key((2,), (x, 17), {"BLOCK": 4}) != base  # every integer by value (1, multiples of 16)
-    assert _key((2,), (x, 1), {"BLOCK": 4}) != _key((2,), (x, True), {"BLOCK": 4})  # bool is not int
-    assert _key((2,), (x.double(), 16), {"BLOCK": 4}) != base  # the dtype
-    assert _key((2,), (x, 16), {"BLOCK": 8}) != base  # constexprs and launch options
-    assert _key((2,), (torch.zeros(8), 16), {"BLOCK": 4}) == base  # not the address itself
-    assert _key((2,), (x, 2.5), {}) == _key((2,), (x, 0.5), {})  # floats are not specialized
+    assert _key((x, 16), {"BLOCK": 4}) == base
+    assert _key((x, 17), {"BLOCK": 4}) != base  # every integer by value (1, multiples of 16)
+    assert _key((x, 1), {"BLOCK": 4}) != _key((x, True), {"BLOCK": 4})  # bool is not int
+    assert _key((x.double(), 16), {"BLOCK": 4}) != base  # the dtype
+    assert _key((x, 16), {"BLOCK": 8}) != base  # constexprs and launch options
+    assert _key((torch.zeros(8), 16), {"BLOCK": 4}) == base  # not the address itself
+    assert _key((x, 2.5), {}) == _key((x, 0.5), {})  # floats are not specialized
 
 
 @pytest.mark.parametrize(
@@ -71,7 +70,7 @@ def test_the_key_holds_what_triton_specializes_on():
     ],
 )
 def test_launches_the_key_cannot_describe_take_the_jit(args, keywords):
-    assert _key((1,), args, keywords) is None
+    assert _key(args, keywords) is None
 
 
 def test_the_first_launch_takes_the_jit_and_later_ones_the_compiled_kernel():
@@ -84,6 +83,23 @@ def test_the_first_launch_takes_the_jit_and_later_ones_the_compiled_kernel():
     # The compiled kernel takes every parameter in order (constexprs too), on a 3-entry grid, and
     # not the launch options (they are compiled in).
     assert kernel.calls[1:] == [("direct", (5, 2, 1), x, 7, 32, True)] * 2
+    assert launch.direct_launches == 2
+
+
+def test_one_compiled_kernel_serves_every_grid():
+    """A prefill's kernels launch on a grid that follows the prompt's length: the grid is not
+    compiled in, so after the first launch every grid takes the compiled kernel, each on its own
+    grid."""
+    kernel = Kernel()
+    launch = KernelLauncher(kernel)
+    x = torch.zeros(4)
+    for rows in (5, 9, 2048):
+        launch((rows,), x, 7, BLOCK=32, FLAG=True)
+    assert [call[:2] for call in kernel.calls] == [
+        ("jit", (5,)),
+        ("direct", (9, 1, 1)),
+        ("direct", (2048, 1, 1)),
+    ]
     assert launch.direct_launches == 2
 
 
@@ -172,3 +188,23 @@ def test_a_direct_launch_is_captured_by_a_cuda_graph():
     want_token, want_record = row_argmax.greedy_record_reference(logits)
     assert torch.equal(token, want_token) and torch.equal(record[0], want_record[0])
     torch.testing.assert_close(record[1], want_record[1], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not CUDA, reason="compiled kernels need CUDA")
+def test_a_prefill_kernel_launched_directly_on_every_grid_gives_the_jits_bits(monkeypatch):
+    """``add_rmsnorm`` at prompt lengths it has not seen: from the second launch on each takes
+    the compiled kernel on its own grid, with the JIT's bits."""
+    from lil_sparse.kernels import fused_layers
+
+    weight = torch.randn(576, device="cuda", dtype=torch.bfloat16)
+    before = fused_layers._ADD_RMSNORM.direct_launches
+    for rows in (3, 1, 300, 2049):
+        x = torch.randn(rows, 576, device="cuda", dtype=torch.bfloat16)
+        residual = torch.randn_like(x)
+        monkeypatch.setattr(launcher, "ENABLED", False)
+        want_residual = residual.clone()
+        want = fused_layers.add_rmsnorm(x, want_residual, weight, 1e-5)
+        monkeypatch.setattr(launcher, "ENABLED", True)
+        got = fused_layers.add_rmsnorm(x, residual, weight, 1e-5)
+        assert torch.equal(got, want) and torch.equal(residual, want_residual)
+    assert fused_layers._ADD_RMSNORM.direct_launches - before >= 3
