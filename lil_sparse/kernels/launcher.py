@@ -9,9 +9,12 @@ compiled kernel), against 11 us for a one-element PyTorch kernel (``bench/launch
 2026-12-01 20:10 UTC, Triton 3.6.0, 2000 calls each at batch 1 and 8). Every Triton launch site
 of the engine goes through a :class:`KernelLauncher`: the kernels a CUDA-graph step launches
 outside its graph (the step's inputs, the greedy pick's argmax) and every per-layer kernel of
-prefill and of eager decode steps. On SmolLM2 (H200, 2026-12-01 22:13 and 22:31 UTC,
-``bench/launcher_ab.py``, arms alternating) a prefill's time to first token and an eager decode
-step were faster with it in 54 of 64 paired rounds, by a median of 1.6-3.2 ms of 15-32.
+prefill and of eager decode steps. End to end on SmolLM2 the effect is small against the host's
+noise (H200, 2026-12-01, ``bench/launcher_ab.py``, arms alternating by round; TTFT and the eager
+decode step read 15-39 ms): with repeated prompt lengths (22:13, 22:31) a prefill's time to first
+token and an eager decode step were faster with it in 54 of 64 paired rounds, by medians of
+1.6-3.2 ms; with every prompt's length new (22:40, this key) in 17 of 28, by medians of -0.1 to
+4.6 ms.
 
 :class:`KernelLauncher` keeps, per specialization, the compiled kernel the JIT returned and
 launches it directly afterwards, on each launch's own grid (the grid is a launch parameter, not
