@@ -11,7 +11,7 @@ of the engine goes through a :class:`KernelLauncher`: the kernels a CUDA-graph s
 outside its graph (the step's inputs, the greedy pick's argmax) and every per-layer kernel of
 prefill and of eager decode steps. End to end on SmolLM2 the effect is small against the host's
 noise (H200, 2026-12-01, ``bench/launcher_ab.py``, arms alternating by round; TTFT and the eager
-decode step read 15-39 ms): with repeated prompt lengths (22:13, 22:31) a prefill's time to first
+decode step read 14-39 ms): with repeated prompt lengths (22:13, 22:31) a prefill's time to first
 token and an eager decode step were faster with it in 54 of 64 paired rounds, by medians of
 1.6-3.2 ms; with every prompt's length new (22:40, this key) in 17 of 28, by medians of -0.1 to
 4.6 ms.
