@@ -15,7 +15,13 @@ compared (largest absolute difference), and the table says which kernel the engi
 the tiles ``step_tiles`` picks, so a case past one loop step per split times the pipelined loop,
 whichever kernel the engine runs there.
 
-    python bench/paged_decode_micro.py [--sweep] [--merge-sweep] [--cases NAME,...] [--out FILE]
+``--split-sweep`` also times FlashInfer planned with each ``fixed_split_size`` of
+:data:`SPLIT_SWEEP` (pages per split-KV chunk; FlashInfer's tensor-core decode only) and prints
+the fastest beside its own choice: whether FlashInfer's chunking leaves bandwidth unused at a
+shape (printed, not in the table).
+
+    python bench/paged_decode_micro.py [--sweep] [--merge-sweep] [--split-sweep] [--cases NAME,...] \
+        [--out FILE]
 """
 
 from __future__ import annotations
@@ -63,6 +69,9 @@ SWEEP = [
 programs (:func:`swept_tiles`): the ``while`` loop at 4 and 8 warps (``stages`` changes nothing
 there), and the pipelined loop at 2-4 stages."""
 
+SPLIT_SWEEP = (4, 8, 16, 32, 64, 128)
+"""FlashInfer ``fixed_split_size`` values (pages) ``--split-sweep`` tries."""
+
 
 def swept_tiles(rows: int, num_sms: int) -> list[DecodeTiles]:
     """The :data:`SWEEP` tiles for ``rows`` rows on ``num_sms`` SMs."""
@@ -75,7 +84,7 @@ MERGE_DIMS = tuple(16 << i for i in range((HEAD_DIM // 16).bit_length()))  # 16,
 class Case:
     """``layers`` copies of K/V pages and one page table, q per layer, FlashInfer planned once."""
 
-    def __init__(self, group: int, rows: int, pages: int, seed: int = 0) -> None:
+    def __init__(self, group: int, rows: int, pages: int, seed: int = 0, split: int | None = None) -> None:
         import flashinfer
 
         gen = torch.Generator(device="cuda").manual_seed(seed)
@@ -105,7 +114,7 @@ class Case:
         )
         self.wrapper.plan(
             self.indptr.cpu(), self.indices, self.last.cpu(), group, 1, HEAD_DIM, PAGE_SIZE,
-            q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16,
+            q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16, fixed_split_size=split,
         )  # fmt: skip
 
     def flashinfer(self, layer: int) -> None:
@@ -130,6 +139,27 @@ class Case:
         return us, (out.float() - self.out.float()).abs().max().item()
 
 
+def split_sweep(group: int, rows: int, pages: int, iters: int, own_us: float) -> str:
+    """FlashInfer's time at each :data:`SPLIT_SWEEP` chunk size against its own choice
+    (``own_us``), fastest first, with the largest |difference| from its own choice's output."""
+    reference = Case(group, rows, pages)
+    reference.flashinfer(0)
+    timed = []
+    for split in SPLIT_SWEEP:
+        if split >= 2 * pages:  # one chunk per row: no split at all
+            continue
+        case = Case(group, rows, pages, split=split)
+        us = graph_us(case.flashinfer, case.layers, iters)
+        case.flashinfer(0)
+        diff = (case.out[0].float() - reference.out[0].float()).abs().max().item()
+        timed.append((us, split, diff))
+        del case
+        torch.cuda.empty_cache()
+    timed.sort()
+    cells = ", ".join(f"{split} pages {us:.1f} us (|diff| {diff:.4f})" for us, split, diff in timed)
+    return f"own choice {own_us:.1f} us; {cells}"
+
+
 def _shape(tiles: DecodeTiles) -> str:
     loop = f"pipelined s{tiles.stages}" if tiles.pipelined else "while"
     return f"{tiles.splits}x{tiles.block_pages}, w{tiles.warps} {loop}"
@@ -141,6 +171,9 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="also time every tile of SWEEP")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--cases", default="", help="comma list of case names to run (default: all)")
+    parser.add_argument(
+        "--split-sweep", action="store_true", help="also time FlashInfer at every fixed_split_size"
+    )
     parser.add_argument(
         "--merge-sweep", action="store_true", help="also time the engine's tiles at every merge block of dims"
     )
@@ -190,6 +223,9 @@ def main() -> None:
         table.append(row)
         del case
         torch.cuda.empty_cache()
+        if args.split_sweep:
+            swept_splits = split_sweep(group, rows, pages, args.iters, flashinfer_us)
+            print(f"  {name} FlashInfer by fixed_split_size: {swept_splits}", flush=True)
     if args.out:
         header = [
             "case", "rows", "pages/row", "FlashInfer us", "Triton us", "Triton us, merge per head",
