@@ -20,11 +20,12 @@ token and an eager decode step were faster with it in 54 of 64 paired rounds, by
 launches it directly afterwards, on each launch's own grid (the grid is a launch parameter, not
 part of what Triton compiles: a prefill's kernels, whose grid follows the prompt's length, reuse
 one compiled kernel for every length). Its key holds everything Triton specializes on,
-conservatively: every integer and bool argument by value (Triton types an integer by its range and specializes
-one equal to 1 or divisible by 16), every tensor by dtype (and the first one's device), and every
-keyword (constexprs and launch options) by value; a tensor whose address is not a multiple of 16
-bytes (which Triton would specialize the other way) and any other kind of argument take the JIT,
-as does everything in Triton's CPU interpreter, where there is no compiled kernel. The first
+conservatively: every integer and bool argument by value (Triton types an integer by its range
+and specializes one equal to 1 or divisible by 16), every tensor by dtype (and the first one's
+device), and every keyword (constexprs and launch options) by value; a tensor whose address is
+not a multiple of 16 bytes (which Triton would specialize the other way) and any other kind of
+argument take the JIT, as does everything in Triton's CPU interpreter, where there is no
+compiled kernel. The first
 launch of a key goes through the JIT, which compiles or finds the kernel exactly as before. The
 reference is the JIT launch itself: ``tests/kernels/test_launcher.py`` checks on CUDA that both
 give the same bits and that a misaligned view is not served by an aligned key.
