@@ -25,10 +25,11 @@ and specializes one equal to 1 or divisible by 16), every tensor by dtype (and t
 device), and every keyword (constexprs and launch options) by value; a tensor whose address is
 not a multiple of 16 bytes (which Triton would specialize the other way) and any other kind of
 argument take the JIT, as does everything in Triton's CPU interpreter, where there is no
-compiled kernel. The first
-launch of a key goes through the JIT, which compiles or finds the kernel exactly as before. The
-reference is the JIT launch itself: ``tests/kernels/test_launcher.py`` checks on CUDA that both
-give the same bits and that a misaligned view is not served by an aligned key.
+compiled kernel. The first launch of a key goes through the JIT, which compiles or finds the
+kernel exactly as before. The reference is the JIT launch itself:
+``tests/kernels/test_launcher.py`` checks on CUDA that both give the same bits (the argmax at
+five shapes, ``add_rmsnorm`` at unseen lengths) and that a misaligned view is not served by an
+aligned key.
 """
 
 from __future__ import annotations
