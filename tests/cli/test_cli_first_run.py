@@ -48,6 +48,20 @@ def _lil_sparse(*args: str, timeout: float = 120) -> subprocess.CompletedProcess
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO_ROOT)
 
 
+def _popen_as_from_a_terminal(command: list[str]) -> subprocess.Popen[bytes]:
+    """Start ``command`` with SIGINT at its default disposition, as a shell in a terminal starts
+    a program: an ignored signal stays ignored across ``exec``, so a test run launched where
+    SIGINT is ignored (a background job of a non-interactive shell) would otherwise start a
+    client that Ctrl-C cannot reach, and Python installs its KeyboardInterrupt handler only over
+    the default. Setting the disposition here (the main thread, as ``signal.signal`` requires)
+    rather than in ``preexec_fn`` keeps the fork free of Python code in a threaded process."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # exec resets a handler
+    try:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _one_line(stderr: str) -> str:
     lines = stderr.strip().splitlines()
     assert "Traceback" not in stderr and len(lines) == 1, stderr
@@ -109,7 +123,7 @@ def test_ctrl_c_in_lil_client_prints_one_line_and_aborts_the_request(
     with BackgroundServer(config, engine=engine) as server:
         command = [sys.executable, "-m", "lil_client", "--address", server.address, "generate",
                    "hello there", "--max-new-tokens", "1900", "--ignore-eos"]  # fmt: skip
-        client = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+        client = _popen_as_from_a_terminal(command)
         try:
             assert client.stdout is not None and client.stdout.read(1)  # streaming has begun
             hold.hold()
