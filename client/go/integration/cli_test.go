@@ -299,3 +299,20 @@ func TestLilStreamPrintsLogprobsLikeThePythonClient(t *testing.T) {
 		}
 	}
 }
+
+// A budget without a policy runs the server's default policy, full here, which ignores it: the
+// command says so on stderr, as lil-client does, and not when a policy was asked for.
+func TestLilStreamNotesABudgetThatChangedNothing(t *testing.T) {
+	binary := build(t, "cmd/lil-stream")
+	_, stderr, code := runBinary(t, binary, "-address", server.Address, "-max-new-tokens", "2", "-budget", "64", "hi")
+	want := "lil-stream: note: -budget 64 changed nothing: the server's default policy is full (dense)," +
+		" which attends every page; add -policy quest, infllm, sink or h2o\n"
+	if code != 0 || stderr != want {
+		failWithLogs(t, "exit %d, stderr %q; want 0 and %q", code, stderr, want)
+	}
+	_, stderr, code = runBinary(t, binary, "-address", server.Address, "-max-new-tokens", "2", "-policy", "quest",
+		"-budget", "64", "hi")
+	if code != 0 || stderr != "" {
+		failWithLogs(t, "with -policy quest: exit %d, stderr %q; want 0 and nothing", code, stderr)
+	}
+}

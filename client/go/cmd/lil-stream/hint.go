@@ -61,3 +61,18 @@ func errorHint(err error, address string, timeout time.Duration) string {
 	}
 	return ""
 }
+
+// budgetNote is a note when -budget was given without -policy and the server's default policy,
+// which the request ran with (started reports it resolved), is full: dense decode ignores the
+// budget (README, per-call options). "" otherwise. It mirrors lil-client's budget_note.
+func budgetNote(request *lilsparse.Request, started lilsparse.Started) string {
+	sparse := request.Sparse
+	if sparse == nil || sparse.BudgetTokens == nil || sparse.Policy != lilsparse.PolicyDefault {
+		return ""
+	}
+	if started.Options.Sparse.Policy != lilsparse.PolicyFull {
+		return ""
+	}
+	return fmt.Sprintf("note: -budget %d changed nothing: the server's default policy is full (dense),"+
+		" which attends every page; add -policy quest, infllm, sink or h2o", *sparse.BudgetTokens)
+}

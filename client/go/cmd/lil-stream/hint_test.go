@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lil-sparse/lil-sparse/client/go/lilsparse"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -53,6 +54,35 @@ func TestHintsForATimeoutAndARefusedField(t *testing.T) {
 	for _, c := range cases {
 		if got := errorHint(c.err, "localhost:50051", c.timeout); got != c.want {
 			t.Errorf("%v: hint %q, want %q", c.err, got, c.want)
+		}
+	}
+}
+
+func TestBudgetWithoutPolicyOnAFullServerGetsTheNote(t *testing.T) {
+	startedWith := func(policy lilsparse.Policy) lilsparse.Started {
+		return lilsparse.Started{Options: lilsparse.ResolvedOptions{Sparse: lilsparse.Sparse{Policy: policy}}}
+	}
+	want := "note: -budget 100 changed nothing: the server's default policy is full (dense), which" +
+		" attends every page; add -policy quest, infllm, sink or h2o"
+	cases := []struct {
+		args    []string
+		started lilsparse.Started
+		want    string
+	}{
+		{[]string{"-budget", "100", "hi"}, startedWith(lilsparse.PolicyFull), want},
+		{[]string{"-budget", "100", "hi"}, startedWith(lilsparse.PolicyQuest), ""},                   // the server's default selects
+		{[]string{"-policy", "full", "-budget", "100", "hi"}, startedWith(lilsparse.PolicyFull), ""}, // asked for
+		{[]string{"-policy", "quest", "-budget", "100", "hi"}, startedWith(lilsparse.PolicyQuest), ""},
+		{[]string{"-sink-tokens", "16", "hi"}, startedWith(lilsparse.PolicyFull), ""}, // no budget given
+		{[]string{"hi"}, startedWith(lilsparse.PolicyFull), ""},
+	}
+	for _, c := range cases {
+		parsed, err := parseFlags(c.args, &bytes.Buffer{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := budgetNote(&parsed.request, c.started); got != c.want {
+			t.Errorf("%v: note %q, want %q", c.args, got, c.want)
 		}
 	}
 }

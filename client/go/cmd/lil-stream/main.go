@@ -56,7 +56,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if parsed.info {
 		err = printInfo(ctx, client, parsed, stdout)
 	} else {
-		err = generate(ctx, client, parsed, stdout)
+		err = generate(ctx, client, parsed, stdout, stderr)
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "lil-stream:", err.Error()+errorHint(err, parsed.address, parsed.timeout))
@@ -99,8 +99,9 @@ func printInfo(ctx context.Context, client *lilsparse.Client, parsed *options, s
 
 // generate streams the text live (or nothing with -json), then prints the summary like
 // `lil-client generate`: "---", the summary lines and the lines the output flags ask for, or
-// one JSON line (logprobs in it only with -logprobs, null for NaN).
-func generate(ctx context.Context, client *lilsparse.Client, parsed *options, stdout io.Writer) error {
+// one JSON line (logprobs in it only with -logprobs, null for NaN); then, on stderr, the
+// budget note (budgetNote) where it applies.
+func generate(ctx context.Context, client *lilsparse.Client, parsed *options, stdout, stderr io.Writer) error {
 	stream, err := client.Generate(ctx, parsed.request)
 	if err != nil {
 		return err
@@ -119,10 +120,14 @@ func generate(ctx context.Context, client *lilsparse.Client, parsed *options, st
 		return err
 	}
 	if parsed.json {
-		return writeJSON(stdout, summary)
+		err = writeJSON(stdout, summary)
+	} else {
+		writeText(stdout, "\n---\n"+formatSummary(summary)+"\n"+formatOutputs(summary, &parsed.request))
 	}
-	writeText(stdout, "\n---\n"+formatSummary(summary)+"\n"+formatOutputs(summary, &parsed.request))
-	return nil
+	if note := budgetNote(&parsed.request, stream.Started()); note != "" {
+		fmt.Fprintln(stderr, "lil-stream:", note)
+	}
+	return err
 }
 
 // writeJSON writes value as one line of JSON, as the Python client does.
