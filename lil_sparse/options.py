@@ -11,7 +11,29 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-POLICY_NAMES: tuple[str, ...] = ("full", "sink", "h2o", "quest", "infllm")
+
+@dataclass(frozen=True, slots=True)
+class PolicyFields:
+    """Which :class:`SparseOptions` fields a policy reads: options validate by these flags, never
+    by comparing policy names. The same flags are class attributes of each policy
+    (:class:`lil_sparse.policies.base.SelectionPolicy`); the registry
+    (:mod:`lil_sparse.policies.registry`) refuses to import if the two disagree. Kept here because
+    this module must not import the policies (they import it, and torch)."""
+
+    uses_budget: bool  # False: attends every held page whatever the budget (full)
+    reads_sink_tokens: bool = False  # the leading sink window (sink, InfLLM)
+    reads_recent_tokens: bool = False  # the trailing recent window (H2O, InfLLM)
+    has_dense_layers: bool = False  # leading layers attend densely (Quest)
+
+
+POLICY_FIELDS: dict[str, PolicyFields] = {
+    "full": PolicyFields(uses_budget=False),
+    "sink": PolicyFields(uses_budget=True, reads_sink_tokens=True),
+    "h2o": PolicyFields(uses_budget=True, reads_recent_tokens=True),
+    "quest": PolicyFields(uses_budget=True, has_dense_layers=True),
+    "infllm": PolicyFields(uses_budget=True, reads_sink_tokens=True, reads_recent_tokens=True),
+}
+POLICY_NAMES: tuple[str, ...] = tuple(POLICY_FIELDS)
 GuardianMode = Literal["full", "incremental"]
 GuardianSource = Literal["text", "token_ids"]
 GuardianAction = Literal["truncate", "answer"]
@@ -174,7 +196,9 @@ class SparseOptions:
         if self.recent_tokens > 0:
             return -(-self.recent_tokens // page_size)
         budget = self.budget_pages(page_size)
-        sink = self.sink_pages(page_size) if self.policy == "infllm" else 0
+        fields = POLICY_FIELDS[self.policy]
+        both_windows = fields.reads_sink_tokens and fields.reads_recent_tokens  # (InfLLM)
+        sink = self.sink_pages(page_size) if both_windows else 0
         return max(1, (budget - sink) // 2)
 
     def validate_for(self, page_size: int, num_layers: int) -> None:
@@ -184,9 +208,10 @@ class SparseOptions:
         them, and the message says which field to change (the user may have set only the budget).
         """
         budget = self.budget_pages(page_size)
-        if self.policy == "full":
+        fields = POLICY_FIELDS[self.policy]
+        if not fields.uses_budget:
             return
-        if self.policy in ("sink", "infllm"):
+        if fields.reads_sink_tokens:
             needed = (self.sink_pages(page_size) + 1) * page_size
             _require(
                 needed <= budget * page_size,
@@ -195,9 +220,9 @@ class SparseOptions:
                 f"{self.sink_tokens} sink tokens ({_pages(self.sink_pages(page_size))}) plus the newest "
                 f"page; raise budget_tokens to at least {needed} or lower sink_tokens",
             )
-        if self.policy in ("h2o", "infllm"):
+        if fields.reads_recent_tokens:
             forced = self.recent_pages(page_size) + (
-                self.sink_pages(page_size) if self.policy == "infllm" else 0
+                self.sink_pages(page_size) if fields.reads_sink_tokens else 0
             )
             _require(
                 forced <= budget,
@@ -205,11 +230,11 @@ class SparseOptions:
                 f"{self.recent_tokens} recent tokens do not fit the budget of {_pages(budget)}; "
                 "lower recent_tokens (0: automatic) or raise budget_tokens",
             )
-        if self.policy == "quest":  # the only policy that reads dense_layers
+        if fields.has_dense_layers:
             _require(
                 self.dense_layers < num_layers,
                 "dense_layers",
-                f"must be below the model's {num_layers} layers for quest (with {self.dense_layers} "
+                f"must be below the model's {num_layers} layers for {self.policy} (with {self.dense_layers} "
                 "dense layers no layer would select pages; use policy 'full'), "
                 f"got {self.dense_layers}",
             )

@@ -67,6 +67,8 @@ class SelectionPolicy(ABC):
     reads_key_metadata: ClassVar[bool] = False  # needs key min/max/sum/mean kept up to date
     uses_budget: ClassVar[bool] = True  # False: attends every held page whatever the budget (full)
     has_dense_layers: ClassVar[bool] = False  # reads SparseOptions.dense_layers (Quest)
+    reads_sink_tokens: ClassVar[bool] = False  # reads SparseOptions.sink_tokens (sink, InfLLM)
+    reads_recent_tokens: ClassVar[bool] = False  # reads SparseOptions.recent_tokens (H2O, InfLLM)
     # What one selecting layer reads per held page to score it (the selection gate's cost model,
     # lil_sparse/engine/selection_gate.py): ``metadata_vectors`` head_dim-vectors in the KV
     # cache's dtype.

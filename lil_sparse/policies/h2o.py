@@ -34,6 +34,7 @@ OBSERVATION_WINDOW = 64
 
 class H2OPolicy(SelectionPolicy):
     name = "h2o"
+    reads_recent_tokens = True
     evicts = True
     observes_attention = True
 

@@ -29,6 +29,8 @@ def infllm_row_scores(q: torch.Tensor, representative: torch.Tensor) -> torch.Te
 
 class InfLLMPolicy(SelectionPolicy):
     name = "infllm"
+    reads_sink_tokens = True
+    reads_recent_tokens = True
     selects_per_layer = True
     reads_key_metadata = True
     metadata_vectors = 1  # key mean per page, in the cache dtype

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lil_sparse.options import POLICY_NAMES
+from lil_sparse.options import POLICY_FIELDS, PolicyFields
 from lil_sparse.policies.base import SelectionPolicy
 from lil_sparse.policies.full import FullPolicy
 from lil_sparse.policies.h2o import H2OPolicy
@@ -14,8 +14,31 @@ POLICIES: dict[str, SelectionPolicy] = {
     policy.name: policy for policy in (FullPolicy(), SinkPolicy(), H2OPolicy(), QuestPolicy(), InfLLMPolicy())
 }
 
-if tuple(POLICIES) != POLICY_NAMES:  # keep options validation and the registry in step
-    raise RuntimeError(f"policy registry {tuple(POLICIES)} differs from POLICY_NAMES {POLICY_NAMES}")
+
+def option_fields(policy: SelectionPolicy) -> PolicyFields:
+    """The :class:`~lil_sparse.options.PolicyFields` a policy's class flags declare."""
+    return PolicyFields(
+        uses_budget=policy.uses_budget,
+        reads_sink_tokens=policy.reads_sink_tokens,
+        reads_recent_tokens=policy.reads_recent_tokens,
+        has_dense_layers=policy.has_dense_layers,
+    )
+
+
+def check_in_step(policies: dict[str, SelectionPolicy], fields: dict[str, PolicyFields]) -> None:
+    """Raise ``RuntimeError`` unless ``policies`` and the options' ``fields`` name the same
+    policies in the same order with the same flags (options validation reads the table)."""
+    if tuple(policies) != tuple(fields):
+        raise RuntimeError(f"policy registry {tuple(policies)} differs from POLICY_NAMES {tuple(fields)}")
+    for name, policy in policies.items():
+        if option_fields(policy) != fields[name]:
+            raise RuntimeError(
+                f"policy {name!r}: class flags {option_fields(policy)} differ from "
+                f"lil_sparse.options.POLICY_FIELDS {fields[name]}"
+            )
+
+
+check_in_step(POLICIES, POLICY_FIELDS)
 
 
 def get_policy(name: str) -> SelectionPolicy:

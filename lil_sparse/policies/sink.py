@@ -16,6 +16,7 @@ from lil_sparse.policies.base import PolicyBatch, SelectionPolicy
 
 class SinkPolicy(SelectionPolicy):
     name = "sink"
+    reads_sink_tokens = True
     evicts = True
 
     def keep_scores(self, batch: PolicyBatch, kv: KVCache) -> torch.Tensor:

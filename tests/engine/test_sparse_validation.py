@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lil_sparse.options import SparseOptions
+from lil_sparse.options import POLICY_FIELDS, SparseOptions
+from lil_sparse.policies.quest import QuestPolicy
+from lil_sparse.policies.registry import POLICIES, check_in_step, option_fields
 
 PAGE = 16
 LAYERS = 2
@@ -54,3 +56,41 @@ def test_recent_window_too_large_names_both_fields() -> None:
         "recent_tokens: 48 recent tokens do not fit the budget of 2 pages; "
         "lower recent_tokens (0: automatic) or raise budget_tokens"
     )
+
+
+def test_every_registered_policy_declares_the_fields_options_validate_by() -> None:
+    # Options validate by POLICY_FIELDS (they cannot import the policies); each policy's class
+    # flags must say the same, and the table's reading of each policy is spelled out here.
+    for name, policy in POLICIES.items():
+        assert option_fields(policy) == POLICY_FIELDS[name]
+    assert {name for name, f in POLICY_FIELDS.items() if not f.uses_budget} == {"full"}
+    assert {name for name, f in POLICY_FIELDS.items() if f.reads_sink_tokens} == {"sink", "infllm"}
+    assert {name for name, f in POLICY_FIELDS.items() if f.reads_recent_tokens} == {"h2o", "infllm"}
+    assert {name for name, f in POLICY_FIELDS.items() if f.has_dense_layers} == {"quest"}
+
+
+def test_a_policy_whose_flags_disagree_with_the_options_table_is_refused() -> None:
+    class QuestWithoutDenseLayers(QuestPolicy):
+        has_dense_layers = False
+
+    with pytest.raises(RuntimeError, match=r"^policy 'quest': class flags .* differ from"):
+        check_in_step(dict(POLICIES, quest=QuestWithoutDenseLayers()), POLICY_FIELDS)
+    with pytest.raises(RuntimeError, match="differs from POLICY_NAMES"):
+        check_in_step(dict(reversed(POLICIES.items())), POLICY_FIELDS)
+    check_in_step(POLICIES, POLICY_FIELDS)  # the registry as it is passes
+
+
+def test_infllm_sizes_its_automatic_recent_window_after_its_sink_pages_and_h2o_does_not() -> None:
+    # Half of the budget left after the sink pages for the policy that keeps both windows (InfLLM),
+    # half of the whole budget for H2O (no sink window): 8 pages, 1 sink page.
+    assert SparseOptions(policy="infllm", budget_tokens=128, sink_tokens=4).recent_pages(PAGE) == 3
+    assert SparseOptions(policy="h2o", budget_tokens=128, sink_tokens=4).recent_pages(PAGE) == 4
+
+
+def test_dense_layers_at_the_model_depth_is_refused_for_quest_only() -> None:
+    assert _error(SparseOptions(policy="quest", budget_tokens=64, dense_layers=LAYERS)) == (
+        f"dense_layers: must be below the model's {LAYERS} layers for quest (with {LAYERS} dense layers "
+        f"no layer would select pages; use policy 'full'), got {LAYERS}"
+    )
+    for policy in ("sink", "h2o", "infllm"):  # they do not read dense_layers
+        SparseOptions(policy=policy, budget_tokens=64, dense_layers=LAYERS).validate_for(PAGE, LAYERS)
