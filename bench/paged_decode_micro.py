@@ -18,7 +18,13 @@ whichever kernel the engine runs there.
 ``--split-sweep`` also times FlashInfer planned with each ``fixed_split_size`` of
 :data:`SPLIT_SWEEP` (pages per split-KV chunk; FlashInfer's tensor-core decode only) and prints
 the fastest beside its own choice: whether FlashInfer's chunking leaves bandwidth unused at a
-shape (printed, not in the table).
+shape (printed, not in the table). In CUDA-graph mode (the engine's) FlashInfer 0.6.6's ``plan()``
+refuses a chunk size that gives more CTAs than its padded batch, 2 per SM over the KV heads (264
+for one-head rows on the H200's 132 SMs; ``PrefillSplitQOKVIndptr``, scheduler.cuh: "new batch
+size should not exceed padded batch size"), and its own choice is the smallest chunk within that
+cap, so only larger chunks can be tried; the refused sizes are listed. At 64 rows of 257 pages
+(Quest@4096, 8B, batch 8) its own choice is 65 pages, 4 chunks a row (H200, 2026-12-02 00:18
+UTC, docs/bench/quest_chain.md).
 
     python bench/paged_decode_micro.py [--sweep] [--merge-sweep] [--split-sweep] [--cases NAME,...] \
         [--out FILE]
@@ -69,7 +75,7 @@ SWEEP = [
 programs (:func:`swept_tiles`): the ``while`` loop at 4 and 8 warps (``stages`` changes nothing
 there), and the pipelined loop at 2-4 stages."""
 
-SPLIT_SWEEP = (4, 8, 16, 32, 64, 128)
+SPLIT_SWEEP = (4, 8, 16, 32, 64, 65, 66, 72, 86, 96, 129, 257)
 """FlashInfer ``fixed_split_size`` values (pages) ``--split-sweep`` tries."""
 
 
@@ -145,10 +151,15 @@ def split_sweep(group: int, rows: int, pages: int, iters: int, own_us: float) ->
     reference = Case(group, rows, pages)
     reference.flashinfer(0)
     timed = []
+    refused: list[str] = []
     for split in SPLIT_SWEEP:
         if split >= 2 * pages:  # one chunk per row: no split at all
             continue
-        case = Case(group, rows, pages, split=split)
+        try:
+            case = Case(group, rows, pages, split=split)
+        except RuntimeError:  # more CTAs than CUDA-graph mode's padded batch (module docstring)
+            refused.append(str(split))
+            continue
         us = graph_us(case.flashinfer, case.layers, iters)
         case.flashinfer(0)
         diff = (case.out[0].float() - reference.out[0].float()).abs().max().item()
@@ -157,7 +168,7 @@ def split_sweep(group: int, rows: int, pages: int, iters: int, own_us: float) ->
         torch.cuda.empty_cache()
     timed.sort()
     cells = ", ".join(f"{split} pages {us:.1f} us (|diff| {diff:.4f})" for us, split, diff in timed)
-    return f"own choice {own_us:.1f} us; {cells}"
+    return f"own choice {own_us:.1f} us; {cells}; refused by plan(): {', '.join(refused) or 'none'}"
 
 
 def _shape(tiles: DecodeTiles) -> str:
