@@ -41,6 +41,7 @@ from lil_sparse.kernels.fast_decode import choose_tiles, step_tiles
 from lil_sparse.kernels.page_scores import quest_scores
 from lil_sparse.kernels.page_select import select_pages
 from lil_sparse.kernels.paged_decode import PagedDecodeScratch, paged_decode
+from lil_sparse.kernels.quest_chain import QuestChainScratch, chain_shape, quest_chain
 
 PAGE_SIZE = 16
 HEAD_DIM = 128
@@ -164,6 +165,35 @@ class Variant:
             main.wait_stream(stream)
 
 
+class Chain:
+    """The layer as one persistent kernel (:func:`~lil_sparse.kernels.quest_chain.quest_chain`)
+    with the given stage lags."""
+
+    def __init__(self, layers: list[Layer], spec: str) -> None:
+        """``spec``: ``lag_select/lag_attend`` then optional ``/warps/programs_per_sm/block_pages/
+        score_block/stages/attend_pages`` (defaults: :func:`chain_shape`'s)."""
+        device = torch.device("cuda")
+        self.layers = layers
+        num_sms = torch.cuda.get_device_properties(0).multi_processor_count
+        values = [int(v) for v in spec.split("/")]
+        names = ("warps", "programs_per_sm", "block_pages", "score_block", "stages", "attend_pages")
+        tiles = dict(zip(names, values[2:], strict=False))
+        self.shape = chain_shape(ROWS, CHOSEN, num_sms, values[0], values[1], **tiles)
+        self.scratch = QuestChainScratch.allocate(
+            ROWS, SLOTS, GROUP, HEAD_DIM, self.shape.attend_items, device
+        )
+        self.held = torch.full((ROWS,), SLOTS, dtype=torch.long, device=device)
+        self.count = torch.full((ROWS,), CHOSEN - 1, dtype=torch.long, device=device)
+        self.last = torch.full((ROWS,), PAGE_SIZE, dtype=torch.int32, device=device)
+
+    def layer(self, index: int) -> None:
+        layer = self.layers[index]
+        quest_chain(
+            layer.q, layer.bounds, layer.table, self.held, self.count, layer.table[:, -1], self.last,
+            layer.k, layer.v, self.scratch, self.shape, out=layer.out,
+        )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--parts", default="1,2,4")
@@ -176,6 +206,12 @@ def main() -> None:
         default="",
         help="comma list of chosen pages per row (e.g. 64,128,256,512): time each kernel alone there",
     )
+    parser.add_argument(
+        "--chain",
+        default="",
+        help="also the persistent chain kernel: comma list of lag_select/lag_attend[/warps/programs_per_sm/"
+        "block_pages/score_block/stages/attend_pages] (e.g. 4/12,8/20/4/3)",
+    )
     args = parser.parse_args()
     settle_cuda_graphs()
     bandwidth = copy_bandwidth_gbs()
@@ -187,19 +223,21 @@ def main() -> None:
     if args.breakdown:
         breakdown(layers, args, bandwidth)
         return
-    variants = [
+    variants: list[tuple[str, int, Variant | Chain]] = [
         (attention, parts, Variant(parts, attention, layers))
         for attention in args.attention.split(",")
         for parts in (int(p) for p in args.parts.split(","))
     ]
+    for spec in filter(None, args.chain.split(",")):
+        variants.append((f"chain {spec}", 1, Chain(layers, spec)))
     reference: dict[str, torch.Tensor] = {}
     diffs = {}
     for attention, parts, variant in variants:
         variant.layer(0)
         torch.cuda.synchronize()
         out = layers[0].out.float().clone()
-        reference.setdefault(attention, out)
-        diffs[attention, parts] = (out - reference[attention]).abs().max().item()
+        reference.setdefault("first", out)  # the first variant's output
+        diffs[attention, parts] = (out - reference["first"]).abs().max().item()
     times: dict[tuple[str, int], list[float]] = {key[:2]: [] for key in variants}
     for _ in range(args.rounds):  # variants alternate within a round
         for attention, parts, variant in variants:
@@ -209,7 +247,7 @@ def main() -> None:
         print(
             f"{attention} parts={parts}: {median:.1f} us per layer ({median / floor_us:.2f}x floor); "
             f"rounds {', '.join(f'{t:.1f}' for t in runs)}; "
-            f"max |diff| vs parts=1 {diffs[attention, parts]:.4f}",
+            f"max |diff| vs the first variant {diffs[attention, parts]:.4f}",
             flush=True,
         )
 

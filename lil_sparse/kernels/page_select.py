@@ -31,7 +31,14 @@ import triton.language as tl
 
 from lil_sparse.kernels.launcher import KernelLauncher
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
-from lil_sparse.kernels.radix_select import block_keys, block_layout, radix_pass, ranking_keys
+from lil_sparse.kernels.radix_select import (
+    block_keys,
+    block_layout,
+    radix_pass,
+    ranking_keys,
+    settled_threshold,
+    write_taken,
+)
 
 # Measured on the H200 (bench/select_micro.py, kernel time in a CUDA graph, 2026-11-30), before
 # the main + tail layout, with these same block layouts: at 2048 slots radix with 8 warps 11.7 us,
@@ -43,19 +50,6 @@ from lil_sparse.kernels.radix_select import block_keys, block_layout, radix_pass
 # 2048 slots 9.9 against 11.8 us; 8 and 48 rows take as long as 64. In the 8B/batch 8/32k step
 # (two repeats, same call) infllm@4096 went from 7.02 to 6.94 ms; quest@4096 stayed at 7.38-7.40.
 RADIX = True
-
-
-@triton.jit
-def _write_taken(keys, slots, threshold, ties_wanted, written, ties_seen, pages_ptr, out_ptr):
-    """Write the pages of the block's keys ``> threshold`` and of its ties while the row's tie
-    rank (``ties_seen`` before the block) is below ``ties_wanted``, in slot order after the
-    ``written`` pages before them. Returns the new ``(written, ties_seen)``."""
-    tie = keys == threshold
-    tie_rank = ties_seen + tl.cumsum(tie.to(tl.int64), axis=0) - 1
-    take = (keys > threshold) | (tie & (tie_rank < ties_wanted))
-    place = written + tl.cumsum(take.to(tl.int64), axis=0) - 1
-    tl.store(out_ptr + place, tl.load(pages_ptr + slots, mask=take, other=0), mask=take)
-    return written + tl.sum(take.to(tl.int64), axis=0), ties_seen + tl.sum(tie.to(tl.int64), axis=0)
 
 
 @triton.jit
@@ -102,36 +96,28 @@ def _select_pages(
         start = tl.load(indptr_ptr + tl.load(out_row_ptr + row))
     # The row in registers across the passes (when NUM_BLOCKS == 1): main block, then tail block.
     resident = ranking_keys(
-        row_scores, scores_stride, tl.arange(0, BLOCK), width, held, sink, recent, SHARE, WINDOWS
+        row_scores, scores_stride, tl.arange(0, BLOCK), width, held, sink, recent, SHARE, WINDOWS, ""
     )
     tail = resident  # unread unless TAIL > 0: one argument list for the passes
     if TAIL > 0:
         tail_slots = BLOCK + tl.arange(0, TAIL)
-        tail = ranking_keys(row_scores, scores_stride, tail_slots, width, held, sink, recent, SHARE, WINDOWS)
+        tail = ranking_keys(
+            row_scores, scores_stride, tail_slots, width, held, sink, recent, SHARE, WINDOWS, ""
+        )
     # 1-2. The count-th largest key T: the largest t with #(key >= t) >= count.
-    if RADIX:  # up to four passes over 8-bit digits, a 256-bin histogram each
+    if RADIX and EARLY_EXIT:  # 8-bit radix passes until one settles the set
+        prefix, remaining = settled_threshold(
+            resident, tail, count, row_scores, scores_stride, width, held, sink, recent,
+            SHARE, WINDOWS, BLOCK, TAIL, NUM_BLOCKS,
+        )  # fmt: skip
+    elif RADIX:  # all four passes over 8-bit digits, a 256-bin histogram each
         prefix = tl.zeros((), tl.int64)
         remaining = count
-        searching = tl.full((), True, tl.int1)  # False once the prefix's bin is exactly what is left
-        if EARLY_EXIT:  # the same passes, until one settles the set
-            shift = 24
-            while searching & (shift >= 0):
-                prefix, remaining, searching = radix_pass(
-                    resident, tail, prefix, remaining, shift, row_scores, scores_stride, width, held,
-                    sink, recent, SHARE, WINDOWS, BLOCK, TAIL, NUM_BLOCKS, True,
-                )  # fmt: skip
-                shift -= 8
-        else:
-            for step in range(4):
-                prefix, remaining, _ = radix_pass(
-                    resident, tail, prefix, remaining, 24 - 8 * step, row_scores, scores_stride, width,
-                    held, sink, recent, SHARE, WINDOWS, BLOCK, TAIL, NUM_BLOCKS, False,
-                )  # fmt: skip
-        # Stopped early: every key matching the prefix is taken, so T sits just below the
-        # prefix's lowest key (its lower digits are still zero; T = -1 for prefix 0 still leaves
-        # out the -1 keys of slots outside the row) and no ties are wanted.
-        prefix = tl.where(searching, prefix, prefix - 1)
-        remaining = tl.where(searching, remaining, 0)
+        for step in range(4):
+            prefix, remaining, _ = radix_pass(
+                resident, tail, prefix, remaining, 24 - 8 * step, row_scores, scores_stride, width,
+                held, sink, recent, SHARE, WINDOWS, BLOCK, TAIL, NUM_BLOCKS, False,
+            )  # fmt: skip
     else:  # bisection over the 32-bit key range, one bit per pass
         prefix = tl.zeros((), tl.int64)  # low: #(key >= low) >= count
         high = tl.full((), 4294967295, tl.int64)
@@ -163,11 +149,11 @@ def _select_pages(
             SHARE, WINDOWS, BLOCK, NUM_BLOCKS,
         )  # fmt: skip
         slots = block * BLOCK + tl.arange(0, BLOCK)
-        written, ties_seen = _write_taken(
+        written, ties_seen = write_taken(
             keys, slots, prefix, remaining, written, ties_seen, pages_ptr, indices_ptr + start
         )
     if TAIL > 0:
-        written, ties_seen = _write_taken(
+        written, ties_seen = write_taken(
             tail, tail_slots, prefix, remaining, written, ties_seen, pages_ptr, indices_ptr + start
         )
     tl.store(indices_ptr + start + count, tl.load(newest_ptr + row * newest_stride))

@@ -92,14 +92,16 @@ class PagedDecodeScratch:
 def _attend_block(
     q, k_ptr, v_ptr, indices_ptr, first, page0, end, pages, last_len, tokens, dims,
     scale_log2, m, denom, acc, S: tl.constexpr, D: tl.constexpr, UPCAST: tl.constexpr,
+    CACHE: tl.constexpr,
 ):  # fmt: skip
     """One loop step of :func:`_paged_decode`: the ``BLOCK_PAGES`` pages from ``page0`` (of the
     row's ``pages``, the split's ending at ``end``) folded into the online softmax state ``(m,
-    denom, acc)``, which it returns."""
+    denom, acc)``, which it returns. ``CACHE``: the page ids' cache modifier (``".cg"`` where
+    another program of the same kernel wrote them, :mod:`lil_sparse.kernels.quest_chain`)."""
     page = page0 + tokens // S
     slot_in_page = tokens % S
     valid = (page < end) & ((page < pages - 1) | (slot_in_page < last_len))
-    page_id = tl.load(indices_ptr + first + page, mask=page < end, other=0)
+    page_id = tl.load(indices_ptr + first + page, mask=page < end, other=0, cache_modifier=CACHE)
     offsets = (page_id.to(tl.int64) * S + slot_in_page)[:, None] * D + dims[None, :]
     k = tl.load(k_ptr + offsets, mask=valid[:, None], other=0.0)
     v = tl.load(v_ptr + offsets, mask=valid[:, None], other=0.0)  # in flight with k
@@ -165,7 +167,7 @@ def _paged_decode(
         for page0 in tl.range(begin, end, BLOCK_PAGES, num_stages=STAGES):
             m, denom, acc = _attend_block(
                 q, k_ptr, v_ptr, indices_ptr, first, page0, end, pages, last_len, tokens, dims,
-                scale_log2, m, denom, acc, S, D, UPCAST,
+                scale_log2, m, denom, acc, S, D, UPCAST, "",
             )  # fmt: skip
     else:
         # A while loop (Triton does not pipeline it): one loop step per split, the common case.
@@ -173,7 +175,7 @@ def _paged_decode(
         while page0 < end:
             m, denom, acc = _attend_block(
                 q, k_ptr, v_ptr, indices_ptr, first, page0, end, pages, last_len, tokens, dims,
-                scale_log2, m, denom, acc, S, D, UPCAST,
+                scale_log2, m, denom, acc, S, D, UPCAST, "",
             )  # fmt: skip
             page0 += BLOCK_PAGES
 

@@ -46,15 +46,25 @@ def block_layout(width: int) -> tuple[int, int, int]:
 
 @triton.jit
 def ranking_keys(
-    row_scores, stride, slots, width, held, sink, recent, SHARE: tl.constexpr, WINDOWS: tl.constexpr
+    row_scores,
+    stride,
+    slots,
+    width,
+    held,
+    sink,
+    recent,
+    SHARE: tl.constexpr,
+    WINDOWS: tl.constexpr,
+    CACHE: tl.constexpr,
 ):
     """Unsigned order-preserving keys (int64 in [0, 2^32)) of the row's ranking scores at ``slots``
     (the sum of the ``SHARE`` score rows from ``row_scores``, ``stride`` apart); slots outside the
-    row get key -1 (below every key)."""
+    row get key -1 (below every key). ``CACHE``: the loads' cache modifier (``".cg"`` for scores
+    another program of the same kernel wrote, :mod:`lil_sparse.kernels.quest_chain`; else "")."""
     inside = slots < width
-    score = tl.load(row_scores + slots, mask=inside, other=0.0)
+    score = tl.load(row_scores + slots, mask=inside, other=0.0, cache_modifier=CACHE)
     for part in range(1, SHARE):  # not from zero: 0.0 + -0.0 would lose the sign of a lone row
-        score += tl.load(row_scores + part * stride + slots, mask=inside, other=0.0)
+        score += tl.load(row_scores + part * stride + slots, mask=inside, other=0.0, cache_modifier=CACHE)
     if WINDOWS:
         score = tl.where((slots < sink) | (slots >= held - recent), float("inf"), score)
         score = tl.where(slots >= held - 1, float("-inf"), score)
@@ -71,7 +81,7 @@ def block_keys(
     keys = resident
     if NUM_BLOCKS > 1:
         slots = block * BLOCK + tl.arange(0, BLOCK)
-        keys = ranking_keys(row_scores, stride, slots, width, held, sink, recent, SHARE, WINDOWS)
+        keys = ranking_keys(row_scores, stride, slots, width, held, sink, recent, SHARE, WINDOWS, "")
     return keys
 
 
@@ -115,3 +125,40 @@ def radix_pass(
         digit_chosen = tl.max(tl.where(at_least >= remaining, bins, 0), axis=0)
     remaining -= tl.sum(tl.where(bins > digit_chosen, histogram, 0), axis=0).to(tl.int64)
     return prefix | (digit_chosen.to(tl.int64) << shift), remaining, searching
+
+
+@triton.jit
+def settled_threshold(
+    resident, tail, count, row_scores, stride, width, held, sink, recent,
+    SHARE, WINDOWS, BLOCK, TAIL, NUM_BLOCKS,
+):  # fmt: skip
+    """``(T, ties_wanted)`` for the row's ``count`` largest keys by radix passes with the early
+    exit (module docstring): every key ``> T`` is taken, then the first ``ties_wanted`` keys ``==
+    T`` in slot order (:func:`write_taken`)."""
+    prefix = tl.zeros((), tl.int64)
+    remaining = count
+    searching = tl.full((), True, tl.int1)  # False once the prefix's bin is exactly what is left
+    shift = 24
+    while searching & (shift >= 0):
+        prefix, remaining, searching = radix_pass(
+            resident, tail, prefix, remaining, shift, row_scores, stride, width, held,
+            sink, recent, SHARE, WINDOWS, BLOCK, TAIL, NUM_BLOCKS, True,
+        )  # fmt: skip
+        shift -= 8
+    # Stopped early: every key matching the prefix is taken, so T sits just below the prefix's
+    # lowest key (its lower digits are still zero; T = -1 for prefix 0 still leaves out the -1
+    # keys of slots outside the row) and no ties are wanted.
+    return tl.where(searching, prefix, prefix - 1), tl.where(searching, remaining, 0)
+
+
+@triton.jit
+def write_taken(keys, slots, threshold, ties_wanted, written, ties_seen, pages_ptr, out_ptr):
+    """Write the pages of the block's keys ``> threshold`` and of its ties while the row's tie
+    rank (``ties_seen`` before the block) is below ``ties_wanted``, in slot order after the
+    ``written`` pages before them. Returns the new ``(written, ties_seen)``."""
+    tie = keys == threshold
+    tie_rank = ties_seen + tl.cumsum(tie.to(tl.int64), axis=0) - 1
+    take = (keys > threshold) | (tie & (tie_rank < ties_wanted))
+    place = written + tl.cumsum(take.to(tl.int64), axis=0) - 1
+    tl.store(out_ptr + place, tl.load(pages_ptr + slots, mask=take, other=0), mask=take)
+    return written + tl.sum(take.to(tl.int64), axis=0), ties_seen + tl.sum(tie.to(tl.int64), axis=0)
