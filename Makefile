@@ -69,7 +69,7 @@ serve:
 	$(VENV)/bin/lil-sparse serve --model $(MODEL) --port $(PORT) --metrics-port $(METRICS_PORT)
 
 # The SMG gateway (OpenAI HTTP on GATEWAY_PORT) in front of the server `make serve` started.
-gateway:
+gateway: $(VENV)/bin/smg
 	$(VENV)/bin/smg launch --worker-urls grpc://127.0.0.1:$(PORT) --port $(GATEWAY_PORT) --policy round_robin
 
 generate:
@@ -98,8 +98,9 @@ go-deps:
 test-go:
 	cd client/go && LIL_SPARSE_PYTHON=$(CURDIR)/$(PY) ./check.sh
 
-# The dev tools come with `make install`; `make run` installs only the runtime.
-$(VENV)/bin/ruff $(VENV)/bin/mypy $(VENV)/bin/pytest:
+# The dev tools (the SMG gateway among them) come with `make install`; `make run` installs only
+# the runtime, so the targets that need one install them first.
+$(VENV)/bin/ruff $(VENV)/bin/mypy $(VENV)/bin/pytest $(VENV)/bin/smg:
 	$(MAKE) --no-print-directory install
 
 lint: $(VENV)/bin/ruff

@@ -46,6 +46,9 @@ def test_the_cli_prints_the_hint(http_address):
         code = main(["--address", http_address, "--timeout", "10", "info"])
     assert code != 0
     assert "Prometheus port, 9400 by default" in stderr.getvalue()
+    # One explanation: the address answered, so "no server answered" would contradict it.
+    assert "no server answered" not in stderr.getvalue()
+    assert len(stderr.getvalue().strip().splitlines()) == 1
 
 
 def test_a_closed_port_keeps_grpcs_words():

@@ -9,6 +9,7 @@ import re
 import grpc
 
 from lil_client._proto.lil_sparse.v1 import options_pb2
+from lil_client.stream import NOT_GRPC_HINT
 from lil_client.types import LilClientError, Summary
 
 # The server names the request field it refuses (``budget_tokens: must be >= 16 ...``, the names
@@ -42,6 +43,8 @@ def error_hint(error: LilClientError, address: str, timeout: float | None) -> st
     server at ``address``; the ``timeout`` in seconds passed), or `` (flag --x)`` after a refused
     field that a ``generate`` flag sets; "" otherwise."""
     message = error.message.lower()
+    if error.code == grpc.StatusCode.UNAVAILABLE and NOT_GRPC_HINT in error.message:
+        return ""  # the address answered (in HTTP): the message already says so, not "no server"
     if error.code == grpc.StatusCode.UNAVAILABLE and (
         "failed to connect" in message or "dns resolution failed" in message
     ):

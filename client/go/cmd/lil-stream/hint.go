@@ -42,6 +42,10 @@ func errorHint(err error, address string, timeout time.Duration) string {
 	lower := strings.ToLower(message)
 	switch lilsparse.Code(err) {
 	case codes.Unavailable:
+		if answeredNotInGRPC(lower) {
+			return fmt.Sprintf("\nlil-stream: %s answered, but not in gRPC: is it an HTTP port, such as the"+
+				" server's Prometheus port, 9400 by default? The gRPC port is 50051 by default", address)
+		}
 		if strings.Contains(lower, "error while dialing") || strings.Contains(lower, "connection refused") ||
 			strings.Contains(lower, "no such host") {
 			return fmt.Sprintf("\nlil-stream: no server answered at %s: start one (`make run`, or"+
@@ -75,4 +79,23 @@ func budgetNote(request *lilsparse.Request, started lilsparse.Started) string {
 	}
 	return fmt.Sprintf("note: -budget %d changed nothing: the server's default policy is full (dense),"+
 		" which attends every page; add -policy quest, infllm, sink or h2o", *sparse.BudgetTokens)
+}
+
+// answeredNotInGRPC is whether a failed call's (lower-case) message says that the address
+// accepted the connection but did not speak HTTP/2: an HTTP/1.x server, such as the metrics
+// endpoint, answers the client's preface with bytes grpc-go cannot read as a frame or closes the
+// connection. These are grpc-go's words for it against Python's http.server (the metrics
+// endpoint: "use of closed network connection" or "frame too large") and Go's net/http
+// ("connection closed"), as hint_test.go checks against both kinds of server.
+func answeredNotInGRPC(lower string) bool {
+	if lower == "connection closed" {
+		return true
+	}
+	for _, words := range []string{"server preface", "frame too large", "use of closed network connection",
+		"malformed http"} {
+		if strings.Contains(lower, words) {
+			return true
+		}
+	}
+	return false
 }

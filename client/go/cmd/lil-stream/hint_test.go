@@ -3,7 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -33,6 +36,57 @@ func TestNoServerAtTheAddressSaysHowToStartOne(t *testing.T) {
 	}
 }
 
+// http10Server answers every connection as Python's http.server (the metrics endpoint) answers
+// bytes it cannot parse as HTTP/1.x, then closes it.
+func http10Server(t *testing.T) string {
+	listener, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { listener.Close() })
+	go func() {
+		for {
+			conn, err := listener.Accept()
+			if err != nil {
+				return
+			}
+			buffer := make([]byte, 1024)
+			conn.Read(buffer) //nolint:errcheck // whatever the client sent first
+			fmt.Fprint(conn, "HTTP/1.0 400 Bad request version ('HTTP/2.0')\r\nConnection: close\r\n\r\n")
+			conn.Close()
+		}
+	}()
+	return listener.Addr().String()
+}
+
+func TestAnHTTPPortIsNamedInTheHint(t *testing.T) {
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "# HELP lil_sparse_requests_total ...")
+	}))
+	defer server.Close()
+	for _, address := range []string{strings.TrimPrefix(server.URL, "http://"), http10Server(t)} {
+		for _, args := range [][]string{{"-info"}, {"hi"}} {
+			checkHTTPHint(t, address, args)
+		}
+	}
+}
+
+// checkHTTPHint runs lil-stream with args against address, an HTTP/1.x server, and checks that
+// grpc's error is followed by the hint that names the address an HTTP port.
+func checkHTTPHint(t *testing.T, address string, args []string) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	argv := append([]string{"-address", address, "-timeout", "20s"}, args...)
+	code := run(context.Background(), argv, &stdout, &stderr)
+	lines := strings.Split(strings.TrimSuffix(stderr.String(), "\n"), "\n")
+	want := "lil-stream: " + address + " answered, but not in gRPC: is it an HTTP port, such as the" +
+		" server's Prometheus port, 9400 by default? The gRPC port is 50051 by default"
+	if code != 1 || len(lines) != 2 || !strings.HasPrefix(lines[0], "lil-stream: UNAVAILABLE: ") || lines[1] != want {
+		t.Fatalf("%s %v: exit %d, stderr %q", address, args, code, stderr.String())
+	}
+	t.Logf("%s %v: %s", address, args, lines[0])
+}
+
 func TestHintsForATimeoutAndARefusedField(t *testing.T) {
 	cases := []struct {
 		err     error
@@ -50,6 +104,9 @@ func TestHintsForATimeoutAndARefusedField(t *testing.T) {
 		{status.Error(codes.InvalidArgument, "sink_tokens: must be >= 0, got -1"), 0, " (flag -sink-tokens)"},
 		{status.Error(codes.InvalidArgument, "prompt: must not be empty"), 0, ""}, // no flag sets it
 		{status.Error(codes.Unavailable, "the server is draining"), 0, ""},
+		{status.Error(codes.Unavailable, "connection error: desc = \"error reading server preface: http2: frame too large\""), 0,
+			"\nlil-stream: localhost:50051 answered, but not in gRPC: is it an HTTP port, such as the server's" +
+				" Prometheus port, 9400 by default? The gRPC port is 50051 by default"},
 	}
 	for _, c := range cases {
 		if got := errorHint(c.err, "localhost:50051", c.timeout); got != c.want {
