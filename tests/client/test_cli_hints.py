@@ -97,6 +97,23 @@ def test_budget_without_a_policy_notes_that_full_ignored_it(
     assert capsys.readouterr().err == ""
 
 
+def test_guardian_flags_without_guardian_note_that_guardian_never_ran(
+    client_server: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--address", client_server.address, "generate", "hi", "--max-new-tokens", "2"]
+    tuned = [*base, "--guardian-interval", "50", "--guardian-mode", "incremental"]
+    assert main(tuned, out=io.StringIO()) == 0  # the server's default: Guardian off
+    assert capsys.readouterr().err == (
+        "lil-client: note: --guardian-interval, --guardian-mode changed nothing: Guardian is off"
+        " (the server's default); add --guardian\n"
+    )
+    for chosen in ("--guardian", "--no-guardian"):  # asked for, either way: no note
+        assert main([*tuned, chosen], out=io.StringIO()) == 0
+        assert capsys.readouterr().err == ""
+    assert main(base, out=io.StringIO()) == 0  # no Guardian flag: no note
+    assert capsys.readouterr().err == ""
+
+
 class _HoldOnFirstText(io.StringIO):
     """stdout that holds the engine's steps once text has arrived, so the deadline passes mid-stream."""
 
@@ -152,8 +169,11 @@ def test_kv_line_names_its_units_as_the_go_client_does() -> None:
 
 def test_every_hinted_flag_is_a_generate_flag() -> None:
     from lil_client.cli import _parser
-    from lil_client.cli_hints import FLAG_OF_FIELD
+    from lil_client.cli_hints import FLAG_OF_FIELD, GUARDIAN_FLAGS
 
     commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
     flags = {flag for action in commands.choices["generate"]._actions for flag in action.option_strings}
     assert set(FLAG_OF_FIELD.values()) <= flags, set(FLAG_OF_FIELD.values()) - flags
+    dests = {action.dest: action.option_strings for action in commands.choices["generate"]._actions}
+    assert all(flag in dests[dest] for dest, flag in GUARDIAN_FLAGS.items())  # guardian_note's flags
+    assert {d for d in dests if d.startswith("guardian_")} == set(GUARDIAN_FLAGS)  # and every one

@@ -316,3 +316,19 @@ func TestLilStreamNotesABudgetThatChangedNothing(t *testing.T) {
 		failWithLogs(t, "with -policy quest: exit %d, stderr %q; want 0 and nothing", code, stderr)
 	}
 }
+
+func TestLilStreamNotesGuardianFlagsThatChangedNothing(t *testing.T) {
+	binary := build(t, "cmd/lil-stream")
+	_, stderr, code := runBinary(t, binary, "-address", server.Address, "-max-new-tokens", "2",
+		"-guardian-interval", "50", "hi")
+	want := "lil-stream: note: -guardian-interval changed nothing: Guardian is off (the server's default);" +
+		" add -guardian\n"
+	if code != 0 || stderr != want {
+		failWithLogs(t, "exit %d, stderr %q; want 0 and %q", code, stderr, want)
+	}
+	_, stderr, code = runBinary(t, binary, "-address", server.Address, "-max-new-tokens", "2", "-guardian",
+		"-guardian-interval", "50", "hi")
+	if code != 0 || stderr != "" {
+		failWithLogs(t, "with -guardian: exit %d, stderr %q; want 0 and nothing", code, stderr)
+	}
+}

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from google.protobuf import json_format
 
-from lil_client.cli_hints import budget_note, error_hint
+from lil_client.cli_hints import GUARDIAN_FLAGS, budget_note, error_hint, guardian_note
 from lil_client.cli_output import (
     format_defaults,
     format_info,
@@ -53,7 +53,9 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lil-client", description=__doc__.splitlines()[0], formatter_class=_HelpFormatter
+        prog="lil-client",
+        description=__doc__.splitlines()[0].replace("``", ""),  # the docstring's first line, plain
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--address", default="localhost:50051", help="server host:port")
     parser.add_argument(
@@ -203,8 +205,12 @@ def _generate(client: LilClient, args: argparse.Namespace, out: TextIO) -> None:
         out.write(json.dumps(data) + "\n")
     else:
         out.write("\n---\n" + format_summary(stream.summary) + "\n" + format_outputs(stream.summary, args))
-    note = budget_note(args.budget_tokens, args.policy, stream.summary)
-    if note:
+    given_guardian = [flag for dest, flag in GUARDIAN_FLAGS.items() if getattr(args, dest) is not None]
+    notes = (
+        budget_note(args.budget_tokens, args.policy, stream.summary),
+        guardian_note(given_guardian, args.guardian, stream.summary),
+    )
+    for note in filter(None, notes):
         print(f"lil-client: {note}", file=sys.stderr)
 
 

@@ -76,3 +76,28 @@ def budget_note(budget_tokens: int | None, policy: str | None, summary: Summary)
         f"note: --budget {budget_tokens} changed nothing: the server's default policy is full"
         " (dense), which attends every page; add --policy quest, infllm, sink or h2o"
     )
+
+
+# The generate flags that tune Guardian (argparse dest -> flag): each changes nothing unless
+# Guardian runs, which --guardian or the server's default decides.
+GUARDIAN_FLAGS = {
+    "guardian_interval_tokens": "--guardian-interval",
+    "guardian_threshold_bytes": "--guardian-threshold",
+    "guardian_mode": "--guardian-mode",
+    "guardian_source": "--guardian-source",
+    "guardian_shadow": "--guardian-shadow",
+    "guardian_action": "--guardian-action",
+    "guardian_answer_max_tokens": "--guardian-answer-max-tokens",
+}
+
+
+def guardian_note(given: list[str], guardian: bool | None, summary: Summary) -> str:
+    """A note when Guardian flags (``given``, as typed) were passed without ``--guardian`` /
+    ``--no-guardian`` (``guardian`` None) and the request ran with Guardian off, the server's
+    default: the flags tune a Guardian that never ran. "" otherwise."""
+    if not given or guardian is not None or summary.started is None:
+        return ""
+    if summary.started.options.guardian.enabled:
+        return ""
+    flags = ", ".join(given)
+    return f"note: {flags} changed nothing: Guardian is off (the server's default); add --guardian"

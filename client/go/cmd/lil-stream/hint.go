@@ -81,6 +81,41 @@ func budgetNote(request *lilsparse.Request, started lilsparse.Started) string {
 		" which attends every page; add -policy quest, infllm, sink or h2o", *sparse.BudgetTokens)
 }
 
+// guardianNote is a note when Guardian flags were given without -guardian (true or false) and
+// the request ran with Guardian off, the server's default: the flags tune a Guardian that never
+// ran. "" otherwise. It mirrors lil-client's guardian_note.
+func guardianNote(request *lilsparse.Request, started lilsparse.Started) string {
+	guardian := request.Guardian
+	if guardian == nil || guardian.Enabled != nil {
+		return ""
+	}
+	if on := started.Options.Guardian.Enabled; on != nil && *on {
+		return ""
+	}
+	var given []string
+	for _, flag := range []struct {
+		set  bool
+		name string
+	}{
+		{guardian.IntervalTokens != nil, "-guardian-interval"},
+		{guardian.ThresholdBytes != nil, "-guardian-threshold"},
+		{guardian.Mode != "", "-guardian-mode"},
+		{guardian.Source != "", "-guardian-source"},
+		{guardian.Shadow != nil, "-guardian-shadow"},
+		{guardian.Action != "", "-guardian-action"},
+		{guardian.AnswerMaxTokens != nil, "-guardian-answer-max-tokens"},
+	} {
+		if flag.set {
+			given = append(given, flag.name)
+		}
+	}
+	if len(given) == 0 {
+		return ""
+	}
+	return "note: " + strings.Join(given, ", ") + " changed nothing: Guardian is off (the server's default);" +
+		" add -guardian"
+}
+
 // answeredNotInGRPC is whether a failed call's (lower-case) message says that the address
 // accepted the connection but did not speak HTTP/2: an HTTP/1.x server, such as the metrics
 // endpoint, answers the client's preface with bytes grpc-go cannot read as a frame or closes the

@@ -143,3 +143,33 @@ func TestBudgetWithoutPolicyOnAFullServerGetsTheNote(t *testing.T) {
 		}
 	}
 }
+
+func TestGuardianFlagsWithoutGuardianGetTheNote(t *testing.T) {
+	startedWith := func(enabled bool) lilsparse.Started {
+		return lilsparse.Started{Options: lilsparse.ResolvedOptions{Guardian: lilsparse.Guardian{Enabled: &enabled}}}
+	}
+	cases := []struct {
+		args    []string
+		started lilsparse.Started
+		want    string
+	}{
+		{[]string{"-guardian-interval", "50", "-guardian-mode", "incremental", "hi"}, startedWith(false),
+			"note: -guardian-interval, -guardian-mode changed nothing: Guardian is off (the server's default);" +
+				" add -guardian"},
+		{[]string{"-guardian-shadow", "hi"}, startedWith(false),
+			"note: -guardian-shadow changed nothing: Guardian is off (the server's default); add -guardian"},
+		{[]string{"-guardian-interval", "50", "hi"}, startedWith(true), ""},                     // the server's default runs it
+		{[]string{"-guardian", "-guardian-interval", "50", "hi"}, startedWith(true), ""},        // asked for
+		{[]string{"-guardian=false", "-guardian-interval", "50", "hi"}, startedWith(false), ""}, // turned off on purpose
+		{[]string{"hi"}, startedWith(false), ""},
+	}
+	for _, c := range cases {
+		parsed, err := parseFlags(c.args, &bytes.Buffer{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := guardianNote(&parsed.request, c.started); got != c.want {
+			t.Errorf("%v: note %q, want %q", c.args, got, c.want)
+		}
+	}
+}

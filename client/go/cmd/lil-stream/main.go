@@ -100,7 +100,7 @@ func printInfo(ctx context.Context, client *lilsparse.Client, parsed *options, s
 // generate streams the text live (or nothing with -json), then prints the summary like
 // `lil-client generate`: "---", the summary lines and the lines the output flags ask for, or
 // one JSON line (logprobs in it only with -logprobs, null for NaN); then, on stderr, the
-// budget note (budgetNote) where it applies.
+// budget and Guardian notes (budgetNote, guardianNote) where they apply.
 func generate(ctx context.Context, client *lilsparse.Client, parsed *options, stdout, stderr io.Writer) error {
 	stream, err := client.Generate(ctx, parsed.request)
 	if err != nil {
@@ -124,8 +124,10 @@ func generate(ctx context.Context, client *lilsparse.Client, parsed *options, st
 	} else {
 		writeText(stdout, "\n---\n"+formatSummary(summary)+"\n"+formatOutputs(summary, &parsed.request))
 	}
-	if note := budgetNote(&parsed.request, stream.Started()); note != "" {
-		fmt.Fprintln(stderr, "lil-stream:", note)
+	for _, note := range []string{budgetNote(&parsed.request, stream.Started()), guardianNote(&parsed.request, stream.Started())} {
+		if note != "" {
+			fmt.Fprintln(stderr, "lil-stream:", note)
+		}
 	}
 	return err
 }
