@@ -148,6 +148,17 @@ func TestLilStreamInfo(t *testing.T) {
 	}
 }
 
+func TestLilStreamInfoReadsAsLilClientInfo(t *testing.T) {
+	binary := build(t, "cmd/lil-stream")
+	stdout, stderr, code := runBinary(t, binary, "-address", server.Address, "-info")
+	if code != 0 {
+		failWithLogs(t, "lil-stream -info exited %d: %s", code, stderr)
+	}
+	if python := pythonClient(t, "info"); stdout != python {
+		t.Fatalf("lil-stream -info:\n%s\nlil-client info:\n%s", stdout, python)
+	}
+}
+
 func TestReadmeExampleBuildsAndStreams(t *testing.T) {
 	binary := build(t, "examples/stream")
 	stdout, stderr, code := runBinary(t, binary, "-address", server.Address)

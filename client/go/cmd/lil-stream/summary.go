@@ -114,19 +114,57 @@ func formatLogprob(logprob float32) string {
 	return fmt.Sprintf("%.4f", value)
 }
 
-// formatInfo is the human `-info` output, matching `lil-client info`.
+// formatInfo is the human `-info` output, line for line `lil-client info`'s (format_info in
+// client/python/lil_client/cli_output.py): the served model, limits, policies and defaults.
 func formatInfo(info *lilsparse.Info) string {
 	names := make([]string, len(info.Policies))
 	for i, policy := range info.Policies {
 		names[i] = string(policy.Policy)
 	}
+	warmUp := "off"
+	if info.WarmUpSeconds > 0 {
+		warmUp = fmt.Sprintf("%.1f s", info.WarmUpSeconds)
+	}
 	return fmt.Sprintf("model: %s (%s)\n", info.Model, info.Architecture) +
 		fmt.Sprintf("context: %d tokens, page size %d, %d layers\n", info.MaxContext, info.PageSize, info.NumLayers) +
 		fmt.Sprintf("backend: %s, %d KV pages\n", info.Backend, info.NumPagesTotal) +
 		fmt.Sprintf("policies: %s\n", strings.Join(names, ", ")) +
-		fmt.Sprintf("limits: %d running, %d waiting\n", info.Limits.MaxRunning, info.Limits.MaxWaiting) +
-		fmt.Sprintf("selection: %s; overlap scheduling: %s\n", orDefault(info.Selection, "exact"), onOff(info.OverlapScheduling)) +
+		fmt.Sprintf("limits: %d running, %d waiting, max_new_tokens up to %d\n", info.Limits.MaxRunning,
+			info.Limits.MaxWaiting, info.Limits.MaxNewTokensLimit) +
+		fmt.Sprintf("selection: %s; overlap scheduling: %s; warm-up: %s\n", orDefault(info.Selection, "exact"),
+			onOff(info.OverlapScheduling), warmUp) +
+		formatDefaults(info.DefaultOptions) +
 		fmt.Sprintf("server: %s\n", info.ServerVersion)
+}
+
+// formatDefaults is the options a request gets when it sets none, as -info prints them (three
+// lines, lil-client's format_defaults): floats as Python's "{:g}", unset enums "unspecified".
+func formatDefaults(options lilsparse.ResolvedOptions) string {
+	sampling, stopping, sparse, guardian := options.Sampling, options.Stopping, options.Sparse, options.Guardian
+	return fmt.Sprintf("defaults: policy %s, budget %d tokens (full ignores it), sink %d, recent %d (0: auto), "+
+		"dense layers %d\n", orDefault(string(sparse.Policy), "unspecified"), intOf(sparse.BudgetTokens),
+		intOf(sparse.SinkTokens), intOf(sparse.RecentTokens), intOf(sparse.DenseLayers)) +
+		fmt.Sprintf("  max_new_tokens %d, temperature %.6g, top_k %d, top_p %.6g, ignore_eos %t\n",
+			intOf(stopping.MaxNewTokens), floatOf(sampling.Temperature), intOf(sampling.TopK),
+			floatOf(sampling.TopP), stopping.IgnoreEOS != nil && *stopping.IgnoreEOS) +
+		fmt.Sprintf("  guardian %s: interval %d tokens, threshold %d bytes, mode %s, action %s\n",
+			onOff(guardian.Enabled != nil && *guardian.Enabled), intOf(guardian.IntervalTokens),
+			intOf(guardian.ThresholdBytes), orDefault(string(guardian.Mode), "unspecified"),
+			orDefault(string(guardian.Action), "unspecified"))
+}
+
+func intOf(value *int) int {
+	if value == nil {
+		return 0
+	}
+	return *value
+}
+
+func floatOf(value *float64) float64 {
+	if value == nil {
+		return 0
+	}
+	return *value
 }
 
 func orDefault(value, fallback string) string {
