@@ -177,3 +177,16 @@ def test_every_hinted_flag_is_a_generate_flag() -> None:
     dests = {action.dest: action.option_strings for action in commands.choices["generate"]._actions}
     assert all(flag in dests[dest] for dest, flag in GUARDIAN_FLAGS.items())  # guardian_note's flags
     assert {d for d in dests if d.startswith("guardian_")} == set(GUARDIAN_FLAGS)  # and every one
+
+
+def test_a_usage_mistake_is_one_line_and_policies_take_any_case(capsys: pytest.CaptureFixture[str]) -> None:
+    from lil_client.cli import _parser
+
+    with pytest.raises(SystemExit) as exited:
+        main(["generate", "hi", "--policy", "qeust"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == (
+        "lil-client generate: error: argument --policy: invalid choice: 'qeust' (choose from 'full',"
+        " 'sink', 'h2o', 'quest', 'infllm')\n(lil-client generate --help lists every flag)\n"
+    )
+    assert _parser().parse_args(["generate", "hi", "--policy", "Quest"]).policy == "quest"

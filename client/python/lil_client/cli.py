@@ -16,7 +16,7 @@ import argparse
 import dataclasses
 import json
 import sys
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from google.protobuf import json_format
 
@@ -51,8 +51,16 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake prints one line and where the flags are listed, not the whole usage (a
+    ``generate`` usage runs to twenty lines, which hid the error under them)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n({self.prog} --help lists every flag)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lil-client",
         description=__doc__.splitlines()[0].replace("``", ""),  # the docstring's first line, plain
         formatter_class=_HelpFormatter,
@@ -94,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     options.add_argument(
         "--ignore-eos", action="store_true", default=None, help="keep generating past end-of-sequence"
     )
-    options.add_argument("--policy", choices=POLICIES, help="sparse policy")
+    options.add_argument("--policy", type=str.lower, choices=POLICIES, help="sparse policy (any case)")
     options.add_argument(
         "--budget",
         type=int,

@@ -65,7 +65,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	flags.Var(&stops, "stop", "stop string (repeatable)")
 	ignoreEOS := flags.Bool("ignore-eos", false, "keep generating past end-of-sequence")
 
-	policy := flags.String("policy", "", "sparse policy: full, sink, h2o, quest, infllm")
+	policy := flags.String("policy", "", "sparse policy: full, sink, h2o, quest, infllm (any case)")
 	budget := flags.Int("budget", 0, "KV tokens attended per decode step")
 	sinkTokens := flags.Int("sink-tokens", 0, "attention-sink tokens kept (sink, infllm)")
 	recentTokens := flags.Int("recent-tokens", 0, "recent tokens kept (h2o, infllm)")
@@ -142,7 +142,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 			DenseLayers:  pick(given["dense-layers"], *denseLayers),
 		}
 		if given["policy"] {
-			parsedPolicy, err := lilsparse.ParsePolicy(*policy)
+			parsedPolicy, err := lilsparse.ParsePolicy(strings.ToLower(*policy)) // any case, as lil-client takes it
 			if err != nil {
 				return nil, err
 			}

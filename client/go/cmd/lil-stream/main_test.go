@@ -224,3 +224,10 @@ func TestOutputFlagsPrintLinesAfterTheSummaryLikeThePythonClient(t *testing.T) {
 		t.Fatalf("-json %s: want logprobs [-0.25,null,-1.03125]", out.String())
 	}
 }
+
+func TestPolicyNamesTakeAnyCase(t *testing.T) {
+	parsed, err := parseFlags([]string{"-policy", "Quest", "hi"}, &bytes.Buffer{})
+	if err != nil || parsed.request.Sparse == nil || parsed.request.Sparse.Policy != lilsparse.PolicyQuest {
+		t.Fatalf("-policy Quest: %+v, %v", parsed, err)
+	}
+}
