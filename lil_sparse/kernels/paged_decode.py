@@ -120,6 +120,56 @@ def _attend_block(
 
 
 @triton.jit
+def attend_split(
+    q_ptr, k_ptr, v_ptr, indices_ptr, first, pages, last_len, begin, end, row, base, scale_log2,
+    partial_out_ptr, partial_lse_ptr, G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr,
+    S: tl.constexpr, BLOCK_PAGES: tl.constexpr, STAGES: tl.constexpr, PIPELINED: tl.constexpr,
+    UPCAST: tl.constexpr, CACHE: tl.constexpr,
+):  # fmt: skip
+    """Row ``row``'s pages ``begin .. end`` of its ``pages`` (page ids at ``indices_ptr + first``,
+    loaded with cache modifier ``CACHE``) with the online softmax, stored as partial ``base``'s
+    normalised ``[G, D]`` output and base-2 log-sum-exp: the body of :func:`_paged_decode`'s
+    programs and of :mod:`lil_sparse.kernels.quest_chain`'s attention items."""
+    heads = tl.arange(0, G_PAD)
+    dims = tl.arange(0, D)
+    head_mask = heads < G
+    q = tl.load(q_ptr + (row * G + heads[:, None]) * D + dims[None, :], mask=head_mask[:, None], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    m = tl.full((G_PAD,), float("-inf"), tl.float32)
+    denom = tl.zeros((G_PAD,), tl.float32)
+    acc = tl.zeros((G_PAD, D), tl.float32)
+    tokens = tl.arange(0, BLOCK_PAGES * S)
+    if PIPELINED:
+        for page0 in tl.range(begin, end, BLOCK_PAGES, num_stages=STAGES):
+            m, denom, acc = _attend_block(
+                q, k_ptr, v_ptr, indices_ptr, first, page0, end, pages, last_len, tokens, dims,
+                scale_log2, m, denom, acc, S, D, UPCAST, CACHE,
+            )  # fmt: skip
+    else:
+        # A while loop (Triton does not pipeline it): one loop step per split, the common case.
+        page0 = begin
+        while page0 < end:
+            m, denom, acc = _attend_block(
+                q, k_ptr, v_ptr, indices_ptr, first, page0, end, pages, last_len, tokens, dims,
+                scale_log2, m, denom, acc, S, D, UPCAST, CACHE,
+            )  # fmt: skip
+            page0 += BLOCK_PAGES
+
+    # An empty split (more splits than pages) stores output 0 and lse -inf: weight 0 in the merge.
+    # Empty by its page range, not by denom == 0: a NaN key (a page poisoned after it was freed,
+    # KVCache.poison_pages) makes denom NaN and must reach the output as NaN, as in the reference.
+    empty = begin >= end
+    denom = tl.where(empty, 1.0, denom)  # an empty split's acc is 0: output 0, no 0 / 0
+    partial = acc / denom[:, None]
+    partial_lse = tl.where(empty, float("-inf"), m + tl.log2(denom))
+    tl.store(
+        partial_out_ptr + (base * G + heads[:, None]) * D + dims[None, :], partial, mask=head_mask[:, None]
+    )
+    tl.store(partial_lse_ptr + base * G + heads, partial_lse, mask=head_mask)
+
+
+@triton.jit
 def _paged_decode(
     q_ptr,  # [rows, G, D] contiguous
     k_ptr,  # [P, 1, S, D] contiguous: page p's token t at (p * S + t) * D
@@ -146,9 +196,6 @@ def _paged_decode(
     wait_for_previous(PDL)
     row = tl.program_id(0)
     split = tl.program_id(1)
-    heads = tl.arange(0, G_PAD)
-    dims = tl.arange(0, D)
-    head_mask = heads < G
     first = tl.load(indptr_ptr + row)
     pages = tl.load(indptr_ptr + row + 1) - first
     last_len = tl.load(last_ptr + row)
@@ -156,41 +203,11 @@ def _paged_decode(
     begin = split * per_split
     end = tl.minimum(begin + per_split, pages)
 
-    q = tl.load(q_ptr + (row * G + heads[:, None]) * D + dims[None, :], mask=head_mask[:, None], other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-    m = tl.full((G_PAD,), float("-inf"), tl.float32)
-    denom = tl.zeros((G_PAD,), tl.float32)
-    acc = tl.zeros((G_PAD, D), tl.float32)
-    tokens = tl.arange(0, BLOCK_PAGES * S)
-    if PIPELINED:
-        for page0 in tl.range(begin, end, BLOCK_PAGES, num_stages=STAGES):
-            m, denom, acc = _attend_block(
-                q, k_ptr, v_ptr, indices_ptr, first, page0, end, pages, last_len, tokens, dims,
-                scale_log2, m, denom, acc, S, D, UPCAST, "",
-            )  # fmt: skip
-    else:
-        # A while loop (Triton does not pipeline it): one loop step per split, the common case.
-        page0 = begin
-        while page0 < end:
-            m, denom, acc = _attend_block(
-                q, k_ptr, v_ptr, indices_ptr, first, page0, end, pages, last_len, tokens, dims,
-                scale_log2, m, denom, acc, S, D, UPCAST, "",
-            )  # fmt: skip
-            page0 += BLOCK_PAGES
-
-    # An empty split (more splits than pages) stores output 0 and lse -inf: weight 0 in the merge.
-    # Empty by its page range, not by denom == 0: a NaN key (a page poisoned after it was freed,
-    # KVCache.poison_pages) makes denom NaN and must reach the output as NaN, as in the reference.
-    empty = begin >= end
-    denom = tl.where(empty, 1.0, denom)  # an empty split's acc is 0: output 0, no 0 / 0
-    partial = acc / denom[:, None]
-    partial_lse = tl.where(empty, float("-inf"), m + tl.log2(denom))
-    base = row * SPLITS + split
-    tl.store(
-        partial_out_ptr + (base * G + heads[:, None]) * D + dims[None, :], partial, mask=head_mask[:, None]
-    )
-    tl.store(partial_lse_ptr + base * G + heads, partial_lse, mask=head_mask)
+    attend_split(
+        q_ptr, k_ptr, v_ptr, indices_ptr, first, pages, last_len, begin, end, row, row * SPLITS + split,
+        scale_log2, partial_out_ptr, partial_lse_ptr, G, G_PAD, D, S, BLOCK_PAGES, STAGES, PIPELINED,
+        UPCAST, "",
+    )  # fmt: skip
 
 
 @triton.jit

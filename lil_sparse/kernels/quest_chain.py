@@ -46,7 +46,7 @@ import triton.language as tl
 
 from lil_sparse.kernels.fused_layers import TL_DTYPES
 from lil_sparse.kernels.launcher import KernelLauncher
-from lil_sparse.kernels.paged_decode import LOG2E, _attend_block
+from lil_sparse.kernels.paged_decode import LOG2E, attend_split
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
 from lil_sparse.kernels.radix_select import (
     MAX_BLOCK,
@@ -200,45 +200,14 @@ def _attend_item(
 ):  # fmt: skip
     """Attention over run ``item`` of the row's ``count + 1`` chosen pages: its normalised partial
     output and base-2 log-sum-exp (paged_decode's split; an empty run stores 0 and ``-inf``)."""
-    heads = tl.arange(0, G_PAD)
-    dims = tl.arange(0, D)
     pages = tl.load(count_ptr + row) + 1
-    last_len = tl.load(last_ptr + row)
     per_item = tl.cdiv(pages, ITEMS)
     begin = item * per_item
-    end = tl.minimum(begin + per_item, pages)
-    q = tl.load(q_ptr + (row * G + heads[:, None]) * D + dims[None, :], mask=heads[:, None] < G, other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-    m = tl.full((G_PAD,), float("-inf"), tl.float32)
-    denom = tl.zeros((G_PAD,), tl.float32)
-    acc = tl.zeros((G_PAD, D), tl.float32)
-    tokens = tl.arange(0, BLOCK_PAGES * S)
-    if STAGES > 1:
-        for page0 in tl.range(begin, end, BLOCK_PAGES, num_stages=STAGES):
-            m, denom, acc = _attend_block(
-                q, k_ptr, v_ptr, chosen_ptr, row * width, page0, end, pages, last_len, tokens, dims,
-                scale_log2, m, denom, acc, S, D, UPCAST, ".cg",
-            )  # fmt: skip
-    else:
-        page0 = begin
-        while page0 < end:
-            m, denom, acc = _attend_block(
-                q, k_ptr, v_ptr, chosen_ptr, row * width, page0, end, pages, last_len, tokens, dims,
-                scale_log2, m, denom, acc, S, D, UPCAST, ".cg",
-            )  # fmt: skip
-            page0 += BLOCK_PAGES
-    empty = begin >= end
-    denom = tl.where(empty, 1.0, denom)
-    base = row * ITEMS + item
-    tl.store(
-        partial_out_ptr + (base * G + heads[:, None]) * D + dims[None, :],
-        acc / denom[:, None],
-        mask=heads[:, None] < G,
-    )
-    tl.store(
-        partial_lse_ptr + base * G + heads, tl.where(empty, float("-inf"), m + tl.log2(denom)), mask=heads < G
-    )
+    attend_split(
+        q_ptr, k_ptr, v_ptr, chosen_ptr, row * width, pages, tl.load(last_ptr + row), begin,
+        tl.minimum(begin + per_item, pages), row, row * ITEMS + item, scale_log2, partial_out_ptr,
+        partial_lse_ptr, G, G_PAD, D, S, BLOCK_PAGES, STAGES, STAGES > 1, UPCAST, ".cg",
+    )  # fmt: skip
 
 
 @triton.jit
