@@ -12,10 +12,11 @@ Run as three kernels (:func:`~lil_sparse.kernels.page_scores.quest_scores`,
 :func:`~lil_sparse.kernels.page_select.select_pages`, then the planned decode), a Quest layer at
 the 8B shape, batch 8, 32k tokens took 81.6 us against 48.1 us of bytes (H200, 2026-12-02,
 docs/bench/quest_chain.md): the top-k (12.2 us) and each kernel's fixed costs run while HBM idles.
-Here a grid of at most two programs per SM claims work items from a counter, in an order that
-staggers the rows: item stage ``t`` holds row ``t``'s scoring items, row ``t - LAG_SELECT``'s
-top-k and row ``t - LAG_SELECT - LAG_ATTEND``'s attention items. An item waits (spinning on a
-per-row counter in global memory, acquire) for the items of its row it depends on, which come
+Here a grid of a few programs per SM (two by default; 1-4 measured) claims work items from a
+counter, in an order that staggers the rows: item stage ``t`` holds row ``t``'s scoring items,
+row ``t - LAG_SELECT``'s top-k and row ``t - LAG_SELECT - LAG_ATTEND``'s attention items. An
+item waits (spinning on a per-row counter in global memory, acquire) for the items of its row it
+depends on, which come
 earlier in the order: a program claims an item only after every earlier item was claimed by a
 running program, so the wait always ends (the scheme of decoupled look-back and Stream-K).
 
