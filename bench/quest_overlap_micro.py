@@ -41,7 +41,8 @@ from lil_sparse.kernels.fast_decode import choose_tiles, step_tiles
 from lil_sparse.kernels.page_scores import quest_scores
 from lil_sparse.kernels.page_select import select_pages
 from lil_sparse.kernels.paged_decode import PagedDecodeScratch, paged_decode
-from lil_sparse.kernels.quest_chain import QuestChainScratch, chain_shape, quest_chain
+from lil_sparse.kernels.quest_chain import quest_chain
+from lil_sparse.kernels.quest_chain_shape import QuestChainScratch, chain_shape
 
 PAGE_SIZE = 16
 HEAD_DIM = 128
@@ -71,8 +72,6 @@ class Variant:
     """A layer's rows in ``parts`` parts, each part's three kernels on its own stream."""
 
     def __init__(self, parts: int, attention: str, layers: list[Layer], chosen: int = CHOSEN) -> None:
-        import flashinfer
-
         self.parts, self.attention, self.layers, self.chosen = parts, attention, layers, chosen
         self.rows = ROWS // parts
         device = torch.device("cuda")
@@ -90,6 +89,8 @@ class Variant:
         ]
         self.wrappers = []
         if attention == "flashinfer":  # as FlashInferBackend configures it: graph mode, HND, tensor cores
+            import flashinfer
+
             for part in range(parts):
                 rows = slice(part * self.rows, (part + 1) * self.rows + 1)
                 part_indptr = self.indptr[rows] - self.indptr[part * self.rows]
@@ -176,9 +177,11 @@ class Chain:
         self.layers = layers
         num_sms = torch.cuda.get_device_properties(0).multi_processor_count
         values = [int(v) for v in spec.split("/")]
+        if not 2 <= len(values) <= 8:
+            raise ValueError(f"--chain {spec}: lag_select/lag_attend and up to six more numbers")
         names = ("warps", "programs_per_sm", "block_pages", "score_block", "stages", "attend_pages")
         tiles = dict(zip(names, values[2:], strict=False))
-        self.shape = chain_shape(ROWS, CHOSEN, num_sms, values[0], values[1], **tiles)
+        self.shape = chain_shape(CHOSEN, num_sms, values[0], values[1], **tiles)
         self.scratch = QuestChainScratch.allocate(
             ROWS, SLOTS, GROUP, HEAD_DIM, self.shape.attend_items, device
         )

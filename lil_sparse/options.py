@@ -8,7 +8,9 @@ The server maps these errors to ``INVALID_ARGUMENT``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Literal
 
 
@@ -26,13 +28,15 @@ class PolicyFields:
     has_dense_layers: bool = False  # leading layers attend densely (Quest)
 
 
-POLICY_FIELDS: dict[str, PolicyFields] = {
-    "full": PolicyFields(uses_budget=False),
-    "sink": PolicyFields(uses_budget=True, reads_sink_tokens=True),
-    "h2o": PolicyFields(uses_budget=True, reads_recent_tokens=True),
-    "quest": PolicyFields(uses_budget=True, has_dense_layers=True),
-    "infllm": PolicyFields(uses_budget=True, reads_sink_tokens=True, reads_recent_tokens=True),
-}
+POLICY_FIELDS: Mapping[str, PolicyFields] = MappingProxyType(
+    {
+        "full": PolicyFields(uses_budget=False),
+        "sink": PolicyFields(uses_budget=True, reads_sink_tokens=True),
+        "h2o": PolicyFields(uses_budget=True, reads_recent_tokens=True),
+        "quest": PolicyFields(uses_budget=True, has_dense_layers=True),
+        "infllm": PolicyFields(uses_budget=True, reads_sink_tokens=True, reads_recent_tokens=True),
+    }
+)
 POLICY_NAMES: tuple[str, ...] = tuple(POLICY_FIELDS)
 GuardianMode = Literal["full", "incremental"]
 GuardianSource = Literal["text", "token_ids"]
@@ -190,8 +194,9 @@ class SparseOptions:
     def recent_pages(self, page_size: int) -> int:
         """Recent-window pages, the newest page included.
 
-        ``recent_tokens == 0`` means automatic: half of the budget left after the sink pages
-        (H2O's even split between recent tokens and heavy hitters), at least one page.
+        ``recent_tokens == 0`` means automatic: half of the budget (H2O's even split between
+        recent tokens and heavy hitters), after the sink pages for a policy that keeps both
+        windows (InfLLM), at least one page.
         """
         if self.recent_tokens > 0:
             return -(-self.recent_tokens // page_size)

@@ -39,7 +39,6 @@ their PyTorch references): ``tests/kernels/test_quest_chain.py``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import triton
@@ -49,6 +48,7 @@ from lil_sparse.kernels.fused_layers import TL_DTYPES
 from lil_sparse.kernels.launcher import KernelLauncher
 from lil_sparse.kernels.paged_decode import LOG2E, attend_split
 from lil_sparse.kernels.pdl import launch_options, use_pdl, wait_for_previous
+from lil_sparse.kernels.quest_chain_shape import SCORE_SLOTS, SYNC_HEADER, ChainShape, QuestChainScratch
 from lil_sparse.kernels.radix_select import (
     MAX_BLOCK,
     block_layout,
@@ -56,77 +56,6 @@ from lil_sparse.kernels.radix_select import (
     settled_threshold,
     write_taken,
 )
-
-SCORE_SLOTS = 256
-"""Slots one scoring item scores (in blocks of :data:`SCORE_BLOCK`): 128 KiB of bf16 bounds at
-head_dim 128."""
-SCORE_BLOCK = 64
-ATTEND_PAGES = 64
-"""Chosen pages per attention item, about (:func:`chain_shape`): 512 KiB of bf16 K and V at the
-benchmark shapes."""
-BLOCK_PAGES = 4
-"""Pages an attention item folds in per loop step (64 tokens of 16)."""
-SYNC_HEADER = 2  # [claimed items, exited programs], then per row [scored, selected, attended]
-
-
-@dataclass(frozen=True)
-class ChainShape:
-    """Launch shape of :func:`quest_chain`: ``attend_items`` per row (a power of two), the stage
-    lags, ``programs`` in the grid, ``warps`` per program, ``block_pages`` per attention loop step,
-    ``score_block`` slots per scoring step and ``stages`` (above 1: the attention's page loop
-    software-pipelined with that many steps in flight)."""
-
-    attend_items: int
-    lag_select: int
-    lag_attend: int
-    programs: int
-    warps: int = 8
-    block_pages: int = BLOCK_PAGES
-    score_block: int = SCORE_BLOCK
-    stages: int = 1
-
-
-def chain_shape(
-    rows: int,
-    max_pages: int,
-    num_sms: int,
-    lag_select: int = 4,
-    lag_attend: int = 12,
-    programs_per_sm: int = 2,
-    attend_pages: int = ATTEND_PAGES,
-    **tiles: int,
-) -> ChainShape:
-    """The shape for ``rows`` rows attending at most ``max_pages`` pages each on ``num_sms`` SMs:
-    ``cdiv(max_pages, attend_pages)`` attention items per row (a power of two, at least 1) and
-    ``programs_per_sm`` programs per SM; ``tiles``: :class:`ChainShape`'s other fields. The lags
-    are in stages (a stage claims one row's scoring, one top-k and one row's attention items)."""
-    items = max(1, triton.next_power_of_2(-(-max_pages // attend_pages)))
-    return ChainShape(items, lag_select, lag_attend, programs_per_sm * num_sms, **tiles)
-
-
-@dataclass
-class QuestChainScratch:
-    """Per-slot buffers of :func:`quest_chain`: ``scores: [rows, width] float32``, ``chosen: [rows,
-    width] int32`` page lists, ``partial_out: [rows, A, G, D] float32``, ``partial_lse: [rows, A, G]
-    float32`` and ``sync: [2 + 3 rows] int32`` counters (zero between calls)."""
-
-    scores: torch.Tensor
-    chosen: torch.Tensor
-    partial_out: torch.Tensor
-    partial_lse: torch.Tensor
-    sync: torch.Tensor
-
-    @classmethod
-    def allocate(
-        cls, rows: int, width: int, group: int, head_dim: int, attend_items: int, device: torch.device
-    ) -> QuestChainScratch:
-        return cls(
-            torch.empty(rows, width, dtype=torch.float32, device=device),
-            torch.empty(rows, width, dtype=torch.int32, device=device),
-            torch.empty(rows, attend_items, group, head_dim, dtype=torch.float32, device=device),
-            torch.empty(rows, attend_items, group, dtype=torch.float32, device=device),
-            torch.zeros(SYNC_HEADER + 3 * rows, dtype=torch.int32, device=device),
-        )
 
 
 @triton.jit
@@ -327,6 +256,55 @@ def _quest_chain(
             tl.store(sync_ptr + offsets, tl.zeros((1024,), tl.int32), mask=offsets < HEADER + 3 * rows)
 
 
+def _check_inputs(
+    q: torch.Tensor,
+    key_bounds: torch.Tensor,
+    table: torch.Tensor,
+    held: torch.Tensor,
+    count: torch.Tensor,
+    newest: torch.Tensor,
+    last_page_len: torch.Tensor,
+    k_pages: torch.Tensor,
+    v_pages: torch.Tensor,
+    scratch: QuestChainScratch,
+    shape: ChainShape,
+) -> None:
+    """Raise ``ValueError`` unless :func:`quest_chain`'s inputs have the shapes, strides and
+    dtypes its docstring gives (what the kernel's address arithmetic assumes)."""
+    rows, group, head_dim = q.shape
+    width = scratch.scores.shape[1]
+    page_size = k_pages.shape[2]
+    if not (q.is_contiguous() and k_pages.is_contiguous() and v_pages.is_contiguous()):
+        raise ValueError("quest_chain: q and the pages must be contiguous")
+    if head_dim < 16 or head_dim & (head_dim - 1):
+        raise ValueError(f"quest_chain: head_dim must be a power of two >= 16, got {head_dim}")
+    if k_pages.shape[1] != 1 or k_pages.shape[3] != head_dim or v_pages.shape != k_pages.shape:
+        raise ValueError(f"quest_chain: pages {tuple(k_pages.shape)} must be [P, 1, S, {head_dim}]")
+    if key_bounds.dim() != 3 or key_bounds.shape[1:] != (2, head_dim) or key_bounds.stride(-1) != 1:
+        raise ValueError(f"quest_chain: key_bounds {tuple(key_bounds.shape)} must be [P, 2, {head_dim}]")
+    if k_pages.dtype != q.dtype or v_pages.dtype != q.dtype or q.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"quest_chain: q and pages must share bf16 or fp16, got {q.dtype}, {k_pages.dtype}")
+    if scratch.shape_for() != (rows, width, group, head_dim, shape.attend_items):
+        raise ValueError(
+            f"quest_chain: scratch is for (rows, width, group, head_dim, items) {scratch.shape_for()}, "
+            f"not {(rows, width, group, head_dim, shape.attend_items)}"
+        )
+    if table.shape != (rows, width) or table.stride(1) != 1:
+        raise ValueError(f"quest_chain: table {tuple(table.shape)} must be [{rows}, {width}], rows dense")
+    if width > MAX_BLOCK:
+        raise ValueError(f"quest_chain: {width} slots per row, at most {MAX_BLOCK}")
+    per_row = {"held": held, "count": count, "newest": newest, "last_page_len": last_page_len}
+    for name, tensor in per_row.items():
+        if tensor.shape != (rows,):
+            raise ValueError(f"quest_chain: {name} must be [{rows}], got {tuple(tensor.shape)}")
+    if count.stride(0) != 1 or last_page_len.stride(0) != 1:
+        raise ValueError("quest_chain: count and last_page_len must be contiguous")
+    if shape.block_pages * page_size < 16:  # tl.dot's smallest tile on the GPU
+        raise ValueError(
+            f"quest_chain: 16 tokens per attention step at least, got {shape.block_pages * page_size}"
+        )
+
+
 def quest_chain(
     q: torch.Tensor,
     key_bounds: torch.Tensor,
@@ -345,53 +323,35 @@ def quest_chain(
 
     - ``q: [rows, G, D]`` contiguous, bf16 or fp16 (post-RoPE; rows are (sequence, KV head));
     - ``key_bounds: [P, 2, D]`` (one layer: per page key min, key max; last dim contiguous);
-    - ``table: [rows, >= width] int32`` page ids by slot (``width = scratch.scores.shape[1]``);
-    - ``held: [rows] int64`` pages each row holds (any stride); slots from ``held - 1`` are not
-      scored (the newest page is attended last, whatever the scores);
-    - ``count: [rows] int64`` older pages to take, at most ``held - 1`` and at most ``shape``'s
-      pages per row minus one; ``newest: [rows] int32`` (any stride) the newest page's id;
-    - ``last_page_len: [rows] int32`` tokens in the newest page;
-    - ``k_pages, v_pages: [P, 1, S, D]`` (one layer, contiguous) in q's dtype.
+    - ``table: [rows, width] int32`` page ids by slot (``width = scratch.scores.shape[1]``, at most
+      :data:`~lil_sparse.kernels.radix_select.MAX_BLOCK`), rows contiguous;
+    - ``held: [rows] int64`` pages each row holds, at most ``width`` (any stride); slots from
+      ``held - 1`` are not scored (the newest page is attended last, whatever the scores);
+    - ``count: [rows] int64`` contiguous: older pages to take, at most ``held - 1``;
+      ``newest: [rows] int32`` (any stride) the newest page's id;
+    - ``last_page_len: [rows] int32`` contiguous: tokens in the newest page;
+    - ``k_pages, v_pages: [P, 1, S, D]`` (one layer, contiguous) in q's dtype, ``D`` a power of two
+      of at least 16; ``scratch`` from :meth:`QuestChainScratch.allocate` for these rows, width,
+      group and ``shape.attend_items``.
 
     Writes and returns ``out: [rows, G, D]`` in q's dtype: for each row, attention (scale
     ``1/sqrt(D)``) over the ``count`` best older pages by Quest's bound and the newest page, as
     ``quest_scores`` + ``select_pages`` + ``paged_decode`` compute it. No host sync; the grid
-    depends only on ``shape`` (CUDA-graph safe). Raises ``ValueError`` on mismatched shapes,
-    dtypes or a width over :data:`~lil_sparse.kernels.radix_select.MAX_BLOCK` slots.
+    depends only on ``shape`` (CUDA-graph safe). Raises ``ValueError`` on any mismatched shape,
+    stride or dtype above (:func:`_check_inputs`); the values ``held`` and ``count`` hold are
+    not checked (that would need a host sync).
     """
     rows, group, head_dim = q.shape
     width = scratch.scores.shape[1]
-    page_size = k_pages.shape[2]
-    if not (q.is_contiguous() and k_pages.is_contiguous() and v_pages.is_contiguous()):
-        raise ValueError("quest_chain: q and the pages must be contiguous")
-    if k_pages.shape[1] != 1 or k_pages.shape[3] != head_dim or v_pages.shape != k_pages.shape:
-        raise ValueError(f"quest_chain: pages {tuple(k_pages.shape)} must be [P, 1, S, {head_dim}]")
-    if (
-        scratch.partial_out.shape != (rows, shape.attend_items, group, head_dim)
-        or scratch.chosen.shape[1] != width
-    ):
-        raise ValueError(
-            f"quest_chain: scratch is not for {rows} rows, {shape.attend_items} items, {width} slots"
-        )
-    if table.shape[0] != rows or table.shape[1] < width or table.stride(1) != 1 or key_bounds.stride(-1) != 1:
-        raise ValueError(
-            "quest_chain: table must be [rows, >= width] with contiguous rows, bounds' last dim contiguous"
-        )
-    if shape.block_pages * page_size < 16:  # tl.dot's smallest tile on the GPU
-        raise ValueError(
-            f"quest_chain: 16 tokens per attention step at least, got {shape.block_pages * page_size}"
-        )
-    if width > MAX_BLOCK:
-        raise ValueError(f"quest_chain: {width} slots per row, at most {MAX_BLOCK}")
-    if k_pages.dtype != q.dtype or v_pages.dtype != q.dtype or q.dtype not in (torch.bfloat16, torch.float16):
-        raise ValueError(
-            f"quest_chain: q and the pages must share bf16 or fp16, got {q.dtype}, {k_pages.dtype}"
-        )
+    _check_inputs(q, key_bounds, table, held, count, newest, last_page_len, k_pages, v_pages, scratch, shape)
+    if out is not None and (out.shape != q.shape or out.dtype != q.dtype or not out.is_contiguous()):
+        raise ValueError(f"quest_chain: out must be a contiguous {tuple(q.shape)} {q.dtype} tensor")
     out = torch.empty_like(q) if out is None else out
     if rows == 0:
         return out
     block, tail, _ = block_layout(width)
     score_items = -(-width // SCORE_SLOTS)
+    page_size = k_pages.shape[2]
     _QUEST_CHAIN(
         (shape.programs,),
         q, key_bounds, table, held, count, newest, last_page_len, k_pages, v_pages,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from lil_sparse.options import POLICY_FIELDS, PolicyFields
 from lil_sparse.policies.base import SelectionPolicy
 from lil_sparse.policies.full import FullPolicy
@@ -25,11 +27,11 @@ def option_fields(policy: SelectionPolicy) -> PolicyFields:
     )
 
 
-def check_in_step(policies: dict[str, SelectionPolicy], fields: dict[str, PolicyFields]) -> None:
+def check_in_step(policies: Mapping[str, SelectionPolicy], fields: Mapping[str, PolicyFields]) -> None:
     """Raise ``RuntimeError`` unless ``policies`` and the options' ``fields`` name the same
     policies in the same order with the same flags (options validation reads the table)."""
     if tuple(policies) != tuple(fields):
-        raise RuntimeError(f"policy registry {tuple(policies)} differs from POLICY_NAMES {tuple(fields)}")
+        raise RuntimeError(f"policy registry {tuple(policies)} differs from POLICY_FIELDS {tuple(fields)}")
     for name, policy in policies.items():
         if option_fields(policy) != fields[name]:
             raise RuntimeError(

@@ -185,8 +185,8 @@ def test_a_usage_mistake_is_one_line_and_policies_take_any_case(capsys: pytest.C
     with pytest.raises(SystemExit) as exited:
         main(["generate", "hi", "--policy", "qeust"])
     assert exited.value.code == 2
-    assert capsys.readouterr().err == (
-        "lil-client generate: error: argument --policy: invalid choice: 'qeust' (choose from 'full',"
-        " 'sink', 'h2o', 'quest', 'infllm')\n(lil-client generate --help lists every flag)\n"
-    )
+    # argparse quotes the choices in some Python versions and not in others (gh-86357).
+    first, second = capsys.readouterr().err.splitlines()
+    assert first.startswith("lil-client generate: error: argument --policy: invalid choice: 'qeust'")
+    assert second == "(lil-client generate --help lists every flag)"
     assert _parser().parse_args(["generate", "hi", "--policy", "Quest"]).policy == "quest"

@@ -75,7 +75,7 @@ def test_a_policy_whose_flags_disagree_with_the_options_table_is_refused() -> No
 
     with pytest.raises(RuntimeError, match=r"^policy 'quest': class flags .* differ from"):
         check_in_step(dict(POLICIES, quest=QuestWithoutDenseLayers()), POLICY_FIELDS)
-    with pytest.raises(RuntimeError, match="differs from POLICY_NAMES"):
+    with pytest.raises(RuntimeError, match="differs from POLICY_FIELDS"):
         check_in_step(dict(reversed(POLICIES.items())), POLICY_FIELDS)
     check_in_step(POLICIES, POLICY_FIELDS)  # the registry as it is passes
 

@@ -92,7 +92,7 @@ GUARDIAN_FLAGS = {
 
 
 def guardian_note(given: list[str], guardian: bool | None, summary: Summary) -> str:
-    """A note when Guardian flags (``given``, as typed) were passed without ``--guardian`` /
+    """A note when Guardian flags (``given``, by their positive names) were passed without ``--guardian`` /
     ``--no-guardian`` (``guardian`` None) and the request ran with Guardian off, the server's
     default: the flags tune a Guardian that never ran. "" otherwise."""
     if not given or guardian is not None or summary.started is None:

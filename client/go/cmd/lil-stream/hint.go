@@ -35,8 +35,10 @@ var flagOfField = map[string]string{
 }
 
 // errorHint is the text printed after a failed call's error so that it says what to do: a line
-// when no server answered at address or the -timeout passed, or " (flag -x)" after a refused
-// field that a flag sets; "" otherwise. It mirrors lil-client's hints.
+// when the address answered but not in gRPC (answeredNotInGRPC; asked as a question, since a
+// server that dies mid-call can leave some of the same words), when no server answered at
+// address or when the -timeout passed, or " (flag -x)" after a refused field that a flag sets;
+// "" otherwise. It mirrors lil-client's hints.
 func errorHint(err error, address string, timeout time.Duration) string {
 	message := status.Convert(err).Message() // the server's words, without the code
 	lower := strings.ToLower(message)
