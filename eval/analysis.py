@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, replace
 
+from eval.dense import DENSE_ARM, is_dense
 from eval.grading import grade_many
 from eval.guardian_replay import GuardianSetting, replay_stop_step, truncated_text
 from eval.records import SampleRecord, Trajectory
 
-Arm = tuple[str, int]  # (policy, budget_tokens); full is ("full", 0)
+Arm = tuple[str, int]  # (policy, budget_tokens); the dense baseline is eval.dense.DENSE_ARM
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,7 @@ def arms_by_dataset(records: list[SampleRecord]) -> dict[str, dict[Arm, dict[str
 
 def paired_indices(arms: dict[Arm, dict[str, int]], arm: Arm) -> tuple[list[int], list[int]]:
     """Record indices of ``full`` and of ``arm`` for the problems both ran, in the same order."""
-    full, other = arms.get(("full", 0), {}), arms[arm]
+    full, other = arms.get(DENSE_ARM, {}), arms[arm]
     shared = sorted(set(full) & set(other))
     return [full[p] for p in shared], [other[p] for p in shared]
 
@@ -96,11 +97,11 @@ class OnlineAgreement:
 
 
 def online_agreement(records: list[SampleRecord]) -> list[OnlineAgreement]:
-    dense = {(r.dataset, r.problem_id): r for r in records if r.policy == "full" and not r.guardian.enabled}
+    dense = {(r.dataset, r.problem_id): r for r in records if is_dense(r.policy) and not r.guardian.enabled}
     grouped: dict[GuardianSetting, list[SampleRecord]] = defaultdict(list)
     for r in records:
         # Answer-forcing runs continue past the stop, so only truncating runs replay end to end.
-        if r.guardian.enabled and r.policy == "full" and r.guardian.action == "truncate":
+        if r.guardian.enabled and is_dense(r.policy) and r.guardian.action == "truncate":
             grouped[GuardianSetting(r.guardian.interval_tokens, r.guardian.threshold_bytes)].append(r)
     results = []
     for setting, online in grouped.items():

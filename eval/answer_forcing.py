@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from eval.analysis import GuardianOutcome
+from eval.dense import is_dense
 from eval.guardian_replay import GuardianSetting
 from eval.records import SampleRecord
 from eval.stats import difference_of_means, paired_bootstrap, saving
@@ -25,13 +26,13 @@ def answer_arms(records: list[SampleRecord]) -> dict[AnswerArm, list[tuple[int, 
     dense = {
         (r.dataset, r.problem_id): i
         for i, r in enumerate(records)
-        if r.policy == "full" and not r.guardian.enabled
+        if is_dense(r.policy) and not r.guardian.enabled
     }
     arms: dict[AnswerArm, list[tuple[int, int]]] = {}
     for i, r in enumerate(records):
         g = r.guardian
         twin = dense.get((r.dataset, r.problem_id))
-        if g.enabled and g.action == "answer" and r.policy == "full" and twin is not None:
+        if g.enabled and g.action == "answer" and is_dense(r.policy) and twin is not None:
             arm = (GuardianSetting(g.interval_tokens, g.threshold_bytes), g.answer_max_tokens)
             arms.setdefault(arm, []).append((twin, i))
     return arms

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from eval.dense import DENSE_POLICY, is_dense
 from eval.guardian_replay import GuardianSetting
 from lil_sparse.options import (
     POLICY_NAMES,
@@ -32,8 +33,10 @@ class Condition:
             raise ValueError(
                 f"policy: unknown policy {self.policy!r}; choose one of {', '.join(POLICY_NAMES)}"
             )
-        if (self.policy == "full") != (self.budget_tokens == 0):
-            raise ValueError(f"budget_tokens: must be 0 exactly for policy full, got {self.budget_tokens}")
+        if is_dense(self.policy) != (self.budget_tokens == 0):
+            raise ValueError(
+                f"budget_tokens: must be 0 exactly for policy {DENSE_POLICY}, got {self.budget_tokens}"
+            )
         if self.budget_tokens < 0:
             raise ValueError(f"budget_tokens: must be >= 0, got {self.budget_tokens}")
         GuardianOptions(action=self.guardian_action, answer_max_tokens=self.answer_max_tokens)  # type: ignore[arg-type]
@@ -42,8 +45,8 @@ class Condition:
         """Greedy decoding with this condition's sparsity and Guardian (the engine's defaults for
         sink, recent window and dense layers)."""
         sparse = (
-            SparseOptions(policy="full")
-            if self.policy == "full"
+            SparseOptions(policy=self.policy)
+            if is_dense(self.policy)
             else SparseOptions(policy=self.policy, budget_tokens=self.budget_tokens)
         )
         guardian = (
@@ -65,7 +68,7 @@ class Condition:
         )
 
     def label(self) -> str:
-        name = self.policy if self.policy == "full" else f"{self.policy}@{self.budget_tokens}"
+        name = self.policy if is_dense(self.policy) else f"{self.policy}@{self.budget_tokens}"
         if not self.guardian:
             return name
         action = f", answer {self.answer_max_tokens}" if self.guardian_action == "answer" else ""
@@ -84,10 +87,13 @@ def build_conditions(
     ``full`` with each answer-forcing setting (a stop forces an answer of ``answer_max_tokens``)."""
     if not policies:
         raise ValueError("policies: name at least one policy")
-    if any(policy != "full" for policy in policies) and not budgets:
+    if not all(policy in POLICY_NAMES for policy in policies):
+        unknown = [policy for policy in policies if policy not in POLICY_NAMES]
+        raise ValueError(f"policy: unknown policy {unknown[0]!r}; choose one of {', '.join(POLICY_NAMES)}")
+    if any(not is_dense(policy) for policy in policies) and not budgets:
         raise ValueError("budgets: sparse policies need at least one budget")
-    conditions = [Condition("full", 0)] if "full" in policies else []
-    conditions += [Condition(p, b) for p in policies if p != "full" for b in budgets]
-    conditions += [Condition("full", 0, setting) for setting in online_guardian]
-    conditions += [Condition("full", 0, s, "answer", answer_max_tokens) for s in answer_guardian]
+    conditions = [Condition(DENSE_POLICY, 0)] if DENSE_POLICY in policies else []
+    conditions += [Condition(p, b) for p in policies if not is_dense(p) for b in budgets]
+    conditions += [Condition(DENSE_POLICY, 0, setting) for setting in online_guardian]
+    conditions += [Condition(DENSE_POLICY, 0, s, "answer", answer_max_tokens) for s in answer_guardian]
     return conditions

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from eval.analysis import Arm, GuardianOutcome, paired_indices
+from eval.dense import DENSE_ARM, DENSE_POLICY, is_dense
 from eval.guardian_replay import GuardianSetting
 from eval.records import SampleRecord
 from eval.stats import mean_with_se
@@ -29,11 +30,11 @@ def _per_budget(
     figure, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.6), squeeze=False)
     for axis, dataset in zip(axes[0], datasets, strict=True):
         arms = by_dataset[dataset]
-        if ("full", 0) in arms:
-            full = mean_with_se([value(records[i]) for i in arms[("full", 0)].values()])
-            axis.axhline(full.value, color="black", linestyle="--", label="full")
+        if DENSE_ARM in arms:
+            full = mean_with_se([value(records[i]) for i in arms[DENSE_ARM].values()])
+            axis.axhline(full.value, color="black", linestyle="--", label=DENSE_POLICY)
             axis.axhspan(full.value - full.se, full.value + full.se, color="black", alpha=0.08)
-        for policy in POLICY_ORDER[1:]:
+        for policy in (p for p in POLICY_ORDER if not is_dense(p)):
             budgets = sorted(b for p, b in arms if p == policy)
             if not budgets:
                 continue
@@ -133,7 +134,7 @@ def compressed_vs_tokens(records: list[SampleRecord], examples: list[list[int]],
             if r.trajectory is None:
                 continue
             tokens = np.arange(len(r.trajectory.compressed_bytes)) * r.trajectory.base_interval
-            label = r.policy if r.policy == "full" else f"{r.policy}@{r.budget_tokens}"
+            label = r.policy if is_dense(r.policy) else f"{r.policy}@{r.budget_tokens}"
             axis.plot(tokens, r.trajectory.compressed_bytes, label=f"{label} ({r.output_tokens} tok)")
         first = records[indices[0]]
         axis.set_title(f"{first.dataset} {first.problem_id}", fontsize=9)

@@ -16,6 +16,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
+from eval.dense import is_dense
+from lil_sparse.options import POLICY_NAMES
+
 RECORD_VERSION = 1
 FINISH_REASONS = ("length", "eos", "stop_string", "early_stop", "aborted")
 
@@ -111,8 +114,8 @@ class SampleRecord:
             )
         if self.output_tokens < 0 or self.prompt_tokens < 1:
             raise ValueError("output_tokens: must be >= 0 and prompt_tokens >= 1")
-        if self.policy == "full" and self.budget_tokens != 0:
-            raise ValueError(f"budget_tokens: must be 0 for policy full, got {self.budget_tokens}")
+        if self.policy in POLICY_NAMES and is_dense(self.policy) and self.budget_tokens != 0:
+            raise ValueError(f"budget_tokens: must be 0 for policy {self.policy}, got {self.budget_tokens}")
 
     @property
     def service_seconds(self) -> float:

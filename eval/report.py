@@ -18,6 +18,7 @@ from eval.analysis import (
     paired_indices,
 )
 from eval.answer_forcing import answer_forcing_table, answer_settings
+from eval.dense import DENSE_ARM, is_dense
 from eval.guardian_replay import GuardianSetting
 from eval.records import SampleRecord, read_records
 from eval.stats import paired_bootstrap, relative_change
@@ -197,7 +198,7 @@ def write_report(paths: list[Path], out: Path, config: ReportConfig) -> Path:
     outcomes = guardian_outcomes(records, settings, config.grade_workers)
     chosen = outcomes[config.guardian]
     grid = {s: outcomes[s] for s in config.settings()}
-    dense = {d: list(arms.get(("full", 0), {}).values()) for d, arms in by_dataset.items()}
+    dense = {d: list(arms.get(DENSE_ARM, {}).values()) for d, arms in by_dataset.items()}
     pooled_dense = [i for indices in dense.values() for i in indices]
 
     sections = [
@@ -265,8 +266,8 @@ def _long_examples(
     """The problems with the longest dense outputs, each with the smallest budget of every policy."""
     candidates = []
     for arms in by_dataset.values():
-        full = arms.get(("full", 0), {})
-        smallest = {p: min(b for q, b in arms if q == p) for p, _ in arms if p != "full"}
+        full = arms.get(DENSE_ARM, {})
+        smallest = {p: min(b for q, b in arms if q == p) for p, _ in arms if not is_dense(p)}
         for problem_id, index in full.items():
             group = [index] + [
                 arms[(p, b)][problem_id] for p, b in sorted(smallest.items()) if problem_id in arms[(p, b)]

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from eval.completion import Completion, Job, answer_bound
+from eval.dense import is_dense
 from eval.records import GuardianOnline
 from lil_sparse.options import RequestOptions
 
@@ -25,7 +26,7 @@ def _client_options(options: RequestOptions) -> dict[str, Any]:
         "return_token_ids": True,
         "return_guardian_trace": True,
     }
-    if sparse.policy != "full":
+    if not is_dense(sparse.policy):
         values["budget_tokens"] = sparse.budget_tokens
     if guardian.enabled:
         values["guardian_interval_tokens"] = guardian.interval_tokens

@@ -8,11 +8,13 @@ import math
 import numpy as np
 
 from eval.analysis import Arm, GuardianOutcome, OnlineAgreement, paired_indices
+from eval.dense import is_dense
 from eval.guardian_replay import GuardianSetting
 from eval.records import SampleRecord
 from eval.stats import Estimate, difference_of_means, mean_with_se, paired_bootstrap, relative_change, saving
+from lil_sparse.options import POLICY_NAMES
 
-POLICY_ORDER = ("full", "sink", "h2o", "quest", "infllm")
+POLICY_ORDER = POLICY_NAMES  # the dense baseline first
 
 
 def sorted_arms(arms: list[Arm]) -> list[Arm]:
@@ -61,7 +63,7 @@ def dataset_table(
         base_service = np.mean([records[i].service_seconds for i in base])
         kept = [float(outcomes[i].tokens_kept) for i in mine]
         guarded = [float(outcomes[i].correct) for i in mine]
-        is_full = arm[0] == "full"
+        is_full = is_dense(arm[0])
         rows.append(
             [
                 arm[0],
@@ -144,7 +146,7 @@ def pooled_length_table(
     records: list[SampleRecord], by_dataset: dict[str, dict[Arm, dict[str, int]]], resamples: int
 ) -> str:
     """Length change vs full per arm, all datasets pooled (problems paired within their set)."""
-    arms = sorted_arms(sorted({a for arms in by_dataset.values() for a in arms if a[0] != "full"}))
+    arms = sorted_arms(sorted({a for arms in by_dataset.values() for a in arms if not is_dense(a[0])}))
     rows = []
     for arm in arms:
         base: list[float] = []

@@ -105,3 +105,11 @@ def test_record_validation_names_the_field(tmp_path: Path) -> None:
     path.write_text(make_record().to_json() + "\n" + '{"dataset": "gsm8k"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2"):
         list(read_records(path))
+
+
+def test_the_dense_baseline_is_found_by_the_options_flags() -> None:
+    from eval.dense import DENSE_ARM, DENSE_POLICY, is_dense
+    from lil_sparse.options import POLICY_FIELDS
+
+    assert DENSE_POLICY == "full" and DENSE_ARM == ("full", 0)
+    assert [name for name in POLICY_FIELDS if is_dense(name)] == [DENSE_POLICY]
