@@ -93,7 +93,9 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
 def _add_report(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("report", help="regenerate docs/results (tables and PNGs) from saved records")
     p.add_argument("records", nargs="+", help="records files written by `lil-eval sweep`")
-    p.add_argument("--out", default="docs/results", help="folder for lil.md and the PNGs")
+    p.add_argument(
+        "--out", required=True, help="folder for lil.md and the PNGs (the published study: docs/results)"
+    )
     p.add_argument("--guardian", default="250:20", help="INTERVAL:THRESHOLD used in the per-dataset tables")
     p.add_argument(
         "--guardian-grid", default="25,50,100,250:5,10,20,40", help="INTERVALS:THRESHOLDS for the curve"
@@ -106,12 +108,17 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from eval.sweep import SweepConfig, run_sweep
 
     budgets = tuple(int(b) for b in _csv(args.budgets))
+    datasets = tuple(DatasetSelection.parse(s) for s in _csv(args.datasets))
+    names = [d.name for d in datasets]
+    if len(set(names)) != len(names):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"datasets: {', '.join(repeated)} named twice; name each set once")
     online = tuple(GuardianSetting.parse(s) for s in _csv(args.guardian_online))
     answer = tuple(GuardianSetting.parse(s) for s in _csv(args.guardian_answer))
     config = SweepConfig(
         model=args.model,
         data_dir=resolve_data_dir(args.data_dir),
-        datasets=tuple(DatasetSelection.parse(s) for s in _csv(args.datasets)),
+        datasets=datasets,
         conditions=tuple(
             build_conditions(tuple(_csv(args.policies)), budgets, online, answer, args.answer_max_tokens)
         ),

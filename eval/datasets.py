@@ -48,6 +48,8 @@ class DatasetSelection:
     def parse(spec: str) -> DatasetSelection:
         """``"gsm8k:200"`` -> the first 200 GSM8K problems; ``"aime24"`` -> all of AIME24."""
         name, _, limit = spec.partition(":")
+        if limit.strip() in ("0", "-0"):  # 0 means "all" inside; written out, it is a mistake
+            raise ValueError(f"datasets: {spec!r}: the count must be >= 1 (leave it out for every problem)")
         try:
             return DatasetSelection(name.strip(), int(limit) if limit else 0)
         except ValueError as error:

@@ -142,6 +142,11 @@ def _ranges(values: list[int]) -> str:
     return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in spans)
 
 
+CAPPED_WARNING = 0.25
+"""Share of outputs stopped by ``max_new_tokens`` from which the verdict warns that lengths are
+censored (a judgment: a quarter of the answers at the cap already hides much of a tail)."""
+
+
 def _verdict(
     records: list[SampleRecord], by_dataset: dict[str, dict[Arm, dict[str, int]]], resamples: int
 ) -> str:
@@ -149,7 +154,7 @@ def _verdict(
     sentences = []
     longer: list[str] = []
     shorter: list[str] = []
-    for policy in tables.POLICY_ORDER[1:]:
+    for policy in (p for p in tables.POLICY_ORDER if not is_dense(p)):
         budgets = sorted({b for arms in by_dataset.values() for p, b in arms if p == policy})
         parts = []
         for budget in budgets:
@@ -177,19 +182,37 @@ def _verdict(
         headline = "**No**: no policy and budget gives significantly longer answers than dense attention."
     if shorter:
         headline += f" Significantly *shorter* under {', '.join(shorter)}."
+    capped = sum(r.finish_reason == "length" for r in records) / len(records)
+    if capped >= CAPPED_WARNING:
+        headline += (
+            f" **Read with care:** {capped:.0%} of all outputs stopped at `max_new_tokens`, so their"
+            " lengths are the cap, not the answer's: inflation past the cap cannot show (rerun with a"
+            " larger `--max-new-tokens`)."
+        )
     return "\n".join([headline, "", *sentences])
 
 
 def write_report(paths: list[Path], out: Path, config: ReportConfig) -> Path:
     """Read the records, grade what is ungraded, write ``out/lil.md`` and the PNGs; return the .md path."""
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ValueError(f"records: no such file: {', '.join(missing)}")
     records = grade_missing(list(read_records(*paths)), config.grade_workers)
     if not records:
         raise ValueError("records: the files hold no records")
     models = sorted({r.model for r in records})
     if len(models) > 1:
-        # Arms are compared by problem against `full`; pairing across models would mix them.
+        # Arms are compared by problem against the dense arm; pairing across models would mix them.
         raise ValueError(
             f"records: one model per report (got {', '.join(models)}); write one --out per model"
+        )
+    caps = sorted({r.max_new_tokens for r in records})
+    if len(caps) > 1:
+        # A length capped at 16 tokens and one capped at 64 are not the same measurement, and
+        # a problem's records under both would pair arbitrarily.
+        raise ValueError(
+            f"records: one max_new_tokens per report (got {', '.join(map(str, caps))}); report each"
+            " sweep on its own --out"
         )
     out.mkdir(parents=True, exist_ok=True)
     by_dataset = arms_by_dataset(records)

@@ -139,11 +139,11 @@ def _completions(config: SweepConfig, jobs: list[Job], engine: Any) -> Iterator[
     yield from run_on_engine(engine, jobs, options_for, stop_after_seconds=config.stop_after_seconds)
 
 
-def _load_engine(config: SweepConfig) -> Any:
+def _engine_config(config: SweepConfig) -> Any:
+    """The engine's validated config for a local sweep (``ValueError`` naming a bad field)."""
     from lil_sparse.config import EngineConfig
-    from lil_sparse.engine import LLMEngine
 
-    engine_config = EngineConfig(
+    return EngineConfig(
         model=config.model,
         device=config.device,
         dtype=config.dtype,
@@ -157,6 +157,28 @@ def _load_engine(config: SweepConfig) -> Any:
         # densely in some steps, depending on its batch mates (EngineConfig.selection).
         selection=STUDY_SELECTION,
     )
+
+
+def check_before_loading(config: SweepConfig) -> None:
+    """What a local sweep can check before it loads the model or writes anything, so a mistake
+    costs no load and leaves no half-made output: the engine's config, the device, and every
+    condition's sparse options against the engine's page size (the model's depth, which Quest's
+    dense layers are checked against, is known only once it loads). Raises ``ValueError``."""
+    engine_config = _engine_config(config)
+    if engine_config.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {engine_config.device} is not available here (no CUDA); use cpu")
+    for condition in config.conditions:
+        sparse = condition.request_options(config.max_new_tokens).sparse
+        sparse.validate_for(engine_config.page_size, num_layers=2**31 - 1)
+
+
+def _load_engine(config: SweepConfig) -> Any:
+    from lil_sparse.engine import LLMEngine
+
+    engine_config = _engine_config(config)
     loading = time.perf_counter()
     engine = LLMEngine.from_config(engine_config)
     print(
@@ -178,6 +200,8 @@ def run_sweep(config: SweepConfig, out: Path) -> list[SampleRecord]:
     (``stop_after_seconds``, ``max_problems``) like a whole sweep, so the slices together hold
     the records of one sweep of their combined size. Nothing missing: nothing runs.
     """
+    if not config.server:
+        check_before_loading(config)
     problems = _interleave([load_problems(config.data_dir, selection) for selection in config.datasets])
     n = len(config.conditions)
     model_name = Path(config.model).name if config.server else _model_name(config.model)
@@ -210,6 +234,10 @@ def run_sweep(config: SweepConfig, out: Path) -> list[SampleRecord]:
         )
     if not missing:
         return kept
+    if not config.server:
+        from lil_sparse.loading.torch_threads import set_torch_threads
+
+        set_torch_threads()  # $LIL_SPARSE_TORCH_THREADS, else half the cores (as the server)
     with ExitStack() as stack:
         grading_pool = _grading_pool(config.grade_workers, stack)  # forked before the engine exists
         engine = None if config.server else _load_engine(config)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from eval.analysis import online_agreement
 from eval.cli import main
@@ -204,3 +205,59 @@ def test_report_refuses_to_pair_across_models(sweep: tuple[Path, list[SampleReco
     write_records(mixed, [*records, replace(records[0], model="other")])
     with pytest.raises(ValueError, match="one model per report"):
         write_report([mixed], tmp_path / "out", ReportConfig(bootstrap=0))
+
+
+def test_report_refuses_to_mix_caps_and_names_a_missing_file(
+    sweep: tuple[Path, list[SampleRecord]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A newcomer reported a 64-token and a 16-token sweep together: the header listed both caps
+    # and the tables paired whichever record came last. A missing file was a traceback.
+    from dataclasses import replace
+
+    from eval.records import write_records
+
+    _, records = sweep
+    mixed = tmp_path / "mixed.jsonl"
+    write_records(mixed, [*records, replace(records[0], max_new_tokens=records[0].max_new_tokens + 1)])
+    with pytest.raises(ValueError, match="one max_new_tokens per report"):
+        write_report([mixed], tmp_path / "out", ReportConfig(bootstrap=0))
+    assert main(["report", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"lil-eval: records: no such file: {tmp_path / 'nope.jsonl'}\n"
+    with pytest.raises(SystemExit):  # --out is required: no default folder inside the checkout
+        main(["report", str(tmp_path / "nope.jsonl")])
+
+
+def test_sweep_mistakes_fail_before_the_model_loads_and_leave_nothing(
+    tiny_model_dir: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "r.jsonl"
+    base = ["sweep", "--model", str(tiny_model_dir), "--data-dir", str(data_dir), "--out", str(out)]
+    cases = [
+        (["--datasets", "gsm8k:1", "--policies", "quest", "--budgets", "8"], "budget_tokens: must be >= 16"),
+        (["--datasets", "gsm8k:0"], "the count must be >= 1"),
+        (["--datasets", "gsm8k,gsm8k:1"], "datasets: gsm8k named twice"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--datasets", "gsm8k:1", "--device", "cuda"], "device: cuda is not available here"))
+    for flags, message in cases:
+        assert main([*base, *flags]) == 2, flags
+        error = capsys.readouterr().err
+        assert error.startswith("lil-eval: ") and message in error and len(error.splitlines()) == 1, error
+        assert not out.exists() and not list(tmp_path.iterdir()), flags  # no records, no meta
+
+
+def test_the_verdict_warns_when_most_lengths_are_the_cap(
+    sweep: tuple[Path, list[SampleRecord]], tmp_path: Path
+) -> None:
+    # A newcomer's 64-token sweep stopped every output at the cap, and the verdict still read
+    # "No: no policy and budget gives significantly longer answers".
+    from dataclasses import replace
+
+    from eval.records import write_records
+
+    _, records = sweep
+    for finish, warned in (("length", True), ("eos", False)):
+        path = tmp_path / f"{finish}.jsonl"
+        write_records(path, [replace(r, finish_reason=finish) for r in records])
+        page = write_report([path], tmp_path / finish, ReportConfig(bootstrap=0)).read_text()
+        assert ("**Read with care:** 100% of all outputs stopped at `max_new_tokens`" in page) == warned
