@@ -26,7 +26,11 @@ def _csv(value: str) -> list[str]:
 
 
 def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("sweep", help="run problems x conditions and save one JSONL record per sample")
+    p = subparsers.add_parser(
+        "sweep",
+        help="run problems x conditions and save one JSONL record per sample",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,  # --datasets' default is the whole study
+    )
     p.add_argument(
         "--model",
         required=True,
@@ -91,7 +95,11 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_report(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("report", help="regenerate docs/results (tables and PNGs) from saved records")
+    p = subparsers.add_parser(
+        "report",
+        help="write lil.md and the PNGs (tables and figures) from saved records",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("records", nargs="+", help="records files written by `lil-eval sweep`")
     p.add_argument(
         "--out", required=True, help="folder for lil.md and the PNGs (the published study: docs/results)"
@@ -107,6 +115,8 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
 def run_sweep_command(args: argparse.Namespace) -> int:
     from eval.sweep import SweepConfig, run_sweep
 
+    if not args.out.endswith((".jsonl", ".jsonl.gz")):
+        raise ValueError(f"out: {args.out} must end in .jsonl or .jsonl.gz (records are JSON lines)")
     budgets = tuple(int(b) for b in _csv(args.budgets))
     datasets = tuple(DatasetSelection.parse(s) for s in _csv(args.datasets))
     names = [d.name for d in datasets]

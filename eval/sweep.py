@@ -159,6 +159,11 @@ def _engine_config(config: SweepConfig) -> Any:
     )
 
 
+def _count(number: int, noun: str) -> str:
+    """``1 problem``, ``2 problems``."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def check_before_loading(config: SweepConfig) -> None:
     """What a local sweep can check before it loads the model or writes anything, so a mistake
     costs no load and leaves no half-made output: the engine's config, the device, and every
@@ -229,7 +234,7 @@ def run_sweep(config: SweepConfig, out: Path) -> list[SampleRecord]:
     if resuming:
         print(
             f"[lil-eval] resume: {out} holds {len(kept)} of {len(problems) * n} records; "
-            f"this slice runs {len(missing)} ({len({k // n for k in missing})} problems)",
+            f"this slice runs {len(missing)} ({_count(len({k // n for k in missing}), 'problem')})",
             file=sys.stderr,
         )
     if not missing:

@@ -236,6 +236,7 @@ def test_sweep_mistakes_fail_before_the_model_loads_and_leave_nothing(
         (["--datasets", "gsm8k:1", "--policies", "quest", "--budgets", "8"], "budget_tokens: must be >= 16"),
         (["--datasets", "gsm8k:0"], "the count must be >= 1"),
         (["--datasets", "gsm8k,gsm8k:1"], "datasets: gsm8k named twice"),
+        (["--datasets", "gsm8k:1", "--out", str(tmp_path / "r.csv")], "must end in .jsonl or .jsonl.gz"),
     ]
     if not torch.cuda.is_available():
         cases.append((["--datasets", "gsm8k:1", "--device", "cuda"], "device: cuda is not available here"))
