@@ -21,6 +21,15 @@ from eval.datasets import DatasetSelection, resolve_data_dir
 from eval.guardian_replay import DEFAULT_BASE_INTERVAL, GuardianSetting
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, but not an unset one (None, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _csv(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
@@ -29,7 +38,7 @@ def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "sweep",
         help="run problems x conditions and save one JSONL record per sample",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,  # --datasets' default is the whole study
+        formatter_class=_HelpFormatter,  # --datasets' default is the whole study
     )
     p.add_argument(
         "--model",
@@ -98,7 +107,7 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "report",
         help="write lil.md and the PNGs (tables and figures) from saved records",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("records", nargs="+", help="records files written by `lil-eval sweep`")
     p.add_argument(
