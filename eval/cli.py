@@ -12,6 +12,7 @@ A sweep too long for one sitting runs in slices: the same sweep command with ``-
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -118,7 +119,12 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
         "--guardian-grid", default="25,50,100,250:5,10,20,40", help="INTERVALS:THRESHOLDS for the curve"
     )
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
-    p.add_argument("--grade-workers", type=int, default=4)
+    p.add_argument(
+        "--grade-workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="processes for math-verify (0: inline; 4, or the cores if fewer)",
+    )
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
