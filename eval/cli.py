@@ -130,20 +130,13 @@ def _add_report(subparsers: argparse._SubParsersAction) -> None:
 def run_sweep_command(args: argparse.Namespace) -> int:
     from eval.sweep import SweepConfig, run_sweep
 
-    if not args.out.endswith((".jsonl", ".jsonl.gz")):
-        raise ValueError(f"out: {args.out} must end in .jsonl or .jsonl.gz (records are JSON lines)")
     budgets = tuple(int(b) for b in _csv(args.budgets))
-    datasets = tuple(DatasetSelection.parse(s) for s in _csv(args.datasets))
-    names = [d.name for d in datasets]
-    if len(set(names)) != len(names):
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"datasets: {', '.join(repeated)} named twice; name each set once")
     online = tuple(GuardianSetting.parse(s) for s in _csv(args.guardian_online))
     answer = tuple(GuardianSetting.parse(s) for s in _csv(args.guardian_answer))
     config = SweepConfig(
         model=args.model,
         data_dir=resolve_data_dir(args.data_dir),
-        datasets=datasets,
+        datasets=tuple(DatasetSelection.parse(s) for s in _csv(args.datasets)),
         conditions=tuple(
             build_conditions(tuple(_csv(args.policies)), budgets, online, answer, args.answer_max_tokens)
         ),

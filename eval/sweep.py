@@ -73,6 +73,10 @@ class SweepConfig:
     def __post_init__(self) -> None:
         if not self.datasets:
             raise ValueError("datasets: name at least one dataset")
+        names = [selection.name for selection in self.datasets]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"datasets: {', '.join(repeated)} named twice; name each set once")
         if not self.conditions:
             raise ValueError("conditions: the sweep has no condition to run")
         if self.max_new_tokens < 1:
@@ -205,6 +209,8 @@ def run_sweep(config: SweepConfig, out: Path) -> list[SampleRecord]:
     (``stop_after_seconds``, ``max_problems``) like a whole sweep, so the slices together hold
     the records of one sweep of their combined size. Nothing missing: nothing runs.
     """
+    if not out.name.endswith((".jsonl", ".jsonl.gz")):
+        raise ValueError(f"out: {out} must end in .jsonl or .jsonl.gz (records are JSON lines)")
     if not config.server:
         check_before_loading(config)
     problems = _interleave([load_problems(config.data_dir, selection) for selection in config.datasets])
