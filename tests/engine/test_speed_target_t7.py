@@ -53,7 +53,7 @@ def test_t7_line_without_an_8_row_fixed_cost_takes_one_fixed_cost_for_both():
 
 def test_the_committed_report_prints_the_t7_line_its_json_gives():
     """docs/bench/decode_targets.md's speed-T7 line is what bench/targets.py computes from the
-    committed JSON (the 2026-12-01 22:30 report: 1.02x, each batch size's own fixed cost)."""
+    committed JSON (the 2026-12-02 03:08 report: 1.03x, each batch size's own fixed cost)."""
     report = json.loads(REPORT.read_text())["runs"]
     printed = [
         line.strip()
@@ -61,8 +61,8 @@ def test_the_committed_report_prints_the_t7_line_its_json_gives():
         if "speed-T7" in line and "TARGET" in line
     ]
     assert printed == [t7_line(report, None)]
-    assert printed[0].startswith("TARGET MET speed-T7 15.99 ms = 1.02x the rows' single-policy costs")
-    assert "(15.61 ms from the five batch-8 steps" in printed[0]
+    assert printed[0].startswith("TARGET MET speed-T7 16.16 ms = 1.03x the rows' single-policy costs")
+    assert "(15.73 ms from the five batch-8 steps" in printed[0]
 
 
 def test_the_committed_report_is_what_bench_targets_writes_from_its_json():
