@@ -93,6 +93,17 @@ def replay_stop_step(trajectory: Trajectory, output_tokens: int, setting: Guardi
     return None
 
 
+def stop_chances(output_tokens: int, interval_tokens: int) -> int:
+    """How many Guardian checks could stop an output of ``output_tokens`` tokens: the checks at
+    ``k * interval_tokens`` tokens for ``k >= 2`` before the output's end (the first check only
+    sets the baseline, and none runs after the last token; :func:`replay_stop_step`). 0 means
+    the setting cannot stop that output whatever its threshold. Raises ``ValueError`` for an
+    interval under 1 or a negative length."""
+    if interval_tokens < 1 or output_tokens < 0:
+        raise ValueError(f"stop_chances: interval {interval_tokens} (>= 1), output {output_tokens} (>= 0)")
+    return max(0, (output_tokens - 1) // interval_tokens - 1)
+
+
 def truncated_text(output_text: str, trajectory: Trajectory, stop_step: int) -> str:
     """The output as it stood when Guardian stopped at ``stop_step`` generated tokens."""
     return output_text[: trajectory.text_chars[stop_step // trajectory.base_interval]]

@@ -9,7 +9,7 @@ import numpy as np
 
 from eval.analysis import Arm, GuardianOutcome, OnlineAgreement, paired_indices
 from eval.dense import is_dense
-from eval.guardian_replay import GuardianSetting
+from eval.guardian_replay import GuardianSetting, stop_chances
 from eval.records import SampleRecord
 from eval.stats import Estimate, difference_of_means, mean_with_se, paired_bootstrap, relative_change, saving
 from lil_sparse.options import POLICY_NAMES
@@ -109,7 +109,11 @@ def guardian_dense_table(
     outcomes: dict[GuardianSetting, list[GuardianOutcome]],
     resamples: int,
 ) -> str:
-    """Table 2: Guardian replayed on the dense (``full``) outputs, every setting of the grid."""
+    """Table 2: Guardian replayed on the dense (``full``) outputs, every setting of the grid.
+
+    "checks that can stop" is the mean over outputs of :func:`stop_chances`: 0 for a setting whose
+    second check comes after every output's end, where "stopped %" is 0 because no check could
+    stop, not because every check saw the text still growing."""
     rows = []
     lengths = [float(records[i].output_tokens) for i in indices]
     correct = [float(bool(records[i].correct)) for i in indices]
@@ -117,11 +121,13 @@ def guardian_dense_table(
         kept = [float(per_record[i].tokens_kept) for i in indices]
         guarded = [float(per_record[i].correct) for i in indices]
         stopped = sum(per_record[i].stop_step is not None for i in indices)
+        chances = [stop_chances(records[i].output_tokens, setting.interval_tokens) for i in indices]
         rows.append(
             [
                 str(setting.interval_tokens),
                 str(setting.threshold_bytes),
                 str(len(indices)),
+                _fmt(float(np.mean(chances)), 1),
                 _fmt(100 * stopped / len(indices), 0),
                 _with_ci(paired_bootstrap(lengths, kept, saving, resamples), signed=False),
                 _fmt(100 * float(np.mean(correct))),
@@ -133,6 +139,7 @@ def guardian_dense_table(
         "interval f",
         "threshold t (bytes)",
         "n",
+        "checks that can stop (mean)",
         "stopped %",
         "token saving % [95% CI]",
         "accuracy dense %",

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from eval.guardian_replay import GuardianSetting, record_trajectory, replay_stop_step, truncated_text
+from eval.guardian_replay import (
+    GuardianSetting,
+    record_trajectory,
+    replay_stop_step,
+    stop_chances,
+    truncated_text,
+)
+from eval.records import Trajectory
 from lil_sparse.config import EngineConfig
 from lil_sparse.engine import LLMEngine
 from lil_sparse.guardian import replay_tokens
@@ -85,3 +92,28 @@ def test_replay_equals_online_stop_step(tiny_model_dir: Path) -> None:
     prompt_text = engine.tokenizer.decode(prompt, skip_special_tokens=False)
     trajectory = record_trajectory(prompt_text, dense.output_token_ids, decode_batch(engine.tokenizer))
     assert replay_stop_step(trajectory, dense.completion_tokens, setting) == online.guardian.stop_step
+
+
+@pytest.mark.parametrize("interval", [25, 50, 75, 100, 250])
+def test_stop_chances_counts_the_checks_replay_can_stop_at(interval: int) -> None:
+    """With a threshold no growth reaches, replay stops at the first check that can stop (2f),
+    so it stops iff ``stop_chances`` is positive; with sizes that grow past any threshold it
+    never stops, and the checks it looked at are the counted ones (every 25 tokens recorded)."""
+    growing = Trajectory(25, tuple(range(0, 1000 * 41, 1000)), tuple(range(41)))  # 1000 tokens
+    for output_tokens in range(0, 1001, 5):
+        chances = stop_chances(output_tokens, interval)
+        stop = replay_stop_step(growing, output_tokens, GuardianSetting(interval, 10**9))
+        assert (stop is not None) == (chances > 0), (output_tokens, chances, stop)
+        if stop is not None:
+            assert stop == 2 * interval
+        # The checks that could stop: k * interval for k >= 2, before the output's end.
+        assert chances == len([k for k in range(2, 1000) if k * interval < output_tokens])
+        assert replay_stop_step(growing, output_tokens, GuardianSetting(interval, 1000)) is None
+
+
+def test_stop_chances_refuses_nonsense() -> None:
+    assert stop_chances(0, 25) == 0 and stop_chances(51, 25) == 1 and stop_chances(50, 25) == 0
+    with pytest.raises(ValueError, match="stop_chances"):
+        stop_chances(10, 0)
+    with pytest.raises(ValueError, match="stop_chances"):
+        stop_chances(-1, 25)

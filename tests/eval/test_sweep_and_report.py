@@ -111,6 +111,17 @@ def test_report_writes_tables_and_pngs(sweep: tuple[Path, list[SampleRecord]], t
     gsm8k = text.split("## gsm8k: policies")[1].split("##")[0]
     rows = [line for line in gsm8k.splitlines() if line.startswith("| ") and not line.startswith("| policy")]
     assert [row.split(" | ")[0] for row in rows] == ["| full", "| sink", "| quest"]
+    # Table 2 says how many checks could stop an output: at MAX_NEW_TOKENS (60) only f=25's
+    # check at 50 tokens can (when an output reaches 51 tokens); f=50's second check (100) never
+    # comes, so its 0% stopped is for want of a check, and the column says so with 0.0.
+    pooled = text.split("### all sets pooled")[1].split("##")[0]
+    table2 = {
+        tuple(row.split(" | ")[:2]): row.split(" | ")[3]
+        for row in pooled.splitlines()
+        if row.startswith("| 25 |") or row.startswith("| 50 |")
+    }
+    assert table2[("| 50", "10")] == table2[("| 50", "20")] == "0.0"
+    assert 0.0 < float(table2[("| 25", "20")]) <= 1.0
     for name in ("length_vs_budget", "accuracy_vs_budget", "guardian_tradeoff", "compressed_vs_tokens"):
         assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"({name}.png)" in text
