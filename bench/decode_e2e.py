@@ -63,7 +63,7 @@ from lil_sparse.kernels.row_argmax import greedy_record, kernel_writes_pinned
 from lil_sparse.kv import BlockTable, KVCache, PagePool
 from lil_sparse.models.config import ModelConfig
 from lil_sparse.models.transformer import CausalLM
-from lil_sparse.options import POLICY_NAMES, RequestOptions, SparseOptions
+from lil_sparse.options import POLICY_FIELDS, POLICY_NAMES, RequestOptions, SparseOptions
 from lil_sparse.policies import get_policy
 from lil_sparse.sampling import Sampler
 
@@ -327,9 +327,9 @@ def run_cell(
     # in its process once moved it by up to 8% (the first three CUDA graphs of a process replay
     # faster, bench.common.settle_cuda_graphs, which main() now calls first); the two brackets
     # show what is left of such drift.
-    bracketed = runs + [(p, b) for p, b in runs if p == "full"][:1]
+    bracketed = runs + [(p, b) for p, b in runs if not POLICY_FIELDS[p].uses_budget][:1]
     for index, (policy, budget) in enumerate(bracketed):
-        if policy != "full" and budget >= context:
+        if POLICY_FIELDS[policy].uses_budget and budget >= context:
             continue
         closing = index == len(runs)  # the second dense run of the cell
         profile_to = None
@@ -374,7 +374,8 @@ def run_mixed(
     other kernels at the two sizes (the skinny GEMM at 2-16 rows and cuBLAS above until
     2026-12-01 02:54 UTC; the skinny GEMM at both since)."""
     mc = model.config
-    specs = [(p, 0 if p == "full" else 4096) for p in POLICY_NAMES for _ in range(per_policy)]
+    budgets = {p: 4096 if POLICY_FIELDS[p].uses_budget else 0 for p in POLICY_NAMES}
+    specs = [(p, budgets[p]) for p in POLICY_NAMES for _ in range(per_policy)]
     need = kv_pages_needed(mc, specs, context, steps)
     free = torch.cuda.mem_get_info()[0] - HEADROOM_BYTES
     key = f"mixed|{name}|{context}|{per_policy}"

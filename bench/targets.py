@@ -17,7 +17,9 @@ import argparse
 import json
 from pathlib import Path
 
-SPARSE_POLICIES = ("sink", "h2o", "quest", "infllm")
+from lil_sparse.options import POLICY_FIELDS, POLICY_NAMES
+
+SPARSE_POLICIES = tuple(p for p in POLICY_NAMES if POLICY_FIELDS[p].uses_budget)  # sink, h2o, quest, infllm
 LOSS_TOLERANCE = 1.05  # speed-T6: a sparse run may be at most 5% slower than dense in its cell
 README_BEGIN = "<!-- speed-targets: written by bench/targets.py --readme; do not edit -->"
 README_END = "<!-- /speed-targets -->"
@@ -130,7 +132,7 @@ def t7_line(runs: dict[str, dict], dense8: dict | None) -> str:
     per_policy, mixed = max(fitted, key=lambda item: item[0])
     note = "" if per_policy == 8 else f"; {per_policy} per policy: 8 did not fit in memory"
     found = [
-        runs.get(f"llama8b|32768|8|{p}|{0 if p == 'full' else 4096}") for p in ("full", *SPARSE_POLICIES)
+        runs.get(f"llama8b|32768|8|{p}|{4096 if POLICY_FIELDS[p].uses_budget else 0}") for p in POLICY_NAMES
     ]
     singles = [r for r in found if r]
     one_graph = mixed["graph_replays"] == mixed["steps"] and mixed["eager_steps"] == 0
