@@ -35,7 +35,8 @@ class EngineLoop:
     """Runs ``engine.step()`` on its own thread while requests are unfinished.
 
     ``on_stats`` is called on the engine thread after every step and when going idle, and
-    ``on_finished`` with every final event, so metrics stay off the event loop.
+    ``on_finished(event, options, cancelled)`` with every final event, so metrics stay off the
+    event loop; ``cancelled`` says an aborted request's client went away (:meth:`abort`).
     """
 
     def __init__(
@@ -44,7 +45,7 @@ class EngineLoop:
         max_running: int,
         max_waiting: int,
         on_stats: Callable[[LoopStats], None] | None = None,
-        on_finished: Callable[[TokenEvent, RequestOptions], None] | None = None,
+        on_finished: Callable[[TokenEvent, RequestOptions, bool], None] | None = None,
         on_death: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._engine = engine
@@ -60,6 +61,7 @@ class EngineLoop:
         self._dead: BaseException | None = None
         self.cancelled_before_acceptance = 0  # submissions their caller cancelled in the inbox
         self._sinks: dict[str, tuple[EventSink, RequestOptions]] = {}  # engine thread only
+        self._cancelled: set[str] = set()  # engine thread only: aborted because the client went away
         self._thread = threading.Thread(target=self._run, name="lil-sparse-engine", daemon=True)
 
     def start(self) -> None:
@@ -96,10 +98,6 @@ class EngineLoop:
         with self._lock:
             return len(self._admitted)
 
-    def in_flight_ids(self) -> list[str]:
-        with self._lock:
-            return list(self._admitted)
-
     def submit(
         self, request_id: str, prompt_token_ids: list[int], options: RequestOptions, sink: EventSink
     ) -> Future[str]:
@@ -132,9 +130,12 @@ class EngineLoop:
             f"(max_running {self._max_running} + max_waiting {self._max_waiting}); retry later"
         )
 
-    def abort(self, request_id: str) -> None:
-        """Ask the engine to abort (thread-safe); it frees the pages on its next step."""
-        self._inbox.put(Abort(request_id))
+    def abort(self, request_id: str, cancelled: bool = False) -> None:
+        """Ask the engine to abort (thread-safe); it frees the pages on its next step.
+
+        ``cancelled=True`` when the request's client went away (cancel, deadline, the gateway's
+        Abort): the finish still reads ABORTED, and ``on_finished`` is told it was a cancel."""
+        self._inbox.put(Abort(request_id, cancelled))
 
     def _release(self, request_id: str) -> None:
         with self._lock:
@@ -148,6 +149,8 @@ class EngineLoop:
     def _handle(self, command: Submit | Abort) -> None:
         if isinstance(command, Abort):
             if command.request_id in self._sinks:
+                if command.cancelled:
+                    self._cancelled.add(command.request_id)
                 self._engine.abort(command.request_id)
             return
         # Claims the future: False means the caller cancelled (client gone, deadline) before we got
@@ -198,20 +201,24 @@ class EngineLoop:
                 continue
             sink, options = entry
             if event.finished:
+                cancelled = event.request_id in self._cancelled
+                self._cancelled.discard(event.request_id)
                 # Counted before the client can see its Finished message, so a scrape after it agrees.
                 if self._on_finished is not None:
-                    self._guarded("on_finished", self._on_finished, event, options)
+                    self._guarded("on_finished", self._on_finished, event, options, cancelled)
                 del self._sinks[event.request_id]
                 self._release(event.request_id)
                 self._deliver(event.request_id, sink, event)
             elif not self._deliver(event.request_id, sink, event):
                 del self._sinks[event.request_id]  # the engine frees the pages; we stop listening
+                self._cancelled.discard(event.request_id)
                 self._engine.abort(event.request_id)
                 self._release(event.request_id)
 
     def _fail_all(self, reason: str) -> None:
         """The engine's state is unknown: every stream fails, and the engine drops its requests."""
         logger.error("%s; failing %d requests", reason, len(self._sinks))
+        self._cancelled.clear()
         for request_id, (sink, _) in list(self._sinks.items()):
             self._deliver(request_id, sink, EngineFailed("the engine failed while generating"))
             self._release(request_id)

@@ -29,7 +29,12 @@ class Submit:
 
 @dataclass(frozen=True, slots=True)
 class Abort:
+    """Stop a request. ``cancelled``: its client went away (a cancel, a deadline, the gateway's
+    Abort for a dropped HTTP stream), as opposed to the server cutting it (a drain past its grace
+    period, a failure); the metrics count the two apart (``finish_reason="cancelled"``)."""
+
     request_id: str
+    cancelled: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,11 +14,13 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
-from lil_sparse.events import RequestReport, TokenEvent
+from lil_sparse.events import FinishReason, RequestReport, TokenEvent
 from lil_sparse.options import RequestOptions
 from server.engine_loop import LoopStats
 from server.savings_metrics import SavingsMetrics
 from server.vllm_metrics import VllmMetrics
+
+CANCELLED = "cancelled"  # finish_reason label of a request its client cancelled (not an engine reason)
 
 PREFIX = "lil_sparse"
 # Latency buckets in seconds: a CPU tiny model decodes in ~1 ms, a GPU batch step in ~10 ms,
@@ -64,7 +66,7 @@ class ServerMetrics:
         )
         self.requests_finished = Counter(
             f"{PREFIX}_requests_finished",
-            "Finished requests.",
+            "Finished requests, by finish reason; 'cancelled': aborted because the client went away.",
             ("model", "policy", "finish_reason"),
             registry=r,
         )
@@ -140,13 +142,17 @@ class ServerMetrics:
                 counter.labels(**{"model": self.model, label: name}).inc(grown)
                 self._step_counts[name] = total
 
-    def observe_finished(self, event: TokenEvent, options: RequestOptions) -> None:
+    def observe_finished(self, event: TokenEvent, options: RequestOptions, cancelled: bool = False) -> None:
+        """Count one final event. ``cancelled``: the request was aborted because its client went
+        away (:meth:`server.engine_loop.EngineLoop.abort`), counted as ``finish_reason="cancelled"``
+        apart from ``aborted`` (the server cut it: a drain past its grace period)."""
         report: RequestReport | None = event.report
         if report is None or event.finish_reason is None:
             return
         policy = options.sparse.policy
         labels = {"model": self.model, "policy": policy}
-        reason = event.finish_reason.value
+        aborted = event.finish_reason is FinishReason.ABORTED
+        reason = CANCELLED if cancelled and aborted else event.finish_reason.value
         self.requests_finished.labels(finish_reason=reason, **labels).inc()
         self.prompt_tokens.labels(**labels).inc(report.prompt_tokens)
         self.generation_tokens.labels(**labels).inc(report.completion_tokens)

@@ -24,8 +24,10 @@ async def submitted(
     """Submit, wait until the engine accepted the request, and yield the queue its events arrive on.
 
     Raises what ``EngineLoop.submit`` raises (QueueFull, ShuttingDown) or the acceptance future
-    does (InvalidArgument). If the body does not finish normally (the client cancelled, a deadline,
-    an error), the request is aborted, so its pages are freed on the engine's next step.
+    does (InvalidArgument). If the body does not finish normally the request is aborted, so its
+    pages are freed on the engine's next step: as a cancel when the client went away (the task
+    cancelled by a cancel or a deadline, or the stream closed), as the server's abort when the body
+    raised (the metrics count the two apart, :class:`server.loop_messages.Abort`).
     """
     loop = asyncio.get_running_loop()
     events: EventQueue = asyncio.Queue()
@@ -34,11 +36,12 @@ async def submitted(
         loop.call_soon_threadsafe(events.put_nowait, event)
 
     accepted = engine_loop.submit(request_id, prompt_token_ids, options, sink)
-    finished = False
     try:
         await asyncio.wrap_future(accepted)
         yield events
-        finished = True
-    finally:
-        if not finished:
-            engine_loop.abort(request_id)
+    except (asyncio.CancelledError, GeneratorExit):  # the client went away: a cancel, a deadline
+        engine_loop.abort(request_id, cancelled=True)
+        raise
+    except BaseException:  # the body failed: the server cut the request
+        engine_loop.abort(request_id)
+        raise

@@ -57,6 +57,9 @@ class SmgSchedulerServicer(sglang_grpc.SglangSchedulerServicer):
         self._bundle: bytes | None = None
         self.served_model_name = config.model_id
         self.draining = False
+        # Requests this service submitted: Abort reaches only these, never a lil_sparse.v1 stream
+        # that shares the engine loop's request-id space (event-loop thread only).
+        self._own_requests: set[str] = set()
 
     @map_errors
     async def Generate(
@@ -87,16 +90,27 @@ class SmgSchedulerServicer(sglang_grpc.SglangSchedulerServicer):
                 f"{self._info.max_context} tokens"
             )
         request_id = request.request_id or uuid.uuid4().hex
-        async with submitted(self._engine_loop, request_id, prompt, options) as events:
-            async for response in _stream(request_id, request, len(prompt), events):
-                yield response
+        if request_id in self._own_requests:  # the engine loop's own refusal, before it is ours twice
+            raise convert.InvalidArgument(f"request_id: {request_id!r} is already in flight")
+        # Owned from submission (Abort finds a request still waiting for acceptance) to the end;
+        # no await between the check above and here, so no other Generate can interleave.
+        self._own_requests.add(request_id)
+        try:
+            async with submitted(self._engine_loop, request_id, prompt, options) as events:
+                async for response in _stream(request_id, request, len(prompt), events):
+                    yield response
+        finally:
+            self._own_requests.discard(request_id)
 
     @map_errors
     async def Abort(
         self, request: sglang.AbortRequest, context: grpc.aio.ServicerContext
     ) -> sglang.AbortResponse:
-        known = request.request_id in self._engine_loop.in_flight_ids()
-        self._engine_loop.abort(request.request_id)
+        # The gateway aborts a request whose HTTP client went away: a cancel. Only this service's
+        # own requests: a lil_sparse.v1 stream with the same id is another client's (not found).
+        known = request.request_id in self._own_requests
+        if known:
+            self._engine_loop.abort(request.request_id, cancelled=True)
         verdict = "aborted" if known else "not found"
         return sglang.AbortResponse(success=known, message=f"request {request.request_id} {verdict}")
 

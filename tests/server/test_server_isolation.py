@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lil_client import LilClient, LilClientError
 from lil_client._proto.lil_sparse.v1 import service_pb2, service_pb2_grpc
-from server_harness import start_server, wait_until
+from server_harness import scrape, start_server, wait_until
 
 from lil_sparse.events import TokenEvent
 from lil_sparse.options import RequestOptions, StoppingOptions
@@ -184,8 +184,15 @@ def test_a_conversion_error_fails_only_its_own_stream(
                 client.complete("hello", max_new_tokens=200, ignore_eos=True, return_logprobs=True)
             summary_tokens = sum(chunk.token_count for chunk in healthy)
         assert wait_until(lambda: _idle(background, tiny_engine))
+        reasons = {
+            dict(labels)["finish_reason"]: value
+            for (name, labels), value in scrape(background.metrics_port).items()
+            if name == "lil_sparse_requests_finished_total" and value
+        }
     finally:
         background.stop()
     assert failed.value.code == grpc.StatusCode.INTERNAL
     assert failed.value.message.startswith("internal error (id ")
     assert summary_tokens == healthy.summary.completion_tokens == 200
+    # The server cut the failed request: counted "aborted", not as a client's cancel.
+    assert reasons == {"length": 1, "aborted": 1}

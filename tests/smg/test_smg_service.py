@@ -150,6 +150,7 @@ def test_smg_abort_frees_pages_and_loads_report_running(
     loads = stub.GetLoads(sglang.GetLoadsRequest())
     assert loads.dp_rank_count == 1
     assert loads.loads[0].token_usage > 0 and loads.loads[0].max_running_requests == 4
+    cancelled_before = finished(scrape(worker.metrics_port), finish_reason="cancelled")
     reply = stub.Abort(sglang.AbortRequest(request_id="long"))
     hold.release()
     assert reply.success
@@ -157,6 +158,32 @@ def test_smg_abort_frees_pages_and_loads_report_running(
     assert responses[-1].complete.finish_reason == "abort"
     assert wait_until(lambda: stub.GetLoads(sglang.GetLoadsRequest()).loads[0].token_usage == 0.0)
     assert not stub.Abort(sglang.AbortRequest(request_id="long")).success  # already gone
+    # The gateway aborts for a client that went away: a cancel, not the server's abort.
+    assert finished(scrape(worker.metrics_port), finish_reason="cancelled") == cancelled_before + 1
+
+
+def test_smg_abort_does_not_reach_a_lil_sparse_v1_stream(
+    stub: Any, worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both services share the engine loop's request ids; Abort names only its own service's
+    requests, so a guessed id cannot end another client's lil_sparse.v1 stream."""
+    from lil_client import LilClient
+
+    hold = StepHold.install(monkeypatch, worker.server.engine)
+    hold.hold()  # the v1 request is in flight, and cannot finish, while Abort names its id
+    tokens: list[int] = []
+    with LilClient(worker.address) as client:
+        stream = client.generate("hello " * 10, max_new_tokens=40, ignore_eos=True, request_id="v1-shared")
+        thread = threading.Thread(target=lambda: tokens.extend(chunk.token_count for chunk in stream))
+        thread.start()
+        try:
+            assert wait_until(lambda: worker.server.engine_loop.in_flight == 1)
+            reply = stub.Abort(sglang.AbortRequest(request_id="v1-shared"))
+        finally:
+            hold.release()
+        thread.join(30)
+    assert (reply.success, reply.message) == (False, "request v1-shared not found")
+    assert (stream.summary.finish_reason, sum(tokens)) == ("length", 40)
 
 
 def test_smg_health_check(stub: Any) -> None:
