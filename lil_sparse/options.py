@@ -109,8 +109,10 @@ class SamplingOptions:
             f"must be at least {FLOAT32_TINY:.4g} (it is used as a float32), got {self.top_p}",
         )
         if self.seed is not None:
-            _require_int(self.seed, "seed", -SEED_LIMIT, SEED_LIMIT)  # an integer; the range below
-            _require(0 <= self.seed < SEED_LIMIT, "seed", f"must be in [0, 2^63) (int64), got {self.seed}")
+            seed = self.seed
+            integer = isinstance(seed, int) and not isinstance(seed, bool)
+            _require(integer, "seed", f"must be an integer, got {seed!r}")
+            _require(0 <= seed < SEED_LIMIT, "seed", f"must be in [0, 2^63) (int64), got {seed}")
 
     @property
     def greedy(self) -> bool:

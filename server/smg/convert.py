@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields, replace
 from typing import Any, Protocol
 
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.struct_pb2 import ListValue, Struct
 from smg_grpc_proto.generated import sglang_scheduler_pb2 as sglang
 
 from lil_sparse.events import FinishReason, RequestReport
@@ -83,6 +83,16 @@ def _group_overrides(group: str, raw: Any) -> dict[str, Any]:
             raise InvalidArgument(f"{name}.{key}: unknown option; expected one of {', '.join(known)}")
         overrides[key] = _typed(value, known[key], f"{name}.{key}")
     return overrides
+
+
+def _plain(value: Any) -> Any:
+    """A ``Struct``'s values as Python ones (numbers as floats, NaN and infinities kept, so the
+    field's own check refuses them by name; ``MessageToDict`` raised on them: INTERNAL)."""
+    if isinstance(value, Struct):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, ListValue):
+        return [_plain(item) for item in value]
+    return value
 
 
 def custom_overrides(custom_params: Mapping[str, Any]) -> dict[str, Any]:
@@ -158,7 +168,7 @@ def options_from_request(
     """
     params = request.sampling_params
     _refuse_unsupported(params, request)
-    custom = custom_overrides(MessageToDict(params.custom_params)) if params.HasField("custom_params") else {}
+    custom = custom_overrides(_plain(params.custom_params)) if params.HasField("custom_params") else {}
     stopping_fields: dict[str, Any] = {"ignore_eos": params.ignore_eos}
     if params.HasField("max_new_tokens"):
         stopping_fields["max_new_tokens"] = params.max_new_tokens

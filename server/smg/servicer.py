@@ -161,6 +161,23 @@ class SmgSchedulerServicer(sglang_grpc.SglangSchedulerServicer):
             yield chunk
 
 
+def _unimplemented(name: str) -> Callable[..., Any]:
+    async def handler(self: SmgSchedulerServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"lil-sparse does not implement {name}")
+
+    handler.__name__ = handler.__qualname__ = name
+    handler.__doc__ = "UNIMPLEMENTED, answered without the generated default's raise (a traceback per call)."
+    return handler
+
+
+# Every other unary RPC of the service (Embed, FlushCache, profiling, LoRA) answers UNIMPLEMENTED
+# cleanly: the generated defaults raise NotImplementedError, and grpc logs a traceback for each
+# call, so any client could fill the log. The streaming ones are written out above.
+for _method in sglang.DESCRIPTOR.services_by_name["SglangScheduler"].methods:
+    if _method.name not in vars(SmgSchedulerServicer) and not _method.server_streaming:
+        setattr(SmgSchedulerServicer, _method.name, _unimplemented(_method.name))
+
+
 async def _stream(
     request_id: str,
     request: sglang.GenerateRequest,

@@ -79,6 +79,16 @@ def test_out_of_range_values_are_refused_naming_the_field(kind, field: str, valu
         kind(**{field: value})
 
 
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**64, -(2**64)])
+def test_a_seed_out_of_range_gets_the_one_range_message(seed: int) -> None:
+    """Every out-of-range seed names the same range, [0, 2^63), whatever its size."""
+    with pytest.raises(ValueError) as raised:
+        SamplingOptions(seed=seed)
+    assert str(raised.value) == f"seed: must be in [0, 2^63) (int64), got {seed}"
+    with pytest.raises(ValueError, match=r"^seed: must be an integer, got 1\.5$"):
+        SamplingOptions(seed=1.5)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     "options",
     [

@@ -106,6 +106,12 @@ def test_smg_custom_params_choose_policy_and_guardian(stub: Any, worker: Any) ->
         ({"guardian": {"enabled": "yes"}}, "custom_params.guardian.enabled"),
         ({"sparse": {"policy": 3}}, "custom_params.sparse.policy"),
         ({"seed": -1}, "seed"),
+        # NaN and infinities reach the field's own check (they raised INTERNAL in the conversion).
+        ({"seed": float("nan")}, "custom_params.seed: must be a whole number, got nan"),
+        ({"sparse": {"budget_tokens": float("inf")}}, "custom_params.sparse.budget_tokens: must be a whole"),
+        ({"guardian": {"interval_tokens": -float("inf")}}, "custom_params.guardian.interval_tokens: must"),
+        ({"sparse": {"policy": float("nan")}}, "custom_params.sparse.policy: must be a string, got nan"),
+        ({"seed": 2.0**64}, "seed: must be in [0, 2^63) (int64), got 18446744073709551616"),
     ],
 )
 def test_smg_bad_custom_params_are_invalid_argument(stub: Any, custom: dict[str, Any], field: str) -> None:
@@ -195,6 +201,30 @@ def test_smg_kv_events_are_unimplemented(stub: Any) -> None:
     with pytest.raises(grpc.RpcError) as raised:
         list(stub.SubscribeKvEvents(common_pb2.SubscribeKvEventsRequest()))
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "Embed",
+        "FlushCache",
+        "StartProfile",
+        "StopProfile",
+        "LoadLoRAAdapter",
+        "UnloadLoRAAdapter",
+        "ListLoadedLoRAAdapters",
+    ],
+)
+def test_smg_other_rpcs_answer_unimplemented_with_our_message(stub: Any, method: str) -> None:
+    """Our handler answers (the generated default's "Method not implemented!" comes with a raise
+    and a traceback in the server's log per call)."""
+    from google.protobuf.message_factory import GetMessageClass
+
+    descriptor = sglang.DESCRIPTOR.services_by_name["SglangScheduler"].methods_by_name[method]
+    with pytest.raises(grpc.RpcError) as raised:
+        getattr(stub, method)(GetMessageClass(descriptor.input_type)())
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert raised.value.details() == f"lil-sparse does not implement {method}"
 
 
 def test_smg_readme_custom_params_example_is_what_the_worker_reads() -> None:
