@@ -52,30 +52,32 @@ func pauseServer(t *testing.T) (resume func()) {
 	return resume
 }
 
-// finishCounts reads how many requests the server finished as aborted and by length.
-func finishCounts(t *testing.T) (aborted, length float64) {
+// finishCounts reads how many requests the server finished as cancelled (aborted because the
+// client went away: a cancel or a deadline) and by length.
+func finishCounts(t *testing.T) (cancelled, length float64) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	aborted, err := server.Metric(ctx, finishedCounter, "finish_reason=aborted")
+	cancelled, err := server.Metric(ctx, finishedCounter, "finish_reason=cancelled")
 	if err == nil {
 		length, err = server.Metric(ctx, finishedCounter, "finish_reason=length")
 	}
 	if err != nil {
 		failWithLogs(t, "scraping %s: %v", finishedCounter, err)
 	}
-	return aborted, length
+	return cancelled, length
 }
 
-// checkAbortedMidStream waits until the server aborted a request since the counts before and
-// fails if one ran to its length meanwhile: the test's request (no EOS, no stop, no Guardian)
-// ends one way or the other, and aborted means the server still ran it when the cancel or
-// deadline reached it. At least one aborted, not exactly one: a request an earlier test gave up
-// on before the server accepted it may be aborted late.
+// checkAbortedMidStream waits until the server aborted a request for its client's cancel or
+// deadline (counted finish_reason="cancelled", apart from the server's own aborts) since the
+// counts before and fails if one ran to its length meanwhile: the test's request (no EOS, no
+// stop, no Guardian) ends one way or the other, and cancelled means the server still ran it when
+// the cancel or deadline reached it. At least one, not exactly one: a request an earlier test
+// gave up on before the server accepted it may be aborted late.
 func checkAbortedMidStream(t *testing.T, abortedBefore, lengthBefore float64) {
 	t.Helper()
-	waitForMetric(t, finishedCounter, func(v float64) bool { return v > abortedBefore }, "one more aborted than before",
-		"finish_reason=aborted")
+	waitForMetric(t, finishedCounter, func(v float64) bool { return v > abortedBefore }, "one more cancelled than before",
+		"finish_reason=cancelled")
 	if _, length := finishCounts(t); length != lengthBefore {
 		failWithLogs(t, "%v requests ran to their length, want none: the stream ended before the cancel or deadline",
 			length-lengthBefore)

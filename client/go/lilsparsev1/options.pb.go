@@ -342,7 +342,8 @@ type StoppingOptions struct {
 	// Prompt plus this must fit the model's context.
 	MaxNewTokens *int32 `protobuf:"varint,1,opt,name=max_new_tokens,json=maxNewTokens,proto3,oneof" json:"max_new_tokens,omitempty"`
 	// Generation stops once the output contains any of these non-empty strings; at most 16
-	// strings of at most 256 UTF-8 bytes each.
+	// strings of at most 256 UTF-8 bytes each. The text ends right after the string (kept); the
+	// token it ends in is still reported whole (Chunk.token_ids).
 	StopStrings []string `protobuf:"bytes,2,rep,name=stop_strings,json=stopStrings,proto3" json:"stop_strings,omitempty"`
 	// Keep generating after the model's end-of-sequence token.
 	IgnoreEos *bool `protobuf:"varint,3,opt,name=ignore_eos,json=ignoreEos,proto3,oneof" json:"ignore_eos,omitempty"`
@@ -417,7 +418,8 @@ type SparseOptions struct {
 	SinkTokens *int32 `protobuf:"varint,3,opt,name=sink_tokens,json=sinkTokens,proto3,oneof" json:"sink_tokens,omitempty"`
 	// Most recent tokens always kept (h2o, infllm), >= 0, rounded up to pages.
 	RecentTokens *int32 `protobuf:"varint,4,opt,name=recent_tokens,json=recentTokens,proto3,oneof" json:"recent_tokens,omitempty"`
-	// Leading layers that attend densely (quest, infllm), >= 0 and <= the model's layer count.
+	// Leading layers that attend densely (quest, as in the Quest paper; the other policies ignore
+	// it), >= 0; for quest, below the model's layer count (with every layer dense use POLICY_FULL).
 	DenseLayers *int32 `protobuf:"varint,5,opt,name=dense_layers,json=denseLayers,proto3,oneof" json:"dense_layers,omitempty"`
 }
 

@@ -5,7 +5,9 @@
 // when the engine died and the process is exiting) and for "lil_sparse.v1.LilSparseService"
 // (readiness; also NOT_SERVING while draining on shutdown).
 // Errors: INVALID_ARGUMENT (bad option or undecodable body, message starts with the field name),
-// OUT_OF_RANGE (prompt plus max_new_tokens beyond the context), RESOURCE_EXHAUSTED (queue full),
+// OUT_OF_RANGE (prompt plus max_new_tokens beyond the context), RESOURCE_EXHAUSTED (queue full,
+// "retry later"; or, from gRPC itself, a request message over the size the server accepts, the
+// larger of 4 MiB and Limits.max_prompt_bytes plus 1 MiB: "larger than max", not worth retrying),
 // UNAVAILABLE (shutting down), UNAUTHENTICATED (missing or wrong bearer token when the server
 // requires one), DEADLINE_EXCEEDED, CANCELLED, INTERNAL.
 
@@ -430,7 +432,9 @@ type Chunk struct {
 	TokenCount int32 `protobuf:"varint,1,opt,name=token_count,json=tokenCount,proto3" json:"token_count,omitempty"`
 	// The text these tokens add (may be empty while a multi-byte character is incomplete).
 	Text string `protobuf:"bytes,2,opt,name=text,proto3" json:"text,omitempty"`
-	// The token ids; filled only with OutputOptions.return_token_ids.
+	// The token ids; filled only with OutputOptions.return_token_ids. A stop string may end inside
+	// a token: the text stops right after the string, but that token's id (and logprob) is the
+	// whole token's, and it counts in token_count and Usage.completion_tokens (as vLLM reports it).
 	TokenIds []int32 `protobuf:"varint,3,rep,packed,name=token_ids,json=tokenIds,proto3" json:"token_ids,omitempty"`
 	// Log-probability of each token; filled only with OutputOptions.return_logprobs. NaN for a
 	// token of a forced Guardian answer prompt.
