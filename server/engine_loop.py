@@ -61,7 +61,9 @@ class EngineLoop:
         self._dead: BaseException | None = None
         self.cancelled_before_acceptance = 0  # submissions their caller cancelled in the inbox
         self._sinks: dict[str, tuple[EventSink, RequestOptions]] = {}  # engine thread only
-        self._cancelled: set[str] = set()  # engine thread only: aborted because the client went away
+        # Engine thread only: why each aborted request was aborted, the first reason winning
+        # (True: its client went away; False: the server cut it), read at its final event.
+        self._abort_causes: dict[str, bool] = {}
         self._thread = threading.Thread(target=self._run, name="lil-sparse-engine", daemon=True)
 
     def start(self) -> None:
@@ -130,12 +132,15 @@ class EngineLoop:
             f"(max_running {self._max_running} + max_waiting {self._max_waiting}); retry later"
         )
 
-    def abort(self, request_id: str, cancelled: bool = False) -> None:
+    def abort(self, request_id: str, cancelled: bool = False, sink: EventSink | None = None) -> None:
         """Ask the engine to abort (thread-safe); it frees the pages on its next step.
 
         ``cancelled=True`` when the request's client went away (cancel, deadline, the gateway's
-        Abort): the finish still reads ABORTED, and ``on_finished`` is told it was a cancel."""
-        self._inbox.put(Abort(request_id, cancelled))
+        Abort): the finish still reads ABORTED, and ``on_finished`` is told it was a cancel; the
+        first abort's reason wins (a drain's abort stays the server's when the client's cancel
+        follows). ``sink``: abort only the submission made with that sink, not a later request
+        that reuses the id once this one finished (None: whichever holds the id, as at shutdown)."""
+        self._inbox.put(Abort(request_id, cancelled, sink))
 
     def _release(self, request_id: str) -> None:
         with self._lock:
@@ -148,9 +153,9 @@ class EngineLoop:
 
     def _handle(self, command: Submit | Abort) -> None:
         if isinstance(command, Abort):
-            if command.request_id in self._sinks:
-                if command.cancelled:
-                    self._cancelled.add(command.request_id)
+            entry = self._sinks.get(command.request_id)
+            if entry is not None and (command.sink is None or entry[0] is command.sink):
+                self._abort_causes.setdefault(command.request_id, command.cancelled)
                 self._engine.abort(command.request_id)
             return
         # Claims the future: False means the caller cancelled (client gone, deadline) before we got
@@ -201,8 +206,7 @@ class EngineLoop:
                 continue
             sink, options = entry
             if event.finished:
-                cancelled = event.request_id in self._cancelled
-                self._cancelled.discard(event.request_id)
+                cancelled = self._abort_causes.pop(event.request_id, False)
                 # Counted before the client can see its Finished message, so a scrape after it agrees.
                 if self._on_finished is not None:
                     self._guarded("on_finished", self._on_finished, event, options, cancelled)
@@ -211,14 +215,14 @@ class EngineLoop:
                 self._deliver(event.request_id, sink, event)
             elif not self._deliver(event.request_id, sink, event):
                 del self._sinks[event.request_id]  # the engine frees the pages; we stop listening
-                self._cancelled.discard(event.request_id)
+                self._abort_causes.pop(event.request_id, None)
                 self._engine.abort(event.request_id)
                 self._release(event.request_id)
 
     def _fail_all(self, reason: str) -> None:
         """The engine's state is unknown: every stream fails, and the engine drops its requests."""
         logger.error("%s; failing %d requests", reason, len(self._sinks))
-        self._cancelled.clear()
+        self._abort_causes.clear()
         for request_id, (sink, _) in list(self._sinks.items()):
             self._deliver(request_id, sink, EngineFailed("the engine failed while generating"))
             self._release(request_id)

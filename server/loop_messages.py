@@ -35,6 +35,7 @@ class Abort:
 
     request_id: str
     cancelled: bool = False
+    sink: EventSink | None = None  # only the submission made with this sink (None: any holder)
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,9 +89,9 @@ class LilSparseServicer(service_pb2_grpc.LilSparseServiceServicer):
         )
         request_id = convert.request_id_of(request) or uuid.uuid4().hex
         prompt = await self._prompt(request, options)
-        async with submitted(self._engine_loop, request_id, prompt, options) as events:
+        async with submitted(self._engine_loop, request_id, prompt, options) as submission:
             yield convert.started_response(request_id, len(prompt), options)
-            async for response in _stream(events, request.output):
+            async for response in _stream(submission.events, request.output):
                 yield response
 
     async def _prompt(self, request: service_pb2.GenerateRequest, options: RequestOptions) -> list[int]:

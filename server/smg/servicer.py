@@ -25,7 +25,7 @@ from server.config import ServerConfig
 from server.engine_loop import EngineLoop, LoopStats
 from server.errors import OutOfRange, ShuttingDown, map_errors
 from server.smg import convert, info
-from server.submission import submitted
+from server.submission import Submission, submitted
 
 SERVICE_NAME = sglang.DESCRIPTOR.services_by_name["SglangScheduler"].full_name
 
@@ -57,9 +57,10 @@ class SmgSchedulerServicer(sglang_grpc.SglangSchedulerServicer):
         self._bundle: bytes | None = None
         self.served_model_name = config.model_id
         self.draining = False
-        # Requests this service submitted: Abort reaches only these, never a lil_sparse.v1 stream
-        # that shares the engine loop's request-id space (event-loop thread only).
-        self._own_requests: set[str] = set()
+        # Requests this service submitted: Abort reaches only these submissions, never a
+        # lil_sparse.v1 stream that shares the engine loop's request ids, nor a later request that
+        # reuses a finished one's id (event-loop thread only).
+        self._own_requests: dict[str, Submission] = {}
 
     @map_errors
     async def Generate(
@@ -92,15 +93,19 @@ class SmgSchedulerServicer(sglang_grpc.SglangSchedulerServicer):
         request_id = request.request_id or uuid.uuid4().hex
         if request_id in self._own_requests:  # the engine loop's own refusal, before it is ours twice
             raise convert.InvalidArgument(f"request_id: {request_id!r} is already in flight")
-        # Owned from submission (Abort finds a request still waiting for acceptance) to the end;
-        # no await between the check above and here, so no other Generate can interleave.
-        self._own_requests.add(request_id)
+        owned: list[Submission] = []
+
+        def own(submission: Submission) -> None:  # admitted: Abort can reach it from here on
+            self._own_requests[request_id] = submission
+            owned.append(submission)
+
         try:
-            async with submitted(self._engine_loop, request_id, prompt, options) as events:
-                async for response in _stream(request_id, request, len(prompt), events):
+            async with submitted(self._engine_loop, request_id, prompt, options, own) as submission:
+                async for response in _stream(request_id, request, len(prompt), submission.events):
                     yield response
         finally:
-            self._own_requests.discard(request_id)
+            if owned and self._own_requests.get(request_id) is owned[0]:
+                del self._own_requests[request_id]
 
     @map_errors
     async def Abort(
@@ -108,9 +113,10 @@ class SmgSchedulerServicer(sglang_grpc.SglangSchedulerServicer):
     ) -> sglang.AbortResponse:
         # The gateway aborts a request whose HTTP client went away: a cancel. Only this service's
         # own requests: a lil_sparse.v1 stream with the same id is another client's (not found).
-        known = request.request_id in self._own_requests
-        if known:
-            self._engine_loop.abort(request.request_id, cancelled=True)
+        submission = self._own_requests.get(request.request_id)
+        known = submission is not None and not submission.finished.is_set()
+        if submission is not None and known:
+            submission.abort(cancelled=True)
         verdict = "aborted" if known else "not found"
         return sglang.AbortResponse(success=known, message=f"request {request.request_id} {verdict}")
 
