@@ -36,7 +36,10 @@ class EngineLoop:
 
     ``on_stats`` is called on the engine thread after every step and when going idle, and
     ``on_finished(event, options, cancelled)`` with every final event, so metrics stay off the
-    event loop; ``cancelled`` says an aborted request's client went away (:meth:`abort`).
+    event loop; ``cancelled`` says an aborted request's client went away (:meth:`abort`). A request
+    whose sink raised still reaches ``on_finished`` at its final event (aborted by the server);
+    ``on_failed(options)`` is called for each request an engine failure took (it gets no final
+    event), so every admitted request the engine accepted is counted once.
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class EngineLoop:
         on_stats: Callable[[LoopStats], None] | None = None,
         on_finished: Callable[[TokenEvent, RequestOptions, bool], None] | None = None,
         on_death: Callable[[BaseException], None] | None = None,
+        on_failed: Callable[[RequestOptions], None] | None = None,
     ) -> None:
         self._engine = engine
         self._max_running = max_running
@@ -54,6 +58,7 @@ class EngineLoop:
         self._on_stats = on_stats
         self._on_finished = on_finished
         self._on_death = on_death
+        self._on_failed = on_failed
         self._inbox: queue.Queue[Submit | Abort | None] = queue.Queue()
         self._lock = threading.Lock()  # guards _admitted, _closed and _dead (touched from both sides)
         self._admitted: set[str] = set()
@@ -64,6 +69,8 @@ class EngineLoop:
         # Engine thread only: why each aborted request was aborted, the first reason winning
         # (True: its client went away; False: the server cut it), read at its final event.
         self._abort_causes: dict[str, bool] = {}
+        # Engine thread only: requests whose sink raised, aborted and awaiting their final event.
+        self._orphans: dict[str, RequestOptions] = {}
         self._thread = threading.Thread(target=self._run, name="lil-sparse-engine", daemon=True)
 
     def start(self) -> None:
@@ -203,6 +210,9 @@ class EngineLoop:
         for event in events:
             entry = self._sinks.get(event.request_id)
             if entry is None:
+                orphan = self._orphans.pop(event.request_id, None) if event.finished else None
+                if orphan is not None and self._on_finished is not None:  # the server cut it
+                    self._guarded("on_finished", self._on_finished, event, orphan, False)
                 continue
             sink, options = entry
             if event.finished:
@@ -216,6 +226,7 @@ class EngineLoop:
             elif not self._deliver(event.request_id, sink, event):
                 del self._sinks[event.request_id]  # the engine frees the pages; we stop listening
                 self._abort_causes.pop(event.request_id, None)
+                self._orphans[event.request_id] = options  # counted at its final event
                 self._engine.abort(event.request_id)
                 self._release(event.request_id)
 
@@ -223,7 +234,10 @@ class EngineLoop:
         """The engine's state is unknown: every stream fails, and the engine drops its requests."""
         logger.error("%s; failing %d requests", reason, len(self._sinks))
         self._abort_causes.clear()
-        for request_id, (sink, _) in list(self._sinks.items()):
+        self._orphans.clear()
+        for request_id, (sink, options) in list(self._sinks.items()):
+            if self._on_failed is not None:
+                self._guarded("on_failed", self._on_failed, options)
             self._deliver(request_id, sink, EngineFailed("the engine failed while generating"))
             self._release(request_id)
             try:

@@ -169,6 +169,11 @@ class ServerMetrics:
         self.vllm.observe_finished(report)
         self.savings.observe_finished(report, policy, options.stopping.max_new_tokens)
 
+    def observe_failed(self, options: RequestOptions) -> None:
+        """Count a request an engine failure took (no final event, no report) as ``error``."""
+        labels = {"model": self.model, "policy": options.sparse.policy}
+        self.requests_finished.labels(finish_reason=FinishReason.ERROR.value, **labels).inc()
+
     def serve(self, host: str, port: int) -> Any:
         """Start the HTTP endpoint; returns the server (``server_address[1]`` is the bound port).
 

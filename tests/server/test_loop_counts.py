@@ -1,0 +1,111 @@
+"""Every request the engine accepted is counted once: by its final event, by its final event
+after its sink raised (the server cut it), or by ``on_failed`` when an engine step failure
+took it (no final event comes)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from lil_sparse.events import TokenEvent
+from lil_sparse.options import RequestOptions, SparseOptions, StoppingOptions
+from server.engine_loop import EngineLoop
+from server.errors import EngineFailed
+
+PROMPT = list(range(10, 60))
+
+
+class _Counts:
+    def __init__(self) -> None:
+        self.finished: list[tuple[str, str, bool]] = []
+        self.failed: list[str] = []
+
+    def on_finished(self, event: TokenEvent, options: RequestOptions, cancelled: bool) -> None:
+        assert event.finish_reason is not None
+        self.finished.append((event.request_id, event.finish_reason.value, cancelled))
+
+    def on_failed(self, options: RequestOptions) -> None:
+        self.failed.append(options.sparse.policy)
+
+
+def _options(policy: str = "full") -> RequestOptions:
+    return RequestOptions(
+        stopping=StoppingOptions(max_new_tokens=40, ignore_eos=True),
+        sparse=SparseOptions(policy=policy, budget_tokens=32),
+    )
+
+
+def test_a_request_whose_sink_raised_is_counted_aborted_at_its_final_event(tiny_engine: Any) -> None:
+    counts = _Counts()
+    loop = EngineLoop(tiny_engine, 4, 4, on_finished=counts.on_finished, on_failed=counts.on_failed)
+    loop.start()
+    try:
+        calls = threading.Event()
+
+        def raising_sink(event: Any) -> None:
+            calls.set()
+            raise RuntimeError("injected sink fault")
+
+        done = threading.Event()
+        loop.submit("bad", PROMPT, _options(), raising_sink).result(30)
+        loop.submit("good", PROMPT, _options(), lambda e: done.set() if e.finished else None).result(30)
+        assert done.wait(30) and calls.is_set()
+        assert _wait(lambda: len(counts.finished) == 2)
+    finally:
+        loop.stop(10)
+    assert sorted(counts.finished) == [("bad", "aborted", False), ("good", "length", False)]
+    assert counts.failed == []
+
+
+def test_requests_an_engine_step_failure_took_are_counted_failed(
+    tiny_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counts = _Counts()
+    loop = EngineLoop(tiny_engine, 4, 4, on_finished=counts.on_finished, on_failed=counts.on_failed)
+    real_step = tiny_engine.step
+    failures = iter([RuntimeError("injected step fault")])
+
+    def failing_step() -> Any:  # the first step fails, the ones after run
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return real_step()
+
+    monkeypatch.setattr(tiny_engine, "step", failing_step)
+    errors: list[BaseException] = []
+    # Both in the inbox before the thread starts: it accepts both, then its first step fails.
+    accepted = [
+        loop.submit(request_id, PROMPT, _options(policy), _collect(errors))
+        for request_id, policy in (("a", "full"), ("b", "sink"))
+    ]
+    loop.start()
+    try:
+        assert [future.result(30) for future in accepted] == ["a", "b"]
+        assert _wait(lambda: len(errors) == 2)
+        assert _wait(lambda: not tiny_engine.has_unfinished())
+    finally:
+        loop.stop(10)
+    assert sorted(counts.failed) == ["full", "sink"]
+    assert counts.finished == []  # their engine aborts later find no sink: not counted twice
+    assert all(isinstance(error, EngineFailed) for error in errors)
+
+
+def _collect(errors: list[BaseException]) -> Any:
+    def sink(event: Any) -> None:
+        if isinstance(event, BaseException):
+            errors.append(event)
+
+    return sink
+
+
+def _wait(condition: Any, timeout: float = 30.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
