@@ -154,7 +154,7 @@ class SidecarServer:
             max_waiting=self.config.max_waiting,
             on_stats=self.metrics.observe_stats,
             on_finished=self.metrics.observe_finished,
-            on_failed=self.metrics.observe_failed,
+            on_dropped=self.metrics.observe_dropped,
             on_death=lambda error: self._call_soon(event_loop, self._on_engine_death),
         )
         self._loop.start()

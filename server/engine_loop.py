@@ -38,8 +38,10 @@ class EngineLoop:
     ``on_finished(event, options, cancelled)`` with every final event, so metrics stay off the
     event loop; ``cancelled`` says an aborted request's client went away (:meth:`abort`). A request
     whose sink raised still reaches ``on_finished`` at its final event (aborted by the server);
-    ``on_failed(options)`` is called for each request an engine failure took (it gets no final
-    event), so every admitted request the engine accepted is counted once.
+    ``on_dropped(options, finish_reason)`` is called for each admitted request that gets no final
+    event: ``"cancelled"`` when its caller cancelled it before the engine accepted it (a client
+    deadline shorter than its wait in the queue), ``"error"`` when an engine failure took it. So
+    every admitted request is counted once, but those the engine refused (invalid, shutting down).
     """
 
     def __init__(
@@ -50,7 +52,7 @@ class EngineLoop:
         on_stats: Callable[[LoopStats], None] | None = None,
         on_finished: Callable[[TokenEvent, RequestOptions, bool], None] | None = None,
         on_death: Callable[[BaseException], None] | None = None,
-        on_failed: Callable[[RequestOptions], None] | None = None,
+        on_dropped: Callable[[RequestOptions, str], None] | None = None,
     ) -> None:
         self._engine = engine
         self._max_running = max_running
@@ -58,7 +60,7 @@ class EngineLoop:
         self._on_stats = on_stats
         self._on_finished = on_finished
         self._on_death = on_death
-        self._on_failed = on_failed
+        self._on_dropped = on_dropped
         self._inbox: queue.Queue[Submit | Abort | None] = queue.Queue()
         self._lock = threading.Lock()  # guards _admitted, _closed and _dead (touched from both sides)
         self._admitted: set[str] = set()
@@ -169,6 +171,7 @@ class EngineLoop:
         # here, so the request never reaches the engine; once claimed it can no longer be cancelled.
         if not command.accepted.set_running_or_notify_cancel():
             self.cancelled_before_acceptance += 1
+            self._dropped(command.options, "cancelled")
             self._release(command.request_id)
             return
         try:
@@ -236,8 +239,7 @@ class EngineLoop:
         self._abort_causes.clear()
         self._orphans.clear()
         for request_id, (sink, options) in list(self._sinks.items()):
-            if self._on_failed is not None:
-                self._guarded("on_failed", self._on_failed, options)
+            self._dropped(options, "error")
             self._deliver(request_id, sink, EngineFailed("the engine failed while generating"))
             self._release(request_id)
             try:
@@ -245,6 +247,10 @@ class EngineLoop:
             except Exception:
                 logger.exception("abort after failure failed for %s", request_id)
         self._sinks.clear()
+
+    def _dropped(self, options: RequestOptions, finish_reason: str) -> None:
+        if self._on_dropped is not None:
+            self._guarded("on_dropped", self._on_dropped, options, finish_reason)
 
     def _guarded(self, name: str, callback: Callable[..., None], *args: Any) -> None:
         try:

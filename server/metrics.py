@@ -169,10 +169,12 @@ class ServerMetrics:
         self.vllm.observe_finished(report)
         self.savings.observe_finished(report, policy, options.stopping.max_new_tokens)
 
-    def observe_failed(self, options: RequestOptions) -> None:
-        """Count a request an engine failure took (no final event, no report) as ``error``."""
+    def observe_dropped(self, options: RequestOptions, finish_reason: str) -> None:
+        """Count an admitted request that got no final event (so no report): ``cancelled`` before
+        the engine accepted it, or ``error`` when an engine failure took it
+        (:class:`server.engine_loop.EngineLoop`'s ``on_dropped``)."""
         labels = {"model": self.model, "policy": options.sparse.policy}
-        self.requests_finished.labels(finish_reason=FinishReason.ERROR.value, **labels).inc()
+        self.requests_finished.labels(finish_reason=finish_reason, **labels).inc()
 
     def serve(self, host: str, port: int) -> Any:
         """Start the HTTP endpoint; returns the server (``server_address[1]`` is the bound port).

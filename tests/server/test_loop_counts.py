@@ -1,6 +1,6 @@
-"""Every request the engine accepted is counted once: by its final event, by its final event
-after its sink raised (the server cut it), or by ``on_failed`` when an engine step failure
-took it (no final event comes)."""
+"""Every admitted request is counted once: by its final event, by its final event after its
+sink raised (the server cut it), or by ``on_dropped`` when it gets none: cancelled before the
+engine accepted it, or taken by an engine step failure."""
 
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ PROMPT = list(range(10, 60))
 class _Counts:
     def __init__(self) -> None:
         self.finished: list[tuple[str, str, bool]] = []
-        self.failed: list[str] = []
+        self.dropped: list[tuple[str, str]] = []
 
     def on_finished(self, event: TokenEvent, options: RequestOptions, cancelled: bool) -> None:
         assert event.finish_reason is not None
         self.finished.append((event.request_id, event.finish_reason.value, cancelled))
 
-    def on_failed(self, options: RequestOptions) -> None:
-        self.failed.append(options.sparse.policy)
+    def on_dropped(self, options: RequestOptions, finish_reason: str) -> None:
+        self.dropped.append((options.sparse.policy, finish_reason))
 
 
 def _options(policy: str = "full") -> RequestOptions:
@@ -39,7 +39,7 @@ def _options(policy: str = "full") -> RequestOptions:
 
 def test_a_request_whose_sink_raised_is_counted_aborted_at_its_final_event(tiny_engine: Any) -> None:
     counts = _Counts()
-    loop = EngineLoop(tiny_engine, 4, 4, on_finished=counts.on_finished, on_failed=counts.on_failed)
+    loop = EngineLoop(tiny_engine, 4, 4, on_finished=counts.on_finished, on_dropped=counts.on_dropped)
     loop.start()
     try:
         calls = threading.Event()
@@ -56,14 +56,14 @@ def test_a_request_whose_sink_raised_is_counted_aborted_at_its_final_event(tiny_
     finally:
         loop.stop(10)
     assert sorted(counts.finished) == [("bad", "aborted", False), ("good", "length", False)]
-    assert counts.failed == []
+    assert counts.dropped == []
 
 
 def test_requests_an_engine_step_failure_took_are_counted_failed(
     tiny_engine: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     counts = _Counts()
-    loop = EngineLoop(tiny_engine, 4, 4, on_finished=counts.on_finished, on_failed=counts.on_failed)
+    loop = EngineLoop(tiny_engine, 4, 4, on_finished=counts.on_finished, on_dropped=counts.on_dropped)
     real_step = tiny_engine.step
     failures = iter([RuntimeError("injected step fault")])
 
@@ -87,7 +87,7 @@ def test_requests_an_engine_step_failure_took_are_counted_failed(
         assert _wait(lambda: not tiny_engine.has_unfinished())
     finally:
         loop.stop(10)
-    assert sorted(counts.failed) == ["full", "sink"]
+    assert sorted(counts.dropped) == [("full", "error"), ("sink", "error")]
     assert counts.finished == []  # their engine aborts later find no sink: not counted twice
     assert all(isinstance(error, EngineFailed) for error in errors)
 
@@ -109,3 +109,18 @@ def _wait(condition: Any, timeout: float = 30.0) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+def test_a_request_cancelled_before_acceptance_is_counted_cancelled(tiny_engine: Any) -> None:
+    """A client deadline shorter than the wait in the queue: the request never reaches the
+    engine, and the metrics still see the cancel (the cancelled-share alert, docs/deploy.md)."""
+    counts = _Counts()
+    loop = EngineLoop(tiny_engine, 4, 4, on_finished=counts.on_finished, on_dropped=counts.on_dropped)
+    accepted = loop.submit("gone", PROMPT, _options("h2o"), lambda event: None)
+    assert accepted.cancel()  # in the inbox: the thread has not started
+    loop.start()
+    try:
+        assert _wait(lambda: loop.cancelled_before_acceptance == 1)
+    finally:
+        loop.stop(10)
+    assert counts.dropped == [("h2o", "cancelled")] and counts.finished == []
