@@ -171,7 +171,7 @@ def _unimplemented(name: str) -> Callable[..., Any]:
     async def handler(self: SmgSchedulerServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"lil-sparse does not implement {name}")
 
-    handler.__name__ = handler.__qualname__ = name
+    handler.__name__, handler.__qualname__ = name, f"SmgSchedulerServicer.{name}"
     handler.__doc__ = "UNIMPLEMENTED, answered without the generated default's raise (a traceback per call)."
     return handler
 
@@ -179,9 +179,13 @@ def _unimplemented(name: str) -> Callable[..., Any]:
 # Every other unary RPC of the service (Embed, FlushCache, profiling, LoRA) answers UNIMPLEMENTED
 # cleanly: the generated defaults raise NotImplementedError, and grpc logs a traceback for each
 # call, so any client could fill the log. The streaming ones are written out above.
-for _method in sglang.DESCRIPTOR.services_by_name["SglangScheduler"].methods:
-    if _method.name not in vars(SmgSchedulerServicer) and not _method.server_streaming:
-        setattr(SmgSchedulerServicer, _method.name, _unimplemented(_method.name))
+def _answer_the_rest_unimplemented() -> None:
+    for method in sglang.DESCRIPTOR.services_by_name["SglangScheduler"].methods:
+        if method.name not in vars(SmgSchedulerServicer) and not method.server_streaming:
+            setattr(SmgSchedulerServicer, method.name, _unimplemented(method.name))
+
+
+_answer_the_rest_unimplemented()
 
 
 async def _stream(
