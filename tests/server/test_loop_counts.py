@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 import pytest
+from server_harness import wait_until
 
 from lil_sparse.events import TokenEvent
 from lil_sparse.options import RequestOptions, SparseOptions, StoppingOptions
@@ -52,7 +53,7 @@ def test_a_request_whose_sink_raised_is_counted_aborted_at_its_final_event(tiny_
         loop.submit("bad", PROMPT, _options(), raising_sink).result(30)
         loop.submit("good", PROMPT, _options(), lambda e: done.set() if e.finished else None).result(30)
         assert done.wait(30) and calls.is_set()
-        assert _wait(lambda: len(counts.finished) == 2)
+        assert wait_until(lambda: len(counts.finished) == 2)
     finally:
         loop.stop(10)
     assert sorted(counts.finished) == [("bad", "aborted", False), ("good", "length", False)]
@@ -83,8 +84,8 @@ def test_requests_an_engine_step_failure_took_are_counted_failed(
     loop.start()
     try:
         assert [future.result(30) for future in accepted] == ["a", "b"]
-        assert _wait(lambda: len(errors) == 2)
-        assert _wait(lambda: not tiny_engine.has_unfinished())
+        assert wait_until(lambda: len(errors) == 2)
+        assert wait_until(lambda: not tiny_engine.has_unfinished())
     finally:
         loop.stop(10)
     assert sorted(counts.dropped) == [("full", "error"), ("sink", "error")]
@@ -100,17 +101,6 @@ def _collect(errors: list[BaseException]) -> Any:
     return sink
 
 
-def _wait(condition: Any, timeout: float = 30.0) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def test_a_request_cancelled_before_acceptance_is_counted_cancelled(tiny_engine: Any) -> None:
     """A client deadline shorter than the wait in the queue: the request never reaches the
     engine, and the metrics still see the cancel (the cancelled-share alert, docs/deploy.md)."""
@@ -120,7 +110,7 @@ def test_a_request_cancelled_before_acceptance_is_counted_cancelled(tiny_engine:
     assert accepted.cancel()  # in the inbox: the thread has not started
     loop.start()
     try:
-        assert _wait(lambda: loop.cancelled_before_acceptance == 1)
+        assert wait_until(lambda: loop.cancelled_before_acceptance == 1)
     finally:
         loop.stop(10)
     assert counts.dropped == [("h2o", "cancelled")] and counts.finished == []
