@@ -93,19 +93,18 @@ class SmgSchedulerServicer(sglang_grpc.SglangSchedulerServicer):
         request_id = request.request_id or uuid.uuid4().hex
         if request_id in self._own_requests:  # the engine loop's own refusal, before it is ours twice
             raise convert.InvalidArgument(f"request_id: {request_id!r} is already in flight")
-        owned: list[Submission] = []
 
         def own(submission: Submission) -> None:  # admitted: Abort can reach it from here on
             self._own_requests[request_id] = submission
-            owned.append(submission)
 
         try:
             async with submitted(self._engine_loop, request_id, prompt, options, own) as submission:
                 async for response in _stream(request_id, request, len(prompt), submission.events):
                     yield response
         finally:
-            if owned and self._own_requests.get(request_id) is owned[0]:
-                del self._own_requests[request_id]
+            # Any entry under this id is ours: the check above refuses a second one, and no await
+            # comes between it and ``own``.
+            self._own_requests.pop(request_id, None)
 
     @map_errors
     async def Abort(
@@ -115,7 +114,7 @@ class SmgSchedulerServicer(sglang_grpc.SglangSchedulerServicer):
         # own requests: a lil_sparse.v1 stream with the same id is another client's (not found).
         submission = self._own_requests.get(request.request_id)
         known = submission is not None and not submission.finished.is_set()
-        if submission is not None and known:
+        if known and submission is not None:
             submission.abort(cancelled=True)
         verdict = "aborted" if known else "not found"
         return sglang.AbortResponse(success=known, message=f"request {request.request_id} {verdict}")
